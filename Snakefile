@@ -1,0 +1,47 @@
+# mapmerge: MAP (model merging with amortized Pareto fronts) as a Snakemake workflow.
+#   snakemake --cores N                                   the default run on the built-in benchmark
+#   snakemake --cores N --config experiment=my.yaml       your own model and tasks
+#   snakemake --cores N --config overrides='[name=trial2, surrogate.loo=false]'
+# The config is composed once with Hydra (config/); each rule gets only its own sub-config as params.
+
+from pathlib import Path
+
+from mapmerge.config import load_config, stage_config
+from mapmerge import stages
+from mapmerge.logs import run_stage
+
+CFG = load_config(
+    Path(workflow.basedir) / "config",
+    experiment=config.get("experiment"),
+    overrides=config.get("overrides"),
+)
+R = CFG["results"]
+TASKS = CFG["task_names"]
+MODEL = CFG["model"]
+DEVICE = CFG["evaluation"]["device"]
+EVAL = CFG["resources"]["evaluate"]
+LIGHT = CFG["resources"]["light"]
+
+
+def params_of(stage):
+    return stage_config(CFG, stage)
+
+
+wildcard_constraints:
+    task="[A-Za-z0-9_.-]+",
+    group="[A-Za-z0-9_.-]+",
+    sample="[A-Za-z0-9_.-]+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/taskvectors.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/map.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        aggregate_outputs(),

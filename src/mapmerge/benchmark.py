@@ -1,0 +1,171 @@
+"""Built-in benchmark: a small CNN on scikit-learn's digits, fine-tuned on 8 conflicting derived tasks.
+
+The pretrained model learns plain 10-way digits. Each task changes the images (rotation, inversion,
+mirroring, shift, transposition, noise, occlusion) and/or the labels (parity, digit mod 3), so the
+fine-tuned task vectors pull the shared backbone in different directions. Every task keeps a 10-way
+head (a task with k < 10 classes uses labels 0..k-1), so all checkpoints share names and shapes.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mapmerge.checkpoints import save_safetensors
+from mapmerge.digits import PRETRAIN_TASK, TASK_NAMES, check_task, task_arrays
+
+DEFAULTS: dict[str, Any] = {
+    "tasks": 4,
+    "seed": 0,
+    "width": 16,
+    "pretrain_epochs": 20,
+    "finetune_epochs": 10,
+    "lr": 0.01,
+    "batch_size": 128,
+    "test_fraction": 0.3,
+}
+
+
+def build_model(width: int = 16, n_classes: int = 10) -> nn.Module:
+    """Small CNN on 1x8x8 input: shared `features.*` and `body.*`, task-specific linear `head`."""
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(
+                nn.Conv2d(1, width, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+            ),
+            body=nn.Sequential(nn.Linear(2 * width * 16, 4 * width), nn.ReLU()),
+            head=nn.Linear(4 * width, n_classes),
+        )
+    )
+
+
+def task_data(
+    task: str, split: str = "test", seed: int = 0, test_fraction: float = 0.3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 1, 8, 8) float32 and labels (n,) int64 of a task's split, as tensors."""
+    x, y = task_arrays(task, split, seed, test_fraction)
+    return torch.tensor(x).unsqueeze(1), torch.tensor(y)
+
+
+def _train(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int
+) -> None:
+    """Train all parameters with Adam on minibatches shuffled by a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    model.eval()
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(1) == y).double().mean())
+
+
+def _resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Config with defaults filled in and `tasks` expanded to a checked list of names."""
+    resolved = {**DEFAULTS, **cfg}
+    tasks = resolved["tasks"]
+    if isinstance(tasks, int):
+        if not 1 <= tasks <= len(TASK_NAMES):
+            raise ValueError(f"tasks: {tasks} is not between 1 and {len(TASK_NAMES)}")
+        tasks = TASK_NAMES[:tasks]
+    resolved["tasks"] = [check_task(str(t)) for t in tasks]
+    return resolved
+
+
+def _task_seed(seed: int, task: str) -> int:
+    """Seed of a task's training run; independent of the task's position in the list."""
+    return seed + zlib.crc32(task.encode())
+
+
+def prepare_benchmark(cfg: Mapping[str, Any], out_dir: str | Path) -> pd.DataFrame:
+    """Pretrain on plain digits, fine-tune a copy per task; save out_dir/{pretrained,<task>}.safetensors.
+
+    cfg keys (defaults in DEFAULTS): tasks (names, or n for the first n of TASK_NAMES), seed, width,
+    pretrain_epochs, finetune_epochs, lr, batch_size, test_fraction. Returns one row per saved model:
+    model, task (trained on), accuracy (test, on that task), seconds (training), file.
+    """
+    cfg = _resolve(cfg)
+    seed, width = int(cfg["seed"]), int(cfg["width"])
+    data = {"seed": seed, "test_fraction": float(cfg["test_fraction"])}
+    train = {"lr": float(cfg["lr"]), "batch_size": int(cfg["batch_size"])}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pretrained = build_model(width)
+    runs = [("pretrained", PRETRAIN_TASK, int(cfg["pretrain_epochs"]))]
+    runs += [(task, task, int(cfg["finetune_epochs"])) for task in cfg["tasks"]]
+    rows = []
+    for name, task, epochs in runs:
+        model = pretrained if name == "pretrained" else _clone(pretrained, width)
+        start = time.perf_counter()
+        _train(model, *task_data(task, "train", **data), epochs=epochs, seed=_task_seed(seed, task), **train)
+        seconds = time.perf_counter() - start
+        file = f"{name}.safetensors"
+        # One metadata key only: safetensors writes several in random order, breaking byte-identity.
+        save_safetensors(model.state_dict(), Path(out_dir) / file, metadata={"task": task})
+        accuracy = _accuracy(model, *task_data(task, "test", **data))
+        rows.append({"model": name, "task": task, "accuracy": accuracy, "seconds": seconds, "file": file})
+    return pd.DataFrame(rows)
+
+
+def _clone(model: nn.Module, width: int) -> nn.Module:
+    clone = build_model(width)
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+class DigitsEvaluator:
+    """Per-example evaluation of a model on one task's split (the same split as prepare_benchmark)."""
+
+    def __init__(
+        self, task: str, seed: int = 0, test_fraction: float = 0.3, batch_size: int = 1024, split: str = "test"
+    ):
+        self.task = task
+        self.batch_size = batch_size
+        self._data = task_data(task, split, seed, test_fraction)
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tensors(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(torch.device(device))
+        if key not in self._on_device:
+            x, y = self._data
+            self._on_device[key] = (x.to(device), y.to(device))
+        return self._on_device[key]
+
+    def __call__(self, module: nn.Module, device: str | torch.device) -> pd.DataFrame:
+        """One row per example: example (int64 index into the split), correct (bool), loss (float64)."""
+        x, y = self._tensors(device)
+        correct, loss = [], []
+        with torch.inference_mode():
+            for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size)):
+                logits = module(xb).double()
+                correct.append((logits.argmax(1) == yb).cpu())
+                loss.append(F.cross_entropy(logits, yb, reduction="none").cpu())
+        return pd.DataFrame(
+            {
+                "example": np.arange(len(y), dtype=np.int64),
+                "correct": torch.cat(correct).numpy(),
+                "loss": torch.cat(loss).numpy(),
+            }
+        )

@@ -1,0 +1,208 @@
+"""Hydra config: compose once, resolve into a plain dict, and cut it into per-stage sub-configs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
+BENCHMARK_EVALUATOR = "mapmerge.benchmark.DigitsEvaluator"
+EXPERIMENT_NODE = "_experiment_file"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the key or file and the problem."""
+
+
+def load_config(
+    config_dir: str | os.PathLike,
+    experiment: str | os.PathLike | None = None,
+    overrides: Sequence[str] | str | None = None,
+) -> dict[str, Any]:
+    """Compose the primary config, an optional experiment YAML file and Hydra overrides, then resolve.
+
+    Precedence (last wins): config groups' defaults, the experiment file, the overrides.
+    """
+    overrides = _as_list(overrides)
+    exp_dir: Path | None = None
+    if experiment:
+        exp_path = Path(experiment).resolve()
+        if not exp_path.is_file():
+            raise ConfigError(f"experiment file {experiment}: not found")
+        try:
+            node = OmegaConf.load(exp_path)
+        except Exception as exc:  # yaml errors come in several types
+            raise ConfigError(f"experiment file {experiment}: not valid YAML ({exc})") from exc
+        if not OmegaConf.is_dict(node):
+            raise ConfigError(f"experiment file {experiment}: must be a mapping of config keys")
+        ConfigStore.instance().store(group="experiment", name=EXPERIMENT_NODE, node=node, package="_global_")
+        overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
+        exp_dir = exp_path.parent
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"config: {str(exc).splitlines()[0]}") from exc
+    return resolve(raw, base_dir=exp_dir or Path.cwd())
+
+
+def _as_list(overrides: Sequence[str] | str | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        text = overrides.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return [str(item).strip() for item in overrides]
+
+
+def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Fill in derived keys (results folder, the model of the built-in benchmark, the task list)."""
+    cfg = dict(cfg)
+    name = str(cfg.get("name") or "")
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"name: '{name}' is not a valid run name (a folder name, no '/')")
+    cfg["results"] = str(Path(cfg["results_dir"]) / name)
+    model = dict(cfg["model"])
+    builtin = model.get("pretrained") is None
+    model["builtin"] = builtin
+    model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)
+    cfg["model"] = model
+    cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
+    for pattern_key in ("include", "exclude"):
+        if not isinstance(model["merge"].get(pattern_key), list):
+            raise ConfigError(f"model.merge.{pattern_key}: must be a list of name patterns")
+    return cfg
+
+
+def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    from mapmerge.digits import TASK_NAMES
+
+    bench = cfg["benchmark"]
+    tasks = bench["tasks"]
+    if isinstance(tasks, int):
+        if not 2 <= tasks <= len(TASK_NAMES):
+            raise ConfigError(f"benchmark.tasks: {tasks} is out of range 2..{len(TASK_NAMES)}")
+        tasks = list(TASK_NAMES[:tasks])
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown:
+        raise ConfigError(f"benchmark.tasks: unknown task '{unknown[0]}'; known: {', '.join(TASK_NAMES)}")
+    bench = {**bench, "tasks": list(tasks), "seed": cfg["seed"]}
+    cfg["benchmark"] = bench
+    ckpt = Path(cfg["results"]) / "checkpoints"
+    model["builder"] = {"_target_": BENCHMARK_BUILDER, "width": bench["width"]}
+    model["pretrained"] = str(ckpt / "pretrained.safetensors")
+    model["tasks"] = {
+        t: {
+            "checkpoint": str(ckpt / f"{t}.safetensors"),
+            "evaluator": {
+                "_target_": BENCHMARK_EVALUATOR,
+                "task": t,
+                "seed": cfg["seed"],
+                "test_fraction": bench["test_fraction"],
+            },
+        }
+        for t in tasks
+    }
+    if model["merge"]["exclude"] == []:
+        model["merge"] = {**model["merge"], "exclude": ["head.*"]}
+    return model
+
+
+def _user_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    def path(value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: must be a file path")
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+    builder = model.get("builder")
+    if not isinstance(builder, dict) or "_target_" not in builder:
+        raise ConfigError("model.builder: must be a mapping with a _target_ (an importable callable)")
+    tasks = model.get("tasks")
+    if not isinstance(tasks, dict) or len(tasks) < 2:
+        raise ConfigError("model.tasks: must map at least two task names to {checkpoint, evaluator}")
+    model["pretrained"] = path(model["pretrained"], "model.pretrained")
+    model["python_path"] = [path(p, "model.python_path") for p in model.get("python_path") or []]
+    resolved = {}
+    for task, spec in tasks.items():
+        if not isinstance(spec, dict) or "checkpoint" not in spec or "evaluator" not in spec:
+            raise ConfigError(f"model.tasks.{task}: needs checkpoint and evaluator")
+        if not isinstance(spec["evaluator"], dict) or "_target_" not in spec["evaluator"]:
+            raise ConfigError(f"model.tasks.{task}.evaluator: must be a mapping with a _target_")
+        resolved[str(task)] = {**spec, "checkpoint": path(spec["checkpoint"], f"model.tasks.{task}.checkpoint")}
+    model["tasks"] = resolved
+    return model
+
+
+def _select_tasks(selection: Any, available: list[str]) -> list[str]:
+    if selection is None:
+        return available
+    if not isinstance(selection, list) or len(selection) < 2:
+        raise ConfigError("tasks: must be null or a list of at least two task names")
+    unknown = [t for t in selection if t not in available]
+    if unknown:
+        raise ConfigError(f"tasks: unknown task '{unknown[0]}'; the model has: {', '.join(available)}")
+    return [str(t) for t in selection]
+
+
+# Per-stage sub-configs: each rule gets only these as params, so a change reruns that stage and later ones.
+
+STAGE_MODULES = {
+    "prepare_benchmark": ["benchmark"],
+    "extract_task_vector": ["taskvectors", "checkpoints"],
+    "evaluate": ["evaluate", "checkpoints"],
+    "plan_groups": ["groups"],
+    "sample_coefficients": ["sampling"],
+    "fit_surrogate": ["surrogate"],
+    "pareto_front": ["pareto", "surrogate"],
+    "merge_group": ["selection", "taskvectors"],
+    "aggregate": ["plots", "report"],
+}
+
+
+def code_version(stage: str) -> str:
+    """Hash of the source of the package modules a stage runs, so that a code change reruns it."""
+    digest = hashlib.sha256()
+    for module in STAGE_MODULES[stage]:
+        spec = importlib.util.find_spec(f"mapmerge.{module}")
+        if spec is None or spec.origin is None:
+            raise ConfigError(f"stage {stage}: module mapmerge.{module} not found")
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The resolved sub-config one stage depends on (its params), plus its code version."""
+    model = cfg["model"]
+    tasks = cfg["task_names"]
+    evaluation_model = {
+        "builder": model["builder"],
+        "merge": model["merge"],
+        "python_path": model["python_path"],
+        "evaluators": {t: model["tasks"][t]["evaluator"] for t in tasks},
+    }
+    parts: dict[str, Any] = {
+        "prepare_benchmark": {"benchmark": cfg["benchmark"]},
+        "extract_task_vector": {"merge": model["merge"]},
+        "evaluate": {"model": evaluation_model},
+        "plan_groups": {"method": cfg["method"], "tasks": tasks},
+        "sample_coefficients": {"sampler": cfg["sampler"], "seed": cfg["seed"]},
+        "fit_surrogate": {"surrogate": cfg["surrogate"]},
+        "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"]},
+        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"]},
+        "aggregate": {"objective": cfg["optimizer"]["objective"]},
+    }
+    return {**parts[stage], "code": code_version(stage)}

@@ -1,0 +1,177 @@
+"""Evaluation engine: merged models theta_pre + sum_i c_i tau_i, evaluated on every task.
+
+The pretrained weights and the task vectors are loaded once per engine and kept on the device as
+one flat vector and one [members x parameters] matrix; the module's merged parameters are views
+into a flat buffer, so a merge is a single fused multiply-add and no model is copied per sample.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+
+from mapmerge.checkpoints import load_state_dict
+from mapmerge.io import ArtifactError
+from mapmerge.taskvectors import merged_names
+
+Evaluator = Callable[[torch.nn.Module, torch.device], pd.DataFrame]
+EXAMPLE_COLUMNS = ["task", "example", "correct", "loss"]
+
+
+class EvaluationError(RuntimeError):
+    """An evaluator failed or returned unusable rows; the message names the sample and task."""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when available for 'auto', else CPU; an explicit device must exist."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"evaluation.device: '{requested}' asked for but CUDA is not available")
+    return device
+
+
+def build_module(builder: Mapping[str, Any], python_path: Sequence[str] = ()) -> torch.nn.Module:
+    """Instantiate the model builder config (Hydra `_target_`) into a torch module."""
+    for folder in python_path:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = instantiate(dict(builder))
+    except Exception as exc:
+        raise EvaluationError(f"model.builder: {builder.get('_target_')} failed: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise EvaluationError(f"model.builder: {builder.get('_target_')} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _rebind(module: torch.nn.Module, name: str, view: torch.Tensor) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf].data = view
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = view
+    else:
+        raise ArtifactError(f"task vector tensor '{name}' is not a parameter or buffer of the model")
+
+
+class MergeEngine:
+    """Holds theta_pre and the task vectors on one device and evaluates merges of them.
+
+    members: ordered names of the task vectors (the coefficient vector follows this order).
+    task_checkpoints: per evaluated task, its fine-tuned checkpoint, from which the tensors that are
+    not merged (task heads) are taken when that task is evaluated.
+    """
+
+    def __init__(
+        self,
+        builder: Mapping[str, Any],
+        pretrained: str | os.PathLike,
+        vectors: Mapping[str, str | os.PathLike],
+        task_checkpoints: Mapping[str, str | os.PathLike],
+        evaluators: Mapping[str, Mapping[str, Any]],
+        merge: Mapping[str, Sequence[str]],
+        device: str = "auto",
+        python_path: Sequence[str] = (),
+    ) -> None:
+        self.device = pick_device(device)
+        self.members = list(vectors)
+        self.tasks = list(task_checkpoints)
+        self.module = build_module(builder, python_path)
+        pre = load_state_dict(pretrained)
+        try:
+            self.module.load_state_dict(pre, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{pretrained}: does not fit model.builder ({str(exc).splitlines()[0]})") from exc
+        self.module.to(self.device).eval().requires_grad_(False)
+        taus = [load_state_dict(p) for p in vectors.values()]
+        self.names = sorted(taus[0]) if taus else merged_names(pre, merge["include"], merge["exclude"])
+        for member, tau, path in zip(self.members, taus, vectors.values()):
+            if sorted(tau) != self.names:
+                raise ArtifactError(f"{path}: task vector of '{member}' holds other tensors than '{self.members[0]}'")
+        shapes = [pre[n].shape for n in self.names]
+        self.theta_pre = torch.cat([pre[n].float().flatten() for n in self.names]).to(self.device)
+        self.vectors = torch.stack(
+            [torch.cat([tau[n].float().flatten() for n in self.names]) for tau in taus]
+        ).to(self.device) if taus else torch.zeros((0, self.theta_pre.numel()), device=self.device)
+        self.flat = self.theta_pre.clone()
+        offset = 0
+        for name, shape in zip(self.names, shapes):
+            size = int(np.prod(shape))
+            _rebind(self.module, name, self.flat[offset : offset + size].view(shape))
+            offset += size
+        own = set(pre) - set(self.names)
+        targets = dict(self.module.state_dict(keep_vars=True))
+        self.own = {
+            task: [(targets[n], t.to(self.device)) for n, t in load_state_dict(path).items() if n in own]
+            for task, path in task_checkpoints.items()
+        }
+        self.evaluators: dict[str, Evaluator] = {}
+        for task in self.tasks:
+            try:
+                self.evaluators[task] = instantiate(dict(evaluators[task]))
+            except Exception as exc:
+                raise EvaluationError(f"model.tasks.{task}.evaluator: could not be built: {exc}") from exc
+        self.timings = {"merge": 0.0, "evaluate": 0.0}
+
+    def merge(self, coefficients: Sequence[float]) -> None:
+        """Set the module's merged tensors to theta_pre + sum_i c_i tau_i (one fused op, in place)."""
+        c = torch.as_tensor(np.asarray(coefficients, dtype=np.float32), device=self.device)
+        if c.numel() != len(self.members):
+            raise ValueError(f"{c.numel()} coefficients for {len(self.members)} task vectors {self.members}")
+        start = time.perf_counter()
+        torch.addmv(self.theta_pre, self.vectors.T, c, out=self.flat)
+        self.timings["merge"] += time.perf_counter() - start
+
+    def evaluate(self, coefficients: Sequence[float], sample: str) -> pd.DataFrame:
+        """Per-example rows (sample, task, example, correct, loss) of the merge on every task."""
+        self.merge(coefficients)
+        frames = []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for task in self.tasks:
+                for target, tensor in self.own[task]:
+                    target.copy_(tensor)
+                frames.append(self._run(task, sample))
+        self.timings["evaluate"] += time.perf_counter() - start
+        return pd.concat(frames, ignore_index=True)
+
+    def _run(self, task: str, sample: str) -> pd.DataFrame:
+        try:
+            rows = self.evaluators[task](self.module, self.device)
+        except Exception as exc:
+            raise EvaluationError(f"sample {sample}, task {task}: evaluator raised {type(exc).__name__}: {exc}") from exc
+        return check_rows(rows, sample, task)
+
+
+def check_rows(rows: Any, sample: str, task: str) -> pd.DataFrame:
+    """Validate an evaluator's output into the per-example schema; NaN is an error naming sample and task."""
+    if not isinstance(rows, pd.DataFrame):
+        rows = pd.DataFrame(rows)
+    if "correct" not in rows and "loss" not in rows:
+        raise EvaluationError(f"sample {sample}, task {task}: evaluator returned neither 'correct' nor 'loss' columns")
+    out = pd.DataFrame(
+        {
+            "sample": sample,
+            "task": task,
+            "example": rows["example"].astype("int64") if "example" in rows else np.arange(len(rows), dtype="int64"),
+            "correct": rows["correct"].astype(float) if "correct" in rows else np.nan,
+            "loss": rows["loss"].astype("float64") if "loss" in rows else np.nan,
+        }
+    )
+    if len(out) == 0:
+        raise EvaluationError(f"sample {sample}, task {task}: evaluator returned no rows")
+    for column in ("correct", "loss"):
+        if column in rows and not np.isfinite(out[column]).all():
+            raise EvaluationError(f"sample {sample}, task {task}: evaluator returned NaN or inf in '{column}'")
+    return out

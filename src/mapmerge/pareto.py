@@ -1,0 +1,156 @@
+"""Pareto fronts of surrogate objectives (NSGA-III or a dense grid) and front-quality indicators.
+
+Objectives are given on their own scale with a `maximize` flag each (accuracy: True, loss: False);
+maximised objectives are negated internally for pymoo, and every result is on the original scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import comb
+
+import moocore
+import numpy as np
+from pymoo.algorithms.moo.nsga3 import NSGA3
+from pymoo.core.problem import Problem
+from pymoo.indicators.gd import GD
+from pymoo.indicators.hv import HV
+from pymoo.indicators.igd import IGD
+from pymoo.optimize import minimize
+from pymoo.util.ref_dirs import get_reference_directions
+
+Predict = Callable[[np.ndarray], np.ndarray]
+GRID_CHUNK = 1 << 18  # grid points evaluated and pre-filtered at a time
+
+
+def _signs(maximize: Sequence[bool]) -> np.ndarray:
+    """+1 for minimised, -1 for maximised objectives: F * signs is to be minimised."""
+    return np.where(np.asarray(maximize, dtype=bool), -1.0, 1.0)
+
+
+def _evaluate(predict: Predict, C: np.ndarray, n_obj: int) -> np.ndarray:
+    F = np.asarray(predict(C), dtype=float)
+    if F.shape != (len(C), n_obj):
+        raise ValueError(f"predict returned shape {F.shape} for {len(C)} points; expected ({len(C)}, {n_obj})")
+    if not np.isfinite(F).all():
+        raise ValueError("predict returned NaN or infinite objectives")
+    return F
+
+
+def _box(lower: np.ndarray, upper: np.ndarray, n_var: int) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.broadcast_to(np.asarray(lower, dtype=float), (n_var,)).copy()
+    hi = np.broadcast_to(np.asarray(upper, dtype=float), (n_var,)).copy()
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo < hi).all()):
+        raise ValueError(f"coefficient box needs finite lower < upper; got lower={lo.tolist()}, upper={hi.tolist()}")
+    return lo, hi
+
+
+def non_dominated(F: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Indices (ascending) of the non-dominated rows of F [n, k]; equal rows are all kept."""
+    F = np.asarray(F, dtype=float)
+    if len(F) == 0:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(moocore.is_nondominated(F * _signs(maximize), keep_weakly=True))
+
+
+def _sorted_front(C: np.ndarray, F: np.ndarray, maximize: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Non-dominated, de-duplicated (by C) points sorted by the first coefficient, then the rest."""
+    keep = non_dominated(F, maximize)
+    C, F = C[keep], F[keep]
+    _, first = np.unique(C, axis=0, return_index=True)
+    C, F = C[first], F[first]
+    order = np.lexsort(C.T[::-1])
+    return C[order], F[order]
+
+
+def default_partitions(n_obj: int, pop_size: int) -> int:
+    """Largest Das-Dennis partition count whose number of directions fits in `pop_size` (at least 1)."""
+    p = 1
+    while comb(p + n_obj, n_obj - 1) <= pop_size:
+        p += 1
+    return p
+
+
+class _SurrogateProblem(Problem):
+    def __init__(self, predict: Predict, lower: np.ndarray, upper: np.ndarray, signs: np.ndarray) -> None:
+        super().__init__(n_var=len(lower), n_obj=len(signs), xl=lower, xu=upper)
+        self.predict = predict
+        self.signs = signs
+
+    def _evaluate(self, x: np.ndarray, out: dict, *args, **kwargs) -> None:
+        out["F"] = _evaluate(self.predict, x, self.n_obj) * self.signs
+
+
+def surrogate_front(
+    predict: Predict,
+    n_tasks: int,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    maximize: Sequence[bool],
+    pop_size: int = 200,
+    n_gen: int = 200,
+    seed: int = 0,
+    ref_partitions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """NSGA-III front of `predict` (C [n, n_tasks] -> F [n, len(maximize)]) inside the box.
+
+    Returns (C_front [m, n_tasks], F_front [m, k]) of the final population's non-dominated points,
+    de-duplicated and sorted by coefficients; F on the original scale. Deterministic for a seed.
+    Reference directions are Das-Dennis with `ref_partitions` (default: as many as fit in pop_size);
+    pop_size is raised to the number of directions when smaller.
+    """
+    signs = _signs(maximize)
+    if len(signs) < 2:
+        raise ValueError(f"a Pareto front needs at least 2 objectives; got {len(signs)}")
+    lo, hi = _box(lower, upper, n_tasks)
+    partitions = ref_partitions if ref_partitions is not None else default_partitions(len(signs), pop_size)
+    ref_dirs = get_reference_directions("das-dennis", len(signs), n_partitions=partitions)
+    algorithm = NSGA3(ref_dirs=ref_dirs, pop_size=max(pop_size, len(ref_dirs)))
+    result = minimize(
+        _SurrogateProblem(predict, lo, hi, signs), algorithm, ("n_gen", n_gen), seed=seed, verbose=False
+    )
+    return _sorted_front(result.pop.get("X"), result.pop.get("F") * signs, maximize)
+
+
+def grid_front(
+    predict: Predict, lower: np.ndarray, upper: np.ndarray, maximize: Sequence[bool], resolution: int = 201
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-dominated points of a `resolution`^T grid over the box (T <= 3); as `surrogate_front`.
+
+    Memory is bounded (chunks of GRID_CHUNK points), time grows as resolution^T.
+    """
+    n_var = int(np.prod(np.broadcast_shapes(np.shape(lower), np.shape(upper))))
+    lo, hi = _box(lower, upper, n_var)
+    if n_var > 3:
+        raise ValueError(f"grid_front is for at most 3 coefficients; got {n_var}, use surrogate_front")
+    axes = np.linspace(lo, hi, resolution)  # [resolution, T]
+    shape = (resolution,) * n_var
+    Cs, Fs = [], []
+    for start in range(0, resolution**n_var, GRID_CHUNK):
+        index = np.unravel_index(np.arange(start, min(start + GRID_CHUNK, resolution**n_var)), shape)
+        C = np.stack([axes[i, d] for d, i in enumerate(index)], axis=-1)
+        F = _evaluate(predict, C, len(maximize))
+        keep = non_dominated(F, maximize)
+        Cs.append(C[keep])
+        Fs.append(F[keep])
+    return _sorted_front(np.concatenate(Cs), np.concatenate(Fs), maximize)
+
+
+def _minimised(front: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    return np.atleast_2d(np.asarray(front, dtype=float)) * _signs(maximize)
+
+
+def igd(front: np.ndarray, reference: np.ndarray, maximize: Sequence[bool]) -> float:
+    """Inverted generational distance: mean distance from each reference point to its nearest front point."""
+    return float(IGD(_minimised(reference, maximize)).do(_minimised(front, maximize)))
+
+
+def gd(front: np.ndarray, reference: np.ndarray, maximize: Sequence[bool]) -> float:
+    """Generational distance: mean distance from each front point to its nearest reference point."""
+    return float(GD(_minimised(reference, maximize)).do(_minimised(front, maximize)))
+
+
+def hypervolume(front: np.ndarray, ref_point: np.ndarray, maximize: Sequence[bool]) -> float:
+    """Hypervolume dominated by `front` and bounded by `ref_point` (both on the original scale)."""
+    ref = np.asarray(ref_point, dtype=float) * _signs(maximize)
+    return float(HV(ref_point=ref).do(_minimised(front, maximize)))

@@ -1,0 +1,262 @@
+"""Figures of a Pareto front: the 2-task picture in metric space and parallel coordinates for any T.
+
+Rendering uses Matplotlib's Agg canvas directly (no pyplot, no display). PNGs carry no
+software or date metadata, so the same tables give byte-identical files, and each file is
+written atomically (temporary file beside it, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from mapmerge.io import atomic_path
+
+DPI = 150
+CMAP = "viridis"
+SELECTED_COLOR = "#d62728"
+FRONT_COLOR = "#1f77b4"
+FINETUNED_COLORS = ("#ff7f0e", "#2ca02c")
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    """Raise ValueError naming the table and the columns it lacks."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} table lacks column(s) {', '.join(missing)}")
+
+
+def _reference_value(reference: pd.DataFrame | None, model: str, task: str, metric: str) -> float | None:
+    """Value of `metric` for `model` evaluated on `task`, or None when the table has no such row."""
+    if reference is None or reference.empty:
+        return None
+    rows = reference[(reference["model"] == model) & (reference["task"] == task) & (reference["metric"] == metric)]
+    values = rows["value"].dropna()
+    return float(values.iloc[0]) if len(values) else None
+
+
+def _selected_row(selected: pd.DataFrame | None) -> pd.Series | None:
+    """The single row of `selected`, or None when there is none."""
+    if selected is None or selected.empty:
+        return None
+    if len(selected) != 1:
+        raise ValueError(f"selected table must have one row, got {len(selected)}")
+    return selected.iloc[0]
+
+
+def _finite(row: pd.Series, columns: Sequence[str]) -> np.ndarray | None:
+    """The values of `columns` in `row` as floats, or None if any is absent or not finite."""
+    if not all(c in row.index for c in columns):
+        return None
+    values = row[list(columns)].to_numpy(dtype=float)
+    return values if np.all(np.isfinite(values)) else None
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 point', '2 points'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Render `fig` to a PNG at `path` atomically, without time- or version-dependent metadata."""
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
+    return Path(path)
+
+
+def plot_front_2d(
+    samples: pd.DataFrame,
+    front: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    tasks: Sequence[str],
+    metric: str,
+    path: str | os.PathLike,
+    selected: pd.DataFrame | None = None,
+    maximize: bool = True,
+) -> Path:
+    """Plot a two-task front in metric space (x: `tasks[0]`, y: `tasks[1]`) and save it as PNG.
+
+    Shows the evaluated samples, the predicted front, the fine-tuned models as dashed lines,
+    the pretrained model and the selected point (predicted, and measured when present).
+    `maximize` says whether larger metric values are better (marked by an arrow in that corner).
+    """
+    tasks = list(tasks)
+    if len(tasks) != 2:
+        raise ValueError(f"plot_front_2d needs exactly 2 tasks, got {len(tasks)}: {tasks}")
+    cols = [f"{metric}_{t}" for t in tasks]
+    _require_columns(front, cols, "front")
+    pf = front[cols].dropna().sort_values(cols)
+    if pf.empty:
+        raise ValueError("front table has no complete rows")
+    if reference is not None:
+        _require_columns(reference, ["model", "task", "metric", "value"], "reference")
+    x_task, y_task = tasks
+
+    fig = Figure(figsize=(7.6, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+
+    if samples is not None and not samples.empty:
+        _require_columns(samples, cols, "samples")
+        pts = samples[cols].dropna()
+        ax.scatter(pts[cols[0]], pts[cols[1]], s=12, color="0.6", alpha=0.7, linewidths=0,
+                   label=f"evaluated samples ({len(pts)})", zorder=2)
+
+    ax.plot(pf[cols[0]], pf[cols[1]], "-o", color=FRONT_COLOR, markersize=3.5, linewidth=1.5,
+            label=f"predicted Pareto front ({len(pf)})", zorder=3)
+
+    for i, (task, color) in enumerate(zip(tasks, FINETUNED_COLORS)):
+        value = _reference_value(reference, task, task, metric)
+        if value is None:
+            continue
+        line = ax.axvline if i == 0 else ax.axhline
+        line(value, color=color, linestyle="--", linewidth=1.3, label=f"fine-tuned {task}", zorder=1)
+
+    pre = [_reference_value(reference, "pretrained", t, metric) for t in tasks]
+    if None not in pre:
+        ax.scatter(*pre, marker="X", s=70, color="black", label="pretrained", zorder=5)
+
+    row = _selected_row(selected)
+    if row is not None:
+        predicted = _finite(row, cols)
+        measured = _finite(row, [f"measured_{c}" for c in cols])
+        if predicted is not None and measured is not None:
+            ax.plot([predicted[0], measured[0]], [predicted[1], measured[1]], color=SELECTED_COLOR,
+                    linewidth=0.8, zorder=5)
+        if predicted is not None:
+            ax.scatter(*predicted, marker="*", s=180, color=SELECTED_COLOR, edgecolors="black",
+                       linewidths=0.6, label="selected (predicted)", zorder=6)
+        if measured is not None:
+            ax.scatter(*measured, marker="o", s=55, facecolors="white", edgecolors=SELECTED_COLOR,
+                       linewidths=1.8, label="selected (measured)", zorder=6)
+
+    if None not in pre:
+        # Label the pretrained point on its side facing the middle of the (now final) axes.
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        right, top = (pre[0] - x0) / (x1 - x0) > 0.7, (pre[1] - y0) / (y1 - y0) > 0.85
+        ax.annotate("pretrained", pre, xytext=(-7 if right else 7, -7 if top else 7), textcoords="offset points",
+                    ha="right" if right else "left", va="top" if top else "bottom", fontsize=8)
+    ax.set_xlabel(f"{metric} on {x_task}")
+    ax.set_ylabel(f"{metric} on {y_task}")
+    ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}")
+    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
+    corner, tail = ((0.97, 0.97), (0.86, 0.86)) if maximize else ((0.03, 0.03), (0.14, 0.14))
+    ax.annotate("better", corner, xytext=tail, xycoords="axes fraction", textcoords="axes fraction",
+                ha="center", va="center", fontsize=8, color="0.35",
+                arrowprops={"arrowstyle": "->", "color": "0.35", "linewidth": 1.0})
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def _parallel_axes(ax: Axes, tasks: Sequence[str], ylabel: str, title: str) -> None:
+    """Draw vertical coordinate axes at 0..T-1 labelled by task, rotating long or many labels."""
+    for i in range(len(tasks)):
+        ax.axvline(i, color="0.75", linewidth=0.8, zorder=0)
+    ax.set_xticks(range(len(tasks)))
+    rotate = len(tasks) > 4 or max(len(t) for t in tasks) > 10
+    ax.set_xticklabels(tasks, rotation=35 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xlim(-0.25, len(tasks) - 0.75)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", color="0.92", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def plot_front_parallel(
+    front: pd.DataFrame,
+    tasks: Sequence[str],
+    metric: str,
+    path: str | os.PathLike,
+    selected: pd.DataFrame | None = None,
+) -> Path:
+    """Plot the front in parallel coordinates (coefficients left, predicted metrics right) as PNG.
+
+    One polyline per front point, coloured by its mean predicted metric; the selected point
+    is drawn bold on both panels.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("plot_front_parallel needs at least one task")
+    c_cols = [f"c_{t}" for t in tasks]
+    m_cols = [f"{metric}_{t}" for t in tasks]
+    _require_columns(front, c_cols + m_cols, "front")
+    pf = front[c_cols + m_cols].dropna()
+    if pf.empty:
+        raise ValueError("front table has no complete rows")
+
+    mean = pf[m_cols].mean(axis=1).to_numpy()
+    lo, hi = float(mean.min()), float(mean.max())
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5e-3, hi + 0.5e-3
+    norm = Normalize(lo, hi)
+    # Polylines are layered by mean metric, the highest on top.
+    order = np.argsort(mean)
+    xs = np.arange(len(tasks), dtype=float)
+
+    fig = Figure(figsize=(max(10.0, 2.4 + 1.3 * len(tasks)), 4.6), layout="constrained")
+    ax_c, ax_m = fig.subplots(1, 2)
+    row = _selected_row(selected)
+    for ax, cols, ylabel, title in (
+        (ax_c, c_cols, "coefficient $c$", "Merge coefficients"),
+        (ax_m, m_cols, f"predicted {metric}", f"Predicted {metric} per task"),
+    ):
+        values = pf[cols].to_numpy(dtype=float)[order]
+        lines = LineCollection([np.column_stack([xs, v]) for v in values], cmap=CMAP, norm=norm,
+                               linewidths=1.0, alpha=0.75, zorder=2)
+        lines.set_array(mean[order])
+        ax.add_collection(lines)
+        ax.scatter(np.tile(xs, len(values)), values.ravel(), c=np.repeat(mean[order], len(xs)), cmap=CMAP,
+                   norm=norm, s=7, linewidths=0, zorder=3)
+        ax.autoscale_view()
+        _parallel_axes(ax, tasks, ylabel, title)
+        chosen = _finite(row, cols) if row is not None else None
+        if chosen is not None:
+            ax.plot(xs, chosen, "-o", color=SELECTED_COLOR, linewidth=2.8, markersize=5,
+                    markeredgecolor="black", markeredgewidth=0.6, label="selected (predicted)", zorder=4)
+        if ax is ax_m and row is not None:
+            measured = _finite(row, [f"measured_{c}" for c in cols])
+            if measured is not None:
+                ax.plot(xs, measured, "--s", color="black", linewidth=1.6, markersize=4,
+                        label="selected (measured)", zorder=5)
+
+    legend: dict[str, Artist] = {}
+    for ax in (ax_c, ax_m):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend), fontsize=9,
+                   frameon=False)
+    bar = fig.colorbar(lines, ax=[ax_c, ax_m], pad=0.01, fraction=0.04)
+    bar.set_label(f"mean predicted {metric}")
+    fig.suptitle(f"Pareto front in parallel coordinates: {_count(len(pf), 'point')}, {_count(len(tasks), 'task')}")
+    return _save(fig, path)
+
+
+def plot_all(
+    samples: pd.DataFrame,
+    front: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    tasks: Sequence[str],
+    metric: str,
+    out_dir: str | os.PathLike,
+    selected: pd.DataFrame | None = None,
+    maximize: bool = True,
+) -> list[Path]:
+    """Write front_parallel.png, and front_2d.png when there are exactly 2 tasks; return the paths."""
+    out_dir = Path(out_dir)
+    paths = [plot_front_parallel(front, tasks, metric, out_dir / "front_parallel.png", selected=selected)]
+    if len(tasks) == 2:
+        paths.append(plot_front_2d(samples, front, reference, tasks, metric, out_dir / "front_2d.png",
+                                   selected=selected, maximize=maximize))
+    return paths

@@ -1,0 +1,63 @@
+"""Coefficient design: which merges c get a real evaluation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import qmc
+
+from mapmerge.surrogate import n_params
+
+KINDS = ("sobol", "lhs")
+
+
+def design_size(n_tasks: int, sampler: Mapping[str, Any]) -> int:
+    """Total number of points: max(min_points, ceil(factor * (T+1)(T+2)/2))."""
+    return max(int(sampler.get("min_points", 0)), math.ceil(float(sampler["factor"]) * n_params(n_tasks)))
+
+
+def special_points(n_tasks: int, sampler: Mapping[str, Any]) -> np.ndarray:
+    """The points that matter: the pretrained model (origin), each task alone at `upper`, all equal."""
+    lower, upper = float(sampler["lower"]), float(sampler["upper"])
+    points = [np.full(n_tasks, max(lower, 0.0))]
+    points += [np.where(np.arange(n_tasks) == i, upper, max(lower, 0.0)) for i in range(n_tasks)]
+    points.append(np.full(n_tasks, float(sampler["equal"])))
+    return np.clip(np.asarray(points), lower, upper)
+
+
+def space_filling(n_tasks: int, n: int, sampler: Mapping[str, Any], seed: int) -> np.ndarray:
+    """n seeded space-filling points in the box; Sobol's first n points do not change as n grows."""
+    kind = sampler["kind"]
+    if kind == "sobol":
+        engine = qmc.Sobol(d=n_tasks, scramble=True, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # balance warning for n not a power of 2
+            unit = engine.random(n)
+    elif kind == "lhs":
+        unit = qmc.LatinHypercube(d=n_tasks, seed=seed).random(n)
+    else:
+        raise ValueError(f"sampler.kind: unknown kind '{kind}'; known: {', '.join(KINDS)}")
+    return qmc.scale(unit, float(sampler["lower"]), float(sampler["upper"])) if n else unit
+
+
+def design(tasks: Sequence[str], sampler: Mapping[str, Any], seed: int) -> pd.DataFrame:
+    """The designed coefficient vectors: one row per sample with `sample`, `kind` and `c_<task>` columns."""
+    n_tasks = len(tasks)
+    lower, upper = float(sampler["lower"]), float(sampler["upper"])
+    if not lower < upper:
+        raise ValueError(f"sampler: lower ({lower}) must be below upper ({upper})")
+    total = design_size(n_tasks, sampler)
+    special = special_points(n_tasks, sampler) if sampler.get("include_special", True) else np.empty((0, n_tasks))
+    special = np.unique(special, axis=0) if len(special) else special
+    n_fill = max(total - len(special), 0)
+    points = np.vstack([special, space_filling(n_tasks, n_fill, sampler, seed)])
+    kinds = ["special"] * len(special) + [sampler["kind"]] * n_fill
+    frame = pd.DataFrame(points, columns=[f"c_{t}" for t in tasks])
+    frame.insert(0, "kind", kinds)
+    frame.insert(0, "sample", [f"s{i:04d}" for i in range(len(frame))])
+    return frame

@@ -1,0 +1,281 @@
+"""Quadratic surrogates of per-task metrics: M(c) ~ link(c^T A c + b^T c + e).
+
+The quadratic is linear in its parameters over the features returned by `quadratic_features`
+(1, c_i, then c_i*c_j for i <= j), so a fit is a linear least-squares start on the link scale
+followed by a nonlinear least-squares refinement on the metric's own scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+from scipy.special import expit, logit
+from threadpoolctl import threadpool_limits
+
+
+class SurrogateError(ValueError):
+    """A surrogate cannot be fitted or rebuilt; the message names the task and metric."""
+
+
+class _Link(NamedTuple):
+    forward: Callable[[np.ndarray], np.ndarray]
+    derivative: Callable[[np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray], np.ndarray]
+    low: float  # the link's closed range [low, high]
+    high: float
+
+
+EPS = 1e-3  # values are fitted clipped into [low + EPS, high - EPS], where the link is finite
+_LINKS: dict[str, _Link] = {
+    "sigmoid": _Link(expit, lambda z: expit(z) * expit(-z), logit, 0.0, 1.0),
+    "softplus": _Link(
+        lambda z: np.logaddexp(0.0, z), expit, lambda y: y + np.log(-np.expm1(-y)), 0.0, np.inf
+    ),
+    "identity": _Link(lambda z: z, np.ones_like, lambda y: y, -np.inf, np.inf),
+}
+LINKS = tuple(_LINKS)
+COEF_PREFIX = "c_"
+TABLE_COLUMNS = ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks"]
+
+
+def n_params(n_tasks: int) -> int:
+    """Number of quadratic parameters for `n_tasks` coefficients: (T+1)(T+2)/2."""
+    return (n_tasks + 1) * (n_tasks + 2) // 2
+
+
+def quadratic_features(C: np.ndarray) -> np.ndarray:
+    """Features [..., T] -> [..., P]: 1, c_1..c_T, then c_i*c_j for i <= j in row-major order."""
+    C = np.asarray(C, dtype=float)
+    i, j = np.triu_indices(C.shape[-1])
+    return np.concatenate([np.ones(C.shape[:-1] + (1,)), C, C[..., i] * C[..., j]], axis=-1)
+
+
+def _where(task: str, metric: str) -> str:
+    return f"task {task!r}, metric {metric!r}"
+
+
+def _link(name: str, task: str, metric: str) -> _Link:
+    if name not in _LINKS:
+        raise SurrogateError(f"{_where(task, metric)}: unknown link {name!r}; known: {', '.join(LINKS)}")
+    return _LINKS[name]
+
+
+@dataclass(frozen=True, eq=False)
+class SurrogateFit:
+    """A fitted surrogate of one task's metric; `params` are in `quadratic_features` order.
+
+    `tasks` names the coefficients in order (filled by `fit_table`; empty when fitted directly).
+    """
+
+    task: str
+    metric: str
+    link: str
+    params: np.ndarray
+    r2: float
+    rmse: float
+    loo_rmse: float
+    n_samples: int
+    tasks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        params = np.array(self.params, dtype=float)
+        params.setflags(write=False)
+        object.__setattr__(self, "params", params)
+        _link(self.link, self.task, self.metric)
+        if self.tasks and len(params) != n_params(len(self.tasks)):
+            raise SurrogateError(
+                f"{_where(self.task, self.metric)}: {len(params)} parameters do not match "
+                f"{len(self.tasks)} tasks ({n_params(len(self.tasks))} expected)"
+            )
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of coefficients T, recovered from the parameter count."""
+        return int(round((np.sqrt(8 * len(self.params) + 1) - 3) / 2))
+
+    def predict(self, C: np.ndarray) -> np.ndarray:
+        """Predicted metric for coefficients C [..., T] (a [T] vector gives a 0-d array)."""
+        C = np.asarray(C, dtype=float)
+        if C.shape[-1:] != (self.n_tasks,):
+            raise SurrogateError(
+                f"{_where(self.task, self.metric)}: coefficients of shape {C.shape}, expected [..., {self.n_tasks}]"
+            )
+        return _LINKS[self.link].forward(quadratic_features(C) @ self.params)
+
+
+def _check_data(C: np.ndarray, y: np.ndarray, link: _Link, link_name: str, where: str) -> None:
+    if C.ndim != 2 or y.ndim != 1 or len(C) != len(y):
+        raise SurrogateError(f"{where}: coefficients {C.shape} and values {y.shape} do not match ([n, T] and [n])")
+    for name, arr in (("coefficients", C), ("metric values", y)):
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if bad.any():
+            raise SurrogateError(f"{where}: {name} are NaN or infinite in sample rows {np.flatnonzero(bad).tolist()}")
+    p = n_params(C.shape[1])
+    if len(y) < p:
+        raise SurrogateError(
+            f"{where}: {len(y)} samples for {p} parameters; raise sampler.n_samples or sampler.factor"
+        )
+    if y.min() < link.low or y.max() > link.high:
+        raise SurrogateError(
+            f"{where}: values in [{y.min():.4g}, {y.max():.4g}] lie outside the range "
+            f"[{link.low:g}, {link.high:g}] of link {link_name!r}"
+        )
+
+
+def _start(X: np.ndarray, target: np.ndarray, link: _Link) -> np.ndarray:
+    """Linear least squares on the link scale."""
+    return np.linalg.lstsq(X, link.inverse(target), rcond=None)[0]
+
+
+def _refine(X: np.ndarray, y: np.ndarray, link: _Link, p0: np.ndarray) -> np.ndarray:
+    """Nonlinear least squares on the metric's own scale, started at p0."""
+    result = least_squares(
+        lambda p: link.forward(X @ p) - y,
+        p0,
+        jac=lambda p: link.derivative(X @ p)[:, None] * X,
+        method="trf",
+    )
+    return result.x
+
+
+def _loo_rmse(X: np.ndarray, target: np.ndarray, y: np.ndarray, link: _Link, params: np.ndarray) -> float:
+    """Leave-one-out RMSE, each refit started at the full fit; NaN when n-1 < P (undetermined)."""
+    n, p = X.shape
+    if n - 1 < p:
+        return float("nan")
+    keep = ~np.eye(n, dtype=bool)
+    errors = [link.forward(X[i] @ _refine(X[keep[i]], target[keep[i]], link, params)) - y[i] for i in range(n)]
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def fit_surrogate(
+    C: np.ndarray, y: np.ndarray, link: str, task: str = "", metric: str = "", loo: bool = True
+) -> SurrogateFit:
+    """Fit M(c) ~ link(quadratic(c)) to coefficients C [n, T] and metric values y [n].
+
+    Values are clipped EPS inside the link's range (accuracy 1.0 -> 0.999 for sigmoid) so the fit
+    stays finite; the start is linear least squares on the link scale, refined on the metric scale.
+    r2 and rmse are plain squared-error statistics on the fitting data (r2 is NaN for constant y);
+    loo_rmse is the leave-one-out RMSE (NaN when loo is False or n-1 < P).
+    """
+    where = _where(task, metric)
+    spec = _link(link, task, metric)
+    C = np.asarray(C, dtype=float)
+    y = np.asarray(y, dtype=float)
+    _check_data(C, y, spec, link, where)
+    X = quadratic_features(C)
+    target = np.clip(y, spec.low + EPS, spec.high - EPS)
+    with threadpool_limits(limits=1, user_api="blas"):  # threads only slow down such small problems
+        params = _refine(X, target, spec, _start(X, target, spec))
+        loo_rmse = _loo_rmse(X, target, y, spec, params) if loo else float("nan")
+    residual = spec.forward(X @ params) - y
+    ss_res = float(residual @ residual)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return SurrogateFit(
+        task=task,
+        metric=metric,
+        link=link,
+        params=params,
+        r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+        rmse=float(np.sqrt(ss_res / len(y))),
+        loo_rmse=loo_rmse,
+        n_samples=len(y),
+    )
+
+
+def _coefficients(samples: pd.DataFrame, tasks: list[str]) -> np.ndarray:
+    columns = [COEF_PREFIX + t for t in tasks]
+    missing = [c for c in ["sample", *columns] if c not in samples.columns]
+    if missing:
+        raise SurrogateError(f"samples table lacks columns {missing}")
+    bad = [t for t in tasks if "," in t]
+    if bad:
+        raise SurrogateError(f"task names may not contain ',': {bad}")
+    duplicated = samples["sample"][samples["sample"].duplicated()].tolist()
+    if duplicated:
+        raise SurrogateError(f"samples table repeats sample ids {duplicated[:5]}")
+    return samples[columns].to_numpy(dtype=float)
+
+
+def _values(metrics: pd.DataFrame, sample_ids: pd.Series, task: str, metric: str) -> np.ndarray:
+    """The metric values of one task aligned to `sample_ids`, with named errors for gaps and repeats."""
+    rows = metrics[(metrics["task"] == task) & (metrics["metric"] == metric)]
+    where = _where(task, metric)
+    repeated = rows["sample"][rows["sample"].duplicated()].tolist()
+    if repeated:
+        raise SurrogateError(f"{where}: metrics table has several values for samples {repeated[:5]}")
+    missing = sample_ids[~sample_ids.isin(rows["sample"])].tolist()
+    if missing:
+        raise SurrogateError(f"{where}: metrics table has no value for samples {missing[:5]}")
+    values = rows.set_index("sample")["value"].reindex(sample_ids).to_numpy(dtype=float)
+    bad = sample_ids[~np.isfinite(values)].tolist()
+    if bad:
+        raise SurrogateError(f"{where}: value is NaN or infinite for samples {bad[:5]}")
+    return values
+
+
+def fit_table(
+    samples: pd.DataFrame,
+    metrics: pd.DataFrame,
+    tasks: list[str],
+    links: Mapping[str, str],
+    loo: bool = True,
+) -> pd.DataFrame:
+    """Fit every (task, metric in `links`) and return one row per fit, sorted by task and metric.
+
+    samples: columns 'sample' and 'c_<task>'; metrics: long table sample, task, metric, value.
+    Rows of `metrics` for samples not in `samples` are ignored.
+    """
+    missing = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
+    if missing:
+        raise SurrogateError(f"metrics table lacks columns {missing}")
+    C = _coefficients(samples, tasks)
+    rows = []
+    for task in tasks:
+        for metric, link in links.items():
+            y = _values(metrics, samples["sample"], task, metric)
+            fit = fit_surrogate(C, y, link, task=task, metric=metric, loo=loo)
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "link": link,
+                    "n_samples": fit.n_samples,
+                    "r2": fit.r2,
+                    "rmse": fit.rmse,
+                    "loo_rmse": fit.loo_rmse,
+                    "params": fit.params.tolist(),
+                    "tasks": ",".join(tasks),
+                }
+            )
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table.sort_values(["task", "metric"], ignore_index=True)
+
+
+def fits_from_table(table: pd.DataFrame) -> dict[tuple[str, str], SurrogateFit]:
+    """Rebuild the fits of a `fit_table` table, keyed by (task, metric)."""
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise SurrogateError(f"surrogate table lacks columns {missing}")
+    fits: dict[tuple[str, str], SurrogateFit] = {}
+    for row in table.itertuples(index=False):
+        key = (str(row.task), str(row.metric))
+        if key in fits:
+            raise SurrogateError(f"{_where(*key)}: surrogate table has several rows")
+        fits[key] = SurrogateFit(
+            task=key[0],
+            metric=key[1],
+            link=str(row.link),
+            params=np.asarray(row.params, dtype=float),
+            r2=float(row.r2),
+            rmse=float(row.rmse),
+            loo_rmse=float(row.loo_rmse),
+            n_samples=int(row.n_samples),
+            tasks=tuple(str(row.tasks).split(",")),
+        )
+    return fits

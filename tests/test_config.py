@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+
+from mapmerge.config import STAGE_MODULES, ConfigError, load_config, stage_config
+
+STAGES = list(STAGE_MODULES)
+
+
+def load(repo: Path, **kwargs):
+    return load_config(repo / "config", **kwargs)
+
+
+def test_default_config_is_the_builtin_benchmark(repo):
+    cfg = load(repo)
+    assert cfg["results"] == "results/demo"
+    assert cfg["model"]["builtin"] is True
+    assert len(cfg["task_names"]) == 4
+    assert cfg["model"]["merge"]["exclude"] == ["head.*"]
+    assert cfg["model"]["pretrained"] == "results/demo/checkpoints/pretrained.safetensors"
+
+
+def test_overrides_and_group_selection(repo):
+    cfg = load(repo, overrides="[name=trial2, benchmark.tasks=2, sampler=lhs, surrogate.links.accuracy=identity]")
+    assert cfg["results"] == "results/trial2"
+    assert cfg["sampler"]["kind"] == "lhs"
+    assert cfg["surrogate"]["links"]["accuracy"] == "identity"
+    assert len(cfg["task_names"]) == 2
+
+
+def test_experiment_file_then_overrides(repo, tmp_path):
+    (tmp_path / "sub").mkdir()
+    exp = tmp_path / "sub" / "exp.yaml"
+    exp.write_text(
+        "name: mine\n"
+        "model:\n"
+        "  builder: {_target_: mymodel.build, hidden: 3}\n"
+        "  pretrained: ckpt/pre.pt\n"
+        "  python_path: [.]\n"
+        "  tasks:\n"
+        "    a: {checkpoint: ckpt/a.pt, evaluator: {_target_: mymodel.Eval, task: a}}\n"
+        "    b: {checkpoint: /abs/b.pt, evaluator: {_target_: mymodel.Eval, task: b}}\n"
+        "sampler: {factor: 2.0}\n"
+    )
+    cfg = load(repo, experiment=exp, overrides=["sampler.factor=3.0"])
+    assert cfg["name"] == "mine" and cfg["model"]["builtin"] is False
+    assert cfg["model"]["pretrained"] == str(tmp_path / "sub" / "ckpt" / "pre.pt")
+    assert cfg["model"]["tasks"]["b"]["checkpoint"] == "/abs/b.pt"
+    assert cfg["model"]["python_path"] == [str(tmp_path / "sub")]
+    assert cfg["model"]["builder"] == {"_target_": "mymodel.build", "hidden": 3}
+    assert cfg["sampler"]["factor"] == 3.0  # the override wins over the experiment
+    assert cfg["sampler"]["kind"] == "sobol"  # group defaults stay under the experiment
+    assert cfg["task_names"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["benchmark.tasks=[rot90, nope]"], "benchmark.tasks: unknown task 'nope'"),
+        (["benchmark.tasks=1"], "benchmark.tasks: 1 is out of range"),
+        (["tasks=[rot90, zzz]"], "tasks: unknown task 'zzz'"),
+        (["name=a/b"], "name: 'a/b' is not a valid run name"),
+        (["sampler=nonexistent"], "config: "),
+        (["model.pretrained=x.pt"], "model.builder: must be a mapping"),
+    ],
+)
+def test_bad_config_gives_one_line_error(repo, overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load(repo, overrides=overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_experiment_file(repo, tmp_path):
+    with pytest.raises(ConfigError, match="nothere.yaml: not found"):
+        load(repo, experiment=tmp_path / "nothere.yaml")
+
+
+def changed_stages(repo, override):
+    base = load(repo)
+    other = load(repo, overrides=[override])
+    return {s for s in STAGES if stage_config(base, s) != stage_config(other, s)}
+
+
+def test_each_stage_sees_only_its_own_config(repo):
+    # a change reruns its own stage (and, through the files, what follows), nothing before it
+    assert changed_stages(repo, "surrogate.loo=false") == {"fit_surrogate"}
+    assert changed_stages(repo, "optimizer.n_gen=10") == {"pareto_front"}
+    assert changed_stages(repo, "+preference.rot90=2") == {"merge_group"}
+    assert changed_stages(repo, "selection=tchebycheff") == {"merge_group"}
+    assert changed_stages(repo, "sampler.factor=2") == {"sample_coefficients"}
+    assert changed_stages(repo, "evaluation.device=cpu") == set()
+
+
+def test_stage_code_version_is_part_of_params(repo):
+    assert "code" in stage_config(load(repo), "fit_surrogate")

@@ -1,0 +1,129 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mapmerge.benchmark import DigitsEvaluator, build_model
+from mapmerge.checkpoints import load_state_dict
+from mapmerge.evaluate import EvaluationError, MergeEngine, check_rows
+from mapmerge.metrics import metrics_from_examples
+from mapmerge.taskvectors import extract_task_vector, merged_state
+
+from conftest import SMALL_BENCHMARK, SMALL_TASKS
+
+
+@pytest.fixture(scope="module")
+def vectors(small_bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vectors")
+    paths = {}
+    for task in SMALL_TASKS:
+        paths[task] = out / f"{task}.safetensors"
+        extract_task_vector(small_bench / "pretrained.safetensors", small_bench / f"{task}.safetensors", ["*"], ["head.*"], paths[task], task)
+    return paths
+
+
+def evaluator_cfg(task):
+    return {"_target_": "mapmerge.benchmark.DigitsEvaluator", "task": task, "seed": 0}
+
+
+def make_engine(small_bench, vectors, checkpoints=None):
+    checkpoints = checkpoints or {t: small_bench / f"{t}.safetensors" for t in SMALL_TASKS}
+    return MergeEngine(
+        builder={"_target_": "mapmerge.benchmark.build_model", "width": SMALL_BENCHMARK["width"]},
+        pretrained=small_bench / "pretrained.safetensors",
+        vectors=vectors,
+        task_checkpoints=checkpoints,
+        evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},
+        merge={"include": ["*"], "exclude": ["head.*"]},
+        device="cpu",
+    )
+
+
+def direct_eval(state, task):
+    """Evaluate a full state dict the plain way: a fresh module, load, run the evaluator."""
+    module = build_model(width=SMALL_BENCHMARK["width"])
+    module.load_state_dict(state)
+    module.eval()
+    return DigitsEvaluator(task, seed=0)(module, "cpu")
+
+
+def test_engine_equals_plain_task_arithmetic(small_bench, vectors):
+    engine = make_engine(small_bench, vectors)
+    c = [0.4, 0.7, 0.2]
+    rows = engine.evaluate(c, sample="s1")
+    assert list(rows.columns) == ["sample", "task", "example", "correct", "loss"]
+    pre = load_state_dict(small_bench / "pretrained.safetensors")
+    merged = merged_state(pre, [load_state_dict(p) for p in vectors.values()], c)
+    for task in SMALL_TASKS:
+        head = {k: v for k, v in load_state_dict(small_bench / f"{task}.safetensors").items() if k.startswith("head.")}
+        expected = direct_eval({**merged, **head}, task)
+        got = rows[rows["task"] == task].reset_index(drop=True)
+        assert (got["correct"].to_numpy() == expected["correct"].to_numpy()).all()
+        np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuned_corner_reproduces_the_fine_tuned_model(small_bench, vectors):
+    engine = make_engine(small_bench, vectors)
+    rows = engine.evaluate([1.0, 0.0, 0.0], sample="ft")
+    expected = direct_eval(load_state_dict(small_bench / f"{SMALL_TASKS[0]}.safetensors"), SMALL_TASKS[0])
+    got = rows[rows["task"] == SMALL_TASKS[0]]
+    assert got["correct"].mean() == pytest.approx(expected["correct"].mean())
+
+
+def test_checkpoints_are_read_once_and_the_model_never_copied(small_bench, vectors, tmp_path):
+    # copies of the inputs, deleted after the engine is built: later samples cannot re-read them
+    import shutil
+
+    copies = {}
+    for name in ["pretrained", *SMALL_TASKS]:
+        copies[name] = shutil.copy(small_bench / f"{name}.safetensors", tmp_path / f"{name}.safetensors")
+    vec_copies = {t: shutil.copy(p, tmp_path / f"tau_{t}.safetensors") for t, p in vectors.items()}
+    engine = MergeEngine(
+        builder={"_target_": "mapmerge.benchmark.build_model", "width": SMALL_BENCHMARK["width"]},
+        pretrained=copies["pretrained"], vectors=vec_copies,
+        task_checkpoints={t: copies[t] for t in SMALL_TASKS},
+        evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},
+        merge={"include": ["*"], "exclude": ["head.*"]}, device="cpu",
+    )
+    for path in tmp_path.iterdir():
+        path.unlink()
+    pointers = [p.data_ptr() for p in engine.module.parameters()]
+    first = engine.evaluate([0.1, 0.2, 0.3], sample="a")
+    second = engine.evaluate([0.9, 0.0, 0.5], sample="b")
+    assert [p.data_ptr() for p in engine.module.parameters()] == pointers
+    assert not first["correct"].equals(second["correct"]) or not np.allclose(first["loss"], second["loss"])
+    # evaluating a again after b gives the same rows: no state leaks between samples
+    again = engine.evaluate([0.1, 0.2, 0.3], sample="a")
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_bad_evaluator_output_names_sample_and_task():
+    with pytest.raises(EvaluationError, match="sample s7, task t: evaluator returned NaN or inf in 'loss'"):
+        check_rows(pd.DataFrame({"correct": [True], "loss": [float("nan")]}), "s7", "t")
+    with pytest.raises(EvaluationError, match="sample s7, task t: evaluator returned neither"):
+        check_rows(pd.DataFrame({"score": [1.0]}), "s7", "t")
+
+
+def test_raising_evaluator_names_sample_and_task(small_bench, vectors):
+    engine = make_engine(small_bench, vectors)
+    engine.evaluators[SMALL_TASKS[1]] = lambda module, device: 1 / 0
+    with pytest.raises(EvaluationError, match=f"sample s3, task {SMALL_TASKS[1]}: evaluator raised ZeroDivisionError"):
+        engine.evaluate([0.1, 0.1, 0.1], sample="s3")
+
+
+def test_metrics_from_examples():
+    rows = pd.DataFrame({"sample": ["a"] * 4, "task": ["x", "x", "y", "y"], "example": [0, 1, 0, 1],
+                         "correct": [1.0, 0.0, 1.0, 1.0], "loss": [0.5, 1.5, 0.1, 0.3]})
+    table = metrics_from_examples(rows).set_index(["task", "metric"])["value"]
+    assert table[("x", "accuracy")] == 0.5 and table[("x", "loss")] == 1.0
+    assert table[("y", "accuracy")] == 1.0 and table[("y", "loss")] == pytest.approx(0.2)
+
+
+def test_device_choice():
+    from mapmerge.evaluate import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(EvaluationError, match="evaluation.device: 'cuda'"):
+            pick_device("cuda")

@@ -1,0 +1,128 @@
+"""Tests of mapmerge.plots: real Agg rendering of small synthetic fronts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from mapmerge.plots import plot_all, plot_front_2d, plot_front_parallel
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def tables(tasks: list[str], metric: str = "accuracy", n_front: int = 12, measured: bool = True):
+    """Synthetic samples, front, reference and selected tables in the documented shapes."""
+    rng = np.random.default_rng(0)
+    t = len(tasks)
+
+    def metrics(c: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"{metric}_{task}": 0.2 + 0.7 * c[:, i] - 0.3 * (c.sum(1) - c[:, i]) ** 2 / t
+                for i, task in enumerate(tasks)}
+
+    c_samples = rng.uniform(0, 1, size=(15, t))
+    samples = pd.DataFrame({"sample": range(15), **{f"c_{k}": c_samples[:, i] for i, k in enumerate(tasks)},
+                            **metrics(c_samples)})
+    c_front = rng.dirichlet(np.ones(t), size=n_front)
+    front = pd.DataFrame({**{f"c_{k}": c_front[:, i] for i, k in enumerate(tasks)}, **metrics(c_front)})
+    reference = pd.DataFrame(
+        [("pretrained", k, metric, 0.15) for k in tasks]
+        + [(m, k, metric, 0.95 if m == k else 0.1) for m in tasks for k in tasks],
+        columns=["model", "task", "metric", "value"],
+    )
+    selected = front.iloc[[n_front // 2]].reset_index(drop=True)
+    if measured:
+        for k in tasks:
+            selected[f"measured_{metric}_{k}"] = selected[f"{metric}_{k}"] - 0.03
+    return samples, front, reference, selected
+
+
+def assert_png(path: Path) -> None:
+    """`path` is a PNG with visible content, and no temporary file is left beside it."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    assert float(image[..., :3].var()) > 1e-3
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_front_2d_writes_png(tmp_path: Path) -> None:
+    tasks = ["rot90", "invert"]
+    samples, front, reference, selected = tables(tasks)
+    out = plot_front_2d(samples, front, reference, tasks, "accuracy", tmp_path / "sub" / "f.png", selected=selected)
+    assert out == tmp_path / "sub" / "f.png"
+    assert_png(out)
+
+
+def test_front_2d_minimal_inputs_and_loss(tmp_path: Path) -> None:
+    tasks = ["a", "b"]
+    samples, front, _, selected = tables(tasks, metric="loss", measured=False)
+    out = plot_front_2d(samples.iloc[:0], front, None, tasks, "loss", tmp_path / "f.png", selected=selected,
+                        maximize=False)
+    assert_png(out)
+
+
+def test_front_2d_needs_two_tasks(tmp_path: Path) -> None:
+    tasks = ["a", "b", "c"]
+    samples, front, reference, _ = tables(tasks)
+    with pytest.raises(ValueError, match="exactly 2 tasks"):
+        plot_front_2d(samples, front, reference, tasks, "accuracy", tmp_path / "f.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_metric_column_is_named(tmp_path: Path) -> None:
+    tasks = ["a", "b"]
+    _, front, _, _ = tables(tasks)
+    with pytest.raises(ValueError, match="loss_a"):
+        plot_front_parallel(front, tasks, "loss", tmp_path / "p.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tasks", [["a"], ["digits04", "rot90", "invert", "mirror_parity"]])
+def test_front_parallel_writes_png(tmp_path: Path, tasks: list[str]) -> None:
+    _, front, _, selected = tables(tasks)
+    assert_png(plot_front_parallel(front, tasks, "accuracy", tmp_path / "p.png", selected=selected))
+
+
+def test_front_parallel_single_point_without_selection(tmp_path: Path) -> None:
+    tasks = ["a", "b", "c"]
+    _, front, _, _ = tables(tasks, n_front=1)
+    assert_png(plot_front_parallel(front, tasks, "accuracy", tmp_path / "p.png"))
+
+
+def test_plot_all(tmp_path: Path) -> None:
+    two = ["rot90", "invert"]
+    samples, front, reference, selected = tables(two)
+    paths = plot_all(samples, front, reference, two, "accuracy", tmp_path / "two", selected=selected)
+    assert sorted(p.name for p in paths) == ["front_2d.png", "front_parallel.png"]
+    four = ["a", "b", "c", "d"]
+    samples, front, reference, selected = tables(four)
+    paths = plot_all(samples, front, reference, four, "accuracy", tmp_path / "four", selected=selected)
+    assert [p.name for p in paths] == ["front_parallel.png"]
+    assert sorted(p.name for p in (tmp_path / "four").iterdir()) == ["front_parallel.png"]
+    for path in paths:
+        assert_png(path)
+
+
+def test_plots_are_deterministic(tmp_path: Path) -> None:
+    tasks = ["rot90", "invert"]
+    samples, front, reference, selected = tables(tasks)
+    first = [p.read_bytes() for p in plot_all(samples, front, reference, tasks, "accuracy", tmp_path / "1", selected)]
+    second = [p.read_bytes() for p in plot_all(samples, front, reference, tasks, "accuracy", tmp_path / "2", selected)]
+    assert first == second
+
+
+def test_failed_render_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", fail)
+    tasks = ["a", "b"]
+    _, front, _, _ = tables(tasks)
+    with pytest.raises(RuntimeError, match="disk full"):
+        plot_front_parallel(front, tasks, "accuracy", tmp_path / "p.png")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from mapmerge.sampling import design, design_size
+from mapmerge.surrogate import n_params
+
+SOBOL = {"kind": "sobol", "lower": 0.0, "upper": 1.0, "factor": 1.5, "min_points": 0, "include_special": True, "equal": 0.5}
+
+
+@pytest.mark.parametrize("n_tasks", [2, 3, 4, 8])
+def test_design_covers_box_with_enough_points(n_tasks):
+    tasks = [f"t{i}" for i in range(n_tasks)]
+    frame = design(tasks, SOBOL, seed=0)
+    C = frame[[f"c_{t}" for t in tasks]].to_numpy()
+    assert len(frame) == design_size(n_tasks, SOBOL) >= 1.5 * n_params(n_tasks)
+    assert C.min() >= 0.0 and C.max() <= 1.0
+    assert frame["sample"].is_unique
+    rows = {tuple(r) for r in C}
+    assert tuple(np.zeros(n_tasks)) in rows and tuple(np.full(n_tasks, 0.5)) in rows
+    for i in range(n_tasks):
+        assert tuple(np.eye(n_tasks)[i]) in rows
+    # the space-filling part reaches every corner region of the box
+    fill = C[frame["kind"] == "sobol"]
+    assert (fill.min(axis=0) < 0.25).all() and (fill.max(axis=0) > 0.75).all()
+
+
+def test_design_is_seeded_and_sobol_prefix_is_stable():
+    tasks = ["a", "b", "c"]
+    one = design(tasks, SOBOL, seed=3)
+    assert one.equals(design(tasks, SOBOL, seed=3))
+    assert not one.equals(design(tasks, SOBOL, seed=4))
+    more = design(tasks, {**SOBOL, "factor": 3.0}, seed=3)
+    # growing the design keeps every earlier sample (same id, same coefficients): no re-evaluation
+    assert more.iloc[: len(one)].equals(one)
+
+
+def test_lhs_and_box_and_errors():
+    frame = design(["a", "b"], {**SOBOL, "kind": "lhs", "lower": -0.5, "upper": 1.5, "min_points": 20}, seed=0)
+    assert len(frame) == 20
+    C = frame[["c_a", "c_b"]].to_numpy()
+    assert C.min() >= -0.5 and C.max() <= 1.5
+    with pytest.raises(ValueError, match="sampler.kind: unknown kind 'grid'"):
+        design(["a", "b"], {**SOBOL, "kind": "grid"}, seed=0)
+    with pytest.raises(ValueError, match="lower"):
+        design(["a", "b"], {**SOBOL, "lower": 1.0}, seed=0)

@@ -1,0 +1,191 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import expit
+
+from mapmerge.surrogate import (
+    LINKS,
+    SurrogateError,
+    SurrogateFit,
+    fit_surrogate,
+    fit_table,
+    fits_from_table,
+    n_params,
+    quadratic_features,
+)
+
+FORWARD = {"sigmoid": expit, "softplus": lambda z: np.logaddexp(0.0, z), "identity": lambda z: z}
+
+
+def quadratic_data(T: int, n: int, link: str, seed: int = 0, noise: float = 0.0):
+    rng = np.random.default_rng(seed)
+    C = rng.uniform(0.0, 1.0, (n, T))
+    params = rng.normal(0.0, 0.7, n_params(T))
+    y = FORWARD[link](quadratic_features(C) @ params) + rng.normal(0.0, noise, n)
+    return C, y, params
+
+
+def test_n_params():
+    assert [n_params(t) for t in (1, 2, 4, 8)] == [3, 6, 15, 45]
+
+
+def test_feature_order():
+    X = quadratic_features(np.array([[2.0, 3.0, 5.0]]))
+    # 1, c1, c2, c3, c1c1, c1c2, c1c3, c2c2, c2c3, c3c3
+    np.testing.assert_array_equal(X, [[1, 2, 3, 5, 4, 6, 10, 9, 15, 25]])
+    assert quadratic_features(np.zeros((7, 4))).shape == (7, n_params(4))
+    assert quadratic_features(np.zeros((2, 3, 4))).shape == (2, 3, n_params(4))
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_exact_recovery(link):
+    C, y, params = quadratic_data(T=3, n=30, link=link)
+    fit = fit_surrogate(C, y, link, task="a", metric="m")
+    np.testing.assert_allclose(fit.params, params, atol=1e-5)
+    assert fit.r2 > 1 - 1e-9
+    assert fit.rmse < 1e-7 and fit.loo_rmse < 1e-5
+    assert fit.n_samples == 30 and fit.link == link
+    C_new = np.random.default_rng(9).uniform(0, 1, (5, 3))
+    np.testing.assert_allclose(fit.predict(C_new), FORWARD[link](quadratic_features(C_new) @ params), atol=1e-6)
+
+
+def test_predict_shapes():
+    C, y, _ = quadratic_data(T=2, n=12, link="identity")
+    fit = fit_surrogate(C, y, "identity")
+    assert fit.predict(C).shape == (12,)
+    assert fit.predict(C[0]).shape == ()
+    assert fit.predict(C[0]) == pytest.approx(fit.predict(C)[0])
+    with pytest.raises(SurrogateError, match=r"shape \(12, 3\)"):
+        fit.predict(np.zeros((12, 3)))
+
+
+def test_saturated_accuracy_stays_finite():
+    rng = np.random.default_rng(3)
+    C = rng.uniform(0, 1, (20, 2))
+    y = np.round(expit(3 + 6 * C[:, 0] - 4 * C[:, 1] ** 2) * 200) / 200  # accuracy on 200 examples
+    assert (y == 1.0).sum() >= 5
+    fit = fit_surrogate(C, y, "sigmoid")
+    assert np.isfinite(fit.params).all() and np.abs(fit.params).max() < 100
+    assert fit.rmse < 0.005 and np.all(fit.predict(C[y == 1.0]) > 0.99)
+
+
+def test_too_few_samples():
+    C, y, _ = quadratic_data(T=4, n=10, link="sigmoid")
+    message = "task 'rot90', metric 'accuracy': 10 samples for 15 parameters; raise sampler.n_samples or sampler.factor"
+    with pytest.raises(SurrogateError, match=message):
+        fit_surrogate(C, y, "sigmoid", task="rot90", metric="accuracy")
+
+
+def test_loo_undefined_at_minimum_sample_count():
+    C, y, _ = quadratic_data(T=2, n=6, link="identity")
+    fit = fit_surrogate(C, y, "identity")
+    assert np.isnan(fit.loo_rmse) and fit.r2 > 1 - 1e-9
+
+
+@pytest.mark.parametrize("where", ["C", "y"])
+def test_nan_rejected(where):
+    C, y, _ = quadratic_data(T=2, n=12, link="sigmoid")
+    (C[3] if where == "C" else y[3:4])[0] = np.nan
+    with pytest.raises(SurrogateError, match=r"task 'inv', metric 'accuracy': .*NaN.*\[3\]"):
+        fit_surrogate(C, y, "sigmoid", task="inv", metric="accuracy")
+
+
+def test_bad_link_and_range():
+    C, y, _ = quadratic_data(T=2, n=12, link="identity")
+    with pytest.raises(SurrogateError, match="task 'a', metric 'm': unknown link 'probit'"):
+        fit_surrogate(C, y, "probit", task="a", metric="m")
+    with pytest.raises(SurrogateError, match="outside the range .* of link 'sigmoid'"):
+        fit_surrogate(C, y + 5.0, "sigmoid", task="a", metric="m")
+
+
+def test_loo_exceeds_rmse_on_noisy_data():
+    C, y, _ = quadratic_data(T=3, n=25, link="sigmoid", noise=0.02)
+    fit = fit_surrogate(C, np.clip(y, 0, 1), "sigmoid")
+    assert fit.loo_rmse > fit.rmse > 0
+    assert np.isnan(fit_surrogate(C, np.clip(y, 0, 1), "sigmoid", loo=False).loo_rmse)
+
+
+def test_deterministic():
+    C, y, _ = quadratic_data(T=3, n=25, link="softplus", noise=0.02)
+    y = np.clip(y, 0, None)
+    a, b = fit_surrogate(C, y, "softplus"), fit_surrogate(C, y, "softplus")
+    np.testing.assert_array_equal(a.params, b.params)
+    assert (a.r2, a.rmse, a.loo_rmse) == (b.r2, b.rmse, b.loo_rmse)
+
+
+def test_fit_is_read_only():
+    C, y, _ = quadratic_data(T=2, n=12, link="identity")
+    fit = fit_surrogate(C, y, "identity")
+    with pytest.raises(ValueError):
+        fit.params[0] = 1.0
+
+
+def make_tables(tasks, n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    C = rng.uniform(0, 1, (n, len(tasks)))
+    samples = pd.DataFrame({"sample": [f"s{i:03d}" for i in range(n)]})
+    for k, task in enumerate(tasks):
+        samples[f"c_{task}"] = C[:, k]
+    rows = []
+    for k, task in enumerate(tasks):
+        z = quadratic_features(C) @ rng.normal(0, 0.7, n_params(len(tasks)))
+        for sample, acc, loss in zip(samples["sample"], expit(z), np.logaddexp(0, -z)):
+            rows += [(sample, task, "accuracy", acc), (sample, task, "loss", loss)]
+    metrics = pd.DataFrame(rows, columns=["sample", "task", "metric", "value"])
+    return samples, metrics
+
+
+LINK_MAP = {"accuracy": "sigmoid", "loss": "softplus"}
+
+
+def test_fit_table_round_trip(tmp_path):
+    tasks = ["rot90", "digits04", "invert"]
+    samples, metrics = make_tables(tasks)
+    table = fit_table(samples, metrics, tasks, LINK_MAP)
+    assert list(table.columns) == ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks"]
+    assert list(zip(table["task"], table["metric"])) == sorted((t, m) for t in tasks for m in LINK_MAP)
+    assert (table["tasks"] == "rot90,digits04,invert").all() and (table["n_samples"] == 20).all()
+    assert (table["r2"] > 0.999).all()
+    table.to_parquet(tmp_path / "surrogate.parquet")
+    fits = fits_from_table(pd.read_parquet(tmp_path / "surrogate.parquet"))
+    assert set(fits) == {(t, m) for t in tasks for m in LINK_MAP}
+    C = samples[[f"c_{t}" for t in tasks]].to_numpy()
+    for (task, metric), fit in fits.items():
+        assert fit.tasks == tuple(tasks) and fit.link == LINK_MAP[metric]
+        direct = fit_surrogate(C, metrics.query("task == @task and metric == @metric")["value"], fit.link)
+        np.testing.assert_array_equal(fit.predict(C), direct.predict(C))
+
+
+def test_fit_table_missing_sample():
+    tasks = ["a", "b"]
+    samples, metrics = make_tables(tasks)
+    metrics = metrics.drop(metrics.index[(metrics["sample"] == "s007") & (metrics["task"] == "b")][:1])
+    with pytest.raises(SurrogateError, match=r"task 'b', metric 'accuracy': metrics table has no value for samples \['s007'\]"):
+        fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
+
+
+def test_fit_table_nan_value_names_sample():
+    tasks = ["a", "b"]
+    samples, metrics = make_tables(tasks)
+    metrics.loc[(metrics["sample"] == "s004") & (metrics["task"] == "a") & (metrics["metric"] == "loss"), "value"] = np.nan
+    with pytest.raises(SurrogateError, match=r"task 'a', metric 'loss': value is NaN or infinite for samples \['s004'\]"):
+        fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
+
+
+def test_fit_table_missing_column():
+    samples, metrics = make_tables(["a", "b"])
+    with pytest.raises(SurrogateError, match=r"samples table lacks columns \['c_c'\]"):
+        fit_table(samples, metrics, ["a", "b", "c"], LINK_MAP, loo=False)
+
+
+def test_fits_from_table_checks_param_count():
+    samples, metrics = make_tables(["a", "b"])
+    table = fit_table(samples, metrics, ["a", "b"], {"accuracy": "sigmoid"}, loo=False)
+    table.loc[0, "tasks"] = "a,b,c"
+    with pytest.raises(SurrogateError, match="task 'a', metric 'accuracy': 6 parameters do not match 3 tasks"):
+        fits_from_table(table)
+
+
+def test_surrogate_fit_validates_link():
+    with pytest.raises(SurrogateError, match="unknown link"):
+        SurrogateFit("a", "m", "cubic", np.zeros(3), 1.0, 0.0, 0.0, 3)

@@ -1,0 +1,75 @@
+# Real evaluations of merged models: the reference models, every designed sample, the chosen merge.
+# Each loads the pretrained weights and task vectors once and merges on the device (evaluation.device).
+
+
+rule evaluate_reference:
+    input:
+        pretrained=MODEL["pretrained"],
+        vectors=[vector_path(t) for t in TASKS],
+        checkpoints=[checkpoint_path(t) for t in TASKS],
+    output:
+        metrics=f"{R}/reference.parquet",
+        examples=f"{R}/reference_examples.parquet",
+    params:
+        stage=params_of("evaluate"),
+    log:
+        f"{R}/logs/evaluate_reference.log",
+    threads: EVAL["threads"]
+    resources:
+        mem_mb=EVAL["mem_mb"],
+        runtime=EVAL["runtime"],
+        gpu=EVAL["gpu"],
+    run:
+        run_stage(
+            stages.run_evaluate_reference, log[0], params.stage, input.pretrained,
+            dict(zip(TASKS, input.vectors)), dict(zip(TASKS, input.checkpoints)),
+            output.metrics, output.examples, DEVICE, threads,
+        )
+
+
+rule evaluate_sample:
+    input:
+        unpack(sample_engine_inputs),
+    output:
+        f"{R}/groups/{{group}}/evals/{{sample}}.parquet",
+    params:
+        stage=params_of("evaluate"),
+        c=sample_c,
+    log:
+        f"{R}/logs/evaluate_sample/{{group}}/{{sample}}.log",
+    threads: EVAL["threads"]
+    resources:
+        mem_mb=EVAL["mem_mb"],
+        runtime=EVAL["runtime"],
+        gpu=EVAL["gpu"],
+    run:
+        info = group_info(wildcards.group)
+        run_stage(
+            stages.run_evaluate_samples, log[0], params.stage, input.pretrained,
+            dict(zip(info["members"], input.vectors)), dict(zip(info["tasks"], input.checkpoints)),
+            {wildcards.sample: params.c}, {wildcards.sample: output[0]}, DEVICE, threads,
+        )
+
+
+rule evaluate_selected:
+    input:
+        unpack(engine_inputs),
+        choice=f"{R}/groups/{{group}}/choice.parquet",
+    output:
+        f"{R}/groups/{{group}}/selected_evals.parquet",
+    params:
+        stage=params_of("evaluate"),
+    log:
+        f"{R}/logs/evaluate_selected/{{group}}.log",
+    threads: EVAL["threads"]
+    resources:
+        mem_mb=EVAL["mem_mb"],
+        runtime=EVAL["runtime"],
+        gpu=EVAL["gpu"],
+    run:
+        info = group_info(wildcards.group)
+        run_stage(
+            stages.run_evaluate_selected, log[0], params.stage, input.choice, input.pretrained,
+            dict(zip(info["members"], input.vectors)), dict(zip(info["tasks"], input.checkpoints)),
+            output[0], DEVICE, threads,
+        )
