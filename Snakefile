@@ -19,6 +19,7 @@ R = CFG["results"]
 TASKS = CFG["task_names"]
 MODEL = CFG["model"]
 DEVICE = CFG["evaluation"]["device"]
+BATCH = CFG["evaluation"]["samples_per_job"]
 EVAL = CFG["resources"]["evaluate"]
 LIGHT = CFG["resources"]["light"]
 
@@ -30,7 +31,7 @@ def params_of(stage):
 wildcard_constraints:
     task="[A-Za-z0-9_.-]+",
     group="[A-Za-z0-9_.-]+",
-    sample="[A-Za-z0-9_.-]+",
+    batch="b[0-9]+",
 
 
 include: "workflow/rules/common.smk"

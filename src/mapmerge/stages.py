@@ -115,13 +115,21 @@ def run_sample_coefficients(params: Mapping[str, Any], groups_table: PathLike, g
     write_table(frame, out, "sample_coefficients", params, inputs=[groups_table])
 
 
-def sample_coefficients(samples_table: PathLike, sample: str) -> list[float]:
-    """The coefficient vector of one sample, in member order."""
+def batch_coefficients(samples_table: PathLike, batch: str, size: int) -> dict[str, list[float]]:
+    """The coefficient vectors (member order) of one evaluation batch of a group's samples."""
     frame = read_table(samples_table)
-    row = frame[frame["sample"] == sample]
-    if row.empty:
-        raise KeyError(f"{samples_table}: no sample '{sample}'")
-    return [float(v) for v in row[[c for c in frame.columns if c.startswith("c_")]].iloc[0]]
+    batches = sample_batches(frame["sample"].tolist(), size)
+    if batch not in batches:
+        raise KeyError(f"{samples_table}: no batch '{batch}' of {size} samples")
+    coef = frame.set_index("sample")[[c for c in frame.columns if c.startswith("c_")]]
+    return {s: [float(v) for v in coef.loc[s]] for s in batches[batch]}
+
+
+def sample_batches(samples: Sequence[str], size: int) -> dict[str, list[str]]:
+    """Consecutive batches of `size` samples, named b0000, b0001, ...; a grown design keeps earlier batches."""
+    if size < 1:
+        raise ValueError(f"evaluation.samples_per_job: must be at least 1, got {size}")
+    return {f"b{i // size:04d}": list(samples[i : i + size]) for i in range(0, len(samples), size)}
 
 
 def run_evaluate_samples(
@@ -130,16 +138,15 @@ def run_evaluate_samples(
     vectors: Mapping[str, PathLike],
     checkpoints: Mapping[str, PathLike],
     coefficients: Mapping[str, Sequence[float]],
-    outs: Mapping[str, PathLike],
+    out: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
-    """Evaluate the merges of several samples with one engine; one per-example table per sample."""
+    """Evaluate the merges of several samples with one engine, into one per-example table."""
     engine = _engine(params, pretrained, vectors, checkpoints, device, threads)
     inputs = [pretrained, *vectors.values(), *checkpoints.values()]
-    for sample, c in coefficients.items():
-        examples = engine.evaluate(c, sample=sample)
-        write_table(examples, outs[sample], "evaluate_sample", {**params, "c": list(c)}, inputs)
+    examples = pd.concat([engine.evaluate(c, sample=s) for s, c in coefficients.items()], ignore_index=True)
+    write_table(examples, out, "evaluate_sample", {**params, "c": dict(coefficients)}, inputs)
 
 
 def run_collect_metrics(evals: Sequence[PathLike], out: PathLike) -> None:
@@ -249,7 +256,7 @@ def run_evaluate_selected(
     """Evaluate the chosen merge for real on every task (per-example rows)."""
     frame = read_table(choice)
     c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in vectors]}
-    run_evaluate_samples(params, pretrained, vectors, checkpoints, c, {"selected": out}, device, threads)
+    run_evaluate_samples(params, pretrained, vectors, checkpoints, c, out, device, threads)
 
 
 def run_aggregate(

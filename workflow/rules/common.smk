@@ -37,17 +37,19 @@ def engine_inputs(wildcards):
 
 
 def sample_engine_inputs(wildcards):
-    # the samples table is read for params, not an input: a new design reruns only changed samples
+    # the samples table is read for params, not an input: a new design reruns only the batches whose samples changed
     group_samples(wildcards.group)
     return engine_inputs(wildcards)
 
 
-def sample_c(wildcards):
-    return stages.sample_coefficients(f"{R}/groups/{wildcards.group}/samples.parquet", wildcards.sample)
+def batch_c(wildcards):
+    samples = f"{R}/groups/{wildcards.group}/samples.parquet"
+    return stages.batch_coefficients(samples, wildcards.batch, BATCH)
 
 
 def group_evals(wildcards):
-    return [f"{R}/groups/{wildcards.group}/evals/{s}.parquet" for s in group_samples(wildcards.group)]
+    batches = stages.sample_batches(group_samples(wildcards.group), BATCH)
+    return [f"{R}/groups/{wildcards.group}/evals/{b}.parquet" for b in batches]
 
 
 def aggregate_inputs(wildcards):

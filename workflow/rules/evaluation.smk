@@ -1,4 +1,5 @@
-# Real evaluations of merged models: the reference models, every designed sample, the chosen merge.
+# Real evaluations of merged models: the reference models, every designed sample (in batches of
+# evaluation.samples_per_job per job), the chosen merge.
 # Each loads the pretrained weights and task vectors once and merges on the device (evaluation.device).
 
 
@@ -31,12 +32,12 @@ rule evaluate_sample:
     input:
         unpack(sample_engine_inputs),
     output:
-        f"{R}/groups/{{group}}/evals/{{sample}}.parquet",
+        f"{R}/groups/{{group}}/evals/{{batch}}.parquet",
     params:
         stage=params_of("evaluate"),
-        c=sample_c,
+        c=batch_c,
     log:
-        f"{R}/logs/evaluate_sample/{{group}}/{{sample}}.log",
+        f"{R}/logs/evaluate_sample/{{group}}/{{batch}}.log",
     threads: EVAL["threads"]
     resources:
         mem_mb=EVAL["mem_mb"],
@@ -47,7 +48,7 @@ rule evaluate_sample:
         run_stage(
             stages.run_evaluate_samples, log[0], params.stage, input.pretrained,
             dict(zip(info["members"], input.vectors)), dict(zip(info["tasks"], input.checkpoints)),
-            {wildcards.sample: params.c}, {wildcards.sample: output[0]}, DEVICE, threads,
+            params.c, output[0], DEVICE, threads,
         )
 
 
