@@ -24,10 +24,6 @@ EVAL = CFG["resources"]["evaluate"]
 LIGHT = CFG["resources"]["light"]
 
 
-def params_of(stage):
-    return stage_config(CFG, stage)
-
-
 wildcard_constraints:
     task="[A-Za-z0-9_.-]+",
     group="[A-Za-z0-9_.-]+",

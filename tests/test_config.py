@@ -93,3 +93,10 @@ def test_each_stage_sees_only_its_own_config(repo):
 
 def test_stage_code_version_is_part_of_params(repo):
     assert "code" in stage_config(load(repo), "fit_surrogate")
+
+
+def test_overrides_string_with_nested_lists(repo):
+    # what snakemake passes for --config overrides='[name=x, benchmark.tasks=[rot90, invert]]'
+    cfg = load(repo, overrides="[name=x, benchmark.tasks=[rot90, invert], tasks=[invert, rot90]]")
+    assert cfg["benchmark"]["tasks"] == ["rot90", "invert"]
+    assert cfg["task_names"] == ["invert", "rot90"]

@@ -58,14 +58,23 @@ def load_config(
 
 
 def _as_list(overrides: Sequence[str] | str | None) -> list[str]:
+    """Overrides as a list; a string '[a=1, b=[x, y]]' is split at top-level commas only."""
     if overrides is None:
         return []
-    if isinstance(overrides, str):
-        text = overrides.strip()
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return [str(item).strip() for item in overrides]
+    if not isinstance(overrides, str):
+        return [str(item).strip() for item in overrides]
+    text = overrides.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip() for item in [*items, current] if item.strip()]
 
 
 def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:

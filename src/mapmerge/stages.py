@@ -21,6 +21,8 @@ from mapmerge.io import read_table, write_table
 from mapmerge.metrics import metrics_from_examples
 
 PathLike = str | os.PathLike
+# pretrained: path; vectors: member -> task-vector path; checkpoints: task -> fine-tuned checkpoint path
+EngineFiles = Mapping[str, Any]
 
 
 def run_prepare_benchmark(params: Mapping[str, Any], checkpoint_dir: PathLike, table: PathLike) -> None:
@@ -49,8 +51,7 @@ def run_task_vector_table(vectors: Mapping[str, PathLike], out: PathLike) -> Non
     write_table(task_vector_table(vectors), out, "task_vectors", inputs=vectors.values())
 
 
-def _engine(params: Mapping[str, Any], pretrained: PathLike, vectors: Mapping[str, PathLike],
-            checkpoints: Mapping[str, PathLike], device: str, threads: int):
+def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int):
     import torch
 
     from mapmerge.evaluate import MergeEngine
@@ -60,9 +61,9 @@ def _engine(params: Mapping[str, Any], pretrained: PathLike, vectors: Mapping[st
     model = params["model"]
     return MergeEngine(
         builder=model["builder"],
-        pretrained=pretrained,
-        vectors=vectors,
-        task_checkpoints=checkpoints,
+        pretrained=files["pretrained"],
+        vectors=files["vectors"],
+        task_checkpoints=files["checkpoints"],
         evaluators=model["evaluators"],
         merge=model["merge"],
         device=device,
@@ -70,22 +71,24 @@ def _engine(params: Mapping[str, Any], pretrained: PathLike, vectors: Mapping[st
     )
 
 
+def _engine_inputs(files: EngineFiles) -> list[PathLike]:
+    return [files["pretrained"], *files["vectors"].values(), *files["checkpoints"].values()]
+
+
 def run_evaluate_reference(
     params: Mapping[str, Any],
-    pretrained: PathLike,
-    vectors: Mapping[str, PathLike],
-    checkpoints: Mapping[str, PathLike],
+    files: EngineFiles,
     metrics_out: PathLike,
     examples_out: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
     """Evaluate the pretrained model and every fine-tuned model on every task."""
-    engine = _engine(params, pretrained, vectors, checkpoints, device, threads)
+    engine = _engine(params, files, device, threads)
     models = {"pretrained": np.zeros(len(engine.members))}
     models.update({m: np.eye(len(engine.members))[i] for i, m in enumerate(engine.members)})
     examples = pd.concat([engine.evaluate(c, sample=name) for name, c in models.items()], ignore_index=True)
-    inputs = [pretrained, *vectors.values(), *checkpoints.values()]
+    inputs = _engine_inputs(files)
     metrics = metrics_from_examples(examples).rename(columns={"sample": "model"})
     write_table(examples.rename(columns={"sample": "model"}), examples_out, "evaluate_reference", params, inputs)
     write_table(metrics, metrics_out, "evaluate_reference", params, inputs)
@@ -134,19 +137,16 @@ def sample_batches(samples: Sequence[str], size: int) -> dict[str, list[str]]:
 
 def run_evaluate_samples(
     params: Mapping[str, Any],
-    pretrained: PathLike,
-    vectors: Mapping[str, PathLike],
-    checkpoints: Mapping[str, PathLike],
+    files: EngineFiles,
     coefficients: Mapping[str, Sequence[float]],
     out: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
     """Evaluate the merges of several samples with one engine, into one per-example table."""
-    engine = _engine(params, pretrained, vectors, checkpoints, device, threads)
-    inputs = [pretrained, *vectors.values(), *checkpoints.values()]
+    engine = _engine(params, files, device, threads)
     examples = pd.concat([engine.evaluate(c, sample=s) for s, c in coefficients.items()], ignore_index=True)
-    write_table(examples, out, "evaluate_sample", {**params, "c": dict(coefficients)}, inputs)
+    write_table(examples, out, "evaluate_sample", {**params, "c": dict(coefficients)}, _engine_inputs(files))
 
 
 def run_collect_metrics(evals: Sequence[PathLike], out: PathLike) -> None:
@@ -217,8 +217,7 @@ def run_pareto_front(params: Mapping[str, Any], surrogate_table: PathLike, sampl
 def run_merge_group(
     params: Mapping[str, Any],
     front_table: PathLike,
-    pretrained: PathLike,
-    vectors: Mapping[str, PathLike],
+    files: EngineFiles,
     merged_out: PathLike,
     choice_out: PathLike,
 ) -> None:
@@ -236,9 +235,10 @@ def run_merge_group(
     choice = front.iloc[[index]].reset_index(drop=True)
     for task, w in weights.items():
         choice[f"weight_{task}"] = w
-    members = list(vectors)
+    members = list(files["vectors"])
     c = [float(choice[f"c_{m}"].iloc[0]) for m in members]
-    merged = merged_state(load_state_dict(pretrained), [load_state_dict(v) for v in vectors.values()], c)
+    vectors = [load_state_dict(v) for v in files["vectors"].values()]
+    merged = merged_state(load_state_dict(files["pretrained"]), vectors, c)
     save_safetensors(merged, merged_out, metadata={"coefficients": json.dumps(dict(zip(members, c)))})
     write_table(choice, choice_out, "merge_group", params, inputs=[front_table])
 
@@ -246,17 +246,15 @@ def run_merge_group(
 def run_evaluate_selected(
     params: Mapping[str, Any],
     choice: PathLike,
-    pretrained: PathLike,
-    vectors: Mapping[str, PathLike],
-    checkpoints: Mapping[str, PathLike],
+    files: EngineFiles,
     out: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
     """Evaluate the chosen merge for real on every task (per-example rows)."""
     frame = read_table(choice)
-    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in vectors]}
-    run_evaluate_samples(params, pretrained, vectors, checkpoints, c, out, device, threads)
+    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in files["vectors"]]}
+    run_evaluate_samples(params, files, c, out, device, threads)
 
 
 def run_aggregate(

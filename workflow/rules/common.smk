@@ -3,6 +3,10 @@
 from mapmerge.io import read_table
 
 
+def params_of(stage):
+    return stage_config(CFG, stage)
+
+
 def checkpoint_path(task):
     return MODEL["tasks"][task]["checkpoint"]
 
@@ -33,6 +37,16 @@ def engine_inputs(wildcards):
         "pretrained": MODEL["pretrained"],
         "vectors": [vector_path(m) for m in info["members"]],
         "checkpoints": [checkpoint_path(t) for t in info["tasks"]],
+    }
+
+
+def engine_files(wildcards, input):
+    """The engine's files by name: pretrained, vectors (member -> path), checkpoints (task -> path)."""
+    info = group_info(wildcards.group) if "group" in wildcards.keys() else {"members": TASKS, "tasks": TASKS}
+    return {
+        "pretrained": input.pretrained,
+        "vectors": dict(zip(info["members"], input.vectors)),
+        "checkpoints": dict(zip(info["tasks"], input.checkpoints)),
     }
 
 

@@ -21,11 +21,7 @@ rule evaluate_reference:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        run_stage(
-            stages.run_evaluate_reference, log[0], params.stage, input.pretrained,
-            dict(zip(TASKS, input.vectors)), dict(zip(TASKS, input.checkpoints)),
-            output.metrics, output.examples, DEVICE, threads,
-        )
+        run_stage(stages.run_evaluate_reference, log[0], params.stage, engine_files(wildcards, input), *output, DEVICE, threads)
 
 
 rule evaluate_sample:
@@ -44,12 +40,7 @@ rule evaluate_sample:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        info = group_info(wildcards.group)
-        run_stage(
-            stages.run_evaluate_samples, log[0], params.stage, input.pretrained,
-            dict(zip(info["members"], input.vectors)), dict(zip(info["tasks"], input.checkpoints)),
-            params.c, output[0], DEVICE, threads,
-        )
+        run_stage(stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), params.c, output[0], DEVICE, threads)
 
 
 rule evaluate_selected:
@@ -68,9 +59,4 @@ rule evaluate_selected:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        info = group_info(wildcards.group)
-        run_stage(
-            stages.run_evaluate_selected, log[0], params.stage, input.choice, input.pretrained,
-            dict(zip(info["members"], input.vectors)), dict(zip(info["tasks"], input.checkpoints)),
-            output[0], DEVICE, threads,
-        )
+        run_stage(stages.run_evaluate_selected, log[0], params.stage, input.choice, engine_files(wildcards, input), output[0], DEVICE, threads)

@@ -100,8 +100,4 @@ rule merge_group:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        info = group_info(wildcards.group)
-        run_stage(
-            stages.run_merge_group, log[0], params.stage, input.front, input.pretrained,
-            dict(zip(info["members"], input.vectors)), output.merged, output.choice,
-        )
+        run_stage(stages.run_merge_group, log[0], params.stage, input.front, engine_files(wildcards, input), *output)

@@ -1,0 +1,86 @@
+"""examples/custom_mlp: a model defined outside the package, run through the real workflow."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from mapmerge.checkpoints import load_state_dict
+from mapmerge.io import read_table
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(repo: Path, example: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(repo / "Snakefile"), "-d", str(workdir), *args,
+           "--config", f"experiment={example / 'experiment.yaml'}", "overrides=[sampler.factor=1.5]"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def load_model_module(example: Path) -> ModuleType:
+    """The example's model.py, imported under a unique name (no sys.path change)."""
+    spec = importlib.util.spec_from_file_location("custom_mlp_model", example / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example(repo, tmp_path_factory) -> Path:
+    """A copy of examples/custom_mlp (without checkpoints made in place) and its checkpoints, made by its script."""
+    example = tmp_path_factory.mktemp("example") / "custom_mlp"
+    shutil.copytree(repo / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    proc = subprocess.run([sys.executable, str(example / "make_checkpoints.py")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(example / "checkpoints" / "pretrained.pt") in proc.stdout
+    return example
+
+
+@pytest.fixture(scope="module")
+def example_run(repo, example) -> tuple[Path, Path]:
+    """(example copy, workdir) after one full run of the workflow on the example."""
+    workdir = example.parent / "work"
+    proc = snakemake(repo, example, workdir)
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return example, workdir
+
+
+def test_example_front_choice_and_merged_model(example_run):
+    example, workdir = example_run
+    res = workdir / "results" / "custom_mlp"
+    model = load_model_module(example)
+    tasks = list(model.TASKS)
+    front = read_table(res / "pareto.parquet")
+    assert {f"c_{t}" for t in tasks} | {f"accuracy_{t}" for t in tasks} <= set(front.columns)
+    selected = read_table(res / "selected.parquet")
+    assert len(selected) == 1
+    for task in tasks:
+        assert 0 <= selected[f"measured_accuracy_{task}"].iloc[0] <= 1
+    assert selected["weight_stripes_0"].iloc[0] == pytest.approx(0.5)  # the experiment's preference
+    merged = load_state_dict(res / "groups" / "all" / "merged.safetensors")
+    model.build().load_state_dict(merged)  # strict: the merge fits the user's model
+    pretrained = load_state_dict(example / "checkpoints" / "pretrained.pt")
+    assert merged["head.weight"].equal(pretrained["head.weight"])  # excluded tensors stay pretrained
+
+
+def test_example_second_run_has_nothing_to_do(repo, example_run):
+    example, workdir = example_run
+    proc = snakemake(repo, example, workdir, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_missing_checkpoint_names_the_file(repo, example, tmp_path):
+    copy = Path(shutil.copytree(example, tmp_path / "custom_mlp", ignore=shutil.ignore_patterns("__pycache__")))
+    missing = copy / "checkpoints" / "stripes_60.pt"
+    missing.unlink()
+    workdir = tmp_path / "work"
+    proc = snakemake(repo, copy, workdir)
+    assert proc.returncode != 0
+    assert str(missing) in proc.stdout + proc.stderr
+    assert not (workdir / "results" / "custom_mlp" / "pareto.parquet").exists()

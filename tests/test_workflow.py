@@ -1,0 +1,161 @@
+"""The whole workflow, run for real with Snakemake on a small built-in benchmark in a temporary folder."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mapmerge.benchmark import build_model
+from mapmerge.checkpoints import load_state_dict
+from mapmerge.io import read_table, table_metadata
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+BASE = [
+    "name=wf",
+    "benchmark.tasks=[rot90, flip_parity]",
+    "benchmark.width=8",
+    "benchmark.pretrain_epochs=10",
+    "benchmark.finetune_epochs=6",
+    "sampler.factor=2",
+    "optimizer.pop_size=60",
+    "optimizer.n_gen=60",
+]
+TASKS = ["rot90", "flip_parity"]
+
+
+def snakemake(workdir: Path, *args: str, overrides: list[str] = (), check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    cmd += [*args, "--config", f"overrides=[{', '.join([*BASE, *overrides])}]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    snakemake(workdir)
+    return workdir
+
+
+def results(workdir: Path) -> Path:
+    return workdir / "results" / "wf"
+
+
+def test_every_stage_writes_its_artifact(run):
+    res = results(run)
+    for rel in ["benchmark.parquet", "task_vectors.parquet", "reference.parquet", "groups.parquet", "pareto.parquet",
+                "selected.parquet", "report.md", "plots/front_2d.png", "plots/front_parallel.png",
+                "groups/all/samples.parquet", "groups/all/metrics.parquet", "groups/all/surrogate.parquet",
+                "groups/all/front.parquet", "groups/all/merged.safetensors", "checkpoints/pretrained.safetensors"]:
+        assert (res / rel).is_file(), rel
+    samples = read_table(res / "groups/all/samples.parquet")
+    assert len(samples) >= 1.5 * 6 and [c for c in samples if c.startswith("c_")] == [f"c_{t}" for t in TASKS]
+    metrics = read_table(res / "groups/all/metrics.parquet")
+    assert set(metrics.columns) == {"sample", "task", "metric", "value"}
+    assert len(metrics) == len(samples) * len(TASKS) * 2
+    evals = sorted((res / "groups/all/evals").glob("*.parquet"))
+    examples = read_table(evals[0])
+    assert {"sample", "task", "example", "correct", "loss"} <= set(examples.columns)
+    meta = table_metadata(res / "groups/all/surrogate.parquet")
+    assert meta["mapmerge.stage"] == "fit_surrogate" and "metrics.parquet" in meta["mapmerge.inputs"]
+
+
+def test_front_and_choice(run):
+    res = results(run)
+    front = read_table(res / "groups/all/front.parquet")
+    assert {f"c_{t}" for t in TASKS} | {f"accuracy_{t}" for t in TASKS} | {f"loss_{t}" for t in TASKS} <= set(front.columns)
+    assert len(front) >= 10
+    C = front[[f"c_{t}" for t in TASKS]].to_numpy()
+    assert C.min() >= 0 and C.max() <= 1
+    # NSGA-III agrees with a dense grid on the surrogate (T = 2)
+    assert float(table_metadata(res / "groups/all/front.parquet")["mapmerge.grid_igd"]) < 0.02
+    selected = read_table(res / "selected.parquet")
+    assert len(selected) == 1
+    for task in TASKS:
+        measured = selected[f"measured_accuracy_{task}"].iloc[0]
+        assert 0 <= measured <= 1
+        assert abs(measured - selected[f"accuracy_{task}"].iloc[0]) < 0.3  # predicted and measured are close-ish
+
+
+def test_merged_checkpoint_is_the_chosen_merge(run):
+    res = results(run)
+    selected = read_table(res / "selected.parquet")
+    merged = load_state_dict(res / "groups/all/merged.safetensors")
+    pre = load_state_dict(res / "checkpoints/pretrained.safetensors")
+    module = build_model(width=8)
+    module.load_state_dict(merged)  # loads back into the model, strict
+    name = "features.0.weight"
+    expected = pre[name].clone()
+    for task in TASKS:
+        tau = load_state_dict(res / f"task_vectors/{task}.safetensors")
+        expected += float(selected[f"c_{task}"].iloc[0]) * tau[name]
+    torch.testing.assert_close(merged[name], expected)
+    torch.testing.assert_close(merged["head.weight"], pre["head.weight"])
+
+
+def test_second_run_has_nothing_to_do(run):
+    assert "Nothing to be done" in snakemake(run, "-n").stdout
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("surrogate.links.accuracy=identity", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "aggregate"}),
+        ("optimizer.n_gen=30", {"pareto_front", "merge_group", "evaluate_selected", "aggregate"}),
+        ("+preference.rot90=3", {"merge_group", "evaluate_selected", "aggregate"}),
+        ("selection=tchebycheff", {"merge_group", "evaluate_selected", "aggregate"}),
+        ("evaluation.device=cpu", set()),
+    ],
+)
+def test_a_change_reruns_only_what_follows(run, override, expected):
+    jobs = planned_jobs(snakemake(run, "-n", overrides=[override]).stdout)
+    assert set(jobs) - {"all"} == expected
+
+
+def test_rerun_after_a_change_keeps_evaluations(run):
+    res = results(run)
+    evals = sorted((res / "groups/all/evals").glob("*.parquet")) + [res / "reference.parquet"]
+    before = {p: p.stat().st_mtime_ns for p in evals}
+    snakemake(run, overrides=["surrogate.loo=false"])
+    assert {p: p.stat().st_mtime_ns for p in evals} == before
+    assert np.isnan(read_table(res / "groups/all/surrogate.parquet")["loo_rmse"]).all()
+    # a bigger design keeps the batches already evaluated and evaluates only the new samples
+    old_full = [p for p in evals if p.name.startswith("b")][:-1]
+    snakemake(run, overrides=["surrogate.loo=false", "sampler.factor=4"])
+    assert {p: p.stat().st_mtime_ns for p in old_full} == {p: before[p] for p in old_full}
+    assert len(read_table(res / "groups/all/samples.parquet")) == 24
+    assert len(list((res / "groups/all/evals").glob("*.parquet"))) == 3
+
+
+def test_lint_is_clean(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    proc = snakemake(tmp_path, overrides=["benchmark.tasks=[rot90, nope]"], check=False)
+    assert proc.returncode != 0
+    assert "benchmark.tasks: unknown task 'nope'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
