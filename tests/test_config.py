@@ -62,6 +62,9 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["name=a/b"], "name: 'a/b' is not a valid run name"),
         (["sampler=nonexistent"], "config: "),
         (["model.pretrained=x.pt"], "model.builder: must be a mapping"),
+        (["+preference.nope=1"], "preference names unknown task 'nope'"),
+        (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
+        (["preference.rot90=1"], r"config: Could not override 'preference.rot90'.*\+preference.rot90=1"),
     ],
 )
 def test_bad_config_gives_one_line_error(repo, overrides, message):

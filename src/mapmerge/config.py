@@ -15,6 +15,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mapmerge.selection import PreferenceError, normalize_preference
+
 BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
 BENCHMARK_EVALUATOR = "mapmerge.benchmark.DigitsEvaluator"
 EXPERIMENT_NODE = "_experiment_file"
@@ -38,7 +40,7 @@ def load_config(
     if experiment:
         exp_path = Path(experiment).resolve()
         if not exp_path.is_file():
-            raise ConfigError(f"experiment file {experiment}: not found")
+            raise ConfigError(f"experiment file {experiment}: not found (looked for {exp_path})")
         try:
             node = OmegaConf.load(exp_path)
         except Exception as exc:  # yaml errors come in several types
@@ -53,7 +55,7 @@ def load_config(
             cfg = compose(config_name="config", overrides=overrides)
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"config: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError("config: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from exc
     return resolve(raw, base_dir=exp_dir or Path.cwd())
 
 
@@ -90,6 +92,10 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)
     cfg["model"] = model
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
+    try:
+        normalize_preference(cfg.get("preference"), cfg["task_names"])
+    except PreferenceError as exc:
+        raise ConfigError(str(exc)) from exc
     for pattern_key in ("include", "exclude"):
         if not isinstance(model["merge"].get(pattern_key), list):
             raise ConfigError(f"model.merge.{pattern_key}: must be a list of name patterns")

@@ -92,7 +92,8 @@ class MergeEngine:
         try:
             self.module.load_state_dict(pre, strict=True)
         except RuntimeError as exc:
-            raise ArtifactError(f"{pretrained}: does not fit model.builder ({str(exc).splitlines()[0]})") from exc
+            detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip())
+            raise ArtifactError(f"{pretrained}: does not fit model.builder ({detail})") from exc
         self.module.to(self.device).eval().requires_grad_(False)
         taus = [load_state_dict(p) for p in vectors.values()]
         self.names = sorted(taus[0]) if taus else merged_names(pre, merge["include"], merge["exclude"])

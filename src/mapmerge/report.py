@@ -27,7 +27,10 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
     reference = read_table(results / "reference.parquet")
     selected = read_table(results / "selected.parquet")
     sections = [f"# mapmerge report: {results.name}", ""]
+    tasks = [c[2:] for c in selected.columns if c.startswith("c_")]
     ref = reference.pivot_table(index=["model"], columns=["metric", "task"], values="value")
+    ref = ref.reindex(columns=[(m, t) for m in sorted(set(reference["metric"])) for t in tasks])
+    ref = ref.reindex(["pretrained", *tasks])
     ref.columns = [f"{m}_{t}" for m, t in ref.columns]
     sections += ["## Single models (real evaluations)", "", markdown_table(ref.reset_index()), ""]
     n_real = len(reference["model"].unique())

@@ -276,9 +276,11 @@ def run_aggregate(
         gdir = results / "groups" / group
         fronts.append(read_table(gdir / "front.parquet").assign(group=group))
         choice = read_table(gdir / "choice.parquet").assign(group=group)
-        measured = metrics_from_examples(read_table(gdir / "selected_evals.parquet"))
-        for row in measured.itertuples():
-            choice[f"measured_{row.metric}_{row.task}"] = row.value
+        measured = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["metric", "task"])["value"]
+        order = [c[len(metric) + 1 :] for c in choice.columns if c.startswith(f"{metric}_")]
+        for name in sorted(set(measured.index.get_level_values("metric"))):
+            for task in order:
+                choice[f"measured_{name}_{task}"] = measured[(name, task)]
         chosen.append(choice)
         inputs += [gdir / "front.parquet", gdir / "choice.parquet", gdir / "selected_evals.parquet"]
     front = pd.concat(fronts, ignore_index=True)
