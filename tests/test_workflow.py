@@ -159,3 +159,13 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "benchmark.tasks: unknown task 'nope'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_report_and_summary_point_at_the_outputs(run, capsys):
+    from mapmerge.cli import main
+
+    assert main(["summary", str(results(run))]) == 0
+    text = capsys.readouterr().out
+    assert "Surrogate fit per task and metric" in text and "measured_accuracy_rot90" in text
+    assert str(results(run) / "groups/all/merged.safetensors") in text
+    assert str(results(run) / "plots/front_2d.png") in text
