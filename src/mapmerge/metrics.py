@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 
 
@@ -16,3 +18,15 @@ def metrics_from_examples(examples: pd.DataFrame) -> pd.DataFrame:
             frame.insert(2, "metric", metric)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True).sort_values(["sample", "task", "metric"], ignore_index=True)
+
+
+def suffixes(columns: Iterable[str], prefix: str) -> list[str]:
+    """Names after `prefix_` in column names, in column order: suffixes(front, 'c') -> the tasks."""
+    return [c[len(prefix) + 1 :] for c in columns if c.startswith(f"{prefix}_")]
+
+
+def wide_metrics(long: pd.DataFrame, index: str) -> pd.DataFrame:
+    """A long (index, task, metric, value) table as one row per `index` with `<metric>_<task>` columns."""
+    wide = long.pivot_table(index=index, columns=["metric", "task"], values="value")
+    wide.columns = [f"{m}_{t}" for m, t in wide.columns]
+    return wide

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from mapmerge.io import atomic_path, read_table
+from mapmerge.metrics import suffixes, wide_metrics
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -27,11 +28,9 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
     reference = read_table(results / "reference.parquet")
     selected = read_table(results / "selected.parquet")
     sections = [f"# mapmerge report: {results.name}", ""]
-    tasks = [c[2:] for c in selected.columns if c.startswith("c_")]
-    ref = reference.pivot_table(index=["model"], columns=["metric", "task"], values="value")
-    ref = ref.reindex(columns=[(m, t) for m in sorted(set(reference["metric"])) for t in tasks])
-    ref = ref.reindex(["pretrained", *tasks])
-    ref.columns = [f"{m}_{t}" for m, t in ref.columns]
+    tasks = suffixes(selected.columns, "c")
+    ref = wide_metrics(reference, "model")
+    ref = ref.reindex(index=["pretrained", *tasks], columns=[f"{m}_{t}" for m in sorted(set(reference["metric"])) for t in tasks])
     sections += ["## Single models (real evaluations)", "", markdown_table(ref.reset_index()), ""]
     n_real = len(reference["model"].unique())
     for group in group_names:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mapmerge import groups, selection
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import metrics_from_examples
+from mapmerge.metrics import metrics_from_examples, suffixes, wide_metrics
 
 PathLike = str | os.PathLike
 # pretrained: path; vectors: member -> task-vector path; checkpoints: task -> fine-tuned checkpoint path
@@ -124,7 +124,7 @@ def batch_coefficients(samples_table: PathLike, batch: str, size: int) -> dict[s
     batches = sample_batches(frame["sample"].tolist(), size)
     if batch not in batches:
         raise KeyError(f"{samples_table}: no batch '{batch}' of {size} samples")
-    coef = frame.set_index("sample")[[c for c in frame.columns if c.startswith("c_")]]
+    coef = frame.set_index("sample")[[f"c_{m}" for m in suffixes(frame.columns, "c")]]
     return {s: [float(v) for v in coef.loc[s]] for s in batches[batch]}
 
 
@@ -161,7 +161,7 @@ def run_fit_surrogate(params: Mapping[str, Any], samples: PathLike, metrics: Pat
 
     sample_frame = read_table(samples)
     metric_frame = read_table(metrics)
-    members = [c[2:] for c in sample_frame.columns if c.startswith("c_")]
+    members = suffixes(sample_frame.columns, "c")
     cfg = params["surrogate"]
     table = surrogate.fit_table(sample_frame, metric_frame, members, cfg["links"], loo=cfg["loo"])
     write_table(table, out, "fit_surrogate", params, inputs=[samples, metrics])
@@ -227,7 +227,7 @@ def run_merge_group(
 
     front = read_table(front_table)
     metric = params["objective"]
-    tasks = [c[len(metric) + 1 :] for c in front.columns if c.startswith(f"{metric}_")]
+    tasks = suffixes(front.columns, metric)
     weights = selection.normalize_preference(params["preference"], tasks)
     sel = params["selection"]
     F = front[[f"{metric}_{t}" for t in tasks]].to_numpy()
@@ -277,9 +277,8 @@ def run_aggregate(
         fronts.append(read_table(gdir / "front.parquet").assign(group=group))
         choice = read_table(gdir / "choice.parquet").assign(group=group)
         measured = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["metric", "task"])["value"]
-        order = [c[len(metric) + 1 :] for c in choice.columns if c.startswith(f"{metric}_")]
         for name in sorted(set(measured.index.get_level_values("metric"))):
-            for task in order:
+            for task in suffixes(choice.columns, metric):
                 choice[f"measured_{name}_{task}"] = measured[(name, task)]
         chosen.append(choice)
         inputs += [gdir / "front.parquet", gdir / "choice.parquet", gdir / "selected_evals.parquet"]
@@ -290,10 +289,8 @@ def run_aggregate(
     last = group_names[-1]
     gdir = results / "groups" / last
     samples = read_table(gdir / "samples.parquet")
-    wide = read_table(gdir / "metrics.parquet").pivot_table(index="sample", columns=["metric", "task"], values="value")
-    wide.columns = [f"{m}_{t}" for m, t in wide.columns]
-    samples = samples.merge(wide.reset_index(), on="sample")
-    tasks = [c[len(metric) + 1 :] for c in front.columns if c.startswith(f"{metric}_")]
+    samples = samples.merge(wide_metrics(read_table(gdir / "metrics.parquet"), "sample").reset_index(), on="sample")
+    tasks = suffixes(front.columns, metric)
     reference = read_table(results / "reference.parquet")
     plots.plot_all(samples, fronts[-1], reference, tasks, metric, plot_dir, selected=chosen[-1], maximize=maximized(metric))
     report.write_report(results, group_names, report_out)
