@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,9 @@ from mapmerge.io import read_table
 pytestmark = pytest.mark.slow
 
 
-def snakemake(repo: Path, example: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(repo: Path, example: Path, workdir: Path, *args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(repo / "Snakefile"), "-d", str(workdir), *args,
-           "--config", f"experiment={example / 'experiment.yaml'}", "overrides=[sampler.factor=1.5]"]
+           "--config", f"experiment={example / 'experiment.yaml'}", f"overrides=[{', '.join(['sampler.factor=1.5', *overrides])}]"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -73,6 +74,15 @@ def test_example_second_run_has_nothing_to_do(repo, example_run):
     example, workdir = example_run
     proc = snakemake(repo, example, workdir, "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changed_evaluator_reruns_every_evaluation(repo, example_run):
+    example, workdir = example_run
+    proc = snakemake(repo, example, workdir, "-n", overrides=("model.tasks.stripes_0.evaluator.n=400",))
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", proc.stdout.split("Job stats:")[1].split("total")[0], re.M)}
+    n_batches = len(list((workdir / "results/custom_mlp/groups/all/evals").glob("b*.parquet")))
+    assert jobs["evaluate_reference"] == 1 and jobs["evaluate_sample"] == n_batches and jobs["evaluate_selected"] == 1
+    assert "extract_task_vector" not in jobs and "sample_coefficients" not in jobs
 
 
 def test_missing_checkpoint_names_the_file(repo, example, tmp_path):

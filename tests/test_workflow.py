@@ -138,12 +138,24 @@ def test_rerun_after_a_change_keeps_evaluations(run):
     snakemake(run, overrides=["surrogate.loo=false"])
     assert {p: p.stat().st_mtime_ns for p in evals} == before
     assert np.isnan(read_table(res / "groups/all/surrogate.parquet")["loo_rmse"]).all()
-    # a bigger design keeps the batches already evaluated and evaluates only the new samples
-    old_full = [p for p in evals if p.name.startswith("b")][:-1]
-    snakemake(run, overrides=["surrogate.loo=false", "sampler.factor=4"])
-    assert {p: p.stat().st_mtime_ns for p in old_full} == {p: before[p] for p in old_full}
-    assert len(read_table(res / "groups/all/samples.parquet")) == 24
-    assert len(list((res / "groups/all/evals").glob("*.parquet"))) == 3
+
+
+def test_a_bigger_design_evaluates_only_new_samples(run):
+    res = results(run)
+    batches = sorted((res / "groups/all/evals").glob("b*.parquet"))
+    assert [p.name for p in batches] == ["b0000.parquet", "b0001.parquet"]  # 12 samples, 8 per job
+    before = {p.name: p.stat().st_mtime_ns for p in batches}
+    grown = ["sampler.factor=4"]  # 24 samples: b0000 unchanged, b0001 gains samples, b0002 is new
+    plan = snakemake(run, "-n", overrides=grown).stdout
+    assert planned_jobs(plan)["evaluate_sample"] == 2
+    assert "evals/b0000.parquet" not in plan.split("Job stats:")[0].split("rule collect_metrics")[0]
+    snakemake(run, overrides=grown)
+    assert (res / "groups/all/evals/b0000.parquet").stat().st_mtime_ns == before["b0000.parquet"]
+    assert (res / "groups/all/evals/b0001.parquet").stat().st_mtime_ns != before["b0001.parquet"]
+    samples = read_table(res / "groups/all/samples.parquet")
+    metrics = read_table(res / "groups/all/metrics.parquet")
+    assert len(samples) == 24 and set(metrics["sample"]) == set(samples["sample"])
+    assert "Nothing to be done" in snakemake(run, "-n", overrides=grown).stdout
 
 
 def test_lint_is_clean(tmp_path):

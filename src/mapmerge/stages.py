@@ -118,16 +118,6 @@ def run_sample_coefficients(params: Mapping[str, Any], groups_table: PathLike, g
     write_table(frame, out, "sample_coefficients", params, inputs=[groups_table])
 
 
-def batch_coefficients(samples_table: PathLike, batch: str, size: int) -> dict[str, list[float]]:
-    """The coefficient vectors (member order) of one evaluation batch of a group's samples."""
-    frame = read_table(samples_table)
-    batches = sample_batches(frame["sample"].tolist(), size)
-    if batch not in batches:
-        raise KeyError(f"{samples_table}: no batch '{batch}' of {size} samples")
-    coef = frame.set_index("sample")[[f"c_{m}" for m in suffixes(frame.columns, "c")]]
-    return {s: [float(v) for v in coef.loc[s]] for s in batches[batch]}
-
-
 def sample_batches(samples: Sequence[str], size: int) -> dict[str, list[str]]:
     """Consecutive batches of `size` samples, named b0000, b0001, ...; a grown design keeps earlier batches."""
     if size < 1:

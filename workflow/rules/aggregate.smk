@@ -4,7 +4,7 @@
 rule aggregate:
     input:
         reference=f"{R}/reference.parquet",
-        groups=aggregate_inputs,
+        groups=aggregate_inputs(),
     output:
         pareto=f"{R}/pareto.parquet",
         selected=f"{R}/selected.parquet",
@@ -20,6 +20,6 @@ rule aggregate:
         runtime=LIGHT["runtime"],
     run:
         run_stage(
-            stages.run_aggregate, log[0], params.stage, R, group_names(),
+            stages.run_aggregate, log[0], params.stage, R, list(PLAN),
             output.pareto, output.selected, f"{R}/plots", output.report,
         )

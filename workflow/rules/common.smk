@@ -1,6 +1,15 @@
-# Input functions shared by the rules: checkpoints decide the groups and their samples.
+# Input functions shared by the rules.
+#
+# Plain MAP's plan and design are pure functions of the config, so the groups, their samples and
+# the evaluation batches are known when the DAG is built: no checkpoints. That matters: Snakemake
+# (9.27) does not check the params or code of jobs it only finds behind a checkpoint, so a changed
+# evaluator or design would silently keep stale evaluations.
 
-from mapmerge.io import read_table
+from functools import lru_cache
+
+from mapmerge.groups import plan_groups
+
+PLAN = {row["group"]: row for row in plan_groups(CFG["method"], TASKS).to_dict("records")}
 
 
 def params_of(stage):
@@ -15,24 +24,21 @@ def vector_path(member):
     return f"{R}/task_vectors/{member}.safetensors"
 
 
-def group_info(group):
-    """members and tasks of a group, read from the plan_groups checkpoint."""
-    table = checkpoints.plan_groups.get().output[0]
-    return stages.group_row(table, group)
+@lru_cache(maxsize=None)
+def group_design(group):
+    """The group's designed samples (the same table sample_coefficients writes)."""
+    from mapmerge.sampling import design
+
+    return design(PLAN[group]["members"], CFG["sampler"], CFG["seed"])
 
 
-def group_names():
-    return read_table(checkpoints.plan_groups.get().output[0])["group"].tolist()
-
-
-def group_samples(group):
-    samples = checkpoints.sample_coefficients.get(group=group).output[0]
-    return read_table(samples)["sample"].tolist()
+def group_batches(group):
+    return stages.sample_batches(group_design(group)["sample"].tolist(), BATCH)
 
 
 def engine_inputs(wildcards):
     """pretrained, the group's task vectors and the tasks' own checkpoints (for their heads)."""
-    info = group_info(wildcards.group)
+    info = PLAN[wildcards.group]
     return {
         "pretrained": MODEL["pretrained"],
         "vectors": [vector_path(m) for m in info["members"]],
@@ -42,7 +48,7 @@ def engine_inputs(wildcards):
 
 def engine_files(wildcards, input):
     """The engine's files by name: pretrained, vectors (member -> path), checkpoints (task -> path)."""
-    info = group_info(wildcards.group) if "group" in wildcards.keys() else {"members": TASKS, "tasks": TASKS}
+    info = PLAN[wildcards.group] if "group" in wildcards.keys() else {"members": TASKS, "tasks": TASKS}
     return {
         "pretrained": input.pretrained,
         "vectors": dict(zip(info["members"], input.vectors)),
@@ -50,26 +56,20 @@ def engine_files(wildcards, input):
     }
 
 
-def sample_engine_inputs(wildcards):
-    # the samples table is read for params, not an input: a new design reruns only the batches whose samples changed
-    group_samples(wildcards.group)
-    return engine_inputs(wildcards)
-
-
 def batch_c(wildcards):
-    samples = f"{R}/groups/{wildcards.group}/samples.parquet"
-    return stages.batch_coefficients(samples, wildcards.batch, BATCH)
+    """{sample: coefficients} of one evaluation batch: its params, so a changed design reruns it."""
+    frame = group_design(wildcards.group).set_index("sample")
+    columns = [f"c_{m}" for m in PLAN[wildcards.group]["members"]]
+    return {s: [float(v) for v in frame.loc[s, columns]] for s in group_batches(wildcards.group)[wildcards.batch]}
 
 
 def group_evals(wildcards):
-    batches = stages.sample_batches(group_samples(wildcards.group), BATCH)
-    return [f"{R}/groups/{wildcards.group}/evals/{b}.parquet" for b in batches]
+    return [f"{R}/groups/{wildcards.group}/evals/{b}.parquet" for b in group_batches(wildcards.group)]
 
 
-def aggregate_inputs(wildcards):
-    names = group_names()
+def aggregate_inputs():
     files = ["front.parquet", "choice.parquet", "selected_evals.parquet", "samples.parquet", "metrics.parquet", "surrogate.parquet"]
-    return [f"{R}/groups/{g}/{f}" for g in names for f in files]
+    return [f"{R}/groups/{g}/{f}" for g in PLAN for f in files]
 
 
 def aggregate_outputs():

@@ -26,7 +26,7 @@ rule evaluate_reference:
 
 rule evaluate_sample:
     input:
-        unpack(sample_engine_inputs),
+        unpack(engine_inputs),
     output:
         f"{R}/groups/{{group}}/evals/{{batch}}.parquet",
     params:

@@ -1,7 +1,7 @@
 # MAP per group: design, metrics, surrogate, Pareto front, pick and merge.
 
 
-checkpoint plan_groups:
+rule plan_groups:
     output:
         f"{R}/groups.parquet",
     params:
@@ -16,7 +16,7 @@ checkpoint plan_groups:
         run_stage(stages.run_plan_groups, log[0], params.stage, output[0])
 
 
-checkpoint sample_coefficients:
+rule sample_coefficients:
     input:
         f"{R}/groups.parquet",
     output:
