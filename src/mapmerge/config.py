@@ -178,13 +178,15 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
 STAGE_MODULES = {
     "prepare_benchmark": ["benchmark"],
     "extract_task_vector": ["taskvectors", "checkpoints"],
-    "evaluate": ["evaluate", "checkpoints"],
+    "task_vector_table": ["taskvectors"],
+    "evaluate": ["evaluate", "checkpoints", "digits", "benchmark"],
+    "collect_metrics": ["metrics"],
     "plan_groups": ["groups"],
     "sample_coefficients": ["sampling"],
     "fit_surrogate": ["surrogate"],
     "pareto_front": ["pareto", "surrogate"],
-    "merge_group": ["selection", "taskvectors"],
-    "aggregate": ["plots", "report"],
+    "merge_group": ["selection", "taskvectors", "checkpoints"],
+    "aggregate": ["plots", "report", "metrics"],
 }
 
 
@@ -212,6 +214,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "prepare_benchmark": {"benchmark": cfg["benchmark"]},
         "extract_task_vector": {"merge": model["merge"]},
+        "task_vector_table": {},
+        "collect_metrics": {},
         "evaluate": {"model": evaluation_model},
         "plan_groups": {"method": cfg["method"], "tasks": tasks},
         "sample_coefficients": {"sampler": cfg["sampler"], "seed": cfg["seed"]},

@@ -38,6 +38,8 @@ rule collect_metrics:
         group_evals,
     output:
         f"{R}/groups/{{group}}/metrics.parquet",
+    params:
+        stage=params_of("collect_metrics"),
     log:
         f"{R}/logs/collect_metrics/{{group}}.log",
     threads: LIGHT["threads"]

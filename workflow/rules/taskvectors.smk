@@ -24,6 +24,8 @@ rule task_vector_table:
         [vector_path(t) for t in TASKS],
     output:
         f"{R}/task_vectors.parquet",
+    params:
+        stage=params_of("task_vector_table"),
     log:
         f"{R}/logs/task_vector_table.log",
     threads: LIGHT["threads"]
