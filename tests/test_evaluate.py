@@ -127,3 +127,20 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(EvaluationError, match="evaluation.device: 'cuda'"):
             pick_device("cuda")
+
+
+def test_half_precision_checkpoints_are_evaluated_in_float32(small_bench, vectors, tmp_path):
+    from mapmerge.checkpoints import save_safetensors
+
+    half = {k: v.to(torch.bfloat16) for k, v in load_state_dict(small_bench / "pretrained.safetensors").items()}
+    save_safetensors(half, tmp_path / "pretrained_bf16.safetensors")
+    engine = MergeEngine(
+        builder={"_target_": "mapmerge.benchmark.build_model", "width": SMALL_BENCHMARK["width"]},
+        pretrained=tmp_path / "pretrained_bf16.safetensors", vectors=vectors,
+        task_checkpoints={t: small_bench / f"{t}.safetensors" for t in SMALL_TASKS},
+        evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},
+        merge={"include": ["*"], "exclude": ["head.*"]}, device="cpu",
+    )
+    rows = engine.evaluate([1.0, 0.0, 0.0], sample="bf16")
+    assert all(p.dtype == torch.float32 for p in engine.module.parameters())
+    assert rows[rows["task"] == SMALL_TASKS[0]]["correct"].mean() > 0.5

@@ -87,7 +87,8 @@ class MergeEngine:
         self.device = pick_device(device)
         self.members = list(vectors)
         self.tasks = list(task_checkpoints)
-        self.module = build_module(builder, python_path)
+        # evaluation runs in float32: the merge is one float32 vector, the module's tensors views into it
+        self.module = build_module(builder, python_path).float()
         pre = load_state_dict(pretrained)
         try:
             self.module.load_state_dict(pre, strict=True)
