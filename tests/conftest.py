@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,11 @@ def small_bench(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_bench")
     prepare_benchmark(SMALL_BENCHMARK, out)
     return out
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table snakemake prints (empty when there is nothing to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}

@@ -103,3 +103,12 @@ def test_overrides_string_with_nested_lists(repo):
     cfg = load(repo, overrides="[name=x, benchmark.tasks=[rot90, invert], tasks=[invert, rot90]]")
     assert cfg["benchmark"]["tasks"] == ["rot90", "invert"]
     assert cfg["task_names"] == ["invert", "rot90"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluation.on_error=skip", "evaluation.on_error: must be one of fail, record, got 'skip'"),
+    ("surrogate.missing=ignore", "surrogate.missing: must be one of error, drop, got 'ignore'"),
+])
+def test_fault_policies_are_checked(repo, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load(repo, overrides=[override])

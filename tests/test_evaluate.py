@@ -5,7 +5,7 @@ import torch
 
 from mapmerge.benchmark import DigitsEvaluator, build_model
 from mapmerge.checkpoints import load_state_dict
-from mapmerge.evaluate import EvaluationError, MergeEngine, check_rows
+from mapmerge.evaluate import FAILED_EXAMPLE, EvaluationError, MergeEngine, check_rows, failure_rows
 from mapmerge.metrics import metrics_from_examples
 from mapmerge.taskvectors import extract_task_vector, merged_state
 
@@ -51,7 +51,7 @@ def test_engine_equals_plain_task_arithmetic(small_bench, vectors):
     engine = make_engine(small_bench, vectors)
     c = [0.4, 0.7, 0.2]
     rows = engine.evaluate(c, sample="s1")
-    assert list(rows.columns) == ["sample", "task", "example", "correct", "loss"]
+    assert list(rows.columns) == ["sample", "task", "example", "correct", "loss", "error"] and rows["error"].isna().all()
     pre = load_state_dict(small_bench / "pretrained.safetensors")
     merged = merged_state(pre, [load_state_dict(p) for p in vectors.values()], c)
     for task in SMALL_TASKS:
@@ -111,12 +111,36 @@ def test_raising_evaluator_names_sample_and_task(small_bench, vectors):
         engine.evaluate([0.1, 0.1, 0.1], sample="s3")
 
 
+def test_recorded_failure_keeps_the_other_tasks(small_bench, vectors, caplog):
+    engine = make_engine(small_bench, vectors)
+    engine.evaluators[SMALL_TASKS[1]] = lambda module, device: pd.DataFrame({"correct": [True], "loss": [float("nan")]})
+    with pytest.raises(EvaluationError, match=f"sample s3, task {SMALL_TASKS[1]}: evaluator returned NaN"):
+        engine.evaluate([0.1, 0.1, 0.1], sample="s3")
+    rows = engine.evaluate([0.1, 0.1, 0.1], sample="s3", on_error="record")
+    failed = rows[rows["task"] == SMALL_TASKS[1]]
+    assert len(failed) == 1 and failed["example"].iloc[0] == FAILED_EXAMPLE
+    assert failed[["correct", "loss"]].isna().all(axis=None)
+    assert failed["error"].iloc[0] == f"sample s3, task {SMALL_TASKS[1]}: evaluator returned NaN or inf in 'loss'"
+    others = rows[rows["task"] != SMALL_TASKS[1]]
+    assert set(others["task"]) == {SMALL_TASKS[0], SMALL_TASKS[2]} and others["error"].isna().all()
+    assert "evaluation.on_error=record" in caplog.text
+
+
 def test_metrics_from_examples():
     rows = pd.DataFrame({"sample": ["a"] * 4, "task": ["x", "x", "y", "y"], "example": [0, 1, 0, 1],
                          "correct": [1.0, 0.0, 1.0, 1.0], "loss": [0.5, 1.5, 0.1, 0.3]})
     table = metrics_from_examples(rows).set_index(["task", "metric"])["value"]
     assert table[("x", "accuracy")] == 0.5 and table[("x", "loss")] == 1.0
     assert table[("y", "accuracy")] == 1.0 and table[("y", "loss")] == pytest.approx(0.2)
+
+
+def test_metrics_keep_recorded_failures_visible():
+    good = check_rows(pd.DataFrame({"correct": [True, False]}), "a", "x")  # this evaluator reports no loss
+    rows = pd.concat([good, failure_rows("a", "y", "sample a, task y: boom")], ignore_index=True)
+    table = metrics_from_examples(rows)
+    assert table[["sample", "task", "metric"]].values.tolist() == [["a", "x", "accuracy"], ["a", "y", "accuracy"]]
+    assert table["value"].iloc[0] == 0.5 and np.isnan(table["value"].iloc[1])
+    assert pd.isna(table["error"].iloc[0]) and table["error"].iloc[1] == "sample a, task y: boom"
 
 
 def test_device_choice():

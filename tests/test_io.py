@@ -1,10 +1,13 @@
 import json
+import os
+import stat
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mapmerge import __version__
-from mapmerge.io import ArtifactError, atomic_path, config_hash, read_table, table_metadata, write_table
+from mapmerge.io import RUN_LOCK, ArtifactError, atomic_path, config_hash, read_table, table_metadata, write_table
 
 
 def frame() -> pd.DataFrame:
@@ -42,7 +45,34 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_corrupt_file_names_the_file(tmp_path):
     path = write_table(frame(), tmp_path / "t.parquet", "s")
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(ArtifactError, match=r"t\.parquet: unreadable Parquet.*rerun"):
+    with pytest.raises(ArtifactError, match=r"t\.parquet: unreadable Parquet.*delete it and run snakemake again"):
         read_table(path)
     with pytest.raises(ArtifactError, match="missing.parquet: file not found"):
         read_table(tmp_path / "missing.parquet")
+
+
+def test_artifacts_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_table(frame(), tmp_path / "t.parquet", "s")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_flipped_bit_is_caught_by_the_page_checksums(tmp_path):
+    path = write_table(pd.DataFrame({"x": np.linspace(0, 1, 1000)}), tmp_path / "t.parquet", "s")
+    data = bytearray(path.read_bytes())
+    data[2000] ^= 0x10  # inside the data page of column x
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="t.parquet: unreadable Parquet.*CRC checksum verification failed"):
+        read_table(path)
+
+
+def test_the_hint_names_the_results_folder(tmp_path):
+    (tmp_path / "run" / RUN_LOCK).parent.mkdir()
+    (tmp_path / "run" / RUN_LOCK).touch()
+    path = write_table(frame(), tmp_path / "run" / "groups" / "t.parquet", "s")
+    path.write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match=f"`mapmerge check {tmp_path / 'run'} --delete`"):
+        read_table(path)

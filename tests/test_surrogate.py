@@ -142,9 +142,10 @@ def test_fit_table_round_trip(tmp_path):
     tasks = ["rot90", "digits04", "invert"]
     samples, metrics = make_tables(tasks)
     table = fit_table(samples, metrics, tasks, LINK_MAP)
-    assert list(table.columns) == ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks"]
+    assert list(table.columns) == ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks", "n_dropped", "dropped"]
     assert list(zip(table["task"], table["metric"])) == sorted((t, m) for t in tasks for m in LINK_MAP)
     assert (table["tasks"] == "rot90,digits04,invert").all() and (table["n_samples"] == 20).all()
+    assert (table["n_dropped"] == 0).all() and (table["dropped"] == "").all()
     assert (table["r2"] > 0.999).all()
     table.to_parquet(tmp_path / "surrogate.parquet")
     fits = fits_from_table(pd.read_parquet(tmp_path / "surrogate.parquet"))
@@ -160,15 +161,52 @@ def test_fit_table_missing_sample():
     tasks = ["a", "b"]
     samples, metrics = make_tables(tasks)
     metrics = metrics.drop(metrics.index[(metrics["sample"] == "s007") & (metrics["task"] == "b")][:1])
-    with pytest.raises(SurrogateError, match=r"task 'b', metric 'accuracy': metrics table has no value for samples \['s007'\]"):
+    with pytest.raises(SurrogateError, match=r"task 'b', metric 'accuracy': no value for samples \['s007'\].*surrogate.missing=drop"):
         fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
 
 
-def test_fit_table_nan_value_names_sample():
+def failed_evaluations(samples: pd.DataFrame, metrics: pd.DataFrame, task: str, failed: list[str]) -> pd.DataFrame:
+    """metrics with the rows of `failed` samples of `task` as a recorded failure: NaN value and an error."""
+    metrics = metrics.assign(error=pd.Series(None, index=metrics.index, dtype="str"))
+    rows = metrics["sample"].isin(failed) & (metrics["task"] == task)
+    metrics.loc[rows, "value"] = np.nan
+    metrics.loc[rows, "error"] = "evaluator returned NaN"
+    return metrics
+
+
+def test_fit_table_refuses_failed_evaluations_by_default():
     tasks = ["a", "b"]
     samples, metrics = make_tables(tasks)
-    metrics.loc[(metrics["sample"] == "s004") & (metrics["task"] == "a") & (metrics["metric"] == "loss"), "value"] = np.nan
-    with pytest.raises(SurrogateError, match=r"task 'a', metric 'loss': value is NaN or infinite for samples \['s004'\]"):
+    metrics = failed_evaluations(samples, metrics, "a", ["s004", "s011"])
+    with pytest.raises(SurrogateError, match=r"task 'a', metric 'accuracy': no value for samples \['s004', 's011'\] "
+                                             r"\(failed or missing evaluations.*set surrogate.missing=drop to fit without them"):
+        fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
+
+
+def test_fit_table_drops_failed_evaluations_and_says_so():
+    tasks = ["a", "b"]
+    samples, metrics = make_tables(tasks)
+    failed = failed_evaluations(samples, metrics, "a", ["s004", "s011"])
+    table = fit_table(samples, failed, tasks, LINK_MAP, loo=False, missing="drop").set_index(["task", "metric"])
+    assert table.loc[("a", "accuracy"), "dropped"] == "s004,s011" and table.loc[("a", "loss"), "n_dropped"] == 2
+    assert (table.loc["a", "n_samples"] == 18).all() and (table.loc["b", "n_samples"] == 20).all()
+    assert (table.loc["b", "n_dropped"] == 0).all() and (table.loc["b", "dropped"] == "").all()
+    kept = ~samples["sample"].isin(["s004", "s011"])
+    subset = fit_table(samples[kept], metrics, tasks, LINK_MAP, loo=False).set_index(["task", "metric"])
+    assert table.loc["a", "params"].tolist() == subset.loc["a", "params"].tolist()  # the same as fitting without them
+
+
+def test_fit_table_rejects_an_unknown_missing_policy():
+    samples, metrics = make_tables(["a", "b"])
+    with pytest.raises(SurrogateError, match="surrogate.missing: must be one of error, drop, got 'skip'"):
+        fit_table(samples, metrics, ["a", "b"], LINK_MAP, loo=False, missing="skip")
+
+
+def test_fit_table_infinite_value_names_sample():
+    tasks = ["a", "b"]
+    samples, metrics = make_tables(tasks)
+    metrics.loc[(metrics["sample"] == "s004") & (metrics["task"] == "a") & (metrics["metric"] == "loss"), "value"] = np.inf
+    with pytest.raises(SurrogateError, match=r"task 'a', metric 'loss': value is infinite for samples \['s004'\]"):
         fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
 
 

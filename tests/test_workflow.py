@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict
 from mapmerge.io import read_table, table_metadata
 
-from conftest import REPO
+from conftest import REPO, job_counts
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +40,6 @@ def snakemake(workdir: Path, *args: str, overrides: list[str] = (), check: bool 
     return proc
 
 
-def planned_jobs(output: str) -> dict[str, int]:
-    """Job counts from the 'Job stats' table of a dry run."""
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
@@ -70,7 +61,7 @@ def test_every_stage_writes_its_artifact(run):
     samples = read_table(res / "groups/all/samples.parquet")
     assert len(samples) >= 1.5 * 6 and [c for c in samples if c.startswith("c_")] == [f"c_{t}" for t in TASKS]
     metrics = read_table(res / "groups/all/metrics.parquet")
-    assert set(metrics.columns) == {"sample", "task", "metric", "value"}
+    assert set(metrics.columns) == {"sample", "task", "metric", "value", "error"} and metrics["error"].isna().all()
     assert len(metrics) == len(samples) * len(TASKS) * 2
     evals = sorted((res / "groups/all/evals").glob("*.parquet"))
     examples = read_table(evals[0])
@@ -124,10 +115,12 @@ def test_second_run_has_nothing_to_do(run):
         ("+preference.rot90=3", {"merge_group", "evaluate_selected", "aggregate"}),
         ("selection=tchebycheff", {"merge_group", "evaluate_selected", "aggregate"}),
         ("evaluation.device=cpu", set()),
+        ("evaluation.on_error=record", set()),
+        ("surrogate.missing=drop", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "aggregate"}),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):
-    jobs = planned_jobs(snakemake(run, "-n", overrides=[override]).stdout)
+    jobs = job_counts(snakemake(run, "-n", overrides=[override]).stdout)
     assert set(jobs) - {"all"} == expected
 
 
@@ -147,7 +140,7 @@ def test_a_bigger_design_evaluates_only_new_samples(run):
     before = {p.name: p.stat().st_mtime_ns for p in batches}
     grown = ["sampler.factor=4"]  # 24 samples: b0000 unchanged, b0001 gains samples, b0002 is new
     plan = snakemake(run, "-n", overrides=grown).stdout
-    assert planned_jobs(plan)["evaluate_sample"] == 2
+    assert job_counts(plan)["evaluate_sample"] == 2
     assert "evals/b0000.parquet" not in plan.split("Job stats:")[0].split("rule collect_metrics")[0]
     snakemake(run, overrides=grown)
     assert (res / "groups/all/evals/b0000.parquet").stat().st_mtime_ns == before["b0000.parquet"]

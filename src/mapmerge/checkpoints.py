@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from mapmerge.io import ArtifactError, atomic_path
+from mapmerge.io import ArtifactError, atomic_path, recompute_hint
 
 METADATA_KEY = "mapmerge"
 
@@ -36,11 +36,26 @@ def load_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict[str, t
                 raise ArtifactError(f"{path}: not a state dict of tensors")
             tensors = dict(obj)
     except (SafetensorError, RuntimeError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{path}: unreadable checkpoint ({exc})") from exc
+        raise ArtifactError(f"{path}: unreadable checkpoint ({exc}); if the workflow made it, {recompute_hint(path)}") from exc
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ArtifactError(f"{path}: tensor '{name}' holds NaN or inf")
+        _check_finite(path, name, tensor)
     return tensors
+
+
+def _check_finite(path: Path, name: str, tensor: torch.Tensor) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise ArtifactError(f"{path}: tensor '{name}' holds NaN or inf")
+
+
+def verify_safetensors(path: str | os.PathLike) -> None:
+    """Read every tensor of a safetensors file, one at a time; ArtifactError when one is unreadable or not finite."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            for name in fh.keys():
+                _check_finite(path, name, fh.get_tensor(name))
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ArtifactError(f"{path}: unreadable safetensors ({exc})") from exc
 
 
 def save_safetensors(

@@ -20,6 +20,11 @@ from mapmerge.selection import PreferenceError, normalize_preference
 BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
 BENCHMARK_EVALUATOR = "mapmerge.benchmark.DigitsEvaluator"
 EXPERIMENT_NODE = "_experiment_file"
+# Keys with a fixed set of values.
+CHOICES = {
+    ("evaluation", "on_error"): ("fail", "record"),
+    ("surrogate", "missing"): ("error", "drop"),
+}
 
 
 class ConfigError(ValueError):
@@ -99,6 +104,9 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for pattern_key in ("include", "exclude"):
         if not isinstance(model["merge"].get(pattern_key), list):
             raise ConfigError(f"model.merge.{pattern_key}: must be a list of name patterns")
+    for (group, key), allowed in CHOICES.items():
+        if cfg[group].get(key) not in allowed:
+            raise ConfigError(f"{group}.{key}: must be one of {', '.join(allowed)}, got {cfg[group].get(key)!r}")
     return cfg
 
 

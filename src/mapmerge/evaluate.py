@@ -7,6 +7,7 @@ into a flat buffer, so a merge is a single fused multiply-add and no model is co
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,7 +24,8 @@ from mapmerge.io import ArtifactError
 from mapmerge.taskvectors import merged_names
 
 Evaluator = Callable[[torch.nn.Module, torch.device], pd.DataFrame]
-EXAMPLE_COLUMNS = ["task", "example", "correct", "loss"]
+FAILED_EXAMPLE = -1  # `example` of the one row that records a failed (sample, task)
+logger = logging.getLogger("mapmerge")
 
 
 class EvaluationError(RuntimeError):
@@ -135,8 +137,12 @@ class MergeEngine:
         torch.addmv(self.theta_pre, self.vectors.T, c, out=self.flat)
         self.timings["merge"] += time.perf_counter() - start
 
-    def evaluate(self, coefficients: Sequence[float], sample: str) -> pd.DataFrame:
-        """Per-example rows (sample, task, example, correct, loss) of the merge on every task."""
+    def evaluate(self, coefficients: Sequence[float], sample: str, on_error: str = "fail") -> pd.DataFrame:
+        """Per-example rows (sample, task, example, correct, loss, error) of the merge on every task.
+
+        on_error='record' turns an EvaluationError into one row with NaN correct and loss and the
+        message in `error` (logged as a warning); 'fail' raises it.
+        """
         self.merge(coefficients)
         frames = []
         start = time.perf_counter()
@@ -144,7 +150,13 @@ class MergeEngine:
             for task in self.tasks:
                 for target, tensor in self.own[task]:
                     target.copy_(tensor)
-                frames.append(self._run(task, sample))
+                try:
+                    frames.append(self._run(task, sample))
+                except EvaluationError as exc:
+                    if on_error != "record":
+                        raise
+                    logger.warning("%s (recorded: evaluation.on_error=record)", exc)
+                    frames.append(failure_rows(sample, task, str(exc)))
         self.timings["evaluate"] += time.perf_counter() - start
         return pd.concat(frames, ignore_index=True)
 
@@ -169,6 +181,7 @@ def check_rows(rows: Any, sample: str, task: str) -> pd.DataFrame:
             "example": rows["example"].astype("int64") if "example" in rows else np.arange(len(rows), dtype="int64"),
             "correct": rows["correct"].astype(float) if "correct" in rows else np.nan,
             "loss": rows["loss"].astype("float64") if "loss" in rows else np.nan,
+            "error": pd.Series(None, index=rows.index, dtype="str"),
         }
     )
     if len(out) == 0:
@@ -177,3 +190,17 @@ def check_rows(rows: Any, sample: str, task: str) -> pd.DataFrame:
         if column in rows and not np.isfinite(out[column]).all():
             raise EvaluationError(f"sample {sample}, task {task}: evaluator returned NaN or inf in '{column}'")
     return out
+
+
+def failure_rows(sample: str, task: str, message: str) -> pd.DataFrame:
+    """The row that records a failed evaluation: NaN correct and loss, the message in `error`."""
+    return pd.DataFrame(
+        {
+            "sample": [sample],
+            "task": [task],
+            "example": np.array([FAILED_EXAMPLE], dtype="int64"),
+            "correct": [np.nan],
+            "loss": [np.nan],
+            "error": pd.Series([message], dtype="str"),
+        }
+    )

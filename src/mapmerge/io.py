@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +19,24 @@ import pyarrow.parquet as pq
 from mapmerge import __version__
 
 
+TEMP_SUFFIX = ".tmp"  # atomic_path writes `.<name>.<random>.tmp` beside the target
+_pending: set[Path] = set()  # temporary files this process is writing
+_written: list[Path] = []  # files this process has renamed into place
+_commit = threading.Lock()  # held while renaming, and by undo_writes until the process exits
+RUN_LOCK = ".mapmerge.lock"  # in every results folder a driver has run on (see mapmerge.runlock)
+
+
 class ArtifactError(RuntimeError):
     """A file on disk is missing, unreadable or inconsistent; the message names the file."""
+
+
+def recompute_hint(path: str | os.PathLike) -> str:
+    """How to have a bad artifact recomputed, naming the results folder it lies in."""
+    folder = next((p for p in Path(path).parents if (p / RUN_LOCK).exists()), "RESULTS")
+    return (
+        "delete it and run snakemake again to recompute it and what depends on it "
+        f"(`mapmerge check {folder} --delete` finds and deletes every such file)"
+    )
 
 
 def config_hash(config: Any) -> str:
@@ -49,17 +66,39 @@ def provenance(stage: str, config: Any = None, inputs: Iterable[str | os.PathLik
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; flush it to disk and rename it onto `path` only if the block succeeds.
+
+    The file gets the usual permissions (0666 less the umask), whatever the writer used.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = tmp.stat().st_mode
+    _pending.add(tmp)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield tmp
+        os.chmod(tmp, mode)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        with _commit:
+            os.replace(tmp, path)
+            _written.append(path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _pending.discard(tmp)
+
+
+def undo_writes() -> None:
+    """Delete every file this process wrote or is writing through atomic_path; call it only right before exiting.
+
+    A job stopped half-way then leaves none of its outputs, so snakemake simply runs it again.
+    """
+    _commit.acquire()
+    for path in [*_pending, *_written]:
+        path.unlink(missing_ok=True)
 
 
 def write_table(
@@ -77,21 +116,19 @@ def write_table(
     meta.update({k.encode(): str(v).encode() for k, v in (extra or {}).items()})
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)
     return Path(path)
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a Parquet artifact; a missing or corrupt file raises ArtifactError naming it."""
+    """Read a Parquet artifact (page checksums verified); a missing or corrupt file raises ArtifactError naming it."""
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: file not found")
     try:
-        return pq.read_table(path, columns=columns).to_pandas()
+        return pq.read_table(path, columns=columns, page_checksum_verification=True).to_pandas()
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ArtifactError(
-            f"{path}: unreadable Parquet ({exc}); delete it and rerun snakemake to recompute it"
-        ) from exc
+        raise ArtifactError(f"{path}: unreadable Parquet ({exc}); {recompute_hint(path)}") from exc
 
 
 def table_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -99,5 +136,5 @@ def table_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         raw = pq.read_schema(path).metadata or {}
     except (pa.ArrowException, OSError) as exc:
-        raise ArtifactError(f"{path}: unreadable Parquet ({exc})") from exc
+        raise ArtifactError(f"{path}: unreadable Parquet ({exc}); {recompute_hint(path)}") from exc
     return {k.decode(): v.decode() for k, v in raw.items() if k != b"pandas"}

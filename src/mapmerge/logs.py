@@ -21,7 +21,8 @@ def run_stage(stage: Callable[..., Any], log: str | os.PathLike, *args: Any, **k
     logger.setLevel(logging.INFO)
     start = time.perf_counter()
     try:
-        logger.info("start %s", stage.__name__)
+        slurm = os.environ.get("SLURM_JOB_ID")
+        logger.info("start %s%s", stage.__name__, f" in SLURM job {slurm}" if slurm else "")
         result = stage(*args, **kwargs)
         logger.info("done %s in %.2f s", stage.__name__, time.perf_counter() - start)
         return result

@@ -7,17 +7,30 @@ from collections.abc import Iterable
 import pandas as pd
 
 
+METRICS = {"accuracy": "correct", "loss": "loss"}  # metric -> per-example column it averages
+
+
 def metrics_from_examples(examples: pd.DataFrame) -> pd.DataFrame:
-    """Long table (sample, task, metric, value): accuracy = mean correct, loss = mean loss."""
-    grouped = examples.groupby(["sample", "task"], sort=True)
+    """Long table (sample, task, metric, value, error): accuracy = mean correct, loss = mean loss.
+
+    A metric the evaluator does not report is left out; a failed (sample, task) (a non-empty
+    `error`, see evaluation.on_error) keeps one row per reported metric, with NaN value and its error.
+    """
+    keys = ["sample", "task"]
+    errors = examples.get("error", pd.Series(None, index=examples.index, dtype="str"))
+    failed = examples.assign(error=errors).dropna(subset=["error"]).groupby(keys, sort=True)["error"].first()
+    grouped = examples.groupby(keys, sort=True)
+    reported = [m for m, column in METRICS.items() if examples[column].notna().any()] or list(METRICS)
     frames = []
-    for metric, column in (("accuracy", "correct"), ("loss", "loss")):
-        values = grouped[column].mean().dropna()
-        if len(values):
-            frame = values.rename("value").reset_index()
-            frame.insert(2, "metric", metric)
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True).sort_values(["sample", "task", "metric"], ignore_index=True)
+    for metric in reported:
+        values = grouped[METRICS[metric]].mean()
+        values = values[values.notna() | values.index.isin(failed.index)]
+        frame = values.rename("value").reset_index()
+        frame.insert(2, "metric", metric)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table["error"] = pd.Series(failed.reindex(pd.MultiIndex.from_frame(table[keys])).to_numpy(), dtype="str")
+    return table.sort_values(["sample", "task", "metric"], ignore_index=True)
 
 
 def suffixes(columns: Iterable[str], prefix: str) -> list[str]:

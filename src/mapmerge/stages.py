@@ -8,6 +8,7 @@ pymoo, scipy and matplotlib are imported inside the stages that need them, not a
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from mapmerge.metrics import metrics_from_examples, suffixes, wide_metrics
 PathLike = str | os.PathLike
 # pretrained: path; vectors: member -> task-vector path; checkpoints: task -> fine-tuned checkpoint path
 EngineFiles = Mapping[str, Any]
+logger = logging.getLogger("mapmerge")
 
 
 def run_prepare_benchmark(params: Mapping[str, Any], checkpoint_dir: PathLike, table: PathLike) -> None:
@@ -132,10 +134,17 @@ def run_evaluate_samples(
     out: PathLike,
     device: str = "auto",
     threads: int = 0,
+    on_error: str = "fail",
 ) -> None:
-    """Evaluate the merges of several samples with one engine, into one per-example table."""
+    """Evaluate the merges of several samples with one engine, into one per-example table.
+
+    on_error='record' keeps failed (sample, task) evaluations as rows with an `error` (see MergeEngine.evaluate).
+    """
     engine = _engine(params, files, device, threads)
-    examples = pd.concat([engine.evaluate(c, sample=s) for s, c in coefficients.items()], ignore_index=True)
+    examples = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in coefficients.items()], ignore_index=True)
+    failed = examples.dropna(subset=["error"])
+    if len(failed):
+        logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), out)
     write_table(examples, out, "evaluate_sample", {**params, "c": dict(coefficients)}, _engine_inputs(files))
 
 
@@ -153,7 +162,12 @@ def run_fit_surrogate(params: Mapping[str, Any], samples: PathLike, metrics: Pat
     metric_frame = read_table(metrics)
     members = suffixes(sample_frame.columns, "c")
     cfg = params["surrogate"]
-    table = surrogate.fit_table(sample_frame, metric_frame, members, cfg["links"], loo=cfg["loo"])
+    try:
+        table = surrogate.fit_table(sample_frame, metric_frame, members, cfg["links"], loo=cfg["loo"], missing=cfg["missing"])
+    except surrogate.SurrogateError as exc:
+        raise surrogate.SurrogateError(f"{metrics}: {exc}") from exc
+    for row in table[table["n_dropped"] > 0].itertuples():
+        logger.warning("task %s, metric %s: fitted without samples %s (surrogate.missing=drop)", row.task, row.metric, row.dropped)
     write_table(table, out, "fit_surrogate", params, inputs=[samples, metrics])
 
 

@@ -40,7 +40,8 @@ _LINKS: dict[str, _Link] = {
 }
 LINKS = tuple(_LINKS)
 COEF_PREFIX = "c_"
-TABLE_COLUMNS = ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks"]
+TABLE_COLUMNS = ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks", "n_dropped", "dropped"]
+MISSING = ("error", "drop")  # surrogate.missing: refuse samples without a value, or fit without them
 
 
 def n_params(n_tasks: int) -> int:
@@ -203,20 +204,30 @@ def _coefficients(samples: pd.DataFrame, tasks: list[str]) -> np.ndarray:
 
 
 def _values(metrics: pd.DataFrame, sample_ids: pd.Series, task: str, metric: str) -> np.ndarray:
-    """The metric values of one task aligned to `sample_ids`, with named errors for gaps and repeats."""
+    """The metric values of one task aligned to `sample_ids` (NaN where missing), with named errors for repeats and inf."""
     rows = metrics[(metrics["task"] == task) & (metrics["metric"] == metric)]
     where = _where(task, metric)
     repeated = rows["sample"][rows["sample"].duplicated()].tolist()
     if repeated:
         raise SurrogateError(f"{where}: metrics table has several values for samples {repeated[:5]}")
-    missing = sample_ids[~sample_ids.isin(rows["sample"])].tolist()
-    if missing:
-        raise SurrogateError(f"{where}: metrics table has no value for samples {missing[:5]}")
     values = rows.set_index("sample")["value"].reindex(sample_ids).to_numpy(dtype=float)
-    bad = sample_ids[~np.isfinite(values)].tolist()
-    if bad:
-        raise SurrogateError(f"{where}: value is NaN or infinite for samples {bad[:5]}")
+    infinite = sample_ids[np.isinf(values)].tolist()
+    if infinite:
+        raise SurrogateError(f"{where}: value is infinite for samples {infinite[:5]}")
     return values
+
+
+def _present(values: np.ndarray, sample_ids: pd.Series, where: str, missing: str) -> np.ndarray:
+    """Mask of the samples to fit on: all of them, or (missing='drop') those with a value."""
+    if missing not in MISSING:
+        raise SurrogateError(f"surrogate.missing: must be one of {', '.join(MISSING)}, got {missing!r}")
+    present = ~np.isnan(values)
+    if not present.all() and missing == "error":
+        raise SurrogateError(
+            f"{where}: no value for samples {sample_ids[~present].tolist()[:5]} (failed or missing evaluations, "
+            "see the error column of metrics.parquet); set surrogate.missing=drop to fit without them"
+        )
+    return present
 
 
 def fit_table(
@@ -225,21 +236,25 @@ def fit_table(
     tasks: list[str],
     links: Mapping[str, str],
     loo: bool = True,
+    missing: str = "error",
 ) -> pd.DataFrame:
     """Fit every (task, metric in `links`) and return one row per fit, sorted by task and metric.
 
     samples: columns 'sample' and 'c_<task>'; metrics: long table sample, task, metric, value.
-    Rows of `metrics` for samples not in `samples` are ignored.
+    Rows of `metrics` for samples not in `samples` are ignored. A sample without a value (absent
+    or NaN: a failed evaluation) raises unless missing='drop'; then each fit leaves out its own
+    missing samples and records them (n_dropped, dropped: comma-joined sample ids).
     """
-    missing = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
-    if missing:
-        raise SurrogateError(f"metrics table lacks columns {missing}")
+    absent = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
+    if absent:
+        raise SurrogateError(f"metrics table lacks columns {absent}")
     C = _coefficients(samples, tasks)
     rows = []
     for task in tasks:
         for metric, link in links.items():
             y = _values(metrics, samples["sample"], task, metric)
-            fit = fit_surrogate(C, y, link, task=task, metric=metric, loo=loo)
+            keep = _present(y, samples["sample"], _where(task, metric), missing)
+            fit = fit_surrogate(C[keep], y[keep], link, task=task, metric=metric, loo=loo)
             rows.append(
                 {
                     "task": task,
@@ -251,6 +266,8 @@ def fit_table(
                     "loo_rmse": fit.loo_rmse,
                     "params": fit.params.tolist(),
                     "tasks": ",".join(tasks),
+                    "n_dropped": int((~keep).sum()),
+                    "dropped": ",".join(samples["sample"][~keep]),
                 }
             )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -9,7 +9,7 @@ rule aggregate:
         pareto=f"{R}/pareto.parquet",
         selected=f"{R}/selected.parquet",
         report=f"{R}/report.md",
-        plots=[p for p in aggregate_outputs() if p.endswith(".png")],
+        plots=plot_outputs(),
     params:
         stage=params_of("aggregate"),
     log:

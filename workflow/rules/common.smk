@@ -5,11 +5,27 @@
 # (9.27) does not check the params or code of jobs it only finds behind a checkpoint, so a changed
 # evaluator or design would silently keep stale evaluations.
 
+import sys
 from functools import lru_cache
 
+from mapmerge import runlock
 from mapmerge.groups import plan_groups
 
 PLAN = {row["group"]: row for row in plan_groups(CFG["method"], TASKS).to_dict("records")}
+
+# One driver per results folder (runlock.hold, taken just before the first job starts); local jobs
+# stop when their driver is killed, so a restart finds no orphan still writing.
+if workflow.is_main_process:
+    runlock.mark_driver()
+    DRIVER = runlock.holder(R)
+    if DRIVER is not None:
+        print(f"mapmerge: a snakemake driver ({runlock.describe(DRIVER)}) is running on {R}", file=sys.stderr)
+else:
+    runlock.stop_with_driver()
+
+
+onstart:
+    runlock.hold(R)
 
 
 def params_of(stage):
@@ -72,6 +88,22 @@ def aggregate_inputs():
     return [f"{R}/groups/{g}/{f}" for g in PLAN for f in files]
 
 
+def plot_outputs():
+    return [f"{R}/plots/front_parallel.png"] + ([f"{R}/plots/front_2d.png"] if len(TASKS) == 2 else [])
+
+
+def all_evals(wildcards):
+    """Every group's evaluation batches; an input function, so that jobs need not compute the design."""
+    return [f"{R}/groups/{g}/evals/{b}.parquet" for g in PLAN for b in group_batches(g)]
+
+
 def aggregate_outputs():
-    plots = [f"{R}/plots/front_parallel.png"] + ([f"{R}/plots/front_2d.png"] if len(TASKS) == 2 else [])
-    return [f"{R}/pareto.parquet", f"{R}/selected.parquet", f"{R}/report.md", f"{R}/task_vectors.parquet", *plots]
+    """Every artifact of a finished run, the aggregate's own outputs last: what rule all asks for.
+
+    Snakemake does not remake a missing file that no job it runs needs; as rule all asks for every
+    artifact, one that was deleted (by `mapmerge check --delete`, say) is made again, with what depends on it.
+    """
+    made = [MODEL["pretrained"], *map(checkpoint_path, CFG["benchmark"]["tasks"]), f"{R}/benchmark.parquet"] if MODEL["builtin"] else []
+    made += [*map(vector_path, TASKS), *(f"{R}/{f}" for f in ("task_vectors.parquet", "reference.parquet", "reference_examples.parquet", "groups.parquet"))]
+    made += [all_evals, *aggregate_inputs(), *(f"{R}/groups/{g}/merged.safetensors" for g in PLAN)]
+    return [*made, f"{R}/pareto.parquet", f"{R}/selected.parquet", f"{R}/report.md", *plot_outputs()]

@@ -1,6 +1,11 @@
 # Real evaluations of merged models: the reference models, every designed sample (in batches of
 # evaluation.samples_per_job per job), the chosen merge.
 # Each loads the pretrained weights and task vectors once and merges on the device (evaluation.device).
+# evaluation.on_error applies to the designed samples only (the reference models and the chosen merge
+# are needed by every later stage) and, like the device, is not a param: switching it after a
+# failure reruns only the failed jobs.
+
+ON_ERROR = CFG["evaluation"]["on_error"]
 
 
 rule evaluate_reference:
@@ -40,7 +45,10 @@ rule evaluate_sample:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        run_stage(stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), params.c, output[0], DEVICE, threads)
+        run_stage(
+            stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), params.c, output[0],
+            DEVICE, threads, ON_ERROR,
+        )
 
 
 rule evaluate_selected:

@@ -1,0 +1,134 @@
+"""One snakemake driver per results folder, and local jobs that stop when their driver is killed.
+
+The driver holds an exclusive flock on RESULTS/.mapmerge.lock while it runs jobs. The kernel drops
+the lock when the driver exits or is killed, so, unlike snakemake's own lock (per working
+directory, left behind by a kill), it never goes stale, and it also stops a second driver started
+from another working directory on the same results folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from mapmerge.io import RUN_LOCK, undo_writes
+
+DRIVER_ENV = "MAPMERGE_DRIVER"  # pid@host of the driver, inherited by the jobs it starts
+ORPHAN_EXIT = 75  # exit status of a job that stopped because its driver is gone
+logger = logging.getLogger("mapmerge")
+_held: dict[Path, IO[str]] = {}  # open lock files of this process: closing one releases its lock
+
+
+class RunLockError(RuntimeError):
+    """Another driver is running on the results folder; the message names it."""
+
+
+def lock_path(results: str | os.PathLike) -> Path:
+    return Path(results) / RUN_LOCK
+
+
+def describe(info: dict[str, Any]) -> str:
+    """'pid 123 on host, since ..., in /work/dir' for a lock holder."""
+    return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('since')}, in {info.get('cwd')}"
+
+
+def _flock(fh: IO[str], flags: int, attempts: int) -> bool:
+    """Try a non-blocking flock a few times (a holder() probe may hold a shared lock for an instant)."""
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fh, flags | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(0.05)
+    return False
+
+
+def hold(results: str | os.PathLike) -> None:
+    """Lock the results folder for this process until it exits; RunLockError names the driver holding it."""
+    path = lock_path(results)
+    if path in _held:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        locked = _flock(fh, fcntl.LOCK_EX, attempts=20)
+    except OSError as exc:  # a file system without locks: run unprotected rather than not at all
+        fh.close()
+        logger.warning("%s: cannot lock (%s); make sure no other driver runs on this folder", path, exc)
+        return
+    if not locked:
+        fh.close()
+        info = holder(results) or {}
+        raise RunLockError(
+            f"{results}: another snakemake driver ({describe(info)}) is running on this results folder; "
+            "wait for it to finish or stop it, then run snakemake again"
+        )
+    fh.seek(0)
+    fh.truncate()
+    since = datetime.now().astimezone().isoformat(timespec="seconds")
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since, "cwd": os.getcwd()}))
+    fh.flush()
+    _held[path] = fh
+
+
+def holder(results: str | os.PathLike) -> dict[str, Any] | None:
+    """The driver holding the results folder's lock ({pid, host, since, cwd}), or None when none runs."""
+    try:
+        with open(lock_path(results)) as fh:
+            if _flock(fh, fcntl.LOCK_SH, attempts=1):
+                return None
+            text = fh.read()
+    except OSError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
+
+
+def mark_driver() -> None:
+    """In the driver: tell the jobs it starts (through their environment) which process drives them."""
+    os.environ[DRIVER_ENV] = f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _ancestors() -> Iterator[int]:
+    """This process's parent, grandparent, ... (read from /proc; only the parent where there is none)."""
+    pid = os.getppid()
+    while pid > 1:
+        yield pid
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return
+
+
+def stop_with_driver(interval: float = 1.0) -> threading.Thread | None:
+    """In a job process: exit, deleting the outputs it wrote, once the driver that started it is gone.
+
+    A job that outlives a killed driver would write an output that snakemake keeps no record of
+    (its params and code could then never trigger a rerun), and would race the restarted driver.
+    Only a job that descends from its driver is watched (local execution on Linux, not cluster jobs).
+    """
+    pid, _, host = os.environ.get(DRIVER_ENV, "").partition("@")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) not in _ancestors():
+        return None
+
+    def watch() -> None:
+        while int(pid) in _ancestors():  # a dead driver's children are handed to another process at once
+            time.sleep(interval)
+        logger.error("driver pid %s is gone; stopping this job, the next snakemake run redoes it", pid)
+        undo_writes()
+        os._exit(ORPHAN_EXIT)
+
+    thread = threading.Thread(target=watch, name="mapmerge-driver-watch", daemon=True)
+    thread.start()
+    return thread

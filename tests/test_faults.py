@@ -1,0 +1,312 @@
+"""Faults during real runs of the workflow, and what a user types after each (README, "When something goes wrong").
+
+One run on the built-in benchmark is killed mid-way (two more drivers are tried on it while it runs),
+restarted, then has an evaluation batch corrupted. A copy of examples/custom_mlp with an evaluator
+that returns NaN for some merges runs with and without evaluation.on_error and surrogate.missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from mapmerge import runlock
+from mapmerge.cli import main
+from mapmerge.io import read_table
+
+from conftest import REPO, job_counts
+
+pytestmark = pytest.mark.slow
+
+BASE = [
+    "name=faults",
+    "benchmark.tasks=[rot90, flip_parity]",
+    "benchmark.width=8",
+    "benchmark.pretrain_epochs=5",
+    "benchmark.finetune_epochs=3",
+    "sampler.factor=1.5",
+    "optimizer.pop_size=30",
+    "optimizer.n_gen=20",
+    "evaluation.samples_per_job=3",  # 9 samples: 3 evaluation batches
+]
+ARTIFACTS = ("*.parquet", "*.safetensors", "*.png", "*.md")
+
+
+def command(workdir: Path, *args: str, overrides: list[str] = BASE, experiment: Path | None = None) -> list[str]:
+    config = ([f"experiment={experiment}"] if experiment else []) + [f"overrides=[{', '.join(overrides)}]"]
+    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
+            "--config", *config]
+
+
+def run(cmd: list[str], ok: bool = True) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of a command; `ok` asserts it succeeded."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[:8])}... failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc.returncode, proc.stdout
+
+
+def artifacts(results: Path) -> dict[Path, int]:
+    """mtime (ns) of every artifact under a results folder."""
+    return {p: p.stat().st_mtime_ns for pattern in ARTIFACTS for p in results.rglob(pattern)}
+
+
+def job_processes(workdir: Path) -> list[int]:
+    """Snakemake job processes (not drivers) running in `workdir`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"--target-jobs" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == workdir:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_for(condition, driver: subprocess.Popen | None = None, timeout: float = 300) -> float:
+    """Seconds until `condition()` holds; fails when it times out or `driver` exits first."""
+    start = time.monotonic()
+    while not condition():
+        assert driver is None or driver.poll() is None, f"the driver exited early ({driver.returncode})"
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+@dataclass
+class Killed:
+    workdir: Path
+    results: Path
+    driver_pid: int
+    same_folder: tuple[int, str]  # a second driver in the same working directory
+    elsewhere: tuple[int, str]  # a second driver in another working directory, same results folder
+    orphans_gone_s: float  # seconds until the killed driver's jobs were gone
+    kept: dict[Path, int]  # artifacts (and mtimes) when the jobs were gone
+    batches_missing: int
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Killed:
+    """A run whose driver is killed with SIGKILL while evaluation batches run."""
+    workdir = tmp_path_factory.mktemp("killed")
+    results = workdir / "results" / "faults"
+    evals = results / "groups" / "all" / "evals"
+    with open(workdir / "driver.log", "w") as log:
+        driver = subprocess.Popen(command(workdir), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: runlock.holder(results) is not None, driver)
+        elsewhere = command(tmp_path_factory.mktemp("elsewhere"), overrides=[*BASE, f"results_dir={workdir / 'results'}"])
+        others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                  for cmd in (command(workdir), elsewhere)]
+        same_folder, elsewhere_run = [(p.wait(timeout=300), p.stdout.read()) for p in others]
+        wait_for(lambda: any(evals.glob("b*.parquet")) and job_processes(workdir), driver)
+    finally:
+        driver.kill()
+        driver.wait()
+    orphans_gone_s = wait_for(lambda: not job_processes(workdir), timeout=30)
+    kept = artifacts(results)
+    missing = 3 - len(list(evals.glob("b*.parquet")))
+    assert missing > 0, "every batch was done before the kill"
+    return Killed(workdir, results, driver.pid, same_folder, elsewhere_run, orphans_gone_s, kept, missing)
+
+
+def test_a_second_driver_in_the_same_folder_is_refused(killed):
+    status, out = killed.same_folder
+    assert status != 0 and "Directory cannot be locked" in out  # snakemake's own lock
+    assert f"mapmerge: a snakemake driver (pid {killed.driver_pid} on " in out  # ...and it is not a stale one
+
+
+def test_a_second_driver_elsewhere_on_the_same_results_is_refused(killed):
+    status, out = killed.elsewhere
+    assert status != 0
+    assert f"{killed.workdir / 'results' / 'faults'}: another snakemake driver (pid {killed.driver_pid} on " in out
+    assert f"in {killed.workdir})" in out and "Finished jobid" not in out
+
+
+def test_jobs_stop_with_their_killed_driver(killed):
+    assert killed.orphans_gone_s < 10
+    assert not list(killed.results.rglob("*.tmp"))  # nothing half-written is left behind
+
+
+@dataclass
+class Restarted:
+    corrupt: Path  # a batch finished before the kill, then truncated (a crash mid-write to disk, a bad disk)
+    blocked: tuple[int, str]  # the same command again: refused, the kill left snakemake's lock
+    unlock: str
+    restart: tuple[int, str]  # --unlock, then the same command: runs what is missing, fails on the corrupt batch
+
+
+@pytest.fixture(scope="module")
+def restarted(killed) -> Restarted:
+    """What a user types after the kill: the same command, then --unlock and the same command."""
+    corrupt = min(p for p in killed.kept if p.parent.name == "evals")
+    corrupt.write_bytes(corrupt.read_bytes()[:-100])
+    blocked = run(command(killed.workdir), ok=False)
+    unlock = run(command(killed.workdir, "--unlock"))[1]
+    return Restarted(corrupt, blocked, unlock, run(command(killed.workdir), ok=False))
+
+
+def test_restart_after_a_kill_needs_unlock_and_runs_only_what_is_missing(killed, restarted):
+    status, out = restarted.blocked
+    assert status != 0 and "--unlock" in out and "mapmerge: a snakemake driver" not in out  # the lock is stale
+    assert "Unlocked working directory" in restarted.unlock
+    jobs = job_counts(restarted.restart[1])
+    assert jobs["evaluate_sample"] == killed.batches_missing
+    assert not {"prepare_benchmark", "extract_task_vector", "sample_coefficients"} & set(jobs)
+    after = artifacts(killed.results)
+    assert all(after[p] == mtime for p, mtime in killed.kept.items() if p != restarted.corrupt)  # finished work kept
+
+
+def test_a_job_reading_a_corrupt_artifact_names_it_and_the_way_out(killed, restarted):
+    status, out = restarted.restart
+    relative = restarted.corrupt.relative_to(killed.workdir)
+    assert status != 0 and f"{relative}: unreadable Parquet" in out
+    assert "delete it and run snakemake again" in out and "`mapmerge check results/faults --delete`" in out
+
+
+def test_check_finds_the_corrupt_batch_and_snakemake_remakes_it_with_what_follows(killed, restarted, capsys):
+    results, corrupt = killed.results, restarted.corrupt
+    assert main(["check", str(results)]) == 1
+    bad = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bad: ")]
+    assert len(bad) == 1 and bad[0].startswith(f"bad: {corrupt}: unreadable Parquet")
+    assert main(["check", str(results), "--delete"]) == 0 and not corrupt.exists()
+
+    before = artifacts(results)
+    jobs = job_counts(run(command(killed.workdir))[1])
+    assert jobs == {"evaluate_sample": 1, "collect_metrics": 1, "fit_surrogate": 1, "pareto_front": 1, "merge_group": 1,
+                    "evaluate_selected": 1, "aggregate": 1, "all": 1}
+    assert all(artifacts(results)[p] == mtime for p, mtime in before.items())  # nothing else was redone
+    assert main(["check", str(results)]) == 0 and (results / "report.md").is_file()
+
+
+# A user's evaluator that fails for some merges: the loss of stripes_0 is NaN when the coefficients
+# sum to more than MAX_SUM. Of the 9 designed samples of stripes_0 and stripes_60 only s0004
+# (0.85 + 0.93, in batch b0000 of samples s0000-s0007) does.
+FLAKY = '''
+
+class FlakyEvaluator(TaskEvaluator):
+    """TaskEvaluator whose loss is NaN for merges whose coefficients sum to more than max_sum.
+
+    The coefficients are read back from the module: least squares of (trunk - pretrained trunk) on the task vectors.
+    """
+
+    def __init__(self, task, pretrained, finetuned, max_sum, n=500, seed=0):
+        super().__init__(task, n, seed)
+        self._pre = _trunk(torch.load(pretrained))
+        self._taus = torch.stack([_trunk(torch.load(path)) - self._pre for path in finetuned], dim=1)
+        self.max_sum = max_sum
+
+    def __call__(self, module, device):
+        rows = super().__call__(module, device)
+        c = torch.linalg.lstsq(self._taus, (_trunk(module.state_dict()) - self._pre)[:, None]).solution
+        if c.sum() > self.max_sum:
+            rows["loss"] = float("nan")
+        return rows
+
+
+def _trunk(state):
+    return torch.cat([state[k].detach().cpu().double().flatten() for k in sorted(state) if k.startswith("trunk.")])
+'''
+MAX_SUM = 1.7
+FLAKY_RUN = ["tasks=[stripes_0, stripes_60]", "sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
+
+
+@dataclass
+class Flaky:
+    workdir: Path
+    experiment: Path
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / "results" / "custom_mlp"
+
+    def snakemake(self, *args: str, overrides: tuple[str, ...] = (), ok: bool = False) -> tuple[int, str]:
+        return run(command(self.workdir, *args, overrides=[*FLAKY_RUN, *overrides], experiment=self.experiment), ok=ok)
+
+
+@pytest.fixture(scope="module")
+def flaky(tmp_path_factory) -> Flaky:
+    """A copy of examples/custom_mlp whose stripes_0 evaluator fails for merges with a large coefficient sum."""
+    example = tmp_path_factory.mktemp("flaky") / "custom_mlp"
+    shutil.copytree(REPO / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    with open(example / "model.py", "a") as fh:
+        fh.write(FLAKY)
+    run([sys.executable, str(example / "make_checkpoints.py")])
+    experiment = OmegaConf.load(example / "experiment.yaml")
+    checkpoints = example / "checkpoints"
+    experiment.model.tasks.stripes_0.evaluator = {
+        "_target_": "model.FlakyEvaluator", "task": "stripes_0", "max_sum": MAX_SUM,
+        "pretrained": str(checkpoints / "pretrained.pt"),
+        "finetuned": [str(checkpoints / f"{task}.pt") for task in ("stripes_0", "stripes_60")],
+    }
+    experiment.preference = {"stripes_0": 2, "stripes_60": 1}
+    OmegaConf.save(experiment, example / "experiment.yaml")
+    return Flaky(example.parent / "work", example / "experiment.yaml")
+
+
+@pytest.fixture(scope="module")
+def failed(flaky) -> tuple[int, str]:
+    """The default (evaluation.on_error=fail) with --keep-going."""
+    return flaky.snakemake("--keep-going")
+
+
+def test_a_failed_evaluation_names_sample_and_task_and_the_rest_goes_on(flaky, failed):
+    status, out = failed
+    message = "sample s0004, task stripes_0: evaluator returned NaN or inf in 'loss'"
+    assert status != 0 and message in out
+    assert message in (flaky.results / "logs" / "evaluate_sample" / "all" / "b0000.log").read_text()
+    evals = flaky.results / "groups" / "all" / "evals"
+    assert (evals / "b0001.parquet").is_file() and not (evals / "b0000.parquet").exists()
+    assert (flaky.results / "reference.parquet").is_file()  # --keep-going ran what did not need the failed batch
+
+
+@pytest.fixture(scope="module")
+def recorded(flaky, failed) -> tuple[int, str, dict[Path, int]]:
+    """Then evaluation.on_error=record: the failure is recorded, and the surrogate refuses it."""
+    before = artifacts(flaky.results)
+    status, out = flaky.snakemake(overrides=("evaluation.on_error=record",))
+    return status, out, before
+
+
+def test_a_recorded_failure_reruns_only_the_failed_batch_and_stays_visible(flaky, recorded):
+    status, out, before = recorded
+    jobs = job_counts(out)
+    assert jobs["evaluate_sample"] == 1 and "evaluate_reference" not in jobs
+    b0001 = flaky.results / "groups" / "all" / "evals" / "b0001.parquet"
+    assert b0001.stat().st_mtime_ns == before[b0001]
+    log = (flaky.results / "logs" / "evaluate_sample" / "all" / "b0000.log").read_text()
+    assert "WARNING" in log and "recorded: evaluation.on_error=record" in log
+    metrics = read_table(flaky.results / "groups" / "all" / "metrics.parquet")
+    failures = metrics.dropna(subset=["error"])
+    assert set(zip(failures["sample"], failures["task"], failures["metric"])) == {
+        ("s0004", "stripes_0", "accuracy"), ("s0004", "stripes_0", "loss")}
+    assert failures["value"].isna().all() and "sample s0004, task stripes_0: evaluator returned NaN" in failures["error"].iloc[0]
+    assert len(metrics) == 9 * 2 * 2 and metrics.drop(failures.index)["value"].notna().all()
+
+
+def test_the_surrogate_refuses_missing_samples_by_default(flaky, recorded):
+    status, out, _ = recorded
+    assert status != 0
+    assert ("metrics.parquet: task 'stripes_0', metric 'accuracy': no value for samples ['s0004'] (failed or missing "
+            "evaluations, see the error column of metrics.parquet); set surrogate.missing=drop to fit without them") in out
+
+
+def test_the_surrogate_drops_them_when_told_and_says_so(flaky, recorded):
+    metrics = flaky.results / "groups" / "all" / "metrics.parquet"
+    before = metrics.stat().st_mtime_ns
+    status, out = flaky.snakemake(overrides=("evaluation.on_error=record", "surrogate.missing=drop"), ok=True)
+    assert set(job_counts(out)) == {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "aggregate", "all"}
+    table = read_table(flaky.results / "groups" / "all" / "surrogate.parquet").set_index(["task", "metric"])
+    assert (table.loc["stripes_0", "dropped"] == "s0004").all() and (table.loc["stripes_0", "n_samples"] == 8).all()
+    assert (table.drop(index="stripes_0", level="task")["n_dropped"] == 0).all()
+    assert "fitted without samples s0004 (surrogate.missing=drop)" in (flaky.results / "logs" / "fit_surrogate" / "all.log").read_text()
+    assert metrics.stat().st_mtime_ns == before  # the failures stay recorded in metrics.parquet
+    assert np.isfinite(read_table(flaky.results / "selected.parquet")["measured_accuracy_stripes_0"]).all()
