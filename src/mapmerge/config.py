@@ -15,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mapmerge import operators
 from mapmerge.selection import PreferenceError, normalize_preference
 
 BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
@@ -107,6 +108,10 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for (group, key), allowed in CHOICES.items():
         if cfg[group].get(key) not in allowed:
             raise ConfigError(f"{group}.{key}: must be one of {', '.join(allowed)}, got {cfg[group].get(key)!r}")
+    try:
+        cfg["merge"] = operators.validate(cfg.get("merge"))  # the merge operator (not model.merge)
+    except operators.OperatorError as exc:
+        raise ConfigError(str(exc)) from exc
     return cfg
 
 
@@ -187,13 +192,13 @@ STAGE_MODULES = {
     "prepare_benchmark": ["benchmark"],
     "extract_task_vector": ["taskvectors", "checkpoints"],
     "task_vector_table": ["taskvectors"],
-    "evaluate": ["evaluate", "checkpoints", "digits", "benchmark"],
+    "evaluate": ["evaluate", "operators", "checkpoints", "digits", "benchmark"],
     "collect_metrics": ["metrics"],
     "plan_groups": ["groups"],
     "sample_coefficients": ["sampling"],
     "fit_surrogate": ["surrogate"],
     "pareto_front": ["pareto", "surrogate"],
-    "merge_group": ["selection", "taskvectors", "checkpoints"],
+    "merge_group": ["selection", "taskvectors", "operators", "checkpoints"],
     "aggregate": ["plots", "report", "metrics"],
 }
 
@@ -219,17 +224,20 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "python_path": model["python_path"],
         "evaluators": {t: model["tasks"][t]["evaluator"] for t in tasks},
     }
+    # the merge operator, and the seed where it draws random numbers (else a seed change would rerun)
+    merge_op = operators.validate(cfg.get("merge"))
+    operator = {"merge_operator": merge_op, "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None}
     parts: dict[str, Any] = {
         "prepare_benchmark": {"benchmark": cfg["benchmark"]},
         "extract_task_vector": {"merge": model["merge"]},
         "task_vector_table": {},
         "collect_metrics": {},
-        "evaluate": {"model": evaluation_model},
+        "evaluate": {"model": evaluation_model, **operator},
         "plan_groups": {"method": cfg["method"], "tasks": tasks},
         "sample_coefficients": {"sampler": cfg["sampler"], "seed": cfg["seed"]},
         "fit_surrogate": {"surrogate": cfg["surrogate"]},
         "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"]},
-        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"]},
+        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator},
         "aggregate": {"objective": cfg["optimizer"]["objective"]},
     }
     return {**parts[stage], "code": code_version(stage)}

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 
 from mapmerge.checkpoints import load_state_dict
 from mapmerge.io import ArtifactError
+from mapmerge.operators import apply_operator
 from mapmerge.taskvectors import merged_names
 
 Evaluator = Callable[[torch.nn.Module, torch.device], pd.DataFrame]
@@ -71,6 +72,8 @@ class MergeEngine:
     """Holds theta_pre and the task vectors on one device and evaluates merges of them.
 
     members: ordered names of the task vectors (the coefficient vector follows this order).
+    operator, seed: the merge operator spec (mapmerge.operators; None = task arithmetic), applied
+    once per tensor to the members' task vectors, and the seed of a seeded operator (dare).
     task_checkpoints: per evaluated task, its fine-tuned checkpoint, from which the tensors that are
     not merged (task heads) are taken when that task is evaluated.
     """
@@ -85,6 +88,8 @@ class MergeEngine:
         merge: Mapping[str, Sequence[str]],
         device: str = "auto",
         python_path: Sequence[str] = (),
+        operator: Mapping[str, Any] | None = None,
+        seed: int | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.members = list(vectors)
@@ -105,9 +110,16 @@ class MergeEngine:
                 raise ArtifactError(f"{path}: task vector of '{member}' holds other tensors than '{self.members[0]}'")
         shapes = [pre[n].shape for n in self.names]
         self.theta_pre = torch.cat([pre[n].float().flatten() for n in self.names]).to(self.device)
-        self.vectors = torch.stack(
-            [torch.cat([tau[n].float().flatten() for n in self.names]) for tau in taus]
-        ).to(self.device) if taus else torch.zeros((0, self.theta_pre.numel()), device=self.device)
+        # rows: the members' effective task vectors (the merge operator applied tensor by tensor)
+        self.vectors = torch.zeros((len(taus), self.theta_pre.numel()), device=self.device)
+        offset = 0
+        for name, shape in zip(self.names, shapes):
+            size = int(np.prod(shape))
+            if taus:
+                stacked = torch.stack([tau[name].float() for tau in taus]).to(self.device)
+                effective = apply_operator(operator, self.members, name, stacked, seed)
+                self.vectors[:, offset : offset + size] = effective.reshape(len(taus), size)
+            offset += size
         self.flat = self.theta_pre.clone()
         offset = 0
         for name, shape in zip(self.names, shapes):

@@ -70,6 +70,8 @@ def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads:
         merge=model["merge"],
         device=device,
         python_path=model["python_path"],
+        operator=params.get("merge_operator"),
+        seed=params.get("merge_seed"),
     )
 
 
@@ -85,8 +87,11 @@ def run_evaluate_reference(
     device: str = "auto",
     threads: int = 0,
 ) -> None:
-    """Evaluate the pretrained model and every fine-tuned model on every task."""
-    engine = _engine(params, files, device, threads)
+    """Evaluate the pretrained model and every fine-tuned model on every task.
+
+    The merge operator is not applied: these are the real fine-tuned models, theta_pre + tau_i.
+    """
+    engine = _engine({**params, "merge_operator": None}, files, device, threads)
     models = {"pretrained": np.zeros(len(engine.members))}
     models.update({m: np.eye(len(engine.members))[i] for i, m in enumerate(engine.members)})
     examples = pd.concat([engine.evaluate(c, sample=name) for name, c in models.items()], ignore_index=True)
@@ -242,8 +247,13 @@ def run_merge_group(
     members = list(files["vectors"])
     c = [float(choice[f"c_{m}"].iloc[0]) for m in members]
     vectors = [load_state_dict(v) for v in files["vectors"].values()]
-    merged = merged_state(load_state_dict(files["pretrained"]), vectors, c)
-    save_safetensors(merged, merged_out, metadata={"coefficients": json.dumps(dict(zip(members, c)))})
+    merged = merged_state(
+        load_state_dict(files["pretrained"]), vectors, c,
+        operator=params.get("merge_operator"), members=members, seed=params.get("merge_seed"),
+    )
+    operator = params.get("merge_operator") or {"operator": "task_arithmetic"}
+    metadata = {"coefficients": json.dumps(dict(zip(members, c))), "operator": json.dumps(operator)}
+    save_safetensors(merged, merged_out, metadata=metadata)
     write_table(choice, choice_out, "merge_group", params, inputs=[front_table])
 
 

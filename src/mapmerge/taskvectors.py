@@ -6,12 +6,14 @@ import fnmatch
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from mapmerge.checkpoints import load_state_dict, save_safetensors
 from mapmerge.io import ArtifactError
+from mapmerge.operators import SEEDED, apply_operator, validate
 
 
 def merged_names(state: Mapping[str, torch.Tensor], include: Sequence[str], exclude: Sequence[str]) -> list[str]:
@@ -82,15 +84,35 @@ def _flatten(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def merged_state(
-    pretrained: Mapping[str, torch.Tensor], vectors: Sequence[Mapping[str, torch.Tensor]], coefficients: Sequence[float]
+    pretrained: Mapping[str, torch.Tensor],
+    vectors: Sequence[Mapping[str, torch.Tensor]],
+    coefficients: Sequence[float],
+    operator: Mapping[str, Any] | None = None,
+    members: Sequence[str] | None = None,
+    seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """theta_pre + sum_i c_i tau_i on the vectors' tensors; every other tensor as in `pretrained`."""
+    """theta_pre + sum_i c_i tau'_i on the vectors' tensors; every other tensor as in `pretrained`.
+
+    tau' = the merge operator (mapmerge.operators; None = task arithmetic, tau' = tau) applied per
+    tensor, as MergeEngine does; members (the vectors' names, in order) and seed feed seeded operators.
+    """
     if len(vectors) != len(coefficients):
         raise ValueError(f"{len(vectors)} task vectors but {len(coefficients)} coefficients")
+    spec = validate(operator)
+    if members is None:
+        if spec["operator"] in SEEDED:
+            raise ValueError(f"merge operator {spec['operator']}: needs the members' names")
+        members = [str(i) for i in range(len(vectors))]
+    if len(members) != len(vectors):
+        raise ValueError(f"{len(vectors)} task vectors but {len(members)} member names")
     merged = dict(pretrained)
     for name in vectors[0] if vectors else []:
         total = pretrained[name].float().clone()
-        for coef, tau in zip(coefficients, vectors):
-            total += float(coef) * tau[name]
+        if spec["operator"] == "task_arithmetic":
+            effective = [tau[name] for tau in vectors]
+        else:
+            effective = apply_operator(spec, members, name, torch.stack([tau[name].float() for tau in vectors]), seed)
+        for coef, tau in zip(coefficients, effective):
+            total += float(coef) * tau
         merged[name] = total.to(pretrained[name].dtype)
     return merged
