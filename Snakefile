@@ -28,6 +28,7 @@ wildcard_constraints:
     task="[A-Za-z0-9_.-]+",
     group="[A-Za-z0-9_.-]+",
     batch="b[0-9]+",
+    level="[0-9]+",
 
 
 include: "workflow/rules/common.smk"
@@ -41,4 +42,4 @@ include: "workflow/rules/aggregate.smk"
 rule all:
     default_target: True
     input:
-        aggregate_outputs(),
+        every_artifact(),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,36 @@ def job_counts(output: str) -> dict[str, int]:
         return {}
     table = output.split("Job stats:")[1].split("total")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+ARTIFACTS = ("*.parquet", "*.safetensors", "*.png", "*.md")
+
+
+def snakemake_command(workdir: Path, *args: str, overrides: list[str], experiment: Path | None = None) -> list[str]:
+    """The workflow's snakemake command line, run in `workdir` with these config overrides."""
+    config = ([f"experiment={experiment}"] if experiment else []) + [f"overrides=[{', '.join(overrides)}]"]
+    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
+            "--config", *config]
+
+
+def run(cmd: list[str], ok: bool = True) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of a command; `ok` asserts it succeeded."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[:8])}... failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc.returncode, proc.stdout
+
+
+def artifacts(results: Path) -> dict[Path, int]:
+    """mtime (ns) of every artifact under a results folder."""
+    return {p: p.stat().st_mtime_ns for pattern in ARTIFACTS for p in results.rglob(pattern)}
+
+
+def wait_for(condition, driver: subprocess.Popen | None = None, timeout: float = 300) -> float:
+    """Seconds until `condition()` holds; fails when it times out or `driver` exits first."""
+    start = time.monotonic()
+    while not condition():
+        assert driver is None or driver.poll() is None, f"the driver exited early ({driver.returncode})"
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.1)
+    return time.monotonic() - start

@@ -78,20 +78,32 @@ def test_missing_experiment_file(repo, tmp_path):
         load(repo, experiment=tmp_path / "nothere.yaml")
 
 
-def changed_stages(repo, override):
-    base = load(repo)
-    other = load(repo, overrides=[override])
-    return {s for s in STAGES if stage_config(base, s) != stage_config(other, s)}
+def changed_stages(repo, override, method="map"):
+    base = load(repo, overrides=[f"method={method}"])
+    other = load(repo, overrides=[f"method={method}", override])
+    used = [s for s in STAGES if s != "propose_round" or method == "bayesian"]
+    return {s for s in used if stage_config(base, s) != stage_config(other, s)}
 
 
 def test_each_stage_sees_only_its_own_config(repo):
     # a change reruns its own stage (and, through the files, what follows), nothing before it
     assert changed_stages(repo, "surrogate.loo=false") == {"fit_surrogate"}
     assert changed_stages(repo, "optimizer.n_gen=10") == {"pareto_front"}
-    assert changed_stages(repo, "+preference.rot90=2") == {"merge_group"}
+    assert changed_stages(repo, "+preference.rot90=2") == {"merge_group", "aggregate"}  # aggregate: weighted metrics
     assert changed_stages(repo, "selection=tchebycheff") == {"merge_group"}
     assert changed_stages(repo, "sampler.factor=2") == {"sample_coefficients"}
     assert changed_stages(repo, "evaluation.device=cpu") == set()
+
+
+def test_method_settings_reach_only_their_stages(repo):
+    # more Bayesian rounds keep the earlier ones: no stage's params change, the DAG only grows
+    assert changed_stages(repo, "bayesian.rounds=5", "bayesian") == set()
+    assert changed_stages(repo, "bayesian.lam=2", "bayesian") == {"propose_round"}
+    assert changed_stages(repo, "bayesian.initial_factor=2", "bayesian") == {"sample_coefficients"}
+    # nested: a merged model's weight and metric follow the preference at every level
+    assert changed_stages(repo, "+preference.rot90=2", "nested") == {"plan_level", "pareto_front", "merge_group", "aggregate"}
+    assert changed_stages(repo, "nested.pairing=cosine", "nested") == {"plan_level"}
+    assert changed_stages(repo, "nested.pairing=cosine") == set()  # plain MAP does not pair
 
 
 def test_stage_code_version_is_part_of_params(repo):
@@ -112,3 +124,17 @@ def test_overrides_string_with_nested_lists(repo):
 def test_fault_policies_are_checked(repo, override, message):
     with pytest.raises(ConfigError, match=message):
         load(repo, overrides=[override])
+
+
+def test_preference_file_is_yaml_task_weight(repo, tmp_path):
+    (tmp_path / "prefs.yaml").write_text("rot90: 2\ninvert: 1\n")
+    (tmp_path / "exp.yaml").write_text("name: pref\npreference: prefs.yaml\n")  # relative to the experiment file
+    assert load(repo, experiment=tmp_path / "exp.yaml")["preference"] == {"rot90": 2, "invert": 1}
+    (tmp_path / "bad.yaml").write_text("rot90: -1\n")
+    with pytest.raises(ConfigError, match="preference weight for task 'rot90' must be a finite number >= 0"):
+        load(repo, overrides=[f"preference={tmp_path / 'bad.yaml'}"])
+    (tmp_path / "list.yaml").write_text("- rot90\n")
+    with pytest.raises(ConfigError, match="list.yaml: must be a mapping task: weight"):
+        load(repo, overrides=[f"preference={tmp_path / 'list.yaml'}"])
+    with pytest.raises(ConfigError, match="preference file nothere.yaml: not found"):
+        load(repo, overrides=["preference=nothere.yaml"])

@@ -22,7 +22,7 @@ from mapmerge import runlock
 from mapmerge.cli import main
 from mapmerge.io import read_table
 
-from conftest import REPO, job_counts
+from conftest import REPO, artifacts, job_counts, run, snakemake_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,26 +37,10 @@ BASE = [
     "optimizer.n_gen=20",
     "evaluation.samples_per_job=3",  # 9 samples: 3 evaluation batches
 ]
-ARTIFACTS = ("*.parquet", "*.safetensors", "*.png", "*.md")
 
 
 def command(workdir: Path, *args: str, overrides: list[str] = BASE, experiment: Path | None = None) -> list[str]:
-    config = ([f"experiment={experiment}"] if experiment else []) + [f"overrides=[{', '.join(overrides)}]"]
-    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
-            "--config", *config]
-
-
-def run(cmd: list[str], ok: bool = True) -> tuple[int, str]:
-    """(exit status, stdout and stderr) of a command; `ok` asserts it succeeded."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    if ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[:8])}... failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
-    return proc.returncode, proc.stdout
-
-
-def artifacts(results: Path) -> dict[Path, int]:
-    """mtime (ns) of every artifact under a results folder."""
-    return {p: p.stat().st_mtime_ns for pattern in ARTIFACTS for p in results.rglob(pattern)}
+    return snakemake_command(workdir, *args, overrides=overrides, experiment=experiment)
 
 
 def job_processes(workdir: Path) -> list[int]:
@@ -69,16 +53,6 @@ def job_processes(workdir: Path) -> list[int]:
         except OSError:
             continue
     return pids
-
-
-def wait_for(condition, driver: subprocess.Popen | None = None, timeout: float = 300) -> float:
-    """Seconds until `condition()` holds; fails when it times out or `driver` exits first."""
-    start = time.monotonic()
-    while not condition():
-        assert driver is None or driver.poll() is None, f"the driver exited early ({driver.returncode})"
-        assert time.monotonic() - start < timeout, "timed out"
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 @dataclass

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mapmerge import stages
+from mapmerge.groups import plain_plan
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, save_safetensors
 from mapmerge.config import STAGE_MODULES, ConfigError, load_config, stage_config
@@ -243,10 +244,14 @@ def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
     write_table(front, tmp_path / "front.parquet", "pareto_front")
     merge_params = {"selection": {"method": "weighted_sum", "rho": 0.05}, "preference": {}, "objective": "accuracy",
                     "merge_operator": spec, "merge_seed": 5}
-    stages.run_merge_group(merge_params, tmp_path / "front.parquet", tiny, tmp_path / "merged.safetensors", tmp_path / "choice.parquet")
+    write_table(plain_plan(MEMBERS), tmp_path / "plan.parquet", "plan_level")
+    stages.run_merge_group(
+        merge_params, tmp_path / "front.parquet", tiny, tmp_path / "plan.parquet", "all",
+        tmp_path / "merged.safetensors", tmp_path / "vector.safetensors", tmp_path / "choice.parquet",
+    )
     written = load_state_dict(tmp_path / "merged.safetensors")
     for name in engine.names:
-        torch.testing.assert_close(written[name], expected[name], rtol=0, atol=0)
+        torch.testing.assert_close(written[name], expected[name], rtol=1e-6, atol=1e-6)
 
 
 def test_engine_ties_with_equal_coefficients_is_ties(tiny):

@@ -97,6 +97,24 @@ def check_cfg(cfg: Mapping[str, Any], n_dims: int) -> tuple[int, float, float, s
     return int(bins), lam, temperature, str(radius)
 
 
+def initial_sampler(sampler: Mapping[str, Any], cfg: Mapping[str, Any], n_dims: int) -> dict[str, Any]:
+    """The design sampler of round 0: `initial_factor` times the surrogate's parameters, and enough
+    points (P + 2) for leave-one-out errors."""
+    return {**sampler, "factor": float(cfg["initial_factor"]), "min_points": max(int(sampler.get("min_points", 0)), n_params(n_dims) + 2)}
+
+
+def round_size(cfg: Mapping[str, Any], n_dims: int) -> int:
+    """Points per round: ceil(per_round_factor * (M+1)(M+2)/2), at least 1."""
+    return max(1, math.ceil(float(cfg["per_round_factor"]) * n_params(n_dims)))
+
+
+def with_bins(cfg: Mapping[str, Any], n_samples: int, n_dims: int) -> dict[str, Any]:
+    """cfg with `bins` filled in where it is null: about two samples per bin, at least 2 bins per angle."""
+    if cfg.get("bins") is not None or n_dims < 2:
+        return {**cfg, "bins": cfg.get("bins") or 1}
+    return {**cfg, "bins": max(2, int((n_samples / 2) ** (1.0 / (n_dims - 1))))}
+
+
 def to_angles(U: np.ndarray) -> np.ndarray:
     """Hyperspherical angles [n, M-1], each in [0, pi/2], of points U [n, M] in the unit box.
 

@@ -2,44 +2,191 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
-from collections.abc import Mapping
+import pickle
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mapmerge.io import ArtifactError, atomic_path, recompute_hint
 
 METADATA_KEY = "mapmerge"
 
 
+# safetensors dtype names (header "dtype") -> torch dtypes, for shapes and dtypes without reading data
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class LazyCheckpoint:
+    """A checkpoint opened for reading one tensor at a time (a context manager; see open_checkpoint).
+
+    safetensors files are read lazily with safetensors.safe_open: get(name) reads just that tensor,
+    with the pread backend (safetensors >= 0.8) so that the bytes read are not kept mapped into the
+    process (with mmap, every page read stays in its resident memory until the file is closed); older
+    safetensors fall back to mmap, whose pages are the file's page cache (reclaimable, but counted in RSS).
+    A torch state dict (.pt and any other suffix) cannot be read tensor by tensor in general (it is
+    one pickle), so it is loaded when opened: memory-mapped where the file has the zip format of
+    torch >= 1.6 and mmap is True (torch.load mmap=True: pages are read from disk as tensors are
+    touched, and are the file's page cache), else whole; save large models as safetensors.
+    Errors are ArtifactError with one line naming the file (and the tensor); get() rejects NaN/inf.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", mmap: bool = True) -> None:
+        self.path = Path(path)
+        self.device = device
+        self._file: Any = None  # safe_open handle (safetensors)
+        self._tensors: dict[str, torch.Tensor] | None = None  # the loaded state dict (torch files)
+        if not self.path.exists():
+            raise ArtifactError(f"{self.path}: checkpoint not found")
+        try:
+            if self.path.suffix == ".safetensors":
+                self._file = _safe_open(self.path, device)
+                names = getattr(self._file, "offset_keys", self._file.keys)()  # file order, as load_file
+            else:
+                self._tensors = _torch_load(self.path, device, mmap)
+                names = list(self._tensors)
+        except ArtifactError:
+            raise
+        except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+            raise self._unreadable(exc) from exc
+        self._names: list[str] = list(names)
+        self._known = set(self._names)
+
+    def _unreadable(self, exc: BaseException) -> ArtifactError:
+        detail = " ".join(str(exc).split())  # one line
+        return ArtifactError(f"{self.path}: unreadable checkpoint ({detail}); if the workflow made it, {recompute_hint(self.path)}")
+
+    def keys(self) -> list[str]:
+        """The tensors' names, in file order."""
+        return list(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._known
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor; ArtifactError naming the file and tensor when absent, unreadable or not finite."""
+        if name not in self._known:
+            raise ArtifactError(f"{self.path}: has no tensor '{name}'")
+        if self._tensors is not None:
+            tensor = self._tensors[name]
+        else:
+            if self._file is None:
+                raise ArtifactError(f"{self.path}: read after close")
+            try:
+                tensor = self._file.get_tensor(name)
+            except (SafetensorError, RuntimeError, OSError) as exc:
+                raise self._unreadable(exc) from exc
+        _check_finite(self.path, name, tensor)
+        return tensor
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) one at a time, in file order."""
+        for name in self._names:
+            yield name, self.get(name)
+
+    def meta(self) -> dict[str, torch.Tensor]:
+        """Every tensor as a 'meta' tensor (shape and dtype, no data): for checks before reading."""
+        if self._tensors is not None:
+            return {n: t.to("meta") for n, t in self._tensors.items()}
+        out = {}
+        for name in self._names:
+            view = self._file.get_slice(name)
+            dtype = _SAFETENSORS_DTYPES.get(view.get_dtype())
+            if dtype is None:  # a rare dtype: read the tensor to learn it
+                out[name] = self.get(name).to("meta")
+            else:
+                out[name] = torch.empty(view.get_shape(), dtype=dtype, device="meta")
+        return out
+
+    def close(self) -> None:
+        """Release the file (safetensors) or the loaded tensors (torch files)."""
+        if self._file is not None:
+            self._file.__exit__(None, None, None)
+        self._file = None
+        self._tensors = None
+
+    def __enter__(self) -> LazyCheckpoint:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike, device: str = "cpu", mmap: bool = True) -> LazyCheckpoint:
+    """Open a checkpoint for reading tensor by tensor: `with open_checkpoint(p) as ckpt: ckpt.get(name)`.
+
+    mmap: memory-map a torch state dict file (see LazyCheckpoint); no effect on safetensors files.
+    """
+    return LazyCheckpoint(path, device, mmap)
+
+
+def _safe_open(path: Path, device: str) -> Any:
+    try:
+        handle = safe_open(str(path), framework="pt", device=device, backend="pread")
+    except TypeError:  # safetensors < 0.8: no backend, memory-mapped
+        handle = safe_open(str(path), framework="pt", device=device)
+    return handle.__enter__()
+
+
+def _torch_load(path: Path, device: str, mmap: bool) -> dict[str, torch.Tensor]:
+    obj = None
+    if mmap:
+        try:
+            obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
+        except RuntimeError:  # not the zip format of torch >= 1.6 (mmap needs it), or unreadable: load whole
+            pass
+    if obj is None:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ArtifactError(f"{path}: not a state dict of tensors")
+    return dict(obj)
+
+
 def load_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load a checkpoint (safetensors, or a torch state dict) as a flat name -> tensor dict.
 
     Raises ArtifactError naming the file when it is missing, unreadable, not a state dict,
-    or holds NaN/inf in a floating-point tensor.
+    or holds NaN/inf in a floating-point tensor. To hold one tensor at a time, use open_checkpoint.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: checkpoint not found")
+    with open_checkpoint(path, device, mmap=False) as ckpt:  # tensors that own their memory
+        return dict(ckpt.items())
+
+
+def _malloc_trim() -> Any:
     try:
-        if path.suffix == ".safetensors":
-            tensors = load_file(str(path), device=device)
-        else:
-            obj = torch.load(path, map_location=device, weights_only=True)
-            if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-                obj = obj["state_dict"]
-            if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-                raise ArtifactError(f"{path}: not a state dict of tensors")
-            tensors = dict(obj)
-    except (SafetensorError, RuntimeError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{path}: unreadable checkpoint ({exc}); if the workflow made it, {recompute_hint(path)}") from exc
-    for name, tensor in tensors.items():
-        _check_finite(path, name, tensor)
-    return tensors
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+TRIM_BYTES = 1 << 20
+
+
+def release_freed_memory(nbytes: int) -> None:
+    """After a step that freed tensors of about nbytes each: hand the freed heap memory back to the OS.
+
+    glibc keeps freed blocks of up to 32 MB in the heap, so a loop that reads, merges and frees a
+    tensor per step grows resident memory by the holes left between the tensors it keeps;
+    malloc_trim releases them. For tensors of at least TRIM_BYTES; a no-op without glibc.
+    """
+    if _MALLOC_TRIM is not None and nbytes >= TRIM_BYTES:
+        _MALLOC_TRIM(0)
 
 
 def _check_finite(path: Path, name: str, tensor: torch.Tensor) -> None:
@@ -51,9 +198,12 @@ def verify_safetensors(path: str | os.PathLike) -> None:
     """Read every tensor of a safetensors file, one at a time; ArtifactError when one is unreadable or not finite."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        fh = _safe_open(path, "cpu")
+        try:
             for name in fh.keys():
                 _check_finite(path, name, fh.get_tensor(name))
+        finally:
+            fh.__exit__(None, None, None)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise ArtifactError(f"{path}: unreadable safetensors ({exc})") from exc
 

@@ -26,6 +26,8 @@ CHOICES = {
     ("evaluation", "on_error"): ("fail", "record"),
     ("surrogate", "missing"): ("error", "drop"),
 }
+# model.merge.vector_dtype: how task vectors are stored (mapmerge.taskvectors.VECTOR_DTYPES; no torch here)
+VECTOR_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)
     cfg["model"] = model
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
+    cfg["preference"] = _preference(cfg.get("preference"), base_dir)
     try:
         normalize_preference(cfg.get("preference"), cfg["task_names"])
     except PreferenceError as exc:
@@ -105,14 +108,60 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for pattern_key in ("include", "exclude"):
         if not isinstance(model["merge"].get(pattern_key), list):
             raise ConfigError(f"model.merge.{pattern_key}: must be a list of name patterns")
+    vector_dtype = model["merge"].get("vector_dtype", "float32")
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ConfigError(f"model.merge.vector_dtype: must be one of {', '.join(VECTOR_DTYPES)}, got {vector_dtype!r}")
+    model["merge"] = {**model["merge"], "vector_dtype": vector_dtype}
     for (group, key), allowed in CHOICES.items():
         if cfg[group].get(key) not in allowed:
             raise ConfigError(f"{group}.{key}: must be one of {', '.join(allowed)}, got {cfg[group].get(key)!r}")
+    _check_method(cfg)
     try:
         cfg["merge"] = operators.validate(cfg.get("merge"))  # the merge operator (not model.merge)
     except operators.OperatorError as exc:
         raise ConfigError(str(exc)) from exc
     return cfg
+
+
+def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
+    """The preference mapping, or the YAML file (task: weight) it names, relative to the experiment file."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    if not isinstance(value, str):
+        raise ConfigError(f"preference: must be a mapping task: weight or a YAML file of one, got {value!r}")
+    path = Path(value) if Path(value).is_absolute() else base_dir / value
+    if not path.is_file():
+        raise ConfigError(f"preference file {value}: not found (looked for {path})")
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"preference file {path}: not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"preference file {path}: must be a mapping task: weight")
+    return loaded
+
+
+def _check_method(cfg: dict[str, Any]) -> None:
+    """method, nested.pairing and the bayesian schedule, checked before any job runs."""
+    from mapmerge import bayesian, groups
+
+    try:
+        groups.structure(cfg["method"], len(cfg["task_names"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if cfg["nested"]["pairing"] not in groups.PAIRINGS:
+        raise ConfigError(f"nested.pairing: must be one of {', '.join(groups.PAIRINGS)}, got {cfg['nested']['pairing']!r}")
+    bayes = cfg["bayesian"]
+    for key in ("initial_factor", "per_round_factor"):
+        if not isinstance(bayes.get(key), (int, float)) or isinstance(bayes.get(key), bool) or bayes[key] <= 0:
+            raise ConfigError(f"bayesian.{key}: must be a number > 0, got {bayes.get(key)!r}")
+    if not isinstance(bayes.get("rounds"), int) or isinstance(bayes.get("rounds"), bool) or bayes["rounds"] < 0:
+        raise ConfigError(f"bayesian.rounds: must be an integer >= 0, got {bayes.get('rounds')!r}")
+    if cfg["method"] == "bayesian":
+        try:
+            bayesian.check_cfg(bayesian.with_bins(bayes, 2, len(cfg["task_names"])), len(cfg["task_names"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
@@ -194,12 +243,13 @@ STAGE_MODULES = {
     "task_vector_table": ["taskvectors"],
     "evaluate": ["evaluate", "operators", "checkpoints", "digits", "benchmark"],
     "collect_metrics": ["metrics"],
-    "plan_groups": ["groups"],
-    "sample_coefficients": ["sampling"],
+    "plan_level": ["groups", "selection", "metrics"],
+    "sample_coefficients": ["sampling", "bayesian"],
+    "propose_round": ["bayesian", "surrogate", "sampling"],
     "fit_surrogate": ["surrogate"],
-    "pareto_front": ["pareto", "surrogate"],
-    "merge_group": ["selection", "taskvectors", "operators", "checkpoints"],
-    "aggregate": ["plots", "report", "metrics"],
+    "pareto_front": ["pareto", "surrogate", "groups"],
+    "merge_group": ["selection", "taskvectors", "operators", "checkpoints", "groups"],
+    "aggregate": ["plots", "report", "metrics", "groups"],
 }
 
 
@@ -227,17 +277,32 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     # the merge operator, and the seed where it draws random numbers (else a seed change would rerun)
     merge_op = operators.validate(cfg.get("merge"))
     operator = {"merge_operator": merge_op, "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None}
+    method, objective = cfg["method"], cfg["optimizer"]["objective"]
+    sampler = cfg["sampler"]
+    if method == "bayesian":
+        from mapmerge.bayesian import initial_sampler
+
+        sampler = initial_sampler(sampler, cfg["bayesian"], len(tasks))
     parts: dict[str, Any] = {
         "prepare_benchmark": {"benchmark": cfg["benchmark"]},
         "extract_task_vector": {"merge": model["merge"]},
         "task_vector_table": {},
         "collect_metrics": {},
         "evaluate": {"model": evaluation_model, **operator},
-        "plan_groups": {"method": cfg["method"], "tasks": tasks},
-        "sample_coefficients": {"sampler": cfg["sampler"], "seed": cfg["seed"]},
+        "plan_level": {
+            "method": method, "tasks": tasks,
+            **({"nested": cfg["nested"], "preference": cfg["preference"], "objective": objective} if method == "nested" else {}),
+        },
+        "sample_coefficients": {"sampler": sampler, "seed": cfg["seed"]},
+        # not the number of rounds (more rounds keep the earlier ones) nor the initial design's size (its own stage)
+        "propose_round": {
+            "bayesian": {k: v for k, v in cfg["bayesian"].items() if k not in ("rounds", "initial_factor")},
+            "surrogate": cfg["surrogate"], "sampler": cfg["sampler"], "objective": objective, "seed": cfg["seed"],
+        },
         "fit_surrogate": {"surrogate": cfg["surrogate"]},
-        "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"]},
+        # a nested group's objectives are preference-weighted means of its tasks; plain MAP's front does not depend on it
+        "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"], **({"preference": cfg["preference"]} if method == "nested" else {})},
         "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator},
-        "aggregate": {"objective": cfg["optimizer"]["objective"]},
+        "aggregate": {"objective": objective, "preference": cfg["preference"]},
     }
     return {**parts[stage], "code": code_version(stage)}

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
-from mapmerge.checkpoints import load_state_dict
+from mapmerge.checkpoints import load_state_dict, open_checkpoint, release_freed_memory
 from mapmerge.io import ArtifactError
 from mapmerge.operators import apply_operator
 from mapmerge.taskvectors import merged_names
@@ -68,6 +69,12 @@ def _rebind(module: torch.nn.Module, name: str, view: torch.Tensor) -> None:
         raise ArtifactError(f"task vector tensor '{name}' is not a parameter or buffer of the model")
 
 
+def _fits(tensor: torch.Tensor, shape: torch.Size, path: str | os.PathLike, name: str) -> torch.Tensor:
+    if tensor.shape != shape:
+        raise ArtifactError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the pretrained model's has {tuple(shape)}")
+    return tensor
+
+
 class MergeEngine:
     """Holds theta_pre and the task vectors on one device and evaluates merges of them.
 
@@ -103,23 +110,29 @@ class MergeEngine:
             detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip())
             raise ArtifactError(f"{pretrained}: does not fit model.builder ({detail})") from exc
         self.module.to(self.device).eval().requires_grad_(False)
-        taus = [load_state_dict(p) for p in vectors.values()]
-        self.names = sorted(taus[0]) if taus else merged_names(pre, merge["include"], merge["exclude"])
-        for member, tau, path in zip(self.members, taus, vectors.values()):
-            if sorted(tau) != self.names:
-                raise ArtifactError(f"{path}: task vector of '{member}' holds other tensors than '{self.members[0]}'")
-        shapes = [pre[n].shape for n in self.names]
-        self.theta_pre = torch.cat([pre[n].float().flatten() for n in self.names]).to(self.device)
-        # rows: the members' effective task vectors (the merge operator applied tensor by tensor)
-        self.vectors = torch.zeros((len(taus), self.theta_pre.numel()), device=self.device)
-        offset = 0
-        for name, shape in zip(self.names, shapes):
-            size = int(np.prod(shape))
-            if taus:
-                stacked = torch.stack([tau[name].float() for tau in taus]).to(self.device)
-                effective = apply_operator(operator, self.members, name, stacked, seed)
-                self.vectors[:, offset : offset + size] = effective.reshape(len(taus), size)
-            offset += size
+        with ExitStack() as stack:
+            # the task vectors are read tensor by tensor: host memory holds one tensor per member at a time
+            taus = [stack.enter_context(open_checkpoint(p)) for p in vectors.values()]
+            self.names = sorted(taus[0].keys()) if taus else merged_names(pre, merge["include"], merge["exclude"])
+            for member, tau, path in zip(self.members, taus, vectors.values()):
+                if sorted(tau.keys()) != self.names:
+                    raise ArtifactError(f"{path}: task vector of '{member}' holds other tensors than '{self.members[0]}'")
+            shapes = [pre[n].shape for n in self.names]
+            self.theta_pre = torch.cat([pre[n].float().flatten() for n in self.names]).to(self.device)
+            # rows: the members' effective task vectors (the merge operator applied tensor by tensor)
+            self.vectors = torch.zeros((len(taus), self.theta_pre.numel()), device=self.device)
+            offset = 0
+            for name, shape in zip(self.names, shapes):
+                size = int(np.prod(shape))
+                if taus:
+                    stacked = torch.empty((len(taus), *shape), dtype=torch.float32, device=self.device)
+                    for row, tau in zip(stacked, taus):
+                        row.copy_(_fits(tau.get(name), shape, tau.path, name))  # to float32, on the device
+                    effective = apply_operator(operator, self.members, name, stacked, seed)
+                    self.vectors[:, offset : offset + size] = effective.reshape(len(taus), size)
+                    del stacked, effective
+                    release_freed_memory(4 * size)
+                offset += size
         self.flat = self.theta_pre.clone()
         offset = 0
         for name, shape in zip(self.names, shapes):

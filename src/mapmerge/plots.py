@@ -179,16 +179,18 @@ def plot_front_parallel(
     metric: str,
     path: str | os.PathLike,
     selected: pd.DataFrame | None = None,
+    members: Sequence[str] | None = None,
 ) -> Path:
     """Plot the front in parallel coordinates (coefficients left, predicted metrics right) as PNG.
 
     One polyline per front point, coloured by its mean predicted metric; the selected point
-    is drawn bold on both panels.
+    is drawn bold on both panels. members: the coefficients' names (default: the tasks).
     """
     tasks = list(tasks)
+    members = tasks if members is None else list(members)
     if not tasks:
         raise ValueError("plot_front_parallel needs at least one task")
-    c_cols = [f"c_{t}" for t in tasks]
+    c_cols = [f"c_{m}" for m in members]
     m_cols = [f"{metric}_{t}" for t in tasks]
     _require_columns(front, c_cols + m_cols, "front")
     pf = front[c_cols + m_cols].dropna()
@@ -202,15 +204,15 @@ def plot_front_parallel(
     norm = Normalize(lo, hi)
     # Polylines are layered by mean metric, the highest on top.
     order = np.argsort(mean)
-    xs = np.arange(len(tasks), dtype=float)
 
     fig = Figure(figsize=(max(10.0, 2.4 + 1.3 * len(tasks)), 4.6), layout="constrained")
     ax_c, ax_m = fig.subplots(1, 2)
     row = _selected_row(selected)
-    for ax, cols, ylabel, title in (
-        (ax_c, c_cols, "coefficient $c$", "Merge coefficients"),
-        (ax_m, m_cols, f"predicted {metric}", f"Predicted {metric} per task"),
+    for ax, cols, labels, ylabel, title in (
+        (ax_c, c_cols, members, "coefficient $c$", "Merge coefficients"),
+        (ax_m, m_cols, tasks, f"predicted {metric}", f"Predicted {metric} per task"),
     ):
+        xs = np.arange(len(cols), dtype=float)
         values = pf[cols].to_numpy(dtype=float)[order]
         lines = LineCollection([np.column_stack([xs, v]) for v in values], cmap=CMAP, norm=norm,
                                linewidths=1.0, alpha=0.75, zorder=2)
@@ -219,7 +221,7 @@ def plot_front_parallel(
         ax.scatter(np.tile(xs, len(values)), values.ravel(), c=np.repeat(mean[order], len(xs)), cmap=CMAP,
                    norm=norm, s=7, linewidths=0, zorder=3)
         ax.autoscale_view()
-        _parallel_axes(ax, tasks, ylabel, title)
+        _parallel_axes(ax, labels, ylabel, title)
         chosen = _finite(row, cols) if row is not None else None
         if chosen is not None:
             ax.plot(xs, chosen, "-o", color=SELECTED_COLOR, linewidth=2.8, markersize=5,
@@ -252,10 +254,14 @@ def plot_all(
     out_dir: str | os.PathLike,
     selected: pd.DataFrame | None = None,
     maximize: bool = True,
+    members: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write front_parallel.png, and front_2d.png when there are exactly 2 tasks; return the paths."""
+    """Write front_parallel.png, and front_2d.png when there are exactly 2 tasks; return the paths.
+
+    members: the coefficients' names, when they are not the tasks (nested MAP's upper levels).
+    """
     out_dir = Path(out_dir)
-    paths = [plot_front_parallel(front, tasks, metric, out_dir / "front_parallel.png", selected=selected)]
+    paths = [plot_front_parallel(front, tasks, metric, out_dir / "front_parallel.png", selected=selected, members=members)]
     if len(tasks) == 2:
         paths.append(plot_front_2d(samples, front, reference, tasks, metric, out_dir / "front_2d.png",
                                    selected=selected, maximize=maximize))

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mapmerge.io import atomic_path, read_table
@@ -15,6 +16,8 @@ from mapmerge.metrics import suffixes, wide_metrics
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A DataFrame as a Markdown table, floats rounded."""
     def cell(value: object) -> str:
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return ", ".join(cell(v) for v in value)
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
@@ -28,19 +31,18 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
     reference = read_table(results / "reference.parquet")
     selected = read_table(results / "selected.parquet")
     sections = [f"# mapmerge report: {results.name}", ""]
-    tasks = suffixes(selected.columns, "c")
+    tasks = [m for m in reference["model"].unique() if m != "pretrained"]
     ref = wide_metrics(reference, "model")
     ref = ref.reindex(index=["pretrained", *tasks], columns=[f"{m}_{t}" for m in sorted(set(reference["metric"])) for t in tasks])
     sections += ["## Single models (real evaluations)", "", markdown_table(ref.reset_index()), ""]
-    n_real = len(reference["model"].unique())
     for group in group_names:
         gdir = results / "groups" / group
         samples = read_table(gdir / "samples.parquet")
         fit = read_table(gdir / "surrogate.parquet").drop(columns=["params", "tasks"])
         front = read_table(gdir / "front.parquet")
-        n_real += len(samples) + 1
+        members = suffixes(samples.columns, "c")
         sections += [
-            f"## Group {group}",
+            f"## Group {group}: {', '.join(members)}",
             "",
             f"- {len(samples)} sampled merges evaluated; front of {len(front)} points: {gdir / 'front.parquet'}",
             f"- merged checkpoint: {gdir / 'merged.safetensors'}",
@@ -50,12 +52,19 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
             markdown_table(fit),
             "",
         ]
+    tree = read_table(results / "groups.parquet")
+    if len(tree) > 1:
+        columns = ["level", "group", "members", "member_score", "coefficients", *[c for c in tree.columns if c.startswith("measured_")]]
+        sections += ["## Nested merge tree (groups.parquet)", "", markdown_table(tree[columns]), ""]
+    ledger = read_table(results / "evaluations.parquet")
+    cost = ledger.groupby("stage", sort=False)[["models", "task_evaluations"]].sum().reset_index()
+    sections += ["## Real evaluations (evaluations.parquet)", "", markdown_table(cost), ""]
     sections += [
-        "## Chosen merge (predicted and measured)",
+        f"## Chosen merge of group {selected['group'].iloc[-1]} (predicted and measured)",
         "",
-        markdown_table(selected.T.reset_index().rename(columns={"index": "column", 0: "value"})),
+        markdown_table(selected.iloc[-1].dropna().rename("value").rename_axis("column").reset_index()),
         "",
-        f"Real model evaluations in all: {n_real}.",
+        f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
         f"Plots: {results / 'plots'}",
         "",
     ]

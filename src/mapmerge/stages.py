@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mapmerge import groups, selection
-from mapmerge.io import read_table, write_table
+from mapmerge.io import read_table, table_metadata, write_table
 from mapmerge.metrics import metrics_from_examples, suffixes, wide_metrics
 
 PathLike = str | os.PathLike
@@ -40,10 +40,11 @@ def run_prepare_benchmark(params: Mapping[str, Any], checkpoint_dir: PathLike, t
 
 
 def run_extract_task_vector(params: Mapping[str, Any], task: str, pretrained: PathLike, finetuned: PathLike, out: PathLike) -> None:
-    """tau_task = finetuned - pretrained over the merged tensors."""
+    """tau_task = finetuned - pretrained over the merged tensors, stored in model.merge.vector_dtype."""
     from mapmerge.taskvectors import extract_task_vector
 
-    extract_task_vector(pretrained, finetuned, params["merge"]["include"], params["merge"]["exclude"], out, task)
+    merge = params["merge"]
+    extract_task_vector(pretrained, finetuned, merge["include"], merge["exclude"], out, task, merge.get("vector_dtype", "float32"))
 
 
 def run_task_vector_table(vectors: Mapping[str, PathLike], out: PathLike) -> None:
@@ -101,28 +102,105 @@ def run_evaluate_reference(
     write_table(metrics, metrics_out, "evaluate_reference", params, inputs)
 
 
-def run_plan_groups(params: Mapping[str, Any], out: PathLike) -> None:
-    """The groups of tasks that MAP runs on (one for plain MAP)."""
-    write_table(groups.plan_groups(params["method"], params["tasks"]), out, "plan_groups", params)
+def run_plan_level(
+    params: Mapping[str, Any],
+    level: int,
+    out: PathLike,
+    reference: PathLike | None = None,
+    previous: PathLike | None = None,
+    selected: Mapping[str, PathLike] | None = None,
+    vectors: Mapping[str, PathLike] | None = None,
+) -> None:
+    """The groups of one level: every task for plain and Bayesian MAP; pairs for nested MAP.
+
+    Nested, level 1 pairs the fine-tuned models by their metric on their own task (reference);
+    a later level pairs the merges of the level before (their measured, preference-weighted metric,
+    from `selected`: group -> selected_evals) with the models passed up from it (previous plan).
+    With pairing 'cosine' the models' task vectors (`vectors`: model -> file) decide instead.
+    """
+    tasks = params["tasks"]
+    if params["method"] != "nested":
+        write_table(groups.plain_plan(tasks), out, "plan_level", params)
+        return
+    metric, nested = params["objective"], params["nested"]
+    if level == 1:
+        ref = read_table(reference).set_index(["model", "task", "metric"])["value"]
+        models = {t: [t] for t in tasks}
+        scores = {t: float(ref[(t, t, metric)]) for t in tasks}
+        inputs = [reference]
+    else:
+        plan = read_table(previous)
+        weights = groups.task_weights(params["preference"], tasks)
+        models, scores = {}, {}
+        for row in plan.itertuples():
+            tasks_in = [t for ts in row.member_tasks for t in ts]
+            if pd.isna(row.group):  # passed up unchanged
+                models[row.members[0]], scores[row.members[0]] = tasks_in, float(row.member_score[0])
+                continue
+            measured = metrics_from_examples(read_table(selected[row.group])).set_index(["task", "metric"])["value"]
+            models[row.group] = tasks_in
+            scores[row.group] = float(groups.weighted_mean({t: measured[(t, metric)] for t in tasks_in}, {t: weights[t] for t in tasks_in}))
+        inputs = [previous, *selected.values()]
+    if nested["pairing"] == "cosine":
+        from mapmerge.taskvectors import cosine_matrix, gram_matrix
+
+        gram, _ = gram_matrix({m: vectors[m] for m in models})
+        distance = 1.0 - cosine_matrix(gram).numpy()
+        inputs += [vectors[m] for m in models]
+    else:
+        distance = groups.metric_distance([scores[m] for m in models])
+    frame = groups.pair_plan(level, params["groups"], models, scores, distance, nested["pairing"])
+    write_table(frame, out, "plan_level", params, inputs=inputs)
 
 
-def group_row(groups_table: PathLike, group: str) -> dict[str, Any]:
-    """One group's row of groups.parquet, with members and tasks as lists."""
-    frame = read_table(groups_table)
-    rows = frame[frame["group"] == group]
-    if rows.empty:
-        raise KeyError(f"{groups_table}: no group '{group}'")
-    row = rows.iloc[0].to_dict()
-    return {**row, "members": list(row["members"]), "tasks": list(row["tasks"])}
+def group_plan(plan: PathLike, group: str) -> dict[str, Any]:
+    """One group's members, the tasks inside each member, and all its tasks, from its level's plan."""
+    return groups.group_info(read_table(plan), group)
 
 
-def run_sample_coefficients(params: Mapping[str, Any], groups_table: PathLike, group: str, out: PathLike) -> None:
-    """The designed coefficient vectors of one group."""
+def _narrow(files: EngineFiles, info: Mapping[str, Any]) -> EngineFiles:
+    """The engine files of one group, out of the candidates the workflow passes in."""
+    return {
+        "pretrained": files["pretrained"],
+        "vectors": {m: files["vectors"][m] for m in info["members"]},
+        "checkpoints": {t: files["checkpoints"][t] for t in info["tasks"]},
+    }
+
+
+def run_sample_coefficients(params: Mapping[str, Any], plan: PathLike, group: str, out: PathLike) -> None:
+    """The designed coefficient vectors of one group (round 0)."""
     from mapmerge import sampling
 
-    members = group_row(groups_table, group)["members"]
-    frame = sampling.design(members, params["sampler"], params["seed"])
-    write_table(frame, out, "sample_coefficients", params, inputs=[groups_table])
+    members = group_plan(plan, group)["members"]
+    frame = sampling.design(members, params["sampler"], params["seed"]).assign(round=0)
+    write_table(frame, out, "sample_coefficients", params, inputs=[plan])
+
+
+def run_propose_round(
+    params: Mapping[str, Any],
+    rnd: int,
+    rounds: Sequence[PathLike],
+    evals: Sequence[PathLike],
+    out: PathLike,
+) -> None:
+    """Bayesian MAP: the next round's samples, drawn where the surrogates' out-of-sample error is worst."""
+    from mapmerge import bayesian
+
+    samples = pd.concat([read_table(p) for p in rounds], ignore_index=True)
+    metrics = metrics_from_examples(pd.concat([read_table(p) for p in evals], ignore_index=True))
+    members = suffixes(samples.columns, "c")
+    errors = bayesian.sample_errors(samples, metrics, members, params["surrogate"], params["objective"])
+    cfg = bayesian.with_bins(params["bayesian"], len(samples), len(members))
+    sampler = params["sampler"]
+    lower, upper = np.full(len(members), float(sampler["lower"])), np.full(len(members), float(sampler["upper"]))
+    C = samples[[f"c_{m}" for m in members]].to_numpy()
+    n_new = bayesian.round_size(cfg, len(members))
+    points = bayesian.propose(C, errors.reindex(samples["sample"]).to_numpy(), n_new, lower, upper, cfg, params["seed"] + rnd)
+    frame = pd.DataFrame(points, columns=[f"c_{m}" for m in members])
+    frame.insert(0, "kind", "bayesian")
+    frame.insert(0, "sample", [f"r{rnd:02d}s{i:04d}" for i in range(n_new)])
+    logger.info("round %d: mean out-of-sample error %.4f over %d samples", rnd, float(np.nanmean(errors)), len(samples))
+    write_table(frame.assign(round=rnd), out, "propose_round", params, inputs=[*rounds, *evals])
 
 
 def sample_batches(samples: Sequence[str], size: int) -> dict[str, list[str]]:
@@ -135,28 +213,55 @@ def sample_batches(samples: Sequence[str], size: int) -> dict[str, list[str]]:
 def run_evaluate_samples(
     params: Mapping[str, Any],
     files: EngineFiles,
+    plan: PathLike,
+    group: str,
     coefficients: Mapping[str, Sequence[float]],
     out: PathLike,
     device: str = "auto",
     threads: int = 0,
     on_error: str = "fail",
+    stage: str = "evaluate_sample",
 ) -> None:
-    """Evaluate the merges of several samples with one engine, into one per-example table.
+    """Evaluate the merges of several samples of one group with one engine, into one per-example table.
 
+    files holds candidate models; the group's members and tasks come from its level's plan.
     on_error='record' keeps failed (sample, task) evaluations as rows with an `error` (see MergeEngine.evaluate).
     """
+    files = _narrow(files, group_plan(plan, group))
     engine = _engine(params, files, device, threads)
     examples = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in coefficients.items()], ignore_index=True)
     failed = examples.dropna(subset=["error"])
     if len(failed):
         logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), out)
-    write_table(examples, out, "evaluate_sample", {**params, "c": dict(coefficients)}, _engine_inputs(files))
+    write_table(examples, out, stage, {**params, "c": dict(coefficients)}, [plan, *_engine_inputs(files)])
 
 
-def run_collect_metrics(evals: Sequence[PathLike], out: PathLike) -> None:
-    """Per-task metrics (sample, task, metric, value) of all of a group's evaluations."""
+def run_evaluate_round(
+    params: Mapping[str, Any],
+    files: EngineFiles,
+    plan: PathLike,
+    group: str,
+    round_table: PathLike,
+    batch: int,
+    size: int,
+    out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+    on_error: str = "fail",
+) -> None:
+    """Bayesian MAP: evaluate batch `batch` (of `size` samples) of one round's proposed samples."""
+    frame = read_table(round_table).iloc[batch * size : (batch + 1) * size]
+    columns = [c for c in frame.columns if c.startswith("c_")]
+    coefficients = {row["sample"]: [float(row[c]) for c in columns] for _, row in frame.iterrows()}
+    run_evaluate_samples(params, files, plan, group, coefficients, out, device, threads, on_error, stage="evaluate_round")
+
+
+def run_collect_metrics(rounds: Sequence[PathLike], evals: Sequence[PathLike], metrics_out: PathLike, samples_out: PathLike) -> None:
+    """A group's evaluated samples (every round's coefficients) and their per-task metrics (sample, task, metric, value)."""
     examples = pd.concat([read_table(p) for p in evals], ignore_index=True)
-    write_table(metrics_from_examples(examples), out, "collect_metrics", inputs=evals)
+    samples = pd.concat([read_table(p) for p in rounds], ignore_index=True)
+    write_table(metrics_from_examples(examples), metrics_out, "collect_metrics", inputs=evals)
+    write_table(samples, samples_out, "collect_metrics", inputs=rounds)
 
 
 def run_fit_surrogate(params: Mapping[str, Any], samples: PathLike, metrics: PathLike, out: PathLike) -> None:
@@ -168,7 +273,10 @@ def run_fit_surrogate(params: Mapping[str, Any], samples: PathLike, metrics: Pat
     members = suffixes(sample_frame.columns, "c")
     cfg = params["surrogate"]
     try:
-        table = surrogate.fit_table(sample_frame, metric_frame, members, cfg["links"], loo=cfg["loo"], missing=cfg["missing"])
+        table = surrogate.fit_table(
+            sample_frame, metric_frame, members, cfg["links"], loo=cfg["loo"], missing=cfg["missing"],
+            tasks=list(dict.fromkeys(metric_frame["task"])),
+        )
     except surrogate.SurrogateError as exc:
         raise surrogate.SurrogateError(f"{metrics}: {exc}") from exc
     for row in table[table["n_dropped"] > 0].itertuples():
@@ -193,99 +301,177 @@ def maximized(metric: str) -> bool:
     return metric != "loss"
 
 
-def run_pareto_front(params: Mapping[str, Any], surrogate_table: PathLike, samples: PathLike, out: PathLike) -> None:
-    """NSGA-III front of the surrogates inside the sampled box, with every fitted metric predicted."""
+def group_objectives(params: Mapping[str, Any], table: pd.DataFrame, info: Mapping[str, Any], metric: str):
+    """C -> F [n, members]: per member, the preference-weighted mean of the surrogates of its tasks.
+
+    For plain MAP every member is one task, so F is the surrogates' predictions themselves.
+    """
+    predict = objective_predictor(table, metric, info["tasks"])
+    sides = groups.side_weights(info, groups.task_weights(params.get("preference"), info["tasks"]))
+
+    def objectives(C: np.ndarray) -> np.ndarray:
+        F = predict(C)
+        per_task = {t: F[:, i] for i, t in enumerate(info["tasks"])}
+        return np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
+
+    return objectives
+
+
+def run_pareto_front(
+    params: Mapping[str, Any], surrogate_table: PathLike, samples: PathLike, plan: PathLike, group: str, out: PathLike
+) -> None:
+    """NSGA-III front of the group's objectives inside the sampled box, with every fitted metric predicted per task."""
     from mapmerge import pareto
 
     table = read_table(surrogate_table)
-    members = table["tasks"].iloc[0].split(",")
-    tasks = sorted(set(table["task"]), key=members.index)
+    info = group_plan(plan, group)
+    members, tasks = info["members"], info["tasks"]
     opt = params["optimizer"]
     metric = opt["objective"]
-    sample_frame = read_table(samples)
-    coef = sample_frame[[f"c_{m}" for m in members]].to_numpy()
+    coef = read_table(samples)[[f"c_{m}" for m in members]].to_numpy()
     lower, upper = coef.min(axis=0), coef.max(axis=0)
-    predict = objective_predictor(table, metric, tasks)
-    maximize = [maximized(metric)] * len(tasks)
-    C, _ = pareto.surrogate_front(
-        predict, len(members), lower, upper, maximize,
+    objectives = group_objectives(params, table, info, metric)
+    maximize = [maximized(metric)] * len(members)
+    C, F = pareto.surrogate_front(
+        objectives, len(members), lower, upper, maximize,
         pop_size=opt["pop_size"], n_gen=opt["n_gen"], seed=params["seed"], ref_partitions=opt["ref_partitions"],
     )
     front = pd.DataFrame(C, columns=[f"c_{m}" for m in members])
     for other in sorted(set(table["metric"])):
-        F = objective_predictor(table, other, tasks)(C)
+        predicted = objective_predictor(table, other, tasks)(C)
         for i, task in enumerate(tasks):
-            front[f"{other}_{task}"] = F[:, i]
+            front[f"{other}_{task}"] = predicted[:, i]
     extra = {}
     if len(members) == 2:
-        _, grid = pareto.grid_front(predict, lower, upper, maximize, resolution=opt["grid_check_resolution"])
-        extra["mapmerge.grid_igd"] = f"{pareto.igd(front[[f'{metric}_{t}' for t in tasks]].to_numpy(), grid, maximize):.6g}"
-    write_table(front, out, "pareto_front", params, inputs=[surrogate_table, samples], extra=extra)
+        _, grid = pareto.grid_front(objectives, lower, upper, maximize, resolution=opt["grid_check_resolution"])
+        extra["mapmerge.grid_igd"] = f"{pareto.igd(F, grid, maximize):.6g}"
+    write_table(front, out, "pareto_front", params, inputs=[surrogate_table, samples, plan], extra=extra)
 
 
 def run_merge_group(
     params: Mapping[str, Any],
     front_table: PathLike,
     files: EngineFiles,
+    plan: PathLike,
+    group: str,
     merged_out: PathLike,
+    vector_out: PathLike,
     choice_out: PathLike,
 ) -> None:
-    """Pick the front point for the preference and write the merged checkpoint and the choice."""
-    from mapmerge.checkpoints import load_state_dict, save_safetensors
-    from mapmerge.taskvectors import merged_state
+    """Pick the front point for the preference; write the merged checkpoint, its task vector and the choice.
 
+    A member's weight is the sum of the preference weights of the tasks inside it; its objective is
+    their weighted mean. The task vector (merged - pretrained) is what a later nested level merges.
+    """
+    from mapmerge.checkpoints import save_safetensors
+    from mapmerge.taskvectors import merge_files
+
+    info = group_plan(plan, group)
+    files = _narrow(files, info)
     front = read_table(front_table)
     metric = params["objective"]
-    tasks = suffixes(front.columns, metric)
-    weights = selection.normalize_preference(params["preference"], tasks)
+    members = info["members"]
+    sides = groups.side_weights(info, groups.task_weights(params["preference"], info["tasks"]))
+    per_task = {t: front[f"{metric}_{t}"].to_numpy() for t in info["tasks"]}
+    F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
+    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
+    weights = selection.normalize_preference(totals if any(totals.values()) else None, members)
     sel = params["selection"]
-    F = front[[f"{metric}_{t}" for t in tasks]].to_numpy()
-    index = selection.select_point(F, list(weights.values()), [maximized(metric)] * len(tasks), sel["method"], sel["rho"])
+    index = selection.select_point(F, list(weights.values()), [maximized(metric)] * len(members), sel["method"], sel["rho"])
     choice = front.iloc[[index]].reset_index(drop=True)
-    for task, w in weights.items():
-        choice[f"weight_{task}"] = w
-    members = list(files["vectors"])
+    for member, w in weights.items():
+        choice[f"weight_{member}"] = w
     c = [float(choice[f"c_{m}"].iloc[0]) for m in members]
-    vectors = [load_state_dict(v) for v in files["vectors"].values()]
-    merged = merged_state(
-        load_state_dict(files["pretrained"]), vectors, c,
-        operator=params.get("merge_operator"), members=members, seed=params.get("merge_seed"),
-    )
     operator = params.get("merge_operator") or {"operator": "task_arithmetic"}
     metadata = {"coefficients": json.dumps(dict(zip(members, c))), "operator": json.dumps(operator)}
-    save_safetensors(merged, merged_out, metadata=metadata)
-    write_table(choice, choice_out, "merge_group", params, inputs=[front_table])
+    for out, delta in ((merged_out, False), (vector_out, True)):  # one at a time: memory holds one model
+        state = merge_files(files["pretrained"], files["vectors"], c, operator, params.get("merge_seed"), delta=delta)
+        save_safetensors(state, out, metadata={"task": group, **metadata} if delta else metadata)
+        del state
+    write_table(choice, choice_out, "merge_group", params, inputs=[front_table, plan])
 
 
 def run_evaluate_selected(
     params: Mapping[str, Any],
     choice: PathLike,
     files: EngineFiles,
+    plan: PathLike,
+    group: str,
     out: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
-    """Evaluate the chosen merge for real on every task (per-example rows)."""
+    """Evaluate the chosen merge for real on every task of its group (per-example rows)."""
     frame = read_table(choice)
-    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in files["vectors"]]}
-    run_evaluate_samples(params, files, c, out, device, threads)
+    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in group_plan(plan, group)["members"]]}
+    run_evaluate_samples(params, files, plan, group, c, out, device, threads, stage="evaluate_selected")
+
+
+def run_ledger(evals: Mapping[str, PathLike], out: PathLike) -> None:
+    """The evaluation ledger: per evaluation file, its stage, group, models evaluated, (model, task) evaluations, examples.
+
+    evals: label -> path, the label 'group/file' (a bare file name for the reference models).
+    """
+    rows = []
+    for label, path in evals.items():
+        examples = read_table(path)
+        key = "model" if "model" in examples.columns else "sample"
+        failed = examples["error"].notna() if "error" in examples.columns else pd.Series(False, index=examples.index)
+        group, _, name = str(label).rpartition("/")
+        rows.append({
+            "stage": table_metadata(path).get("mapmerge.stage", ""),
+            "group": group or None,
+            "file": name,
+            "models": int(examples[key].nunique()),
+            "task_evaluations": int(examples[[key, "task"]].drop_duplicates().shape[0]),
+            "examples": int((~failed).sum()),
+            "failed": int(examples.loc[failed, [key, "task"]].drop_duplicates().shape[0]),
+        })
+    write_table(pd.DataFrame(rows), out, "ledger", inputs=evals.values())
+
+
+def group_tree(plans: Sequence[PathLike], results: Path, metric: str, preference: Mapping[str, float] | None) -> pd.DataFrame:
+    """groups.parquet: every level's plan with each group's chosen coefficients and measured metric.
+
+    measured_<metric>: the preference-weighted mean over the group's tasks of the chosen merge's
+    real metric (what the next nested level pairs by).
+    """
+    frames = []
+    for plan in plans:
+        frame = read_table(plan)
+        coefficients, measured = [], []
+        for row in frame.itertuples():
+            if pd.isna(row.group):
+                coefficients.append(None)
+                measured.append(np.nan)
+                continue
+            gdir = results / "groups" / row.group
+            choice = read_table(gdir / "choice.parquet")
+            coefficients.append([float(choice[f"c_{m}"].iloc[0]) for m in row.members])
+            values = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["task", "metric"])["value"]
+            tasks = list(row.tasks)
+            measured.append(float(groups.weighted_mean({t: values[(t, metric)] for t in tasks}, groups.task_weights(preference, tasks))))
+        frames.append(frame.assign(coefficients=coefficients, **{f"measured_{metric}": measured}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_aggregate(
     params: Mapping[str, Any],
     results: PathLike,
+    plans: Sequence[PathLike],
     group_names: Sequence[str],
-    pareto_out: PathLike,
-    selected_out: PathLike,
-    plot_dir: PathLike,
-    report_out: PathLike,
+    ledger: PathLike,
+    outputs: Mapping[str, PathLike],
 ) -> None:
-    """Gather fronts and choices of all groups, measured metrics of the choices, plots and a report."""
+    """Gather fronts and choices of all groups (the last is the final merge), the group tree, plots and a report.
+
+    outputs: pareto, selected, groups, report (paths) and plots (folder).
+    """
     from mapmerge import plots, report
 
     results = Path(results)
     metric = params["objective"]
-    fronts, chosen, inputs = [], [], []
+    fronts, chosen, inputs = [], [], [*plans, ledger]
     for group in group_names:
         gdir = results / "groups" / group
         fronts.append(read_table(gdir / "front.parquet").assign(group=group))
@@ -296,15 +482,14 @@ def run_aggregate(
                 choice[f"measured_{name}_{task}"] = measured[(name, task)]
         chosen.append(choice)
         inputs += [gdir / "front.parquet", gdir / "choice.parquet", gdir / "selected_evals.parquet"]
-    front = pd.concat(fronts, ignore_index=True)
-    selected = pd.concat(chosen, ignore_index=True)
-    write_table(front, pareto_out, "aggregate", params, inputs)
-    write_table(selected, selected_out, "aggregate", params, inputs)
-    last = group_names[-1]
-    gdir = results / "groups" / last
+    write_table(pd.concat(fronts, ignore_index=True), outputs["pareto"], "aggregate", params, inputs)
+    write_table(pd.concat(chosen, ignore_index=True), outputs["selected"], "aggregate", params, inputs)
+    write_table(group_tree(plans, results, metric, params["preference"]), outputs["groups"], "aggregate", params, inputs)
+    gdir = results / "groups" / group_names[-1]
     samples = read_table(gdir / "samples.parquet")
     samples = samples.merge(wide_metrics(read_table(gdir / "metrics.parquet"), "sample").reset_index(), on="sample")
-    tasks = suffixes(front.columns, metric)
+    tasks = suffixes(fronts[-1].columns, metric)
     reference = read_table(results / "reference.parquet")
-    plots.plot_all(samples, fronts[-1], reference, tasks, metric, plot_dir, selected=chosen[-1], maximize=maximized(metric))
-    report.write_report(results, group_names, report_out)
+    plots.plot_all(samples, fronts[-1], reference, tasks, metric, outputs["plots"], selected=chosen[-1],
+                   maximize=maximized(metric), members=suffixes(fronts[-1].columns, "c"))
+    report.write_report(results, group_names, outputs["report"])

@@ -233,14 +233,16 @@ def _present(values: np.ndarray, sample_ids: pd.Series, where: str, missing: str
 def fit_table(
     samples: pd.DataFrame,
     metrics: pd.DataFrame,
-    tasks: list[str],
+    members: list[str],
     links: Mapping[str, str],
     loo: bool = True,
     missing: str = "error",
+    tasks: list[str] | None = None,
 ) -> pd.DataFrame:
     """Fit every (task, metric in `links`) and return one row per fit, sorted by task and metric.
 
-    samples: columns 'sample' and 'c_<task>'; metrics: long table sample, task, metric, value.
+    samples: columns 'sample' and 'c_<member>' (the coefficients); metrics: long table sample,
+    task, metric, value. tasks: the evaluated tasks (default: the members, as in plain MAP).
     Rows of `metrics` for samples not in `samples` are ignored. A sample without a value (absent
     or NaN: a failed evaluation) raises unless missing='drop'; then each fit leaves out its own
     missing samples and records them (n_dropped, dropped: comma-joined sample ids).
@@ -248,9 +250,9 @@ def fit_table(
     absent = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
     if absent:
         raise SurrogateError(f"metrics table lacks columns {absent}")
-    C = _coefficients(samples, tasks)
+    C = _coefficients(samples, members)
     rows = []
-    for task in tasks:
+    for task in members if tasks is None else tasks:
         for metric, link in links.items():
             y = _values(metrics, samples["sample"], task, metric)
             keep = _present(y, samples["sample"], _where(task, metric), missing)
@@ -265,7 +267,7 @@ def fit_table(
                     "rmse": fit.rmse,
                     "loo_rmse": fit.loo_rmse,
                     "params": fit.params.tolist(),
-                    "tasks": ",".join(tasks),
+                    "tasks": ",".join(members),
                     "n_dropped": int((~keep).sum()),
                     "dropped": ",".join(samples["sample"][~keep]),
                 }

@@ -1,13 +1,32 @@
-# Gather all groups: the front, the chosen merge with its measured metrics, plots and a report.
+# Gather all groups: the evaluation ledger, the front, the chosen merge with its measured metrics,
+# the group tree, plots and a report.
+
+
+rule ledger:
+    input:
+        all_evals().values(),
+    output:
+        f"{R}/evaluations.parquet",
+    log:
+        f"{R}/logs/ledger.log",
+    threads: LIGHT["threads"]
+    resources:
+        mem_mb=LIGHT["mem_mb"],
+        runtime=LIGHT["runtime"],
+    run:
+        run_stage(stages.run_ledger, log[0], dict(zip(all_evals(), input)), output[0])
 
 
 rule aggregate:
     input:
         reference=f"{R}/reference.parquet",
-        groups=aggregate_inputs(),
+        plans=[f"{R}/levels/level{k}.parquet" for k in range(1, len(LEVELS) + 1)],
+        ledger=f"{R}/evaluations.parquet",
+        groups=group_outputs(),
     output:
         pareto=f"{R}/pareto.parquet",
         selected=f"{R}/selected.parquet",
+        groups=f"{R}/groups.parquet",
         report=f"{R}/report.md",
         plots=plot_outputs(),
     params:
@@ -19,7 +38,4 @@ rule aggregate:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(
-            stages.run_aggregate, log[0], params.stage, R, list(PLAN),
-            output.pareto, output.selected, f"{R}/plots", output.report,
-        )
+        run_stage(stages.run_aggregate, log[0], params.stage, R, as_list(input.plans), GROUPS, input.ledger, aggregate_outputs(output))

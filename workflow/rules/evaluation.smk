@@ -1,5 +1,5 @@
 # Real evaluations of merged models: the reference models, every designed sample (in batches of
-# evaluation.samples_per_job per job), the chosen merge.
+# evaluation.samples_per_job per job), every Bayesian round's samples, the chosen merge.
 # Each loads the pretrained weights and task vectors once and merges on the device (evaluation.device).
 # evaluation.on_error applies to the designed samples only (the reference models and the chosen merge
 # are needed by every later stage) and, like the device, is not a param: switching it after a
@@ -46,9 +46,31 @@ rule evaluate_sample:
         gpu=EVAL["gpu"],
     run:
         run_stage(
-            stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), params.c, output[0],
-            DEVICE, threads, ON_ERROR,
+            stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, wildcards.group,
+            params.c, output[0], DEVICE, threads, ON_ERROR,
         )
+
+
+rule evaluate_round:
+    input:
+        unpack(engine_inputs),
+        samples=f"{R}/groups/{{group}}/rounds/r{{round}}.parquet",
+    output:
+        f"{R}/groups/{{group}}/evals/r{{round}}b{{index}}.parquet",
+    wildcard_constraints:
+        round="[0-9]{2}",
+        index="[0-9]{4}",
+    params:
+        stage=params_of("evaluate"),
+    log:
+        f"{R}/logs/evaluate_round/{{group}}/r{{round}}b{{index}}.log",
+    threads: EVAL["threads"]
+    resources:
+        mem_mb=EVAL["mem_mb"],
+        runtime=EVAL["runtime"],
+        gpu=EVAL["gpu"],
+    run:
+        run_stage(stages.run_evaluate_round, log[0], params.stage, *round_batch(wildcards, input), output[0], DEVICE, threads, ON_ERROR)
 
 
 rule evaluate_selected:
@@ -67,4 +89,7 @@ rule evaluate_selected:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        run_stage(stages.run_evaluate_selected, log[0], params.stage, input.choice, engine_files(wildcards, input), output[0], DEVICE, threads)
+        run_stage(
+            stages.run_evaluate_selected, log[0], params.stage, input.choice, engine_files(wildcards, input), input.plan,
+            wildcards.group, output[0], DEVICE, threads,
+        )

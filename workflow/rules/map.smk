@@ -1,26 +1,28 @@
-# MAP per group: design, metrics, surrogate, Pareto front, pick and merge.
+# MAP per group: the level's plan, design (and Bayesian rounds), metrics, surrogate, Pareto front, pick and merge.
 
 
-rule plan_groups:
+rule plan_level:
+    input:
+        unpack(level_inputs),
     output:
-        f"{R}/groups.parquet",
+        f"{R}/levels/level{{level}}.parquet",
     params:
-        stage=params_of("plan_groups"),
+        stage=lambda wc: level_params(int(wc.level)),
     log:
-        f"{R}/logs/plan_groups.log",
+        f"{R}/logs/plan_level/level{{level}}.log",
     threads: LIGHT["threads"]
     resources:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_plan_groups, log[0], params.stage, output[0])
+        run_stage(stages.run_plan_level, log[0], params.stage, int(wildcards.level), output[0], **level_files(wildcards, input))
 
 
 rule sample_coefficients:
     input:
-        f"{R}/groups.parquet",
+        plan=lambda wc: plan_path(wc.group),
     output:
-        f"{R}/groups/{{group}}/samples.parquet",
+        f"{R}/groups/{{group}}/rounds/r00.parquet",
     params:
         stage=params_of("sample_coefficients"),
     log:
@@ -30,16 +32,36 @@ rule sample_coefficients:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_sample_coefficients, log[0], params.stage, input[0], wildcards.group, output[0])
+        run_stage(stages.run_sample_coefficients, log[0], params.stage, input.plan, wildcards.group, output[0])
+
+
+rule propose_round:
+    input:
+        rounds=lambda wc: group_rounds(wc.group, int(wc.round)),
+        evals=lambda wc: group_evals(wc.group, int(wc.round)),
+    output:
+        f"{R}/groups/{{group}}/rounds/r{{round}}.parquet",
+    wildcard_constraints:
+        round="0[1-9]|[1-9][0-9]",
+    params:
+        stage=params_of("propose_round"),
+    log:
+        f"{R}/logs/propose_round/{{group}}/r{{round}}.log",
+    threads: LIGHT["threads"]
+    resources:
+        mem_mb=LIGHT["mem_mb"],
+        runtime=LIGHT["runtime"],
+    run:
+        run_stage(stages.run_propose_round, log[0], params.stage, int(wildcards.round), input.rounds, input.evals, output[0])
 
 
 rule collect_metrics:
     input:
-        group_evals,
+        rounds=lambda wc: group_rounds(wc.group),
+        evals=lambda wc: group_evals(wc.group),
     output:
-        f"{R}/groups/{{group}}/metrics.parquet",
-    params:
-        stage=params_of("collect_metrics"),
+        metrics=f"{R}/groups/{{group}}/metrics.parquet",
+        samples=f"{R}/groups/{{group}}/samples.parquet",
     log:
         f"{R}/logs/collect_metrics/{{group}}.log",
     threads: LIGHT["threads"]
@@ -47,7 +69,7 @@ rule collect_metrics:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_collect_metrics, log[0], list(input), output[0])
+        run_stage(stages.run_collect_metrics, log[0], input.rounds, input.evals, output.metrics, output.samples)
 
 
 rule fit_surrogate:
@@ -72,6 +94,7 @@ rule pareto_front:
     input:
         surrogate=f"{R}/groups/{{group}}/surrogate.parquet",
         samples=f"{R}/groups/{{group}}/samples.parquet",
+        plan=lambda wc: plan_path(wc.group),
     output:
         f"{R}/groups/{{group}}/front.parquet",
     params:
@@ -83,7 +106,7 @@ rule pareto_front:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_pareto_front, log[0], params.stage, input.surrogate, input.samples, output[0])
+        run_stage(stages.run_pareto_front, log[0], params.stage, input.surrogate, input.samples, input.plan, wildcards.group, output[0])
 
 
 rule merge_group:
@@ -92,6 +115,7 @@ rule merge_group:
         front=f"{R}/groups/{{group}}/front.parquet",
     output:
         merged=f"{R}/groups/{{group}}/merged.safetensors",
+        vector=f"{R}/groups/{{group}}/vector.safetensors",
         choice=f"{R}/groups/{{group}}/choice.parquet",
     params:
         stage=params_of("merge_group"),
@@ -102,4 +126,7 @@ rule merge_group:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_merge_group, log[0], params.stage, input.front, engine_files(wildcards, input), *output)
+        run_stage(
+            stages.run_merge_group, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan, wildcards.group,
+            output.merged, output.vector, output.choice,
+        )

@@ -163,6 +163,13 @@ stop() {
   for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
     stop_daemon "${DAEMONS[i]}"
   done
+  # With our configuration in place but no slurmctld, every SLURM client call (scontrol, sinfo) retries
+  # for about 9 s, and the SLURM executor plugin runs `scontrol show config` whenever snakemake starts:
+  # 9 s more for every later snakemake job on this machine. Without a configuration they fail at once.
+  if [[ -e $CONF ]] && grep -qxF "$MARK" "$CONF"; then
+    mv "$CONF" "$CONF.stopped"
+    say "moved $CONF aside ($CONF.stopped); start writes it again"
+  fi
 }
 
 status() {

@@ -1,0 +1,141 @@
+"""Plain, nested and Bayesian MAP against task arithmetic on the built-in benchmark (8 tasks by default).
+
+    .venv/bin/python benchmarks/compare_methods.py [--tasks 8] [--cores 2] [--keep DIR]
+
+Runs the real workflow (`snakemake --cores N`) once per method into a temporary folder, then
+prints a Markdown table: the real evaluations each method used (merged models evaluated, and
+(model, task) evaluations, from its evaluations.parquet; the reference models are the same for
+all and left out), its wall time, and the measured per-task accuracy of the merge it chose for
+equal preferences. Task arithmetic with one shared coefficient (0.3, and the best single value of
+a grid 0.05 ... 1.0 by mean accuracy) is evaluated with the same engine on the same checkpoints.
+Every method's run trains the same seeded benchmark and extracts its task vectors (the
+`common s` column) before its own work; `method s` is the wall time less that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mapmerge import stages
+from mapmerge.config import load_config, stage_config
+from mapmerge.io import read_table
+from mapmerge.metrics import metrics_from_examples
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = {"plain MAP": "map", "nested MAP": "nested", "Bayesian MAP": "bayesian"}
+COMMON_STAGES = ("prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference")
+
+
+def overrides(method: str, n_tasks: int) -> list[str]:
+    return [f"name={method}", f"method={method}", f"benchmark.tasks={n_tasks}"]
+
+
+def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int) -> float:
+    """Wall seconds of one full run of the workflow."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--config", f"overrides=[{', '.join(overrides(method, n_tasks))}]"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake failed for method={method}:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def stage_seconds(results: Path, stages_: tuple[str, ...]) -> float:
+    """Sum of the logged durations ('done ... in X s') of the given stages' jobs."""
+    total = 0.0
+    for stage in stages_:
+        for log in [*results.glob(f"logs/{stage}.log"), *results.glob(f"logs/{stage}/**/*.log")]:
+            match = re.search(r"done \w+ in ([0-9.]+) s", log.read_text())
+            total += float(match.group(1)) if match else 0.0
+    return total
+
+
+def method_row(label: str, results: Path, wall: float, tasks: list[str]) -> dict[str, object]:
+    ledger = read_table(results / "evaluations.parquet")
+    merged = ledger[ledger["stage"] != "evaluate_reference"]
+    final = read_table(results / "selected.parquet").iloc[-1]
+    common = stage_seconds(results, COMMON_STAGES)
+    row: dict[str, object] = {
+        "method": label,
+        "merged models evaluated": int(merged["models"].sum()),
+        "(model, task) evaluations": int(merged["task_evaluations"].sum()),
+        "wall s": f"{wall:.0f}",
+        "common s": f"{common:.0f}",
+        "method s": f"{wall - common:.0f}",
+    }
+    accuracies = {t: float(final[f"measured_accuracy_{t}"]) for t in tasks}
+    return {**row, "mean acc": np.mean(list(accuracies.values())), **accuracies}
+
+
+def task_arithmetic_rows(workdir: Path, n_tasks: int, tasks: list[str]) -> list[dict[str, object]]:
+    """Shared-coefficient task arithmetic on the plain run's checkpoints: 0.3 and the best grid value."""
+    cfg = load_config(REPO / "config", overrides=[*overrides("map", n_tasks), f"results_dir={workdir / 'results'}"])
+    results = Path(cfg["results"])
+    files = {
+        "pretrained": cfg["model"]["pretrained"],
+        "vectors": {t: results / "task_vectors" / f"{t}.safetensors" for t in tasks},
+        "checkpoints": {t: cfg["model"]["tasks"][t]["checkpoint"] for t in tasks},
+    }
+    engine = stages._engine(stage_config(cfg, "evaluate"), files, "cpu", 1)
+
+    def accuracies(lam: float) -> dict[str, float]:
+        metrics = metrics_from_examples(engine.evaluate([lam] * len(tasks), sample=f"{lam:.2f}"))
+        return metrics[metrics["metric"] == "accuracy"].set_index("task")["value"].to_dict()
+
+    grid = {round(lam, 2): accuracies(lam) for lam in np.arange(0.05, 1.0001, 0.05)}
+    best = max(grid, key=lambda lam: np.mean(list(grid[lam].values())))
+    rows = []
+    for label, lam in [("task arithmetic, c = 0.3", 0.3), (f"task arithmetic, best c = {best}", best)]:
+        acc = grid[round(lam, 2)]
+        evaluated = 1 if label.endswith("0.3") else len(grid)
+        rows.append({"method": label, "merged models evaluated": evaluated, "(model, task) evaluations": evaluated * len(tasks),
+                     "wall s": "", "common s": "", "method s": "",
+                     "mean acc": np.mean([acc[t] for t in tasks]), **{t: acc[t] for t in tasks}})
+    return rows
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    def cell(v: object) -> str:
+        return f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
+    args = parser.parse_args()
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="mapmerge-compare-"))
+    try:
+        rows = []
+        for label, method in METHODS.items():
+            wall = run_workflow(workdir, method, args.tasks, args.cores)
+            results = workdir / "results" / method
+            tasks = [m for m in read_table(results / "reference.parquet")["model"].unique() if m != "pretrained"]
+            rows.append(method_row(label, results, wall, tasks))
+            print(f"{label}: {wall:.0f} s", file=sys.stderr)
+        rows += task_arithmetic_rows(workdir, args.tasks, tasks)
+        print(markdown(pd.DataFrame(rows)))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
