@@ -30,10 +30,10 @@ COMMON = [
     "sampler.factor=2",  # 12 samples for 2 members
     "optimizer.pop_size=40",
     "optimizer.n_gen=40",
-    "evaluation.samples_per_job=4",
 ]
-NESTED = ["name=nested", "method=nested", "benchmark.tasks=[rot90, invert, flip_parity]", *COMMON]
-BAYES = ["name=bayes", "method=bayesian", "benchmark.tasks=[rot90, flip_parity]", *COMMON]
+# 3 evaluation batches per nested group (2 cores run 2 at once), so that the kill falls inside level 2
+NESTED = ["name=nested", "method=nested", "benchmark.tasks=[rot90, invert, flip_parity]", "evaluation.samples_per_job=4", *COMMON]
+BAYES = ["name=bayes", "method=bayesian", "benchmark.tasks=[rot90, flip_parity]", "evaluation.samples_per_job=9", *COMMON]
 
 
 @dataclass

@@ -31,7 +31,7 @@ RUN_LIMIT = 600  # seconds; the SLURM plugin can hang ignoring SIGTERM, so runs 
 TABLES = ["pareto.parquet", "selected.parquet", "reference.parquet", "task_vectors.parquet",
           *(f"groups/all/{name}.parquet" for name in ["samples", "metrics", "surrogate", "front"])]
 GROUPS = yaml.safe_load((PROFILE / "profile.yaml").read_text())["groups"]  # rule -> job group
-AGGREGATE_OUTPUTS = {"pareto.parquet", "selected.parquet", "report.md", "plots/front_2d.png",
+AGGREGATE_OUTPUTS = {"pareto.parquet", "selected.parquet", "groups.parquet", "report.md", "plots/front_2d.png",
                      "plots/front_parallel.png", "logs/aggregate.log"}
 
 

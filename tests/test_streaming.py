@@ -6,7 +6,7 @@ import torch
 from mapmerge import config as config_module
 from mapmerge import stages
 from mapmerge.benchmark import build_model
-from mapmerge.checkpoints import load_state_dict, open_checkpoint, release_freed_memory, safetensors_metadata, save_safetensors
+from mapmerge.checkpoints import load_state_dict, open_checkpoint, safetensors_metadata, save_safetensors
 from mapmerge.config import ConfigError, load_config, stage_config
 from mapmerge.evaluate import MergeEngine
 from mapmerge.io import ArtifactError
@@ -122,11 +122,6 @@ def test_lazy_reader_reads_tensor_by_tensor(tiny, tmp_path):
             assert ckpt.keys() == list(whole)
             assert ckpt.meta()["body.0.weight"].shape == whole["body.0.weight"].shape
             assert all(torch.equal(ckpt.get(n), t) for n, t in whole.items())
-
-
-def test_release_freed_memory_is_safe_to_call():
-    release_freed_memory(1 << 30)  # glibc's malloc_trim, or nothing
-    release_freed_memory(0)
 
 
 def test_lazy_reader_errors_name_the_file(tmp_path):

@@ -110,13 +110,13 @@ def test_second_run_has_nothing_to_do(run):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("surrogate.links.accuracy=identity", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "aggregate"}),
-        ("optimizer.n_gen=30", {"pareto_front", "merge_group", "evaluate_selected", "aggregate"}),
-        ("+preference.rot90=3", {"merge_group", "evaluate_selected", "aggregate"}),
-        ("selection=tchebycheff", {"merge_group", "evaluate_selected", "aggregate"}),
+        ("surrogate.links.accuracy=identity", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"}),
+        ("optimizer.n_gen=30", {"pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"}),
+        ("+preference.rot90=3", {"merge_group", "evaluate_selected", "ledger", "aggregate"}),
+        ("selection=tchebycheff", {"merge_group", "evaluate_selected", "ledger", "aggregate"}),
         ("evaluation.device=cpu", set()),
         ("evaluation.on_error=record", set()),
-        ("surrogate.missing=drop", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "aggregate"}),
+        ("surrogate.missing=drop", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"}),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):

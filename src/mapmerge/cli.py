@@ -1,4 +1,5 @@
-"""The `mapmerge` command: look at a finished run, or check a run's artifacts on disk."""
+"""The `mapmerge` command: look at a run (summary, status), check its artifacts on disk, choose a merge
+for a new preference from its stored front without evaluating anything (select), draw its plots again (plot)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def check(results: Path, delete: bool = False) -> tuple[str, int]:
     return "\n".join(lines), 1 if bad else 0
 
 
+def _preference_arg(text: str) -> dict[str, float]:
+    from mapmerge.runfolder import parse_preference
+
+    return parse_preference(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,14 +78,78 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     verify.add_argument("--delete", action="store_true", help="delete the bad and leftover files, so that snakemake recomputes them and what depends on them")
+    state = sub.add_parser(
+        "status", help="what a run folder holds, finished or not: per stage its artifacts, the real evaluations, per group its front and merge",
+        description="What a run folder holds, finished or not: the method (from levels/ and the group names), per stage "
+        "whether its artifacts exist, the real evaluations per stage (from evaluations.parquet, else counted from the "
+        "evaluation files) and per group its rounds, evaluation files, samples, front size and merged checkpoint.",
+    )
+    state.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    pick = sub.add_parser(
+        "select", help="choose the final merge for a new preference from the stored Pareto front (no evaluation) and write it",
+        description="Choose the front point of the run's final group for a new preference, without evaluating anything, "
+        "and write its merged checkpoint theta_pre + sum_i c_i tau'_i (the run's merge operator, from the header of "
+        "groups/<g>/merged.safetensors). Prints the coefficients, the predicted metrics per task and the file. "
+        "Nested MAP: only the top group is chosen again; the merges below it stay those of the run's own preference.",
+    )
+    pick.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    pick.add_argument("--prefer", required=True, type=str, metavar="TASK=W,...",
+                      help="preference weights, e.g. rot90=2,invert=1 (tasks left out get 0; weights are normalised)")
+    pick.add_argument("--method", default="weighted_sum", choices=["weighted_sum", "tchebycheff"],
+                      help="how the preference picks a front point (default: weighted_sum)")
+    pick.add_argument("--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff (default: 0.05)")
+    pick.add_argument("--out", type=Path, default=None, metavar="PATH",
+                      help="the checkpoint to write; its format follows the suffix: .safetensors, else a torch state dict "
+                      "(default: RESULTS/selected/<preference>.safetensors, or .pt when the pretrained checkpoint is a torch file)")
+    pick.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
+                      help="the pretrained checkpoint (model.pretrained); needed for your own model, whose checkpoints the run "
+                      "folder does not hold (the built-in benchmark's are in RESULTS/checkpoints/)")
+    pick.add_argument("--metric", default=None, choices=["accuracy", "loss"],
+                      help="the objective metric (default: the run's optimizer.objective, read from groups.parquet)")
+    pick.add_argument("--seed", type=int, default=None, metavar="N",
+                      help="the run's seed, for a seeded merge operator (dare) when merged.safetensors does not record it")
+    draw = sub.add_parser(
+        "plot", help="draw a run's plots again from its artifacts (what the aggregate stage draws)",
+        description="Draw the final group's plots again from the run's artifacts, as the aggregate stage draws them: "
+        "front_parallel.png, and front_2d.png for 2 tasks. Prints the files written.",
+    )
+    draw.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    draw.add_argument("--out", type=Path, default=None, metavar="DIR", help="folder for the PNGs (default: RESULTS/plots)")
+    draw.add_argument("--metric", default=None, choices=["accuracy", "loss"],
+                      help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)")
     args = parser.parse_args(argv)
+    from mapmerge.runfolder import UsageError
+
     try:
         if args.command == "summary":
             print(summary(args.results))
             return 0
-        text, status = check(args.results, args.delete)
+        if args.command == "status":
+            from mapmerge.runfolder import status
+
+            print(status(args.results))
+            return 0
+        if args.command == "select":
+            from mapmerge.runfolder import select
+
+            chosen = select(args.results, _preference_arg(args.prefer), args.method, args.rho, args.out,
+                            args.pretrained, args.metric, args.seed)
+            print(chosen.text)
+            return 0
+        if args.command == "plot":
+            from mapmerge.runfolder import replot
+
+            if not args.results.is_dir():
+                raise UsageError(f"{args.results}: not a folder")
+            for path in replot(args.results, args.out, args.metric):
+                print(path)
+            return 0
+        text, status_code = check(args.results, args.delete)
         print(text)
-        return status
+        return status_code
+    except UsageError as exc:
+        print(f"mapmerge {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ArtifactError as exc:
         print(f"mapmerge: {exc}", file=sys.stderr)
         return 1

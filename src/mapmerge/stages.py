@@ -348,6 +348,30 @@ def run_pareto_front(
     write_table(front, out, "pareto_front", params, inputs=[surrogate_table, samples, plan], extra=extra)
 
 
+def pick_point(
+    front: pd.DataFrame,
+    info: Mapping[str, Any],
+    preference: Mapping[str, float] | None,
+    metric: str,
+    method: str = "weighted_sum",
+    rho: float = 0.05,
+) -> tuple[int, dict[str, float]]:
+    """The front point a preference picks: (its row index in `front`, the members' normalised weights).
+
+    A member's weight is the sum of the preference weights of the tasks inside it; its objective is
+    their weighted mean of the front's predicted `metric` (columns `<metric>_<task>`). What
+    run_merge_group chooses, and what `mapmerge select` chooses again for a new preference.
+    """
+    members = info["members"]
+    sides = groups.side_weights(info, groups.task_weights(preference, info["tasks"]))
+    per_task = {t: front[f"{metric}_{t}"].to_numpy() for t in info["tasks"]}
+    F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
+    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
+    weights = selection.normalize_preference(totals if any(totals.values()) else None, members)
+    index = selection.select_point(F, list(weights.values()), [maximized(metric)] * len(members), method, rho)
+    return index, weights
+
+
 def run_merge_group(
     params: Mapping[str, Any],
     front_table: PathLike,
@@ -369,21 +393,16 @@ def run_merge_group(
     info = group_plan(plan, group)
     files = _narrow(files, info)
     front = read_table(front_table)
-    metric = params["objective"]
     members = info["members"]
-    sides = groups.side_weights(info, groups.task_weights(params["preference"], info["tasks"]))
-    per_task = {t: front[f"{metric}_{t}"].to_numpy() for t in info["tasks"]}
-    F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
-    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
-    weights = selection.normalize_preference(totals if any(totals.values()) else None, members)
     sel = params["selection"]
-    index = selection.select_point(F, list(weights.values()), [maximized(metric)] * len(members), sel["method"], sel["rho"])
+    index, weights = pick_point(front, info, params["preference"], params["objective"], sel["method"], sel["rho"])
     choice = front.iloc[[index]].reset_index(drop=True)
     for member, w in weights.items():
         choice[f"weight_{member}"] = w
     c = [float(choice[f"c_{m}"].iloc[0]) for m in members]
     operator = params.get("merge_operator") or {"operator": "task_arithmetic"}
-    metadata = {"coefficients": json.dumps(dict(zip(members, c))), "operator": json.dumps(operator)}
+    metadata = {"coefficients": json.dumps(dict(zip(members, c))), "operator": json.dumps(operator),
+                "seed": json.dumps(params.get("merge_seed"))}  # what `mapmerge select` needs to merge again
     for out, delta in ((merged_out, False), (vector_out, True)):  # one at a time: memory holds one model
         state = merge_files(files["pretrained"], files["vectors"], c, operator, params.get("merge_seed"), delta=delta)
         save_safetensors(state, out, metadata={"task": group, **metadata} if delta else metadata)

@@ -63,7 +63,7 @@ rule evaluate_round:
     params:
         stage=params_of("evaluate"),
     log:
-        f"{R}/logs/evaluate_round/{{group}}/r{{round}}b{{index}}.log",
+        f"{R}/logs/evaluate_round/{{group}}/{{round}}/{{index}}.log",
     threads: EVAL["threads"]
     resources:
         mem_mb=EVAL["mem_mb"],

@@ -9,7 +9,7 @@ rule plan_level:
     params:
         stage=lambda wc: level_params(int(wc.level)),
     log:
-        f"{R}/logs/plan_level/level{{level}}.log",
+        f"{R}/logs/plan_level/{{level}}.log",
     threads: LIGHT["threads"]
     resources:
         mem_mb=LIGHT["mem_mb"],
@@ -46,7 +46,7 @@ rule propose_round:
     params:
         stage=params_of("propose_round"),
     log:
-        f"{R}/logs/propose_round/{{group}}/r{{round}}.log",
+        f"{R}/logs/propose_round/{{group}}/{{round}}.log",
     threads: LIGHT["threads"]
     resources:
         mem_mb=LIGHT["mem_mb"],

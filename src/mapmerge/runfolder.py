@@ -1,0 +1,635 @@
+"""A run's results folder, read back: what it holds, a new choice from its stored front, its plots again.
+
+The work of `mapmerge status`, `mapmerge select` and `mapmerge plot`. Nothing here evaluates a model
+or needs Snakemake. Everything is read from the artifacts (see README, "Stages and artifacts"):
+
+- the method: levels/level<k>.parquet and the group names (L<k>g<j>: nested MAP), Bayesian rounds
+  (groups/<g>/rounds/r01.parquet and later: Bayesian MAP), else plain MAP;
+- the objective metric: the `measured_<metric>` column of groups.parquet (aggregate), else --metric;
+- the merge operator and the coefficients the run chose: the header of groups/<g>/merged.safetensors;
+- the pretrained checkpoint: RESULTS/checkpoints/ for the built-in benchmark (benchmark.parquet); a
+  user model's is not kept in the run folder (its artifacts record only file names and hashes), so it
+  is given with --pretrained.
+
+torch is imported only where a checkpoint is read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mapmerge import groups, runlock, selection
+from mapmerge.io import ArtifactError, read_table
+from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
+from mapmerge.operators import SEEDED
+
+NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")
+ROUND_FILE = re.compile(r"^r(\d{2})\.parquet$")
+ROUND_EVAL = re.compile(r"^r\d{2}b\d+\.parquet$")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+STATUS_STAGES = [
+    "prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level",
+    "sample_coefficients", "propose_round", "evaluate_sample", "evaluate_round", "collect_metrics",
+    "fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate",
+]
+EVAL_STAGES = ["evaluate_reference", "evaluate_sample", "evaluate_round", "evaluate_selected"]
+METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
+
+
+class UsageError(ValueError):
+    """Bad command-line input (a folder that is none, a preference, a missing option): exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a run folder holds
+
+
+@dataclass
+class Layout:
+    """A run folder's method, tasks and groups, as far as its artifacts tell."""
+
+    results: Path
+    method: str | None  # map, nested, bayesian; None when nothing tells yet
+    why: str  # how the method was told
+    tasks: list[str]
+    plans: dict[int, Path]  # level -> levels/level<k>.parquet (those on disk)
+    levels: list[list[str]]  # group names per level: expected for the method, else those found
+    problems: list[str] = field(default_factory=list)  # unreadable artifacts met on the way
+
+    @property
+    def groups(self) -> list[str]:
+        return [g for names in self.levels for g in names]
+
+    def level_of(self, group: str) -> int:
+        return next(k for k, names in enumerate(self.levels, 1) for g in names if g == group)
+
+
+def _level_plans(results: Path) -> dict[int, Path]:
+    found = {}
+    for path in (results / "levels").glob("level*.parquet"):
+        number = path.stem.removeprefix("level")
+        if number.isdigit():
+            found[int(number)] = path
+    return dict(sorted(found.items()))
+
+
+def _group_dirs(results: Path) -> list[str]:
+    root = results / "groups"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _rounds(results: Path, group: str) -> list[Path]:
+    folder = results / "groups" / group / "rounds"
+    return sorted(p for p in folder.glob("r*.parquet") if ROUND_FILE.match(p.name)) if folder.is_dir() else []
+
+
+def _try_read(path: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame | None:
+    try:
+        return read_table(path, columns=columns)
+    except (ArtifactError, KeyError, ValueError) as exc:  # KeyError/ValueError: a column missing
+        problems.append(str(exc).split("; delete it")[0])
+        return None
+
+
+def _nested_order(name: str) -> tuple[int, int]:
+    match = NESTED_GROUP.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def scan(results: Path) -> Layout:
+    """The method, tasks and groups of a run folder (which may be partly finished)."""
+    results = Path(results)
+    if not results.is_dir():
+        raise UsageError(f"{results}: not a folder")
+    problems: list[str] = []
+    plans = _level_plans(results)
+    frames = {k: _try_read(p, problems) for k, p in plans.items()}
+    planned = [g for f in frames.values() if f is not None for g in f["group"].dropna()]
+    dirs = _group_dirs(results)
+    tasks: list[str] = []
+    if frames.get(1) is not None:
+        tasks = [t for ts in frames[1]["tasks"] for t in ts]
+    if not tasks and (results / "reference.parquet").exists():
+        ref = _try_read(results / "reference.parquet", problems, columns=["model"])
+        tasks = [] if ref is None else [m for m in dict.fromkeys(ref["model"]) if m != "pretrained"]
+    if not tasks:
+        tasks = sorted(p.stem for p in (results / "task_vectors").glob("*.safetensors"))
+    names = planned + dirs
+    if any(NESTED_GROUP.match(g) for g in names):
+        method, why = "nested", "groups named L<level>g<j>"
+    elif any(len(_rounds(results, g)) > 1 for g in dirs):
+        method, why = "bayesian", "Bayesian rounds r01 and later under groups/all/rounds"
+    elif groups.PLAIN_GROUP in names:
+        how = "levels/level1.parquet: one group 'all'" if groups.PLAIN_GROUP in planned else "one group 'all'"
+        method, why = "map", f"{how} and no Bayesian rounds"
+    else:
+        method, why = None, "no level plan or group yet"
+    if method == "nested" and len(tasks) >= 2:
+        levels = groups.structure("nested", len(tasks))
+    elif method == "nested":
+        found = sorted({g for g in names if NESTED_GROUP.match(g)}, key=_nested_order)
+        levels = [[g for g in found if _nested_order(g)[0] == k] for k in sorted({_nested_order(g)[0] for g in found})]
+    elif method is not None:
+        levels = [[groups.PLAIN_GROUP]]
+    else:
+        levels = []
+    return Layout(results, method, why, tasks, plans, levels, problems)
+
+
+def _rows(path: Path) -> int | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # any unreadable file: shown as such
+        return None
+
+
+def _evaluation_files(results: Path, layout: Layout) -> list[tuple[str, str | None, Path]]:
+    """(stage, group, path) of every evaluation file on disk."""
+    files = []
+    if (results / "reference_examples.parquet").exists():
+        files.append(("evaluate_reference", None, results / "reference_examples.parquet"))
+    for group in sorted(set(layout.groups) | set(_group_dirs(results))):
+        gdir = results / "groups" / group
+        for path in sorted((gdir / "evals").glob("*.parquet")):
+            files.append(("evaluate_round" if ROUND_EVAL.match(path.name) else "evaluate_sample", group, path))
+        if (gdir / "selected_evals.parquet").exists():
+            files.append(("evaluate_selected", group, gdir / "selected_evals.parquet"))
+    return files
+
+
+def evaluation_counts(results: Path, layout: Layout) -> tuple[pd.DataFrame, str]:
+    """Real evaluations per stage (files, models, (model, task) evaluations) and where the counts come from.
+
+    From evaluations.parquet (the ledger) when it is there, else counted from the evaluation files
+    as the ledger counts them (models per file, distinct (model, task) pairs per file).
+    """
+    columns = ["stage", "files", "models", "task_evaluations"]
+    ledger = results / "evaluations.parquet"
+    if ledger.exists():
+        frame = _try_read(ledger, layout.problems)
+        if frame is not None:
+            counts = frame.groupby("stage", sort=False).agg(files=("file", "size"), models=("models", "sum"),
+                                                            task_evaluations=("task_evaluations", "sum"))
+            return counts.reset_index()[columns], "from evaluations.parquet"
+    rows = []
+    for stage, _, path in _evaluation_files(results, layout):
+        key = "model" if stage == "evaluate_reference" else "sample"
+        frame = _try_read(path, layout.problems, columns=[key, "task"])
+        if frame is None:
+            continue
+        rows.append({"stage": stage, "files": 1, "models": int(frame[key].nunique()),
+                     "task_evaluations": int(frame.drop_duplicates().shape[0])})
+    if not rows:
+        return pd.DataFrame(columns=columns), "no evaluation file yet"
+    counts = pd.DataFrame(rows).groupby("stage", sort=False)[columns[1:]].sum().reset_index()
+    order = {s: i for i, s in enumerate(EVAL_STAGES)}
+    counts = counts.sort_values("stage", key=lambda s: s.map(order), ignore_index=True)
+    return counts, f"counted from the evaluation files; evaluations.parquet is {'unreadable' if ledger.exists() else 'not written yet'}"
+
+
+def _state(done: int, expected: int | None) -> str:
+    if expected is None:
+        return "done" if done else "missing"
+    return "done" if done >= expected and expected > 0 else ("partial" if done else "missing")
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[str]:
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
+def status(results: Path) -> str:
+    """What a run folder holds: per stage its artifacts, the real evaluations, per group its front and merge."""
+    results = Path(results)
+    layout = scan(results)
+    R = results
+    tasks, groups_ = layout.tasks, layout.groups
+    n_groups = len(groups_) if groups_ else None
+    lines = [f"{R}: {METHOD_NAMES[layout.method]} ({layout.why})"]
+    lines.append(f"tasks ({len(tasks)}): {', '.join(tasks)}" if tasks else "tasks: not known yet (no level plan, reference or task vector)")
+    driver = runlock.holder(R)
+    if driver:
+        lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
+
+    def count(pattern: str) -> int:
+        return sum(1 for g in groups_ if (R / "groups" / g / pattern).exists())
+
+    def gcount(label: str, name: str, stage: str) -> tuple[str, str, str]:
+        done = count(name)
+        return stage, _state(done, n_groups), f"groups/<g>/{label}: {done} of {n_groups or '?'} groups"
+
+    ckpts = sorted((R / "checkpoints").glob("*.safetensors"))
+    if (R / "benchmark.parquet").exists():
+        bench = ("prepare_benchmark", "done", f"benchmark.parquet, checkpoints/ ({len(ckpts)} files)")
+    else:
+        bench = ("prepare_benchmark", "-", "no benchmark.parquet: not run yet, or a user model (checkpoints outside the run folder)")
+    vectors = sum(1 for t in tasks if (R / "task_vectors" / f"{t}.safetensors").exists())
+    n_levels = len(layout.levels) or None
+    rounds = {g: _rounds(R, g) for g in groups_}
+    later = sum(max(len(r) - 1, 0) for r in rounds.values())
+    evals = {g: sorted((R / "groups" / g / "evals").glob("*.parquet")) for g in groups_}
+    batches = sum(1 for files in evals.values() for p in files if not ROUND_EVAL.match(p.name))
+    round_batches = sum(1 for files in evals.values() for p in files if ROUND_EVAL.match(p.name))
+    merged = [count(f) for f in ("merged.safetensors", "vector.safetensors", "choice.parquet")]
+    collected = min(count("samples.parquet"), count("metrics.parquet"))
+    aggregate = ["pareto.parquet", "selected.parquet", "groups.parquet", "report.md"]
+    agg_done = [f for f in aggregate if (R / f).exists()]
+    pngs = sorted((R / "plots").glob("*.png"))
+    rows = [
+        bench,
+        ("extract_task_vector", _state(vectors, len(tasks) or None),
+         f"task_vectors/<task>.safetensors: {vectors} of {len(tasks) or '?'} tasks"),
+        ("task_vector_table", _state((R / "task_vectors.parquet").exists(), 1), "task_vectors.parquet"),
+        ("evaluate_reference", _state((R / "reference.parquet").exists() and (R / "reference_examples.parquet").exists(), 1),
+         "reference.parquet, reference_examples.parquet"),
+        ("plan_level", _state(len(layout.plans), n_levels), f"levels/level<k>.parquet: {len(layout.plans)} of {n_levels or '?'} levels"),
+        gcount("rounds/r00.parquet", "rounds/r00.parquet", "sample_coefficients"),
+        ("propose_round", "done" if later else "-",
+         f"groups/<g>/rounds/r<NN>.parquet after r00: {later}" + ("" if later else " (Bayesian MAP only)")),
+        ("evaluate_sample", "done" if batches else "missing", f"groups/<g>/evals/b<NNNN>.parquet: {batches} batches"),
+        ("evaluate_round", "done" if round_batches else "-", f"groups/<g>/evals/r<NN>b<NNNN>.parquet: {round_batches} batches"
+         + ("" if round_batches else " (Bayesian MAP only)")),
+        ("collect_metrics", _state(collected, n_groups),
+         f"groups/<g>/samples.parquet, metrics.parquet: {collected} of {n_groups or '?'} groups"),
+        gcount("surrogate.parquet", "surrogate.parquet", "fit_surrogate"),
+        gcount("front.parquet", "front.parquet", "pareto_front"),
+        ("merge_group", _state(min(merged), n_groups),
+         f"groups/<g>/merged.safetensors, vector.safetensors, choice.parquet: {min(merged)} of {n_groups or '?'} groups"),
+        gcount("selected_evals.parquet", "selected_evals.parquet", "evaluate_selected"),
+        ("ledger", _state((R / "evaluations.parquet").exists(), 1), "evaluations.parquet"),
+        ("aggregate", "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing"),
+         f"{', '.join(aggregate)}: {len(agg_done)} of {len(aggregate)}; plots/: {len(pngs)} PNG"),
+    ]
+    lines += ["", *_table(rows, ["stage", "state", "artifacts"])]
+
+    counts, source = evaluation_counts(R, layout)
+    lines += ["", f"Real evaluations ({source}):"]
+    if len(counts):
+        table = [(r.stage, r.files, r.models, r.task_evaluations) for r in counts.itertuples()]
+        table.append(("total", int(counts["files"].sum()), int(counts["models"].sum()), int(counts["task_evaluations"].sum())))
+        lines += ["  " + line for line in _table(table, ["stage", "files", "models", "(model, task) evaluations"])]
+    else:
+        lines.append("  none yet")
+
+    if groups_:
+        table = []
+        for g in groups_:
+            gdir = R / "groups" / g
+            front = _rows(gdir / "front.parquet") if (gdir / "front.parquet").exists() else None
+            samples = _rows(gdir / "samples.parquet") if (gdir / "samples.parquet").exists() else None
+            table.append((g, layout.level_of(g), len(rounds[g]), len(evals[g]), "-" if samples is None else samples,
+                          "-" if front is None else front, "yes" if (gdir / "merged.safetensors").exists() else "no"))
+        lines += ["", "Groups (the last is the final merge):"]
+        header = ["group", "level", "rounds", "eval files", "samples", "front points", "merged.safetensors"]
+        lines += ["  " + line for line in _table(table, header)]
+    if layout.problems:
+        lines += ["", *(f"unreadable: {p}" for p in layout.problems)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The final group, its front and its metric
+
+
+def final_group(layout: Layout) -> tuple[str, dict[str, Any]]:
+    """The name of the group whose merge is the final model, and its plan (members, tasks inside each)."""
+    R = layout.results
+    if not layout.groups:
+        raise ArtifactError(f"{R}: no group planned yet (levels/ is empty); has the workflow run?")
+    group = layout.groups[-1]
+    plan = R / "levels" / f"level{len(layout.levels)}.parquet"
+    if plan.exists():
+        return group, groups.group_info(read_table(plan), group)
+    if layout.method == "nested":
+        raise ArtifactError(f"{plan}: not found; the run has not reached its top level (group {group}) yet")
+    front = read_table(R / "groups" / group / "front.parquet")  # a run from before levels/ existed
+    members = suffixes(front.columns, "c")
+    return group, {"group": group, "level": 1, "members": members, "member_tasks": [[m] for m in members], "tasks": members}
+
+
+def front_file(results: Path, group: str) -> Path:
+    """The final group's front.parquet; ArtifactError saying so when the run has not made it yet."""
+    path = results / "groups" / group / "front.parquet"
+    if not path.exists():
+        raise ArtifactError(
+            f"{path}: not found; the final group {group} has no Pareto front yet (`mapmerge status {results}` shows how far the run got)"
+        )
+    return path
+
+
+def objective_metric(results: Path, front: pd.DataFrame, tasks: Sequence[str], given: str | None = None) -> tuple[str, str]:
+    """(the objective metric, where it comes from): --metric, groups.parquet's measured_<metric>, or accuracy."""
+    available = [m for m in METRICS if all(f"{m}_{t}" in front.columns for t in tasks)]
+    if given:
+        if given not in available:
+            raise UsageError(f"--metric: the front has no predicted '{given}' for every task; it has: {', '.join(available)}")
+        return given, "--metric"
+    tree = results / "groups.parquet"
+    if tree.exists():
+        recorded = [m for m in suffixes(table_columns(tree), "measured") if m in available]
+        if len(recorded) == 1:
+            return recorded[0], "the run's optimizer.objective, from groups.parquet"
+    if "accuracy" in available:
+        return "accuracy", "the default optimizer.objective (groups.parquet not written yet; --metric to choose)"
+    if len(available) == 1:
+        return available[0], "the only metric of the front"
+    raise UsageError(f"{tree}: not found, so the run's objective metric is not known; give it with --metric")
+
+
+def table_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as exc:
+        raise ArtifactError(f"{path}: unreadable Parquet ({exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------------
+# select
+
+
+def parse_preference(text: str) -> dict[str, float]:
+    """'task=weight,task=weight' as {task: weight}; UsageError naming the bad item."""
+    preference: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        task, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not task:
+            raise UsageError(f"--prefer: {item!r} is not task=weight")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise UsageError(f"--prefer: weight of task {task!r} is not a number: {value!r}") from None
+        if task in preference:
+            raise UsageError(f"--prefer: task {task!r} is given twice")
+        preference[task] = weight
+    if not preference:
+        raise UsageError("--prefer: give at least one task=weight")
+    return preference
+
+
+def preference_name(preference: Mapping[str, float], method: str, rho: float) -> str:
+    """A file name for a preference: rot90-2_invert-1 (and the selection method when not weighted_sum)."""
+    name = "_".join(f"{t}-{w:g}" for t, w in preference.items())
+    if method != "weighted_sum":
+        name += f"_{method}" + (f"-rho{rho:g}" if rho != 0.05 else "")
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+    if len(name) > 100:
+        name = f"{name[:80]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _decoded(value: object) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def merge_record(merged: Path) -> tuple[dict[str, Any], dict[str, float], Any]:
+    """(operator spec, the run's chosen coefficients by member, seed or None) from a merged.safetensors header."""
+    from mapmerge.checkpoints import safetensors_metadata
+
+    if not merged.exists():
+        raise ArtifactError(f"{merged}: not found; it records the run's merge operator: has merge_group run?")
+    try:
+        meta = safetensors_metadata(merged)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ArtifactError(f"{merged}: unreadable safetensors header ({exc})") from exc
+    if "operator" not in meta or "coefficients" not in meta:
+        raise ArtifactError(
+            f"{merged}: its header records no merge operator and coefficients (made by an older mapmerge?); run the workflow again"
+        )
+    seed = meta.get("seed", meta.get("merge_seed"))
+    return _decoded(meta["operator"]), _decoded(meta["coefficients"]), _decoded(seed)
+
+
+def find_pretrained(results: Path, given: Path | None) -> tuple[Path, str]:
+    """The run's pretrained checkpoint and where it was found."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise UsageError(f"--pretrained {given}: not found")
+        return Path(given), "--pretrained"
+    bench = results / "benchmark.parquet"
+    if bench.exists():
+        frame = read_table(bench)
+        rows = frame[frame["model"] == "pretrained"]
+        path = results / "checkpoints" / (rows["file"].iloc[0] if len(rows) else "pretrained.safetensors")
+        if not path.exists():
+            raise ArtifactError(f"{path}: not found (the built-in benchmark's pretrained checkpoint, see {bench})")
+        return path, "the built-in benchmark's checkpoints/"
+    raise UsageError(
+        f"{results}: the pretrained checkpoint of a user model is not kept in the run folder "
+        "(its artifacts record only file names and hashes); give it with --pretrained PATH (model.pretrained of the experiment)"
+    )
+
+
+def member_vectors(results: Path, members: Sequence[str], tasks: Sequence[str]) -> dict[str, Path]:
+    """Each member's task vector: task_vectors/<task>.safetensors, or a lower group's groups/<g>/vector.safetensors."""
+    vectors = {}
+    for m in members:
+        path = results / "task_vectors" / f"{m}.safetensors" if m in tasks else results / "groups" / m / "vector.safetensors"
+        if not path.exists():
+            raise ArtifactError(f"{path}: not found (the task vector of member '{m}')")
+        vectors[m] = path
+    return vectors
+
+
+def check_reproduces(
+    pretrained: Path, vectors: Mapping[str, Path], coefficients: Sequence[float], operator: Mapping[str, Any],
+    seed: int | None, merged: Path, n_tensors: int = 3,
+) -> None:
+    """Merge the run's own choice on the few smallest merged tensors and compare with the run's merged.safetensors.
+
+    Catches a --pretrained that is not the run's pretrained checkpoint, or a --seed that is not its seed,
+    at the cost of reading a few small tensors. ArtifactError when they differ.
+    """
+    import torch
+
+    from mapmerge.checkpoints import open_checkpoint
+    from mapmerge.operators import validate
+    from mapmerge.taskvectors import merge_tensor
+
+    spec, members = validate(operator), list(vectors)
+    with ExitStack() as stack:
+        pre = stack.enter_context(open_checkpoint(pretrained))
+        stored = stack.enter_context(open_checkpoint(merged))
+        readers = [stack.enter_context(open_checkpoint(p)) for p in vectors.values()]
+        shapes = readers[0].meta()
+        for name in sorted(shapes, key=lambda n: (shapes[n].numel(), n))[:n_tensors]:
+            if name not in pre or name not in stored:
+                raise ArtifactError(f"{pretrained}: has no tensor '{name}' of the run's task vectors; not the run's pretrained checkpoint")
+            expected = merge_tensor(spec, members, name, pre.get(name), (r.get(name) for r in readers), coefficients, seed)
+            actual = stored.get(name)
+            if expected.shape != actual.shape or not torch.allclose(expected.float(), actual.float(), rtol=1e-5, atol=1e-6):
+                extra = " or the seed (--seed) is not the run's" if spec["operator"] == "dare" else ""
+                raise ArtifactError(
+                    f"{merged}: tensor '{name}' is not reproduced from {pretrained} and the run's task vectors at the "
+                    f"run's own coefficients: the pretrained checkpoint{extra} is not the run's"
+                )
+
+
+def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, str]) -> Path:
+    """A state dict as safetensors (out ends in .safetensors, metadata in its header) or torch.save, atomically."""
+    import torch
+
+    from mapmerge.checkpoints import save_safetensors
+    from mapmerge.io import atomic_path
+
+    if out.suffix == ".safetensors":
+        return save_safetensors(state, out, metadata=metadata)
+    with atomic_path(out) as tmp:
+        torch.save(dict(state), tmp)
+    return out
+
+
+@dataclass
+class Selection:
+    """What `select` chose and wrote."""
+
+    group: str
+    method: str  # of the run: map, nested, bayesian
+    members: list[str]
+    coefficients: dict[str, float]
+    member_weights: dict[str, float]
+    task_weights: dict[str, float]
+    index: int
+    front: pd.DataFrame
+    metric: str
+    out: Path
+    text: str
+
+
+def select(
+    results: Path,
+    preference: Mapping[str, float],
+    method: str = "weighted_sum",
+    rho: float = 0.05,
+    out: Path | None = None,
+    pretrained: Path | None = None,
+    metric: str | None = None,
+    seed: int | None = None,
+) -> Selection:
+    """Pick the final group's front point for `preference` (no evaluation) and write its merged checkpoint."""
+    from mapmerge.stages import pick_point
+    from mapmerge.taskvectors import merge_files
+
+    results = Path(results)
+    if method not in selection.METHODS:
+        raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
+    if not (math.isfinite(rho) and rho >= 0):
+        raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
+    layout = scan(results)
+    group, info = final_group(layout)
+    tasks = info["tasks"]
+    try:
+        task_weights = selection.normalize_preference(preference, tasks)
+    except selection.PreferenceError as exc:
+        raise UsageError(f"--prefer: {exc}") from None
+    gdir = results / "groups" / group
+    front = read_table(front_file(results, group))
+    metric, metric_source = objective_metric(results, front, tasks, metric)
+    operator, chosen, recorded_seed = merge_record(gdir / "merged.safetensors")
+    if operator.get("operator") in SEEDED:
+        if recorded_seed is not None and seed is not None and int(seed) != int(recorded_seed):
+            raise UsageError(f"--seed {seed}: the run merged with seed {recorded_seed} ({gdir / 'merged.safetensors'})")
+        seed = recorded_seed if recorded_seed is not None else seed
+        if seed is None:
+            raise UsageError(
+                f"the run's merge operator {operator['operator']} draws random masks and {gdir / 'merged.safetensors'} "
+                "does not record their seed; give the run's seed (the config's `seed`) with --seed N"
+            )
+        seed = int(seed)
+    else:
+        seed = None
+    members = info["members"]
+    pre_path, pre_source = find_pretrained(results, pretrained)
+    vectors = member_vectors(results, members, layout.tasks or tasks)
+    check_reproduces(pre_path, vectors, [float(chosen[m]) for m in members], operator, seed, gdir / "merged.safetensors")
+
+    index, member_weights = pick_point(front, info, task_weights, metric, method, rho)
+    c = {m: float(front[f"c_{m}"].iloc[index]) for m in members}
+    if out is None:
+        suffix = ".safetensors" if pre_path.suffix == ".safetensors" else ".pt"
+        out = results / "selected" / f"{preference_name(preference, method, rho)}{suffix}"
+    out = Path(out)
+    state = merge_files(pre_path, vectors, list(c.values()), operator, seed)
+    metadata = {
+        "coefficients": json.dumps(c), "operator": json.dumps(operator), "preference": json.dumps(dict(preference)),
+        "selection": json.dumps({"method": method, "rho": rho}), "group": group, "source": "mapmerge select",
+        **({"seed": str(seed)} if seed is not None else {}),
+    }
+    save_checkpoint(state, out, metadata)
+    del state
+
+    lines = [
+        f"{results}: {METHOD_NAMES[layout.method or 'map']}; group {group} (members {', '.join(members)}), "
+        f"its stored front of {len(front)} points; objective {metric} ({metric_source}); selection {method}"
+        + (f" (rho {rho:g})" if method == "tchebycheff" else ""),
+        "preference (normalised): " + ", ".join(f"{t} {w:.3g}" for t, w in task_weights.items()),
+    ]
+    if layout.method == "nested":
+        lines += [
+            f"nested MAP: only the top group {group} is chosen again; its members ({', '.join(members)}) keep the merges",
+            "  chosen for the run's own preference, since each level's merges depend on the choices below it. To choose every",
+            "  level for this preference, run the workflow again with it: that keeps level 1's sample evaluations and",
+            "  recomputes level 1's fronts and choices and everything of the later levels.",
+        ]
+        lines.append("member weights (sums of their tasks' weights): " + ", ".join(f"{m} {w:.3g}" for m, w in member_weights.items()))
+    lines += ["", f"chosen front point {index} of {len(front)}; nothing was evaluated: the metrics are the surrogates' predictions", ""]
+    run_c = ", ".join(f"{float(chosen[m]):.4f}" for m in members)
+    coef = [(f"c_{m}", f"{c[m]:.4f}") for m in members]
+    lines += _table(coef, ["coefficient", "value"]) + [f"(the run's own choice: {run_c})", ""]
+    shown = [m for m in METRICS if all(f"{m}_{t}" in front.columns for t in tasks)]
+    rows = [(t, f"{task_weights[t]:.3g}", *(f"{front[f'{m}_{t}'].iloc[index]:.4f}" for m in shown)) for t in tasks]
+    lines += _table(rows, ["task", "weight", *(f"predicted {m}" for m in shown)]) + [""]
+    lines.append(f"merged checkpoint: {out}")
+    lines.append(
+        f"  theta_pre + sum_i c_i tau'_i, merge operator {operator.get('operator')}"
+        + (f" (seed {seed})" if seed is not None else "")
+    )
+    lines.append(f"  pretrained: {pre_path} ({pre_source}); the parameters that are not merged are the pretrained ones")
+    return Selection(group, layout.method or "map", members, c, member_weights, task_weights, index, front, metric, out, "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------------
+# plot
+
+
+def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
+    """Render the final group's plots again from the run's artifacts, as the aggregate stage does."""
+    from mapmerge import plots
+    from mapmerge.stages import maximized
+
+    results = Path(results)
+    layout = scan(results)
+    group, info = final_group(layout)
+    gdir = results / "groups" / group
+    front = read_table(front_file(results, group)).assign(group=group)
+    metric, _ = objective_metric(results, front, info["tasks"], metric)
+    chosen = None
+    if (gdir / "choice.parquet").exists():
+        chosen = read_table(gdir / "choice.parquet").assign(group=group)
+        if (gdir / "selected_evals.parquet").exists():
+            measured = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["metric", "task"])["value"]
+            for name in sorted(set(measured.index.get_level_values("metric"))):
+                for task in suffixes(chosen.columns, metric):
+                    chosen[f"measured_{name}_{task}"] = measured[(name, task)]
+    samples = read_table(gdir / "samples.parquet")
+    samples = samples.merge(wide_metrics(read_table(gdir / "metrics.parquet"), "sample").reset_index(), on="sample")
+    reference = read_table(results / "reference.parquet")
+    return plots.plot_all(samples, front, reference, suffixes(front.columns, metric), metric,
+                          out_dir if out_dir is not None else results / "plots", selected=chosen,
+                          maximize=maximized(metric), members=suffixes(front.columns, "c"))

@@ -1,0 +1,326 @@
+"""`mapmerge status`, `select` and `plot` on real run folders, built by calling the stage functions
+in the workflow's order and layout (results/<name>/...), without Snakemake."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mapmerge import groups, stages
+from mapmerge.benchmark import build_model
+from mapmerge.checkpoints import load_state_dict, safetensors_metadata
+from mapmerge.cli import main
+from mapmerge.config import load_config, stage_config
+from mapmerge.io import read_table
+from mapmerge.runfolder import evaluation_counts, scan
+from mapmerge.selection import normalize_preference, select_point
+from mapmerge.taskvectors import merge_files
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["rot90", "invert", "flip_parity"]
+WIDTH = 8
+SETTINGS = [
+    f"benchmark.tasks=[{','.join(TASKS)}]", f"benchmark.width={WIDTH}", "benchmark.pretrain_epochs=15", "benchmark.finetune_epochs=8",
+    "optimizer.pop_size=30", "optimizer.n_gen=20", "optimizer.grid_check_resolution=51", "sampler.factor=2",
+    "evaluation.samples_per_job=8",
+]
+
+
+def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = None, finish: bool = True) -> Path:
+    """A run folder made as the workflow makes it (see workflow/rules/*.smk): every stage function, in order.
+
+    bench: a run folder whose checkpoints/ and benchmark.parquet are copied instead of training them
+    again (the same benchmark config). finish=False stops a Bayesian run after its rounds' evaluations.
+    """
+    cfg = load_config(REPO / "config", overrides=[f"name={name}", f"results_dir='{root}'", *SETTINGS, *overrides])
+    R = Path(cfg["results"])
+    tasks, model = cfg["task_names"], cfg["model"]
+    P = lambda stage: stage_config(cfg, stage)  # noqa: E731
+    if bench is None:
+        threads = torch.get_num_threads()
+        try:
+            stages.run_prepare_benchmark(P("prepare_benchmark"), Path(model["pretrained"]).parent, R / "benchmark.parquet")
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        shutil.copytree(bench / "checkpoints", R / "checkpoints")
+        shutil.copy2(bench / "benchmark.parquet", R / "benchmark.parquet")
+    pre = model["pretrained"]
+    checkpoints = {t: model["tasks"][t]["checkpoint"] for t in tasks}
+    levels = groups.structure(cfg["method"], len(tasks))
+    group_names = [g for names in levels for g in names]
+
+    def vector_path(m: str) -> Path:
+        return R / "task_vectors" / f"{m}.safetensors" if m in tasks else R / "groups" / m / "vector.safetensors"
+
+    for t in tasks:
+        stages.run_extract_task_vector(P("extract_task_vector"), t, pre, checkpoints[t], vector_path(t))
+    stages.run_task_vector_table({t: vector_path(t) for t in tasks}, R / "task_vectors.parquet")
+    reference_files = {"pretrained": pre, "vectors": {t: vector_path(t) for t in tasks}, "checkpoints": checkpoints}
+    stages.run_evaluate_reference(P("evaluate"), reference_files, R / "reference.parquet", R / "reference_examples.parquet", device="cpu")
+    plans, evals = [], {"reference_examples.parquet": R / "reference_examples.parquet"}
+    batch = cfg["evaluation"]["samples_per_job"]
+    for k, names in enumerate(levels, 1):
+        plan = R / "levels" / f"level{k}.parquet"
+        params = {**P("plan_level"), "groups": names}
+        if k == 1:
+            params.pop("preference", None)
+            inputs = {"reference": R / "reference.parquet"} if cfg["method"] == "nested" else {}
+        else:
+            inputs = {"previous": plans[-1], "selected": {g: R / "groups" / g / "selected_evals.parquet" for g in levels[k - 2]}}
+        stages.run_plan_level(params, k, plan, **inputs)
+        plans.append(plan)
+        for g in names:
+            gdir = R / "groups" / g
+            candidates = groups.candidates(tasks, levels, k)
+            files = {"pretrained": pre, "vectors": {m: vector_path(m) for m in candidates}, "checkpoints": checkpoints}
+            rounds = [gdir / "rounds" / "r00.parquet"]
+            stages.run_sample_coefficients(P("sample_coefficients"), plan, g, rounds[0])
+            design = read_table(rounds[0])
+            coefficients = {row["sample"]: [float(row[c]) for c in design.columns if c.startswith("c_")] for _, row in design.iterrows()}
+            outs = []
+            for b, samples in stages.sample_batches(list(design["sample"]), batch).items():
+                outs.append(gdir / "evals" / f"{b}.parquet")
+                stages.run_evaluate_samples(P("evaluate"), files, plan, g, {s: coefficients[s] for s in samples}, outs[-1], device="cpu")
+            for r in range(1, (cfg["bayesian"]["rounds"] if cfg["method"] == "bayesian" else 0) + 1):
+                rounds.append(gdir / "rounds" / f"r{r:02d}.parquet")
+                stages.run_propose_round(P("propose_round"), r, rounds[:-1], list(outs), rounds[-1])
+                for i in range(-(-len(read_table(rounds[-1])) // batch)):
+                    outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
+                    stages.run_evaluate_round(P("evaluate"), files, plan, g, rounds[-1], i, batch, outs[-1], device="cpu")
+            if not finish:
+                return R
+            stages.run_collect_metrics(rounds, outs, gdir / "metrics.parquet", gdir / "samples.parquet")
+            stages.run_fit_surrogate(P("fit_surrogate"), gdir / "samples.parquet", gdir / "metrics.parquet", gdir / "surrogate.parquet")
+            stages.run_pareto_front(P("pareto_front"), gdir / "surrogate.parquet", gdir / "samples.parquet", plan, g,
+                                    gdir / "front.parquet")
+            stages.run_merge_group(P("merge_group"), gdir / "front.parquet", files, plan, g, gdir / "merged.safetensors",
+                                   gdir / "vector.safetensors", gdir / "choice.parquet")
+            stages.run_evaluate_selected(P("evaluate"), gdir / "choice.parquet", files, plan, g, gdir / "selected_evals.parquet",
+                                         device="cpu")
+            evals.update({f"{g}/{p.name}": p for p in [*outs, gdir / "selected_evals.parquet"]})
+    stages.run_ledger(evals, R / "evaluations.parquet")
+    outputs = {f: R / f"{f}.parquet" for f in ("pareto", "selected", "groups")}
+    stages.run_aggregate(P("aggregate"), R, plans, group_names, R / "evaluations.parquet",
+                         {**outputs, "report": R / "report.md", "plots": R / "plots"})
+    return R
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Three runs of the built-in benchmark (3 tasks, width 8): plain MAP, nested MAP with DARE, and
+    Bayesian MAP stopped after round 1's evaluations."""
+    root = tmp_path_factory.mktemp("cli") / "results"
+    plain = build_run(root, "plain", [])
+    nested = build_run(root, "nested", ["method=nested", "merge=dare"], bench=plain)
+    bayes = build_run(root, "bayes", ["method=bayesian", "bayesian.rounds=1", "tasks=[rot90,invert]"], bench=plain, finish=False)
+    return {"plain": plain, "nested": nested, "bayes": bayes}
+
+
+def status_rows(text: str) -> dict[str, list[str]]:
+    """The stage table of `mapmerge status`: stage -> [state, artifacts] (its lines are not indented)."""
+    return {line.split()[0]: line.split(None, 2)[1:] for line in text.splitlines() if line[:1].strip() and line.split()[0] in STAGES}
+
+
+STAGES = {"prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level", "sample_coefficients",
+          "propose_round", "evaluate_sample", "evaluate_round", "collect_metrics", "fit_surrogate", "pareto_front", "merge_group",
+          "evaluate_selected", "ledger", "aggregate"}
+
+
+def ledger_counts(path: Path) -> pd.DataFrame:
+    ledger = read_table(path)
+    return ledger.groupby("stage", sort=False)[["models", "task_evaluations"]].sum()
+
+
+def test_status_of_a_finished_run(runs, capsys):
+    R = runs["plain"]
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{R}: plain MAP (levels/level1.parquet: one group 'all' and no Bayesian rounds)"
+    assert f"tasks (3): {', '.join(TASKS)}" in out
+    rows = status_rows(out)
+    assert set(rows) == STAGES
+    assert {s for s, (state, _) in rows.items() if state != "done"} == {"propose_round", "evaluate_round"}
+    assert "Real evaluations (from evaluations.parquet):" in out
+    ledger = ledger_counts(R / "evaluations.parquet")
+    total = ["total", str(len(read_table(R / "evaluations.parquet"))), str(ledger["models"].sum()), str(ledger["task_evaluations"].sum())]
+    assert total in [line.split() for line in out.splitlines()]
+    front = read_table(R / "groups" / "all" / "front.parquet")
+    samples = read_table(R / "groups" / "all" / "samples.parquet")
+    group_line = next(line for line in out.splitlines() if line.split()[:1] == ["all"])
+    assert group_line.split() == ["all", "1", "1", str(len(list((R / "groups" / "all" / "evals").glob("*.parquet")))),
+                                  str(len(samples)), str(len(front)), "yes"]
+
+
+def test_status_of_a_partial_run(runs, tmp_path, capsys):
+    R = tmp_path / "partial"
+    shutil.copytree(runs["plain"], R)
+    gdir = R / "groups" / "all"
+    for f in ["evaluations.parquet", "pareto.parquet", "selected.parquet", "groups.parquet", "report.md", "plots/front_parallel.png",
+              "groups/all/front.parquet", "groups/all/choice.parquet", "groups/all/merged.safetensors", "groups/all/vector.safetensors",
+              "groups/all/selected_evals.parquet", "groups/all/evals/b0001.parquet"]:
+        (R / f).unlink()
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    rows = status_rows(out)
+    for stage in ["prepare_benchmark", "extract_task_vector", "evaluate_reference", "plan_level", "sample_coefficients",
+                  "evaluate_sample", "collect_metrics", "fit_surrogate"]:
+        assert rows[stage][0] == "done", stage
+    for stage in ["pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"]:
+        assert rows[stage][0] == "missing", stage
+    assert "Real evaluations (counted from the evaluation files; evaluations.parquet is not written yet):" in out
+    assert [line for line in out.splitlines() if line.split()[:1] == ["all"]][0].split()[-2:] == ["-", "no"]
+    # counted from the files as the ledger counts them: the full run's ledger less the deleted files
+    ledger = read_table(runs["plain"] / "evaluations.parquet")
+    ledger = ledger[~ledger["file"].isin(["b0001.parquet", "selected_evals.parquet"])]
+    counts, _ = evaluation_counts(R, scan(R))
+    expected = ledger.groupby("stage", sort=False)[["models", "task_evaluations"]].sum()
+    assert counts.set_index("stage")[["models", "task_evaluations"]].to_dict() == expected.to_dict()
+    assert counts.set_index("stage")["files"].to_dict() == ledger.groupby("stage", sort=False).size().to_dict()
+    # a folder with nothing in it yet
+    (tmp_path / "empty").mkdir()
+    assert main(["status", str(tmp_path / "empty")]) == 0
+    assert "method not known yet" in capsys.readouterr().out
+
+
+def test_status_tells_the_method(runs, capsys):
+    assert main(["status", str(runs["bayes"])]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"{runs['bayes']}: Bayesian MAP (")
+    rows = status_rows(out)
+    assert rows["propose_round"] == ["done", "groups/<g>/rounds/r<NN>.parquet after r00: 1"]
+    assert rows["evaluate_round"][0] == "done" and rows["collect_metrics"][0] == "missing"
+    counts, _ = evaluation_counts(runs["bayes"], scan(runs["bayes"]))
+    assert counts.set_index("stage").loc["evaluate_round", "models"] == len(read_table(runs["bayes"] / "groups/all/rounds/r01.parquet"))
+    assert main(["status", str(runs["nested"])]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"{runs['nested']}: nested MAP (groups named L<level>g<j>)")
+    assert {line.split()[0] for line in out.splitlines() if line.split()[:1] in (["L1g0"], ["L2g0"])} == {"L1g0", "L2g0"}
+
+
+def test_status_of_what_is_not_a_folder(tmp_path, capsys):
+    assert main(["status", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mapmerge status: {tmp_path / 'nothing'}: not a folder\n"
+
+
+def expected_choice(front: pd.DataFrame, preference: dict[str, float], tasks=TASKS, method="weighted_sum") -> dict[str, float]:
+    weights = normalize_preference(preference, tasks)
+    index = select_point(front[[f"accuracy_{t}" for t in tasks]].to_numpy(), list(weights.values()), [True] * len(tasks), method)
+    return {t: float(front[f"c_{t}"].iloc[index]) for t in tasks}
+
+
+def test_select_two_preferences(runs, capsys):
+    R = runs["plain"]
+    front = read_table(R / "groups" / "all" / "front.parquet")
+    chosen = []
+    cases = [("rot90=1", {"rot90": 1.0}, "rot90-1"),
+             ("invert=3,flip_parity=1", {"invert": 3.0, "flip_parity": 1.0}, "invert-3_flip_parity-1")]
+    for text, preference, name in cases:
+        assert main(["select", str(R), "--prefer", text]) == 0
+        out = capsys.readouterr().out
+        path = R / "selected" / f"{name}.safetensors"
+        assert f"merged checkpoint: {path}" in out and "nothing was evaluated" in out
+        coefficients = json.loads(safetensors_metadata(path)["coefficients"])
+        assert coefficients == expected_choice(front, preference)
+        for t in TASKS:
+            line = next(line for line in out.splitlines() if line.startswith(f"c_{t} "))
+            assert line.split() == [f"c_{t}", f"{coefficients[t]:.4f}"]
+        state = load_state_dict(path)
+        build_model(width=WIDTH).load_state_dict(state, strict=True)
+        reference = merge_files(R / "checkpoints" / "pretrained.safetensors", {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS},
+                                [coefficients[t] for t in TASKS])
+        assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+        chosen.append(coefficients)
+    assert chosen[0] != chosen[1]
+
+
+def test_select_with_the_runs_preference_gives_the_runs_merge(runs, tmp_path, capsys):
+    R = runs["plain"]
+    out = tmp_path / "same.safetensors"
+    assert main(["select", str(R), "--prefer", "rot90=1,invert=1,flip_parity=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    choice = read_table(R / "groups" / "all" / "choice.parquet")
+    assert json.loads(safetensors_metadata(out)["coefficients"]) == {t: float(choice[f"c_{t}"].iloc[0]) for t in TASKS}
+    ours, theirs = load_state_dict(out), load_state_dict(R / "groups" / "all" / "merged.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and ours.keys() == theirs.keys()
+
+
+def test_select_tchebycheff_and_a_torch_pretrained(runs, tmp_path, capsys):
+    R = runs["plain"]
+    torch_pre = tmp_path / "pretrained.pt"
+    torch.save(load_state_dict(R / "checkpoints" / "pretrained.safetensors"), torch_pre)
+    assert main(["select", str(R), "--prefer", "rot90=1,invert=2", "--method", "tchebycheff", "--pretrained", str(torch_pre)]) == 0
+    out = capsys.readouterr().out
+    path = R / "selected" / "rot90-1_invert-2_tchebycheff.pt"
+    assert f"merged checkpoint: {path}" in out
+    front = read_table(R / "groups" / "all" / "front.parquet")
+    c = expected_choice(front, {"rot90": 1.0, "invert": 2.0}, method="tchebycheff")
+    state = torch.load(path, weights_only=True)
+    build_model(width=WIDTH).load_state_dict(state, strict=True)
+    reference = merge_files(torch_pre, {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS}, [c[t] for t in TASKS])
+    assert all(torch.equal(state[k], reference[k]) for k in reference)
+    # a checkpoint that is not the run's pretrained one is refused
+    assert main(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(R / "checkpoints" / "invert.safetensors"),
+                 "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "is not reproduced from" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("prefer, message", [
+    ("rot90=1,mnist=2", "preference names unknown task 'mnist'; known: rot90, invert, flip_parity"),
+    ("rot90=1,invert=-1", "preference weight for task 'invert' must be a finite number >= 0; got -1.0"),
+    ("rot90=x", "weight of task 'rot90' is not a number: 'x'"),
+    ("rot90", "'rot90' is not task=weight"),
+    ("rot90=0", "preference weights are all zero"),
+])
+def test_select_refuses_a_bad_preference(runs, prefer, message, capsys):
+    assert main(["select", str(runs["plain"]), "--prefer", prefer]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mapmerge select: --prefer: ") and message in err and err.count("\n") == 1
+
+
+def test_select_in_a_nested_run(runs, tmp_path, capsys):
+    R = runs["nested"]
+    top = groups.group_info(read_table(R / "levels" / "level2.parquet"), "L2g0")
+    # DARE draws masks from the run's seed, which merged.safetensors records; another one is refused
+    assert main(["select", str(R), "--prefer", "rot90=1", "--seed", "7", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--seed 7: the run merged with seed 0" in capsys.readouterr().err
+    assert main(["select", str(R), "--prefer", "rot90=1"]) == 0
+    out = capsys.readouterr().out
+    assert "nested MAP: only the top group L2g0 is chosen again" in out
+    front = read_table(R / "groups" / "L2g0" / "front.parquet")
+    index, _ = stages.pick_point(front, top, {"rot90": 1.0}, "accuracy")
+    c = [float(front[f"c_{m}"].iloc[index]) for m in top["members"]]
+    path = R / "selected" / "rot90-1.safetensors"
+    assert json.loads(safetensors_metadata(path)["coefficients"]) == dict(zip(top["members"], c))
+    vectors = {m: R / "task_vectors" / f"{m}.safetensors" if m in TASKS else R / "groups" / m / "vector.safetensors"
+               for m in top["members"]}
+    operator = json.loads(safetensors_metadata(R / "groups" / "L2g0" / "merged.safetensors")["operator"])
+    assert operator["operator"] == "dare"
+    reference = merge_files(R / "checkpoints" / "pretrained.safetensors", vectors, c, operator, 0)
+    state = load_state_dict(path)
+    build_model(width=WIDTH).load_state_dict(state, strict=True)
+    assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys):
+    R = runs["plain"]
+    assert main(["plot", str(R), "--out", str(tmp_path / "plots")]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "plots" / "front_parallel.png")]
+    assert (tmp_path / "plots" / "front_parallel.png").read_bytes() == (R / "plots" / "front_parallel.png").read_bytes()
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.startswith("mapmerge plot: ")
+
+
+def test_select_and_plot_before_the_front_exists(runs, capsys):
+    for command in (["select", str(runs["bayes"]), "--prefer", "rot90=1"], ["plot", str(runs["bayes"])]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err == (f"mapmerge: {runs['bayes'] / 'groups' / 'all' / 'front.parquet'}: not found; the final group all has no "
+                       f"Pareto front yet (`mapmerge status {runs['bayes']}` shows how far the run got)\n")
