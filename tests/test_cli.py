@@ -160,7 +160,6 @@ def test_status_of_a_finished_run(runs, capsys):
 def test_status_of_a_partial_run(runs, tmp_path, capsys):
     R = tmp_path / "partial"
     shutil.copytree(runs["plain"], R)
-    gdir = R / "groups" / "all"
     for f in ["evaluations.parquet", "pareto.parquet", "selected.parquet", "groups.parquet", "report.md", "plots/front_parallel.png",
               "groups/all/front.parquet", "groups/all/choice.parquet", "groups/all/merged.safetensors", "groups/all/vector.safetensors",
               "groups/all/selected_evals.parquet", "groups/all/evals/b0001.parquet"]:
