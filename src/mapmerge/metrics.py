@@ -33,6 +33,21 @@ def metrics_from_examples(examples: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["sample", "task", "metric"], ignore_index=True)
 
 
+def evaluation_counts(examples: pd.DataFrame) -> dict[str, int]:
+    """What one per-example table holds: models evaluated, (model, task) evaluations, examples, failed (model, task).
+
+    The model column is `model` (reference evaluations) or `sample`; without an `error` column nothing failed.
+    """
+    key = "model" if "model" in examples.columns else "sample"
+    failed = examples["error"].notna() if "error" in examples.columns else pd.Series(False, index=examples.index)
+    return {
+        "models": int(examples[key].nunique()),
+        "task_evaluations": int(examples[[key, "task"]].drop_duplicates().shape[0]),
+        "examples": int((~failed).sum()),
+        "failed": int(examples.loc[failed, [key, "task"]].drop_duplicates().shape[0]),
+    }
+
+
 def suffixes(columns: Iterable[str], prefix: str) -> list[str]:
     """Names after `prefix_` in column names, in column order: suffixes(front, 'c') -> the tasks."""
     return [c[len(prefix) + 1 :] for c in columns if c.startswith(f"{prefix}_")]

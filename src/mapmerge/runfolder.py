@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge import groups, runlock, selection
+from mapmerge import groups, metrics, runlock, selection
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.operators import SEEDED
@@ -189,8 +189,8 @@ def evaluation_counts(results: Path, layout: Layout) -> tuple[pd.DataFrame, str]
         frame = _try_read(path, layout.problems, columns=[key, "task"])
         if frame is None:
             continue
-        rows.append({"stage": stage, "files": 1, "models": int(frame[key].nunique()),
-                     "task_evaluations": int(frame.drop_duplicates().shape[0])})
+        counts = metrics.evaluation_counts(frame)
+        rows.append({"stage": stage, "files": 1, "models": counts["models"], "task_evaluations": counts["task_evaluations"]})
     if not rows:
         return pd.DataFrame(columns=columns), "no evaluation file yet"
     counts = pd.DataFrame(rows).groupby("stage", sort=False)[columns[1:]].sum().reset_index()

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mapmerge import groups, selection
 from mapmerge.io import read_table, table_metadata, write_table
-from mapmerge.metrics import metrics_from_examples, suffixes, wide_metrics
+from mapmerge.metrics import evaluation_counts, metrics_from_examples, suffixes, wide_metrics
 
 PathLike = str | os.PathLike
 # pretrained: path; vectors: member -> task-vector path; checkpoints: task -> fine-tuned checkpoint path
@@ -130,16 +130,14 @@ def run_plan_level(
         inputs = [reference]
     else:
         plan = read_table(previous)
-        weights = groups.task_weights(params["preference"], tasks)
         models, scores = {}, {}
         for row in plan.itertuples():
             tasks_in = [t for ts in row.member_tasks for t in ts]
             if pd.isna(row.group):  # passed up unchanged
                 models[row.members[0]], scores[row.members[0]] = tasks_in, float(row.member_score[0])
                 continue
-            measured = metrics_from_examples(read_table(selected[row.group])).set_index(["task", "metric"])["value"]
             models[row.group] = tasks_in
-            scores[row.group] = float(groups.weighted_mean({t: measured[(t, metric)] for t in tasks_in}, {t: weights[t] for t in tasks_in}))
+            scores[row.group] = merge_score(measured_metrics(selected[row.group]), tasks_in, metric, params["preference"])
         inputs = [previous, *selected.values()]
     if nested["pairing"] == "cosine":
         from mapmerge.taskvectors import cosine_matrix, gram_matrix
@@ -151,6 +149,16 @@ def run_plan_level(
         distance = groups.metric_distance([scores[m] for m in models])
     frame = groups.pair_plan(level, params["groups"], models, scores, distance, nested["pairing"])
     write_table(frame, out, "plan_level", params, inputs=inputs)
+
+
+def measured_metrics(selected_evals: PathLike) -> pd.Series:
+    """A chosen merge's real metrics, indexed (metric, task), from its per-example evaluations."""
+    return metrics_from_examples(read_table(selected_evals)).set_index(["metric", "task"])["value"]
+
+
+def merge_score(measured: pd.Series, tasks: Sequence[str], metric: str, preference: Mapping[str, float] | None) -> float:
+    """A merged model's metric on its group: the preference-weighted mean of its tasks' measured `metric`."""
+    return float(groups.weighted_mean({t: measured[(metric, t)] for t in tasks}, groups.task_weights(preference, tasks)))
 
 
 def group_plan(plan: PathLike, group: str) -> dict[str, Any]:
@@ -433,44 +441,32 @@ def run_ledger(evals: Mapping[str, PathLike], out: PathLike) -> None:
     """
     rows = []
     for label, path in evals.items():
-        examples = read_table(path)
-        key = "model" if "model" in examples.columns else "sample"
-        failed = examples["error"].notna() if "error" in examples.columns else pd.Series(False, index=examples.index)
         group, _, name = str(label).rpartition("/")
-        rows.append({
-            "stage": table_metadata(path).get("mapmerge.stage", ""),
-            "group": group or None,
-            "file": name,
-            "models": int(examples[key].nunique()),
-            "task_evaluations": int(examples[[key, "task"]].drop_duplicates().shape[0]),
-            "examples": int((~failed).sum()),
-            "failed": int(examples.loc[failed, [key, "task"]].drop_duplicates().shape[0]),
-        })
+        stage = table_metadata(path).get("mapmerge.stage", "")
+        rows.append({"stage": stage, "group": group or None, "file": name, **evaluation_counts(read_table(path))})
     write_table(pd.DataFrame(rows), out, "ledger", inputs=evals.values())
 
 
-def group_tree(plans: Sequence[PathLike], results: Path, metric: str, preference: Mapping[str, float] | None) -> pd.DataFrame:
+def group_tree(
+    plans: Sequence[PathLike],
+    choices: Mapping[str, pd.DataFrame],
+    measured: Mapping[str, pd.Series],
+    metric: str,
+    preference: Mapping[str, float] | None,
+) -> pd.DataFrame:
     """groups.parquet: every level's plan with each group's chosen coefficients and measured metric.
 
-    measured_<metric>: the preference-weighted mean over the group's tasks of the chosen merge's
-    real metric (what the next nested level pairs by).
+    choices, measured: per group, its choice row and its merge's real metrics (measured_metrics).
+    measured_<metric>: merge_score of the chosen merge (what the next nested level pairs by).
     """
     frames = []
     for plan in plans:
         frame = read_table(plan)
-        coefficients, measured = [], []
-        for row in frame.itertuples():
-            if pd.isna(row.group):
-                coefficients.append(None)
-                measured.append(np.nan)
-                continue
-            gdir = results / "groups" / row.group
-            choice = read_table(gdir / "choice.parquet")
-            coefficients.append([float(choice[f"c_{m}"].iloc[0]) for m in row.members])
-            values = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["task", "metric"])["value"]
-            tasks = list(row.tasks)
-            measured.append(float(groups.weighted_mean({t: values[(t, metric)] for t in tasks}, groups.task_weights(preference, tasks))))
-        frames.append(frame.assign(coefficients=coefficients, **{f"measured_{metric}": measured}))
+        grouped = [row for row in frame.itertuples() if not pd.isna(row.group)]
+        coefficients = {row.Index: [float(choices[row.group][f"c_{m}"].iloc[0]) for m in row.members] for row in grouped}
+        scores = {row.Index: merge_score(measured[row.group], list(row.tasks), metric, preference) for row in grouped}
+        frames.append(frame.assign(coefficients=[coefficients.get(i) for i in frame.index],
+                                   **{f"measured_{metric}": [scores.get(i, np.nan) for i in frame.index]}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -490,20 +486,21 @@ def run_aggregate(
 
     results = Path(results)
     metric = params["objective"]
-    fronts, chosen, inputs = [], [], [*plans, ledger]
+    fronts, chosen, inputs, measured = [], [], [*plans, ledger], {}
     for group in group_names:
         gdir = results / "groups" / group
         fronts.append(read_table(gdir / "front.parquet").assign(group=group))
         choice = read_table(gdir / "choice.parquet").assign(group=group)
-        measured = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["metric", "task"])["value"]
-        for name in sorted(set(measured.index.get_level_values("metric"))):
+        measured[group] = measured_metrics(gdir / "selected_evals.parquet")
+        for name in sorted(set(measured[group].index.get_level_values("metric"))):
             for task in suffixes(choice.columns, metric):
-                choice[f"measured_{name}_{task}"] = measured[(name, task)]
+                choice[f"measured_{name}_{task}"] = measured[group][(name, task)]
         chosen.append(choice)
         inputs += [gdir / "front.parquet", gdir / "choice.parquet", gdir / "selected_evals.parquet"]
     write_table(pd.concat(fronts, ignore_index=True), outputs["pareto"], "aggregate", params, inputs)
     write_table(pd.concat(chosen, ignore_index=True), outputs["selected"], "aggregate", params, inputs)
-    write_table(group_tree(plans, results, metric, params["preference"]), outputs["groups"], "aggregate", params, inputs)
+    tree = group_tree(plans, dict(zip(group_names, chosen)), measured, metric, params["preference"])
+    write_table(tree, outputs["groups"], "aggregate", params, inputs)
     gdir = results / "groups" / group_names[-1]
     samples = read_table(gdir / "samples.parquet")
     samples = samples.merge(wide_metrics(read_table(gdir / "metrics.parquet"), "sample").reset_index(), on="sample")

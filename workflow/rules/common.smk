@@ -59,13 +59,16 @@ def candidates(group):
 
 
 @lru_cache(maxsize=None)
-def group_design(group):
-    """The values of a group's designed samples (what sample_coefficients writes, with the members' names)."""
+def design_values():
+    """The designed samples' values, the same for every group (sample_coefficients writes them with the members' names).
+
+    Computed once per snakemake process, not once per group: every job parses this file again.
+    """
     return design([f"m{i}" for i in range(N_MEMBERS)], params_of("sample_coefficients")["sampler"], CFG["seed"])
 
 
-def group_batches(group):
-    return stages.sample_batches(group_design(group)["sample"].tolist(), BATCH)
+def design_batches():
+    return stages.sample_batches(design_values()["sample"].tolist(), BATCH)
 
 
 def round_batches():
@@ -96,9 +99,9 @@ def engine_files(wildcards, input):
 
 def batch_c(wildcards):
     """{sample: coefficients} of one evaluation batch: its params, so a changed design reruns it."""
-    frame = group_design(wildcards.group).set_index("sample")
+    frame = design_values().set_index("sample")
     columns = [c for c in frame.columns if c.startswith("c_")]
-    return {s: [float(v) for v in frame.loc[s, columns]] for s in group_batches(wildcards.group)[wildcards.batch]}
+    return {s: [float(v) for v in frame.loc[s, columns]] for s in design_batches()[wildcards.batch]}
 
 
 def round_batch(wildcards, input):
@@ -123,7 +126,7 @@ def group_rounds(group, upto=None):
 def group_evals(group, upto=None):
     """The group's evaluation batches of rounds 0 .. upto - 1 (all rounds by default)."""
     last = ROUNDS + 1 if upto is None else upto
-    files = [f"{R}/groups/{group}/evals/{b}.parquet" for b in group_batches(group)]
+    files = [f"{R}/groups/{group}/evals/{b}.parquet" for b in design_batches()]
     return files + [f"{R}/groups/{group}/evals/r{r:02d}b{k}.parquet" for r in range(1, last) for k in round_batches()]
 
 
