@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	bash workflow/scripts/install-torch.sh $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
+	bash workflow/scripts/install-data.sh
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

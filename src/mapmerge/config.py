@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mapmerge import operators
+from mapmerge import adapters, operators
 from mapmerge.selection import PreferenceError, normalize_preference
 
 BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
@@ -95,6 +95,11 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"name: '{name}' is not a valid run name (a folder name, no '/')")
     cfg["results"] = str(Path(cfg["results_dir"]) / name)
     model = dict(cfg["model"])
+    if model.get("adapter") is not None:
+        try:
+            model = adapters.resolve(model, base_dir)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     builtin = model.get("pretrained") is None
     model["builtin"] = builtin
     model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)

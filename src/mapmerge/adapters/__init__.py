@@ -1,0 +1,23 @@
+"""Model adapters: turn a model family's own checkpoint layout into the generic model contract.
+
+An adapter is a module mapmerge.adapters.<name> with resolve(model, base_dir) -> model, which fills
+in builder, pretrained, tasks and merge (the contract of config/model/default.yaml) from the
+adapter's own block model.<name>; paths are relative to base_dir (the experiment file's folder).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+ADAPTERS = ("transformers", "openclip")
+
+
+def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The generic model config for model.adapter (ValueError naming model.adapter when unknown)."""
+    name = model["adapter"]
+    if name not in ADAPTERS:
+        raise ValueError(f"model.adapter: must be null or one of {', '.join(ADAPTERS)}, got {name!r}")
+    adapter = importlib.import_module(f"mapmerge.adapters.{name}")
+    return adapter.resolve(model, base_dir)
