@@ -20,6 +20,7 @@ import pandas as pd
 from mapmerge import groups, selection
 from mapmerge.io import read_table, table_metadata, write_table
 from mapmerge.metrics import evaluation_counts, metrics_from_examples, suffixes, wide_metrics
+from mapmerge.progress import progress
 
 PathLike = str | os.PathLike
 # pretrained: path; vectors: member -> task-vector path; checkpoints: task -> fine-tuned checkpoint path
@@ -95,7 +96,10 @@ def run_evaluate_reference(
     engine = _engine({**params, "merge_operator": None}, files, device, threads)
     models = {"pretrained": np.zeros(len(engine.members))}
     models.update({m: np.eye(len(engine.members))[i] for i, m in enumerate(engine.members)})
-    examples = pd.concat([engine.evaluate(c, sample=name) for name, c in models.items()], ignore_index=True)
+    examples = pd.concat(
+        [engine.evaluate(c, sample=name) for name, c in progress(models.items(), desc="evaluate reference", total=len(models), unit="model")],
+        ignore_index=True,
+    )
     inputs = _engine_inputs(files)
     metrics = metrics_from_examples(examples).rename(columns={"sample": "model"})
     write_table(examples.rename(columns={"sample": "model"}), examples_out, "evaluate_reference", params, inputs)
@@ -237,7 +241,8 @@ def run_evaluate_samples(
     """
     files = _narrow(files, group_plan(plan, group))
     engine = _engine(params, files, device, threads)
-    examples = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in coefficients.items()], ignore_index=True)
+    samples = progress(coefficients.items(), desc=f"evaluate {Path(out).parent.parent.name}/{Path(out).stem}", total=len(coefficients), unit="sample")
+    examples = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in samples], ignore_index=True)
     failed = examples.dropna(subset=["error"])
     if len(failed):
         logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), out)

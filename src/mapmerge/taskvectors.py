@@ -16,6 +16,7 @@ import torch
 from mapmerge.checkpoints import LazyCheckpoint, open_checkpoint, release_freed_memory, save_safetensors
 from mapmerge.io import ArtifactError
 from mapmerge.operators import SEEDED, apply_operator, validate
+from mapmerge.progress import progress
 
 # model.merge.vector_dtype -> the dtype task vectors are stored in (mapmerge.config checks the names)
 VECTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -267,7 +268,7 @@ def merge_files(
                         f"{reader.path}: tensor '{name}' has shape {tuple(meta.shape)}, {pretrained} has {tuple(pre_meta[name].shape)}"
                     )
         merged: dict[str, torch.Tensor] = {}
-        for name in pre.keys():
+        for name in progress(pre.keys(), desc=f"merge {Path(pretrained).name}", unit="tensor"):
             if delta and name not in names:
                 continue
             theta = torch.zeros(pre_meta[name].shape, dtype=torch.float32) if delta else pre.get(name)
