@@ -1,6 +1,8 @@
 # Quick start: `make demo` (set up, then run the default pipeline) and `make test` (set up, then run the tests).
 PYTHON ?= python3
 CORES ?= 2
+# test files run side by side on this many workers (a file's tests stay together: they share fixtures)
+TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -21,7 +23,7 @@ demo: setup
 	$(BIN)/mapmerge summary results/demo
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -7,7 +7,7 @@
 from pathlib import Path
 
 from mapmerge.config import load_config, stage_config
-from mapmerge import stages
+from mapmerge import report as report_module, stages, validation
 from mapmerge.logs import run_stage
 
 CFG = load_config(
@@ -22,6 +22,13 @@ DEVICE = CFG["evaluation"]["device"]
 BATCH = CFG["evaluation"]["samples_per_job"]
 EVAL = CFG["resources"]["evaluate"]
 LIGHT = CFG["resources"]["light"]
+VALIDATION = CFG["validation"]
+HF_FOLDERS = MODEL.get("adapter") == "transformers"  # merge_group also writes groups/<g>/merged/<task>/
+# report/<name>.html, for snakemake --report
+REPORT_TABLES = report_module.HTML_TABLES + (("validation",) if CFG["validation"]["enabled"] else ())
+
+
+report: "workflow/report/workflow.rst"
 
 
 wildcard_constraints:
@@ -37,6 +44,7 @@ include: "workflow/rules/taskvectors.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/map.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/validate.smk"
 
 
 rule all:

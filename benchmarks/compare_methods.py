@@ -1,6 +1,6 @@
 """Plain, nested and Bayesian MAP against task arithmetic on the built-in benchmark (8 tasks by default).
 
-    .venv/bin/python benchmarks/compare_methods.py [--tasks 8] [--cores 2] [--keep DIR]
+    .venv/bin/python benchmarks/compare_methods.py [--tasks 8] [--cores 2] [--keep DIR] [--dataset digits|fashion]
 
 Runs the real workflow (`snakemake --cores N`) once per method into a temporary folder, then
 prints a Markdown table: the real evaluations each method used (merged models evaluated, and
@@ -36,14 +36,14 @@ METHODS = {"plain MAP": "map", "nested MAP": "nested", "Bayesian MAP": "bayesian
 COMMON_STAGES = ("prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference")
 
 
-def overrides(method: str, n_tasks: int) -> list[str]:
-    return [f"name={method}", f"method={method}", f"benchmark.tasks={n_tasks}"]
+def overrides(method: str, n_tasks: int, dataset: str = "digits") -> list[str]:
+    return [f"name={method}", f"method={method}", f"benchmark={dataset}", f"benchmark.tasks={n_tasks}"]
 
 
-def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int) -> float:
+def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int, dataset: str) -> float:
     """Wall seconds of one full run of the workflow."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--config", f"overrides=[{', '.join(overrides(method, n_tasks))}]"]
+           "--config", f"overrides=[{', '.join(overrides(method, n_tasks, dataset))}]"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -79,9 +79,9 @@ def method_row(label: str, results: Path, wall: float, tasks: list[str]) -> dict
     return {**row, "mean acc": np.mean(list(accuracies.values())), **accuracies}
 
 
-def task_arithmetic_rows(workdir: Path, n_tasks: int, tasks: list[str]) -> list[dict[str, object]]:
+def task_arithmetic_rows(workdir: Path, n_tasks: int, tasks: list[str], dataset: str) -> list[dict[str, object]]:
     """Shared-coefficient task arithmetic on the plain run's checkpoints: 0.3 and the best grid value."""
-    cfg = load_config(REPO / "config", overrides=[*overrides("map", n_tasks), f"results_dir={workdir / 'results'}"])
+    cfg = load_config(REPO / "config", overrides=[*overrides("map", n_tasks, dataset), f"results_dir={workdir / 'results'}"])
     results = Path(cfg["results"])
     files = {
         "pretrained": cfg["model"]["pretrained"],
@@ -120,17 +120,18 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
+    parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits", help="the built-in benchmark's images")
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="mapmerge-compare-"))
     try:
         rows = []
         for label, method in METHODS.items():
-            wall = run_workflow(workdir, method, args.tasks, args.cores)
+            wall = run_workflow(workdir, method, args.tasks, args.cores, args.dataset)
             results = workdir / "results" / method
             tasks = [m for m in read_table(results / "reference.parquet")["model"].unique() if m != "pretrained"]
             rows.append(method_row(label, results, wall, tasks))
             print(f"{label}: {wall:.0f} s", file=sys.stderr)
-        rows += task_arithmetic_rows(workdir, args.tasks, tasks)
+        rows += task_arithmetic_rows(workdir, args.tasks, tasks, args.dataset)
         print(markdown(pd.DataFrame(rows)))
     finally:
         if args.keep is None:

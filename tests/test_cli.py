@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mapmerge import groups, stages
+from mapmerge import groups, report, stages
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, safetensors_metadata
 from mapmerge.cli import main
@@ -108,6 +108,7 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
     outputs = {f: R / f"{f}.parquet" for f in ("pareto", "selected", "groups")}
     stages.run_aggregate(P("aggregate"), R, plans, group_names, R / "evaluations.parquet",
                          {**outputs, "report": R / "report.md", "plots": R / "plots"})
+    report.write_html_tables(R, {name: R / "report" / f"{name}.html" for name in report.HTML_TABLES})
     return R
 
 
@@ -129,7 +130,7 @@ def status_rows(text: str) -> dict[str, list[str]]:
 
 STAGES = {"prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level", "sample_coefficients",
           "propose_round", "evaluate_sample", "evaluate_round", "collect_metrics", "fit_surrogate", "pareto_front", "merge_group",
-          "evaluate_selected", "ledger", "aggregate"}
+          "evaluate_selected", "ledger", "aggregate", "report_tables"}
 
 
 def ledger_counts(path: Path) -> pd.DataFrame:
@@ -164,13 +165,14 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
               "groups/all/front.parquet", "groups/all/choice.parquet", "groups/all/merged.safetensors", "groups/all/vector.safetensors",
               "groups/all/selected_evals.parquet", "groups/all/evals/b0001.parquet"]:
         (R / f).unlink()
+    shutil.rmtree(R / "report")
     assert main(["status", str(R)]) == 0
     out = capsys.readouterr().out
     rows = status_rows(out)
     for stage in ["prepare_benchmark", "extract_task_vector", "evaluate_reference", "plan_level", "sample_coefficients",
                   "evaluate_sample", "collect_metrics", "fit_surrogate"]:
         assert rows[stage][0] == "done", stage
-    for stage in ["pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"]:
+    for stage in ["pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"]:
         assert rows[stage][0] == "missing", stage
     assert "Real evaluations (counted from the evaluation files; evaluations.parquet is not written yet):" in out
     assert [line for line in out.splitlines() if line.split()[:1] == ["all"]][0].split()[-2:] == ["-", "no"]

@@ -155,7 +155,7 @@ def test_check_finds_the_corrupt_batch_and_snakemake_remakes_it_with_what_follow
     before = artifacts(results)
     jobs = job_counts(run(command(killed.workdir))[1])
     assert jobs == {"evaluate_sample": 1, "collect_metrics": 1, "fit_surrogate": 1, "pareto_front": 1, "merge_group": 1,
-                    "evaluate_selected": 1, "ledger": 1, "aggregate": 1, "all": 1}
+                    "evaluate_selected": 1, "ledger": 1, "aggregate": 1, "report_tables": 1, "all": 1}
     assert all(artifacts(results)[p] == mtime for p, mtime in before.items())  # nothing else was redone
     assert main(["check", str(results)]) == 0 and (results / "report.md").is_file()
 
@@ -276,7 +276,7 @@ def test_the_surrogate_drops_them_when_told_and_says_so(flaky, recorded):
     metrics = flaky.results / "groups" / "all" / "metrics.parquet"
     before = metrics.stat().st_mtime_ns
     status, out = flaky.snakemake(overrides=("evaluation.on_error=record", "surrogate.missing=drop"), ok=True)
-    assert set(job_counts(out)) == {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "all"}
+    assert set(job_counts(out)) == {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables", "all"}
     table = read_table(flaky.results / "groups" / "all" / "surrogate.parquet").set_index(["task", "metric"])
     assert (table.loc["stripes_0", "dropped"] == "s0004").all() and (table.loc["stripes_0", "n_samples"] == 8).all()
     assert (table.drop(index="stripes_0", level="task")["n_dropped"] == 0).all()

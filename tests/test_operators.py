@@ -185,7 +185,8 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
     base = load(repo)
     for overrides in (["merge=ties"], ["merge=dare"]):
         other = load(repo, overrides)
-        assert {s for s in STAGE_MODULES if stage_config(base, s) != stage_config(other, s)} == {"evaluate", "merge_group"}
+        # (validate_front evaluates front points with the run's operator; the grid's batches are stage evaluate)
+        assert {s for s in STAGE_MODULES if stage_config(base, s) != stage_config(other, s)} == {"evaluate", "merge_group", "validate_front"}
     # the seed is part of the params only where the operator draws random numbers
     assert stage_config(load(repo, ["merge=dare"]), "evaluate")["merge_seed"] == 0
     assert stage_config(base, "evaluate")["merge_seed"] is None

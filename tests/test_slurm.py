@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from mapmerge.io import read_table
+from mapmerge.report import HTML_TABLES
 
 from conftest import REPO, job_counts
 from test_workflow import BASE
@@ -32,7 +33,8 @@ TABLES = ["pareto.parquet", "selected.parquet", "reference.parquet", "task_vecto
           *(f"groups/all/{name}.parquet" for name in ["samples", "metrics", "surrogate", "front"])]
 GROUPS = yaml.safe_load((PROFILE / "profile.yaml").read_text())["groups"]  # rule -> job group
 AGGREGATE_OUTPUTS = {"pareto.parquet", "selected.parquet", "groups.parquet", "report.md", "plots/front_2d.png",
-                     "plots/front_parallel.png", "logs/aggregate.log"}
+                     "plots/front_parallel.png", "logs/aggregate.log", "logs/report_tables.log",
+                     *(f"report/{name}.html" for name in HTML_TABLES)}
 
 
 class SlurmJob(NamedTuple):
@@ -176,10 +178,10 @@ def test_a_cancelled_job_is_resubmitted_and_only_it_reruns(runs, tmp_path):
     subprocess.run(["scancel", running[0].id], check=True)
     output = proc.communicate()[0]
     assert proc.returncode == 0, output[-5000:]
-    assert job_counts(output) == {"aggregate": 1, "all": 1}
+    assert job_counts(output) == {"aggregate": 1, "report_tables": 1, "all": 1}
     assert f"SLURM-job '{running[0].id}' failed, SLURM status is: 'CANCELLED'" in output
     assert [(job.comment, job.state) for job in slurm_jobs(workdir)] == [
-        ("rule_aggregate", "CANCELLED"), ("rule_aggregate", "COMPLETED")]
+        ("rule_aggregate", "CANCELLED"), ("rule_aggregate", "COMPLETED"), ("rule_report_tables", "COMPLETED")]
     changed = {p.relative_to(results(workdir)).as_posix() for p, t in files.items() if p.stat().st_mtime_ns != t}
     assert changed == AGGREGATE_OUTPUTS
     for table in ["pareto.parquet", "selected.parquet"]:

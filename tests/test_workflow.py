@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict
 from mapmerge.io import read_table, table_metadata
+from mapmerge.report import HTML_TABLES
 
 from conftest import REPO, job_counts
 
@@ -110,13 +113,13 @@ def test_second_run_has_nothing_to_do(run):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("surrogate.links.accuracy=identity", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"}),
-        ("optimizer.n_gen=30", {"pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"}),
-        ("+preference.rot90=3", {"merge_group", "evaluate_selected", "ledger", "aggregate"}),
-        ("selection=tchebycheff", {"merge_group", "evaluate_selected", "ledger", "aggregate"}),
+        ("surrogate.links.accuracy=identity", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
+        ("optimizer.n_gen=30", {"pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
+        ("+preference.rot90=3", {"merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
+        ("selection=tchebycheff", {"merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
         ("evaluation.device=cpu", set()),
         ("evaluation.on_error=record", set()),
-        ("surrogate.missing=drop", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate"}),
+        ("surrogate.missing=drop", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):
@@ -174,3 +177,16 @@ def test_report_and_summary_point_at_the_outputs(run, capsys):
     assert "Surrogate fit per task and metric" in text and "measured_accuracy_rot90" in text
     assert str(results(run) / "groups/all/merged.safetensors") in text
     assert str(results(run) / "plots/front_2d.png") in text
+
+
+def test_snakemake_report_is_one_html_file_with_plots_and_tables(run, tmp_path):
+    out = tmp_path / "report.html"
+    snakemake(run, "--report", str(out))
+    text = out.read_text()
+    embedded = {m.group(1): base64.b64decode(m.group(2)).decode("utf-8", "replace")
+                for m in re.finditer(r'"data_uri": "data:[^;]+;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)"', text)}
+    assert set(embedded) == {"front_2d.png", "front_parallel.png", *(f"{name}.html" for name in HTML_TABLES)}
+    selected = read_table(results(run) / "selected.parquet")
+    assert "measured_accuracy_rot90" in embedded["chosen.html"] and f"{selected['c_rot90'].iloc[0]:.4g}" in embedded["chosen.html"]
+    assert len(read_table(results(run) / "pareto.parquet")) == embedded["front.html"].count("<tr>")  # a row per point (the header row has a style)
+    assert "evaluate_sample" in embedded["ledger.html"] and "pretrained" in embedded["models.html"]

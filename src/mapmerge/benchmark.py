@@ -1,6 +1,7 @@
 """Built-in benchmark: a small CNN on scikit-learn's digits, fine-tuned on 8 conflicting derived tasks.
 
-The pretrained model learns plain 10-way digits. Each task changes the images (rotation, inversion,
+The pretrained model learns plain 10-way digits (or, with dataset "fashion", the 10 classes of an
+8x8 Fashion-MNIST subset: mapmerge.fashion). Each task changes the images (rotation, inversion,
 mirroring, shift, transposition, noise, occlusion) and/or the labels (parity, digit mod 3), so the
 fine-tuned task vectors pull the shared backbone in different directions. Every task keeps a 10-way
 head (a task with k < 10 classes uses labels 0..k-1), so all checkpoints share names and shapes.
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mapmerge.checkpoints import save_safetensors
-from mapmerge.digits import PRETRAIN_TASK, TASK_NAMES, check_task, task_arrays
+from mapmerge.digits import TASK_NAMES, check_dataset, check_task, task_arrays
 
 DEFAULTS: dict[str, Any] = {
     "tasks": 4,
@@ -33,7 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "lr": 0.01,
     "batch_size": 128,
     "test_fraction": 0.3,
+    "dataset": "digits",
+    "subset": None,  # fashion: the number of images used (train + test)
+    "data_dir": None,  # fashion: folder of the IDX files (None: Debian's dataset-fashion-mnist)
 }
+DATA_KEYS = ("dataset", "subset", "data_dir")  # the images, beyond seed and test_fraction
 
 
 def build_model(width: int = 16, n_classes: int = 10) -> nn.Module:
@@ -55,10 +60,13 @@ def build_model(width: int = 16, n_classes: int = 10) -> nn.Module:
 
 
 def task_data(
-    task: str, split: str = "test", seed: int = 0, test_fraction: float = 0.3
+    task: str, split: str = "test", seed: int = 0, test_fraction: float = 0.3, **source: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (n, 1, 8, 8) float32 and labels (n,) int64 of a task's split, as tensors."""
-    x, y = task_arrays(task, split, seed, test_fraction)
+    """Images (n, 1, 8, 8) float32 and labels (n,) int64 of a task's split, as tensors.
+
+    source: dataset, subset, data_dir of mapmerge.digits.task_arrays (default: the digits).
+    """
+    x, y = task_arrays(task, split, seed, test_fraction, **source)
     return torch.tensor(x).unsqueeze(1), torch.tensor(y)
 
 
@@ -91,6 +99,7 @@ def _resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"tasks: {tasks} is not between 1 and {len(TASK_NAMES)}")
         tasks = TASK_NAMES[:tasks]
     resolved["tasks"] = [check_task(str(t)) for t in tasks]
+    check_dataset(resolved["dataset"])
     return resolved
 
 
@@ -100,20 +109,21 @@ def _task_seed(seed: int, task: str) -> int:
 
 
 def prepare_benchmark(cfg: Mapping[str, Any], out_dir: str | Path) -> pd.DataFrame:
-    """Pretrain on plain digits, fine-tune a copy per task; save out_dir/{pretrained,<task>}.safetensors.
+    """Pretrain on the plain dataset, fine-tune a copy per task; save out_dir/{pretrained,<task>}.safetensors.
 
     cfg keys (defaults in DEFAULTS): tasks (names, or n for the first n of TASK_NAMES), seed, width,
-    pretrain_epochs, finetune_epochs, lr, batch_size, test_fraction. Returns one row per saved model:
+    pretrain_epochs, finetune_epochs, lr, batch_size, test_fraction, dataset (digits | fashion),
+    subset and data_dir (fashion). Returns one row per saved model:
     model, task (trained on), accuracy (test, on that task), seconds (training), file.
     """
     cfg = _resolve(cfg)
     seed, width = int(cfg["seed"]), int(cfg["width"])
-    data = {"seed": seed, "test_fraction": float(cfg["test_fraction"])}
+    data = {"seed": seed, "test_fraction": float(cfg["test_fraction"]), **{k: cfg[k] for k in DATA_KEYS}}
     train = {"lr": float(cfg["lr"]), "batch_size": int(cfg["batch_size"])}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pretrained = build_model(width)
-    runs = [("pretrained", PRETRAIN_TASK, int(cfg["pretrain_epochs"]))]
+    runs = [("pretrained", cfg["dataset"], int(cfg["pretrain_epochs"]))]
     runs += [(task, task, int(cfg["finetune_epochs"])) for task in cfg["tasks"]]
     rows = []
     for name, task, epochs in runs:
@@ -136,14 +146,25 @@ def _clone(model: nn.Module, width: int) -> nn.Module:
 
 
 class DigitsEvaluator:
-    """Per-example evaluation of a model on one task's split (the same split as prepare_benchmark)."""
+    """Per-example evaluation of a model on one task's split (the same split as prepare_benchmark).
+
+    dataset, subset, data_dir: the images, as in prepare_benchmark's config (default: the digits).
+    """
 
     def __init__(
-        self, task: str, seed: int = 0, test_fraction: float = 0.3, batch_size: int = 1024, split: str = "test"
+        self,
+        task: str,
+        seed: int = 0,
+        test_fraction: float = 0.3,
+        batch_size: int = 1024,
+        split: str = "test",
+        dataset: str = "digits",
+        subset: int | None = None,
+        data_dir: str | None = None,
     ):
         self.task = task
         self.batch_size = batch_size
-        self._data = task_data(task, split, seed, test_fraction)
+        self._data = task_data(task, split, seed, test_fraction, dataset=dataset, subset=subset, data_dir=data_dir)
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _tensors(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:

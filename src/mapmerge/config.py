@@ -95,11 +95,12 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"name: '{name}' is not a valid run name (a folder name, no '/')")
     cfg["results"] = str(Path(cfg["results_dir"]) / name)
     model = dict(cfg["model"])
-    if model.get("adapter") is not None:
-        try:
+    try:
+        adapters.check_unused(model)
+        if model.get("adapter") is not None:
             model = adapters.resolve(model, base_dir)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     builtin = model.get("pretrained") is None
     model["builtin"] = builtin
     model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)
@@ -121,6 +122,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         if cfg[group].get(key) not in allowed:
             raise ConfigError(f"{group}.{key}: must be one of {', '.join(allowed)}, got {cfg[group].get(key)!r}")
     _check_method(cfg)
+    cfg["validation"] = _check_validation(cfg)
     try:
         cfg["merge"] = operators.validate(cfg.get("merge"))  # the merge operator (not model.merge)
     except operators.OperatorError as exc:
@@ -169,6 +171,16 @@ def _check_method(cfg: dict[str, Any]) -> None:
             raise ConfigError(str(exc)) from exc
 
 
+def _check_validation(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The validation block, checked (grid size and method only when enabled); see mapmerge.validation."""
+    from mapmerge import validation
+
+    try:
+        return validation.check_cfg(cfg.get("validation"), cfg["method"], len(cfg["task_names"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     from mapmerge.digits import TASK_NAMES
 
@@ -182,6 +194,7 @@ def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, An
     if unknown:
         raise ConfigError(f"benchmark.tasks: unknown task '{unknown[0]}'; known: {', '.join(TASK_NAMES)}")
     bench = {**bench, "tasks": list(tasks), "seed": cfg["seed"]}
+    source = _benchmark_source(bench)
     cfg["benchmark"] = bench
     ckpt = Path(cfg["results"]) / "checkpoints"
     model["builder"] = {"_target_": BENCHMARK_BUILDER, "width": bench["width"]}
@@ -194,6 +207,7 @@ def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, An
                 "task": t,
                 "seed": cfg["seed"],
                 "test_fraction": bench["test_fraction"],
+                **source,
             },
         }
         for t in tasks
@@ -201,6 +215,27 @@ def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, An
     if model["merge"]["exclude"] == []:
         model["merge"] = {**model["merge"], "exclude": ["head.*"]}
     return model
+
+
+def _benchmark_source(bench: dict[str, Any]) -> dict[str, Any]:
+    """The evaluators' image keys for benchmark.dataset (none for the digits); fashion's files must exist."""
+    dataset = bench.get("dataset", "digits")
+    if dataset == "digits":
+        return {}
+    if dataset != "fashion":
+        raise ConfigError(f"benchmark.dataset: must be one of digits, fashion, got {dataset!r}")
+    from mapmerge import fashion
+    from mapmerge.io import ArtifactError
+
+    subset = bench.get("subset")
+    if isinstance(subset, bool) or not isinstance(subset, int) or not 100 <= subset <= 60000:
+        raise ConfigError(f"benchmark.subset: must be an integer in 100..60000 (images of Fashion-MNIST), got {subset!r}")
+    data_dir = str(bench.get("data_dir") or fashion.DATA_DIR)
+    try:
+        fashion.files("train", data_dir)
+    except ArtifactError as exc:
+        raise ConfigError(f"benchmark.data_dir: {exc}") from exc
+    return {"dataset": dataset, "subset": subset, "data_dir": data_dir}
 
 
 def _user_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -243,10 +278,10 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
 # Per-stage sub-configs: each rule gets only these as params, so a change reruns that stage and later ones.
 
 STAGE_MODULES = {
-    "prepare_benchmark": ["benchmark"],
+    "prepare_benchmark": ["benchmark", "digits", "fashion"],
     "extract_task_vector": ["taskvectors", "checkpoints"],
     "task_vector_table": ["taskvectors"],
-    "evaluate": ["evaluate", "operators", "checkpoints", "digits", "benchmark"],
+    "evaluate": ["evaluate", "operators", "checkpoints", "digits", "fashion", "benchmark"],
     "collect_metrics": ["metrics"],
     "plan_level": ["groups", "selection", "metrics"],
     "sample_coefficients": ["sampling", "bayesian"],
@@ -255,16 +290,25 @@ STAGE_MODULES = {
     "pareto_front": ["pareto", "surrogate", "groups"],
     "merge_group": ["selection", "taskvectors", "operators", "checkpoints", "groups"],
     "aggregate": ["plots", "report", "metrics", "groups"],
+    "report_tables": ["report", "metrics"],
+    # validation (opt-in): the front's and the baselines' evaluations run the engine like stage evaluate
+    "validate_front": ["evaluate", "operators", "checkpoints", "digits", "fashion", "benchmark", "validation"],
+    "validate_baseline": ["evaluate", "operators", "checkpoints", "digits", "fashion", "benchmark"],
+    "validate": ["validation", "metrics", "pareto", "plots"],
 }
 
 
 def code_version(stage: str) -> str:
     """Hash of the source of the package modules a stage runs, so that a code change reruns it."""
+    return _source_hash(STAGE_MODULES[stage], f"stage {stage}")
+
+
+def _source_hash(modules: Sequence[str], user: str) -> str:
     digest = hashlib.sha256()
-    for module in STAGE_MODULES[stage]:
+    for module in modules:
         spec = importlib.util.find_spec(f"mapmerge.{module}")
         if spec is None or spec.origin is None:
-            raise ConfigError(f"stage {stage}: module mapmerge.{module} not found")
+            raise ConfigError(f"{user}: module mapmerge.{module} not found")
         digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -279,6 +323,9 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "python_path": model["python_path"],
         "evaluators": {t: model["tasks"][t]["evaluator"] for t in tasks},
     }
+    # an adapter (its checkpoint reading, builder, evaluators, merged-model export) is package code too
+    adapter = {"adapter_code": _source_hash([f"adapters.{model['adapter']}"], "model.adapter")} if model.get("adapter") else {}
+    evaluation_model.update(adapter)  # evaluations (validation's too) see it through the model
     # the merge operator, and the seed where it draws random numbers (else a seed change would rerun)
     merge_op = operators.validate(cfg.get("merge"))
     operator = {"merge_operator": merge_op, "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None}
@@ -288,9 +335,13 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         from mapmerge.bayesian import initial_sampler
 
         sampler = initial_sampler(sampler, cfg["bayesian"], len(tasks))
+    from mapmerge import validation
+
+    if stage in validation.STAGES:
+        return {**validation.stage_params(stage, cfg, evaluation_model, operator), "code": code_version(stage)}
     parts: dict[str, Any] = {
         "prepare_benchmark": {"benchmark": cfg["benchmark"]},
-        "extract_task_vector": {"merge": model["merge"]},
+        "extract_task_vector": {"merge": model["merge"], **adapter},
         "task_vector_table": {},
         "collect_metrics": {},
         "evaluate": {"model": evaluation_model, **operator},
@@ -307,7 +358,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "fit_surrogate": {"surrogate": cfg["surrogate"]},
         # a nested group's objectives are preference-weighted means of its tasks; plain MAP's front does not depend on it
         "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"], **({"preference": cfg["preference"]} if method == "nested" else {})},
-        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator},
+        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator, **adapter},
         "aggregate": {"objective": objective, "preference": cfg["preference"]},
+        "report_tables": {},
     }
     return {**parts[stage], "code": code_version(stage)}

@@ -1,7 +1,9 @@
-"""The digits tasks of the built-in benchmark: scikit-learn's bundled digits, transformed per task.
+"""The tasks of the built-in benchmark: 8x8 images, transformed per task.
 
-NumPy only (scikit-learn is imported when the data is first read), so the config can list the
-task names without importing torch.
+The images are scikit-learn's bundled digits (dataset "digits", the default) or a subset of
+Fashion-MNIST downsampled to 8x8 (dataset "fashion", see mapmerge.fashion); the plain 10-way task
+of a dataset is named after it. NumPy only (scikit-learn and the Fashion-MNIST reader are imported
+when the data is first read), so the config can list the task names without importing torch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 PRETRAIN_TASK = "digits"
+DATASETS = (PRETRAIN_TASK, "fashion")  # the plain task of each dataset is named after it
 NOISE_STD = 0.5
 SHIFT = 2
 
@@ -49,9 +52,16 @@ _TRANSFORMS: dict[str, Transform] = {
 
 TASK_NAMES: tuple[str, ...] = tuple(_TRANSFORMS)
 
-def check_task(task: str, allow_pretrain: bool = False) -> str:
-    """Return `task` if known (with allow_pretrain, "digits" too), else raise ValueError listing the known ones."""
-    known = TASK_NAMES + ((PRETRAIN_TASK,) if allow_pretrain else ())
+def check_dataset(dataset: str) -> str:
+    """Return `dataset` if known, else raise ValueError listing the known ones."""
+    if dataset not in DATASETS:
+        raise ValueError(f"benchmark.dataset: unknown dataset '{dataset}'; known: {', '.join(DATASETS)}")
+    return dataset
+
+
+def check_task(task: str, allow_pretrain: bool = False, dataset: str = "digits") -> str:
+    """Return `task` if known (with allow_pretrain, the dataset's plain task too), else raise ValueError listing the known ones."""
+    known = TASK_NAMES + ((check_dataset(dataset),) if allow_pretrain else ())
     if task not in known:
         raise ValueError(f"unknown benchmark task '{task}'; known tasks: {', '.join(known)}")
     return task
@@ -66,12 +76,30 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
 
+@lru_cache(maxsize=4)
+def _images(dataset: str, subset: int | None, seed: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """All images of the dataset's pool (n, 8, 8) float32 in [0, 1] and their labels (n,) int64.
+
+    digits: all 1797 (subset, seed and data_dir are not used); fashion: `subset` training images
+    drawn by the seed from the files in data_dir (default: Debian's dataset-fashion-mnist).
+    """
+    if check_dataset(dataset) == "digits":
+        return _digits()
+    from mapmerge import fashion
+
+    if subset is None:
+        raise ValueError("benchmark.subset: the fashion dataset needs the number of images to use")
+    return fashion.fashion_arrays(subset, seed, data_dir or fashion.DATA_DIR)
+
+
 @lru_cache(maxsize=8)
-def _split_indices(seed: int, test_fraction: float) -> dict[str, np.ndarray]:
-    """Train and test example indices, stratified by digit, fixed by the seed."""
+def _split_indices(
+    seed: int, test_fraction: float, dataset: str = "digits", subset: int | None = None, data_dir: str | None = None
+) -> dict[str, np.ndarray]:
+    """Train and test example indices, stratified by class, fixed by the seed."""
     from sklearn.model_selection import train_test_split
 
-    labels = _digits()[1]
+    labels = _images(dataset, subset, seed, data_dir)[1]
     train, test = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
     )
@@ -79,18 +107,26 @@ def _split_indices(seed: int, test_fraction: float) -> dict[str, np.ndarray]:
 
 
 def task_arrays(
-    task: str, split: str = "test", seed: int = 0, test_fraction: float = 0.3
+    task: str,
+    split: str = "test",
+    seed: int = 0,
+    test_fraction: float = 0.3,
+    dataset: str = "digits",
+    subset: int | None = None,
+    data_dir: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 8, 8) float32 and labels (n,) int64 of a task's train or test split.
 
-    `task` is one of TASK_NAMES or "digits" (the plain 10-way pretraining task). Training and
-    evaluation both read data through here, so the split and transforms are defined once.
+    `task` is one of TASK_NAMES or the dataset's name (its plain 10-way pretraining task); subset
+    and data_dir choose the fashion images (see `_images`). Training and evaluation both read data
+    through here, so the split and transforms are defined once.
     """
-    check_task(task, allow_pretrain=True)
+    check_task(task, allow_pretrain=True, dataset=dataset)
     if split not in ("train", "test"):
         raise ValueError(f"unknown split '{split}'; expected 'train' or 'test'")
-    x, y = _digits()
-    if task != PRETRAIN_TASK:
+    source = (dataset, None if subset is None else int(subset), None if data_dir is None else str(data_dir))
+    x, y = _images(source[0], source[1], seed, source[2])
+    if task != dataset:
         x, y = _TRANSFORMS[task](x, y, np.random.default_rng(seed))
-    index = _split_indices(seed, float(test_fraction))[split]
+    index = _split_indices(seed, float(test_fraction), *source)[split]
     return np.ascontiguousarray(x[index]), y[index]

@@ -52,7 +52,8 @@ def build_module(builder: Mapping[str, Any], python_path: Sequence[str] = ()) ->
     try:
         module = instantiate(dict(builder))
     except Exception as exc:
-        raise EvaluationError(f"model.builder: {builder.get('_target_')} failed: {exc}") from exc
+        detail = " ".join(str(exc).split())  # one line: Hydra's messages span several
+        raise EvaluationError(f"model.builder: {builder.get('_target_')} failed: {detail}") from exc
     if not isinstance(module, torch.nn.Module):
         raise EvaluationError(f"model.builder: {builder.get('_target_')} returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -69,6 +70,31 @@ def _rebind(module: torch.nn.Module, name: str, view: torch.Tensor) -> None:
         raise ArtifactError(f"task vector tensor '{name}' is not a parameter or buffer of the model")
 
 
+def _attached(owner: torch.nn.Module, leaf: str) -> torch.Tensor | None:
+    """The parameter or buffer `leaf` the module holds now."""
+    return owner._parameters[leaf] if leaf in owner._parameters else owner._buffers.get(leaf)
+
+
+def _load_pretrained(module: torch.nn.Module, pre: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load theta_pre into the built module; the tensors loaded.
+
+    Strict, except that a tensor the checkpoint holds for a non-persistent buffer of the module is
+    left out (older transformers saved e.g. position_ids), and that tensors it lacks are left to the
+    task checkpoints (task heads; tied ones follow the tensor they are tied to).
+    """
+    state = module.state_dict()
+    buffers = {name for name, _ in module.named_buffers()}
+    pre = {name: tensor for name, tensor in pre.items() if name in state or name not in buffers}
+    try:
+        unexpected = module.load_state_dict(pre, strict=False).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"Error(s):\nUnexpected key(s) in state_dict: {', '.join(map(repr, unexpected))}.")
+    except RuntimeError as exc:
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip())
+        raise ArtifactError(f"{path}: does not fit model.builder ({detail})") from exc
+    return pre
+
+
 def _fits(tensor: torch.Tensor, shape: torch.Size, path: str | os.PathLike, name: str) -> torch.Tensor:
     if tensor.shape != shape:
         raise ArtifactError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the pretrained model's has {tuple(shape)}")
@@ -82,7 +108,9 @@ class MergeEngine:
     operator, seed: the merge operator spec (mapmerge.operators; None = task arithmetic), applied
     once per tensor to the members' task vectors, and the seed of a seeded operator (dare).
     task_checkpoints: per evaluated task, its fine-tuned checkpoint, from which the tensors that are
-    not merged (task heads) are taken when that task is evaluated.
+    not merged (task heads) are taken when that task is evaluated: copied into the module's tensor,
+    or swapped in for the task where its shape differs (a classifier with other labels). The
+    pretrained checkpoint may lack task heads; every task checkpoint then holds them.
     """
 
     def __init__(
@@ -103,13 +131,9 @@ class MergeEngine:
         self.tasks = list(task_checkpoints)
         # evaluation runs in float32: the merge is one float32 vector, the module's tensors views into it
         self.module = build_module(builder, python_path).float()
-        pre = load_state_dict(pretrained)
-        try:
-            self.module.load_state_dict(pre, strict=True)
-        except RuntimeError as exc:
-            detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip())
-            raise ArtifactError(f"{pretrained}: does not fit model.builder ({detail})") from exc
+        pre = _load_pretrained(self.module, load_state_dict(pretrained), pretrained)
         self.module.to(self.device).eval().requires_grad_(False)
+        slots = dict(self.module.state_dict(keep_vars=True))
         with ExitStack() as stack:
             # the task vectors are read tensor by tensor: host memory holds one tensor per member at a time
             taus = [stack.enter_context(open_checkpoint(p)) for p in vectors.values()]
@@ -139,12 +163,10 @@ class MergeEngine:
             size = int(np.prod(shape))
             _rebind(self.module, name, self.flat[offset : offset + size].view(shape))
             offset += size
-        own = set(pre) - set(self.names)
-        targets = dict(self.module.state_dict(keep_vars=True))
-        self.own = {
-            task: [(targets[n], t.to(self.device)) for n, t in load_state_dict(path).items() if n in own]
-            for task, path in task_checkpoints.items()
-        }
+        # the tensors that are not merged (task heads, integer buffers), less those tied to another
+        primary = {id(t): n for n, t in reversed(slots.items()) if n in pre or n in self.names}
+        own = [n for n, t in slots.items() if n not in self.names and primary.get(id(t), n) == n]
+        self.own = {task: self._own_tensors(task, path, own, slots, pre, pretrained) for task, path in task_checkpoints.items()}
         self.evaluators: dict[str, Evaluator] = {}
         for task in self.tasks:
             try:
@@ -173,8 +195,13 @@ class MergeEngine:
         start = time.perf_counter()
         with torch.inference_mode():
             for task in self.tasks:
-                for target, tensor in self.own[task]:
-                    target.copy_(tensor)
+                for owner, leaf, slot, tensor in self.own[task]:
+                    if tensor.shape == slot.shape:  # into the module's own tensor
+                        if _attached(owner, leaf) is not slot:
+                            setattr(owner, leaf, slot)
+                        slot.copy_(tensor)
+                    else:  # another shape (a head with other labels): this task's tensor takes its place
+                        setattr(owner, leaf, tensor)
                 try:
                     frames.append(self._run(task, sample))
                 except EvaluationError as exc:
@@ -184,6 +211,38 @@ class MergeEngine:
                     frames.append(failure_rows(sample, task, str(exc)))
         self.timings["evaluate"] += time.perf_counter() - start
         return pd.concat(frames, ignore_index=True)
+
+    def _own_tensors(
+        self,
+        task: str,
+        path: str | os.PathLike,
+        names: Sequence[str],
+        slots: Mapping[str, torch.Tensor],
+        pre: Mapping[str, torch.Tensor],
+        pretrained: str | os.PathLike,
+    ) -> list[tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]]:
+        """(owner, attribute, module tensor, the task's tensor) of every tensor that is not merged.
+
+        The task's checkpoint gives its own (read tensor by tensor), else the pretrained one is used;
+        a tensor of another shape than the module's becomes a parameter of its own, swapped in for the task.
+        """
+        out = []
+        with open_checkpoint(path) as ckpt:
+            for name in names:
+                if name in ckpt:
+                    tensor = ckpt.get(name)
+                elif name in pre:
+                    tensor = pre[name]
+                else:
+                    raise ArtifactError(f"{path}: lacks tensor '{name}' (task {task}), which {pretrained} lacks too")
+                slot = slots[name]
+                dtype = slot.dtype if tensor.is_floating_point() and slot.is_floating_point() else tensor.dtype
+                tensor = tensor.to(self.device, dtype)
+                if tensor.shape != slot.shape and isinstance(slot, torch.nn.Parameter):
+                    tensor = torch.nn.Parameter(tensor, requires_grad=False)
+                owner_name, _, leaf = name.rpartition(".")
+                out.append((self.module.get_submodule(owner_name) if owner_name else self.module, leaf, slot, tensor))
+        return out
 
     def _run(self, task: str, sample: str) -> pd.DataFrame:
         try:

@@ -32,6 +32,7 @@ from mapmerge import groups, metrics, runlock, selection
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.operators import SEEDED
+from mapmerge.report import HTML_TABLES
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")
 ROUND_FILE = re.compile(r"^r(\d{2})\.parquet$")
@@ -40,7 +41,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 STATUS_STAGES = [
     "prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level",
     "sample_coefficients", "propose_round", "evaluate_sample", "evaluate_round", "collect_metrics",
-    "fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate",
+    "fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables",
 ]
 EVAL_STAGES = ["evaluate_reference", "evaluate_sample", "evaluate_round", "evaluate_selected"]
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
@@ -246,6 +247,7 @@ def status(results: Path) -> str:
     merged = [count(f) for f in ("merged.safetensors", "vector.safetensors", "choice.parquet")]
     collected = min(count("samples.parquet"), count("metrics.parquet"))
     aggregate = ["pareto.parquet", "selected.parquet", "groups.parquet", "report.md"]
+    tables = sum((R / "report" / f"{name}.html").exists() for name in HTML_TABLES)
     agg_done = [f for f in aggregate if (R / f).exists()]
     pngs = sorted((R / "plots").glob("*.png"))
     rows = [
@@ -272,6 +274,7 @@ def status(results: Path) -> str:
         ("ledger", _state((R / "evaluations.parquet").exists(), 1), "evaluations.parquet"),
         ("aggregate", "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing"),
          f"{', '.join(aggregate)}: {len(agg_done)} of {len(aggregate)}; plots/: {len(pngs)} PNG"),
+        ("report_tables", _state(tables, len(HTML_TABLES)), f"report/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}"),
     ]
     lines += ["", *_table(rows, ["stage", "state", "artifacts"])]
 

@@ -399,8 +399,10 @@ def run_merge_group(
 
     A member's weight is the sum of the preference weights of the tasks inside it; its objective is
     their weighted mean. The task vector (merged - pretrained) is what a later nested level merges.
+    Where the tasks' checkpoints are transformers directories, each task's merged model also goes to
+    <merged_out's folder>/merged/<task>/ (mapmerge.adapters.transformers.save_merged_models).
     """
-    from mapmerge.checkpoints import save_safetensors
+    from mapmerge.checkpoints import hf_config, save_safetensors
     from mapmerge.taskvectors import merge_files
 
     info = group_plan(plan, group)
@@ -419,8 +421,20 @@ def run_merge_group(
     for out, delta in ((merged_out, False), (vector_out, True)):  # one at a time: memory holds one model
         state = merge_files(files["pretrained"], files["vectors"], c, operator, params.get("merge_seed"), delta=delta)
         save_safetensors(state, out, metadata={"task": group, **metadata} if delta else metadata)
+        if not delta and all(hf_config(files["checkpoints"][t]) for t in info["tasks"]):  # transformers directories
+            _save_transformers(state, files, info["tasks"], Path(merged_out).parent / "merged", metadata)
         del state
     write_table(choice, choice_out, "merge_group", params, inputs=[front_table, plan])
+
+
+def _save_transformers(state: Mapping[str, Any], files: EngineFiles, tasks: Sequence[str], out: Path, metadata: Mapping[str, str]) -> None:
+    """The merge as one transformers directory per task (merged body, the task's head): out/<task>/."""
+    from mapmerge.adapters.transformers import save_merged_models
+    from mapmerge.checkpoints import open_checkpoint
+
+    with open_checkpoint(next(iter(files["vectors"].values()))) as vector:
+        names = vector.keys()
+    save_merged_models(state, names, {t: files["checkpoints"][t] for t in tasks}, files["pretrained"], out, metadata)
 
 
 def run_evaluate_selected(

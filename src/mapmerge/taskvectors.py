@@ -70,15 +70,17 @@ def extract_task_vector(
     tau is computed in float32 and stored in `dtype` (model.merge.vector_dtype: float32, or bfloat16 /
     float16 for half the file size and memory; merges compute in float32 either way). The checkpoints
     are read one tensor at a time, so memory holds tau plus a few tensors. The stats (parameter count,
-    norm) are those of the stored vector.
+    norm) are those of the stored vector. Only the merged tensors must agree in names and shapes: the
+    others (task heads, which may have other shapes or be absent from the pretrained model) are not compared.
     """
     storage = vector_dtype(dtype)
     with open_checkpoint(pretrained_path) as pre, open_checkpoint(finetuned_path) as ft:
         pre_meta = pre.meta()
-        check_compatible(pre_meta, ft.meta(), str(pretrained_path), str(finetuned_path))
         names = merged_names(pre_meta, include, exclude)
         if not names:
             raise ArtifactError(f"{pretrained_path}: no tensor matches model.merge include={list(include)} exclude={list(exclude)}")
+        ft_meta = ft.meta()
+        check_compatible({n: pre_meta[n] for n in names}, {n: ft_meta[n] for n in names if n in ft_meta}, str(pretrained_path), str(finetuned_path))
         tau: dict[str, torch.Tensor] = {}
         n_params, squares = 0, 0.0
         for name in names:

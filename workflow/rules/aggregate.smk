@@ -28,7 +28,7 @@ rule aggregate:
         selected=f"{R}/selected.parquet",
         groups=f"{R}/groups.parquet",
         report=f"{R}/report.md",
-        plots=plot_outputs(),
+        plots=[report(p, caption="../report/plots.rst", category="Plots") for p in plot_outputs()],
     params:
         stage=params_of("aggregate"),
     log:
@@ -39,3 +39,24 @@ rule aggregate:
         runtime=LIGHT["runtime"],
     run:
         run_stage(stages.run_aggregate, log[0], params.stage, R, as_list(input.plans), GROUPS, input.ledger, aggregate_outputs(output))
+
+
+rule report_tables:
+    input:
+        f"{R}/reference.parquet",
+        f"{R}/pareto.parquet",
+        f"{R}/selected.parquet",
+        f"{R}/evaluations.parquet",
+        [f"{R}/validation.parquet"] if "validation" in REPORT_TABLES else [],
+    output:
+        **{key: report(f"{R}/report/{key}.html", caption=f"../report/{key}.rst", category="Tables") for key in REPORT_TABLES},
+    params:
+        stage=params_of("report_tables"),  # its code version: a change to the tables remakes them
+    log:
+        f"{R}/logs/report_tables.log",
+    threads: LIGHT["threads"]
+    resources:
+        mem_mb=LIGHT["mem_mb"],
+        runtime=LIGHT["runtime"],
+    run:
+        run_stage(report_module.write_html_tables, log[0], R, dict(output.items()))

@@ -195,5 +195,57 @@ def every_artifact():
     made += [*map(vector_path, TASKS), *(f"{R}/{f}" for f in ("task_vectors.parquet", "reference.parquet", "reference_examples.parquet"))]
     made += [f"{R}/levels/level{k}.parquet" for k in range(1, len(LEVELS) + 1)]
     made += [*all_evals().values(), *(r for g in GROUPS for r in group_rounds(g)), *group_outputs()]
-    made += [f"{R}/groups/{g}/{f}" for g in GROUPS for f in ("merged.safetensors", "vector.safetensors")]
-    return [*made, *(f"{R}/{f}" for f in ("evaluations.parquet", "groups.parquet", "pareto.parquet", "selected.parquet", "report.md")), *plot_outputs()]
+    made += [f"{R}/groups/{g}/{f}" for g in GROUPS for f in ("merged.safetensors", "vector.safetensors", *(["merged"] if HF_FOLDERS else []))]
+    made += validation_artifacts() if CFG["validation"]["enabled"] else []  # validate.smk
+    return [*made, *(f"{R}/{f}" for f in ("evaluations.parquet", "groups.parquet", "pareto.parquet", "selected.parquet", "report.md")), *plot_outputs(), *(f"{R}/report/{k}.html" for k in REPORT_TABLES)]
+
+
+# validation (validate.smk)
+
+
+@lru_cache(maxsize=None)
+def grid_table():
+    """The grid's points (sample, c_<task>) over the sampler's box."""
+    box = CFG["sampler"]
+    return validation.grid_points(TASKS, box["lower"], box["upper"], VALIDATION["resolution"])
+
+
+@lru_cache(maxsize=None)
+def grid_batches():
+    return stages.sample_batches(grid_table()["sample"].tolist(), VALIDATION["batch"])
+
+
+def grid_batch_c(wildcards):
+    """{sample: coefficients} of one grid batch: its params, so a changed grid reruns it."""
+    frame = grid_table().set_index("sample")
+    return {s: [float(v) for v in frame.loc[s]] for s in grid_batches()[wildcards.batch]}
+
+
+def grid_files():
+    return [f"{R}/validation/grid/{b}.parquet" for b in grid_batches()]
+
+
+def baseline_files():
+    return {name: f"{R}/validation/baselines/{name}.parquet" for name in VALIDATION["baselines"]}
+
+
+def validation_artifacts():
+    """Every file of the validation stage (what every_artifact adds when validation is enabled)."""
+    made = [*grid_files(), *baseline_files().values(), *(f"{R}/validation/{f}" for f in ("front.parquet", "front_evals.parquet"))]
+    return [*made, f"{R}/validation.parquet", f"{R}/plots/validation.png"]
+
+
+def validation_engine_inputs(wildcards):
+    """pretrained, every task's vector and checkpoint, the plan of group `all`."""
+    return {
+        "pretrained": MODEL["pretrained"],
+        "vectors": [vector_path(t) for t in TASKS],
+        "checkpoints": [checkpoint_path(t) for t in TASKS],
+        "plan": f"{R}/levels/level1.parquet",
+    }
+
+
+def validate_args(input, output):
+    """rule validate's inputs and outputs in the order of validation.run_validate."""
+    baselines = dict(zip(baseline_files(), as_list(input.baselines)))
+    return (input.front, input.points, input.front_evals, as_list(input.grid), baselines, input.reference, output.table, output.plot)

@@ -117,6 +117,7 @@ rule merge_group:
         merged=f"{R}/groups/{{group}}/merged.safetensors",
         vector=f"{R}/groups/{{group}}/vector.safetensors",
         choice=f"{R}/groups/{{group}}/choice.parquet",
+        **({"folders": directory(f"{R}/groups/{{group}}/merged")} if HF_FOLDERS else {}),  # merged/<task>/, loadable by transformers
     params:
         stage=params_of("merge_group"),
     log:

@@ -1,0 +1,381 @@
+"""Hugging Face transformers models: directories in, the generic model contract out (model.adapter: transformers).
+
+resolve() turns model.transformers (a pretrained directory, one fine-tuned directory and one local
+data file per task) into builder, pretrained, tasks and merge.exclude; it reads only JSON and file
+headers (every workflow job resolves the config), never transformers itself. Weights are read by
+mapmerge.checkpoints (safetensors, sharded or not, with a base model's names given transformers'
+base_model_prefix). The evaluators tokenize their data once per job and return per-example rows;
+save_merged_models writes each task's merged model as a directory that from_pretrained loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import struct
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mapmerge.config import ConfigError
+
+# a directory's weights, as mapmerge.checkpoints reads them (not imported: it imports torch, and every
+# workflow job resolves the config)
+SHARD_INDEX_SUFFIX = ".safetensors.index.json"
+HF_WEIGHTS = ("model.safetensors", "model" + SHARD_INDEX_SUFFIX)
+TASK_TYPES = {"sequence_classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
+EVALUATORS = {
+    "sequence_classification": "mapmerge.adapters.transformers.SequenceClassificationEvaluator",
+    "causal_lm": "mapmerge.adapters.transformers.CausalLMEvaluator",
+}
+# model.transformers defaults (config/model/transformers.yaml documents them); per task, the
+# evaluation keys may be overridden
+DEFAULTS: dict[str, Any] = {
+    "pretrained": None, "task_type": "sequence_classification", "heads": "auto", "text_column": "text",
+    "label_column": "label", "max_length": 128, "batch_size": 32, "limit": None, "tasks": {},
+}
+EVALUATION_KEYS = ("text_column", "label_column", "max_length", "batch_size", "limit")
+DATA_SUFFIXES = (".csv", ".jsonl", ".parquet")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+# what save_merged_models copies from the pretrained directory into a task's that has no tokenizer
+TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", SHARD_INDEX_SUFFIX, ".bin.index.json")
+
+
+def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The generic model config of model.transformers; ConfigError naming the key or file when something is wrong."""
+    block = {**DEFAULTS, **(model.get("transformers") or {})}
+    unknown = sorted(set(block) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"model.transformers.{unknown[0]}: unknown key; known: {', '.join(DEFAULTS)}")
+    task_type = block["task_type"]
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"model.transformers.task_type: must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
+    pretrained = _directory(block["pretrained"], "model.transformers.pretrained", base_dir)
+    tasks = block["tasks"]
+    if not isinstance(tasks, dict) or len(tasks) < 2:
+        raise ConfigError("model.transformers.tasks: must map at least two task names to {directory, data}")
+    resolved, directories = {}, {}
+    for task, spec in tasks.items():
+        key = f"model.transformers.tasks.{task}"
+        if not isinstance(spec, dict) or "directory" not in spec or "data" not in spec:
+            raise ConfigError(f"{key}: needs directory and data")
+        extra = sorted(set(spec) - {"directory", "data", *EVALUATION_KEYS})
+        if extra:
+            raise ConfigError(f"{key}.{extra[0]}: unknown key; known: directory, data, {', '.join(EVALUATION_KEYS)}")
+        directory = directories[task] = _directory(spec["directory"], f"{key}.directory", base_dir)
+        settings = {k: spec.get(k, block[k]) for k in EVALUATION_KEYS}
+        data = _data_file(spec["data"], f"{key}.data", base_dir)
+        columns = [settings["text_column"]] + ([settings["label_column"]] if task_type == "sequence_classification" else [])
+        _check_columns(data, columns, key)
+        evaluator = {"_target_": EVALUATORS[task_type], "data": str(data), "tokenizer": str(_tokenizer_dir(directory, pretrained, key)),
+                     "text_column": settings["text_column"], "max_length": settings["max_length"],
+                     "batch_size": settings["batch_size"], "limit": settings["limit"]}
+        if task_type == "sequence_classification":
+            evaluator.update(label_column=settings["label_column"], directory=str(directory))
+        resolved[str(task)] = {"checkpoint": str(weights_file(directory, f"{key}.directory")), "evaluator": evaluator}
+    first = next(iter(directories.values()))
+    heads = head_patterns(block["heads"], task_type, weights_file(pretrained, "model.transformers.pretrained"),
+                          [weights_file(d, "") for d in directories.values()])
+    merge = dict(model.get("merge") or {})
+    merge["exclude"] = [*(merge.get("exclude") or []), *(p for p in heads if p not in (merge.get("exclude") or []))]
+    return {
+        **model,
+        "builder": {"_target_": "mapmerge.adapters.transformers.build_model", "directory": str(first), "task_type": task_type},
+        "pretrained": str(weights_file(pretrained, "model.transformers.pretrained")),
+        "tasks": resolved,
+        "merge": merge,
+    }
+
+
+def _directory(value: Any, key: str, base_dir: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a model directory path")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else (base_dir / path).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"{key}: directory {path} not found")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{key}: {path} has no config.json (not a transformers model directory)")
+    weights_file(path, key)
+    return path
+
+
+def weights_file(directory: Path, key: str) -> Path:
+    """A transformers directory's weights: model.safetensors, or the index of a sharded save."""
+    for name in reversed(HF_WEIGHTS):  # the index first: a sharded save has no model.safetensors
+        if (directory / name).is_file():
+            return directory / name
+    raise ConfigError(f"{key}: {directory} has neither {' nor '.join(HF_WEIGHTS)} (save it with save_pretrained)")
+
+
+def _data_file(value: Any, key: str, base_dir: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a data file path ({', '.join(DATA_SUFFIXES)})")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else (base_dir / path).resolve()
+    if path.suffix not in DATA_SUFFIXES:
+        raise ConfigError(f"{key}: {path} is not a {', '.join(DATA_SUFFIXES)} file")
+    if not path.is_file():
+        raise ConfigError(f"{key}: data file {path} not found")
+    return path
+
+
+def _check_columns(path: Path, columns: Sequence[str], key: str) -> None:
+    have = data_columns(path)
+    for column, name in zip(columns, ("text_column", "label_column")):
+        if column not in have:
+            raise ConfigError(f"{key}.{name}: {path} has no column '{column}' (it has: {', '.join(have)})")
+
+
+def data_columns(path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV, JSONL or Parquet data file, from its header (first line, schema)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        if path.suffix == ".csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        with open(path, encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "{}")
+        record = json.loads(first)
+        return list(record) if isinstance(record, dict) else []
+    except Exception as exc:  # pandas, pyarrow and json raise several types
+        raise ConfigError(f"{path}: unreadable data file ({' '.join(str(exc).split())})") from exc
+
+
+def read_examples(path: str | os.PathLike, columns: Sequence[str], limit: int | None = None) -> pd.DataFrame:
+    """The first `limit` rows (all when None) of `columns` of a CSV, JSONL or Parquet file.
+
+    ConfigError naming the file when it is missing, of another kind, unreadable, empty or lacks a column.
+    """
+    path = Path(path)
+    if path.suffix not in DATA_SUFFIXES:
+        raise ConfigError(f"{path}: not a {', '.join(DATA_SUFFIXES)} data file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: data file not found")
+    have = data_columns(path)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ConfigError(f"{path}: no column '{missing[0]}' (it has: {', '.join(have)})")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path, columns=list(columns))
+        elif path.suffix == ".csv":
+            frame = pd.read_csv(path, usecols=list(columns), nrows=limit, keep_default_na=False)
+        else:
+            frame = pd.read_json(path, lines=True, nrows=limit)[list(columns)]
+    except Exception as exc:  # pandas and pyarrow raise several types
+        raise ConfigError(f"{path}: unreadable data file ({' '.join(str(exc).split())})") from exc
+    frame = frame.iloc[:limit] if limit is not None else frame
+    if frame.empty:
+        raise ConfigError(f"{path}: holds no examples")
+    return frame.reset_index(drop=True)
+
+
+def _tokenizer_dir(directory: Path, pretrained: Path, key: str) -> Path:
+    for candidate in (directory, pretrained):
+        if any((candidate / name).is_file() for name in TOKENIZER_FILES):
+            return candidate
+    raise ConfigError(f"{key}.directory: neither {directory} nor the pretrained {pretrained} has tokenizer files")
+
+
+def header_shapes(weights: str | os.PathLike) -> dict[str, list[int]]:
+    """Tensor name -> shape as stored, from the safetensors headers alone (a sharded save: every shard's)."""
+    weights = Path(weights)
+    files = [weights]
+    if weights.name.endswith(SHARD_INDEX_SUFFIX):
+        files = [weights.parent / f for f in dict.fromkeys(json.loads(weights.read_text())["weight_map"].values())]
+    shapes: dict[str, list[int]] = {}
+    for file in files:
+        try:
+            with open(file, "rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError, struct.error) as exc:
+            raise ConfigError(f"{file}: unreadable safetensors header ({exc})") from exc
+        shapes.update({name: info["shape"] for name, info in header.items() if name != "__metadata__"})
+    return shapes
+
+
+def head_patterns(heads: Any, task_type: str, pretrained: Path, tasks: Sequence[Path]) -> list[str]:
+    """merge.exclude patterns of the task heads: model.transformers.heads, or for 'auto' (sequence
+    classification) every top-level module outside the body, the body being the top-level module
+    holding most of the first task's tensors (transformers' base model: `bert`, `roberta`, `transformer`).
+    Any tensor whose shape differs between the pretrained model and a task is a head too.
+    """
+    if heads != "auto" and not (isinstance(heads, list) and all(isinstance(h, str) for h in heads)):
+        raise ConfigError(f"model.transformers.heads: must be 'auto' or a list of name patterns, got {heads!r}")
+    task_shapes = [header_shapes(t) for t in tasks]
+    top = Counter(name.split(".")[0] for name in task_shapes[0])
+    body = top.most_common(1)[0][0]
+    patterns = list(heads) if isinstance(heads, list) else []
+    if heads == "auto" and task_type == "sequence_classification":
+        patterns += [f"{g}.*" if any("." in n for n in task_shapes[0] if n.split(".")[0] == g) else g for g in sorted(top) if g != body]
+    pre = header_shapes(pretrained)
+    if not any(name.startswith(f"{body}.") for name in pre):  # a base model's names, as the checkpoint reader gives them
+        pre = {f"{body}.{name}": shape for name, shape in pre.items()}
+    differing = sorted({n for shapes in task_shapes for n, s in shapes.items() if n in pre and pre[n] != s})
+    return patterns + [n for n in differing if n not in patterns]
+
+
+def build_model(directory: str, task_type: str = "sequence_classification") -> Any:
+    """The model of a transformers directory's config.json with its head, freshly initialised (the
+    engine loads the weights): AutoModelForSequenceClassification or AutoModelForCausalLM."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    return getattr(transformers, TASK_TYPES[task_type]).from_config(config)
+
+
+def _tokenizer(directory: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+def _padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of token id lists, right-padded to the longest."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+class SequenceClassificationEvaluator:
+    """Accuracy (`correct`) and cross-entropy `loss` per example of a text classification data file.
+
+    data: CSV, JSONL or Parquet with text_column and label_column (integer labels, or label names
+    of the task directory's config.json label2id); tokenized once (truncated to max_length) with the
+    tokenizer of directory `tokenizer`; the first `limit` rows when limit is set.
+    """
+
+    def __init__(self, data: str, tokenizer: str, directory: str | None = None, text_column: str = "text",
+                 label_column: str = "label", max_length: int = 128, batch_size: int = 32, limit: int | None = None) -> None:
+        import torch
+
+        frame = read_examples(data, [text_column, label_column], limit)
+        labels = frame[label_column]
+        if not pd.api.types.is_integer_dtype(labels):
+            label2id = json.loads((Path(directory) / "config.json").read_text()).get("label2id", {}) if directory else {}
+            unknown = sorted({str(v) for v in labels if str(v) not in label2id})
+            if unknown:
+                raise ConfigError(f"{data}: label '{unknown[0]}' in column '{label_column}' is not an integer nor in {directory}/config.json label2id")
+            labels = labels.map(lambda v: label2id[str(v)])
+        tok = _tokenizer(tokenizer)
+        encoded = tok(frame[text_column].astype(str).tolist(), truncation=True, max_length=int(max_length))["input_ids"]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.labels = torch.tensor(labels.to_numpy(dtype="int64"))
+        size = int(batch_size)
+        self.batches = [_padded(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
+
+    def __call__(self, module: Any, device: Any) -> pd.DataFrame:
+        import torch
+        import torch.nn.functional as F
+
+        logits = torch.cat([module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+                            for ids, mask in self.batches])
+        if int(self.labels.max()) >= logits.shape[1] or int(self.labels.min()) < 0:
+            raise ValueError(f"labels range over {int(self.labels.min())}..{int(self.labels.max())} but the model has {logits.shape[1]} labels")
+        loss = F.cross_entropy(logits, self.labels, reduction="none")
+        return pd.DataFrame({"example": range(len(loss)), "correct": (logits.argmax(1) == self.labels).numpy(), "loss": loss.numpy()})
+
+
+class CausalLMEvaluator:
+    """Per example, the mean next-token cross-entropy `loss` of its text (perplexity = exp(loss)).
+
+    data: CSV, JSONL or Parquet with text_column; tokenized once (truncated to max_length) with the
+    tokenizer of directory `tokenizer`; every example needs at least 2 tokens.
+    """
+
+    def __init__(self, data: str, tokenizer: str, text_column: str = "text", max_length: int = 128,
+                 batch_size: int = 32, limit: int | None = None) -> None:
+        frame = read_examples(data, [text_column], limit)
+        tok = _tokenizer(tokenizer)
+        encoded = tok(frame[text_column].astype(str).tolist(), truncation=True, max_length=int(max_length))["input_ids"]
+        short = [i for i, ids in enumerate(encoded) if len(ids) < 2]
+        if short:
+            raise ConfigError(f"{data}: example {short[0]} has fewer than 2 tokens (no next token to predict)")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        size = int(batch_size)
+        self.batches = [_padded(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
+
+    def __call__(self, module: Any, device: Any) -> pd.DataFrame:
+        import torch
+
+        losses = [token_losses(module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits, ids.to(device), mask.to(device))
+                  for ids, mask in self.batches]
+        loss = torch.cat(losses).cpu()
+        return pd.DataFrame({"example": range(len(loss)), "loss": loss.numpy()})
+
+
+def token_losses(logits: Any, ids: Any, mask: Any) -> Any:
+    """Per sequence, the mean cross-entropy of predicting token t+1 from tokens ..t over its unpadded tokens."""
+    import torch.nn.functional as F
+
+    targets, keep = ids[:, 1:], mask[:, 1:].float()
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
+    return (losses * keep).sum(1) / keep.sum(1)
+
+
+def save_merged_models(
+    merged: Mapping[str, Any],
+    merged_names: Sequence[str],
+    checkpoints: Mapping[str, str | os.PathLike],
+    pretrained: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write out_dir/<task>/ per task: its directory's config and tokenizer files (the pretrained
+    directory's tokenizer where it has none) and model.safetensors holding the merged tensors
+    (merged_names, from `merged`) and the task's own others (its head), named as in the task's files.
+
+    from_pretrained loads each as it loads the task's own directory. One task's tensors are built at
+    a time (the merged ones shared, not copied); out_dir is replaced as a whole (renamed into place).
+    """
+    from safetensors.torch import save_file
+
+    from mapmerge.checkpoints import open_checkpoint
+
+    out_dir = Path(out_dir)
+    names = set(merged_names)
+    tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        for task, weights in checkpoints.items():
+            target = tmp / task
+            target.mkdir(parents=True)
+            source = Path(weights).parent
+            for file in source.iterdir():
+                if file.is_file() and not file.name.endswith(WEIGHT_SUFFIXES):
+                    shutil.copy2(file, target / file.name)
+            if not any((target / name).is_file() for name in TOKENIZER_FILES):
+                for file in Path(pretrained).parent.iterdir():
+                    if file.name in (*TOKENIZER_FILES, *TOKENIZER_EXTRA) and not (target / file.name).exists():
+                        shutil.copy2(file, target / file.name)
+            with open_checkpoint(weights) as own:
+                state = {}
+                for name in own.keys():
+                    tensor = own.get(name)
+                    state[own.stored_name(name)] = (merged[name].to(tensor.dtype) if name in names else tensor).contiguous()
+            save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", "mapmerge": json.dumps(dict(metadata or {}), sort_keys=True)})
+            del state
+        old = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.old"
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

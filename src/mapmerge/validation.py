@@ -1,0 +1,337 @@
+"""Validation of a MAP front against ground truth (opt-in, `validation.enabled`).
+
+Ground truth is the real evaluation of a dense grid of coefficient vectors over the sampler's box
+(resolution^T merges, so for few tasks only); its non-dominated points are the true front. K points
+spread along MAP's predicted front are evaluated for real, and baselines (a merge operator at one
+coefficient for every task) once each. The indicators, on the objective metric (optimizer.objective):
+
+- igd: mean distance from each true-front point to its nearest point of the front measured;
+- gd: mean distance from each point of the front measured to its nearest true-front point;
+- hv: hypervolume dominated by the front, bounded by the grid's nadir (per task the worst value
+  over every grid point), the same reference point for every front and every bootstrap resample;
+- pred_mae, pred_max: mean and largest |predicted - real| over the K points and every task, per metric.
+
+igd, gd and hv are given for the K points as MAP predicted them (front `predicted`) and as measured
+(front `real`), and hv also for the true front (front `grid`). Intervals: each task's examples are
+drawn with replacement (one draw for every model, from the master seed), metrics recomputed from the
+per-example rows and the indicators with them; ci_low and ci_high are the central `ci_level` interval.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mapmerge import groups, operators, stages
+from mapmerge.io import read_table, write_table
+from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
+
+PathLike = str | os.PathLike
+logger = logging.getLogger("mapmerge")
+
+STAGES = ("validate_front", "validate_baseline", "validate")
+ONE_GROUP_METHODS = ("map", "bayesian")
+COLUMNS = ["indicator", "front", "metric", "value", "ci_low", "ci_high", "n_points", "n_reference"]
+GRID_PREFIX, FRONT_PREFIX = "g", "f"  # sample names of grid and front points
+
+
+def _integer(validation: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = validation.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"validation.{key}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_cfg(validation: Mapping[str, Any] | None, method: str, n_tasks: int) -> dict[str, Any]:
+    """The checked `validation` block; ValueError naming the key when it is invalid.
+
+    Only an enabled validation checks the method (one group) and the number of tasks (grid size).
+    """
+    validation = dict(validation or {})
+    if not isinstance(validation.get("enabled"), bool):
+        raise ValueError(f"validation.enabled: must be true or false, got {validation.get('enabled')!r}")
+    for key, minimum in (("resolution", 2), ("max_tasks", 2), ("batch", 1), ("front_points", 1), ("bootstrap", 0)):
+        validation[key] = _integer(validation, key, minimum)
+    level = validation.get("ci_level")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"validation.ci_level: must be a number in (0, 1), got {level!r}")
+    baselines = validation.get("baselines")
+    if not isinstance(baselines, Mapping):
+        raise ValueError("validation.baselines: must map a name to {operator, its parameters, coefficient}")
+    for name, spec in baselines.items():
+        if not str(name).replace("_", "").replace("-", "").isalnum() or not isinstance(spec, Mapping):
+            raise ValueError(f"validation.baselines.{name}: needs a name of letters, digits, _ or - and a mapping")
+        coefficient = spec.get("coefficient")
+        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not np.isfinite(coefficient):
+            raise ValueError(f"validation.baselines.{name}.coefficient: must be a number, got {coefficient!r}")
+        try:
+            operators.validate({k: v for k, v in spec.items() if k != "coefficient"})
+        except operators.OperatorError as exc:
+            raise ValueError(str(exc).replace("merge.", f"validation.baselines.{name}.", 1)) from exc
+    if validation["enabled"]:
+        if method not in ONE_GROUP_METHODS:
+            raise ValueError(f"validation.enabled: validation is for one-group methods ({', '.join(ONE_GROUP_METHODS)}), not method={method}")
+        if n_tasks > validation["max_tasks"]:
+            raise ValueError(
+                f"validation.max_tasks: a grid of {validation['resolution']}^{n_tasks} points is refused for {n_tasks} tasks "
+                f"(at most {validation['max_tasks']}); merge fewer tasks or set validation.enabled=false"
+            )
+    return validation
+
+
+def stage_params(stage: str, cfg: Mapping[str, Any], evaluation_model: Mapping[str, Any], operator: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved sub-config a validation stage depends on (mapmerge.config.stage_config adds the code version).
+
+    evaluation_model, operator: what the evaluations of the run's merges depend on (stage 'evaluate').
+    """
+    validation, objective = cfg["validation"], cfg["optimizer"]["objective"]
+    if stage == "validate_front":
+        return {"model": evaluation_model, **operator, "front_points": validation["front_points"], "objective": objective}
+    if stage == "validate_baseline":
+        baselines = {}
+        for name, spec in validation["baselines"].items():
+            op = operators.validate({k: v for k, v in spec.items() if k != "coefficient"})
+            baselines[name] = {"merge_operator": op, "merge_seed": cfg["seed"] if op["operator"] in operators.SEEDED else None,
+                               "coefficient": float(spec["coefficient"])}
+        return {"model": evaluation_model, "baselines": baselines}
+    if stage == "validate":
+        return {"bootstrap": validation["bootstrap"], "ci_level": validation["ci_level"], "objective": objective, "seed": cfg["seed"]}
+    raise ValueError(f"unknown validation stage '{stage}'; known: {', '.join(STAGES)}")
+
+
+def baseline_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One baseline's params out of the stage's: the model, its operator and seed, its coefficient, the code."""
+    return {"model": params["model"], **params["baselines"][name], "code": params["code"]}
+
+
+def grid_points(members: Sequence[str], lower: float, upper: float, resolution: int) -> pd.DataFrame:
+    """The grid: resolution points per axis over [lower, upper]^T; one row per point, `sample` and `c_<member>`."""
+    axis = np.linspace(float(lower), float(upper), resolution)
+    points = np.array(list(itertools.product(axis, repeat=len(members))), dtype=float)
+    frame = pd.DataFrame(points, columns=[f"c_{m}" for m in members])
+    frame.insert(0, "sample", [f"{GRID_PREFIX}{i:06d}" for i in range(len(frame))])
+    return frame
+
+
+def spread_indices(F: np.ndarray, k: int) -> np.ndarray:
+    """Indices (ascending) of k rows of F spread out: greedy farthest points in range-normalised space.
+
+    Starts at the row lowest in the first column (an end of the front), then repeatedly takes the row
+    farthest from those taken (ties: the lowest index); every row when there are at most k.
+    """
+    F = np.asarray(F, dtype=float)
+    if len(F) <= k:
+        return np.arange(len(F))
+    span = F.max(axis=0) - F.min(axis=0)
+    X = (F - F.min(axis=0)) / np.where(span > 0, span, 1.0)
+    chosen = [int(np.argmin(X[:, 0]))]
+    distance = np.linalg.norm(X - X[chosen[0]], axis=1)
+    while len(chosen) < k:
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(X - X[chosen[-1]], axis=1))
+    return np.sort(chosen)
+
+
+def front_sample(front: pd.DataFrame, metric: str, k: int) -> pd.DataFrame:
+    """K points spread along a predicted front (spread in its predicted `metric`), named f00, f01, ...
+
+    Keeps the front's `c_<member>` and predicted `<metric>_<task>` columns, and its row as `front_row`.
+    """
+    columns = [f"{metric}_{t}" for t in suffixes(front.columns, metric)]
+    rows = spread_indices(front[columns].to_numpy(), k)
+    frame = front.iloc[rows].reset_index(drop=True)
+    frame.insert(0, "front_row", rows)
+    frame.insert(0, "sample", [f"{FRONT_PREFIX}{i:02d}" for i in range(len(frame))])
+    return frame
+
+
+def run_evaluate_front(
+    params: Mapping[str, Any],
+    front_table: PathLike,
+    files: stages.EngineFiles,
+    plan: PathLike,
+    points_out: PathLike,
+    evals_out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+) -> None:
+    """Evaluate for real `front_points` points spread along the group `all`'s predicted front.
+
+    Writes the points (front_sample) and their per-example rows (sample, task, example, correct, loss).
+    """
+    points = front_sample(read_table(front_table), params["objective"], params["front_points"])
+    members = groups.group_info(read_table(plan), groups.PLAIN_GROUP)["members"]
+    coefficients = {row["sample"]: [float(row[f"c_{m}"]) for m in members] for _, row in points.iterrows()}
+    stages.run_evaluate_samples(params, files, plan, groups.PLAIN_GROUP, coefficients, evals_out, device, threads, stage="validate_front")
+    write_table(points, points_out, "validate_front", params, inputs=[front_table, plan])
+
+
+def run_evaluate_baseline(
+    params: Mapping[str, Any],
+    name: str,
+    files: stages.EngineFiles,
+    plan: PathLike,
+    out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+) -> None:
+    """Evaluate one baseline for real: its operator (params['merge_operator']) at `coefficient` for every task."""
+    members = groups.group_info(read_table(plan), groups.PLAIN_GROUP)["members"]
+    c = {name: [float(params["coefficient"])] * len(members)}
+    stages.run_evaluate_samples(params, files, plan, groups.PLAIN_GROUP, c, out, device, threads, stage="validate_baseline")
+
+
+class ExampleMatrices:
+    """The per-example rows as one (samples x examples) matrix per (metric, task), for fast resampled metrics.
+
+    A failed (sample, task) (a non-empty `error`) has no row in its task's matrices, so its metrics are NaN.
+    """
+
+    def __init__(self, examples: pd.DataFrame) -> None:
+        ok = examples[examples["error"].isna()] if "error" in examples else examples
+        self.samples = sorted(set(examples["sample"]))
+        self.tasks = sorted(set(examples["task"]))
+        self.ids: dict[str, np.ndarray] = {}
+        self.blocks: dict[tuple[str, str], np.ndarray] = {}
+        for task, rows in ok.groupby("task", sort=True):
+            for metric, column in METRICS.items():
+                if rows[column].notna().any():
+                    block = rows.pivot(index="sample", columns="example", values=column).reindex(self.samples)
+                    self.ids[task] = block.columns.to_numpy()
+                    self.blocks[(metric, task)] = block.to_numpy(dtype=float)
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Per task, how often each example is drawn: its examples with replacement, one draw for every sample."""
+        return {task: np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for task, ids in self.ids.items()}
+
+    def metrics(self, counts: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        """Wide metrics (sample x `<metric>_<task>`, as wide_metrics) with each example weighted by its count."""
+        columns = {f"{metric}_{task}": block @ counts[task] / counts[task].sum() for (metric, task), block in sorted(self.blocks.items())}
+        return pd.DataFrame(columns, index=pd.Index(self.samples, name="sample"))
+
+
+def hv_reference(grid: np.ndarray, maximize: bool) -> np.ndarray:
+    """The hypervolume's reference point: per task the worst value over every grid point (the grid's nadir)."""
+    return grid.min(axis=0) if maximize else grid.max(axis=0)
+
+
+def front_indicators(
+    grid: np.ndarray, fronts: Mapping[str, np.ndarray], reference: np.ndarray, maximize: bool
+) -> dict[tuple[str, str], float]:
+    """(indicator, front) -> value: igd, gd, hv of each front against the grid's non-dominated points, hv of those.
+
+    grid [n, T] and each front [k, T] hold the objective metric; maximize: whether larger is better.
+    """
+    from mapmerge import pareto
+
+    signs = [maximize] * grid.shape[1]
+    truth = grid[pareto.non_dominated(grid, signs)]
+    values = {("hv", "grid"): pareto.hypervolume(truth, reference, signs)}
+    for name, F in fronts.items():
+        values[("igd", name)] = pareto.igd(F, truth, signs)
+        values[("gd", name)] = pareto.gd(F, truth, signs)
+        values[("hv", name)] = pareto.hypervolume(F, reference, signs)
+    return values
+
+
+def prediction_errors(points: pd.DataFrame, measured: pd.DataFrame, metrics: Sequence[str]) -> dict[tuple[str, str], float]:
+    """(indicator, metric) -> pred_mae / pred_max: |predicted - measured| over the points and tasks.
+
+    points: predicted `<metric>_<task>` per row; measured: the same columns, rows in the same order.
+    """
+    values = {}
+    for metric in metrics:
+        columns = [f"{metric}_{t}" for t in suffixes(points.columns, metric)]
+        error = np.abs(points[columns].to_numpy(dtype=float) - measured[columns].to_numpy(dtype=float))
+        values[("pred_mae", metric)], values[("pred_max", metric)] = float(error.mean()), float(error.max())
+    return values
+
+
+def _indicators(
+    wide: pd.DataFrame, grid_samples: Sequence[str], points: pd.DataFrame, metric: str, reference: np.ndarray, maximize: bool
+) -> dict[tuple[str, str, str], float]:
+    """Every indicator, keyed (indicator, front, metric), from the models' wide metrics."""
+    tasks = suffixes(points.columns, metric)
+    columns = [f"{metric}_{t}" for t in tasks]
+    measured = wide.loc[points["sample"]].reset_index(drop=True)
+    fronts = {"predicted": points[columns].to_numpy(dtype=float), "real": measured[columns].to_numpy(dtype=float)}
+    values = {(i, f, metric): v for (i, f), v in front_indicators(wide.loc[grid_samples, columns].to_numpy(dtype=float), fronts,
+                                                                    reference, maximize).items()}
+    shared = [m for m in METRICS if f"{m}_{tasks[0]}" in points.columns and f"{m}_{tasks[0]}" in measured.columns]
+    values.update({(i, "predicted", m): v for (i, m), v in prediction_errors(points, measured, shared).items()})
+    return values
+
+
+def validation_table(
+    examples: pd.DataFrame, points: pd.DataFrame, metric: str, maximize: bool, bootstrap: int, ci_level: float, seed: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The indicators with bootstrap intervals (COLUMNS), and the hypervolume's reference point.
+
+    examples: per-example rows of the grid points (samples g...) and of the front points (points['sample']).
+    """
+    from mapmerge import pareto
+
+    wide = wide_metrics(metrics_from_examples(examples), "sample")
+    grid_samples = [s for s in wide.index if s.startswith(GRID_PREFIX)]
+    tasks = suffixes(points.columns, metric)
+    grid = wide.loc[grid_samples, [f"{metric}_{t}" for t in tasks]].to_numpy(dtype=float)
+    reference = hv_reference(grid, maximize)
+    n_truth = len(pareto.non_dominated(grid, [maximize] * len(tasks)))
+    values = _indicators(wide, grid_samples, points, metric, reference, maximize)
+    rng = np.random.default_rng(seed)
+    matrices = ExampleMatrices(examples)
+    draws = {key: [] for key in values}
+    for _ in range(bootstrap):
+        resampled = matrices.metrics(matrices.draw(rng))
+        for key, value in _indicators(resampled, grid_samples, points, metric, reference, maximize).items():
+            draws[key].append(value)
+    tail = 50 * (1 - ci_level)
+    rows = []
+    for (indicator, front, name), value in values.items():
+        low, high = np.percentile(draws[(indicator, front, name)], [tail, 100 - tail]) if bootstrap else (np.nan, np.nan)
+        rows.append([indicator, front, name, value, float(low), float(high), n_truth if front == "grid" else len(points), n_truth])
+    return pd.DataFrame(rows, columns=COLUMNS), reference
+
+
+def run_validate(
+    params: Mapping[str, Any],
+    front_table: PathLike,
+    points_table: PathLike,
+    front_evals: PathLike,
+    grid_evals: Sequence[PathLike],
+    baselines: Mapping[str, PathLike],
+    reference: PathLike,
+    out: PathLike,
+    plot: PathLike,
+) -> None:
+    """validation.parquet (the indicators with bootstrap intervals) and plots/validation.png.
+
+    baselines: name -> per-example evaluation of that baseline; reference: reference.parquet (fine-tuned models).
+    """
+    from mapmerge import plots
+
+    metric = params["objective"]
+    maximize = stages.maximized(metric)
+    points = read_table(points_table)
+    grid_examples = pd.concat([read_table(p) for p in grid_evals], ignore_index=True)
+    examples = pd.concat([grid_examples, read_table(front_evals)], ignore_index=True)
+    table, hv_ref = validation_table(examples, points, metric, maximize, params["bootstrap"], params["ci_level"], params["seed"])
+    tasks = suffixes(points.columns, metric)
+    extra = {"mapmerge.hv_reference": json.dumps(dict(zip(tasks, hv_ref.tolist())))}
+    inputs = [front_table, points_table, front_evals, *grid_evals, *baselines.values(), reference]
+    write_table(table, out, "validate", params, inputs, extra=extra)
+    logger.info("validation:\n%s", table.to_string(index=False))
+
+    wide = wide_metrics(metrics_from_examples(examples), "sample")
+    grid = wide.loc[[s for s in wide.index if s.startswith(GRID_PREFIX)]]
+    measured = wide.loc[points["sample"]].add_prefix("measured_").reset_index(drop=True)
+    base = pd.concat([wide_metrics(metrics_from_examples(read_table(p)), "sample") for p in baselines.values()]) if baselines else None
+    plots.plot_validation(grid, read_table(front_table), pd.concat([points, measured], axis=1), base, read_table(reference), tasks,
+                          metric, plot, maximize=maximize)

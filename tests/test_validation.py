@@ -1,0 +1,267 @@
+"""Validation against ground truth: indicators on hand-computed cases, the bootstrap, config, and a real workflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mapmerge import validation
+from mapmerge.config import ConfigError, load_config, stage_config
+from mapmerge.io import read_table, table_metadata
+from mapmerge.metrics import metrics_from_examples, wide_metrics
+from mapmerge.plots import plot_validation
+
+from conftest import artifacts, job_counts, run, snakemake_command
+
+SQRT_HALF = math.sqrt(0.5)
+
+
+# indicators, by hand
+
+
+def test_igd_and_gd_against_the_grids_non_dominated_points():
+    # accuracy (maximised): (0.2, 0.2) is dominated by (0.5, 0.5); the true front is the other three
+    grid = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.2]])
+    one_end = validation.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.zeros(2), maximize=True)
+    assert one_end[("igd", "real")] == pytest.approx((0 + math.sqrt(2) + SQRT_HALF) / 3)
+    assert one_end[("gd", "real")] == pytest.approx(0.0)
+    off = validation.front_indicators(grid, {"real": np.array([[0.5, 0.4]])}, np.zeros(2), maximize=True)
+    assert off[("gd", "real")] == pytest.approx(0.1)  # nearest true-front point: (0.5, 0.5)
+    assert off[("igd", "real")] == pytest.approx((math.hypot(0.5, 0.4) + math.hypot(0.5, 0.6) + 0.1) / 3)
+    # read as losses (minimised) (0.2, 0.2) dominates (0.5, 0.5) instead
+    as_loss = validation.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.ones(2), maximize=False)
+    assert as_loss[("igd", "real")] == pytest.approx((0 + math.sqrt(2) + math.hypot(0.8, 0.2)) / 3)
+
+
+def test_hypervolume_takes_the_sign_of_the_metric():
+    accuracy = np.array([[0.8, 0.2], [0.2, 0.8]])
+    grid = np.vstack([accuracy, [[0.0, 0.0]]])
+    reference = validation.hv_reference(grid, maximize=True)
+    assert reference.tolist() == [0.0, 0.0]  # the grid's worst accuracy per task
+    values = validation.front_indicators(grid, {"real": accuracy[:1]}, reference, maximize=True)
+    assert values[("hv", "grid")] == pytest.approx(0.8 * 0.2 + 0.2 * 0.8 - 0.2 * 0.2)  # two boxes less their overlap
+    assert values[("hv", "real")] == pytest.approx(0.8 * 0.2)
+    loss = 1 - grid  # the same points as losses: minimised, the reference is the worst (largest) loss
+    reference = validation.hv_reference(loss, maximize=False)
+    assert reference.tolist() == [1.0, 1.0]
+    values = validation.front_indicators(loss, {"real": loss[:1]}, reference, maximize=False)
+    assert values[("hv", "grid")] == pytest.approx(0.28) and values[("hv", "real")] == pytest.approx(0.16)
+    # a point worse than the reference point dominates nothing
+    assert validation.front_indicators(grid, {"real": np.array([[0.5, -0.1]])}, np.zeros(2), True)[("hv", "real")] == 0
+
+
+def test_prediction_error_is_mean_and_max_over_points_and_tasks():
+    points = pd.DataFrame({"accuracy_a": [0.5, 0.7], "accuracy_b": [0.2, 0.2], "loss_a": [1.0, 1.0], "loss_b": [2.0, 2.0]})
+    measured = pd.DataFrame({"accuracy_a": [0.6, 0.4], "accuracy_b": [0.2, 0.25], "loss_a": [1.5, 1.0], "loss_b": [2.0, 2.0]})
+    errors = validation.prediction_errors(points, measured, ["accuracy", "loss"])
+    assert errors[("pred_mae", "accuracy")] == pytest.approx((0.1 + 0.3 + 0 + 0.05) / 4)
+    assert errors[("pred_max", "accuracy")] == pytest.approx(0.3)
+    assert errors[("pred_mae", "loss")] == pytest.approx(0.5 / 4) and errors[("pred_max", "loss")] == pytest.approx(0.5)
+
+
+def test_front_points_are_spread_along_the_front():
+    t = np.linspace(0, 1, 21)
+    front = pd.DataFrame({"c_a": t, "c_b": 1 - t, "accuracy_a": t, "accuracy_b": 1 - t**2, "loss_a": 1 - t, "loss_b": t})
+    points = validation.front_sample(front, "accuracy", 3)
+    assert points["sample"].tolist() == ["f00", "f01", "f02"]
+    assert points["front_row"].tolist()[0] == 0 and points["front_row"].tolist()[-1] == 20  # both ends, then between
+    assert 5 <= points["front_row"].iloc[1] <= 15
+    assert points[["c_a", "accuracy_b"]].to_numpy().tolist() == front.iloc[points["front_row"]][["c_a", "accuracy_b"]].to_numpy().tolist()
+    assert len(validation.front_sample(front.iloc[:2], "accuracy", 3)) == 2  # a short front: all of it
+
+
+def test_grid_points_cover_the_box():
+    grid = validation.grid_points(["a", "b"], 0.0, 1.0, 3)
+    assert len(grid) == 9 and grid["sample"].iloc[0] == "g000000"
+    assert sorted(set(grid["c_a"])) == [0.0, 0.5, 1.0]
+    assert {(0.0, 0.0), (1.0, 1.0), (0.0, 1.0)} <= set(zip(grid["c_a"], grid["c_b"]))
+
+
+# bootstrap
+
+
+def synthetic_examples(n_grid: int = 9, n_front: int = 3, n_examples: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-example rows of grid and front points on two tasks, and the front points' predictions."""
+    rng = np.random.default_rng(1)
+    c = np.linspace(0, 1, n_grid)
+    models = {**{f"g{i:06d}": (c[i], 1 - c[i] ** 2) for i in range(n_grid)},
+              **{f"f{i:02d}": (c[2 * i + 1], 1 - c[2 * i + 1] ** 2 - 0.05) for i in range(n_front)}}
+    rows = [(s, task, e, float(rng.random() < p[k]), float(rng.random())) for s, p in models.items()
+            for k, task in enumerate(["a", "b"]) for e in range(n_examples)]
+    examples = pd.DataFrame(rows, columns=["sample", "task", "example", "correct", "loss"])
+    points = pd.DataFrame({"sample": [f"f{i:02d}" for i in range(n_front)],
+                           "accuracy_a": [models[f"f{i:02d}"][0] for i in range(n_front)],
+                           "accuracy_b": [models[f"f{i:02d}"][1] for i in range(n_front)]})
+    return examples, points
+
+
+def test_resampled_metrics_are_the_metrics_of_the_examples_drawn():
+    examples, _ = synthetic_examples()
+    failed = (examples["sample"] == "g000003") & (examples["task"] == "b")  # a failed evaluation: one row, NaN metrics
+    examples.loc[failed, ["correct", "loss"]] = np.nan
+    examples = examples.drop(examples[failed].index[1:])
+    examples["error"] = np.where(examples["correct"].isna(), "evaluator raised", None)
+    matrices = validation.ExampleMatrices(examples)
+    counts = matrices.draw(np.random.default_rng(0))
+    assert all(c.sum() == 40 and (c == 0).any() and (c > 1).any() for c in counts.values())  # with replacement
+    assert not np.array_equal(counts["a"], counts["b"])  # one draw per task...
+    # ...shared by every model: the metrics of the drawn rows, repeated as often as drawn, recomputed from scratch
+    weight = np.array([counts[t][e] for t, e in zip(examples["task"], examples["example"])])
+    weight[examples["error"].notna().to_numpy()] = 1
+    drawn = examples.iloc[np.repeat(np.arange(len(examples)), weight)]
+    expected = wide_metrics(metrics_from_examples(drawn), "sample")
+    got = matrices.metrics(counts)
+    pd.testing.assert_frame_equal(got[sorted(expected.columns)], expected[sorted(expected.columns)], check_names=False)
+    assert np.isnan(got.loc["g000003", "accuracy_b"]) and np.isfinite(got.loc["g000003", "accuracy_a"])
+    again = validation.ExampleMatrices(examples)
+    np.testing.assert_array_equal(again.draw(np.random.default_rng(0))["a"], counts["a"])
+
+
+def test_bootstrap_intervals_are_reproducible_with_the_seed():
+    examples, points = synthetic_examples()
+    table, reference = validation.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
+    same, _ = validation.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
+    other, _ = validation.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=4)
+    none, _ = validation.validation_table(examples, points, "accuracy", True, bootstrap=0, ci_level=0.9, seed=3)
+    pd.testing.assert_frame_equal(table, same)
+    assert not np.allclose(table["ci_low"], other["ci_low"])
+    np.testing.assert_array_equal(table["value"], none["value"])  # the point estimate does not depend on the resamples
+    assert none["ci_low"].isna().all() and (table["ci_low"] <= table["ci_high"]).all()
+    assert list(table.columns) == validation.COLUMNS
+    assert set(zip(table["indicator"], table["front"])) == {
+        ("hv", "grid"), *((i, f) for i in ("igd", "gd", "hv") for f in ("predicted", "real")), ("pred_mae", "predicted"),
+        ("pred_max", "predicted")}
+    grid = metrics_from_examples(examples[examples["sample"].str.startswith("g")])
+    worst = grid[grid["metric"] == "accuracy"].groupby("task")["value"].min()
+    assert reference.tolist() == worst.loc[["a", "b"]].tolist()
+
+
+def test_validation_plot_has_a_panel_per_pair_of_tasks(tmp_path):
+    tasks = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    grid = pd.DataFrame(rng.random((27, 3)), columns=[f"accuracy_{t}" for t in tasks])
+    front = pd.DataFrame(rng.random((10, 3)), columns=grid.columns)
+    points = front.iloc[:3].reset_index(drop=True)
+    points = pd.concat([points, (points - 0.05).add_prefix("measured_")], axis=1)
+    baselines = pd.DataFrame([[0.3, 0.3, 0.3]], columns=grid.columns, index=["task_arithmetic"])
+    reference = pd.DataFrame([(t, t, "accuracy", 0.9) for t in tasks], columns=["model", "task", "metric", "value"])
+    path = plot_validation(grid, front, points, baselines, reference, tasks, "accuracy", tmp_path / "v.png")
+    import matplotlib.image as mpimg
+
+    height, width = mpimg.imread(path).shape[:2]
+    assert width > 2.5 * height  # three panels side by side
+
+
+# config
+
+
+def load(repo: Path, *overrides: str) -> dict:
+    return load_config(repo / "config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["validation.enabled=true"], "validation.max_tasks: a grid of 11^4 points is refused for 4 tasks"),
+        (["validation.enabled=true", "benchmark.tasks=2", "method=nested"], "validation.enabled: validation is for one-group methods"),
+        (["validation.resolution=1"], "validation.resolution: must be an integer >= 2"),
+        (["validation.bootstrap=-1"], "validation.bootstrap: must be an integer >= 0"),
+        (["validation.ci_level=1.5"], "validation.ci_level: must be a number in (0, 1)"),
+        (["validation.baselines.ties.density=2"], "validation.baselines.ties.density: must be in (0, 1]"),
+        (["validation.baselines.dare.coefficient=null"], "validation.baselines.dare.coefficient: must be a number"),
+    ],
+)
+def test_bad_validation_config_is_one_line(repo, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load(repo, *overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_validation_is_checked_only_when_enabled(repo):
+    assert load(repo)["validation"]["enabled"] is False  # 4 tasks: fine while disabled
+    assert load(repo, "validation.enabled=true", "benchmark.tasks=3", "method=bayesian")["validation"]["enabled"]
+
+
+@pytest.mark.parametrize(
+    "override, changed",
+    [
+        ("validation.front_points=3", {"validate_front"}),
+        ("validation.bootstrap=10", {"validate"}),
+        ("validation.baselines.ties.density=0.5", {"validate_baseline"}),
+        ("validation.resolution=5", set()),  # the grid's coefficients are its batches' params
+    ],
+)
+def test_each_validation_setting_reaches_only_its_stage(repo, override, changed):
+    base, other = load(repo, "benchmark.tasks=2"), load(repo, "benchmark.tasks=2", override)
+    assert {s for s in validation.STAGES if stage_config(base, s) != stage_config(other, s)} == changed
+
+
+def test_each_baseline_has_its_own_operator_and_seed(repo):
+    params = stage_config(load(repo, "seed=7"), "validate_baseline")
+    ties, dare = validation.baseline_params(params, "ties"), validation.baseline_params(params, "dare")
+    assert ties["merge_operator"] == {"operator": "ties", "density": 0.2} and ties["merge_seed"] is None
+    assert dare["merge_operator"]["operator"] == "dare" and dare["merge_seed"] == 7
+    assert validation.baseline_params(params, "task_arithmetic")["coefficient"] == 0.3
+
+
+# the workflow
+
+
+WORKFLOW = [
+    "name=val",
+    "benchmark.tasks=2",
+    "benchmark.width=8",
+    "benchmark.pretrain_epochs=10",
+    "benchmark.finetune_epochs=6",
+    "sampler.factor=2",  # 12 samples, one evaluation job
+    "evaluation.samples_per_job=12",
+    "optimizer.pop_size=40",
+    "optimizer.n_gen=40",
+    "validation.enabled=true",
+    "validation.resolution=5",  # 25 grid points, one job
+    "validation.batch=25",
+    "validation.front_points=4",
+    "validation.bootstrap=20",
+    "~validation.baselines.dare",  # two baselines are enough here (one job each)
+]
+TARGETS = ["results/val/validation.parquet", "results/val/plots/validation.png"]  # not the chosen merge's stages
+
+
+@pytest.mark.slow
+def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
+    run(snakemake_command(tmp_path, *TARGETS, overrides=WORKFLOW))
+    res = tmp_path / "results" / "val"
+    table = read_table(res / "validation.parquet").set_index(["indicator", "front", "metric"])
+    assert list(table.reset_index().columns) == validation.COLUMNS
+    for front in ("predicted", "real"):
+        assert 0 <= table.loc[("igd", front, "accuracy"), "value"] < 0.5
+        assert 0 <= table.loc[("gd", front, "accuracy"), "value"] < 0.5
+        assert 0 < table.loc[("hv", front, "accuracy"), "value"] <= 1
+    assert 0 < table.loc[("hv", "grid", "accuracy"), "value"] <= 1
+    mae, top = table.loc[("pred_mae", "predicted", "accuracy"), "value"], table.loc[("pred_max", "predicted", "accuracy"), "value"]
+    assert 0 <= mae <= top < 0.5
+    assert (table["n_points"].xs("real", level="front") == 4).all()
+    assert table[["value", "ci_low", "ci_high"]].notna().all().all() and (table["ci_low"] <= table["ci_high"]).all()
+    hv_reference = json.loads(table_metadata(res / "validation.parquet")["mapmerge.hv_reference"])
+    assert set(hv_reference) == {"rot90", "invert"} and all(0 <= v < 1 for v in hv_reference.values())
+    assert (res / "plots" / "validation.png").read_bytes().startswith(b"\x89PNG")
+    grid = read_table(res / "validation/grid/b0000.parquet")
+    assert grid["sample"].nunique() == 25 and set(grid["task"]) == {"rot90", "invert"}
+    baselines = {name: read_table(res / f"validation/baselines/{name}.parquet") for name in ("task_arithmetic", "ties")}
+    assert [b["sample"].unique().tolist() for b in baselines.values()] == [["task_arithmetic"], ["ties"]]
+    assert not baselines["ties"]["loss"].equals(baselines["task_arithmetic"]["loss"])  # each with its own operator
+
+    fewer = [*WORKFLOW, "validation.front_points=3"]
+    # rule all asks for the validation stage when it is enabled; the grid and the baselines are kept
+    plan = job_counts(run(snakemake_command(tmp_path, "-n", overrides=fewer))[1])
+    assert {"validate_front", "validate"} <= set(plan) and not {"validate_grid", "validate_baseline"} & set(plan)
+    before = artifacts(res / "validation")
+    assert set(job_counts(run(snakemake_command(tmp_path, *TARGETS, overrides=fewer))[1])) == {"validate_front", "validate"}
+    after = artifacts(res / "validation")
+    assert {p: t for p, t in after.items() if "front" not in p.name} == {p: t for p, t in before.items() if "front" not in p.name}
+    assert len(read_table(res / "validation/front.parquet")) == 3
