@@ -1,8 +1,7 @@
-"""Nested and Bayesian MAP, run for real with Snakemake on a small built-in benchmark.
+"""Nested MAP, run for real with Snakemake on a small built-in benchmark (Bayesian MAP: test_bayesian_workflow.py).
 
 Nested MAP on 3 tasks: level 1 pairs two models and passes the third up; level 2 merges that pair's
 merge with it. The driver is killed while level 2 is being evaluated; the restart keeps level 1.
-Bayesian MAP on 2 tasks: an initial design and rounds of proposed samples, all kept and fitted.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ COMMON = [
 ]
 # 3 evaluation batches per nested group (2 cores run 2 at once), so that the kill falls inside level 2
 NESTED = ["name=nested", "method=nested", "benchmark.tasks=[rot90, invert, flip_parity]", "evaluation.samples_per_job=4", *COMMON]
-BAYES = ["name=bayes", "method=bayesian", "benchmark.tasks=[rot90, flip_parity]", "evaluation.samples_per_job=9", *COMMON]
 
 
 @dataclass
@@ -116,38 +114,3 @@ def test_the_ledger_counts_every_real_evaluation(nested):
     assert by_stage.loc["evaluate_sample"].tolist() == [24, 12 * 2 + 12 * 3]  # 12 samples per group; 2 then 3 tasks
     assert by_stage.loc["evaluate_selected"].tolist() == [2, 2 + 3]
     assert (ledger["failed"] == 0).all()
-
-
-@pytest.fixture(scope="module")
-def bayes(tmp_path_factory) -> tuple[Path, str]:
-    workdir = tmp_path_factory.mktemp("bayes")
-    run(snakemake_command(workdir, overrides=[*BAYES, "bayesian.rounds=1"]))
-    return workdir, run(snakemake_command(workdir, overrides=[*BAYES, "bayesian.rounds=2"]))[1]
-
-
-def test_bayesian_rounds_are_kept_and_all_fitted(bayes):
-    workdir, more_rounds = bayes
-    results = workdir / "results" / "bayes"
-    samples = read_table(results / "groups" / "all" / "samples.parquet")
-    # round 0: max(1.5 * 6, 6 + 2) = 9 points; rounds 1 and 2: ceil(0.5 * 6) = 3 each
-    assert samples.groupby("round").size().to_dict() == {0: 9, 1: 3, 2: 3}
-    assert samples["sample"].is_unique
-    fit = read_table(results / "groups" / "all" / "surrogate.parquet")
-    assert (fit["n_samples"] == 15).all()
-    metrics = read_table(results / "groups" / "all" / "metrics.parquet")
-    assert set(metrics["sample"]) == set(samples["sample"])
-    # one more round: only that round is proposed and evaluated; rounds 0 and 1 are kept
-    jobs = job_counts(more_rounds)
-    assert jobs.get("propose_round") == 1 and jobs.get("evaluate_round") == 1 and "evaluate_sample" not in jobs
-    ledger = read_table(results / "evaluations.parquet")
-    assert ledger.groupby("stage")["models"].sum().to_dict() == {
-        "evaluate_reference": 3, "evaluate_sample": 9, "evaluate_round": 6, "evaluate_selected": 1}
-
-
-def test_bayesian_rounds_sample_inside_the_box_and_differ_from_the_design(bayes):
-    results = bayes[0] / "results" / "bayes"
-    samples = read_table(results / "groups" / "all" / "samples.parquet")
-    C = samples[["c_rot90", "c_flip_parity"]].to_numpy()
-    assert ((C >= 0) & (C <= 1)).all()
-    assert len(np.unique(C.round(9), axis=0)) == len(C)
-    assert (samples.loc[samples["round"] > 0, "kind"] == "bayesian").all()
