@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mapmerge import adapters, operators
+from mapmerge.errors import ConfigError
 from mapmerge.selection import PreferenceError, normalize_preference
 
 BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
@@ -28,10 +29,6 @@ CHOICES = {
 }
 # model.merge.vector_dtype: how task vectors are stored (mapmerge.taskvectors.VECTOR_DTYPES; no torch here)
 VECTOR_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """The config is invalid; the message names the key or file and the problem."""
 
 
 def load_config(

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mapmerge.config import ConfigError
+from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge.config import ConfigError
+from mapmerge.errors import ConfigError
 
 # a directory's weights, as mapmerge.checkpoints reads them (not imported: it imports torch, and every
 # workflow job resolves the config)
