@@ -204,6 +204,37 @@ def test_status_tells_the_method(runs, capsys):
     assert {line.split()[0] for line in out.splitlines() if line.split()[:1] in (["L1g0"], ["L2g0"])} == {"L1g0", "L2g0"}
 
 
+def snapshot(*roots: Path) -> dict[Path, tuple[bytes, int] | None]:
+    """Every file (bytes, mtime) and folder under the roots: what a command that only reads, or is refused, leaves as it was."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None for root in roots for p in sorted(root.rglob("*"))}
+
+
+def test_status_shows_unreadable_artifacts(runs, tmp_path, capsys):
+    """Files that exist but do not read (Parquet footer, safetensors header and length) are `unreadable`, named, not `done`."""
+    R = tmp_path / "damaged"
+    shutil.copytree(runs["plain"], R)
+    front, merged = R / "groups" / "all" / "front.parquet", R / "groups" / "all" / "merged.safetensors"
+    front.write_bytes(b"not a table")
+    merged.write_bytes(merged.read_bytes()[:-100])
+    before = snapshot(R)
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    assert snapshot(R) == before
+    rows = status_rows(out)
+    assert rows["pareto_front"] == ["unreadable", "groups/<g>/front.parquet: 0 of 1 groups"]
+    assert rows["merge_group"][0] == "unreadable" and rows["fit_surrogate"][0] == "done"
+    assert {s for s, (state, _) in rows.items() if state not in ("done", "-")} == {"pareto_front", "merge_group"}
+    unreadable = [line for line in out.splitlines() if line.startswith("unreadable: ")]
+    size = len(merged.read_bytes())
+    assert unreadable == [
+        f"unreadable: {front}: not a readable Parquet file (Parquet magic bytes not found in footer. Either the file is corrupted "
+        "or this is not a parquet file.)",
+        f"unreadable: {merged}: truncated or padded safetensors file (its header says {size + 100} bytes, it has {size})",
+    ]
+    group_line = next(line for line in out.splitlines() if line.split()[:1] == ["all"])
+    assert group_line.split()[-2:] == ["unreadable", "unreadable"]
+
+
 def test_status_of_what_is_not_a_folder(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err

@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     state = sub.add_parser(
         "status", help="what a run folder holds, finished or not: per stage its artifacts, the real evaluations, per group its front and merge",
         description="What a run folder holds, finished or not: the method (from levels/ and the group names), per stage "
-        "whether its artifacts exist, the real evaluations per stage (from evaluations.parquet, else counted from the "
-        "evaluation files) and per group its rounds, evaluation files, samples, front size and merged checkpoint.",
+        "whether its artifacts exist and read (done, partial, missing, unreadable: a Parquet footer or safetensors header "
+        "that does not read; the files are listed), the real evaluations per stage (from evaluations.parquet, else counted "
+        "from the evaluation files) and per group its rounds, evaluation files, samples, front size and merged checkpoint.",
     )
     state.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     pick = sub.add_parser(

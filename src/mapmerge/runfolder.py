@@ -65,7 +65,7 @@ class Layout:
     tasks: list[str]
     plans: dict[int, Path]  # level -> levels/level<k>.parquet (those on disk)
     levels: list[list[str]]  # group names per level: expected for the method, else those found
-    problems: list[str] = field(default_factory=list)  # unreadable artifacts met on the way
+    problems: dict[Path, str] = field(default_factory=dict)  # unreadable artifacts met on the way: path -> why
 
     @property
     def groups(self) -> list[str]:
@@ -94,11 +94,11 @@ def _rounds(results: Path, group: str) -> list[Path]:
     return sorted(p for p in folder.glob("r*.parquet") if ROUND_FILE.match(p.name)) if folder.is_dir() else []
 
 
-def _try_read(path: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame | None:
+def _try_read(path: Path, problems: dict[Path, str], columns: list[str] | None = None) -> pd.DataFrame | None:
     try:
         return read_table(path, columns=columns)
     except (ArtifactError, KeyError, ValueError) as exc:  # KeyError/ValueError: a column missing
-        problems.append(str(exc).split("; delete it")[0])
+        problems[path] = str(exc).split("; delete it")[0].removeprefix(f"{path}: ")
         return None
 
 
@@ -112,7 +112,7 @@ def scan(results: Path) -> Layout:
     results = Path(results)
     if not results.is_dir():
         raise UsageError(f"{results}: not a folder")
-    problems: list[str] = []
+    problems: dict[Path, str] = {}
     plans = _level_plans(results)
     frames = {k: _try_read(p, problems) for k, p in plans.items()}
     planned = [g for f in frames.values() if f is not None for g in f["group"].dropna()]
@@ -147,11 +147,47 @@ def scan(results: Path) -> Layout:
     return Layout(results, method, why, tasks, plans, levels, problems)
 
 
+def artifact_damage(path: Path) -> str | None:
+    """Why an artifact that exists does not read as what its suffix says, judged cheaply; None when it does.
+
+    A Parquet file: its footer (schema, row groups), not its pages. A safetensors file: its header and
+    that the file is as long as the header says. Other files are not looked into. What lies deeper (a
+    damaged page, a tensor that is not finite) is for `mapmerge check`, which reads everything.
+    """
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        try:
+            pq.read_metadata(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others
+            return f"not a readable Parquet file ({' '.join(str(exc).split())})"
+    elif path.suffix == ".safetensors":
+        return _safetensors_damage(path)
+    return None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+        length = int.from_bytes(start, "little") if len(start) == 8 else -1
+        if not 0 < length <= size - 8:
+            return f"not a safetensors file (its {size} bytes hold no header)"
+        try:
+            header = json.loads(fh.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            return f"not a safetensors file (unreadable header: {exc})"
+    if 8 + length + end != size:
+        return f"truncated or padded safetensors file (its header says {8 + length + end} bytes, it has {size})"
+    return None
+
+
 def _rows(path: Path) -> int | None:
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        return pq.read_metadata(path).num_rows
     except Exception:  # any unreadable file: shown as such
         return None
 
@@ -212,11 +248,43 @@ def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[str]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
 
 
+class _Disk:
+    """The artifacts status looks at: each read once (Parquet footer, safetensors header), its damage kept."""
+
+    def __init__(self, problems: dict[Path, str]) -> None:
+        self.problems = problems  # path -> why, shared with the Layout (scan's own finds are there)
+        self._good: dict[Path, bool] = {}
+
+    def good(self, path: Path) -> bool:
+        """The file exists and reads."""
+        if path not in self._good:
+            why = artifact_damage(path) if path.is_file() else None
+            if why:
+                self.problems.setdefault(path, why)
+            self._good[path] = path.is_file() and path not in self.problems
+        return self._good[path]
+
+    def count(self, paths: Sequence[Path]) -> int:
+        return sum(self.good(p) for p in paths)
+
+    def bad(self, paths: Sequence[Path]) -> bool:
+        return any(not self.good(p) and p in self.problems for p in paths)
+
+    def state(self, paths: Sequence[Path], expected: int | None) -> str:
+        """done, partial or missing by the good files among `paths`; unreadable when one of them is."""
+        return "unreadable" if self.bad(paths) else _state(self.count(paths), expected)
+
+
 def status(results: Path) -> str:
-    """What a run folder holds: per stage its artifacts, the real evaluations, per group its front and merge."""
+    """What a run folder holds: per stage its artifacts, the real evaluations, per group its front and merge.
+
+    An artifact counts only when it reads (Parquet footer, safetensors header: see artifact_damage); a
+    stage with one that does not is `unreadable`, and the files are listed at the end.
+    """
     results = Path(results)
     layout = scan(results)
     R = results
+    disk = _Disk(layout.problems)
     tasks, groups_ = layout.tasks, layout.groups
     n_groups = len(groups_) if groups_ else None
     lines = [f"{R}: {METHOD_NAMES[layout.method]} ({layout.why})"]
@@ -225,60 +293,69 @@ def status(results: Path) -> str:
     if driver:
         lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
 
-    def count(pattern: str) -> int:
-        return sum(1 for g in groups_ if (R / "groups" / g / pattern).exists())
+    def each(name: str) -> list[Path]:
+        return [R / "groups" / g / name for g in groups_]
 
-    def gcount(label: str, name: str, stage: str) -> tuple[str, str, str]:
-        done = count(name)
-        return stage, _state(done, n_groups), f"groups/<g>/{label}: {done} of {n_groups or '?'} groups"
+    def gcount(name: str, stage: str) -> tuple[str, str, str]:
+        return stage, disk.state(each(name), n_groups), f"groups/<g>/{name}: {disk.count(each(name))} of {n_groups or '?'} groups"
 
+    def present(paths: Sequence[Path]) -> str:  # for stages whose count is not checked against an expected one
+        return "unreadable" if disk.bad(paths) else ("done" if disk.count(paths) else "-")
+
+    counts, source = evaluation_counts(R, layout)  # first: it reads evaluations.parquet whole, which may find it damaged
     ckpts = sorted((R / "checkpoints").glob("*.safetensors"))
     if (R / "benchmark.parquet").exists():
-        bench = ("prepare_benchmark", "done", f"benchmark.parquet, checkpoints/ ({len(ckpts)} files)")
+        files = [R / "benchmark.parquet", *ckpts]
+        bench = ("prepare_benchmark", "unreadable" if disk.bad(files) else "done", f"benchmark.parquet, checkpoints/ ({len(ckpts)} files)")
     else:
         bench = ("prepare_benchmark", "-", "no benchmark.parquet: not run yet, or a user model (checkpoints outside the run folder)")
-    vectors = sum(1 for t in tasks if (R / "task_vectors" / f"{t}.safetensors").exists())
+    vectors = [R / "task_vectors" / f"{t}.safetensors" for t in tasks]
     n_levels = len(layout.levels) or None
     rounds = {g: _rounds(R, g) for g in groups_}
-    later = sum(max(len(r) - 1, 0) for r in rounds.values())
+    later = [p for r in rounds.values() for p in r[1:]]
     evals = {g: sorted((R / "groups" / g / "evals").glob("*.parquet")) for g in groups_}
-    batches = sum(1 for files in evals.values() for p in files if not ROUND_EVAL.match(p.name))
-    round_batches = sum(1 for files in evals.values() for p in files if ROUND_EVAL.match(p.name))
-    merged = [count(f) for f in ("merged.safetensors", "vector.safetensors", "choice.parquet")]
-    collected = min(count("samples.parquet"), count("metrics.parquet"))
+    batches = [p for files in evals.values() for p in files if not ROUND_EVAL.match(p.name)]
+    round_batches = [p for files in evals.values() for p in files if ROUND_EVAL.match(p.name)]
+    merge_outputs = [each(f) for f in ("merged.safetensors", "vector.safetensors", "choice.parquet")]
+    merged = min(disk.count(files) for files in merge_outputs)
+    collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples.parquet"), each("metrics.parquet")))
     aggregate = ["pareto.parquet", "selected.parquet", "groups.parquet", "report.md"]
     tables = sum((R / "report" / f"{name}.html").exists() for name in HTML_TABLES)
-    agg_done = [f for f in aggregate if (R / f).exists()]
+    agg_done = [f for f in aggregate if disk.good(R / f)]
     pngs = sorted((R / "plots").glob("*.png"))
+    if disk.bad([R / f for f in aggregate]):
+        agg_state = "unreadable"
+    else:
+        agg_state = "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing")
     rows = [
         bench,
-        ("extract_task_vector", _state(vectors, len(tasks) or None),
-         f"task_vectors/<task>.safetensors: {vectors} of {len(tasks) or '?'} tasks"),
-        ("task_vector_table", _state((R / "task_vectors.parquet").exists(), 1), "task_vectors.parquet"),
-        ("evaluate_reference", _state((R / "reference.parquet").exists() and (R / "reference_examples.parquet").exists(), 1),
+        ("extract_task_vector", disk.state(vectors, len(tasks) or None),
+         f"task_vectors/<task>.safetensors: {disk.count(vectors)} of {len(tasks) or '?'} tasks"),
+        ("task_vector_table", disk.state([R / "task_vectors.parquet"], 1), "task_vectors.parquet"),
+        ("evaluate_reference", disk.state([R / "reference.parquet", R / "reference_examples.parquet"], 2),
          "reference.parquet, reference_examples.parquet"),
-        ("plan_level", _state(len(layout.plans), n_levels), f"levels/level<k>.parquet: {len(layout.plans)} of {n_levels or '?'} levels"),
-        gcount("rounds/r00.parquet", "rounds/r00.parquet", "sample_coefficients"),
-        ("propose_round", "done" if later else "-",
-         f"groups/<g>/rounds/r<NN>.parquet after r00: {later}" + ("" if later else " (Bayesian MAP only)")),
-        ("evaluate_sample", "done" if batches else "missing", f"groups/<g>/evals/b<NNNN>.parquet: {batches} batches"),
-        ("evaluate_round", "done" if round_batches else "-", f"groups/<g>/evals/r<NN>b<NNNN>.parquet: {round_batches} batches"
+        ("plan_level", disk.state(list(layout.plans.values()), n_levels),
+         f"levels/level<k>.parquet: {disk.count(list(layout.plans.values()))} of {n_levels or '?'} levels"),
+        gcount("rounds/r00.parquet", "sample_coefficients"),
+        ("propose_round", present(later),
+         f"groups/<g>/rounds/r<NN>.parquet after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)")),
+        ("evaluate_sample", "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
+         f"groups/<g>/evals/b<NNNN>.parquet: {len(batches)} batches"),
+        ("evaluate_round", present(round_batches), f"groups/<g>/evals/r<NN>b<NNNN>.parquet: {len(round_batches)} batches"
          + ("" if round_batches else " (Bayesian MAP only)")),
-        ("collect_metrics", _state(collected, n_groups),
+        ("collect_metrics", "unreadable" if disk.bad(each("samples.parquet") + each("metrics.parquet")) else _state(collected, n_groups),
          f"groups/<g>/samples.parquet, metrics.parquet: {collected} of {n_groups or '?'} groups"),
-        gcount("surrogate.parquet", "surrogate.parquet", "fit_surrogate"),
-        gcount("front.parquet", "front.parquet", "pareto_front"),
-        ("merge_group", _state(min(merged), n_groups),
-         f"groups/<g>/merged.safetensors, vector.safetensors, choice.parquet: {min(merged)} of {n_groups or '?'} groups"),
-        gcount("selected_evals.parquet", "selected_evals.parquet", "evaluate_selected"),
-        ("ledger", _state((R / "evaluations.parquet").exists(), 1), "evaluations.parquet"),
-        ("aggregate", "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing"),
-         f"{', '.join(aggregate)}: {len(agg_done)} of {len(aggregate)}; plots/: {len(pngs)} PNG"),
+        gcount("surrogate.parquet", "fit_surrogate"),
+        gcount("front.parquet", "pareto_front"),
+        ("merge_group", "unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
+         f"groups/<g>/merged.safetensors, vector.safetensors, choice.parquet: {merged} of {n_groups or '?'} groups"),
+        gcount("selected_evals.parquet", "evaluate_selected"),
+        ("ledger", disk.state([R / "evaluations.parquet"], 1), "evaluations.parquet"),
+        ("aggregate", agg_state, f"{', '.join(aggregate)}: {len(agg_done)} of {len(aggregate)}; plots/: {len(pngs)} PNG"),
         ("report_tables", _state(tables, len(HTML_TABLES)), f"report/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}"),
     ]
     lines += ["", *_table(rows, ["stage", "state", "artifacts"])]
 
-    counts, source = evaluation_counts(R, layout)
     lines += ["", f"Real evaluations ({source}):"]
     if len(counts):
         table = [(r.stage, r.files, r.models, r.task_evaluations) for r in counts.itertuples()]
@@ -287,19 +364,24 @@ def status(results: Path) -> str:
     else:
         lines.append("  none yet")
 
+    def shown(path: Path, value: object) -> object:
+        return "unreadable" if path in layout.problems else ("-" if value is None else value)
+
     if groups_:
         table = []
         for g in groups_:
             gdir = R / "groups" / g
-            front = _rows(gdir / "front.parquet") if (gdir / "front.parquet").exists() else None
-            samples = _rows(gdir / "samples.parquet") if (gdir / "samples.parquet").exists() else None
-            table.append((g, layout.level_of(g), len(rounds[g]), len(evals[g]), "-" if samples is None else samples,
-                          "-" if front is None else front, "yes" if (gdir / "merged.safetensors").exists() else "no"))
+            front, samples, merged_file = gdir / "front.parquet", gdir / "samples.parquet", gdir / "merged.safetensors"
+            table.append((g, layout.level_of(g), len(rounds[g]), len(evals[g]),
+                          shown(samples, _rows(samples) if disk.good(samples) else None),
+                          shown(front, _rows(front) if disk.good(front) else None),
+                          shown(merged_file, "yes" if disk.good(merged_file) else "no")))
         lines += ["", "Groups (the last is the final merge):"]
         header = ["group", "level", "rounds", "eval files", "samples", "front points", "merged.safetensors"]
         lines += ["  " + line for line in _table(table, header)]
     if layout.problems:
-        lines += ["", *(f"unreadable: {p}" for p in layout.problems)]
+        lines += ["", *(f"unreadable: {path}: {why}" for path, why in sorted(layout.problems.items()))]
+        lines.append(f"  (`mapmerge check {R} --delete` deletes such files, so that snakemake makes them again)")
     return "\n".join(lines)
 
 
