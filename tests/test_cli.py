@@ -16,7 +16,7 @@ from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, safetensors_metadata
 from mapmerge.cli import main
 from mapmerge.config import load_config, stage_config
-from mapmerge.io import read_table
+from mapmerge.io import file_hash, read_table
 from mapmerge.runfolder import evaluation_counts, scan
 from mapmerge.selection import normalize_preference, select_point
 from mapmerge.taskvectors import merge_files
@@ -31,17 +31,21 @@ SETTINGS = [
 ]
 
 
-def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = None, finish: bool = True) -> Path:
+def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = None, finish: bool = True,
+              experiment: Path | None = None) -> Path:
     """A run folder made as the workflow makes it (see workflow/rules/*.smk): every stage function, in order.
 
     bench: a run folder whose checkpoints/ and benchmark.parquet are copied instead of training them
     again (the same benchmark config). finish=False stops a Bayesian run after its rounds' evaluations.
+    experiment: an experiment file (a user model's run has no benchmark stage).
     """
-    cfg = load_config(REPO / "config", overrides=[f"name={name}", f"results_dir='{root}'", *SETTINGS, *overrides])
+    cfg = load_config(REPO / "config", experiment=experiment, overrides=[f"name={name}", f"results_dir='{root}'", *SETTINGS, *overrides])
     R = Path(cfg["results"])
     tasks, model = cfg["task_names"], cfg["model"]
     P = lambda stage: stage_config(cfg, stage)  # noqa: E731
-    if bench is None:
+    if not model["builtin"]:
+        pass
+    elif bench is None:
         threads = torch.get_num_threads()
         try:
             stages.run_prepare_benchmark(P("prepare_benchmark"), Path(model["pretrained"]).parent, R / "benchmark.parquet")
@@ -283,25 +287,96 @@ def test_select_with_the_runs_preference_gives_the_runs_merge(runs, tmp_path, ca
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and ours.keys() == theirs.keys()
 
 
-def test_select_tchebycheff_and_a_torch_pretrained(runs, tmp_path, capsys):
-    R = runs["plain"]
-    torch_pre = tmp_path / "pretrained.pt"
-    torch.save(load_state_dict(R / "checkpoints" / "pretrained.safetensors"), torch_pre)
-    assert main(["select", str(R), "--prefer", "rot90=1,invert=2", "--method", "tchebycheff", "--pretrained", str(torch_pre)]) == 0
+@pytest.fixture(scope="module")
+def torch_run(runs, tmp_path_factory) -> tuple[Path, Path]:
+    """(a user model's run, its checkpoints' folder): the benchmark's checkpoints saved as torch state dicts outside
+    the run folder, the benchmark's builder and evaluators; the run folder records only their names and hashes."""
+    root = tmp_path_factory.mktemp("torch_model")
+    ckpts = root / "checkpoints"
+    ckpts.mkdir()
+    for path in (runs["plain"] / "checkpoints").glob("*.safetensors"):
+        torch.save(load_state_dict(path), ckpts / f"{path.stem}.pt")
+    builtin = load_config(REPO / "config", overrides=["name=plain", f"results_dir='{runs['plain'].parent}'", *SETTINGS])
+    model = {"builder": builtin["model"]["builder"], "pretrained": str(ckpts / "pretrained.pt"),
+             "merge": {"include": ["*"], "exclude": ["head.*"]},
+             "tasks": {t: {"checkpoint": str(ckpts / f"{t}.pt"), "evaluator": builtin["model"]["tasks"][t]["evaluator"]} for t in TASKS}}
+    (root / "experiment.yaml").write_text(json.dumps({"model": model}))  # JSON is YAML
+    return build_run(root / "results", "user", [], experiment=root / "experiment.yaml"), ckpts
+
+
+def refused(command: list[str], status: int, capsys, *untouched: Path) -> str:
+    """The one line a refused command prints on stderr; it exits with `status` and writes or changes nothing under `untouched`."""
+    before = snapshot(*untouched)
+    capsys.readouterr()  # what came before
+    assert main(command) == status
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert snapshot(*untouched) == before
+    return captured.err
+
+
+def with_largest_tensor_changed(source: Path, out: Path) -> Path:
+    """A copy of a checkpoint whose largest tensor differs a little (its 3 smallest, and all but one, are the same)."""
+    state = load_state_dict(source)
+    largest = max(state, key=lambda name: state[name].numel())
+    state[largest] = state[largest] + 0.01
+    if out.suffix == ".safetensors":
+        from mapmerge.checkpoints import save_safetensors
+
+        save_safetensors(state, out)
+    else:
+        torch.save(state, out)
+    return out
+
+
+def test_select_tchebycheff_with_a_user_models_torch_pretrained(torch_run, capsys):
+    R, ckpts = torch_run
+    pre = ckpts / "pretrained.pt"
+    assert main(["select", str(R), "--prefer", "rot90=1,invert=2", "--method", "tchebycheff", "--pretrained", str(pre)]) == 0
     out = capsys.readouterr().out
     path = R / "selected" / "rot90-1_invert-2_tchebycheff.pt"
     assert f"merged checkpoint: {path}" in out
+    assert f"checked: its hash {file_hash(pre)} is the one recorded in {R / 'reference.parquet'}" in out
     front = read_table(R / "groups" / "all" / "front.parquet")
     c = expected_choice(front, {"rot90": 1.0, "invert": 2.0}, method="tchebycheff")
     state = torch.load(path, weights_only=True)
     build_model(width=WIDTH).load_state_dict(state, strict=True)
-    reference = merge_files(torch_pre, {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS}, [c[t] for t in TASKS])
+    reference = merge_files(pre, {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS}, [c[t] for t in TASKS])
     assert all(torch.equal(state[k], reference[k]) for k in reference)
-    # a checkpoint that is not the run's pretrained one is refused
-    assert main(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(R / "checkpoints" / "invert.safetensors"),
-                 "--out", str(tmp_path / "x.safetensors")]) == 1
-    assert "is not reproduced from" in capsys.readouterr().err
-    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_select_refuses_a_pretrained_whose_hash_is_not_the_runs(runs, torch_run, tmp_path, capsys):
+    """Hashed whole and compared with the hash the run recorded: a checkpoint that differs only in its largest tensor is refused."""
+    R = runs["plain"]
+    own = R / "checkpoints" / "pretrained.safetensors"
+    for given in (with_largest_tensor_changed(own, tmp_path / "other.safetensors"), R / "checkpoints" / "invert.safetensors"):
+        err = refused(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(given), "--out", str(tmp_path / "x.safetensors")],
+                      2, capsys, R, tmp_path)
+        assert err == (f"mapmerge select: --pretrained {given}: sha256[:16] {file_hash(given)}, but the run's pretrained checkpoint "
+                       f"pretrained.safetensors has {file_hash(own)} (recorded in {R / 'benchmark.parquet'}); the run's own is "
+                       f"{own}: leave --pretrained out\n")
+    # a user model's run: the hash is in the evaluations' metadata
+    R, ckpts = torch_run
+    other = with_largest_tensor_changed(ckpts / "pretrained.pt", tmp_path / "pretrained.pt")
+    err = refused(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(other)], 2, capsys, R, tmp_path, ckpts)
+    assert err == (f"mapmerge select: --pretrained {other}: sha256[:16] {file_hash(other)}, but the run's pretrained checkpoint "
+                   f"pretrained.pt has {file_hash(ckpts / 'pretrained.pt')} (recorded in {R / 'reference.parquet'}); give the "
+                   "checkpoint the run merged (model.pretrained)\n")
+    err = refused(["select", str(R), "--prefer", "rot90=1"], 2, capsys, R)
+    assert err == (f"mapmerge select: {R}: the pretrained checkpoint of a user model is not kept in the run folder (its artifacts "
+                   "record only file names and hashes); give it with --pretrained PATH (the experiment's model.pretrained)\n")
+
+
+def test_select_refuses_an_out_inside_the_run_folder(runs, torch_run, capsys):
+    R = runs["plain"]
+    for out in (R / "groups" / "all" / "front.parquet", R / "merged.safetensors", R / "selected" / ".." / "report.md"):
+        err = refused(["select", str(R), "--prefer", "rot90=1", "--out", str(out)], 2, capsys, R)
+        assert err == (f"mapmerge select: --out {out}: inside the run folder {R}, where select writes only under {R / 'selected'}/; "
+                       "give a path there or outside the run folder\n")
+    R, ckpts = torch_run
+    pre = ckpts / "pretrained.pt"
+    err = refused(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(pre), "--out", str(pre)], 2, capsys, R, ckpts)
+    assert err == f"mapmerge select: --out {pre}: is the pretrained checkpoint itself; write the merge elsewhere\n"
 
 
 @pytest.mark.parametrize("prefer, message", [

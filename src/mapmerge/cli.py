@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Choose the front point of the run's final group for a new preference, without evaluating anything, "
         "and write its merged checkpoint theta_pre + sum_i c_i tau'_i (the run's merge operator, from the header of "
         "groups/<g>/merged.safetensors). Prints the coefficients, the predicted metrics per task and the file. "
+        "Before writing, the pretrained checkpoint is checked against the hash the run recorded (where the records "
+        "cannot tell its hash, as in a transformers run, by merging the run's own choice from it, every tensor); "
+        "a wrong one is refused and nothing is written. "
         "Nested MAP: only the top group is chosen again; the merges below it stay those of the run's own preference.",
     )
     pick.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
@@ -100,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="how the preference picks a front point (default: weighted_sum)")
     pick.add_argument("--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff (default: 0.05)")
     pick.add_argument("--out", type=Path, default=None, metavar="PATH",
-                      help="the checkpoint to write; its format follows the suffix: .safetensors, else a torch state dict "
-                      "(default: RESULTS/selected/<preference>.safetensors, or .pt when the pretrained checkpoint is a torch file)")
+                      help="the checkpoint to write, under RESULTS/selected/ or outside the run folder; its format follows the "
+                      "suffix: .safetensors, else a torch state dict (default: RESULTS/selected/<preference>.safetensors, or .pt "
+                      "when the pretrained checkpoint is a torch file)")
     pick.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
-                      help="the pretrained checkpoint (model.pretrained); needed for your own model, whose checkpoints the run "
-                      "folder does not hold (the built-in benchmark's are in RESULTS/checkpoints/)")
+                      help="the pretrained checkpoint the run merged: a file (model.pretrained) or a transformers directory "
+                      "(model.transformers.pretrained); needed for your own model, whose checkpoints the run folder does not "
+                      "hold (the built-in benchmark's are in RESULTS/checkpoints/)")
     pick.add_argument("--metric", default=None, choices=["accuracy", "loss"],
                       help="the objective metric (default: the run's optimizer.objective, read from groups.parquet)")
     pick.add_argument("--seed", type=int, default=None, metavar="N",

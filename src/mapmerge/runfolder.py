@@ -9,7 +9,8 @@ or needs Snakemake. Everything is read from the artifacts (see README, "Stages a
 - the merge operator and the coefficients the run chose: the header of groups/<g>/merged.safetensors;
 - the pretrained checkpoint: RESULTS/checkpoints/ for the built-in benchmark (benchmark.parquet); a
   user model's is not kept in the run folder (its artifacts record only file names and hashes), so it
-  is given with --pretrained.
+  is given with --pretrained, and checked against the recorded hash (pretrained_record) before anything
+  is written.
 
 torch is imported only where a checkpoint is read or written.
 """
@@ -29,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from mapmerge import groups, metrics, runlock, selection
-from mapmerge.io import ArtifactError, read_table
+from mapmerge.io import ArtifactError, read_table, table_metadata
 from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.operators import SEEDED
 from mapmerge.report import HTML_TABLES
@@ -501,24 +502,144 @@ def merge_record(merged: Path) -> tuple[dict[str, Any], dict[str, float], Any]:
     return _decoded(meta["operator"]), _decoded(meta["coefficients"]), _decoded(seed)
 
 
-def find_pretrained(results: Path, given: Path | None) -> tuple[Path, str]:
-    """The run's pretrained checkpoint and where it was found."""
-    if given is not None:
-        if not Path(given).is_file():
-            raise UsageError(f"--pretrained {given}: not found")
-        return Path(given), "--pretrained"
+@dataclass
+class PretrainedRecord:
+    """What a run folder records of its pretrained checkpoint (see pretrained_record)."""
+
+    key: str  # the config key that names it, for messages
+    builtin: bool = False  # the built-in benchmark's, kept in RESULTS/checkpoints/
+    name: str | None = None  # its file name
+    digest: str | None = None  # its mapmerge.io.file_hash; None where the records do not single it out
+    source: Path | None = None  # the artifact whose metadata holds the digest
+    why: str = ""  # why digest is None, or why it does not vouch for every tensor
+
+    def hint(self, results: Path) -> str:
+        """What to give instead of a wrong --pretrained."""
+        if self.builtin:
+            return f"the run's own is {results / 'checkpoints' / str(self.name)}: leave --pretrained out"
+        return f"give the checkpoint the run merged ({self.key})"
+
+
+def _checkpoint_sources(results: Path) -> list[str]:
+    """The fine-tuned checkpoints' file names, from the `source` in each task vector's header."""
+    from mapmerge.checkpoints import safetensors_metadata
+
+    names = []
+    for path in sorted((results / "task_vectors").glob("*.safetensors")):
+        try:
+            source = safetensors_metadata(path).get("source")
+        except Exception:  # an unreadable vector: select fails on it later, naming it
+            continue
+        if isinstance(source, str):
+            names.append(source)
+    return names
+
+
+def _config_key(sources: Sequence[str]) -> str:
+    from mapmerge.checkpoints import HF_WEIGHTS
+
+    if sources and all(name in HF_WEIGHTS for name in sources):
+        return "model.transformers.pretrained"
+    if sources and all(name == "finetuned.pt" for name in sources):
+        return "model.openclip: {root}/{model_name}/zeroshot.pt"
+    return "model.pretrained"
+
+
+def pretrained_record(results: Path, layout: Layout, group: str) -> PretrainedRecord:
+    """The run's pretrained checkpoint as its artifacts record it: file name and hash.
+
+    Every artifact's metadata maps the file names of its inputs to their hashes (mapmerge.io.provenance).
+    The built-in benchmark: benchmark.parquet's pretrained row and its hash there. A user model: the
+    inputs of reference.parquet (else of the final group's evaluation files): the pretrained checkpoint,
+    the task vectors (<task>.safetensors, vector.safetensors), the fine-tuned checkpoints (the `source`
+    in each vector's header) and tables; the one name that is none of the others is the pretrained
+    checkpoint's. Where its name is also another input's (a transformers run: every directory's weights
+    are model.safetensors), the metadata keeps one hash for the name and does not tell whose: digest None.
+    """
+    sources = _checkpoint_sources(results)
+    key = _config_key(sources)
     bench = results / "benchmark.parquet"
     if bench.exists():
-        frame = read_table(bench)
+        frame = read_table(bench, columns=["model", "file"])
         rows = frame[frame["model"] == "pretrained"]
-        path = results / "checkpoints" / (rows["file"].iloc[0] if len(rows) else "pretrained.safetensors")
+        name = str(rows["file"].iloc[0]) if len(rows) else "pretrained.safetensors"
+        digest = json.loads(table_metadata(bench).get("mapmerge.inputs", "{}")).get(name)
+        return PretrainedRecord("model.pretrained", True, name, digest, bench, "" if digest else f"{bench} records no hash of it")
+    records = [results / "reference.parquet", results / "reference_examples.parquet",
+               *sorted((results / "groups" / group / "evals").glob("*.parquet"))]
+    others = {f"{t}.safetensors" for t in [*layout.tasks, *(p.stem for p in (results / "task_vectors").glob("*.safetensors"))]}
+    others |= {"vector.safetensors", *sources}
+    for path in records:
+        try:
+            inputs = json.loads(table_metadata(path).get("mapmerge.inputs", "{}"))
+        except (ArtifactError, ValueError):
+            continue
+        left = [n for n in inputs if n not in others and not n.endswith(".parquet")]
+        if len(left) == 1:
+            return PretrainedRecord(key, False, left[0], inputs[left[0]], path)
+        return PretrainedRecord(key, why=(
+            f"{path.name} keeps its inputs' hashes by file name, and the pretrained checkpoint's is also a fine-tuned one's"
+            if not left else f"{path.name} does not single it out among its inputs {', '.join(left)}"))
+    return PretrainedRecord(key, why="no artifact records its hash")
+
+
+def pretrained_file(given: Path) -> Path:
+    """--pretrained as the checkpoint file the run read: the file, or a transformers directory's weights
+    (model.safetensors, or model.safetensors.index.json of a sharded save), as model.transformers resolves them."""
+    from mapmerge.adapters.transformers import weights_file
+    from mapmerge.errors import ConfigError
+
+    given = Path(given)
+    if given.is_dir():
+        try:
+            return weights_file(given, f"--pretrained {given}")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    if not given.is_file():
+        raise UsageError(f"--pretrained {given}: not found")
+    return given
+
+
+def find_pretrained(results: Path, given: Path | None, record: PretrainedRecord) -> tuple[Path, str]:
+    """The run's pretrained checkpoint file and where it was found (not yet checked: see check_pretrained)."""
+    if given is not None:
+        return pretrained_file(given), "--pretrained"
+    if record.builtin:
+        path = results / "checkpoints" / str(record.name)
         if not path.exists():
-            raise ArtifactError(f"{path}: not found (the built-in benchmark's pretrained checkpoint, see {bench})")
+            raise ArtifactError(f"{path}: not found (the built-in benchmark's pretrained checkpoint, see {record.source})")
         return path, "the built-in benchmark's checkpoints/"
     raise UsageError(
         f"{results}: the pretrained checkpoint of a user model is not kept in the run folder "
-        "(its artifacts record only file names and hashes); give it with --pretrained PATH (model.pretrained of the experiment)"
+        f"(its artifacts record only file names and hashes); give it with --pretrained PATH (the experiment's {record.key})"
     )
+
+
+def check_pretrained(results: Path, path: Path, given: bool, record: PretrainedRecord) -> str | None:
+    """Refuse a pretrained checkpoint whose hash is not the one the run recorded, hashed as the run hashed it
+    (mapmerge.io.file_hash of the file, of a shard index for a sharded checkpoint).
+
+    Returns how the hash vouched for it, or None where it cannot vouch for every tensor and check_reproduces
+    must: the records do not single out its hash (record.why), or the file is a shard index (whose hash does
+    not cover its shards). UsageError for a --pretrained file, ArtifactError for the run folder's own (a
+    benchmark checkpoint replaced since the run).
+    """
+    from mapmerge.checkpoints import SHARD_INDEX_SUFFIX
+    from mapmerge.io import file_hash
+
+    if record.digest is None:
+        return None
+    digest = file_hash(path)
+    if digest != record.digest:
+        what = f"--pretrained {path}" if given else str(path)
+        hint = f"; {record.hint(results)}" if given else "; it was replaced after the run"
+        error = UsageError if given else ArtifactError
+        raise error(f"{what}: sha256[:16] {digest}, but the run's pretrained checkpoint {record.name} has {record.digest} "
+                    f"(recorded in {record.source}){hint}")
+    if path.name.endswith(SHARD_INDEX_SUFFIX):
+        record.why = "the hash of a shard index does not cover its shards"
+        return None
+    return f"its hash {digest} is the one recorded in {record.source}"
 
 
 def member_vectors(results: Path, members: Sequence[str], tasks: Sequence[str]) -> dict[str, Path]:
@@ -534,12 +655,15 @@ def member_vectors(results: Path, members: Sequence[str], tasks: Sequence[str]) 
 
 def check_reproduces(
     pretrained: Path, vectors: Mapping[str, Path], coefficients: Sequence[float], operator: Mapping[str, Any],
-    seed: int | None, merged: Path, n_tensors: int = 3,
+    seed: int | None, merged: Path, given: bool, hint: str,
 ) -> None:
-    """Merge the run's own choice on the few smallest merged tensors and compare with the run's merged.safetensors.
+    """Merge the run's own choice from `pretrained` and compare every tensor with the run's merged.safetensors.
 
-    Catches a --pretrained that is not the run's pretrained checkpoint, or a --seed that is not its seed,
-    at the cost of reading a few small tensors. ArtifactError when they differ.
+    For a pretrained checkpoint the run's records cannot vouch for by its hash (see check_pretrained): any
+    tensor that differs (the merged ones and the others, which merged.safetensors holds as the pretrained
+    ones) makes the merge differ. Reads the checkpoint, the task vectors and merged.safetensors once, one
+    tensor at a time. UsageError (ArtifactError for the run folder's own, not `given`) naming the first tensor
+    that differs; `hint` says what to give instead.
     """
     import torch
 
@@ -548,22 +672,36 @@ def check_reproduces(
     from mapmerge.taskvectors import merge_tensor
 
     spec, members = validate(operator), list(vectors)
+    what, error = (f"--pretrained {pretrained}", UsageError) if given else (str(pretrained), ArtifactError)
     with ExitStack() as stack:
         pre = stack.enter_context(open_checkpoint(pretrained))
         stored = stack.enter_context(open_checkpoint(merged))
         readers = [stack.enter_context(open_checkpoint(p)) for p in vectors.values()]
-        shapes = readers[0].meta()
-        for name in sorted(shapes, key=lambda n: (shapes[n].numel(), n))[:n_tensors]:
-            if name not in pre or name not in stored:
-                raise ArtifactError(f"{pretrained}: has no tensor '{name}' of the run's task vectors; not the run's pretrained checkpoint")
-            expected = merge_tensor(spec, members, name, pre.get(name), (r.get(name) for r in readers), coefficients, seed)
+        names = set(readers[0].keys())
+        differ = sorted(set(pre.keys()) ^ set(stored.keys()))
+        if differ:
+            where = "lacks" if differ[0] in stored else "has"
+            raise error(f"{what}: {where} tensor '{differ[0]}', unlike the run's {merged}; {hint}")
+        for name in pre.keys():
+            expected = pre.get(name)
+            if name in names:
+                expected = merge_tensor(spec, members, name, expected, (r.get(name) for r in readers), coefficients, seed)
             actual = stored.get(name)
             if expected.shape != actual.shape or not torch.allclose(expected.float(), actual.float(), rtol=1e-5, atol=1e-6):
-                extra = " or the seed (--seed) is not the run's" if spec["operator"] == "dare" else ""
-                raise ArtifactError(
-                    f"{merged}: tensor '{name}' is not reproduced from {pretrained} and the run's task vectors at the "
-                    f"run's own coefficients: the pretrained checkpoint{extra} is not the run's"
+                raise error(
+                    f"{what}: tensor '{name}' with the run's task vectors at the run's own coefficients does not "
+                    f"give the run's {merged}; {hint}"
                 )
+
+
+def check_out(results: Path, out: Path) -> None:
+    """Refuse an --out that would add or replace a file of the run folder outside RESULTS/selected/, or is a folder."""
+    run, target = results.resolve(), out.resolve()
+    if target.is_relative_to(run) and not target.is_relative_to(run / "selected"):
+        raise UsageError(f"--out {out}: inside the run folder {results}, where select writes only under {results / 'selected'}/; "
+                         "give a path there or outside the run folder")
+    if target.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file path (.safetensors, else a torch state dict)")
 
 
 def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, str]) -> Path:
@@ -617,6 +755,8 @@ def select(
     if not (math.isfinite(rho) and rho >= 0):
         raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
     layout = scan(results)
+    if out is not None:
+        check_out(results, Path(out))
     group, info = final_group(layout)
     tasks = info["tasks"]
     try:
@@ -640,16 +780,25 @@ def select(
     else:
         seed = None
     members = info["members"]
-    pre_path, pre_source = find_pretrained(results, pretrained)
+    record = pretrained_record(results, layout, group)
+    pre_path, pre_source = find_pretrained(results, pretrained, record)
     vectors = member_vectors(results, members, layout.tasks or tasks)
-    check_reproduces(pre_path, vectors, [float(chosen[m]) for m in members], operator, seed, gdir / "merged.safetensors")
+    if out is None:
+        from mapmerge.checkpoints import SHARD_INDEX_SUFFIX
+
+        torch_file = pre_path.suffix != ".safetensors" and not pre_path.name.endswith(SHARD_INDEX_SUFFIX)
+        out = results / "selected" / f"{preference_name(preference, method, rho)}{'.pt' if torch_file else '.safetensors'}"
+    out = Path(out)
+    if out.resolve() == pre_path.resolve():
+        raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
+    checked = check_pretrained(results, pre_path, pretrained is not None, record)
+    if checked is None:
+        check_reproduces(pre_path, vectors, [float(chosen[m]) for m in members], operator, seed, gdir / "merged.safetensors",
+                         pretrained is not None, record.hint(results))
+        checked = f"merged at the run's own coefficients it gives {gdir / 'merged.safetensors'}, every tensor ({record.why})"
 
     index, member_weights = pick_point(front, info, task_weights, metric, method, rho)
     c = {m: float(front[f"c_{m}"].iloc[index]) for m in members}
-    if out is None:
-        suffix = ".safetensors" if pre_path.suffix == ".safetensors" else ".pt"
-        out = results / "selected" / f"{preference_name(preference, method, rho)}{suffix}"
-    out = Path(out)
     state = merge_files(pre_path, vectors, list(c.values()), operator, seed)
     metadata = {
         "coefficients": json.dumps(c), "operator": json.dumps(operator), "preference": json.dumps(dict(preference)),
@@ -686,6 +835,7 @@ def select(
         + (f" (seed {seed})" if seed is not None else "")
     )
     lines.append(f"  pretrained: {pre_path} ({pre_source}); the parameters that are not merged are the pretrained ones")
+    lines.append(f"  checked: {checked}")
     return Selection(group, layout.method or "map", members, c, member_weights, task_weights, index, front, metric, out, "\n".join(lines))
 
 
