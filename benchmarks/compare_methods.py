@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mapmerge import stages
+from mapmerge.stages import evaluation
 from mapmerge.config import load_config, stage_config
 from mapmerge.io import read_table
 from mapmerge.metrics import metrics_from_examples
@@ -105,7 +105,7 @@ def task_arithmetic_rows(workdir: Path, n_tasks: int, tasks: list[str], dataset:
         "vectors": {t: results / "task_vectors" / f"{t}.safetensors" for t in tasks},
         "checkpoints": {t: cfg["model"]["tasks"][t]["checkpoint"] for t in tasks},
     }
-    engine = stages._engine(stage_config(cfg, "evaluate"), files, "cpu", 1)
+    engine = evaluation._engine(stage_config(cfg, "evaluate"), files, "cpu", 1)
 
     def accuracies(lam: float) -> dict[str, float]:
         metrics = metrics_from_examples(engine.evaluate([lam] * len(tasks), sample=f"{lam:.2f}"))

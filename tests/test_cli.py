@@ -11,14 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from mapmerge import groups, report, stages
+from mapmerge import groups, report
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, safetensors_metadata
 from mapmerge.cli import main
 from mapmerge.config import load_config, stage_config
 from mapmerge.io import file_hash, read_table
 from mapmerge.runfolder import evaluation_counts, scan
-from mapmerge.selection import normalize_preference, select_point
+from mapmerge.sampling import sample_batches
+from mapmerge.selection import normalize_preference, pick_point, select_point
+from mapmerge.stages import (
+    aggregate, collect, evaluation, fit_surrogate, merge_group, pareto_front, plan_level, prepare_benchmark, propose_round,
+    sample_coefficients, task_vectors,
+)
 from mapmerge.taskvectors import merge_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +53,7 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
     elif bench is None:
         threads = torch.get_num_threads()
         try:
-            stages.run_prepare_benchmark(P("prepare_benchmark"), Path(model["pretrained"]).parent, R / "benchmark.parquet")
+            prepare_benchmark.run_prepare_benchmark(P("prepare_benchmark"), Path(model["pretrained"]).parent, R / "benchmark.parquet")
         finally:
             torch.set_num_threads(threads)
     else:
@@ -63,10 +68,10 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
         return R / "task_vectors" / f"{m}.safetensors" if m in tasks else R / "groups" / m / "vector.safetensors"
 
     for t in tasks:
-        stages.run_extract_task_vector(P("extract_task_vector"), t, pre, checkpoints[t], vector_path(t))
-    stages.run_task_vector_table({t: vector_path(t) for t in tasks}, R / "task_vectors.parquet")
+        task_vectors.run_extract_task_vector(P("extract_task_vector"), t, pre, checkpoints[t], vector_path(t))
+    task_vectors.run_task_vector_table({t: vector_path(t) for t in tasks}, R / "task_vectors.parquet")
     reference_files = {"pretrained": pre, "vectors": {t: vector_path(t) for t in tasks}, "checkpoints": checkpoints}
-    stages.run_evaluate_reference(P("evaluate"), reference_files, R / "reference.parquet", R / "reference_examples.parquet", device="cpu")
+    evaluation.run_evaluate_reference(P("evaluate"), reference_files, R / "reference.parquet", R / "reference_examples.parquet", device="cpu")
     plans, evals = [], {"reference_examples.parquet": R / "reference_examples.parquet"}
     batch = cfg["evaluation"]["samples_per_job"]
     for k, names in enumerate(levels, 1):
@@ -77,41 +82,41 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
             inputs = {"reference": R / "reference.parquet"} if cfg["method"] == "nested" else {}
         else:
             inputs = {"previous": plans[-1], "selected": {g: R / "groups" / g / "selected_evals.parquet" for g in levels[k - 2]}}
-        stages.run_plan_level(params, k, plan, **inputs)
+        plan_level.run_plan_level(params, k, plan, **inputs)
         plans.append(plan)
         for g in names:
             gdir = R / "groups" / g
             candidates = groups.candidates(tasks, levels, k)
             files = {"pretrained": pre, "vectors": {m: vector_path(m) for m in candidates}, "checkpoints": checkpoints}
             rounds = [gdir / "rounds" / "r00.parquet"]
-            stages.run_sample_coefficients(P("sample_coefficients"), plan, g, rounds[0])
+            sample_coefficients.run_sample_coefficients(P("sample_coefficients"), plan, g, rounds[0])
             design = read_table(rounds[0])
             coefficients = {row["sample"]: [float(row[c]) for c in design.columns if c.startswith("c_")] for _, row in design.iterrows()}
             outs = []
-            for b, samples in stages.sample_batches(list(design["sample"]), batch).items():
+            for b, samples in sample_batches(list(design["sample"]), batch).items():
                 outs.append(gdir / "evals" / f"{b}.parquet")
-                stages.run_evaluate_samples(P("evaluate"), files, plan, g, {s: coefficients[s] for s in samples}, outs[-1], device="cpu")
+                evaluation.run_evaluate_samples(P("evaluate"), files, plan, g, {s: coefficients[s] for s in samples}, outs[-1], device="cpu")
             for r in range(1, (cfg["bayesian"]["rounds"] if cfg["method"] == "bayesian" else 0) + 1):
                 rounds.append(gdir / "rounds" / f"r{r:02d}.parquet")
-                stages.run_propose_round(P("propose_round"), r, rounds[:-1], list(outs), rounds[-1])
+                propose_round.run_propose_round(P("propose_round"), r, rounds[:-1], list(outs), rounds[-1])
                 for i in range(-(-len(read_table(rounds[-1])) // batch)):
                     outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
-                    stages.run_evaluate_round(P("evaluate"), files, plan, g, rounds[-1], i, batch, outs[-1], device="cpu")
+                    evaluation.run_evaluate_round(P("evaluate"), files, plan, g, rounds[-1], i, batch, outs[-1], device="cpu")
             if not finish:
                 return R
-            stages.run_collect_metrics(rounds, outs, gdir / "metrics.parquet", gdir / "samples.parquet")
-            stages.run_fit_surrogate(P("fit_surrogate"), gdir / "samples.parquet", gdir / "metrics.parquet", gdir / "surrogate.parquet")
-            stages.run_pareto_front(P("pareto_front"), gdir / "surrogate.parquet", gdir / "samples.parquet", plan, g,
-                                    gdir / "front.parquet")
-            stages.run_merge_group(P("merge_group"), gdir / "front.parquet", files, plan, g, gdir / "merged.safetensors",
-                                   gdir / "vector.safetensors", gdir / "choice.parquet")
-            stages.run_evaluate_selected(P("evaluate"), gdir / "choice.parquet", files, plan, g, gdir / "selected_evals.parquet",
-                                         device="cpu")
+            collect.run_collect_metrics(rounds, outs, gdir / "metrics.parquet", gdir / "samples.parquet")
+            fit_surrogate.run_fit_surrogate(P("fit_surrogate"), gdir / "samples.parquet", gdir / "metrics.parquet", gdir / "surrogate.parquet")
+            pareto_front.run_pareto_front(P("pareto_front"), gdir / "surrogate.parquet", gdir / "samples.parquet", plan, g,
+                                          gdir / "front.parquet")
+            merge_group.run_merge_group(P("merge_group"), gdir / "front.parquet", files, plan, g, gdir / "merged.safetensors",
+                                        gdir / "vector.safetensors", gdir / "choice.parquet")
+            evaluation.run_evaluate_selected(P("evaluate"), gdir / "choice.parquet", files, plan, g, gdir / "selected_evals.parquet",
+                                             device="cpu")
             evals.update({f"{g}/{p.name}": p for p in [*outs, gdir / "selected_evals.parquet"]})
-    stages.run_ledger(evals, R / "evaluations.parquet")
+    collect.run_ledger(evals, R / "evaluations.parquet")
     outputs = {f: R / f"{f}.parquet" for f in ("pareto", "selected", "groups")}
-    stages.run_aggregate(P("aggregate"), R, plans, group_names, R / "evaluations.parquet",
-                         {**outputs, "report": R / "report.md", "plots": R / "plots"})
+    aggregate.run_aggregate(P("aggregate"), R, plans, group_names, R / "evaluations.parquet",
+                             {**outputs, "report": R / "report.md", "plots": R / "plots"})
     report.write_html_tables(R, {name: R / "report" / f"{name}.html" for name in report.HTML_TABLES})
     return R
 
@@ -402,7 +407,7 @@ def test_select_in_a_nested_run(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nested MAP: only the top group L2g0 is chosen again" in out
     front = read_table(R / "groups" / "L2g0" / "front.parquet")
-    index, _ = stages.pick_point(front, top, {"rot90": 1.0}, "accuracy")
+    index, _ = pick_point(front, top, {"rot90": 1.0}, "accuracy")
     c = [float(front[f"c_{m}"].iloc[index]) for m in top["members"]]
     path = R / "selected" / "rot90-1.safetensors"
     assert json.loads(safetensors_metadata(path)["coefficients"]) == dict(zip(top["members"], c))

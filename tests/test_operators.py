@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mapmerge import stages
 from mapmerge.groups import plain_plan
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, save_safetensors
 from mapmerge.config import STAGE_MODULES, ConfigError, load_config, stage_config
 from mapmerge.io import write_table
 from mapmerge.operators import OperatorError, apply_operator, seed_for, trim_mask, validate
+from mapmerge.stages import evaluation, merge_group
 from mapmerge.taskvectors import extract_task_vector, merged_state
 
 TIES = {"operator": "ties", "density": 0.4}
@@ -228,7 +228,7 @@ def engine_params(spec, seed):
 @pytest.mark.parametrize("spec", [None, {"operator": "task_arithmetic"}, TIES, DARE])
 def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
     params = engine_params(spec, 5)
-    engine = stages._engine(params, tiny, "cpu", 0)
+    engine = evaluation._engine(params, tiny, "cpu", 0)
     c = [0.3, 0.8, 0.5]
     engine.merge(c)
     pre = load_state_dict(tiny["pretrained"])
@@ -246,7 +246,7 @@ def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
     merge_params = {"selection": {"method": "weighted_sum", "rho": 0.05}, "preference": {}, "objective": "accuracy",
                     "merge_operator": spec, "merge_seed": 5}
     write_table(plain_plan(MEMBERS), tmp_path / "plan.parquet", "plan_level")
-    stages.run_merge_group(
+    merge_group.run_merge_group(
         merge_params, tmp_path / "front.parquet", tiny, tmp_path / "plan.parquet", "all",
         tmp_path / "merged.safetensors", tmp_path / "vector.safetensors", tmp_path / "choice.parquet",
     )
@@ -257,7 +257,7 @@ def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
 
 def test_engine_ties_with_equal_coefficients_is_ties(tiny):
     # all c_i = lambda: theta_pre + lambda * (TIES disjoint mean of the trimmed, sign-elected vectors)
-    engine = stages._engine(engine_params(TIES, None), tiny, "cpu", 0)
+    engine = evaluation._engine(engine_params(TIES, None), tiny, "cpu", 0)
     engine.merge([0.7, 0.7, 0.7])
     pre = load_state_dict(tiny["pretrained"])
     vectors = [load_state_dict(p) for p in tiny["vectors"].values()]

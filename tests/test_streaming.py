@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mapmerge import config as config_module
-from mapmerge import stages
+from mapmerge.stages import task_vectors
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, open_checkpoint, safetensors_metadata, save_safetensors
 from mapmerge.config import ConfigError, load_config, stage_config
@@ -183,7 +183,7 @@ def test_bf16_vectors_round_trip_and_the_engine_matches(tiny, tmp_path):
 def test_extract_stage_writes_the_configured_dtype(tiny, tmp_path):
     merge = {"include": ["*"], "exclude": ["head.*"], "vector_dtype": "float16"}
     out = tmp_path / "tau.safetensors"
-    stages.run_extract_task_vector({"merge": merge}, "rot90", tiny["pretrained"], tiny["checkpoints"]["rot90"], out)
+    task_vectors.run_extract_task_vector({"merge": merge}, "rot90", tiny["pretrained"], tiny["checkpoints"]["rot90"], out)
     assert {t.dtype for t in load_state_dict(out).values()} == {torch.float16}
     with pytest.raises(ValueError, match="model.merge.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'"):
         extract_task_vector(tiny["pretrained"], tiny["checkpoints"]["rot90"], ["*"], [], out, "rot90", "int8")

@@ -11,15 +11,21 @@ by the planning stage of its level.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from mapmerge.io import read_table
 
 METHODS = ("map", "nested", "bayesian")
 PAIRINGS = ("metric", "cosine")
 PLAIN_GROUP = "all"
 PLAN_COLUMNS = ["level", "group", "members", "member_tasks", "member_score", "tasks", "pairing"]
+# The files a merge reads: pretrained (path), vectors (member -> task-vector path), checkpoints (task -> fine-tuned checkpoint path)
+EngineFiles = Mapping[str, Any]
 
 
 def structure(method: str, n_tasks: int) -> list[list[str]]:
@@ -112,6 +118,20 @@ def group_info(plan: pd.DataFrame, group: str) -> dict:
             "member_tasks": [list(t) for t in row["member_tasks"]], "tasks": list(row["tasks"])}
 
 
+def group_plan(plan: str | os.PathLike, group: str) -> dict:
+    """One group's members, the tasks inside each member, and all its tasks, from its level's plan file."""
+    return group_info(read_table(plan), group)
+
+
+def group_files(files: EngineFiles, info: Mapping[str, Any]) -> EngineFiles:
+    """The engine files of one group (group_info), out of the candidates the workflow passes in."""
+    return {
+        "pretrained": files["pretrained"],
+        "vectors": {m: files["vectors"][m] for m in info["members"]},
+        "checkpoints": {t: files["checkpoints"][t] for t in info["tasks"]},
+    }
+
+
 def task_weights(preference: Mapping[str, float] | None, tasks: Sequence[str]) -> dict[str, float]:
     """Unnormalised preference weights of `tasks` (1 each when the preference is empty, else 0 if unnamed)."""
     return {t: float(preference.get(t, 0.0)) if preference else 1.0 for t in tasks}
@@ -127,3 +147,29 @@ def weighted_mean(values: Mapping[str, np.ndarray] | Mapping[str, float], side: 
     total = sum(side.values())
     w = {t: (v / total if total > 0 else 1.0 / len(side)) for t, v in side.items()}
     return sum(w[t] * values[t] for t in side)
+
+
+def merge_score(measured: pd.Series, tasks: Sequence[str], metric: str, preference: Mapping[str, float] | None) -> float:
+    """A merged model's metric on its group: the preference-weighted mean of its tasks' measured `metric`.
+
+    measured: the merge's real metrics indexed (metric, task) (mapmerge.metrics.measured_metrics).
+    """
+    return float(weighted_mean({t: measured[(metric, t)] for t in tasks}, task_weights(preference, tasks)))
+
+
+def group_objectives(
+    predict: Callable[[np.ndarray], np.ndarray], info: Mapping[str, Any], preference: Mapping[str, float] | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """C -> F [n, members]: per member, the preference-weighted mean of the predictions of its tasks.
+
+    predict: C -> [n, tasks], one column per task of info['tasks'] (mapmerge.surrogate.objective_predictor).
+    For plain MAP every member is one task, so F is the predictions themselves.
+    """
+    sides = side_weights(info, task_weights(preference, info["tasks"]))
+
+    def objectives(C: np.ndarray) -> np.ndarray:
+        F = predict(C)
+        per_task = {t: F[:, i] for i, t in enumerate(info["tasks"])}
+        return np.column_stack([weighted_mean(per_task, side) for side in sides])
+
+    return objectives

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import pandas as pd
+
+from mapmerge.io import read_table
 
 
 METRICS = {"accuracy": "correct", "loss": "loss"}  # metric -> per-example column it averages
@@ -58,3 +61,13 @@ def wide_metrics(long: pd.DataFrame, index: str) -> pd.DataFrame:
     wide = long.pivot_table(index=index, columns=["metric", "task"], values="value")
     wide.columns = [f"{m}_{t}" for m, t in wide.columns]
     return wide
+
+
+def maximized(metric: str) -> bool:
+    """Accuracy is maximised, loss minimised."""
+    return metric != "loss"
+
+
+def measured_metrics(selected_evals: str | os.PathLike) -> pd.Series:
+    """A chosen merge's real metrics, indexed (metric, task), from its per-example evaluations."""
+    return metrics_from_examples(read_table(selected_evals)).set_index(["metric", "task"])["value"]

@@ -746,7 +746,7 @@ def select(
     seed: int | None = None,
 ) -> Selection:
     """Pick the final group's front point for `preference` (no evaluation) and write its merged checkpoint."""
-    from mapmerge.stages import pick_point
+    from mapmerge.selection import pick_point
     from mapmerge.taskvectors import merge_files
 
     results = Path(results)
@@ -846,7 +846,7 @@ def select(
 def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
     """Render the final group's plots again from the run's artifacts, as the aggregate stage does."""
     from mapmerge import plots
-    from mapmerge.stages import maximized
+    from mapmerge.metrics import maximized
 
     results = Path(results)
     layout = scan(results)

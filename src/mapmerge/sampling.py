@@ -61,3 +61,10 @@ def design(tasks: Sequence[str], sampler: Mapping[str, Any], seed: int) -> pd.Da
     frame.insert(0, "kind", kinds)
     frame.insert(0, "sample", [f"s{i:04d}" for i in range(len(frame))])
     return frame
+
+
+def sample_batches(samples: Sequence[str], size: int) -> dict[str, list[str]]:
+    """Consecutive batches of `size` samples, named b0000, b0001, ...; a grown design keeps earlier batches."""
+    if size < 1:
+        raise ValueError(f"evaluation.samples_per_job: must be at least 1, got {size}")
+    return {f"b{i // size:04d}": list(samples[i : i + size]) for i in range(0, len(samples), size)}

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
+from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from mapmerge import groups
+from mapmerge.metrics import maximized
 
 METHODS = ("weighted_sum", "tchebycheff")
 
@@ -75,3 +80,27 @@ def select_point(
         regret = w * (1.0 - _utility(F, maximize))
         return int(np.argmin(regret.max(axis=1) + rho * regret.sum(axis=1)))
     raise ValueError(f"unknown selection method {method!r}; known: {', '.join(METHODS)}")
+
+
+def pick_point(
+    front: pd.DataFrame,
+    info: Mapping[str, Any],
+    preference: Mapping[str, float] | None,
+    metric: str,
+    method: str = "weighted_sum",
+    rho: float = 0.05,
+) -> tuple[int, dict[str, float]]:
+    """The front point a preference picks: (its row index in `front`, the members' normalised weights).
+
+    A member's weight is the sum of the preference weights of the tasks inside it; its objective is
+    their weighted mean of the front's predicted `metric` (columns `<metric>_<task>`). What stage
+    merge_group chooses, and what `mapmerge select` chooses again for a new preference.
+    """
+    members = info["members"]
+    sides = groups.side_weights(info, groups.task_weights(preference, info["tasks"]))
+    per_task = {t: front[f"{metric}_{t}"].to_numpy() for t in info["tasks"]}
+    F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
+    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
+    weights = normalize_preference(totals if any(totals.values()) else None, members)
+    index = select_point(F, list(weights.values()), [maximized(metric)] * len(members), method, rho)
+    return index, weights

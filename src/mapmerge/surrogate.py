@@ -7,7 +7,7 @@ followed by a nonlinear least-squares refinement on the metric's own scale.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -298,3 +298,13 @@ def fits_from_table(table: pd.DataFrame) -> dict[tuple[str, str], SurrogateFit]:
             tasks=tuple(str(row.tasks).split(",")),
         )
     return fits
+
+
+def objective_predictor(table: pd.DataFrame, metric: str, tasks: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """A function C -> F with one column per task: the surrogate's (a `fit_table` table's) prediction of `metric`."""
+    fits = fits_from_table(table)
+    missing = [t for t in tasks if (t, metric) not in fits]
+    if missing:
+        raise KeyError(f"surrogate has no fit of metric '{metric}' for task '{missing[0]}' (surrogate.links)")
+    chosen = [fits[(t, metric)] for t in tasks]
+    return lambda C: np.column_stack([f.predict(C) for f in chosen])

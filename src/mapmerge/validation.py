@@ -15,26 +15,22 @@ igd, gd and hv are given for the K points as MAP predicted them (front `predicte
 (front `real`), and hv also for the true front (front `grid`). Intervals: each task's examples are
 drawn with replacement (one draw for every model, from the master seed), metrics recomputed from the
 per-example rows and the indicators with them; ci_low and ci_high are the central `ci_level` interval.
+
+The stages' entry points are in mapmerge.stages (validate_front, validate_baseline, validate); the
+grid's batches are evaluated by stage evaluate.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mapmerge import groups, operators, stages
-from mapmerge.io import read_table, write_table
+from mapmerge import operators
 from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
-
-PathLike = str | os.PathLike
-logger = logging.getLogger("mapmerge")
 
 STAGES = ("validate_front", "validate_baseline", "validate")
 ONE_GROUP_METHODS = ("map", "bayesian")
@@ -152,42 +148,6 @@ def front_sample(front: pd.DataFrame, metric: str, k: int) -> pd.DataFrame:
     return frame
 
 
-def run_evaluate_front(
-    params: Mapping[str, Any],
-    front_table: PathLike,
-    files: stages.EngineFiles,
-    plan: PathLike,
-    points_out: PathLike,
-    evals_out: PathLike,
-    device: str = "auto",
-    threads: int = 0,
-) -> None:
-    """Evaluate for real `front_points` points spread along the group `all`'s predicted front.
-
-    Writes the points (front_sample) and their per-example rows (sample, task, example, correct, loss).
-    """
-    points = front_sample(read_table(front_table), params["objective"], params["front_points"])
-    members = groups.group_info(read_table(plan), groups.PLAIN_GROUP)["members"]
-    coefficients = {row["sample"]: [float(row[f"c_{m}"]) for m in members] for _, row in points.iterrows()}
-    stages.run_evaluate_samples(params, files, plan, groups.PLAIN_GROUP, coefficients, evals_out, device, threads, stage="validate_front")
-    write_table(points, points_out, "validate_front", params, inputs=[front_table, plan])
-
-
-def run_evaluate_baseline(
-    params: Mapping[str, Any],
-    name: str,
-    files: stages.EngineFiles,
-    plan: PathLike,
-    out: PathLike,
-    device: str = "auto",
-    threads: int = 0,
-) -> None:
-    """Evaluate one baseline for real: its operator (params['merge_operator']) at `coefficient` for every task."""
-    members = groups.group_info(read_table(plan), groups.PLAIN_GROUP)["members"]
-    c = {name: [float(params["coefficient"])] * len(members)}
-    stages.run_evaluate_samples(params, files, plan, groups.PLAIN_GROUP, c, out, device, threads, stage="validate_baseline")
-
-
 class ExampleMatrices:
     """The per-example rows as one (samples x examples) matrix per (metric, task), for fast resampled metrics.
 
@@ -298,40 +258,3 @@ def validation_table(
         low, high = np.percentile(draws[(indicator, front, name)], [tail, 100 - tail]) if bootstrap else (np.nan, np.nan)
         rows.append([indicator, front, name, value, float(low), float(high), n_truth if front == "grid" else len(points), n_truth])
     return pd.DataFrame(rows, columns=COLUMNS), reference
-
-
-def run_validate(
-    params: Mapping[str, Any],
-    front_table: PathLike,
-    points_table: PathLike,
-    front_evals: PathLike,
-    grid_evals: Sequence[PathLike],
-    baselines: Mapping[str, PathLike],
-    reference: PathLike,
-    out: PathLike,
-    plot: PathLike,
-) -> None:
-    """validation.parquet (the indicators with bootstrap intervals) and plots/validation.png.
-
-    baselines: name -> per-example evaluation of that baseline; reference: reference.parquet (fine-tuned models).
-    """
-    from mapmerge import plots
-
-    metric = params["objective"]
-    maximize = stages.maximized(metric)
-    points = read_table(points_table)
-    grid_examples = pd.concat([read_table(p) for p in grid_evals], ignore_index=True)
-    examples = pd.concat([grid_examples, read_table(front_evals)], ignore_index=True)
-    table, hv_ref = validation_table(examples, points, metric, maximize, params["bootstrap"], params["ci_level"], params["seed"])
-    tasks = suffixes(points.columns, metric)
-    extra = {"mapmerge.hv_reference": json.dumps(dict(zip(tasks, hv_ref.tolist())))}
-    inputs = [front_table, points_table, front_evals, *grid_evals, *baselines.values(), reference]
-    write_table(table, out, "validate", params, inputs, extra=extra)
-    logger.info("validation:\n%s", table.to_string(index=False))
-
-    wide = wide_metrics(metrics_from_examples(examples), "sample")
-    grid = wide.loc[[s for s in wide.index if s.startswith(GRID_PREFIX)]]
-    measured = wide.loc[points["sample"]].add_prefix("measured_").reset_index(drop=True)
-    base = pd.concat([wide_metrics(metrics_from_examples(read_table(p)), "sample") for p in baselines.values()]) if baselines else None
-    plots.plot_validation(grid, read_table(front_table), pd.concat([points, measured], axis=1), base, read_table(reference), tasks,
-                          metric, plot, maximize=maximize)

@@ -1,6 +1,10 @@
 # Gather all groups: the evaluation ledger, the front, the chosen merge with its measured metrics,
 # the group tree, plots and a report.
 
+from mapmerge.stages.aggregate import run_aggregate
+from mapmerge.stages.collect import run_ledger
+from mapmerge.stages.report_tables import run_report_tables
+
 
 rule ledger:
     input:
@@ -14,7 +18,7 @@ rule ledger:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_ledger, log[0], dict(zip(all_evals(), input)), output[0])
+        run_stage(run_ledger, log[0], dict(zip(all_evals(), input)), output[0])
 
 
 rule aggregate:
@@ -38,7 +42,7 @@ rule aggregate:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_aggregate, log[0], params.stage, R, as_list(input.plans), GROUPS, input.ledger, aggregate_outputs(output))
+        run_stage(run_aggregate, log[0], params.stage, R, as_list(input.plans), GROUPS, input.ledger, aggregate_outputs(output))
 
 
 rule report_tables:
@@ -59,4 +63,4 @@ rule report_tables:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(report_module.write_html_tables, log[0], R, dict(output.items()))
+        run_stage(run_report_tables, log[0], R, dict(output.items()))

@@ -1,5 +1,8 @@
 # The built-in benchmark's checkpoints (only when the model is built in).
 
+from mapmerge.stages.prepare_benchmark import run_prepare_benchmark
+
+
 if MODEL["builtin"]:
 
     rule prepare_benchmark:
@@ -16,4 +19,4 @@ if MODEL["builtin"]:
             mem_mb=LIGHT["mem_mb"],
             runtime=LIGHT["runtime"],
         run:
-            run_stage(stages.run_prepare_benchmark, log[0], params.stage, Path(output.pretrained).parent, output.table)
+            run_stage(run_prepare_benchmark, log[0], params.stage, Path(output.pretrained).parent, output.table)

@@ -13,7 +13,7 @@ import sys
 from functools import lru_cache
 
 from mapmerge import bayesian, groups, runlock
-from mapmerge.sampling import design
+from mapmerge.sampling import design, sample_batches
 
 METHOD = CFG["method"]
 LEVELS = groups.structure(METHOD, len(TASKS))  # group names per level; which models they hold is data
@@ -68,7 +68,7 @@ def design_values():
 
 
 def design_batches():
-    return stages.sample_batches(design_values()["sample"].tolist(), BATCH)
+    return sample_batches(design_values()["sample"].tolist(), BATCH)
 
 
 def round_batches():
@@ -212,7 +212,7 @@ def grid_table():
 
 @lru_cache(maxsize=None)
 def grid_batches():
-    return stages.sample_batches(grid_table()["sample"].tolist(), VALIDATION["batch"])
+    return sample_batches(grid_table()["sample"].tolist(), VALIDATION["batch"])
 
 
 def grid_batch_c(wildcards):
@@ -246,6 +246,6 @@ def validation_engine_inputs(wildcards):
 
 
 def validate_args(input, output):
-    """rule validate's inputs and outputs in the order of validation.run_validate."""
+    """rule validate's inputs and outputs in the order of mapmerge.stages.validate.run_validate."""
     baselines = dict(zip(baseline_files(), as_list(input.baselines)))
     return (input.front, input.points, input.front_evals, as_list(input.grid), baselines, input.reference, output.table, output.plot)

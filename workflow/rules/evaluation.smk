@@ -5,6 +5,9 @@
 # are needed by every later stage) and, like the device, is not a param: switching it after a
 # failure reruns only the failed jobs.
 
+from mapmerge.stages.evaluation import run_evaluate_reference, run_evaluate_round, run_evaluate_samples, run_evaluate_selected
+
+
 ON_ERROR = CFG["evaluation"]["on_error"]
 
 
@@ -26,7 +29,7 @@ rule evaluate_reference:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        run_stage(stages.run_evaluate_reference, log[0], params.stage, engine_files(wildcards, input), *output, DEVICE, threads)
+        run_stage(run_evaluate_reference, log[0], params.stage, engine_files(wildcards, input), *output, DEVICE, threads)
 
 
 rule evaluate_sample:
@@ -46,7 +49,7 @@ rule evaluate_sample:
         gpu=EVAL["gpu"],
     run:
         run_stage(
-            stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, wildcards.group,
+            run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, wildcards.group,
             params.c, output[0], DEVICE, threads, ON_ERROR,
         )
 
@@ -70,7 +73,7 @@ rule evaluate_round:
         runtime=EVAL["runtime"],
         gpu=EVAL["gpu"],
     run:
-        run_stage(stages.run_evaluate_round, log[0], params.stage, *round_batch(wildcards, input), output[0], DEVICE, threads, ON_ERROR)
+        run_stage(run_evaluate_round, log[0], params.stage, *round_batch(wildcards, input), output[0], DEVICE, threads, ON_ERROR)
 
 
 rule evaluate_selected:
@@ -90,6 +93,6 @@ rule evaluate_selected:
         gpu=EVAL["gpu"],
     run:
         run_stage(
-            stages.run_evaluate_selected, log[0], params.stage, input.choice, engine_files(wildcards, input), input.plan,
+            run_evaluate_selected, log[0], params.stage, input.choice, engine_files(wildcards, input), input.plan,
             wildcards.group, output[0], DEVICE, threads,
         )

@@ -1,5 +1,13 @@
 # MAP per group: the level's plan, design (and Bayesian rounds), metrics, surrogate, Pareto front, pick and merge.
 
+from mapmerge.stages.collect import run_collect_metrics
+from mapmerge.stages.fit_surrogate import run_fit_surrogate
+from mapmerge.stages.merge_group import run_merge_group
+from mapmerge.stages.pareto_front import run_pareto_front
+from mapmerge.stages.plan_level import run_plan_level
+from mapmerge.stages.propose_round import run_propose_round
+from mapmerge.stages.sample_coefficients import run_sample_coefficients
+
 
 rule plan_level:
     input:
@@ -15,7 +23,7 @@ rule plan_level:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_plan_level, log[0], params.stage, int(wildcards.level), output[0], **level_files(wildcards, input))
+        run_stage(run_plan_level, log[0], params.stage, int(wildcards.level), output[0], **level_files(wildcards, input))
 
 
 rule sample_coefficients:
@@ -32,7 +40,7 @@ rule sample_coefficients:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_sample_coefficients, log[0], params.stage, input.plan, wildcards.group, output[0])
+        run_stage(run_sample_coefficients, log[0], params.stage, input.plan, wildcards.group, output[0])
 
 
 rule propose_round:
@@ -52,7 +60,7 @@ rule propose_round:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_propose_round, log[0], params.stage, int(wildcards.round), input.rounds, input.evals, output[0])
+        run_stage(run_propose_round, log[0], params.stage, int(wildcards.round), input.rounds, input.evals, output[0])
 
 
 rule collect_metrics:
@@ -69,7 +77,7 @@ rule collect_metrics:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_collect_metrics, log[0], input.rounds, input.evals, output.metrics, output.samples)
+        run_stage(run_collect_metrics, log[0], input.rounds, input.evals, output.metrics, output.samples)
 
 
 rule fit_surrogate:
@@ -87,7 +95,7 @@ rule fit_surrogate:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_fit_surrogate, log[0], params.stage, input.samples, input.metrics, output[0])
+        run_stage(run_fit_surrogate, log[0], params.stage, input.samples, input.metrics, output[0])
 
 
 rule pareto_front:
@@ -106,7 +114,7 @@ rule pareto_front:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_pareto_front, log[0], params.stage, input.surrogate, input.samples, input.plan, wildcards.group, output[0])
+        run_stage(run_pareto_front, log[0], params.stage, input.surrogate, input.samples, input.plan, wildcards.group, output[0])
 
 
 rule merge_group:
@@ -128,6 +136,6 @@ rule merge_group:
         runtime=LIGHT["runtime"],
     run:
         run_stage(
-            stages.run_merge_group, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan, wildcards.group,
+            run_merge_group, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan, wildcards.group,
             output.merged, output.vector, output.choice,
         )

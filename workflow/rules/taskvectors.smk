@@ -1,5 +1,7 @@
 # Task vectors: tau_task = fine-tuned - pretrained over the merged tensors.
 
+from mapmerge.stages.task_vectors import run_extract_task_vector, run_task_vector_table
+
 
 rule extract_task_vector:
     input:
@@ -16,7 +18,7 @@ rule extract_task_vector:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_extract_task_vector, log[0], params.stage, wildcards.task, input.pretrained, input.finetuned, output[0])
+        run_stage(run_extract_task_vector, log[0], params.stage, wildcards.task, input.pretrained, input.finetuned, output[0])
 
 
 rule task_vector_table:
@@ -33,4 +35,4 @@ rule task_vector_table:
         mem_mb=LIGHT["mem_mb"],
         runtime=LIGHT["runtime"],
     run:
-        run_stage(stages.run_task_vector_table, log[0], dict(zip(TASKS, input)), output[0])
+        run_stage(run_task_vector_table, log[0], dict(zip(TASKS, input)), output[0])

@@ -4,6 +4,12 @@
 # then the indicators with bootstrap intervals and the plot. Rule all asks for these files only when
 # validation is enabled; nothing here is computed at parse time otherwise.
 
+from mapmerge.stages.evaluation import run_evaluate_samples
+from mapmerge.stages.validate import run_validate
+from mapmerge.stages.validate_baseline import run_evaluate_baseline
+from mapmerge.stages.validate_front import run_evaluate_front
+
+
 rule validate_grid:
     input:
         unpack(validation_engine_inputs),
@@ -21,7 +27,7 @@ rule validate_grid:
         gpu=EVAL["gpu"],
     run:
         run_stage(
-            stages.run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, "all", params.c,
+            run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, "all", params.c,
             output[0], DEVICE, threads, "fail", "validate_grid",
         )
 
@@ -44,7 +50,7 @@ rule validate_front:
         gpu=EVAL["gpu"],
     run:
         run_stage(
-            validation.run_evaluate_front, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan,
+            run_evaluate_front, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan,
             output.points, output.evals, DEVICE, threads,
         )
 
@@ -67,7 +73,7 @@ rule validate_baseline:
         gpu=EVAL["gpu"],
     run:
         run_stage(
-            validation.run_evaluate_baseline, log[0], params.stage, wildcards.baseline, engine_files(wildcards, input), input.plan,
+            run_evaluate_baseline, log[0], params.stage, wildcards.baseline, engine_files(wildcards, input), input.plan,
             output[0], DEVICE, threads,
         )
 
@@ -92,4 +98,4 @@ rule validate:
         mem_mb=EVAL["mem_mb"],
         runtime=EVAL["runtime"],
     run:
-        run_stage(validation.run_validate, log[0], params.stage, *validate_args(input, output))
+        run_stage(run_validate, log[0], params.stage, *validate_args(input, output))

@@ -1,0 +1,137 @@
+"""The real evaluations of merged models: stage `evaluate` (rules evaluate_reference, evaluate_sample,
+evaluate_round, evaluate_selected and validate_grid; validation's front and baselines evaluate through
+run_evaluate_samples too)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mapmerge import groups
+from mapmerge.groups import EngineFiles
+from mapmerge.io import read_table, write_table
+from mapmerge.metrics import metrics_from_examples
+from mapmerge.progress import progress
+
+PathLike = str | os.PathLike
+logger = logging.getLogger("mapmerge")
+
+
+def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int):
+    import torch
+
+    from mapmerge.evaluate import MergeEngine
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = params["model"]
+    return MergeEngine(
+        builder=model["builder"],
+        pretrained=files["pretrained"],
+        vectors=files["vectors"],
+        task_checkpoints=files["checkpoints"],
+        evaluators=model["evaluators"],
+        merge=model["merge"],
+        device=device,
+        python_path=model["python_path"],
+        operator=params.get("merge_operator"),
+        seed=params.get("merge_seed"),
+    )
+
+
+def _engine_inputs(files: EngineFiles) -> list[PathLike]:
+    return [files["pretrained"], *files["vectors"].values(), *files["checkpoints"].values()]
+
+
+def run_evaluate_reference(
+    params: Mapping[str, Any],
+    files: EngineFiles,
+    metrics_out: PathLike,
+    examples_out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+) -> None:
+    """Evaluate the pretrained model and every fine-tuned model on every task.
+
+    The merge operator is not applied: these are the real fine-tuned models, theta_pre + tau_i.
+    """
+    engine = _engine({**params, "merge_operator": None}, files, device, threads)
+    models = {"pretrained": np.zeros(len(engine.members))}
+    models.update({m: np.eye(len(engine.members))[i] for i, m in enumerate(engine.members)})
+    examples = pd.concat(
+        [engine.evaluate(c, sample=name) for name, c in progress(models.items(), desc="evaluate reference", total=len(models), unit="model")],
+        ignore_index=True,
+    )
+    inputs = _engine_inputs(files)
+    metrics = metrics_from_examples(examples).rename(columns={"sample": "model"})
+    write_table(examples.rename(columns={"sample": "model"}), examples_out, "evaluate_reference", params, inputs)
+    write_table(metrics, metrics_out, "evaluate_reference", params, inputs)
+
+
+def run_evaluate_samples(
+    params: Mapping[str, Any],
+    files: EngineFiles,
+    plan: PathLike,
+    group: str,
+    coefficients: Mapping[str, Sequence[float]],
+    out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+    on_error: str = "fail",
+    stage: str = "evaluate_sample",
+) -> None:
+    """Evaluate the merges of several samples of one group with one engine, into one per-example table.
+
+    files holds candidate models; the group's members and tasks come from its level's plan.
+    on_error='record' keeps failed (sample, task) evaluations as rows with an `error` (see MergeEngine.evaluate).
+    """
+    files = groups.group_files(files, groups.group_plan(plan, group))
+    engine = _engine(params, files, device, threads)
+    samples = progress(coefficients.items(), desc=f"evaluate {Path(out).parent.parent.name}/{Path(out).stem}", total=len(coefficients), unit="sample")
+    examples = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in samples], ignore_index=True)
+    failed = examples.dropna(subset=["error"])
+    if len(failed):
+        logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), out)
+    write_table(examples, out, stage, {**params, "c": dict(coefficients)}, [plan, *_engine_inputs(files)])
+
+
+def run_evaluate_round(
+    params: Mapping[str, Any],
+    files: EngineFiles,
+    plan: PathLike,
+    group: str,
+    round_table: PathLike,
+    batch: int,
+    size: int,
+    out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+    on_error: str = "fail",
+) -> None:
+    """Bayesian MAP: evaluate batch `batch` (of `size` samples) of one round's proposed samples."""
+    frame = read_table(round_table).iloc[batch * size : (batch + 1) * size]
+    columns = [c for c in frame.columns if c.startswith("c_")]
+    coefficients = {row["sample"]: [float(row[c]) for c in columns] for _, row in frame.iterrows()}
+    run_evaluate_samples(params, files, plan, group, coefficients, out, device, threads, on_error, stage="evaluate_round")
+
+
+def run_evaluate_selected(
+    params: Mapping[str, Any],
+    choice: PathLike,
+    files: EngineFiles,
+    plan: PathLike,
+    group: str,
+    out: PathLike,
+    device: str = "auto",
+    threads: int = 0,
+) -> None:
+    """Evaluate the chosen merge for real on every task of its group (per-example rows)."""
+    frame = read_table(choice)
+    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in groups.group_plan(plan, group)["members"]]}
+    run_evaluate_samples(params, files, plan, group, c, out, device, threads, stage="evaluate_selected")
