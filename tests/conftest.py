@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -69,3 +70,17 @@ def wait_for(condition, driver: subprocess.Popen | None = None, timeout: float =
         assert time.monotonic() - start < timeout, "timed out"
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+def edit_a_function(path: Path) -> None:
+    """Change a source file as an edit would: a statement added to its first function (a line at the end where it has none)."""
+    text = path.read_text()
+    functions = [n for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    last = functions[0].body[-1] if functions else None
+    if last is None or last.lineno == functions[0].lineno:
+        path.write_text(text + "\nEDITED = True\n")
+        return
+    lines = text.splitlines(keepends=True)
+    lines.insert(last.lineno - 1, " " * last.col_offset + "edited = True\n")
+    path.write_text("".join(lines))
+    ast.parse(path.read_text())  # still Python

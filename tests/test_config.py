@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from mapmerge.config import STAGE_MODULES, ConfigError, load_config, stage_config
+from mapmerge.config import STAGE_ENTRY, ConfigError, load_config, stage_config
 
-STAGES = list(STAGE_MODULES)
+STAGES = list(STAGE_ENTRY)
 
 
 def load(repo: Path, **kwargs):

@@ -7,7 +7,8 @@ import torch
 from mapmerge.groups import plain_plan
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, save_safetensors
-from mapmerge.config import STAGE_MODULES, ConfigError, load_config, stage_config
+from mapmerge.config import STAGE_ENTRY, ConfigError, load_config, stage_config
+from mapmerge.fingerprint import stage_files
 from mapmerge.io import write_table
 from mapmerge.operators import OperatorError, apply_operator, seed_for, trim_mask, validate
 from mapmerge.stages import evaluation, merge_group
@@ -186,11 +187,12 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
     for overrides in (["merge=ties"], ["merge=dare"]):
         other = load(repo, overrides)
         # (validate_front evaluates front points with the run's operator; the grid's batches are stage evaluate)
-        assert {s for s in STAGE_MODULES if stage_config(base, s) != stage_config(other, s)} == {"evaluate", "merge_group", "validate_front"}
+        assert {s for s in STAGE_ENTRY if stage_config(base, s) != stage_config(other, s)} == {"evaluate", "merge_group", "validate_front"}
     # the seed is part of the params only where the operator draws random numbers
     assert stage_config(load(repo, ["merge=dare"]), "evaluate")["merge_seed"] == 0
     assert stage_config(base, "evaluate")["merge_seed"] is None
-    assert "operators" in STAGE_MODULES["evaluate"] and "operators" in STAGE_MODULES["merge_group"]
+    # and the operators' code is part of both stages' code fingerprints
+    assert all("mapmerge.operators" in stage_files(f"mapmerge.stages.{STAGE_ENTRY[s]}") for s in ("evaluate", "merge_group"))
 
 
 # engine, merged_state and the stages agree

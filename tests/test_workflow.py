@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from mapmerge.checkpoints import load_state_dict
 from mapmerge.io import read_table, table_metadata
 from mapmerge.report import HTML_TABLES
 
-from conftest import REPO, job_counts
+from conftest import REPO, edit_a_function, job_counts
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +36,10 @@ BASE = [
 TASKS = ["rot90", "flip_parity"]
 
 
-def snakemake(workdir: Path, *args: str, overrides: list[str] = (), check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, overrides: list[str] = (), check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     cmd += [*args, "--config", f"overrides=[{', '.join([*BASE, *overrides])}]"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -108,6 +110,42 @@ def test_merged_checkpoint_is_the_chosen_merge(run):
 
 def test_second_run_has_nothing_to_do(run):
     assert "Nothing to be done" in snakemake(run, "-n").stdout
+
+
+def planned_reasons(output: str) -> dict[str, list[str]]:
+    """rule -> the `reason:` line of each of its jobs in a dry run's plan."""
+    reasons, rule = {}, None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+        elif line.startswith("    reason: ") and rule:
+            reasons.setdefault(rule, []).append(line.removeprefix("    reason: "))
+    return reasons
+
+
+# Snakemake gives a job that follows an updated input that reason only: evaluate_selected's params
+# change with evaluate.py too, but it reruns after merge_group anyway.
+@pytest.mark.parametrize(
+    "module, rules, kept",
+    [
+        # a later stage's code: the evaluations on disk are kept
+        ("plots.py", {"aggregate"}, {"evaluate_reference", "evaluate_sample", "evaluate_selected", "fit_surrogate", "merge_group"}),
+        ("evaluate.py", {"evaluate_reference", "evaluate_sample"}, {"prepare_benchmark", "extract_task_vector", "plan_level", "sample_coefficients"}),
+    ],
+)
+def test_a_code_change_reruns_the_stages_that_run_it(run, tmp_path, module, rules, kept):
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src" / "mapmerge", src / "mapmerge", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    # the copy wins over the editable install (a .pth path entry, which comes after PYTHONPATH on sys.path)
+    where = subprocess.run([sys.executable, "-c", "import mapmerge; print(mapmerge.__file__)"], env=env, capture_output=True, text=True)
+    assert Path(where.stdout.strip()).is_relative_to(src), where.stdout + where.stderr
+    edit_a_function(src / "mapmerge" / module)
+    reasons = planned_reasons(snakemake(run, "-n", env=env).stdout)
+    assert {r for r, lines in reasons.items() if any("Params have changed since last execution" in x for x in lines)} == rules
+    assert reasons.keys().isdisjoint(kept)
+    # every other planned job follows one that reruns
+    assert all("Input files updated by another job" in x for r, lines in reasons.items() if r not in rules | {"all"} for x in lines)
 
 
 @pytest.mark.parametrize(

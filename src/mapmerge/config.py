@@ -274,44 +274,41 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
 
 # Per-stage sub-configs: each rule gets only these as params, so a change reruns that stage and later ones.
 
-STAGE_MODULES = {
-    "prepare_benchmark": ["benchmark", "digits", "fashion"],
-    "extract_task_vector": ["taskvectors", "checkpoints"],
-    "task_vector_table": ["taskvectors"],
-    "evaluate": ["evaluate", "operators", "checkpoints", "digits", "fashion", "benchmark"],
-    "collect_metrics": ["metrics"],
-    "plan_level": ["groups", "selection", "metrics"],
-    "sample_coefficients": ["sampling", "bayesian"],
-    "propose_round": ["bayesian", "surrogate", "sampling"],
-    "fit_surrogate": ["surrogate"],
-    "pareto_front": ["pareto", "surrogate", "groups"],
-    "merge_group": ["selection", "taskvectors", "operators", "checkpoints", "groups"],
-    "aggregate": ["plots", "report", "metrics", "groups"],
-    "report_tables": ["report", "metrics"],
-    # validation (opt-in): the front's and the baselines' evaluations run the engine like stage evaluate
-    "validate_front": ["evaluate", "operators", "checkpoints", "digits", "fashion", "benchmark", "validation"],
-    "validate_baseline": ["evaluate", "operators", "checkpoints", "digits", "fashion", "benchmark"],
-    "validate": ["validation", "metrics", "pareto", "plots"],
+# The module of mapmerge.stages that holds each stage's entry points (run_*). A stage's params carry
+# its code fingerprint: the source of every mapmerge module that module can import, and of the modules
+# the params' `_target_`s name (builder, evaluators; mapmerge.fingerprint). A code change reruns the
+# stages that can run it, and then, through their files, what follows them.
+STAGE_ENTRY = {
+    "prepare_benchmark": "prepare_benchmark",
+    "extract_task_vector": "task_vectors",
+    "task_vector_table": "task_vectors",
+    "evaluate": "evaluation",  # every evaluation of merges: reference, samples, rounds, the chosen merge, the validation grid
+    "collect_metrics": "collect",
+    "ledger": "collect",
+    "plan_level": "plan_level",
+    "sample_coefficients": "sample_coefficients",
+    "propose_round": "propose_round",
+    "fit_surrogate": "fit_surrogate",
+    "pareto_front": "pareto_front",
+    "merge_group": "merge_group",
+    "aggregate": "aggregate",
+    "report_tables": "report_tables",
+    # validation (opt-in)
+    "validate_front": "validate_front",
+    "validate_baseline": "validate_baseline",
+    "validate": "validate",
 }
 
 
-def code_version(stage: str) -> str:
-    """Hash of the source of the package modules a stage runs, so that a code change reruns it."""
-    return _source_hash(STAGE_MODULES[stage], f"stage {stage}")
+def code_version(stage: str, params: dict[str, Any] | None = None, python_path: Sequence[str] = ()) -> str:
+    """The fingerprint of the code a stage runs: what its stage module imports, and its params' `_target_`s (under python_path)."""
+    from mapmerge import fingerprint
 
-
-def _source_hash(modules: Sequence[str], user: str) -> str:
-    digest = hashlib.sha256()
-    for module in modules:
-        spec = importlib.util.find_spec(f"mapmerge.{module}")
-        if spec is None or spec.origin is None:
-            raise ConfigError(f"{user}: module mapmerge.{module} not found")
-        digest.update(Path(spec.origin).read_bytes())
-    return digest.hexdigest()[:12]
+    return fingerprint.stage_fingerprint(f"mapmerge.stages.{STAGE_ENTRY[stage]}", params, python_path)
 
 
 def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The resolved sub-config one stage depends on (its params), plus its code version."""
+    """The resolved sub-config one stage depends on (its params), plus its code fingerprint (`code`)."""
     model = cfg["model"]
     tasks = cfg["task_names"]
     evaluation_model = {
@@ -320,9 +317,6 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "python_path": model["python_path"],
         "evaluators": {t: model["tasks"][t]["evaluator"] for t in tasks},
     }
-    # an adapter (its checkpoint reading, builder, evaluators, merged-model export) is package code too
-    adapter = {"adapter_code": _source_hash([f"adapters.{model['adapter']}"], "model.adapter")} if model.get("adapter") else {}
-    evaluation_model.update(adapter)  # evaluations (validation's too) see it through the model
     # the merge operator, and the seed where it draws random numbers (else a seed change would rerun)
     merge_op = operators.validate(cfg.get("merge"))
     operator = {"merge_operator": merge_op, "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None}
@@ -335,12 +329,14 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     from mapmerge import validation
 
     if stage in validation.STAGES:
-        return {**validation.stage_params(stage, cfg, evaluation_model, operator), "code": code_version(stage)}
+        params = validation.stage_params(stage, cfg, evaluation_model, operator)
+        return {**params, "code": code_version(stage, params, model["python_path"])}
     parts: dict[str, Any] = {
         "prepare_benchmark": {"benchmark": cfg["benchmark"]},
-        "extract_task_vector": {"merge": model["merge"], **adapter},
+        "extract_task_vector": {"merge": model["merge"]},
         "task_vector_table": {},
         "collect_metrics": {},
+        "ledger": {},
         "evaluate": {"model": evaluation_model, **operator},
         "plan_level": {
             "method": method, "tasks": tasks,
@@ -355,8 +351,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "fit_surrogate": {"surrogate": cfg["surrogate"]},
         # a nested group's objectives are preference-weighted means of its tasks; plain MAP's front does not depend on it
         "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"], **({"preference": cfg["preference"]} if method == "nested" else {})},
-        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator, **adapter},
+        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator},
         "aggregate": {"objective": objective, "preference": cfg["preference"]},
         "report_tables": {},
     }
-    return {**parts[stage], "code": code_version(stage)}
+    return {**parts[stage], "code": code_version(stage, parts[stage], model["python_path"])}

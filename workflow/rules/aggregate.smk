@@ -11,6 +11,8 @@ rule ledger:
         all_evals().values(),
     output:
         f"{R}/evaluations.parquet",
+    params:
+        stage=params_of("ledger"),  # its code version
     log:
         f"{R}/logs/ledger.log",
     threads: LIGHT["threads"]

@@ -70,6 +70,8 @@ rule collect_metrics:
     output:
         metrics=f"{R}/groups/{{group}}/metrics.parquet",
         samples=f"{R}/groups/{{group}}/samples.parquet",
+    params:
+        stage=params_of("collect_metrics"),  # its code version
     log:
         f"{R}/logs/collect_metrics/{{group}}.log",
     threads: LIGHT["threads"]

@@ -1,0 +1,193 @@
+"""Code fingerprints of the workflow's stages, computed from the source, not listed by hand.
+
+A stage's fingerprint (its params' `code`) hashes the source of every module its stage module
+(mapmerge.stages.<name>) can import: the transitive closure over the import statements of mapmerge's
+modules, at module level and inside functions, relative ones and `from mapmerge import x` where x is
+a submodule, with the parent packages' __init__.py. The modules named by `_target_` strings in the
+stage's params (the model builder, the evaluators) are followed too: mapmerge's own (the built-in
+benchmark, the adapters) and the user's, where they are files under model.python_path, with what
+those import from under python_path (and from mapmerge). The source is parsed with ast, nothing is
+imported. The standard library and installed packages are not hashed, nor imports by computed names
+(importlib.import_module).
+
+The Snakefile is parsed again in every job and every rule asks for its params: a file is read, hashed
+and parsed once per process (again only when its size or mtime changes), and a stage's closure is
+reused while none of its files changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "mapmerge"
+LENGTH = 12  # hex digits of a fingerprint
+
+Stat = tuple[int, int]  # (mtime_ns, size)
+Entry = tuple[int, str, tuple[str, ...] | None]  # (relative level, module, names imported from it; None for `import module`)
+
+
+def source_root() -> Path:
+    """The folder holding the mapmerge package that runs (src/ of a checkout, or a copy on PYTHONPATH)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def stage_fingerprint(
+    module: str,
+    params: Mapping[str, Any] | None = None,
+    python_path: Sequence[str | os.PathLike] = (),
+    root: str | os.PathLike | None = None,
+) -> str:
+    """The fingerprint of stage module `module` (e.g. 'mapmerge.stages.evaluation') with its params' `_target_`s.
+
+    root: the folder holding the mapmerge package (default: the one running).
+    """
+    key = (module, tuple(sorted(set(targets(params)))), tuple(str(p) for p in python_path), str(Path(root or source_root()).resolve()))
+    cached = _closures.get(key)
+    if cached is not None and all(_stat(path) == stat for path, stat in cached[1]):
+        return cached[0]
+    files = stage_files(*key)
+    stats = tuple((path, _stat(path)) for path in files.values())
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name} {_source(files[name])[0]}\n".encode())
+    _closures[key] = (digest.hexdigest()[:LENGTH], stats)
+    return _closures[key][0]
+
+
+_closures: dict[tuple, tuple[str, tuple[tuple[Path, Stat | None], ...]]] = {}
+
+
+def stage_files(
+    module: str, target_names: Iterable[str] = (), python_path: Sequence[str | os.PathLike] = (), root: str | os.PathLike | None = None
+) -> dict[str, Path]:
+    """Module name -> source file of everything stage module `module` and the `_target_`s can import (see the module doc)."""
+    roots = (Path(root or source_root()),)
+    user = tuple(Path(p) for p in python_path)
+    names = [module]
+    for target in target_names:  # 'pkg.module.Class': its module is the longest prefix that is one
+        parts = target.split(".")
+        names += [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+    return closure(names, roots, user)
+
+
+def targets(params: Any) -> Iterator[str]:
+    """Every `_target_` string in a nested params structure."""
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            if key == "_target_" and isinstance(value, str):
+                yield value
+            else:
+                yield from targets(value)
+    elif isinstance(params, (list, tuple)):
+        for value in params:
+            yield from targets(value)
+
+
+def closure(names: Iterable[str], roots: Sequence[Path], python_path: Sequence[Path] = ()) -> dict[str, Path]:
+    """Module name -> file of the modules `names` and everything they import, transitively, with their parent packages.
+
+    mapmerge's modules are looked up under `roots`, other names under `python_path` (the user's modules,
+    whose imports of mapmerge are followed too); a name found in neither (stdlib, installed packages, a
+    class or function imported from a module) is left out.
+    """
+    found: dict[str, Path] = {}
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        in_package = name == PACKAGE or name.startswith(PACKAGE + ".")
+        path = _module_file(name, roots if in_package else python_path)
+        if path is None:
+            continue
+        found[name] = path
+        if "." in name:
+            todo.append(name.rpartition(".")[0])
+        for imported in _imported(name, path.name == "__init__.py", _source(path)[1]):
+            # mapmerge's modules never import the user's statically; the user's may import mapmerge's
+            if not in_package or imported == PACKAGE or imported.startswith(PACKAGE + "."):
+                todo.append(imported)
+    return found
+
+
+def _module_file(name: str, roots: Sequence[Path]) -> Path | None:
+    """The source file of module `name` under the first of `roots` that has it (a package's __init__.py first)."""
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    for root in roots:
+        base = root.joinpath(*parts)
+        for path in (base / "__init__.py", base.with_name(parts[-1] + ".py")):
+            if path.is_file():
+                return path
+    return None
+
+
+def _imported(name: str, is_package: bool, entries: Sequence[Entry]) -> set[str]:
+    """The absolute module names the import statements of module `name` may load (submodules or not)."""
+    out = set()
+    package = name if is_package else name.rpartition(".")[0]
+    for level, module, names in entries:
+        if level:
+            parts = package.split(".") if package else []
+            if level - 1 >= len(parts):
+                continue  # beyond the top-level package: an ImportError
+            base = ".".join([*parts[: len(parts) - (level - 1)], *([module] if module else [])])
+        else:
+            base = module
+        if not base:
+            continue
+        out.add(base)
+        out.update(f"{base}.{alias}" for alias in names or () if alias != "*")
+    return out
+
+
+def _stat(path: Path) -> Stat | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _source(path: Path) -> tuple[str, tuple[Entry, ...]]:
+    """(sha256 of the file, its import statements), once per process and version of the file."""
+    return _parse(str(path), _stat(path))
+
+
+@lru_cache(maxsize=None)
+def _parse(path: str, stat: Stat | None) -> tuple[str, tuple[Entry, ...]]:
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _entries:  # a copy of a file is parsed once
+        try:
+            _entries[digest] = tuple(_import_entries(ast.parse(data, filename=path).body))
+        except (SyntaxError, ValueError):  # hashed all the same; its imports are not followed
+            _entries[digest] = ()
+    return digest, _entries[digest]
+
+
+_entries: dict[str, tuple[Entry, ...]] = {}
+
+
+def _import_entries(body: Sequence[ast.stmt]) -> Iterator[Entry]:
+    """The import statements of a statement list and of the statements nested in it (functions, classes,
+    if/try/with/for/while/match blocks); expressions are not walked: an import is a statement."""
+    for node in body:
+        if isinstance(node, ast.Import):
+            yield from ((0, alias.name, None) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or "", tuple(alias.name for alias in node.names)
+        else:
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                nested = getattr(node, field, None)
+                if isinstance(nested, list):
+                    yield from _import_entries(nested)

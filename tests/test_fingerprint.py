@@ -1,0 +1,177 @@
+"""Stage code fingerprints (mapmerge.fingerprint): which stages' params change when a module's source changes.
+
+Real source trees: copies of the package in tmp_path with one function edited, and a user's model
+code under model.python_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mapmerge import fingerprint
+from mapmerge.config import STAGE_ENTRY, load_config, stage_config
+
+from conftest import edit_a_function
+
+SRC = fingerprint.source_root()
+STAGES = set(STAGE_ENTRY)
+EVALUATIONS = {"evaluate", "validate_front", "validate_baseline"}  # every real evaluation of merged models
+TASK_VECTORS = {"extract_task_vector", "task_vector_table"}
+ENGINE = EVALUATIONS | TASK_VECTORS | {"merge_group", "plan_level"}  # what reads checkpoints and merges task vectors
+BENCHMARK = EVALUATIONS | {"prepare_benchmark"}  # trains it; the evaluations' params name its model and evaluators
+
+# The spec, written from what each stage runs: for each module of the package, the stages whose code
+# fingerprint changes when its source changes. A module not named here must be run by no stage.
+EXPECTED = {
+    # imported by every stage: the package and the stages package (their __init__.py), the artifacts' I/O
+    "mapmerge": STAGES,
+    "mapmerge.stages": STAGES,
+    "mapmerge.io": STAGES,
+    # the stage modules: their own stages (validation's front and baselines evaluate through stage evaluate's code)
+    "mapmerge.stages.prepare_benchmark": {"prepare_benchmark"},
+    "mapmerge.stages.task_vectors": TASK_VECTORS,
+    "mapmerge.stages.evaluation": EVALUATIONS,
+    "mapmerge.stages.plan_level": {"plan_level"},
+    "mapmerge.stages.sample_coefficients": {"sample_coefficients"},
+    "mapmerge.stages.propose_round": {"propose_round"},
+    "mapmerge.stages.collect": {"collect_metrics", "ledger"},
+    "mapmerge.stages.fit_surrogate": {"fit_surrogate"},
+    "mapmerge.stages.pareto_front": {"pareto_front"},
+    "mapmerge.stages.merge_group": {"merge_group"},
+    "mapmerge.stages.aggregate": {"aggregate"},
+    "mapmerge.stages.report_tables": {"report_tables"},
+    "mapmerge.stages.validate_front": {"validate_front"},
+    "mapmerge.stages.validate_baseline": {"validate_baseline"},
+    "mapmerge.stages.validate": {"validate"},
+    # the engine, and what reads checkpoints and merges task vectors (plan_level: cosine pairing)
+    "mapmerge.evaluate": EVALUATIONS,
+    "mapmerge.checkpoints": ENGINE | {"prepare_benchmark"},
+    "mapmerge.taskvectors": ENGINE,
+    "mapmerge.progress": ENGINE,
+    "mapmerge.operators": ENGINE | {"validate"},  # validate: through mapmerge.validation (its config checks)
+    # the built-in benchmark
+    "mapmerge.benchmark": BENCHMARK,
+    "mapmerge.digits": BENCHMARK,
+    "mapmerge.fashion": BENCHMARK,
+    # the MAP stages' domain modules
+    "mapmerge.groups": EVALUATIONS | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate"},
+    "mapmerge.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
+    "mapmerge.sampling": {"sample_coefficients"},
+    "mapmerge.surrogate": {"sample_coefficients", "propose_round", "fit_surrogate", "pareto_front"},  # the design's size: n_params
+    "mapmerge.bayesian": {"propose_round"},
+    "mapmerge.pareto": {"pareto_front", "aggregate", "validate", "validate_front"},  # plots' non_dominated; validation's indicators
+    "mapmerge.selection": {"merge_group"},
+    # merge_group writes transformers folders (save_merged_models); the adapters' evaluators are _target_s
+    "mapmerge.adapters": {"merge_group"},
+    "mapmerge.adapters.transformers": {"merge_group"},
+    "mapmerge.errors": {"merge_group"},
+    "mapmerge.adapters.openclip": set(),
+    "mapmerge.plots": {"aggregate", "validate"},
+    "mapmerge.report": {"aggregate", "report_tables"},
+    "mapmerge.validation": {"validate_front", "validate"},
+    # no stage runs these: the config (its values are the params), the command line, run folders, locks, logs
+    "mapmerge.config": set(),
+    "mapmerge.fingerprint": set(),
+    "mapmerge.cli": set(),
+    "mapmerge.runfolder": set(),
+    "mapmerge.runlock": set(),
+    "mapmerge.logs": set(),
+}
+
+
+def stage_params(cfg: dict) -> dict[str, dict]:
+    """Every stage's params without their code fingerprint (what the fingerprint reads: the _target_s)."""
+    return {s: {k: v for k, v in stage_config(cfg, s).items() if k != "code"} for s in STAGES}
+
+
+def fingerprints(params: dict[str, dict], root: Path, python_path=()) -> dict[str, str]:
+    return {s: fingerprint.stage_fingerprint(f"mapmerge.stages.{STAGE_ENTRY[s]}", params[s], python_path, root) for s in STAGES}
+
+
+def copy_package(root: Path) -> Path:
+    shutil.copytree(SRC / "mapmerge", root / "mapmerge", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cfg(repo) -> dict:
+    """The built-in benchmark's config, with every stage (validation's too)."""
+    return load_config(repo / "config", overrides=["validation.enabled=true", "benchmark.tasks=2"])
+
+
+@pytest.fixture(scope="module")
+def builtin_params(cfg) -> dict[str, dict]:
+    return stage_params(cfg)
+
+
+def test_a_module_change_reruns_the_stages_that_run_it(cfg, builtin_params, tmp_path):
+    base = fingerprints(builtin_params, copy_package(tmp_path / "base"))
+    assert base == {s: stage_config(cfg, s)["code"] for s in STAGES}  # where the source lies does not matter
+    changed = {}
+    for path in sorted((tmp_path / "base" / "mapmerge").rglob("*.py")):
+        rel = path.relative_to(tmp_path / "base")
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        root = copy_package(tmp_path / module)
+        edit_a_function(root / rel)
+        new = fingerprints(builtin_params, root)
+        changed[module] = {s for s in STAGES if new[s] != base[s]}
+    assert set(EXPECTED) - set(changed) == set(), "modules of the table that no longer exist"
+    assert {m: stages for m, stages in changed.items() if stages != EXPECTED.get(m, set())} == {}
+
+
+def test_user_model_code_reruns_the_evaluations_only(cfg, tmp_path):
+    user = tmp_path / "user"
+    (user / "mymodel").mkdir(parents=True)
+    (user / "mymodel" / "__init__.py").write_text("from .nets import Eval, build\n")
+    (user / "mymodel" / "nets.py").write_text(
+        "import torch\n\nfrom helpers import width\n\n\ndef build():\n    return torch.nn.Linear(width(), 2)\n\n\n"
+        "class Eval:\n    def __call__(self, module, device):\n        from mymodel.losses import loss\n\n        return loss(module)\n"
+    )
+    (user / "mymodel" / "losses.py").write_text("def loss(module):\n    return 0.0\n")
+    (user / "helpers.py").write_text("def width():\n    return 4\n")
+    (user / "unused.py").write_text("def other():\n    return 1\n")
+    cfg = dict(cfg)
+    tasks = cfg["task_names"]
+    cfg["model"] = {**cfg["model"], "builtin": False, "builder": {"_target_": "mymodel.build"}, "python_path": [str(user)],
+                    "tasks": {t: {"checkpoint": str(user / f"{t}.pt"), "evaluator": {"_target_": "mymodel.nets.Eval", "task": t}} for t in tasks}}
+    params = stage_params(cfg)
+    files = fingerprint.stage_files("mapmerge.stages.evaluation", fingerprint.targets(params["evaluate"]), [user], SRC)
+    assert {n for n in files if not n.startswith("mapmerge")} == {"mymodel", "mymodel.nets", "mymodel.losses", "helpers"}
+    assert "mapmerge.benchmark" not in files  # the built-in benchmark is not this model
+    before = {s: stage_config(cfg, s)["code"] for s in STAGES}
+    assert before == fingerprints(params, SRC, [str(user)])
+    for name in ("helpers.py", "mymodel/losses.py", "mymodel/__init__.py", "unused.py"):
+        edit_a_function(user / name)
+        after = {s: stage_config(cfg, s)["code"] for s in STAGES}
+        assert {s for s in STAGES if after[s] != before[s]} == (set() if name == "unused.py" else EVALUATIONS), name
+        before = after
+
+
+def test_adapter_targets_are_followed(builtin_params):
+    # model=transformers: its builder and evaluators are mapmerge.adapters.transformers; a function name is no module
+    params = {"model": {"builder": {"_target_": "mapmerge.adapters.transformers.build_model"},
+                        "evaluators": {"a": {"_target_": "mapmerge.adapters.transformers.SequenceClassificationEvaluator"}}}}
+    files = fingerprint.stage_files("mapmerge.stages.evaluation", fingerprint.targets(params))
+    assert {"mapmerge.adapters", "mapmerge.adapters.transformers", "mapmerge.errors"} <= set(files)
+    assert "mapmerge.benchmark" not in files and "mapmerge.adapters.openclip" not in files
+    assert fingerprint.stage_fingerprint("mapmerge.stages.evaluation", params) != \
+        fingerprint.stage_fingerprint("mapmerge.stages.evaluation", builtin_params["evaluate"])
+
+
+def test_relative_and_submodule_imports(tmp_path):
+    pkg = tmp_path / "mapmerge"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\nfrom .sub import c as renamed\n")
+    (pkg / "b.py").write_text("def f():\n    try:\n        from mapmerge import d\n    except ImportError:\n        pass\n")
+    (pkg / "sub" / "c.py").write_text("from ..e import thing\nfrom ... import beyond\nimport mapmerge.sub.g\n")
+    for name in ("d", "e", "f"):
+        (pkg / f"{name}.py").write_text("thing = 1\n")
+    (pkg / "sub" / "g.py").write_text("if True:\n    import numpy\n")
+    files = fingerprint.closure(["mapmerge.a"], [tmp_path])
+    assert set(files) == {"mapmerge", "mapmerge.a", "mapmerge.b", "mapmerge.sub", "mapmerge.sub.c", "mapmerge.d", "mapmerge.e",
+                          "mapmerge.sub.g"}
