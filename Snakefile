@@ -4,17 +4,27 @@
 #   snakemake --cores N --config overrides='[name=trial2, surrogate.loo=false]'
 # The config is composed once with Hydra (config/); each rule gets only its own sub-config as params.
 
+import sys
 from pathlib import Path
 
-from mapmerge.config import load_config, stage_config
-from mapmerge import report as report_module, stages, validation
+from mapmerge import preflight
+from mapmerge.config import ConfigError, load_config, stage_config
+from mapmerge import report as report_module, validation
 from mapmerge.logs import run_stage
 
-CFG = load_config(
-    Path(workflow.basedir) / "config",
-    experiment=config.get("experiment"),
-    overrides=config.get("overrides"),
-)
+# Every check runs here, before the first job (the driver also reads the files the config names); a
+# mistake ends the run with one line and touches nothing on disk.
+try:
+    CFG = load_config(
+        Path(workflow.basedir) / "config",
+        experiment=config.get("experiment"),
+        overrides=config.get("overrides"),
+        check_files=workflow.is_main_process,
+    )
+except ConfigError as exc:
+    sys.exit(f"mapmerge: {exc}")
+if workflow.is_main_process:
+    print(f"mapmerge: {CFG['results']}: {preflight.plan(CFG).describe()}", file=sys.stderr)
 R = CFG["results"]
 TASKS = CFG["task_names"]
 MODEL = CFG["model"]

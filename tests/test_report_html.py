@@ -4,7 +4,6 @@ description names the run, and docutils reports nothing (no "System Message" box
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -1,15 +1,17 @@
 """Large models: lazy reading, streamed merging (merge_files), lower-precision task vectors."""
 
+import typing
+
 import pytest
 import torch
 
-from mapmerge import config as config_module
 from mapmerge.stages import task_vectors
 from mapmerge.benchmark import build_model
 from mapmerge.checkpoints import load_state_dict, open_checkpoint, safetensors_metadata, save_safetensors
 from mapmerge.config import ConfigError, load_config, stage_config
 from mapmerge.evaluate import MergeEngine
 from mapmerge.io import ArtifactError
+from mapmerge.schema import TensorSelection
 from mapmerge.taskvectors import VECTOR_DTYPES, extract_task_vector, merge_files, merged_state, task_vector_table
 
 MEMBERS = ["rot90", "invert", "flip_parity"]
@@ -213,7 +215,7 @@ def test_task_vector_table_streams_the_gram_matrix(tiny, tmp_path):
 
 
 def test_vector_dtype_config(repo):
-    assert config_module.VECTOR_DTYPES == tuple(VECTOR_DTYPES)
+    assert typing.get_args(TensorSelection.model_fields["vector_dtype"].annotation) == tuple(VECTOR_DTYPES)
     base = load_config(repo / "config")
     assert base["model"]["merge"]["vector_dtype"] == "float32"
     half = load_config(repo / "config", overrides=["model.merge.vector_dtype=bfloat16"])

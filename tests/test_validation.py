@@ -171,7 +171,7 @@ def load(repo: Path, *overrides: str) -> dict:
         (["validation.enabled=true", "benchmark.tasks=2", "method=nested"], "validation.enabled: validation is for one-group methods"),
         (["validation.resolution=1"], "validation.resolution: must be an integer >= 2"),
         (["validation.bootstrap=-1"], "validation.bootstrap: must be an integer >= 0"),
-        (["validation.ci_level=1.5"], "validation.ci_level: must be a number in (0, 1)"),
+        (["validation.ci_level=1.5"], "validation.ci_level: must be in (0, 1)"),
         (["validation.baselines.ties.density=2"], "validation.baselines.ties.density: must be in (0, 1]"),
         (["validation.baselines.dare.coefficient=null"], "validation.baselines.dare.coefficient: must be a number"),
     ],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,33 +13,30 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mapmerge import adapters, operators
+from mapmerge import adapters, operators, preflight, schema
 from mapmerge.errors import ConfigError
 from mapmerge.selection import PreferenceError, normalize_preference
 
 BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
 BENCHMARK_EVALUATOR = "mapmerge.benchmark.DigitsEvaluator"
 EXPERIMENT_NODE = "_experiment_file"
-# Keys with a fixed set of values.
-CHOICES = {
-    ("evaluation", "on_error"): ("fail", "record"),
-    ("surrogate", "missing"): ("error", "drop"),
-}
-# model.merge.vector_dtype: how task vectors are stored (mapmerge.taskvectors.VECTOR_DTYPES; no torch here)
-VECTOR_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_config(
     config_dir: str | os.PathLike,
     experiment: str | os.PathLike | None = None,
     overrides: Sequence[str] | str | None = None,
+    check_files: bool = True,
 ) -> dict[str, Any]:
-    """Compose the primary config, an optional experiment YAML file and Hydra overrides, then resolve.
+    """Compose the primary config, an optional experiment YAML file and Hydra overrides, check, then resolve.
 
-    Precedence (last wins): config groups' defaults, the experiment file, the overrides.
+    Precedence (last wins): config groups' defaults, the experiment file, the overrides. Every key is
+    checked against mapmerge.schema, the plan against mapmerge.preflight.check_plan, and with
+    check_files the files the config names (checkpoint headers, data, labels, importable targets).
     """
     overrides = _as_list(overrides)
     exp_dir: Path | None = None
+    exp_keys: dict[str, Any] | None = None
     if experiment:
         exp_path = Path(experiment).resolve()
         if not exp_path.is_file():
@@ -52,6 +47,7 @@ def load_config(
             raise ConfigError(f"experiment file {experiment}: not valid YAML ({exc})") from exc
         if not OmegaConf.is_dict(node):
             raise ConfigError(f"experiment file {experiment}: must be a mapping of config keys")
+        exp_keys = OmegaConf.to_container(node)
         ConfigStore.instance().store(group="experiment", name=EXPERIMENT_NODE, node=node, package="_global_")
         overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
         exp_dir = exp_path.parent
@@ -61,7 +57,12 @@ def load_config(
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError("config: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from exc
-    return resolve(raw, base_dir=exp_dir or Path.cwd())
+    schema.check(raw, exp_keys, str(experiment) if experiment else None)
+    cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
+    preflight.check_plan(cfg)
+    if check_files:
+        preflight.check_files(cfg)
+    return cfg
 
 
 def _as_list(overrides: Sequence[str] | str | None) -> list[str]:
@@ -108,16 +109,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         normalize_preference(cfg.get("preference"), cfg["task_names"])
     except PreferenceError as exc:
         raise ConfigError(str(exc)) from exc
-    for pattern_key in ("include", "exclude"):
-        if not isinstance(model["merge"].get(pattern_key), list):
-            raise ConfigError(f"model.merge.{pattern_key}: must be a list of name patterns")
-    vector_dtype = model["merge"].get("vector_dtype", "float32")
-    if vector_dtype not in VECTOR_DTYPES:
-        raise ConfigError(f"model.merge.vector_dtype: must be one of {', '.join(VECTOR_DTYPES)}, got {vector_dtype!r}")
-    model["merge"] = {**model["merge"], "vector_dtype": vector_dtype}
-    for (group, key), allowed in CHOICES.items():
-        if cfg[group].get(key) not in allowed:
-            raise ConfigError(f"{group}.{key}: must be one of {', '.join(allowed)}, got {cfg[group].get(key)!r}")
+    model["merge"] = {**model["merge"], "vector_dtype": model["merge"].get("vector_dtype", "float32")}
     _check_method(cfg)
     cfg["validation"] = _check_validation(cfg)
     try:
@@ -153,14 +145,7 @@ def _check_method(cfg: dict[str, Any]) -> None:
         groups.structure(cfg["method"], len(cfg["task_names"]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if cfg["nested"]["pairing"] not in groups.PAIRINGS:
-        raise ConfigError(f"nested.pairing: must be one of {', '.join(groups.PAIRINGS)}, got {cfg['nested']['pairing']!r}")
     bayes = cfg["bayesian"]
-    for key in ("initial_factor", "per_round_factor"):
-        if not isinstance(bayes.get(key), (int, float)) or isinstance(bayes.get(key), bool) or bayes[key] <= 0:
-            raise ConfigError(f"bayesian.{key}: must be a number > 0, got {bayes.get(key)!r}")
-    if not isinstance(bayes.get("rounds"), int) or isinstance(bayes.get("rounds"), bool) or bayes["rounds"] < 0:
-        raise ConfigError(f"bayesian.rounds: must be an integer >= 0, got {bayes.get('rounds')!r}")
     if cfg["method"] == "bayesian":
         try:
             bayesian.check_cfg(bayesian.with_bins(bayes, 2, len(cfg["task_names"])), len(cfg["task_names"]))
@@ -219,14 +204,12 @@ def _benchmark_source(bench: dict[str, Any]) -> dict[str, Any]:
     dataset = bench.get("dataset", "digits")
     if dataset == "digits":
         return {}
-    if dataset != "fashion":
-        raise ConfigError(f"benchmark.dataset: must be one of digits, fashion, got {dataset!r}")
     from mapmerge import fashion
     from mapmerge.io import ArtifactError
 
     subset = bench.get("subset")
-    if isinstance(subset, bool) or not isinstance(subset, int) or not 100 <= subset <= 60000:
-        raise ConfigError(f"benchmark.subset: must be an integer in 100..60000 (images of Fashion-MNIST), got {subset!r}")
+    if subset is None:
+        raise ConfigError("benchmark.subset: required with benchmark.dataset=fashion (images of Fashion-MNIST used, 100..60000)")
     data_dir = str(bench.get("data_dir") or fashion.DATA_DIR)
     try:
         fashion.files("train", data_dir)

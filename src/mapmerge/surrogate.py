@@ -119,7 +119,7 @@ def _check_data(C: np.ndarray, y: np.ndarray, link: _Link, link_name: str, where
     p = n_params(C.shape[1])
     if len(y) < p:
         raise SurrogateError(
-            f"{where}: {len(y)} samples for {p} parameters; raise sampler.n_samples or sampler.factor"
+            f"{where}: {len(y)} samples for {p} parameters; raise sampler.factor or sampler.min_points"
         )
     if y.min() < link.low or y.max() > link.high:
         raise SurrogateError(

@@ -56,6 +56,24 @@ def vector_dtype(name: str) -> torch.dtype:
     return VECTOR_DTYPES[name]
 
 
+def compatible_names(
+    pretrained_path: str | os.PathLike, finetuned_path: str | os.PathLike, include: Sequence[str], exclude: Sequence[str]
+) -> list[str]:
+    """The merged tensors' names, from the headers alone; ArtifactError naming the file when they do not line up."""
+    with open_checkpoint(pretrained_path) as pre, open_checkpoint(finetuned_path) as ft:
+        return _compatible(pre, ft, include, exclude)
+
+
+def _compatible(pre: LazyCheckpoint, ft: LazyCheckpoint, include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    pre_meta = pre.meta()
+    names = merged_names(pre_meta, include, exclude)
+    if not names:
+        raise ArtifactError(f"{pre.path}: no tensor matches model.merge include={list(include)} exclude={list(exclude)}")
+    ft_meta = ft.meta()
+    check_compatible({n: pre_meta[n] for n in names}, {n: ft_meta[n] for n in names if n in ft_meta}, str(pre.path), str(ft.path))
+    return names
+
+
 def extract_task_vector(
     pretrained_path: str | os.PathLike,
     finetuned_path: str | os.PathLike,
@@ -75,12 +93,7 @@ def extract_task_vector(
     """
     storage = vector_dtype(dtype)
     with open_checkpoint(pretrained_path) as pre, open_checkpoint(finetuned_path) as ft:
-        pre_meta = pre.meta()
-        names = merged_names(pre_meta, include, exclude)
-        if not names:
-            raise ArtifactError(f"{pretrained_path}: no tensor matches model.merge include={list(include)} exclude={list(exclude)}")
-        ft_meta = ft.meta()
-        check_compatible({n: pre_meta[n] for n in names}, {n: ft_meta[n] for n in names if n in ft_meta}, str(pretrained_path), str(finetuned_path))
+        names = _compatible(pre, ft, include, exclude)
         tau: dict[str, torch.Tensor] = {}
         n_params, squares = 0, 0.0
         for name in names:

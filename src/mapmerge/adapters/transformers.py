@@ -49,13 +49,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".c
 
 def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """The generic model config of model.transformers; ConfigError naming the key or file when something is wrong."""
-    block = {**DEFAULTS, **(model.get("transformers") or {})}
-    unknown = sorted(set(block) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"model.transformers.{unknown[0]}: unknown key; known: {', '.join(DEFAULTS)}")
+    block = {**DEFAULTS, **(model.get("transformers") or {})}  # keys and values checked by mapmerge.schema
     task_type = block["task_type"]
-    if task_type not in TASK_TYPES:
-        raise ConfigError(f"model.transformers.task_type: must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     pretrained = _directory(block["pretrained"], "model.transformers.pretrained", base_dir)
     tasks = block["tasks"]
     if not isinstance(tasks, dict) or len(tasks) < 2:
@@ -63,11 +58,6 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     resolved, directories = {}, {}
     for task, spec in tasks.items():
         key = f"model.transformers.tasks.{task}"
-        if not isinstance(spec, dict) or "directory" not in spec or "data" not in spec:
-            raise ConfigError(f"{key}: needs directory and data")
-        extra = sorted(set(spec) - {"directory", "data", *EVALUATION_KEYS})
-        if extra:
-            raise ConfigError(f"{key}.{extra[0]}: unknown key; known: directory, data, {', '.join(EVALUATION_KEYS)}")
         directory = directories[task] = _directory(spec["directory"], f"{key}.directory", base_dir)
         settings = {k: spec.get(k, block[k]) for k in EVALUATION_KEYS}
         data = _data_file(spec["data"], f"{key}.data", base_dir)
@@ -254,6 +244,30 @@ def _padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any]:
     return ids, mask
 
 
+def label_ids(labels: pd.Series, data: str, label_column: str, directory: str | None) -> pd.Series:
+    """Integer class ids of a label column: integers in 0..num_labels-1, or names of the task's config.json label2id."""
+    config = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
+    label2id = config.get("label2id") or {}
+    if not pd.api.types.is_integer_dtype(labels):
+        unknown = sorted({str(v) for v in labels if str(v) not in label2id})
+        if unknown:
+            raise ConfigError(f"{data}: label '{unknown[0]}' in column '{label_column}' is not an integer nor in {directory}/config.json label2id")
+        return labels.map(lambda v: label2id[str(v)])
+    n_labels = config.get("num_labels") or len(config.get("id2label") or label2id) or None
+    if n_labels is not None and len(labels) and not (labels.min() >= 0 and labels.max() < n_labels):
+        bad = labels[(labels < 0) | (labels >= n_labels)].iloc[0]
+        raise ConfigError(f"{data}: label {bad} in column '{label_column}' is outside 0..{n_labels - 1} ({directory}/config.json has {n_labels} labels)")
+    return labels
+
+
+def check_labels(evaluator: Mapping[str, Any]) -> None:
+    """A sequence-classification evaluator's labels, read from its data file before any job (causal LM: none)."""
+    if evaluator["_target_"] != EVALUATORS["sequence_classification"]:
+        return
+    frame = read_examples(evaluator["data"], [evaluator["label_column"]], evaluator["limit"])
+    label_ids(frame[evaluator["label_column"]], evaluator["data"], evaluator["label_column"], evaluator["directory"])
+
+
 class SequenceClassificationEvaluator:
     """Accuracy (`correct`) and cross-entropy `loss` per example of a text classification data file.
 
@@ -267,13 +281,7 @@ class SequenceClassificationEvaluator:
         import torch
 
         frame = read_examples(data, [text_column, label_column], limit)
-        labels = frame[label_column]
-        if not pd.api.types.is_integer_dtype(labels):
-            label2id = json.loads((Path(directory) / "config.json").read_text()).get("label2id", {}) if directory else {}
-            unknown = sorted({str(v) for v in labels if str(v) not in label2id})
-            if unknown:
-                raise ConfigError(f"{data}: label '{unknown[0]}' in column '{label_column}' is not an integer nor in {directory}/config.json label2id")
-            labels = labels.map(lambda v: label2id[str(v)])
+        labels = label_ids(frame[label_column], data, label_column, directory)
         tok = _tokenizer(tokenizer)
         encoded = tok(frame[text_column].astype(str).tolist(), truncation=True, max_length=int(max_length))["input_ids"]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -1,0 +1,209 @@
+"""Checks of a resolved config that need no job: the plan's size and cost, and the files it names.
+
+`check_plan` (cheap, every Snakefile parse) refuses a design too small for the surrogate, a population
+too small for the objectives and a plan past budget.max_evaluations. `check_files` (the driver only: it
+reads checkpoint headers and data files) refuses importable-looking targets that do not import, checkpoints
+whose merged tensors do not line up, and labels a task's model does not know. Each raises ConfigError
+with one line naming the key the user wrote.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mapmerge import bayesian, groups
+from mapmerge.adapters.transformers import check_labels
+from mapmerge.errors import ConfigError
+from mapmerge.io import ArtifactError
+from mapmerge.sampling import design_size
+from mapmerge.surrogate import n_params
+
+METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run's method will evaluate for real (validation's grid and baselines not counted)."""
+
+    method: str
+    n_tasks: int
+    n_groups: int
+    merged_models: int  # designed and proposed samples of every group, plus each group's chosen merge
+    reference_models: int  # the pretrained and the fine-tuned models
+    task_evaluations: int  # (model, task) evaluations: an upper bound for nested MAP, whose groups are data
+    evaluation_jobs: int
+    exact: bool
+
+    def describe(self) -> str:
+        """One line for the driver's start."""
+        bound = "" if self.exact else "at most "
+        return (
+            f"{METHOD_NAMES[self.method]} on {self.n_tasks} tasks in {self.n_groups} group{'s' * (self.n_groups > 1)}: "
+            f"{self.merged_models} merged + {self.reference_models} reference models, "
+            f"{bound}{self.task_evaluations} (model, task) evaluations in {self.evaluation_jobs} evaluation jobs"
+        )
+
+
+def group_samples(cfg: Mapping[str, Any], n_members: int) -> tuple[int, int]:
+    """(samples, evaluation jobs) of one group: its design, plus the Bayesian rounds."""
+    per_job = cfg["evaluation"]["samples_per_job"]
+    if cfg["method"] != "bayesian":
+        n = design_size(n_members, cfg["sampler"])
+        return n, math.ceil(n / per_job)
+    initial = design_size(n_members, bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], n_members))
+    per_round = bayesian.round_size(cfg["bayesian"], n_members)
+    rounds = cfg["bayesian"]["rounds"]
+    return initial + rounds * per_round, math.ceil(initial / per_job) + rounds * math.ceil(per_round / per_job)
+
+
+def plan(cfg: Mapping[str, Any], method: str | None = None) -> Plan:
+    """The plan of cfg's method (or of `method` on the same tasks and design)."""
+    method = method or cfg["method"]
+    cfg = {**cfg, "method": method}
+    n_tasks = len(cfg["task_names"])
+    levels = groups.structure(method, n_tasks)
+    n_groups = sum(len(level) for level in levels)
+    samples, jobs = group_samples(cfg, groups.n_members(method, n_tasks))
+    return Plan(
+        method=method,
+        n_tasks=n_tasks,
+        n_groups=n_groups,
+        merged_models=n_groups * (samples + 1),
+        reference_models=n_tasks + 1,
+        # a level's groups hold disjoint tasks, all of them when no model passes up: T per level at most
+        task_evaluations=(n_tasks + 1) * n_tasks + len(levels) * n_tasks * (samples + 1),
+        evaluation_jobs=1 + n_groups * (jobs + 1),
+        exact=method != "nested" or n_tasks & (n_tasks - 1) == 0,  # a power of 2: no model ever passes up
+    )
+
+
+def check_plan(cfg: Mapping[str, Any]) -> Plan:
+    """The run's plan, or ConfigError when its design, population or cost cannot work."""
+    method, n_tasks = cfg["method"], len(cfg["task_names"])
+    members = groups.n_members(method, n_tasks)
+    p = n_params(members)
+    sampler = cfg["sampler"] if method != "bayesian" else bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], members)
+    points = design_size(members, sampler)
+    if points <= p:
+        key = "bayesian.initial_factor" if method == "bayesian" else "sampler.factor"
+        raise ConfigError(
+            f"{key}: {sampler['factor']:g} gives {points} design points for the surrogate's {p} parameters "
+            f"({members} coefficients per group); it needs at least {p + 1}: raise {key} (>= {(p + 1) / p:.2f}) or sampler.min_points"
+        )
+    optimizer = cfg["optimizer"]
+    least = members * (members + 1) // 2  # Das-Dennis directions of 2 partitions: the extremes and points between
+    if optimizer["pop_size"] < least:
+        raise ConfigError(
+            f"optimizer.pop_size: {optimizer['pop_size']} is too small for {members} objectives; NSGA-III needs at least "
+            f"{least} to place points between the extremes"
+        )
+    if optimizer["ref_partitions"] == 1:
+        raise ConfigError("optimizer.ref_partitions: 1 gives only the extreme directions (one task each); use 2 or more, or null")
+    run = plan(cfg)
+    budget = cfg["budget"]["max_evaluations"]
+    if budget is not None and run.task_evaluations > budget:
+        hint = "raise budget.max_evaluations, or merge fewer tasks"
+        if method != "nested":
+            nested = plan(cfg, "nested")
+            hint = f"use method=nested (pairwise: at most {nested.task_evaluations}), {hint}"
+        raise ConfigError(
+            f"budget.max_evaluations: {METHOD_NAMES[method]} on {n_tasks} tasks plans {run.task_evaluations} (model, task) "
+            f"evaluations, past the budget of {budget}; {hint}"
+        )
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def task_key(model: Mapping[str, Any], task: str) -> str:
+    """The key the user wrote for a task's checkpoint."""
+    adapter = model.get("adapter")
+    if adapter == "transformers":
+        return f"model.transformers.tasks.{task}.directory"
+    if adapter == "openclip":
+        return "model.openclip.tasks"
+    return f"model.tasks.{task}.checkpoint"
+
+
+def pretrained_key(model: Mapping[str, Any]) -> str:
+    adapter = model.get("adapter")
+    return {"transformers": "model.transformers.pretrained", "openclip": "model.openclip.root"}.get(adapter, "model.pretrained")
+
+
+def check_files(cfg: Mapping[str, Any]) -> None:
+    """ConfigError for the first file the run names that would fail a job: targets, checkpoints, labels.
+
+    The built-in benchmark's checkpoints are made by the run, so only user models' are read.
+    """
+    model, tasks = cfg["model"], cfg["task_names"]
+    for folder in model["python_path"]:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"model.python_path: folder {folder} not found")
+    with _on_path(model["python_path"]):
+        _check_target(model["builder"], "model.builder", model["python_path"])
+        for task in tasks:
+            _check_target(model["tasks"][task]["evaluator"], f"model.tasks.{task}.evaluator", model["python_path"])
+    if model["builtin"]:
+        return
+    _check_checkpoints(model, tasks)
+    if model.get("adapter") == "transformers":
+        for task in tasks:
+            try:
+                check_labels(model["tasks"][task]["evaluator"])
+            except ConfigError as exc:
+                raise ConfigError(f"model.transformers.tasks.{task}.data: {exc}") from None
+
+
+@contextmanager
+def _on_path(folders: list[str]) -> Iterator[None]:
+    added = [f for f in folders if f not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            sys.path.remove(folder)
+
+
+def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> None:
+    """spec's _target_ must import: its module found (mapmerge's own are not imported here), a user's callable in it."""
+    target = spec["_target_"]
+    module, _, name = target.rpartition(".")
+    where = f"model.python_path ({', '.join(python_path)})" if python_path else "the installed packages (model.python_path is empty)"
+    if module.split(".")[0] == "mapmerge":
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{key}._target_: module {module} not found")
+        return
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            raise ConfigError(f"{key}._target_: module {module} not found in {where}") from None
+        raise ConfigError(f"{key}._target_: importing {module} failed: {exc}") from None
+    except Exception as exc:  # the user's module failed for its own reasons
+        raise ConfigError(f"{key}._target_: importing {module} failed: {' '.join(str(exc).split())}") from None
+    if not hasattr(imported, name):
+        raise ConfigError(f"{key}._target_: module {module} ({imported.__file__}) has no {name}")
+
+
+def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
+    """Every checkpoint's header read; the fine-tuned ones' merged tensors must match the pretrained's names and shapes."""
+    from mapmerge.taskvectors import compatible_names  # deferred: torch, and only the driver reads headers
+
+    merge = model["merge"]
+    for task in tasks:
+        try:
+            compatible_names(model["pretrained"], model["tasks"][task]["checkpoint"], merge["include"], merge["exclude"])
+        except ArtifactError as exc:
+            bad_pretrained = str(exc).startswith(str(model["pretrained"]))
+            raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None

@@ -1,0 +1,419 @@
+"""The config's schema: every key of the composed config, its type, range and allowed values (pydantic v2).
+
+`check(raw)` runs on the config Hydra composed (groups, experiment file, overrides) before anything is
+derived from it. Unknown keys are errors at every level; the first problem becomes one line naming the
+key as the user wrote it (with the closest known key for a typo) and, where the key comes from the
+experiment file, that file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mapmerge.errors import ConfigError
+
+
+
+def _range(kind: type, low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False) -> Any:
+    """`kind` within bounds, with one message for the whole range ('must be in (0, 1]', 'must be an integer >= 1')."""
+    if low is not None and high is not None:
+        text = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    else:
+        text = f"{'>' if open_low else '>='} {low:g}" if low is not None else f"{'<' if open_high else '<='} {high:g}"
+    text = f"an integer {text}" if kind is int else text
+
+    def check(value: Any) -> Any:
+        below = low is not None and (value <= low if open_low else value < low)
+        above = high is not None and (value >= high if open_high else value > high)
+        if below or above:
+            raise ValueError(f"must be {text}")
+        return value
+
+    return Annotated[kind, AfterValidator(check)]
+
+
+PosInt = _range(int, 1)
+NonNegInt = _range(int, 0)
+PosFloat = _range(float, 0, open_low=True)
+NonNegFloat = _range(float, 0)
+Fraction = _range(float, 0, 1, open_low=True, open_high=True)
+Path_ = Annotated[str, Field(min_length=1)]
+Operator = Literal["task_arithmetic", "ties", "dare"]
+Density = _range(float, 0, 1, open_low=True)
+DropRate = _range(float, 0, 1, open_high=True)
+Link = Literal["sigmoid", "softplus", "identity"]
+Metric = Literal["accuracy", "loss"]  # mapmerge.metrics.METRICS
+
+
+class Section(BaseModel):
+    """A block of the config: typed keys, no others; ints are not floats' strings, bools are not ints."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Target(BaseModel):
+    """{_target_: importable.callable, ...its keyword arguments} (Hydra's instantiate convention)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=False)
+    target: Annotated[str, Field(alias="_target_")]
+
+    @field_validator("target")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", value):
+            raise ValueError("must be module.callable (a dotted import path)")
+        return value
+
+
+class Nested(Section):
+    pairing: Literal["metric", "cosine"]
+
+
+class Bayesian(Section):
+    initial_factor: PosFloat
+    per_round_factor: PosFloat
+    rounds: NonNegInt
+    bins: PosInt | None
+    lam: NonNegFloat
+    temperature: PosFloat
+    radius: Literal["uniform", "sqrt", "volume"]
+    max_bins: PosInt | None = None
+
+
+class Baseline(Section):
+    operator: Operator
+    coefficient: float
+    density: Density | None = None
+    drop_rate: DropRate | None = None
+
+
+class Validation(Section):
+    enabled: bool
+    resolution: _range(int, 2)
+    max_tasks: _range(int, 2)
+    batch: PosInt
+    front_points: PosInt
+    bootstrap: NonNegInt
+    ci_level: Fraction
+    baselines: dict[str, Baseline]  # names: mapmerge.validation.check_cfg
+
+
+class Benchmark(Section):
+    tasks: int | list[str]
+    width: PosInt
+    pretrain_epochs: PosInt
+    finetune_epochs: PosInt
+    lr: PosFloat
+    batch_size: PosInt
+    test_fraction: Fraction
+    threads: PosInt
+    dataset: Literal["digits", "fashion"] = "digits"
+    data_dir: Path_ | None = None
+    subset: _range(int, 100, 60000) | None = None
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, list) and all(isinstance(t, str) for t in value))):
+            raise ValueError("must be a number of tasks (the first n) or a list of task names")
+        return value
+
+
+class Sampler(Section):
+    kind: Literal["sobol", "lhs"]
+    lower: float
+    upper: float
+    factor: PosFloat
+    min_points: NonNegInt
+    include_special: bool
+    equal: float
+
+    @model_validator(mode="after")
+    def _box(self) -> Sampler:
+        if not self.lower < self.upper:
+            raise ValueError(f"lower ({self.lower:g}) must be below upper ({self.upper:g})")
+        if not self.lower <= self.equal <= self.upper:
+            raise ValueError(f"equal ({self.equal:g}) must lie in [lower, upper] = [{self.lower:g}, {self.upper:g}]")
+        return self
+
+
+class Surrogate(Section):
+    links: dict[Metric, Link]
+    loo: bool
+    missing: Literal["error", "drop"]
+
+
+class Optimizer(Section):
+    objective: Metric
+    pop_size: PosInt
+    n_gen: PosInt
+    ref_partitions: PosInt | None
+    grid_check_resolution: _range(int, 2)
+
+
+class Selection(Section):
+    method: Literal["weighted_sum", "tchebycheff"]
+    rho: NonNegFloat
+
+
+class Evaluation(Section):
+    device: str
+    threads: NonNegInt
+    samples_per_job: PosInt
+    on_error: Literal["fail", "record"]
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+
+class MergeOperator(Section):
+    operator: Operator
+    density: Density | None = None
+    drop_rate: DropRate | None = None
+
+
+class TensorSelection(Section):
+    include: list[str]
+    exclude: list[str]
+    vector_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class UserTask(Section):
+    checkpoint: Path_
+    evaluator: Target
+
+
+class TransformersTask(Section):
+    directory: Path_
+    data: Path_
+    # optional per task; absent = the block's value (a default is not validated, so null is refused)
+    text_column: str = Field(default=None)  # type: ignore[assignment]
+    label_column: str = Field(default=None)  # type: ignore[assignment]
+    max_length: PosInt = Field(default=None)  # type: ignore[assignment]
+    batch_size: PosInt = Field(default=None)  # type: ignore[assignment]
+    limit: PosInt | None = None
+
+
+class Transformers(Section):
+    pretrained: Path_ | None = None
+    task_type: Literal["sequence_classification", "causal_lm"] = "sequence_classification"
+    heads: Literal["auto"] | list[str] = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: PosInt = 128
+    batch_size: PosInt = 32
+    limit: PosInt | None = None
+    tasks: dict[str, TransformersTask] = {}
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _heads(cls, value: Any) -> Any:
+        if value != "auto" and not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+            raise ValueError("must be auto or a list of tensor-name patterns")
+        return value
+
+
+TaskPaths = Annotated[str | dict[str, str], Field(union_mode="left_to_right")]
+
+
+class OpenClip(Section):
+    root: Path_ | None = None
+    model_name: Path_ = "ViT-B-32"
+    tasks: list[str] | None = None
+    heads: TaskPaths = "{root}/{model_name}/head_{task}.pt"
+    data: TaskPaths = "{root}/data/{task}.npz"
+    builder: Target | None = None
+    normalize: bool = True
+    mean: Annotated[list[float], Field(min_length=1)] = [0.48145466, 0.4578275, 0.40821073]  # per channel
+    std: Annotated[list[PosFloat], Field(min_length=1)] = [0.26862954, 0.26130258, 0.27577711]
+    image_size: PosInt = 224
+    batch_size: PosInt = 128
+    max_examples: PosInt | None = None
+
+
+class Model(Section):
+    adapter: Literal["transformers", "openclip"] | None
+    builder: Target | None
+    pretrained: Path_ | None
+    tasks: dict[str, UserTask] | None
+    merge: TensorSelection
+    python_path: list[str]
+    transformers: Transformers | None = None
+    openclip: OpenClip | None = None
+
+
+class ResourcesEvaluate(Section):
+    threads: PosInt
+    mem_mb: PosInt
+    runtime: PosInt
+    gpu: NonNegInt
+
+
+class ResourcesLight(Section):
+    threads: PosInt
+    mem_mb: PosInt
+    runtime: PosInt
+
+
+class Resources(Section):
+    evaluate: ResourcesEvaluate
+    light: ResourcesLight
+
+
+class Budget(Section):
+    max_evaluations: PosInt | None
+
+
+class Config(Section):
+    name: str  # a folder name: mapmerge.config.resolve
+    results_dir: Path_
+    seed: NonNegInt
+    method: Literal["map", "nested", "bayesian"]
+    nested: Nested
+    bayesian: Bayesian
+    tasks: Annotated[list[str], Field(min_length=2)] | None
+    preference: dict[str, float] | str
+    validation: Validation
+    budget: Budget
+    benchmark: Benchmark
+    sampler: Sampler
+    surrogate: Surrogate
+    optimizer: Optimizer
+    selection: Selection
+    evaluation: Evaluation
+    merge: MergeOperator
+    model: Model
+    resources: Resources
+
+    @model_validator(mode="after")
+    def _objective_fitted(self) -> Config:
+        if self.optimizer.objective not in self.surrogate.links:
+            raise ValueError(f"optimizer.objective: {self.optimizer.objective} is not fitted; surrogate.links has {', '.join(self.surrogate.links)}")
+        return self
+
+
+def check(raw: Mapping[str, Any], experiment: Mapping[str, Any] | None = None, experiment_file: str | None = None) -> None:
+    """ConfigError (one line) for the first problem of the composed config `raw`; experiment: the file's own keys."""
+    try:
+        Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc, raw, experiment, experiment_file)) from None
+
+
+def _message(exc: ValidationError, raw: Mapping[str, Any], experiment: Mapping[str, Any] | None, experiment_file: str | None) -> str:
+    errors = exc.errors(include_url=False)
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains what follows it
+    path = _written_path(error["loc"], raw, missing=error["type"] == "missing")
+    key = ".".join(path)
+    if error["type"] == "extra_forbidden":
+        text = "unknown key" + _did_you_mean(path)
+    elif error["type"] == "missing":
+        text = "missing (required)"
+    else:
+        msg = _plain(error)
+        inner = re.match(r"^(\w+(\.\w+)*): (.*)$", msg)  # a cross-key rule names its own key
+        if inner and not key:
+            key, msg = inner.group(1), inner.group(3)
+        text = msg + ("" if isinstance(error["input"], Mapping) else f", got {error['input']!r}")
+    where = f"experiment file {experiment_file}: " if experiment is not None and _written_in(path, experiment) else ""
+    return f"{where}{key or 'config'}: {text}"
+
+
+KINDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer", "float_type": "a number",
+    "float_parsing": "a number", "finite_number": "a finite number", "bool_type": "true or false", "bool_parsing": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _plain(error: Mapping[str, Any]) -> str:
+    """pydantic's message in the config's words: 'must be >= 1', 'must be one of fail, record', 'must be an integer'."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in KINDS:
+        return f"must be {KINDS[kind]}"
+    if kind in BOUNDS:
+        key, sign = BOUNDS[kind]
+        return f"must be {sign} {ctx[key]}"
+    if kind == "literal_error":
+        return "must be one of " + ", ".join(re.findall(r"'([^']*)'", str(ctx["expected"])))
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return f"must have {'at least' if kind == 'too_short' else 'at most'} {bound} items"
+    return str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+
+
+def _written_path(loc: tuple[Any, ...], raw: Any, missing: bool) -> list[str]:
+    """The error's location as the user's keys: pydantic's union-branch labels are dropped."""
+    path, node = [], raw
+    parts = list(loc[:-1] if missing else loc)
+    for part in parts:
+        if isinstance(node, Mapping) and part in node:
+            path.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path[-1:] = [f"{path[-1]}[{part}]"] if path else [f"[{part}]"]
+            node = node[part]
+    return path + ([str(loc[-1])] if missing else [])
+
+
+def _written_in(path: list[str], node: Any) -> bool:
+    for part in path:
+        part = part.split("[")[0]
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _did_you_mean(path: list[str]) -> str:
+    known = _known_keys(path[:-1])
+    close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else f"; known: {', '.join(known)}" if known else ""
+
+
+def _known_keys(parents: list[str]) -> list[str]:
+    """The keys the schema allows under `parents`."""
+    node: Any = Config
+    for part in parents:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part.split("[")[0])
+            if field is None:
+                return []
+            node = field.annotation
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        else:
+            return []
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return [f.alias or name for name, f in node.model_fields.items()]
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """X from X | None and Annotated[X, ...]."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation

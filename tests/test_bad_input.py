@@ -1,0 +1,199 @@
+"""Bad input never costs an evaluation: every case of the table fails before the first job, with one line.
+
+The cases are mistakes users make in an experiment file or on the command line, on the run of a
+model nobody here wrote (a copy of examples/custom_mlp). Each is checked three ways: load_config raises
+the one-line ConfigError (fast lane); `snakemake -n` exits non-zero with that line; and a real
+`snakemake --cores 2` on the finished run folder does the same and leaves every file in it with its
+bytes and mtime (Snakemake deletes a job's outputs before rerunning it, so a bad value that reached
+the DAG would throw finished evaluations away).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mapmerge.config import ConfigError, load_config
+
+from conftest import REPO
+
+BASE = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A mistake: overrides on the command line and/or an edit of the experiment file, and the line it must give."""
+
+    id: str
+    message: str  # a regex the one line must match (after 'mapmerge: ' on the command line)
+    overrides: tuple[str, ...] = ()
+    edit: Callable[[dict, Path], None] | None = field(default=None, compare=False)  # (experiment dict, example folder)
+
+
+def _set(path: str, value: object) -> Callable[[dict, Path], None]:
+    def edit(exp: dict, _: Path) -> None:
+        *parents, last = path.split(".")
+        node = exp
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+
+    return edit
+
+
+def _rename(path: str, new: str) -> Callable[[dict, Path], None]:
+    def edit(exp: dict, _: Path) -> None:
+        *parents, last = path.split(".")
+        node = exp
+        for key in parents:
+            node = node[key]
+        node[new] = node.pop(last)
+
+    return edit
+
+
+def _other_width_checkpoint(exp: dict, example: Path) -> None:
+    """stripes_60's checkpoint replaced by one of a network with another hidden width."""
+    out = example / "checkpoints_h16"
+    if not (out / "stripes_60.pt").exists():
+        subprocess.run([sys.executable, str(example / "make_checkpoints.py"), str(out), "--hidden", "16"], check=True, capture_output=True)
+    exp["model"]["tasks"]["stripes_60"]["checkpoint"] = "checkpoints_h16/stripes_60.pt"
+
+
+CASES = [
+    # typos in the experiment file, at every level
+    Case("typo-model-key", r"experiment file .*bad\.yaml: model\.pretrianed: unknown key \(did you mean `pretrained`\?\)",
+         edit=_rename("model.pretrained", "pretrianed")),
+    Case("typo-top-level", r"experiment file .*bad\.yaml: modle: unknown key \(did you mean `model`\?\)", edit=_rename("model", "modle")),
+    Case("typo-task-key", r"model\.tasks\.stripes_0\.checkpiont: unknown key \(did you mean `checkpoint`\?\)",
+         edit=_rename("model.tasks.stripes_0.checkpoint", "checkpiont")),
+    Case("typo-group-key", r"experiment file .*: sampler\.factr: unknown key \(did you mean `factor`\?\)", edit=_set("sampler.factr", 2.0)),
+    Case("unknown-key-override", r"^optimizer\.popsize: unknown key \(did you mean `pop_size`\?\)", overrides=("+optimizer.popsize=10",)),
+    # bad values
+    Case("limit-not-a-number", r"^model\.transformers\.limit: must be an integer, got 'abc'", overrides=("+model.transformers.limit=abc",)),
+    Case("factor-negative", r"^sampler\.factor: must be > 0, got -1", overrides=("sampler.factor=-1",)),
+    Case("factor-zero", r"^sampler\.factor: must be > 0, got 0", overrides=("sampler.factor=0",)),
+    Case("factor-too-small", r"^sampler\.factor: 0\.5 gives 5 design points for the surrogate's 10 parameters .* at least 11",
+         overrides=("sampler.factor=0.5",)),
+    Case("factor-not-a-number", r"^sampler\.factor: must be a number, got 'abc'", overrides=("sampler.factor=abc",)),
+    Case("pop-size-zero", r"^optimizer\.pop_size: must be an integer >= 1, got 0", overrides=("optimizer.pop_size=0",)),
+    Case("pop-size-too-small", r"^optimizer\.pop_size: 3 is too small for 3 objectives; NSGA-III needs at least 6",
+         overrides=("optimizer.pop_size=3",)),
+    Case("tasks-fraction", r"^benchmark\.tasks: must be a number of tasks .* got 1\.5", overrides=("benchmark.tasks=1.5",)),
+    Case("tasks-letters", r"^benchmark\.tasks: must be a number of tasks .* got 'abc'", overrides=("benchmark.tasks=abc",)),
+    Case("seed-letters", r"^seed: must be an integer, got 'abc'", overrides=("seed=abc",)),
+    Case("box-empty", r"^sampler: lower \(1\) must be below upper \(1\)", overrides=("sampler.lower=1",)),
+    Case("on-error-choice", r"^evaluation\.on_error: must be one of fail, record, got 'skip'", overrides=("evaluation.on_error=skip",)),
+    Case("device", r"^evaluation\.device: must be auto, cpu, cuda or cuda:N, got 'gpu'", overrides=("evaluation.device=gpu",)),
+    Case("method-typo", r"^method: must be one of map, nested, bayesian, got 'nestd'", overrides=("method=nestd",)),
+    Case("objective", r"^optimizer\.objective: must be one of accuracy, loss, got 'f1'", overrides=("optimizer.objective=f1",)),
+    Case("enabled-not-bool", r"^validation\.enabled: must be true or false, got 'yes'", overrides=("validation.enabled=yes",)),
+    Case("density", r"^merge\.density: must be in \(0, 1\], got 0", overrides=("merge=ties", "merge.density=0")),
+    Case("vector-dtype", r"^model\.merge\.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'",
+         overrides=("model.merge.vector_dtype=int8",)),
+    Case("one-task", r"^tasks: must have at least 2 items", overrides=("tasks=[stripes_0]",)),
+    Case("unknown-task", r"^tasks: unknown task 'nope'", overrides=("tasks=[stripes_0, nope]",)),
+    Case("preference-task", r"preference names unknown task 'nope'", overrides=("+preference.nope=1",)),
+    Case("budget", r"^budget\.max_evaluations: plain MAP on 3 tasks plans 60 \(model, task\) evaluations, past the budget of 50; "
+         r"use method=nested", overrides=("budget.max_evaluations=50",)),
+    Case("run-name", r"^name: 'a/b' is not a valid run name", overrides=("name=a/b",)),
+    # files the config names, read before the first job
+    Case("missing-checkpoint", r"^model\.pretrained: .*nothere\.pt: checkpoint not found", edit=_set("model.pretrained", "nothere.pt")),
+    Case("checkpoint-shape", r"^model\.tasks\.stripes_60\.checkpoint: .*checkpoints_h16/stripes_60\.pt: tensor '[\w.]+' has shape",
+         edit=_other_width_checkpoint),
+    Case("evaluator-typo", r"^model\.tasks\.stripes_60\.evaluator\._target_: module model \(.*model\.py\) has no TaskEvalutor",
+         edit=_set("model.tasks.stripes_60.evaluator._target_", "model.TaskEvalutor")),
+    Case("builder-module", r"^model\.builder\._target_: module modle not found in model\.python_path",
+         edit=_set("model.builder._target_", "modle.build")),
+    Case("python-path", r"^model\.python_path: folder .*nowhere not found", edit=_set("model.python_path", ["nowhere"])),
+]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    """A copy of examples/custom_mlp with its checkpoints made by its script."""
+    example = tmp_path_factory.mktemp("bad_input") / "custom_mlp"
+    shutil.copytree(REPO / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    subprocess.run([sys.executable, str(example / "make_checkpoints.py")], check=True, capture_output=True, timeout=300)
+    return example
+
+
+def experiment_for(case: Case, example: Path) -> Path:
+    """The experiment file a case runs with: the example's own, or an edited copy beside it (relative paths hold)."""
+    if case.edit is None:
+        return example / "experiment.yaml"
+    exp = yaml.safe_load((example / "experiment.yaml").read_text())
+    case.edit(exp, example)
+    path = example / f"bad-{case.id}" / "bad.yaml"
+    path.parent.mkdir(exist_ok=True)
+    for name in ("model.py", "checkpoints", "checkpoints_h16"):
+        if (example / name).exists() and not (path.parent / name).exists():
+            (path.parent / name).symlink_to(example / name)
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def snakemake(workdir: Path, experiment: Path, overrides: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
+           "--config", f"experiment={experiment}", f"overrides=[{', '.join([*BASE, *overrides])}]"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under folder: its bytes' hash and mtime."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_table_has_enough_cases():
+    assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_load_config_refuses_with_one_line(case, example):
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "config", experiment=experiment_for(case, example), overrides=[*BASE, *case.overrides])
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.search(case.message, message), message
+
+
+@pytest.mark.slow
+def test_a_failed_run_changes_nothing_on_disk(example):
+    """From a finished run: every case fails in a dry run and in a real run, with its line, and no file changes."""
+    workdir = example.parent / "work"
+    proc = snakemake(workdir, example / "experiment.yaml", ())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir / "results" / "custom_mlp"
+    assert (results / "selected.parquet").exists()
+    before, inputs = snapshot(results), snapshot(example / "checkpoints")
+
+    experiments = {case.id: experiment_for(case, example) for case in CASES}  # written before the runs start
+
+    def attempt(job: tuple[Case, tuple[str, ...]]) -> tuple[Case, tuple[str, ...], subprocess.CompletedProcess]:
+        case, args = job
+        return case, args, snakemake(workdir, experiments[case.id], case.overrides, *args)
+
+    jobs = [(case, args) for case in CASES for args in (("-n",), ())]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for case, args, proc in pool.map(attempt, jobs):
+            kind = "dry run" if args else "run"
+            assert proc.returncode != 0, f"{case.id}: the {kind} succeeded"
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("mapmerge: "), f"{case.id} ({kind}): {proc.stderr[-2000:]}"
+            assert re.search(case.message, lines[0].removeprefix("mapmerge: ")), f"{case.id} ({kind}): {lines[0]}"
+    assert snapshot(results) == before
+    assert snapshot(example / "checkpoints") == inputs
+    # and the folder is still a finished run: nothing to do with the right config
+    proc = snakemake(workdir, example / "experiment.yaml", (), "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
