@@ -71,7 +71,7 @@ def test_saturated_accuracy_stays_finite():
 
 def test_too_few_samples():
     C, y, _ = quadratic_data(T=4, n=10, link="sigmoid")
-    message = "task 'rot90', metric 'accuracy': 10 samples for 15 parameters; raise sampler.n_samples or sampler.factor"
+    message = "task 'rot90', metric 'accuracy': 10 samples for 15 parameters; raise sampler.factor or sampler.min_points"
     with pytest.raises(SurrogateError, match=message):
         fit_surrogate(C, y, "sigmoid", task="rot90", metric="accuracy")
 
