@@ -13,7 +13,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mapmerge import adapters, operators, preflight, schema
+from mapmerge import adapters, bayesian, fashion, fingerprint, groups, operators, preflight, schema, validation
+from mapmerge.digits import TASK_NAMES
+from mapmerge.io import ArtifactError
 from mapmerge.errors import ConfigError
 from mapmerge.selection import PreferenceError, normalize_preference
 
@@ -121,10 +123,8 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     """The preference mapping, or the YAML file (task: weight) it names, relative to the experiment file."""
-    if value is None or isinstance(value, dict):
-        return dict(value or {})
-    if not isinstance(value, str):
-        raise ConfigError(f"preference: must be a mapping task: weight or a YAML file of one, got {value!r}")
+    if isinstance(value, dict):
+        return dict(value)
     path = Path(value) if Path(value).is_absolute() else base_dir / value
     if not path.is_file():
         raise ConfigError(f"preference file {value}: not found (looked for {path})")
@@ -138,9 +138,7 @@ def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
 
 
 def _check_method(cfg: dict[str, Any]) -> None:
-    """method, nested.pairing and the bayesian schedule, checked before any job runs."""
-    from mapmerge import bayesian, groups
-
+    """method and the bayesian schedule, checked before any job runs."""
     try:
         groups.structure(cfg["method"], len(cfg["task_names"]))
     except ValueError as exc:
@@ -155,8 +153,6 @@ def _check_method(cfg: dict[str, Any]) -> None:
 
 def _check_validation(cfg: dict[str, Any]) -> dict[str, Any]:
     """The validation block, checked (grid size and method only when enabled); see mapmerge.validation."""
-    from mapmerge import validation
-
     try:
         return validation.check_cfg(cfg.get("validation"), cfg["method"], len(cfg["task_names"]))
     except ValueError as exc:
@@ -164,8 +160,6 @@ def _check_validation(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    from mapmerge.digits import TASK_NAMES
-
     bench = cfg["benchmark"]
     tasks = bench["tasks"]
     if isinstance(tasks, int):
@@ -204,9 +198,6 @@ def _benchmark_source(bench: dict[str, Any]) -> dict[str, Any]:
     dataset = bench.get("dataset", "digits")
     if dataset == "digits":
         return {}
-    from mapmerge import fashion
-    from mapmerge.io import ArtifactError
-
     subset = bench.get("subset")
     if subset is None:
         raise ConfigError("benchmark.subset: required with benchmark.dataset=fashion (images of Fashion-MNIST used, 100..60000)")
@@ -285,8 +276,6 @@ STAGE_ENTRY = {
 
 def code_version(stage: str, params: dict[str, Any] | None = None, python_path: Sequence[str] = ()) -> str:
     """The fingerprint of the code a stage runs: what its stage module imports, and its params' `_target_`s (under python_path)."""
-    from mapmerge import fingerprint
-
     return fingerprint.stage_fingerprint(f"mapmerge.stages.{STAGE_ENTRY[stage]}", params, python_path)
 
 
@@ -306,11 +295,7 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     method, objective = cfg["method"], cfg["optimizer"]["objective"]
     sampler = cfg["sampler"]
     if method == "bayesian":
-        from mapmerge.bayesian import initial_sampler
-
-        sampler = initial_sampler(sampler, cfg["bayesian"], len(tasks))
-    from mapmerge import validation
-
+        sampler = bayesian.initial_sampler(sampler, cfg["bayesian"], len(tasks))
     if stage in validation.STAGES:
         params = validation.stage_params(stage, cfg, evaluation_model, operator)
         return {**params, "code": code_version(stage, params, model["python_path"])}

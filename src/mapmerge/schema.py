@@ -102,7 +102,15 @@ class Validation(Section):
     front_points: PosInt
     bootstrap: NonNegInt
     ci_level: Fraction
-    baselines: dict[str, Baseline]  # names: mapmerge.validation.check_cfg
+    baselines: dict[str, Baseline]
+
+    @field_validator("baselines")
+    @classmethod
+    def _names(cls, value: dict[str, Baseline]) -> dict[str, Baseline]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"baseline name {bad[0]!r}: letters, digits, _ and - only")
+        return value
 
 
 class Benchmark(Section):

@@ -38,35 +38,12 @@ COLUMNS = ["indicator", "front", "metric", "value", "ci_low", "ci_high", "n_poin
 GRID_PREFIX, FRONT_PREFIX = "g", "f"  # sample names of grid and front points
 
 
-def _integer(validation: Mapping[str, Any], key: str, minimum: int) -> int:
-    value = validation.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"validation.{key}: must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_cfg(validation: Mapping[str, Any] | None, method: str, n_tasks: int) -> dict[str, Any]:
-    """The checked `validation` block; ValueError naming the key when it is invalid.
-
-    Only an enabled validation checks the method (one group) and the number of tasks (grid size).
+def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[str, Any]:
+    """The `validation` block (its keys' types and ranges checked by mapmerge.schema); ValueError naming the key
+    when a baseline lacks its operator's parameters, or an enabled validation does not fit the method or the task count.
     """
-    validation = dict(validation or {})
-    if not isinstance(validation.get("enabled"), bool):
-        raise ValueError(f"validation.enabled: must be true or false, got {validation.get('enabled')!r}")
-    for key, minimum in (("resolution", 2), ("max_tasks", 2), ("batch", 1), ("front_points", 1), ("bootstrap", 0)):
-        validation[key] = _integer(validation, key, minimum)
-    level = validation.get("ci_level")
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise ValueError(f"validation.ci_level: must be a number in (0, 1), got {level!r}")
-    baselines = validation.get("baselines")
-    if not isinstance(baselines, Mapping):
-        raise ValueError("validation.baselines: must map a name to {operator, its parameters, coefficient}")
-    for name, spec in baselines.items():
-        if not str(name).replace("_", "").replace("-", "").isalnum() or not isinstance(spec, Mapping):
-            raise ValueError(f"validation.baselines.{name}: needs a name of letters, digits, _ or - and a mapping")
-        coefficient = spec.get("coefficient")
-        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not np.isfinite(coefficient):
-            raise ValueError(f"validation.baselines.{name}.coefficient: must be a number, got {coefficient!r}")
+    validation = dict(validation)
+    for name, spec in validation["baselines"].items():
         try:
             operators.validate({k: v for k, v in spec.items() if k != "coefficient"})
         except operators.OperatorError as exc:
