@@ -7,10 +7,12 @@
 import sys
 from pathlib import Path
 
-from mapmerge import preflight
-from mapmerge.config import ConfigError, load_config, stage_config
-from mapmerge import report as report_module, validation
-from mapmerge.logs import run_stage
+from mapmerge.run import preflight
+from mapmerge.run.config import ConfigError, load_config, stage_config
+from mapmerge.core import groundtruth
+from mapmerge.run import validation_config
+from mapmerge.outputs import report as report_module
+from mapmerge.run.logs import run_stage
 
 # Every check runs here, before the first job (the driver also reads the files the config names); a
 # mistake ends the run with one line and touches nothing on disk.

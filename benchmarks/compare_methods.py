@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mapmerge.stages import evaluation
-from mapmerge.config import load_config, stage_config
+from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table
-from mapmerge.metrics import metrics_from_examples
+from mapmerge.run.config import load_config, stage_config
+from mapmerge.stages import evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"plain MAP": "map", "nested MAP": "nested", "Bayesian MAP": "bayesian"}

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from mapmerge.benchmark import prepare_benchmark
-from mapmerge.digits import TASK_NAMES
-from mapmerge.evaluate import MergeEngine
-from mapmerge.taskvectors import extract_task_vector
+from mapmerge.builtin.digits import TASK_NAMES
+from mapmerge.builtin.model import prepare_benchmark
+from mapmerge.tensors.engine import MergeEngine
+from mapmerge.tensors.taskvectors import extract_task_vector
 
 
 def peak_rss_mb() -> float:
@@ -40,11 +40,11 @@ def cnn_figures(n_tasks: int, repeats: int) -> dict[str, float]:
             extract_task_vector(ckpt / "pretrained.safetensors", ckpt / f"{task}.safetensors", ["*"], ["head.*"], vec / f"{task}.safetensors", task)
         start = time.perf_counter()
         engine = MergeEngine(
-            builder={"_target_": "mapmerge.benchmark.build_model", "width": 16},
+            builder={"_target_": "mapmerge.builtin.model.build_model", "width": 16},
             pretrained=ckpt / "pretrained.safetensors",
             vectors={t: vec / f"{t}.safetensors" for t in tasks},
             task_checkpoints={t: ckpt / f"{t}.safetensors" for t in tasks},
-            evaluators={t: {"_target_": "mapmerge.benchmark.DigitsEvaluator", "task": t} for t in tasks},
+            evaluators={t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t} for t in tasks},
             merge={"include": ["*"], "exclude": ["head.*"]},
             device="cpu",
         )

@@ -16,7 +16,7 @@ accuracies are the true front. Per T, budget B and seed s, each method spends re
   real evaluations (design and front points), as for the searches; `igd front` is that of the K
   re-evaluated front points alone. NSGA-III: population 100, 100 generations (the workflow's
   default is 200 x 200; --pop-size, --n-gen), which keeps the whole run under 10 minutes.
-- Bayesian MAP: the same, with the design grown inside B by mapmerge.bayesian's rounds (initial
+- Bayesian MAP: the same, with the design grown inside B by mapmerge.core.bayesian's rounds (initial
   design max(P + 2, initial_factor x P) points, rounds of per_round_factor x P points from the
   config, the last one cut to B); needs B >= P + 2.
 - random search: B uniform random coefficient vectors; answer: the non-dominated ones.
@@ -51,13 +51,13 @@ import pandas as pd
 import torch
 from pymoo.indicators.igd import IGD
 
-from mapmerge import bayesian, sampling
-from mapmerge.benchmark import prepare_benchmark
-from mapmerge.config import load_config
-from mapmerge.evaluate import MergeEngine
-from mapmerge.pareto import non_dominated, surrogate_front
-from mapmerge.surrogate import fit_surrogate, n_params
-from mapmerge.taskvectors import extract_task_vector
+from mapmerge.builtin.model import prepare_benchmark
+from mapmerge.core import bayesian, sampling
+from mapmerge.core.pareto import non_dominated, surrogate_front
+from mapmerge.core.surrogate import fit_surrogate, n_params
+from mapmerge.run.config import load_config
+from mapmerge.tensors.engine import MergeEngine
+from mapmerge.tensors.taskvectors import extract_task_vector
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("MAP", "Bayesian MAP", "random search", "grid search")

@@ -53,8 +53,8 @@ def build(folder: Path, size_mb: float, n_tasks: int, vector_dtypes: list[str]) 
     """pretrained.safetensors, and per task and vector dtype tau_<dtype>_<i>.safetensors; the files' MB."""
     import torch
 
-    from mapmerge.checkpoints import save_safetensors
-    from mapmerge.taskvectors import extract_task_vector
+    from mapmerge.tensors.checkpoints import save_safetensors
+    from mapmerge.tensors.taskvectors import extract_task_vector
 
     layers, width = layer_sizes(size_mb)
     torch.manual_seed(0)
@@ -80,8 +80,8 @@ def measure(folder: Path, mode: str, n_tasks: int, dtype: str, operator: dict | 
     """Run one merge in this (fresh) process; its peak resident memory above the post-import baseline."""
     import torch
 
-    from mapmerge.checkpoints import load_state_dict, save_safetensors
-    from mapmerge.taskvectors import merge_files, merged_state
+    from mapmerge.tensors.checkpoints import load_state_dict, save_safetensors
+    from mapmerge.tensors.taskvectors import merge_files, merged_state
 
     torch.set_num_threads(threads)
     baseline = rss_mb()

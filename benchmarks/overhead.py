@@ -18,7 +18,7 @@ OVR = name=ovh, results_dir=TMP/results, sampler.factor=1 and M = TMP/results/ov
     trains the built-in benchmark: 4 tasks, width 16, seed 0; extract_task_vector per task; the plan
     and design jobs), by asking for M with the largest K:
         .venv/bin/snakemake M --cores 2 -s Snakefile -d TMP/work --config overrides='[OVR, evaluation.samples_per_job=32]'
-    The built-in model's checkpoints live in results_dir/<name>/checkpoints (mapmerge.config derives
+    The built-in model's checkpoints live in results_dir/<name>/checkpoints (mapmerge.run.config derives
     them from the run name), so the measured runs keep the same name and results folder: they share
     the checkpoints, task vectors and design, and differ only in evaluation.samples_per_job = K;
  2. for each K, after deleting the evaluation batches, M and their logs, the evaluation part of the
@@ -30,7 +30,7 @@ OVR = name=ovh, results_dir=TMP/results, sampler.factor=1 and M = TMP/results/ov
 
 Measured per run: wall time of the snakemake command; jobs (each with a mapmerge log); the sum of the
 jobs' compute, i.e. the time inside the stage function, from the "done <stage> in X s" line that
-mapmerge.logs.run_stage writes to every job's log (for an evaluation job this includes its own
+mapmerge.run.logs.run_stage writes to every job's log (for an evaluation job this includes its own
 start-up: importing torch, loading the checkpoints once); the sum of the jobs' wall times, from the
 second-resolution "[timestamp] localrule ..." and "Finished jobid" lines Snakemake prints (the
 rounding averages out over many jobs); the driver's start-up (launch to first job); the CPU seconds
@@ -216,7 +216,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    from mapmerge.sampling import design_size
+    from mapmerge.core.sampling import design_size
 
     n_samples = design_size(4, {"factor": args.factor})
     print(f"mapmerge evaluation jobs on the built-in benchmark (4 tasks, width 16; sampler.factor={args.factor}"

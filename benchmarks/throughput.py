@@ -9,7 +9,7 @@ Options: --samples 32 (Sobol points per width), --threads 1 (torch threads of ev
 
 What is compared, on the same coefficient vectors, the same checkpoints and the same evaluators:
 
-  engine  mapmerge.evaluate.MergeEngine, as an evaluate_sample job uses it: pretrained and task vectors
+  engine  mapmerge.tensors.engine.MergeEngine, as an evaluate_sample job uses it: pretrained and task vectors
           loaded once, a merge is one torch.addmv into the flat buffer the module's tensors view, then
           every task is evaluated; the per-example rows are written with mapmerge.io.write_table, one
           Parquet per batch of --batch samples (evaluation.samples_per_job, default 8), as in the workflow.
@@ -84,7 +84,7 @@ def current_rss_mb() -> float:
 
 
 def evaluator_configs() -> dict[str, dict]:
-    return {t: {"_target_": "mapmerge.benchmark.DigitsEvaluator", "task": t, "seed": SEED, "test_fraction": 0.3} for t in TASKS}
+    return {t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": SEED, "test_fraction": 0.3} for t in TASKS}
 
 
 class Engine:
@@ -93,12 +93,12 @@ class Engine:
     parts = ("merge (addmv)", "forward (evaluators)", "rows: heads, checks, concat", "write Parquet")
 
     def __init__(self, work: Path, width: int, batch: int):
-        from mapmerge.evaluate import MergeEngine
+        from mapmerge.tensors.engine import MergeEngine
 
         ckpt, vec = work / "ckpt", work / "vec"
         start = time.perf_counter()
         self.engine = MergeEngine(
-            builder={"_target_": "mapmerge.benchmark.build_model", "width": width},
+            builder={"_target_": "mapmerge.builtin.model.build_model", "width": width},
             pretrained=ckpt / "pretrained.safetensors",
             vectors={t: vec / f"{t}.safetensors" for t in TASKS},
             task_checkpoints={t: ckpt / f"{t}.safetensors" for t in TASKS},
@@ -151,7 +151,7 @@ class Naive:
     def __init__(self, work: Path, width: int):
         from hydra.utils import instantiate
 
-        from mapmerge.benchmark import build_model
+        from mapmerge.builtin.model import build_model
 
         start = time.perf_counter()
         self.ckpt = work / "ckpt"
@@ -230,8 +230,8 @@ def worker_memory(kind: str, work: Path, width: int, batch: int) -> dict:
     from hydra.utils import instantiate  # noqa: F401
     from safetensors.torch import load_file  # noqa: F401
 
-    from mapmerge.evaluate import MergeEngine  # noqa: F401
     from mapmerge.io import write_table  # noqa: F401
+    from mapmerge.tensors.engine import MergeEngine  # noqa: F401
 
     coefficients = json.loads((work / "samples.json").read_text())
     rss_start = current_rss_mb()
@@ -263,9 +263,9 @@ def worker_main(args: argparse.Namespace) -> None:
 
 def prepare(work: Path, width: int, n_samples: int) -> float:
     """Train the benchmark at `width`, extract its task vectors, write the designed samples; return seconds."""
-    from mapmerge.benchmark import prepare_benchmark
-    from mapmerge.sampling import space_filling
-    from mapmerge.taskvectors import extract_task_vector
+    from mapmerge.builtin.model import prepare_benchmark
+    from mapmerge.core.sampling import space_filling
+    from mapmerge.tensors.taskvectors import extract_task_vector
 
     pretrain, finetune = EPOCHS.get(width, WIDE_EPOCHS)
     start = time.perf_counter()

@@ -24,7 +24,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def small_bench(tmp_path_factory) -> Path:
     """Checkpoints of a small built-in benchmark: pretrained.safetensors and one file per task."""
-    from mapmerge.benchmark import prepare_benchmark
+    from mapmerge.builtin.model import prepare_benchmark
 
     out = tmp_path_factory.mktemp("small_bench")
     prepare_benchmark(SMALL_BENCHMARK, out)

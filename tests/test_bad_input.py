@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from mapmerge.config import ConfigError, load_config
-
 from conftest import REPO
+
+from mapmerge.run.config import ConfigError, load_config
 
 BASE = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
 

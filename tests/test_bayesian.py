@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mapmerge.bayesian import (
+from mapmerge.core.bayesian import (
     bin_probabilities,
     directions,
     loo_residuals,
@@ -10,9 +10,9 @@ from mapmerge.bayesian import (
     sample_errors,
     to_angles,
 )
-from mapmerge.metrics import metrics_from_examples
-from mapmerge.sampling import design
-from mapmerge.surrogate import SurrogateError, fit_surrogate
+from mapmerge.core.metrics import metrics_from_examples
+from mapmerge.core.sampling import design
+from mapmerge.core.surrogate import SurrogateError, fit_surrogate
 
 CFG = {"bins": 5, "lam": 1.0, "temperature": 0.5, "radius": "uniform"}
 SURROGATE = {"links": {"accuracy": "sigmoid", "loss": "softplus"}, "loo": True, "missing": "error"}

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mapmerge.io import read_table
-
 from conftest import job_counts, run, snakemake_command
 from test_methods import COMMON
+
+from mapmerge.io import read_table
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mapmerge.benchmark import TASK_NAMES, DigitsEvaluator, build_model, prepare_benchmark, task_data
-from mapmerge.checkpoints import load_state_dict
+from mapmerge.builtin.model import (
+    TASK_NAMES,
+    DigitsEvaluator,
+    build_model,
+    prepare_benchmark,
+    task_data,
+)
+from mapmerge.tensors.checkpoints import load_state_dict
 
 DEFAULT_TASKS = TASK_NAMES[:4]
 State = dict[str, torch.Tensor]

@@ -1,8 +1,12 @@
 import pytest
 import torch
 
-from mapmerge.checkpoints import load_state_dict, safetensors_metadata, save_safetensors
 from mapmerge.io import ArtifactError
+from mapmerge.tensors.checkpoints import (
+    load_state_dict,
+    safetensors_metadata,
+    save_safetensors,
+)
 
 
 def tensors():

@@ -11,20 +11,30 @@ import pandas as pd
 import pytest
 import torch
 
-from mapmerge import groups, report
-from mapmerge.benchmark import build_model
-from mapmerge.checkpoints import load_state_dict, safetensors_metadata
-from mapmerge.cli import main
-from mapmerge.config import load_config, stage_config
+from mapmerge.builtin.model import build_model
+from mapmerge.core import groups
+from mapmerge.core.sampling import sample_batches
+from mapmerge.core.selection import normalize_preference, pick_point, select_point
 from mapmerge.io import file_hash, read_table
-from mapmerge.runfolder import evaluation_counts, scan
-from mapmerge.sampling import sample_batches
-from mapmerge.selection import normalize_preference, pick_point, select_point
+from mapmerge.outputs import report
+from mapmerge.run.config import load_config, stage_config
 from mapmerge.stages import (
-    aggregate, collect, evaluation, fit_surrogate, merge_group, pareto_front, plan_level, prepare_benchmark, propose_round,
-    sample_coefficients, task_vectors,
+    aggregate,
+    collect,
+    evaluation,
+    fit_surrogate,
+    merge_group,
+    pareto_front,
+    plan_level,
+    prepare_benchmark,
+    propose_round,
+    sample_coefficients,
+    task_vectors,
 )
-from mapmerge.taskvectors import merge_files
+from mapmerge.tensors.checkpoints import load_state_dict, safetensors_metadata
+from mapmerge.tensors.taskvectors import merge_files
+from mapmerge.tools.cli import main
+from mapmerge.tools.runfolder import evaluation_counts, scan
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["rot90", "invert", "flip_parity"]
@@ -326,7 +336,7 @@ def with_largest_tensor_changed(source: Path, out: Path) -> Path:
     largest = max(state, key=lambda name: state[name].numel())
     state[largest] = state[largest] + 0.01
     if out.suffix == ".safetensors":
-        from mapmerge.checkpoints import save_safetensors
+        from mapmerge.tensors.checkpoints import save_safetensors
 
         save_safetensors(state, out)
     else:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mapmerge.config import STAGE_ENTRY, ConfigError, load_config, stage_config
+from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, stage_config
 
 STAGES = list(STAGE_ENTRY)
 

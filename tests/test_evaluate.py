@@ -2,14 +2,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from mapmerge.benchmark import DigitsEvaluator, build_model
-from mapmerge.checkpoints import load_state_dict
-from mapmerge.evaluate import FAILED_EXAMPLE, EvaluationError, MergeEngine, check_rows, failure_rows
-from mapmerge.metrics import metrics_from_examples
-from mapmerge.taskvectors import extract_task_vector, merged_state
-
 from conftest import SMALL_BENCHMARK, SMALL_TASKS
+
+from mapmerge.builtin.model import DigitsEvaluator, build_model
+from mapmerge.core.metrics import metrics_from_examples
+from mapmerge.tensors.checkpoints import load_state_dict
+from mapmerge.tensors.engine import (
+    FAILED_EXAMPLE,
+    EvaluationError,
+    MergeEngine,
+    check_rows,
+    failure_rows,
+)
+from mapmerge.tensors.taskvectors import extract_task_vector, merged_state
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +28,13 @@ def vectors(small_bench, tmp_path_factory):
 
 
 def evaluator_cfg(task):
-    return {"_target_": "mapmerge.benchmark.DigitsEvaluator", "task": task, "seed": 0}
+    return {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": task, "seed": 0}
 
 
 def make_engine(small_bench, vectors, checkpoints=None):
     checkpoints = checkpoints or {t: small_bench / f"{t}.safetensors" for t in SMALL_TASKS}
     return MergeEngine(
-        builder={"_target_": "mapmerge.benchmark.build_model", "width": SMALL_BENCHMARK["width"]},
+        builder={"_target_": "mapmerge.builtin.model.build_model", "width": SMALL_BENCHMARK["width"]},
         pretrained=small_bench / "pretrained.safetensors",
         vectors=vectors,
         task_checkpoints=checkpoints,
@@ -79,7 +84,7 @@ def test_checkpoints_are_read_once_and_the_model_never_copied(small_bench, vecto
         copies[name] = shutil.copy(small_bench / f"{name}.safetensors", tmp_path / f"{name}.safetensors")
     vec_copies = {t: shutil.copy(p, tmp_path / f"tau_{t}.safetensors") for t, p in vectors.items()}
     engine = MergeEngine(
-        builder={"_target_": "mapmerge.benchmark.build_model", "width": SMALL_BENCHMARK["width"]},
+        builder={"_target_": "mapmerge.builtin.model.build_model", "width": SMALL_BENCHMARK["width"]},
         pretrained=copies["pretrained"], vectors=vec_copies,
         task_checkpoints={t: copies[t] for t in SMALL_TASKS},
         evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},
@@ -144,7 +149,7 @@ def test_metrics_keep_recorded_failures_visible():
 
 
 def test_device_choice():
-    from mapmerge.evaluate import pick_device
+    from mapmerge.tensors.engine import pick_device
 
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,12 +159,12 @@ def test_device_choice():
 
 
 def test_half_precision_checkpoints_are_evaluated_in_float32(small_bench, vectors, tmp_path):
-    from mapmerge.checkpoints import save_safetensors
+    from mapmerge.tensors.checkpoints import save_safetensors
 
     half = {k: v.to(torch.bfloat16) for k, v in load_state_dict(small_bench / "pretrained.safetensors").items()}
     save_safetensors(half, tmp_path / "pretrained_bf16.safetensors")
     engine = MergeEngine(
-        builder={"_target_": "mapmerge.benchmark.build_model", "width": SMALL_BENCHMARK["width"]},
+        builder={"_target_": "mapmerge.builtin.model.build_model", "width": SMALL_BENCHMARK["width"]},
         pretrained=tmp_path / "pretrained_bf16.safetensors", vectors=vectors,
         task_checkpoints={t: small_bench / f"{t}.safetensors" for t in SMALL_TASKS},
         evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},

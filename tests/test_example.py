@@ -12,8 +12,8 @@ from types import ModuleType
 
 import pytest
 
-from mapmerge.checkpoints import load_state_dict
 from mapmerge.io import read_table
+from mapmerge.tensors.checkpoints import load_state_dict
 
 pytestmark = pytest.mark.slow
 

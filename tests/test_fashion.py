@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mapmerge import fashion
-from mapmerge.config import ConfigError, load_config
+from mapmerge.builtin import fashion
 from mapmerge.io import ArtifactError
+from mapmerge.run.config import ConfigError, load_config
 
 HAVE_DATA = all((Path(fashion.DATA_DIR) / f"{s}-{k}-ubyte.gz").is_file() for s in fashion.SPLITS for k in ("images-idx3", "labels-idx1"))
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"Fashion-MNIST absent: install the Debian package {fashion.PACKAGE}")
@@ -84,8 +84,8 @@ def test_prepare_benchmark_fashion_finetuned_beat_pretrained(tmp_path: Path, rep
     import torch
     from hydra.utils import instantiate
 
-    from mapmerge.benchmark import build_model, prepare_benchmark
-    from mapmerge.checkpoints import load_state_dict
+    from mapmerge.builtin.model import build_model, prepare_benchmark
+    from mapmerge.tensors.checkpoints import load_state_dict
 
     overrides = ["benchmark=fashion", "benchmark.tasks=[rot90, invert]", "benchmark.subset=1000",
                  "benchmark.pretrain_epochs=10", "benchmark.finetune_epochs=6"]

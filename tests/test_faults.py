@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, artifacts, job_counts, run, snakemake_command, wait_for
 from omegaconf import OmegaConf
 
-from mapmerge import runlock
-from mapmerge.cli import main
 from mapmerge.io import read_table
-
-from conftest import REPO, artifacts, job_counts, run, snakemake_command, wait_for
+from mapmerge.run import runlock
+from mapmerge.tools.cli import main
 
 pytestmark = pytest.mark.slow
 

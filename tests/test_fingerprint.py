@@ -1,4 +1,4 @@
-"""Stage code fingerprints (mapmerge.fingerprint): which stages' params change when a module's source changes.
+"""Stage code fingerprints (mapmerge.run.fingerprint): which stages' params change when a module's source changes.
 
 Real source trees: copies of the package in tmp_path with one function edited, and a user's model
 code under model.python_path.
@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from mapmerge import fingerprint
-from mapmerge.config import STAGE_ENTRY, load_config, stage_config
-
 from conftest import edit_a_function
+
+from mapmerge.run import fingerprint
+from mapmerge.run.config import STAGE_ENTRY, load_config, stage_config
 
 SRC = fingerprint.source_root()
 STAGES = set(STAGE_ENTRY)
@@ -30,6 +29,11 @@ EXPECTED = {
     "mapmerge": STAGES,
     "mapmerge.stages": STAGES,
     "mapmerge.io": STAGES,
+    # the layers' packages (their __init__.py), imported with any of their modules
+    "mapmerge.core": STAGES - TASK_VECTORS - {"prepare_benchmark"},
+    "mapmerge.tensors": ENGINE | {"prepare_benchmark"},
+    "mapmerge.builtin": BENCHMARK,
+    "mapmerge.outputs": {"aggregate", "report_tables", "validate"},
     # the stage modules: their own stages (validation's front and baselines evaluate through stage evaluate's code)
     "mapmerge.stages.prepare_benchmark": {"prepare_benchmark"},
     "mapmerge.stages.task_vectors": TASK_VECTORS,
@@ -47,38 +51,38 @@ EXPECTED = {
     "mapmerge.stages.validate_baseline": {"validate_baseline"},
     "mapmerge.stages.validate": {"validate"},
     # the engine, and what reads checkpoints and merges task vectors (plan_level: cosine pairing)
-    "mapmerge.evaluate": EVALUATIONS,
-    "mapmerge.checkpoints": ENGINE | {"prepare_benchmark"},
-    "mapmerge.taskvectors": ENGINE,
+    "mapmerge.tensors.engine": EVALUATIONS,
+    "mapmerge.tensors.checkpoints": ENGINE | {"prepare_benchmark"},
+    "mapmerge.tensors.taskvectors": ENGINE,
     "mapmerge.progress": ENGINE,
-    "mapmerge.operators": ENGINE | {"validate"},  # validate: through mapmerge.validation (its config checks)
+    "mapmerge.tensors.operators": ENGINE,
     # the built-in benchmark
-    "mapmerge.benchmark": BENCHMARK,
-    "mapmerge.digits": BENCHMARK,
-    "mapmerge.fashion": BENCHMARK,
+    "mapmerge.builtin.model": BENCHMARK,
+    "mapmerge.builtin.digits": BENCHMARK,
+    "mapmerge.builtin.fashion": BENCHMARK,
     # the MAP stages' domain modules
-    "mapmerge.groups": EVALUATIONS | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate"},
-    "mapmerge.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
-    "mapmerge.sampling": {"sample_coefficients"},
-    "mapmerge.surrogate": {"sample_coefficients", "propose_round", "fit_surrogate", "pareto_front"},  # the design's size: n_params
-    "mapmerge.bayesian": {"propose_round"},
-    "mapmerge.pareto": {"pareto_front", "aggregate", "validate", "validate_front"},  # plots' non_dominated; validation's indicators
-    "mapmerge.selection": {"merge_group"},
+    "mapmerge.core.groups": EVALUATIONS | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate"},
+    "mapmerge.core.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
+    "mapmerge.core.sampling": {"sample_coefficients"},
+    "mapmerge.core.surrogate": {"sample_coefficients", "propose_round", "fit_surrogate", "pareto_front"},  # the design's size: n_params
+    "mapmerge.core.bayesian": {"propose_round"},
+    "mapmerge.core.pareto": {"pareto_front", "aggregate", "validate", "validate_front"},  # plots' non_dominated; validation's indicators
+    "mapmerge.core.selection": {"merge_group"},
     # merge_group writes transformers folders (save_merged_models); the adapters' evaluators are _target_s
     "mapmerge.adapters": {"merge_group"},
     "mapmerge.adapters.transformers": {"merge_group"},
     "mapmerge.errors": {"merge_group"},
     "mapmerge.adapters.openclip": set(),
-    "mapmerge.plots": {"aggregate", "validate"},
-    "mapmerge.report": {"aggregate", "report_tables"},
-    "mapmerge.validation": {"validate_front", "validate"},
+    "mapmerge.outputs.plots": {"aggregate", "validate"},
+    "mapmerge.outputs.report": {"aggregate", "report_tables"},
+    "mapmerge.core.groundtruth": {"validate_front", "validate"},
     # no stage runs these: the config (its values are the params), the command line, run folders, locks, logs
-    "mapmerge.config": set(),
-    "mapmerge.fingerprint": set(),
-    "mapmerge.cli": set(),
-    "mapmerge.runfolder": set(),
-    "mapmerge.runlock": set(),
-    "mapmerge.logs": set(),
+    "mapmerge.run.config": set(),
+    "mapmerge.run.fingerprint": set(),
+    "mapmerge.tools.cli": set(),
+    "mapmerge.tools.runfolder": set(),
+    "mapmerge.run.runlock": set(),
+    "mapmerge.run.logs": set(),
 }
 
 
@@ -140,7 +144,7 @@ def test_user_model_code_reruns_the_evaluations_only(cfg, tmp_path):
     params = stage_params(cfg)
     files = fingerprint.stage_files("mapmerge.stages.evaluation", fingerprint.targets(params["evaluate"]), [user], SRC)
     assert {n for n in files if not n.startswith("mapmerge")} == {"mymodel", "mymodel.nets", "mymodel.losses", "helpers"}
-    assert "mapmerge.benchmark" not in files  # the built-in benchmark is not this model
+    assert "mapmerge.builtin.model" not in files  # the built-in benchmark is not this model
     before = {s: stage_config(cfg, s)["code"] for s in STAGES}
     assert before == fingerprints(params, SRC, [str(user)])
     for name in ("helpers.py", "mymodel/losses.py", "mymodel/__init__.py", "unused.py"):
@@ -156,7 +160,7 @@ def test_adapter_targets_are_followed(builtin_params):
                         "evaluators": {"a": {"_target_": "mapmerge.adapters.transformers.SequenceClassificationEvaluator"}}}}
     files = fingerprint.stage_files("mapmerge.stages.evaluation", fingerprint.targets(params))
     assert {"mapmerge.adapters", "mapmerge.adapters.transformers", "mapmerge.errors"} <= set(files)
-    assert "mapmerge.benchmark" not in files and "mapmerge.adapters.openclip" not in files
+    assert "mapmerge.builtin.model" not in files and "mapmerge.adapters.openclip" not in files
     assert fingerprint.stage_fingerprint("mapmerge.stages.evaluation", params) != \
         fingerprint.stage_fingerprint("mapmerge.stages.evaluation", builtin_params["evaluate"])
 

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mapmerge import groups
-from mapmerge.sampling import sample_batches
+from mapmerge.core import groups
+from mapmerge.core.sampling import sample_batches
 
 
 def test_plain_and_bayesian_map_are_one_group_of_all_tasks():
@@ -78,10 +78,10 @@ def test_sample_batches_keep_earlier_batches_when_the_design_grows():
 
 
 def test_plan_level_pairs_the_most_similar_task_vectors(small_bench, tmp_path):
-    from mapmerge.checkpoints import load_state_dict
     from mapmerge.io import read_table, write_table
     from mapmerge.stages.plan_level import run_plan_level
     from mapmerge.stages.task_vectors import run_extract_task_vector
+    from mapmerge.tensors.checkpoints import load_state_dict
 
     tasks = ["rot90", "invert", "flip_parity"]
     merge = {"merge": {"include": ["*"], "exclude": ["head.*"]}}

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from mapmerge import __version__
-from mapmerge.io import RUN_LOCK, ArtifactError, atomic_path, config_hash, read_table, table_metadata, write_table
+from mapmerge.io import (
+    RUN_LOCK,
+    ArtifactError,
+    atomic_path,
+    config_hash,
+    read_table,
+    table_metadata,
+    write_table,
+)
 
 
 def frame() -> pd.DataFrame:

@@ -1,7 +1,7 @@
 import pytest
 
-from mapmerge.cli import main
-from mapmerge.logs import run_stage
+from mapmerge.run.logs import run_stage
+from mapmerge.tools.cli import main
 
 
 def good(x: int) -> int:
@@ -31,8 +31,8 @@ def damaged_run(tmp_path):
     import pandas as pd
     import torch
 
-    from mapmerge.checkpoints import save_safetensors
     from mapmerge.io import write_table
+    from mapmerge.tensors.checkpoints import save_safetensors
 
     results = tmp_path / "run"
     good = write_table(pd.DataFrame({"a": [1.0]}), results / "good.parquet", "s")
@@ -65,7 +65,7 @@ def test_check_deletes_nothing_while_a_driver_runs(tmp_path, capsys):
     import sys
 
     results, good, bad, leftover = damaged_run(tmp_path)
-    hold = "import sys, time; from mapmerge import runlock; runlock.hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+    hold = "import sys, time; from mapmerge.run import runlock; runlock.hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
     driver = subprocess.Popen([sys.executable, "-c", hold, str(results)], stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout.readline().strip() == "held"

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mapmerge.checkpoints import load_state_dict
-from mapmerge.io import read_table
-
 from conftest import artifacts, job_counts, run, snakemake_command, wait_for
+
+from mapmerge.io import read_table
+from mapmerge.tensors.checkpoints import load_state_dict
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 import tiny_clip
+import torch
 from conftest import REPO, run, snakemake_command
-from mapmerge.adapters.openclip import ClassificationEvaluator, load_encoder, load_images
-from mapmerge.checkpoints import load_state_dict
-from mapmerge.config import ConfigError, load_config
+
+from mapmerge.adapters.openclip import (
+    ClassificationEvaluator,
+    load_encoder,
+    load_images,
+)
 from mapmerge.io import ArtifactError, read_table
+from mapmerge.run.config import ConfigError, load_config
+from mapmerge.tensors.checkpoints import load_state_dict
 
 MODEL_NAME = "ViT-Tiny"
 TASKS = ["Quadrant", "Colour"]

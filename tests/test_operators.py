@@ -4,15 +4,21 @@ import pandas as pd
 import pytest
 import torch
 
-from mapmerge.groups import plain_plan
-from mapmerge.benchmark import build_model
-from mapmerge.checkpoints import load_state_dict, save_safetensors
-from mapmerge.config import STAGE_ENTRY, ConfigError, load_config, stage_config
-from mapmerge.fingerprint import stage_files
+from mapmerge.builtin.model import build_model
+from mapmerge.core.groups import plain_plan
 from mapmerge.io import write_table
-from mapmerge.operators import OperatorError, apply_operator, seed_for, trim_mask, validate
+from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, stage_config
+from mapmerge.run.fingerprint import stage_files
 from mapmerge.stages import evaluation, merge_group
-from mapmerge.taskvectors import extract_task_vector, merged_state
+from mapmerge.tensors.checkpoints import load_state_dict, save_safetensors
+from mapmerge.tensors.operators import (
+    OperatorError,
+    apply_operator,
+    seed_for,
+    trim_mask,
+    validate,
+)
+from mapmerge.tensors.taskvectors import extract_task_vector, merged_state
 
 TIES = {"operator": "ties", "density": 0.4}
 DARE = {"operator": "dare", "drop_rate": 0.5}
@@ -192,7 +198,7 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
     assert stage_config(load(repo, ["merge=dare"]), "evaluate")["merge_seed"] == 0
     assert stage_config(base, "evaluate")["merge_seed"] is None
     # and the operators' code is part of both stages' code fingerprints
-    assert all("mapmerge.operators" in stage_files(f"mapmerge.stages.{STAGE_ENTRY[s]}") for s in ("evaluate", "merge_group"))
+    assert all("mapmerge.tensors.operators" in stage_files(f"mapmerge.stages.{STAGE_ENTRY[s]}") for s in ("evaluate", "merge_group"))
 
 
 # engine, merged_state and the stages agree
@@ -219,10 +225,10 @@ def tiny(tmp_path_factory):
 
 def engine_params(spec, seed):
     model = {
-        "builder": {"_target_": "mapmerge.benchmark.build_model", "width": 2},
+        "builder": {"_target_": "mapmerge.builtin.model.build_model", "width": 2},
         "merge": {"include": ["*"], "exclude": ["head.*"]},
         "python_path": [],
-        "evaluators": {t: {"_target_": "mapmerge.benchmark.DigitsEvaluator", "task": t, "seed": 0} for t in MEMBERS},
+        "evaluators": {t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": 0} for t in MEMBERS},
     }
     return {"model": model, "merge_operator": spec, "merge_seed": seed}
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mapmerge.pareto import (
+from mapmerge.core.pareto import (
     default_partitions,
     gd,
     grid_front,

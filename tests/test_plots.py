@@ -1,4 +1,4 @@
-"""Tests of mapmerge.plots: real Agg rendering of small synthetic fronts."""
+"""Tests of mapmerge.outputs.plots: real Agg rendering of small synthetic fronts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from mapmerge.plots import plot_all, plot_front_2d, plot_front_parallel
+from mapmerge.outputs.plots import plot_all, plot_front_2d, plot_front_parallel
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

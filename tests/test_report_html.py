@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import snakemake_command
 from test_cli import SETTINGS, build_run
 

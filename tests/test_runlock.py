@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mapmerge import runlock
+from mapmerge.run import runlock
 
-HOLD = "import sys, time; from mapmerge import runlock; runlock.hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from mapmerge.run import runlock; runlock.hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
 # a driver that starts one job; the job watches it, writes an output and waits
 DRIVER = """
 import subprocess, sys, time
-from mapmerge import runlock
+from mapmerge.run import runlock
 runlock.mark_driver()
 subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
 time.sleep(60)
@@ -24,7 +24,7 @@ time.sleep(60)
 JOB = """
 import sys, time
 import pandas as pd
-from mapmerge import runlock
+from mapmerge.run import runlock
 from mapmerge.io import write_table
 assert runlock.stop_with_driver(interval=0.1) is not None
 write_table(pd.DataFrame({"a": [1]}), sys.argv[1], "job")

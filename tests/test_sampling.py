@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mapmerge.sampling import design, design_size
-from mapmerge.surrogate import n_params
+from mapmerge.core.sampling import design, design_size
+from mapmerge.core.surrogate import n_params
 
 SOBOL = {"kind": "sobol", "lower": 0.0, "upper": 1.0, "factor": 1.5, "min_points": 0, "include_special": True, "equal": 0.5}
 

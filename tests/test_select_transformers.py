@@ -13,13 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from mapmerge.checkpoints import load_state_dict, safetensors_metadata
-from mapmerge.cli import main
-from mapmerge.taskvectors import merge_files
-
 from fortunes_tasks import minilm_dir, write_data
 from test_cli import build_run, refused
+
+from mapmerge.tensors.checkpoints import load_state_dict, safetensors_metadata
+from mapmerge.tensors.taskvectors import merge_files
+from mapmerge.tools.cli import main
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 transformers.logging.set_verbosity_error()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mapmerge.selection import PreferenceError, normalize_preference, select_point
+from mapmerge.core.selection import PreferenceError, normalize_preference, select_point
 
 TASKS = ["rot90", "invert", "digits04"]
 

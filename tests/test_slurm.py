@@ -17,12 +17,11 @@ from typing import NamedTuple
 import pandas as pd
 import pytest
 import yaml
-
-from mapmerge.io import read_table
-from mapmerge.report import HTML_TABLES
-
 from conftest import REPO, job_counts
 from test_workflow import BASE
+
+from mapmerge.io import read_table
+from mapmerge.outputs.report import HTML_TABLES
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -120,7 +119,7 @@ def runs(cluster, tmp_path_factory) -> Runs:
 
 
 def stage_times(log: Path) -> tuple[datetime, datetime]:
-    """When the stage in this log (written by mapmerge.logs.run_stage) started and finished."""
+    """When the stage in this log (written by mapmerge.run.logs.run_stage) started and finished."""
     lines = log.read_text().splitlines()
     assert " INFO mapmerge: start " in lines[0] and " INFO mapmerge: done " in lines[-1], log
     return tuple(datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S") for line in (lines[0], lines[-1]))

@@ -5,14 +5,25 @@ import typing
 import pytest
 import torch
 
-from mapmerge.stages import task_vectors
-from mapmerge.benchmark import build_model
-from mapmerge.checkpoints import load_state_dict, open_checkpoint, safetensors_metadata, save_safetensors
-from mapmerge.config import ConfigError, load_config, stage_config
-from mapmerge.evaluate import MergeEngine
+from mapmerge.builtin.model import build_model
 from mapmerge.io import ArtifactError
-from mapmerge.schema import TensorSelection
-from mapmerge.taskvectors import VECTOR_DTYPES, extract_task_vector, merge_files, merged_state, task_vector_table
+from mapmerge.run.config import ConfigError, load_config, stage_config
+from mapmerge.run.schema import TensorSelection
+from mapmerge.stages import task_vectors
+from mapmerge.tensors.checkpoints import (
+    load_state_dict,
+    open_checkpoint,
+    safetensors_metadata,
+    save_safetensors,
+)
+from mapmerge.tensors.engine import MergeEngine
+from mapmerge.tensors.taskvectors import (
+    VECTOR_DTYPES,
+    extract_task_vector,
+    merge_files,
+    merged_state,
+    task_vector_table,
+)
 
 MEMBERS = ["rot90", "invert", "flip_parity"]
 SPECS = [None, {"operator": "ties", "density": 0.4}, {"operator": "dare", "drop_rate": 0.5}]
@@ -167,11 +178,11 @@ def test_bf16_vectors_round_trip_and_the_engine_matches(tiny, tmp_path):
     widened = [{n: t.float() for n, t in load_state_dict(p).items()} for p in half["vectors"].values()]
     assert_same(merged, merged_state(pre, widened, C, operator=spec, members=MEMBERS))
     engine = MergeEngine(
-        builder={"_target_": "mapmerge.benchmark.build_model", "width": 2},
+        builder={"_target_": "mapmerge.builtin.model.build_model", "width": 2},
         pretrained=half["pretrained"],
         vectors=half["vectors"],
         task_checkpoints=half["checkpoints"],
-        evaluators={t: {"_target_": "mapmerge.benchmark.DigitsEvaluator", "task": t} for t in MEMBERS},
+        evaluators={t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t} for t in MEMBERS},
         merge={"include": ["*"], "exclude": ["head.*"]},
         device="cpu",
         operator=spec,

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from mapmerge.surrogate import (
+from mapmerge.core.surrogate import (
     LINKS,
     SurrogateError,
     SurrogateFit,

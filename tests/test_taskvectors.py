@@ -1,11 +1,15 @@
 import pytest
 import torch
-
-from mapmerge.checkpoints import load_state_dict, save_safetensors
-from mapmerge.io import ArtifactError
-from mapmerge.taskvectors import extract_task_vector, merged_names, merged_state, task_vector_table
-
 from conftest import SMALL_TASKS
+
+from mapmerge.io import ArtifactError
+from mapmerge.tensors.checkpoints import load_state_dict, save_safetensors
+from mapmerge.tensors.taskvectors import (
+    extract_task_vector,
+    merged_names,
+    merged_state,
+    task_vector_table,
+)
 
 
 def test_task_vector_is_finetuned_minus_pretrained(small_bench, tmp_path):

@@ -14,16 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
+from fortunes_tasks import (
+    finetune_causal_lm,
+    finetune_classifier,
+    minilm_dir,
+    topic_task,
+    write_data,
+)
 
 from mapmerge.adapters import transformers as adapter
-from mapmerge.checkpoints import load_state_dict, open_checkpoint
-from mapmerge.config import ConfigError, load_config
-from mapmerge.evaluate import MergeEngine
 from mapmerge.io import ArtifactError, read_table
-from mapmerge.taskvectors import extract_task_vector, merge_files
-
-from conftest import REPO
-from fortunes_tasks import finetune_causal_lm, finetune_classifier, minilm_dir, topic_task, write_data
+from mapmerge.run.config import ConfigError, load_config
+from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint
+from mapmerge.tensors.engine import MergeEngine
+from mapmerge.tensors.taskvectors import extract_task_vector, merge_files
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 transformers.logging.set_verbosity_error()

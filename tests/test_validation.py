@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from mapmerge import validation
-from mapmerge.config import ConfigError, load_config, stage_config
-from mapmerge.io import read_table, table_metadata
-from mapmerge.metrics import metrics_from_examples, wide_metrics
-from mapmerge.plots import plot_validation
-
 from conftest import artifacts, job_counts, run, snakemake_command
+
+from mapmerge.core import groundtruth
+from mapmerge.core.metrics import metrics_from_examples, wide_metrics
+from mapmerge.io import read_table, table_metadata
+from mapmerge.outputs.plots import plot_validation
+from mapmerge.run import validation_config
+from mapmerge.run.config import ConfigError, load_config, stage_config
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -27,38 +27,38 @@ SQRT_HALF = math.sqrt(0.5)
 def test_igd_and_gd_against_the_grids_non_dominated_points():
     # accuracy (maximised): (0.2, 0.2) is dominated by (0.5, 0.5); the true front is the other three
     grid = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.2]])
-    one_end = validation.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.zeros(2), maximize=True)
+    one_end = groundtruth.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.zeros(2), maximize=True)
     assert one_end[("igd", "real")] == pytest.approx((0 + math.sqrt(2) + SQRT_HALF) / 3)
     assert one_end[("gd", "real")] == pytest.approx(0.0)
-    off = validation.front_indicators(grid, {"real": np.array([[0.5, 0.4]])}, np.zeros(2), maximize=True)
+    off = groundtruth.front_indicators(grid, {"real": np.array([[0.5, 0.4]])}, np.zeros(2), maximize=True)
     assert off[("gd", "real")] == pytest.approx(0.1)  # nearest true-front point: (0.5, 0.5)
     assert off[("igd", "real")] == pytest.approx((math.hypot(0.5, 0.4) + math.hypot(0.5, 0.6) + 0.1) / 3)
     # read as losses (minimised) (0.2, 0.2) dominates (0.5, 0.5) instead
-    as_loss = validation.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.ones(2), maximize=False)
+    as_loss = groundtruth.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.ones(2), maximize=False)
     assert as_loss[("igd", "real")] == pytest.approx((0 + math.sqrt(2) + math.hypot(0.8, 0.2)) / 3)
 
 
 def test_hypervolume_takes_the_sign_of_the_metric():
     accuracy = np.array([[0.8, 0.2], [0.2, 0.8]])
     grid = np.vstack([accuracy, [[0.0, 0.0]]])
-    reference = validation.hv_reference(grid, maximize=True)
+    reference = groundtruth.hv_reference(grid, maximize=True)
     assert reference.tolist() == [0.0, 0.0]  # the grid's worst accuracy per task
-    values = validation.front_indicators(grid, {"real": accuracy[:1]}, reference, maximize=True)
+    values = groundtruth.front_indicators(grid, {"real": accuracy[:1]}, reference, maximize=True)
     assert values[("hv", "grid")] == pytest.approx(0.8 * 0.2 + 0.2 * 0.8 - 0.2 * 0.2)  # two boxes less their overlap
     assert values[("hv", "real")] == pytest.approx(0.8 * 0.2)
     loss = 1 - grid  # the same points as losses: minimised, the reference is the worst (largest) loss
-    reference = validation.hv_reference(loss, maximize=False)
+    reference = groundtruth.hv_reference(loss, maximize=False)
     assert reference.tolist() == [1.0, 1.0]
-    values = validation.front_indicators(loss, {"real": loss[:1]}, reference, maximize=False)
+    values = groundtruth.front_indicators(loss, {"real": loss[:1]}, reference, maximize=False)
     assert values[("hv", "grid")] == pytest.approx(0.28) and values[("hv", "real")] == pytest.approx(0.16)
     # a point worse than the reference point dominates nothing
-    assert validation.front_indicators(grid, {"real": np.array([[0.5, -0.1]])}, np.zeros(2), True)[("hv", "real")] == 0
+    assert groundtruth.front_indicators(grid, {"real": np.array([[0.5, -0.1]])}, np.zeros(2), True)[("hv", "real")] == 0
 
 
 def test_prediction_error_is_mean_and_max_over_points_and_tasks():
     points = pd.DataFrame({"accuracy_a": [0.5, 0.7], "accuracy_b": [0.2, 0.2], "loss_a": [1.0, 1.0], "loss_b": [2.0, 2.0]})
     measured = pd.DataFrame({"accuracy_a": [0.6, 0.4], "accuracy_b": [0.2, 0.25], "loss_a": [1.5, 1.0], "loss_b": [2.0, 2.0]})
-    errors = validation.prediction_errors(points, measured, ["accuracy", "loss"])
+    errors = groundtruth.prediction_errors(points, measured, ["accuracy", "loss"])
     assert errors[("pred_mae", "accuracy")] == pytest.approx((0.1 + 0.3 + 0 + 0.05) / 4)
     assert errors[("pred_max", "accuracy")] == pytest.approx(0.3)
     assert errors[("pred_mae", "loss")] == pytest.approx(0.5 / 4) and errors[("pred_max", "loss")] == pytest.approx(0.5)
@@ -67,16 +67,16 @@ def test_prediction_error_is_mean_and_max_over_points_and_tasks():
 def test_front_points_are_spread_along_the_front():
     t = np.linspace(0, 1, 21)
     front = pd.DataFrame({"c_a": t, "c_b": 1 - t, "accuracy_a": t, "accuracy_b": 1 - t**2, "loss_a": 1 - t, "loss_b": t})
-    points = validation.front_sample(front, "accuracy", 3)
+    points = groundtruth.front_sample(front, "accuracy", 3)
     assert points["sample"].tolist() == ["f00", "f01", "f02"]
     assert points["front_row"].tolist()[0] == 0 and points["front_row"].tolist()[-1] == 20  # both ends, then between
     assert 5 <= points["front_row"].iloc[1] <= 15
     assert points[["c_a", "accuracy_b"]].to_numpy().tolist() == front.iloc[points["front_row"]][["c_a", "accuracy_b"]].to_numpy().tolist()
-    assert len(validation.front_sample(front.iloc[:2], "accuracy", 3)) == 2  # a short front: all of it
+    assert len(groundtruth.front_sample(front.iloc[:2], "accuracy", 3)) == 2  # a short front: all of it
 
 
 def test_grid_points_cover_the_box():
-    grid = validation.grid_points(["a", "b"], 0.0, 1.0, 3)
+    grid = groundtruth.grid_points(["a", "b"], 0.0, 1.0, 3)
     assert len(grid) == 9 and grid["sample"].iloc[0] == "g000000"
     assert sorted(set(grid["c_a"])) == [0.0, 0.5, 1.0]
     assert {(0.0, 0.0), (1.0, 1.0), (0.0, 1.0)} <= set(zip(grid["c_a"], grid["c_b"]))
@@ -106,7 +106,7 @@ def test_resampled_metrics_are_the_metrics_of_the_examples_drawn():
     examples.loc[failed, ["correct", "loss"]] = np.nan
     examples = examples.drop(examples[failed].index[1:])
     examples["error"] = np.where(examples["correct"].isna(), "evaluator raised", None)
-    matrices = validation.ExampleMatrices(examples)
+    matrices = groundtruth.ExampleMatrices(examples)
     counts = matrices.draw(np.random.default_rng(0))
     assert all(c.sum() == 40 and (c == 0).any() and (c > 1).any() for c in counts.values())  # with replacement
     assert not np.array_equal(counts["a"], counts["b"])  # one draw per task...
@@ -118,21 +118,21 @@ def test_resampled_metrics_are_the_metrics_of_the_examples_drawn():
     got = matrices.metrics(counts)
     pd.testing.assert_frame_equal(got[sorted(expected.columns)], expected[sorted(expected.columns)], check_names=False)
     assert np.isnan(got.loc["g000003", "accuracy_b"]) and np.isfinite(got.loc["g000003", "accuracy_a"])
-    again = validation.ExampleMatrices(examples)
+    again = groundtruth.ExampleMatrices(examples)
     np.testing.assert_array_equal(again.draw(np.random.default_rng(0))["a"], counts["a"])
 
 
 def test_bootstrap_intervals_are_reproducible_with_the_seed():
     examples, points = synthetic_examples()
-    table, reference = validation.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
-    same, _ = validation.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
-    other, _ = validation.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=4)
-    none, _ = validation.validation_table(examples, points, "accuracy", True, bootstrap=0, ci_level=0.9, seed=3)
+    table, reference = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
+    same, _ = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
+    other, _ = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=4)
+    none, _ = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=0, ci_level=0.9, seed=3)
     pd.testing.assert_frame_equal(table, same)
     assert not np.allclose(table["ci_low"], other["ci_low"])
     np.testing.assert_array_equal(table["value"], none["value"])  # the point estimate does not depend on the resamples
     assert none["ci_low"].isna().all() and (table["ci_low"] <= table["ci_high"]).all()
-    assert list(table.columns) == validation.COLUMNS
+    assert list(table.columns) == groundtruth.COLUMNS
     assert set(zip(table["indicator"], table["front"])) == {
         ("hv", "grid"), *((i, f) for i in ("igd", "gd", "hv") for f in ("predicted", "real")), ("pred_mae", "predicted"),
         ("pred_max", "predicted")}
@@ -198,15 +198,15 @@ def test_validation_is_checked_only_when_enabled(repo):
 )
 def test_each_validation_setting_reaches_only_its_stage(repo, override, changed):
     base, other = load(repo, "benchmark.tasks=2"), load(repo, "benchmark.tasks=2", override)
-    assert {s for s in validation.STAGES if stage_config(base, s) != stage_config(other, s)} == changed
+    assert {s for s in validation_config.STAGES if stage_config(base, s) != stage_config(other, s)} == changed
 
 
 def test_each_baseline_has_its_own_operator_and_seed(repo):
     params = stage_config(load(repo, "seed=7"), "validate_baseline")
-    ties, dare = validation.baseline_params(params, "ties"), validation.baseline_params(params, "dare")
+    ties, dare = validation_config.baseline_params(params, "ties"), validation_config.baseline_params(params, "dare")
     assert ties["merge_operator"] == {"operator": "ties", "density": 0.2} and ties["merge_seed"] is None
     assert dare["merge_operator"]["operator"] == "dare" and dare["merge_seed"] == 7
-    assert validation.baseline_params(params, "task_arithmetic")["coefficient"] == 0.3
+    assert validation_config.baseline_params(params, "task_arithmetic")["coefficient"] == 0.3
 
 
 # the workflow
@@ -237,7 +237,7 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
     run(snakemake_command(tmp_path, *TARGETS, overrides=WORKFLOW))
     res = tmp_path / "results" / "val"
     table = read_table(res / "validation.parquet").set_index(["indicator", "front", "metric"])
-    assert list(table.reset_index().columns) == validation.COLUMNS
+    assert list(table.reset_index().columns) == groundtruth.COLUMNS
     for front in ("predicted", "real"):
         assert 0 <= table.loc[("igd", front, "accuracy"), "value"] < 0.5
         assert 0 <= table.loc[("gd", front, "accuracy"), "value"] < 0.5

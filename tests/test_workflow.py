@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from mapmerge.benchmark import build_model
-from mapmerge.checkpoints import load_state_dict
-from mapmerge.io import read_table, table_metadata
-from mapmerge.report import HTML_TABLES
-
 from conftest import REPO, edit_a_function, job_counts
+
+from mapmerge.builtin.model import build_model
+from mapmerge.io import read_table, table_metadata
+from mapmerge.outputs.report import HTML_TABLES
+from mapmerge.tensors.checkpoints import load_state_dict
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +207,7 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 
 def test_report_and_summary_point_at_the_outputs(run, capsys):
-    from mapmerge.cli import main
+    from mapmerge.tools.cli import main
 
     assert main(["summary", str(results(run))]) == 0
     text = capsys.readouterr().out

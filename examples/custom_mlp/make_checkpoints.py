@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from model import PRETRAIN_TASK, TASKS, TaskEvaluator, build, make_data
+from torch import nn
 
 TRAIN_POINTS = 2000
 TRAIN_SEED = 1  # training points; the evaluators in experiment.yaml draw theirs from seed 0

@@ -18,12 +18,11 @@ import pyarrow.parquet as pq
 
 from mapmerge import __version__
 
-
 TEMP_SUFFIX = ".tmp"  # atomic_path writes `.<name>.<random>.tmp` beside the target
 _pending: set[Path] = set()  # temporary files this process is writing
 _written: list[Path] = []  # files this process has renamed into place
 _commit = threading.Lock()  # held while renaming, and by undo_writes until the process exits
-RUN_LOCK = ".mapmerge.lock"  # in every results folder a driver has run on (see mapmerge.runlock)
+RUN_LOCK = ".mapmerge.lock"  # in every results folder a driver has run on (see mapmerge.run.runlock)
 
 
 class ArtifactError(RuntimeError):

@@ -12,8 +12,10 @@ import math
 import sys
 from functools import lru_cache
 
-from mapmerge import bayesian, groups, runlock
-from mapmerge.sampling import design, sample_batches
+from mapmerge.core import bayesian, groups
+
+from mapmerge.run import runlock
+from mapmerge.core.sampling import design, sample_batches
 
 METHOD = CFG["method"]
 LEVELS = groups.structure(METHOD, len(TASKS))  # group names per level; which models they hold is data
@@ -207,7 +209,7 @@ def every_artifact():
 def grid_table():
     """The grid's points (sample, c_<task>) over the sampler's box."""
     box = CFG["sampler"]
-    return validation.grid_points(TASKS, box["lower"], box["upper"], VALIDATION["resolution"])
+    return groundtruth.grid_points(TASKS, box["lower"], box["upper"], VALIDATION["resolution"])
 
 
 @lru_cache(maxsize=None)

@@ -63,7 +63,7 @@ rule validate_baseline:
     wildcard_constraints:
         baseline="|".join(VALIDATION["baselines"]) or "^$",
     params:
-        stage=lambda wc: validation.baseline_params(params_of("validate_baseline"), wc.baseline),
+        stage=lambda wc: validation_config.baseline_params(params_of("validate_baseline"), wc.baseline),
     log:
         f"{R}/logs/validate_baseline/{{baseline}}.log",
     threads: EVAL["threads"]

@@ -22,7 +22,7 @@ def check_unused(model: dict[str, Any]) -> None:
 
 
 def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """The generic model config for model.adapter (one of ADAPTERS: mapmerge.schema checks it)."""
+    """The generic model config for model.adapter (one of ADAPTERS: mapmerge.run.schema checks it)."""
     name = model["adapter"]
     adapter = importlib.import_module(f"mapmerge.adapters.{name}")
     return adapter.resolve(model, base_dir)

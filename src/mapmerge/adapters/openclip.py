@@ -4,7 +4,7 @@ Layout: {root}/{model_name}/zeroshot.pt (the pretrained image encoder), {root}/{
 finetuned.pt (one fine-tuned image encoder per task), a classification head per task (a linear layer
 from image features to classes; path pattern `heads`) and per task local evaluation data (`data`).
 The checkpoints may be whole pickled modules (torch.save(module), as in that code) or state dicts;
-mapmerge.checkpoints reads either without running the pickle. The builder unpickles zeroshot.pt
+mapmerge.tensors.checkpoints reads either without running the pickle. The builder unpickles zeroshot.pt
 for real (torch.load weights_only=False, the module's classes importable through model.python_path),
 unless model.openclip.builder names one. See config/model/openclip.yaml for every key.
 
@@ -171,7 +171,7 @@ class ClassificationEvaluator:
     ) -> None:
         import torch
 
-        from mapmerge.checkpoints import load_state_dict
+        from mapmerge.tensors.checkpoints import load_state_dict  # deferred: torch
 
         tensors = load_state_dict(head)
         weight = tensors.get("weight")

@@ -3,7 +3,7 @@
 resolve() turns model.transformers (a pretrained directory, one fine-tuned directory and one local
 data file per task) into builder, pretrained, tasks and merge.exclude; it reads only JSON and file
 headers (every workflow job resolves the config), never transformers itself. Weights are read by
-mapmerge.checkpoints (safetensors, sharded or not, with a base model's names given transformers'
+mapmerge.tensors.checkpoints (safetensors, sharded or not, with a base model's names given transformers'
 base_model_prefix). The evaluators tokenize their data once per job and return per-example rows;
 save_merged_models writes each task's merged model as a directory that from_pretrained loads.
 """
@@ -24,7 +24,7 @@ import pandas as pd
 
 from mapmerge.errors import ConfigError
 
-# a directory's weights, as mapmerge.checkpoints reads them (not imported: it imports torch, and every
+# a directory's weights, as mapmerge.tensors.checkpoints reads them (not imported: it imports torch, and every
 # workflow job resolves the config)
 SHARD_INDEX_SUFFIX = ".safetensors.index.json"
 HF_WEIGHTS = ("model.safetensors", "model" + SHARD_INDEX_SUFFIX)
@@ -49,7 +49,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".c
 
 def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """The generic model config of model.transformers; ConfigError naming the key or file when something is wrong."""
-    block = {**DEFAULTS, **(model.get("transformers") or {})}  # keys and values checked by mapmerge.schema
+    block = {**DEFAULTS, **(model.get("transformers") or {})}  # keys and values checked by mapmerge.run.schema
     task_type = block["task_type"]
     pretrained = _directory(block["pretrained"], "model.transformers.pretrained", base_dir)
     tasks = block["tasks"]
@@ -355,7 +355,7 @@ def save_merged_models(
     """
     from safetensors.torch import save_file
 
-    from mapmerge.checkpoints import open_checkpoint
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
 
     out_dir = Path(out_dir)
     names = set(merged_names)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge import groups
+from mapmerge.core import groups
+from mapmerge.core.metrics import maximized, measured_metrics, suffixes, wide_metrics
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import maximized, measured_metrics, suffixes, wide_metrics
 
 PathLike = str | os.PathLike
 
@@ -52,7 +52,7 @@ def run_aggregate(
 
     outputs: pareto, selected, groups, report (paths) and plots (folder).
     """
-    from mapmerge import plots, report
+    from mapmerge.outputs import plots, report  # deferred: the rules import stage modules at every Snakefile parse
 
     results = Path(results)
     metric = params["objective"]

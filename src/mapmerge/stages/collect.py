@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from mapmerge.core.metrics import evaluation_counts, metrics_from_examples
 from mapmerge.io import read_table, table_metadata, write_table
-from mapmerge.metrics import evaluation_counts, metrics_from_examples
 
 PathLike = str | os.PathLike
 

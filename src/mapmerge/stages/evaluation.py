@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge import groups
-from mapmerge.groups import EngineFiles
+from mapmerge.core import groups
+from mapmerge.core.groups import EngineFiles
+from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import metrics_from_examples
 from mapmerge.progress import progress
 
 PathLike = str | os.PathLike
@@ -26,7 +26,7 @@ logger = logging.getLogger("mapmerge")
 def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int):
     import torch
 
-    from mapmerge.evaluate import MergeEngine
+    from mapmerge.tensors.engine import MergeEngine  # deferred: the rules import stage modules at every Snakefile parse
 
     if threads > 0:
         torch.set_num_threads(threads)

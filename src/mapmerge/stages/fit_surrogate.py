@@ -7,8 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mapmerge.core.metrics import suffixes
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import suffixes
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
@@ -16,7 +16,7 @@ logger = logging.getLogger("mapmerge")
 
 def run_fit_surrogate(params: Mapping[str, Any], samples: PathLike, metrics: PathLike, out: PathLike) -> None:
     """Fit the quadratic surrogate of every task and metric."""
-    from mapmerge import surrogate
+    from mapmerge.core import surrogate  # deferred: the rules import stage modules at every Snakefile parse
 
     sample_frame = read_table(samples)
     metric_frame = read_table(metrics)

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mapmerge import groups
-from mapmerge.groups import EngineFiles
+from mapmerge.core import groups
+from mapmerge.core.groups import EngineFiles
+from mapmerge.core.selection import pick_point
 from mapmerge.io import read_table, write_table
-from mapmerge.selection import pick_point
 
 PathLike = str | os.PathLike
 
@@ -33,8 +33,8 @@ def run_merge_group(
     Where the tasks' checkpoints are transformers directories, each task's merged model also goes to
     <merged_out's folder>/merged/<task>/ (mapmerge.adapters.transformers.save_merged_models).
     """
-    from mapmerge.checkpoints import hf_config, save_safetensors
-    from mapmerge.taskvectors import merge_files
+    from mapmerge.tensors.checkpoints import hf_config, save_safetensors  # deferred: the rules import stage modules at every Snakefile parse
+    from mapmerge.tensors.taskvectors import merge_files
 
     info = groups.group_plan(plan, group)
     files = groups.group_files(files, info)
@@ -60,8 +60,8 @@ def run_merge_group(
 
 def _save_transformers(state: Mapping[str, Any], files: EngineFiles, tasks: Sequence[str], out: Path, metadata: Mapping[str, str]) -> None:
     """The merge as one transformers directory per task (merged body, the task's head): out/<task>/."""
-    from mapmerge.adapters.transformers import save_merged_models
-    from mapmerge.checkpoints import open_checkpoint
+    from mapmerge.adapters.transformers import save_merged_models  # deferred: the rules import stage modules at every Snakefile parse
+    from mapmerge.tensors.checkpoints import open_checkpoint
 
     with open_checkpoint(next(iter(files["vectors"].values()))) as vector:
         names = vector.keys()

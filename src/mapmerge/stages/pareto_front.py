@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge import groups
+from mapmerge.core import groups
+from mapmerge.core.metrics import maximized
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import maximized
 
 PathLike = str | os.PathLike
 
@@ -19,8 +19,8 @@ def run_pareto_front(
     params: Mapping[str, Any], surrogate_table: PathLike, samples: PathLike, plan: PathLike, group: str, out: PathLike
 ) -> None:
     """NSGA-III front of the group's objectives inside the sampled box, with every fitted metric predicted per task."""
-    from mapmerge import pareto
-    from mapmerge.surrogate import objective_predictor
+    from mapmerge.core import pareto  # deferred: the rules import stage modules at every Snakefile parse
+    from mapmerge.core.surrogate import objective_predictor
 
     table = read_table(surrogate_table)
     info = groups.group_plan(plan, group)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge import groups
+from mapmerge.core import groups
+from mapmerge.core.metrics import measured_metrics
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import measured_metrics
 
 PathLike = str | os.PathLike
 
@@ -53,7 +53,7 @@ def run_plan_level(
             scores[row.group] = groups.merge_score(measured_metrics(selected[row.group]), tasks_in, metric, params["preference"])
         inputs = [previous, *selected.values()]
     if nested["pairing"] == "cosine":
-        from mapmerge.taskvectors import cosine_matrix, gram_matrix
+        from mapmerge.tensors.taskvectors import cosine_matrix, gram_matrix  # deferred: the rules import stage modules at every Snakefile parse
 
         gram, _ = gram_matrix({m: vectors[m] for m in models})
         distance = 1.0 - cosine_matrix(gram).numpy()

@@ -16,7 +16,7 @@ def run_prepare_benchmark(params: Mapping[str, Any], checkpoint_dir: PathLike, t
     """Train the built-in benchmark's pretrained and fine-tuned checkpoints."""
     import torch
 
-    from mapmerge import benchmark
+    from mapmerge.builtin import model as benchmark  # deferred: the rules import stage modules at every Snakefile parse
 
     torch.set_num_threads(int(params["benchmark"]["threads"]))
     frame = benchmark.prepare_benchmark(params["benchmark"], checkpoint_dir)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mapmerge.core.metrics import metrics_from_examples, suffixes
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import metrics_from_examples, suffixes
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
@@ -25,7 +25,7 @@ def run_propose_round(
     out: PathLike,
 ) -> None:
     """Bayesian MAP: the next round's samples, drawn where the surrogates' out-of-sample error is worst."""
-    from mapmerge import bayesian
+    from mapmerge.core import bayesian  # deferred: the rules import stage modules at every Snakefile parse
 
     samples = pd.concat([read_table(p) for p in rounds], ignore_index=True)
     metrics = metrics_from_examples(pd.concat([read_table(p) for p in evals], ignore_index=True))

@@ -9,7 +9,7 @@ PathLike = str | os.PathLike
 
 
 def run_report_tables(results: PathLike, outputs: Mapping[str, PathLike]) -> None:
-    """report/<name>.html for each of mapmerge.report.HTML_TABLES (and validation) that outputs names."""
-    from mapmerge import report
+    """report/<name>.html for each of mapmerge.outputs.report.HTML_TABLES (and validation) that outputs names."""
+    from mapmerge.outputs import report  # deferred: the rules import stage modules at every Snakefile parse
 
     report.write_html_tables(results, outputs)

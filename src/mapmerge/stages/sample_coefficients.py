@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mapmerge import groups
+from mapmerge.core import groups
 from mapmerge.io import write_table
 
 PathLike = str | os.PathLike
@@ -14,7 +14,7 @@ PathLike = str | os.PathLike
 
 def run_sample_coefficients(params: Mapping[str, Any], plan: PathLike, group: str, out: PathLike) -> None:
     """The designed coefficient vectors of one group (round 0)."""
-    from mapmerge import sampling
+    from mapmerge.core import sampling  # deferred: the rules import stage modules at every Snakefile parse
 
     members = groups.group_plan(plan, group)["members"]
     frame = sampling.design(members, params["sampler"], params["seed"]).assign(round=0)

@@ -10,9 +10,14 @@ from typing import Any
 
 import pandas as pd
 
+from mapmerge.core.groundtruth import GRID_PREFIX, validation_table
+from mapmerge.core.metrics import (
+    maximized,
+    metrics_from_examples,
+    suffixes,
+    wide_metrics,
+)
 from mapmerge.io import read_table, write_table
-from mapmerge.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
-from mapmerge.validation import GRID_PREFIX, validation_table
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
@@ -33,7 +38,7 @@ def run_validate(
 
     baselines: name -> per-example evaluation of that baseline; reference: reference.parquet (fine-tuned models).
     """
-    from mapmerge import plots
+    from mapmerge.outputs import plots  # deferred: the rules import stage modules at every Snakefile parse
 
     metric = params["objective"]
     maximize = maximized(metric)

@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mapmerge import groups
-from mapmerge.groups import EngineFiles
+from mapmerge.core import groups
+from mapmerge.core.groups import EngineFiles
 from mapmerge.stages.evaluation import run_evaluate_samples
 
 PathLike = str | os.PathLike

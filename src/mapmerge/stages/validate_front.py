@@ -6,11 +6,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mapmerge import groups
-from mapmerge.groups import EngineFiles
+from mapmerge.core import groups
+from mapmerge.core.groundtruth import front_sample
+from mapmerge.core.groups import EngineFiles
 from mapmerge.io import read_table, write_table
 from mapmerge.stages.evaluation import run_evaluate_samples
-from mapmerge.validation import front_sample
 
 PathLike = str | os.PathLike
 
@@ -27,7 +27,7 @@ def run_evaluate_front(
 ) -> None:
     """Evaluate for real `front_points` points spread along the group `all`'s predicted front.
 
-    Writes the points (mapmerge.validation.front_sample) and their per-example rows (sample, task, example, correct, loss).
+    Writes the points (mapmerge.core.groundtruth.front_sample) and their per-example rows (sample, task, example, correct, loss).
     """
     points = front_sample(read_table(front_table), params["objective"], params["front_points"])
     members = groups.group_plan(plan, groups.PLAIN_GROUP)["members"]

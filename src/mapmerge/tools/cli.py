@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mapmerge import runlock
 from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
+from mapmerge.run import runlock
 
 ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
 
@@ -28,7 +28,7 @@ def summary(results: Path) -> str:
 
 def artifact_problem(path: Path) -> str | None:
     """Why a Parquet or safetensors artifact does not read back whole, or None when it does."""
-    from mapmerge.checkpoints import verify_safetensors
+    from mapmerge.tensors.checkpoints import verify_safetensors  # deferred: torch
 
     try:
         if path.suffix == ".parquet":
@@ -63,7 +63,7 @@ def check(results: Path, delete: bool = False) -> tuple[str, int]:
 
 
 def _preference_arg(text: str) -> dict[str, float]:
-    from mapmerge.runfolder import parse_preference
+    from mapmerge.tools.runfolder import parse_preference  # deferred: torch (runfolder imports mapmerge.tensors)
 
     return parse_preference(text)
 
@@ -124,26 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     draw.add_argument("--metric", default=None, choices=["accuracy", "loss"],
                       help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)")
     args = parser.parse_args(argv)
-    from mapmerge.runfolder import UsageError
+    from mapmerge.tools.runfolder import UsageError  # deferred: torch (runfolder imports mapmerge.tensors)
 
     try:
         if args.command == "summary":
             print(summary(args.results))
             return 0
         if args.command == "status":
-            from mapmerge.runfolder import status
+            from mapmerge.tools.runfolder import status  # deferred: torch (runfolder imports mapmerge.tensors)
 
             print(status(args.results))
             return 0
         if args.command == "select":
-            from mapmerge.runfolder import select
+            from mapmerge.tools.runfolder import select  # deferred: torch (runfolder imports mapmerge.tensors)
 
             chosen = select(args.results, _preference_arg(args.prefer), args.method, args.rho, args.out,
                             args.pretrained, args.metric, args.seed)
             print(chosen.text)
             return 0
         if args.command == "plot":
-            from mapmerge.runfolder import replot
+            from mapmerge.tools.runfolder import replot  # deferred: torch (runfolder imports mapmerge.tensors)
 
             if not args.results.is_dir():
                 raise UsageError(f"{args.results}: not a folder")

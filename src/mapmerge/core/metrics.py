@@ -9,7 +9,6 @@ import pandas as pd
 
 from mapmerge.io import read_table
 
-
 METRICS = {"accuracy": "correct", "loss": "loss"}  # metric -> per-example column it averages
 
 

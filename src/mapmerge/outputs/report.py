@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mapmerge.core.metrics import suffixes, wide_metrics
 from mapmerge.io import atomic_path, read_table
-from mapmerge.metrics import suffixes, wide_metrics
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:

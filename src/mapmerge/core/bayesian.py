@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge.surrogate import SurrogateError, _coefficients, _present, _values, _where, fit_surrogate, n_params
+from mapmerge.core.surrogate import (
+    SurrogateError,
+    _coefficients,
+    _present,
+    _values,
+    _where,
+    fit_surrogate,
+    n_params,
+)
 
 RADII = ("uniform", "sqrt", "volume")
 MAX_BINS = 4096  # default cap on bins**(M-1): far more bins than samples leaves nearly all of them empty

@@ -152,7 +152,7 @@ def weighted_mean(values: Mapping[str, np.ndarray] | Mapping[str, float], side: 
 def merge_score(measured: pd.Series, tasks: Sequence[str], metric: str, preference: Mapping[str, float] | None) -> float:
     """A merged model's metric on its group: the preference-weighted mean of its tasks' measured `metric`.
 
-    measured: the merge's real metrics indexed (metric, task) (mapmerge.metrics.measured_metrics).
+    measured: the merge's real metrics indexed (metric, task) (mapmerge.core.metrics.measured_metrics).
     """
     return float(weighted_mean({t: measured[(metric, t)] for t in tasks}, task_weights(preference, tasks)))
 
@@ -162,7 +162,7 @@ def group_objectives(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """C -> F [n, members]: per member, the preference-weighted mean of the predictions of its tasks.
 
-    predict: C -> [n, tasks], one column per task of info['tasks'] (mapmerge.surrogate.objective_predictor).
+    predict: C -> [n, tasks], one column per task of info['tasks'] (mapmerge.core.surrogate.objective_predictor).
     For plain MAP every member is one task, so F is the predictions themselves.
     """
     sides = side_weights(info, task_weights(preference, info["tasks"]))

@@ -29,11 +29,26 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge import groups, metrics, runlock, selection
-from mapmerge.io import ArtifactError, read_table, table_metadata
-from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
-from mapmerge.operators import SEEDED
-from mapmerge.report import HTML_TABLES
+from mapmerge.core import groups, metrics, selection
+from mapmerge.core.metrics import (
+    METRICS,
+    maximized,
+    metrics_from_examples,
+    suffixes,
+    wide_metrics,
+)
+from mapmerge.core.selection import pick_point
+from mapmerge.errors import ConfigError
+from mapmerge.io import (
+    ArtifactError,
+    atomic_path,
+    file_hash,
+    read_table,
+    table_metadata,
+)
+from mapmerge.outputs.report import HTML_TABLES
+from mapmerge.run import runlock
+from mapmerge.tensors.operators import SEEDED
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")
 ROUND_FILE = re.compile(r"^r(\d{2})\.parquet$")
@@ -486,7 +501,7 @@ def _decoded(value: object) -> Any:
 
 def merge_record(merged: Path) -> tuple[dict[str, Any], dict[str, float], Any]:
     """(operator spec, the run's chosen coefficients by member, seed or None) from a merged.safetensors header."""
-    from mapmerge.checkpoints import safetensors_metadata
+    from mapmerge.tensors.checkpoints import safetensors_metadata  # deferred: torch
 
     if not merged.exists():
         raise ArtifactError(f"{merged}: not found; it records the run's merge operator: has merge_group run?")
@@ -522,7 +537,7 @@ class PretrainedRecord:
 
 def _checkpoint_sources(results: Path) -> list[str]:
     """The fine-tuned checkpoints' file names, from the `source` in each task vector's header."""
-    from mapmerge.checkpoints import safetensors_metadata
+    from mapmerge.tensors.checkpoints import safetensors_metadata  # deferred: torch
 
     names = []
     for path in sorted((results / "task_vectors").glob("*.safetensors")):
@@ -536,7 +551,7 @@ def _checkpoint_sources(results: Path) -> list[str]:
 
 
 def _config_key(sources: Sequence[str]) -> str:
-    from mapmerge.checkpoints import HF_WEIGHTS
+    from mapmerge.tensors.checkpoints import HF_WEIGHTS  # deferred: torch
 
     if sources and all(name in HF_WEIGHTS for name in sources):
         return "model.transformers.pretrained"
@@ -586,8 +601,7 @@ def pretrained_record(results: Path, layout: Layout, group: str) -> PretrainedRe
 def pretrained_file(given: Path) -> Path:
     """--pretrained as the checkpoint file the run read: the file, or a transformers directory's weights
     (model.safetensors, or model.safetensors.index.json of a sharded save), as model.transformers resolves them."""
-    from mapmerge.adapters.transformers import weights_file
-    from mapmerge.errors import ConfigError
+    from mapmerge.adapters.transformers import weights_file  # deferred: torch (the adapter's checkpoint code)
 
     given = Path(given)
     if given.is_dir():
@@ -624,8 +638,7 @@ def check_pretrained(results: Path, path: Path, given: bool, record: PretrainedR
     not cover its shards). UsageError for a --pretrained file, ArtifactError for the run folder's own (a
     benchmark checkpoint replaced since the run).
     """
-    from mapmerge.checkpoints import SHARD_INDEX_SUFFIX
-    from mapmerge.io import file_hash
+    from mapmerge.tensors.checkpoints import SHARD_INDEX_SUFFIX  # deferred: torch
 
     if record.digest is None:
         return None
@@ -667,9 +680,9 @@ def check_reproduces(
     """
     import torch
 
-    from mapmerge.checkpoints import open_checkpoint
-    from mapmerge.operators import validate
-    from mapmerge.taskvectors import merge_tensor
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+    from mapmerge.tensors.operators import validate
+    from mapmerge.tensors.taskvectors import merge_tensor  # deferred: torch
 
     spec, members = validate(operator), list(vectors)
     what, error = (f"--pretrained {pretrained}", UsageError) if given else (str(pretrained), ArtifactError)
@@ -708,8 +721,7 @@ def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, 
     """A state dict as safetensors (out ends in .safetensors, metadata in its header) or torch.save, atomically."""
     import torch
 
-    from mapmerge.checkpoints import save_safetensors
-    from mapmerge.io import atomic_path
+    from mapmerge.tensors.checkpoints import save_safetensors  # deferred: torch
 
     if out.suffix == ".safetensors":
         return save_safetensors(state, out, metadata=metadata)
@@ -746,8 +758,7 @@ def select(
     seed: int | None = None,
 ) -> Selection:
     """Pick the final group's front point for `preference` (no evaluation) and write its merged checkpoint."""
-    from mapmerge.selection import pick_point
-    from mapmerge.taskvectors import merge_files
+    from mapmerge.tensors.taskvectors import merge_files  # deferred: torch
 
     results = Path(results)
     if method not in selection.METHODS:
@@ -784,7 +795,7 @@ def select(
     pre_path, pre_source = find_pretrained(results, pretrained, record)
     vectors = member_vectors(results, members, layout.tasks or tasks)
     if out is None:
-        from mapmerge.checkpoints import SHARD_INDEX_SUFFIX
+        from mapmerge.tensors.checkpoints import SHARD_INDEX_SUFFIX  # deferred: torch
 
         torch_file = pre_path.suffix != ".safetensors" and not pre_path.name.endswith(SHARD_INDEX_SUFFIX)
         out = results / "selected" / f"{preference_name(preference, method, rho)}{'.pt' if torch_file else '.safetensors'}"
@@ -845,8 +856,7 @@ def select(
 
 def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
     """Render the final group's plots again from the run's artifacts, as the aggregate stage does."""
-    from mapmerge import plots
-    from mapmerge.metrics import maximized
+    from mapmerge.outputs import plots  # deferred: matplotlib
 
     results = Path(results)
     layout = scan(results)

@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import mapmerge
+
 PACKAGE = "mapmerge"
 LENGTH = 12  # hex digits of a fingerprint
 
@@ -34,7 +36,7 @@ Entry = tuple[int, str, tuple[str, ...] | None]  # (relative level, module, name
 
 def source_root() -> Path:
     """The folder holding the mapmerge package that runs (src/ of a checkout, or a copy on PYTHONPATH)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(mapmerge.__file__).resolve().parent.parent
 
 
 def stage_fingerprint(

@@ -15,10 +15,17 @@ import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mapmerge.errors import ConfigError
-
 
 
 def _range(kind: type, low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False) -> Any:
@@ -49,7 +56,7 @@ Operator = Literal["task_arithmetic", "ties", "dare"]
 Density = _range(float, 0, 1, open_low=True)
 DropRate = _range(float, 0, 1, open_high=True)
 Link = Literal["sigmoid", "softplus", "identity"]
-Metric = Literal["accuracy", "loss"]  # mapmerge.metrics.METRICS
+Metric = Literal["accuracy", "loss"]  # mapmerge.core.metrics.METRICS
 
 
 class Section(BaseModel):
@@ -284,7 +291,7 @@ class Budget(Section):
 
 
 class Config(Section):
-    name: str  # a folder name: mapmerge.config.resolve
+    name: str  # a folder name: mapmerge.run.config.resolve
     results_dir: Path_
     seed: NonNegInt
     method: Literal["map", "nested", "bayesian"]

@@ -1,7 +1,7 @@
 """Built-in benchmark: a small CNN on scikit-learn's digits, fine-tuned on 8 conflicting derived tasks.
 
 The pretrained model learns plain 10-way digits (or, with dataset "fashion", the 10 classes of an
-8x8 Fashion-MNIST subset: mapmerge.fashion). Each task changes the images (rotation, inversion,
+8x8 Fashion-MNIST subset: mapmerge.builtin.fashion). Each task changes the images (rotation, inversion,
 mirroring, shift, transposition, noise, occlusion) and/or the labels (parity, digit mod 3), so the
 fine-tuned task vectors pull the shared backbone in different directions. Every task keeps a 10-way
 head (a task with k < 10 classes uses labels 0..k-1), so all checkpoints share names and shapes.
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mapmerge.checkpoints import save_safetensors
-from mapmerge.digits import TASK_NAMES, check_dataset, check_task, task_arrays
+from mapmerge.builtin.digits import TASK_NAMES, check_dataset, check_task, task_arrays
+from mapmerge.tensors.checkpoints import save_safetensors
 
 DEFAULTS: dict[str, Any] = {
     "tasks": 4,
@@ -64,7 +64,7 @@ def task_data(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 1, 8, 8) float32 and labels (n,) int64 of a task's split, as tensors.
 
-    source: dataset, subset, data_dir of mapmerge.digits.task_arrays (default: the digits).
+    source: dataset, subset, data_dir of mapmerge.builtin.digits.task_arrays (default: the digits).
     """
     x, y = task_arrays(task, split, seed, test_fraction, **source)
     return torch.tensor(x).unsqueeze(1), torch.tensor(y)

@@ -1,7 +1,7 @@
 """The tasks of the built-in benchmark: 8x8 images, transformed per task.
 
 The images are scikit-learn's bundled digits (dataset "digits", the default) or a subset of
-Fashion-MNIST downsampled to 8x8 (dataset "fashion", see mapmerge.fashion); the plain 10-way task
+Fashion-MNIST downsampled to 8x8 (dataset "fashion", see mapmerge.builtin.fashion); the plain 10-way task
 of a dataset is named after it. NumPy only (scikit-learn and the Fashion-MNIST reader are imported
 when the data is first read), so the config can list the task names without importing torch.
 """
@@ -12,6 +12,8 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
+
+from mapmerge.builtin import fashion
 
 PRETRAIN_TASK = "digits"
 DATASETS = (PRETRAIN_TASK, "fashion")  # the plain task of each dataset is named after it
@@ -85,8 +87,6 @@ def _images(dataset: str, subset: int | None, seed: int, data_dir: str | None) -
     """
     if check_dataset(dataset) == "digits":
         return _digits()
-    from mapmerge import fashion
-
     if subset is None:
         raise ValueError("benchmark.subset: the fashion dataset needs the number of images to use")
     return fashion.fashion_arrays(subset, seed, data_dir or fashion.DATA_DIR)

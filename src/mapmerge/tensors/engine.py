@@ -20,10 +20,14 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
-from mapmerge.checkpoints import load_state_dict, open_checkpoint, release_freed_memory
 from mapmerge.io import ArtifactError
-from mapmerge.operators import apply_operator
-from mapmerge.taskvectors import merged_names
+from mapmerge.tensors.checkpoints import (
+    load_state_dict,
+    open_checkpoint,
+    release_freed_memory,
+)
+from mapmerge.tensors.operators import apply_operator
+from mapmerge.tensors.taskvectors import merged_names
 
 Evaluator = Callable[[torch.nn.Module, torch.device], pd.DataFrame]
 FAILED_EXAMPLE = -1  # `example` of the one row that records a failed (sample, task)
@@ -105,7 +109,7 @@ class MergeEngine:
     """Holds theta_pre and the task vectors on one device and evaluates merges of them.
 
     members: ordered names of the task vectors (the coefficient vector follows this order).
-    operator, seed: the merge operator spec (mapmerge.operators; None = task arithmetic), applied
+    operator, seed: the merge operator spec (mapmerge.tensors.operators; None = task arithmetic), applied
     once per tensor to the members' task vectors, and the seed of a seeded operator (dare).
     task_checkpoints: per evaluated task, its fine-tuned checkpoint, from which the tensors that are
     not merged (task heads) are taken when that task is evaluated: copied into the module's tensor,

@@ -292,7 +292,7 @@ def plot_validation(
     `<metric>_<task>` and real `measured_<metric>_<task>`; baselines: one row per baseline, indexed
     by its name; reference: reference.parquet, for each fine-tuned model's own-task line.
     """
-    from mapmerge.pareto import non_dominated
+    from mapmerge.core.pareto import non_dominated  # deferred: pymoo
 
     tasks = list(tasks)
     cols = [f"{metric}_{t}" for t in tasks]

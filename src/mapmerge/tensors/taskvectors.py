@@ -13,12 +13,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mapmerge.checkpoints import LazyCheckpoint, open_checkpoint, release_freed_memory, save_safetensors
 from mapmerge.io import ArtifactError
-from mapmerge.operators import SEEDED, apply_operator, validate
 from mapmerge.progress import progress
+from mapmerge.tensors.checkpoints import (
+    LazyCheckpoint,
+    open_checkpoint,
+    release_freed_memory,
+    save_safetensors,
+)
+from mapmerge.tensors.operators import SEEDED, apply_operator, validate
 
-# model.merge.vector_dtype -> the dtype task vectors are stored in (mapmerge.config checks the names)
+# model.merge.vector_dtype -> the dtype task vectors are stored in (mapmerge.run.config checks the names)
 VECTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -236,7 +241,7 @@ def merged_state(
 ) -> dict[str, torch.Tensor]:
     """theta_pre + sum_i c_i tau'_i on the vectors' tensors; every other tensor as in `pretrained`.
 
-    tau' = the merge operator (mapmerge.operators; None = task arithmetic, tau' = tau) applied per
+    tau' = the merge operator (mapmerge.tensors.operators; None = task arithmetic, tau' = tau) applied per
     tensor, as MergeEngine does; members (the vectors' names, in order) and seed feed seeded operators.
     All in memory; merge_files does the same from files, one tensor at a time.
     """

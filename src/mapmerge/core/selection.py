@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge import groups
-from mapmerge.metrics import maximized
+from mapmerge.core import groups
+from mapmerge.core.metrics import maximized
 
 METHODS = ("weighted_sum", "tchebycheff")
 

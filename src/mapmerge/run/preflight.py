@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapmerge import bayesian, groups
 from mapmerge.adapters.transformers import check_labels
+from mapmerge.core import bayesian, groups
+from mapmerge.core.sampling import design_size
+from mapmerge.core.surrogate import n_params
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
-from mapmerge.sampling import design_size
-from mapmerge.surrogate import n_params
 
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP"}
 
@@ -198,7 +198,9 @@ def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> 
 
 def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
     """Every checkpoint's header read; the fine-tuned ones' merged tensors must match the pretrained's names and shapes."""
-    from mapmerge.taskvectors import compatible_names  # deferred: torch, and only the driver reads headers
+    from mapmerge.tensors.taskvectors import (  # deferred: torch
+        compatible_names,  # deferred: torch, and only the driver reads headers
+    )
 
     merge = model["merge"]
     for task in tasks:

@@ -13,14 +13,18 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mapmerge import adapters, bayesian, fashion, fingerprint, groups, operators, preflight, schema, validation
-from mapmerge.digits import TASK_NAMES
-from mapmerge.io import ArtifactError
+from mapmerge import adapters
+from mapmerge.builtin import fashion
+from mapmerge.builtin.digits import TASK_NAMES
+from mapmerge.core import bayesian, groups
+from mapmerge.core.selection import PreferenceError, normalize_preference
 from mapmerge.errors import ConfigError
-from mapmerge.selection import PreferenceError, normalize_preference
+from mapmerge.io import ArtifactError
+from mapmerge.run import fingerprint, preflight, schema, validation_config
+from mapmerge.tensors import operators
 
-BENCHMARK_BUILDER = "mapmerge.benchmark.build_model"
-BENCHMARK_EVALUATOR = "mapmerge.benchmark.DigitsEvaluator"
+BENCHMARK_BUILDER = "mapmerge.builtin.model.build_model"
+BENCHMARK_EVALUATOR = "mapmerge.builtin.model.DigitsEvaluator"
 EXPERIMENT_NODE = "_experiment_file"
 
 
@@ -33,7 +37,7 @@ def load_config(
     """Compose the primary config, an optional experiment YAML file and Hydra overrides, check, then resolve.
 
     Precedence (last wins): config groups' defaults, the experiment file, the overrides. Every key is
-    checked against mapmerge.schema, the plan against mapmerge.preflight.check_plan, and with
+    checked against mapmerge.run.schema, the plan against mapmerge.run.preflight.check_plan, and with
     check_files the files the config names (checkpoint headers, data, labels, importable targets).
     """
     overrides = _as_list(overrides)
@@ -152,9 +156,9 @@ def _check_method(cfg: dict[str, Any]) -> None:
 
 
 def _check_validation(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The validation block, checked (grid size and method only when enabled); see mapmerge.validation."""
+    """The validation block, checked (grid size and method only when enabled); see mapmerge.core.groundtruth."""
     try:
-        return validation.check_cfg(cfg.get("validation"), cfg["method"], len(cfg["task_names"]))
+        return validation_config.check_cfg(cfg.get("validation"), cfg["method"], len(cfg["task_names"]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -250,7 +254,7 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
 
 # The module of mapmerge.stages that holds each stage's entry points (run_*). A stage's params carry
 # its code fingerprint: the source of every mapmerge module that module can import, and of the modules
-# the params' `_target_`s name (builder, evaluators; mapmerge.fingerprint). A code change reruns the
+# the params' `_target_`s name (builder, evaluators; mapmerge.run.fingerprint). A code change reruns the
 # stages that can run it, and then, through their files, what follows them.
 STAGE_ENTRY = {
     "prepare_benchmark": "prepare_benchmark",
@@ -296,8 +300,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     sampler = cfg["sampler"]
     if method == "bayesian":
         sampler = bayesian.initial_sampler(sampler, cfg["bayesian"], len(tasks))
-    if stage in validation.STAGES:
-        params = validation.stage_params(stage, cfg, evaluation_model, operator)
+    if stage in validation_config.STAGES:
+        params = validation_config.stage_params(stage, cfg, evaluation_model, operator)
         return {**params, "code": code_version(stage, params, model["python_path"])}
     parts: dict[str, Any] = {
         "prepare_benchmark": {"benchmark": cfg["benchmark"]},

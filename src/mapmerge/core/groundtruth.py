@@ -24,64 +24,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mapmerge import operators
-from mapmerge.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
+from mapmerge.core.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
 
-STAGES = ("validate_front", "validate_baseline", "validate")
-ONE_GROUP_METHODS = ("map", "bayesian")
 COLUMNS = ["indicator", "front", "metric", "value", "ci_low", "ci_high", "n_points", "n_reference"]
 GRID_PREFIX, FRONT_PREFIX = "g", "f"  # sample names of grid and front points
-
-
-def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[str, Any]:
-    """The `validation` block (its keys' types and ranges checked by mapmerge.schema); ValueError naming the key
-    when a baseline lacks its operator's parameters, or an enabled validation does not fit the method or the task count.
-    """
-    validation = dict(validation)
-    for name, spec in validation["baselines"].items():
-        try:
-            operators.validate({k: v for k, v in spec.items() if k != "coefficient"})
-        except operators.OperatorError as exc:
-            raise ValueError(str(exc).replace("merge.", f"validation.baselines.{name}.", 1)) from exc
-    if validation["enabled"]:
-        if method not in ONE_GROUP_METHODS:
-            raise ValueError(f"validation.enabled: validation is for one-group methods ({', '.join(ONE_GROUP_METHODS)}), not method={method}")
-        if n_tasks > validation["max_tasks"]:
-            raise ValueError(
-                f"validation.max_tasks: a grid of {validation['resolution']}^{n_tasks} points is refused for {n_tasks} tasks "
-                f"(at most {validation['max_tasks']}); merge fewer tasks or set validation.enabled=false"
-            )
-    return validation
-
-
-def stage_params(stage: str, cfg: Mapping[str, Any], evaluation_model: Mapping[str, Any], operator: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved sub-config a validation stage depends on (mapmerge.config.stage_config adds the code version).
-
-    evaluation_model, operator: what the evaluations of the run's merges depend on (stage 'evaluate').
-    """
-    validation, objective = cfg["validation"], cfg["optimizer"]["objective"]
-    if stage == "validate_front":
-        return {"model": evaluation_model, **operator, "front_points": validation["front_points"], "objective": objective}
-    if stage == "validate_baseline":
-        baselines = {}
-        for name, spec in validation["baselines"].items():
-            op = operators.validate({k: v for k, v in spec.items() if k != "coefficient"})
-            baselines[name] = {"merge_operator": op, "merge_seed": cfg["seed"] if op["operator"] in operators.SEEDED else None,
-                               "coefficient": float(spec["coefficient"])}
-        return {"model": evaluation_model, "baselines": baselines}
-    if stage == "validate":
-        return {"bootstrap": validation["bootstrap"], "ci_level": validation["ci_level"], "objective": objective, "seed": cfg["seed"]}
-    raise ValueError(f"unknown validation stage '{stage}'; known: {', '.join(STAGES)}")
-
-
-def baseline_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """One baseline's params out of the stage's: the model, its operator and seed, its coefficient, the code."""
-    return {"model": params["model"], **params["baselines"][name], "code": params["code"]}
 
 
 def grid_points(members: Sequence[str], lower: float, upper: float, resolution: int) -> pd.DataFrame:
@@ -166,7 +116,7 @@ def front_indicators(
 
     grid [n, T] and each front [k, T] hold the objective metric; maximize: whether larger is better.
     """
-    from mapmerge import pareto
+    from mapmerge.core import pareto  # deferred: pymoo
 
     signs = [maximize] * grid.shape[1]
     truth = grid[pareto.non_dominated(grid, signs)]
@@ -213,7 +163,7 @@ def validation_table(
 
     examples: per-example rows of the grid points (samples g...) and of the front points (points['sample']).
     """
-    from mapmerge import pareto
+    from mapmerge.core import pareto  # deferred: pymoo
 
     wide = wide_metrics(metrics_from_examples(examples), "sample")
     grid_samples = [s for s in wide.index if s.startswith(GRID_PREFIX)]

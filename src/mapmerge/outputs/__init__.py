@@ -1,0 +1,1 @@
+"""What a run shows: plots and the HTML tables of the report."""
