@@ -75,6 +75,8 @@ EXPECTED = {
     "mapmerge.adapters.openclip": set(),
     "mapmerge.outputs.plots": {"aggregate", "validate"},
     "mapmerge.outputs.report": {"aggregate", "report_tables"},
+    # the run folder's layout: read by the stages that find files by name (aggregate, and the report)
+    "mapmerge.layout": {"aggregate", "report_tables"},
     "mapmerge.core.groundtruth": {"validate_front", "validate"},
     # no stage runs these: the config (its values are the params), the command line, run folders, locks, logs
     "mapmerge.run.config": set(),

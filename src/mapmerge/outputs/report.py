@@ -11,6 +11,7 @@ import pandas as pd
 
 from mapmerge.core.metrics import suffixes, wide_metrics
 from mapmerge.io import atomic_path, read_table
+from mapmerge.layout import Layout
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -46,24 +47,28 @@ def chosen_merge(selected: pd.DataFrame) -> pd.DataFrame:
     return selected.iloc[-1].dropna().rename("value").rename_axis("column").reset_index()
 
 
-def write_html_tables(results: str | os.PathLike, outputs: Mapping[str, str | os.PathLike]) -> None:
+def write_html_tables(tables: Mapping[str, str | os.PathLike] | str | os.PathLike, outputs: Mapping[str, str | os.PathLike]) -> None:
     """The key tables of a finished run as HTML pages for `snakemake --report`.
 
-    outputs: a path for each of HTML_TABLES: models (single models), front (pareto.parquet), chosen (the
-    chosen merge), ledger (real evaluations per stage and per file); and validation (validation.parquet)
-    where outputs names it.
+    tables: the run's reference, pareto, selected and evaluations tables (and validation) by those names,
+    or the run folder, whose layout names them. outputs: a path for each of HTML_TABLES: models (single
+    models), front (pareto.parquet), chosen (the chosen merge), ledger (real evaluations per stage and per
+    file); and validation (validation.parquet) where outputs names it.
     """
-    results = Path(results)
-    ledger = read_table(results / "evaluations.parquet")
-    tables = {
-        "models": ("Single models (real evaluations, reference.parquet)", single_models(read_table(results / "reference.parquet"))),
-        "front": ("Predicted Pareto front (pareto.parquet)", read_table(results / "pareto.parquet")),
-        "chosen": ("Chosen merge: coefficients, predicted and measured metrics (selected.parquet)", chosen_merge(read_table(results / "selected.parquet"))),
+    if not isinstance(tables, Mapping):
+        layout = Layout(tables)
+        tables = {"reference": layout.reference, "pareto": layout.pareto, "selected": layout.selected,
+                  "evaluations": layout.ledger, "validation": layout.validation}
+    ledger = read_table(tables["evaluations"])
+    pages = {
+        "models": ("Single models (real evaluations, reference.parquet)", single_models(read_table(tables["reference"]))),
+        "front": ("Predicted Pareto front (pareto.parquet)", read_table(tables["pareto"])),
+        "chosen": ("Chosen merge: coefficients, predicted and measured metrics (selected.parquet)", chosen_merge(read_table(tables["selected"]))),
         "ledger": ("Real evaluations per stage, then per file (evaluations.parquet)", pd.concat([evaluations_by_stage(ledger), ledger], ignore_index=True)),
     }
     if "validation" in outputs:
-        tables["validation"] = ("Validation against the grid's ground truth (validation.parquet)", read_table(results / "validation.parquet"))
-    for key, (title, frame) in tables.items():
+        pages["validation"] = ("Validation against the grid's ground truth (validation.parquet)", read_table(tables["validation"]))
+    for key, (title, frame) in pages.items():
         html = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
         with atomic_path(outputs[key]) as tmp:
             tmp.write_text(f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{html}</body></html>\n")
@@ -71,33 +76,32 @@ def write_html_tables(results: str | os.PathLike, outputs: Mapping[str, str | os
 
 def write_report(results: str | os.PathLike, group_names: Sequence[str], out: str | os.PathLike) -> Path:
     """Write report.md for a run's results folder."""
-    results = Path(results)
-    reference = read_table(results / "reference.parquet")
-    selected = read_table(results / "selected.parquet")
-    sections = [f"# mapmerge report: {results.name}", ""]
+    layout = Layout(results)
+    reference = read_table(layout.reference)
+    selected = read_table(layout.selected)
+    sections = [f"# mapmerge report: {layout.root.name}", ""]
     sections += ["## Single models (real evaluations)", "", markdown_table(single_models(reference)), ""]
     for group in group_names:
-        gdir = results / "groups" / group
-        samples = read_table(gdir / "samples.parquet")
-        fit = read_table(gdir / "surrogate.parquet").drop(columns=["params", "tasks"])
-        front = read_table(gdir / "front.parquet")
+        samples = read_table(layout.samples(group))
+        fit = read_table(layout.surrogate(group)).drop(columns=["params", "tasks"])
+        front = read_table(layout.front(group))
         members = suffixes(samples.columns, "c")
         sections += [
             f"## Group {group}: {', '.join(members)}",
             "",
-            f"- {len(samples)} sampled merges evaluated; front of {len(front)} points: {gdir / 'front.parquet'}",
-            f"- merged checkpoint: {gdir / 'merged.safetensors'}",
+            f"- {len(samples)} sampled merges evaluated; front of {len(front)} points: {layout.front(group)}",
+            f"- merged checkpoint: {layout.merged(group)}",
             "",
             "Surrogate fit per task and metric:",
             "",
             markdown_table(fit),
             "",
         ]
-    tree = read_table(results / "groups.parquet")
+    tree = read_table(layout.group_tree)
     if len(tree) > 1:
         columns = ["level", "group", "members", "member_score", "coefficients", *[c for c in tree.columns if c.startswith("measured_")]]
         sections += ["## Nested merge tree (groups.parquet)", "", markdown_table(tree[columns]), ""]
-    ledger = read_table(results / "evaluations.parquet")
+    ledger = read_table(layout.ledger)
     sections += ["## Real evaluations (evaluations.parquet)", "", markdown_table(evaluations_by_stage(ledger)), ""]
     sections += [
         f"## Chosen merge of group {selected['group'].iloc[-1]} (predicted and measured)",
@@ -105,7 +109,7 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
         markdown_table(chosen_merge(selected)),
         "",
         f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
-        f"Plots: {results / 'plots'}",
+        f"Plots: {layout.plots}",
         "",
     ]
     with atomic_path(out) as tmp:

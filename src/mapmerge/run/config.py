@@ -20,6 +20,7 @@ from mapmerge.core import bayesian, groups
 from mapmerge.core.selection import PreferenceError, normalize_preference
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
+from mapmerge.layout import Layout
 from mapmerge.run import fingerprint, preflight, schema, validation_config
 from mapmerge.tensors import operators
 
@@ -176,12 +177,12 @@ def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, An
     bench = {**bench, "tasks": list(tasks), "seed": cfg["seed"]}
     source = _benchmark_source(bench)
     cfg["benchmark"] = bench
-    ckpt = Path(cfg["results"]) / "checkpoints"
+    layout = Layout(cfg["results"])
     model["builder"] = {"_target_": BENCHMARK_BUILDER, "width": bench["width"]}
-    model["pretrained"] = str(ckpt / "pretrained.safetensors")
+    model["pretrained"] = str(layout.checkpoint("pretrained"))
     model["tasks"] = {
         t: {
-            "checkpoint": str(ckpt / f"{t}.safetensors"),
+            "checkpoint": str(layout.checkpoint(t)),
             "evaluator": {
                 "_target_": BENCHMARK_EVALUATOR,
                 "task": t,

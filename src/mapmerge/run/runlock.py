@@ -19,7 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from mapmerge.io import RUN_LOCK, undo_writes
+from mapmerge.io import undo_writes
+from mapmerge.layout import Layout
 
 DRIVER_ENV = "MAPMERGE_DRIVER"  # pid@host of the driver, inherited by the jobs it starts
 ORPHAN_EXIT = 75  # exit status of a job that stopped because its driver is gone
@@ -32,7 +33,7 @@ class RunLockError(RuntimeError):
 
 
 def lock_path(results: str | os.PathLike) -> Path:
-    return Path(results) / RUN_LOCK
+    return Layout(results).lock
 
 
 def describe(info: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
+from mapmerge.layout import Layout
 from mapmerge.run import runlock
 
 ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
@@ -15,14 +16,15 @@ ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
 
 def summary(results: Path) -> str:
     """Where a run's front, plots and merged model are, and the chosen merge's metrics."""
-    report = results / "report.md"
+    paths = Layout(results)
+    report = paths.report
     if not report.exists():
         raise ArtifactError(f"{report}: not found; has the workflow finished for this run?")
-    selected = read_table(results / "selected.parquet")
-    lines = [report.read_text(), "Where to look:", f"  Pareto front:   {results / 'pareto.parquet'}"]
-    lines += [f"  plot:           {p}" for p in sorted((results / "plots").glob("*.png"))]
-    lines += [f"  merged model:   {results / 'groups' / g / 'merged.safetensors'}" for g in selected["group"]]
-    lines += [f"  chosen merge:   {results / 'selected.parquet'}", f"  report:         {report}"]
+    selected = read_table(paths.selected)
+    lines = [report.read_text(), "Where to look:", f"  Pareto front:   {paths.pareto}"]
+    lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
+    lines += [f"  merged model:   {paths.merged(g)}" for g in selected["group"]]
+    lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
     return "\n".join(lines)
 
 

@@ -46,13 +46,12 @@ from mapmerge.io import (
     read_table,
     table_metadata,
 )
+from mapmerge.layout import Layout
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import runlock
 from mapmerge.tensors.operators import SEEDED
 
-NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")
-ROUND_FILE = re.compile(r"^r(\d{2})\.parquet$")
-ROUND_EVAL = re.compile(r"^r\d{2}b\d+\.parquet$")
+NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 STATUS_STAGES = [
     "prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level",
@@ -72,7 +71,7 @@ class UsageError(ValueError):
 
 
 @dataclass
-class Layout:
+class Scan:
     """A run folder's method, tasks and groups, as far as its artifacts tell."""
 
     results: Path
@@ -90,10 +89,14 @@ class Layout:
     def level_of(self, group: str) -> int:
         return next(k for k, names in enumerate(self.levels, 1) for g in names if g == group)
 
+    @property
+    def paths(self) -> Layout:
+        return Layout(self.results)
+
 
 def _level_plans(results: Path) -> dict[int, Path]:
     found = {}
-    for path in (results / "levels").glob("level*.parquet"):
+    for path in Layout(results).levels.glob("level*.parquet"):
         number = path.stem.removeprefix("level")
         if number.isdigit():
             found[int(number)] = path
@@ -101,13 +104,13 @@ def _level_plans(results: Path) -> dict[int, Path]:
 
 
 def _group_dirs(results: Path) -> list[str]:
-    root = results / "groups"
+    root = Layout(results).groups
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
 def _rounds(results: Path, group: str) -> list[Path]:
-    folder = results / "groups" / group / "rounds"
-    return sorted(p for p in folder.glob("r*.parquet") if ROUND_FILE.match(p.name)) if folder.is_dir() else []
+    folder = Layout(results).rounds(group)
+    return sorted(p for p in folder.glob("r*.parquet") if Layout.round_number(p) is not None) if folder.is_dir() else []
 
 
 def _try_read(path: Path, problems: dict[Path, str], columns: list[str] | None = None) -> pd.DataFrame | None:
@@ -123,9 +126,10 @@ def _nested_order(name: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def scan(results: Path) -> Layout:
+def scan(results: Path) -> Scan:
     """The method, tasks and groups of a run folder (which may be partly finished)."""
     results = Path(results)
+    paths = Layout(results)
     if not results.is_dir():
         raise UsageError(f"{results}: not a folder")
     problems: dict[Path, str] = {}
@@ -136,11 +140,11 @@ def scan(results: Path) -> Layout:
     tasks: list[str] = []
     if frames.get(1) is not None:
         tasks = [t for ts in frames[1]["tasks"] for t in ts]
-    if not tasks and (results / "reference.parquet").exists():
-        ref = _try_read(results / "reference.parquet", problems, columns=["model"])
+    if not tasks and paths.reference.exists():
+        ref = _try_read(paths.reference, problems, columns=["model"])
         tasks = [] if ref is None else [m for m in dict.fromkeys(ref["model"]) if m != "pretrained"]
     if not tasks:
-        tasks = sorted(p.stem for p in (results / "task_vectors").glob("*.safetensors"))
+        tasks = sorted(p.stem for p in paths.task_vectors.glob("*.safetensors"))
     names = planned + dirs
     if any(NESTED_GROUP.match(g) for g in names):
         method, why = "nested", "groups named L<level>g<j>"
@@ -160,7 +164,7 @@ def scan(results: Path) -> Layout:
         levels = [[groups.PLAIN_GROUP]]
     else:
         levels = []
-    return Layout(results, method, why, tasks, plans, levels, problems)
+    return Scan(results, method, why, tasks, plans, levels, problems)
 
 
 def artifact_damage(path: Path) -> str | None:
@@ -208,28 +212,28 @@ def _rows(path: Path) -> int | None:
         return None
 
 
-def _evaluation_files(results: Path, layout: Layout) -> list[tuple[str, str | None, Path]]:
+def _evaluation_files(results: Path, layout: Scan) -> list[tuple[str, str | None, Path]]:
     """(stage, group, path) of every evaluation file on disk."""
+    paths = Layout(results)
     files = []
-    if (results / "reference_examples.parquet").exists():
-        files.append(("evaluate_reference", None, results / "reference_examples.parquet"))
+    if paths.reference_examples.exists():
+        files.append(("evaluate_reference", None, paths.reference_examples))
     for group in sorted(set(layout.groups) | set(_group_dirs(results))):
-        gdir = results / "groups" / group
-        for path in sorted((gdir / "evals").glob("*.parquet")):
-            files.append(("evaluate_round" if ROUND_EVAL.match(path.name) else "evaluate_sample", group, path))
-        if (gdir / "selected_evals.parquet").exists():
-            files.append(("evaluate_selected", group, gdir / "selected_evals.parquet"))
+        for path in sorted(paths.evals(group).glob("*.parquet")):
+            files.append(("evaluate_round" if Layout.is_round_batch(path) else "evaluate_sample", group, path))
+        if paths.selected_evals(group).exists():
+            files.append(("evaluate_selected", group, paths.selected_evals(group)))
     return files
 
 
-def evaluation_counts(results: Path, layout: Layout) -> tuple[pd.DataFrame, str]:
+def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
     """Real evaluations per stage (files, models, (model, task) evaluations) and where the counts come from.
 
     From evaluations.parquet (the ledger) when it is there, else counted from the evaluation files
     as the ledger counts them (models per file, distinct (model, task) pairs per file).
     """
     columns = ["stage", "files", "models", "task_evaluations"]
-    ledger = results / "evaluations.parquet"
+    ledger = Layout(results).ledger
     if ledger.exists():
         frame = _try_read(ledger, layout.problems)
         if frame is not None:
@@ -309,67 +313,79 @@ def status(results: Path) -> str:
     if driver:
         lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
 
-    def each(name: str) -> list[Path]:
-        return [R / "groups" / g / name for g in groups_]
+    L = Layout(R)
 
-    def gcount(name: str, stage: str) -> tuple[str, str, str]:
-        return stage, disk.state(each(name), n_groups), f"groups/<g>/{name}: {disk.count(each(name))} of {n_groups or '?'} groups"
+    def each(artifact: str) -> list[Path]:
+        """A group artifact (a method of Layout) of every group."""
+        return [getattr(L, artifact)(g) for g in groups_]
+
+    def pattern(*artifacts: str) -> str:
+        """'groups/<g>/front.parquet' for Layout.front, the others by file name."""
+        first, *rest = (getattr(L, a)("<g>") for a in artifacts)
+        return ", ".join([str(first.relative_to(R)), *(p.name for p in rest)])
+
+    def gcount(artifact: str) -> tuple[str, str]:
+        return disk.state(each(artifact), n_groups), f"{pattern(artifact)}: {disk.count(each(artifact))} of {n_groups or '?'} groups"
 
     def present(paths: Sequence[Path]) -> str:  # for stages whose count is not checked against an expected one
         return "unreadable" if disk.bad(paths) else ("done" if disk.count(paths) else "-")
 
+    def named(*paths: Path) -> str:
+        return ", ".join(str(p.relative_to(R)) for p in paths)
+
     counts, source = evaluation_counts(R, layout)  # first: it reads evaluations.parquet whole, which may find it damaged
-    ckpts = sorted((R / "checkpoints").glob("*.safetensors"))
-    if (R / "benchmark.parquet").exists():
-        files = [R / "benchmark.parquet", *ckpts]
-        bench = ("prepare_benchmark", "unreadable" if disk.bad(files) else "done", f"benchmark.parquet, checkpoints/ ({len(ckpts)} files)")
+    ckpts = sorted(L.checkpoints.glob("*.safetensors"))
+    if L.benchmark.exists():
+        files = [L.benchmark, *ckpts]
+        bench = ("unreadable" if disk.bad(files) else "done", f"{named(L.benchmark)}, {named(L.checkpoints)}/ ({len(ckpts)} files)")
     else:
-        bench = ("prepare_benchmark", "-", "no benchmark.parquet: not run yet, or a user model (checkpoints outside the run folder)")
-    vectors = [R / "task_vectors" / f"{t}.safetensors" for t in tasks]
+        bench = ("-", f"no {named(L.benchmark)}: not run yet, or a user model (checkpoints outside the run folder)")
+    vectors = [L.task_vector(t) for t in tasks]
     n_levels = len(layout.levels) or None
     rounds = {g: _rounds(R, g) for g in groups_}
     later = [p for r in rounds.values() for p in r[1:]]
-    evals = {g: sorted((R / "groups" / g / "evals").glob("*.parquet")) for g in groups_}
-    batches = [p for files in evals.values() for p in files if not ROUND_EVAL.match(p.name)]
-    round_batches = [p for files in evals.values() for p in files if ROUND_EVAL.match(p.name)]
-    merge_outputs = [each(f) for f in ("merged.safetensors", "vector.safetensors", "choice.parquet")]
+    evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in groups_}
+    batches = [p for files in evals.values() for p in files if not Layout.is_round_batch(p)]
+    round_batches = [p for files in evals.values() for p in files if Layout.is_round_batch(p)]
+    merge_outputs = [each(f) for f in ("merged", "group_vector", "choice")]
     merged = min(disk.count(files) for files in merge_outputs)
-    collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples.parquet"), each("metrics.parquet")))
-    aggregate = ["pareto.parquet", "selected.parquet", "groups.parquet", "report.md"]
-    tables = sum((R / "report" / f"{name}.html").exists() for name in HTML_TABLES)
-    agg_done = [f for f in aggregate if disk.good(R / f)]
-    pngs = sorted((R / "plots").glob("*.png"))
-    if disk.bad([R / f for f in aggregate]):
+    collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
+    aggregate = [L.pareto, L.selected, L.group_tree, L.report]
+    tables = sum(L.report_table(name).exists() for name in HTML_TABLES)
+    agg_done = [f for f in aggregate if disk.good(f)]
+    pngs = sorted(L.plots.glob("*.png"))
+    if disk.bad(aggregate):
         agg_state = "unreadable"
     else:
         agg_state = "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing")
-    rows = [
-        bench,
-        ("extract_task_vector", disk.state(vectors, len(tasks) or None),
-         f"task_vectors/<task>.safetensors: {disk.count(vectors)} of {len(tasks) or '?'} tasks"),
-        ("task_vector_table", disk.state([R / "task_vectors.parquet"], 1), "task_vectors.parquet"),
-        ("evaluate_reference", disk.state([R / "reference.parquet", R / "reference_examples.parquet"], 2),
-         "reference.parquet, reference_examples.parquet"),
-        ("plan_level", disk.state(list(layout.plans.values()), n_levels),
-         f"levels/level<k>.parquet: {disk.count(list(layout.plans.values()))} of {n_levels or '?'} levels"),
-        gcount("rounds/r00.parquet", "sample_coefficients"),
-        ("propose_round", present(later),
-         f"groups/<g>/rounds/r<NN>.parquet after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)")),
-        ("evaluate_sample", "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
-         f"groups/<g>/evals/b<NNNN>.parquet: {len(batches)} batches"),
-        ("evaluate_round", present(round_batches), f"groups/<g>/evals/r<NN>b<NNNN>.parquet: {len(round_batches)} batches"
-         + ("" if round_batches else " (Bayesian MAP only)")),
-        ("collect_metrics", "unreadable" if disk.bad(each("samples.parquet") + each("metrics.parquet")) else _state(collected, n_groups),
-         f"groups/<g>/samples.parquet, metrics.parquet: {collected} of {n_groups or '?'} groups"),
-        gcount("surrogate.parquet", "fit_surrogate"),
-        gcount("front.parquet", "pareto_front"),
-        ("merge_group", "unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
-         f"groups/<g>/merged.safetensors, vector.safetensors, choice.parquet: {merged} of {n_groups or '?'} groups"),
-        gcount("selected_evals.parquet", "evaluate_selected"),
-        ("ledger", disk.state([R / "evaluations.parquet"], 1), "evaluations.parquet"),
-        ("aggregate", agg_state, f"{', '.join(aggregate)}: {len(agg_done)} of {len(aggregate)}; plots/: {len(pngs)} PNG"),
-        ("report_tables", _state(tables, len(HTML_TABLES)), f"report/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}"),
-    ]
+    plans = list(layout.plans.values())
+    designs = [L.round(g, 0) for g in groups_]
+    states = {
+        "prepare_benchmark": bench,
+        "extract_task_vector": (disk.state(vectors, len(tasks) or None),
+                                f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks"),
+        "task_vector_table": (disk.state([L.task_vector_table], 1), named(L.task_vector_table)),
+        "evaluate_reference": (disk.state([L.reference, L.reference_examples], 2), named(L.reference, L.reference_examples)),
+        "plan_level": (disk.state(plans, n_levels), f"{named(L.plan('<k>'))}: {disk.count(plans)} of {n_levels or '?'} levels"),
+        "sample_coefficients": (disk.state(designs, n_groups), f"{named(L.round('<g>', 0))}: {disk.count(designs)} of {n_groups or '?'} groups"),
+        "propose_round": (present(later), f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)")),
+        "evaluate_sample": ("unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
+                            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches"),
+        "evaluate_round": (present(round_batches), f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
+                           + ("" if round_batches else " (Bayesian MAP only)")),
+        "collect_metrics": ("unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
+                            f"{pattern('samples', 'metrics')}: {collected} of {n_groups or '?'} groups"),
+        "fit_surrogate": gcount("surrogate"),
+        "pareto_front": gcount("front"),
+        "merge_group": ("unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
+                        f"{pattern('merged', 'group_vector', 'choice')}: {merged} of {n_groups or '?'} groups"),
+        "evaluate_selected": gcount("selected_evals"),
+        "ledger": (disk.state([L.ledger], 1), named(L.ledger)),
+        "aggregate": (agg_state, f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG"),
+        "report_tables": (_state(tables, len(HTML_TABLES)),
+                          f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}"),
+    }
+    rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in STATUS_STAGES]
     lines += ["", *_table(rows, ["stage", "state", "artifacts"])]
 
     lines += ["", f"Real evaluations ({source}):"]
@@ -386,8 +402,7 @@ def status(results: Path) -> str:
     if groups_:
         table = []
         for g in groups_:
-            gdir = R / "groups" / g
-            front, samples, merged_file = gdir / "front.parquet", gdir / "samples.parquet", gdir / "merged.safetensors"
+            front, samples, merged_file = L.front(g), L.samples(g), L.merged(g)
             table.append((g, layout.level_of(g), len(rounds[g]), len(evals[g]),
                           shown(samples, _rows(samples) if disk.good(samples) else None),
                           shown(front, _rows(front) if disk.good(front) else None),
@@ -405,25 +420,25 @@ def status(results: Path) -> str:
 # The final group, its front and its metric
 
 
-def final_group(layout: Layout) -> tuple[str, dict[str, Any]]:
+def final_group(layout: Scan) -> tuple[str, dict[str, Any]]:
     """The name of the group whose merge is the final model, and its plan (members, tasks inside each)."""
     R = layout.results
     if not layout.groups:
         raise ArtifactError(f"{R}: no group planned yet (levels/ is empty); has the workflow run?")
     group = layout.groups[-1]
-    plan = R / "levels" / f"level{len(layout.levels)}.parquet"
+    plan = layout.paths.plan(len(layout.levels))
     if plan.exists():
         return group, groups.group_info(read_table(plan), group)
     if layout.method == "nested":
         raise ArtifactError(f"{plan}: not found; the run has not reached its top level (group {group}) yet")
-    front = read_table(R / "groups" / group / "front.parquet")  # a run from before levels/ existed
+    front = read_table(layout.paths.front(group))  # a run from before levels/ existed
     members = suffixes(front.columns, "c")
     return group, {"group": group, "level": 1, "members": members, "member_tasks": [[m] for m in members], "tasks": members}
 
 
 def front_file(results: Path, group: str) -> Path:
     """The final group's front.parquet; ArtifactError saying so when the run has not made it yet."""
-    path = results / "groups" / group / "front.parquet"
+    path = Layout(results).front(group)
     if not path.exists():
         raise ArtifactError(
             f"{path}: not found; the final group {group} has no Pareto front yet (`mapmerge status {results}` shows how far the run got)"
@@ -438,7 +453,7 @@ def objective_metric(results: Path, front: pd.DataFrame, tasks: Sequence[str], g
         if given not in available:
             raise UsageError(f"--metric: the front has no predicted '{given}' for every task; it has: {', '.join(available)}")
         return given, "--metric"
-    tree = results / "groups.parquet"
+    tree = Layout(results).group_tree
     if tree.exists():
         recorded = [m for m in suffixes(table_columns(tree), "measured") if m in available]
         if len(recorded) == 1:
@@ -531,7 +546,7 @@ class PretrainedRecord:
     def hint(self, results: Path) -> str:
         """What to give instead of a wrong --pretrained."""
         if self.builtin:
-            return f"the run's own is {results / 'checkpoints' / str(self.name)}: leave --pretrained out"
+            return f"the run's own is {Layout(results).checkpoints / str(self.name)}: leave --pretrained out"
         return f"give the checkpoint the run merged ({self.key})"
 
 
@@ -540,7 +555,7 @@ def _checkpoint_sources(results: Path) -> list[str]:
     from mapmerge.tensors.checkpoints import safetensors_metadata  # deferred: torch
 
     names = []
-    for path in sorted((results / "task_vectors").glob("*.safetensors")):
+    for path in sorted(Layout(results).task_vectors.glob("*.safetensors")):
         try:
             source = safetensors_metadata(path).get("source")
         except Exception:  # an unreadable vector: select fails on it later, naming it
@@ -560,7 +575,7 @@ def _config_key(sources: Sequence[str]) -> str:
     return "model.pretrained"
 
 
-def pretrained_record(results: Path, layout: Layout, group: str) -> PretrainedRecord:
+def pretrained_record(results: Path, layout: Scan, group: str) -> PretrainedRecord:
     """The run's pretrained checkpoint as its artifacts record it: file name and hash.
 
     Every artifact's metadata maps the file names of its inputs to their hashes (mapmerge.io.provenance).
@@ -573,17 +588,17 @@ def pretrained_record(results: Path, layout: Layout, group: str) -> PretrainedRe
     """
     sources = _checkpoint_sources(results)
     key = _config_key(sources)
-    bench = results / "benchmark.parquet"
+    paths = Layout(results)
+    bench = paths.benchmark
     if bench.exists():
         frame = read_table(bench, columns=["model", "file"])
         rows = frame[frame["model"] == "pretrained"]
         name = str(rows["file"].iloc[0]) if len(rows) else "pretrained.safetensors"
         digest = json.loads(table_metadata(bench).get("mapmerge.inputs", "{}")).get(name)
         return PretrainedRecord("model.pretrained", True, name, digest, bench, "" if digest else f"{bench} records no hash of it")
-    records = [results / "reference.parquet", results / "reference_examples.parquet",
-               *sorted((results / "groups" / group / "evals").glob("*.parquet"))]
-    others = {f"{t}.safetensors" for t in [*layout.tasks, *(p.stem for p in (results / "task_vectors").glob("*.safetensors"))]}
-    others |= {"vector.safetensors", *sources}
+    records = [paths.reference, paths.reference_examples, *sorted(paths.evals(group).glob("*.parquet"))]
+    others = {paths.task_vector(t).name for t in [*layout.tasks, *(p.stem for p in paths.task_vectors.glob("*.safetensors"))]}
+    others |= {paths.group_vector(group).name, *sources}
     for path in records:
         try:
             inputs = json.loads(table_metadata(path).get("mapmerge.inputs", "{}"))
@@ -619,7 +634,7 @@ def find_pretrained(results: Path, given: Path | None, record: PretrainedRecord)
     if given is not None:
         return pretrained_file(given), "--pretrained"
     if record.builtin:
-        path = results / "checkpoints" / str(record.name)
+        path = Layout(results).checkpoints / str(record.name)
         if not path.exists():
             raise ArtifactError(f"{path}: not found (the built-in benchmark's pretrained checkpoint, see {record.source})")
         return path, "the built-in benchmark's checkpoints/"
@@ -659,7 +674,7 @@ def member_vectors(results: Path, members: Sequence[str], tasks: Sequence[str]) 
     """Each member's task vector: task_vectors/<task>.safetensors, or a lower group's groups/<g>/vector.safetensors."""
     vectors = {}
     for m in members:
-        path = results / "task_vectors" / f"{m}.safetensors" if m in tasks else results / "groups" / m / "vector.safetensors"
+        path = Layout(results).vector(m, list(tasks))
         if not path.exists():
             raise ArtifactError(f"{path}: not found (the task vector of member '{m}')")
         vectors[m] = path
@@ -709,9 +724,9 @@ def check_reproduces(
 
 def check_out(results: Path, out: Path) -> None:
     """Refuse an --out that would add or replace a file of the run folder outside RESULTS/selected/, or is a folder."""
-    run, target = results.resolve(), out.resolve()
-    if target.is_relative_to(run) and not target.is_relative_to(run / "selected"):
-        raise UsageError(f"--out {out}: inside the run folder {results}, where select writes only under {results / 'selected'}/; "
+    run, target, selections = results.resolve(), out.resolve(), Layout(results).selections
+    if target.is_relative_to(run) and not target.is_relative_to(selections.resolve()):
+        raise UsageError(f"--out {out}: inside the run folder {results}, where select writes only under {selections}/; "
                          "give a path there or outside the run folder")
     if target.is_dir():
         raise UsageError(f"--out {out}: is a folder; give a file path (.safetensors, else a torch state dict)")
@@ -774,17 +789,18 @@ def select(
         task_weights = selection.normalize_preference(preference, tasks)
     except selection.PreferenceError as exc:
         raise UsageError(f"--prefer: {exc}") from None
-    gdir = results / "groups" / group
+    paths = Layout(results)
+    merged = paths.merged(group)
     front = read_table(front_file(results, group))
     metric, metric_source = objective_metric(results, front, tasks, metric)
-    operator, chosen, recorded_seed = merge_record(gdir / "merged.safetensors")
+    operator, chosen, recorded_seed = merge_record(merged)
     if operator.get("operator") in SEEDED:
         if recorded_seed is not None and seed is not None and int(seed) != int(recorded_seed):
-            raise UsageError(f"--seed {seed}: the run merged with seed {recorded_seed} ({gdir / 'merged.safetensors'})")
+            raise UsageError(f"--seed {seed}: the run merged with seed {recorded_seed} ({merged})")
         seed = recorded_seed if recorded_seed is not None else seed
         if seed is None:
             raise UsageError(
-                f"the run's merge operator {operator['operator']} draws random masks and {gdir / 'merged.safetensors'} "
+                f"the run's merge operator {operator['operator']} draws random masks and {merged} "
                 "does not record their seed; give the run's seed (the config's `seed`) with --seed N"
             )
         seed = int(seed)
@@ -798,15 +814,15 @@ def select(
         from mapmerge.tensors.checkpoints import SHARD_INDEX_SUFFIX  # deferred: torch
 
         torch_file = pre_path.suffix != ".safetensors" and not pre_path.name.endswith(SHARD_INDEX_SUFFIX)
-        out = results / "selected" / f"{preference_name(preference, method, rho)}{'.pt' if torch_file else '.safetensors'}"
+        out = paths.selections / f"{preference_name(preference, method, rho)}{'.pt' if torch_file else '.safetensors'}"
     out = Path(out)
     if out.resolve() == pre_path.resolve():
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
     checked = check_pretrained(results, pre_path, pretrained is not None, record)
     if checked is None:
-        check_reproduces(pre_path, vectors, [float(chosen[m]) for m in members], operator, seed, gdir / "merged.safetensors",
+        check_reproduces(pre_path, vectors, [float(chosen[m]) for m in members], operator, seed, merged,
                          pretrained is not None, record.hint(results))
-        checked = f"merged at the run's own coefficients it gives {gdir / 'merged.safetensors'}, every tensor ({record.why})"
+        checked = f"merged at the run's own coefficients it gives {merged}, every tensor ({record.why})"
 
     index, member_weights = pick_point(front, info, task_weights, metric, method, rho)
     c = {m: float(front[f"c_{m}"].iloc[index]) for m in members}
@@ -861,20 +877,20 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     results = Path(results)
     layout = scan(results)
     group, info = final_group(layout)
-    gdir = results / "groups" / group
+    paths = Layout(results)
     front = read_table(front_file(results, group)).assign(group=group)
     metric, _ = objective_metric(results, front, info["tasks"], metric)
     chosen = None
-    if (gdir / "choice.parquet").exists():
-        chosen = read_table(gdir / "choice.parquet").assign(group=group)
-        if (gdir / "selected_evals.parquet").exists():
-            measured = metrics_from_examples(read_table(gdir / "selected_evals.parquet")).set_index(["metric", "task"])["value"]
+    if paths.choice(group).exists():
+        chosen = read_table(paths.choice(group)).assign(group=group)
+        if paths.selected_evals(group).exists():
+            measured = metrics_from_examples(read_table(paths.selected_evals(group))).set_index(["metric", "task"])["value"]
             for name in sorted(set(measured.index.get_level_values("metric"))):
                 for task in suffixes(chosen.columns, metric):
                     chosen[f"measured_{name}_{task}"] = measured[(name, task)]
-    samples = read_table(gdir / "samples.parquet")
-    samples = samples.merge(wide_metrics(read_table(gdir / "metrics.parquet"), "sample").reset_index(), on="sample")
-    reference = read_table(results / "reference.parquet")
+    samples = read_table(paths.samples(group))
+    samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
+    reference = read_table(paths.reference)
     return plots.plot_all(samples, front, reference, suffixes(front.columns, metric), metric,
-                          out_dir if out_dir is not None else results / "plots", selected=chosen,
+                          out_dir if out_dir is not None else paths.plots, selected=chosen,
                           maximize=maximized(metric), members=suffixes(front.columns, "c"))
