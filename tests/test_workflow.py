@@ -128,8 +128,8 @@ def planned_reasons(output: str) -> dict[str, list[str]]:
     "module, rules, kept",
     [
         # a later stage's code: the evaluations on disk are kept
-        ("plots.py", {"aggregate"}, {"evaluate_reference", "evaluate_sample", "evaluate_selected", "fit_surrogate", "merge_group"}),
-        ("evaluate.py", {"evaluate_reference", "evaluate_sample"}, {"prepare_benchmark", "extract_task_vector", "plan_level", "sample_coefficients"}),
+        ("outputs/plots.py", {"aggregate"}, {"evaluate_reference", "evaluate_sample", "evaluate_selected", "fit_surrogate", "merge_group"}),
+        ("stages/evaluation.py", {"evaluate_reference", "evaluate_sample"}, {"prepare_benchmark", "extract_task_vector", "plan_level", "sample_coefficients"}),
     ],
 )
 def test_a_code_change_reruns_the_stages_that_run_it(run, tmp_path, module, rules, kept):
