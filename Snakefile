@@ -3,16 +3,16 @@
 #   snakemake --cores N --config experiment=my.yaml       your own model and tasks
 #   snakemake --cores N --config overrides='[name=trial2, surrogate.loo=false]'
 # The config is composed once with Hydra (config/); each rule gets only its own sub-config as params.
+# Every rule runs its stage as a `shell:` job (workflow/rules/common.smk, mapmerge.run.job) that imports
+# only that stage's module: this file and its imports stay free of torch, pymoo and matplotlib.
 
 import sys
 from pathlib import Path
 
-from mapmerge.run import preflight
-from mapmerge.run.config import ConfigError, load_config, stage_config
 from mapmerge.core import groundtruth
-from mapmerge.run import validation_config
-from mapmerge.outputs import report as report_module
-from mapmerge.run.logs import run_stage
+from mapmerge.outputs.report import HTML_TABLES
+from mapmerge.run import preflight, validation_config
+from mapmerge.run.config import ConfigError, load_config, stage_config
 
 # Every check runs here, before the first job (the driver also reads the files the config names); a
 # mistake ends the run with one line and touches nothing on disk.
@@ -31,13 +31,10 @@ R = CFG["results"]
 TASKS = CFG["task_names"]
 MODEL = CFG["model"]
 DEVICE = CFG["evaluation"]["device"]
-BATCH = CFG["evaluation"]["samples_per_job"]
-EVAL = CFG["resources"]["evaluate"]
-LIGHT = CFG["resources"]["light"]
 VALIDATION = CFG["validation"]
 HF_FOLDERS = MODEL.get("adapter") == "transformers"  # merge_group also writes groups/<g>/merged/<task>/
 # report/<name>.html, for snakemake --report
-REPORT_TABLES = report_module.HTML_TABLES + (("validation",) if CFG["validation"]["enabled"] else ())
+REPORT_TABLES = HTML_TABLES + (("validation",) if VALIDATION["enabled"] else ())
 
 
 report: "workflow/report/workflow.rst"

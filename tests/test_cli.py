@@ -63,7 +63,8 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
     elif bench is None:
         threads = torch.get_num_threads()
         try:
-            prepare_benchmark.run_prepare_benchmark(P("prepare_benchmark"), Path(model["pretrained"]).parent, R / "benchmark.parquet")
+            prepare_benchmark.run_prepare_benchmark(P("prepare_benchmark"), pretrained=model["pretrained"], table=R / "benchmark.parquet",
+                                                    finetuned=[model["tasks"][t]["checkpoint"] for t in tasks])
         finally:
             torch.set_num_threads(threads)
     else:
@@ -78,10 +79,11 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
         return R / "task_vectors" / f"{m}.safetensors" if m in tasks else R / "groups" / m / "vector.safetensors"
 
     for t in tasks:
-        task_vectors.run_extract_task_vector(P("extract_task_vector"), t, pre, checkpoints[t], vector_path(t))
-    task_vectors.run_task_vector_table({t: vector_path(t) for t in tasks}, R / "task_vectors.parquet")
+        task_vectors.run_extract_task_vector(P("extract_task_vector"), task=t, pretrained=pre, finetuned=checkpoints[t], vector=vector_path(t))
+    task_vectors.run_task_vector_table(P("task_vector_table"), vectors={t: vector_path(t) for t in tasks}, table=R / "task_vectors.parquet")
     reference_files = {"pretrained": pre, "vectors": {t: vector_path(t) for t in tasks}, "checkpoints": checkpoints}
-    evaluation.run_evaluate_reference(P("evaluate"), reference_files, R / "reference.parquet", R / "reference_examples.parquet", device="cpu")
+    evaluation.run_evaluate_reference(P("evaluate"), **reference_files, metrics=R / "reference.parquet",
+                                      examples=R / "reference_examples.parquet", device="cpu")
     plans, evals = [], {"reference_examples.parquet": R / "reference_examples.parquet"}
     batch = cfg["evaluation"]["samples_per_job"]
     for k, names in enumerate(levels, 1):
@@ -92,41 +94,46 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
             inputs = {"reference": R / "reference.parquet"} if cfg["method"] == "nested" else {}
         else:
             inputs = {"previous": plans[-1], "selected": {g: R / "groups" / g / "selected_evals.parquet" for g in levels[k - 2]}}
-        plan_level.run_plan_level(params, k, plan, **inputs)
+        plan_level.run_plan_level(params, level=k, plan=plan, **inputs)
         plans.append(plan)
         for g in names:
             gdir = R / "groups" / g
             candidates = groups.candidates(tasks, levels, k)
             files = {"pretrained": pre, "vectors": {m: vector_path(m) for m in candidates}, "checkpoints": checkpoints}
             rounds = [gdir / "rounds" / "r00.parquet"]
-            sample_coefficients.run_sample_coefficients(P("sample_coefficients"), plan, g, rounds[0])
+            sample_coefficients.run_sample_coefficients(P("sample_coefficients"), plan=plan, group=g, samples=rounds[0])
             design = read_table(rounds[0])
             coefficients = {row["sample"]: [float(row[c]) for c in design.columns if c.startswith("c_")] for _, row in design.iterrows()}
             outs = []
             for b, samples in sample_batches(list(design["sample"]), batch).items():
                 outs.append(gdir / "evals" / f"{b}.parquet")
-                evaluation.run_evaluate_samples(P("evaluate"), files, plan, g, {s: coefficients[s] for s in samples}, outs[-1], device="cpu")
+                evaluation.run_evaluate_samples(P("evaluate"), **files, plan=plan, group=g, coefficients={s: coefficients[s] for s in samples},
+                                                examples=outs[-1], device="cpu")
             for r in range(1, (cfg["bayesian"]["rounds"] if cfg["method"] == "bayesian" else 0) + 1):
                 rounds.append(gdir / "rounds" / f"r{r:02d}.parquet")
-                propose_round.run_propose_round(P("propose_round"), r, rounds[:-1], list(outs), rounds[-1])
+                propose_round.run_propose_round(P("propose_round"), round=r, rounds=rounds[:-1], evals=list(outs), samples=rounds[-1])
                 for i in range(-(-len(read_table(rounds[-1])) // batch)):
                     outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
-                    evaluation.run_evaluate_round(P("evaluate"), files, plan, g, rounds[-1], i, batch, outs[-1], device="cpu")
+                    evaluation.run_evaluate_round(P("evaluate"), **files, plan=plan, samples=rounds[-1], group=g, index=i, size=batch,
+                                                  examples=outs[-1], device="cpu")
             if not finish:
                 return R
-            collect.run_collect_metrics(rounds, outs, gdir / "metrics.parquet", gdir / "samples.parquet")
-            fit_surrogate.run_fit_surrogate(P("fit_surrogate"), gdir / "samples.parquet", gdir / "metrics.parquet", gdir / "surrogate.parquet")
-            pareto_front.run_pareto_front(P("pareto_front"), gdir / "surrogate.parquet", gdir / "samples.parquet", plan, g,
-                                          gdir / "front.parquet")
-            merge_group.run_merge_group(P("merge_group"), gdir / "front.parquet", files, plan, g, gdir / "merged.safetensors",
-                                        gdir / "vector.safetensors", gdir / "choice.parquet")
-            evaluation.run_evaluate_selected(P("evaluate"), gdir / "choice.parquet", files, plan, g, gdir / "selected_evals.parquet",
-                                             device="cpu")
+            collect.run_collect_metrics(P("collect_metrics"), rounds=rounds, evals=outs, metrics=gdir / "metrics.parquet",
+                                        samples=gdir / "samples.parquet")
+            fit_surrogate.run_fit_surrogate(P("fit_surrogate"), samples=gdir / "samples.parquet", metrics=gdir / "metrics.parquet",
+                                            surrogate=gdir / "surrogate.parquet")
+            pareto_front.run_pareto_front(P("pareto_front"), surrogate=gdir / "surrogate.parquet", samples=gdir / "samples.parquet",
+                                          plan=plan, group=g, front=gdir / "front.parquet")
+            merge_group.run_merge_group(P("merge_group"), **files, plan=plan, front=gdir / "front.parquet", group=g,
+                                        merged=gdir / "merged.safetensors", vector=gdir / "vector.safetensors",
+                                        choice=gdir / "choice.parquet", folders=gdir / "merged")
+            evaluation.run_evaluate_selected(P("evaluate"), **files, plan=plan, choice=gdir / "choice.parquet", group=g,
+                                             examples=gdir / "selected_evals.parquet", device="cpu")
             evals.update({f"{g}/{p.name}": p for p in [*outs, gdir / "selected_evals.parquet"]})
-    collect.run_ledger(evals, R / "evaluations.parquet")
+    collect.run_ledger(P("ledger"), evals=evals, ledger=R / "evaluations.parquet")
     outputs = {f: R / f"{f}.parquet" for f in ("pareto", "selected", "groups")}
-    aggregate.run_aggregate(P("aggregate"), R, plans, group_names, R / "evaluations.parquet",
-                             {**outputs, "report": R / "report.md", "plots": R / "plots"})
+    aggregate.run_aggregate(P("aggregate"), reference=R / "reference.parquet", plans=plans, ledger=R / "evaluations.parquet",
+                            **outputs, report=R / "report.md", results=R, group_names=group_names)
     report.write_html_tables(R, {name: R / "report" / f"{name}.html" for name in report.HTML_TABLES})
     return R
 

@@ -42,15 +42,20 @@ def command(workdir: Path, *args: str, overrides: list[str] = BASE, experiment: 
 
 
 def job_processes(workdir: Path) -> list[int]:
-    """Snakemake job processes (not drivers) running in `workdir`."""
+    """Job processes (mapmerge.run.job, not drivers) running in `workdir`."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"--target-jobs" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == workdir:
+            if proc.name.isdigit() and b"mapmerge.run.job" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == workdir:
                 pids.append(int(proc.name))
         except OSError:
             continue
     return pids
+
+
+def recorded_batches(workdir: Path) -> int:
+    """evaluate_sample jobs the driver has recorded as finished (its output, driver.log)."""
+    return (workdir / "driver.log").read_text().count("(Rule: evaluate_sample)")
 
 
 @dataclass
@@ -79,7 +84,9 @@ def killed(tmp_path_factory) -> Killed:
         others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                   for cmd in (command(workdir), elsewhere)]
         same_folder, elsewhere_run = [(p.wait(timeout=300), p.stdout.read()) for p in others]
-        wait_for(lambda: any(evals.glob("b*.parquet")) and job_processes(workdir), driver)
+        # a batch done and recorded by the driver (it prints "Finished jobid" after recording a job, and a job
+        # exits right after writing its output), another being evaluated
+        wait_for(lambda: recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0 and job_processes(workdir), driver)
     finally:
         driver.kill()
         driver.wait()

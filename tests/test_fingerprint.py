@@ -78,13 +78,16 @@ EXPECTED = {
     # the run folder's layout: read by the stages that find files by name (aggregate, and the report)
     "mapmerge.layout": {"aggregate", "report_tables"},
     "mapmerge.core.groundtruth": {"validate_front", "validate"},
-    # no stage runs these: the config (its values are the params), the command line, run folders, locks, logs
+    # no stage runs these: the config (its values are the params), the command line, run folders, locks, logs,
+    # the stage registry and the job that calls a stage
     "mapmerge.run.config": set(),
     "mapmerge.run.fingerprint": set(),
     "mapmerge.tools.cli": set(),
     "mapmerge.tools.runfolder": set(),
     "mapmerge.run.runlock": set(),
     "mapmerge.run.logs": set(),
+    "mapmerge.run.registry": set(),
+    "mapmerge.run.job": set(),
 }
 
 

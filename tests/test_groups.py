@@ -87,11 +87,12 @@ def test_plan_level_pairs_the_most_similar_task_vectors(small_bench, tmp_path):
     merge = {"merge": {"include": ["*"], "exclude": ["head.*"]}}
     vectors = {t: tmp_path / f"{t}.safetensors" for t in tasks}
     for t in tasks:
-        run_extract_task_vector(merge, t, small_bench / "pretrained.safetensors", small_bench / f"{t}.safetensors", vectors[t])
+        run_extract_task_vector(merge, task=t, pretrained=small_bench / "pretrained.safetensors", finetuned=small_bench / f"{t}.safetensors",
+                                vector=vectors[t])
     reference = pd.DataFrame({"model": tasks, "task": tasks, "metric": "accuracy", "value": [0.9, 0.8, 0.7]})
     write_table(reference, tmp_path / "reference.parquet", "evaluate_reference")
     params = {"method": "nested", "tasks": tasks, "nested": {"pairing": "cosine"}, "objective": "accuracy", "groups": ["L1g0"]}
-    run_plan_level(params, 1, tmp_path / "level1.parquet", reference=tmp_path / "reference.parquet", vectors=vectors)
+    run_plan_level(params, level=1, plan=tmp_path / "level1.parquet", reference=tmp_path / "reference.parquet", vectors=vectors)
     flat = {t: np.concatenate([v.numpy().ravel() for _, v in sorted(load_state_dict(p).items())]) for t, p in vectors.items()}
     cos = {(a, b): flat[a] @ flat[b] / np.linalg.norm(flat[a]) / np.linalg.norm(flat[b]) for a in tasks for b in tasks if a < b}
     plan = read_table(tmp_path / "level1.parquet")

@@ -7,6 +7,7 @@ merge with it. The driver is killed while level 2 is being evaluated; the restar
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ class NestedRun:
     restart: str  # output of the run after the kill
 
 
+def recorded(driver_log: Path, part: str) -> int:
+    """Jobs whose log path holds `part` that the driver has recorded as finished (its output)."""
+    text = driver_log.read_text()
+    jobs = {jobid for log, jobid in re.findall(r"log: (\S+)\s+jobid: (\d+)", text) if part in log}
+    return len(jobs & set(re.findall(r"Finished jobid: (\d+)", text)))
+
+
 @pytest.fixture(scope="module")
 def nested(tmp_path_factory) -> NestedRun:
     workdir = tmp_path_factory.mktemp("nested")
@@ -50,7 +58,9 @@ def nested(tmp_path_factory) -> NestedRun:
         driver = subprocess.Popen(snakemake_command(workdir, overrides=NESTED), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        wait_for(lambda: any(level2_evals.glob("b*.parquet")), driver, timeout=600)
+        # a level-2 batch done and recorded by the driver: a job's process exits right after writing its output,
+        # and the driver records the job (then prints "Finished jobid") only after that
+        wait_for(lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0, driver, timeout=600)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

@@ -255,8 +255,9 @@ def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
                     "merge_operator": spec, "merge_seed": 5}
     write_table(plain_plan(MEMBERS), tmp_path / "plan.parquet", "plan_level")
     merge_group.run_merge_group(
-        merge_params, tmp_path / "front.parquet", tiny, tmp_path / "plan.parquet", "all",
-        tmp_path / "merged.safetensors", tmp_path / "vector.safetensors", tmp_path / "choice.parquet",
+        merge_params, **tiny, plan=tmp_path / "plan.parquet", front=tmp_path / "front.parquet", group="all",
+        merged=tmp_path / "merged.safetensors", vector=tmp_path / "vector.safetensors", choice=tmp_path / "choice.parquet",
+        folders=tmp_path / "merged",
     )
     written = load_state_dict(tmp_path / "merged.safetensors")
     for name in engine.names:

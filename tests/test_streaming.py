@@ -196,7 +196,8 @@ def test_bf16_vectors_round_trip_and_the_engine_matches(tiny, tmp_path):
 def test_extract_stage_writes_the_configured_dtype(tiny, tmp_path):
     merge = {"include": ["*"], "exclude": ["head.*"], "vector_dtype": "float16"}
     out = tmp_path / "tau.safetensors"
-    task_vectors.run_extract_task_vector({"merge": merge}, "rot90", tiny["pretrained"], tiny["checkpoints"]["rot90"], out)
+    task_vectors.run_extract_task_vector({"merge": merge}, task="rot90", pretrained=tiny["pretrained"], finetuned=tiny["checkpoints"]["rot90"],
+                                         vector=out)
     assert {t.dtype for t in load_state_dict(out).values()} == {torch.float16}
     with pytest.raises(ValueError, match="model.merge.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'"):
         extract_task_vector(tiny["pretrained"], tiny["checkpoints"]["rot90"], ["*"], [], out, "rot90", "int8")

@@ -1,68 +1,70 @@
 # Gather all groups: the evaluation ledger, the front, the chosen merge with its measured metrics,
 # the group tree, plots and a report.
 
-from mapmerge.stages.aggregate import run_aggregate
-from mapmerge.stages.collect import run_ledger
-from mapmerge.stages.report_tables import run_report_tables
-
 
 rule ledger:
     input:
-        all_evals().values(),
+        unpack(ledger_inputs),
     output:
-        f"{R}/evaluations.parquet",
+        ledger=L.ledger,
     params:
         stage=params_of("ledger"),  # its code version
+        job=job_of("ledger", ledger_inputs),
     log:
-        f"{R}/logs/ledger.log",
-    threads: LIGHT["threads"]
+        L.log("ledger"),
+    threads: threads_of("ledger")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_ledger, log[0], dict(zip(all_evals(), input)), output[0])
+        **resources_of("ledger"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule aggregate:
     input:
-        reference=f"{R}/reference.parquet",
-        plans=[f"{R}/levels/level{k}.parquet" for k in range(1, len(LEVELS) + 1)],
-        ledger=f"{R}/evaluations.parquet",
-        groups=group_outputs(),
+        reference=L.reference,
+        plans=[L.plan(k) for k in range(1, len(LEVELS) + 1)],
+        ledger=L.ledger,
+        group_tables=group_outputs(),  # read through the layout
     output:
-        pareto=f"{R}/pareto.parquet",
-        selected=f"{R}/selected.parquet",
-        groups=f"{R}/groups.parquet",
-        report=f"{R}/report.md",
+        pareto=L.pareto,
+        selected=L.selected,
+        groups=L.group_tree,
+        report=L.report,
         plots=[report(p, caption="../report/plots.rst", category="Plots") for p in plot_outputs()],
     params:
         stage=params_of("aggregate"),
+        job=job_of("aggregate", results=R, group_names=GROUPS),
     log:
-        f"{R}/logs/aggregate.log",
-    threads: LIGHT["threads"]
+        L.log("aggregate"),
+    threads: threads_of("aggregate")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_aggregate, log[0], params.stage, R, as_list(input.plans), GROUPS, input.ledger, aggregate_outputs(output))
+        **resources_of("aggregate"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule report_tables:
     input:
-        f"{R}/reference.parquet",
-        f"{R}/pareto.parquet",
-        f"{R}/selected.parquet",
-        f"{R}/evaluations.parquet",
-        [f"{R}/validation.parquet"] if "validation" in REPORT_TABLES else [],
+        reference=L.reference,
+        pareto=L.pareto,
+        selected=L.selected,
+        evaluations=L.ledger,
+        **({"validation_table": L.validation} if VALIDATION["enabled"] else {}),
     output:
-        **{key: report(f"{R}/report/{key}.html", caption=f"../report/{key}.rst", category="Tables") for key in REPORT_TABLES},
+        **{key: report(L.report_table(key), caption=f"../report/{key}.rst", category="Tables") for key in REPORT_TABLES},
     params:
         stage=params_of("report_tables"),  # its code version: a change to the tables remakes them
+        job=job_of("report_tables"),
     log:
-        f"{R}/logs/report_tables.log",
-    threads: LIGHT["threads"]
+        L.log("report_tables"),
+    threads: threads_of("report_tables")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_report_tables, log[0], R, dict(output.items()))
+        **resources_of("report_tables"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB

@@ -1,7 +1,5 @@
 # The built-in benchmark's checkpoints (only when the model is built in).
 
-from mapmerge.stages.prepare_benchmark import run_prepare_benchmark
-
 
 if MODEL["builtin"]:
 
@@ -9,14 +7,16 @@ if MODEL["builtin"]:
         output:
             pretrained=MODEL["pretrained"],
             finetuned=[checkpoint_path(t) for t in CFG["benchmark"]["tasks"]],
-            table=f"{R}/benchmark.parquet",
+            table=L.benchmark,
         params:
             stage=params_of("prepare_benchmark"),
+            job=job_of("prepare_benchmark"),
         log:
-            f"{R}/logs/prepare_benchmark.log",
-        threads: LIGHT["threads"]
+            L.log("prepare_benchmark"),
+        threads: threads_of("prepare_benchmark")
         resources:
-            mem_mb=LIGHT["mem_mb"],
-            runtime=LIGHT["runtime"],
-        run:
-            run_stage(run_prepare_benchmark, log[0], params.stage, Path(output.pretrained).parent, output.table)
+            **resources_of("prepare_benchmark"),
+        conda:
+            SOFTWARE
+        shell:
+            JOB

@@ -1,4 +1,10 @@
-# Input functions shared by the rules.
+# What the rules share: the run folder's layout (L), how a rule runs its stage (JOB, job_of), resources
+# per stage family, and the input functions that depend on the config.
+#
+# Every rule is a declaration (named input, output and params, a log, threads and resources from its
+# stage's entry in mapmerge.run.registry) and the same `shell: JOB`. JOB runs `python -m mapmerge.run.job`,
+# which imports only the stage's own module and calls its run_* function with the rule's params, files
+# and values by name (see mapmerge.run.job); no Snakemake, no Snakefile parse, no config in the job.
 #
 # No checkpoints: the shape of every method's work is known when the DAG is built. Plain MAP's
 # design is a function of the config (so a design's values are its batches' params). Nested MAP's
@@ -10,37 +16,111 @@
 
 import math
 import sys
+from collections.abc import Mapping
 from functools import lru_cache
 
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
 from mapmerge.core import bayesian, groups
-
-from mapmerge.run import runlock
 from mapmerge.core.sampling import design, sample_batches
+from mapmerge.layout import Layout
+from mapmerge.run import job, runlock
+from mapmerge.run.registry import REGISTRY
 
+L = Layout(R)
 METHOD = CFG["method"]
 LEVELS = groups.structure(METHOD, len(TASKS))  # group names per level; which models they hold is data
 LEVEL_OF = {g: k for k, names in enumerate(LEVELS, 1) for g in names}
 GROUPS = [g for names in LEVELS for g in names]  # the last one is the final merge
 N_MEMBERS = groups.n_members(METHOD, len(TASKS))
 ROUNDS = CFG["bayesian"]["rounds"] if METHOD == "bayesian" else 0
+ON_ERROR = CFG["evaluation"]["on_error"]
 
-# One driver per results folder (runlock.hold, taken just before the first job starts); local jobs
-# stop when their driver is killed, so a restart finds no orphan still writing.
+# One driver per results folder (runlock.hold, taken just before the first job starts); the jobs it
+# starts locally stop when it is killed (mapmerge.run.job), so a restart finds no orphan still writing.
 if workflow.is_main_process:
     runlock.mark_driver()
     DRIVER = runlock.holder(R)
     if DRIVER is not None:
         print(f"mapmerge: a snakemake driver ({runlock.describe(DRIVER)}) is running on {R}", file=sys.stderr)
-else:
-    runlock.stop_with_driver()
 
 
 onstart:
     runlock.hold(R)
 
 
+# Every rule's command: the Python running snakemake runs the job (the rule's conda environment's with --sdm conda).
+JOB = job.shell_command(conda=DeploymentMethod.CONDA in getattr(workflow.deployment_settings, "deployment_method", ()))
+SOFTWARE = "../../environment.yml"  # every rule's conda: the software a job runs
+
+
+@lru_cache(maxsize=None)
 def params_of(stage):
+    """A params builder's sub-config (mapmerge.run.config.stage_config), computed once per process."""
     return stage_config(CFG, stage)
+
+
+def threads_of(rule):
+    return CFG["resources"][REGISTRY[rule].threads_group]["threads"]
+
+
+def resources_of(rule):
+    """mem_mb, runtime (and gpu for an evaluation) from the config's resources group of the rule's stage."""
+    group = REGISTRY[rule].resources
+    return {key: CFG["resources"][group][key] for key in ("mem_mb", "runtime", "gpu") if key in CFG["resources"][group]}
+
+
+class keyed:
+    """An input function whose values may be mappings key -> path (task vectors by model, checkpoints by task).
+
+    Snakemake gets their paths, in order (`input: unpack(...)`); the stage gets the mappings (`job_of(rule, ...)`).
+    """
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, wildcards):
+        return {name: list(value.values()) if isinstance(value, Mapping) else value for name, value in self.function(wildcards).items()}
+
+    def mappings(self, wildcards):
+        return {name: {k: str(p) for k, p in value.items()} for name, value in self.function(wildcards).items() if isinstance(value, Mapping)}
+
+
+def job_of(rule, *mapped, **args):
+    """The rule's `job` param: what mapmerge.run.job calls, as a command-line argument.
+
+    Its stage (REGISTRY[rule]) with the rule's params as written (`stage` and the others), its named
+    inputs and outputs (`mapped`: keyed input functions whose mappings replace their flat lists) and the
+    values of the stage's `args`: given here (a value, or a function of the wildcards), else the job's
+    threads or the wildcard of that name. A derived param (it takes input and output), so Snakemake
+    does not compare it between runs; the params, files and code it holds are compared anyway.
+    """
+    stage = REGISTRY[rule]
+
+    def spec(wildcards, input, output, threads):
+        declared = getattr(rules, rule).params
+        params = {name: value(wildcards) if callable(value) else value for name, value in declared.items() if name != "job"}
+        inputs = {name: value if isinstance(value, str) else list(value) for name, value in input.items() if name not in stage.after}
+        for function in mapped:
+            inputs.update(function.mappings(wildcards))
+        outputs = {name: value if isinstance(value, str) else list(value) for name, value in output.items() if name not in stage.writes}
+        unknown = sorted((set(inputs) - set(stage.inputs)) | (set(outputs) - set(stage.outputs)))
+        if unknown:
+            raise ValueError(f"{rule}: files {', '.join(unknown)} are not in the rule's entry of mapmerge.run.registry")
+        values = {}
+        for name in stage.args:
+            if name in args:
+                values[name] = args[name](wildcards) if callable(args[name]) else args[name]
+            elif name in params:
+                continue  # one of the rule's params, passed with them
+            elif name == "threads":
+                values[name] = threads
+            else:
+                values[name] = getattr(wildcards, name)
+        return job.encode({"rule": rule, "wildcards": dict(wildcards.items()), "params": params, "inputs": inputs,
+                           "outputs": outputs, "args": values})
+
+    return spec
 
 
 def checkpoint_path(task):
@@ -49,54 +129,56 @@ def checkpoint_path(task):
 
 def vector_path(model):
     """A task's task vector, or a group's merged - pretrained."""
-    return f"{R}/task_vectors/{model}.safetensors" if model in TASKS else f"{R}/groups/{model}/vector.safetensors"
+    return L.vector(model, TASKS)
 
 
-def plan_path(group):
-    return f"{R}/levels/level{LEVEL_OF[group]}.parquet"
+def candidates(level):
+    return groups.candidates(TASKS, LEVELS, level)
 
 
-def candidates(group):
-    return groups.candidates(TASKS, LEVELS, LEVEL_OF[group])
+def engine_files(members):
+    """What an evaluation or a merge reads: the pretrained checkpoint, the members' vectors and every task's checkpoint (for its head)."""
+    return {
+        "pretrained": MODEL["pretrained"],
+        "vectors": {m: vector_path(m) for m in members},
+        "checkpoints": {t: checkpoint_path(t) for t in TASKS},
+    }
+
+
+@keyed
+def engine_inputs(wildcards):
+    """A group's engine files (every model that could be one of its members) and its level's plan."""
+    level = LEVEL_OF[wildcards.group]
+    return {**engine_files(candidates(level)), "plan": L.plan(level)}
+
+
+@keyed
+def reference_inputs(wildcards):
+    return engine_files(TASKS)
+
+
+@keyed
+def task_vectors(wildcards):
+    return {"vectors": {t: vector_path(t) for t in TASKS}}
 
 
 @lru_cache(maxsize=None)
 def design_values():
     """The designed samples' values, the same for every group (sample_coefficients writes them with the members' names).
 
-    Computed once per snakemake process, not once per group: every job parses this file again.
+    Computed once per snakemake process, not once per group.
     """
     return design([f"m{i}" for i in range(N_MEMBERS)], params_of("sample_coefficients")["sampler"], CFG["seed"])
 
 
 def design_batches():
-    return sample_batches(design_values()["sample"].tolist(), BATCH)
+    return sample_batches(design_values()["sample"].tolist(), CFG["evaluation"]["samples_per_job"])
 
 
 def round_batches():
     """The batch indices of a Bayesian round (every round draws the same number of points)."""
     n = bayesian.round_size(CFG["bayesian"], N_MEMBERS)
-    return [f"{k:04d}" for k in range(math.ceil(n / BATCH))]
-
-
-def engine_inputs(wildcards):
-    """pretrained, the candidate members' vectors, every task's checkpoint (for its head), the level's plan."""
-    return {
-        "pretrained": MODEL["pretrained"],
-        "vectors": [vector_path(m) for m in candidates(wildcards.group)],
-        "checkpoints": [checkpoint_path(t) for t in TASKS],
-        "plan": plan_path(wildcards.group),
-    }
-
-
-def engine_files(wildcards, input):
-    """The engine's files by name: pretrained, vectors (model -> path), checkpoints (task -> path)."""
-    members = candidates(wildcards.group) if "group" in wildcards.keys() else TASKS
-    return {
-        "pretrained": input.pretrained,
-        "vectors": dict(zip(members, input.vectors)),
-        "checkpoints": dict(zip(TASKS, input.checkpoints)),
-    }
+    return [f"{k:04d}" for k in range(math.ceil(n / CFG["evaluation"]["samples_per_job"]))]
 
 
 def batch_c(wildcards):
@@ -106,30 +188,16 @@ def batch_c(wildcards):
     return {s: [float(v) for v in frame.loc[s, columns]] for s in design_batches()[wildcards.batch]}
 
 
-def round_batch(wildcards, input):
-    """run_evaluate_round's arguments that say what to evaluate: files, plan, group, round table, batch, size."""
-    return engine_files(wildcards, input), input.plan, wildcards.group, input.samples, int(wildcards.index), BATCH
-
-
-def aggregate_outputs(output):
-    """The aggregate's outputs by name, the plots as their folder."""
-    return {**dict(output.items()), "plots": f"{R}/plots"}
-
-
-def round_file(group, rnd):
-    return f"{R}/groups/{group}/rounds/r{rnd:02d}.parquet"
-
-
 def group_rounds(group, upto=None):
     """The group's sample tables of rounds 0 .. upto - 1 (all rounds by default)."""
-    return [round_file(group, r) for r in range(ROUNDS + 1 if upto is None else upto)]
+    return [L.round(group, r) for r in range(ROUNDS + 1 if upto is None else upto)]
 
 
 def group_evals(group, upto=None):
     """The group's evaluation batches of rounds 0 .. upto - 1 (all rounds by default)."""
     last = ROUNDS + 1 if upto is None else upto
-    files = [f"{R}/groups/{group}/evals/{b}.parquet" for b in design_batches()]
-    return files + [f"{R}/groups/{group}/evals/r{r:02d}b{k}.parquet" for r in range(1, last) for k in round_batches()]
+    files = [L.batch(group, b) for b in design_batches()]
+    return files + [L.round_batch(group, r, k) for r in range(1, last) for k in round_batches()]
 
 
 def level_params(level):
@@ -138,53 +206,45 @@ def level_params(level):
     return {k: v for k, v in params.items() if not (level == 1 and k == "preference")}
 
 
+@keyed
 def level_inputs(wildcards):
     """What a level's plan reads: the reference metrics (level 1) or the level below's plan and
-    chosen merges, and the candidates' vectors when pairing by cosine."""
+    chosen merges (group -> file), and the candidates' vectors (model -> file) when pairing by cosine."""
     level = int(wildcards.level)
     if METHOD != "nested":
         return {}
-    inputs = {"reference": f"{R}/reference.parquet"} if level == 1 else {
-        "previous": f"{R}/levels/level{level - 1}.parquet",
-        "selected": [f"{R}/groups/{g}/selected_evals.parquet" for g in LEVELS[level - 2]],
+    inputs = {"reference": L.reference} if level == 1 else {
+        "previous": L.plan(level - 1),
+        "selected": {g: L.selected_evals(g) for g in LEVELS[level - 2]},
     }
     if CFG["nested"]["pairing"] == "cosine":
-        inputs["vectors"] = [vector_path(m) for m in groups.candidates(TASKS, LEVELS, level)]
+        inputs["vectors"] = {m: vector_path(m) for m in candidates(level)}
     return inputs
 
 
-def as_list(files):
-    return [files] if isinstance(files, str) else list(files)
-
-
-def level_files(wildcards, input):
-    """plan_level's inputs as run_plan_level takes them: selected (group -> file), vectors (model -> file)."""
-    level = int(wildcards.level)
-    files = {k: input[k] for k in ("reference", "previous") if k in input.keys()}
-    if "selected" in input.keys():
-        files["selected"] = dict(zip(LEVELS[level - 2], as_list(input.selected)))
-    if "vectors" in input.keys():
-        files["vectors"] = dict(zip(groups.candidates(TASKS, LEVELS, level), as_list(input.vectors)))
-    return files
-
-
-GROUP_FILES = ["front.parquet", "choice.parquet", "selected_evals.parquet", "samples.parquet", "metrics.parquet", "surrogate.parquet"]
+GROUP_FILES = ("front", "choice", "selected_evals", "samples", "metrics", "surrogate")
 
 
 def group_outputs():
-    return [f"{R}/groups/{g}/{f}" for g in GROUPS for f in GROUP_FILES]
+    """Every group's tables that aggregate reads (through the layout)."""
+    return [getattr(L, name)(g) for g in GROUPS for name in GROUP_FILES]
 
 
 def all_evals():
     """Every evaluation file, labelled for the ledger ('group/file', or the file name)."""
-    files = {"reference_examples.parquet": f"{R}/reference_examples.parquet"}
+    files = {L.reference_examples.name: L.reference_examples}
     for g in GROUPS:
-        files.update({f"{g}/{Path(p).name}": p for p in [*group_evals(g), f"{R}/groups/{g}/selected_evals.parquet"]})
+        files.update({f"{g}/{p.name}": p for p in [*group_evals(g), L.selected_evals(g)]})
     return files
 
 
+@keyed
+def ledger_inputs(wildcards):
+    return {"evals": all_evals()}
+
+
 def plot_outputs():
-    return [f"{R}/plots/front_parallel.png"] + ([f"{R}/plots/front_2d.png"] if len(TASKS) == 2 else [])
+    return [L.plot("front_parallel")] + ([L.plot("front_2d")] if len(TASKS) == 2 else [])
 
 
 def every_artifact():
@@ -193,13 +253,14 @@ def every_artifact():
     Snakemake does not remake a missing file that no job it runs needs; as rule all asks for every
     artifact, one that was deleted (by `mapmerge check --delete`, say) is made again, with what depends on it.
     """
-    made = [MODEL["pretrained"], *map(checkpoint_path, CFG["benchmark"]["tasks"]), f"{R}/benchmark.parquet"] if MODEL["builtin"] else []
-    made += [*map(vector_path, TASKS), *(f"{R}/{f}" for f in ("task_vectors.parquet", "reference.parquet", "reference_examples.parquet"))]
-    made += [f"{R}/levels/level{k}.parquet" for k in range(1, len(LEVELS) + 1)]
+    made = [MODEL["pretrained"], *map(checkpoint_path, CFG["benchmark"]["tasks"]), L.benchmark] if MODEL["builtin"] else []
+    made += [*map(vector_path, TASKS), L.task_vector_table, L.reference, L.reference_examples]
+    made += [L.plan(k) for k in range(1, len(LEVELS) + 1)]
     made += [*all_evals().values(), *(r for g in GROUPS for r in group_rounds(g)), *group_outputs()]
-    made += [f"{R}/groups/{g}/{f}" for g in GROUPS for f in ("merged.safetensors", "vector.safetensors", *(["merged"] if HF_FOLDERS else []))]
+    made += [f for g in GROUPS for f in (L.merged(g), L.group_vector(g), *([L.merged_folders(g)] if HF_FOLDERS else []))]
     made += validation_artifacts() if CFG["validation"]["enabled"] else []  # validate.smk
-    return [*made, *(f"{R}/{f}" for f in ("evaluations.parquet", "groups.parquet", "pareto.parquet", "selected.parquet", "report.md")), *plot_outputs(), *(f"{R}/report/{k}.html" for k in REPORT_TABLES)]
+    made += [L.ledger, L.group_tree, L.pareto, L.selected, L.report, *plot_outputs()]
+    return [*made, *(L.report_table(k) for k in REPORT_TABLES)]
 
 
 # validation (validate.smk)
@@ -224,30 +285,25 @@ def grid_batch_c(wildcards):
 
 
 def grid_files():
-    return [f"{R}/validation/grid/{b}.parquet" for b in grid_batches()]
+    return [L.grid_batch(b) for b in grid_batches()]
 
 
 def baseline_files():
-    return {name: f"{R}/validation/baselines/{name}.parquet" for name in VALIDATION["baselines"]}
+    return {name: L.baseline(name) for name in VALIDATION["baselines"]}
 
 
 def validation_artifacts():
     """Every file of the validation stage (what every_artifact adds when validation is enabled)."""
-    made = [*grid_files(), *baseline_files().values(), *(f"{R}/validation/{f}" for f in ("front.parquet", "front_evals.parquet"))]
-    return [*made, f"{R}/validation.parquet", f"{R}/plots/validation.png"]
+    made = [*grid_files(), *baseline_files().values(), L.validation_front, L.validation_front_evals]
+    return [*made, L.validation, L.plot("validation")]
 
 
+@keyed
 def validation_engine_inputs(wildcards):
-    """pretrained, every task's vector and checkpoint, the plan of group `all`."""
-    return {
-        "pretrained": MODEL["pretrained"],
-        "vectors": [vector_path(t) for t in TASKS],
-        "checkpoints": [checkpoint_path(t) for t in TASKS],
-        "plan": f"{R}/levels/level1.parquet",
-    }
+    """Every task's vector and checkpoint, and the plan of group `all`."""
+    return {**engine_files(TASKS), "plan": L.plan(1)}
 
 
-def validate_args(input, output):
-    """rule validate's inputs and outputs in the order of mapmerge.stages.validate.run_validate."""
-    baselines = dict(zip(baseline_files(), as_list(input.baselines)))
-    return (input.front, input.points, input.front_evals, as_list(input.grid), baselines, input.reference, output.table, output.plot)
+@keyed
+def baseline_inputs(wildcards):
+    return {"baselines": baseline_files()}

@@ -5,94 +5,85 @@
 # are needed by every later stage) and, like the device, is not a param: switching it after a
 # failure reruns only the failed jobs.
 
-from mapmerge.stages.evaluation import run_evaluate_reference, run_evaluate_round, run_evaluate_samples, run_evaluate_selected
-
-
-ON_ERROR = CFG["evaluation"]["on_error"]
-
 
 rule evaluate_reference:
     input:
-        pretrained=MODEL["pretrained"],
-        vectors=[vector_path(t) for t in TASKS],
-        checkpoints=[checkpoint_path(t) for t in TASKS],
+        unpack(reference_inputs),
     output:
-        metrics=f"{R}/reference.parquet",
-        examples=f"{R}/reference_examples.parquet",
+        metrics=L.reference,
+        examples=L.reference_examples,
     params:
         stage=params_of("evaluate"),
+        job=job_of("evaluate_reference", reference_inputs, device=DEVICE),
     log:
-        f"{R}/logs/evaluate_reference.log",
-    threads: EVAL["threads"]
+        L.log("evaluate_reference"),
+    threads: threads_of("evaluate_reference")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(run_evaluate_reference, log[0], params.stage, engine_files(wildcards, input), *output, DEVICE, threads)
+        **resources_of("evaluate_reference"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule evaluate_sample:
     input:
         unpack(engine_inputs),
     output:
-        f"{R}/groups/{{group}}/evals/{{batch}}.parquet",
+        examples=L.batch("{group}", "{batch}"),
     params:
         stage=params_of("evaluate"),
-        c=batch_c,
+        coefficients=batch_c,
+        job=job_of("evaluate_sample", engine_inputs, device=DEVICE, on_error=ON_ERROR),
     log:
-        f"{R}/logs/evaluate_sample/{{group}}/{{batch}}.log",
-    threads: EVAL["threads"]
+        L.log("evaluate_sample", "{group}", "{batch}"),
+    threads: threads_of("evaluate_sample")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(
-            run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, wildcards.group,
-            params.c, output[0], DEVICE, threads, ON_ERROR,
-        )
+        **resources_of("evaluate_sample"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule evaluate_round:
     input:
         unpack(engine_inputs),
-        samples=f"{R}/groups/{{group}}/rounds/r{{round}}.parquet",
+        samples=L.round("{group}", "{round}"),
     output:
-        f"{R}/groups/{{group}}/evals/r{{round}}b{{index}}.parquet",
+        examples=L.round_batch("{group}", "{round}", "{index}"),
     wildcard_constraints:
         round="[0-9]{2}",
         index="[0-9]{4}",
     params:
         stage=params_of("evaluate"),
+        job=job_of("evaluate_round", engine_inputs, size=CFG["evaluation"]["samples_per_job"], device=DEVICE, on_error=ON_ERROR),
     log:
-        f"{R}/logs/evaluate_round/{{group}}/{{round}}/{{index}}.log",
-    threads: EVAL["threads"]
+        L.log("evaluate_round", "{group}", "{round}", "{index}"),
+    threads: threads_of("evaluate_round")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(run_evaluate_round, log[0], params.stage, *round_batch(wildcards, input), output[0], DEVICE, threads, ON_ERROR)
+        **resources_of("evaluate_round"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule evaluate_selected:
     input:
         unpack(engine_inputs),
-        choice=f"{R}/groups/{{group}}/choice.parquet",
+        choice=L.choice("{group}"),
     output:
-        f"{R}/groups/{{group}}/selected_evals.parquet",
+        examples=L.selected_evals("{group}"),
     params:
         stage=params_of("evaluate"),
+        job=job_of("evaluate_selected", engine_inputs, device=DEVICE),
     log:
-        f"{R}/logs/evaluate_selected/{{group}}.log",
-    threads: EVAL["threads"]
+        L.log("evaluate_selected", "{group}"),
+    threads: threads_of("evaluate_selected")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(
-            run_evaluate_selected, log[0], params.stage, input.choice, engine_files(wildcards, input), input.plan,
-            wildcards.group, output[0], DEVICE, threads,
-        )
+        **resources_of("evaluate_selected"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB

@@ -1,46 +1,42 @@
 # MAP per group: the level's plan, design (and Bayesian rounds), metrics, surrogate, Pareto front, pick and merge.
 
-from mapmerge.stages.collect import run_collect_metrics
-from mapmerge.stages.fit_surrogate import run_fit_surrogate
-from mapmerge.stages.merge_group import run_merge_group
-from mapmerge.stages.pareto_front import run_pareto_front
-from mapmerge.stages.plan_level import run_plan_level
-from mapmerge.stages.propose_round import run_propose_round
-from mapmerge.stages.sample_coefficients import run_sample_coefficients
-
 
 rule plan_level:
     input:
         unpack(level_inputs),
     output:
-        f"{R}/levels/level{{level}}.parquet",
+        plan=L.plan("{level}"),
     params:
         stage=lambda wc: level_params(int(wc.level)),
+        job=job_of("plan_level", level_inputs),
     log:
-        f"{R}/logs/plan_level/{{level}}.log",
-    threads: LIGHT["threads"]
+        L.log("plan_level", "{level}"),
+    threads: threads_of("plan_level")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_plan_level, log[0], params.stage, int(wildcards.level), output[0], **level_files(wildcards, input))
+        **resources_of("plan_level"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule sample_coefficients:
     input:
-        plan=lambda wc: plan_path(wc.group),
+        plan=lambda wc: L.plan(LEVEL_OF[wc.group]),
     output:
-        f"{R}/groups/{{group}}/rounds/r00.parquet",
+        samples=L.round("{group}", 0),
     params:
         stage=params_of("sample_coefficients"),
+        job=job_of("sample_coefficients"),
     log:
-        f"{R}/logs/sample_coefficients/{{group}}.log",
-    threads: LIGHT["threads"]
+        L.log("sample_coefficients", "{group}"),
+    threads: threads_of("sample_coefficients")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_sample_coefficients, log[0], params.stage, input.plan, wildcards.group, output[0])
+        **resources_of("sample_coefficients"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule propose_round:
@@ -48,19 +44,21 @@ rule propose_round:
         rounds=lambda wc: group_rounds(wc.group, int(wc.round)),
         evals=lambda wc: group_evals(wc.group, int(wc.round)),
     output:
-        f"{R}/groups/{{group}}/rounds/r{{round}}.parquet",
+        samples=L.round("{group}", "{round}"),
     wildcard_constraints:
         round="0[1-9]|[1-9][0-9]",
     params:
         stage=params_of("propose_round"),
+        job=job_of("propose_round"),
     log:
-        f"{R}/logs/propose_round/{{group}}/{{round}}.log",
-    threads: LIGHT["threads"]
+        L.log("propose_round", "{group}", "{round}"),
+    threads: threads_of("propose_round")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_propose_round, log[0], params.stage, int(wildcards.round), input.rounds, input.evals, output[0])
+        **resources_of("propose_round"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule collect_metrics:
@@ -68,76 +66,81 @@ rule collect_metrics:
         rounds=lambda wc: group_rounds(wc.group),
         evals=lambda wc: group_evals(wc.group),
     output:
-        metrics=f"{R}/groups/{{group}}/metrics.parquet",
-        samples=f"{R}/groups/{{group}}/samples.parquet",
+        metrics=L.metrics("{group}"),
+        samples=L.samples("{group}"),
     params:
         stage=params_of("collect_metrics"),  # its code version
+        job=job_of("collect_metrics"),
     log:
-        f"{R}/logs/collect_metrics/{{group}}.log",
-    threads: LIGHT["threads"]
+        L.log("collect_metrics", "{group}"),
+    threads: threads_of("collect_metrics")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_collect_metrics, log[0], input.rounds, input.evals, output.metrics, output.samples)
+        **resources_of("collect_metrics"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule fit_surrogate:
     input:
-        samples=f"{R}/groups/{{group}}/samples.parquet",
-        metrics=f"{R}/groups/{{group}}/metrics.parquet",
+        samples=L.samples("{group}"),
+        metrics=L.metrics("{group}"),
     output:
-        f"{R}/groups/{{group}}/surrogate.parquet",
+        surrogate=L.surrogate("{group}"),
     params:
         stage=params_of("fit_surrogate"),
+        job=job_of("fit_surrogate"),
     log:
-        f"{R}/logs/fit_surrogate/{{group}}.log",
-    threads: LIGHT["threads"]
+        L.log("fit_surrogate", "{group}"),
+    threads: threads_of("fit_surrogate")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_fit_surrogate, log[0], params.stage, input.samples, input.metrics, output[0])
+        **resources_of("fit_surrogate"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule pareto_front:
     input:
-        surrogate=f"{R}/groups/{{group}}/surrogate.parquet",
-        samples=f"{R}/groups/{{group}}/samples.parquet",
-        plan=lambda wc: plan_path(wc.group),
+        surrogate=L.surrogate("{group}"),
+        samples=L.samples("{group}"),
+        plan=lambda wc: L.plan(LEVEL_OF[wc.group]),
     output:
-        f"{R}/groups/{{group}}/front.parquet",
+        front=L.front("{group}"),
     params:
         stage=params_of("pareto_front"),
+        job=job_of("pareto_front"),
     log:
-        f"{R}/logs/pareto_front/{{group}}.log",
-    threads: LIGHT["threads"]
+        L.log("pareto_front", "{group}"),
+    threads: threads_of("pareto_front")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(run_pareto_front, log[0], params.stage, input.surrogate, input.samples, input.plan, wildcards.group, output[0])
+        **resources_of("pareto_front"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule merge_group:
     input:
         unpack(engine_inputs),
-        front=f"{R}/groups/{{group}}/front.parquet",
+        front=L.front("{group}"),
     output:
-        merged=f"{R}/groups/{{group}}/merged.safetensors",
-        vector=f"{R}/groups/{{group}}/vector.safetensors",
-        choice=f"{R}/groups/{{group}}/choice.parquet",
-        **({"folders": directory(f"{R}/groups/{{group}}/merged")} if HF_FOLDERS else {}),  # merged/<task>/, loadable by transformers
+        merged=L.merged("{group}"),
+        vector=L.group_vector("{group}"),
+        choice=L.choice("{group}"),
+        **({"folders": directory(L.merged_folders("{group}"))} if HF_FOLDERS else {}),  # merged/<task>/, loadable by transformers
     params:
         stage=params_of("merge_group"),
+        job=job_of("merge_group", engine_inputs, folders=lambda wc: L.merged_folders(wc.group)),
     log:
-        f"{R}/logs/merge_group/{{group}}.log",
-    threads: LIGHT["threads"]
+        L.log("merge_group", "{group}"),
+    threads: threads_of("merge_group")
     resources:
-        mem_mb=LIGHT["mem_mb"],
-        runtime=LIGHT["runtime"],
-    run:
-        run_stage(
-            run_merge_group, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan, wildcards.group,
-            output.merged, output.vector, output.choice,
-        )
+        **resources_of("merge_group"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB

@@ -4,98 +4,90 @@
 # then the indicators with bootstrap intervals and the plot. Rule all asks for these files only when
 # validation is enabled; nothing here is computed at parse time otherwise.
 
-from mapmerge.stages.evaluation import run_evaluate_samples
-from mapmerge.stages.validate import run_validate
-from mapmerge.stages.validate_baseline import run_evaluate_baseline
-from mapmerge.stages.validate_front import run_evaluate_front
-
 
 rule validate_grid:
     input:
         unpack(validation_engine_inputs),
     output:
-        f"{R}/validation/grid/{{batch}}.parquet",
+        examples=L.grid_batch("{batch}"),
     params:
         stage=params_of("evaluate"),
-        c=grid_batch_c,
+        coefficients=grid_batch_c,
+        job=job_of("validate_grid", validation_engine_inputs, group="all", device=DEVICE, on_error="fail", stage="validate_grid"),
     log:
-        f"{R}/logs/validate_grid/{{batch}}.log",
-    threads: EVAL["threads"]
+        L.log("validate_grid", "{batch}"),
+    threads: threads_of("validate_grid")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(
-            run_evaluate_samples, log[0], params.stage, engine_files(wildcards, input), input.plan, "all", params.c,
-            output[0], DEVICE, threads, "fail", "validate_grid",
-        )
+        **resources_of("validate_grid"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule validate_front:
     input:
         unpack(validation_engine_inputs),
-        front=f"{R}/groups/all/front.parquet",
+        front=L.front("all"),
     output:
-        points=f"{R}/validation/front.parquet",
-        evals=f"{R}/validation/front_evals.parquet",
+        points=L.validation_front,
+        examples=L.validation_front_evals,
     params:
         stage=params_of("validate_front"),
+        job=job_of("validate_front", validation_engine_inputs, device=DEVICE),
     log:
-        f"{R}/logs/validate_front.log",
-    threads: EVAL["threads"]
+        L.log("validate_front"),
+    threads: threads_of("validate_front")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(
-            run_evaluate_front, log[0], params.stage, input.front, engine_files(wildcards, input), input.plan,
-            output.points, output.evals, DEVICE, threads,
-        )
+        **resources_of("validate_front"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule validate_baseline:
     input:
         unpack(validation_engine_inputs),
     output:
-        f"{R}/validation/baselines/{{baseline}}.parquet",
+        examples=L.baseline("{baseline}"),
     wildcard_constraints:
         baseline="|".join(VALIDATION["baselines"]) or "^$",
     params:
         stage=lambda wc: validation_config.baseline_params(params_of("validate_baseline"), wc.baseline),
+        job=job_of("validate_baseline", validation_engine_inputs, device=DEVICE),
     log:
-        f"{R}/logs/validate_baseline/{{baseline}}.log",
-    threads: EVAL["threads"]
+        L.log("validate_baseline", "{baseline}"),
+    threads: threads_of("validate_baseline")
     resources:
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-        gpu=EVAL["gpu"],
-    run:
-        run_stage(
-            run_evaluate_baseline, log[0], params.stage, wildcards.baseline, engine_files(wildcards, input), input.plan,
-            output[0], DEVICE, threads,
-        )
+        **resources_of("validate_baseline"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
 
 
 rule validate:
     input:
-        front=f"{R}/groups/all/front.parquet",
-        points=f"{R}/validation/front.parquet",
-        front_evals=f"{R}/validation/front_evals.parquet",
+        unpack(baseline_inputs),
+        front=L.front("all"),
+        points=L.validation_front,
+        front_evals=L.validation_front_evals,
         grid=lambda wc: grid_files(),
-        baselines=lambda wc: list(baseline_files().values()),
-        reference=f"{R}/reference.parquet",
+        reference=L.reference,
     output:
-        table=f"{R}/validation.parquet",
-        plot=report(f"{R}/plots/validation.png", caption="../report/validation_plot.rst", category="Validation"),
+        table=L.validation,
+        plot=report(L.plot("validation"), caption="../report/validation_plot.rst", category="Validation"),
     params:
         stage=params_of("validate"),
+        job=job_of("validate", baseline_inputs),
     log:
-        f"{R}/logs/validate.log",
-    threads: LIGHT["threads"]
-    resources:  # an evaluation job's memory and time: the bootstrap recomputes every model's metrics per resample
-        mem_mb=EVAL["mem_mb"],
-        runtime=EVAL["runtime"],
-    run:
-        run_stage(run_validate, log[0], params.stage, *validate_args(input, output))
+        L.log("validate"),
+    # light threads, an evaluation job's memory and time: the bootstrap recomputes every model's metrics per resample
+    threads: threads_of("validate")
+    resources:
+        **resources_of("validate"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB

@@ -22,6 +22,7 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
 from mapmerge.run import fingerprint, preflight, schema, validation_config
+from mapmerge.run.registry import stage_modules
 from mapmerge.tensors import operators
 
 BENCHMARK_BUILDER = "mapmerge.builtin.model.build_model"
@@ -253,30 +254,12 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
 
 # Per-stage sub-configs: each rule gets only these as params, so a change reruns that stage and later ones.
 
-# The module of mapmerge.stages that holds each stage's entry points (run_*). A stage's params carry
-# its code fingerprint: the source of every mapmerge module that module can import, and of the modules
-# the params' `_target_`s name (builder, evaluators; mapmerge.run.fingerprint). A code change reruns the
-# stages that can run it, and then, through their files, what follows them.
-STAGE_ENTRY = {
-    "prepare_benchmark": "prepare_benchmark",
-    "extract_task_vector": "task_vectors",
-    "task_vector_table": "task_vectors",
-    "evaluate": "evaluation",  # every evaluation of merges: reference, samples, rounds, the chosen merge, the validation grid
-    "collect_metrics": "collect",
-    "ledger": "collect",
-    "plan_level": "plan_level",
-    "sample_coefficients": "sample_coefficients",
-    "propose_round": "propose_round",
-    "fit_surrogate": "fit_surrogate",
-    "pareto_front": "pareto_front",
-    "merge_group": "merge_group",
-    "aggregate": "aggregate",
-    "report_tables": "report_tables",
-    # validation (opt-in)
-    "validate_front": "validate_front",
-    "validate_baseline": "validate_baseline",
-    "validate": "validate",
-}
+# The module of mapmerge.stages that runs each set of params (mapmerge.run.registry: the rules that take
+# them). A stage's params carry its code fingerprint: the source of every mapmerge module that module can
+# import, and of the modules the params' `_target_`s name (builder, evaluators; mapmerge.run.fingerprint).
+# A code change reruns the stages that can run it, and then, through their files, what follows them.
+# "evaluate": every evaluation of merges (reference, samples, rounds, the chosen merge, the validation grid).
+STAGE_ENTRY = stage_modules()
 
 
 def code_version(stage: str, params: dict[str, Any] | None = None, python_path: Sequence[str] = ()) -> str:

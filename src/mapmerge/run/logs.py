@@ -12,8 +12,8 @@ from typing import Any, Callable
 logger = logging.getLogger("mapmerge")
 
 
-def run_stage(stage: Callable[..., Any], log: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-    """Call `stage(*args, **kwargs)` with the 'mapmerge' logger writing to `log`."""
+def run_stage(stage: Callable[..., Any], log: str | os.PathLike, /, *args: Any, **kwargs: Any) -> Any:
+    """Call `stage(*args, **kwargs)` with the 'mapmerge' logger writing to `log` (any keyword, `stage` too, is the stage's)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

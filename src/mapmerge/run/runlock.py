@@ -112,15 +112,37 @@ def _ancestors() -> Iterator[int]:
             return
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 def stop_with_driver(interval: float = 1.0) -> threading.Thread | None:
     """In a job process: exit, deleting the outputs it wrote, once the driver that started it is gone.
 
     A job that outlives a killed driver would write an output that snakemake keeps no record of
     (its params and code could then never trigger a rerun), and would race the restarted driver.
     Only a job that descends from its driver is watched (local execution on Linux, not cluster jobs).
+    A job on the driver's host whose driver is already gone when it starts (killed as it launched the
+    job) exits at once.
     """
     pid, _, host = os.environ.get(DRIVER_ENV, "").partition("@")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) not in _ancestors():
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if int(pid) not in _ancestors():
+        if not _alive(int(pid)):
+            logger.error("driver pid %s is gone; this job does not start, the next snakemake run redoes it", pid)
+            os._exit(ORPHAN_EXIT)
         return None
 
     def watch() -> None:

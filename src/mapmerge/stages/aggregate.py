@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mapmerge.core import groups
+from mapmerge.core import groups as core_groups
 from mapmerge.core.metrics import maximized, measured_metrics, suffixes, wide_metrics
 from mapmerge.io import read_table, write_table
+from mapmerge.layout import Layout
+from mapmerge.outputs import plots
+from mapmerge.outputs.report import write_report
 
 PathLike = str | os.PathLike
 
@@ -34,7 +36,7 @@ def group_tree(
         frame = read_table(plan)
         grouped = [row for row in frame.itertuples() if not pd.isna(row.group)]
         coefficients = {row.Index: [float(choices[row.group][f"c_{m}"].iloc[0]) for m in row.members] for row in grouped}
-        scores = {row.Index: groups.merge_score(measured[row.group], list(row.tasks), metric, preference) for row in grouped}
+        scores = {row.Index: core_groups.merge_score(measured[row.group], list(row.tasks), metric, preference) for row in grouped}
         frames.append(frame.assign(coefficients=[coefficients.get(i) for i in frame.index],
                                    **{f"measured_{metric}": [scores.get(i, np.nan) for i in frame.index]}))
     return pd.concat(frames, ignore_index=True)
@@ -42,40 +44,42 @@ def group_tree(
 
 def run_aggregate(
     params: Mapping[str, Any],
-    results: PathLike,
+    *,
+    reference: PathLike,
     plans: Sequence[PathLike],
-    group_names: Sequence[str],
     ledger: PathLike,
-    outputs: Mapping[str, PathLike],
+    pareto: PathLike,
+    selected: PathLike,
+    groups: PathLike,
+    report: PathLike,
+    results: PathLike,
+    group_names: Sequence[str],
 ) -> None:
     """Gather fronts and choices of all groups (the last is the final merge), the group tree, plots and a report.
 
-    outputs: pareto, selected, groups, report (paths) and plots (folder).
+    Writes pareto, selected, groups (the group tree) and report (report.md) and the plots under the run
+    folder's plots/. The groups' files are found through the layout of the run folder `results`.
     """
-    from mapmerge.outputs import plots, report  # deferred: the rules import stage modules at every Snakefile parse
-
-    results = Path(results)
+    layout = Layout(results)
     metric = params["objective"]
     fronts, chosen, inputs, measured = [], [], [*plans, ledger], {}
     for group in group_names:
-        gdir = results / "groups" / group
-        fronts.append(read_table(gdir / "front.parquet").assign(group=group))
-        choice = read_table(gdir / "choice.parquet").assign(group=group)
-        measured[group] = measured_metrics(gdir / "selected_evals.parquet")
+        fronts.append(read_table(layout.front(group)).assign(group=group))
+        choice = read_table(layout.choice(group)).assign(group=group)
+        measured[group] = measured_metrics(layout.selected_evals(group))
         for name in sorted(set(measured[group].index.get_level_values("metric"))):
             for task in suffixes(choice.columns, metric):
                 choice[f"measured_{name}_{task}"] = measured[group][(name, task)]
         chosen.append(choice)
-        inputs += [gdir / "front.parquet", gdir / "choice.parquet", gdir / "selected_evals.parquet"]
-    write_table(pd.concat(fronts, ignore_index=True), outputs["pareto"], "aggregate", params, inputs)
-    write_table(pd.concat(chosen, ignore_index=True), outputs["selected"], "aggregate", params, inputs)
+        inputs += [layout.front(group), layout.choice(group), layout.selected_evals(group)]
+    write_table(pd.concat(fronts, ignore_index=True), pareto, "aggregate", params, inputs)
+    write_table(pd.concat(chosen, ignore_index=True), selected, "aggregate", params, inputs)
     tree = group_tree(plans, dict(zip(group_names, chosen)), measured, metric, params["preference"])
-    write_table(tree, outputs["groups"], "aggregate", params, inputs)
-    gdir = results / "groups" / group_names[-1]
-    samples = read_table(gdir / "samples.parquet")
-    samples = samples.merge(wide_metrics(read_table(gdir / "metrics.parquet"), "sample").reset_index(), on="sample")
+    write_table(tree, groups, "aggregate", params, inputs)
+    final = group_names[-1]
+    samples = read_table(layout.samples(final))
+    samples = samples.merge(wide_metrics(read_table(layout.metrics(final)), "sample").reset_index(), on="sample")
     tasks = suffixes(fronts[-1].columns, metric)
-    reference = read_table(results / "reference.parquet")
-    plots.plot_all(samples, fronts[-1], reference, tasks, metric, outputs["plots"], selected=chosen[-1],
+    plots.plot_all(samples, fronts[-1], read_table(reference), tasks, metric, layout.plots, selected=chosen[-1],
                    maximize=maximized(metric), members=suffixes(fronts[-1].columns, "c"))
-    report.write_report(results, group_names, outputs["report"])
+    write_report(results, group_names, report)

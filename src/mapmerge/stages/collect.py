@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -13,22 +14,29 @@ from mapmerge.io import read_table, table_metadata, write_table
 PathLike = str | os.PathLike
 
 
-def run_collect_metrics(rounds: Sequence[PathLike], evals: Sequence[PathLike], metrics_out: PathLike, samples_out: PathLike) -> None:
-    """A group's evaluated samples (every round's coefficients) and their per-task metrics (sample, task, metric, value)."""
+def run_collect_metrics(
+    params: Mapping[str, Any], *, rounds: Sequence[PathLike], evals: Sequence[PathLike], metrics: PathLike, samples: PathLike
+) -> None:
+    """A group's evaluated samples (every round's coefficients) and their per-task metrics (sample, task, metric, value).
+
+    params: only the code fingerprint (the tables record no config).
+    """
     examples = pd.concat([read_table(p) for p in evals], ignore_index=True)
-    samples = pd.concat([read_table(p) for p in rounds], ignore_index=True)
-    write_table(metrics_from_examples(examples), metrics_out, "collect_metrics", inputs=evals)
-    write_table(samples, samples_out, "collect_metrics", inputs=rounds)
+    coefficients = pd.concat([read_table(p) for p in rounds], ignore_index=True)
+    write_table(metrics_from_examples(examples), metrics, "collect_metrics", inputs=evals)
+    write_table(coefficients, samples, "collect_metrics", inputs=rounds)
 
 
-def run_ledger(evals: Mapping[str, PathLike], out: PathLike) -> None:
-    """The evaluation ledger: per evaluation file, its stage, group, models evaluated, (model, task) evaluations, examples.
+def run_ledger(params: Mapping[str, Any], *, evals: Mapping[str, PathLike], ledger: PathLike) -> None:
+    """The evaluation ledger (evaluations.parquet): per evaluation file, its stage, group, models evaluated,
+    (model, task) evaluations, examples.
 
     evals: label -> path, the label 'group/file' (a bare file name for the reference models).
+    params: only the code fingerprint (the table records no config).
     """
     rows = []
     for label, path in evals.items():
         group, _, name = str(label).rpartition("/")
         stage = table_metadata(path).get("mapmerge.stage", "")
         rows.append({"stage": stage, "group": group or None, "file": name, **evaluation_counts(read_table(path))})
-    write_table(pd.DataFrame(rows), out, "ledger", inputs=evals.values())
+    write_table(pd.DataFrame(rows), ledger, "ledger", inputs=evals.values())

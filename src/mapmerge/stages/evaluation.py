@@ -1,6 +1,10 @@
 """The real evaluations of merged models: stage `evaluate` (rules evaluate_reference, evaluate_sample,
 evaluate_round, evaluate_selected and validate_grid; validation's front and baselines evaluate through
-run_evaluate_samples too)."""
+run_evaluate_samples too).
+
+Every entry point takes the engine's files by name: `pretrained` (a checkpoint), `vectors` (model ->
+task vector: the candidate members) and `checkpoints` (task -> fine-tuned checkpoint, for its head).
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mapmerge.core import groups
 from mapmerge.core.groups import EngineFiles
 from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table, write_table
 from mapmerge.progress import progress
+from mapmerge.tensors.engine import MergeEngine
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
 
 
-def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int):
-    import torch
-
-    from mapmerge.tensors.engine import MergeEngine  # deferred: the rules import stage modules at every Snakefile parse
-
+def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int) -> MergeEngine:
     if threads > 0:
         torch.set_num_threads(threads)
     model = params["model"]
@@ -49,89 +51,113 @@ def _engine_inputs(files: EngineFiles) -> list[PathLike]:
     return [files["pretrained"], *files["vectors"].values(), *files["checkpoints"].values()]
 
 
+def _files(pretrained: PathLike, vectors: Mapping[str, PathLike], checkpoints: Mapping[str, PathLike]) -> EngineFiles:
+    return {"pretrained": pretrained, "vectors": dict(vectors), "checkpoints": dict(checkpoints)}
+
+
 def run_evaluate_reference(
     params: Mapping[str, Any],
-    files: EngineFiles,
-    metrics_out: PathLike,
-    examples_out: PathLike,
+    *,
+    pretrained: PathLike,
+    vectors: Mapping[str, PathLike],
+    checkpoints: Mapping[str, PathLike],
+    metrics: PathLike,
+    examples: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
-    """Evaluate the pretrained model and every fine-tuned model on every task.
+    """Evaluate the pretrained model and every fine-tuned model on every task: reference.parquet (metrics) and
+    reference_examples.parquet (per-example rows).
 
     The merge operator is not applied: these are the real fine-tuned models, theta_pre + tau_i.
     """
+    files = _files(pretrained, vectors, checkpoints)
     engine = _engine({**params, "merge_operator": None}, files, device, threads)
     models = {"pretrained": np.zeros(len(engine.members))}
     models.update({m: np.eye(len(engine.members))[i] for i, m in enumerate(engine.members)})
-    examples = pd.concat(
+    rows = pd.concat(
         [engine.evaluate(c, sample=name) for name, c in progress(models.items(), desc="evaluate reference", total=len(models), unit="model")],
         ignore_index=True,
     )
     inputs = _engine_inputs(files)
-    metrics = metrics_from_examples(examples).rename(columns={"sample": "model"})
-    write_table(examples.rename(columns={"sample": "model"}), examples_out, "evaluate_reference", params, inputs)
-    write_table(metrics, metrics_out, "evaluate_reference", params, inputs)
+    table = metrics_from_examples(rows).rename(columns={"sample": "model"})
+    write_table(rows.rename(columns={"sample": "model"}), examples, "evaluate_reference", params, inputs)
+    write_table(table, metrics, "evaluate_reference", params, inputs)
 
 
 def run_evaluate_samples(
     params: Mapping[str, Any],
-    files: EngineFiles,
+    *,
+    pretrained: PathLike,
+    vectors: Mapping[str, PathLike],
+    checkpoints: Mapping[str, PathLike],
     plan: PathLike,
     group: str,
     coefficients: Mapping[str, Sequence[float]],
-    out: PathLike,
+    examples: PathLike,
     device: str = "auto",
     threads: int = 0,
     on_error: str = "fail",
     stage: str = "evaluate_sample",
 ) -> None:
-    """Evaluate the merges of several samples of one group with one engine, into one per-example table.
+    """Evaluate the merges of several samples (sample -> coefficients) of one group with one engine, into one
+    per-example table.
 
-    files holds candidate models; the group's members and tasks come from its level's plan.
+    vectors holds the candidate members; the group's members and tasks come from its level's plan.
     on_error='record' keeps failed (sample, task) evaluations as rows with an `error` (see MergeEngine.evaluate).
     """
-    files = groups.group_files(files, groups.group_plan(plan, group))
+    files = groups.group_files(_files(pretrained, vectors, checkpoints), groups.group_plan(plan, group))
     engine = _engine(params, files, device, threads)
-    samples = progress(coefficients.items(), desc=f"evaluate {Path(out).parent.parent.name}/{Path(out).stem}", total=len(coefficients), unit="sample")
-    examples = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in samples], ignore_index=True)
-    failed = examples.dropna(subset=["error"])
+    out = Path(examples)
+    samples = progress(coefficients.items(), desc=f"evaluate {out.parent.parent.name}/{out.stem}", total=len(coefficients), unit="sample")
+    rows = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in samples], ignore_index=True)
+    failed = rows.dropna(subset=["error"])
     if len(failed):
-        logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), out)
-    write_table(examples, out, stage, {**params, "c": dict(coefficients)}, [plan, *_engine_inputs(files)])
+        logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), examples)
+    write_table(rows, examples, stage, {**params, "c": dict(coefficients)}, [plan, *_engine_inputs(files)])
 
 
 def run_evaluate_round(
     params: Mapping[str, Any],
-    files: EngineFiles,
+    *,
+    pretrained: PathLike,
+    vectors: Mapping[str, PathLike],
+    checkpoints: Mapping[str, PathLike],
     plan: PathLike,
+    samples: PathLike,
     group: str,
-    round_table: PathLike,
-    batch: int,
+    index: int | str,
     size: int,
-    out: PathLike,
+    examples: PathLike,
     device: str = "auto",
     threads: int = 0,
     on_error: str = "fail",
 ) -> None:
-    """Bayesian MAP: evaluate batch `batch` (of `size` samples) of one round's proposed samples."""
-    frame = read_table(round_table).iloc[batch * size : (batch + 1) * size]
+    """Bayesian MAP: evaluate batch `index` (of `size` samples) of one round's proposed samples (its rounds/r<NN>.parquet)."""
+    start = int(index) * size
+    frame = read_table(samples).iloc[start : start + size]
     columns = [c for c in frame.columns if c.startswith("c_")]
     coefficients = {row["sample"]: [float(row[c]) for c in columns] for _, row in frame.iterrows()}
-    run_evaluate_samples(params, files, plan, group, coefficients, out, device, threads, on_error, stage="evaluate_round")
+    run_evaluate_samples(params, pretrained=pretrained, vectors=vectors, checkpoints=checkpoints, plan=plan, group=group,
+                         coefficients=coefficients, examples=examples, device=device, threads=threads, on_error=on_error,
+                         stage="evaluate_round")
 
 
 def run_evaluate_selected(
     params: Mapping[str, Any],
-    choice: PathLike,
-    files: EngineFiles,
+    *,
+    pretrained: PathLike,
+    vectors: Mapping[str, PathLike],
+    checkpoints: Mapping[str, PathLike],
     plan: PathLike,
+    choice: PathLike,
     group: str,
-    out: PathLike,
+    examples: PathLike,
     device: str = "auto",
     threads: int = 0,
 ) -> None:
-    """Evaluate the chosen merge for real on every task of its group (per-example rows)."""
+    """Evaluate the chosen merge (choice.parquet) for real on every task of its group (per-example rows)."""
     frame = read_table(choice)
     c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in groups.group_plan(plan, group)["members"]]}
-    run_evaluate_samples(params, files, plan, group, c, out, device, threads, stage="evaluate_selected")
+    run_evaluate_samples(params, pretrained=pretrained, vectors=vectors, checkpoints=checkpoints, plan=plan, group=group,
+                         coefficients=c, examples=examples, device=device, threads=threads, stage="evaluate_selected")

@@ -8,21 +8,19 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge.core import groups
+from mapmerge.core import groups, pareto
 from mapmerge.core.metrics import maximized
+from mapmerge.core.surrogate import objective_predictor
 from mapmerge.io import read_table, write_table
 
 PathLike = str | os.PathLike
 
 
 def run_pareto_front(
-    params: Mapping[str, Any], surrogate_table: PathLike, samples: PathLike, plan: PathLike, group: str, out: PathLike
+    params: Mapping[str, Any], *, surrogate: PathLike, samples: PathLike, plan: PathLike, group: str, front: PathLike
 ) -> None:
-    """NSGA-III front of the group's objectives inside the sampled box, with every fitted metric predicted per task."""
-    from mapmerge.core import pareto  # deferred: the rules import stage modules at every Snakefile parse
-    from mapmerge.core.surrogate import objective_predictor
-
-    table = read_table(surrogate_table)
+    """NSGA-III front of the group's objectives inside the sampled box, with every fitted metric predicted per task (front.parquet)."""
+    table = read_table(surrogate)
     info = groups.group_plan(plan, group)
     members, tasks = info["members"], info["tasks"]
     opt = params["optimizer"]
@@ -35,13 +33,13 @@ def run_pareto_front(
         objectives, len(members), lower, upper, maximize,
         pop_size=opt["pop_size"], n_gen=opt["n_gen"], seed=params["seed"], ref_partitions=opt["ref_partitions"],
     )
-    front = pd.DataFrame(C, columns=[f"c_{m}" for m in members])
+    points = pd.DataFrame(C, columns=[f"c_{m}" for m in members])
     for other in sorted(set(table["metric"])):
         predicted = objective_predictor(table, other, tasks)(C)
         for i, task in enumerate(tasks):
-            front[f"{other}_{task}"] = predicted[:, i]
+            points[f"{other}_{task}"] = predicted[:, i]
     extra = {}
     if len(members) == 2:
         _, grid = pareto.grid_front(objectives, lower, upper, maximize, resolution=opt["grid_check_resolution"])
         extra["mapmerge.grid_igd"] = f"{pareto.igd(F, grid, maximize):.6g}"
-    write_table(front, out, "pareto_front", params, inputs=[surrogate_table, samples, plan], extra=extra)
+    write_table(points, front, "pareto_front", params, inputs=[surrogate, samples, plan], extra=extra)

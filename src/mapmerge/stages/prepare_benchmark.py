@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mapmerge.io import write_table
+import torch
+
+from mapmerge.builtin import model as benchmark
+from mapmerge.io import ArtifactError, write_table
 
 PathLike = str | os.PathLike
 
 
-def run_prepare_benchmark(params: Mapping[str, Any], checkpoint_dir: PathLike, table: PathLike) -> None:
-    """Train the built-in benchmark's pretrained and fine-tuned checkpoints."""
-    import torch
+def run_prepare_benchmark(
+    params: Mapping[str, Any], *, pretrained: PathLike, finetuned: Sequence[PathLike], table: PathLike
+) -> None:
+    """Train the built-in benchmark's pretrained and fine-tuned checkpoints and write benchmark.parquet (`table`).
 
-    from mapmerge.builtin import model as benchmark  # deferred: the rules import stage modules at every Snakefile parse
-
+    The checkpoints go to `pretrained`'s folder, each named after its model (pretrained, <task>):
+    `pretrained` and `finetuned` are those files.
+    """
     torch.set_num_threads(int(params["benchmark"]["threads"]))
-    frame = benchmark.prepare_benchmark(params["benchmark"], checkpoint_dir)
-    files = [Path(checkpoint_dir) / f for f in frame["file"]]
+    folder = Path(pretrained).parent
+    frame = benchmark.prepare_benchmark(params["benchmark"], folder)
+    files = [folder / f for f in frame["file"]]
+    missing = sorted({str(p) for p in [pretrained, *finetuned]} - {str(p) for p in files})
+    if missing:
+        raise ArtifactError(f"{missing[0]}: not among the checkpoints the benchmark wrote ({', '.join(map(str, files))})")
     write_table(frame, table, "prepare_benchmark", params, inputs=files)

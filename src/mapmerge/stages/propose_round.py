@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mapmerge.core import bayesian
 from mapmerge.core.metrics import metrics_from_examples, suffixes
 from mapmerge.io import read_table, write_table
 
@@ -19,26 +20,27 @@ logger = logging.getLogger("mapmerge")
 
 def run_propose_round(
     params: Mapping[str, Any],
-    rnd: int,
+    *,
+    round: int | str,
     rounds: Sequence[PathLike],
     evals: Sequence[PathLike],
-    out: PathLike,
+    samples: PathLike,
 ) -> None:
-    """Bayesian MAP: the next round's samples, drawn where the surrogates' out-of-sample error is worst."""
-    from mapmerge.core import bayesian  # deferred: the rules import stage modules at every Snakefile parse
-
-    samples = pd.concat([read_table(p) for p in rounds], ignore_index=True)
+    """Bayesian MAP: round `round`'s samples (rounds/r<NN>.parquet), drawn where the surrogates' out-of-sample error
+    is worst over the earlier rounds (their sample tables `rounds` and evaluation batches `evals`)."""
+    rnd = int(round)
+    earlier = pd.concat([read_table(p) for p in rounds], ignore_index=True)
     metrics = metrics_from_examples(pd.concat([read_table(p) for p in evals], ignore_index=True))
-    members = suffixes(samples.columns, "c")
-    errors = bayesian.sample_errors(samples, metrics, members, params["surrogate"], params["objective"])
-    cfg = bayesian.with_bins(params["bayesian"], len(samples), len(members))
+    members = suffixes(earlier.columns, "c")
+    errors = bayesian.sample_errors(earlier, metrics, members, params["surrogate"], params["objective"])
+    cfg = bayesian.with_bins(params["bayesian"], len(earlier), len(members))
     sampler = params["sampler"]
     lower, upper = np.full(len(members), float(sampler["lower"])), np.full(len(members), float(sampler["upper"]))
-    C = samples[[f"c_{m}" for m in members]].to_numpy()
+    C = earlier[[f"c_{m}" for m in members]].to_numpy()
     n_new = bayesian.round_size(cfg, len(members))
-    points = bayesian.propose(C, errors.reindex(samples["sample"]).to_numpy(), n_new, lower, upper, cfg, params["seed"] + rnd)
+    points = bayesian.propose(C, errors.reindex(earlier["sample"]).to_numpy(), n_new, lower, upper, cfg, params["seed"] + rnd)
     frame = pd.DataFrame(points, columns=[f"c_{m}" for m in members])
     frame.insert(0, "kind", "bayesian")
     frame.insert(0, "sample", [f"r{rnd:02d}s{i:04d}" for i in range(n_new)])
-    logger.info("round %d: mean out-of-sample error %.4f over %d samples", rnd, float(np.nanmean(errors)), len(samples))
-    write_table(frame.assign(round=rnd), out, "propose_round", params, inputs=[*rounds, *evals])
+    logger.info("round %d: mean out-of-sample error %.4f over %d samples", rnd, float(np.nanmean(errors)), len(earlier))
+    write_table(frame.assign(round=rnd), samples, "propose_round", params, inputs=[*rounds, *evals])

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
+
+from mapmerge.outputs import report
 
 PathLike = str | os.PathLike
 
 
-def run_report_tables(results: PathLike, outputs: Mapping[str, PathLike]) -> None:
-    """report/<name>.html for each of mapmerge.outputs.report.HTML_TABLES (and validation) that outputs names."""
-    from mapmerge.outputs import report  # deferred: the rules import stage modules at every Snakefile parse
-
-    report.write_html_tables(results, outputs)
+def run_report_tables(
+    params: Mapping[str, Any],
+    *,
+    reference: PathLike,
+    pareto: PathLike,
+    selected: PathLike,
+    evaluations: PathLike,
+    models: PathLike,
+    front: PathLike,
+    chosen: PathLike,
+    ledger: PathLike,
+    validation_table: PathLike | None = None,
+    validation: PathLike | None = None,
+) -> None:
+    """report/<name>.html for each of mapmerge.outputs.report.HTML_TABLES, and report/validation.html from
+    validation.parquet (`validation_table`) with validation."""
+    tables = {"reference": reference, "pareto": pareto, "selected": selected, "evaluations": evaluations}
+    outputs = {"models": models, "front": front, "chosen": chosen, "ledger": ledger}
+    if validation is not None:
+        tables["validation"], outputs["validation"] = validation_table, validation
+    report.write_html_tables(tables, outputs)

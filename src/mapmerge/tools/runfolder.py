@@ -49,16 +49,13 @@ from mapmerge.io import (
 from mapmerge.layout import Layout
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import runlock
+from mapmerge.run.registry import STAGES
 from mapmerge.tensors.operators import SEEDED
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-STATUS_STAGES = [
-    "prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level",
-    "sample_coefficients", "propose_round", "evaluate_sample", "evaluate_round", "collect_metrics",
-    "fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables",
-]
-EVAL_STAGES = ["evaluate_reference", "evaluate_sample", "evaluate_round", "evaluate_selected"]
+STATUS_STAGES = [s.rule for s in STAGES if not s.validation]  # the stages `mapmerge status` reports, in the workflow's order
+EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.validation]  # the ledger's stages
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
 
 

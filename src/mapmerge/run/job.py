@@ -1,0 +1,109 @@
+"""One job of the workflow: `python -m mapmerge.run.job LOG SPEC`, the `shell:` command of every rule.
+
+SPEC, written by the rule's `job` param (job_of in workflow/rules/common.smk), says what to call:
+
+    {"rule": "fit_surrogate", "params": {"stage": {...}, <the rule's other params>},
+     "inputs": {name: path, [paths] or {key: path}}, "outputs": {...}, "args": {name: value}}
+
+as JSON, or `z:` and the base64 of its zlib compression where it is long (a command line holds at most
+128 KiB). The job looks the rule up in mapmerge.run.registry and calls its stage, through
+mapmerge.run.logs.run_stage (LOG gets the timing, and the traceback of a failure):
+
+    <module>.<function>(params["stage"], **inputs, **outputs, **args, **<the other params>)
+
+It imports no Snakemake, parses no Snakefile and composes no config: only this module, the registry and
+the stage's module with what that imports (torch only for the stages that use it). A failure ends it
+with one line on stderr (the rule, the error, the log) and exit status 1. Started locally by a driver,
+it stops when that driver is killed, deleting what it wrote (mapmerge.run.runlock.stop_with_driver).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import os
+import sys
+import traceback
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+from mapmerge.run import runlock
+from mapmerge.run.logs import run_stage
+from mapmerge.run.registry import REGISTRY
+
+PYTHON = "MAPMERGE_PYTHON"  # the interpreter of the jobs, set by shell_command in the process that parses the Snakefile
+COMPRESSED = "z:"
+LONG = 32 * 1024  # characters of JSON beyond which the spec travels compressed
+
+
+def shell_command(conda: bool = False) -> str:
+    """The `shell:` of every rule: this module, run by the Python that runs snakemake (so a job needs no
+    activated environment), or by `python` where the rule's conda environment is active (--sdm conda) and
+    where the command is pasted into a shell by hand (it names the log and the spec: the job runs alone)."""
+    os.environ[PYTHON] = "python" if conda else sys.executable
+    return '"${{' + PYTHON + ':-python}}" -m mapmerge.run.job {log:q} {params.job:q}'  # braces doubled: Snakemake formats it
+
+
+def encode(spec: dict[str, Any]) -> str:
+    """The spec as one command-line argument."""
+    text = json.dumps(spec, separators=(",", ":"), default=os.fspath)
+    if len(text) <= LONG:
+        return text
+    return COMPRESSED + base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+
+
+def decode(text: str) -> dict[str, Any]:
+    if text.startswith(COMPRESSED):
+        text = zlib.decompress(base64.b64decode(text[len(COMPRESSED):])).decode()
+    return json.loads(text)
+
+
+def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any], dict[str, Any]]:
+    """(the stage function, its params, its keyword arguments) for a spec."""
+    stage = REGISTRY[spec["rule"]]
+    function = getattr(importlib.import_module(f"mapmerge.stages.{stage.module}"), stage.function)
+    params = dict(spec.get("params") or {})
+    stage_params = params.pop("stage", None)
+    return function, stage_params, {**spec.get("inputs", {}), **spec.get("outputs", {}), **spec.get("args", {}), **params}
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """'rule fit_surrogate (group=all)'."""
+    wildcards = spec.get("wildcards") or {}
+    return f"rule {spec['rule']}" + (f" ({', '.join(f'{k}={v}' for k, v in wildcards.items())})" if wildcards else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m mapmerge.run.job LOG SPEC  (the command of a workflow rule)", file=sys.stderr)
+        return 2
+    log, spec = argv[0], decode(argv[1])
+    runlock.stop_with_driver()
+    try:
+        try:
+            function, params, kwargs = stage_call(spec)
+        except Exception:  # the stage's code does not import: its traceback goes to the log all the same
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            Path(log).write_text(f"mapmerge: {describe(spec)}: its stage cannot be loaded\n{traceback.format_exc()}")
+            raise
+        run_stage(function, log, params, **kwargs)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # any stage error: one line here, the traceback in the log
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        print(f"mapmerge: {describe(spec)} failed: {message} (traceback in {log})", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every output is on disk (written, flushed and renamed) and the log closed: exit without the
+    # interpreter's teardown, which takes 0.6 s where torch is loaded (and Snakemake records a job
+    # only once its process has exited).
+    os._exit(status)

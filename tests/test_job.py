@@ -1,0 +1,100 @@
+"""A workflow job without Snakemake (mapmerge.run.job), and the stage registry against the stage functions."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from mapmerge.io import read_table, write_table
+from mapmerge.run import job, runlock
+from mapmerge.run.config import STAGE_ENTRY
+from mapmerge.run.logs import run_stage
+from mapmerge.run.registry import REGISTRY, STAGES
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=[s.rule for s in STAGES])
+def test_every_registered_name_is_an_argument_of_its_function(stage):
+    function = getattr(importlib.import_module(f"mapmerge.stages.{stage.module}"), stage.function)
+    parameters = inspect.signature(function).parameters
+    assert list(parameters)[0] == "params"
+    keywords = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(stage.inputs) | set(stage.outputs) | set(stage.args) <= keywords
+    required = {name for name in keywords if parameters[name].default is inspect.Parameter.empty}
+    assert required <= set(stage.inputs) | set(stage.outputs) | set(stage.args)
+    assert STAGE_ENTRY[stage.params_key] == stage.module
+
+
+def test_a_long_spec_travels_compressed():
+    spec = {"rule": "ledger", "inputs": {"evals": {f"g/b{i:04d}.parquet": f"results/x/groups/g/evals/b{i:04d}.parquet" for i in range(3000)}}}
+    text = job.encode(spec)
+    assert text.startswith(job.COMPRESSED) and len(text) < 128 * 1024 and job.decode(text) == spec
+    assert job.decode(job.encode({"rule": "ledger"})) == {"rule": "ledger"}
+
+
+def collect_spec(tmp_path, evals):
+    rounds = tmp_path / "r00.parquet"
+    write_table(pd.DataFrame({"sample": ["s0"], "kind": ["sobol"], "c_a": [0.5], "round": [0]}), rounds, "sample_coefficients")
+    return {"rule": "collect_metrics", "wildcards": {"group": "all"}, "params": {"stage": {"code": "x"}},
+            "inputs": {"rounds": [str(rounds)], "evals": [str(p) for p in evals]},
+            "outputs": {"metrics": str(tmp_path / "metrics.parquet"), "samples": str(tmp_path / "samples.parquet")}, "args": {}}
+
+
+def test_a_job_runs_its_stage_with_a_log(tmp_path):
+    evals = tmp_path / "b0000.parquet"
+    rows = pd.DataFrame({"sample": ["s0", "s0"], "task": ["a", "a"], "example": [0, 1], "correct": [1.0, 0.0], "loss": [0.1, 0.3]})
+    write_table(rows, evals, "evaluate_sample")
+    log = tmp_path / "logs" / "collect_metrics" / "all.log"
+    proc = subprocess.run([sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [evals]))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert set(read_table(tmp_path / "metrics.parquet")["metric"]) == {"accuracy", "loss"}
+    assert "done run_collect_metrics in" in log.read_text()
+    # the job imports neither Snakemake nor the config machinery, and this stage no torch
+    timed = subprocess.run([sys.executable, "-X", "importtime", "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [evals]))],
+                           capture_output=True, text=True)
+    imported = {line.rpartition("|")[2].strip() for line in timed.stderr.splitlines() if line.startswith("import time:")}
+    assert timed.returncode == 0 and imported and not imported & {"torch", "snakemake", "hydra", "mapmerge.run.config"}
+
+
+def test_a_failed_job_says_one_line_and_keeps_the_traceback_in_its_log(tmp_path):
+    missing = tmp_path / "b0000.parquet"
+    log = tmp_path / "all.log"
+    proc = subprocess.run([sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [missing]))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mapmerge: rule collect_metrics (group=all) failed: {missing}")
+    assert lines[0].endswith(f"(traceback in {log})")
+    assert "Traceback" in log.read_text() and "failed run_collect_metrics" in log.read_text()
+    assert not (tmp_path / "metrics.parquet").exists()
+
+
+def test_every_rule_of_the_registry_has_its_stage():
+    assert set(REGISTRY) == {s.rule for s in STAGES} and len(STAGES) == len(REGISTRY)
+
+
+def test_a_job_whose_driver_is_already_gone_does_not_start(tmp_path):
+    evals = tmp_path / "b0000.parquet"
+    rows = pd.DataFrame({"sample": ["s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.1]})
+    write_table(rows, evals, "evaluate_sample")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a driver killed as it launched the job: its pid names no process any more
+    env = {**os.environ, runlock.DRIVER_ENV: f"{gone.pid}@{socket.gethostname()}"}
+    proc = subprocess.run([sys.executable, "-m", "mapmerge.run.job", str(tmp_path / "all.log"), job.encode(collect_spec(tmp_path, [evals]))],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == runlock.ORPHAN_EXIT, proc.stderr
+    assert not (tmp_path / "metrics.parquet").exists() and not (tmp_path / "all.log").exists()
+
+
+def test_a_stage_argument_may_be_named_like_the_runners_own(tmp_path):
+    def stage(params, *, log, stage):  # validate_grid passes `stage`
+        return params, log, stage
+
+    assert run_stage(stage, tmp_path / "x.log", 1, log="a", stage="b") == (1, "a", "b")
