@@ -1,54 +1,41 @@
-"""Workflow wall time against its jobs' compute time: Snakemake's per-job start cost, and batching.
+"""What a workflow job costs besides its stage, against its floor, and the demo pipeline's wall time.
 
-Command line (from the repo root; 3.5 minutes on 2 CPU cores, about 6 when every Snakemake process
-waits on the SLURM probe described at the end):
+Command line (from the repo root, after `make setup`; 8 minutes on 2 CPU cores as written, about 5.5
+with one demo run per tree):
 
-    .venv/bin/python benchmarks/overhead.py
+    .venv/bin/python benchmarks/overhead.py --before ec6a896 --demo-runs 2
 
-Options: --ks 1,8,32 (evaluation.samples_per_job of each measured run), --cores 2, --factor 1
-(sampler.factor: 1 x 15 = 15 designed samples, so that the K=1 run, one job per sample, stays short
-enough for the whole script to take under 10 minutes; K=32 is then one job with all of them),
---stub-scontrol (run every snakemake with a `scontrol` on PATH that fails at once; see the end).
+Options: --before REV (also measure the tree of git revision REV, side by side: a `git worktree` in the
+temporary folder, run with its own src/ on PYTHONPATH, removed at the end), --demo-runs N (demo
+pipelines per tree, alternating trees; default 1), --repeats R (fit_surrogate jobs and floor imports
+per tree; default 5), --cores (of the demo pipeline; default 2).
 
-What it runs, all inside one temporary folder TMP that is removed at the end (-d TMP/work keeps
-Snakemake's .snakemake/ metadata there instead of in the repo), with
-OVR = name=ovh, results_dir=TMP/results, sampler.factor=1 and M = TMP/results/ovh/groups/all/metrics.parquet:
+Everything runs in one temporary folder TMP, removed at the end. Per tree (this checkout, `after`,
+and with --before the other, `before`):
 
- 1. once, everything the evaluation jobs need and that does not depend on K (prepare_benchmark, which
-    trains the built-in benchmark: 4 tasks, width 16, seed 0; extract_task_vector per task; the plan
-    and design jobs), by asking for M with the largest K:
-        .venv/bin/snakemake M --cores 2 -s Snakefile -d TMP/work --config overrides='[OVR, evaluation.samples_per_job=32]'
-    The built-in model's checkpoints live in results_dir/<name>/checkpoints (mapmerge.run.config derives
-    them from the run name), so the measured runs keep the same name and results folder: they share
-    the checkpoints, task vectors and design, and differ only in evaluation.samples_per_job = K;
- 2. for each K, after deleting the evaluation batches, M and their logs, the evaluation part of the
-    workflow, every evaluate_sample batch and collect_metrics:
-        .venv/bin/snakemake M --cores 2 -s Snakefile -d TMP/work --config overrides='[OVR, evaluation.samples_per_job=K]'
-    and checks that every K gives the same metrics.parquet values.
-    The later stages (surrogate, Pareto front, merge, aggregate) are left out: their job count does
-    not depend on K, and the whole benchmark has to fit in 10 minutes on 2 cores.
+ 1. the demo pipeline: what `make demo` runs after its set-up, `snakemake --cores 2` on the default
+    config (4 tasks, 45 designed merges in 6 evaluation jobs, 24 jobs), in TMP/<tree>/demo (-d);
+    its wall time and the CPU seconds of snakemake and all its children;
+ 2. per-job overhead on that finished folder, with `--cores 1` (one job at a time, no other job on
+    the CPUs), for a light stage and a torch stage:
+      fit_surrogate:   R runs of  snakemake RESULTS/groups/all/surrogate.parquet --forcerun fit_surrogate
+      evaluate_sample: one run of snakemake RESULTS/groups/all/evals/b0000..b0005.parquet --forcerun evaluate_sample
+    A job's wall time is the time between the driver's lines for it ("localrule <rule>:", printed as
+    the job starts, and "Finished jobid: N"), which the driver prints with epoch timestamps to the
+    millisecond here: it runs as `python -c '<snakemake.logging.timestamp patched>; snakemake.cli.main()'`.
+    The stage's own time is measured inside the job: the "done <function> in X s" line that
+    mapmerge.run.logs.run_stage writes to the job's log (the time in the stage function, after the
+    job has imported its stage module). Overhead = job wall - stage time: a new process, its
+    imports, the driver's bookkeeping before and after;
+ 3. the floor: `python -c "import mapmerge.stages.<module>"` (fit_surrogate; evaluation), timed R
+    times in the same run, median; the ratio overhead / floor (the goal: within 1.3x).
 
-Measured per run: wall time of the snakemake command; jobs (each with a mapmerge log); the sum of the
-jobs' compute, i.e. the time inside the stage function, from the "done <stage> in X s" line that
-mapmerge.run.logs.run_stage writes to every job's log (for an evaluation job this includes its own
-start-up: importing torch, loading the checkpoints once); the sum of the jobs' wall times, from the
-second-resolution "[timestamp] localrule ..." and "Finished jobid" lines Snakemake prints (the
-rounding averages out over many jobs); the driver's start-up (launch to first job); the CPU seconds
-of snakemake and all its job processes. Overhead per job = (sum of job wall - sum of compute) / jobs:
-what a job costs besides its stage (a fresh `python -m snakemake` process that imports Snakemake and
-its plugins, parses the Snakefile, composes the Hydra config, checks its inputs and outputs).
-Finally it times the part of a Snakemake process's start that is an import: `import snakemake.api`,
-as installed, and with `scontrol` on PATH replaced by a stub that fails at once. The difference is
-snakemake-executor-plugin-slurm, imported by every Snakemake process, running `scontrol show config`:
-with the SLURM client installed and an /etc/slurm/slurm.conf whose controller does not answer (as
-after this repo's SLURM test cluster has stopped), that waits about 9 s per process; without a
-slurm.conf it fails at once. The script times that call before and after the runs and warns when the
-machine's state changed in between.
-A job other than evaluate_sample and collect_metrics that runs in a measured run is reported: it means
-its code or params changed during the benchmark (the repo being edited meanwhile).
+For the `before` tree (every rule a `run:` job: a `python -m snakemake --target-jobs` process that
+imports Snakemake, parses the Snakefile and composes the config before its stage, whose module imports
+torch inside the stage function), the same figures; its stage time includes the torch import that its
+stage functions do, and its floor is the import of its own stage module.
 
-Other work may share this machine, so absolute figures are noisy; ratios within one run of this
-script are what to compare.
+Other work may share this machine, so absolute figures are noisy; compare the trees within one run.
 """
 
 from __future__ import annotations
@@ -58,200 +45,184 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = REPO / ".venv" / "bin" / "snakemake"
 PYTHON = REPO / ".venv" / "bin" / "python"
-NAME = "ovh"
+DRIVER = (
+    "import sys, time, snakemake.logging as log; log.timestamp = lambda: f'[{time.time():.3f}]'; "
+    "sys.argv[0] = 'snakemake'; from snakemake.cli import main; sys.exit(main())"
+)
+STAMP = re.compile(r"^\[(\d+\.\d+)\]$")
 DONE = re.compile(r"INFO mapmerge: done (\w+) in ([0-9.]+) s")
-STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+RESULTS = Path("results") / "demo"
+BATCHES = [f"b{k:04d}" for k in range(6)]  # the default design: 45 samples in batches of 8
+KINDS = {  # stage kind -> (rule, stage module)
+    "light (fit_surrogate)": ("fit_surrogate", "mapmerge.stages.fit_surrogate"),
+    "torch (evaluate_sample)": ("evaluate_sample", "mapmerge.stages.evaluation"),
+}
 
 
-def snakemake(args: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run snakemake from the repo root; wall s, CPU s of it and its children, launch time. Output to `log`."""
+def run_snakemake(tree: Path, workdir: Path, args: list[str], log: Path, env: dict[str, str]) -> dict[str, float]:
+    """snakemake with the tree's Snakefile in `workdir` (the timestamp-patched driver); wall and CPU s. Output to `log`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    launched = datetime.now()
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([str(SNAKEMAKE), *args], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run([str(PYTHON), "-c", DRIVER, "-s", str(tree / "Snakefile"), "-d", str(workdir), *args],
+                              cwd=tree, stdout=fh, stderr=subprocess.STDOUT, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        sys.exit(f"snakemake failed ({proc.returncode}); its output:\n{log.read_text()[-4000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "launched": launched}
+        sys.exit(f"snakemake failed ({proc.returncode}) in {workdir}; its output:\n{log.read_text()[-4000:]}")
+    return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
 
 
-def job_times(output: str) -> tuple[dict[str, float], datetime | None]:
-    """Log path -> job wall time (s, 1 s resolution) from Snakemake's printed job lines; first job's start."""
-    stamp = first = None
-    started: dict[str, datetime] = {}
+def job_walls(output: str) -> dict[str, float]:
+    """Log path -> job wall time (s), from the driver's epoch-stamped 'localrule' and 'Finished jobid' lines."""
+    stamp = None
+    started: dict[str, float] = {}
     logs: dict[str, str] = {}
     walls: dict[str, float] = {}
     current = None
     for line in output.splitlines():
         text = line.strip()
-        m = STAMP.match(text)
-        if m:
-            stamp = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
+        if m := STAMP.match(text):
+            stamp = float(m.group(1))
         elif text.startswith(("localrule ", "rule ")):
             current = {"start": stamp}
-            first = first or stamp
         elif current is not None and text.startswith("log: "):
             current["log"] = text[5:].split(",")[0].strip()
         elif current is not None and text.startswith("jobid: "):
             jobid = text[7:].strip()
-            started[jobid] = current["start"]
-            if "log" in current:
-                logs[jobid] = current["log"]
+            started[jobid], logs[jobid] = current["start"], current.get("log", "")
             current = None
         elif text.startswith("Finished jobid: "):
             jobid = text[len("Finished jobid: "):].split()[0]
-            if jobid in logs and jobid in started:
-                walls[logs[jobid]] = (stamp - started[jobid]).total_seconds()
-    return walls, first
+            if logs.get(jobid) and started.get(jobid) is not None:
+                walls[logs[jobid]] = stamp - started[jobid]
+    return walls
 
 
-def run_stats(results: Path, output: str, run: dict) -> dict:
-    """This run's jobs (each with a mapmerge log), their summed compute and wall, overall and for evaluate_sample."""
-    walls, first = job_times(output)
-    jobs = []
-    for log in map(Path, sorted(walls)):
-        done = DONE.search(log.read_text())
-        if not done:
-            sys.exit(f"{log}: no 'done' line")
-        rule = log.relative_to(results / "logs").parts[0].removesuffix(".log")
-        jobs.append({"rule": rule, "compute": float(done.group(2)), "wall": walls[str(log)]})
-    if not jobs:
-        sys.exit("no job start and finish lines in snakemake's output (format changed?)")
-    evals = [j for j in jobs if j["rule"] == "evaluate_sample"]
-    others = sorted({j["rule"] for j in jobs if j["rule"] not in ("evaluate_sample", "collect_metrics")})
-    return {
-        "others": others,
-        **run,
-        "jobs": len(jobs),
-        "compute": sum(j["compute"] for j in jobs),
-        "job_wall": sum(j["wall"] for j in jobs),
-        "eval_jobs": len(evals),
-        "eval_compute": sum(j["compute"] for j in evals),
-        "eval_job_wall": sum(j["wall"] for j in evals),
-        "driver_startup": (first - run["launched"]).total_seconds() if first else float("nan"),
-    }
+def stage_time(log: Path) -> float:
+    done = DONE.search(log.read_text())
+    if not done:
+        sys.exit(f"{log}: no 'done' line")
+    return float(done.group(2))
 
 
-def metrics_of(results: Path) -> np.ndarray:
-    from mapmerge.io import read_table
-
-    frame = read_table(results / "groups" / "all" / "metrics.parquet")
-    return frame.sort_values(["sample", "task", "metric"])["value"].to_numpy()
-
-
-def probe_time() -> float:
-    """Seconds `scontrol show config` takes to answer or fail (NaN without the SLURM client)."""
-    start = time.perf_counter()
-    try:
-        subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return float("nan")
-    return time.perf_counter() - start
+def import_time(module: str, env: dict[str, str], repeats: int) -> float:
+    """Median wall s of `python -c "import module"`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([str(PYTHON), "-c", f"import {module}"], env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def import_time(env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([str(PYTHON), "-c", "import snakemake.api"], env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that runs `tree`'s own package (its src/ before the editable install's)."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    where = subprocess.run([str(PYTHON), "-c", "import mapmerge; print(mapmerge.__file__)"], env=env, capture_output=True, text=True)
+    if not Path(where.stdout.strip()).is_relative_to(tree / "src"):
+        sys.exit(f"{tree}: its mapmerge does not come first on sys.path ({where.stdout.strip()} {where.stderr.strip()})")
+    return env
+
+
+def demo(tree: Path, folder: Path, cores: int, env: dict[str, str]) -> dict[str, float]:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    run = run_snakemake(tree, folder, ["--cores", str(cores)], folder.parent / f"{folder.name}.out", env)
+    run["jobs"] = len(job_walls((folder.parent / f"{folder.name}.out").read_text()))
+    return run
+
+
+def overheads(tree: Path, folder: Path, env: dict[str, str], repeats: int, tmp: Path, label: str) -> dict[str, dict]:
+    """Per stage kind: jobs, median job wall, stage time, overhead, floor (import of the stage module)."""
+    results = folder / RESULTS
+    rows = {}
+    for kind, (rule, module) in KINDS.items():
+        if rule == "fit_surrogate":
+            runs = [(["--cores", "1", str(RESULTS / "groups/all/surrogate.parquet"), "--forcerun", rule])] * repeats
+        else:
+            runs = [["--cores", "1", *(str(RESULTS / f"groups/all/evals/{b}.parquet") for b in BATCHES), "--forcerun", rule]]
+        jobs = []
+        for i, args in enumerate(runs):
+            out = tmp / f"{label}-{rule}-{i}.out"
+            run_snakemake(tree, folder, args, out, env)
+            for log, wall in job_walls(out.read_text()).items():
+                stage = stage_time(folder / log)
+                jobs.append({"wall": wall, "stage": stage, "overhead": wall - stage})
+        if not jobs:
+            sys.exit(f"{label} {rule}: no job lines in snakemake's output")
+        floor = import_time(module, env, repeats)
+        overhead = statistics.median(j["overhead"] for j in jobs)
+        rows[kind] = {"jobs": len(jobs), "wall": statistics.median(j["wall"] for j in jobs),
+                      "stage": statistics.median(j["stage"] for j in jobs), "overhead": overhead, "floor": floor,
+                      "ratio": overhead / floor}
+    rows["python -c pass"] = {"floor": import_time("sys", env, repeats)}
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", default="1,8,32", help="evaluation.samples_per_job of each run")
+    parser.add_argument("--before", help="a git revision to measure side by side (e.g. the commit before `shell:` jobs)")
+    parser.add_argument("--demo-runs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--factor", type=float, default=1.0, help="sampler.factor (design size factor x 15 for 4 tasks)")
-    parser.add_argument("--stub-scontrol", action="store_true", help="measure with `scontrol` stubbed to fail at once")
     args = parser.parse_args()
-    ks = [int(k) for k in args.ks.split(",")]
     total_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="mapmerge-overhead-"))
-    work, results_dir = tmp / "work", tmp / "results"
-    results = results_dir / NAME
-    base = ["--cores", str(args.cores), "-s", str(REPO / "Snakefile"), "-d", str(work)]
-    overrides = lambda k: f"overrides=[name={NAME}, results_dir={results_dir}, sampler.factor={args.factor}, evaluation.samples_per_job={k}]"  # noqa: E731
-    rows = []
+    trees = {"after": REPO}
+    demos: dict[str, list[dict]] = {}
+    jobs: dict[str, dict] = {}
     try:
-        stub = tmp / "stub"
-        stub.mkdir()
-        (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-        (stub / "scontrol").chmod(0o755)
-        stubbed = {**os.environ, "PATH": f"{stub}:{os.environ.get('PATH', '')}"}
-        env = stubbed if args.stub_scontrol else None
-        probe_before = probe_time()
-        metrics = str(results / "groups" / "all" / "metrics.parquet")
-        prep = snakemake([metrics, *base, "--config", overrides(max(ks))], tmp / "prep.out", env)
-        prep_stats = run_stats(results, (tmp / "prep.out").read_text(), prep)
-        reference = None
-        for k in ks:
-            for stale in (results / "groups" / "all" / "evals", results / "logs" / "evaluate_sample", results / "logs" / "collect_metrics"):
-                shutil.rmtree(stale, ignore_errors=True)
-            (results / "groups" / "all" / "metrics.parquet").unlink(missing_ok=True)
-            out = tmp / f"k{k}.out"
-            run = snakemake([metrics, *base, "--config", overrides(k)], out, env)
-            rows.append({"k": k, **run_stats(results, out.read_text(), run)})
-            values = metrics_of(results)
-            if reference is None:
-                reference = values
-            assert values.shape == reference.shape and np.array_equal(values, reference), f"K={k}: metrics differ from K={ks[0]}"
-            print(f"... K={k}: {run['wall']:.0f} s", file=sys.stderr, flush=True)
-        # where a Snakemake process's start goes: its imports, with and without a working `scontrol`
-        import_real = import_time(dict(os.environ))
-        import_stub = import_time(stubbed)
-        probe_after = probe_time()
+        if args.before:
+            trees = {"before": tmp / "before", "after": REPO}
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "before"), args.before],
+                           check=True, capture_output=True)
+        envs = {label: tree_env(tree) for label, tree in trees.items()}
+        for rep in range(args.demo_runs):
+            for label, tree in trees.items():
+                demos.setdefault(label, []).append(demo(tree, tmp / label / "demo", args.cores, envs[label]))
+                print(f"... demo {label} {rep + 1}: {demos[label][-1]['wall']:.0f} s", file=sys.stderr, flush=True)
+        for label, tree in trees.items():
+            jobs[label] = overheads(tree, tmp / label / "demo", envs[label], args.repeats, tmp, label)
+            print(f"... per-job overheads of {label} measured", file=sys.stderr, flush=True)
     finally:
+        if args.before:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "before")], capture_output=True)
+            subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    from mapmerge.core.sampling import design_size
-
-    n_samples = design_size(4, {"factor": args.factor})
-    print(f"mapmerge evaluation jobs on the built-in benchmark (4 tasks, width 16; sampler.factor={args.factor}"
-          f": {n_samples} samples), snakemake --cores {args.cores}, evaluation.threads=1")
-    print(f"shared set-up, run once (training, task vectors, plan, design; evaluations with K={max(ks)}, then deleted): "
-          f"{prep['wall']:.0f} s wall, {prep_stats['jobs']} jobs, {prep_stats['compute']:.0f} s of job compute")
-    if args.stub_scontrol:
-        print("measured with `scontrol` stubbed to fail at once (--stub-scontrol): without the SLURM plugin's import-time probe")
-    print("every K gave identical metrics.parquet values.")
-    for r in rows:
-        if r["others"]:
-            print(f"NOTE K={r['k']}: jobs besides the evaluation ones ran ({', '.join(r['others'])}): their code or params "
-                  "changed during the benchmark (the repo was edited meanwhile); they are counted in the first table")
-    print()
-    print(f"| K (samples/job) | jobs | evaluate_sample jobs | wall s | sum of job compute s | sum of job wall s | overhead s per job | driver start-up s | CPU s (all processes) | wall ratio vs K={ks[0]} |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        per_job = (r["job_wall"] - r["compute"]) / r["jobs"]
-        print(f"| {r['k']} | {r['jobs']} | {r['eval_jobs']} | {r['wall']:.1f} | {r['compute']:.1f} | {r['job_wall']:.0f} | {per_job:.1f} "
-              f"| {r['driver_startup']:.0f} | {r['cpu']:.0f} | {r['wall'] / rows[0]['wall']:.2f} |")
-    print("\nevaluate_sample jobs alone (the only rule whose job count depends on K)\n")
-    print("| K | jobs | compute s | job wall s | overhead s per job | compute s per job |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['k']} | {r['eval_jobs']} | {r['eval_compute']:.1f} | {r['eval_job_wall']:.0f} "
-              f"| {(r['eval_job_wall'] - r['eval_compute']) / r['eval_jobs']:.1f} | {r['eval_compute'] / r['eval_jobs']:.2f} |")
-    print(f"\nstart of every snakemake process (the driver and each job): `import snakemake.api` takes {import_real:.1f} s; "
-          f"{import_stub:.1f} s with `scontrol` stubbed to fail at once.")
-    print(f"the difference is snakemake-executor-plugin-slurm running `scontrol show config` when it is imported "
-          f"(building its settings' help); where slurm.conf names a controller that does not answer, that call waits "
-          f"for it: `scontrol show config` "
-          f"took {probe_before:.1f} s before the runs and {probe_after:.1f} s after them.")
-    if abs(probe_before - probe_after) > 2:
-        print("WARNING: that changed during the runs (a SLURM config under /etc/slurm appeared or went, e.g. a SLURM test "
-              "started or stopped its cluster), so the runs' per-job overhead is not comparable; run again.")
+    names = {"after": f"after (this checkout, {REPO})", "before": f"before ({args.before})"}
+    print(f"The demo pipeline: snakemake --cores {args.cores} on the default config (built-in benchmark, 4 tasks, "
+          f"45 designed merges), from an empty folder; {args.demo_runs} run(s) per tree, alternating\n")
+    print("| tree | jobs | wall s | CPU s (snakemake and its children) |")
+    print("|---|---|---|---|")
+    for label, runs in demos.items():
+        for run in runs:
+            print(f"| {names[label]} | {run['jobs']} | {run['wall']:.1f} | {run['cpu']:.0f} |")
+    if "before" in demos:
+        before = statistics.median(r["wall"] for r in demos["before"])
+        after = statistics.median(r["wall"] for r in demos["after"])
+        print(f"\nspeed-up of the demo pipeline: {before:.1f} s / {after:.1f} s = {before / after:.2f}x (medians)")
+    print("\nPer-job overhead (job wall - the stage's own time inside the job; medians; `--cores 1`) against its floor, "
+          "`python -c \"import <stage module>\"`:\n")
+    print("| tree | stage kind | jobs | job wall s | stage s | overhead s | floor s (import) | overhead / floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, rows in jobs.items():
+        for kind, r in rows.items():
+            if "jobs" in r:
+                print(f"| {label} | {kind} | {r['jobs']} | {r['wall']:.2f} | {r['stage']:.2f} | {r['overhead']:.2f} | "
+                      f"{r['floor']:.2f} | {r['ratio']:.2f} |")
+    for label, rows in jobs.items():
+        print(f"({label}: `python -c \"import sys\"` takes {rows['python -c pass']['floor']:.3f} s)")
     print(f"\ntotal {time.perf_counter() - total_start:.0f} s; temporary folder removed: {not tmp.exists()}")
 
 
