@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(log).write_text(f"mapmerge: {describe(spec)}: its stage cannot be loaded\n{traceback.format_exc()}")
             raise
         run_stage(function, log, params, **kwargs)
+        runlock.stop_if_driver_gone()  # outputs finished after the driver died are not left for it to record
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # any stage error: one line here, the traceback in the log

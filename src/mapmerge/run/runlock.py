@@ -127,6 +127,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_watched: list[int] = []  # the driver this job process watches (stop_with_driver), if any
+
+
 def stop_with_driver(interval: float = 1.0) -> threading.Thread | None:
     """In a job process: exit, deleting the outputs it wrote, once the driver that started it is gone.
 
@@ -134,7 +137,7 @@ def stop_with_driver(interval: float = 1.0) -> threading.Thread | None:
     (its params and code could then never trigger a rerun), and would race the restarted driver.
     Only a job that descends from its driver is watched (local execution on Linux, not cluster jobs).
     A job on the driver's host whose driver is already gone when it starts (killed as it launched the
-    job) exits at once.
+    job) exits at once. The watch looks every `interval` s; a job ends with stop_if_driver_gone.
     """
     pid, _, host = os.environ.get(DRIVER_ENV, "").partition("@")
     if host != socket.gethostname() or not pid.isdigit():
@@ -144,14 +147,25 @@ def stop_with_driver(interval: float = 1.0) -> threading.Thread | None:
             logger.error("driver pid %s is gone; this job does not start, the next snakemake run redoes it", pid)
             os._exit(ORPHAN_EXIT)
         return None
+    _watched.append(int(pid))
 
     def watch() -> None:
         while int(pid) in _ancestors():  # a dead driver's children are handed to another process at once
             time.sleep(interval)
-        logger.error("driver pid %s is gone; stopping this job, the next snakemake run redoes it", pid)
-        undo_writes()
-        os._exit(ORPHAN_EXIT)
+        stop_if_driver_gone()
 
     thread = threading.Thread(target=watch, name="mapmerge-driver-watch", daemon=True)
     thread.start()
     return thread
+
+
+def stop_if_driver_gone() -> None:
+    """In a job that watches its driver: exit, deleting what it wrote, if the driver is gone.
+
+    A job calls it once its stage is done, before it exits: Snakemake records a job only when its
+    process ends, so outputs finished after the driver died (within the watch's interval) are undone.
+    """
+    if _watched and _watched[0] not in _ancestors():
+        logger.error("driver pid %s is gone; stopping this job, the next snakemake run redoes it", _watched[0])
+        undo_writes()
+        os._exit(ORPHAN_EXIT)
