@@ -77,15 +77,16 @@ def killed(tmp_path_factory) -> Killed:
     results = workdir / "results" / "faults"
     evals = results / "groups" / "all" / "evals"
     with open(workdir / "driver.log", "w") as log:
-        driver = subprocess.Popen(command(workdir), stdout=log, stderr=subprocess.STDOUT)
+        # one job at a time: when every finished batch is recorded, the job running has just started
+        driver = subprocess.Popen(command(workdir, "--cores", "1"), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: runlock.holder(results) is not None, driver)
         elsewhere = command(tmp_path_factory.mktemp("elsewhere"), overrides=[*BASE, f"results_dir={workdir / 'results'}"])
         others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                   for cmd in (command(workdir), elsewhere)]
         same_folder, elsewhere_run = [(p.wait(timeout=300), p.stdout.read()) for p in others]
-        # a batch done and recorded by the driver (it prints "Finished jobid" after recording a job, and a job
-        # exits right after writing its output), another being evaluated
+        # a batch done and recorded by the driver (it prints "Finished jobid" after recording a job, which it does
+        # once the job's process has exited, right after writing its output), and the next job running
         wait_for(lambda: recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0 and job_processes(workdir), driver)
     finally:
         driver.kill()

@@ -55,11 +55,12 @@ def nested(tmp_path_factory) -> NestedRun:
     results = workdir / "results" / "nested"
     level2_evals = results / "groups" / "L2g0" / "evals"
     with open(workdir / "driver.log", "w") as log:
-        driver = subprocess.Popen(snakemake_command(workdir, overrides=NESTED), stdout=log, stderr=subprocess.STDOUT,
+        # one job at a time: when every finished batch is recorded, the job running has just started
+        driver = subprocess.Popen(snakemake_command(workdir, "--cores", "1", overrides=NESTED), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        # a level-2 batch done and recorded by the driver: a job's process exits right after writing its output,
-        # and the driver records the job (then prints "Finished jobid") only after that
+        # a level-2 batch done and recorded by the driver (it records a job, then prints "Finished jobid", once the
+        # job's process has exited, right after writing its output), and the next job running
         wait_for(lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0, driver, timeout=600)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
