@@ -1,7 +1,8 @@
 # Quick start: `make demo` (set up, then run the default pipeline) and `make test` (set up, then run the tests).
 PYTHON ?= python3
 CORES ?= 2
-# test files run side by side on this many workers (a file's tests stay together: they share fixtures)
+# test files run side by side on this many workers (a file's tests stay together: they share fixtures); the files
+# start in the order tests/conftest.py gives, the longest first
 TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,7 +24,7 @@ demo: setup
 	$(BIN)/mapmerge summary results/demo
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -1,12 +1,18 @@
-"""Shared fixtures: a small real benchmark (trained once per test session) and the repo root."""
+"""Shared fixtures and helpers: the repo root, a small real benchmark and the example's checkpoints (each made once
+per test session, whatever the number of pytest-xdist workers), finished runs shared the same way, and the order
+in which the test files start."""
 
 from __future__ import annotations
 
 import ast
+import fcntl
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,80 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SMALL_TASKS = ["rot90", "invert", "flip_parity"]
 SMALL_BENCHMARK = {"tasks": SMALL_TASKS, "seed": 0, "width": 8, "pretrain_epochs": 15, "finetune_epochs": 8}
+EXAMPLE = REPO / "examples" / "custom_mlp"
+
+
+# --- spreading the tests over pytest-xdist workers ---------------------------------------------------------------
+#
+# `make test` runs pytest -n 2 --dist loadfile --no-loadscope-reorder: a file's tests run on one worker, one after
+# the other (they share its module fixtures), and the files start in the order below, the longest first, so that
+# the long ones overlap and the short ones fill the end; files not named follow in their usual order. It is only a
+# start order, from measured durations: nothing depends on it, and every test passes alone or in any order.
+LONGEST_FIRST = [
+    "test_slurm.py",
+    "test_bad_input.py",
+    "test_faults.py",
+    "test_workflow.py",
+    "test_transformers.py",
+    "test_methods.py",
+    "test_validation.py",
+    "test_bayesian_workflow.py",
+    "test_openclip.py",
+    "test_example.py",
+    "test_cli.py",
+    "test_report_html.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), position[id(item)]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist workers share the machine's cores: torch in each worker gets its share, not all of them
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+# --- things made once per test session -----------------------------------------------------------------------------
+
+
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker of this test session sees: the session's base temporary folder (without xdist,
+    the process's own)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, key: str, build: Callable[[Path], object]) -> Path:
+    """The folder `key` made by build(folder) once per test session: the first worker to ask builds it while the
+    others wait for it (a file lock); after a build that fails, the next one to ask tries again. Treat it as
+    read-only: copy what a test changes (copy_run)."""
+    root = shared_root(tmp_path_factory)
+    done = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_dir():
+            partial = root / f"{key}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            build(partial)
+            partial.rename(done)
+    return done
+
+
+def copy_run(workdir: Path, target: Path) -> Path:
+    """A copy of a snakemake working folder (outputs and Snakemake's records, mtimes kept): Snakemake sees in it
+    the run it saw in the original, and the copy can change without touching it."""
+    shutil.copytree(workdir, target, symlinks=True)
+    return target
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +103,42 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def small_bench(tmp_path_factory) -> Path:
-    """Checkpoints of a small built-in benchmark: pretrained.safetensors and one file per task."""
-    from mapmerge.builtin.model import prepare_benchmark
+    """Checkpoints of a small built-in benchmark: pretrained.safetensors and one file per task (read-only)."""
 
-    out = tmp_path_factory.mktemp("small_bench")
-    prepare_benchmark(SMALL_BENCHMARK, out)
-    return out
+    def build(out: Path) -> None:
+        import torch
+
+        from mapmerge.builtin.model import prepare_benchmark
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the prepare_benchmark stage trains (benchmark.threads)
+        try:
+            prepare_benchmark(SMALL_BENCHMARK, out)
+        finally:
+            torch.set_num_threads(threads)
+
+    return build_once(tmp_path_factory, "small_bench", build)
+
+
+def example_checkpoints(tmp_path_factory: pytest.TempPathFactory, hidden: int = 32) -> Path:
+    """A folder of examples/custom_mlp's checkpoints, made by its make_checkpoints.py (--hidden as given) once per
+    session (read-only)."""
+
+    def build(out: Path) -> None:
+        example = shutil.copytree(EXAMPLE, out / "example", ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+        run([sys.executable, str(example / "make_checkpoints.py"), str(out / "checkpoints"), "--hidden", str(hidden)])
+
+    return build_once(tmp_path_factory, f"custom_mlp_h{hidden}", build) / "checkpoints"
+
+
+def copy_example(tmp_path_factory: pytest.TempPathFactory, target: Path) -> Path:
+    """A copy of examples/custom_mlp at `target` with its checkpoints (made by its script, once per session)."""
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    shutil.copytree(example_checkpoints(tmp_path_factory), target / "checkpoints")
+    return target
+
+
+# --- running snakemake and reading what it did -----------------------------------------------------------------------
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -11,8 +11,8 @@ the DAG would throw finished evaluations away).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, copy_example
 
 from mapmerge.run.config import ConfigError, load_config
 
@@ -62,10 +63,15 @@ def _rename(path: str, new: str) -> Callable[[dict, Path], None]:
 
 
 def _other_width_checkpoint(exp: dict, example: Path) -> None:
-    """stripes_60's checkpoint replaced by one of a network with another hidden width."""
-    out = example / "checkpoints_h16"
-    if not (out / "stripes_60.pt").exists():
-        subprocess.run([sys.executable, str(example / "make_checkpoints.py"), str(out), "--hidden", "16"], check=True, capture_output=True)
+    """stripes_60's checkpoint replaced by one of a network with another hidden width (the example's model.build with
+    hidden 16, untrained: only its shapes matter here)."""
+    out = example / "checkpoints_h16" / "stripes_60.pt"
+    if not out.exists():
+        spec = importlib.util.spec_from_file_location("custom_mlp_model_h16", example / "model.py")
+        model = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(model)
+        out.parent.mkdir(exist_ok=True)
+        torch.save(model.build(hidden=16).state_dict(), out)
     exp["model"]["tasks"]["stripes_60"]["checkpoint"] = "checkpoints_h16/stripes_60.pt"
 
 
@@ -120,11 +126,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
-    """A copy of examples/custom_mlp with its checkpoints made by its script."""
-    example = tmp_path_factory.mktemp("bad_input") / "custom_mlp"
-    shutil.copytree(REPO / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
-    subprocess.run([sys.executable, str(example / "make_checkpoints.py")], check=True, capture_output=True, timeout=300)
-    return example
+    """A copy of examples/custom_mlp with its checkpoints made by its script (once per test session, conftest)."""
+    return copy_example(tmp_path_factory, tmp_path_factory.mktemp("bad_input") / "custom_mlp")
 
 
 def experiment_for(case: Case, example: Path) -> Path:

@@ -7,15 +7,20 @@ that returns NaN for some merges runs with and without evaluation.on_error and s
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, artifacts, job_counts, run, snakemake_command, wait_for
+from conftest import (
+    artifacts,
+    copy_example,
+    job_counts,
+    run,
+    snakemake_command,
+    wait_for,
+)
 from omegaconf import OmegaConf
 
 from mapmerge.io import read_table
@@ -215,11 +220,9 @@ class Flaky:
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory) -> Flaky:
     """A copy of examples/custom_mlp whose stripes_0 evaluator fails for merges with a large coefficient sum."""
-    example = tmp_path_factory.mktemp("flaky") / "custom_mlp"
-    shutil.copytree(REPO / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    example = copy_example(tmp_path_factory, tmp_path_factory.mktemp("flaky") / "custom_mlp")  # checkpoints by its script
     with open(example / "model.py", "a") as fh:
         fh.write(FLAKY)
-    run([sys.executable, str(example / "make_checkpoints.py")])
     experiment = OmegaConf.load(example / "experiment.yaml")
     checkpoints = example / "checkpoints"
     experiment.model.tasks.stripes_0.evaluator = {

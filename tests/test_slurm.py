@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, job_counts
-from test_workflow import BASE
+from test_workflow import BASE, finished_run
 
 from mapmerge.io import read_table
 from mapmerge.outputs.report import HTML_TABLES
@@ -106,16 +106,16 @@ def cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory) -> Runs:
-    """The same config run on SLURM and, at the same time, locally."""
-    slurm_dir, local_dir = tmp_path_factory.mktemp("slurm"), tmp_path_factory.mktemp("local")
-    with open(local_dir.with_suffix(".log"), "w") as log:
-        local = subprocess.Popen(command(local_dir, slurm=False), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            run(command(slurm_dir))
-        finally:
-            local.wait()
-    assert local.returncode == 0, local_dir.with_suffix(".log").read_text()[-5000:]
-    return Runs(slurm_dir, local_dir)
+    """The config of test_workflow.py run on SLURM and, at the same time, locally: test_workflow.py's run, which is
+    made once per test session (the same command without the SLURM executor), here or by test_workflow.py."""
+    slurm_dir = tmp_path_factory.mktemp("slurm")
+    slurm = subprocess.Popen(command(slurm_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        local = copy_run(finished_run(tmp_path_factory), tmp_path_factory.mktemp("local"))
+    finally:
+        output = slurm.communicate()[0]
+    assert slurm.returncode == 0, f"snakemake failed ({slurm.returncode}):\n{output[-5000:]}"
+    return Runs(slurm_dir, local)
 
 
 def stage_times(log: Path) -> tuple[datetime, datetime]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, edit_a_function, job_counts
+from conftest import REPO, build_once, copy_run, edit_a_function, job_counts
 
 from mapmerge.builtin.model import build_model
 from mapmerge.io import read_table, table_metadata
@@ -44,11 +44,22 @@ def snakemake(workdir: Path, *args: str, overrides: list[str] = (), check: bool 
     return proc
 
 
+def finished_run(tmp_path_factory) -> Path:
+    """The working folder of a finished run of BASE, made once per test session (test_slurm compares its SLURM run
+    with it); read-only."""
+    return build_once(tmp_path_factory, "workflow_wf", snakemake)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    snakemake(workdir)
-    return workdir
+    """This module's copy of the finished run, for the tests that read it or only plan on it (snakemake -n)."""
+    return copy_run(finished_run(tmp_path_factory), tmp_path_factory.mktemp("workflow") / "run")
+
+
+@pytest.fixture
+def own_run(tmp_path_factory, tmp_path) -> Path:
+    """A copy of the finished run for one test that runs snakemake on it: no other test sees what it changes."""
+    return copy_run(finished_run(tmp_path_factory), tmp_path / "run")
 
 
 def results(workdir: Path) -> Path:
@@ -164,31 +175,31 @@ def test_a_change_reruns_only_what_follows(run, override, expected):
     assert set(jobs) - {"all"} == expected
 
 
-def test_rerun_after_a_change_keeps_evaluations(run):
-    res = results(run)
+def test_rerun_after_a_change_keeps_evaluations(own_run):
+    res = results(own_run)
     evals = sorted((res / "groups/all/evals").glob("*.parquet")) + [res / "reference.parquet"]
     before = {p: p.stat().st_mtime_ns for p in evals}
-    snakemake(run, overrides=["surrogate.loo=false"])
+    snakemake(own_run, overrides=["surrogate.loo=false"])
     assert {p: p.stat().st_mtime_ns for p in evals} == before
     assert np.isnan(read_table(res / "groups/all/surrogate.parquet")["loo_rmse"]).all()
 
 
-def test_a_bigger_design_evaluates_only_new_samples(run):
-    res = results(run)
+def test_a_bigger_design_evaluates_only_new_samples(own_run):
+    res = results(own_run)
     batches = sorted((res / "groups/all/evals").glob("b*.parquet"))
     assert [p.name for p in batches] == ["b0000.parquet", "b0001.parquet"]  # 12 samples, 8 per job
     before = {p.name: p.stat().st_mtime_ns for p in batches}
     grown = ["sampler.factor=4"]  # 24 samples: b0000 unchanged, b0001 gains samples, b0002 is new
-    plan = snakemake(run, "-n", overrides=grown).stdout
+    plan = snakemake(own_run, "-n", overrides=grown).stdout
     assert job_counts(plan)["evaluate_sample"] == 2
     assert "evals/b0000.parquet" not in plan.split("Job stats:")[0].split("rule collect_metrics")[0]
-    snakemake(run, overrides=grown)
+    snakemake(own_run, overrides=grown)
     assert (res / "groups/all/evals/b0000.parquet").stat().st_mtime_ns == before["b0000.parquet"]
     assert (res / "groups/all/evals/b0001.parquet").stat().st_mtime_ns != before["b0001.parquet"]
     samples = read_table(res / "groups/all/samples.parquet")
     metrics = read_table(res / "groups/all/metrics.parquet")
     assert len(samples) == 24 and set(metrics["sample"]) == set(samples["sample"])
-    assert "Nothing to be done" in snakemake(run, "-n", overrides=grown).stdout
+    assert "Nothing to be done" in snakemake(own_run, "-n", overrides=grown).stdout
 
 
 def test_lint_is_clean(tmp_path):
