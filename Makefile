@@ -1,4 +1,5 @@
-# Quick start: `make demo` (set up, then run the default pipeline) and `make test` (set up, then run the tests).
+# Quick start: `make demo` (set up, then run the default pipeline) and `make test` (set up, then run the tests);
+# `make test-fast` runs the unit tests only (not those marked slow or slurm).
 PYTHON ?= python3
 CORES ?= 2
 # test files run side by side on this many workers (a file's tests stay together: they share fixtures); the files
@@ -7,8 +8,9 @@ TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +26,10 @@ demo: setup
 	$(BIN)/mapmerge summary results/demo
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PYTEST)
+
+test-fast: setup
+	$(PYTEST) -m "not slow and not slurm"
 
 lint: setup
 	$(BIN)/snakemake --lint

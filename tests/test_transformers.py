@@ -83,6 +83,7 @@ def direct_rows(directory: Path, data: Path, tokenizer: Path) -> pd.DataFrame:
     return pd.DataFrame({"correct": (logits.argmax(1) == labels).numpy(), "loss": torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy()})
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_base_model_names_get_the_prefix_and_shards_read_as_one(minilm):
     with open_checkpoint(minilm["base"] / "model.safetensors") as base:
         assert all(name.startswith("bert.") for name in base.keys())
@@ -109,6 +110,7 @@ def test_base_model_names_get_the_prefix_and_shards_read_as_one(minilm):
         open_checkpoint(bad)
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_resolve_fills_the_generic_model(minilm, tmp_path):
     tasks = {"two": {"directory": str(minilm["two"]), "data": str(minilm["csv"])},
              "three": {"directory": str(minilm["three"]), "data": str(minilm["parquet"]), "limit": 4}}
@@ -135,6 +137,7 @@ def test_resolve_fills_the_generic_model(minilm, tmp_path):
         load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["dir"], tasks))
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_data_files_read_alike(minilm):
     frames = [adapter.read_examples(minilm[kind], ["text", "label"], limit=5) for kind in ("csv", "jsonl", "parquet")]
     for frame in frames[1:]:
@@ -146,6 +149,7 @@ def test_data_files_read_alike(minilm):
         adapter.read_examples(minilm["dir"] / "missing.parquet", ["text"])
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_engine_swaps_heads_of_other_shapes(minilm, tmp_path):
     """Pretrained without head, tasks with 2 and 3 labels: each task's merge equals its own model."""
     pre = minilm["base"] / "model.safetensors"
@@ -167,6 +171,7 @@ def test_engine_swaps_heads_of_other_shapes(minilm, tmp_path):
     assert engine.own["two"][0][2] is engine.own["three"][0][2]  # the module's own tensor kept for two
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_merged_directory_loads_back(minilm, tmp_path):
     """A sharded task without tokenizer: its merged directory has the pretrained tokenizer, its head and
     the merged body (c = 1: the task's own model), and replaces an earlier one whole."""
