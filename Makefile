@@ -1,5 +1,5 @@
 # Quick start: `make demo` (set up, then run the default pipeline) and `make test` (set up, then run the tests);
-# `make test-fast` runs the unit tests only (not those marked slow or slurm).
+# `make test-fast` runs the unit tests only (not those marked slow or slurm); `make lint` runs ruff and snakemake --lint.
 PYTHON ?= python3
 CORES ?= 2
 # test files run side by side on this many workers (a file's tests stay together: they share fixtures); the files
@@ -32,6 +32,8 @@ test-fast: setup
 	$(PYTEST) -m "not slow and not slurm"
 
 lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 
 clean:

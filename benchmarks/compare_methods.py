@@ -49,7 +49,9 @@ def shared_benchmark(workdir: Path, n_tasks: int, dataset: str) -> Path:
     """An experiment file that names the first run's benchmark checkpoints as the model (its builder,
     checkpoints and evaluators, as resolved), so that later runs evaluate the same models without
     training them again."""
-    cfg = load_config(REPO / "config", overrides=[*overrides(FIRST, n_tasks, dataset), f"results_dir={workdir / 'results'}"])
+    cfg = load_config(
+        REPO / "config", overrides=[*overrides(FIRST, n_tasks, dataset), f"results_dir={workdir / 'results'}"]
+    )
     model = {key: cfg["model"][key] for key in ("builder", "pretrained", "tasks", "merge")}
     path = workdir / "shared_benchmark.yaml"
     path.write_text(yaml.safe_dump({"model": model}, sort_keys=False))  # the tasks in the benchmark's order
@@ -58,9 +60,20 @@ def shared_benchmark(workdir: Path, n_tasks: int, dataset: str) -> Path:
 
 def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int, dataset: str, experiment: Path | None) -> float:
     """Wall seconds of one full run of the workflow."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--config", f"overrides=[{', '.join(overrides(method, n_tasks, dataset))}]",
-           *([f"experiment={experiment}"] if experiment else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(cores),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--config",
+        f"overrides=[{', '.join(overrides(method, n_tasks, dataset))}]",
+        *([f"experiment={experiment}"] if experiment else []),
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -98,7 +111,9 @@ def method_row(label: str, results: Path, wall: float, tasks: list[str]) -> dict
 
 def task_arithmetic_rows(workdir: Path, n_tasks: int, tasks: list[str], dataset: str) -> list[dict[str, object]]:
     """Shared-coefficient task arithmetic on the plain run's checkpoints: 0.3 and the best grid value."""
-    cfg = load_config(REPO / "config", overrides=[*overrides("map", n_tasks, dataset), f"results_dir={workdir / 'results'}"])
+    cfg = load_config(
+        REPO / "config", overrides=[*overrides("map", n_tasks, dataset), f"results_dir={workdir / 'results'}"]
+    )
     results = Path(cfg["results"])
     files = {
         "pretrained": cfg["model"]["pretrained"],
@@ -117,9 +132,18 @@ def task_arithmetic_rows(workdir: Path, n_tasks: int, tasks: list[str], dataset:
     for label, lam in [("task arithmetic, c = 0.3", 0.3), (f"task arithmetic, best c = {best}", best)]:
         acc = grid[round(lam, 2)]
         evaluated = 1 if label.endswith("0.3") else len(grid)
-        rows.append({"method": label, "merged models evaluated": evaluated, "(model, task) evaluations": evaluated * len(tasks),
-                     "wall s": "", "common s": "", "method s": "",
-                     "mean acc": np.mean([acc[t] for t in tasks]), **{t: acc[t] for t in tasks}})
+        rows.append(
+            {
+                "method": label,
+                "merged models evaluated": evaluated,
+                "(model, task) evaluations": evaluated * len(tasks),
+                "wall s": "",
+                "common s": "",
+                "method s": "",
+                "mean acc": np.mean([acc[t] for t in tasks]),
+                **{t: acc[t] for t in tasks},
+            }
+        )
     return rows
 
 
@@ -137,7 +161,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=6, help="built-in tasks to merge (8: about 11 min on 2 cores)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
-    parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits", help="the built-in benchmark's images")
+    parser.add_argument(
+        "--dataset", choices=["digits", "fashion"], default="digits", help="the built-in benchmark's images"
+    )
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="mapmerge-compare-"))
     try:

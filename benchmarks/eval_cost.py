@@ -37,7 +37,14 @@ def cnn_figures(n_tasks: int, repeats: int) -> dict[str, float]:
         ckpt, vec = Path(tmp) / "ckpt", Path(tmp) / "vec"
         prepare_benchmark({"tasks": tasks, "pretrain_epochs": 2, "finetune_epochs": 1}, ckpt)
         for task in tasks:
-            extract_task_vector(ckpt / "pretrained.safetensors", ckpt / f"{task}.safetensors", ["*"], ["head.*"], vec / f"{task}.safetensors", task)
+            extract_task_vector(
+                ckpt / "pretrained.safetensors",
+                ckpt / f"{task}.safetensors",
+                ["*"],
+                ["head.*"],
+                vec / f"{task}.safetensors",
+                task,
+            )
         start = time.perf_counter()
         engine = MergeEngine(
             builder={"_target_": "mapmerge.builtin.model.build_model", "width": 16},
@@ -94,12 +101,18 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for n_tasks in (2, 4, 8):
         fig = cnn_figures(n_tasks, args.repeats)
-        print(f"| {n_tasks} | {fig['params']:.0f} | {fig['startup_s']:.2f} | {fig['per_sample_s']:.3f} | {peak_rss_mb():.0f} |")
+        print(
+            f"| {n_tasks} | {fig['params']:.0f} | {fig['startup_s']:.2f} | {fig['per_sample_s']:.3f} | {peak_rss_mb():.0f} |"
+        )
     fig = merge_figures(args.params, args.tasks, args.repeats)
-    print(f"\nmerge of {args.tasks} task vectors x {args.params:,} float32 parameters ({args.tasks * args.params * 4 / 1e9:.2f} GB)")
+    print(
+        f"\nmerge of {args.tasks} task vectors x {args.params:,} float32 parameters ({args.tasks * args.params * 4 / 1e9:.2f} GB)"
+    )
     print("| merge | seconds | GB/s of task vectors | ratio |")
     print("|---|---|---|---|")
-    print(f"| fused addmv (mapmerge) | {fig['fused_s']:.3f} | {fig['fused_gb_s']:.2f} | {fig['loop_s'] / fig['fused_s']:.1f}x |")
+    print(
+        f"| fused addmv (mapmerge) | {fig['fused_s']:.3f} | {fig['fused_gb_s']:.2f} | {fig['loop_s'] / fig['fused_s']:.1f}x |"
+    )
     print(f"| per-tensor loop | {fig['loop_s']:.3f} | {fig['loop_gb_s']:.2f} | 1.0x |")
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
 

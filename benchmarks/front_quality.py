@@ -91,23 +91,38 @@ class Evaluator:
 def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str, Any], dict[int, MergeEngine], float]:
     """Train the benchmark, extract its task vectors; an engine per T (its first T tasks) and the seconds it took."""
     start = time.perf_counter()
-    cfg = load_config(REPO / "config", overrides=[f"benchmark={dataset}", f"benchmark.tasks={max_tasks}",
-                                                  f"results_dir={workdir}", "name=front_quality"])
+    cfg = load_config(
+        REPO / "config",
+        overrides=[
+            f"benchmark={dataset}",
+            f"benchmark.tasks={max_tasks}",
+            f"results_dir={workdir}",
+            "name=front_quality",
+        ],
+    )
     model = cfg["model"]
     ckpt = Path(model["pretrained"]).parent
     prepare_benchmark(cfg["benchmark"], ckpt)
     tasks = cfg["task_names"]
     vectors = {t: workdir / "vectors" / f"{t}.safetensors" for t in tasks}
     for t in tasks:
-        extract_task_vector(model["pretrained"], model["tasks"][t]["checkpoint"], model["merge"]["include"],
-                            model["merge"]["exclude"], vectors[t], t)
+        extract_task_vector(
+            model["pretrained"],
+            model["tasks"][t]["checkpoint"],
+            model["merge"]["include"],
+            model["merge"]["exclude"],
+            vectors[t],
+            t,
+        )
     engines = {
         n: MergeEngine(
-            builder=model["builder"], pretrained=model["pretrained"],
+            builder=model["builder"],
+            pretrained=model["pretrained"],
             vectors={t: vectors[t] for t in tasks[:n]},
             task_checkpoints={t: model["tasks"][t]["checkpoint"] for t in tasks[:n]},
             evaluators={t: model["tasks"][t]["evaluator"] for t in tasks[:n]},
-            merge=model["merge"], device="cpu",
+            merge=model["merge"],
+            device="cpu",
         )
         for n in range(2, max_tasks + 1)
     }
@@ -141,8 +156,14 @@ def surrogate_answer(C: np.ndarray, F: np.ndarray, evaluate: Evaluator, opt: dic
     link = opt["surrogate"]["links"]["accuracy"]
     fits = [fit_surrogate(C, F[:, i], link, loo=False) for i in range(n_tasks)]
     C_front, F_pred = surrogate_front(
-        lambda X: np.column_stack([f.predict(X) for f in fits]), n_tasks, C.min(axis=0), C.max(axis=0),
-        [True] * n_tasks, pop_size=opt["pop_size"], n_gen=opt["n_gen"], seed=seed,
+        lambda X: np.column_stack([f.predict(X) for f in fits]),
+        n_tasks,
+        C.min(axis=0),
+        C.max(axis=0),
+        [True] * n_tasks,
+        pop_size=opt["pop_size"],
+        n_gen=opt["n_gen"],
+        seed=seed,
     )
     picked = evaluate(C_front[spread(F_pred, opt["front_points"][n_tasks])])
     return answer(np.vstack([F, picked])), answer(picked), len(C), len(picked)
@@ -150,7 +171,15 @@ def surrogate_answer(C: np.ndarray, F: np.ndarray, evaluate: Evaluator, opt: dic
 
 def map_design(tasks: Sequence[str], n: int, kind: str, seed: int) -> np.ndarray:
     """The sampler's design of exactly n points in [0, 1]^T (special points first)."""
-    sampler = {"kind": kind, "lower": 0.0, "upper": 1.0, "factor": 0.0, "min_points": n, "include_special": True, "equal": 0.5}
+    sampler = {
+        "kind": kind,
+        "lower": 0.0,
+        "upper": 1.0,
+        "factor": 0.0,
+        "min_points": n,
+        "include_special": True,
+        "equal": 0.5,
+    }
     return sampling.design(list(tasks), sampler, seed)[[f"c_{t}" for t in tasks]].to_numpy()
 
 
@@ -175,8 +204,13 @@ def run_bayesian(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any
         rnd += 1
         ids = [f"s{i:04d}" for i in range(len(C))]
         samples = pd.DataFrame(C, columns=[f"c_{t}" for t in tasks]).assign(sample=ids)
-        metrics = pd.DataFrame([{"sample": s, "task": t, "metric": "accuracy", "value": F[i, j]}
-                                for i, s in enumerate(ids) for j, t in enumerate(tasks)])
+        metrics = pd.DataFrame(
+            [
+                {"sample": s, "task": t, "metric": "accuracy", "value": F[i, j]}
+                for i, s in enumerate(ids)
+                for j, t in enumerate(tasks)
+            ]
+        )
         errors = bayesian.sample_errors(samples, metrics, tasks, surrogate_cfg, "accuracy").to_numpy()
         round_cfg = bayesian.with_bins(cfg, len(C), n_tasks)
         n_new = min(bayesian.round_size(round_cfg, n_tasks), budget - len(C))
@@ -197,16 +231,23 @@ def run_grid(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -
 
 
 RUNNERS: dict[str, Callable[[Evaluator, int, int, dict[str, Any]], Front | None]] = {
-    "MAP": run_map, "Bayesian MAP": run_bayesian, "random search": run_random, "grid search": run_grid,
+    "MAP": run_map,
+    "Bayesian MAP": run_bayesian,
+    "random search": run_random,
+    "grid search": run_grid,
 }
 
 
-def measure(evaluate: Evaluator, budgets: Sequence[int], seeds: int, opt: dict[str, Any], truth_per_axis: int) -> pd.DataFrame:
+def measure(
+    evaluate: Evaluator, budgets: Sequence[int], seeds: int, opt: dict[str, Any], truth_per_axis: int
+) -> pd.DataFrame:
     """One row per (method, budget, seed): evaluations spent, IGD of the answer, seconds besides evaluating."""
     n_tasks = len(evaluate.engine.tasks)
     truth = answer(evaluate(grid(n_tasks, truth_per_axis)))
     igd = IGD(-truth)  # pymoo minimises: negated accuracies
-    print(f"T={n_tasks}: ground truth {truth_per_axis}^{n_tasks} grid, {len(truth)} points on its front", file=sys.stderr)
+    print(
+        f"T={n_tasks}: ground truth {truth_per_axis}^{n_tasks} grid, {len(truth)} points on its front", file=sys.stderr
+    )
     rows = []
     for budget in budgets:
         for method, run in RUNNERS.items():
@@ -216,25 +257,47 @@ def measure(evaluate: Evaluator, budgets: Sequence[int], seeds: int, opt: dict[s
                 if result is None:
                     continue
                 front, front_only, design, refront = result
-                rows.append({"T": n_tasks, "method": method, "budget": budget, "seed": seed, "design": design,
-                             "front": refront, "total": design + refront, "igd": float(igd.do(-front)),
-                             "igd front": np.nan if front_only is None else float(igd.do(-front_only)),
-                             "method s": time.perf_counter() - start - (evaluate.seconds - evaluating)})
+                rows.append(
+                    {
+                        "T": n_tasks,
+                        "method": method,
+                        "budget": budget,
+                        "seed": seed,
+                        "design": design,
+                        "front": refront,
+                        "total": design + refront,
+                        "igd": float(igd.do(-front)),
+                        "igd front": np.nan if front_only is None else float(igd.do(-front_only)),
+                        "method s": time.perf_counter() - start - (evaluate.seconds - evaluating),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def summary(raw: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread per (T, method, budget), and the mean IGD relative to grid search's."""
-    table = raw.groupby(["T", "method", "budget"], sort=False).agg(
-        seeds=("seed", "size"), design=("design", "first"), front=("front", "first"), total=("total", "first"),
-        igd_mean=("igd", "mean"), igd_std=("igd", "std"), igd_front=("igd front", "mean"), method_s=("method s", "mean"),
-    ).reset_index()
+    table = (
+        raw.groupby(["T", "method", "budget"], sort=False)
+        .agg(
+            seeds=("seed", "size"),
+            design=("design", "first"),
+            front=("front", "first"),
+            total=("total", "first"),
+            igd_mean=("igd", "mean"),
+            igd_std=("igd", "std"),
+            igd_front=("igd front", "mean"),
+            method_s=("method s", "mean"),
+        )
+        .reset_index()
+    )
     table["igd_std"] = table["igd_std"].fillna(0.0)
     table = table.rename(columns={"igd_front": "igd front", "method_s": "method s"})
     grid_igd = table[table["method"] == "grid search"].set_index(["T", "budget"])["igd_mean"]
     table["vs grid"] = table["igd_mean"] / grid_igd.reindex(pd.MultiIndex.from_frame(table[["T", "budget"]])).to_numpy()
     order = {m: i for i, m in enumerate(METHODS)}
-    return table.sort_values(["T", "method", "budget"], key=lambda s: s.map(order) if s.name == "method" else s, ignore_index=True)
+    return table.sort_values(
+        ["T", "method", "budget"], key=lambda s: s.map(order) if s.name == "method" else s, ignore_index=True
+    )
 
 
 def ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -244,12 +307,17 @@ def ratios(table: pd.DataFrame) -> pd.DataFrame:
     for n_tasks, part in table.groupby("T", sort=True):
         for reference in ("grid search", "random search"):
             target = part[part["method"] == reference].sort_values("budget").iloc[-1]
-            row: dict[str, object] = {"T": n_tasks, "target": f"{reference}, {int(target['total'])} evals, IGD {target['igd_mean']:.4f}"}
+            row: dict[str, object] = {
+                "T": n_tasks,
+                "target": f"{reference}, {int(target['total'])} evals, IGD {target['igd_mean']:.4f}",
+            }
             for method in METHODS:
                 ran = part[part["method"] == method]
                 mine = ran[ran["igd_mean"] <= target["igd_mean"]]
                 needed = int(mine["total"].min()) if len(mine) else 0
-                row[method] = f"{needed} ({target['total'] / needed:.1f}x)" if needed else "not reached" if len(ran) else "-"
+                row[method] = (
+                    f"{needed} ({target['total'] / needed:.1f}x)" if needed else "not reached" if len(ran) else "-"
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -269,14 +337,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3], choices=[2, 3], help="values of T")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (T, method, budget)")
-    parser.add_argument("--budgets", help="comma-separated real-evaluation budgets for every T (default: 6,10,15,21 "
-                                          "for T=2 and 10,15,20,30 for T=3)")
+    parser.add_argument(
+        "--budgets",
+        help="comma-separated real-evaluation budgets for every T (default: 6,10,15,21 "
+        "for T=2 and 10,15,20,30 for T=3)",
+    )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument("--sampler", choices=list(sampling.KINDS), default="sobol", help="MAP's design")
     parser.add_argument("--front-points", type=int, help="predicted front points MAP evaluates for real (default: P)")
     parser.add_argument("--pop-size", type=int, default=100, help="NSGA-III population")
     parser.add_argument("--n-gen", type=int, default=100, help="NSGA-III generations")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: T=2, 2 seeds, budgets 6,15, small NSGA-III and truth")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: T=2, 2 seeds, budgets 6,15, small NSGA-III and truth"
+    )
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.budgets, args.pop_size, args.n_gen = [2], 2, args.budgets or "6,15", 40, 30
@@ -286,18 +359,29 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mapmerge-front-") as tmp:
         cfg, engines, setup = build_engines(args.dataset, max(args.tasks), Path(tmp))
-        opt = {"sampler": args.sampler, "pop_size": args.pop_size, "n_gen": args.n_gen, "bayesian": cfg["bayesian"],
-               "surrogate": cfg["surrogate"],
-               "front_points": {n: args.front_points or n_params(n) for n in args.tasks}}
-        raw = pd.concat([measure(Evaluator(engines[n]), budgets[n], args.seeds, opt, truth[n]) for n in args.tasks],
-                        ignore_index=True)
+        opt = {
+            "sampler": args.sampler,
+            "pop_size": args.pop_size,
+            "n_gen": args.n_gen,
+            "bayesian": cfg["bayesian"],
+            "surrogate": cfg["surrogate"],
+            "front_points": {n: args.front_points or n_params(n) for n in args.tasks},
+        }
+        raw = pd.concat(
+            [measure(Evaluator(engines[n]), budgets[n], args.seeds, opt, truth[n]) for n in args.tasks],
+            ignore_index=True,
+        )
     table = summary(raw)
-    print(f"front quality on the built-in benchmark ({args.dataset}, tasks {', '.join(cfg['task_names'])}), "
-          f"{args.seeds} seeds, NSGA-III {args.pop_size} x {args.n_gen}, MAP design {args.sampler}; "
-          f"setup (training, task vectors) {setup:.0f} s, total {time.perf_counter() - start:.0f} s")
-    print("design / front: real evaluations of the design and of MAP's re-evaluated front points; total: both; "
-          "igd: mean and std over seeds (accuracy units, lower is better); vs grid: IGD / grid search's IGD; "
-          "method s: seconds per run besides the real evaluations (fits, NSGA-III, Bayesian rounds)\n")
+    print(
+        f"front quality on the built-in benchmark ({args.dataset}, tasks {', '.join(cfg['task_names'])}), "
+        f"{args.seeds} seeds, NSGA-III {args.pop_size} x {args.n_gen}, MAP design {args.sampler}; "
+        f"setup (training, task vectors) {setup:.0f} s, total {time.perf_counter() - start:.0f} s"
+    )
+    print(
+        "design / front: real evaluations of the design and of MAP's re-evaluated front points; total: both; "
+        "igd: mean and std over seeds (accuracy units, lower is better); vs grid: IGD / grid search's IGD; "
+        "method s: seconds per run besides the real evaluations (fits, NSGA-III, Bayesian rounds)\n"
+    )
     print(markdown(table))
     print("\ntotal real evaluations each method needs to reach a target IGD (x: the target's evaluations over these)\n")
     print(markdown(ratios(table)))

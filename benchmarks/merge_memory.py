@@ -69,11 +69,20 @@ def build(folder: Path, size_mb: float, n_tasks: int, vector_dtypes: list[str]) 
         del ft
         for dtype in vector_dtypes:
             extract_task_vector(
-                folder / "pretrained.safetensors", folder / "finetuned.safetensors", ["*"], [], folder / f"tau_{dtype}_{i}.safetensors", f"t{i}", dtype
+                folder / "pretrained.safetensors",
+                folder / "finetuned.safetensors",
+                ["*"],
+                [],
+                folder / f"tau_{dtype}_{i}.safetensors",
+                f"t{i}",
+                dtype,
             )
         (folder / "finetuned.safetensors").unlink()
     mb = lambda p: p.stat().st_size / 2**20  # noqa: E731
-    return {"model": mb(folder / "pretrained.safetensors"), **{d: mb(folder / f"tau_{d}_0.safetensors") for d in vector_dtypes}}
+    return {
+        "model": mb(folder / "pretrained.safetensors"),
+        **{d: mb(folder / f"tau_{d}_0.safetensors") for d in vector_dtypes},
+    }
 
 
 def measure(folder: Path, mode: str, n_tasks: int, dtype: str, operator: dict | None, threads: int) -> dict[str, float]:
@@ -95,7 +104,10 @@ def measure(folder: Path, mode: str, n_tasks: int, dtype: str, operator: dict | 
         taus = [load_state_dict(p) for p in vectors.values()]
         merged = merged_state(load_state_dict(pretrained), taus, c, operator=operator, members=list(vectors), seed=0)
         del taus
-    metadata = {"coefficients": json.dumps(dict(zip(vectors, c))), "operator": json.dumps(operator or {"operator": "task_arithmetic"})}
+    metadata = {
+        "coefficients": json.dumps(dict(zip(vectors, c))),
+        "operator": json.dumps(operator or {"operator": "task_arithmetic"}),
+    }
     save_safetensors(merged, folder / f"merged_{mode}.safetensors", metadata=metadata)
     seconds = time.perf_counter() - start
     (folder / f"merged_{mode}.safetensors").unlink()
@@ -114,7 +126,9 @@ def run_child(*args: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_measure(folder: Path, mode: str, n_tasks: int, dtype: str, operator: dict | None, threads: int) -> dict[str, float]:
+def run_measure(
+    folder: Path, mode: str, n_tasks: int, dtype: str, operator: dict | None, threads: int
+) -> dict[str, float]:
     return run_child("--child", str(folder), mode, str(n_tasks), dtype, json.dumps(operator), "--threads", str(threads))
 
 
@@ -123,7 +137,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=300.0)
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", nargs=5, metavar=("FOLDER", "MODE", "T", "DTYPE", "OPERATOR"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=5, metavar=("FOLDER", "MODE", "T", "DTYPE", "OPERATOR"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--build", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -141,10 +157,14 @@ def main() -> None:
         folder = Path(tmp)
         sizes = run_child("--build", str(folder), "--size-mb", str(args.size_mb), "--tasks", str(t_max))
         model = sizes["model"]
-        print(f"model: {model:.0f} MB float32 ({layer_sizes(args.size_mb)[0]} Linear layers of width 2048); "
-              f"one task vector: {sizes['float32']:.0f} MB float32, {sizes['bfloat16']:.0f} MB bfloat16 "
-              f"(built in {time.perf_counter() - started:.0f} s)")
-        print("peak = resident-memory high-water mark above the resident memory after the imports; merge + save of the merged model\n")
+        print(
+            f"model: {model:.0f} MB float32 ({layer_sizes(args.size_mb)[0]} Linear layers of width 2048); "
+            f"one task vector: {sizes['float32']:.0f} MB float32, {sizes['bfloat16']:.0f} MB bfloat16 "
+            f"(built in {time.perf_counter() - started:.0f} s)"
+        )
+        print(
+            "peak = resident-memory high-water mark above the resident memory after the imports; merge + save of the merged model\n"
+        )
         header = f"{'T':>3} {'model MB':>9} {'peak MB streamed':>17} {'peak/model':>11} {'peak MB in-memory':>18} {'peak/model':>11} {'ratio':>6} {'s streamed':>11} {'s in-memory':>12}"
 
         def row(label: str, n: int, dtype: str, operator: dict | None) -> str:
@@ -162,12 +182,16 @@ def main() -> None:
             print(row(str(n), n, "float32", None), flush=True)
         print(f"\nT = {t_max}, other settings")
         print("  " + header)
-        print(f"  bfloat16 task vectors ({t_max} x {sizes['bfloat16']:.0f} MB on disk, float32: {t_max} x {sizes['float32']:.0f} MB)")
+        print(
+            f"  bfloat16 task vectors ({t_max} x {sizes['bfloat16']:.0f} MB on disk, float32: {t_max} x {sizes['float32']:.0f} MB)"
+        )
         print("  " + row(str(t_max), t_max, "bfloat16", None), flush=True)
         print(f"  TIES (density {TIES['density']}), float32 task vectors")
         print("  " + row(str(t_max), t_max, "float32", TIES), flush=True)
-    print(f"\nratio = peak in-memory / peak streamed; target: streamed T = 8 within 2.5x the model; "
-          f"total {time.perf_counter() - started:.0f} s")
+    print(
+        f"\nratio = peak in-memory / peak streamed; target: streamed T = 8 within 2.5x the model; "
+        f"total {time.perf_counter() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,13 @@ def run_snakemake(tree: Path, workdir: Path, args: list[str], log: Path, env: di
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([str(PYTHON), "-c", DRIVER, "-s", str(tree / "Snakefile"), "-d", str(workdir), *args],
-                              cwd=tree, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(
+            [str(PYTHON), "-c", DRIVER, "-s", str(tree / "Snakefile"), "-d", str(workdir), *args],
+            cwd=tree,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -102,7 +107,7 @@ def job_walls(output: str) -> dict[str, float]:
             started[jobid], logs[jobid] = current["start"], current.get("log", "")
             current = None
         elif text.startswith("Finished jobid: "):
-            jobid = text[len("Finished jobid: "):].split()[0]
+            jobid = text[len("Finished jobid: ") :].split()[0]
             if logs.get(jobid) and started.get(jobid) is not None:
                 walls[logs[jobid]] = stamp - started[jobid]
     return walls
@@ -128,9 +133,13 @@ def import_time(module: str, env: dict[str, str], repeats: int) -> float:
 def tree_env(tree: Path) -> dict[str, str]:
     """The environment that runs `tree`'s own package (its src/ before the editable install's)."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    where = subprocess.run([str(PYTHON), "-c", "import mapmerge; print(mapmerge.__file__)"], env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [str(PYTHON), "-c", "import mapmerge; print(mapmerge.__file__)"], env=env, capture_output=True, text=True
+    )
     if not Path(where.stdout.strip()).is_relative_to(tree / "src"):
-        sys.exit(f"{tree}: its mapmerge does not come first on sys.path ({where.stdout.strip()} {where.stderr.strip()})")
+        sys.exit(
+            f"{tree}: its mapmerge does not come first on sys.path ({where.stdout.strip()} {where.stderr.strip()})"
+        )
     return env
 
 
@@ -144,13 +153,14 @@ def demo(tree: Path, folder: Path, cores: int, env: dict[str, str]) -> dict[str,
 
 def overheads(tree: Path, folder: Path, env: dict[str, str], repeats: int, tmp: Path, label: str) -> dict[str, dict]:
     """Per stage kind: jobs, median job wall, stage time, overhead, floor (import of the stage module)."""
-    results = folder / RESULTS
     rows = {}
     for kind, (rule, module) in KINDS.items():
         if rule == "fit_surrogate":
             runs = [(["--cores", "1", str(RESULTS / "groups/all/surrogate.parquet"), "--forcerun", rule])] * repeats
         else:
-            runs = [["--cores", "1", *(str(RESULTS / f"groups/all/evals/{b}.parquet") for b in BATCHES), "--forcerun", rule]]
+            runs = [
+                ["--cores", "1", *(str(RESULTS / f"groups/all/evals/{b}.parquet") for b in BATCHES), "--forcerun", rule]
+            ]
         jobs = []
         for i, args in enumerate(runs):
             out = tmp / f"{label}-{rule}-{i}.out"
@@ -162,16 +172,23 @@ def overheads(tree: Path, folder: Path, env: dict[str, str], repeats: int, tmp: 
             sys.exit(f"{label} {rule}: no job lines in snakemake's output")
         floor = import_time(module, env, repeats)
         overhead = statistics.median(j["overhead"] for j in jobs)
-        rows[kind] = {"jobs": len(jobs), "wall": statistics.median(j["wall"] for j in jobs),
-                      "stage": statistics.median(j["stage"] for j in jobs), "overhead": overhead, "floor": floor,
-                      "ratio": overhead / floor}
+        rows[kind] = {
+            "jobs": len(jobs),
+            "wall": statistics.median(j["wall"] for j in jobs),
+            "stage": statistics.median(j["stage"] for j in jobs),
+            "overhead": overhead,
+            "floor": floor,
+            "ratio": overhead / floor,
+        }
     rows["python -c pass"] = {"floor": import_time("sys", env, repeats)}
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", help="a git revision to measure side by side (e.g. the commit before `shell:` jobs)")
+    parser.add_argument(
+        "--before", help="a git revision to measure side by side (e.g. the commit before `shell:` jobs)"
+    )
     parser.add_argument("--demo-runs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cores", type=int, default=2)
@@ -184,8 +201,11 @@ def main() -> None:
     try:
         if args.before:
             trees = {"before": tmp / "before", "after": REPO}
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "before"), args.before],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "before"), args.before],
+                check=True,
+                capture_output=True,
+            )
         envs = {label: tree_env(tree) for label, tree in trees.items()}
         for rep in range(args.demo_runs):
             for label, tree in trees.items():
@@ -196,13 +216,17 @@ def main() -> None:
             print(f"... per-job overheads of {label} measured", file=sys.stderr, flush=True)
     finally:
         if args.before:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "before")], capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "before")], capture_output=True
+            )
             subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     names = {"after": f"after (this checkout, {REPO})", "before": f"before ({args.before})"}
-    print(f"The demo pipeline: snakemake --cores {args.cores} on the default config (built-in benchmark, 4 tasks, "
-          f"45 designed merges), from an empty folder; {args.demo_runs} run(s) per tree, alternating\n")
+    print(
+        f"The demo pipeline: snakemake --cores {args.cores} on the default config (built-in benchmark, 4 tasks, "
+        f"45 designed merges), from an empty folder; {args.demo_runs} run(s) per tree, alternating\n"
+    )
     print("| tree | jobs | wall s | CPU s (snakemake and its children) |")
     print("|---|---|---|---|")
     for label, runs in demos.items():
@@ -212,17 +236,21 @@ def main() -> None:
         before = statistics.median(r["wall"] for r in demos["before"])
         after = statistics.median(r["wall"] for r in demos["after"])
         print(f"\nspeed-up of the demo pipeline: {before:.1f} s / {after:.1f} s = {before / after:.2f}x (medians)")
-    print("\nPer-job overhead (job wall - the stage's own time inside the job; medians; `--cores 1`) against its floor, "
-          "`python -c \"import <stage module>\"`:\n")
+    print(
+        "\nPer-job overhead (job wall - the stage's own time inside the job; medians; `--cores 1`) against its floor, "
+        '`python -c "import <stage module>"`:\n'
+    )
     print("| tree | stage kind | jobs | job wall s | stage s | overhead s | floor s (import) | overhead / floor |")
     print("|---|---|---|---|---|---|---|---|")
     for label, rows in jobs.items():
         for kind, r in rows.items():
             if "jobs" in r:
-                print(f"| {label} | {kind} | {r['jobs']} | {r['wall']:.2f} | {r['stage']:.2f} | {r['overhead']:.2f} | "
-                      f"{r['floor']:.2f} | {r['ratio']:.2f} |")
+                print(
+                    f"| {label} | {kind} | {r['jobs']} | {r['wall']:.2f} | {r['stage']:.2f} | {r['overhead']:.2f} | "
+                    f"{r['floor']:.2f} | {r['ratio']:.2f} |"
+                )
     for label, rows in jobs.items():
-        print(f"({label}: `python -c \"import sys\"` takes {rows['python -c pass']['floor']:.3f} s)")
+        print(f'({label}: `python -c "import sys"` takes {rows["python -c pass"]["floor"]:.3f} s)')
     print(f"\ntotal {time.perf_counter() - total_start:.0f} s; temporary folder removed: {not tmp.exists()}")
 
 

@@ -84,7 +84,10 @@ def current_rss_mb() -> float:
 
 
 def evaluator_configs() -> dict[str, dict]:
-    return {t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": SEED, "test_fraction": 0.3} for t in TASKS}
+    return {
+        t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": SEED, "test_fraction": 0.3}
+        for t in TASKS
+    }
 
 
 class Engine:
@@ -107,7 +110,11 @@ class Engine:
             device="cpu",
         )
         self.startup = time.perf_counter() - start
-        self.inputs = [ckpt / "pretrained.safetensors", *(vec / f"{t}.safetensors" for t in TASKS), *(ckpt / f"{t}.safetensors" for t in TASKS)]
+        self.inputs = [
+            ckpt / "pretrained.safetensors",
+            *(vec / f"{t}.safetensors" for t in TASKS),
+            *(ckpt / f"{t}.safetensors" for t in TASKS),
+        ]
         self.out, self.batch, self.pending, self.n_written = work / "evals", batch, [], 0
         self.split = dict.fromkeys(self.parts, 0.0)
         for task, evaluator in self.engine.evaluators.items():  # time the evaluator calls inside engine.evaluate
@@ -212,14 +219,17 @@ def worker_timing(work: Path, width: int, batch: int) -> dict:
     times = {name: [] for name in runners}
     metrics = {name: {} for name in runners}
     for i, sample in enumerate(samples):
-        for name in (("engine", "naive") if i % 2 == 0 else ("naive", "engine")):
+        for name in ("engine", "naive") if i % 2 == 0 else ("naive", "engine"):
             start = time.perf_counter()
             metrics[name][sample] = runners[name](sample, coefficients[sample], last=i == len(samples) - 1)
             times[name].append(time.perf_counter() - start)
     return {
         "params": int(runners["engine"].engine.theta_pre.numel()),
         "n": len(samples),
-        **{name: {"startup_s": r.startup, "times": times[name], "split_s": r.split, "metrics": metrics[name]} for name, r in runners.items()},
+        **{
+            name: {"startup_s": r.startup, "times": times[name], "split_s": r.split, "metrics": metrics[name]}
+            for name, r in runners.items()
+        },
     }
 
 
@@ -270,9 +280,18 @@ def prepare(work: Path, width: int, n_samples: int) -> float:
     pretrain, finetune = EPOCHS.get(width, WIDE_EPOCHS)
     start = time.perf_counter()
     ckpt = work / "ckpt"
-    prepare_benchmark({"tasks": TASKS, "seed": SEED, "width": width, "pretrain_epochs": pretrain, "finetune_epochs": finetune}, ckpt)
+    prepare_benchmark(
+        {"tasks": TASKS, "seed": SEED, "width": width, "pretrain_epochs": pretrain, "finetune_epochs": finetune}, ckpt
+    )
     for task in TASKS:
-        extract_task_vector(ckpt / "pretrained.safetensors", ckpt / f"{task}.safetensors", ["*"], [HEAD + "*"], work / "vec" / f"{task}.safetensors", task)
+        extract_task_vector(
+            ckpt / "pretrained.safetensors",
+            ckpt / f"{task}.safetensors",
+            ["*"],
+            [HEAD + "*"],
+            work / "vec" / f"{task}.safetensors",
+            task,
+        )
     points = space_filling(len(TASKS), n_samples, {"kind": "sobol", "lower": 0.0, "upper": 1.0}, SEED)
     coefficients = {"warm-up": [0.5] * len(TASKS)}
     coefficients.update({f"s{i:04d}": [float(v) for v in p] for i, p in enumerate(points)})
@@ -282,8 +301,22 @@ def prepare(work: Path, width: int, n_samples: int) -> float:
 
 def run_worker(kind: str, work: Path, width: int, args: argparse.Namespace) -> dict:
     result = work / f"{kind}.json"
-    command = [sys.executable, __file__, "--worker", kind, "--work", str(work), "--width", str(width),
-               "--threads", str(args.threads), "--batch", str(args.batch), "--result", str(result)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--work",
+        str(work),
+        "--width",
+        str(width),
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--result",
+        str(result),
+    ]
     subprocess.run(command, check=True)
     return json.loads(result.read_text())
 
@@ -313,16 +346,26 @@ def report(width: int, train_s: float, timing: dict, memory: dict[str, dict]) ->
     # second one to start finds the evaluators' data already loaded)
     rate_su = {k: n / (total[k] + memory[k]["startup_s"]) for k in total}
     ms = lambda s: 1000 * s / n  # noqa: E731
-    print(f"\n## width {width}: {timing['params']:,} merged parameters, {n} Sobol samples x {len(TASKS)} tasks, "
-          f"{timing['threads']} torch thread(s); benchmark trained in {train_s:.0f} s")
-    print(f"same results: largest per-task accuracy difference {worst_acc:.4f}, mean-loss difference {worst_loss:.1e} (relative)\n")
-    print("| approach | evaluations/s | ms per evaluation (mean) | ms (median) | start-up s | evaluations/s incl. start-up | RSS after imports MB | peak RSS MB |")
+    print(
+        f"\n## width {width}: {timing['params']:,} merged parameters, {n} Sobol samples x {len(TASKS)} tasks, "
+        f"{timing['threads']} torch thread(s); benchmark trained in {train_s:.0f} s"
+    )
+    print(
+        f"same results: largest per-task accuracy difference {worst_acc:.4f}, mean-loss difference {worst_loss:.1e} (relative)\n"
+    )
+    print(
+        "| approach | evaluations/s | ms per evaluation (mean) | ms (median) | start-up s | evaluations/s incl. start-up | RSS after imports MB | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for k in ("engine", "naive"):
-        print(f"| {k} | {rate[k]:.2f} | {ms(total[k]):.1f} | {1000 * median[k]:.1f} | {memory[k]['startup_s']:.2f} | {rate_su[k]:.2f} "
-              f"| {memory[k]['rss_start_mb']:.0f} | {memory[k]['peak_rss_mb']:.0f} |")
-    print(f"| **ratio engine / naive** | **{rate['engine'] / rate['naive']:.2f}x** | | {median['naive'] / median['engine']:.2f}x "
-          f"| | {rate_su['engine'] / rate_su['naive']:.2f}x | | |")
+        print(
+            f"| {k} | {rate[k]:.2f} | {ms(total[k]):.1f} | {1000 * median[k]:.1f} | {memory[k]['startup_s']:.2f} | {rate_su[k]:.2f} "
+            f"| {memory[k]['rss_start_mb']:.0f} | {memory[k]['peak_rss_mb']:.0f} |"
+        )
+    print(
+        f"| **ratio engine / naive** | **{rate['engine'] / rate['naive']:.2f}x** | | {median['naive'] / median['engine']:.2f}x "
+        f"| | {rate_su['engine'] / rate_su['naive']:.2f}x | | |"
+    )
     print("\nper-evaluation time split (one evaluation = one merge evaluated on all tasks)\n")
     print("| approach | part | ms | share |")
     print("|---|---|---|---|")
@@ -334,15 +377,29 @@ def report(width: int, train_s: float, timing: dict, memory: dict[str, dict]) ->
     forward = naive["split_s"]["evaluate (forward)"]
     besides = {"naive": total["naive"] - forward, "engine": total["engine"] - engine["split_s"]["forward (evaluators)"]}
     merge = {"naive": naive["split_s"]["merge (Python loop)"], "engine": engine["split_s"]["merge (addmv)"]}
-    print(f"\nforward passes: engine {ms(engine['split_s']['forward (evaluators)']):.2f} ms, naive {ms(forward):.2f} ms per evaluation "
-          "(the same evaluators on the same weights: any difference is noise)")
-    print(f"why: the forward passes take {forward / total['naive']:.0%} of the naive time, "
-          f"so no merge implementation can be more than {total['naive'] / forward:.2f}x faster than naive here (Amdahl).")
-    print(f"work besides the forward pass, per evaluation: naive {ms(besides['naive']):.2f} ms (reload + copy + merge + load_state_dict + glue), "
-          f"engine {ms(besides['engine']):.2f} ms (addmv + heads + row checks + Parquet + glue); naive / engine = {besides['naive'] / besides['engine']:.1f}x")
-    print(f"the merge alone: {ms(merge['naive']):.3f} ms Python loop vs {ms(merge['engine']):.3f} ms addmv ({merge['naive'] / merge['engine']:.1f}x)")
-    return {"width": width, "params": timing["params"], "ratio": rate["engine"] / rate["naive"], "median_ratio": median["naive"] / median["engine"],
-            "bound": total["naive"] / forward, "besides": besides["naive"] / besides["engine"]}
+    print(
+        f"\nforward passes: engine {ms(engine['split_s']['forward (evaluators)']):.2f} ms, naive {ms(forward):.2f} ms per evaluation "
+        "(the same evaluators on the same weights: any difference is noise)"
+    )
+    print(
+        f"why: the forward passes take {forward / total['naive']:.0%} of the naive time, "
+        f"so no merge implementation can be more than {total['naive'] / forward:.2f}x faster than naive here (Amdahl)."
+    )
+    print(
+        f"work besides the forward pass, per evaluation: naive {ms(besides['naive']):.2f} ms (reload + copy + merge + load_state_dict + glue), "
+        f"engine {ms(besides['engine']):.2f} ms (addmv + heads + row checks + Parquet + glue); naive / engine = {besides['naive'] / besides['engine']:.1f}x"
+    )
+    print(
+        f"the merge alone: {ms(merge['naive']):.3f} ms Python loop vs {ms(merge['engine']):.3f} ms addmv ({merge['naive'] / merge['engine']:.1f}x)"
+    )
+    return {
+        "width": width,
+        "params": timing["params"],
+        "ratio": rate["engine"] / rate["naive"],
+        "median_ratio": median["naive"] / median["engine"],
+        "bound": total["naive"] / forward,
+        "besides": besides["naive"] / besides["engine"],
+    }
 
 
 def main() -> None:
@@ -363,8 +420,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; every measured process uses {args.threads} torch thread(s)")
-    print(f"{args.samples} Sobol samples in [0,1]^{len(TASKS)} per width; engine and naive alternate sample by sample in one process")
+    print(
+        f"torch {torch.__version__}; {os.cpu_count()} CPUs; every measured process uses {args.threads} torch thread(s)"
+    )
+    print(
+        f"{args.samples} Sobol samples in [0,1]^{len(TASKS)} per width; engine and naive alternate sample by sample in one process"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="mapmerge-throughput-"))
     summary = []
     try:
@@ -377,10 +438,14 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("\n## summary\n")
-    print("| width | merged parameters | engine / naive evaluations/s | same, per-sample medians | upper bound (naive time / its forward time) | work besides the forward pass, naive / engine |")
+    print(
+        "| width | merged parameters | engine / naive evaluations/s | same, per-sample medians | upper bound (naive time / its forward time) | work besides the forward pass, naive / engine |"
+    )
     print("|---|---|---|---|---|---|")
     for row in summary:
-        print(f"| {row['width']} | {row['params']:,} | {row['ratio']:.2f}x | {row['median_ratio']:.2f}x | {row['bound']:.2f}x | {row['besides']:.1f}x |")
+        print(
+            f"| {row['width']} | {row['params']:,} | {row['ratio']:.2f}x | {row['median_ratio']:.2f}x | {row['bound']:.2f}x | {row['besides']:.1f}x |"
+        )
     print(f"\ntotal {time.perf_counter() - start:.0f} s; temporary files removed: {not tmp.exists()}")
 
 

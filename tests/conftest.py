@@ -155,8 +155,20 @@ ARTIFACTS = ("*.parquet", "*.safetensors", "*.png", "*.md")
 def snakemake_command(workdir: Path, *args: str, overrides: list[str], experiment: Path | None = None) -> list[str]:
     """The workflow's snakemake command line, run in `workdir` with these config overrides."""
     config = ([f"experiment={experiment}"] if experiment else []) + [f"overrides=[{', '.join(overrides)}]"]
-    return [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
-            "--config", *config]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        *args,
+        "--config",
+        *config,
+    ]
 
 
 def run(cmd: list[str], ok: bool = True) -> tuple[int, str]:

@@ -56,8 +56,17 @@ def write_data(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def finetune_classifier(base: Path, train: pd.DataFrame, out: Path, steps: int, seed: int, max_length: int = 24,
-                        batch_size: int = 8, lr: float = 2e-4, tokenizer: bool = True) -> Path:
+def finetune_classifier(
+    base: Path,
+    train: pd.DataFrame,
+    out: Path,
+    steps: int,
+    seed: int,
+    max_length: int = 24,
+    batch_size: int = 8,
+    lr: float = 2e-4,
+    tokenizer: bool = True,
+) -> Path:
     """BertForSequenceClassification from `base`, trained `steps` AdamW steps on train (text, label), saved to out.
 
     The embeddings and the lower half of the layers stay frozen (a short run needs no more)."""
@@ -87,8 +96,16 @@ def finetune_classifier(base: Path, train: pd.DataFrame, out: Path, steps: int, 
     return out
 
 
-def finetune_causal_lm(pretrained: Path, texts: Sequence[str], out: Path, steps: int, seed: int, max_length: int = 24,
-                       batch_size: int = 8, lr: float = 5e-3) -> Path:
+def finetune_causal_lm(
+    pretrained: Path,
+    texts: Sequence[str],
+    out: Path,
+    steps: int,
+    seed: int,
+    max_length: int = 24,
+    batch_size: int = 8,
+    lr: float = 5e-3,
+) -> Path:
     """The causal LM of directory `pretrained`, trained `steps` AdamW steps on texts, saved (with its tokenizer) to out."""
     import torch
     import transformers
@@ -100,7 +117,13 @@ def finetune_causal_lm(pretrained: Path, texts: Sequence[str], out: Path, steps:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     rng = random.Random(seed)
     for _ in range(steps):
-        enc = tok(rng.sample(list(texts), batch_size), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        enc = tok(
+            rng.sample(list(texts), batch_size),
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss
         optimizer.zero_grad()

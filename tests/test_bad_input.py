@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, copy_example
 
+from conftest import REPO, copy_example
 from mapmerge.run.config import ConfigError, load_config
 
 BASE = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
@@ -77,50 +77,124 @@ def _other_width_checkpoint(exp: dict, example: Path) -> None:
 
 CASES = [
     # typos in the experiment file, at every level
-    Case("typo-model-key", r"experiment file .*bad\.yaml: model\.pretrianed: unknown key \(did you mean `pretrained`\?\)",
-         edit=_rename("model.pretrained", "pretrianed")),
-    Case("typo-top-level", r"experiment file .*bad\.yaml: modle: unknown key \(did you mean `model`\?\)", edit=_rename("model", "modle")),
-    Case("typo-task-key", r"model\.tasks\.stripes_0\.checkpiont: unknown key \(did you mean `checkpoint`\?\)",
-         edit=_rename("model.tasks.stripes_0.checkpoint", "checkpiont")),
-    Case("typo-group-key", r"experiment file .*: sampler\.factr: unknown key \(did you mean `factor`\?\)", edit=_set("sampler.factr", 2.0)),
-    Case("unknown-key-override", r"^optimizer\.popsize: unknown key \(did you mean `pop_size`\?\)", overrides=("+optimizer.popsize=10",)),
+    Case(
+        "typo-model-key",
+        r"experiment file .*bad\.yaml: model\.pretrianed: unknown key \(did you mean `pretrained`\?\)",
+        edit=_rename("model.pretrained", "pretrianed"),
+    ),
+    Case(
+        "typo-top-level",
+        r"experiment file .*bad\.yaml: modle: unknown key \(did you mean `model`\?\)",
+        edit=_rename("model", "modle"),
+    ),
+    Case(
+        "typo-task-key",
+        r"model\.tasks\.stripes_0\.checkpiont: unknown key \(did you mean `checkpoint`\?\)",
+        edit=_rename("model.tasks.stripes_0.checkpoint", "checkpiont"),
+    ),
+    Case(
+        "typo-group-key",
+        r"experiment file .*: sampler\.factr: unknown key \(did you mean `factor`\?\)",
+        edit=_set("sampler.factr", 2.0),
+    ),
+    Case(
+        "unknown-key-override",
+        r"^optimizer\.popsize: unknown key \(did you mean `pop_size`\?\)",
+        overrides=("+optimizer.popsize=10",),
+    ),
     # bad values
-    Case("limit-not-a-number", r"^model\.transformers\.limit: must be an integer, got 'abc'", overrides=("+model.transformers.limit=abc",)),
+    Case(
+        "limit-not-a-number",
+        r"^model\.transformers\.limit: must be an integer, got 'abc'",
+        overrides=("+model.transformers.limit=abc",),
+    ),
     Case("factor-negative", r"^sampler\.factor: must be > 0, got -1", overrides=("sampler.factor=-1",)),
     Case("factor-zero", r"^sampler\.factor: must be > 0, got 0", overrides=("sampler.factor=0",)),
-    Case("factor-too-small", r"^sampler\.factor: 0\.5 gives 5 design points for the surrogate's 10 parameters .* at least 11",
-         overrides=("sampler.factor=0.5",)),
+    Case(
+        "factor-too-small",
+        r"^sampler\.factor: 0\.5 gives 5 design points for the surrogate's 10 parameters .* at least 11",
+        overrides=("sampler.factor=0.5",),
+    ),
     Case("factor-not-a-number", r"^sampler\.factor: must be a number, got 'abc'", overrides=("sampler.factor=abc",)),
     Case("pop-size-zero", r"^optimizer\.pop_size: must be an integer >= 1, got 0", overrides=("optimizer.pop_size=0",)),
-    Case("pop-size-too-small", r"^optimizer\.pop_size: 3 is too small for 3 objectives; NSGA-III needs at least 6",
-         overrides=("optimizer.pop_size=3",)),
-    Case("tasks-fraction", r"^benchmark\.tasks: must be a number of tasks .* got 1\.5", overrides=("benchmark.tasks=1.5",)),
-    Case("tasks-letters", r"^benchmark\.tasks: must be a number of tasks .* got 'abc'", overrides=("benchmark.tasks=abc",)),
+    Case(
+        "pop-size-too-small",
+        r"^optimizer\.pop_size: 3 is too small for 3 objectives; NSGA-III needs at least 6",
+        overrides=("optimizer.pop_size=3",),
+    ),
+    Case(
+        "tasks-fraction",
+        r"^benchmark\.tasks: must be a number of tasks .* got 1\.5",
+        overrides=("benchmark.tasks=1.5",),
+    ),
+    Case(
+        "tasks-letters",
+        r"^benchmark\.tasks: must be a number of tasks .* got 'abc'",
+        overrides=("benchmark.tasks=abc",),
+    ),
     Case("seed-letters", r"^seed: must be an integer, got 'abc'", overrides=("seed=abc",)),
     Case("box-empty", r"^sampler: lower \(1\) must be below upper \(1\)", overrides=("sampler.lower=1",)),
-    Case("on-error-choice", r"^evaluation\.on_error: must be one of fail, record, got 'skip'", overrides=("evaluation.on_error=skip",)),
-    Case("device", r"^evaluation\.device: must be auto, cpu, cuda or cuda:N, got 'gpu'", overrides=("evaluation.device=gpu",)),
+    Case(
+        "on-error-choice",
+        r"^evaluation\.on_error: must be one of fail, record, got 'skip'",
+        overrides=("evaluation.on_error=skip",),
+    ),
+    Case(
+        "device",
+        r"^evaluation\.device: must be auto, cpu, cuda or cuda:N, got 'gpu'",
+        overrides=("evaluation.device=gpu",),
+    ),
     Case("method-typo", r"^method: must be one of map, nested, bayesian, got 'nestd'", overrides=("method=nestd",)),
-    Case("objective", r"^optimizer\.objective: must be one of accuracy, loss, got 'f1'", overrides=("optimizer.objective=f1",)),
-    Case("enabled-not-bool", r"^validation\.enabled: must be true or false, got 'yes'", overrides=("validation.enabled=yes",)),
+    Case(
+        "objective",
+        r"^optimizer\.objective: must be one of accuracy, loss, got 'f1'",
+        overrides=("optimizer.objective=f1",),
+    ),
+    Case(
+        "enabled-not-bool",
+        r"^validation\.enabled: must be true or false, got 'yes'",
+        overrides=("validation.enabled=yes",),
+    ),
     Case("density", r"^merge\.density: must be in \(0, 1\], got 0", overrides=("merge=ties", "merge.density=0")),
-    Case("vector-dtype", r"^model\.merge\.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'",
-         overrides=("model.merge.vector_dtype=int8",)),
+    Case(
+        "vector-dtype",
+        r"^model\.merge\.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'",
+        overrides=("model.merge.vector_dtype=int8",),
+    ),
     Case("one-task", r"^tasks: must have at least 2 items", overrides=("tasks=[stripes_0]",)),
     Case("unknown-task", r"^tasks: unknown task 'nope'", overrides=("tasks=[stripes_0, nope]",)),
     Case("preference-task", r"preference names unknown task 'nope'", overrides=("+preference.nope=1",)),
-    Case("budget", r"^budget\.max_evaluations: plain MAP on 3 tasks plans 60 \(model, task\) evaluations, past the budget of 50; "
-         r"use method=nested", overrides=("budget.max_evaluations=50",)),
+    Case(
+        "budget",
+        r"^budget\.max_evaluations: plain MAP on 3 tasks plans 60 \(model, task\) evaluations, past the budget of 50; "
+        r"use method=nested",
+        overrides=("budget.max_evaluations=50",),
+    ),
     Case("run-name", r"^name: 'a/b' is not a valid run name", overrides=("name=a/b",)),
     # files the config names, read before the first job
-    Case("missing-checkpoint", r"^model\.pretrained: .*nothere\.pt: checkpoint not found", edit=_set("model.pretrained", "nothere.pt")),
-    Case("checkpoint-shape", r"^model\.tasks\.stripes_60\.checkpoint: .*checkpoints_h16/stripes_60\.pt: tensor '[\w.]+' has shape",
-         edit=_other_width_checkpoint),
-    Case("evaluator-typo", r"^model\.tasks\.stripes_60\.evaluator\._target_: module model \(.*model\.py\) has no TaskEvalutor",
-         edit=_set("model.tasks.stripes_60.evaluator._target_", "model.TaskEvalutor")),
-    Case("builder-module", r"^model\.builder\._target_: module modle not found in model\.python_path",
-         edit=_set("model.builder._target_", "modle.build")),
-    Case("python-path", r"^model\.python_path: folder .*nowhere not found", edit=_set("model.python_path", ["nowhere"])),
+    Case(
+        "missing-checkpoint",
+        r"^model\.pretrained: .*nothere\.pt: checkpoint not found",
+        edit=_set("model.pretrained", "nothere.pt"),
+    ),
+    Case(
+        "checkpoint-shape",
+        r"^model\.tasks\.stripes_60\.checkpoint: .*checkpoints_h16/stripes_60\.pt: tensor '[\w.]+' has shape",
+        edit=_other_width_checkpoint,
+    ),
+    Case(
+        "evaluator-typo",
+        r"^model\.tasks\.stripes_60\.evaluator\._target_: module model \(.*model\.py\) has no TaskEvalutor",
+        edit=_set("model.tasks.stripes_60.evaluator._target_", "model.TaskEvalutor"),
+    ),
+    Case(
+        "builder-module",
+        r"^model\.builder\._target_: module modle not found in model\.python_path",
+        edit=_set("model.builder._target_", "modle.build"),
+    ),
+    Case(
+        "python-path", r"^model\.python_path: folder .*nowhere not found", edit=_set("model.python_path", ["nowhere"])
+    ),
 ]
 
 
@@ -146,15 +220,31 @@ def experiment_for(case: Case, example: Path) -> Path:
 
 
 def snakemake(workdir: Path, experiment: Path, overrides: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
-           "--config", f"experiment={experiment}", f"overrides=[{', '.join([*BASE, *overrides])}]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        *args,
+        "--config",
+        f"experiment={experiment}",
+        f"overrides=[{', '.join([*BASE, *overrides])}]",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file under folder: its bytes' hash and mtime."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_table_has_enough_cases():

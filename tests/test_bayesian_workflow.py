@@ -7,14 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import job_counts, run, snakemake_command
-from test_methods import COMMON
 
+from conftest import job_counts, run, snakemake_command
 from mapmerge.io import read_table
+from test_methods import COMMON
 
 pytestmark = pytest.mark.slow
 
-BAYES = ["name=bayes", "method=bayesian", "benchmark.tasks=[rot90, flip_parity]", "evaluation.samples_per_job=9", *COMMON]
+BAYES = [
+    "name=bayes",
+    "method=bayesian",
+    "benchmark.tasks=[rot90, flip_parity]",
+    "evaluation.samples_per_job=9",
+    *COMMON,
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,11 @@ def test_bayesian_rounds_are_kept_and_all_fitted(bayes):
     assert jobs.get("propose_round") == 1 and jobs.get("evaluate_round") == 1 and "evaluate_sample" not in jobs
     ledger = read_table(results / "evaluations.parquet")
     assert ledger.groupby("stage")["models"].sum().to_dict() == {
-        "evaluate_reference": 3, "evaluate_sample": 9, "evaluate_round": 6, "evaluate_selected": 1}
+        "evaluate_reference": 3,
+        "evaluate_sample": 9,
+        "evaluate_round": 6,
+        "evaluate_selected": 1,
+    }
 
 
 def test_bayesian_rounds_sample_inside_the_box_and_differ_from_the_design(bayes):

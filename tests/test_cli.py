@@ -40,21 +40,37 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = ["rot90", "invert", "flip_parity"]
 WIDTH = 8
 SETTINGS = [
-    f"benchmark.tasks=[{','.join(TASKS)}]", f"benchmark.width={WIDTH}", "benchmark.pretrain_epochs=15", "benchmark.finetune_epochs=8",
-    "optimizer.pop_size=30", "optimizer.n_gen=20", "optimizer.grid_check_resolution=51", "sampler.factor=2",
+    f"benchmark.tasks=[{','.join(TASKS)}]",
+    f"benchmark.width={WIDTH}",
+    "benchmark.pretrain_epochs=15",
+    "benchmark.finetune_epochs=8",
+    "optimizer.pop_size=30",
+    "optimizer.n_gen=20",
+    "optimizer.grid_check_resolution=51",
+    "sampler.factor=2",
     "evaluation.samples_per_job=8",
 ]
 
 
-def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = None, finish: bool = True,
-              experiment: Path | None = None) -> Path:
+def build_run(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    bench: Path | None = None,
+    finish: bool = True,
+    experiment: Path | None = None,
+) -> Path:
     """A run folder made as the workflow makes it (see workflow/rules/*.smk): every stage function, in order.
 
     bench: a run folder whose checkpoints/ and benchmark.parquet are copied instead of training them
     again (the same benchmark config). finish=False stops a Bayesian run after its rounds' evaluations.
     experiment: an experiment file (a user model's run has no benchmark stage).
     """
-    cfg = load_config(REPO / "config", experiment=experiment, overrides=[f"name={name}", f"results_dir='{root}'", *SETTINGS, *overrides])
+    cfg = load_config(
+        REPO / "config",
+        experiment=experiment,
+        overrides=[f"name={name}", f"results_dir='{root}'", *SETTINGS, *overrides],
+    )
     R = Path(cfg["results"])
     tasks, model = cfg["task_names"], cfg["model"]
     P = lambda stage: stage_config(cfg, stage)  # noqa: E731
@@ -63,8 +79,12 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
     elif bench is None:
         threads = torch.get_num_threads()
         try:
-            prepare_benchmark.run_prepare_benchmark(P("prepare_benchmark"), pretrained=model["pretrained"], table=R / "benchmark.parquet",
-                                                    finetuned=[model["tasks"][t]["checkpoint"] for t in tasks])
+            prepare_benchmark.run_prepare_benchmark(
+                P("prepare_benchmark"),
+                pretrained=model["pretrained"],
+                table=R / "benchmark.parquet",
+                finetuned=[model["tasks"][t]["checkpoint"] for t in tasks],
+            )
         finally:
             torch.set_num_threads(threads)
     else:
@@ -79,11 +99,20 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
         return R / "task_vectors" / f"{m}.safetensors" if m in tasks else R / "groups" / m / "vector.safetensors"
 
     for t in tasks:
-        task_vectors.run_extract_task_vector(P("extract_task_vector"), task=t, pretrained=pre, finetuned=checkpoints[t], vector=vector_path(t))
-    task_vectors.run_task_vector_table(P("task_vector_table"), vectors={t: vector_path(t) for t in tasks}, table=R / "task_vectors.parquet")
+        task_vectors.run_extract_task_vector(
+            P("extract_task_vector"), task=t, pretrained=pre, finetuned=checkpoints[t], vector=vector_path(t)
+        )
+    task_vectors.run_task_vector_table(
+        P("task_vector_table"), vectors={t: vector_path(t) for t in tasks}, table=R / "task_vectors.parquet"
+    )
     reference_files = {"pretrained": pre, "vectors": {t: vector_path(t) for t in tasks}, "checkpoints": checkpoints}
-    evaluation.run_evaluate_reference(P("evaluate"), **reference_files, metrics=R / "reference.parquet",
-                                      examples=R / "reference_examples.parquet", device="cpu")
+    evaluation.run_evaluate_reference(
+        P("evaluate"),
+        **reference_files,
+        metrics=R / "reference.parquet",
+        examples=R / "reference_examples.parquet",
+        device="cpu",
+    )
     plans, evals = [], {"reference_examples.parquet": R / "reference_examples.parquet"}
     batch = cfg["evaluation"]["samples_per_job"]
     for k, names in enumerate(levels, 1):
@@ -93,7 +122,10 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
             params.pop("preference", None)
             inputs = {"reference": R / "reference.parquet"} if cfg["method"] == "nested" else {}
         else:
-            inputs = {"previous": plans[-1], "selected": {g: R / "groups" / g / "selected_evals.parquet" for g in levels[k - 2]}}
+            inputs = {
+                "previous": plans[-1],
+                "selected": {g: R / "groups" / g / "selected_evals.parquet" for g in levels[k - 2]},
+            }
         plan_level.run_plan_level(params, level=k, plan=plan, **inputs)
         plans.append(plan)
         for g in names:
@@ -103,37 +135,96 @@ def build_run(root: Path, name: str, overrides: list[str], bench: Path | None = 
             rounds = [gdir / "rounds" / "r00.parquet"]
             sample_coefficients.run_sample_coefficients(P("sample_coefficients"), plan=plan, group=g, samples=rounds[0])
             design = read_table(rounds[0])
-            coefficients = {row["sample"]: [float(row[c]) for c in design.columns if c.startswith("c_")] for _, row in design.iterrows()}
+            coefficients = {
+                row["sample"]: [float(row[c]) for c in design.columns if c.startswith("c_")]
+                for _, row in design.iterrows()
+            }
             outs = []
             for b, samples in sample_batches(list(design["sample"]), batch).items():
                 outs.append(gdir / "evals" / f"{b}.parquet")
-                evaluation.run_evaluate_samples(P("evaluate"), **files, plan=plan, group=g, coefficients={s: coefficients[s] for s in samples},
-                                                examples=outs[-1], device="cpu")
+                evaluation.run_evaluate_samples(
+                    P("evaluate"),
+                    **files,
+                    plan=plan,
+                    group=g,
+                    coefficients={s: coefficients[s] for s in samples},
+                    examples=outs[-1],
+                    device="cpu",
+                )
             for r in range(1, (cfg["bayesian"]["rounds"] if cfg["method"] == "bayesian" else 0) + 1):
                 rounds.append(gdir / "rounds" / f"r{r:02d}.parquet")
-                propose_round.run_propose_round(P("propose_round"), round=r, rounds=rounds[:-1], evals=list(outs), samples=rounds[-1])
+                propose_round.run_propose_round(
+                    P("propose_round"), round=r, rounds=rounds[:-1], evals=list(outs), samples=rounds[-1]
+                )
                 for i in range(-(-len(read_table(rounds[-1])) // batch)):
                     outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
-                    evaluation.run_evaluate_round(P("evaluate"), **files, plan=plan, samples=rounds[-1], group=g, index=i, size=batch,
-                                                  examples=outs[-1], device="cpu")
+                    evaluation.run_evaluate_round(
+                        P("evaluate"),
+                        **files,
+                        plan=plan,
+                        samples=rounds[-1],
+                        group=g,
+                        index=i,
+                        size=batch,
+                        examples=outs[-1],
+                        device="cpu",
+                    )
             if not finish:
                 return R
-            collect.run_collect_metrics(P("collect_metrics"), rounds=rounds, evals=outs, metrics=gdir / "metrics.parquet",
-                                        samples=gdir / "samples.parquet")
-            fit_surrogate.run_fit_surrogate(P("fit_surrogate"), samples=gdir / "samples.parquet", metrics=gdir / "metrics.parquet",
-                                            surrogate=gdir / "surrogate.parquet")
-            pareto_front.run_pareto_front(P("pareto_front"), surrogate=gdir / "surrogate.parquet", samples=gdir / "samples.parquet",
-                                          plan=plan, group=g, front=gdir / "front.parquet")
-            merge_group.run_merge_group(P("merge_group"), **files, plan=plan, front=gdir / "front.parquet", group=g,
-                                        merged=gdir / "merged.safetensors", vector=gdir / "vector.safetensors",
-                                        choice=gdir / "choice.parquet", folders=gdir / "merged")
-            evaluation.run_evaluate_selected(P("evaluate"), **files, plan=plan, choice=gdir / "choice.parquet", group=g,
-                                             examples=gdir / "selected_evals.parquet", device="cpu")
+            collect.run_collect_metrics(
+                P("collect_metrics"),
+                rounds=rounds,
+                evals=outs,
+                metrics=gdir / "metrics.parquet",
+                samples=gdir / "samples.parquet",
+            )
+            fit_surrogate.run_fit_surrogate(
+                P("fit_surrogate"),
+                samples=gdir / "samples.parquet",
+                metrics=gdir / "metrics.parquet",
+                surrogate=gdir / "surrogate.parquet",
+            )
+            pareto_front.run_pareto_front(
+                P("pareto_front"),
+                surrogate=gdir / "surrogate.parquet",
+                samples=gdir / "samples.parquet",
+                plan=plan,
+                group=g,
+                front=gdir / "front.parquet",
+            )
+            merge_group.run_merge_group(
+                P("merge_group"),
+                **files,
+                plan=plan,
+                front=gdir / "front.parquet",
+                group=g,
+                merged=gdir / "merged.safetensors",
+                vector=gdir / "vector.safetensors",
+                choice=gdir / "choice.parquet",
+                folders=gdir / "merged",
+            )
+            evaluation.run_evaluate_selected(
+                P("evaluate"),
+                **files,
+                plan=plan,
+                choice=gdir / "choice.parquet",
+                group=g,
+                examples=gdir / "selected_evals.parquet",
+                device="cpu",
+            )
             evals.update({f"{g}/{p.name}": p for p in [*outs, gdir / "selected_evals.parquet"]})
     collect.run_ledger(P("ledger"), evals=evals, ledger=R / "evaluations.parquet")
     outputs = {f: R / f"{f}.parquet" for f in ("pareto", "selected", "groups")}
-    aggregate.run_aggregate(P("aggregate"), reference=R / "reference.parquet", plans=plans, ledger=R / "evaluations.parquet",
-                            **outputs, report=R / "report.md", results=R, group_names=group_names)
+    aggregate.run_aggregate(
+        P("aggregate"),
+        reference=R / "reference.parquet",
+        plans=plans,
+        ledger=R / "evaluations.parquet",
+        **outputs,
+        report=R / "report.md",
+        results=R,
+        group_names=group_names,
+    )
     report.write_html_tables(R, {name: R / "report" / f"{name}.html" for name in report.HTML_TABLES})
     return R
 
@@ -145,18 +236,40 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli") / "results"
     plain = build_run(root, "plain", [])
     nested = build_run(root, "nested", ["method=nested", "merge=dare"], bench=plain)
-    bayes = build_run(root, "bayes", ["method=bayesian", "bayesian.rounds=1", "tasks=[rot90,invert]"], bench=plain, finish=False)
+    bayes = build_run(
+        root, "bayes", ["method=bayesian", "bayesian.rounds=1", "tasks=[rot90,invert]"], bench=plain, finish=False
+    )
     return {"plain": plain, "nested": nested, "bayes": bayes}
 
 
 def status_rows(text: str) -> dict[str, list[str]]:
     """The stage table of `mapmerge status`: stage -> [state, artifacts] (its lines are not indented)."""
-    return {line.split()[0]: line.split(None, 2)[1:] for line in text.splitlines() if line[:1].strip() and line.split()[0] in STAGES}
+    return {
+        line.split()[0]: line.split(None, 2)[1:]
+        for line in text.splitlines()
+        if line[:1].strip() and line.split()[0] in STAGES
+    }
 
 
-STAGES = {"prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference", "plan_level", "sample_coefficients",
-          "propose_round", "evaluate_sample", "evaluate_round", "collect_metrics", "fit_surrogate", "pareto_front", "merge_group",
-          "evaluate_selected", "ledger", "aggregate", "report_tables"}
+STAGES = {
+    "prepare_benchmark",
+    "extract_task_vector",
+    "task_vector_table",
+    "evaluate_reference",
+    "plan_level",
+    "sample_coefficients",
+    "propose_round",
+    "evaluate_sample",
+    "evaluate_round",
+    "collect_metrics",
+    "fit_surrogate",
+    "pareto_front",
+    "merge_group",
+    "evaluate_selected",
+    "ledger",
+    "aggregate",
+    "report_tables",
+}
 
 
 def ledger_counts(path: Path) -> pd.DataFrame:
@@ -175,28 +288,59 @@ def test_status_of_a_finished_run(runs, capsys):
     assert {s for s, (state, _) in rows.items() if state != "done"} == {"propose_round", "evaluate_round"}
     assert "Real evaluations (from evaluations.parquet):" in out
     ledger = ledger_counts(R / "evaluations.parquet")
-    total = ["total", str(len(read_table(R / "evaluations.parquet"))), str(ledger["models"].sum()), str(ledger["task_evaluations"].sum())]
+    total = [
+        "total",
+        str(len(read_table(R / "evaluations.parquet"))),
+        str(ledger["models"].sum()),
+        str(ledger["task_evaluations"].sum()),
+    ]
     assert total in [line.split() for line in out.splitlines()]
     front = read_table(R / "groups" / "all" / "front.parquet")
     samples = read_table(R / "groups" / "all" / "samples.parquet")
     group_line = next(line for line in out.splitlines() if line.split()[:1] == ["all"])
-    assert group_line.split() == ["all", "1", "1", str(len(list((R / "groups" / "all" / "evals").glob("*.parquet")))),
-                                  str(len(samples)), str(len(front)), "yes"]
+    assert group_line.split() == [
+        "all",
+        "1",
+        "1",
+        str(len(list((R / "groups" / "all" / "evals").glob("*.parquet")))),
+        str(len(samples)),
+        str(len(front)),
+        "yes",
+    ]
 
 
 def test_status_of_a_partial_run(runs, tmp_path, capsys):
     R = tmp_path / "partial"
     shutil.copytree(runs["plain"], R)
-    for f in ["evaluations.parquet", "pareto.parquet", "selected.parquet", "groups.parquet", "report.md", "plots/front_parallel.png",
-              "groups/all/front.parquet", "groups/all/choice.parquet", "groups/all/merged.safetensors", "groups/all/vector.safetensors",
-              "groups/all/selected_evals.parquet", "groups/all/evals/b0001.parquet"]:
+    for f in [
+        "evaluations.parquet",
+        "pareto.parquet",
+        "selected.parquet",
+        "groups.parquet",
+        "report.md",
+        "plots/front_parallel.png",
+        "groups/all/front.parquet",
+        "groups/all/choice.parquet",
+        "groups/all/merged.safetensors",
+        "groups/all/vector.safetensors",
+        "groups/all/selected_evals.parquet",
+        "groups/all/evals/b0001.parquet",
+    ]:
         (R / f).unlink()
     shutil.rmtree(R / "report")
     assert main(["status", str(R)]) == 0
     out = capsys.readouterr().out
     rows = status_rows(out)
-    for stage in ["prepare_benchmark", "extract_task_vector", "evaluate_reference", "plan_level", "sample_coefficients",
-                  "evaluate_sample", "collect_metrics", "fit_surrogate"]:
+    for stage in [
+        "prepare_benchmark",
+        "extract_task_vector",
+        "evaluate_reference",
+        "plan_level",
+        "sample_coefficients",
+        "evaluate_sample",
+        "collect_metrics",
+        "fit_surrogate",
+    ]:
         assert rows[stage][0] == "done", stage
     for stage in ["pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"]:
         assert rows[stage][0] == "missing", stage
@@ -223,16 +367,25 @@ def test_status_tells_the_method(runs, capsys):
     assert rows["propose_round"] == ["done", "groups/<g>/rounds/r<NN>.parquet after r00: 1"]
     assert rows["evaluate_round"][0] == "done" and rows["collect_metrics"][0] == "missing"
     counts, _ = evaluation_counts(runs["bayes"], scan(runs["bayes"]))
-    assert counts.set_index("stage").loc["evaluate_round", "models"] == len(read_table(runs["bayes"] / "groups/all/rounds/r01.parquet"))
+    assert counts.set_index("stage").loc["evaluate_round", "models"] == len(
+        read_table(runs["bayes"] / "groups/all/rounds/r01.parquet")
+    )
     assert main(["status", str(runs["nested"])]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith(f"{runs['nested']}: nested MAP (groups named L<level>g<j>)")
-    assert {line.split()[0] for line in out.splitlines() if line.split()[:1] in (["L1g0"], ["L2g0"])} == {"L1g0", "L2g0"}
+    assert {line.split()[0] for line in out.splitlines() if line.split()[:1] in (["L1g0"], ["L2g0"])} == {
+        "L1g0",
+        "L2g0",
+    }
 
 
 def snapshot(*roots: Path) -> dict[Path, tuple[bytes, int] | None]:
     """Every file (bytes, mtime) and folder under the roots: what a command that only reads, or is refused, leaves as it was."""
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None for root in roots for p in sorted(root.rglob("*"))}
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+        for root in roots
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def test_status_shows_unreadable_artifacts(runs, tmp_path, capsys):
@@ -267,9 +420,13 @@ def test_status_of_what_is_not_a_folder(tmp_path, capsys):
     assert err == f"mapmerge status: {tmp_path / 'nothing'}: not a folder\n"
 
 
-def expected_choice(front: pd.DataFrame, preference: dict[str, float], tasks=TASKS, method="weighted_sum") -> dict[str, float]:
+def expected_choice(
+    front: pd.DataFrame, preference: dict[str, float], tasks=TASKS, method="weighted_sum"
+) -> dict[str, float]:
     weights = normalize_preference(preference, tasks)
-    index = select_point(front[[f"accuracy_{t}" for t in tasks]].to_numpy(), list(weights.values()), [True] * len(tasks), method)
+    index = select_point(
+        front[[f"accuracy_{t}" for t in tasks]].to_numpy(), list(weights.values()), [True] * len(tasks), method
+    )
     return {t: float(front[f"c_{t}"].iloc[index]) for t in tasks}
 
 
@@ -277,8 +434,10 @@ def test_select_two_preferences(runs, capsys):
     R = runs["plain"]
     front = read_table(R / "groups" / "all" / "front.parquet")
     chosen = []
-    cases = [("rot90=1", {"rot90": 1.0}, "rot90-1"),
-             ("invert=3,flip_parity=1", {"invert": 3.0, "flip_parity": 1.0}, "invert-3_flip_parity-1")]
+    cases = [
+        ("rot90=1", {"rot90": 1.0}, "rot90-1"),
+        ("invert=3,flip_parity=1", {"invert": 3.0, "flip_parity": 1.0}, "invert-3_flip_parity-1"),
+    ]
     for text, preference, name in cases:
         assert main(["select", str(R), "--prefer", text]) == 0
         out = capsys.readouterr().out
@@ -291,8 +450,11 @@ def test_select_two_preferences(runs, capsys):
             assert line.split() == [f"c_{t}", f"{coefficients[t]:.4f}"]
         state = load_state_dict(path)
         build_model(width=WIDTH).load_state_dict(state, strict=True)
-        reference = merge_files(R / "checkpoints" / "pretrained.safetensors", {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS},
-                                [coefficients[t] for t in TASKS])
+        reference = merge_files(
+            R / "checkpoints" / "pretrained.safetensors",
+            {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS},
+            [coefficients[t] for t in TASKS],
+        )
         assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
         chosen.append(coefficients)
     assert chosen[0] != chosen[1]
@@ -319,9 +481,15 @@ def torch_run(runs, tmp_path_factory) -> tuple[Path, Path]:
     for path in (runs["plain"] / "checkpoints").glob("*.safetensors"):
         torch.save(load_state_dict(path), ckpts / f"{path.stem}.pt")
     builtin = load_config(REPO / "config", overrides=["name=plain", f"results_dir='{runs['plain'].parent}'", *SETTINGS])
-    model = {"builder": builtin["model"]["builder"], "pretrained": str(ckpts / "pretrained.pt"),
-             "merge": {"include": ["*"], "exclude": ["head.*"]},
-             "tasks": {t: {"checkpoint": str(ckpts / f"{t}.pt"), "evaluator": builtin["model"]["tasks"][t]["evaluator"]} for t in TASKS}}
+    model = {
+        "builder": builtin["model"]["builder"],
+        "pretrained": str(ckpts / "pretrained.pt"),
+        "merge": {"include": ["*"], "exclude": ["head.*"]},
+        "tasks": {
+            t: {"checkpoint": str(ckpts / f"{t}.pt"), "evaluator": builtin["model"]["tasks"][t]["evaluator"]}
+            for t in TASKS
+        },
+    }
     (root / "experiment.yaml").write_text(json.dumps({"model": model}))  # JSON is YAML
     return build_run(root / "results", "user", [], experiment=root / "experiment.yaml"), ckpts
 
@@ -354,7 +522,10 @@ def with_largest_tensor_changed(source: Path, out: Path) -> Path:
 def test_select_tchebycheff_with_a_user_models_torch_pretrained(torch_run, capsys):
     R, ckpts = torch_run
     pre = ckpts / "pretrained.pt"
-    assert main(["select", str(R), "--prefer", "rot90=1,invert=2", "--method", "tchebycheff", "--pretrained", str(pre)]) == 0
+    assert (
+        main(["select", str(R), "--prefer", "rot90=1,invert=2", "--method", "tchebycheff", "--pretrained", str(pre)])
+        == 0
+    )
     out = capsys.readouterr().out
     path = R / "selected" / "rot90-1_invert-2_tchebycheff.pt"
     assert f"merged checkpoint: {path}" in out
@@ -371,43 +542,73 @@ def test_select_refuses_a_pretrained_whose_hash_is_not_the_runs(runs, torch_run,
     """Hashed whole and compared with the hash the run recorded: a checkpoint that differs only in its largest tensor is refused."""
     R = runs["plain"]
     own = R / "checkpoints" / "pretrained.safetensors"
-    for given in (with_largest_tensor_changed(own, tmp_path / "other.safetensors"), R / "checkpoints" / "invert.safetensors"):
-        err = refused(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(given), "--out", str(tmp_path / "x.safetensors")],
-                      2, capsys, R, tmp_path)
-        assert err == (f"mapmerge select: --pretrained {given}: sha256[:16] {file_hash(given)}, but the run's pretrained checkpoint "
-                       f"pretrained.safetensors has {file_hash(own)} (recorded in {R / 'benchmark.parquet'}); the run's own is "
-                       f"{own}: leave --pretrained out\n")
+    for given in (
+        with_largest_tensor_changed(own, tmp_path / "other.safetensors"),
+        R / "checkpoints" / "invert.safetensors",
+    ):
+        err = refused(
+            [
+                "select",
+                str(R),
+                "--prefer",
+                "rot90=1",
+                "--pretrained",
+                str(given),
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ],
+            2,
+            capsys,
+            R,
+            tmp_path,
+        )
+        assert err == (
+            f"mapmerge select: --pretrained {given}: sha256[:16] {file_hash(given)}, but the run's pretrained checkpoint "
+            f"pretrained.safetensors has {file_hash(own)} (recorded in {R / 'benchmark.parquet'}); the run's own is "
+            f"{own}: leave --pretrained out\n"
+        )
     # a user model's run: the hash is in the evaluations' metadata
     R, ckpts = torch_run
     other = with_largest_tensor_changed(ckpts / "pretrained.pt", tmp_path / "pretrained.pt")
     err = refused(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(other)], 2, capsys, R, tmp_path, ckpts)
-    assert err == (f"mapmerge select: --pretrained {other}: sha256[:16] {file_hash(other)}, but the run's pretrained checkpoint "
-                   f"pretrained.pt has {file_hash(ckpts / 'pretrained.pt')} (recorded in {R / 'reference.parquet'}); give the "
-                   "checkpoint the run merged (model.pretrained)\n")
+    assert err == (
+        f"mapmerge select: --pretrained {other}: sha256[:16] {file_hash(other)}, but the run's pretrained checkpoint "
+        f"pretrained.pt has {file_hash(ckpts / 'pretrained.pt')} (recorded in {R / 'reference.parquet'}); give the "
+        "checkpoint the run merged (model.pretrained)\n"
+    )
     err = refused(["select", str(R), "--prefer", "rot90=1"], 2, capsys, R)
-    assert err == (f"mapmerge select: {R}: the pretrained checkpoint of a user model is not kept in the run folder (its artifacts "
-                   "record only file names and hashes); give it with --pretrained PATH (the experiment's model.pretrained)\n")
+    assert err == (
+        f"mapmerge select: {R}: the pretrained checkpoint of a user model is not kept in the run folder (its artifacts "
+        "record only file names and hashes); give it with --pretrained PATH (the experiment's model.pretrained)\n"
+    )
 
 
 def test_select_refuses_an_out_inside_the_run_folder(runs, torch_run, capsys):
     R = runs["plain"]
     for out in (R / "groups" / "all" / "front.parquet", R / "merged.safetensors", R / "selected" / ".." / "report.md"):
         err = refused(["select", str(R), "--prefer", "rot90=1", "--out", str(out)], 2, capsys, R)
-        assert err == (f"mapmerge select: --out {out}: inside the run folder {R}, where select writes only under {R / 'selected'}/; "
-                       "give a path there or outside the run folder\n")
+        assert err == (
+            f"mapmerge select: --out {out}: inside the run folder {R}, where select writes only under {R / 'selected'}/; "
+            "give a path there or outside the run folder\n"
+        )
     R, ckpts = torch_run
     pre = ckpts / "pretrained.pt"
-    err = refused(["select", str(R), "--prefer", "rot90=1", "--pretrained", str(pre), "--out", str(pre)], 2, capsys, R, ckpts)
+    err = refused(
+        ["select", str(R), "--prefer", "rot90=1", "--pretrained", str(pre), "--out", str(pre)], 2, capsys, R, ckpts
+    )
     assert err == f"mapmerge select: --out {pre}: is the pretrained checkpoint itself; write the merge elsewhere\n"
 
 
-@pytest.mark.parametrize("prefer, message", [
-    ("rot90=1,mnist=2", "preference names unknown task 'mnist'; known: rot90, invert, flip_parity"),
-    ("rot90=1,invert=-1", "preference weight for task 'invert' must be a finite number >= 0; got -1.0"),
-    ("rot90=x", "weight of task 'rot90' is not a number: 'x'"),
-    ("rot90", "'rot90' is not task=weight"),
-    ("rot90=0", "preference weights are all zero"),
-])
+@pytest.mark.parametrize(
+    "prefer, message",
+    [
+        ("rot90=1,mnist=2", "preference names unknown task 'mnist'; known: rot90, invert, flip_parity"),
+        ("rot90=1,invert=-1", "preference weight for task 'invert' must be a finite number >= 0; got -1.0"),
+        ("rot90=x", "weight of task 'rot90' is not a number: 'x'"),
+        ("rot90", "'rot90' is not task=weight"),
+        ("rot90=0", "preference weights are all zero"),
+    ],
+)
 def test_select_refuses_a_bad_preference(runs, prefer, message, capsys):
     assert main(["select", str(runs["plain"]), "--prefer", prefer]) == 2
     err = capsys.readouterr().err
@@ -428,8 +629,10 @@ def test_select_in_a_nested_run(runs, tmp_path, capsys):
     c = [float(front[f"c_{m}"].iloc[index]) for m in top["members"]]
     path = R / "selected" / "rot90-1.safetensors"
     assert json.loads(safetensors_metadata(path)["coefficients"]) == dict(zip(top["members"], c))
-    vectors = {m: R / "task_vectors" / f"{m}.safetensors" if m in TASKS else R / "groups" / m / "vector.safetensors"
-               for m in top["members"]}
+    vectors = {
+        m: R / "task_vectors" / f"{m}.safetensors" if m in TASKS else R / "groups" / m / "vector.safetensors"
+        for m in top["members"]
+    }
     operator = json.loads(safetensors_metadata(R / "groups" / "L2g0" / "merged.safetensors")["operator"])
     assert operator["operator"] == "dare"
     reference = merge_files(R / "checkpoints" / "pretrained.safetensors", vectors, c, operator, 0)
@@ -451,5 +654,7 @@ def test_select_and_plot_before_the_front_exists(runs, capsys):
     for command in (["select", str(runs["bayes"]), "--prefer", "rot90=1"], ["plot", str(runs["bayes"])]):
         assert main(command) == 1
         err = capsys.readouterr().err
-        assert err == (f"mapmerge: {runs['bayes'] / 'groups' / 'all' / 'front.parquet'}: not found; the final group all has no "
-                       f"Pareto front yet (`mapmerge status {runs['bayes']}` shows how far the run got)\n")
+        assert err == (
+            f"mapmerge: {runs['bayes'] / 'groups' / 'all' / 'front.parquet'}: not found; the final group all has no "
+            f"Pareto front yet (`mapmerge status {runs['bayes']}` shows how far the run got)\n"
+        )

@@ -65,7 +65,10 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
         (["preference.rot90=1"], r"config: Could not override 'preference.rot90'.*\+preference.rot90=1"),
-        (["+model.openclip.root=ckpts"], r"model.openclip: is set but model.adapter is None; choose it with model=openclip"),
+        (
+            ["+model.openclip.root=ckpts"],
+            r"model.openclip: is set but model.adapter is None; choose it with model=openclip",
+        ),
         (["model.adapter=keras"], "model.adapter: must be one of transformers, openclip, got 'keras'"),
     ],
 )
@@ -103,7 +106,12 @@ def test_method_settings_reach_only_their_stages(repo):
     assert changed_stages(repo, "bayesian.lam=2", "bayesian") == {"propose_round"}
     assert changed_stages(repo, "bayesian.initial_factor=2", "bayesian") == {"sample_coefficients"}
     # nested: a merged model's weight and metric follow the preference at every level
-    assert changed_stages(repo, "+preference.rot90=2", "nested") == {"plan_level", "pareto_front", "merge_group", "aggregate"}
+    assert changed_stages(repo, "+preference.rot90=2", "nested") == {
+        "plan_level",
+        "pareto_front",
+        "merge_group",
+        "aggregate",
+    }
     assert changed_stages(repo, "nested.pairing=cosine", "nested") == {"plan_level"}
     assert changed_stages(repo, "nested.pairing=cosine") == set()  # plain MAP does not pair
 
@@ -119,10 +127,13 @@ def test_overrides_string_with_nested_lists(repo):
     assert cfg["task_names"] == ["invert", "rot90"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("evaluation.on_error=skip", "evaluation.on_error: must be one of fail, record, got 'skip'"),
-    ("surrogate.missing=ignore", "surrogate.missing: must be one of error, drop, got 'ignore'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evaluation.on_error=skip", "evaluation.on_error: must be one of fail, record, got 'skip'"),
+        ("surrogate.missing=ignore", "surrogate.missing: must be one of error, drop, got 'ignore'"),
+    ],
+)
 def test_fault_policies_are_checked(repo, override, message):
     with pytest.raises(ConfigError, match=message):
         load(repo, overrides=[override])

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SMALL_BENCHMARK, SMALL_TASKS
 
+from conftest import SMALL_BENCHMARK, SMALL_TASKS
 from mapmerge.builtin.model import DigitsEvaluator, build_model
 from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.tensors.checkpoints import load_state_dict
@@ -23,7 +23,14 @@ def vectors(small_bench, tmp_path_factory):
     paths = {}
     for task in SMALL_TASKS:
         paths[task] = out / f"{task}.safetensors"
-        extract_task_vector(small_bench / "pretrained.safetensors", small_bench / f"{task}.safetensors", ["*"], ["head.*"], paths[task], task)
+        extract_task_vector(
+            small_bench / "pretrained.safetensors",
+            small_bench / f"{task}.safetensors",
+            ["*"],
+            ["head.*"],
+            paths[task],
+            task,
+        )
     return paths
 
 
@@ -56,7 +63,9 @@ def test_engine_equals_plain_task_arithmetic(small_bench, vectors):
     engine = make_engine(small_bench, vectors)
     c = [0.4, 0.7, 0.2]
     rows = engine.evaluate(c, sample="s1")
-    assert list(rows.columns) == ["sample", "task", "example", "correct", "loss", "error"] and rows["error"].isna().all()
+    assert (
+        list(rows.columns) == ["sample", "task", "example", "correct", "loss", "error"] and rows["error"].isna().all()
+    )
     pre = load_state_dict(small_bench / "pretrained.safetensors")
     merged = merged_state(pre, [load_state_dict(p) for p in vectors.values()], c)
     for task in SMALL_TASKS:
@@ -85,10 +94,12 @@ def test_checkpoints_are_read_once_and_the_model_never_copied(small_bench, vecto
     vec_copies = {t: shutil.copy(p, tmp_path / f"tau_{t}.safetensors") for t, p in vectors.items()}
     engine = MergeEngine(
         builder={"_target_": "mapmerge.builtin.model.build_model", "width": SMALL_BENCHMARK["width"]},
-        pretrained=copies["pretrained"], vectors=vec_copies,
+        pretrained=copies["pretrained"],
+        vectors=vec_copies,
         task_checkpoints={t: copies[t] for t in SMALL_TASKS},
         evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},
-        merge={"include": ["*"], "exclude": ["head.*"]}, device="cpu",
+        merge={"include": ["*"], "exclude": ["head.*"]},
+        device="cpu",
     )
     for path in tmp_path.iterdir():
         path.unlink()
@@ -132,8 +143,15 @@ def test_recorded_failure_keeps_the_other_tasks(small_bench, vectors, caplog):
 
 
 def test_metrics_from_examples():
-    rows = pd.DataFrame({"sample": ["a"] * 4, "task": ["x", "x", "y", "y"], "example": [0, 1, 0, 1],
-                         "correct": [1.0, 0.0, 1.0, 1.0], "loss": [0.5, 1.5, 0.1, 0.3]})
+    rows = pd.DataFrame(
+        {
+            "sample": ["a"] * 4,
+            "task": ["x", "x", "y", "y"],
+            "example": [0, 1, 0, 1],
+            "correct": [1.0, 0.0, 1.0, 1.0],
+            "loss": [0.5, 1.5, 0.1, 0.3],
+        }
+    )
     table = metrics_from_examples(rows).set_index(["task", "metric"])["value"]
     assert table[("x", "accuracy")] == 0.5 and table[("x", "loss")] == 1.0
     assert table[("y", "accuracy")] == 1.0 and table[("y", "loss")] == pytest.approx(0.2)
@@ -165,10 +183,12 @@ def test_half_precision_checkpoints_are_evaluated_in_float32(small_bench, vector
     save_safetensors(half, tmp_path / "pretrained_bf16.safetensors")
     engine = MergeEngine(
         builder={"_target_": "mapmerge.builtin.model.build_model", "width": SMALL_BENCHMARK["width"]},
-        pretrained=tmp_path / "pretrained_bf16.safetensors", vectors=vectors,
+        pretrained=tmp_path / "pretrained_bf16.safetensors",
+        vectors=vectors,
         task_checkpoints={t: small_bench / f"{t}.safetensors" for t in SMALL_TASKS},
         evaluators={t: evaluator_cfg(t) for t in SMALL_TASKS},
-        merge={"include": ["*"], "exclude": ["head.*"]}, device="cpu",
+        merge={"include": ["*"], "exclude": ["head.*"]},
+        device="cpu",
     )
     rows = engine.evaluate([1.0, 0.0, 0.0], sample="bf16")
     assert all(p.dtype == torch.float32 for p in engine.module.parameters())

@@ -18,9 +18,24 @@ from mapmerge.tensors.checkpoints import load_state_dict
 pytestmark = pytest.mark.slow
 
 
-def snakemake(repo: Path, example: Path, workdir: Path, *args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(repo / "Snakefile"), "-d", str(workdir), *args,
-           "--config", f"experiment={example / 'experiment.yaml'}", f"overrides=[{', '.join(['sampler.factor=1.5', *overrides])}]"]
+def snakemake(
+    repo: Path, example: Path, workdir: Path, *args: str, overrides: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(workdir),
+        *args,
+        "--config",
+        f"experiment={example / 'experiment.yaml'}",
+        f"overrides=[{', '.join(['sampler.factor=1.5', *overrides])}]",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -36,8 +51,12 @@ def load_model_module(example: Path) -> ModuleType:
 def example(repo, tmp_path_factory) -> Path:
     """A copy of examples/custom_mlp (without checkpoints made in place) and its checkpoints, made by its script."""
     example = tmp_path_factory.mktemp("example") / "custom_mlp"
-    shutil.copytree(repo / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
-    proc = subprocess.run([sys.executable, str(example / "make_checkpoints.py")], capture_output=True, text=True, timeout=120)
+    shutil.copytree(
+        repo / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__")
+    )
+    proc = subprocess.run(
+        [sys.executable, str(example / "make_checkpoints.py")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert str(example / "checkpoints" / "pretrained.pt") in proc.stdout
     return example
@@ -79,7 +98,10 @@ def test_example_second_run_has_nothing_to_do(repo, example_run):
 def test_changed_evaluator_reruns_every_evaluation(repo, example_run):
     example, workdir = example_run
     proc = snakemake(repo, example, workdir, "-n", overrides=("model.tasks.stripes_0.evaluator.n=400",))
-    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", proc.stdout.split("Job stats:")[1].split("total")[0], re.M)}
+    jobs = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", proc.stdout.split("Job stats:")[1].split("total")[0], re.M)
+    }
     n_batches = len(list((workdir / "results/custom_mlp/groups/all/evals").glob("b*.parquet")))
     assert jobs["evaluate_reference"] == 1 and jobs["evaluate_sample"] == n_batches and jobs["evaluate_selected"] == 1
     assert "extract_task_vector" not in jobs and "sample_coefficients" not in jobs

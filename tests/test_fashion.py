@@ -13,8 +13,14 @@ from mapmerge.builtin import fashion
 from mapmerge.io import ArtifactError
 from mapmerge.run.config import ConfigError, load_config
 
-HAVE_DATA = all((Path(fashion.DATA_DIR) / f"{s}-{k}-ubyte.gz").is_file() for s in fashion.SPLITS for k in ("images-idx3", "labels-idx1"))
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"Fashion-MNIST absent: install the Debian package {fashion.PACKAGE}")
+HAVE_DATA = all(
+    (Path(fashion.DATA_DIR) / f"{s}-{k}-ubyte.gz").is_file()
+    for s in fashion.SPLITS
+    for k in ("images-idx3", "labels-idx1")
+)
+needs_data = pytest.mark.skipif(
+    not HAVE_DATA, reason=f"Fashion-MNIST absent: install the Debian package {fashion.PACKAGE}"
+)
 
 
 @needs_data
@@ -51,7 +57,10 @@ def test_downsample_averages_3x3_blocks_of_the_central_crop() -> None:
 
 
 def test_bad_files_are_one_line_errors_naming_file_and_package(tmp_path: Path, repo: Path) -> None:
-    with pytest.raises(ArtifactError, match=f"train-images-idx3-ubyte.gz: Fashion-MNIST not found; install the Debian package {fashion.PACKAGE}"):
+    with pytest.raises(
+        ArtifactError,
+        match=f"train-images-idx3-ubyte.gz: Fashion-MNIST not found; install the Debian package {fashion.PACKAGE}",
+    ):
         fashion.files("train", tmp_path)
     with pytest.raises(ConfigError, match=f"benchmark.data_dir: .*{fashion.PACKAGE}"):
         load_config(repo / "config", overrides=["benchmark=fashion", f"benchmark.data_dir={tmp_path}"])
@@ -87,8 +96,13 @@ def test_prepare_benchmark_fashion_finetuned_beat_pretrained(tmp_path: Path, rep
     from mapmerge.builtin.model import build_model, prepare_benchmark
     from mapmerge.tensors.checkpoints import load_state_dict
 
-    overrides = ["benchmark=fashion", "benchmark.tasks=[rot90, invert]", "benchmark.subset=1000",
-                 "benchmark.pretrain_epochs=10", "benchmark.finetune_epochs=6"]
+    overrides = [
+        "benchmark=fashion",
+        "benchmark.tasks=[rot90, invert]",
+        "benchmark.subset=1000",
+        "benchmark.pretrain_epochs=10",
+        "benchmark.finetune_epochs=6",
+    ]
     cfg = load_config(repo / "config", overrides=overrides)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg["benchmark"]["threads"])  # as the prepare_benchmark stage does

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
+
 from conftest import (
     artifacts,
     copy_example,
@@ -21,8 +23,6 @@ from conftest import (
     snakemake_command,
     wait_for,
 )
-from omegaconf import OmegaConf
-
 from mapmerge.io import read_table
 from mapmerge.run import runlock
 from mapmerge.tools.cli import main
@@ -51,7 +51,11 @@ def job_processes(workdir: Path) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"mapmerge.run.job" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == workdir:
+            if (
+                proc.name.isdigit()
+                and b"mapmerge.run.job" in (proc / "cmdline").read_bytes()
+                and (proc / "cwd").resolve() == workdir
+            ):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -86,13 +90,20 @@ def killed(tmp_path_factory) -> Killed:
         driver = subprocess.Popen(command(workdir, "--cores", "1"), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: runlock.holder(results) is not None, driver)
-        elsewhere = command(tmp_path_factory.mktemp("elsewhere"), overrides=[*BASE, f"results_dir={workdir / 'results'}"])
-        others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                  for cmd in (command(workdir), elsewhere)]
+        elsewhere = command(
+            tmp_path_factory.mktemp("elsewhere"), overrides=[*BASE, f"results_dir={workdir / 'results'}"]
+        )
+        others = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for cmd in (command(workdir), elsewhere)
+        ]
         same_folder, elsewhere_run = [(p.wait(timeout=300), p.stdout.read()) for p in others]
         # a batch done and recorded by the driver (it prints "Finished jobid" after recording a job, which it does
         # once the job's process has exited, right after writing its output), and the next job running
-        wait_for(lambda: recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0 and job_processes(workdir), driver)
+        wait_for(
+            lambda: recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0 and job_processes(workdir),
+            driver,
+        )
     finally:
         driver.kill()
         driver.wait()
@@ -166,8 +177,18 @@ def test_check_finds_the_corrupt_batch_and_snakemake_remakes_it_with_what_follow
 
     before = artifacts(results)
     jobs = job_counts(run(command(killed.workdir))[1])
-    assert jobs == {"evaluate_sample": 1, "collect_metrics": 1, "fit_surrogate": 1, "pareto_front": 1, "merge_group": 1,
-                    "evaluate_selected": 1, "ledger": 1, "aggregate": 1, "report_tables": 1, "all": 1}
+    assert jobs == {
+        "evaluate_sample": 1,
+        "collect_metrics": 1,
+        "fit_surrogate": 1,
+        "pareto_front": 1,
+        "merge_group": 1,
+        "evaluate_selected": 1,
+        "ledger": 1,
+        "aggregate": 1,
+        "report_tables": 1,
+        "all": 1,
+    }
     assert all(artifacts(results)[p] == mtime for p, mtime in before.items())  # nothing else was redone
     assert main(["check", str(results)]) == 0 and (results / "report.md").is_file()
 
@@ -220,13 +241,17 @@ class Flaky:
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory) -> Flaky:
     """A copy of examples/custom_mlp whose stripes_0 evaluator fails for merges with a large coefficient sum."""
-    example = copy_example(tmp_path_factory, tmp_path_factory.mktemp("flaky") / "custom_mlp")  # checkpoints by its script
+    example = copy_example(
+        tmp_path_factory, tmp_path_factory.mktemp("flaky") / "custom_mlp"
+    )  # checkpoints by its script
     with open(example / "model.py", "a") as fh:
         fh.write(FLAKY)
     experiment = OmegaConf.load(example / "experiment.yaml")
     checkpoints = example / "checkpoints"
     experiment.model.tasks.stripes_0.evaluator = {
-        "_target_": "model.FlakyEvaluator", "task": "stripes_0", "max_sum": MAX_SUM,
+        "_target_": "model.FlakyEvaluator",
+        "task": "stripes_0",
+        "max_sum": MAX_SUM,
         "pretrained": str(checkpoints / "pretrained.pt"),
         "finetuned": [str(checkpoints / f"{task}.pt") for task in ("stripes_0", "stripes_60")],
     }
@@ -270,26 +295,45 @@ def test_a_recorded_failure_reruns_only_the_failed_batch_and_stays_visible(flaky
     metrics = read_table(flaky.results / "groups" / "all" / "metrics.parquet")
     failures = metrics.dropna(subset=["error"])
     assert set(zip(failures["sample"], failures["task"], failures["metric"])) == {
-        ("s0004", "stripes_0", "accuracy"), ("s0004", "stripes_0", "loss")}
-    assert failures["value"].isna().all() and "sample s0004, task stripes_0: evaluator returned NaN" in failures["error"].iloc[0]
+        ("s0004", "stripes_0", "accuracy"),
+        ("s0004", "stripes_0", "loss"),
+    }
+    assert (
+        failures["value"].isna().all()
+        and "sample s0004, task stripes_0: evaluator returned NaN" in failures["error"].iloc[0]
+    )
     assert len(metrics) == 9 * 2 * 2 and metrics.drop(failures.index)["value"].notna().all()
 
 
 def test_the_surrogate_refuses_missing_samples_by_default(flaky, recorded):
     status, out, _ = recorded
     assert status != 0
-    assert ("metrics.parquet: task 'stripes_0', metric 'accuracy': no value for samples ['s0004'] (failed or missing "
-            "evaluations, see the error column of metrics.parquet); set surrogate.missing=drop to fit without them") in out
+    assert (
+        "metrics.parquet: task 'stripes_0', metric 'accuracy': no value for samples ['s0004'] (failed or missing "
+        "evaluations, see the error column of metrics.parquet); set surrogate.missing=drop to fit without them"
+    ) in out
 
 
 def test_the_surrogate_drops_them_when_told_and_says_so(flaky, recorded):
     metrics = flaky.results / "groups" / "all" / "metrics.parquet"
     before = metrics.stat().st_mtime_ns
     status, out = flaky.snakemake(overrides=("evaluation.on_error=record", "surrogate.missing=drop"), ok=True)
-    assert set(job_counts(out)) == {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables", "all"}
+    assert set(job_counts(out)) == {
+        "fit_surrogate",
+        "pareto_front",
+        "merge_group",
+        "evaluate_selected",
+        "ledger",
+        "aggregate",
+        "report_tables",
+        "all",
+    }
     table = read_table(flaky.results / "groups" / "all" / "surrogate.parquet").set_index(["task", "metric"])
     assert (table.loc["stripes_0", "dropped"] == "s0004").all() and (table.loc["stripes_0", "n_samples"] == 8).all()
     assert (table.drop(index="stripes_0", level="task")["n_dropped"] == 0).all()
-    assert "fitted without samples s0004 (surrogate.missing=drop)" in (flaky.results / "logs" / "fit_surrogate" / "all.log").read_text()
+    assert (
+        "fitted without samples s0004 (surrogate.missing=drop)"
+        in (flaky.results / "logs" / "fit_surrogate" / "all.log").read_text()
+    )
     assert metrics.stat().st_mtime_ns == before  # the failures stay recorded in metrics.parquet
     assert np.isfinite(read_table(flaky.results / "selected.parquet")["measured_accuracy_stripes_0"]).all()

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import edit_a_function
 
+from conftest import edit_a_function
 from mapmerge.run import fingerprint
 from mapmerge.run.config import STAGE_ENTRY, load_config, stage_config
 
@@ -61,12 +61,23 @@ EXPECTED = {
     "mapmerge.builtin.digits": BENCHMARK,
     "mapmerge.builtin.fashion": BENCHMARK,
     # the MAP stages' domain modules
-    "mapmerge.core.groups": EVALUATIONS | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate"},
+    "mapmerge.core.groups": EVALUATIONS
+    | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate"},
     "mapmerge.core.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
     "mapmerge.core.sampling": {"sample_coefficients"},
-    "mapmerge.core.surrogate": {"sample_coefficients", "propose_round", "fit_surrogate", "pareto_front"},  # the design's size: n_params
+    "mapmerge.core.surrogate": {
+        "sample_coefficients",
+        "propose_round",
+        "fit_surrogate",
+        "pareto_front",
+    },  # the design's size: n_params
     "mapmerge.core.bayesian": {"propose_round"},
-    "mapmerge.core.pareto": {"pareto_front", "aggregate", "validate", "validate_front"},  # plots' non_dominated; validation's indicators
+    "mapmerge.core.pareto": {
+        "pareto_front",
+        "aggregate",
+        "validate",
+        "validate_front",
+    },  # plots' non_dominated; validation's indicators
     "mapmerge.core.selection": {"merge_group"},
     # merge_group writes transformers folders (save_merged_models); the adapters' evaluators are _target_s
     "mapmerge.adapters": {"merge_group"},
@@ -97,7 +108,10 @@ def stage_params(cfg: dict) -> dict[str, dict]:
 
 
 def fingerprints(params: dict[str, dict], root: Path, python_path=()) -> dict[str, str]:
-    return {s: fingerprint.stage_fingerprint(f"mapmerge.stages.{STAGE_ENTRY[s]}", params[s], python_path, root) for s in STAGES}
+    return {
+        s: fingerprint.stage_fingerprint(f"mapmerge.stages.{STAGE_ENTRY[s]}", params[s], python_path, root)
+        for s in STAGES
+    }
 
 
 def copy_package(root: Path) -> Path:
@@ -144,11 +158,24 @@ def test_user_model_code_reruns_the_evaluations_only(cfg, tmp_path):
     (user / "unused.py").write_text("def other():\n    return 1\n")
     cfg = dict(cfg)
     tasks = cfg["task_names"]
-    cfg["model"] = {**cfg["model"], "builtin": False, "builder": {"_target_": "mymodel.build"}, "python_path": [str(user)],
-                    "tasks": {t: {"checkpoint": str(user / f"{t}.pt"), "evaluator": {"_target_": "mymodel.nets.Eval", "task": t}} for t in tasks}}
+    cfg["model"] = {
+        **cfg["model"],
+        "builtin": False,
+        "builder": {"_target_": "mymodel.build"},
+        "python_path": [str(user)],
+        "tasks": {
+            t: {"checkpoint": str(user / f"{t}.pt"), "evaluator": {"_target_": "mymodel.nets.Eval", "task": t}}
+            for t in tasks
+        },
+    }
     params = stage_params(cfg)
     files = fingerprint.stage_files("mapmerge.stages.evaluation", fingerprint.targets(params["evaluate"]), [user], SRC)
-    assert {n for n in files if not n.startswith("mapmerge")} == {"mymodel", "mymodel.nets", "mymodel.losses", "helpers"}
+    assert {n for n in files if not n.startswith("mapmerge")} == {
+        "mymodel",
+        "mymodel.nets",
+        "mymodel.losses",
+        "helpers",
+    }
     assert "mapmerge.builtin.model" not in files  # the built-in benchmark is not this model
     before = {s: stage_config(cfg, s)["code"] for s in STAGES}
     assert before == fingerprints(params, SRC, [str(user)])
@@ -161,13 +188,18 @@ def test_user_model_code_reruns_the_evaluations_only(cfg, tmp_path):
 
 def test_adapter_targets_are_followed(builtin_params):
     # model=transformers: its builder and evaluators are mapmerge.adapters.transformers; a function name is no module
-    params = {"model": {"builder": {"_target_": "mapmerge.adapters.transformers.build_model"},
-                        "evaluators": {"a": {"_target_": "mapmerge.adapters.transformers.SequenceClassificationEvaluator"}}}}
+    params = {
+        "model": {
+            "builder": {"_target_": "mapmerge.adapters.transformers.build_model"},
+            "evaluators": {"a": {"_target_": "mapmerge.adapters.transformers.SequenceClassificationEvaluator"}},
+        }
+    }
     files = fingerprint.stage_files("mapmerge.stages.evaluation", fingerprint.targets(params))
     assert {"mapmerge.adapters", "mapmerge.adapters.transformers", "mapmerge.errors"} <= set(files)
     assert "mapmerge.builtin.model" not in files and "mapmerge.adapters.openclip" not in files
-    assert fingerprint.stage_fingerprint("mapmerge.stages.evaluation", params) != \
-        fingerprint.stage_fingerprint("mapmerge.stages.evaluation", builtin_params["evaluate"])
+    assert fingerprint.stage_fingerprint("mapmerge.stages.evaluation", params) != fingerprint.stage_fingerprint(
+        "mapmerge.stages.evaluation", builtin_params["evaluate"]
+    )
 
 
 def test_relative_and_submodule_imports(tmp_path):
@@ -176,11 +208,21 @@ def test_relative_and_submodule_imports(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from . import b\nfrom .sub import c as renamed\n")
-    (pkg / "b.py").write_text("def f():\n    try:\n        from mapmerge import d\n    except ImportError:\n        pass\n")
+    (pkg / "b.py").write_text(
+        "def f():\n    try:\n        from mapmerge import d\n    except ImportError:\n        pass\n"
+    )
     (pkg / "sub" / "c.py").write_text("from ..e import thing\nfrom ... import beyond\nimport mapmerge.sub.g\n")
     for name in ("d", "e", "f"):
         (pkg / f"{name}.py").write_text("thing = 1\n")
     (pkg / "sub" / "g.py").write_text("if True:\n    import numpy\n")
     files = fingerprint.closure(["mapmerge.a"], [tmp_path])
-    assert set(files) == {"mapmerge", "mapmerge.a", "mapmerge.b", "mapmerge.sub", "mapmerge.sub.c", "mapmerge.d", "mapmerge.e",
-                          "mapmerge.sub.g"}
+    assert set(files) == {
+        "mapmerge",
+        "mapmerge.a",
+        "mapmerge.b",
+        "mapmerge.sub",
+        "mapmerge.sub.c",
+        "mapmerge.d",
+        "mapmerge.e",
+        "mapmerge.sub.g",
+    }

@@ -39,7 +39,9 @@ def test_closest_metric_pairs_first_and_the_odd_model_passes():
     # by model order; e (0.10) is left and passes up
     scores = {"a": 0.90, "b": 0.50, "c": 0.88, "d": 0.52, "e": 0.10}
     models = {m: [m] for m in scores}
-    plan = groups.pair_plan(1, ["L1g0", "L1g1"], models, scores, groups.metric_distance(list(scores.values())), "metric")
+    plan = groups.pair_plan(
+        1, ["L1g0", "L1g1"], models, scores, groups.metric_distance(list(scores.values())), "metric"
+    )
     rows = {None if pd.isna(g) else g: list(m) for g, m in zip(plan["group"], plan["members"])}
     assert rows == {"L1g0": ["a", "c"], "L1g1": ["b", "d"], None: ["e"]}
     assert list(plan.loc[plan["group"] == "L1g0", "member_score"].iloc[0]) == [0.90, 0.88]
@@ -87,14 +89,35 @@ def test_plan_level_pairs_the_most_similar_task_vectors(small_bench, tmp_path):
     merge = {"merge": {"include": ["*"], "exclude": ["head.*"]}}
     vectors = {t: tmp_path / f"{t}.safetensors" for t in tasks}
     for t in tasks:
-        run_extract_task_vector(merge, task=t, pretrained=small_bench / "pretrained.safetensors", finetuned=small_bench / f"{t}.safetensors",
-                                vector=vectors[t])
+        run_extract_task_vector(
+            merge,
+            task=t,
+            pretrained=small_bench / "pretrained.safetensors",
+            finetuned=small_bench / f"{t}.safetensors",
+            vector=vectors[t],
+        )
     reference = pd.DataFrame({"model": tasks, "task": tasks, "metric": "accuracy", "value": [0.9, 0.8, 0.7]})
     write_table(reference, tmp_path / "reference.parquet", "evaluate_reference")
-    params = {"method": "nested", "tasks": tasks, "nested": {"pairing": "cosine"}, "objective": "accuracy", "groups": ["L1g0"]}
-    run_plan_level(params, level=1, plan=tmp_path / "level1.parquet", reference=tmp_path / "reference.parquet", vectors=vectors)
-    flat = {t: np.concatenate([v.numpy().ravel() for _, v in sorted(load_state_dict(p).items())]) for t, p in vectors.items()}
-    cos = {(a, b): flat[a] @ flat[b] / np.linalg.norm(flat[a]) / np.linalg.norm(flat[b]) for a in tasks for b in tasks if a < b}
+    params = {
+        "method": "nested",
+        "tasks": tasks,
+        "nested": {"pairing": "cosine"},
+        "objective": "accuracy",
+        "groups": ["L1g0"],
+    }
+    run_plan_level(
+        params, level=1, plan=tmp_path / "level1.parquet", reference=tmp_path / "reference.parquet", vectors=vectors
+    )
+    flat = {
+        t: np.concatenate([v.numpy().ravel() for _, v in sorted(load_state_dict(p).items())])
+        for t, p in vectors.items()
+    }
+    cos = {
+        (a, b): flat[a] @ flat[b] / np.linalg.norm(flat[a]) / np.linalg.norm(flat[b])
+        for a in tasks
+        for b in tasks
+        if a < b
+    }
     plan = read_table(tmp_path / "level1.parquet")
     pair = plan.dropna(subset=["group"]).iloc[0]
     assert set(pair["members"]) == set(max(cos, key=cos.get))

@@ -32,7 +32,10 @@ def test_every_registered_name_is_an_argument_of_its_function(stage):
 
 
 def test_a_long_spec_travels_compressed():
-    spec = {"rule": "ledger", "inputs": {"evals": {f"g/b{i:04d}.parquet": f"results/x/groups/g/evals/b{i:04d}.parquet" for i in range(3000)}}}
+    spec = {
+        "rule": "ledger",
+        "inputs": {"evals": {f"g/b{i:04d}.parquet": f"results/x/groups/g/evals/b{i:04d}.parquet" for i in range(3000)}},
+    }
     text = job.encode(spec)
     assert text.startswith(job.COMPRESSED) and len(text) < 128 * 1024 and job.decode(text) == spec
     assert job.decode(job.encode({"rule": "ledger"})) == {"rule": "ledger"}
@@ -40,34 +43,62 @@ def test_a_long_spec_travels_compressed():
 
 def collect_spec(tmp_path, evals):
     rounds = tmp_path / "r00.parquet"
-    write_table(pd.DataFrame({"sample": ["s0"], "kind": ["sobol"], "c_a": [0.5], "round": [0]}), rounds, "sample_coefficients")
-    return {"rule": "collect_metrics", "wildcards": {"group": "all"}, "params": {"stage": {"code": "x"}},
-            "inputs": {"rounds": [str(rounds)], "evals": [str(p) for p in evals]},
-            "outputs": {"metrics": str(tmp_path / "metrics.parquet"), "samples": str(tmp_path / "samples.parquet")}, "args": {}}
+    write_table(
+        pd.DataFrame({"sample": ["s0"], "kind": ["sobol"], "c_a": [0.5], "round": [0]}), rounds, "sample_coefficients"
+    )
+    return {
+        "rule": "collect_metrics",
+        "wildcards": {"group": "all"},
+        "params": {"stage": {"code": "x"}},
+        "inputs": {"rounds": [str(rounds)], "evals": [str(p) for p in evals]},
+        "outputs": {"metrics": str(tmp_path / "metrics.parquet"), "samples": str(tmp_path / "samples.parquet")},
+        "args": {},
+    }
 
 
 def test_a_job_runs_its_stage_with_a_log(tmp_path):
     evals = tmp_path / "b0000.parquet"
-    rows = pd.DataFrame({"sample": ["s0", "s0"], "task": ["a", "a"], "example": [0, 1], "correct": [1.0, 0.0], "loss": [0.1, 0.3]})
+    rows = pd.DataFrame(
+        {"sample": ["s0", "s0"], "task": ["a", "a"], "example": [0, 1], "correct": [1.0, 0.0], "loss": [0.1, 0.3]}
+    )
     write_table(rows, evals, "evaluate_sample")
     log = tmp_path / "logs" / "collect_metrics" / "all.log"
-    proc = subprocess.run([sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [evals]))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [evals]))],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert set(read_table(tmp_path / "metrics.parquet")["metric"]) == {"accuracy", "loss"}
     assert "done run_collect_metrics in" in log.read_text()
     # the job imports neither Snakemake nor the config machinery, and this stage no torch
-    timed = subprocess.run([sys.executable, "-X", "importtime", "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [evals]))],
-                           capture_output=True, text=True)
-    imported = {line.rpartition("|")[2].strip() for line in timed.stderr.splitlines() if line.startswith("import time:")}
+    timed = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "mapmerge.run.job",
+            str(log),
+            job.encode(collect_spec(tmp_path, [evals])),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    imported = {
+        line.rpartition("|")[2].strip() for line in timed.stderr.splitlines() if line.startswith("import time:")
+    }
     assert timed.returncode == 0 and imported and not imported & {"torch", "snakemake", "hydra", "mapmerge.run.config"}
 
 
 def test_a_failed_job_says_one_line_and_keeps_the_traceback_in_its_log(tmp_path):
     missing = tmp_path / "b0000.parquet"
     log = tmp_path / "all.log"
-    proc = subprocess.run([sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [missing]))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(collect_spec(tmp_path, [missing]))],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mapmerge: rule collect_metrics (group=all) failed: {missing}")
@@ -87,8 +118,18 @@ def test_a_job_whose_driver_is_already_gone_does_not_start(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a driver killed as it launched the job: its pid names no process any more
     env = {**os.environ, runlock.DRIVER_ENV: f"{gone.pid}@{socket.gethostname()}"}
-    proc = subprocess.run([sys.executable, "-m", "mapmerge.run.job", str(tmp_path / "all.log"), job.encode(collect_spec(tmp_path, [evals]))],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mapmerge.run.job",
+            str(tmp_path / "all.log"),
+            job.encode(collect_spec(tmp_path, [evals])),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == runlock.ORPHAN_EXIT, proc.stderr
     assert not (tmp_path / "metrics.parquet").exists() and not (tmp_path / "all.log").exists()
 

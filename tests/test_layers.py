@@ -27,7 +27,10 @@ ALLOWED = {
 
 
 def modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p for p in sorted((SRC / "mapmerge").rglob("*.py"))}
+    return {
+        ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in sorted((SRC / "mapmerge").rglob("*.py"))
+    }
 
 
 def layer(module: str) -> str:
@@ -49,7 +52,9 @@ def imports(module: str, path: Path, known: set[str]) -> list[tuple[str, int, bo
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else [])
+                    )
                 for alias in child.names:
                     full = f"{base}.{alias.name}"
                     found.append((full if full in known else base, child.lineno, in_function))
@@ -84,7 +89,11 @@ def test_function_local_imports_say_why():
     for module, path in mods.items():
         lines = path.read_text().splitlines()
         for imported, line, in_function in imports(module, path, set(mods)):
-            if in_function and imported.split(".")[0] == "mapmerge" and "deferred" not in lines[line - 1] + lines[line - 2]:
+            if (
+                in_function
+                and imported.split(".")[0] == "mapmerge"
+                and "deferred" not in lines[line - 1] + lines[line - 2]
+            ):
                 silent.append(f"{path.relative_to(REPO)}:{line}: {imported}")
     assert not silent, "\n".join(silent)
 

@@ -50,7 +50,9 @@ def test_check_lists_bad_artifacts_and_deletes_them(tmp_path, capsys):
     results, good, bad, leftover = damaged_run(tmp_path)
     assert main(["check", str(results)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"bad: {bad[0]}: unreadable Parquet (") and out[1].startswith(f"bad: {bad[1]}: unreadable safetensors (")
+    assert out[0].startswith(f"bad: {bad[0]}: unreadable Parquet (") and out[1].startswith(
+        f"bad: {bad[1]}: unreadable safetensors ("
+    )
     assert out[2] == f"leftover: {leftover} (temporary file of a stopped job)"
     assert out[3] == f"4 artifacts checked under {results}: 2 bad, 1 leftover temporary files"
     assert all(p.exists() for p in [*good, *bad, leftover])

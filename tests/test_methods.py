@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import artifacts, job_counts, run, snakemake_command, wait_for
 
+from conftest import artifacts, job_counts, run, snakemake_command, wait_for
 from mapmerge.io import read_table
 from mapmerge.tensors.checkpoints import load_state_dict
 
@@ -31,7 +31,13 @@ COMMON = [
     "optimizer.n_gen=40",
 ]
 # 3 evaluation batches per nested group (2 cores run 2 at once), so that the kill falls inside level 2
-NESTED = ["name=nested", "method=nested", "benchmark.tasks=[rot90, invert, flip_parity]", "evaluation.samples_per_job=4", *COMMON]
+NESTED = [
+    "name=nested",
+    "method=nested",
+    "benchmark.tasks=[rot90, invert, flip_parity]",
+    "evaluation.samples_per_job=4",
+    *COMMON,
+]
 
 
 @dataclass
@@ -56,12 +62,20 @@ def nested(tmp_path_factory) -> NestedRun:
     level2_evals = results / "groups" / "L2g0" / "evals"
     with open(workdir / "driver.log", "w") as log:
         # one job at a time: when every finished batch is recorded, the job running has just started
-        driver = subprocess.Popen(snakemake_command(workdir, "--cores", "1", overrides=NESTED), stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        driver = subprocess.Popen(
+            snakemake_command(workdir, "--cores", "1", overrides=NESTED),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # a level-2 batch done and recorded by the driver (it records a job, then prints "Finished jobid", once the
         # job's process has exited, right after writing its output), and the next job running
-        wait_for(lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0, driver, timeout=600)
+        wait_for(
+            lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0,
+            driver,
+            timeout=600,
+        )
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_clip
 import torch
-from conftest import REPO, run, snakemake_command
 
+import tiny_clip
+from conftest import REPO, run, snakemake_command
 from mapmerge.adapters.openclip import (
     ClassificationEvaluator,
     load_encoder,
@@ -47,7 +47,9 @@ def make_images(task: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def preprocess(images: np.ndarray) -> torch.Tensor:
-    return (torch.from_numpy(images).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return (torch.from_numpy(images).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1
+    )
 
 
 def finetune(encoder: torch.nn.Module, head: torch.nn.Module, task: str, seed: int) -> torch.nn.Module:
@@ -88,7 +90,10 @@ def _make_layout(root: Path) -> Path:
     (encoder_dir / "Colour").mkdir()
     (root / "data").mkdir()
     torch.save(zeroshot, encoder_dir / "zeroshot.pt")
-    heads = {t: tiny_clip.ClassificationHead(True, torch.randn(classes, ENCODER["output_dim"])) for t, classes in zip(TASKS, (4, 3))}
+    heads = {
+        t: tiny_clip.ClassificationHead(True, torch.randn(classes, ENCODER["output_dim"]))
+        for t, classes in zip(TASKS, (4, 3))
+    }
     torch.save(heads["Quadrant"], encoder_dir / "head_Quadrant.pt")
     torch.save(heads["Colour"].state_dict(), encoder_dir / "head_Colour.pt")
     torch.save(finetune(zeroshot, heads["Quadrant"], "Quadrant", 1), encoder_dir / "Quadrant" / "finetuned.pt")
@@ -122,7 +127,10 @@ def test_layout_resolves_to_the_generic_model(layout):
     model = config(layout)["model"]
     encoder_dir = layout / MODEL_NAME
     assert model["pretrained"] == str(encoder_dir / "zeroshot.pt")
-    assert model["builder"] == {"_target_": "mapmerge.adapters.openclip.load_encoder", "path": str(encoder_dir / "zeroshot.pt")}
+    assert model["builder"] == {
+        "_target_": "mapmerge.adapters.openclip.load_encoder",
+        "path": str(encoder_dir / "zeroshot.pt"),
+    }
     assert list(model["tasks"]) == TASKS
     for task in TASKS:
         assert model["tasks"][task]["checkpoint"] == str(encoder_dir / task / "finetuned.pt")
@@ -154,7 +162,9 @@ def test_an_encoder_whose_classes_do_not_import(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "gone_module")
     (tmp_path / "gone_module.py").unlink()
     assert set(load_state_dict(tmp_path / "zeroshot.pt")) == {"weight", "bias"}  # weights-only: needs no class
-    with pytest.raises(ArtifactError, match="zeroshot.pt: cannot unpickle the image encoder .*gone_module.*model.python_path"):
+    with pytest.raises(
+        ArtifactError, match="zeroshot.pt: cannot unpickle the image encoder .*gone_module.*model.python_path"
+    ):
         load_encoder(str(tmp_path / "zeroshot.pt"))
 
 
@@ -163,7 +173,9 @@ def test_fine_tuned_encoders_beat_zeroshot_on_their_task(layout):
     encoder = load_encoder(model["pretrained"]).eval()
     accuracy = {}
     for task in TASKS:
-        evaluate = ClassificationEvaluator(**{k: v for k, v in model["tasks"][task]["evaluator"].items() if k != "_target_"})
+        evaluate = ClassificationEvaluator(
+            **{k: v for k, v in model["tasks"][task]["evaluator"].items() if k != "_target_"}
+        )
         for name, path in (("zeroshot", model["pretrained"]), ("finetuned", model["tasks"][task]["checkpoint"])):
             encoder.load_state_dict(load_state_dict(path))
             with torch.inference_mode():
@@ -187,8 +199,14 @@ def broken_copy(layout: Path, tmp_path: Path, remove: str) -> Path:
     [
         (f"{MODEL_NAME}/zeroshot.pt", f"model.openclip: pretrained image encoder .*{MODEL_NAME}/zeroshot.pt not found"),
         (f"{MODEL_NAME}/Colour", f"model.openclip.tasks: task folder .*{MODEL_NAME}/Colour not found"),
-        (f"{MODEL_NAME}/Colour/finetuned.pt", "model.openclip.tasks: fine-tuned image encoder .*Colour/finetuned.pt not found"),
-        (f"{MODEL_NAME}/head_Quadrant.pt", "model.openclip.heads: classification head of task Quadrant, .*head_Quadrant.pt, not found"),
+        (
+            f"{MODEL_NAME}/Colour/finetuned.pt",
+            "model.openclip.tasks: fine-tuned image encoder .*Colour/finetuned.pt not found",
+        ),
+        (
+            f"{MODEL_NAME}/head_Quadrant.pt",
+            "model.openclip.heads: classification head of task Quadrant, .*head_Quadrant.pt, not found",
+        ),
         ("data/Colour.pt", "model.openclip.data: evaluation data of task Colour, .*Colour.pt, not found"),
     ],
 )
@@ -235,7 +253,9 @@ def test_a_bad_data_file_is_a_one_line_error(layout, tmp_path):
             ClassificationEvaluator(head=head, data=str(path), mean=MEAN, std=STD)
         assert "\n" not in str(info.value)
     with pytest.raises(ArtifactError, match="classification head needs a 2-D 'weight'"):
-        ClassificationEvaluator(head=str(layout / MODEL_NAME / "zeroshot.pt"), data=str(layout / "data" / "Quadrant.npz"))
+        ClassificationEvaluator(
+            head=str(layout / MODEL_NAME / "zeroshot.pt"), data=str(layout / "data" / "Quadrant.npz")
+        )
 
 
 def test_a_folder_of_class_folders_is_read_as_images(tmp_path):
@@ -253,8 +273,15 @@ def test_a_folder_of_class_folders_is_read_as_images(tmp_path):
 
 @pytest.mark.slow
 def test_workflow_runs_to_a_front(layout, tmp_path):
-    options = [*overrides(layout), "name=oc", "sampler.factor=2", "optimizer.pop_size=40", "optimizer.n_gen=40", "evaluation.samples_per_job=16",
-               "model.openclip.max_examples=64"]
+    options = [
+        *overrides(layout),
+        "name=oc",
+        "sampler.factor=2",
+        "optimizer.pop_size=40",
+        "optimizer.n_gen=40",
+        "evaluation.samples_per_job=16",
+        "model.openclip.max_examples=64",
+    ]
     run(snakemake_command(tmp_path, overrides=options))
     res = tmp_path / "results" / "oc"
     front = read_table(res / "pareto.parquet")

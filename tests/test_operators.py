@@ -83,7 +83,9 @@ def test_dare_hand_computed_rescale():
     assert torch.equal(out[kept], 4 * stacked[kept])
     assert 0.1 < kept.float().mean() < 0.4
     # drop_rate 0 keeps everything as it is
-    assert torch.equal(apply_operator({"operator": "dare", "drop_rate": 0.0}, ["a", "b"], "w", stacked, seed=0), stacked)
+    assert torch.equal(
+        apply_operator({"operator": "dare", "drop_rate": 0.0}, ["a", "b"], "w", stacked, seed=0), stacked
+    )
 
 
 def test_dare_seeding_is_pinned():
@@ -193,12 +195,19 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
     for overrides in (["merge=ties"], ["merge=dare"]):
         other = load(repo, overrides)
         # (validate_front evaluates front points with the run's operator; the grid's batches are stage evaluate)
-        assert {s for s in STAGE_ENTRY if stage_config(base, s) != stage_config(other, s)} == {"evaluate", "merge_group", "validate_front"}
+        assert {s for s in STAGE_ENTRY if stage_config(base, s) != stage_config(other, s)} == {
+            "evaluate",
+            "merge_group",
+            "validate_front",
+        }
     # the seed is part of the params only where the operator draws random numbers
     assert stage_config(load(repo, ["merge=dare"]), "evaluate")["merge_seed"] == 0
     assert stage_config(base, "evaluate")["merge_seed"] is None
     # and the operators' code is part of both stages' code fingerprints
-    assert all("mapmerge.tensors.operators" in stage_files(f"mapmerge.stages.{STAGE_ENTRY[s]}") for s in ("evaluate", "merge_group"))
+    assert all(
+        "mapmerge.tensors.operators" in stage_files(f"mapmerge.stages.{STAGE_ENTRY[s]}")
+        for s in ("evaluate", "merge_group")
+    )
 
 
 # engine, merged_state and the stages agree
@@ -219,7 +228,9 @@ def tiny(tmp_path_factory):
         save_safetensors(ft, out / f"{task}.safetensors")
         files["checkpoints"][task] = out / f"{task}.safetensors"
         files["vectors"][task] = out / f"tau_{task}.safetensors"
-        extract_task_vector(out / "pre.safetensors", out / f"{task}.safetensors", ["*"], ["head.*"], files["vectors"][task], task)
+        extract_task_vector(
+            out / "pre.safetensors", out / f"{task}.safetensors", ["*"], ["head.*"], files["vectors"][task], task
+        )
     return files
 
 
@@ -228,7 +239,9 @@ def engine_params(spec, seed):
         "builder": {"_target_": "mapmerge.builtin.model.build_model", "width": 2},
         "merge": {"include": ["*"], "exclude": ["head.*"]},
         "python_path": [],
-        "evaluators": {t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": 0} for t in MEMBERS},
+        "evaluators": {
+            t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": 0} for t in MEMBERS
+        },
     }
     return {"model": model, "merge_operator": spec, "merge_seed": seed}
 
@@ -251,12 +264,23 @@ def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
     # the merge stage writes the same checkpoint
     front = pd.DataFrame({**{f"c_{m}": [ci] for m, ci in zip(MEMBERS, c)}, **{f"accuracy_{m}": [0.5] for m in MEMBERS}})
     write_table(front, tmp_path / "front.parquet", "pareto_front")
-    merge_params = {"selection": {"method": "weighted_sum", "rho": 0.05}, "preference": {}, "objective": "accuracy",
-                    "merge_operator": spec, "merge_seed": 5}
+    merge_params = {
+        "selection": {"method": "weighted_sum", "rho": 0.05},
+        "preference": {},
+        "objective": "accuracy",
+        "merge_operator": spec,
+        "merge_seed": 5,
+    }
     write_table(plain_plan(MEMBERS), tmp_path / "plan.parquet", "plan_level")
     merge_group.run_merge_group(
-        merge_params, **tiny, plan=tmp_path / "plan.parquet", front=tmp_path / "front.parquet", group="all",
-        merged=tmp_path / "merged.safetensors", vector=tmp_path / "vector.safetensors", choice=tmp_path / "choice.parquet",
+        merge_params,
+        **tiny,
+        plan=tmp_path / "plan.parquet",
+        front=tmp_path / "front.parquet",
+        group="all",
+        merged=tmp_path / "merged.safetensors",
+        vector=tmp_path / "vector.safetensors",
+        choice=tmp_path / "choice.parquet",
         folders=tmp_path / "merged",
     )
     written = load_state_dict(tmp_path / "merged.safetensors")

@@ -21,12 +21,15 @@ def tables(tasks: list[str], metric: str = "accuracy", n_front: int = 12, measur
     t = len(tasks)
 
     def metrics(c: np.ndarray) -> dict[str, np.ndarray]:
-        return {f"{metric}_{task}": 0.2 + 0.7 * c[:, i] - 0.3 * (c.sum(1) - c[:, i]) ** 2 / t
-                for i, task in enumerate(tasks)}
+        return {
+            f"{metric}_{task}": 0.2 + 0.7 * c[:, i] - 0.3 * (c.sum(1) - c[:, i]) ** 2 / t
+            for i, task in enumerate(tasks)
+        }
 
     c_samples = rng.uniform(0, 1, size=(15, t))
-    samples = pd.DataFrame({"sample": range(15), **{f"c_{k}": c_samples[:, i] for i, k in enumerate(tasks)},
-                            **metrics(c_samples)})
+    samples = pd.DataFrame(
+        {"sample": range(15), **{f"c_{k}": c_samples[:, i] for i, k in enumerate(tasks)}, **metrics(c_samples)}
+    )
     c_front = rng.dirichlet(np.ones(t), size=n_front)
     front = pd.DataFrame({**{f"c_{k}": c_front[:, i] for i, k in enumerate(tasks)}, **metrics(c_front)})
     reference = pd.DataFrame(
@@ -61,8 +64,9 @@ def test_front_2d_writes_png(tmp_path: Path) -> None:
 def test_front_2d_minimal_inputs_and_loss(tmp_path: Path) -> None:
     tasks = ["a", "b"]
     samples, front, _, selected = tables(tasks, metric="loss", measured=False)
-    out = plot_front_2d(samples.iloc[:0], front, None, tasks, "loss", tmp_path / "f.png", selected=selected,
-                        maximize=False)
+    out = plot_front_2d(
+        samples.iloc[:0], front, None, tasks, "loss", tmp_path / "f.png", selected=selected, maximize=False
+    )
     assert_png(out)
 
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import termios
 
-SCRIPT = "from mapmerge.progress import progress\nprint(sum(progress(range(4), desc='evaluate all/b0000', unit='sample')))\n"
+SCRIPT = (
+    "from mapmerge.progress import progress\nprint(sum(progress(range(4), desc='evaluate all/b0000', unit='sample')))\n"
+)
 
 
 def test_progress_silent_off_a_terminal() -> None:
@@ -21,7 +23,9 @@ def test_progress_bar_on_a_terminal() -> None:
     main, replica = os.openpty()
     fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
     try:
-        done = subprocess.run([sys.executable, "-c", SCRIPT], stderr=replica, stdout=subprocess.PIPE, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT], stderr=replica, stdout=subprocess.PIPE, text=True, check=True
+        )
         os.set_blocking(main, False)
         shown = b""
         while True:  # the replica end stays open, so what the child wrote waits in the terminal's buffer

@@ -4,7 +4,15 @@ import pytest
 from mapmerge.core.sampling import design, design_size
 from mapmerge.core.surrogate import n_params
 
-SOBOL = {"kind": "sobol", "lower": 0.0, "upper": 1.0, "factor": 1.5, "min_points": 0, "include_special": True, "equal": 0.5}
+SOBOL = {
+    "kind": "sobol",
+    "lower": 0.0,
+    "upper": 1.0,
+    "factor": 1.5,
+    "min_points": 0,
+    "include_special": True,
+    "equal": 0.5,
+}
 
 
 @pytest.mark.parametrize("n_tasks", [2, 3, 4, 8])

@@ -16,7 +16,9 @@ def test_weights_normalised_in_task_order():
     weights = normalize_preference({"digits04": 1, "rot90": 3}, TASKS)
     assert list(weights) == TASKS
     assert weights == {"rot90": 0.75, "invert": 0.0, "digits04": 0.25}
-    assert sum(normalize_preference({"rot90": np.float32(0.2), "invert": np.int64(1)}, TASKS).values()) == pytest.approx(1)
+    assert sum(
+        normalize_preference({"rot90": np.float32(0.2), "invert": np.int64(1)}, TASKS).values()
+    ) == pytest.approx(1)
 
 
 def test_unknown_task():

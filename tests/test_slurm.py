@@ -17,23 +17,36 @@ from typing import NamedTuple
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, job_counts
-from test_workflow import BASE, finished_run
 
+from conftest import REPO, job_counts
 from mapmerge.io import read_table
 from mapmerge.outputs.report import HTML_TABLES
+from test_workflow import BASE, finished_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 CLUSTER = REPO / "workflow" / "scripts" / "slurm-cluster.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 RUN_LIMIT = 600  # seconds; the SLURM plugin can hang ignoring SIGTERM, so runs are killed with SIGKILL
-TABLES = ["pareto.parquet", "selected.parquet", "reference.parquet", "task_vectors.parquet",
-          *(f"groups/all/{name}.parquet" for name in ["samples", "metrics", "surrogate", "front"])]
+TABLES = [
+    "pareto.parquet",
+    "selected.parquet",
+    "reference.parquet",
+    "task_vectors.parquet",
+    *(f"groups/all/{name}.parquet" for name in ["samples", "metrics", "surrogate", "front"]),
+]
 GROUPS = yaml.safe_load((PROFILE / "profile.yaml").read_text())["groups"]  # rule -> job group
-AGGREGATE_OUTPUTS = {"pareto.parquet", "selected.parquet", "groups.parquet", "report.md", "plots/front_2d.png",
-                     "plots/front_parallel.png", "logs/aggregate.log", "logs/report_tables.log",
-                     *(f"report/{name}.html" for name in HTML_TABLES)}
+AGGREGATE_OUTPUTS = {
+    "pareto.parquet",
+    "selected.parquet",
+    "groups.parquet",
+    "report.md",
+    "plots/front_2d.png",
+    "plots/front_parallel.png",
+    "logs/aggregate.log",
+    "logs/report_tables.log",
+    *(f"report/{name}.html" for name in HTML_TABLES),
+}
 
 
 class SlurmJob(NamedTuple):
@@ -55,8 +68,23 @@ def command(workdir: Path, *args: str, slurm: bool = True, overrides: Sequence[s
     if slurm:  # --cores caps a group job's CPUs at those of the local cluster's one node (nproc)
         cores = str(len(os.sched_getaffinity(0)))
         executor = ["--workflow-profile", str(PROFILE), "--executor", "slurm", "--cores", cores]
-    return ["timeout", "-s", "KILL", str(RUN_LIMIT), sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-            "-d", str(workdir), *executor, *args, "--config", f"overrides=[{', '.join([*BASE, *overrides])}]"]
+    return [
+        "timeout",
+        "-s",
+        "KILL",
+        str(RUN_LIMIT),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        *executor,
+        *args,
+        "--config",
+        f"overrides=[{', '.join([*BASE, *overrides])}]",
+    ]
 
 
 def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -68,8 +96,12 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 def slurm_jobs(workdir: Path) -> list[SlurmJob]:
     """SLURM's own records of the jobs that ran in `workdir` (squeue keeps them for MinJobAge=600 s)."""
-    out = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%k|%T|%S|%e|%Z"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%k|%T|%S|%e|%Z"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     jobs = []
     for line in out.splitlines():
         job_id, comment, state, start, end, where = line.split("|")
@@ -142,8 +174,9 @@ def test_every_stage_ran_in_a_completed_slurm_job(runs):
     for log in sorted(logs.rglob("*.log")):
         stage = log.relative_to(logs).with_suffix("")
         start, done = stage_times(log)
-        found = [job for job in jobs
-                 if runs_stage(job, stage) and job.start - second <= start and done <= job.end + second]
+        found = [
+            job for job in jobs if runs_stage(job, stage) and job.start - second <= start and done <= job.end + second
+        ]
         assert len(found) == 1, f"{stage}: no single SLURM job ran it (from {start} to {done}): {jobs}"
         hosts[stage.as_posix()] = found[0]
     assert set(hosts.values()) == set(jobs)
@@ -166,10 +199,12 @@ def test_second_run_has_nothing_to_do(runs):
 
 def test_a_cancelled_job_is_resubmitted_and_only_it_reruns(runs, tmp_path):
     workdir = copy_run(runs.slurm, tmp_path)
-    files = {p: p.stat().st_mtime_ns for p in results(workdir).rglob("*")
-             if p.is_file() and not p.name.startswith(".")}  # artifacts and logs, not lock files
-    proc = subprocess.Popen(command(workdir, "--forcerun", "aggregate"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    files = {
+        p: p.stat().st_mtime_ns for p in results(workdir).rglob("*") if p.is_file() and not p.name.startswith(".")
+    }  # artifacts and logs, not lock files
+    proc = subprocess.Popen(
+        command(workdir, "--forcerun", "aggregate"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 120
     while not (running := [job for job in slurm_jobs(workdir) if job.state == "RUNNING"]):
         assert time.monotonic() < deadline and proc.poll() is None, "the job never ran"
@@ -180,7 +215,10 @@ def test_a_cancelled_job_is_resubmitted_and_only_it_reruns(runs, tmp_path):
     assert job_counts(output) == {"aggregate": 1, "report_tables": 1, "all": 1}
     assert f"SLURM-job '{running[0].id}' failed, SLURM status is: 'CANCELLED'" in output
     assert [(job.comment, job.state) for job in slurm_jobs(workdir)] == [
-        ("rule_aggregate", "CANCELLED"), ("rule_aggregate", "COMPLETED"), ("rule_report_tables", "COMPLETED")]
+        ("rule_aggregate", "CANCELLED"),
+        ("rule_aggregate", "COMPLETED"),
+        ("rule_report_tables", "COMPLETED"),
+    ]
     changed = {p.relative_to(results(workdir)).as_posix() for p, t in files.items() if p.stat().st_mtime_ns != t}
     assert changed == AGGREGATE_OUTPUTS
     for table in ["pareto.parquet", "selected.parquet"]:
@@ -189,8 +227,18 @@ def test_a_cancelled_job_is_resubmitted_and_only_it_reruns(runs, tmp_path):
 
 def test_a_gpu_request_reaches_sbatch(runs, tmp_path):
     workdir = copy_run(runs.slurm, tmp_path)
-    proc = run(command(workdir, "--verbose", "--forcerun", "evaluate_sample", "--until", "evaluate_sample",
-                       overrides=["resources.evaluate.gpu=1"]), check=False)
+    proc = run(
+        command(
+            workdir,
+            "--verbose",
+            "--forcerun",
+            "evaluate_sample",
+            "--until",
+            "evaluate_sample",
+            overrides=["resources.evaluate.gpu=1"],
+        ),
+        check=False,
+    )
     calls = [line for line in proc.stdout.splitlines() if line.startswith("sbatch call: ")]
     # one job for both batches, which share one GPU and run one after the other (2 x 30 minutes)
     assert calls and all(" --gpus=1" in call and " -t 60 " in call for call in calls), proc.stdout[-5000:]

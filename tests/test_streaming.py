@@ -42,7 +42,15 @@ def make_model(out, dtype=torch.float32, vector_dtype="float32"):
         files["checkpoints"][task] = out / f"{task}.safetensors"
         save_safetensors(ft, files["checkpoints"][task])
         files["vectors"][task] = out / f"tau_{task}.safetensors"
-        extract_task_vector(files["pretrained"], files["checkpoints"][task], ["*"], ["head.*"], files["vectors"][task], task, vector_dtype)
+        extract_task_vector(
+            files["pretrained"],
+            files["checkpoints"][task],
+            ["*"],
+            ["head.*"],
+            files["vectors"][task],
+            task,
+            vector_dtype,
+        )
     return files
 
 
@@ -100,7 +108,9 @@ def test_merge_files_errors_name_the_file(tiny, tmp_path):
     tau = load_state_dict(tiny["vectors"]["invert"])
     name = sorted(tau)[0]
     save_safetensors({k: v for k, v in tau.items() if k != name}, tmp_path / "fewer.safetensors")
-    with pytest.raises(ArtifactError, match="fewer.safetensors: task vector of 'invert' holds other tensors than 'rot90'"):
+    with pytest.raises(
+        ArtifactError, match="fewer.safetensors: task vector of 'invert' holds other tensors than 'rot90'"
+    ):
         merge_files(tiny["pretrained"], {**tiny["vectors"], "invert": tmp_path / "fewer.safetensors"}, C)
     save_safetensors({**tau, name: torch.zeros(3, 3)}, tmp_path / "shape.safetensors")
     with pytest.raises(ArtifactError, match=rf"shape.safetensors: tensor '{name}' has shape \(3, 3\)"):
@@ -196,21 +206,36 @@ def test_bf16_vectors_round_trip_and_the_engine_matches(tiny, tmp_path):
 def test_extract_stage_writes_the_configured_dtype(tiny, tmp_path):
     merge = {"include": ["*"], "exclude": ["head.*"], "vector_dtype": "float16"}
     out = tmp_path / "tau.safetensors"
-    task_vectors.run_extract_task_vector({"merge": merge}, task="rot90", pretrained=tiny["pretrained"], finetuned=tiny["checkpoints"]["rot90"],
-                                         vector=out)
+    task_vectors.run_extract_task_vector(
+        {"merge": merge},
+        task="rot90",
+        pretrained=tiny["pretrained"],
+        finetuned=tiny["checkpoints"]["rot90"],
+        vector=out,
+    )
     assert {t.dtype for t in load_state_dict(out).values()} == {torch.float16}
-    with pytest.raises(ValueError, match="model.merge.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'"):
+    with pytest.raises(
+        ValueError, match="model.merge.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'"
+    ):
         extract_task_vector(tiny["pretrained"], tiny["checkpoints"]["rot90"], ["*"], [], out, "rot90", "int8")
     big = {k: v + 1e5 for k, v in load_state_dict(tiny["pretrained"]).items()}
     save_safetensors(big, tmp_path / "big.safetensors")
-    with pytest.raises(ArtifactError, match="big.safetensors: tensor '.*' minus the pretrained one overflows model.merge.vector_dtype float16"):
-        extract_task_vector(tiny["pretrained"], tmp_path / "big.safetensors", ["*"], [], tmp_path / "o.safetensors", "x", "float16")
+    with pytest.raises(
+        ArtifactError,
+        match="big.safetensors: tensor '.*' minus the pretrained one overflows model.merge.vector_dtype float16",
+    ):
+        extract_task_vector(
+            tiny["pretrained"], tmp_path / "big.safetensors", ["*"], [], tmp_path / "o.safetensors", "x", "float16"
+        )
     assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_task_vector_table_streams_the_gram_matrix(tiny, tmp_path):
     table = task_vector_table(tiny["vectors"]).set_index("task")
-    flats = {m: torch.cat([t.double().flatten() for _, t in sorted(load_state_dict(p).items())]) for m, p in tiny["vectors"].items()}
+    flats = {
+        m: torch.cat([t.double().flatten() for _, t in sorted(load_state_dict(p).items())])
+        for m, p in tiny["vectors"].items()
+    }
     for a in MEMBERS:
         assert table.loc[a, "norm"] == pytest.approx(float(flats[a].norm()), rel=1e-9)
         assert table.loc[a, "n_params"] == flats[a].numel()
@@ -233,6 +258,8 @@ def test_vector_dtype_config(repo):
     half = load_config(repo / "config", overrides=["model.merge.vector_dtype=bfloat16"])
     assert half["model"]["merge"]["vector_dtype"] == "bfloat16"
     assert stage_config(half, "extract_task_vector") != stage_config(base, "extract_task_vector")  # reruns extraction
-    with pytest.raises(ConfigError, match="model.merge.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'") as info:
+    with pytest.raises(
+        ConfigError, match="model.merge.vector_dtype: must be one of float32, bfloat16, float16, got 'int8'"
+    ) as info:
         load_config(repo / "config", overrides=["model.merge.vector_dtype=int8"])
     assert "\n" not in str(info.value)

@@ -71,7 +71,9 @@ def test_saturated_accuracy_stays_finite():
 
 def test_too_few_samples():
     C, y, _ = quadratic_data(T=4, n=10, link="sigmoid")
-    message = "task 'rot90', metric 'accuracy': 10 samples for 15 parameters; raise sampler.factor or sampler.min_points"
+    message = (
+        "task 'rot90', metric 'accuracy': 10 samples for 15 parameters; raise sampler.factor or sampler.min_points"
+    )
     with pytest.raises(SurrogateError, match=message):
         fit_surrogate(C, y, "sigmoid", task="rot90", metric="accuracy")
 
@@ -127,7 +129,7 @@ def make_tables(tasks, n=20, seed=0):
     for k, task in enumerate(tasks):
         samples[f"c_{task}"] = C[:, k]
     rows = []
-    for k, task in enumerate(tasks):
+    for task in tasks:
         z = quadratic_features(C) @ rng.normal(0, 0.7, n_params(len(tasks)))
         for sample, acc, loss in zip(samples["sample"], expit(z), np.logaddexp(0, -z)):
             rows += [(sample, task, "accuracy", acc), (sample, task, "loss", loss)]
@@ -142,7 +144,19 @@ def test_fit_table_round_trip(tmp_path):
     tasks = ["rot90", "digits04", "invert"]
     samples, metrics = make_tables(tasks)
     table = fit_table(samples, metrics, tasks, LINK_MAP)
-    assert list(table.columns) == ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks", "n_dropped", "dropped"]
+    assert list(table.columns) == [
+        "task",
+        "metric",
+        "link",
+        "n_samples",
+        "r2",
+        "rmse",
+        "loo_rmse",
+        "params",
+        "tasks",
+        "n_dropped",
+        "dropped",
+    ]
     assert list(zip(table["task"], table["metric"])) == sorted((t, m) for t in tasks for m in LINK_MAP)
     assert (table["tasks"] == "rot90,digits04,invert").all() and (table["n_samples"] == 20).all()
     assert (table["n_dropped"] == 0).all() and (table["dropped"] == "").all()
@@ -151,7 +165,7 @@ def test_fit_table_round_trip(tmp_path):
     fits = fits_from_table(pd.read_parquet(tmp_path / "surrogate.parquet"))
     assert set(fits) == {(t, m) for t in tasks for m in LINK_MAP}
     C = samples[[f"c_{t}" for t in tasks]].to_numpy()
-    for (task, metric), fit in fits.items():
+    for (task, metric), fit in fits.items():  # noqa: B007 (task is read by the query string)
         assert fit.tasks == tuple(tasks) and fit.link == LINK_MAP[metric]
         direct = fit_surrogate(C, metrics.query("task == @task and metric == @metric")["value"], fit.link)
         np.testing.assert_array_equal(fit.predict(C), direct.predict(C))
@@ -161,7 +175,9 @@ def test_fit_table_missing_sample():
     tasks = ["a", "b"]
     samples, metrics = make_tables(tasks)
     metrics = metrics.drop(metrics.index[(metrics["sample"] == "s007") & (metrics["task"] == "b")][:1])
-    with pytest.raises(SurrogateError, match=r"task 'b', metric 'accuracy': no value for samples \['s007'\].*surrogate.missing=drop"):
+    with pytest.raises(
+        SurrogateError, match=r"task 'b', metric 'accuracy': no value for samples \['s007'\].*surrogate.missing=drop"
+    ):
         fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
 
 
@@ -178,8 +194,11 @@ def test_fit_table_refuses_failed_evaluations_by_default():
     tasks = ["a", "b"]
     samples, metrics = make_tables(tasks)
     metrics = failed_evaluations(samples, metrics, "a", ["s004", "s011"])
-    with pytest.raises(SurrogateError, match=r"task 'a', metric 'accuracy': no value for samples \['s004', 's011'\] "
-                                             r"\(failed or missing evaluations.*set surrogate.missing=drop to fit without them"):
+    with pytest.raises(
+        SurrogateError,
+        match=r"task 'a', metric 'accuracy': no value for samples \['s004', 's011'\] "
+        r"\(failed or missing evaluations.*set surrogate.missing=drop to fit without them",
+    ):
         fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
 
 
@@ -205,7 +224,9 @@ def test_fit_table_rejects_an_unknown_missing_policy():
 def test_fit_table_infinite_value_names_sample():
     tasks = ["a", "b"]
     samples, metrics = make_tables(tasks)
-    metrics.loc[(metrics["sample"] == "s004") & (metrics["task"] == "a") & (metrics["metric"] == "loss"), "value"] = np.inf
+    metrics.loc[(metrics["sample"] == "s004") & (metrics["task"] == "a") & (metrics["metric"] == "loss"), "value"] = (
+        np.inf
+    )
     with pytest.raises(SurrogateError, match=r"task 'a', metric 'loss': value is infinite for samples \['s004'\]"):
         fit_table(samples, metrics, tasks, LINK_MAP, loo=False)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import SMALL_TASKS
 
+from conftest import SMALL_TASKS
 from mapmerge.io import ArtifactError
 from mapmerge.tensors.checkpoints import load_state_dict, save_safetensors
 from mapmerge.tensors.taskvectors import (
@@ -14,8 +14,12 @@ from mapmerge.tensors.taskvectors import (
 
 def test_task_vector_is_finetuned_minus_pretrained(small_bench, tmp_path):
     out = tmp_path / "rot90.safetensors"
-    stats = extract_task_vector(small_bench / "pretrained.safetensors", small_bench / "rot90.safetensors", ["*"], ["head.*"], out, "rot90")
-    pre, ft, tau = (load_state_dict(p) for p in (small_bench / "pretrained.safetensors", small_bench / "rot90.safetensors", out))
+    stats = extract_task_vector(
+        small_bench / "pretrained.safetensors", small_bench / "rot90.safetensors", ["*"], ["head.*"], out, "rot90"
+    )
+    pre, ft, tau = (
+        load_state_dict(p) for p in (small_bench / "pretrained.safetensors", small_bench / "rot90.safetensors", out)
+    )
     assert tau and not any(name.startswith("head.") for name in tau)
     for name, value in tau.items():
         torch.testing.assert_close(pre[name] + value, ft[name])
@@ -26,7 +30,14 @@ def test_merged_state_is_task_arithmetic(small_bench, tmp_path):
     paths = []
     for task in SMALL_TASKS[:2]:
         paths.append(tmp_path / f"{task}.safetensors")
-        extract_task_vector(small_bench / "pretrained.safetensors", small_bench / f"{task}.safetensors", ["*"], ["head.*"], paths[-1], task)
+        extract_task_vector(
+            small_bench / "pretrained.safetensors",
+            small_bench / f"{task}.safetensors",
+            ["*"],
+            ["head.*"],
+            paths[-1],
+            task,
+        )
     pre = load_state_dict(small_bench / "pretrained.safetensors")
     taus = [load_state_dict(p) for p in paths]
     merged = merged_state(pre, taus, [0.3, 0.7])
@@ -39,7 +50,11 @@ def test_merged_state_is_task_arithmetic(small_bench, tmp_path):
 
 
 def test_patterns():
-    state = {"features.0.weight": torch.zeros(2), "head.weight": torch.zeros(2), "steps": torch.zeros(1, dtype=torch.long)}
+    state = {
+        "features.0.weight": torch.zeros(2),
+        "head.weight": torch.zeros(2),
+        "steps": torch.zeros(1, dtype=torch.long),
+    }
     assert merged_names(state, ["*"], ["head.*"]) == ["features.0.weight"]
     assert merged_names(state, ["head.*"], []) == ["head.weight"]
 
@@ -59,5 +74,7 @@ def test_mismatched_checkpoints_are_named(small_bench, tmp_path):
     with pytest.raises(ArtifactError, match=rf"nan.pt: tensor '{name}' holds NaN"):
         extract_task_vector(pre_path, tmp_path / "nan.pt", ["*"], [], tmp_path / "o.safetensors", "x")
     with pytest.raises(ArtifactError, match="no tensor matches"):
-        extract_task_vector(pre_path, small_bench / "rot90.safetensors", ["nothing.*"], [], tmp_path / "o.safetensors", "x")
+        extract_task_vector(
+            pre_path, small_bench / "rot90.safetensors", ["nothing.*"], [], tmp_path / "o.safetensors", "x"
+        )
     assert not (tmp_path / "o.safetensors").exists()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from conftest import REPO
 from fortunes_tasks import (
     finetune_causal_lm,
@@ -22,7 +23,6 @@ from fortunes_tasks import (
     topic_task,
     write_data,
 )
-
 from mapmerge.adapters import transformers as adapter
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.run.config import ConfigError, load_config
@@ -55,18 +55,30 @@ def minilm(tmp_path_factory) -> dict[str, Path]:
     layer = "bert.encoder.layer.5.output.dense.weight"
     for name, labels, seed in (("two", 2, 0), ("three", 3, 1)):
         torch.manual_seed(seed)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(base, num_labels=labels, local_files_only=True)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=labels, local_files_only=True
+        )
         perturbed(model, [layer, "bert.embeddings.word_embeddings.weight"], seed).save_pretrained(
-            out / name, **({"max_shard_size": "30MB"} if name == "three" else {}))
+            out / name, **({"max_shard_size": "30MB"} if name == "three" else {})
+        )
     transformers.AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(out / "two")
-    return {"base": base, "two": out / "two", "three": out / "three", "csv": write_data(held, out / "held.csv"),
-            "parquet": write_data(held, out / "held.parquet"), "jsonl": write_data(held, out / "held.jsonl"), "dir": out}
+    return {
+        "base": base,
+        "two": out / "two",
+        "three": out / "three",
+        "csv": write_data(held, out / "held.csv"),
+        "parquet": write_data(held, out / "held.parquet"),
+        "jsonl": write_data(held, out / "held.jsonl"),
+        "dir": out,
+    }
 
 
 def experiment(path: Path, pretrained: Path, tasks: dict[str, dict], **block) -> Path:
     """An experiment file with model.transformers (paths as given)."""
-    spec = {"name": "hf", "model": {"adapter": "transformers",
-                                    "transformers": {"pretrained": str(pretrained), "tasks": tasks, **block}}}
+    spec = {
+        "name": "hf",
+        "model": {"adapter": "transformers", "transformers": {"pretrained": str(pretrained), "tasks": tasks, **block}},
+    }
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
 
@@ -80,18 +92,28 @@ def direct_rows(directory: Path, data: Path, tokenizer: Path) -> pd.DataFrame:
     with torch.no_grad():
         logits = model(**enc).logits
     labels = torch.tensor(frame["label"].tolist())
-    return pd.DataFrame({"correct": (logits.argmax(1) == labels).numpy(), "loss": torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy()})
+    return pd.DataFrame(
+        {
+            "correct": (logits.argmax(1) == labels).numpy(),
+            "loss": torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy(),
+        }
+    )
 
 
 @pytest.mark.slow  # the real MiniLM
 def test_base_model_names_get_the_prefix_and_shards_read_as_one(minilm):
     with open_checkpoint(minilm["base"] / "model.safetensors") as base:
         assert all(name.startswith("bert.") for name in base.keys())
-        assert base.stored_name("bert.encoder.layer.0.attention.self.query.weight") == "encoder.layer.0.attention.self.query.weight"
+        assert (
+            base.stored_name("bert.encoder.layer.0.attention.self.query.weight")
+            == "encoder.layer.0.attention.self.query.weight"
+        )
         assert base.meta()["bert.embeddings.word_embeddings.weight"].shape == (30522, 384)
     index = minilm["three"] / "model.safetensors.index.json"
     assert index.is_file() and len(list(minilm["three"].glob("model-*.safetensors"))) > 1
-    saved = transformers.AutoModelForSequenceClassification.from_pretrained(minilm["three"], local_files_only=True).state_dict()
+    saved = transformers.AutoModelForSequenceClassification.from_pretrained(
+        minilm["three"], local_files_only=True
+    ).state_dict()
     with open_checkpoint(index) as sharded:
         assert set(sharded.keys()) == set(saved) - {"bert.embeddings.position_ids"}
         torch.testing.assert_close(sharded.get("classifier.weight"), saved["classifier.weight"])
@@ -106,16 +128,22 @@ def test_base_model_names_get_the_prefix_and_shards_read_as_one(minilm):
     assert float(tau["bert.encoder.layer.0.output.dense.weight"].abs().max()) == 0.0
     bad = minilm["dir"] / "bad.safetensors.index.json"
     bad.write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))
-    with pytest.raises(ArtifactError, match=r"bad.safetensors.index.json: shard model-1.safetensors not found \(tensor 'a'\)"):
+    with pytest.raises(
+        ArtifactError, match=r"bad.safetensors.index.json: shard model-1.safetensors not found \(tensor 'a'\)"
+    ):
         open_checkpoint(bad)
 
 
 @pytest.mark.slow  # the real MiniLM
 def test_resolve_fills_the_generic_model(minilm, tmp_path):
-    tasks = {"two": {"directory": str(minilm["two"]), "data": str(minilm["csv"])},
-             "three": {"directory": str(minilm["three"]), "data": str(minilm["parquet"]), "limit": 4}}
+    tasks = {
+        "two": {"directory": str(minilm["two"]), "data": str(minilm["csv"])},
+        "three": {"directory": str(minilm["three"]), "data": str(minilm["parquet"]), "limit": 4},
+    }
     for overrides in ([], ["model=transformers"]):
-        cfg = load_config(REPO / "config", experiment(tmp_path / "exp.yaml", minilm["base"], tasks, max_length=MAX_LENGTH), overrides)
+        cfg = load_config(
+            REPO / "config", experiment(tmp_path / "exp.yaml", minilm["base"], tasks, max_length=MAX_LENGTH), overrides
+        )
         model = cfg["model"]
         assert model["pretrained"] == str(minilm["base"] / "model.safetensors")
         assert model["tasks"]["three"]["checkpoint"] == str(minilm["three"] / "model.safetensors.index.json")
@@ -125,9 +153,18 @@ def test_resolve_fills_the_generic_model(minilm, tmp_path):
         assert (two["limit"], three["limit"], three["max_length"]) == (None, 4, MAX_LENGTH)
     # errors: one line naming the key and the file
     bad = {
-        "model.transformers.tasks.two.directory: directory": {**tasks, "two": {**tasks["two"], "directory": str(tmp_path / "nope")}},
-        "model.transformers.tasks.two.data: data file": {**tasks, "two": {**tasks["two"], "data": str(tmp_path / "nope.csv")}},
-        "model.transformers.tasks.two.text_column: .*held.csv has no column 'body'": {**tasks, "two": {**tasks["two"], "text_column": "body"}},
+        "model.transformers.tasks.two.directory: directory": {
+            **tasks,
+            "two": {**tasks["two"], "directory": str(tmp_path / "nope")},
+        },
+        "model.transformers.tasks.two.data: data file": {
+            **tasks,
+            "two": {**tasks["two"], "data": str(tmp_path / "nope.csv")},
+        },
+        "model.transformers.tasks.two.text_column: .*held.csv has no column 'body'": {
+            **tasks,
+            "two": {**tasks["two"], "text_column": "body"},
+        },
     }
     for message, spec in bad.items():
         with pytest.raises(ConfigError, match=message) as info:
@@ -153,15 +190,33 @@ def test_data_files_read_alike(minilm):
 def test_engine_swaps_heads_of_other_shapes(minilm, tmp_path):
     """Pretrained without head, tasks with 2 and 3 labels: each task's merge equals its own model."""
     pre = minilm["base"] / "model.safetensors"
-    checkpoints = {"two": minilm["two"] / "model.safetensors", "three": minilm["three"] / "model.safetensors.index.json"}
+    checkpoints = {
+        "two": minilm["two"] / "model.safetensors",
+        "three": minilm["three"] / "model.safetensors.index.json",
+    }
     vectors = {task: tmp_path / f"{task}.safetensors" for task in checkpoints}
     for task, path in checkpoints.items():
         extract_task_vector(pre, path, ["*"], ["classifier.*"], vectors[task], task)
     data = {"two": minilm["csv"], "three": minilm["parquet"]}
-    evaluators = {t: {"_target_": adapter.EVALUATORS["sequence_classification"], "data": str(data[t]), "tokenizer": str(minilm["two"]),
-                      "directory": str(minilm[t]), "max_length": MAX_LENGTH} for t in checkpoints}
-    engine = MergeEngine({"_target_": "mapmerge.adapters.transformers.build_model", "directory": str(minilm["two"])},
-                         pre, vectors, checkpoints, evaluators, {"include": ["*"], "exclude": ["classifier.*"]}, device="cpu")
+    evaluators = {
+        t: {
+            "_target_": adapter.EVALUATORS["sequence_classification"],
+            "data": str(data[t]),
+            "tokenizer": str(minilm["two"]),
+            "directory": str(minilm[t]),
+            "max_length": MAX_LENGTH,
+        }
+        for t in checkpoints
+    }
+    engine = MergeEngine(
+        {"_target_": "mapmerge.adapters.transformers.build_model", "directory": str(minilm["two"])},
+        pre,
+        vectors,
+        checkpoints,
+        evaluators,
+        {"include": ["*"], "exclude": ["classifier.*"]},
+        device="cpu",
+    )
     for c, task in (([1.0, 0.0], "two"), ([0.0, 1.0], "three"), ([1.0, 0.0], "two")):
         rows = engine.evaluate(c, sample="s").query("task == @task").reset_index(drop=True)
         expected = direct_rows(minilm[task], data[task], minilm["two"])
@@ -180,12 +235,18 @@ def test_merged_directory_loads_back(minilm, tmp_path):
     merged = merge_files(pre, {"three": tmp_path / "three.safetensors"}, [1.0])
     names = load_state_dict(tmp_path / "three.safetensors").keys()
     for _ in range(2):
-        out = adapter.save_merged_models(merged, list(names), {"three": index}, pre, tmp_path / "merged", {"coefficients": "[1.0]"})
+        out = adapter.save_merged_models(
+            merged, list(names), {"three": index}, pre, tmp_path / "merged", {"coefficients": "[1.0]"}
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "three.safetensors"]  # no temporary folder left
     assert (out / "three" / "vocab.txt").is_file() and (out / "three" / "model.safetensors").is_file()
-    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(out / "three", local_files_only=True, output_loading_info=True)
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        out / "three", local_files_only=True, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    own = transformers.AutoModelForSequenceClassification.from_pretrained(minilm["three"], local_files_only=True).state_dict()
+    own = transformers.AutoModelForSequenceClassification.from_pretrained(
+        minilm["three"], local_files_only=True
+    ).state_dict()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, own[name], msg=name)
 
@@ -196,15 +257,27 @@ def gpt2(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("gpt2")
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=tok.vocab_size,
-                                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=64,
+        vocab_size=tok.vocab_size,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     dirs = {"pretrained": out / "pretrained", "food": out / "food", "law": out / "law"}
-    for seed, (name, directory) in enumerate(dirs.items()):
+    for seed, (_name, directory) in enumerate(dirs.items()):
         if seed == 0:
             model = transformers.GPT2LMHeadModel(config)
         else:
-            model = perturbed(transformers.GPT2LMHeadModel.from_pretrained(dirs["pretrained"]),
-                              ["transformer.wte.weight", "transformer.h.1.mlp.c_fc.weight"], seed, scale=0.2)
+            model = perturbed(
+                transformers.GPT2LMHeadModel.from_pretrained(dirs["pretrained"]),
+                ["transformer.wte.weight", "transformer.h.1.mlp.c_fc.weight"],
+                seed,
+                scale=0.2,
+            )
         model.save_pretrained(directory)
         tok.save_pretrained(directory)
     for topic in ("food", "law"):
@@ -214,7 +287,9 @@ def gpt2(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_causal_lm_loss_is_the_mean_token_loss_and_merges_tied_weights(gpt2, tmp_path):
-    evaluator = adapter.CausalLMEvaluator(str(gpt2["food_data"]), str(gpt2["food"]), max_length=MAX_LENGTH, batch_size=4)
+    evaluator = adapter.CausalLMEvaluator(
+        str(gpt2["food_data"]), str(gpt2["food"]), max_length=MAX_LENGTH, batch_size=4
+    )
     model = transformers.GPT2LMHeadModel.from_pretrained(gpt2["food"]).eval()
     with torch.no_grad():
         rows = evaluator(model, torch.device("cpu"))
@@ -225,15 +300,32 @@ def test_causal_lm_loss_is_the_mean_token_loss_and_merges_tied_weights(gpt2, tmp
     np.testing.assert_allclose(rows["loss"], direct, rtol=1e-5)
     assert list(rows.columns) == ["example", "loss"]
     # the engine on GPT-2: lm_head is tied to the merged wte, so a merge at e_i is model i itself
-    cfg = adapter.resolve({"adapter": "transformers", "merge": {"include": ["*"], "exclude": []}, "transformers": {
-        "pretrained": str(gpt2["pretrained"]), "task_type": "causal_lm", "max_length": MAX_LENGTH,
-        "tasks": {t: {"directory": str(gpt2[t]), "data": str(gpt2[f"{t}_data"])} for t in ("food", "law")}}}, tmp_path)
+    cfg = adapter.resolve(
+        {
+            "adapter": "transformers",
+            "merge": {"include": ["*"], "exclude": []},
+            "transformers": {
+                "pretrained": str(gpt2["pretrained"]),
+                "task_type": "causal_lm",
+                "max_length": MAX_LENGTH,
+                "tasks": {t: {"directory": str(gpt2[t]), "data": str(gpt2[f"{t}_data"])} for t in ("food", "law")},
+            },
+        },
+        tmp_path,
+    )
     assert cfg["merge"]["exclude"] == []
     vectors = {t: tmp_path / f"{t}.safetensors" for t in ("food", "law")}
     for t, path in vectors.items():
         extract_task_vector(cfg["pretrained"], cfg["tasks"][t]["checkpoint"], ["*"], [], path, t)
-    engine = MergeEngine(cfg["builder"], cfg["pretrained"], vectors, {t: cfg["tasks"][t]["checkpoint"] for t in vectors},
-                         {t: cfg["tasks"][t]["evaluator"] for t in vectors}, cfg["merge"], device="cpu")
+    engine = MergeEngine(
+        cfg["builder"],
+        cfg["pretrained"],
+        vectors,
+        {t: cfg["tasks"][t]["checkpoint"] for t in vectors},
+        {t: cfg["tasks"][t]["evaluator"] for t in vectors},
+        cfg["merge"],
+        device="cpu",
+    )
     merged = engine.evaluate([1.0, 0.0], sample="s").query("task == 'food'")
     np.testing.assert_allclose(merged["loss"], rows["loss"], rtol=1e-4)
     assert engine.module.lm_head.weight is engine.module.transformer.wte.weight
@@ -254,19 +346,40 @@ def trained(tmp_path_factory) -> Path:
     for i, (task, topics) in enumerate(TASKS.items()):
         train, held = topic_task(topics, 64, 16, seed=i)
         data = write_data(held, root / "data" / f"{task}.{'csv' if i == 0 else 'jsonl'}")
-        finetune_classifier(base, train, root / "finetuned" / task, steps=12, seed=i, max_length=MAX_LENGTH, tokenizer=i == 0)
+        finetune_classifier(
+            base, train, root / "finetuned" / task, steps=12, seed=i, max_length=MAX_LENGTH, tokenizer=i == 0
+        )
         tasks[task] = {"directory": f"finetuned/{task}", "data": str(data.relative_to(root))}
-    spec = {"name": "hf", "model": {"adapter": "transformers", "transformers": {
-        "pretrained": str(base), "max_length": MAX_LENGTH, "tasks": tasks}}}
+    spec = {
+        "name": "hf",
+        "model": {
+            "adapter": "transformers",
+            "transformers": {"pretrained": str(base), "max_length": MAX_LENGTH, "tasks": tasks},
+        },
+    }
     (root / "experiment.yaml").write_text(json.dumps(spec))
     return root
 
 
 @pytest.mark.slow
 def test_workflow_writes_merged_models_transformers_loads(trained):
-    overrides = "overrides=[sampler.factor=1.5, evaluation.samples_per_job=16, optimizer.pop_size=40, optimizer.n_gen=40]"
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(trained / "work"),
-           "--config", f"experiment={trained / 'experiment.yaml'}", overrides]
+    overrides = (
+        "overrides=[sampler.factor=1.5, evaluation.samples_per_job=16, optimizer.pop_size=40, optimizer.n_gen=40]"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(trained / "work"),
+        "--config",
+        f"experiment={trained / 'experiment.yaml'}",
+        overrides,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     res = trained / "work" / "results" / "hf"
@@ -278,15 +391,21 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
     measured = read_table(res / "groups/all/selected_evals.parquet")
     for task in TASKS:
         merged = res / "groups" / "all" / "merged" / task
-        model, info = transformers.AutoModelForSequenceClassification.from_pretrained(merged, local_files_only=True, output_loading_info=True)
+        model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+            merged, local_files_only=True, output_loading_info=True
+        )
         assert not info["missing_keys"] and not info["unexpected_keys"] and not info.get("mismatched_keys"), info
         data = next((trained / "data").glob(f"{task}.*"))
         frame = pd.read_csv(data) if data.suffix == ".csv" else pd.read_json(data, lines=True)
         tok = transformers.AutoTokenizer.from_pretrained(merged, local_files_only=True)
         with torch.no_grad():
-            logits = model.eval()(**tok(frame["text"].tolist(), truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")).logits
+            logits = model.eval()(
+                **tok(frame["text"].tolist(), truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+            ).logits
         accuracy = float((logits.argmax(1).numpy() == frame["label"].to_numpy()).mean())
-        assert accuracy == pytest.approx(measured.query("task == @task")["correct"].mean())  # what the workflow measured
+        assert accuracy == pytest.approx(
+            measured.query("task == @task")["correct"].mean()
+        )  # what the workflow measured
         assert accuracy >= 0.6, (task, accuracy)
 
 
@@ -297,21 +416,49 @@ def test_causal_lm_merges_of_gpt2_finetuned_on_fortunes(gpt2, tmp_path):
     tasks = {}
     for seed, topic in enumerate(("food", "law"), 1):
         train, _ = topic_task([topic], 120, 6, seed=1)  # the held-out texts are gpt2's data files
-        finetune_causal_lm(gpt2["pretrained"], train["text"].tolist(), tmp_path / topic, steps=15, seed=seed, max_length=MAX_LENGTH)
+        finetune_causal_lm(
+            gpt2["pretrained"], train["text"].tolist(), tmp_path / topic, steps=15, seed=seed, max_length=MAX_LENGTH
+        )
         tasks[topic] = {"directory": str(tmp_path / topic), "data": str(gpt2[f"{topic}_data"])}
-    cfg = adapter.resolve({"adapter": "transformers", "merge": {"include": ["*"], "exclude": []}, "transformers": {
-        "pretrained": str(gpt2["pretrained"]), "task_type": "causal_lm", "max_length": MAX_LENGTH, "tasks": tasks}}, tmp_path)
+    cfg = adapter.resolve(
+        {
+            "adapter": "transformers",
+            "merge": {"include": ["*"], "exclude": []},
+            "transformers": {
+                "pretrained": str(gpt2["pretrained"]),
+                "task_type": "causal_lm",
+                "max_length": MAX_LENGTH,
+                "tasks": tasks,
+            },
+        },
+        tmp_path,
+    )
     vectors = {t: tmp_path / f"tau_{t}.safetensors" for t in tasks}
     for t, path in vectors.items():
         extract_task_vector(cfg["pretrained"], cfg["tasks"][t]["checkpoint"], ["*"], [], path, t)
-    engine = MergeEngine(cfg["builder"], cfg["pretrained"], vectors, {t: cfg["tasks"][t]["checkpoint"] for t in tasks},
-                         {t: cfg["tasks"][t]["evaluator"] for t in tasks}, cfg["merge"], device="cpu")
-    loss = {name: engine.evaluate(c, sample=name).groupby("task")["loss"].mean()
-            for name, c in {"pretrained": [0.0, 0.0], "food": [1.0, 0.0], "law": [0.0, 1.0], "half": [0.5, 0.5]}.items()}
+    engine = MergeEngine(
+        cfg["builder"],
+        cfg["pretrained"],
+        vectors,
+        {t: cfg["tasks"][t]["checkpoint"] for t in tasks},
+        {t: cfg["tasks"][t]["evaluator"] for t in tasks},
+        cfg["merge"],
+        device="cpu",
+    )
+    loss = {
+        name: engine.evaluate(c, sample=name).groupby("task")["loss"].mean()
+        for name, c in {"pretrained": [0.0, 0.0], "food": [1.0, 0.0], "law": [0.0, 1.0], "half": [0.5, 0.5]}.items()
+    }
     for topic, other in (("food", "law"), ("law", "food")):
-        assert loss[topic][topic] < min(loss["pretrained"][topic] - 1.0, loss[other][topic] - 0.1), loss  # learned its topic
+        assert loss[topic][topic] < min(loss["pretrained"][topic] - 1.0, loss[other][topic] - 0.1), (
+            loss
+        )  # learned its topic
         evaluator = adapter.CausalLMEvaluator(str(gpt2[f"{topic}_data"]), str(tmp_path / topic), max_length=MAX_LENGTH)
         with torch.no_grad():
-            own = evaluator(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / topic).eval(), torch.device("cpu"))
+            own = evaluator(
+                transformers.AutoModelForCausalLM.from_pretrained(tmp_path / topic).eval(), torch.device("cpu")
+            )
         assert own["loss"].mean() == pytest.approx(loss[topic][topic], rel=1e-4)
-    assert all(np.isfinite(loss["half"])) and float(np.exp(loss["half"]).max()) < float(np.exp(loss["pretrained"]).min())  # perplexity
+    assert all(np.isfinite(loss["half"])) and float(np.exp(loss["half"]).max()) < float(
+        np.exp(loss["pretrained"]).min()
+    )  # perplexity

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import artifacts, job_counts, run, snakemake_command
 
+from conftest import artifacts, job_counts, run, snakemake_command
 from mapmerge.core import groundtruth
 from mapmerge.core.metrics import metrics_from_examples, wide_metrics
 from mapmerge.io import read_table, table_metadata
@@ -56,8 +56,12 @@ def test_hypervolume_takes_the_sign_of_the_metric():
 
 
 def test_prediction_error_is_mean_and_max_over_points_and_tasks():
-    points = pd.DataFrame({"accuracy_a": [0.5, 0.7], "accuracy_b": [0.2, 0.2], "loss_a": [1.0, 1.0], "loss_b": [2.0, 2.0]})
-    measured = pd.DataFrame({"accuracy_a": [0.6, 0.4], "accuracy_b": [0.2, 0.25], "loss_a": [1.5, 1.0], "loss_b": [2.0, 2.0]})
+    points = pd.DataFrame(
+        {"accuracy_a": [0.5, 0.7], "accuracy_b": [0.2, 0.2], "loss_a": [1.0, 1.0], "loss_b": [2.0, 2.0]}
+    )
+    measured = pd.DataFrame(
+        {"accuracy_a": [0.6, 0.4], "accuracy_b": [0.2, 0.25], "loss_a": [1.5, 1.0], "loss_b": [2.0, 2.0]}
+    )
     errors = groundtruth.prediction_errors(points, measured, ["accuracy", "loss"])
     assert errors[("pred_mae", "accuracy")] == pytest.approx((0.1 + 0.3 + 0 + 0.05) / 4)
     assert errors[("pred_max", "accuracy")] == pytest.approx(0.3)
@@ -66,12 +70,17 @@ def test_prediction_error_is_mean_and_max_over_points_and_tasks():
 
 def test_front_points_are_spread_along_the_front():
     t = np.linspace(0, 1, 21)
-    front = pd.DataFrame({"c_a": t, "c_b": 1 - t, "accuracy_a": t, "accuracy_b": 1 - t**2, "loss_a": 1 - t, "loss_b": t})
+    front = pd.DataFrame(
+        {"c_a": t, "c_b": 1 - t, "accuracy_a": t, "accuracy_b": 1 - t**2, "loss_a": 1 - t, "loss_b": t}
+    )
     points = groundtruth.front_sample(front, "accuracy", 3)
     assert points["sample"].tolist() == ["f00", "f01", "f02"]
     assert points["front_row"].tolist()[0] == 0 and points["front_row"].tolist()[-1] == 20  # both ends, then between
     assert 5 <= points["front_row"].iloc[1] <= 15
-    assert points[["c_a", "accuracy_b"]].to_numpy().tolist() == front.iloc[points["front_row"]][["c_a", "accuracy_b"]].to_numpy().tolist()
+    assert (
+        points[["c_a", "accuracy_b"]].to_numpy().tolist()
+        == front.iloc[points["front_row"]][["c_a", "accuracy_b"]].to_numpy().tolist()
+    )
     assert len(groundtruth.front_sample(front.iloc[:2], "accuracy", 3)) == 2  # a short front: all of it
 
 
@@ -89,14 +98,24 @@ def synthetic_examples(n_grid: int = 9, n_front: int = 3, n_examples: int = 40) 
     """Per-example rows of grid and front points on two tasks, and the front points' predictions."""
     rng = np.random.default_rng(1)
     c = np.linspace(0, 1, n_grid)
-    models = {**{f"g{i:06d}": (c[i], 1 - c[i] ** 2) for i in range(n_grid)},
-              **{f"f{i:02d}": (c[2 * i + 1], 1 - c[2 * i + 1] ** 2 - 0.05) for i in range(n_front)}}
-    rows = [(s, task, e, float(rng.random() < p[k]), float(rng.random())) for s, p in models.items()
-            for k, task in enumerate(["a", "b"]) for e in range(n_examples)]
+    models = {
+        **{f"g{i:06d}": (c[i], 1 - c[i] ** 2) for i in range(n_grid)},
+        **{f"f{i:02d}": (c[2 * i + 1], 1 - c[2 * i + 1] ** 2 - 0.05) for i in range(n_front)},
+    }
+    rows = [
+        (s, task, e, float(rng.random() < p[k]), float(rng.random()))
+        for s, p in models.items()
+        for k, task in enumerate(["a", "b"])
+        for e in range(n_examples)
+    ]
     examples = pd.DataFrame(rows, columns=["sample", "task", "example", "correct", "loss"])
-    points = pd.DataFrame({"sample": [f"f{i:02d}" for i in range(n_front)],
-                           "accuracy_a": [models[f"f{i:02d}"][0] for i in range(n_front)],
-                           "accuracy_b": [models[f"f{i:02d}"][1] for i in range(n_front)]})
+    points = pd.DataFrame(
+        {
+            "sample": [f"f{i:02d}" for i in range(n_front)],
+            "accuracy_a": [models[f"f{i:02d}"][0] for i in range(n_front)],
+            "accuracy_b": [models[f"f{i:02d}"][1] for i in range(n_front)],
+        }
+    )
     return examples, points
 
 
@@ -124,7 +143,9 @@ def test_resampled_metrics_are_the_metrics_of_the_examples_drawn():
 
 def test_bootstrap_intervals_are_reproducible_with_the_seed():
     examples, points = synthetic_examples()
-    table, reference = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
+    table, reference = groundtruth.validation_table(
+        examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3
+    )
     same, _ = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=3)
     other, _ = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=10, ci_level=0.9, seed=4)
     none, _ = groundtruth.validation_table(examples, points, "accuracy", True, bootstrap=0, ci_level=0.9, seed=3)
@@ -134,8 +155,11 @@ def test_bootstrap_intervals_are_reproducible_with_the_seed():
     assert none["ci_low"].isna().all() and (table["ci_low"] <= table["ci_high"]).all()
     assert list(table.columns) == groundtruth.COLUMNS
     assert set(zip(table["indicator"], table["front"])) == {
-        ("hv", "grid"), *((i, f) for i in ("igd", "gd", "hv") for f in ("predicted", "real")), ("pred_mae", "predicted"),
-        ("pred_max", "predicted")}
+        ("hv", "grid"),
+        *((i, f) for i in ("igd", "gd", "hv") for f in ("predicted", "real")),
+        ("pred_mae", "predicted"),
+        ("pred_max", "predicted"),
+    }
     grid = metrics_from_examples(examples[examples["sample"].str.startswith("g")])
     worst = grid[grid["metric"] == "accuracy"].groupby("task")["value"].min()
     assert reference.tolist() == worst.loc[["a", "b"]].tolist()
@@ -168,7 +192,10 @@ def load(repo: Path, *overrides: str) -> dict:
     "overrides, message",
     [
         (["validation.enabled=true"], "validation.max_tasks: a grid of 11^4 points is refused for 4 tasks"),
-        (["validation.enabled=true", "benchmark.tasks=2", "method=nested"], "validation.enabled: validation is for one-group methods"),
+        (
+            ["validation.enabled=true", "benchmark.tasks=2", "method=nested"],
+            "validation.enabled: validation is for one-group methods",
+        ),
         (["validation.resolution=1"], "validation.resolution: must be an integer >= 2"),
         (["validation.bootstrap=-1"], "validation.bootstrap: must be an integer >= 0"),
         (["validation.ci_level=1.5"], "validation.ci_level: must be in (0, 1)"),
@@ -243,7 +270,10 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
         assert 0 <= table.loc[("gd", front, "accuracy"), "value"] < 0.5
         assert 0 < table.loc[("hv", front, "accuracy"), "value"] <= 1
     assert 0 < table.loc[("hv", "grid", "accuracy"), "value"] <= 1
-    mae, top = table.loc[("pred_mae", "predicted", "accuracy"), "value"], table.loc[("pred_max", "predicted", "accuracy"), "value"]
+    mae, top = (
+        table.loc[("pred_mae", "predicted", "accuracy"), "value"],
+        table.loc[("pred_max", "predicted", "accuracy"), "value"],
+    )
     assert 0 <= mae <= top < 0.5
     assert (table["n_points"].xs("real", level="front") == 4).all()
     assert table[["value", "ci_low", "ci_high"]].notna().all().all() and (table["ci_low"] <= table["ci_high"]).all()
@@ -261,7 +291,12 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
     plan = job_counts(run(snakemake_command(tmp_path, "-n", overrides=fewer))[1])
     assert {"validate_front", "validate"} <= set(plan) and not {"validate_grid", "validate_baseline"} & set(plan)
     before = artifacts(res / "validation")
-    assert set(job_counts(run(snakemake_command(tmp_path, *TARGETS, overrides=fewer))[1])) == {"validate_front", "validate"}
+    assert set(job_counts(run(snakemake_command(tmp_path, *TARGETS, overrides=fewer))[1])) == {
+        "validate_front",
+        "validate",
+    }
     after = artifacts(res / "validation")
-    assert {p: t for p, t in after.items() if "front" not in p.name} == {p: t for p, t in before.items() if "front" not in p.name}
+    assert {p: t for p, t in after.items() if "front" not in p.name} == {
+        p: t for p, t in before.items() if "front" not in p.name
+    }
     assert len(read_table(res / "validation/front.parquet")) == 3

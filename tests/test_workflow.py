@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, build_once, copy_run, edit_a_function, job_counts
 
+from conftest import REPO, build_once, copy_run, edit_a_function, job_counts
 from mapmerge.builtin.model import build_model
 from mapmerge.io import read_table, table_metadata
 from mapmerge.outputs.report import HTML_TABLES
@@ -35,7 +35,9 @@ BASE = [
 TASKS = ["rot90", "flip_parity"]
 
 
-def snakemake(workdir: Path, *args: str, overrides: list[str] = (), check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, overrides: list[str] = (), check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     cmd += [*args, "--config", f"overrides=[{', '.join([*BASE, *overrides])}]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -68,10 +70,23 @@ def results(workdir: Path) -> Path:
 
 def test_every_stage_writes_its_artifact(run):
     res = results(run)
-    for rel in ["benchmark.parquet", "task_vectors.parquet", "reference.parquet", "groups.parquet", "pareto.parquet",
-                "selected.parquet", "report.md", "plots/front_2d.png", "plots/front_parallel.png",
-                "groups/all/samples.parquet", "groups/all/metrics.parquet", "groups/all/surrogate.parquet",
-                "groups/all/front.parquet", "groups/all/merged.safetensors", "checkpoints/pretrained.safetensors"]:
+    for rel in [
+        "benchmark.parquet",
+        "task_vectors.parquet",
+        "reference.parquet",
+        "groups.parquet",
+        "pareto.parquet",
+        "selected.parquet",
+        "report.md",
+        "plots/front_2d.png",
+        "plots/front_parallel.png",
+        "groups/all/samples.parquet",
+        "groups/all/metrics.parquet",
+        "groups/all/surrogate.parquet",
+        "groups/all/front.parquet",
+        "groups/all/merged.safetensors",
+        "checkpoints/pretrained.safetensors",
+    ]:
         assert (res / rel).is_file(), rel
     samples = read_table(res / "groups/all/samples.parquet")
     assert len(samples) >= 1.5 * 6 and [c for c in samples if c.startswith("c_")] == [f"c_{t}" for t in TASKS]
@@ -88,7 +103,9 @@ def test_every_stage_writes_its_artifact(run):
 def test_front_and_choice(run):
     res = results(run)
     front = read_table(res / "groups/all/front.parquet")
-    assert {f"c_{t}" for t in TASKS} | {f"accuracy_{t}" for t in TASKS} | {f"loss_{t}" for t in TASKS} <= set(front.columns)
+    assert {f"c_{t}" for t in TASKS} | {f"accuracy_{t}" for t in TASKS} | {f"loss_{t}" for t in TASKS} <= set(
+        front.columns
+    )
     assert len(front) >= 10
     C = front[[f"c_{t}" for t in TASKS]].to_numpy()
     assert C.min() >= 0 and C.max() <= 1
@@ -139,8 +156,16 @@ def planned_reasons(output: str) -> dict[str, list[str]]:
     "module, rules, kept",
     [
         # a later stage's code: the evaluations on disk are kept
-        ("outputs/plots.py", {"aggregate"}, {"evaluate_reference", "evaluate_sample", "evaluate_selected", "fit_surrogate", "merge_group"}),
-        ("stages/evaluation.py", {"evaluate_reference", "evaluate_sample"}, {"prepare_benchmark", "extract_task_vector", "plan_level", "sample_coefficients"}),
+        (
+            "outputs/plots.py",
+            {"aggregate"},
+            {"evaluate_reference", "evaluate_sample", "evaluate_selected", "fit_surrogate", "merge_group"},
+        ),
+        (
+            "stages/evaluation.py",
+            {"evaluate_reference", "evaluate_sample"},
+            {"prepare_benchmark", "extract_task_vector", "plan_level", "sample_coefficients"},
+        ),
     ],
 )
 def test_a_code_change_reruns_the_stages_that_run_it(run, tmp_path, module, rules, kept):
@@ -148,26 +173,60 @@ def test_a_code_change_reruns_the_stages_that_run_it(run, tmp_path, module, rule
     shutil.copytree(REPO / "src" / "mapmerge", src / "mapmerge", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(src)}
     # the copy wins over the editable install (a .pth path entry, which comes after PYTHONPATH on sys.path)
-    where = subprocess.run([sys.executable, "-c", "import mapmerge; print(mapmerge.__file__)"], env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import mapmerge; print(mapmerge.__file__)"], env=env, capture_output=True, text=True
+    )
     assert Path(where.stdout.strip()).is_relative_to(src), where.stdout + where.stderr
     edit_a_function(src / "mapmerge" / module)
     reasons = planned_reasons(snakemake(run, "-n", env=env).stdout)
-    assert {r for r, lines in reasons.items() if any("Params have changed since last execution" in x for x in lines)} == rules
+    assert {
+        r for r, lines in reasons.items() if any("Params have changed since last execution" in x for x in lines)
+    } == rules
     assert reasons.keys().isdisjoint(kept)
     # every other planned job follows one that reruns
-    assert all("Input files updated by another job" in x for r, lines in reasons.items() if r not in rules | {"all"} for x in lines)
+    assert all(
+        "Input files updated by another job" in x
+        for r, lines in reasons.items()
+        if r not in rules | {"all"}
+        for x in lines
+    )
 
 
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("surrogate.links.accuracy=identity", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
-        ("optimizer.n_gen=30", {"pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
+        (
+            "surrogate.links.accuracy=identity",
+            {
+                "fit_surrogate",
+                "pareto_front",
+                "merge_group",
+                "evaluate_selected",
+                "ledger",
+                "aggregate",
+                "report_tables",
+            },
+        ),
+        (
+            "optimizer.n_gen=30",
+            {"pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"},
+        ),
         ("+preference.rot90=3", {"merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
         ("selection=tchebycheff", {"merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
         ("evaluation.device=cpu", set()),
         ("evaluation.on_error=record", set()),
-        ("surrogate.missing=drop", {"fit_surrogate", "pareto_front", "merge_group", "evaluate_selected", "ledger", "aggregate", "report_tables"}),
+        (
+            "surrogate.missing=drop",
+            {
+                "fit_surrogate",
+                "pareto_front",
+                "merge_group",
+                "evaluate_selected",
+                "ledger",
+                "aggregate",
+                "report_tables",
+            },
+        ),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):
@@ -205,7 +264,9 @@ def test_a_bigger_design_evaluates_only_new_samples(own_run):
 def test_lint_is_clean(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -231,10 +292,17 @@ def test_snakemake_report_is_one_html_file_with_plots_and_tables(run, tmp_path):
     out = tmp_path / "report.html"
     snakemake(run, "--report", str(out))
     text = out.read_text()
-    embedded = {m.group(1): base64.b64decode(m.group(2)).decode("utf-8", "replace")
-                for m in re.finditer(r'"data_uri": "data:[^;]+;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)"', text)}
+    embedded = {
+        m.group(1): base64.b64decode(m.group(2)).decode("utf-8", "replace")
+        for m in re.finditer(r'"data_uri": "data:[^;]+;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)"', text)
+    }
     assert set(embedded) == {"front_2d.png", "front_parallel.png", *(f"{name}.html" for name in HTML_TABLES)}
     selected = read_table(results(run) / "selected.parquet")
-    assert "measured_accuracy_rot90" in embedded["chosen.html"] and f"{selected['c_rot90'].iloc[0]:.4g}" in embedded["chosen.html"]
-    assert len(read_table(results(run) / "pareto.parquet")) == embedded["front.html"].count("<tr>")  # a row per point (the header row has a style)
+    assert (
+        "measured_accuracy_rot90" in embedded["chosen.html"]
+        and f"{selected['c_rot90'].iloc[0]:.4g}" in embedded["chosen.html"]
+    )
+    assert len(read_table(results(run) / "pareto.parquet")) == embedded["front.html"].count(
+        "<tr>"
+    )  # a row per point (the header row has a style)
     assert "evaluate_sample" in embedded["ledger.html"] and "pretrained" in embedded["models.html"]

@@ -46,7 +46,15 @@ class Transformer(nn.Module):
 class VisionTransformer(nn.Module):
     """Patch embedding, class token, transformer, projection of the class token to `output_dim` features."""
 
-    def __init__(self, image_size: int = 8, patch_size: int = 4, width: int = 16, layers: int = 1, heads: int = 2, output_dim: int = 8) -> None:
+    def __init__(
+        self,
+        image_size: int = 8,
+        patch_size: int = 4,
+        width: int = 16,
+        layers: int = 1,
+        heads: int = 2,
+        output_dim: int = 8,
+    ) -> None:
         super().__init__()
         scale = width**-0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)

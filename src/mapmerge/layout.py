@@ -220,7 +220,11 @@ class Layout:
 
     def log(self, rule: str, *wildcards: str) -> Path:
         """A job's log: logs/<rule>.log, or logs/<rule>/<first wildcard>/.../<last>.log."""
-        return self.logs / f"{rule}.log" if not wildcards else self.logs.joinpath(rule, *wildcards[:-1], f"{wildcards[-1]}.log")
+        return (
+            self.logs / f"{rule}.log"
+            if not wildcards
+            else self.logs.joinpath(rule, *wildcards[:-1], f"{wildcards[-1]}.log")
+        )
 
     @property
     def selections(self) -> Path:

@@ -13,4 +13,6 @@ T = TypeVar("T")
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Yield items with a tqdm bar on stderr where stderr is a terminal; silent in logs, CI and SLURM jobs."""
-    yield from tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
+    yield from tqdm(
+        items, desc=desc, total=total, unit=unit, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True
+    )

@@ -18,7 +18,9 @@ def check_unused(model: dict[str, Any]) -> None:
     """ValueError when an adapter's block is set but model.adapter does not name it (it would be ignored)."""
     for name in ADAPTERS:
         if model.get(name) is not None and model.get("adapter") != name:
-            raise ValueError(f"model.{name}: is set but model.adapter is {model.get('adapter')!r}; choose it with model={name} (or model.adapter: {name})")
+            raise ValueError(
+                f"model.{name}: is set but model.adapter is {model.get('adapter')!r}; choose it with model={name} (or model.adapter: {name})"
+            )
 
 
 def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:

@@ -73,15 +73,30 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         data[task] = _task_path(block.get("data"), "data", task, fields, base_dir)
         if not data[task].exists():
             raise ConfigError(f"{KEY}.data: evaluation data of task {task}, {data[task]}, not found")
-        evaluator = {"_target_": f"{__name__}.ClassificationEvaluator", "head": str(heads[task]), "data": str(data[task])}
+        evaluator = {
+            "_target_": f"{__name__}.ClassificationEvaluator",
+            "head": str(heads[task]),
+            "data": str(data[task]),
+        }
         resolved[task] = {"checkpoint": str(finetuned), "evaluator": {**evaluator, **settings}}
     builder = block.get("builder")
     if builder is None:
         builder = {"_target_": f"{__name__}.load_encoder", "path": str(zeroshot)}
     elif not isinstance(builder, Mapping) or "_target_" not in builder:
         raise ConfigError(f"{KEY}.builder: must be null (unpickle zeroshot.pt) or a mapping with a _target_")
-    resolved_block = {**block, **fields, "heads": {t: str(p) for t, p in heads.items()}, "data": {t: str(p) for t, p in data.items()}}
-    return {**model, "builder": dict(builder), "pretrained": str(zeroshot), "tasks": resolved, "openclip": resolved_block}
+    resolved_block = {
+        **block,
+        **fields,
+        "heads": {t: str(p) for t, p in heads.items()},
+        "data": {t: str(p) for t, p in data.items()},
+    }
+    return {
+        **model,
+        "builder": dict(builder),
+        "pretrained": str(zeroshot),
+        "tasks": resolved,
+        "openclip": resolved_block,
+    }
 
 
 def _path(value: Any, key: str, base_dir: Path) -> Path:
@@ -99,11 +114,15 @@ def _task_path(spec: Any, name: str, task: str, fields: Mapping[str, str], base_
             raise ConfigError(f"{key}: has no entry for task {task}")
         return _path(spec[task], f"{key}.{task}", base_dir)
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"{key}: must be a path pattern with {{task}} (and {{root}}, {{model_name}}) or a mapping task: path")
+        raise ConfigError(
+            f"{key}: must be a path pattern with {{task}} (and {{root}}, {{model_name}}) or a mapping task: path"
+        )
     try:
         value = spec.format(task=task, **fields)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"{key}: pattern {spec!r} is not valid (known fields: root, model_name, task; {exc})") from exc
+        raise ConfigError(
+            f"{key}: pattern {spec!r} is not valid (known fields: root, model_name, task; {exc})"
+        ) from exc
     return _path(value, key, base_dir)
 
 
@@ -111,22 +130,32 @@ def _evaluation_settings(block: Mapping[str, Any]) -> dict[str, Any]:
     """The evaluator's keyword arguments shared by every task, checked."""
     mean, std = block.get("mean"), block.get("std")
     for key, value in (("mean", mean), ("std", std)):
-        if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
             raise ConfigError(f"{KEY}.{key}: must be a list of numbers, one per image channel")
     if len(mean) != len(std) or min(std) <= 0:
         raise ConfigError(f"{KEY}.std: must have as many entries as mean ({len(mean)}), all > 0")
     batch_size, max_examples, image_size = block.get("batch_size"), block.get("max_examples"), block.get("image_size")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"{KEY}.batch_size: must be an integer >= 1, got {batch_size!r}")
-    if max_examples is not None and (not isinstance(max_examples, int) or isinstance(max_examples, bool) or max_examples < 1):
+    if max_examples is not None and (
+        not isinstance(max_examples, int) or isinstance(max_examples, bool) or max_examples < 1
+    ):
         raise ConfigError(f"{KEY}.max_examples: must be null or an integer >= 1, got {max_examples!r}")
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
         raise ConfigError(f"{KEY}.image_size: must be an integer >= 1, got {image_size!r}")
     if not isinstance(block.get("normalize"), bool):
         raise ConfigError(f"{KEY}.normalize: must be true or false, got {block.get('normalize')!r}")
     return {
-        "normalize": block["normalize"], "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-        "batch_size": batch_size, "max_examples": max_examples, "image_size": image_size,
+        "normalize": block["normalize"],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "batch_size": batch_size,
+        "max_examples": max_examples,
+        "image_size": image_size,
     }
 
 
@@ -141,11 +170,17 @@ def load_encoder(path: str) -> torch.nn.Module:
     try:
         module = torch.load(path, map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: cannot unpickle the image encoder ({exc}); add the folder of its classes' code to model.python_path") from exc
+        raise ArtifactError(
+            f"{path}: cannot unpickle the image encoder ({exc}); add the folder of its classes' code to model.python_path"
+        ) from exc
     except Exception as exc:  # torch.load raises many types for a bad file
-        raise ArtifactError(f"{path}: cannot unpickle the image encoder ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+        raise ArtifactError(
+            f"{path}: cannot unpickle the image encoder ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        ) from exc
     if not isinstance(module, torch.nn.Module):
-        raise ArtifactError(f"{path}: holds a {type(module).__name__}, not a pickled torch.nn.Module; set model.openclip.builder to build the encoder")
+        raise ArtifactError(
+            f"{path}: holds a {type(module).__name__}, not a pickled torch.nn.Module; set model.openclip.builder to build the encoder"
+        )
     return module
 
 
@@ -176,16 +211,22 @@ class ClassificationEvaluator:
         tensors = load_state_dict(head)
         weight = tensors.get("weight")
         if weight is None or weight.ndim != 2:
-            raise ArtifactError(f"{head}: a classification head needs a 2-D 'weight' (classes x features); it has {', '.join(sorted(tensors))}")
+            raise ArtifactError(
+                f"{head}: a classification head needs a 2-D 'weight' (classes x features); it has {', '.join(sorted(tensors))}"
+            )
         bias = tensors.get("bias")
         if bias is not None and tuple(bias.shape) != (weight.shape[0],):
             raise ArtifactError(f"{head}: 'bias' has shape {tuple(bias.shape)}, 'weight' has {weight.shape[0]} classes")
         self.weight, self.bias = weight.float(), None if bias is None else bias.float()
         self.images, self.labels = load_images(data, image_size, max_examples)
         if self.images.dtype == torch.uint8 and self.images.shape[1] != len(mean):
-            raise ArtifactError(f"{data}: images have {self.images.shape[1]} channels, model.openclip.mean has {len(mean)}")
+            raise ArtifactError(
+                f"{data}: images have {self.images.shape[1]} channels, model.openclip.mean has {len(mean)}"
+            )
         if int(self.labels.max()) >= weight.shape[0]:
-            raise ArtifactError(f"{data}: label {int(self.labels.max())} is out of range for the head's {weight.shape[0]} classes ({head})")
+            raise ArtifactError(
+                f"{data}: label {int(self.labels.max())} is out of range for the head's {weight.shape[0]} classes ({head})"
+            )
         self.normalize, self.batch_size = normalize, batch_size
         self.mean = torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1)
         self.std = torch.tensor([float(v) for v in std]).view(1, -1, 1, 1)
@@ -205,7 +246,9 @@ class ClassificationEvaluator:
                 images = (images.float() / 255 - mean) / std
             features = module(images.float())
             if features.ndim != 2 or features.shape[1] != weight.shape[1]:
-                raise ValueError(f"the image encoder returned features of shape {tuple(features.shape)}; the head takes {weight.shape[1]}")
+                raise ValueError(
+                    f"the image encoder returned features of shape {tuple(features.shape)}; the head takes {weight.shape[1]}"
+                )
             features = features.float()
             if self.normalize:
                 features = F.normalize(features, dim=-1)
@@ -214,11 +257,17 @@ class ClassificationEvaluator:
             correct.append((logits.argmax(dim=1) == labels).cpu())
             losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
         return pd.DataFrame(
-            {"example": range(len(self.labels)), "correct": torch.cat(correct).numpy(), "loss": torch.cat(losses).double().numpy()}
+            {
+                "example": range(len(self.labels)),
+                "correct": torch.cat(correct).numpy(),
+                "loss": torch.cat(losses).double().numpy(),
+            }
         )
 
 
-def load_images(path: str | Path, image_size: int = 224, max_examples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_images(
+    path: str | Path, image_size: int = 224, max_examples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, C, H, W) uint8 or float32, labels (N,) int64) of a task's evaluation data.
 
     path: a .npz file (numpy arrays `images`, `labels`), a .pt file (a dict of tensors `images`,
@@ -244,14 +293,20 @@ def load_images(path: str | Path, image_size: int = 224, max_examples: int | Non
         except ArtifactError:
             raise
         except Exception as exc:  # numpy, zipfile and pickle raise many types for a bad file
-            raise ArtifactError(f"{path}: unreadable evaluation data ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+            raise ArtifactError(
+                f"{path}: unreadable evaluation data ({type(exc).__name__}: {' '.join(str(exc).split())})"
+            ) from exc
         if not isinstance(arrays, Mapping) or "images" not in arrays or "labels" not in arrays:
             raise ArtifactError(f"{path}: evaluation data must hold 'images' (N, C, H, W) and 'labels' (N,)")
         images, labels = torch.as_tensor(np.asarray(arrays["images"])), torch.as_tensor(np.asarray(arrays["labels"]))
     if images.ndim != 4 or not (images.dtype == torch.uint8 or images.is_floating_point()):
-        raise ArtifactError(f"{path}: 'images' must be (N, C, H, W) uint8 or float, got {tuple(images.shape)} {images.dtype}")
+        raise ArtifactError(
+            f"{path}: 'images' must be (N, C, H, W) uint8 or float, got {tuple(images.shape)} {images.dtype}"
+        )
     if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ArtifactError(f"{path}: 'labels' must be (N,) integers, one per image; got {tuple(labels.shape)} {labels.dtype} for {len(images)} images")
+        raise ArtifactError(
+            f"{path}: 'labels' must be (N,) integers, one per image; got {tuple(labels.shape)} {labels.dtype} for {len(images)} images"
+        )
     if len(labels) == 0 or int(labels.min()) < 0:
         raise ArtifactError(f"{path}: needs at least one example and labels >= 0")
     if images.is_floating_point():

@@ -36,15 +36,38 @@ EVALUATORS = {
 # model.transformers defaults (config/model/transformers.yaml documents them); per task, the
 # evaluation keys may be overridden
 DEFAULTS: dict[str, Any] = {
-    "pretrained": None, "task_type": "sequence_classification", "heads": "auto", "text_column": "text",
-    "label_column": "label", "max_length": 128, "batch_size": 32, "limit": None, "tasks": {},
+    "pretrained": None,
+    "task_type": "sequence_classification",
+    "heads": "auto",
+    "text_column": "text",
+    "label_column": "label",
+    "max_length": 128,
+    "batch_size": 32,
+    "limit": None,
+    "tasks": {},
 }
 EVALUATION_KEYS = ("text_column", "label_column", "max_length", "batch_size", "limit")
 DATA_SUFFIXES = (".csv", ".jsonl", ".parquet")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 # what save_merged_models copies from the pretrained directory into a task's that has no tokenizer
-TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", SHARD_INDEX_SUFFIX, ".bin.index.json")
+TOKENIZER_EXTRA = (
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".h5",
+    ".msgpack",
+    ".ckpt",
+    SHARD_INDEX_SUFFIX,
+    ".bin.index.json",
+)
 
 
 def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -61,22 +84,38 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         directory = directories[task] = _directory(spec["directory"], f"{key}.directory", base_dir)
         settings = {k: spec.get(k, block[k]) for k in EVALUATION_KEYS}
         data = _data_file(spec["data"], f"{key}.data", base_dir)
-        columns = [settings["text_column"]] + ([settings["label_column"]] if task_type == "sequence_classification" else [])
+        columns = [settings["text_column"]] + (
+            [settings["label_column"]] if task_type == "sequence_classification" else []
+        )
         _check_columns(data, columns, key)
-        evaluator = {"_target_": EVALUATORS[task_type], "data": str(data), "tokenizer": str(_tokenizer_dir(directory, pretrained, key)),
-                     "text_column": settings["text_column"], "max_length": settings["max_length"],
-                     "batch_size": settings["batch_size"], "limit": settings["limit"]}
+        evaluator = {
+            "_target_": EVALUATORS[task_type],
+            "data": str(data),
+            "tokenizer": str(_tokenizer_dir(directory, pretrained, key)),
+            "text_column": settings["text_column"],
+            "max_length": settings["max_length"],
+            "batch_size": settings["batch_size"],
+            "limit": settings["limit"],
+        }
         if task_type == "sequence_classification":
             evaluator.update(label_column=settings["label_column"], directory=str(directory))
         resolved[str(task)] = {"checkpoint": str(weights_file(directory, f"{key}.directory")), "evaluator": evaluator}
     first = next(iter(directories.values()))
-    heads = head_patterns(block["heads"], task_type, weights_file(pretrained, "model.transformers.pretrained"),
-                          [weights_file(d, "") for d in directories.values()])
+    heads = head_patterns(
+        block["heads"],
+        task_type,
+        weights_file(pretrained, "model.transformers.pretrained"),
+        [weights_file(d, "") for d in directories.values()],
+    )
     merge = dict(model.get("merge") or {})
     merge["exclude"] = [*(merge.get("exclude") or []), *(p for p in heads if p not in (merge.get("exclude") or []))]
     return {
         **model,
-        "builder": {"_target_": "mapmerge.adapters.transformers.build_model", "directory": str(first), "task_type": task_type},
+        "builder": {
+            "_target_": "mapmerge.adapters.transformers.build_model",
+            "directory": str(first),
+            "task_type": task_type,
+        },
         "pretrained": str(weights_file(pretrained, "model.transformers.pretrained")),
         "tasks": resolved,
         "merge": merge,
@@ -208,9 +247,15 @@ def head_patterns(heads: Any, task_type: str, pretrained: Path, tasks: Sequence[
     body = top.most_common(1)[0][0]
     patterns = list(heads) if isinstance(heads, list) else []
     if heads == "auto" and task_type == "sequence_classification":
-        patterns += [f"{g}.*" if any("." in n for n in task_shapes[0] if n.split(".")[0] == g) else g for g in sorted(top) if g != body]
+        patterns += [
+            f"{g}.*" if any("." in n for n in task_shapes[0] if n.split(".")[0] == g) else g
+            for g in sorted(top)
+            if g != body
+        ]
     pre = header_shapes(pretrained)
-    if not any(name.startswith(f"{body}.") for name in pre):  # a base model's names, as the checkpoint reader gives them
+    if not any(
+        name.startswith(f"{body}.") for name in pre
+    ):  # a base model's names, as the checkpoint reader gives them
         pre = {f"{body}.{name}": shape for name, shape in pre.items()}
     differing = sorted({n for shapes in task_shapes for n, s in shapes.items() if n in pre and pre[n] != s})
     return patterns + [n for n in differing if n not in patterns]
@@ -251,12 +296,16 @@ def label_ids(labels: pd.Series, data: str, label_column: str, directory: str | 
     if not pd.api.types.is_integer_dtype(labels):
         unknown = sorted({str(v) for v in labels if str(v) not in label2id})
         if unknown:
-            raise ConfigError(f"{data}: label '{unknown[0]}' in column '{label_column}' is not an integer nor in {directory}/config.json label2id")
+            raise ConfigError(
+                f"{data}: label '{unknown[0]}' in column '{label_column}' is not an integer nor in {directory}/config.json label2id"
+            )
         return labels.map(lambda v: label2id[str(v)])
     n_labels = config.get("num_labels") or len(config.get("id2label") or label2id) or None
     if n_labels is not None and len(labels) and not (labels.min() >= 0 and labels.max() < n_labels):
         bad = labels[(labels < 0) | (labels >= n_labels)].iloc[0]
-        raise ConfigError(f"{data}: label {bad} in column '{label_column}' is outside 0..{n_labels - 1} ({directory}/config.json has {n_labels} labels)")
+        raise ConfigError(
+            f"{data}: label {bad} in column '{label_column}' is outside 0..{n_labels - 1} ({directory}/config.json has {n_labels} labels)"
+        )
     return labels
 
 
@@ -276,8 +325,17 @@ class SequenceClassificationEvaluator:
     tokenizer of directory `tokenizer`; the first `limit` rows when limit is set.
     """
 
-    def __init__(self, data: str, tokenizer: str, directory: str | None = None, text_column: str = "text",
-                 label_column: str = "label", max_length: int = 128, batch_size: int = 32, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        data: str,
+        tokenizer: str,
+        directory: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        max_length: int = 128,
+        batch_size: int = 32,
+        limit: int | None = None,
+    ) -> None:
         import torch
 
         frame = read_examples(data, [text_column, label_column], limit)
@@ -293,12 +351,20 @@ class SequenceClassificationEvaluator:
         import torch
         import torch.nn.functional as F
 
-        logits = torch.cat([module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-                            for ids, mask in self.batches])
+        logits = torch.cat(
+            [
+                module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+                for ids, mask in self.batches
+            ]
+        )
         if int(self.labels.max()) >= logits.shape[1] or int(self.labels.min()) < 0:
-            raise ValueError(f"labels range over {int(self.labels.min())}..{int(self.labels.max())} but the model has {logits.shape[1]} labels")
+            raise ValueError(
+                f"labels range over {int(self.labels.min())}..{int(self.labels.max())} but the model has {logits.shape[1]} labels"
+            )
         loss = F.cross_entropy(logits, self.labels, reduction="none")
-        return pd.DataFrame({"example": range(len(loss)), "correct": (logits.argmax(1) == self.labels).numpy(), "loss": loss.numpy()})
+        return pd.DataFrame(
+            {"example": range(len(loss)), "correct": (logits.argmax(1) == self.labels).numpy(), "loss": loss.numpy()}
+        )
 
 
 class CausalLMEvaluator:
@@ -308,8 +374,15 @@ class CausalLMEvaluator:
     tokenizer of directory `tokenizer`; every example needs at least 2 tokens.
     """
 
-    def __init__(self, data: str, tokenizer: str, text_column: str = "text", max_length: int = 128,
-                 batch_size: int = 32, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        data: str,
+        tokenizer: str,
+        text_column: str = "text",
+        max_length: int = 128,
+        batch_size: int = 32,
+        limit: int | None = None,
+    ) -> None:
         frame = read_examples(data, [text_column], limit)
         tok = _tokenizer(tokenizer)
         encoded = tok(frame[text_column].astype(str).tolist(), truncation=True, max_length=int(max_length))["input_ids"]
@@ -323,8 +396,12 @@ class CausalLMEvaluator:
     def __call__(self, module: Any, device: Any) -> pd.DataFrame:
         import torch
 
-        losses = [token_losses(module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits, ids.to(device), mask.to(device))
-                  for ids, mask in self.batches]
+        losses = [
+            token_losses(
+                module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits, ids.to(device), mask.to(device)
+            )
+            for ids, mask in self.batches
+        ]
         loss = torch.cat(losses).cpu()
         return pd.DataFrame({"example": range(len(loss)), "loss": loss.numpy()})
 
@@ -376,8 +453,14 @@ def save_merged_models(
                 state = {}
                 for name in own.keys():
                     tensor = own.get(name)
-                    state[own.stored_name(name)] = (merged[name].to(tensor.dtype) if name in names else tensor).contiguous()
-            save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", "mapmerge": json.dumps(dict(metadata or {}), sort_keys=True)})
+                    state[own.stored_name(name)] = (
+                        merged[name].to(tensor.dtype) if name in names else tensor
+                    ).contiguous()
+            save_file(
+                state,
+                str(target / "model.safetensors"),
+                metadata={"format": "pt", "mapmerge": json.dumps(dict(metadata or {}), sort_keys=True)},
+            )
             del state
         old = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.old"
         if out_dir.exists():

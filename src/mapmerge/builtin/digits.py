@@ -54,6 +54,7 @@ _TRANSFORMS: dict[str, Transform] = {
 
 TASK_NAMES: tuple[str, ...] = tuple(_TRANSFORMS)
 
+
 def check_dataset(dataset: str) -> str:
     """Return `dataset` if known, else raise ValueError listing the known ones."""
     if dataset not in DATASETS:
@@ -100,9 +101,7 @@ def _split_indices(
     from sklearn.model_selection import train_test_split
 
     labels = _images(dataset, subset, seed, data_dir)[1]
-    train, test = train_test_split(
-        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
-    )
+    train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
     return {"train": train, "test": test}
 
 

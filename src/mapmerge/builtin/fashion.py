@@ -54,7 +54,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     shape = tuple(int(n) for n in np.frombuffer(data, ">u4", count=ndim, offset=4))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(shape)) * dtype.itemsize:
-        raise ArtifactError(f"{path}: IDX header says shape {shape}, but the file holds {len(data) - offset} bytes of data")
+        raise ArtifactError(
+            f"{path}: IDX header says shape {shape}, but the file holds {len(data) - offset} bytes of data"
+        )
     return np.frombuffer(data, dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -64,7 +66,9 @@ def read_split(split: str = "train", data_dir: str = DATA_DIR) -> tuple[np.ndarr
     image_file, label_file = files(split, data_dir)
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ArtifactError(f"{image_file}: {images.shape} images do not match {labels.shape} labels in {label_file.name}")
+        raise ArtifactError(
+            f"{image_file}: {images.shape} images do not match {labels.shape} labels in {label_file.name}"
+        )
     return images, labels.astype(np.int64)
 
 

@@ -108,7 +108,11 @@ def check_cfg(cfg: Mapping[str, Any], n_dims: int) -> tuple[int, float, float, s
 def initial_sampler(sampler: Mapping[str, Any], cfg: Mapping[str, Any], n_dims: int) -> dict[str, Any]:
     """The design sampler of round 0: `initial_factor` times the surrogate's parameters, and enough
     points (P + 2) for leave-one-out errors."""
-    return {**sampler, "factor": float(cfg["initial_factor"]), "min_points": max(int(sampler.get("min_points", 0)), n_params(n_dims) + 2)}
+    return {
+        **sampler,
+        "factor": float(cfg["initial_factor"]),
+        "min_points": max(int(sampler.get("min_points", 0)), n_params(n_dims) + 2),
+    }
 
 
 def round_size(cfg: Mapping[str, Any], n_dims: int) -> int:
@@ -144,9 +148,7 @@ def _powers(bins: int, n_angles: int) -> np.ndarray:
     return bins ** np.arange(n_angles - 1, -1, -1, dtype=np.int64)
 
 
-def bin_probabilities(
-    phi: np.ndarray, errors: np.ndarray, bins: int, lam: float, temperature: float
-) -> np.ndarray:
+def bin_probabilities(phi: np.ndarray, errors: np.ndarray, bins: int, lam: float, temperature: float) -> np.ndarray:
     """Probabilities over the bins**(M-1) angular bins (row-major bin index) of the next points.
 
     A bin with points scores mean + lam * std (population std) of their errors; a bin without any

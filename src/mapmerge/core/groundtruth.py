@@ -96,11 +96,16 @@ class ExampleMatrices:
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Per task, how often each example is drawn: its examples with replacement, one draw for every sample."""
-        return {task: np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for task, ids in self.ids.items()}
+        return {
+            task: np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for task, ids in self.ids.items()
+        }
 
     def metrics(self, counts: Mapping[str, np.ndarray]) -> pd.DataFrame:
         """Wide metrics (sample x `<metric>_<task>`, as wide_metrics) with each example weighted by its count."""
-        columns = {f"{metric}_{task}": block @ counts[task] / counts[task].sum() for (metric, task), block in sorted(self.blocks.items())}
+        columns = {
+            f"{metric}_{task}": block @ counts[task] / counts[task].sum()
+            for (metric, task), block in sorted(self.blocks.items())
+        }
         return pd.DataFrame(columns, index=pd.Index(self.samples, name="sample"))
 
 
@@ -128,7 +133,9 @@ def front_indicators(
     return values
 
 
-def prediction_errors(points: pd.DataFrame, measured: pd.DataFrame, metrics: Sequence[str]) -> dict[tuple[str, str], float]:
+def prediction_errors(
+    points: pd.DataFrame, measured: pd.DataFrame, metrics: Sequence[str]
+) -> dict[tuple[str, str], float]:
     """(indicator, metric) -> pred_mae / pred_max: |predicted - measured| over the points and tasks.
 
     points: predicted `<metric>_<task>` per row; measured: the same columns, rows in the same order.
@@ -142,22 +149,37 @@ def prediction_errors(points: pd.DataFrame, measured: pd.DataFrame, metrics: Seq
 
 
 def _indicators(
-    wide: pd.DataFrame, grid_samples: Sequence[str], points: pd.DataFrame, metric: str, reference: np.ndarray, maximize: bool
+    wide: pd.DataFrame,
+    grid_samples: Sequence[str],
+    points: pd.DataFrame,
+    metric: str,
+    reference: np.ndarray,
+    maximize: bool,
 ) -> dict[tuple[str, str, str], float]:
     """Every indicator, keyed (indicator, front, metric), from the models' wide metrics."""
     tasks = suffixes(points.columns, metric)
     columns = [f"{metric}_{t}" for t in tasks]
     measured = wide.loc[points["sample"]].reset_index(drop=True)
     fronts = {"predicted": points[columns].to_numpy(dtype=float), "real": measured[columns].to_numpy(dtype=float)}
-    values = {(i, f, metric): v for (i, f), v in front_indicators(wide.loc[grid_samples, columns].to_numpy(dtype=float), fronts,
-                                                                    reference, maximize).items()}
+    values = {
+        (i, f, metric): v
+        for (i, f), v in front_indicators(
+            wide.loc[grid_samples, columns].to_numpy(dtype=float), fronts, reference, maximize
+        ).items()
+    }
     shared = [m for m in METRICS if f"{m}_{tasks[0]}" in points.columns and f"{m}_{tasks[0]}" in measured.columns]
     values.update({(i, "predicted", m): v for (i, m), v in prediction_errors(points, measured, shared).items()})
     return values
 
 
 def validation_table(
-    examples: pd.DataFrame, points: pd.DataFrame, metric: str, maximize: bool, bootstrap: int, ci_level: float, seed: int
+    examples: pd.DataFrame,
+    points: pd.DataFrame,
+    metric: str,
+    maximize: bool,
+    bootstrap: int,
+    ci_level: float,
+    seed: int,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The indicators with bootstrap intervals (COLUMNS), and the hypervolume's reference point.
 
@@ -182,6 +204,19 @@ def validation_table(
     tail = 50 * (1 - ci_level)
     rows = []
     for (indicator, front, name), value in values.items():
-        low, high = np.percentile(draws[(indicator, front, name)], [tail, 100 - tail]) if bootstrap else (np.nan, np.nan)
-        rows.append([indicator, front, name, value, float(low), float(high), n_truth if front == "grid" else len(points), n_truth])
+        low, high = (
+            np.percentile(draws[(indicator, front, name)], [tail, 100 - tail]) if bootstrap else (np.nan, np.nan)
+        )
+        rows.append(
+            [
+                indicator,
+                front,
+                name,
+                value,
+                float(low),
+                float(high),
+                n_truth if front == "grid" else len(points),
+                n_truth,
+            ]
+        )
     return pd.DataFrame(rows, columns=COLUMNS), reference

@@ -71,8 +71,15 @@ def pair_greedily(models: Sequence[str], distance: np.ndarray) -> tuple[list[tup
 
 def plain_plan(tasks: Sequence[str]) -> pd.DataFrame:
     """The single-group plan of plain and Bayesian MAP."""
-    row = {"level": 1, "group": PLAIN_GROUP, "members": list(tasks), "member_tasks": [[t] for t in tasks],
-           "member_score": [float("nan")] * len(tasks), "tasks": list(tasks), "pairing": "none"}
+    row = {
+        "level": 1,
+        "group": PLAIN_GROUP,
+        "members": list(tasks),
+        "member_tasks": [[t] for t in tasks],
+        "member_score": [float("nan")] * len(tasks),
+        "tasks": list(tasks),
+        "pairing": "none",
+    }
     return pd.DataFrame([row], columns=PLAN_COLUMNS)
 
 
@@ -96,9 +103,17 @@ def pair_plan(
     rows = []
     for group, members in [*zip(names, pairs), *((None, (m,)) for m in passed)]:
         member_tasks = [list(models[m]) for m in members]
-        rows.append({"level": level, "group": group, "members": list(members), "member_tasks": member_tasks,
-                     "member_score": [float(scores[m]) for m in members],
-                     "tasks": [t for ts in member_tasks for t in ts], "pairing": pairing})
+        rows.append(
+            {
+                "level": level,
+                "group": group,
+                "members": list(members),
+                "member_tasks": member_tasks,
+                "member_score": [float(scores[m]) for m in members],
+                "tasks": [t for ts in member_tasks for t in ts],
+                "pairing": pairing,
+            }
+        )
     return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
@@ -114,8 +129,13 @@ def group_info(plan: pd.DataFrame, group: str) -> dict:
     if rows.empty:
         raise KeyError(f"the plan of level {plan['level'].iloc[0]} has no group '{group}'")
     row = rows.iloc[0]
-    return {"group": group, "level": int(row["level"]), "members": list(row["members"]),
-            "member_tasks": [list(t) for t in row["member_tasks"]], "tasks": list(row["tasks"])}
+    return {
+        "group": group,
+        "level": int(row["level"]),
+        "members": list(row["members"]),
+        "member_tasks": [list(t) for t in row["member_tasks"]],
+        "tasks": list(row["tasks"]),
+    }
 
 
 def group_plan(plan: str | os.PathLike, group: str) -> dict:
@@ -149,7 +169,9 @@ def weighted_mean(values: Mapping[str, np.ndarray] | Mapping[str, float], side: 
     return sum(w[t] * values[t] for t in side)
 
 
-def merge_score(measured: pd.Series, tasks: Sequence[str], metric: str, preference: Mapping[str, float] | None) -> float:
+def merge_score(
+    measured: pd.Series, tasks: Sequence[str], metric: str, preference: Mapping[str, float] | None
+) -> float:
     """A merged model's metric on its group: the preference-weighted mean of its tasks' measured `metric`.
 
     measured: the merge's real metrics indexed (metric, task) (mapmerge.core.metrics.measured_metrics).

@@ -106,9 +106,7 @@ def surrogate_front(
     partitions = ref_partitions if ref_partitions is not None else default_partitions(len(signs), pop_size)
     ref_dirs = get_reference_directions("das-dennis", len(signs), n_partitions=partitions)
     algorithm = NSGA3(ref_dirs=ref_dirs, pop_size=max(pop_size, len(ref_dirs)))
-    result = minimize(
-        _SurrogateProblem(predict, lo, hi, signs), algorithm, ("n_gen", n_gen), seed=seed, verbose=False
-    )
+    result = minimize(_SurrogateProblem(predict, lo, hi, signs), algorithm, ("n_gen", n_gen), seed=seed, verbose=False)
     return _sorted_front(result.pop.get("X"), result.pop.get("F") * signs, maximize)
 
 

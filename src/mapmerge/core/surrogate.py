@@ -7,9 +7,9 @@ followed by a nonlinear least-squares refinement on the metric's own scale.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -33,14 +33,24 @@ class _Link(NamedTuple):
 EPS = 1e-3  # values are fitted clipped into [low + EPS, high - EPS], where the link is finite
 _LINKS: dict[str, _Link] = {
     "sigmoid": _Link(expit, lambda z: expit(z) * expit(-z), logit, 0.0, 1.0),
-    "softplus": _Link(
-        lambda z: np.logaddexp(0.0, z), expit, lambda y: y + np.log(-np.expm1(-y)), 0.0, np.inf
-    ),
+    "softplus": _Link(lambda z: np.logaddexp(0.0, z), expit, lambda y: y + np.log(-np.expm1(-y)), 0.0, np.inf),
     "identity": _Link(lambda z: z, np.ones_like, lambda y: y, -np.inf, np.inf),
 }
 LINKS = tuple(_LINKS)
 COEF_PREFIX = "c_"
-TABLE_COLUMNS = ["task", "metric", "link", "n_samples", "r2", "rmse", "loo_rmse", "params", "tasks", "n_dropped", "dropped"]
+TABLE_COLUMNS = [
+    "task",
+    "metric",
+    "link",
+    "n_samples",
+    "r2",
+    "rmse",
+    "loo_rmse",
+    "params",
+    "tasks",
+    "n_dropped",
+    "dropped",
+]
 MISSING = ("error", "drop")  # surrogate.missing: refuse samples without a value, or fit without them
 
 

@@ -109,11 +109,27 @@ def plot_front_2d(
     if samples is not None and not samples.empty:
         _require_columns(samples, cols, "samples")
         pts = samples[cols].dropna()
-        ax.scatter(pts[cols[0]], pts[cols[1]], s=12, color="0.6", alpha=0.7, linewidths=0,
-                   label=f"evaluated samples ({len(pts)})", zorder=2)
+        ax.scatter(
+            pts[cols[0]],
+            pts[cols[1]],
+            s=12,
+            color="0.6",
+            alpha=0.7,
+            linewidths=0,
+            label=f"evaluated samples ({len(pts)})",
+            zorder=2,
+        )
 
-    ax.plot(pf[cols[0]], pf[cols[1]], "-o", color=FRONT_COLOR, markersize=3.5, linewidth=1.5,
-            label=f"predicted Pareto front ({len(pf)})", zorder=3)
+    ax.plot(
+        pf[cols[0]],
+        pf[cols[1]],
+        "-o",
+        color=FRONT_COLOR,
+        markersize=3.5,
+        linewidth=1.5,
+        label=f"predicted Pareto front ({len(pf)})",
+        zorder=3,
+    )
 
     for i, (task, color) in enumerate(zip(tasks, FINETUNED_COLORS)):
         value = _reference_value(reference, task, task, metric)
@@ -131,30 +147,63 @@ def plot_front_2d(
         predicted = _finite(row, cols)
         measured = _finite(row, [f"measured_{c}" for c in cols])
         if predicted is not None and measured is not None:
-            ax.plot([predicted[0], measured[0]], [predicted[1], measured[1]], color=SELECTED_COLOR,
-                    linewidth=0.8, zorder=5)
+            ax.plot(
+                [predicted[0], measured[0]], [predicted[1], measured[1]], color=SELECTED_COLOR, linewidth=0.8, zorder=5
+            )
         if predicted is not None:
-            ax.scatter(*predicted, marker="*", s=180, color=SELECTED_COLOR, edgecolors="black",
-                       linewidths=0.6, label="selected (predicted)", zorder=6)
+            ax.scatter(
+                *predicted,
+                marker="*",
+                s=180,
+                color=SELECTED_COLOR,
+                edgecolors="black",
+                linewidths=0.6,
+                label="selected (predicted)",
+                zorder=6,
+            )
         if measured is not None:
-            ax.scatter(*measured, marker="o", s=55, facecolors="white", edgecolors=SELECTED_COLOR,
-                       linewidths=1.8, label="selected (measured)", zorder=6)
+            ax.scatter(
+                *measured,
+                marker="o",
+                s=55,
+                facecolors="white",
+                edgecolors=SELECTED_COLOR,
+                linewidths=1.8,
+                label="selected (measured)",
+                zorder=6,
+            )
 
     if None not in pre:
         # Label the pretrained point on its side facing the middle of the (now final) axes.
         (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
         right, top = (pre[0] - x0) / (x1 - x0) > 0.7, (pre[1] - y0) / (y1 - y0) > 0.85
-        ax.annotate("pretrained", pre, xytext=(-7 if right else 7, -7 if top else 7), textcoords="offset points",
-                    ha="right" if right else "left", va="top" if top else "bottom", fontsize=8)
+        ax.annotate(
+            "pretrained",
+            pre,
+            xytext=(-7 if right else 7, -7 if top else 7),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            va="top" if top else "bottom",
+            fontsize=8,
+        )
     ax.set_xlabel(f"{metric} on {x_task}")
     ax.set_ylabel(f"{metric} on {y_task}")
     ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}")
     ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
     corner, tail = ((0.97, 0.97), (0.86, 0.86)) if maximize else ((0.03, 0.03), (0.14, 0.14))
-    ax.annotate("better", corner, xytext=tail, xycoords="axes fraction", textcoords="axes fraction",
-                ha="center", va="center", fontsize=8, color="0.35",
-                arrowprops={"arrowstyle": "->", "color": "0.35", "linewidth": 1.0})
+    ax.annotate(
+        "better",
+        corner,
+        xytext=tail,
+        xycoords="axes fraction",
+        textcoords="axes fraction",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="0.35",
+        arrowprops={"arrowstyle": "->", "color": "0.35", "linewidth": 1.0},
+    )
     fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return _save(fig, path)
 
@@ -214,31 +263,59 @@ def plot_front_parallel(
     ):
         xs = np.arange(len(cols), dtype=float)
         values = pf[cols].to_numpy(dtype=float)[order]
-        lines = LineCollection([np.column_stack([xs, v]) for v in values], cmap=CMAP, norm=norm,
-                               linewidths=1.0, alpha=0.75, zorder=2)
+        lines = LineCollection(
+            [np.column_stack([xs, v]) for v in values], cmap=CMAP, norm=norm, linewidths=1.0, alpha=0.75, zorder=2
+        )
         lines.set_array(mean[order])
         ax.add_collection(lines)
-        ax.scatter(np.tile(xs, len(values)), values.ravel(), c=np.repeat(mean[order], len(xs)), cmap=CMAP,
-                   norm=norm, s=7, linewidths=0, zorder=3)
+        ax.scatter(
+            np.tile(xs, len(values)),
+            values.ravel(),
+            c=np.repeat(mean[order], len(xs)),
+            cmap=CMAP,
+            norm=norm,
+            s=7,
+            linewidths=0,
+            zorder=3,
+        )
         ax.autoscale_view()
         _parallel_axes(ax, labels, ylabel, title)
         chosen = _finite(row, cols) if row is not None else None
         if chosen is not None:
-            ax.plot(xs, chosen, "-o", color=SELECTED_COLOR, linewidth=2.8, markersize=5,
-                    markeredgecolor="black", markeredgewidth=0.6, label="selected (predicted)", zorder=4)
+            ax.plot(
+                xs,
+                chosen,
+                "-o",
+                color=SELECTED_COLOR,
+                linewidth=2.8,
+                markersize=5,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                label="selected (predicted)",
+                zorder=4,
+            )
         if ax is ax_m and row is not None:
             measured = _finite(row, [f"measured_{c}" for c in cols])
             if measured is not None:
-                ax.plot(xs, measured, "--s", color="black", linewidth=1.6, markersize=4,
-                        label="selected (measured)", zorder=5)
+                ax.plot(
+                    xs,
+                    measured,
+                    "--s",
+                    color="black",
+                    linewidth=1.6,
+                    markersize=4,
+                    label="selected (measured)",
+                    zorder=5,
+                )
 
     legend: dict[str, Artist] = {}
     for ax in (ax_c, ax_m):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     if legend:
-        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend), fontsize=9,
-                   frameon=False)
+        fig.legend(
+            legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend), fontsize=9, frameon=False
+        )
     bar = fig.colorbar(lines, ax=[ax_c, ax_m], pad=0.01, fraction=0.04)
     bar.set_label(f"mean predicted {metric}")
     fig.suptitle(f"Pareto front in parallel coordinates: {_count(len(pf), 'point')}, {_count(len(tasks), 'task')}")
@@ -261,10 +338,15 @@ def plot_all(
     members: the coefficients' names, when they are not the tasks (nested MAP's upper levels).
     """
     out_dir = Path(out_dir)
-    paths = [plot_front_parallel(front, tasks, metric, out_dir / "front_parallel.png", selected=selected, members=members)]
+    paths = [
+        plot_front_parallel(front, tasks, metric, out_dir / "front_parallel.png", selected=selected, members=members)
+    ]
     if len(tasks) == 2:
-        paths.append(plot_front_2d(samples, front, reference, tasks, metric, out_dir / "front_2d.png",
-                                   selected=selected, maximize=maximize))
+        paths.append(
+            plot_front_2d(
+                samples, front, reference, tasks, metric, out_dir / "front_2d.png", selected=selected, maximize=maximize
+            )
+        )
     return paths
 
 
@@ -306,26 +388,88 @@ def plot_validation(
     line = len(tasks) == 2  # with more tasks a projected front is a cloud, not a curve
     for ax, (i, j) in zip(axes, pairs):
         x, y = cols[i], cols[j]
-        ax.scatter(grid[x], grid[y], s=9, color=GRID_COLOR, alpha=0.5, linewidths=0, label=f"grid, real ({len(grid)})", zorder=2)
-        ax.plot(truth.sort_values(x)[x], truth.sort_values(x)[y], "-o" if line else "o", color=TRUTH_COLOR, markersize=3,
-                linewidth=1.6, label="grid non-dominated (ground truth)", zorder=3)
-        ax.plot(predicted.sort_values(x)[x], predicted.sort_values(x)[y], "-" if line else "o", color=FRONT_COLOR, markersize=2.5,
-                linewidth=1.6, label="MAP, predicted", zorder=3)
-        for (_, row) in points.iterrows():
-            ax.plot([row[x], row[f"measured_{x}"]], [row[y], row[f"measured_{y}"]], color=SELECTED_COLOR, linewidth=0.7, zorder=4)
-        ax.scatter(points[f"measured_{x}"], points[f"measured_{y}"], marker="o", s=40, color=SELECTED_COLOR, edgecolors="black",
-                   linewidths=0.5, label=f"MAP, real ({len(points)})", zorder=5)
+        ax.scatter(
+            grid[x],
+            grid[y],
+            s=9,
+            color=GRID_COLOR,
+            alpha=0.5,
+            linewidths=0,
+            label=f"grid, real ({len(grid)})",
+            zorder=2,
+        )
+        ax.plot(
+            truth.sort_values(x)[x],
+            truth.sort_values(x)[y],
+            "-o" if line else "o",
+            color=TRUTH_COLOR,
+            markersize=3,
+            linewidth=1.6,
+            label="grid non-dominated (ground truth)",
+            zorder=3,
+        )
+        ax.plot(
+            predicted.sort_values(x)[x],
+            predicted.sort_values(x)[y],
+            "-" if line else "o",
+            color=FRONT_COLOR,
+            markersize=2.5,
+            linewidth=1.6,
+            label="MAP, predicted",
+            zorder=3,
+        )
+        for _, row in points.iterrows():
+            ax.plot(
+                [row[x], row[f"measured_{x}"]],
+                [row[y], row[f"measured_{y}"]],
+                color=SELECTED_COLOR,
+                linewidth=0.7,
+                zorder=4,
+            )
+        ax.scatter(
+            points[f"measured_{x}"],
+            points[f"measured_{y}"],
+            marker="o",
+            s=40,
+            color=SELECTED_COLOR,
+            edgecolors="black",
+            linewidths=0.5,
+            label=f"MAP, real ({len(points)})",
+            zorder=5,
+        )
         for k, axline in ((i, ax.axvline), (j, ax.axhline)):
             value = _reference_value(reference, tasks[k], tasks[k], metric)
             if value is not None:
-                axline(value, color=TASK_COLORS[k % len(TASK_COLORS)], linestyle="--", linewidth=1.2,
-                       label=f"fine-tuned {tasks[k]}", zorder=1)
+                axline(
+                    value,
+                    color=TASK_COLORS[k % len(TASK_COLORS)],
+                    linestyle="--",
+                    linewidth=1.2,
+                    label=f"fine-tuned {tasks[k]}",
+                    zorder=1,
+                )
         for n, (name, row) in enumerate((baselines if baselines is not None else pd.DataFrame()).iterrows()):
-            ax.scatter(row[x], row[y], marker=BASELINE_MARKERS[n % len(BASELINE_MARKERS)], s=55, color="white", edgecolors="black",
-                       linewidths=1.0, label=f"baseline: {name}", zorder=6)
+            ax.scatter(
+                row[x],
+                row[y],
+                marker=BASELINE_MARKERS[n % len(BASELINE_MARKERS)],
+                s=55,
+                color="white",
+                edgecolors="black",
+                linewidths=1.0,
+                label=f"baseline: {name}",
+                zorder=6,
+            )
             left, below = n % 2 == 1, n % 4 >= 2  # baselines often lie close together: labels take turns
-            ax.annotate(str(name), (row[x], row[y]), xytext=(-6 if left else 6, -4 if below else 4), textcoords="offset points",
-                        ha="right" if left else "left", va="top" if below else "bottom", fontsize=7)
+            ax.annotate(
+                str(name),
+                (row[x], row[y]),
+                xytext=(-6 if left else 6, -4 if below else 4),
+                textcoords="offset points",
+                ha="right" if left else "left",
+                va="top" if below else "bottom",
+                fontsize=7,
+            )
         ax.set_xlabel(f"{metric} on {tasks[i]}")
         ax.set_ylabel(f"{metric} on {tasks[j]}")
         ax.grid(True, color="0.9", linewidth=0.6, zorder=0)

@@ -16,6 +16,7 @@ from mapmerge.layout import Layout
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A DataFrame as a Markdown table, floats rounded."""
+
     def cell(value: object) -> str:
         if isinstance(value, (list, tuple, np.ndarray)):
             return ", ".join(cell(v) for v in value)
@@ -47,7 +48,9 @@ def chosen_merge(selected: pd.DataFrame) -> pd.DataFrame:
     return selected.iloc[-1].dropna().rename("value").rename_axis("column").reset_index()
 
 
-def write_html_tables(tables: Mapping[str, str | os.PathLike] | str | os.PathLike, outputs: Mapping[str, str | os.PathLike]) -> None:
+def write_html_tables(
+    tables: Mapping[str, str | os.PathLike] | str | os.PathLike, outputs: Mapping[str, str | os.PathLike]
+) -> None:
     """The key tables of a finished run as HTML pages for `snakemake --report`.
 
     tables: the run's reference, pareto, selected and evaluations tables (and validation) by those names,
@@ -57,21 +60,40 @@ def write_html_tables(tables: Mapping[str, str | os.PathLike] | str | os.PathLik
     """
     if not isinstance(tables, Mapping):
         layout = Layout(tables)
-        tables = {"reference": layout.reference, "pareto": layout.pareto, "selected": layout.selected,
-                  "evaluations": layout.ledger, "validation": layout.validation}
+        tables = {
+            "reference": layout.reference,
+            "pareto": layout.pareto,
+            "selected": layout.selected,
+            "evaluations": layout.ledger,
+            "validation": layout.validation,
+        }
     ledger = read_table(tables["evaluations"])
     pages = {
-        "models": ("Single models (real evaluations, reference.parquet)", single_models(read_table(tables["reference"]))),
+        "models": (
+            "Single models (real evaluations, reference.parquet)",
+            single_models(read_table(tables["reference"])),
+        ),
         "front": ("Predicted Pareto front (pareto.parquet)", read_table(tables["pareto"])),
-        "chosen": ("Chosen merge: coefficients, predicted and measured metrics (selected.parquet)", chosen_merge(read_table(tables["selected"]))),
-        "ledger": ("Real evaluations per stage, then per file (evaluations.parquet)", pd.concat([evaluations_by_stage(ledger), ledger], ignore_index=True)),
+        "chosen": (
+            "Chosen merge: coefficients, predicted and measured metrics (selected.parquet)",
+            chosen_merge(read_table(tables["selected"])),
+        ),
+        "ledger": (
+            "Real evaluations per stage, then per file (evaluations.parquet)",
+            pd.concat([evaluations_by_stage(ledger), ledger], ignore_index=True),
+        ),
     }
     if "validation" in outputs:
-        pages["validation"] = ("Validation against the grid's ground truth (validation.parquet)", read_table(tables["validation"]))
+        pages["validation"] = (
+            "Validation against the grid's ground truth (validation.parquet)",
+            read_table(tables["validation"]),
+        )
     for key, (title, frame) in pages.items():
         html = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
         with atomic_path(outputs[key]) as tmp:
-            tmp.write_text(f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{html}</body></html>\n")
+            tmp.write_text(
+                f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{html}</body></html>\n"
+            )
 
 
 def write_report(results: str | os.PathLike, group_names: Sequence[str], out: str | os.PathLike) -> Path:
@@ -99,7 +121,14 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
         ]
     tree = read_table(layout.group_tree)
     if len(tree) > 1:
-        columns = ["level", "group", "members", "member_score", "coefficients", *[c for c in tree.columns if c.startswith("measured_")]]
+        columns = [
+            "level",
+            "group",
+            "members",
+            "member_score",
+            "coefficients",
+            *[c for c in tree.columns if c.startswith("measured_")],
+        ]
         sections += ["## Nested merge tree (groups.parquet)", "", markdown_table(tree[columns]), ""]
     ledger = read_table(layout.ledger)
     sections += ["## Real evaluations (evaluations.parquet)", "", markdown_table(evaluations_by_stage(ledger)), ""]

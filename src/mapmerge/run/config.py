@@ -64,7 +64,9 @@ def load_config(
             cfg = compose(config_name="config", overrides=overrides)
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError("config: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from exc
+        raise ConfigError(
+            "config: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        ) from exc
     schema.check(raw, exp_keys, str(experiment) if experiment else None)
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
     preflight.check_plan(cfg)
@@ -206,7 +208,9 @@ def _benchmark_source(bench: dict[str, Any]) -> dict[str, Any]:
         return {}
     subset = bench.get("subset")
     if subset is None:
-        raise ConfigError("benchmark.subset: required with benchmark.dataset=fashion (images of Fashion-MNIST used, 100..60000)")
+        raise ConfigError(
+            "benchmark.subset: required with benchmark.dataset=fashion (images of Fashion-MNIST used, 100..60000)"
+        )
     data_dir = str(bench.get("data_dir") or fashion.DATA_DIR)
     try:
         fashion.files("train", data_dir)
@@ -279,7 +283,10 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     }
     # the merge operator, and the seed where it draws random numbers (else a seed change would rerun)
     merge_op = operators.validate(cfg.get("merge"))
-    operator = {"merge_operator": merge_op, "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None}
+    operator = {
+        "merge_operator": merge_op,
+        "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None,
+    }
     method, objective = cfg["method"], cfg["optimizer"]["objective"]
     sampler = cfg["sampler"]
     if method == "bayesian":
@@ -295,19 +302,36 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "ledger": {},
         "evaluate": {"model": evaluation_model, **operator},
         "plan_level": {
-            "method": method, "tasks": tasks,
-            **({"nested": cfg["nested"], "preference": cfg["preference"], "objective": objective} if method == "nested" else {}),
+            "method": method,
+            "tasks": tasks,
+            **(
+                {"nested": cfg["nested"], "preference": cfg["preference"], "objective": objective}
+                if method == "nested"
+                else {}
+            ),
         },
         "sample_coefficients": {"sampler": sampler, "seed": cfg["seed"]},
         # not the number of rounds (more rounds keep the earlier ones) nor the initial design's size (its own stage)
         "propose_round": {
             "bayesian": {k: v for k, v in cfg["bayesian"].items() if k not in ("rounds", "initial_factor")},
-            "surrogate": cfg["surrogate"], "sampler": cfg["sampler"], "objective": objective, "seed": cfg["seed"],
+            "surrogate": cfg["surrogate"],
+            "sampler": cfg["sampler"],
+            "objective": objective,
+            "seed": cfg["seed"],
         },
         "fit_surrogate": {"surrogate": cfg["surrogate"]},
         # a nested group's objectives are preference-weighted means of its tasks; plain MAP's front does not depend on it
-        "pareto_front": {"optimizer": cfg["optimizer"], "seed": cfg["seed"], **({"preference": cfg["preference"]} if method == "nested" else {})},
-        "merge_group": {"selection": cfg["selection"], "preference": cfg["preference"], "objective": cfg["optimizer"]["objective"], **operator},
+        "pareto_front": {
+            "optimizer": cfg["optimizer"],
+            "seed": cfg["seed"],
+            **({"preference": cfg["preference"]} if method == "nested" else {}),
+        },
+        "merge_group": {
+            "selection": cfg["selection"],
+            "preference": cfg["preference"],
+            "objective": cfg["optimizer"]["objective"],
+            **operator,
+        },
         "aggregate": {"objective": objective, "preference": cfg["preference"]},
         "report_tables": {},
     }

@@ -21,7 +21,7 @@ import ast
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ PACKAGE = "mapmerge"
 LENGTH = 12  # hex digits of a fingerprint
 
 Stat = tuple[int, int]  # (mtime_ns, size)
-Entry = tuple[int, str, tuple[str, ...] | None]  # (relative level, module, names imported from it; None for `import module`)
+Entry = tuple[
+    int, str, tuple[str, ...] | None
+]  # (relative level, module, names imported from it; None for `import module`)
 
 
 def source_root() -> Path:
@@ -49,7 +51,12 @@ def stage_fingerprint(
 
     root: the folder holding the mapmerge package (default: the one running).
     """
-    key = (module, tuple(sorted(set(targets(params)))), tuple(str(p) for p in python_path), str(Path(root or source_root()).resolve()))
+    key = (
+        module,
+        tuple(sorted(set(targets(params)))),
+        tuple(str(p) for p in python_path),
+        str(Path(root or source_root()).resolve()),
+    )
     cached = _closures.get(key)
     if cached is not None and all(_stat(path) == stat for path, stat in cached[1]):
         return cached[0]
@@ -66,7 +73,10 @@ _closures: dict[tuple, tuple[str, tuple[tuple[Path, Stat | None], ...]]] = {}
 
 
 def stage_files(
-    module: str, target_names: Iterable[str] = (), python_path: Sequence[str | os.PathLike] = (), root: str | os.PathLike | None = None
+    module: str,
+    target_names: Iterable[str] = (),
+    python_path: Sequence[str | os.PathLike] = (),
+    root: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Module name -> source file of everything stage module `module` and the `_target_`s can import (see the module doc)."""
     roots = (Path(root or source_root()),)
@@ -165,7 +175,7 @@ def _source(path: Path) -> tuple[str, tuple[Entry, ...]]:
     return _parse(str(path), _stat(path))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse(path: str, stat: Stat | None) -> tuple[str, tuple[Entry, ...]]:
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()

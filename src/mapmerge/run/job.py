@@ -26,8 +26,9 @@ import os
 import sys
 import traceback
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mapmerge.run import runlock
 from mapmerge.run.logs import run_stage
@@ -43,7 +44,9 @@ def shell_command(conda: bool = False) -> str:
     activated environment), or by `python` where the rule's conda environment is active (--sdm conda) and
     where the command is pasted into a shell by hand (it names the log and the spec: the job runs alone)."""
     os.environ[PYTHON] = "python" if conda else sys.executable
-    return '"${{' + PYTHON + ':-python}}" -m mapmerge.run.job {log:q} {params.job:q}'  # braces doubled: Snakemake formats it
+    return (
+        '"${{' + PYTHON + ':-python}}" -m mapmerge.run.job {log:q} {params.job:q}'
+    )  # braces doubled: Snakemake formats it
 
 
 def encode(spec: dict[str, Any]) -> str:
@@ -56,7 +59,7 @@ def encode(spec: dict[str, Any]) -> str:
 
 def decode(text: str) -> dict[str, Any]:
     if text.startswith(COMPRESSED):
-        text = zlib.decompress(base64.b64decode(text[len(COMPRESSED):])).decode()
+        text = zlib.decompress(base64.b64decode(text[len(COMPRESSED) :])).decode()
     return json.loads(text)
 
 
@@ -66,7 +69,11 @@ def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any]
     function = getattr(importlib.import_module(f"mapmerge.stages.{stage.module}"), stage.function)
     params = dict(spec.get("params") or {})
     stage_params = params.pop("stage", None)
-    return function, stage_params, {**spec.get("inputs", {}), **spec.get("outputs", {}), **spec.get("args", {}), **params}
+    return (
+        function,
+        stage_params,
+        {**spec.get("inputs", {}), **spec.get("outputs", {}), **spec.get("args", {}), **params},
+    )
 
 
 def describe(spec: dict[str, Any]) -> str:

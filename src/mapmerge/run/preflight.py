@@ -90,7 +90,9 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
     method, n_tasks = cfg["method"], len(cfg["task_names"])
     members = groups.n_members(method, n_tasks)
     p = n_params(members)
-    sampler = cfg["sampler"] if method != "bayesian" else bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], members)
+    sampler = (
+        cfg["sampler"] if method != "bayesian" else bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], members)
+    )
     points = design_size(members, sampler)
     if points <= p:
         key = "bayesian.initial_factor" if method == "bayesian" else "sampler.factor"
@@ -106,7 +108,9 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
             f"{least} to place points between the extremes"
         )
     if optimizer["ref_partitions"] == 1:
-        raise ConfigError("optimizer.ref_partitions: 1 gives only the extreme directions (one task each); use 2 or more, or null")
+        raise ConfigError(
+            "optimizer.ref_partitions: 1 gives only the extreme directions (one task each); use 2 or more, or null"
+        )
     run = plan(cfg)
     budget = cfg["budget"]["max_evaluations"]
     if budget is not None and run.task_evaluations > budget:
@@ -137,7 +141,9 @@ def task_key(model: Mapping[str, Any], task: str) -> str:
 
 def pretrained_key(model: Mapping[str, Any]) -> str:
     adapter = model.get("adapter")
-    return {"transformers": "model.transformers.pretrained", "openclip": "model.openclip.root"}.get(adapter, "model.pretrained")
+    return {"transformers": "model.transformers.pretrained", "openclip": "model.openclip.root"}.get(
+        adapter, "model.pretrained"
+    )
 
 
 def check_files(cfg: Mapping[str, Any]) -> None:
@@ -179,7 +185,11 @@ def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> 
     """spec's _target_ must import: its module found (mapmerge's own are not imported here), a user's callable in it."""
     target = spec["_target_"]
     module, _, name = target.rpartition(".")
-    where = f"model.python_path ({', '.join(python_path)})" if python_path else "the installed packages (model.python_path is empty)"
+    where = (
+        f"model.python_path ({', '.join(python_path)})"
+        if python_path
+        else "the installed packages (model.python_path is empty)"
+    )
     if module.split(".")[0] == "mapmerge":
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"{key}._target_: module {module} not found")
@@ -205,7 +215,9 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
     merge = model["merge"]
     for task in tasks:
         try:
-            compatible_names(model["pretrained"], model["tasks"][task]["checkpoint"], merge["include"], merge["exclude"])
+            compatible_names(
+                model["pretrained"], model["tasks"][task]["checkpoint"], merge["include"], merge["exclude"]
+            )
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None

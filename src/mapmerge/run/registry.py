@@ -28,12 +28,20 @@ class Stage:
     function: str  # its run_* entry point
     inputs: tuple[str, ...] = ()  # the rule's named inputs, passed by name
     outputs: tuple[str, ...] = ()  # the rule's named outputs, passed by name
-    args: tuple[str, ...] = ()  # other values the function takes by name: wildcards, the rule's other params, job settings
-    params: str = ""  # the params builder (mapmerge.run.config.stage_config) of the rule's `stage` param; default: the rule
+    args: tuple[
+        str, ...
+    ] = ()  # other values the function takes by name: wildcards, the rule's other params, job settings
+    params: str = (
+        ""  # the params builder (mapmerge.run.config.stage_config) of the rule's `stage` param; default: the rule
+    )
     resources: str = "light"  # the config's resources group: light or evaluate
     threads: str = ""  # the resources group of its threads where it is not `resources`'s
-    after: tuple[str, ...] = ()  # inputs declared only so that the job waits for them (the stage finds them through the layout)
-    writes: tuple[str, ...] = ()  # outputs declared for Snakemake that the stage writes under its own names (a folder, plots)
+    after: tuple[
+        str, ...
+    ] = ()  # inputs declared only so that the job waits for them (the stage finds them through the layout)
+    writes: tuple[
+        str, ...
+    ] = ()  # outputs declared for Snakemake that the stage writes under its own names (a folder, plots)
     validation: bool = False  # an opt-in stage of validation.enabled
 
     @property
@@ -45,43 +53,148 @@ class Stage:
         return self.threads or self.resources
 
 
-ENGINE = ("pretrained", "vectors", "checkpoints")  # what an evaluation or merge reads: task vectors keyed by model, checkpoints by task
+ENGINE = (
+    "pretrained",
+    "vectors",
+    "checkpoints",
+)  # what an evaluation or merge reads: task vectors keyed by model, checkpoints by task
 EVALUATION_ARGS = ("device", "threads")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare_benchmark", "prepare_benchmark", "run_prepare_benchmark", outputs=("pretrained", "finetuned", "table")),
-    Stage("extract_task_vector", "task_vectors", "run_extract_task_vector", ("pretrained", "finetuned"), ("vector",), ("task",)),
+    Stage(
+        "prepare_benchmark", "prepare_benchmark", "run_prepare_benchmark", outputs=("pretrained", "finetuned", "table")
+    ),
+    Stage(
+        "extract_task_vector",
+        "task_vectors",
+        "run_extract_task_vector",
+        ("pretrained", "finetuned"),
+        ("vector",),
+        ("task",),
+    ),
     Stage("task_vector_table", "task_vectors", "run_task_vector_table", ("vectors",), ("table",)),
-    Stage("evaluate_reference", "evaluation", "run_evaluate_reference", ENGINE, ("metrics", "examples"), EVALUATION_ARGS,
-          params="evaluate", resources="evaluate"),
-    Stage("plan_level", "plan_level", "run_plan_level", ("reference", "previous", "selected", "vectors"), ("plan",), ("level",)),
+    Stage(
+        "evaluate_reference",
+        "evaluation",
+        "run_evaluate_reference",
+        ENGINE,
+        ("metrics", "examples"),
+        EVALUATION_ARGS,
+        params="evaluate",
+        resources="evaluate",
+    ),
+    Stage(
+        "plan_level",
+        "plan_level",
+        "run_plan_level",
+        ("reference", "previous", "selected", "vectors"),
+        ("plan",),
+        ("level",),
+    ),
     Stage("sample_coefficients", "sample_coefficients", "run_sample_coefficients", ("plan",), ("samples",), ("group",)),
     Stage("propose_round", "propose_round", "run_propose_round", ("rounds", "evals"), ("samples",), ("round",)),
-    Stage("evaluate_sample", "evaluation", "run_evaluate_samples", (*ENGINE, "plan"), ("examples",),
-          ("group", "coefficients", *EVALUATION_ARGS, "on_error"), params="evaluate", resources="evaluate"),
-    Stage("evaluate_round", "evaluation", "run_evaluate_round", (*ENGINE, "plan", "samples"), ("examples",),
-          ("group", "index", "size", *EVALUATION_ARGS, "on_error"), params="evaluate", resources="evaluate"),
+    Stage(
+        "evaluate_sample",
+        "evaluation",
+        "run_evaluate_samples",
+        (*ENGINE, "plan"),
+        ("examples",),
+        ("group", "coefficients", *EVALUATION_ARGS, "on_error"),
+        params="evaluate",
+        resources="evaluate",
+    ),
+    Stage(
+        "evaluate_round",
+        "evaluation",
+        "run_evaluate_round",
+        (*ENGINE, "plan", "samples"),
+        ("examples",),
+        ("group", "index", "size", *EVALUATION_ARGS, "on_error"),
+        params="evaluate",
+        resources="evaluate",
+    ),
     Stage("collect_metrics", "collect", "run_collect_metrics", ("rounds", "evals"), ("metrics", "samples")),
     Stage("fit_surrogate", "fit_surrogate", "run_fit_surrogate", ("samples", "metrics"), ("surrogate",)),
     Stage("pareto_front", "pareto_front", "run_pareto_front", ("surrogate", "samples", "plan"), ("front",), ("group",)),
-    Stage("merge_group", "merge_group", "run_merge_group", (*ENGINE, "plan", "front"), ("merged", "vector", "choice"),
-          ("group", "folders"), writes=("folders",)),
-    Stage("evaluate_selected", "evaluation", "run_evaluate_selected", (*ENGINE, "plan", "choice"), ("examples",),
-          ("group", *EVALUATION_ARGS), params="evaluate", resources="evaluate"),
+    Stage(
+        "merge_group",
+        "merge_group",
+        "run_merge_group",
+        (*ENGINE, "plan", "front"),
+        ("merged", "vector", "choice"),
+        ("group", "folders"),
+        writes=("folders",),
+    ),
+    Stage(
+        "evaluate_selected",
+        "evaluation",
+        "run_evaluate_selected",
+        (*ENGINE, "plan", "choice"),
+        ("examples",),
+        ("group", *EVALUATION_ARGS),
+        params="evaluate",
+        resources="evaluate",
+    ),
     Stage("ledger", "collect", "run_ledger", ("evals",), ("ledger",)),
-    Stage("aggregate", "aggregate", "run_aggregate", ("reference", "plans", "ledger"), ("pareto", "selected", "groups", "report"),
-          ("results", "group_names"), after=("group_tables",), writes=("plots",)),
-    Stage("report_tables", "report_tables", "run_report_tables", ("reference", "pareto", "selected", "evaluations", "validation_table"),
-          ("models", "front", "chosen", "ledger", "validation")),
+    Stage(
+        "aggregate",
+        "aggregate",
+        "run_aggregate",
+        ("reference", "plans", "ledger"),
+        ("pareto", "selected", "groups", "report"),
+        ("results", "group_names"),
+        after=("group_tables",),
+        writes=("plots",),
+    ),
+    Stage(
+        "report_tables",
+        "report_tables",
+        "run_report_tables",
+        ("reference", "pareto", "selected", "evaluations", "validation_table"),
+        ("models", "front", "chosen", "ledger", "validation"),
+    ),
     # validation (validation.enabled)
-    Stage("validate_grid", "evaluation", "run_evaluate_samples", (*ENGINE, "plan"), ("examples",),
-          ("group", "coefficients", *EVALUATION_ARGS, "on_error", "stage"), params="evaluate", resources="evaluate", validation=True),
-    Stage("validate_front", "validate_front", "run_evaluate_front", (*ENGINE, "plan", "front"), ("points", "examples"),
-          EVALUATION_ARGS, resources="evaluate", validation=True),
-    Stage("validate_baseline", "validate_baseline", "run_evaluate_baseline", (*ENGINE, "plan"), ("examples",),
-          ("baseline", *EVALUATION_ARGS), resources="evaluate", validation=True),
-    Stage("validate", "validate", "run_validate", ("front", "points", "front_evals", "grid", "baselines", "reference"),
-          ("table", "plot"), threads="light", resources="evaluate", validation=True),
+    Stage(
+        "validate_grid",
+        "evaluation",
+        "run_evaluate_samples",
+        (*ENGINE, "plan"),
+        ("examples",),
+        ("group", "coefficients", *EVALUATION_ARGS, "on_error", "stage"),
+        params="evaluate",
+        resources="evaluate",
+        validation=True,
+    ),
+    Stage(
+        "validate_front",
+        "validate_front",
+        "run_evaluate_front",
+        (*ENGINE, "plan", "front"),
+        ("points", "examples"),
+        EVALUATION_ARGS,
+        resources="evaluate",
+        validation=True,
+    ),
+    Stage(
+        "validate_baseline",
+        "validate_baseline",
+        "run_evaluate_baseline",
+        (*ENGINE, "plan"),
+        ("examples",),
+        ("baseline", *EVALUATION_ARGS),
+        resources="evaluate",
+        validation=True,
+    ),
+    Stage(
+        "validate",
+        "validate",
+        "run_validate",
+        ("front", "points", "front_evals", "grid", "baselines", "reference"),
+        ("table", "plot"),
+        threads="light",
+        resources="evaluate",
+        validation=True,
+    ),
 )
 REGISTRY: dict[str, Stage] = {stage.rule: stage for stage in STAGES}
 
@@ -91,5 +204,7 @@ def stage_modules() -> dict[str, str]:
     modules: dict[str, str] = {}
     for stage in STAGES:
         if modules.setdefault(stage.params_key, stage.module) != stage.module:
-            raise ValueError(f"params {stage.params_key}: run by modules {modules[stage.params_key]} and {stage.module}")
+            raise ValueError(
+                f"params {stage.params_key}: run by modules {modules[stage.params_key]} and {stage.module}"
+            )
     return modules

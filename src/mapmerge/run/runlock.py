@@ -15,9 +15,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from mapmerge.io import undo_writes
 from mapmerge.layout import Layout

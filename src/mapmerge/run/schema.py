@@ -28,7 +28,9 @@ from pydantic import (
 from mapmerge.errors import ConfigError
 
 
-def _range(kind: type, low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False) -> Any:
+def _range(
+    kind: type, low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False
+) -> Any:
     """`kind` within bounds, with one message for the whole range ('must be in (0, 1]', 'must be an integer >= 1')."""
     if low is not None and high is not None:
         text = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
@@ -136,7 +138,9 @@ class Benchmark(Section):
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, list) and all(isinstance(t, str) for t in value))):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, list) and all(isinstance(t, str) for t in value))
+        ):
             raise ValueError("must be a number of tasks (the first n) or a list of task names")
         return value
 
@@ -314,11 +318,15 @@ class Config(Section):
     @model_validator(mode="after")
     def _objective_fitted(self) -> Config:
         if self.optimizer.objective not in self.surrogate.links:
-            raise ValueError(f"optimizer.objective: {self.optimizer.objective} is not fitted; surrogate.links has {', '.join(self.surrogate.links)}")
+            raise ValueError(
+                f"optimizer.objective: {self.optimizer.objective} is not fitted; surrogate.links has {', '.join(self.surrogate.links)}"
+            )
         return self
 
 
-def check(raw: Mapping[str, Any], experiment: Mapping[str, Any] | None = None, experiment_file: str | None = None) -> None:
+def check(
+    raw: Mapping[str, Any], experiment: Mapping[str, Any] | None = None, experiment_file: str | None = None
+) -> None:
     """ConfigError (one line) for the first problem of the composed config `raw`; experiment: the file's own keys."""
     try:
         Config.model_validate(raw)
@@ -326,7 +334,9 @@ def check(raw: Mapping[str, Any], experiment: Mapping[str, Any] | None = None, e
         raise ConfigError(_message(exc, raw, experiment, experiment_file)) from None
 
 
-def _message(exc: ValidationError, raw: Mapping[str, Any], experiment: Mapping[str, Any] | None, experiment_file: str | None) -> str:
+def _message(
+    exc: ValidationError, raw: Mapping[str, Any], experiment: Mapping[str, Any] | None, experiment_file: str | None
+) -> str:
     errors = exc.errors(include_url=False)
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains what follows it
     path = _written_path(error["loc"], raw, missing=error["type"] == "missing")
@@ -346,12 +356,26 @@ def _message(exc: ValidationError, raw: Mapping[str, Any], experiment: Mapping[s
 
 
 KINDS = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer", "float_type": "a number",
-    "float_parsing": "a number", "finite_number": "a finite number", "bool_type": "true or false", "bool_parsing": "true or false",
-    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
     "model_attributes_type": "a mapping",
 }
-BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
 def _plain(error: Mapping[str, Any]) -> str:

@@ -23,7 +23,9 @@ def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[
             raise ValueError(str(exc).replace("merge.", f"validation.baselines.{name}.", 1)) from exc
     if validation["enabled"]:
         if method not in ONE_GROUP_METHODS:
-            raise ValueError(f"validation.enabled: validation is for one-group methods ({', '.join(ONE_GROUP_METHODS)}), not method={method}")
+            raise ValueError(
+                f"validation.enabled: validation is for one-group methods ({', '.join(ONE_GROUP_METHODS)}), not method={method}"
+            )
         if n_tasks > validation["max_tasks"]:
             raise ValueError(
                 f"validation.max_tasks: a grid of {validation['resolution']}^{n_tasks} points is refused for {n_tasks} tasks "
@@ -32,23 +34,38 @@ def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[
     return validation
 
 
-def stage_params(stage: str, cfg: Mapping[str, Any], evaluation_model: Mapping[str, Any], operator: Mapping[str, Any]) -> dict[str, Any]:
+def stage_params(
+    stage: str, cfg: Mapping[str, Any], evaluation_model: Mapping[str, Any], operator: Mapping[str, Any]
+) -> dict[str, Any]:
     """The resolved sub-config a validation stage depends on (mapmerge.run.config.stage_config adds the code version).
 
     evaluation_model, operator: what the evaluations of the run's merges depend on (stage 'evaluate').
     """
     validation, objective = cfg["validation"], cfg["optimizer"]["objective"]
     if stage == "validate_front":
-        return {"model": evaluation_model, **operator, "front_points": validation["front_points"], "objective": objective}
+        return {
+            "model": evaluation_model,
+            **operator,
+            "front_points": validation["front_points"],
+            "objective": objective,
+        }
     if stage == "validate_baseline":
         baselines = {}
         for name, spec in validation["baselines"].items():
             op = operators.validate({k: v for k, v in spec.items() if k != "coefficient"})
-            baselines[name] = {"merge_operator": op, "merge_seed": cfg["seed"] if op["operator"] in operators.SEEDED else None,
-                               "coefficient": float(spec["coefficient"])}
+            baselines[name] = {
+                "merge_operator": op,
+                "merge_seed": cfg["seed"] if op["operator"] in operators.SEEDED else None,
+                "coefficient": float(spec["coefficient"]),
+            }
         return {"model": evaluation_model, "baselines": baselines}
     if stage == "validate":
-        return {"bootstrap": validation["bootstrap"], "ci_level": validation["ci_level"], "objective": objective, "seed": cfg["seed"]}
+        return {
+            "bootstrap": validation["bootstrap"],
+            "ci_level": validation["ci_level"],
+            "objective": objective,
+            "seed": cfg["seed"],
+        }
     raise ValueError(f"unknown validation stage '{stage}'; known: {', '.join(STAGES)}")
 
 

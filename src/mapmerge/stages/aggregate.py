@@ -35,10 +35,19 @@ def group_tree(
     for plan in plans:
         frame = read_table(plan)
         grouped = [row for row in frame.itertuples() if not pd.isna(row.group)]
-        coefficients = {row.Index: [float(choices[row.group][f"c_{m}"].iloc[0]) for m in row.members] for row in grouped}
-        scores = {row.Index: core_groups.merge_score(measured[row.group], list(row.tasks), metric, preference) for row in grouped}
-        frames.append(frame.assign(coefficients=[coefficients.get(i) for i in frame.index],
-                                   **{f"measured_{metric}": [scores.get(i, np.nan) for i in frame.index]}))
+        coefficients = {
+            row.Index: [float(choices[row.group][f"c_{m}"].iloc[0]) for m in row.members] for row in grouped
+        }
+        scores = {
+            row.Index: core_groups.merge_score(measured[row.group], list(row.tasks), metric, preference)
+            for row in grouped
+        }
+        frames.append(
+            frame.assign(
+                coefficients=[coefficients.get(i) for i in frame.index],
+                **{f"measured_{metric}": [scores.get(i, np.nan) for i in frame.index]},
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -80,6 +89,15 @@ def run_aggregate(
     samples = read_table(layout.samples(final))
     samples = samples.merge(wide_metrics(read_table(layout.metrics(final)), "sample").reset_index(), on="sample")
     tasks = suffixes(fronts[-1].columns, metric)
-    plots.plot_all(samples, fronts[-1], read_table(reference), tasks, metric, layout.plots, selected=chosen[-1],
-                   maximize=maximized(metric), members=suffixes(fronts[-1].columns, "c"))
+    plots.plot_all(
+        samples,
+        fronts[-1],
+        read_table(reference),
+        tasks,
+        metric,
+        layout.plots,
+        selected=chosen[-1],
+        maximize=maximized(metric),
+        members=suffixes(fronts[-1].columns, "c"),
+    )
     write_report(results, group_names, report)

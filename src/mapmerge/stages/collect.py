@@ -15,7 +15,12 @@ PathLike = str | os.PathLike
 
 
 def run_collect_metrics(
-    params: Mapping[str, Any], *, rounds: Sequence[PathLike], evals: Sequence[PathLike], metrics: PathLike, samples: PathLike
+    params: Mapping[str, Any],
+    *,
+    rounds: Sequence[PathLike],
+    evals: Sequence[PathLike],
+    metrics: PathLike,
+    samples: PathLike,
 ) -> None:
     """A group's evaluated samples (every round's coefficients) and their per-task metrics (sample, task, metric, value).
 

@@ -76,7 +76,10 @@ def run_evaluate_reference(
     models = {"pretrained": np.zeros(len(engine.members))}
     models.update({m: np.eye(len(engine.members))[i] for i, m in enumerate(engine.members)})
     rows = pd.concat(
-        [engine.evaluate(c, sample=name) for name, c in progress(models.items(), desc="evaluate reference", total=len(models), unit="model")],
+        [
+            engine.evaluate(c, sample=name)
+            for name, c in progress(models.items(), desc="evaluate reference", total=len(models), unit="model")
+        ],
         ignore_index=True,
     )
     inputs = _engine_inputs(files)
@@ -109,11 +112,21 @@ def run_evaluate_samples(
     files = groups.group_files(_files(pretrained, vectors, checkpoints), groups.group_plan(plan, group))
     engine = _engine(params, files, device, threads)
     out = Path(examples)
-    samples = progress(coefficients.items(), desc=f"evaluate {out.parent.parent.name}/{out.stem}", total=len(coefficients), unit="sample")
+    samples = progress(
+        coefficients.items(),
+        desc=f"evaluate {out.parent.parent.name}/{out.stem}",
+        total=len(coefficients),
+        unit="sample",
+    )
     rows = pd.concat([engine.evaluate(c, sample=s, on_error=on_error) for s, c in samples], ignore_index=True)
     failed = rows.dropna(subset=["error"])
     if len(failed):
-        logger.warning("%d of %d evaluations failed and were recorded in %s", len(failed), len(coefficients) * len(engine.tasks), examples)
+        logger.warning(
+            "%d of %d evaluations failed and were recorded in %s",
+            len(failed),
+            len(coefficients) * len(engine.tasks),
+            examples,
+        )
     write_table(rows, examples, stage, {**params, "c": dict(coefficients)}, [plan, *_engine_inputs(files)])
 
 
@@ -138,9 +151,20 @@ def run_evaluate_round(
     frame = read_table(samples).iloc[start : start + size]
     columns = [c for c in frame.columns if c.startswith("c_")]
     coefficients = {row["sample"]: [float(row[c]) for c in columns] for _, row in frame.iterrows()}
-    run_evaluate_samples(params, pretrained=pretrained, vectors=vectors, checkpoints=checkpoints, plan=plan, group=group,
-                         coefficients=coefficients, examples=examples, device=device, threads=threads, on_error=on_error,
-                         stage="evaluate_round")
+    run_evaluate_samples(
+        params,
+        pretrained=pretrained,
+        vectors=vectors,
+        checkpoints=checkpoints,
+        plan=plan,
+        group=group,
+        coefficients=coefficients,
+        examples=examples,
+        device=device,
+        threads=threads,
+        on_error=on_error,
+        stage="evaluate_round",
+    )
 
 
 def run_evaluate_selected(
@@ -159,5 +183,16 @@ def run_evaluate_selected(
     """Evaluate the chosen merge (choice.parquet) for real on every task of its group (per-example rows)."""
     frame = read_table(choice)
     c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in groups.group_plan(plan, group)["members"]]}
-    run_evaluate_samples(params, pretrained=pretrained, vectors=vectors, checkpoints=checkpoints, plan=plan, group=group,
-                         coefficients=c, examples=examples, device=device, threads=threads, stage="evaluate_selected")
+    run_evaluate_samples(
+        params,
+        pretrained=pretrained,
+        vectors=vectors,
+        checkpoints=checkpoints,
+        plan=plan,
+        group=group,
+        coefficients=c,
+        examples=examples,
+        device=device,
+        threads=threads,
+        stage="evaluate_selected",
+    )

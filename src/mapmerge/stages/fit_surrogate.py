@@ -23,11 +23,18 @@ def run_fit_surrogate(params: Mapping[str, Any], *, samples: PathLike, metrics: 
     cfg = params["surrogate"]
     try:
         table = quadratic.fit_table(
-            sample_frame, metric_frame, members, cfg["links"], loo=cfg["loo"], missing=cfg["missing"],
+            sample_frame,
+            metric_frame,
+            members,
+            cfg["links"],
+            loo=cfg["loo"],
+            missing=cfg["missing"],
             tasks=list(dict.fromkeys(metric_frame["task"])),
         )
     except quadratic.SurrogateError as exc:
         raise quadratic.SurrogateError(f"{metrics}: {exc}") from exc
     for row in table[table["n_dropped"] > 0].itertuples():
-        logger.warning("task %s, metric %s: fitted without samples %s (surrogate.missing=drop)", row.task, row.metric, row.dropped)
+        logger.warning(
+            "task %s, metric %s: fitted without samples %s (surrogate.missing=drop)", row.task, row.metric, row.dropped
+        )
     write_table(table, surrogate, "fit_surrogate", params, inputs=[samples, metrics])

@@ -41,7 +41,9 @@ def run_merge_group(
     folders/<task>/ (mapmerge.adapters.transformers.save_merged_models).
     """
     info = groups.group_plan(plan, group)
-    files = groups.group_files({"pretrained": pretrained, "vectors": dict(vectors), "checkpoints": dict(checkpoints)}, info)
+    files = groups.group_files(
+        {"pretrained": pretrained, "vectors": dict(vectors), "checkpoints": dict(checkpoints)}, info
+    )
     points = read_table(front)
     members = info["members"]
     sel = params["selection"]
@@ -51,8 +53,11 @@ def run_merge_group(
         row[f"weight_{member}"] = w
     c = [float(row[f"c_{m}"].iloc[0]) for m in members]
     operator = params.get("merge_operator") or {"operator": "task_arithmetic"}
-    metadata = {"coefficients": json.dumps(dict(zip(members, c))), "operator": json.dumps(operator),
-                "seed": json.dumps(params.get("merge_seed"))}  # what `mapmerge select` needs to merge again
+    metadata = {
+        "coefficients": json.dumps(dict(zip(members, c))),
+        "operator": json.dumps(operator),
+        "seed": json.dumps(params.get("merge_seed")),
+    }  # what `mapmerge select` needs to merge again
     for out, delta in ((merged, False), (vector, True)):  # one at a time: memory holds one model
         state = merge_files(files["pretrained"], files["vectors"], c, operator, params.get("merge_seed"), delta=delta)
         save_safetensors(state, out, metadata={"task": group, **metadata} if delta else metadata)
@@ -62,7 +67,9 @@ def run_merge_group(
     write_table(row, choice, "merge_group", params, inputs=[front, plan])
 
 
-def _save_transformers(state: Mapping[str, Any], files: EngineFiles, tasks: Sequence[str], out: Path, metadata: Mapping[str, str]) -> None:
+def _save_transformers(
+    state: Mapping[str, Any], files: EngineFiles, tasks: Sequence[str], out: Path, metadata: Mapping[str, str]
+) -> None:
     """The merge as one transformers directory per task (merged body, the task's head): out/<task>/."""
     with open_checkpoint(next(iter(files["vectors"].values()))) as reader:
         names = reader.keys()

@@ -30,8 +30,15 @@ def run_pareto_front(
     objectives = groups.group_objectives(objective_predictor(table, metric, tasks), info, params.get("preference"))
     maximize = [maximized(metric)] * len(members)
     C, F = pareto.surrogate_front(
-        objectives, len(members), lower, upper, maximize,
-        pop_size=opt["pop_size"], n_gen=opt["n_gen"], seed=params["seed"], ref_partitions=opt["ref_partitions"],
+        objectives,
+        len(members),
+        lower,
+        upper,
+        maximize,
+        pop_size=opt["pop_size"],
+        n_gen=opt["n_gen"],
+        seed=params["seed"],
+        ref_partitions=opt["ref_partitions"],
     )
     points = pd.DataFrame(C, columns=[f"c_{m}" for m in members])
     for other in sorted(set(table["metric"])):

@@ -52,10 +52,15 @@ def run_plan_level(
                 models[row.members[0]], scores[row.members[0]] = tasks_in, float(row.member_score[0])
                 continue
             models[row.group] = tasks_in
-            scores[row.group] = groups.merge_score(measured_metrics(selected[row.group]), tasks_in, metric, params["preference"])
+            scores[row.group] = groups.merge_score(
+                measured_metrics(selected[row.group]), tasks_in, metric, params["preference"]
+            )
         inputs = [previous, *selected.values()]
     if nested["pairing"] == "cosine":
-        from mapmerge.tensors.taskvectors import cosine_matrix, gram_matrix  # deferred: torch, for nested.pairing=cosine only
+        from mapmerge.tensors.taskvectors import (  # deferred: torch, for nested.pairing=cosine only
+            cosine_matrix,
+            gram_matrix,
+        )
 
         gram, _ = gram_matrix({m: vectors[m] for m in models})
         distance = 1.0 - cosine_matrix(gram).numpy()

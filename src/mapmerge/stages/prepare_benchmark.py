@@ -29,5 +29,7 @@ def run_prepare_benchmark(
     files = [folder / f for f in frame["file"]]
     missing = sorted({str(p) for p in [pretrained, *finetuned]} - {str(p) for p in files})
     if missing:
-        raise ArtifactError(f"{missing[0]}: not among the checkpoints the benchmark wrote ({', '.join(map(str, files))})")
+        raise ArtifactError(
+            f"{missing[0]}: not among the checkpoints the benchmark wrote ({', '.join(map(str, files))})"
+        )
     write_table(frame, table, "prepare_benchmark", params, inputs=files)

@@ -38,7 +38,9 @@ def run_propose_round(
     lower, upper = np.full(len(members), float(sampler["lower"])), np.full(len(members), float(sampler["upper"]))
     C = earlier[[f"c_{m}" for m in members]].to_numpy()
     n_new = bayesian.round_size(cfg, len(members))
-    points = bayesian.propose(C, errors.reindex(earlier["sample"]).to_numpy(), n_new, lower, upper, cfg, params["seed"] + rnd)
+    points = bayesian.propose(
+        C, errors.reindex(earlier["sample"]).to_numpy(), n_new, lower, upper, cfg, params["seed"] + rnd
+    )
     frame = pd.DataFrame(points, columns=[f"c_{m}" for m in members])
     frame.insert(0, "kind", "bayesian")
     frame.insert(0, "sample", [f"r{rnd:02d}s{i:04d}" for i in range(n_new)])

@@ -17,7 +17,9 @@ def run_extract_task_vector(
 ) -> None:
     """tau_task = finetuned - pretrained over the merged tensors, stored in model.merge.vector_dtype (`vector`)."""
     merge = params["merge"]
-    extract_task_vector(pretrained, finetuned, merge["include"], merge["exclude"], vector, task, merge.get("vector_dtype", "float32"))
+    extract_task_vector(
+        pretrained, finetuned, merge["include"], merge["exclude"], vector, task, merge.get("vector_dtype", "float32")
+    )
 
 
 def run_task_vector_table(params: Mapping[str, Any], *, vectors: Mapping[str, PathLike], table: PathLike) -> None:

@@ -47,7 +47,9 @@ def run_validate(
     chosen = read_table(points)
     grid_examples = pd.concat([read_table(p) for p in grid], ignore_index=True)
     examples = pd.concat([grid_examples, read_table(front_evals)], ignore_index=True)
-    indicators, hv_ref = validation_table(examples, chosen, metric, maximize, params["bootstrap"], params["ci_level"], params["seed"])
+    indicators, hv_ref = validation_table(
+        examples, chosen, metric, maximize, params["bootstrap"], params["ci_level"], params["seed"]
+    )
     tasks = suffixes(chosen.columns, metric)
     extra = {"mapmerge.hv_reference": json.dumps(dict(zip(tasks, hv_ref.tolist())))}
     inputs = [front, points, front_evals, *grid, *baselines.values(), reference]
@@ -57,6 +59,19 @@ def run_validate(
     wide = wide_metrics(metrics_from_examples(examples), "sample")
     true_grid = wide.loc[[s for s in wide.index if s.startswith(GRID_PREFIX)]]
     measured = wide.loc[chosen["sample"]].add_prefix("measured_").reset_index(drop=True)
-    base = pd.concat([wide_metrics(metrics_from_examples(read_table(p)), "sample") for p in baselines.values()]) if baselines else None
-    plots.plot_validation(true_grid, read_table(front), pd.concat([chosen, measured], axis=1), base, read_table(reference), tasks,
-                          metric, plot, maximize=maximize)
+    base = (
+        pd.concat([wide_metrics(metrics_from_examples(read_table(p)), "sample") for p in baselines.values()])
+        if baselines
+        else None
+    )
+    plots.plot_validation(
+        true_grid,
+        read_table(front),
+        pd.concat([chosen, measured], axis=1),
+        base,
+        read_table(reference),
+        tasks,
+        metric,
+        plot,
+        maximize=maximize,
+    )

@@ -27,5 +27,16 @@ def run_evaluate_baseline(
     """Evaluate one baseline (its name: `baseline`) for real: its operator (params['merge_operator']) at `coefficient` for every task."""
     members = groups.group_plan(plan, groups.PLAIN_GROUP)["members"]
     c = {baseline: [float(params["coefficient"])] * len(members)}
-    run_evaluate_samples(params, pretrained=pretrained, vectors=vectors, checkpoints=checkpoints, plan=plan, group=groups.PLAIN_GROUP,
-                         coefficients=c, examples=examples, device=device, threads=threads, stage="validate_baseline")
+    run_evaluate_samples(
+        params,
+        pretrained=pretrained,
+        vectors=vectors,
+        checkpoints=checkpoints,
+        plan=plan,
+        group=groups.PLAIN_GROUP,
+        coefficients=c,
+        examples=examples,
+        device=device,
+        threads=threads,
+        stage="validate_baseline",
+    )

@@ -34,6 +34,17 @@ def run_evaluate_front(
     chosen = front_sample(read_table(front), params["objective"], params["front_points"])
     members = groups.group_plan(plan, groups.PLAIN_GROUP)["members"]
     coefficients = {row["sample"]: [float(row[f"c_{m}"]) for m in members] for _, row in chosen.iterrows()}
-    run_evaluate_samples(params, pretrained=pretrained, vectors=vectors, checkpoints=checkpoints, plan=plan, group=groups.PLAIN_GROUP,
-                         coefficients=coefficients, examples=examples, device=device, threads=threads, stage="validate_front")
+    run_evaluate_samples(
+        params,
+        pretrained=pretrained,
+        vectors=vectors,
+        checkpoints=checkpoints,
+        plan=plan,
+        group=groups.PLAIN_GROUP,
+        coefficients=coefficients,
+        examples=examples,
+        device=device,
+        threads=threads,
+        stage="validate_front",
+    )
     write_table(chosen, points, "validate_front", params, inputs=[front, plan])

@@ -22,8 +22,15 @@ METADATA_KEY = "mapmerge"
 
 # safetensors dtype names (header "dtype") -> torch dtypes, for shapes and dtypes without reading data
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -78,7 +85,9 @@ class LazyCheckpoint:
 
     def _unreadable(self, exc: BaseException) -> ArtifactError:
         detail = " ".join(str(exc).split())  # one line
-        return ArtifactError(f"{self.path}: unreadable checkpoint ({detail}); if the workflow made it, {recompute_hint(self.path)}")
+        return ArtifactError(
+            f"{self.path}: unreadable checkpoint ({detail}); if the workflow made it, {recompute_hint(self.path)}"
+        )
 
     def keys(self) -> list[str]:
         """The tensors' names, in file order."""
@@ -211,14 +220,18 @@ def base_model_prefix(config: Mapping[str, Any]) -> str:
     return _base_model_prefix(str(architectures[0]) if architectures else "", str(config["model_type"]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_model_prefix(architecture: str, model_type: str) -> str:
     try:
         import transformers
         from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
     except ImportError as exc:
-        raise ArtifactError(f"reading a transformers checkpoint ({model_type}) needs transformers: pip install 'mapmerge[models]'") from exc
-    cls = getattr(transformers, architecture, None) or getattr(transformers, MODEL_MAPPING_NAMES.get(model_type, ""), None)
+        raise ArtifactError(
+            f"reading a transformers checkpoint ({model_type}) needs transformers: pip install 'mapmerge[models]'"
+        ) from exc
+    cls = getattr(transformers, architecture, None) or getattr(
+        transformers, MODEL_MAPPING_NAMES.get(model_type, ""), None
+    )
     return str(getattr(cls, "base_model_prefix", "") or "")
 
 

@@ -11,9 +11,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +59,9 @@ def build_module(builder: Mapping[str, Any], python_path: Sequence[str] = ()) ->
         detail = " ".join(str(exc).split())  # one line: Hydra's messages span several
         raise EvaluationError(f"model.builder: {builder.get('_target_')} failed: {detail}") from exc
     if not isinstance(module, torch.nn.Module):
-        raise EvaluationError(f"model.builder: {builder.get('_target_')} returned {type(module).__name__}, not a torch.nn.Module")
+        raise EvaluationError(
+            f"model.builder: {builder.get('_target_')} returned {type(module).__name__}, not a torch.nn.Module"
+        )
     return module
 
 
@@ -79,7 +81,9 @@ def _attached(owner: torch.nn.Module, leaf: str) -> torch.Tensor | None:
     return owner._parameters[leaf] if leaf in owner._parameters else owner._buffers.get(leaf)
 
 
-def _load_pretrained(module: torch.nn.Module, pre: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _load_pretrained(
+    module: torch.nn.Module, pre: dict[str, torch.Tensor], path: str | os.PathLike
+) -> dict[str, torch.Tensor]:
     """Load theta_pre into the built module; the tensors loaded.
 
     Strict, except that a tensor the checkpoint holds for a non-persistent buffer of the module is
@@ -101,7 +105,9 @@ def _load_pretrained(module: torch.nn.Module, pre: dict[str, torch.Tensor], path
 
 def _fits(tensor: torch.Tensor, shape: torch.Size, path: str | os.PathLike, name: str) -> torch.Tensor:
     if tensor.shape != shape:
-        raise ArtifactError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the pretrained model's has {tuple(shape)}")
+        raise ArtifactError(
+            f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the pretrained model's has {tuple(shape)}"
+        )
     return tensor
 
 
@@ -144,7 +150,9 @@ class MergeEngine:
             self.names = sorted(taus[0].keys()) if taus else merged_names(pre, merge["include"], merge["exclude"])
             for member, tau, path in zip(self.members, taus, vectors.values()):
                 if sorted(tau.keys()) != self.names:
-                    raise ArtifactError(f"{path}: task vector of '{member}' holds other tensors than '{self.members[0]}'")
+                    raise ArtifactError(
+                        f"{path}: task vector of '{member}' holds other tensors than '{self.members[0]}'"
+                    )
             shapes = [pre[n].shape for n in self.names]
             self.theta_pre = torch.cat([pre[n].float().flatten() for n in self.names]).to(self.device)
             # rows: the members' effective task vectors (the merge operator applied tensor by tensor)
@@ -170,7 +178,9 @@ class MergeEngine:
         # the tensors that are not merged (task heads, integer buffers), less those tied to another
         primary = {id(t): n for n, t in reversed(slots.items()) if n in pre or n in self.names}
         own = [n for n, t in slots.items() if n not in self.names and primary.get(id(t), n) == n]
-        self.own = {task: self._own_tensors(task, path, own, slots, pre, pretrained) for task, path in task_checkpoints.items()}
+        self.own = {
+            task: self._own_tensors(task, path, own, slots, pre, pretrained) for task, path in task_checkpoints.items()
+        }
         self.evaluators: dict[str, Evaluator] = {}
         for task in self.tasks:
             try:
@@ -252,7 +262,9 @@ class MergeEngine:
         try:
             rows = self.evaluators[task](self.module, self.device)
         except Exception as exc:
-            raise EvaluationError(f"sample {sample}, task {task}: evaluator raised {type(exc).__name__}: {exc}") from exc
+            raise EvaluationError(
+                f"sample {sample}, task {task}: evaluator raised {type(exc).__name__}: {exc}"
+            ) from exc
         return check_rows(rows, sample, task)
 
 

@@ -38,7 +38,9 @@ def merged_names(state: Mapping[str, torch.Tensor], include: Sequence[str], excl
     )
 
 
-def check_compatible(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], pre_path: str, ft_path: str) -> None:
+def check_compatible(
+    pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], pre_path: str, ft_path: str
+) -> None:
     """Raise ArtifactError naming the file and tensor when names or shapes differ (tensors may be 'meta')."""
     missing = sorted(set(pretrained) - set(finetuned))
     extra = sorted(set(finetuned) - set(pretrained))
@@ -62,7 +64,10 @@ def vector_dtype(name: str) -> torch.dtype:
 
 
 def compatible_names(
-    pretrained_path: str | os.PathLike, finetuned_path: str | os.PathLike, include: Sequence[str], exclude: Sequence[str]
+    pretrained_path: str | os.PathLike,
+    finetuned_path: str | os.PathLike,
+    include: Sequence[str],
+    exclude: Sequence[str],
 ) -> list[str]:
     """The merged tensors' names, from the headers alone; ArtifactError naming the file when they do not line up."""
     with open_checkpoint(pretrained_path) as pre, open_checkpoint(finetuned_path) as ft:
@@ -73,9 +78,13 @@ def _compatible(pre: LazyCheckpoint, ft: LazyCheckpoint, include: Sequence[str],
     pre_meta = pre.meta()
     names = merged_names(pre_meta, include, exclude)
     if not names:
-        raise ArtifactError(f"{pre.path}: no tensor matches model.merge include={list(include)} exclude={list(exclude)}")
+        raise ArtifactError(
+            f"{pre.path}: no tensor matches model.merge include={list(include)} exclude={list(exclude)}"
+        )
     ft_meta = ft.meta()
-    check_compatible({n: pre_meta[n] for n in names}, {n: ft_meta[n] for n in names if n in ft_meta}, str(pre.path), str(ft.path))
+    check_compatible(
+        {n: pre_meta[n] for n in names}, {n: ft_meta[n] for n in names if n in ft_meta}, str(pre.path), str(ft.path)
+    )
     return names
 
 
@@ -104,7 +113,9 @@ def extract_task_vector(
         for name in names:
             stored = (ft.get(name).float() - pre.get(name).float()).to(storage)
             if not torch.isfinite(stored).all():
-                raise ArtifactError(f"{finetuned_path}: tensor '{name}' minus the pretrained one overflows model.merge.vector_dtype {dtype}")
+                raise ArtifactError(
+                    f"{finetuned_path}: tensor '{name}' minus the pretrained one overflows model.merge.vector_dtype {dtype}"
+                )
             tau[name] = stored
             n_params += stored.numel()
             squares += float(stored.double().square().sum())
@@ -210,7 +221,9 @@ def _merge_tensor(
 ) -> torch.Tensor:
     total = pretrained.to(torch.float32, copy=True)
     if spec["operator"] == "task_arithmetic":
-        effective: Iterable[torch.Tensor] = (_checked(name, i, tau, pretrained).float() for i, tau in enumerate(vectors))
+        effective: Iterable[torch.Tensor] = (
+            _checked(name, i, tau, pretrained).float() for i, tau in enumerate(vectors)
+        )
     else:
         stacked = torch.empty((len(coefficients), *pretrained.shape), dtype=torch.float32, device=pretrained.device)
         count = 0
@@ -227,7 +240,9 @@ def _merge_tensor(
 
 def _checked(name: str, index: int, tau: torch.Tensor, pretrained: torch.Tensor) -> torch.Tensor:
     if tau.shape != pretrained.shape:
-        raise ValueError(f"tensor '{name}': task vector {index} has shape {tuple(tau.shape)}, pretrained {tuple(pretrained.shape)}")
+        raise ValueError(
+            f"tensor '{name}': task vector {index} has shape {tuple(tau.shape)}, pretrained {tuple(pretrained.shape)}"
+        )
     return tau
 
 
@@ -248,7 +263,9 @@ def merged_state(
     spec, members = _merge_spec(len(vectors), coefficients, operator, members)
     merged = dict(pretrained)
     for name in vectors[0] if vectors else []:
-        merged[name] = merge_tensor(spec, members, name, pretrained[name], (tau[name] for tau in vectors), coefficients, seed)
+        merged[name] = merge_tensor(
+            spec, members, name, pretrained[name], (tau[name] for tau in vectors), coefficients, seed
+        )
     return merged
 
 

@@ -53,13 +53,19 @@ def check(results: Path, delete: bool = False) -> tuple[str, int]:
     # while a driver runs, temporary files are outputs being written
     leftovers = [] if driver else [p for p in files if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)]
     lines = [f"bad: {why}" for _, why in bad] + [f"leftover: {p} (temporary file of a stopped job)" for p in leftovers]
-    lines.append(f"{len(artifacts)} artifacts checked under {results}: {len(bad)} bad, {len(leftovers)} leftover temporary files")
+    lines.append(
+        f"{len(artifacts)} artifacts checked under {results}: {len(bad)} bad, {len(leftovers)} leftover temporary files"
+    )
     if driver:
-        lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder; nothing is deleted while it runs")
+        lines.append(
+            f"a snakemake driver ({runlock.describe(driver)}) is running on this folder; nothing is deleted while it runs"
+        )
     if delete and not driver and (bad or leftovers):
         for path in [p for p, _ in bad] + leftovers:
             path.unlink()
-        lines.append(f"deleted {len(bad) + len(leftovers)} files; run snakemake again to recompute them and what depends on them")
+        lines.append(
+            f"deleted {len(bad) + len(leftovers)} files; run snakemake again to recompute them and what depends on them"
+        )
         return "\n".join(lines), 0
     return "\n".join(lines), 1 if bad else 0
 
@@ -79,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="read back every Parquet and safetensors artifact of a run and list the bad ones (exit status 1)"
     )
     verify.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
-    verify.add_argument("--delete", action="store_true", help="delete the bad and leftover files, so that snakemake recomputes them and what depends on them")
+    verify.add_argument(
+        "--delete",
+        action="store_true",
+        help="delete the bad and leftover files, so that snakemake recomputes them and what depends on them",
+    )
     state = sub.add_parser(
-        "status", help="what a run folder holds, finished or not: per stage its artifacts, the real evaluations, per group its front and merge",
+        "status",
+        help="what a run folder holds, finished or not: per stage its artifacts, the real evaluations, per group its front and merge",
         description="What a run folder holds, finished or not: the method (from levels/ and the group names), per stage "
         "whether its artifacts exist and read (done, partial, missing, unreadable: a Parquet footer or safetensors header "
         "that does not read; the files are listed), the real evaluations per stage (from evaluations.parquet, else counted "
@@ -89,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     state.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     pick = sub.add_parser(
-        "select", help="choose the final merge for a new preference from the stored Pareto front (no evaluation) and write it",
+        "select",
+        help="choose the final merge for a new preference from the stored Pareto front (no evaluation) and write it",
         description="Choose the front point of the run's final group for a new preference, without evaluating anything, "
         "and write its merged checkpoint theta_pre + sum_i c_i tau'_i (the run's merge operator, from the header of "
         "groups/<g>/merged.safetensors). Prints the coefficients, the predicted metrics per task and the file. "
@@ -99,32 +111,69 @@ def main(argv: list[str] | None = None) -> int:
         "Nested MAP: only the top group is chosen again; the merges below it stay those of the run's own preference.",
     )
     pick.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
-    pick.add_argument("--prefer", required=True, type=str, metavar="TASK=W,...",
-                      help="preference weights, e.g. rot90=2,invert=1 (tasks left out get 0; weights are normalised)")
-    pick.add_argument("--method", default="weighted_sum", choices=["weighted_sum", "tchebycheff"],
-                      help="how the preference picks a front point (default: weighted_sum)")
-    pick.add_argument("--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff (default: 0.05)")
-    pick.add_argument("--out", type=Path, default=None, metavar="PATH",
-                      help="the checkpoint to write, under RESULTS/selected/ or outside the run folder; its format follows the "
-                      "suffix: .safetensors, else a torch state dict (default: RESULTS/selected/<preference>.safetensors, or .pt "
-                      "when the pretrained checkpoint is a torch file)")
-    pick.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
-                      help="the pretrained checkpoint the run merged: a file (model.pretrained) or a transformers directory "
-                      "(model.transformers.pretrained); needed for your own model, whose checkpoints the run folder does not "
-                      "hold (the built-in benchmark's are in RESULTS/checkpoints/)")
-    pick.add_argument("--metric", default=None, choices=["accuracy", "loss"],
-                      help="the objective metric (default: the run's optimizer.objective, read from groups.parquet)")
-    pick.add_argument("--seed", type=int, default=None, metavar="N",
-                      help="the run's seed, for a seeded merge operator (dare) when merged.safetensors does not record it")
+    pick.add_argument(
+        "--prefer",
+        required=True,
+        type=str,
+        metavar="TASK=W,...",
+        help="preference weights, e.g. rot90=2,invert=1 (tasks left out get 0; weights are normalised)",
+    )
+    pick.add_argument(
+        "--method",
+        default="weighted_sum",
+        choices=["weighted_sum", "tchebycheff"],
+        help="how the preference picks a front point (default: weighted_sum)",
+    )
+    pick.add_argument(
+        "--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff (default: 0.05)"
+    )
+    pick.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the checkpoint to write, under RESULTS/selected/ or outside the run folder; its format follows the "
+        "suffix: .safetensors, else a torch state dict (default: RESULTS/selected/<preference>.safetensors, or .pt "
+        "when the pretrained checkpoint is a torch file)",
+    )
+    pick.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the pretrained checkpoint the run merged: a file (model.pretrained) or a transformers directory "
+        "(model.transformers.pretrained); needed for your own model, whose checkpoints the run folder does not "
+        "hold (the built-in benchmark's are in RESULTS/checkpoints/)",
+    )
+    pick.add_argument(
+        "--metric",
+        default=None,
+        choices=["accuracy", "loss"],
+        help="the objective metric (default: the run's optimizer.objective, read from groups.parquet)",
+    )
+    pick.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the run's seed, for a seeded merge operator (dare) when merged.safetensors does not record it",
+    )
     draw = sub.add_parser(
-        "plot", help="draw a run's plots again from its artifacts (what the aggregate stage draws)",
+        "plot",
+        help="draw a run's plots again from its artifacts (what the aggregate stage draws)",
         description="Draw the final group's plots again from the run's artifacts, as the aggregate stage draws them: "
         "front_parallel.png, and front_2d.png for 2 tasks. Prints the files written.",
     )
     draw.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
-    draw.add_argument("--out", type=Path, default=None, metavar="DIR", help="folder for the PNGs (default: RESULTS/plots)")
-    draw.add_argument("--metric", default=None, choices=["accuracy", "loss"],
-                      help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)")
+    draw.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="folder for the PNGs (default: RESULTS/plots)"
+    )
+    draw.add_argument(
+        "--metric",
+        default=None,
+        choices=["accuracy", "loss"],
+        help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)",
+    )
     args = parser.parse_args(argv)
     from mapmerge.tools.runfolder import UsageError  # deferred: torch (runfolder imports mapmerge.tensors)
 
@@ -140,8 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "select":
             from mapmerge.tools.runfolder import select  # deferred: torch (runfolder imports mapmerge.tensors)
 
-            chosen = select(args.results, _preference_arg(args.prefer), args.method, args.rho, args.out,
-                            args.pretrained, args.metric, args.seed)
+            chosen = select(
+                args.results,
+                _preference_arg(args.prefer),
+                args.method,
+                args.rho,
+                args.out,
+                args.pretrained,
+                args.metric,
+                args.seed,
+            )
             print(chosen.text)
             return 0
         if args.command == "plot":

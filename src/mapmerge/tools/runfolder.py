@@ -54,7 +54,9 @@ from mapmerge.tensors.operators import SEEDED
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-STATUS_STAGES = [s.rule for s in STAGES if not s.validation]  # the stages `mapmerge status` reports, in the workflow's order
+STATUS_STAGES = [
+    s.rule for s in STAGES if not s.validation
+]  # the stages `mapmerge status` reports, in the workflow's order
 EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.validation]  # the ledger's stages
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
 
@@ -234,8 +236,9 @@ def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
     if ledger.exists():
         frame = _try_read(ledger, layout.problems)
         if frame is not None:
-            counts = frame.groupby("stage", sort=False).agg(files=("file", "size"), models=("models", "sum"),
-                                                            task_evaluations=("task_evaluations", "sum"))
+            counts = frame.groupby("stage", sort=False).agg(
+                files=("file", "size"), models=("models", "sum"), task_evaluations=("task_evaluations", "sum")
+            )
             return counts.reset_index()[columns], "from evaluations.parquet"
     rows = []
     for stage, _, path in _evaluation_files(results, layout):
@@ -244,13 +247,18 @@ def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
         if frame is None:
             continue
         counts = metrics.evaluation_counts(frame)
-        rows.append({"stage": stage, "files": 1, "models": counts["models"], "task_evaluations": counts["task_evaluations"]})
+        rows.append(
+            {"stage": stage, "files": 1, "models": counts["models"], "task_evaluations": counts["task_evaluations"]}
+        )
     if not rows:
         return pd.DataFrame(columns=columns), "no evaluation file yet"
     counts = pd.DataFrame(rows).groupby("stage", sort=False)[columns[1:]].sum().reset_index()
     order = {s: i for i, s in enumerate(EVAL_STAGES)}
     counts = counts.sort_values("stage", key=lambda s: s.map(order), ignore_index=True)
-    return counts, f"counted from the evaluation files; evaluations.parquet is {'unreadable' if ledger.exists() else 'not written yet'}"
+    return (
+        counts,
+        f"counted from the evaluation files; evaluations.parquet is {'unreadable' if ledger.exists() else 'not written yet'}",
+    )
 
 
 def _state(done: int, expected: int | None) -> str:
@@ -305,7 +313,11 @@ def status(results: Path) -> str:
     tasks, groups_ = layout.tasks, layout.groups
     n_groups = len(groups_) if groups_ else None
     lines = [f"{R}: {METHOD_NAMES[layout.method]} ({layout.why})"]
-    lines.append(f"tasks ({len(tasks)}): {', '.join(tasks)}" if tasks else "tasks: not known yet (no level plan, reference or task vector)")
+    lines.append(
+        f"tasks ({len(tasks)}): {', '.join(tasks)}"
+        if tasks
+        else "tasks: not known yet (no level plan, reference or task vector)"
+    )
     driver = runlock.holder(R)
     if driver:
         lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
@@ -322,7 +334,9 @@ def status(results: Path) -> str:
         return ", ".join([str(first.relative_to(R)), *(p.name for p in rest)])
 
     def gcount(artifact: str) -> tuple[str, str]:
-        return disk.state(each(artifact), n_groups), f"{pattern(artifact)}: {disk.count(each(artifact))} of {n_groups or '?'} groups"
+        return disk.state(
+            each(artifact), n_groups
+        ), f"{pattern(artifact)}: {disk.count(each(artifact))} of {n_groups or '?'} groups"
 
     def present(paths: Sequence[Path]) -> str:  # for stages whose count is not checked against an expected one
         return "unreadable" if disk.bad(paths) else ("done" if disk.count(paths) else "-")
@@ -330,11 +344,16 @@ def status(results: Path) -> str:
     def named(*paths: Path) -> str:
         return ", ".join(str(p.relative_to(R)) for p in paths)
 
-    counts, source = evaluation_counts(R, layout)  # first: it reads evaluations.parquet whole, which may find it damaged
+    counts, source = evaluation_counts(
+        R, layout
+    )  # first: it reads evaluations.parquet whole, which may find it damaged
     ckpts = sorted(L.checkpoints.glob("*.safetensors"))
     if L.benchmark.exists():
         files = [L.benchmark, *ckpts]
-        bench = ("unreadable" if disk.bad(files) else "done", f"{named(L.benchmark)}, {named(L.checkpoints)}/ ({len(ckpts)} files)")
+        bench = (
+            "unreadable" if disk.bad(files) else "done",
+            f"{named(L.benchmark)}, {named(L.checkpoints)}/ ({len(ckpts)} files)",
+        )
     else:
         bench = ("-", f"no {named(L.benchmark)}: not run yet, or a user model (checkpoints outside the run folder)")
     vectors = [L.task_vector(t) for t in tasks]
@@ -354,33 +373,63 @@ def status(results: Path) -> str:
     if disk.bad(aggregate):
         agg_state = "unreadable"
     else:
-        agg_state = "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing")
+        agg_state = (
+            "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing")
+        )
     plans = list(layout.plans.values())
     designs = [L.round(g, 0) for g in groups_]
     states = {
         "prepare_benchmark": bench,
-        "extract_task_vector": (disk.state(vectors, len(tasks) or None),
-                                f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks"),
+        "extract_task_vector": (
+            disk.state(vectors, len(tasks) or None),
+            f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks",
+        ),
         "task_vector_table": (disk.state([L.task_vector_table], 1), named(L.task_vector_table)),
-        "evaluate_reference": (disk.state([L.reference, L.reference_examples], 2), named(L.reference, L.reference_examples)),
-        "plan_level": (disk.state(plans, n_levels), f"{named(L.plan('<k>'))}: {disk.count(plans)} of {n_levels or '?'} levels"),
-        "sample_coefficients": (disk.state(designs, n_groups), f"{named(L.round('<g>', 0))}: {disk.count(designs)} of {n_groups or '?'} groups"),
-        "propose_round": (present(later), f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)")),
-        "evaluate_sample": ("unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
-                            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches"),
-        "evaluate_round": (present(round_batches), f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
-                           + ("" if round_batches else " (Bayesian MAP only)")),
-        "collect_metrics": ("unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
-                            f"{pattern('samples', 'metrics')}: {collected} of {n_groups or '?'} groups"),
+        "evaluate_reference": (
+            disk.state([L.reference, L.reference_examples], 2),
+            named(L.reference, L.reference_examples),
+        ),
+        "plan_level": (
+            disk.state(plans, n_levels),
+            f"{named(L.plan('<k>'))}: {disk.count(plans)} of {n_levels or '?'} levels",
+        ),
+        "sample_coefficients": (
+            disk.state(designs, n_groups),
+            f"{named(L.round('<g>', 0))}: {disk.count(designs)} of {n_groups or '?'} groups",
+        ),
+        "propose_round": (
+            present(later),
+            f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)"),
+        ),
+        "evaluate_sample": (
+            "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
+            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches",
+        ),
+        "evaluate_round": (
+            present(round_batches),
+            f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
+            + ("" if round_batches else " (Bayesian MAP only)"),
+        ),
+        "collect_metrics": (
+            "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
+            f"{pattern('samples', 'metrics')}: {collected} of {n_groups or '?'} groups",
+        ),
         "fit_surrogate": gcount("surrogate"),
         "pareto_front": gcount("front"),
-        "merge_group": ("unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
-                        f"{pattern('merged', 'group_vector', 'choice')}: {merged} of {n_groups or '?'} groups"),
+        "merge_group": (
+            "unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
+            f"{pattern('merged', 'group_vector', 'choice')}: {merged} of {n_groups or '?'} groups",
+        ),
         "evaluate_selected": gcount("selected_evals"),
         "ledger": (disk.state([L.ledger], 1), named(L.ledger)),
-        "aggregate": (agg_state, f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG"),
-        "report_tables": (_state(tables, len(HTML_TABLES)),
-                          f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}"),
+        "aggregate": (
+            agg_state,
+            f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG",
+        ),
+        "report_tables": (
+            _state(tables, len(HTML_TABLES)),
+            f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}",
+        ),
     }
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in STATUS_STAGES]
     lines += ["", *_table(rows, ["stage", "state", "artifacts"])]
@@ -388,7 +437,9 @@ def status(results: Path) -> str:
     lines += ["", f"Real evaluations ({source}):"]
     if len(counts):
         table = [(r.stage, r.files, r.models, r.task_evaluations) for r in counts.itertuples()]
-        table.append(("total", int(counts["files"].sum()), int(counts["models"].sum()), int(counts["task_evaluations"].sum())))
+        table.append(
+            ("total", int(counts["files"].sum()), int(counts["models"].sum()), int(counts["task_evaluations"].sum()))
+        )
         lines += ["  " + line for line in _table(table, ["stage", "files", "models", "(model, task) evaluations"])]
     else:
         lines.append("  none yet")
@@ -400,10 +451,17 @@ def status(results: Path) -> str:
         table = []
         for g in groups_:
             front, samples, merged_file = L.front(g), L.samples(g), L.merged(g)
-            table.append((g, layout.level_of(g), len(rounds[g]), len(evals[g]),
-                          shown(samples, _rows(samples) if disk.good(samples) else None),
-                          shown(front, _rows(front) if disk.good(front) else None),
-                          shown(merged_file, "yes" if disk.good(merged_file) else "no")))
+            table.append(
+                (
+                    g,
+                    layout.level_of(g),
+                    len(rounds[g]),
+                    len(evals[g]),
+                    shown(samples, _rows(samples) if disk.good(samples) else None),
+                    shown(front, _rows(front) if disk.good(front) else None),
+                    shown(merged_file, "yes" if disk.good(merged_file) else "no"),
+                )
+            )
         lines += ["", "Groups (the last is the final merge):"]
         header = ["group", "level", "rounds", "eval files", "samples", "front points", "merged.safetensors"]
         lines += ["  " + line for line in _table(table, header)]
@@ -430,7 +488,13 @@ def final_group(layout: Scan) -> tuple[str, dict[str, Any]]:
         raise ArtifactError(f"{plan}: not found; the run has not reached its top level (group {group}) yet")
     front = read_table(layout.paths.front(group))  # a run from before levels/ existed
     members = suffixes(front.columns, "c")
-    return group, {"group": group, "level": 1, "members": members, "member_tasks": [[m] for m in members], "tasks": members}
+    return group, {
+        "group": group,
+        "level": 1,
+        "members": members,
+        "member_tasks": [[m] for m in members],
+        "tasks": members,
+    }
 
 
 def front_file(results: Path, group: str) -> Path:
@@ -443,12 +507,16 @@ def front_file(results: Path, group: str) -> Path:
     return path
 
 
-def objective_metric(results: Path, front: pd.DataFrame, tasks: Sequence[str], given: str | None = None) -> tuple[str, str]:
+def objective_metric(
+    results: Path, front: pd.DataFrame, tasks: Sequence[str], given: str | None = None
+) -> tuple[str, str]:
     """(the objective metric, where it comes from): --metric, groups.parquet's measured_<metric>, or accuracy."""
     available = [m for m in METRICS if all(f"{m}_{t}" in front.columns for t in tasks)]
     if given:
         if given not in available:
-            raise UsageError(f"--metric: the front has no predicted '{given}' for every task; it has: {', '.join(available)}")
+            raise UsageError(
+                f"--metric: the front has no predicted '{given}' for every task; it has: {', '.join(available)}"
+            )
         return given, "--metric"
     tree = Layout(results).group_tree
     if tree.exists():
@@ -592,9 +660,13 @@ def pretrained_record(results: Path, layout: Scan, group: str) -> PretrainedReco
         rows = frame[frame["model"] == "pretrained"]
         name = str(rows["file"].iloc[0]) if len(rows) else "pretrained.safetensors"
         digest = json.loads(table_metadata(bench).get("mapmerge.inputs", "{}")).get(name)
-        return PretrainedRecord("model.pretrained", True, name, digest, bench, "" if digest else f"{bench} records no hash of it")
+        return PretrainedRecord(
+            "model.pretrained", True, name, digest, bench, "" if digest else f"{bench} records no hash of it"
+        )
     records = [paths.reference, paths.reference_examples, *sorted(paths.evals(group).glob("*.parquet"))]
-    others = {paths.task_vector(t).name for t in [*layout.tasks, *(p.stem for p in paths.task_vectors.glob("*.safetensors"))]}
+    others = {
+        paths.task_vector(t).name for t in [*layout.tasks, *(p.stem for p in paths.task_vectors.glob("*.safetensors"))]
+    }
     others |= {paths.group_vector(group).name, *sources}
     for path in records:
         try:
@@ -604,9 +676,14 @@ def pretrained_record(results: Path, layout: Scan, group: str) -> PretrainedReco
         left = [n for n in inputs if n not in others and not n.endswith(".parquet")]
         if len(left) == 1:
             return PretrainedRecord(key, False, left[0], inputs[left[0]], path)
-        return PretrainedRecord(key, why=(
-            f"{path.name} keeps its inputs' hashes by file name, and the pretrained checkpoint's is also a fine-tuned one's"
-            if not left else f"{path.name} does not single it out among its inputs {', '.join(left)}"))
+        return PretrainedRecord(
+            key,
+            why=(
+                f"{path.name} keeps its inputs' hashes by file name, and the pretrained checkpoint's is also a fine-tuned one's"
+                if not left
+                else f"{path.name} does not single it out among its inputs {', '.join(left)}"
+            ),
+        )
     return PretrainedRecord(key, why="no artifact records its hash")
 
 
@@ -633,7 +710,9 @@ def find_pretrained(results: Path, given: Path | None, record: PretrainedRecord)
     if record.builtin:
         path = Layout(results).checkpoints / str(record.name)
         if not path.exists():
-            raise ArtifactError(f"{path}: not found (the built-in benchmark's pretrained checkpoint, see {record.source})")
+            raise ArtifactError(
+                f"{path}: not found (the built-in benchmark's pretrained checkpoint, see {record.source})"
+            )
         return path, "the built-in benchmark's checkpoints/"
     raise UsageError(
         f"{results}: the pretrained checkpoint of a user model is not kept in the run folder "
@@ -659,8 +738,10 @@ def check_pretrained(results: Path, path: Path, given: bool, record: PretrainedR
         what = f"--pretrained {path}" if given else str(path)
         hint = f"; {record.hint(results)}" if given else "; it was replaced after the run"
         error = UsageError if given else ArtifactError
-        raise error(f"{what}: sha256[:16] {digest}, but the run's pretrained checkpoint {record.name} has {record.digest} "
-                    f"(recorded in {record.source}){hint}")
+        raise error(
+            f"{what}: sha256[:16] {digest}, but the run's pretrained checkpoint {record.name} has {record.digest} "
+            f"(recorded in {record.source}){hint}"
+        )
     if path.name.endswith(SHARD_INDEX_SUFFIX):
         record.why = "the hash of a shard index does not cover its shards"
         return None
@@ -679,8 +760,14 @@ def member_vectors(results: Path, members: Sequence[str], tasks: Sequence[str]) 
 
 
 def check_reproduces(
-    pretrained: Path, vectors: Mapping[str, Path], coefficients: Sequence[float], operator: Mapping[str, Any],
-    seed: int | None, merged: Path, given: bool, hint: str,
+    pretrained: Path,
+    vectors: Mapping[str, Path],
+    coefficients: Sequence[float],
+    operator: Mapping[str, Any],
+    seed: int | None,
+    merged: Path,
+    given: bool,
+    hint: str,
 ) -> None:
     """Merge the run's own choice from `pretrained` and compare every tensor with the run's merged.safetensors.
 
@@ -710,9 +797,13 @@ def check_reproduces(
         for name in pre.keys():
             expected = pre.get(name)
             if name in names:
-                expected = merge_tensor(spec, members, name, expected, (r.get(name) for r in readers), coefficients, seed)
+                expected = merge_tensor(
+                    spec, members, name, expected, (r.get(name) for r in readers), coefficients, seed
+                )
             actual = stored.get(name)
-            if expected.shape != actual.shape or not torch.allclose(expected.float(), actual.float(), rtol=1e-5, atol=1e-6):
+            if expected.shape != actual.shape or not torch.allclose(
+                expected.float(), actual.float(), rtol=1e-5, atol=1e-6
+            ):
                 raise error(
                     f"{what}: tensor '{name}' with the run's task vectors at the run's own coefficients does not "
                     f"give the run's {merged}; {hint}"
@@ -723,8 +814,10 @@ def check_out(results: Path, out: Path) -> None:
     """Refuse an --out that would add or replace a file of the run folder outside RESULTS/selected/, or is a folder."""
     run, target, selections = results.resolve(), out.resolve(), Layout(results).selections
     if target.is_relative_to(run) and not target.is_relative_to(selections.resolve()):
-        raise UsageError(f"--out {out}: inside the run folder {results}, where select writes only under {selections}/; "
-                         "give a path there or outside the run folder")
+        raise UsageError(
+            f"--out {out}: inside the run folder {results}, where select writes only under {selections}/; "
+            "give a path there or outside the run folder"
+        )
     if target.is_dir():
         raise UsageError(f"--out {out}: is a folder; give a file path (.safetensors, else a torch state dict)")
 
@@ -817,16 +910,28 @@ def select(
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
     checked = check_pretrained(results, pre_path, pretrained is not None, record)
     if checked is None:
-        check_reproduces(pre_path, vectors, [float(chosen[m]) for m in members], operator, seed, merged,
-                         pretrained is not None, record.hint(results))
+        check_reproduces(
+            pre_path,
+            vectors,
+            [float(chosen[m]) for m in members],
+            operator,
+            seed,
+            merged,
+            pretrained is not None,
+            record.hint(results),
+        )
         checked = f"merged at the run's own coefficients it gives {merged}, every tensor ({record.why})"
 
     index, member_weights = pick_point(front, info, task_weights, metric, method, rho)
     c = {m: float(front[f"c_{m}"].iloc[index]) for m in members}
     state = merge_files(pre_path, vectors, list(c.values()), operator, seed)
     metadata = {
-        "coefficients": json.dumps(c), "operator": json.dumps(operator), "preference": json.dumps(dict(preference)),
-        "selection": json.dumps({"method": method, "rho": rho}), "group": group, "source": "mapmerge select",
+        "coefficients": json.dumps(c),
+        "operator": json.dumps(operator),
+        "preference": json.dumps(dict(preference)),
+        "selection": json.dumps({"method": method, "rho": rho}),
+        "group": group,
+        "source": "mapmerge select",
         **({"seed": str(seed)} if seed is not None else {}),
     }
     save_checkpoint(state, out, metadata)
@@ -845,8 +950,15 @@ def select(
             "  level for this preference, run the workflow again with it: that keeps level 1's sample evaluations and",
             "  recomputes level 1's fronts and choices and everything of the later levels.",
         ]
-        lines.append("member weights (sums of their tasks' weights): " + ", ".join(f"{m} {w:.3g}" for m, w in member_weights.items()))
-    lines += ["", f"chosen front point {index} of {len(front)}; nothing was evaluated: the metrics are the surrogates' predictions", ""]
+        lines.append(
+            "member weights (sums of their tasks' weights): "
+            + ", ".join(f"{m} {w:.3g}" for m, w in member_weights.items())
+        )
+    lines += [
+        "",
+        f"chosen front point {index} of {len(front)}; nothing was evaluated: the metrics are the surrogates' predictions",
+        "",
+    ]
     run_c = ", ".join(f"{float(chosen[m]):.4f}" for m in members)
     coef = [(f"c_{m}", f"{c[m]:.4f}") for m in members]
     lines += _table(coef, ["coefficient", "value"]) + [f"(the run's own choice: {run_c})", ""]
@@ -860,7 +972,19 @@ def select(
     )
     lines.append(f"  pretrained: {pre_path} ({pre_source}); the parameters that are not merged are the pretrained ones")
     lines.append(f"  checked: {checked}")
-    return Selection(group, layout.method or "map", members, c, member_weights, task_weights, index, front, metric, out, "\n".join(lines))
+    return Selection(
+        group,
+        layout.method or "map",
+        members,
+        c,
+        member_weights,
+        task_weights,
+        index,
+        front,
+        metric,
+        out,
+        "\n".join(lines),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -881,13 +1005,23 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     if paths.choice(group).exists():
         chosen = read_table(paths.choice(group)).assign(group=group)
         if paths.selected_evals(group).exists():
-            measured = metrics_from_examples(read_table(paths.selected_evals(group))).set_index(["metric", "task"])["value"]
+            measured = metrics_from_examples(read_table(paths.selected_evals(group))).set_index(["metric", "task"])[
+                "value"
+            ]
             for name in sorted(set(measured.index.get_level_values("metric"))):
                 for task in suffixes(chosen.columns, metric):
                     chosen[f"measured_{name}_{task}"] = measured[(name, task)]
     samples = read_table(paths.samples(group))
     samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
     reference = read_table(paths.reference)
-    return plots.plot_all(samples, front, reference, suffixes(front.columns, metric), metric,
-                          out_dir if out_dir is not None else paths.plots, selected=chosen,
-                          maximize=maximized(metric), members=suffixes(front.columns, "c"))
+    return plots.plot_all(
+        samples,
+        front,
+        reference,
+        suffixes(front.columns, metric),
+        metric,
+        out_dir if out_dir is not None else paths.plots,
+        selected=chosen,
+        maximize=maximized(metric),
+        members=suffixes(front.columns, "c"),
+    )
