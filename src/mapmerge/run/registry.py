@@ -24,24 +24,21 @@ class Stage:
     """One rule's stage."""
 
     rule: str
-    module: str  # under mapmerge.stages; the code fingerprint hashes what it can import (mapmerge.run.fingerprint)
+    # under mapmerge.stages; the code fingerprint hashes what it can import (mapmerge.run.fingerprint)
+    module: str
     function: str  # its run_* entry point
     inputs: tuple[str, ...] = ()  # the rule's named inputs, passed by name
     outputs: tuple[str, ...] = ()  # the rule's named outputs, passed by name
-    args: tuple[
-        str, ...
-    ] = ()  # other values the function takes by name: wildcards, the rule's other params, job settings
-    params: str = (
-        ""  # the params builder (mapmerge.run.config.stage_config) of the rule's `stage` param; default: the rule
-    )
+    # other values the function takes by name: wildcards, the rule's other params, job settings
+    args: tuple[str, ...] = ()
+    # the params builder (mapmerge.run.config.stage_config) of the rule's `stage` param; default: the rule
+    params: str = ""
     resources: str = "light"  # the config's resources group: light or evaluate
     threads: str = ""  # the resources group of its threads where it is not `resources`'s
-    after: tuple[
-        str, ...
-    ] = ()  # inputs declared only so that the job waits for them (the stage finds them through the layout)
-    writes: tuple[
-        str, ...
-    ] = ()  # outputs declared for Snakemake that the stage writes under its own names (a folder, plots)
+    # inputs declared only so that the job waits for them (the stage finds them through the layout)
+    after: tuple[str, ...] = ()
+    # outputs declared for Snakemake that the stage writes under its own names (a folder, plots)
+    writes: tuple[str, ...] = ()
     validation: bool = False  # an opt-in stage of validation.enabled
 
     @property
@@ -53,11 +50,8 @@ class Stage:
         return self.threads or self.resources
 
 
-ENGINE = (
-    "pretrained",
-    "vectors",
-    "checkpoints",
-)  # what an evaluation or merge reads: task vectors keyed by model, checkpoints by task
+# what an evaluation or merge reads: task vectors keyed by model, checkpoints by task
+ENGINE = ("pretrained", "vectors", "checkpoints")
 EVALUATION_ARGS = ("device", "threads")
 
 STAGES: tuple[Stage, ...] = (

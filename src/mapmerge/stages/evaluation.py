@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,18 @@ from mapmerge.tensors.engine import MergeEngine
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
+
+
+class EngineJob(TypedDict):
+    """What every evaluation of a group's samples takes by name besides its coefficients (see run_evaluate_samples)."""
+
+    pretrained: PathLike
+    vectors: Mapping[str, PathLike]
+    checkpoints: Mapping[str, PathLike]
+    plan: PathLike
+    examples: PathLike
+    device: NotRequired[str]
+    threads: NotRequired[int]
 
 
 def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int) -> MergeEngine:
@@ -133,18 +145,12 @@ def run_evaluate_samples(
 def run_evaluate_round(
     params: Mapping[str, Any],
     *,
-    pretrained: PathLike,
-    vectors: Mapping[str, PathLike],
-    checkpoints: Mapping[str, PathLike],
-    plan: PathLike,
     samples: PathLike,
     group: str,
     index: int | str,
     size: int,
-    examples: PathLike,
-    device: str = "auto",
-    threads: int = 0,
     on_error: str = "fail",
+    **job: Unpack[EngineJob],
 ) -> None:
     """Bayesian MAP: evaluate batch `index` (of `size` samples) of one round's proposed samples (its rounds/r<NN>.parquet)."""
     start = int(index) * size
@@ -152,47 +158,13 @@ def run_evaluate_round(
     columns = [c for c in frame.columns if c.startswith("c_")]
     coefficients = {row["sample"]: [float(row[c]) for c in columns] for _, row in frame.iterrows()}
     run_evaluate_samples(
-        params,
-        pretrained=pretrained,
-        vectors=vectors,
-        checkpoints=checkpoints,
-        plan=plan,
-        group=group,
-        coefficients=coefficients,
-        examples=examples,
-        device=device,
-        threads=threads,
-        on_error=on_error,
-        stage="evaluate_round",
+        params, group=group, coefficients=coefficients, on_error=on_error, stage="evaluate_round", **job
     )
 
 
-def run_evaluate_selected(
-    params: Mapping[str, Any],
-    *,
-    pretrained: PathLike,
-    vectors: Mapping[str, PathLike],
-    checkpoints: Mapping[str, PathLike],
-    plan: PathLike,
-    choice: PathLike,
-    group: str,
-    examples: PathLike,
-    device: str = "auto",
-    threads: int = 0,
-) -> None:
+def run_evaluate_selected(params: Mapping[str, Any], *, choice: PathLike, group: str, **job: Unpack[EngineJob]) -> None:
     """Evaluate the chosen merge (choice.parquet) for real on every task of its group (per-example rows)."""
     frame = read_table(choice)
-    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in groups.group_plan(plan, group)["members"]]}
-    run_evaluate_samples(
-        params,
-        pretrained=pretrained,
-        vectors=vectors,
-        checkpoints=checkpoints,
-        plan=plan,
-        group=group,
-        coefficients=c,
-        examples=examples,
-        device=device,
-        threads=threads,
-        stage="evaluate_selected",
-    )
+    members = groups.group_plan(job["plan"], group)["members"]
+    c = {"selected": [float(frame[f"c_{m}"].iloc[0]) for m in members]}
+    run_evaluate_samples(params, group=group, coefficients=c, stage="evaluate_selected", **job)
