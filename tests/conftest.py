@@ -152,23 +152,68 @@ def job_counts(output: str) -> dict[str, int]:
 ARTIFACTS = ("*.parquet", "*.safetensors", "*.png", "*.md")
 
 
-def snakemake_command(workdir: Path, *args: str, overrides: list[str], experiment: Path | None = None) -> list[str]:
-    """The workflow's snakemake command line, run in `workdir` with these config overrides."""
+def snakemake_command(
+    workdir: Path,
+    *args: str,
+    overrides: list[str],
+    experiment: Path | None = None,
+    cores: int = 2,
+    snakefile: Path = REPO / "Snakefile",
+) -> list[str]:
+    """The workflow's snakemake command line, run in `workdir` on `cores` cores with these config overrides."""
     config = ([f"experiment={experiment}"] if experiment else []) + [f"overrides=[{', '.join(overrides)}]"]
     return [
         sys.executable,
         "-m",
         "snakemake",
         "--cores",
-        "2",
+        str(cores),
         "-s",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "-d",
         str(workdir),
         *args,
         "--config",
         *config,
     ]
+
+
+def start_driver(workdir: Path, overrides: list[str], **popen) -> subprocess.Popen:
+    """snakemake started in `workdir` on one core, its output going to workdir/driver.log: one job at a time, so
+    that when every finished job is recorded there, the job running has just started."""
+    with open(workdir / "driver.log", "w") as log:
+        return subprocess.Popen(
+            snakemake_command(workdir, overrides=overrides, cores=1), stdout=log, stderr=subprocess.STDOUT, **popen
+        )
+
+
+# The workflow's stages in order, as `mapmerge status` lists them (its rules but `all` and the validate_* ones).
+# From fit_surrogate on they form a chain, each reading what the one before wrote: a change that reaches one of
+# these reruns it and every stage after it.
+STAGES = (
+    "prepare_benchmark",
+    "extract_task_vector",
+    "task_vector_table",
+    "evaluate_reference",
+    "plan_level",
+    "sample_coefficients",
+    "propose_round",
+    "evaluate_sample",
+    "evaluate_round",
+    "collect_metrics",
+    "fit_surrogate",
+    "pareto_front",
+    "merge_group",
+    "evaluate_selected",
+    "ledger",
+    "aggregate",
+    "report_tables",
+)
+
+
+def stages_from(first: str) -> set[str]:
+    """`first` and every stage after it in STAGES (for a stage from fit_surrogate on: what reruns when it does)."""
+    return set(STAGES[STAGES.index(first) :])
 
 
 def run(cmd: list[str], ok: bool = True) -> tuple[int, str]:

@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, copy_example
+from conftest import REPO, copy_example, snakemake_command
 from mapmerge.run.config import ConfigError, load_config
 
 BASE = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
@@ -220,21 +219,7 @@ def experiment_for(case: Case, example: Path) -> Path:
 
 
 def snakemake(workdir: Path, experiment: Path, overrides: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        *args,
-        "--config",
-        f"experiment={experiment}",
-        f"overrides=[{', '.join([*BASE, *overrides])}]",
-    ]
+    cmd = snakemake_command(workdir, *args, overrides=[*BASE, *overrides], experiment=experiment)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

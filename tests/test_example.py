@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 
+from conftest import snakemake_command
 from mapmerge.io import read_table
 from mapmerge.tensors.checkpoints import load_state_dict
 
@@ -21,21 +22,13 @@ pytestmark = pytest.mark.slow
 def snakemake(
     repo: Path, example: Path, workdir: Path, *args: str, overrides: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "-s",
-        str(repo / "Snakefile"),
-        "-d",
-        str(workdir),
+    cmd = snakemake_command(
+        workdir,
         *args,
-        "--config",
-        f"experiment={example / 'experiment.yaml'}",
-        f"overrides=[{', '.join(['sampler.factor=1.5', *overrides])}]",
-    ]
+        overrides=["sampler.factor=1.5", *overrides],
+        experiment=example / "experiment.yaml",
+        snakefile=repo / "Snakefile",
+    )
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import artifacts, job_counts, run, snakemake_command, wait_for
+from conftest import artifacts, job_counts, run, snakemake_command, start_driver, wait_for
 from mapmerge.io import read_table
 from mapmerge.tensors.checkpoints import load_state_dict
 
@@ -60,14 +59,7 @@ def nested(tmp_path_factory) -> NestedRun:
     workdir = tmp_path_factory.mktemp("nested")
     results = workdir / "results" / "nested"
     level2_evals = results / "groups" / "L2g0" / "evals"
-    with open(workdir / "driver.log", "w") as log:
-        # one job at a time: when every finished batch is recorded, the job running has just started
-        driver = subprocess.Popen(
-            snakemake_command(workdir, "--cores", "1", overrides=NESTED),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    driver = start_driver(workdir, NESTED, start_new_session=True)  # one job at a time (see start_driver)
     try:
         # a level-2 batch done and recorded by the driver (it records a job, then prints "Finished jobid", once the
         # job's process has exited, right after writing its output), and the next job running

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, snakemake_command
 from fortunes_tasks import (
     finetune_causal_lm,
     finetune_classifier,
@@ -286,6 +285,37 @@ def gpt2(tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
+def causal_lm_engine(gpt2: dict[str, Path], tasks: dict[str, dict], folder: Path) -> tuple[dict, MergeEngine]:
+    """The adapter's config resolved for causal_lm tasks on gpt2's pretrained model (every tensor merged), and a
+    merge engine on the CPU over their task vectors, extracted into `folder` (tau_<task>.safetensors)."""
+    cfg = adapter.resolve(
+        {
+            "adapter": "transformers",
+            "merge": {"include": ["*"], "exclude": []},
+            "transformers": {
+                "pretrained": str(gpt2["pretrained"]),
+                "task_type": "causal_lm",
+                "max_length": MAX_LENGTH,
+                "tasks": tasks,
+            },
+        },
+        folder,
+    )
+    vectors = {t: folder / f"tau_{t}.safetensors" for t in tasks}
+    for t, path in vectors.items():
+        extract_task_vector(cfg["pretrained"], cfg["tasks"][t]["checkpoint"], ["*"], [], path, t)
+    engine = MergeEngine(
+        cfg["builder"],
+        cfg["pretrained"],
+        vectors,
+        {t: cfg["tasks"][t]["checkpoint"] for t in tasks},
+        {t: cfg["tasks"][t]["evaluator"] for t in tasks},
+        cfg["merge"],
+        device="cpu",
+    )
+    return cfg, engine
+
+
 def test_causal_lm_loss_is_the_mean_token_loss_and_merges_tied_weights(gpt2, tmp_path):
     evaluator = adapter.CausalLMEvaluator(
         str(gpt2["food_data"]), str(gpt2["food"]), max_length=MAX_LENGTH, batch_size=4
@@ -300,32 +330,9 @@ def test_causal_lm_loss_is_the_mean_token_loss_and_merges_tied_weights(gpt2, tmp
     np.testing.assert_allclose(rows["loss"], direct, rtol=1e-5)
     assert list(rows.columns) == ["example", "loss"]
     # the engine on GPT-2: lm_head is tied to the merged wte, so a merge at e_i is model i itself
-    cfg = adapter.resolve(
-        {
-            "adapter": "transformers",
-            "merge": {"include": ["*"], "exclude": []},
-            "transformers": {
-                "pretrained": str(gpt2["pretrained"]),
-                "task_type": "causal_lm",
-                "max_length": MAX_LENGTH,
-                "tasks": {t: {"directory": str(gpt2[t]), "data": str(gpt2[f"{t}_data"])} for t in ("food", "law")},
-            },
-        },
-        tmp_path,
-    )
+    tasks = {t: {"directory": str(gpt2[t]), "data": str(gpt2[f"{t}_data"])} for t in ("food", "law")}
+    cfg, engine = causal_lm_engine(gpt2, tasks, tmp_path)
     assert cfg["merge"]["exclude"] == []
-    vectors = {t: tmp_path / f"{t}.safetensors" for t in ("food", "law")}
-    for t, path in vectors.items():
-        extract_task_vector(cfg["pretrained"], cfg["tasks"][t]["checkpoint"], ["*"], [], path, t)
-    engine = MergeEngine(
-        cfg["builder"],
-        cfg["pretrained"],
-        vectors,
-        {t: cfg["tasks"][t]["checkpoint"] for t in vectors},
-        {t: cfg["tasks"][t]["evaluator"] for t in vectors},
-        cfg["merge"],
-        device="cpu",
-    )
     merged = engine.evaluate([1.0, 0.0], sample="s").query("task == 'food'")
     np.testing.assert_allclose(merged["loss"], rows["loss"], rtol=1e-4)
     assert engine.module.lm_head.weight is engine.module.transformer.wte.weight
@@ -363,23 +370,8 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_workflow_writes_merged_models_transformers_loads(trained):
-    overrides = (
-        "overrides=[sampler.factor=1.5, evaluation.samples_per_job=16, optimizer.pop_size=40, optimizer.n_gen=40]"
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(trained / "work"),
-        "--config",
-        f"experiment={trained / 'experiment.yaml'}",
-        overrides,
-    ]
+    overrides = ["sampler.factor=1.5", "evaluation.samples_per_job=16", "optimizer.pop_size=40", "optimizer.n_gen=40"]
+    cmd = snakemake_command(trained / "work", overrides=overrides, experiment=trained / "experiment.yaml")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     res = trained / "work" / "results" / "hf"
@@ -420,31 +412,7 @@ def test_causal_lm_merges_of_gpt2_finetuned_on_fortunes(gpt2, tmp_path):
             gpt2["pretrained"], train["text"].tolist(), tmp_path / topic, steps=15, seed=seed, max_length=MAX_LENGTH
         )
         tasks[topic] = {"directory": str(tmp_path / topic), "data": str(gpt2[f"{topic}_data"])}
-    cfg = adapter.resolve(
-        {
-            "adapter": "transformers",
-            "merge": {"include": ["*"], "exclude": []},
-            "transformers": {
-                "pretrained": str(gpt2["pretrained"]),
-                "task_type": "causal_lm",
-                "max_length": MAX_LENGTH,
-                "tasks": tasks,
-            },
-        },
-        tmp_path,
-    )
-    vectors = {t: tmp_path / f"tau_{t}.safetensors" for t in tasks}
-    for t, path in vectors.items():
-        extract_task_vector(cfg["pretrained"], cfg["tasks"][t]["checkpoint"], ["*"], [], path, t)
-    engine = MergeEngine(
-        cfg["builder"],
-        cfg["pretrained"],
-        vectors,
-        {t: cfg["tasks"][t]["checkpoint"] for t in tasks},
-        {t: cfg["tasks"][t]["evaluator"] for t in tasks},
-        cfg["merge"],
-        device="cpu",
-    )
+    _, engine = causal_lm_engine(gpt2, tasks, tmp_path)
     loss = {
         name: engine.evaluate(c, sample=name).groupby("task")["loss"].mean()
         for name, c in {"pretrained": [0.0, 0.0], "food": [1.0, 0.0], "law": [0.0, 1.0], "half": [0.5, 0.5]}.items()
