@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 import os
 import socket
 import subprocess
@@ -25,8 +26,13 @@ def test_every_registered_name_is_an_argument_of_its_function(stage):
     parameters = inspect.signature(function).parameters
     assert list(parameters)[0] == "params"
     keywords = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert set(stage.inputs) | set(stage.outputs) | set(stage.args) <= keywords
     required = {name for name in keywords if parameters[name].default is inspect.Parameter.empty}
+    unpacked = [p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    if unpacked:  # **job: Unpack[EngineJob]: its TypedDict's keys are keywords too
+        typed = typing.get_args(typing.get_type_hints(function)[unpacked[0].name])[0]
+        keywords |= set(typed.__annotations__)
+        required |= set(typed.__required_keys__)
+    assert set(stage.inputs) | set(stage.outputs) | set(stage.args) <= keywords
     assert required <= set(stage.inputs) | set(stage.outputs) | set(stage.args)
     assert STAGE_ENTRY[stage.params_key] == stage.module
 
