@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from mapmerge.core import groundtruth
+from mapmerge.outputs.notes import final_notes
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import preflight, validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
@@ -54,6 +55,12 @@ include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/map.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/validate.smk"
+
+
+onsuccess:
+    if Path(L.selected).exists():
+        for line in final_notes(R):
+            print(f"mapmerge: {line}", file=sys.stderr)
 
 
 rule all:

@@ -7,15 +7,17 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from conftest import STAGES, stages_from
 from mapmerge.builtin.model import build_model
-from mapmerge.core import groups
+from mapmerge.core import groups, pareto, refine
+from mapmerge.core.metrics import sample_metrics
 from mapmerge.core.sampling import sample_batches
-from mapmerge.core.selection import normalize_preference, pick_point, select_point
+from mapmerge.core.selection import measured_front, normalize_preference, pick_point, reference_values, select_point
 from mapmerge.io import file_hash, read_table
 from mapmerge.outputs import report
 from mapmerge.run.config import load_config, stage_config
@@ -29,6 +31,7 @@ from mapmerge.stages import (
     plan_level,
     prepare_benchmark,
     propose_round,
+    refine_round,
     sample_coefficients,
     task_vectors,
 )
@@ -49,6 +52,7 @@ SETTINGS = [
     "optimizer.n_gen=20",
     "optimizer.grid_check_resolution=51",
     "sampler.factor=2",
+    "refine.rounds=1",
     "evaluation.samples_per_job=8",
 ]
 
@@ -172,6 +176,33 @@ def build_run(
                     )
             if not finish:
                 return R
+            first = len(rounds)
+            for r in range(first, first + cfg["refine"]["rounds"]):
+                rounds.append(gdir / "rounds" / f"r{r:02d}.parquet")
+                refine_round.run_refine_round(
+                    P("refine_round"),
+                    round=r,
+                    rounds=rounds[:-1],
+                    evals=list(outs),
+                    plan=plan,
+                    reference=R / "reference.parquet",
+                    group=g,
+                    samples=rounds[-1],
+                )
+                size = refine.round_size(cfg["refine"], len(groups.group_plan(plan, g)["members"]))
+                for i in range(-(-size // batch)):
+                    outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
+                    evaluation.run_evaluate_round(
+                        P("evaluate"),
+                        **files,
+                        plan=plan,
+                        samples=rounds[-1],
+                        group=g,
+                        index=i,
+                        size=batch,
+                        examples=outs[-1],
+                        device="cpu",
+                    )
             collect.run_collect_metrics(
                 P("collect_metrics"),
                 rounds=rounds,
@@ -198,6 +229,10 @@ def build_run(
                 **files,
                 plan=plan,
                 front=gdir / "front.parquet",
+                samples=gdir / "samples.parquet",
+                metrics=gdir / "metrics.parquet",
+                surrogate=gdir / "surrogate.parquet",
+                reference=R / "reference.parquet",
                 group=g,
                 merged=gdir / "merged.safetensors",
                 vector=gdir / "vector.safetensors",
@@ -215,7 +250,7 @@ def build_run(
             )
             evals.update({f"{g}/{p.name}": p for p in [*outs, gdir / "selected_evals.parquet"]})
     collect.run_ledger(P("ledger"), evals=evals, ledger=R / "evaluations.parquet")
-    outputs = {f: R / f"{f}.parquet" for f in ("pareto", "selected", "groups")}
+    outputs = {f: R / f"{f}.parquet" for f in ("pareto", "measured", "selected", "groups")}
     aggregate.run_aggregate(
         P("aggregate"),
         reference=R / "reference.parquet",
@@ -265,7 +300,7 @@ def test_status_of_a_finished_run(runs, capsys):
     assert f"tasks (3): {', '.join(TASKS)}" in out
     rows = status_rows(out)
     assert set(rows) == set(STAGES)
-    assert {s for s, (state, _) in rows.items() if state != "done"} == {"propose_round", "evaluate_round"}
+    assert {s for s, (state, _) in rows.items() if state != "done"} == {"propose_round"}  # refined, not Bayesian
     assert "Real evaluations (from evaluations.parquet):" in out
     ledger = ledger_counts(R / "evaluations.parquet")
     total = [
@@ -281,7 +316,7 @@ def test_status_of_a_finished_run(runs, capsys):
     assert group_line.split() == [
         "all",
         "1",
-        "1",
+        "2",  # the design and one refinement round
         str(len(list((R / "groups" / "all" / "evals").glob("*.parquet")))),
         str(len(samples)),
         str(len(front)),
@@ -295,6 +330,7 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
     for f in [
         "evaluations.parquet",
         "pareto.parquet",
+        "measured.parquet",
         "selected.parquet",
         "groups.parquet",
         "report.md",
@@ -400,19 +436,29 @@ def test_status_of_what_is_not_a_folder(tmp_path, capsys):
     assert err == f"mapmerge status: {tmp_path / 'nothing'}: not a folder\n"
 
 
-def expected_choice(
-    front: pd.DataFrame, preference: dict[str, float], tasks=TASKS, method="weighted_sum"
-) -> dict[str, float]:
-    weights = normalize_preference(preference, tasks)
-    index = select_point(
-        front[[f"accuracy_{t}" for t in tasks]].to_numpy(), list(weights.values()), [True] * len(tasks), method
+def expected_choice(R: Path, preference: dict[str, float], method: str = "balanced", tasks=TASKS) -> dict[str, float]:
+    """What select should merge: the run refined its front, so the measured front's pick (the rule by hand)."""
+    measured = sample_metrics(
+        read_table(R / "groups/all/samples.parquet"), read_table(R / "groups/all/metrics.parquet")
     )
+    F = measured[[f"accuracy_{t}" for t in tasks]].to_numpy()
+    F = F[pareto.non_dominated(F, [True] * len(tasks))]
+    front = measured.iloc[pareto.non_dominated(measured[[f"accuracy_{t}" for t in tasks]].to_numpy(), [True] * 3)]
+    weights = list(normalize_preference(preference, tasks).values())
+    if method == "balanced":
+        ref = read_table(R / "reference.parquet").query("metric == 'accuracy'").set_index(["model", "task"])["value"]
+        F = np.column_stack(
+            [(F[:, i] - ref[("pretrained", t)]) / (ref[(t, t)] - ref[("pretrained", t)]) for i, t in enumerate(tasks)]
+        )
+        regret = np.array(weights) * (1 - F)
+        index = int(np.argmin(regret.max(axis=1) + 0.05 * regret.sum(axis=1)))
+    else:
+        index = select_point(F, weights, [True] * len(tasks), method)
     return {t: float(front[f"c_{t}"].iloc[index]) for t in tasks}
 
 
 def test_select_two_preferences(runs, capsys):
     R = runs["plain"]
-    front = read_table(R / "groups" / "all" / "front.parquet")
     chosen = []
     cases = [
         ("rot90=1", {"rot90": 1.0}, "rot90-1"),
@@ -422,12 +468,15 @@ def test_select_two_preferences(runs, capsys):
         assert main(["select", str(R), "--prefer", text]) == 0
         out = capsys.readouterr().out
         path = R / "selected" / f"{name}.safetensors"
-        assert f"merged checkpoint: {path}" in out and "nothing was evaluated" in out
+        assert f"merged checkpoint: {path}" in out and "chosen: the measured one" in out
         coefficients = json.loads(safetensors_metadata(path)["coefficients"])
-        assert coefficients == expected_choice(front, preference)
-        for t in TASKS:
-            line = next(line for line in out.splitlines() if line.startswith(f"c_{t} "))
-            assert line.split() == [f"c_{t}", f"{coefficients[t]:.4f}"]
+        assert coefficients == expected_choice(R, preference)
+        rows = {
+            line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("predicted ", "measured "))
+        }
+        assert set(rows) == {"predicted", "measured"}  # both candidates, each marked
+        assert rows["predicted"][:3] == ["predicted", "(not", "evaluated)"] and "[" in out  # with its interval
+        assert rows["measured"][4:7] == [f"{coefficients[t]:.4f}" for t in TASKS]
         state = load_state_dict(path)
         build_model(width=WIDTH).load_state_dict(state, strict=True)
         reference = merge_files(
@@ -510,8 +559,7 @@ def test_select_tchebycheff_with_a_user_models_torch_pretrained(torch_run, capsy
     path = R / "selected" / "rot90-1_invert-2_tchebycheff.pt"
     assert f"merged checkpoint: {path}" in out
     assert f"checked: its hash {file_hash(pre)} is the one recorded in {R / 'reference.parquet'}" in out
-    front = read_table(R / "groups" / "all" / "front.parquet")
-    c = expected_choice(front, {"rot90": 1.0, "invert": 2.0}, method="tchebycheff")
+    c = expected_choice(R, {"rot90": 1.0, "invert": 2.0}, method="tchebycheff")
     state = torch.load(path, weights_only=True)
     build_model(width=WIDTH).load_state_dict(state, strict=True)
     reference = merge_files(pre, {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS}, [c[t] for t in TASKS])
@@ -604,8 +652,12 @@ def test_select_in_a_nested_run(runs, tmp_path, capsys):
     assert main(["select", str(R), "--prefer", "rot90=1"]) == 0
     out = capsys.readouterr().out
     assert "nested MAP: only the top group L2g0 is chosen again" in out
-    front = read_table(R / "groups" / "L2g0" / "front.parquet")
-    index, _ = pick_point(front, top, {"rot90": 1.0}, "accuracy")
+    # refined: the measured front of the top group's real evaluations, balanced against the reference models
+    gdir = R / "groups" / "L2g0"
+    measured = sample_metrics(read_table(gdir / "samples.parquet"), read_table(gdir / "metrics.parquet"))
+    front = measured_front(measured, "accuracy", top["tasks"])
+    reference = reference_values(read_table(R / "reference.parquet"), "accuracy", top["tasks"])
+    index, _ = pick_point(front, top, {"rot90": 1.0}, "accuracy", "balanced", 0.05, reference)
     c = [float(front[f"c_{m}"].iloc[index]) for m in top["members"]]
     path = R / "selected" / "rot90-1.safetensors"
     assert json.loads(safetensors_metadata(path)["coefficients"]) == dict(zip(top["members"], c))

@@ -83,26 +83,32 @@ def test_missing_experiment_file(repo, tmp_path):
         load(repo, experiment=tmp_path / "nothere.yaml")
 
 
-def changed_stages(repo, override, method="map"):
-    base = load(repo, overrides=[f"method={method}"])
-    other = load(repo, overrides=[f"method={method}", override])
-    used = [s for s in STAGES if s != "propose_round" or method == "bayesian"]
+def changed_stages(repo, override, method="map", refine=2):
+    base = load(repo, overrides=[f"method={method}", f"refine.rounds={refine}"])
+    other = load(repo, overrides=[f"method={method}", f"refine.rounds={refine}", override])
+    used = [s for s in STAGES if (s != "propose_round" or method == "bayesian") and (s != "refine_round" or refine)]
     return {s for s in used if stage_config(base, s) != stage_config(other, s)}
 
 
 def test_each_stage_sees_only_its_own_config(repo):
-    # a change reruns its own stage (and, through the files, what follows), nothing before it
+    # a change reruns its own stage (and, through the files, what follows), nothing before it; the refinement
+    # rounds (refine.rounds = 2 by default) follow the front and the pick, so what changes those reruns them
     assert changed_stages(repo, "surrogate.loo=false") == {"fit_surrogate"}
-    assert changed_stages(repo, "optimizer.n_gen=10") == {"pareto_front"}
-    assert changed_stages(repo, "+preference.rot90=2") == {"merge_group", "aggregate"}  # aggregate: weighted metrics
-    assert changed_stages(repo, "selection=tchebycheff") == {"merge_group"}
+    assert changed_stages(repo, "optimizer.n_gen=10") == {"pareto_front", "refine_round"}
+    assert changed_stages(repo, "+preference.rot90=2") == {"merge_group", "aggregate", "refine_round"}
+    assert changed_stages(repo, "selection=tchebycheff") == {"merge_group", "refine_round"}
     assert changed_stages(repo, "sampler.factor=2") == {"sample_coefficients"}
     assert changed_stages(repo, "evaluation.device=cpu") == set()
+    # without refinement rounds a preference or a selection rule costs no evaluation
+    assert changed_stages(repo, "+preference.rot90=2", refine=0) == {"merge_group", "aggregate"}
+    assert changed_stages(repo, "selection=tchebycheff", refine=0) == {"merge_group"}
 
 
 def test_method_settings_reach_only_their_stages(repo):
-    # more Bayesian rounds keep the earlier ones: no stage's params change, the DAG only grows
+    # more rounds keep the earlier ones: no stage's params change, the DAG only grows
     assert changed_stages(repo, "bayesian.rounds=5", "bayesian") == set()
+    assert changed_stages(repo, "refine.rounds=4") == set()
+    assert changed_stages(repo, "refine.points=5") == {"refine_round"}
     assert changed_stages(repo, "bayesian.lam=2", "bayesian") == {"propose_round"}
     assert changed_stages(repo, "bayesian.initial_factor=2", "bayesian") == {"sample_coefficients"}
     # nested: a merged model's weight and metric follow the preference at every level
@@ -111,6 +117,7 @@ def test_method_settings_reach_only_their_stages(repo):
         "pareto_front",
         "merge_group",
         "aggregate",
+        "refine_round",
     }
     assert changed_stages(repo, "nested.pairing=cosine", "nested") == {"plan_level"}
     assert changed_stages(repo, "nested.pairing=cosine") == set()  # plain MAP does not pair

@@ -43,7 +43,8 @@ EXPECTED = {
     "mapmerge.stages.propose_round": {"propose_round"},
     "mapmerge.stages.collect": {"collect_metrics", "ledger"},
     "mapmerge.stages.fit_surrogate": {"fit_surrogate"},
-    "mapmerge.stages.pareto_front": {"pareto_front"},
+    "mapmerge.stages.pareto_front": {"pareto_front", "refine_round"},  # a round predicts the front as pareto_front does
+    "mapmerge.stages.refine_round": {"refine_round"},
     "mapmerge.stages.merge_group": {"merge_group"},
     "mapmerge.stages.aggregate": {"aggregate"},
     "mapmerge.stages.report_tables": {"report_tables"},
@@ -62,23 +63,35 @@ EXPECTED = {
     "mapmerge.builtin.fashion": BENCHMARK,
     # the MAP stages' domain modules
     "mapmerge.core.groups": EVALUATIONS
-    | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate"},
+    | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate", "refine_round"},
     "mapmerge.core.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
     "mapmerge.core.sampling": {"sample_coefficients"},
+    # the design's size: n_params; validate: the coverage of the prediction intervals; refine_round fits; merge_group
+    # predicts at a measured pick; the run's notes (aggregate's report, report_tables) size the refinement rounds
     "mapmerge.core.surrogate": {
         "sample_coefficients",
         "propose_round",
         "fit_surrogate",
         "pareto_front",
-    },  # the design's size: n_params
+        "validate",
+        "refine_round",
+        "merge_group",
+        "aggregate",
+        "report_tables",
+    },
+    "mapmerge.core.refine": {"refine_round", "aggregate", "report_tables"},  # the notes' box bounds
+    "mapmerge.core.spread": {"refine_round", "aggregate", "report_tables", "validate", "validate_front"},
     "mapmerge.core.bayesian": {"propose_round"},
+    # plots' non_dominated; validation's indicators; the measured front (merge_group, aggregate)
     "mapmerge.core.pareto": {
         "pareto_front",
         "aggregate",
         "validate",
         "validate_front",
-    },  # plots' non_dominated; validation's indicators
-    "mapmerge.core.selection": {"merge_group"},
+        "merge_group",
+        "refine_round",
+    },
+    "mapmerge.core.selection": {"merge_group", "refine_round", "aggregate"},
     # merge_group writes transformers folders (save_merged_models); the adapters' evaluators are _target_s
     "mapmerge.adapters": {"merge_group"},
     "mapmerge.adapters.transformers": {"merge_group"},
@@ -86,6 +99,7 @@ EXPECTED = {
     "mapmerge.adapters.openclip": set(),
     "mapmerge.outputs.plots": {"aggregate", "validate"},
     "mapmerge.outputs.report": {"aggregate", "report_tables"},
+    "mapmerge.outputs.notes": {"aggregate", "report_tables"},
     # the run folder's layout: read by the stages that find files by name (aggregate, and the report)
     "mapmerge.layout": {"aggregate", "report_tables"},
     "mapmerge.core.groundtruth": {"validate_front", "validate"},

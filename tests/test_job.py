@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import typing
 import os
 import socket
 import subprocess
 import sys
+import typing
 
 import pandas as pd
 import pytest

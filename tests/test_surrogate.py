@@ -4,6 +4,7 @@ import pytest
 from scipy.special import expit
 
 from mapmerge.core.surrogate import (
+    INTERVAL_COLUMNS,
     LINKS,
     SurrogateError,
     SurrogateFit,
@@ -11,6 +12,7 @@ from mapmerge.core.surrogate import (
     fit_table,
     fits_from_table,
     n_params,
+    prediction_columns,
     quadratic_features,
 )
 
@@ -156,6 +158,8 @@ def test_fit_table_round_trip(tmp_path):
         "tasks",
         "n_dropped",
         "dropped",
+        "refits",
+        "residuals",
     ]
     assert list(zip(table["task"], table["metric"])) == sorted((t, m) for t in tasks for m in LINK_MAP)
     assert (table["tasks"] == "rot90,digits04,invert").all() and (table["n_samples"] == 20).all()
@@ -248,3 +252,116 @@ def test_fits_from_table_checks_param_count():
 def test_surrogate_fit_validates_link():
     with pytest.raises(SurrogateError, match="unknown link"):
         SurrogateFit("a", "m", "cubic", np.zeros(3), 1.0, 0.0, 0.0, 3)
+
+
+# prediction intervals
+
+
+def noisy_accuracy(C: np.ndarray, params: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Accuracy whose noise is `noise` on the link (logit) scale: the intervals' error model."""
+    return expit(quadratic_features(C) @ params + rng.normal(0.0, noise, len(C)))
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_interval_holds_the_prediction_and_widens_with_the_level(link):
+    C, y, _ = quadratic_data(T=3, n=30, link=link, noise=0.03)
+    fit = fit_surrogate(C, np.clip(y, 0, None) if link != "identity" else y, link, loo=False, bootstrap=50)
+    C_new = np.random.default_rng(5).uniform(-0.2, 1.2, (50, 3))  # inside the box and a little beyond
+    predicted = fit.predict(C_new)
+    widths = []
+    for level in (0.5, 0.8, 0.9, 0.99):
+        low, high = fit.interval(C_new, level)
+        assert low.shape == high.shape == predicted.shape
+        assert np.all(low <= predicted) and np.all(predicted <= high) and np.all(low < high)
+        widths.append(high - low)
+    assert all(np.all(narrow <= wide) for narrow, wide in zip(widths, widths[1:]))
+    assert np.mean(widths[-1]) > 2 * np.mean(widths[0])
+    low, high = fit.interval(C[0], 0.9)  # one point: 0-d, like predict
+    assert low.shape == () and low <= fit.predict(C[0]) <= high
+    with pytest.raises(SurrogateError, match="level 1.0 must be in"):
+        fit.interval(C_new, 1.0)
+
+
+def test_interval_stays_in_the_links_range():
+    rng = np.random.default_rng(2)
+    C = rng.uniform(0, 1, (40, 2))
+    params = np.array([2.0, 1.5, -2.0, 0.5, -1.0, 0.3])
+    fit = fit_surrogate(C, noisy_accuracy(C, params, 0.8, rng), "sigmoid", loo=False, bootstrap=50)
+    low, high = fit.interval(rng.uniform(-1, 2, (200, 2)), 0.99)
+    assert np.all(low >= 0) and np.all(high <= 1)
+
+
+@pytest.mark.parametrize("link, noise", [("identity", 0.05), ("sigmoid", 0.3)])
+def test_interval_coverage_with_known_noise_is_near_nominal(link, noise):
+    """New values at new points fall inside a 90% interval about 90% of the time (averaged over 20 designs of 8 x P
+    points; with 4 x P, few residuals to draw from, a percentile bootstrap holds about 87%)."""
+    rng = np.random.default_rng(11)
+    params = np.array([0.5, 1.5, -1.0, -1.2, 0.8, 0.4])
+    covered = {0.5: [], 0.9: []}
+    for _ in range(20):
+        C, C_new = rng.uniform(0, 1, (48, 2)), rng.uniform(0, 1, (400, 2))
+        if link == "identity":
+            y, y_new = (quadratic_features(c) @ params + rng.normal(0, noise, len(c)) for c in (C, C_new))
+        else:
+            y, y_new = noisy_accuracy(C, params, noise, rng), noisy_accuracy(C_new, params, noise, rng)
+        fit = fit_surrogate(C, y, link, loo=False, bootstrap=100)
+        for level, hits in covered.items():
+            low, high = fit.interval(C_new, level)
+            hits.append(np.mean((low <= y_new) & (y_new <= high)))
+    assert np.mean(covered[0.9]) == pytest.approx(0.9, abs=0.03)
+    assert np.mean(covered[0.5]) == pytest.approx(0.5, abs=0.05)
+
+
+def test_no_interval_without_residual_degrees_of_freedom_or_bootstrap():
+    C, y, _ = quadratic_data(T=2, n=6, link="identity", noise=0.1)  # n = P: an exact fit, nothing left over
+    fit = fit_surrogate(C, y, "identity", loo=False, bootstrap=50)
+    assert fit.refits.shape == (0, 6) and fit.residuals.shape == (0,)
+    low, high = fit.interval(C, 0.9)
+    assert np.isnan(low).all() and np.isnan(high).all()
+    C, y, _ = quadratic_data(T=2, n=12, link="identity", noise=0.1)
+    assert np.isnan(fit_surrogate(C, y, "identity", loo=False).interval(C, 0.9)[0]).all()  # bootstrap=0: none
+
+
+def test_the_bootstrap_is_reproducible():
+    C, y, _ = quadratic_data(T=2, n=15, link="sigmoid", noise=0.02)
+    a, b = (fit_surrogate(C, np.clip(y, 0, 1), "sigmoid", loo=False, bootstrap=20) for _ in range(2))
+    assert a.refits.shape == (20, 6) and a.residuals.shape == (15,)
+    np.testing.assert_array_equal(a.refits, b.refits)
+    np.testing.assert_array_equal(a.interval(C, 0.9), b.interval(C, 0.9))
+
+
+def test_prediction_columns_from_the_table():
+    tasks = ["a", "b"]
+    samples, metrics = make_tables(tasks, n=20)
+    metrics["value"] += np.random.default_rng(1).normal(0, 0.01, len(metrics)).clip(-0.005, 0.005)
+    table = fit_table(samples, metrics, tasks, LINK_MAP, loo=False, bootstrap=30)
+    C = np.random.default_rng(3).uniform(0, 1, (7, 2))
+    frame = prediction_columns(table, C, tasks, 0.9)
+    assert list(frame.columns) == [
+        f"{m}_{t}{end}" for m in ("accuracy", "loss") for t in tasks for end in ("", "_lo", "_hi")
+    ]
+    assert len(frame) == 7 and frame.notna().all().all()
+    fits = fits_from_table(table)
+    for (task, metric), fit in fits.items():
+        low, high = fit.interval(C, 0.9)
+        name = f"{metric}_{task}"
+        np.testing.assert_array_equal(frame[name], fit.predict(C))
+        np.testing.assert_array_equal(frame[f"{name}_lo"], low)
+        np.testing.assert_array_equal(frame[f"{name}_hi"], high)
+        assert np.all(frame[f"{name}_lo"] <= frame[name]) and np.all(frame[name] <= frame[f"{name}_hi"])
+    wider = prediction_columns(table, C, tasks, 0.99)
+    assert np.all(wider["accuracy_a_hi"] - wider["accuracy_a_lo"] > frame["accuracy_a_hi"] - frame["accuracy_a_lo"])
+    one = prediction_columns(table, C[0], tasks, 0.9)  # a single point: one row
+    pd.testing.assert_frame_equal(one, frame.iloc[:1])
+    with pytest.raises(SurrogateError, match=r"surrogate.interval: must be in \(0, 1\)"):
+        prediction_columns(table, C, tasks, 0.0)
+    with pytest.raises(SurrogateError, match="no fit of metric 'accuracy' for task 'c'"):
+        prediction_columns(table, C, ["a", "c"], 0.9)
+
+
+def test_tables_written_before_intervals_predict_without_them():
+    tasks = ["a", "b"]
+    samples, metrics = make_tables(tasks, n=20)
+    table = fit_table(samples, metrics, tasks, LINK_MAP, loo=False).drop(columns=INTERVAL_COLUMNS)
+    frame = prediction_columns(table, np.full((3, 2), 0.5), tasks, 0.9)
+    assert frame["accuracy_a"].notna().all() and frame["accuracy_a_lo"].isna().all() and frame["loss_b_hi"].isna().all()

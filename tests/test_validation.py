@@ -13,10 +13,12 @@ import pytest
 from conftest import artifacts, job_counts, run, snakemake_command
 from mapmerge.core import groundtruth
 from mapmerge.core.metrics import metrics_from_examples, wide_metrics
+from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, table_metadata
 from mapmerge.outputs.plots import plot_validation
 from mapmerge.run import validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
+from mapmerge.stages.validate import run_validate
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -181,6 +183,123 @@ def test_validation_plot_has_a_panel_per_pair_of_tasks(tmp_path):
     assert width > 2.5 * height  # three panels side by side
 
 
+# coverage of the surrogate's prediction intervals
+
+
+def grid_case(resolution: int = 5, n_examples: int = 200) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per-example rows of a two-task grid, its coefficients and a surrogate fitted to a third of its points."""
+    from scipy.special import expit
+
+    from mapmerge.core.surrogate import fit_table
+
+    rng = np.random.default_rng(2)
+    coefficients = groundtruth.grid_points(["a", "b"], 0.0, 1.0, resolution)
+    c = coefficients[["c_a", "c_b"]].to_numpy()
+    chance = {"a": expit(0.5 + 2 * c[:, 0] - 1.5 * c[:, 1] ** 2), "b": expit(1 - c[:, 0] + 1.2 * c[:, 1])}
+    rows = [
+        (s, task, e, float(rng.random() < chance[task][i]), float(rng.exponential(1 - chance[task][i])))
+        for i, s in enumerate(coefficients["sample"])
+        for task in ("a", "b")
+        for e in range(n_examples)
+    ]
+    examples = pd.DataFrame(rows, columns=["sample", "task", "example", "correct", "loss"])
+    fitted = coefficients.iloc[::3].reset_index(drop=True)
+    metrics = metrics_from_examples(examples[examples["sample"].isin(fitted["sample"])])
+    links = {"accuracy": "sigmoid", "loss": "softplus"}
+    surrogate = fit_table(fitted, metrics, ["a", "b"], links, loo=False, bootstrap=50)
+    return examples, coefficients, surrogate
+
+
+def grid_bounds(coefficients: pd.DataFrame, surrogate: pd.DataFrame, level: float) -> pd.DataFrame:
+    bounds = prediction_columns(surrogate, coefficients[["c_a", "c_b"]].to_numpy(), ["a", "b"], level)
+    return bounds.set_index(coefficients["sample"])
+
+
+def test_coverage_rows_per_task_and_overall():
+    examples, coefficients, surrogate = grid_case()
+    table = groundtruth.coverage_table(examples, grid_bounds(coefficients, surrogate, 0.9), 20, 0.9, seed=0)
+    assert list(table.columns) == groundtruth.COLUMNS
+    assert set(zip(table["indicator"], table["front"], table["metric"])) == {
+        ("coverage", front, metric) for front in ("a", "b", "all") for metric in ("accuracy", "loss")
+    }
+    assert table[["value", "ci_low", "ci_high"]].apply(lambda v: v.between(0, 1)).all().all()
+    assert (table["ci_low"] <= table["ci_high"]).all() and (table["n_reference"] == 25).all()
+    assert table.set_index("front")["n_points"].to_dict() == {"a": 25, "b": 25, "all": 50}
+    rows = table.set_index(["front", "metric"])["value"]
+    assert rows[("all", "accuracy")] == pytest.approx((rows[("a", "accuracy")] + rows[("b", "accuracy")]) / 2)
+    assert rows[("all", "accuracy")] > 0.5  # a quadratic in logits fitted to 9 points of a quadratic in logits
+    wide = groundtruth.coverage_table(examples, grid_bounds(coefficients, surrogate, 0.99), 0, 0.9, seed=0)
+    assert (wide["value"].to_numpy() >= table["value"].to_numpy()).all() and wide["ci_low"].isna().all()
+
+
+def test_coverage_counts_the_real_values_inside_the_bounds():
+    wide = pd.DataFrame({"accuracy_a": [0.5, 0.7, 0.9, np.nan]}, index=["g0", "g1", "g2", "g3"])
+    bounds = pd.DataFrame(
+        {"accuracy_a_lo": [0.4, 0.75, 0.8, 0.0], "accuracy_a_hi": [0.6, 0.8, 0.9, 1.0]}, index=wide.index
+    )
+    values = groundtruth.interval_coverage(wide, bounds, ["a"], ["accuracy"])
+    assert values == {("coverage", "a", "accuracy"): 0.5, ("coverage", "all", "accuracy"): 0.5}  # NaN: outside
+
+
+def test_stage_validate_adds_the_coverage_rows(tmp_path):
+    from mapmerge.io import write_table
+
+    examples, coefficients, surrogate = grid_case(resolution=4, n_examples=50)
+    group = tmp_path / "groups" / "all"
+    front = coefficients.iloc[[0, 5, 15]].drop(columns="sample").reset_index(drop=True)
+    wide = wide_metrics(metrics_from_examples(examples), "sample").loc[coefficients["sample"].iloc[[0, 5, 15]]]
+    front = pd.concat([front, wide.reset_index(drop=True)], axis=1)
+    points = front.assign(sample=["f00", "f01", "f02"])
+    evals = examples[examples["sample"].isin(coefficients["sample"].iloc[[0, 5, 15]])].copy()
+    evals["sample"] = evals["sample"].map(dict(zip(coefficients["sample"].iloc[[0, 5, 15]], points["sample"])))
+    write_table(pd.DataFrame({"sample": [f"s{i}" for i in range(6)]}), group / "samples.parquet", "collect_metrics")
+    reference = pd.DataFrame([(t, t, "accuracy", 0.95) for t in "ab"], columns=["model", "task", "metric", "value"])
+    params = {"objective": "accuracy", "bootstrap": 5, "ci_level": 0.9, "seed": 0, "interval": 0.9, "box": [0.0, 1.0]}
+    run_validate(
+        params,
+        front=write_table(front, group / "front.parquet", "pareto_front"),
+        points=write_table(points, tmp_path / "points.parquet", "validate_front"),
+        front_evals=write_table(evals, tmp_path / "front_evals.parquet", "validate_front"),
+        grid=[write_table(examples, tmp_path / "b0000.parquet", "evaluate")],
+        baselines={},
+        reference=write_table(reference, tmp_path / "reference.parquet", "x"),
+        surrogate=write_table(surrogate, group / "surrogate.parquet", "fit_surrogate"),
+        table=tmp_path / "validation.parquet",
+        plot=tmp_path / "validation.png",
+    )
+    table = read_table(tmp_path / "validation.parquet")
+    coverage = table[table["indicator"] == "coverage"].set_index(["front", "metric"])
+    assert set(coverage.index) == {(f, m) for f in ("a", "b", "all") for m in ("accuracy", "loss")}
+    assert coverage["value"].between(0, 1).all() and (coverage["n_reference"] == 16).all()
+    expected = groundtruth.coverage_table(examples, grid_bounds(coefficients, surrogate, 0.9), 5, 0.9, 0)
+    assert (
+        coverage.loc[("all", "accuracy"), "value"]
+        == expected.set_index(["front", "metric"]).loc[("all", "accuracy"), "value"]
+    )
+    assert {"igd", "hv"} <= set(table["indicator"])  # beside the other indicators
+    assert table_metadata(tmp_path / "validation.parquet")["mapmerge.interval"] == "0.9"
+
+
+def test_the_plots_draw_the_intervals_where_the_front_has_them(tmp_path):
+    from mapmerge.outputs.plots import plot_all
+
+    examples, coefficients, surrogate = grid_case(resolution=4, n_examples=50)
+    bounds = grid_bounds(coefficients, surrogate, 0.9).reset_index(drop=True)
+    front = pd.concat([coefficients.drop(columns="sample"), bounds], axis=1)
+    plain = front[[c for c in front.columns if not c.endswith(("_lo", "_hi"))]]
+    chosen = front.iloc[[5]].reset_index(drop=True)
+    for name, table in (("bands", front), ("plain", plain)):
+        plot_all(
+            None, table, None, ["a", "b"], "accuracy", tmp_path / name, selected=chosen if name == "bands" else None
+        )
+        points = table.iloc[[0, 5, 15]].reset_index(drop=True)
+        points = pd.concat([points, points[["accuracy_a", "accuracy_b"]].add_prefix("measured_")], axis=1)
+        grid = wide_metrics(metrics_from_examples(examples), "sample")
+        plot_validation(grid, table, points, None, None, ["a", "b"], "accuracy", tmp_path / name / "validation.png")
+    for png in ("front_2d.png", "front_parallel.png", "validation.png"):
+        assert (tmp_path / "bands" / png).read_bytes() != (tmp_path / "plain" / png).read_bytes()
+
+
 # config
 
 
@@ -226,6 +345,15 @@ def test_validation_is_checked_only_when_enabled(repo):
 def test_each_validation_setting_reaches_only_its_stage(repo, override, changed):
     base, other = load(repo, "benchmark.tasks=2"), load(repo, "benchmark.tasks=2", override)
     assert {s for s in validation_config.STAGES if stage_config(base, s) != stage_config(other, s)} == changed
+
+
+def test_the_interval_level_reaches_the_front_and_validate_but_refits_nothing(repo):
+    base, other = load(repo, "benchmark.tasks=2"), load(repo, "benchmark.tasks=2", "surrogate.interval=0.8")
+    assert stage_config(base, "pareto_front")["interval"] == 0.9 and stage_config(other, "validate")["interval"] == 0.8
+    for stage in ("fit_surrogate", "sample_coefficients", "propose_round"):
+        assert stage_config(base, stage) == stage_config(other, stage)
+    with pytest.raises(ConfigError, match=r"surrogate.interval: must be in \(0, 1\)"):
+        load(repo, "surrogate.interval=1.0")
 
 
 def test_each_baseline_has_its_own_operator_and_seed(repo):
@@ -277,6 +405,12 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
     assert 0 <= mae <= top < 0.5
     assert (table["n_points"].xs("real", level="front") == 4).all()
     assert table[["value", "ci_low", "ci_high"]].notna().all().all() and (table["ci_low"] <= table["ci_high"]).all()
+    coverage = table.xs("coverage")["value"]  # the surrogate's 90% intervals on the grid
+    assert set(coverage.index) == {(f, m) for f in ("rot90", "invert", "all") for m in ("accuracy", "loss")}
+    assert coverage.between(0, 1).all()
+    front = read_table(res / "groups/all/front.parquet")
+    assert (front["accuracy_rot90_lo"] <= front["accuracy_rot90"]).all()
+    assert (front["accuracy_rot90"] <= front["accuracy_rot90_hi"]).all()
     hv_reference = json.loads(table_metadata(res / "validation.parquet")["mapmerge.hv_reference"])
     assert set(hv_reference) == {"rot90", "invert"} and all(0 <= v < 1 for v in hv_reference.values())
     assert (res / "plots" / "validation.png").read_bytes().startswith(b"\x89PNG")

@@ -13,7 +13,7 @@ through it (mapmerge.tools.runfolder). Every method takes names or Snakemake wil
         groups/<g>/rounds/r<NN>.parquet, groups/<g>/evals/{b<NNNN>,r<NN>b<NNNN>}.parquet
         groups/<g>/{samples,metrics,surrogate,front,choice,selected_evals}.parquet
         groups/<g>/{merged,vector}.safetensors, groups/<g>/merged/<task>/  (transformers folders)
-        evaluations.parquet, pareto.parquet, selected.parquet, groups.parquet, report.md
+        evaluations.parquet, pareto.parquet, measured.parquet, selected.parquet, groups.parquet, report.md
         plots/<name>.png, report/<table>.html
         validation/{grid/b<NNNN>,front,front_evals,baselines/<name>}.parquet, validation.parquet
         logs/<rule>.log, logs/<rule>/<wildcard>/.../<wildcard>.log
@@ -160,6 +160,11 @@ class Layout:
     @property
     def pareto(self) -> Path:
         return self.root / "pareto.parquet"
+
+    @property
+    def measured(self) -> Path:
+        """Every group's measured front: the real evaluations no other one dominates."""
+        return self.root / "measured.parquet"
 
     @property
     def selected(self) -> Path:

@@ -29,6 +29,7 @@ rule aggregate:
         group_tables=group_outputs(),  # read through the layout
     output:
         pareto=L.pareto,
+        measured=L.measured,
         selected=L.selected,
         groups=L.group_tree,
         report=L.report,
@@ -51,6 +52,7 @@ rule report_tables:
     input:
         reference=L.reference,
         pareto=L.pareto,
+        measured=L.measured,
         selected=L.selected,
         evaluations=L.ledger,
         **({"validation_table": L.validation} if VALIDATION["enabled"] else {}),

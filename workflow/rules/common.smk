@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from mapmerge.core import bayesian, groups
+from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.sampling import design, sample_batches
 from mapmerge.layout import Layout
 from mapmerge.run import job, runlock
@@ -33,7 +33,8 @@ LEVELS = groups.structure(METHOD, len(TASKS))  # group names per level; which mo
 LEVEL_OF = {g: k for k, names in enumerate(LEVELS, 1) for g in names}
 GROUPS = [g for names in LEVELS for g in names]  # the last one is the final merge
 N_MEMBERS = groups.n_members(METHOD, len(TASKS))
-ROUNDS = CFG["bayesian"]["rounds"] if METHOD == "bayesian" else 0
+BAYES_ROUNDS = CFG["bayesian"]["rounds"] if METHOD == "bayesian" else 0
+ROUNDS = BAYES_ROUNDS + CFG["refine"]["rounds"]  # Bayesian rounds 1 .. BAYES_ROUNDS, then the refinement rounds
 ON_ERROR = CFG["evaluation"]["on_error"]
 
 # One driver per results folder (runlock.hold, taken just before the first job starts); the jobs it
@@ -175,10 +176,16 @@ def design_batches():
     return sample_batches(design_values()["sample"].tolist(), CFG["evaluation"]["samples_per_job"])
 
 
-def round_batches():
-    """The batch indices of a Bayesian round (every round draws the same number of points)."""
-    n = bayesian.round_size(CFG["bayesian"], N_MEMBERS)
+def round_batches(number):
+    """The batch indices of round `number`: its most points (a Bayesian round's size, or a refinement round's), in
+    batches of evaluation.samples_per_job; a refinement round with fewer points leaves its last batches empty."""
+    n = bayesian.round_size(CFG["bayesian"], N_MEMBERS) if number <= BAYES_ROUNDS else refine.round_size(CFG["refine"], N_MEMBERS)
     return [f"{k:04d}" for k in range(math.ceil(n / CFG["evaluation"]["samples_per_job"]))]
+
+
+def round_numbers(first, last):
+    """A wildcard constraint matching the round numbers first .. last (none when last < first)."""
+    return "|".join(f"{r:02d}" for r in range(first, last + 1)) or "(?!)"
 
 
 def batch_c(wildcards):
@@ -197,7 +204,7 @@ def group_evals(group, upto=None):
     """The group's evaluation batches of rounds 0 .. upto - 1 (all rounds by default)."""
     last = ROUNDS + 1 if upto is None else upto
     files = [L.batch(group, b) for b in design_batches()]
-    return files + [L.round_batch(group, r, k) for r in range(1, last) for k in round_batches()]
+    return files + [L.round_batch(group, r, k) for r in range(1, last) for k in round_batches(r)]
 
 
 def level_params(level):
@@ -259,7 +266,7 @@ def every_artifact():
     made += [*all_evals().values(), *(r for g in GROUPS for r in group_rounds(g)), *group_outputs()]
     made += [f for g in GROUPS for f in (L.merged(g), L.group_vector(g), *([L.merged_folders(g)] if HF_FOLDERS else []))]
     made += validation_artifacts() if CFG["validation"]["enabled"] else []  # validate.smk
-    made += [L.ledger, L.group_tree, L.pareto, L.selected, L.report, *plot_outputs()]
+    made += [L.ledger, L.group_tree, L.pareto, L.measured, L.selected, L.report, *plot_outputs()]
     return [*made, *(L.report_table(k) for k in REPORT_TABLES)]
 
 

@@ -1,4 +1,4 @@
-# MAP per group: the level's plan, design (and Bayesian rounds), metrics, surrogate, Pareto front, pick and merge.
+# MAP per group: the level's plan, design (Bayesian rounds, refinement rounds), metrics, surrogate, Pareto front, pick and merge.
 
 
 rule plan_level:
@@ -46,7 +46,7 @@ rule propose_round:
     output:
         samples=L.round("{group}", "{round}"),
     wildcard_constraints:
-        round="0[1-9]|[1-9][0-9]",
+        round=round_numbers(1, BAYES_ROUNDS),
     params:
         stage=params_of("propose_round"),
         job=job_of("propose_round"),
@@ -55,6 +55,30 @@ rule propose_round:
     threads: threads_of("propose_round")
     resources:
         **resources_of("propose_round"),
+    conda:
+        SOFTWARE
+    shell:
+        JOB
+
+
+rule refine_round:
+    input:
+        rounds=lambda wc: group_rounds(wc.group, int(wc.round)),
+        evals=lambda wc: group_evals(wc.group, int(wc.round)),
+        plan=lambda wc: L.plan(LEVEL_OF[wc.group]),
+        reference=L.reference,
+    output:
+        samples=L.round("{group}", "{round}"),
+    wildcard_constraints:
+        round=round_numbers(BAYES_ROUNDS + 1, ROUNDS),
+    params:
+        stage=params_of("refine_round"),
+        job=job_of("refine_round"),
+    log:
+        L.log("refine_round", "{group}", "{round}"),
+    threads: threads_of("refine_round")
+    resources:
+        **resources_of("refine_round"),
     conda:
         SOFTWARE
     shell:
@@ -127,6 +151,10 @@ rule merge_group:
     input:
         unpack(engine_inputs),
         front=L.front("{group}"),
+        samples=L.samples("{group}"),
+        metrics=L.metrics("{group}"),
+        surrogate=L.surrogate("{group}"),
+        reference=L.reference,
     output:
         merged=L.merged("{group}"),
         vector=L.group_vector("{group}"),

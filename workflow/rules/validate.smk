@@ -75,6 +75,7 @@ rule validate:
         front_evals=L.validation_front_evals,
         grid=lambda wc: grid_files(),
         reference=L.reference,
+        surrogate=L.surrogate("all"),
     output:
         table=L.validation,
         plot=report(L.plot("validation"), caption="../report/validation_plot.rst", category="Validation"),

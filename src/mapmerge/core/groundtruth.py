@@ -9,7 +9,10 @@ coefficient for every task) once each. The indicators, on the objective metric (
 - gd: mean distance from each point of the front measured to its nearest true-front point;
 - hv: hypervolume dominated by the front, bounded by the grid's nadir (per task the worst value
   over every grid point), the same reference point for every front and every bootstrap resample;
-- pred_mae, pred_max: mean and largest |predicted - real| over the K points and every task, per metric.
+- pred_mae, pred_max: mean and largest |predicted - real| over the K points and every task, per metric;
+- coverage: the share of the grid's real values inside the surrogate's prediction interval at the grid's
+  coefficients (surrogate.interval), per fitted metric, per task (front: the task) and over all tasks (front
+  `all`); nominal is the interval's level (coverage_table).
 
 igd, gd and hv are given for the K points as MAP predicted them (front `predicted`) and as measured
 (front `real`), and hv also for the true front (front `grid`). Intervals: each task's examples are
@@ -29,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mapmerge.core.metrics import METRICS, metrics_from_examples, suffixes, wide_metrics
+from mapmerge.core.spread import spread_order
 
 COLUMNS = ["indicator", "front", "metric", "value", "ci_low", "ci_high", "n_points", "n_reference"]
 GRID_PREFIX, FRONT_PREFIX = "g", "f"  # sample names of grid and front points
@@ -44,22 +48,12 @@ def grid_points(members: Sequence[str], lower: float, upper: float, resolution: 
 
 
 def spread_indices(F: np.ndarray, k: int) -> np.ndarray:
-    """Indices (ascending) of k rows of F spread out: greedy farthest points in range-normalised space.
-
-    Starts at the row lowest in the first column (an end of the front), then repeatedly takes the row
-    farthest from those taken (ties: the lowest index); every row when there are at most k.
-    """
+    """Indices (ascending) of k rows of F spread out (the first k of mapmerge.core.spread.spread_order); every row
+    when there are at most k."""
     F = np.asarray(F, dtype=float)
     if len(F) <= k:
         return np.arange(len(F))
-    span = F.max(axis=0) - F.min(axis=0)
-    X = (F - F.min(axis=0)) / np.where(span > 0, span, 1.0)
-    chosen = [int(np.argmin(X[:, 0]))]
-    distance = np.linalg.norm(X - X[chosen[0]], axis=1)
-    while len(chosen) < k:
-        chosen.append(int(np.argmax(distance)))
-        distance = np.minimum(distance, np.linalg.norm(X - X[chosen[-1]], axis=1))
-    return np.sort(chosen)
+    return np.sort(spread_order(F)[:k])
 
 
 def front_sample(front: pd.DataFrame, metric: str, k: int) -> pd.DataFrame:
@@ -180,10 +174,12 @@ def validation_table(
     bootstrap: int,
     ci_level: float,
     seed: int,
+    budget: int | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The indicators with bootstrap intervals (COLUMNS), and the hypervolume's reference point.
 
     examples: per-example rows of the grid points (samples g...) and of the front points (points['sample']).
+    budget: the run's real evaluations of group all, for the win rates (WinRate); None: no win-rate rows.
     """
     from mapmerge.core import pareto  # deferred: pymoo
 
@@ -194,12 +190,16 @@ def validation_table(
     reference = hv_reference(grid, maximize)
     n_truth = len(pareto.non_dominated(grid, [maximize] * len(tasks)))
     values = _indicators(wide, grid_samples, points, metric, reference, maximize)
+    win = WinRate(points, grid_samples, metric, maximize, budget, seed) if budget else None
+    values.update(win(wide) if win else {})
     rng = np.random.default_rng(seed)
     matrices = ExampleMatrices(examples)
     draws = {key: [] for key in values}
     for _ in range(bootstrap):
         resampled = matrices.metrics(matrices.draw(rng))
         for key, value in _indicators(resampled, grid_samples, points, metric, reference, maximize).items():
+            draws[key].append(value)
+        for key, value in (win(resampled) if win else {}).items():
             draws[key].append(value)
     tail = 50 * (1 - ci_level)
     rows = []
@@ -216,7 +216,138 @@ def validation_table(
                 float(low),
                 float(high),
                 n_truth if front == "grid" else len(points),
-                n_truth,
+                win.sizes.get(indicator, n_truth) if win else n_truth,  # win rates: the brute force's evaluations
             ]
         )
     return pd.DataFrame(rows, columns=COLUMNS), reference
+
+
+# win rate (the MAP paper's metric): MAP's pick per preference vector against brute force on the same budget
+
+WIN_VECTORS = 100  # at most this many preference vectors, the Das-Dennis lattice: 100 for 2 tasks, 91 for 3
+WIN_SUBSETS = 100  # random brute-force searches: seeded subsets of the grid of the budget's size
+WIN_STREAM = 1  # the subsets' random stream, beside the master seed (the bootstrap draws from the seed alone)
+
+
+def grid_subset(n_grid: int, n_tasks: int, budget: int) -> np.ndarray:
+    """Indices (into grid_points' rows) of the regular sub-grid of the resolution^T grid (n_grid points) with the most
+    points per axis and at most `budget` points: n = floor(budget^(1/T)) per axis (1 <= n <= resolution), evenly
+    spread over the grid's axis, both ends included when n >= 2."""
+    resolution = int(round(n_grid ** (1.0 / n_tasks)))
+    n = max(1, min(resolution, int(np.floor(budget ** (1.0 / n_tasks) + 1e-9))))
+    axis = np.unique(np.round(np.linspace(0, resolution - 1, n)).astype(int))
+    index = np.array(list(itertools.product(axis, repeat=n_tasks))).T
+    return np.ravel_multi_index(tuple(index), (resolution,) * n_tasks)  # row-major, as itertools.product
+
+
+class WinRate:
+    """The win rate of the K measured front points against brute force on the validation grid, on the objective.
+
+    Preference vectors: the Das-Dennis lattice over the tasks, at most WIN_VECTORS. MAP's pick per vector w: of the
+    K points, the one with the best predicted weighted sum (the selection rule weighted_sum), scored by its measured
+    values. Brute force with `budget` real evaluations (the run's evaluations of group all): win_rate_grid, the
+    regular sub-grid of the grid with at most `budget` points (grid_subset); win_rate_random, WIN_SUBSETS random
+    subsets of the grid of min(budget, grid) points each (seeded), the rate averaged over them. A win: the pick's
+    measured weighted sum is at least the best of the brute force's (mapmerge.core.pareto.win_rate). The picks and
+    subsets are fixed; calling it on resampled metrics gives the rates for that resample.
+    """
+
+    def __init__(
+        self,
+        points: pd.DataFrame,
+        grid_samples: Sequence[str],
+        metric: str,
+        maximize: bool,
+        budget: int,
+        seed: int,
+    ) -> None:
+        from mapmerge.core import pareto  # deferred: pymoo
+
+        self.metric = metric
+        self.columns = [f"{metric}_{t}" for t in suffixes(points.columns, metric)]
+        self.maximize = [maximize] * len(self.columns)
+        self.W = pareto.preference_vectors(len(self.columns), WIN_VECTORS)
+        predicted = points[self.columns].to_numpy(dtype=float)
+        self.picks = points["sample"].to_numpy()[pareto.weighted_picks(predicted, self.W, self.maximize)]
+        self.grid_samples = list(grid_samples)
+        numbers = {int(s[len(GRID_PREFIX) :]): s for s in self.grid_samples}
+        regular = grid_subset(max(numbers) + 1, len(self.columns), budget)
+        self.regular = [numbers[i] for i in regular if i in numbers]
+        size = min(int(budget), len(self.grid_samples))
+        rng = np.random.default_rng([seed, WIN_STREAM])
+        self.subsets = np.array([rng.choice(len(self.grid_samples), size, replace=False) for _ in range(WIN_SUBSETS)])
+        self.sizes = {"win_rate_grid": len(self.regular), "win_rate_random": size}  # the brute forces' evaluations
+
+    def __call__(self, wide: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+        """(indicator, front, metric) -> win rate, from the models' wide metrics (measured or resampled)."""
+        from mapmerge.core import pareto  # deferred: pymoo
+
+        picked = wide.loc[self.picks, self.columns].to_numpy(dtype=float)
+        grid = wide.loc[self.grid_samples, self.columns].to_numpy(dtype=float)
+        regular = wide.loc[self.regular, self.columns].to_numpy(dtype=float)
+        return {
+            ("win_rate_grid", "real", self.metric): pareto.win_rate(self.W, picked, regular, self.maximize),
+            ("win_rate_random", "real", self.metric): pareto.win_rate(
+                self.W, picked, grid[self.subsets], self.maximize
+            ),
+        }
+
+
+# coverage of the surrogate's prediction intervals on the grid
+
+COVERAGE_ALL = "all"  # the `front` of the coverage row pooling every task
+
+
+def interval_coverage(
+    wide: pd.DataFrame, bounds: pd.DataFrame, tasks: Sequence[str], metrics: Sequence[str]
+) -> dict[tuple[str, str, str], float]:
+    """(coverage, task or 'all', metric) -> share of the real `<metric>_<task>` of `wide` within [`_lo`, `_hi`].
+
+    wide: real (or resampled) metrics per grid sample; bounds: the intervals (`<metric>_<task>_lo`, `_hi`), indexed
+    by the same samples. A NaN real value or bound counts as outside.
+    """
+    values = {}
+    for metric in metrics:
+        inside = []
+        for task in tasks:
+            name = f"{metric}_{task}"
+            real = wide.loc[bounds.index, name].to_numpy(dtype=float)
+            held = (bounds[f"{name}_lo"].to_numpy(dtype=float) <= real) & (
+                real <= bounds[f"{name}_hi"].to_numpy(dtype=float)
+            )
+            values[("coverage", task, metric)] = float(held.mean())
+            inside.append(held)
+        values[("coverage", COVERAGE_ALL, metric)] = float(np.concatenate(inside).mean())
+    return values
+
+
+def coverage_table(
+    examples: pd.DataFrame, bounds: pd.DataFrame, bootstrap: int, ci_level: float, seed: int
+) -> pd.DataFrame:
+    """The coverage rows (COLUMNS) of prediction intervals on the grid, every metric they are given for.
+
+    examples: per-example rows of the grid points; bounds: the intervals at the grid's points, indexed by
+    sample, as mapmerge.core.surrogate.prediction_columns gives them (`<metric>_<task>`, `_lo`, `_hi`).
+    Intervals as the other indicators': the same example draws (the same seed), the prediction intervals
+    fixed. n_points: the real values counted (grid points x tasks for `all`); n_reference: the grid's points.
+    """
+    grid = examples[examples["sample"].str.startswith(GRID_PREFIX)]
+    wide = wide_metrics(metrics_from_examples(grid), "sample")
+    metrics = [m for m in METRICS if suffixes(bounds.columns, m)]
+    tasks = suffixes(bounds.columns, metrics[0]) if metrics else []
+    metrics = [m for m in metrics if all(f"{m}_{t}" in wide for t in tasks)]
+    bounds = bounds.loc[wide.index]
+    values = interval_coverage(wide, bounds, tasks, metrics)
+    rng = np.random.default_rng(seed)
+    matrices = ExampleMatrices(grid)
+    draws = {key: [] for key in values}
+    for _ in range(bootstrap):
+        for key, value in interval_coverage(matrices.metrics(matrices.draw(rng)), bounds, tasks, metrics).items():
+            draws[key].append(value)
+    tail = 50 * (1 - ci_level)
+    rows = []
+    for (indicator, front, metric), value in values.items():
+        low, high = np.percentile(draws[(indicator, front, metric)], [tail, 100 - tail]) if bootstrap else (np.nan,) * 2
+        counted = len(wide) * (len(tasks) if front == COVERAGE_ALL else 1)
+        rows.append([indicator, front, metric, value, float(low), float(high), counted, len(wide)])
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -51,8 +51,14 @@ def evaluation_counts(examples: pd.DataFrame) -> dict[str, int]:
 
 
 def suffixes(columns: Iterable[str], prefix: str) -> list[str]:
-    """Names after `prefix_` in column names, in column order: suffixes(front, 'c') -> the tasks."""
-    return [c[len(prefix) + 1 :] for c in columns if c.startswith(f"{prefix}_")]
+    """Names after `prefix_` in column names, in column order: suffixes(front, 'c') -> the tasks.
+
+    A prediction interval's bound (`<metric>_<task>_lo`, `_hi` beside `<metric>_<task>`) is not a name of its own.
+    """
+    columns = list(columns)
+    present = set(columns)
+    bounds = {f"{c}{end}" for c in columns for end in ("_lo", "_hi")} & present
+    return [c[len(prefix) + 1 :] for c in columns if c.startswith(f"{prefix}_") and c not in bounds]
 
 
 def wide_metrics(long: pd.DataFrame, index: str) -> pd.DataFrame:
@@ -60,6 +66,13 @@ def wide_metrics(long: pd.DataFrame, index: str) -> pd.DataFrame:
     wide = long.pivot_table(index=index, columns=["metric", "task"], values="value")
     wide.columns = [f"{m}_{t}" for m, t in wide.columns]
     return wide
+
+
+def sample_metrics(samples: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every evaluated sample's row (sample, kind, round, c_<member>) with its real `<metric>_<task>` values; samples
+    without every value (a recorded failure) are left out."""
+    wide = wide_metrics(metrics, "sample").dropna()
+    return samples.merge(wide.reset_index(), on="sample")
 
 
 def maximized(metric: str) -> bool:

@@ -152,3 +152,84 @@ def hypervolume(front: np.ndarray, ref_point: np.ndarray, maximize: Sequence[boo
     """Hypervolume dominated by `front` and bounded by `ref_point` (both on the original scale)."""
     ref = np.asarray(ref_point, dtype=float) * _signs(maximize)
     return float(HV(ref_point=ref).do(_minimised(front, maximize)))
+
+
+# win rate: MAP's pick per preference against the best of a brute-force search (pure numpy)
+
+
+def simplex_lattice(n_obj: int, partitions: int) -> np.ndarray:
+    """Das-Dennis preference vectors [C(partitions + n_obj - 1, n_obj - 1), n_obj]: every w >= 0 summing to 1 with
+    entries in {0, 1/partitions, ..., 1}, in lexicographic order of the counts (descending in the first weight)."""
+    if n_obj < 1 or partitions < 1:
+        raise ValueError(f"a simplex lattice needs n_obj >= 1 and partitions >= 1; got {n_obj}, {partitions}")
+
+    def counts(total: int, parts: int) -> list[list[int]]:
+        if parts == 1:
+            return [[total]]
+        return [[first, *rest] for first in range(total, -1, -1) for rest in counts(total - first, parts - 1)]
+
+    return np.array(counts(partitions, n_obj), dtype=float) / partitions
+
+
+def preference_vectors(n_obj: int, max_vectors: int, kind: str = "lattice", seed: int = 0) -> np.ndarray:
+    """Preference vectors W [n, n_obj] (rows >= 0, summing to 1).
+
+    lattice: the Das-Dennis lattice with the most partitions whose size is at most `max_vectors` (at least 1
+    partition: the n_obj corners); deterministic. dirichlet: `max_vectors` draws of a flat Dirichlet from `seed`.
+    """
+    if kind == "lattice":
+        if n_obj == 1:
+            return np.ones((1, 1))
+        partitions = 1
+        while comb(partitions + n_obj, n_obj - 1) <= max_vectors:
+            partitions += 1
+        return simplex_lattice(n_obj, partitions)
+    if kind == "dirichlet":
+        return np.random.default_rng(seed).dirichlet(np.ones(n_obj), size=max_vectors)
+    raise ValueError(f"unknown kind of preference vectors {kind!r}; known: lattice, dirichlet")
+
+
+def weighted_scores(F: np.ndarray, W: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Weighted-sum scores [..., n_w, m] of the points F [..., m, k] for the preferences W [n_w, k]: sum_i w_i * F_i
+    with minimised objectives negated (larger is better), as mapmerge.core.selection's weighted_sum."""
+    signed = np.asarray(F, dtype=float) * -_signs(maximize)
+    return np.einsum("wk,...mk->...wm", np.asarray(W, dtype=float), signed)
+
+
+def weighted_picks(F: np.ndarray, W: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Per preference vector (rows of W [n_w, k]), the index of the point of F [m, k] with the best weighted-sum
+    score (ties: the lowest index): the selection rule weighted_sum, for many preferences at once."""
+    return np.argmax(weighted_scores(F, W, maximize), axis=-1)
+
+
+def preference_wins(
+    W: np.ndarray, picked: np.ndarray, candidates: np.ndarray, maximize: Sequence[bool], tol: float = 1e-12
+) -> np.ndarray:
+    """Whether MAP's pick is at least as good as the best brute-force candidate, per preference vector.
+
+    W [n_w, k]: preference vectors; picked [n_w, k]: the real objective values of MAP's pick for each w;
+    candidates [m, k], or [s, m, k] for s brute-force searches: their real objective values. Scores are weighted
+    sums (maximised; minimised objectives negated). A win: score(pick) >= max over candidates of their score,
+    less `tol`. Candidate rows with a NaN are left out; a pick with a NaN never wins. Returns [n_w] or [s, n_w].
+    """
+    W = np.asarray(W, dtype=float)
+    picked = np.asarray(picked, dtype=float)
+    candidates = np.asarray(candidates, dtype=float)
+    if picked.shape != W.shape or candidates.ndim not in (2, 3) or candidates.shape[-1] != W.shape[1]:
+        raise ValueError(
+            f"W {W.shape}, picked {picked.shape} and candidates {candidates.shape} need [n_w, k], [n_w, k] and "
+            "[m, k] or [s, m, k]"
+        )
+    mine = np.einsum("wk,wk->w", W, picked * -_signs(maximize))
+    scores = weighted_scores(candidates, W, maximize)  # [..., n_w, m]
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    best = scores.max(axis=-1) if scores.shape[-1] else np.full(scores.shape[:-1], -np.inf)
+    return mine >= best - tol
+
+
+def win_rate(
+    W: np.ndarray, picked: np.ndarray, candidates: np.ndarray, maximize: Sequence[bool], tol: float = 1e-12
+) -> float:
+    """The fraction of preference vectors for which MAP's pick is at least as good as the best brute-force candidate
+    (the MAP paper's win rate); with [s, m, k] candidates, the mean over the s searches. See `preference_wins`."""
+    return float(np.mean(preference_wins(W, picked, candidates, maximize, tol)))

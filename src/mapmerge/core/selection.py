@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge.core import groups
+from mapmerge.core import groups, pareto
 from mapmerge.core.metrics import maximized
 
-METHODS = ("weighted_sum", "tchebycheff")
+METHODS = ("weighted_sum", "tchebycheff", "balanced")
+Reference = Mapping[str, tuple[float, float]]  # per task: (the pretrained model's, its fine-tuned model's) metric
 
 
 class PreferenceError(ValueError):
@@ -53,17 +54,18 @@ def _utility(F: np.ndarray, maximize: np.ndarray) -> np.ndarray:
     return np.where(hi > lo, u, 1.0)
 
 
-def select_point(
+def point_scores(
     F: np.ndarray,
     weights: Sequence[float],
     maximize: Sequence[bool],
     method: str = "weighted_sum",
     rho: float = 0.05,
-) -> int:
-    """Index of the front point F [m, k] that best matches the weights; ties go to the lowest index.
+) -> np.ndarray:
+    """How well each point F [m, k] matches the weights under `method`: higher is better.
 
-    weighted_sum: maximise sum_i w_i * (F_i if maximised else -F_i).
-    tchebycheff: minimise max_i w_i (1 - u_i) + rho * sum_i w_i (1 - u_i), u the utility over the front.
+    weighted_sum: sum_i w_i * (F_i if maximised else -F_i).
+    tchebycheff: -(max_i w_i (1 - u_i) + rho * sum_i w_i (1 - u_i)), u the utility over the points.
+    balanced: the same with u = F itself, F being gains (1 at the fine-tuned models; see pick_point).
     """
     F = np.asarray(F, dtype=float)
     w = np.asarray(weights, dtype=float)
@@ -75,11 +77,66 @@ def select_point(
     if not np.isfinite(F).all():
         raise ValueError("front has NaN or infinite objectives")
     if method == "weighted_sum":
-        return int(np.argmax((F * np.where(maximize, 1.0, -1.0)) @ w))
-    if method == "tchebycheff":
-        regret = w * (1.0 - _utility(F, maximize))
-        return int(np.argmin(regret.max(axis=1) + rho * regret.sum(axis=1)))
+        return (F * np.where(maximize, 1.0, -1.0)) @ w
+    if method in ("tchebycheff", "balanced"):
+        regret = w * (1.0 - (_utility(F, maximize) if method == "tchebycheff" else F))
+        return -(regret.max(axis=1) + rho * regret.sum(axis=1))
     raise ValueError(f"unknown selection method {method!r}; known: {', '.join(METHODS)}")
+
+
+def select_point(
+    F: np.ndarray,
+    weights: Sequence[float],
+    maximize: Sequence[bool],
+    method: str = "weighted_sum",
+    rho: float = 0.05,
+) -> int:
+    """Index of the point of F [m, k] that best matches the weights (point_scores); ties go to the lowest index."""
+    return int(np.argmax(point_scores(F, weights, maximize, method, rho)))
+
+
+def reference_values(reference: pd.DataFrame, metric: str, tasks: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Per task, (the pretrained model's, the task's fine-tuned model's) real `metric`, from reference.parquet."""
+    table = reference[reference["metric"] == metric].set_index(["model", "task"])["value"]
+    return {t: (float(table[("pretrained", t)]), float(table[(t, t)])) for t in tasks}
+
+
+def gains(values: np.ndarray, pretrained: float, finetuned: float, maximize: bool) -> np.ndarray:
+    """Normalised gains: 0 at the pretrained model's value, 1 at the fine-tuned model's (either way of the metric)."""
+    span = (finetuned - pretrained) if maximize else (pretrained - finetuned)
+    return (values - pretrained) * (1.0 if maximize else -1.0) / max(span, 1e-6)
+
+
+def preference_scores(
+    front: pd.DataFrame,
+    info: Mapping[str, Any],
+    preference: Mapping[str, float] | None,
+    metric: str,
+    method: str = "weighted_sum",
+    rho: float = 0.05,
+    reference: Reference | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Every point's score for a preference (point_scores, higher is better) and the members' normalised weights.
+
+    A member's weight is the sum of the preference weights of the tasks inside it; its objective is
+    their weighted mean of the points' `metric` (columns `<metric>_<task>`).
+    balanced: each task's value as its normalised gain (gains, from `reference`) first, then the weighted
+    Tchebycheff regret w_m (1 - gain_m) against gain 1, so no member is given up while a point keeps every
+    member's gain higher.
+    """
+    members, tasks = info["members"], info["tasks"]
+    sides = groups.side_weights(info, groups.task_weights(preference, tasks))
+    per_task = {t: front[f"{metric}_{t}"].to_numpy(dtype=float) for t in tasks}
+    maximize = [maximized(metric)] * len(members)
+    if method == "balanced":
+        if reference is None:
+            raise ValueError("selection.method balanced needs the reference models' metrics (reference.parquet)")
+        per_task = {t: gains(v, *reference[t], maximized(metric)) for t, v in per_task.items()}
+        maximize = [True] * len(members)
+    F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
+    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
+    weights = normalize_preference(totals if any(totals.values()) else None, members)
+    return point_scores(F, list(weights.values()), maximize, method, rho), weights
 
 
 def pick_point(
@@ -89,18 +146,15 @@ def pick_point(
     metric: str,
     method: str = "weighted_sum",
     rho: float = 0.05,
+    reference: Reference | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """The front point a preference picks: (its row index in `front`, the members' normalised weights).
+    """The point a preference picks (preference_scores' best; ties: the lowest index): (its row index in `front`,
+    the members' normalised weights). What stage merge_group chooses, and `mapmerge select` for a new preference."""
+    scores, weights = preference_scores(front, info, preference, metric, method, rho, reference)
+    return int(np.argmax(scores)), weights
 
-    A member's weight is the sum of the preference weights of the tasks inside it; its objective is
-    their weighted mean of the front's predicted `metric` (columns `<metric>_<task>`). What stage
-    merge_group chooses, and what `mapmerge select` chooses again for a new preference.
-    """
-    members = info["members"]
-    sides = groups.side_weights(info, groups.task_weights(preference, info["tasks"]))
-    per_task = {t: front[f"{metric}_{t}"].to_numpy() for t in info["tasks"]}
-    F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
-    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
-    weights = normalize_preference(totals if any(totals.values()) else None, members)
-    index = select_point(F, list(weights.values()), [maximized(metric)] * len(members), method, rho)
-    return index, weights
+
+def measured_front(measured: pd.DataFrame, metric: str, tasks: Sequence[str]) -> pd.DataFrame:
+    """The rows of real evaluations (one per sample, `<metric>_<task>` columns) that no other row dominates in `metric`."""
+    F = measured[[f"{metric}_{t}" for t in tasks]].to_numpy(dtype=float)
+    return measured.iloc[pareto.non_dominated(F, [maximized(metric)] * len(tasks))].reset_index(drop=True)

@@ -27,6 +27,8 @@ CMAP = "viridis"
 SELECTED_COLOR = "#d62728"
 FRONT_COLOR = "#1f77b4"
 FINETUNED_COLORS = ("#ff7f0e", "#2ca02c")
+INTERVAL_LABEL = "prediction interval (surrogate.interval)"
+MAX_ERROR_BARS = 25  # front points drawn with their intervals in the 2-task plot (spread along it)
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
@@ -60,6 +62,18 @@ def _finite(row: pd.Series, columns: Sequence[str]) -> np.ndarray | None:
         return None
     values = row[list(columns)].to_numpy(dtype=float)
     return values if np.all(np.isfinite(values)) else None
+
+
+def _bounds(frame: pd.DataFrame | pd.Series, column: str) -> np.ndarray | None:
+    """The prediction interval of `column` as error-bar lengths [2, n] (below, above; 0 where a bound is not
+    finite), or None when `frame` lacks `<column>_lo` / `_hi` (fronts written before intervals)."""
+    names = [f"{column}_lo", f"{column}_hi"]
+    index = frame.index if isinstance(frame, pd.Series) else frame.columns
+    if not all(n in index for n in names):
+        return None
+    value = np.atleast_1d(np.asarray(frame[column], dtype=float))
+    low, high = (np.atleast_1d(np.asarray(frame[n], dtype=float)) for n in names)
+    return np.nan_to_num(np.vstack([value - low, high - value]), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
 
 
 def _count(n: int, noun: str) -> str:
@@ -130,6 +144,21 @@ def plot_front_2d(
         label=f"predicted Pareto front ({len(pf)})",
         zorder=3,
     )
+    shown = front.loc[pf.index[np.unique(np.linspace(0, len(pf) - 1, MAX_ERROR_BARS).round().astype(int))]]
+    xerr, yerr = _bounds(shown, cols[0]), _bounds(shown, cols[1])
+    if xerr is not None and yerr is not None:
+        ax.errorbar(
+            shown[cols[0]],
+            shown[cols[1]],
+            xerr=xerr,
+            yerr=yerr,
+            fmt="none",
+            ecolor=FRONT_COLOR,
+            elinewidth=0.7,
+            alpha=0.35,
+            label=INTERVAL_LABEL,
+            zorder=2,
+        )
 
     for i, (task, color) in enumerate(zip(tasks, FINETUNED_COLORS)):
         value = _reference_value(reference, task, task, metric)
@@ -149,6 +178,11 @@ def plot_front_2d(
         if predicted is not None and measured is not None:
             ax.plot(
                 [predicted[0], measured[0]], [predicted[1], measured[1]], color=SELECTED_COLOR, linewidth=0.8, zorder=5
+            )
+        bars = [_bounds(row, c) for c in cols]
+        if predicted is not None and bars[0] is not None and bars[1] is not None:
+            ax.errorbar(
+                *predicted, xerr=bars[0], yerr=bars[1], fmt="none", ecolor=SELECTED_COLOR, elinewidth=1.0, zorder=5
             )
         if predicted is not None:
             ax.scatter(
@@ -278,9 +312,31 @@ def plot_front_parallel(
             linewidths=0,
             zorder=3,
         )
+        bars = [_bounds(front.loc[pf.index], c) for c in cols] if ax is ax_m else []
+        if bars and all(b is not None for b in bars):
+            # each point's interval as a thin line just right of its axis, placed by its value there: a band
+            ranges, colours = [], []
+            for k, (x, bar) in enumerate(zip(xs, bars)):
+                rank = np.argsort(np.argsort(values[:, k], kind="stable"), kind="stable")
+                offset = 0.04 + 0.14 * rank / max(len(values) - 1, 1)
+                below, above = bar[:, order]
+                ranges += [
+                    np.array([[x + d, v - b], [x + d, v + a]]) for d, v, b, a in zip(offset, values[:, k], below, above)
+                ]
+                colours.append(mean[order])
+            band = LineCollection(ranges, cmap=CMAP, norm=norm, linewidths=0.6, alpha=0.35, zorder=1)
+            band.set_array(np.concatenate(colours))
+            band.set_label(INTERVAL_LABEL)
+            ax.add_collection(band)
         ax.autoscale_view()
         _parallel_axes(ax, labels, ylabel, title)
         chosen = _finite(row, cols) if row is not None else None
+        bars = [_bounds(row, c) for c in cols] if chosen is not None and ax is ax_m else []
+        if bars and all(b is not None for b in bars):
+            below, above = np.hstack(bars)
+            ax.fill_between(
+                xs, chosen - below, chosen + above, color=SELECTED_COLOR, alpha=0.15, linewidth=0, label=INTERVAL_LABEL
+            )
         if chosen is not None:
             ax.plot(
                 xs,
@@ -424,6 +480,20 @@ def plot_validation(
                 [row[y], row[f"measured_{y}"]],
                 color=SELECTED_COLOR,
                 linewidth=0.7,
+                zorder=4,
+            )
+        xerr, yerr = _bounds(points, x), _bounds(points, y)
+        if xerr is not None and yerr is not None:  # does the interval hold the real value?
+            ax.errorbar(
+                points[x],
+                points[y],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="none",
+                ecolor=FRONT_COLOR,
+                elinewidth=0.8,
+                alpha=0.5,
+                label=f"MAP, predicted: {INTERVAL_LABEL}",
                 zorder=4,
             )
         ax.scatter(

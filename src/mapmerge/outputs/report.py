@@ -12,6 +12,7 @@ import pandas as pd
 from mapmerge.core.metrics import suffixes, wide_metrics
 from mapmerge.io import atomic_path, read_table
 from mapmerge.layout import Layout
+from mapmerge.outputs.notes import group_notes
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -27,7 +28,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-HTML_TABLES = ("models", "front", "chosen", "ledger")  # report/<name>.html, for snakemake --report
+HTML_TABLES = ("models", "front", "measured_front", "chosen", "ledger")  # report/<name>.html, for snakemake --report
 
 
 def single_models(reference: pd.DataFrame) -> pd.DataFrame:
@@ -53,9 +54,9 @@ def write_html_tables(
 ) -> None:
     """The key tables of a finished run as HTML pages for `snakemake --report`.
 
-    tables: the run's reference, pareto, selected and evaluations tables (and validation) by those names,
-    or the run folder, whose layout names them. outputs: a path for each of HTML_TABLES: models (single
-    models), front (pareto.parquet), chosen (the chosen merge), ledger (real evaluations per stage and per
+    tables: the run's reference, pareto, measured, selected and evaluations tables (and validation) by those
+    names, or the run folder, whose layout names them. outputs: a path for each of HTML_TABLES: models (single
+    models), front (pareto.parquet), measured_front (measured.parquet), chosen (the chosen merge), ledger (real evaluations per stage and per
     file); and validation (validation.parquet) where outputs names it.
     """
     if not isinstance(tables, Mapping):
@@ -63,6 +64,7 @@ def write_html_tables(
         tables = {
             "reference": layout.reference,
             "pareto": layout.pareto,
+            "measured": layout.measured,
             "selected": layout.selected,
             "evaluations": layout.ledger,
             "validation": layout.validation,
@@ -74,6 +76,10 @@ def write_html_tables(
             single_models(read_table(tables["reference"])),
         ),
         "front": ("Predicted Pareto front (pareto.parquet)", read_table(tables["pareto"])),
+        "measured_front": (
+            "Measured Pareto front: the real evaluations no other dominates (measured.parquet)",
+            read_table(tables["measured"]),
+        ),
         "chosen": (
             "Chosen merge: coefficients, predicted and measured metrics (selected.parquet)",
             chosen_merge(read_table(tables["selected"])),
@@ -113,6 +119,7 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
             "",
             f"- {len(samples)} sampled merges evaluated; front of {len(front)} points: {layout.front(group)}",
             f"- merged checkpoint: {layout.merged(group)}",
+            *(f"- {line}" for line in group_notes(results, group)),
             "",
             "Surrogate fit per task and metric:",
             "",

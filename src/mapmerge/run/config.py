@@ -289,6 +289,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     }
     method, objective = cfg["method"], cfg["optimizer"]["objective"]
     sampler = cfg["sampler"]
+    # what a fit depends on: not the level of the intervals drawn from it (surrogate.interval)
+    fitting = {k: v for k, v in cfg["surrogate"].items() if k != "interval"}
     if method == "bayesian":
         sampler = bayesian.initial_sampler(sampler, cfg["bayesian"], len(tasks))
     if stage in validation_config.STAGES:
@@ -314,23 +316,35 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         # not the number of rounds (more rounds keep the earlier ones) nor the initial design's size (its own stage)
         "propose_round": {
             "bayesian": {k: v for k, v in cfg["bayesian"].items() if k not in ("rounds", "initial_factor")},
-            "surrogate": cfg["surrogate"],
+            "surrogate": fitting,
             "sampler": cfg["sampler"],
             "objective": objective,
             "seed": cfg["seed"],
         },
-        "fit_surrogate": {"surrogate": cfg["surrogate"]},
+        # not the number of rounds (more rounds keep the earlier ones)
+        "refine_round": {
+            "refine": {k: v for k, v in cfg["refine"].items() if k != "rounds"},
+            "surrogate": {k: cfg["surrogate"][k] for k in ("links", "missing")},  # its fit: no LOO, no intervals
+            "optimizer": cfg["optimizer"],
+            "selection": cfg["selection"],
+            "preference": cfg["preference"],
+            "seed": cfg["seed"],
+        },
+        "fit_surrogate": {"surrogate": fitting},
         # a nested group's objectives are preference-weighted means of its tasks; plain MAP's front does not depend on it
         "pareto_front": {
             "optimizer": cfg["optimizer"],
             "seed": cfg["seed"],
+            "interval": cfg["surrogate"]["interval"],
             **({"preference": cfg["preference"]} if method == "nested" else {}),
         },
+        # refined: the merge is the best measured point (mapmerge.stages.merge_group.measured_choice)
         "merge_group": {
             "selection": cfg["selection"],
             "preference": cfg["preference"],
             "objective": cfg["optimizer"]["objective"],
             **operator,
+            **({"refined": True, "interval": cfg["surrogate"]["interval"]} if cfg["refine"]["rounds"] else {}),
         },
         "aggregate": {"objective": objective, "preference": cfg["preference"]},
         "report_tables": {},

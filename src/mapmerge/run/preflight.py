@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mapmerge.adapters.transformers import check_labels
-from mapmerge.core import bayesian, groups
+from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.sampling import design_size
 from mapmerge.core.surrogate import n_params
 from mapmerge.errors import ConfigError
@@ -53,15 +53,17 @@ class Plan:
 
 
 def group_samples(cfg: Mapping[str, Any], n_members: int) -> tuple[int, int]:
-    """(samples, evaluation jobs) of one group: its design, plus the Bayesian rounds."""
+    """(samples, evaluation jobs) of one group: its design, the Bayesian rounds and the refinement rounds (at most:
+    a refinement round skips points already evaluated)."""
     per_job = cfg["evaluation"]["samples_per_job"]
+    rounds = [(cfg["refine"]["rounds"], refine.round_size(cfg["refine"], n_members))]
     if cfg["method"] != "bayesian":
-        n = design_size(n_members, cfg["sampler"])
-        return n, math.ceil(n / per_job)
-    initial = design_size(n_members, bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], n_members))
-    per_round = bayesian.round_size(cfg["bayesian"], n_members)
-    rounds = cfg["bayesian"]["rounds"]
-    return initial + rounds * per_round, math.ceil(initial / per_job) + rounds * math.ceil(per_round / per_job)
+        initial = design_size(n_members, cfg["sampler"])
+    else:
+        initial = design_size(n_members, bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], n_members))
+        rounds.append((cfg["bayesian"]["rounds"], bayesian.round_size(cfg["bayesian"], n_members)))
+    samples = initial + sum(n * size for n, size in rounds)
+    return samples, math.ceil(initial / per_job) + sum(n * math.ceil(size / per_job) for n, size in rounds)
 
 
 def plan(cfg: Mapping[str, Any], method: str | None = None) -> Plan:
@@ -81,7 +83,8 @@ def plan(cfg: Mapping[str, Any], method: str | None = None) -> Plan:
         # a level's groups hold disjoint tasks, all of them when no model passes up: T per level at most
         task_evaluations=(n_tasks + 1) * n_tasks + len(levels) * n_tasks * (samples + 1),
         evaluation_jobs=1 + n_groups * (jobs + 1),
-        exact=method != "nested" or n_tasks & (n_tasks - 1) == 0,  # a power of 2: no model ever passes up
+        # nested MAP: a power of 2, so that no model ever passes up; a refinement round may skip evaluated points
+        exact=(method != "nested" or n_tasks & (n_tasks - 1) == 0) and not cfg["refine"]["rounds"],
     )
 
 
@@ -119,7 +122,8 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
             nested = plan(cfg, "nested")
             hint = f"use method=nested (pairwise: at most {nested.task_evaluations}), {hint}"
         raise ConfigError(
-            f"budget.max_evaluations: {METHOD_NAMES[method]} on {n_tasks} tasks plans {run.task_evaluations} (model, task) "
+            f"budget.max_evaluations: {METHOD_NAMES[method]} on {n_tasks} tasks plans {'' if run.exact else 'at most '}"
+            f"{run.task_evaluations} (model, task) "
             f"evaluations, past the budget of {budget}; {hint}"
         )
     return run

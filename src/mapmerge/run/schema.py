@@ -96,6 +96,13 @@ class Bayesian(Section):
     max_bins: PosInt | None = None
 
 
+class Refine(Section):
+    rounds: NonNegInt
+    points: PosInt | None
+    extend: NonNegFloat
+    limit: PosFloat
+
+
 class Baseline(Section):
     operator: Operator
     coefficient: float
@@ -167,6 +174,7 @@ class Surrogate(Section):
     links: dict[Metric, Link]
     loo: bool
     missing: Literal["error", "drop"]
+    interval: Fraction
 
 
 class Optimizer(Section):
@@ -178,7 +186,7 @@ class Optimizer(Section):
 
 
 class Selection(Section):
-    method: Literal["weighted_sum", "tchebycheff"]
+    method: Literal["weighted_sum", "tchebycheff", "balanced"]
     rho: NonNegFloat
 
 
@@ -301,6 +309,7 @@ class Config(Section):
     method: Literal["map", "nested", "bayesian"]
     nested: Nested
     bayesian: Bayesian
+    refine: Refine
     tasks: Annotated[list[str], Field(min_length=2)] | None
     preference: dict[str, float] | str
     validation: Validation
@@ -314,6 +323,15 @@ class Config(Section):
     merge: MergeOperator
     model: Model
     resources: Resources
+
+    @model_validator(mode="after")
+    def _extend_past_the_box(self) -> Config:
+        if self.refine.extend > 0 and self.refine.limit <= self.sampler.upper:
+            raise ValueError(
+                f"refine.limit: {self.refine.limit:g} leaves no room past sampler.upper {self.sampler.upper:g} "
+                "for refine.extend; raise it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _objective_fitted(self) -> Config:

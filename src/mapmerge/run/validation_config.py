@@ -63,6 +63,8 @@ def stage_params(
         return {
             "bootstrap": validation["bootstrap"],
             "ci_level": validation["ci_level"],
+            "interval": cfg["surrogate"]["interval"],  # the coverage of the surrogate's intervals on the grid
+            "box": [cfg["sampler"]["lower"], cfg["sampler"]["upper"]],  # the grid's box (grid_points)
             "objective": objective,
             "seed": cfg["seed"],
         }

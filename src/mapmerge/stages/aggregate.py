@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from mapmerge.core import groups as core_groups
-from mapmerge.core.metrics import maximized, measured_metrics, suffixes, wide_metrics
+from mapmerge.core.metrics import maximized, measured_metrics, sample_metrics, suffixes, wide_metrics
+from mapmerge.core.selection import measured_front
 from mapmerge.io import read_table, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import plots
@@ -58,6 +59,7 @@ def run_aggregate(
     plans: Sequence[PathLike],
     ledger: PathLike,
     pareto: PathLike,
+    measured: PathLike,
     selected: PathLike,
     groups: PathLike,
     report: PathLike,
@@ -66,24 +68,30 @@ def run_aggregate(
 ) -> None:
     """Gather fronts and choices of all groups (the last is the final merge), the group tree, plots and a report.
 
-    Writes pareto, selected, groups (the group tree) and report (report.md) and the plots under the run
+    Writes pareto, measured (every group's measured front), selected, groups (the group tree) and report (report.md)
+    and the plots under the run
     folder's plots/. The groups' files are found through the layout of the run folder `results`.
     """
     layout = Layout(results)
     metric = params["objective"]
-    fronts, chosen, inputs, measured = [], [], [*plans, ledger], {}
+    fronts, chosen, inputs, real, measured_fronts = [], [], [*plans, ledger], {}, []
     for group in group_names:
         fronts.append(read_table(layout.front(group)).assign(group=group))
+        group_tasks = suffixes(fronts[-1].columns, metric)
+        evaluated = sample_metrics(read_table(layout.samples(group)), read_table(layout.metrics(group)))
+        measured_fronts.append(measured_front(evaluated, metric, group_tasks).assign(group=group))
         choice = read_table(layout.choice(group)).assign(group=group)
-        measured[group] = measured_metrics(layout.selected_evals(group))
-        for name in sorted(set(measured[group].index.get_level_values("metric"))):
-            for task in suffixes(choice.columns, metric):
-                choice[f"measured_{name}_{task}"] = measured[group][(name, task)]
+        real[group] = measured_metrics(layout.selected_evals(group))
+        for name in sorted(set(real[group].index.get_level_values("metric"))):
+            for task in group_tasks:
+                choice[f"measured_{name}_{task}"] = real[group][(name, task)]
         chosen.append(choice)
         inputs += [layout.front(group), layout.choice(group), layout.selected_evals(group)]
+        inputs += [layout.samples(group), layout.metrics(group)]
     write_table(pd.concat(fronts, ignore_index=True), pareto, "aggregate", params, inputs)
+    write_table(pd.concat(measured_fronts, ignore_index=True), measured, "aggregate", params, inputs)
     write_table(pd.concat(chosen, ignore_index=True), selected, "aggregate", params, inputs)
-    tree = group_tree(plans, dict(zip(group_names, chosen)), measured, metric, params["preference"])
+    tree = group_tree(plans, dict(zip(group_names, chosen)), real, metric, params["preference"])
     write_table(tree, groups, "aggregate", params, inputs)
     final = group_names[-1]
     samples = read_table(layout.samples(final))

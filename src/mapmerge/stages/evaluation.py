@@ -23,7 +23,7 @@ from mapmerge.core.groups import EngineFiles
 from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table, write_table
 from mapmerge.progress import progress
-from mapmerge.tensors.engine import MergeEngine
+from mapmerge.tensors.engine import MergeEngine, failure_rows
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
@@ -122,6 +122,10 @@ def run_evaluate_samples(
     on_error='record' keeps failed (sample, task) evaluations as rows with an `error` (see MergeEngine.evaluate).
     """
     files = groups.group_files(_files(pretrained, vectors, checkpoints), groups.group_plan(plan, group))
+    if not coefficients:  # the last batches of a refinement round that skipped points already evaluated
+        empty = failure_rows("", "", "").iloc[:0]
+        write_table(empty, examples, stage, {**params, "c": {}}, [plan, *_engine_inputs(files)])
+        return
     engine = _engine(params, files, device, threads)
     out = Path(examples)
     samples = progress(

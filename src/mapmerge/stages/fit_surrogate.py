@@ -16,7 +16,7 @@ logger = logging.getLogger("mapmerge")
 
 
 def run_fit_surrogate(params: Mapping[str, Any], *, samples: PathLike, metrics: PathLike, surrogate: PathLike) -> None:
-    """Fit the quadratic surrogate of every task and metric (surrogate.parquet)."""
+    """Fit the quadratic surrogate of every task and metric, with what its prediction intervals need (surrogate.parquet)."""
     sample_frame = read_table(samples)
     metric_frame = read_table(metrics)
     members = suffixes(sample_frame.columns, "c")
@@ -30,6 +30,7 @@ def run_fit_surrogate(params: Mapping[str, Any], *, samples: PathLike, metrics: 
             loo=cfg["loo"],
             missing=cfg["missing"],
             tasks=list(dict.fromkeys(metric_frame["task"])),
+            bootstrap=quadratic.INTERVAL_BOOTSTRAP,  # the front's prediction intervals
         )
     except quadratic.SurrogateError as exc:
         raise quadratic.SurrogateError(f"{metrics}: {exc}") from exc

@@ -8,10 +8,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from mapmerge.adapters.transformers import save_merged_models
 from mapmerge.core import groups
 from mapmerge.core.groups import EngineFiles
-from mapmerge.core.selection import pick_point
+from mapmerge.core.metrics import sample_metrics
+from mapmerge.core.selection import Reference, measured_front, pick_point, preference_scores, reference_values
+from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, write_table
 from mapmerge.tensors.checkpoints import hf_config, open_checkpoint, save_safetensors
 from mapmerge.tensors.taskvectors import merge_files
@@ -32,9 +37,15 @@ def run_merge_group(
     vector: PathLike,
     choice: PathLike,
     folders: PathLike,
+    samples: PathLike | None = None,
+    metrics: PathLike | None = None,
+    surrogate: PathLike | None = None,
+    reference: PathLike | None = None,
 ) -> None:
-    """Pick the front point for the preference; write the merged checkpoint, its task vector and the choice.
+    """Pick the merge for the preference; write the merged checkpoint, its task vector and the choice.
 
+    The pick: the predicted front's (front), or after refinement rounds (params `refined`) the best measured
+    point (measured_choice: samples, metrics, surrogate); selection.method balanced also reads `reference`.
     A member's weight is the sum of the preference weights of the tasks inside it; its objective is
     their weighted mean. The task vector (merged - pretrained) is what a later nested level merges.
     Where the tasks' checkpoints are transformers directories, each task's merged model also goes to
@@ -47,8 +58,20 @@ def run_merge_group(
     points = read_table(front)
     members = info["members"]
     sel = params["selection"]
-    index, weights = pick_point(points, info, params["preference"], params["objective"], sel["method"], sel["rho"])
-    row = points.iloc[[index]].reset_index(drop=True)
+    inputs = [front, plan]
+    ref = None
+    if sel["method"] == "balanced":
+        ref = reference_values(read_table(reference), params["objective"], info["tasks"])
+        inputs.append(reference)
+    if params.get("refined"):
+        row, weights = measured_choice(
+            params, info, read_table(samples), read_table(metrics), read_table(surrogate), ref
+        )
+        inputs += [samples, metrics, surrogate]
+    else:
+        pref, metric = params["preference"], params["objective"]
+        index, weights = pick_point(points, info, pref, metric, sel["method"], sel["rho"], ref)
+        row = points.iloc[[index]].reset_index(drop=True)
     for member, w in weights.items():
         row[f"weight_{member}"] = w
     c = [float(row[f"c_{m}"].iloc[0]) for m in members]
@@ -64,7 +87,45 @@ def run_merge_group(
         if not delta and all(hf_config(files["checkpoints"][t]) for t in info["tasks"]):  # transformers directories
             _save_transformers(state, files, info["tasks"], Path(folders), metadata)
         del state
-    write_table(row, choice, "merge_group", params, inputs=[front, plan])
+    extra = {"mapmerge.selection": json.dumps(dict(sel))}  # what `mapmerge select` applies by default
+    write_table(row, choice, "merge_group", params, inputs=inputs, extra=extra)
+
+
+def measured_choice(
+    params: Mapping[str, Any],
+    info: Mapping[str, Any],
+    samples: pd.DataFrame,
+    metrics: pd.DataFrame,
+    surrogate: pd.DataFrame,
+    reference: Reference | None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """After refinement rounds: the measured point the preference picks among the group's real evaluations (every
+    round's pick among them), as one row: its sample, kind and round, `c_<member>`, the final surrogates'
+    predictions `<metric>_<task>` there with their intervals (`_lo`, `_hi`), `source` ('measured'), and the last round's pick for comparison
+    (`last_pick`, `last_pick_score`, `score`: the selection rule's scores of the real values, higher is better;
+    selection.preference_scores)."""
+    metric, tasks, members = params["objective"], info["tasks"], info["members"]
+    sel = params["selection"]
+    measured = sample_metrics(samples, metrics)
+    picks = measured[measured["kind"] == "pick"]
+    candidates = measured_front(measured, metric, tasks)
+    last = picks.loc[picks["round"].idxmax()] if len(picks) else None
+    if last is not None and last["sample"] not in set(candidates["sample"]):  # dominated: scored all the same
+        candidates = pd.concat([candidates, last.to_frame().T], ignore_index=True)
+    pref = params["preference"]
+    scores, weights = preference_scores(candidates, info, pref, metric, sel["method"], sel["rho"], reference)
+    index = int(np.argmax(scores))
+    chosen = candidates.iloc[index]
+    coef = chosen[[f"c_{m}" for m in members]].to_numpy(dtype=float)[None, :]
+    predicted = prediction_columns(surrogate, coef, tasks, params["interval"])
+    row = pd.concat([pd.DataFrame(coef, columns=[f"c_{m}" for m in members]), predicted], axis=1)
+    row["source"] = "measured"
+    row["sample"], row["kind"], row["round"] = str(chosen["sample"]), str(chosen["kind"]), int(chosen["round"])
+    row["score"] = float(scores[index])
+    last_index = index if last is None else int(np.flatnonzero(candidates["sample"] == last["sample"])[0])
+    row["last_pick"] = str(candidates["sample"].iloc[last_index])
+    row["last_pick_score"] = float(scores[last_index])
+    return row, weights
 
 
 def _save_transformers(

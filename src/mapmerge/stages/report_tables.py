@@ -16,10 +16,12 @@ def run_report_tables(
     *,
     reference: PathLike,
     pareto: PathLike,
+    measured: PathLike,
     selected: PathLike,
     evaluations: PathLike,
     models: PathLike,
     front: PathLike,
+    measured_front: PathLike,
     chosen: PathLike,
     ledger: PathLike,
     validation_table: PathLike | None = None,
@@ -27,8 +29,9 @@ def run_report_tables(
 ) -> None:
     """report/<name>.html for each of mapmerge.outputs.report.HTML_TABLES, and report/validation.html from
     validation.parquet (`validation_table`) with validation."""
-    tables = {"reference": reference, "pareto": pareto, "selected": selected, "evaluations": evaluations}
-    outputs = {"models": models, "front": front, "chosen": chosen, "ledger": ledger}
+    tables = {"reference": reference, "pareto": pareto, "measured": measured, "selected": selected}
+    tables["evaluations"] = evaluations
+    outputs = {"models": models, "front": front, "measured_front": measured_front, "chosen": chosen, "ledger": ledger}
     if validation is not None:
         tables["validation"], outputs["validation"] = validation_table, validation
     report.write_html_tables(tables, outputs)

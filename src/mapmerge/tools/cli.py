@@ -101,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     state.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     pick = sub.add_parser(
         "select",
-        help="choose the final merge for a new preference from the stored Pareto front (no evaluation) and write it",
-        description="Choose the front point of the run's final group for a new preference, without evaluating anything, "
+        help="choose the final merge for a new preference from the stored fronts (no evaluation) and write it",
+        description="Choose the merge of the run's final group for a new preference, without evaluating anything, "
         "and write its merged checkpoint theta_pre + sum_i c_i tau'_i (the run's merge operator, from the header of "
-        "groups/<g>/merged.safetensors). Prints the coefficients, the predicted metrics per task and the file. "
+        "groups/<g>/merged.safetensors). Two candidates are shown, each marked: the predicted front's pick (the "
+        "surrogates' predictions, with their intervals) and the measured front's pick (real evaluations of the run); "
+        "as in the run, a run with refinement rounds merges the measured one, else the predicted one. "
+        "Prints the candidates and the file. "
         "Before writing, the pretrained checkpoint is checked against the hash the run recorded (where the records "
         "cannot tell its hash, as in a transformers run, by merging the run's own choice from it, every tensor); "
         "a wrong one is refused and nothing is written. "
@@ -120,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     pick.add_argument(
         "--method",
-        default="weighted_sum",
-        choices=["weighted_sum", "tchebycheff"],
-        help="how the preference picks a front point (default: weighted_sum)",
+        default=None,
+        choices=["weighted_sum", "tchebycheff", "balanced"],
+        help="how the preference picks a point (default: the run's selection.method)",
     )
     pick.add_argument(
         "--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff (default: 0.05)"

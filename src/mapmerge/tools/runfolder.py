@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from mapmerge.core import groups, metrics, selection
+from mapmerge.core import groups, metrics, refine, selection
 from mapmerge.core.metrics import (
     METRICS,
     maximized,
@@ -47,6 +47,7 @@ from mapmerge.io import (
     table_metadata,
 )
 from mapmerge.layout import Layout
+from mapmerge.outputs.notes import final_notes
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import runlock
 from mapmerge.run.registry import STAGES
@@ -112,6 +113,13 @@ def _rounds(results: Path, group: str) -> list[Path]:
     return sorted(p for p in folder.glob("r*.parquet") if Layout.round_number(p) is not None) if folder.is_dir() else []
 
 
+def _bayesian_round(results: Path, group: str, problems: dict[Path, str]) -> bool:
+    """Whether the group's round r01 is a Bayesian one (not a refinement round's pick and front points)."""
+    later = [p for p in _rounds(results, group) if Layout.round_number(p)]
+    first = _try_read(later[0], problems, columns=["kind"]) if later else None
+    return first is not None and bool((first["kind"] == "bayesian").any())
+
+
 def _try_read(path: Path, problems: dict[Path, str], columns: list[str] | None = None) -> pd.DataFrame | None:
     try:
         return read_table(path, columns=columns)
@@ -147,7 +155,7 @@ def scan(results: Path) -> Scan:
     names = planned + dirs
     if any(NESTED_GROUP.match(g) for g in names):
         method, why = "nested", "groups named L<level>g<j>"
-    elif any(len(_rounds(results, g)) > 1 for g in dirs):
+    elif any(_bayesian_round(results, g, problems) for g in dirs):
         method, why = "bayesian", "Bayesian rounds r01 and later under groups/all/rounds"
     elif groups.PLAIN_GROUP in names:
         how = "levels/level1.parquet: one group 'all'" if groups.PLAIN_GROUP in planned else "one group 'all'"
@@ -360,13 +368,16 @@ def status(results: Path) -> str:
     n_levels = len(layout.levels) or None
     rounds = {g: _rounds(R, g) for g in groups_}
     later = [p for r in rounds.values() for p in r[1:]]
+    kinds = {p: _try_read(p, layout.problems, columns=["kind"]) for p in later}
+    refined = [p for p, k in kinds.items() if k is not None and k["kind"].isin(refine.KINDS).any()]
+    later = [p for p in later if p not in refined]
     evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in groups_}
     batches = [p for files in evals.values() for p in files if not Layout.is_round_batch(p)]
     round_batches = [p for files in evals.values() for p in files if Layout.is_round_batch(p)]
     merge_outputs = [each(f) for f in ("merged", "group_vector", "choice")]
     merged = min(disk.count(files) for files in merge_outputs)
     collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
-    aggregate = [L.pareto, L.selected, L.group_tree, L.report]
+    aggregate = [L.pareto, L.measured, L.selected, L.group_tree, L.report]
     tables = sum(L.report_table(name).exists() for name in HTML_TABLES)
     agg_done = [f for f in aggregate if disk.good(f)]
     pngs = sorted(L.plots.glob("*.png"))
@@ -401,6 +412,11 @@ def status(results: Path) -> str:
             present(later),
             f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)"),
         ),
+        "refine_round": (
+            present(refined),
+            f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
+            + ("" if refined else " (refine.rounds > 0 only)"),
+        ),
         "evaluate_sample": (
             "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
             f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches",
@@ -408,7 +424,7 @@ def status(results: Path) -> str:
         "evaluate_round": (
             present(round_batches),
             f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
-            + ("" if round_batches else " (Bayesian MAP only)"),
+            + ("" if round_batches else " (Bayesian MAP and refinement rounds only)"),
         ),
         "collect_metrics": (
             "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
@@ -465,6 +481,9 @@ def status(results: Path) -> str:
         lines += ["", "Groups (the last is the final merge):"]
         header = ["group", "level", "rounds", "eval files", "samples", "front points", "merged.safetensors"]
         lines += ["  " + line for line in _table(table, header)]
+    selected = L.selected
+    if disk.good(selected) and all(disk.good(p) for g in groups_ for p in (L.front(g), L.choice(g), L.samples(g))):
+        lines += ["", "What to know about the chosen merge:", *(f"  {line}" for line in final_notes(R))]
     if layout.problems:
         lines += ["", *(f"unreadable: {path}: {why}" for path, why in sorted(layout.problems.items()))]
         lines.append(f"  (`mapmerge check {R} --delete` deletes such files, so that snakemake makes them again)")
@@ -564,10 +583,10 @@ def parse_preference(text: str) -> dict[str, float]:
     return preference
 
 
-def preference_name(preference: Mapping[str, float], method: str, rho: float) -> str:
-    """A file name for a preference: rot90-2_invert-1 (and the selection method when not weighted_sum)."""
+def preference_name(preference: Mapping[str, float], method: str, rho: float, own: str = "weighted_sum") -> str:
+    """A file name for a preference: rot90-2_invert-1 (and the selection method when not the run's own)."""
     name = "_".join(f"{t}-{w:g}" for t, w in preference.items())
-    if method != "weighted_sum":
+    if method != own:
         name += f"_{method}" + (f"-rho{rho:g}" if rho != 0.05 else "")
     name = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
     if len(name) > 100:
@@ -852,20 +871,37 @@ class Selection:
     text: str
 
 
+def run_selection(results: Path) -> str | None:
+    """The run's own selection.method, as its choice.parquet records it (None where it does not)."""
+    for path in sorted(Path(results).glob("groups/*/choice.parquet")):
+        recorded = table_metadata(path).get("mapmerge.selection")
+        if recorded:
+            return str(json.loads(recorded)["method"])
+    return None
+
+
 def select(
     results: Path,
     preference: Mapping[str, float],
-    method: str = "weighted_sum",
+    method: str | None = None,
     rho: float = 0.05,
     out: Path | None = None,
     pretrained: Path | None = None,
     metric: str | None = None,
     seed: int | None = None,
 ) -> Selection:
-    """Pick the final group's front point for `preference` (no evaluation) and write its merged checkpoint."""
+    """Pick the final group's merge for `preference` (no evaluation) and write its merged checkpoint.
+
+    Two candidates: the predicted front's pick (the surrogates' predictions) and, where the run evaluated samples,
+    the measured front's pick (real values); the run's own rule decides, as its merge_group did: after refinement
+    rounds the measured pick, else the predicted one. `method` (default: the run's selection.method, from its
+    choice.parquet) picks within each.
+    """
     from mapmerge.tensors.taskvectors import merge_files  # deferred: torch
 
     results = Path(results)
+    own = run_selection(results) or "weighted_sum"
+    method = method or own
     if method not in selection.METHODS:
         raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
     if not (math.isfinite(rho) and rho >= 0):
@@ -904,7 +940,10 @@ def select(
         from mapmerge.tensors.checkpoints import SHARD_INDEX_SUFFIX  # deferred: torch
 
         torch_file = pre_path.suffix != ".safetensors" and not pre_path.name.endswith(SHARD_INDEX_SUFFIX)
-        out = paths.selections / f"{preference_name(preference, method, rho)}{'.pt' if torch_file else '.safetensors'}"
+        out = (
+            paths.selections
+            / f"{preference_name(preference, method, rho, own)}{'.pt' if torch_file else '.safetensors'}"
+        )
     out = Path(out)
     if out.resolve() == pre_path.resolve():
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
@@ -922,14 +961,27 @@ def select(
         )
         checked = f"merged at the run's own coefficients it gives {merged}, every tensor ({record.why})"
 
-    index, member_weights = pick_point(front, info, task_weights, metric, method, rho)
-    c = {m: float(front[f"c_{m}"].iloc[index]) for m in members}
+    reference = selection.reference_values(read_table(paths.reference), metric, tasks) if method == "balanced" else None
+    index, member_weights = pick_point(front, info, task_weights, metric, method, rho, reference)
+    candidates = [front.iloc[index].to_frame().T.assign(source="predicted")]
+    refined = (
+        "source" in table_columns(paths.choice(group))
+        and read_table(paths.choice(group))["source"].iloc[0] == "measured"
+    )
+    if paths.samples(group).exists() and paths.metrics(group).exists():
+        evaluated = metrics.sample_metrics(read_table(paths.samples(group)), read_table(paths.metrics(group)))
+        real = selection.measured_front(evaluated, metric, tasks)
+        real_index, _ = pick_point(real, info, task_weights, metric, method, rho, reference)
+        candidates.append(real.iloc[real_index].to_frame().T.assign(source="measured"))
+    pick = candidates[-1] if refined else candidates[0]
+    c = {m: float(pick[f"c_{m}"].iloc[0]) for m in members}
     state = merge_files(pre_path, vectors, list(c.values()), operator, seed)
     metadata = {
         "coefficients": json.dumps(c),
         "operator": json.dumps(operator),
         "preference": json.dumps(dict(preference)),
         "selection": json.dumps({"method": method, "rho": rho}),
+        "candidate": str(pick["source"].iloc[0]),
         "group": group,
         "source": "mapmerge select",
         **({"seed": str(seed)} if seed is not None else {}),
@@ -954,17 +1006,36 @@ def select(
             "member weights (sums of their tasks' weights): "
             + ", ".join(f"{m} {w:.3g}" for m, w in member_weights.items())
         )
+    chosen_source = str(pick["source"].iloc[0])
+    why = (
+        "the run refined its front with real evaluations, so, as its own merge, the best measured point"
+        if refined
+        else "the run has no refinement rounds, so, as its own merge, the predicted front's pick"
+    )
+    lines += ["", f"candidates ({method}); chosen: the {chosen_source} one: {why}", ""]
+    shown = [m for m in METRICS if all(f"{m}_{t}" in front.columns for t in tasks)]
+    header = ["candidate", "sample", *(f"c_{m}" for m in members)]
+    header += [f"{m}_{t}" for m in shown for t in tasks]
+    rows = []
+    for frame in candidates:
+        row = frame.iloc[0]
+        source = str(row["source"])
+        label = "predicted (not evaluated)" if source == "predicted" else "measured (real evaluation)"
+        values = []
+        for m in shown:
+            for t in tasks:
+                value = f"{float(row[f'{m}_{t}']):.4f}"
+                if f"{m}_{t}_lo" in row.index and source == "predicted":
+                    value += f" [{float(row[f'{m}_{t}_lo']):.3f}, {float(row[f'{m}_{t}_hi']):.3f}]"
+                values.append(value)
+        rows.append((label, str(row.get("sample", "-")), *(f"{float(row[f'c_{m}']):.4f}" for m in members), *values))
+    lines += _table(rows, header) + [""]
+    run_c = ", ".join(f"{float(chosen[m]):.4f}" for m in members)
     lines += [
-        "",
-        f"chosen front point {index} of {len(front)}; nothing was evaluated: the metrics are the surrogates' predictions",
+        f"(the run's own choice: {run_c})",
+        "preference weights: " + ", ".join(f"{t} {task_weights[t]:.3g}" for t in tasks),
         "",
     ]
-    run_c = ", ".join(f"{float(chosen[m]):.4f}" for m in members)
-    coef = [(f"c_{m}", f"{c[m]:.4f}") for m in members]
-    lines += _table(coef, ["coefficient", "value"]) + [f"(the run's own choice: {run_c})", ""]
-    shown = [m for m in METRICS if all(f"{m}_{t}" in front.columns for t in tasks)]
-    rows = [(t, f"{task_weights[t]:.3g}", *(f"{front[f'{m}_{t}'].iloc[index]:.4f}" for m in shown)) for t in tasks]
-    lines += _table(rows, ["task", "weight", *(f"predicted {m}" for m in shown)]) + [""]
     lines.append(f"merged checkpoint: {out}")
     lines.append(
         f"  theta_pre + sum_i c_i tau'_i, merge operator {operator.get('operator')}"

@@ -1,0 +1,90 @@
+"""What a user choosing from a front should be told: where the chosen merge comes from and where the box cuts the front.
+
+The same lines go to report.md, `mapmerge status` and the end of a run (the Snakefile's onsuccess).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import pandas as pd
+
+from mapmerge.core.metrics import suffixes
+from mapmerge.core.refine import on_bounds
+from mapmerge.io import read_table, table_metadata
+from mapmerge.layout import Layout
+
+FRONT_SHARE = 0.1  # a bound is named for the front when at least this share of its points lie on it
+
+
+RULES = {  # what a selection rule's score is (mapmerge.core.selection.point_scores), higher is better
+    "weighted_sum": "the preference-weighted sum of the objective",
+    "tchebycheff": "minus the weighted Tchebycheff regret over the candidates",
+    "balanced": "minus the weighted regret of the gains from pretrained (0) to fine-tuned (1)",
+}
+
+
+def choice_note(choice: pd.Series, method: str) -> str:
+    """Where the chosen merge comes from: the predicted pick, or a measured point and why it won (`method`: the
+    selection rule)."""
+    if choice.get("source") != "measured":
+        return (
+            "the chosen merge is the predicted front's pick for the preference (no refinement rounds): its metrics "
+            "below are predictions until evaluate_selected measures it"
+        )
+    where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
+    if choice["sample"] == choice["last_pick"]:
+        return (
+            f"the chosen merge is {where}: the last refinement round's predicted pick, measured; no other real "
+            f"evaluation scores better for the preference (score {choice['score']:.4g}: {RULES[method]}, measured)"
+        )
+    return (
+        f"the chosen merge is the measured point {where}: it scores {choice['score']:.4g} for the preference "
+        f"({RULES[method]}, measured) against {choice['last_pick_score']:.4g} for the last refinement round's "
+        f"predicted pick {choice['last_pick']}"
+    )
+
+
+def box_notes(front: pd.DataFrame, samples: pd.DataFrame, choice: pd.Series, members: Sequence[str]) -> list[str]:
+    """Where the front or the chosen merge lies on a bound of the box it was searched in (the evaluated coefficients'
+    range), naming the member and the bound."""
+    columns = [f"c_{m}" for m in members]
+    coef = samples[columns].to_numpy(dtype=float)
+    lower, upper = coef.min(axis=0), coef.max(axis=0)
+    shares = {(j, bound): share for j, bound, share in on_bounds(front[columns].to_numpy(dtype=float), lower, upper)}
+    picked = {(j, bound) for j, bound, _ in on_bounds(choice[columns].to_numpy(dtype=float), lower, upper)}
+    lines = []
+    for j, bound in sorted(
+        {key for key, share in shares.items() if share >= FRONT_SHARE and key[1] == "upper"} | picked
+    ):
+        value = lower[j] if bound == "lower" else upper[j]
+        where = f"the {bound} bound c_{members[j]} = {value:g} of the box"
+        if bound == "lower":
+            unused = " (its task vector is left out)" if value == 0 else ""
+            lines.append(f"the chosen merge lies on {where}{unused}")
+            continue
+        also = "; the chosen merge too" if (j, bound) in picked else ""
+        lines.append(
+            f"{shares.get((j, bound), 0.0):.0%} of the front lies on {where}{also}: the front may go on past it "
+            "(refine.extend > 0 evaluates past it in the next refinement round)"
+        )
+    return lines
+
+
+def group_notes(results: str | os.PathLike, group: str) -> list[str]:
+    """A finished group's notes: where its chosen merge comes from, and the box's bounds on its front."""
+    layout = Layout(results)
+    choice = read_table(layout.choice(group)).iloc[0]
+    recorded = table_metadata(layout.choice(group)).get("mapmerge.selection")
+    method = json.loads(recorded)["method"] if recorded else "weighted_sum"
+    front = read_table(layout.front(group))
+    members = suffixes(front.columns, "c")
+    return [choice_note(choice, method), *box_notes(front, read_table(layout.samples(group)), choice, members)]
+
+
+def final_notes(results: str | os.PathLike) -> list[str]:
+    """The notes of a finished run's final group (the last row of selected.parquet), each line prefixed by it."""
+    group = str(read_table(Layout(results).selected)["group"].iloc[-1])
+    return [f"group {group}: {line}" for line in group_notes(results, group)]

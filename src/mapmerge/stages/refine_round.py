@@ -1,0 +1,78 @@
+"""Stage refine_round: a refinement round's samples, the pick and points spread along the front predicted so far."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mapmerge.core import groups, refine
+from mapmerge.core import surrogate as quadratic
+from mapmerge.core.metrics import metrics_from_examples
+from mapmerge.core.selection import pick_point, reference_values
+from mapmerge.io import read_table, write_table
+from mapmerge.stages.pareto_front import predicted_front
+
+PathLike = str | os.PathLike
+logger = logging.getLogger("mapmerge")
+
+
+def run_refine_round(
+    params: Mapping[str, Any],
+    *,
+    round: int | str,
+    rounds: Sequence[PathLike],
+    evals: Sequence[PathLike],
+    plan: PathLike,
+    reference: PathLike,
+    group: str,
+    samples: PathLike,
+) -> None:
+    """Round `round`'s samples (rounds/r<NN>.parquet): fit the surrogates on every earlier round's real
+    evaluations, predict the front, and take the pick for the preference and refine.points points spread
+    along the front (kind `pick`, `front`; `extend` beside a pick on the upper bound when refine.extend > 0)."""
+    rnd = int(round)
+    info = groups.group_plan(plan, group)
+    members = info["members"]
+    earlier = pd.concat([read_table(p) for p in rounds], ignore_index=True)
+    metrics = metrics_from_examples(pd.concat([read_table(p) for p in evals], ignore_index=True))
+    cfg = params["surrogate"]
+    table = quadratic.fit_table(
+        earlier, metrics, members, cfg["links"], loo=False, missing=cfg["missing"], tasks=info["tasks"]
+    )
+    coef = earlier[[f"c_{m}" for m in members]].to_numpy()
+    front, _ = predicted_front(params, table, coef, info)
+    metric = params["optimizer"]["objective"]
+    sel = params["selection"]
+    ref = reference_values(read_table(reference), metric, info["tasks"]) if sel["method"] == "balanced" else None
+    pick, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
+    settings = params["refine"]
+    k = refine.front_points(settings, len(members))
+    lower, upper = coef.min(axis=0), coef.max(axis=0)
+    objectives = front[[f"{metric}_{t}" for t in info["tasks"]]].to_numpy()
+    C_front = front[[f"c_{m}" for m in members]].to_numpy()
+    points, kinds = refine.round_points(C_front, objectives, pick, k, coef, lower, upper)
+    if settings["extend"] > 0:
+        wide = refine.extended_points(C_front[pick], lower, upper, settings["extend"], settings["limit"])
+        wide = wide[[not _evaluated(c, coef) for c in wide]]
+        points, kinds = np.vstack([points, wide]), kinds + ["extend"] * len(wide)
+    frame = pd.DataFrame(points, columns=[f"c_{m}" for m in members])
+    frame.insert(0, "kind", kinds)
+    frame.insert(0, "sample", [f"r{rnd:02d}s{i:04d}" for i in range(len(frame))])
+    logger.info(
+        "round %d: %d points (pick at %s) from a front of %d fitted on %d samples",
+        rnd,
+        len(frame),
+        ", ".join(f"{m}={v:.3f}" for m, v in zip(members, C_front[pick])),
+        len(front),
+        len(earlier),
+    )
+    write_table(frame.assign(round=rnd), samples, "refine_round", params, inputs=[*rounds, *evals, plan, reference])
+
+
+def _evaluated(c: np.ndarray, coef: np.ndarray) -> bool:
+    return bool(len(coef)) and bool(np.isclose(coef, c, rtol=0, atol=1e-9).all(axis=1).any())

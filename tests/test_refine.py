@@ -1,0 +1,122 @@
+"""Refinement rounds' choices (mapmerge.core.refine) and the balanced selection rule, on hand-made fronts."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mapmerge.core import refine, selection
+from mapmerge.core.groundtruth import spread_indices
+from mapmerge.core.spread import spread_order
+from mapmerge.outputs.notes import box_notes, choice_note
+
+LOWER, UPPER = np.zeros(2), np.ones(2)
+
+
+def line_front(n: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-task front: c = (t, 1 - t), accuracies (t, 1 - t)."""
+    t = np.linspace(0.0, 1.0, n)
+    C = np.column_stack([t, 1 - t])
+    return C, C.copy()
+
+
+def test_spread_order_starts_at_an_end_and_takes_the_farthest_next():
+    _, F = line_front()
+    order = spread_order(F)
+    assert sorted(order) == list(range(11))
+    assert list(order[:3]) == [0, 10, 5]  # lowest in the first column, the other end, the middle
+    assert list(spread_indices(F, 3)) == [0, 5, 10]  # validation's K points: the same order, sorted
+
+
+def test_a_round_is_the_pick_then_front_points_skipping_what_was_evaluated():
+    C, F = line_front()
+    evaluated = np.array([C[10], C[5] + 1e-5])  # one end, and (within the gap) the middle
+    points, kinds = refine.round_points(C, F, pick=3, k=3, evaluated=evaluated, lower=LOWER, upper=UPPER)
+    assert kinds == ["pick", "front", "front", "front"]
+    np.testing.assert_array_equal(points[0], C[3])
+    chosen = [int(np.flatnonzero((C == p).all(axis=1))[0]) for p in points]
+    assert chosen[:2] == [3, 0] and 10 not in chosen and 5 not in chosen and len(set(chosen)) == 4
+
+
+def test_a_front_evaluated_everywhere_gives_a_short_round():
+    C, F = line_front(3)
+    points, kinds = refine.round_points(C, F, pick=0, k=5, evaluated=C[1:], lower=LOWER, upper=UPPER)
+    assert kinds == ["pick"] and len(points) == 1
+
+
+def test_round_size_counts_the_pick_the_front_points_and_the_points_past_the_box():
+    assert refine.front_points({"points": None, "extend": 0.0}, 4) == 15  # P of 4 members
+    assert refine.round_size({"points": 6, "extend": 0.0}, 4) == 7
+    assert refine.round_size({"points": 6, "extend": 0.5}, 4) == 11
+
+
+def test_on_bounds_names_each_coefficient_and_bound_with_its_share():
+    C = np.array([[0.0, 0.5], [0.999, 0.5], [0.5, 1.0], [0.5, 0.2]])
+    found = refine.on_bounds(C, LOWER, UPPER)
+    assert found == [(0, "lower", 0.25), (0, "upper", 0.25), (1, "upper", 0.25)]
+    assert refine.on_bounds(np.array([0.5, 0.5]), LOWER, UPPER) == []
+
+
+def test_extended_points_raise_each_coefficient_on_the_upper_bound_up_to_the_limit():
+    points = refine.extended_points(np.array([1.0, 0.3, 1.0]), np.zeros(3), np.ones(3), step=0.5, limit=1.2)
+    np.testing.assert_allclose(points, [[1.2, 0.3, 1.0], [1.0, 0.3, 1.2]])
+    assert len(refine.extended_points(np.array([0.5, 0.3]), LOWER, UPPER, 0.5, 2.0)) == 0
+
+
+def four_points() -> tuple[pd.DataFrame, dict]:
+    """Three tasks; the pretrained model scores 0.2 on each, the fine-tuned ones 0.9."""
+    front = pd.DataFrame(
+        {
+            "accuracy_a": [0.90, 0.60, 0.50, 0.89],
+            "accuracy_b": [0.90, 0.60, 0.50, 0.88],
+            "accuracy_c": [0.21, 0.55, 0.50, 0.10],
+        }
+    )
+    info = {"members": ["a", "b", "c"], "tasks": ["a", "b", "c"], "member_tasks": [["a"], ["b"], ["c"]]}
+    return front, info
+
+
+def test_an_equal_preference_gives_up_a_task_under_weighted_sum_but_not_when_balanced():
+    front, info = four_points()
+    reference = {t: (0.2, 0.9) for t in "abc"}
+    ws, _ = selection.pick_point(front, info, None, "accuracy", "weighted_sum")
+    balanced, _ = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
+    assert ws == 0 and front["accuracy_c"][ws] < 0.25  # task c left at about the pretrained model's 0.2
+    assert balanced == 1  # every task's gain at least (0.55 - 0.2) / 0.7 = 0.5
+
+
+def test_balanced_follows_the_preference_and_needs_the_reference():
+    front, info = four_points()
+    reference = {t: (0.2, 0.9) for t in "abc"}
+    assert selection.pick_point(front, info, {"a": 1, "b": 1}, "accuracy", "balanced", 0.05, reference)[0] == 0
+    with pytest.raises(ValueError, match="needs the reference models' metrics"):
+        selection.pick_point(front, info, None, "accuracy", "balanced")
+
+
+def test_gains_run_from_the_pretrained_to_the_fine_tuned_model_for_loss_too():
+    np.testing.assert_allclose(selection.gains(np.array([0.2, 0.55, 0.9]), 0.2, 0.9, True), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(selection.gains(np.array([2.0, 1.0, 0.0]), 2.0, 0.0, False), [0.0, 0.5, 1.0])
+
+
+def test_the_measured_front_keeps_the_non_dominated_real_evaluations():
+    measured = pd.DataFrame(
+        {"sample": ["s0", "s1", "s2"], "accuracy_a": [0.9, 0.5, 0.4], "accuracy_b": [0.1, 0.6, 0.5]}
+    )
+    front = selection.measured_front(measured, "accuracy", ["a", "b"])
+    assert list(front["sample"]) == ["s0", "s1"]
+
+
+def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_front():
+    members = ["a", "b"]
+    samples = pd.DataFrame({"c_a": [0.0, 1.0, 0.5], "c_b": [0.0, 1.0, 0.5]})
+    front = pd.DataFrame({"c_a": [1.0, 1.0, 0.3], "c_b": [0.2, 0.0, 0.9]})
+    choice = pd.Series({"c_a": 1.0, "c_b": 0.0, "source": "measured", "sample": "r01s0002", "kind": "front"})
+    choice = pd.concat([choice, pd.Series({"round": 1, "score": 0.6, "last_pick": "r02s0000", "last_pick_score": 0.5})])
+    lines = box_notes(front, samples, choice, members)
+    assert lines == [
+        "67% of the front lies on the upper bound c_a = 1 of the box; the chosen merge too: the front may go on past "
+        "it (refine.extend > 0 evaluates past it in the next refinement round)",
+        "the chosen merge lies on the lower bound c_b = 0 of the box (its task vector is left out)",
+    ]
+    note = choice_note(choice, "balanced")
+    assert "measured point r01s0002 (front point of round 1)" in note and "0.5 for the last" in note
+    assert "predictions" in choice_note(pd.Series({"c_a": 1.0}), "weighted_sum")
