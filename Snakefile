@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from mapmerge.core import groundtruth
-from mapmerge.outputs.notes import final_notes
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import preflight, validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
@@ -58,6 +57,8 @@ include: "workflow/rules/validate.smk"
 
 
 onsuccess:
+    from mapmerge.outputs.notes import final_notes  # at the end only: it imports pymoo (selection's fronts)
+
     if Path(L.selected).exists():
         for line in final_notes(R):
             print(f"mapmerge: {line}", file=sys.stderr)

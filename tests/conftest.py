@@ -198,6 +198,7 @@ STAGES = (
     "plan_level",
     "sample_coefficients",
     "propose_round",
+    "refine_round",
     "evaluate_sample",
     "evaluate_round",
     "collect_metrics",

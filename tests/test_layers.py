@@ -8,6 +8,8 @@ listed for it, and no group of modules imports itself round in a cycle.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -129,3 +131,15 @@ def test_no_import_cycles():
         if v not in index:
             strongconnect(v)
     assert not cycles, cycles
+
+
+def test_the_snakefile_imports_no_heavy_library():
+    """What the Snakefile imports at parse time (every driver start, every SLURM job) loads no torch, pymoo or
+    matplotlib: those belong to the stages, which jobs import alone."""
+    snakefile = (SRC.parent / "Snakefile").read_text()
+    lines = [line for line in snakefile.splitlines() if line.startswith(("import ", "from "))]
+    code = "\n".join(
+        [*lines, "import sys", "print(sorted({'torch', 'pymoo', 'moocore', 'matplotlib'} & set(sys.modules)))"]
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

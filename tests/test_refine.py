@@ -120,3 +120,13 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
     note = choice_note(choice, "balanced")
     assert "measured point r01s0002 (front point of round 1)" in note and "0.5 for the last" in note
     assert "predictions" in choice_note(pd.Series({"c_a": 1.0}), "weighted_sum")
+
+
+def test_balanced_falls_back_to_weighted_sum_when_every_point_gives_a_task_up():
+    front, info = four_points()
+    reference = {"a": (0.2, 0.9), "b": (0.2, 0.9), "c": (0.6, 0.9)}  # c's gain is below 0 everywhere but row 3
+    front.loc[1, "accuracy_c"] = 0.55
+    scores, _, rule = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference)
+    assert rule == "weighted_sum" and int(np.argmax(scores)) == 0  # not the least merge: the best weighted sum
+    _, _, rule = selection.preference_scores(front, info, {"a": 1, "b": 1}, "accuracy", "balanced", 0.05, reference)
+    assert rule == "balanced"  # c has no weight: a and b keep their gains

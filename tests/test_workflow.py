@@ -191,16 +191,23 @@ def test_a_code_change_reruns_the_stages_that_run_it(run, tmp_path, module, rule
     )
 
 
+REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  # the refinement rounds and what follows
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("surrogate.links.accuracy=identity", stages_from("fit_surrogate")),
-        ("optimizer.n_gen=30", stages_from("pareto_front")),
-        ("+preference.rot90=3", stages_from("merge_group")),
-        ("selection=tchebycheff", stages_from("merge_group")),
+        # the refinement rounds fit with the links, predict the front and pick for the preference: what changes
+        # those reruns the rounds and their evaluations too
+        ("surrogate.links.accuracy=identity", stages_from("fit_surrogate") | REFINED),
+        ("optimizer.n_gen=30", stages_from("pareto_front") | REFINED),
+        ("+preference.rot90=3", stages_from("merge_group") | REFINED),
+        ("selection=tchebycheff", stages_from("merge_group") | REFINED),
+        ("surrogate.loo=false", stages_from("fit_surrogate")),
+        ("refine.rounds=3", REFINED),  # one more round: the earlier ones and the design are kept
         ("evaluation.device=cpu", set()),
         ("evaluation.on_error=record", set()),
-        ("surrogate.missing=drop", stages_from("fit_surrogate")),
+        ("surrogate.missing=drop", stages_from("fit_surrogate") | REFINED),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):
@@ -231,7 +238,7 @@ def test_a_bigger_design_evaluates_only_new_samples(own_run):
     assert (res / "groups/all/evals/b0001.parquet").stat().st_mtime_ns != before["b0001.parquet"]
     samples = read_table(res / "groups/all/samples.parquet")
     metrics = read_table(res / "groups/all/metrics.parquet")
-    assert len(samples) == 24 and set(metrics["sample"]) == set(samples["sample"])
+    assert (samples["round"] == 0).sum() == 24 and set(metrics["sample"]) == set(samples["sample"])  # and the rounds
     assert "Nothing to be done" in snakemake(own_run, "-n", overrides=grown).stdout
 
 

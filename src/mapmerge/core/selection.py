@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge.core import groups, pareto
+from mapmerge.core import groups
 from mapmerge.core.metrics import maximized
 
 METHODS = ("weighted_sum", "tchebycheff", "balanced")
+BALANCED_FLOOR = 0.1  # balanced needs a point whose every weighted gain reaches this, else weighted_sum decides
 Reference = Mapping[str, tuple[float, float]]  # per task: (the pretrained model's, its fine-tuned model's) metric
 
 
@@ -115,28 +116,34 @@ def preference_scores(
     method: str = "weighted_sum",
     rho: float = 0.05,
     reference: Reference | None = None,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Every point's score for a preference (point_scores, higher is better) and the members' normalised weights.
+) -> tuple[np.ndarray, dict[str, float], str]:
+    """Every point's score for a preference (point_scores, higher is better), the members' normalised weights, and
+    the rule that scored them.
 
     A member's weight is the sum of the preference weights of the tasks inside it; its objective is
     their weighted mean of the points' `metric` (columns `<metric>_<task>`).
     balanced: each task's value as its normalised gain (gains, from `reference`) first, then the weighted
     Tchebycheff regret w_m (1 - gain_m) against gain 1, so no member is given up while a point keeps every
-    member's gain higher.
+    member's gain higher. Where no point keeps every weighted member's gain at BALANCED_FLOOR or more, every
+    point gives a task up and balancing would pick the least merge (the pretrained model, at gain 0): then the
+    points are scored by weighted_sum instead, and the rule returned says so.
     """
     members, tasks = info["members"], info["tasks"]
     sides = groups.side_weights(info, groups.task_weights(preference, tasks))
+    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
+    weights = normalize_preference(totals if any(totals.values()) else None, members)
     per_task = {t: front[f"{metric}_{t}"].to_numpy(dtype=float) for t in tasks}
-    maximize = [maximized(metric)] * len(members)
     if method == "balanced":
         if reference is None:
             raise ValueError("selection.method balanced needs the reference models' metrics (reference.parquet)")
-        per_task = {t: gains(v, *reference[t], maximized(metric)) for t, v in per_task.items()}
-        maximize = [True] * len(members)
+        gain = {t: gains(v, *reference[t], maximized(metric)) for t, v in per_task.items()}
+        G = np.column_stack([groups.weighted_mean(gain, side) for side in sides])
+        weighted = np.array(list(weights.values())) > 0
+        if len(G) and G[:, weighted].min(axis=1).max() >= BALANCED_FLOOR:
+            return point_scores(G, list(weights.values()), [True] * len(members), method, rho), weights, method
+        method = "weighted_sum"
     F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
-    totals = {m: sum(side.values()) for m, side in zip(members, sides)}
-    weights = normalize_preference(totals if any(totals.values()) else None, members)
-    return point_scores(F, list(weights.values()), maximize, method, rho), weights
+    return point_scores(F, list(weights.values()), [maximized(metric)] * len(members), method, rho), weights, method
 
 
 def pick_point(
@@ -150,11 +157,13 @@ def pick_point(
 ) -> tuple[int, dict[str, float]]:
     """The point a preference picks (preference_scores' best; ties: the lowest index): (its row index in `front`,
     the members' normalised weights). What stage merge_group chooses, and `mapmerge select` for a new preference."""
-    scores, weights = preference_scores(front, info, preference, metric, method, rho, reference)
+    scores, weights, _ = preference_scores(front, info, preference, metric, method, rho, reference)
     return int(np.argmax(scores)), weights
 
 
 def measured_front(measured: pd.DataFrame, metric: str, tasks: Sequence[str]) -> pd.DataFrame:
     """The rows of real evaluations (one per sample, `<metric>_<task>` columns) that no other row dominates in `metric`."""
+    from mapmerge.core import pareto  # deferred: pymoo and moocore, out of the Snakefile's imports (run.config)
+
     F = measured[[f"{metric}_{t}" for t in tasks]].to_numpy(dtype=float)
     return measured.iloc[pareto.non_dominated(F, [maximized(metric)] * len(tasks))].reset_index(drop=True)

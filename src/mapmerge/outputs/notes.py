@@ -35,6 +35,12 @@ def choice_note(choice: pd.Series, method: str) -> str:
             "below are predictions until evaluate_selected measures it"
         )
     where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
+    if choice.get("rule", method) != method:
+        method = str(choice["rule"])
+        where += (
+            f" (selection {choice.get('rule')} instead of balanced: every measured point leaves some task's gain "
+            "below mapmerge.core.selection.BALANCED_FLOOR, so balancing would pick the pretrained model)"
+        )
     if choice["sample"] == choice["last_pick"]:
         return (
             f"the chosen merge is {where}: the last refinement round's predicted pick, measured; no other real "

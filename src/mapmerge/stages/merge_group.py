@@ -102,7 +102,7 @@ def measured_choice(
     """After refinement rounds: the measured point the preference picks among the group's real evaluations (every
     round's pick among them), as one row: its sample, kind and round, `c_<member>`, the final surrogates'
     predictions `<metric>_<task>` there with their intervals (`_lo`, `_hi`), `source` ('measured'), and the last round's pick for comparison
-    (`last_pick`, `last_pick_score`, `score`: the selection rule's scores of the real values, higher is better;
+    (`last_pick`, `last_pick_score`, `score`: the scores of `rule`, the selection rule applied, of the real values, higher is better;
     selection.preference_scores)."""
     metric, tasks, members = params["objective"], info["tasks"], info["members"]
     sel = params["selection"]
@@ -113,7 +113,7 @@ def measured_choice(
     if last is not None and last["sample"] not in set(candidates["sample"]):  # dominated: scored all the same
         candidates = pd.concat([candidates, last.to_frame().T], ignore_index=True)
     pref = params["preference"]
-    scores, weights = preference_scores(candidates, info, pref, metric, sel["method"], sel["rho"], reference)
+    scores, weights, rule = preference_scores(candidates, info, pref, metric, sel["method"], sel["rho"], reference)
     index = int(np.argmax(scores))
     chosen = candidates.iloc[index]
     coef = chosen[[f"c_{m}" for m in members]].to_numpy(dtype=float)[None, :]
@@ -121,6 +121,7 @@ def measured_choice(
     row = pd.concat([pd.DataFrame(coef, columns=[f"c_{m}" for m in members]), predicted], axis=1)
     row["source"] = "measured"
     row["sample"], row["kind"], row["round"] = str(chosen["sample"]), str(chosen["kind"]), int(chosen["round"])
+    row["rule"] = rule  # balanced falls back to weighted_sum where every candidate gives a task up
     row["score"] = float(scores[index])
     last_index = index if last is None else int(np.flatnonzero(candidates["sample"] == last["sample"])[0])
     row["last_pick"] = str(candidates["sample"].iloc[last_index])
