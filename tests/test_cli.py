@@ -57,6 +57,18 @@ SETTINGS = [
 ]
 
 
+def round_batches(params: dict, files: dict, plan: Path, group: str, r: int, n: int, batch: int) -> list[Path]:
+    """Round r's evaluate_round jobs, as the workflow runs them: its samples (n at most) in batches of `batch`."""
+    gdir = plan.parent.parent / "groups" / group
+    outs = [gdir / "evals" / f"r{r:02d}b{i:04d}.parquet" for i in range(-(-n // batch))]
+    for i, out in enumerate(outs):
+        samples = gdir / "rounds" / f"r{r:02d}.parquet"
+        evaluation.run_evaluate_round(
+            params, **files, plan=plan, samples=samples, group=group, index=i, size=batch, examples=out, device="cpu"
+        )
+    return outs
+
+
 def build_run(
     root: Path,
     name: str,
@@ -145,6 +157,7 @@ def build_run(
                 for _, row in design.iterrows()
             }
             outs = []
+
             for b, samples in sample_batches(list(design["sample"]), batch).items():
                 outs.append(gdir / "evals" / f"{b}.parquet")
                 evaluation.run_evaluate_samples(
@@ -161,19 +174,7 @@ def build_run(
                 propose_round.run_propose_round(
                     P("propose_round"), round=r, rounds=rounds[:-1], evals=list(outs), samples=rounds[-1]
                 )
-                for i in range(-(-len(read_table(rounds[-1])) // batch)):
-                    outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
-                    evaluation.run_evaluate_round(
-                        P("evaluate"),
-                        **files,
-                        plan=plan,
-                        samples=rounds[-1],
-                        group=g,
-                        index=i,
-                        size=batch,
-                        examples=outs[-1],
-                        device="cpu",
-                    )
+                outs += round_batches(P("evaluate"), files, plan, g, r, len(read_table(rounds[-1])), batch)
             if not finish:
                 return R
             first = len(rounds)
@@ -189,20 +190,8 @@ def build_run(
                     group=g,
                     samples=rounds[-1],
                 )
-                size = refine.round_size(cfg["refine"], len(groups.group_plan(plan, g)["members"]))
-                for i in range(-(-size // batch)):
-                    outs.append(gdir / "evals" / f"r{r:02d}b{i:04d}.parquet")
-                    evaluation.run_evaluate_round(
-                        P("evaluate"),
-                        **files,
-                        plan=plan,
-                        samples=rounds[-1],
-                        group=g,
-                        index=i,
-                        size=batch,
-                        examples=outs[-1],
-                        device="cpu",
-                    )
+                n = refine.round_size(cfg["refine"], len(groups.group_plan(plan, g)["members"]))
+                outs += round_batches(P("evaluate"), files, plan, g, r, n, batch)
             collect.run_collect_metrics(
                 P("collect_metrics"),
                 rounds=rounds,
