@@ -1,38 +1,64 @@
-"""Front quality per budget: IGD of each method's real front against a dense-grid ground truth.
+"""Front quality per budget: IGD and win rate of each method's real front against a dense-grid ground truth.
 
-    .venv/bin/python benchmarks/front_quality.py [--tasks 2 3] [--seeds 3] [--budgets 6,10,15,21]
-        [--dataset digits|fashion] [--front-points K] [--quick]
+    .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
+        [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
+        [--spreads front gap] [--dataset digits|fashion] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
 tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
-(21^2 for T = 2, 9^3 for T = 3), every point evaluated for real once; its non-dominated
-accuracies are the true front. Per T, budget B and seed s, each method spends real evaluations
-(a merged model evaluated on all T tasks) and answers with a real front:
+(21^2 for T = 2, 9^3 for T = 3, 5^4 = 625 for T = 4), every point evaluated for real once; its
+non-dominated accuracies are the true front. Per T, budget B and seed s, each method spends real
+evaluations (a merged model evaluated on all T tasks) and answers with a real front:
 
 - MAP: a Sobol design of B points (the special points included; --sampler lhs for LHS), one
   quadratic surrogate per task (the config's accuracy link: sigmoid), NSGA-III on them; K points
   of the predicted front, spread along it (each task's best first, then the farthest in accuracy
-  space), are evaluated for real. K = --front-points, default P = (T+1)(T+2)/2. Its answer: the non-dominated set of all its
-  real evaluations (design and front points), as for the searches; `igd front` is that of the K
-  re-evaluated front points alone. NSGA-III: population 100, 100 generations (the workflow's
-  default is 200 x 200; --pop-size, --n-gen), which keeps the whole run under 10 minutes.
+  space), are evaluated for real. K = --front-points, default P = (T+1)(T+2)/2. Its answer: the
+  non-dominated set of all its real evaluations (design and front points), as for the searches;
+  `igd front` is that of the K re-evaluated front points alone. NSGA-III: population 100, 100
+  generations (the workflow's default is 200 x 200; --pop-size, --n-gen).
 - Bayesian MAP: the same, with the design grown inside B by mapmerge.core.bayesian's rounds (initial
   design max(P + 2, initial_factor x P) points, rounds of per_round_factor x P points from the
   config, the last one cut to B); needs B >= P + 2.
+- MAP + refinement, `refine (a|b) K=k[, gap]` (--refine K:R, --fits, --spreads): the Sobol design
+  of B points and the quadratic fit as MAP; then R rounds, each evaluating for real the
+  equal-preference pick of the predicted front and K points spread along it, then refitting on
+  every real evaluation so far and predicting the front again. The K points: `front`
+  (mapmerge.core.refine.round_points: spread_order along the predicted front, points already
+  evaluated skipped) or `gap` (gap_points below: the predicted front points farthest from the real
+  front found so far). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
+  kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
+  near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
+  the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
+  evaluations; `igd front`: that of the rounds' points alone.
 - random search: B uniform random coefficient vectors; answer: the non-dominated ones.
-- grid search: a regular n^T grid, n = round(B^(1/T)) (at least 2); answer: the non-dominated
-  points. Deterministic, so its spread over seeds is 0.
+- grid search: a regular n^T grid per n of --grid-sides; answer: the non-dominated points.
+  Deterministic, so its spread over seeds is 0.
 
-Counting: the table reports MAP's and Bayesian MAP's K front re-evaluations separately
-(`design`, `front`) and in `total`; the ratios use the total, so every real evaluation counts.
-IGD is pymoo's (mean distance from each true-front point to the nearest answer point, in
-accuracy units), with accuracies negated since pymoo minimises. Mean and standard deviation
-over the seeds; `vs grid`: mean IGD over grid search's at the same budget (< 1 is better).
-The ratio table: per T and target (grid search's, then random search's mean IGD at the largest
-budget), per method the fewest total evaluations at which its mean IGD is at most the target,
-and (x) the target's evaluations over those. Caveat: grid search's points with n = 2, 3, 5 per
-axis lie on the ground-truth grid, so they are scored against their own exact values.
-Evaluations of the same coefficients are computed once and counted for every method asking.
+Counting: the table reports the evaluations of the design and those after it (MAP's K front points,
+the refinement rounds) separately (`design`, `front`) and in `total`; the ratios use the total, so
+every real evaluation counts. IGD is pymoo's (mean distance from each true-front point to the nearest
+answer point, in accuracy units), with accuracies negated since pymoo minimises. Mean and standard
+deviation over the seeds; `vs grid`: mean IGD over that of the largest grid search with at most the
+row's total evaluations (< 1 is better).
+
+Win rate (the MAP paper's metric; mapmerge.core.pareto.win_rate), for the methods with a surrogate:
+preference vectors W = the Das-Dennis lattice over the T tasks with at most --win-vectors vectors
+(21 by default: 21 for T = 2 and 3, 20 for T = 4). Per w, MAP's pick is the point of its final
+predicted front (after the last refit) with the best predicted weighted sum sum_i w_i acc_i (the
+selection rule weighted_sum), evaluated for real; it wins when its real weighted sum is at least the
+best real weighted sum of a brute-force search with the same number of real evaluations as the
+method's total: `win rnd`, random search (total uniform points, seeded as the run); `win grid`, the
+largest regular grid with at most that many points. `win best` is `win rnd` with MAP's answer per w
+the better of the pick and the best of its own real evaluations (what the workflow's refinement
+hands over). The picks' and the brute forces' evaluations are not counted in `total`: they are what is
+scored, not what the method spent.
+
+The ratio table: per T, method and rounds, and per target (grid search's mean IGD at each of its
+sizes, random search's at its largest budget), the fewest total evaluations at which the method's mean
+IGD is at most the target, and (x) the target's evaluations over those. Caveat: grid search's points
+whose axes lie on the ground-truth grid are scored against their own exact values. Evaluations of the
+same coefficients are computed once and counted for every method asking.
 """
 
 from __future__ import annotations
@@ -43,6 +69,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +81,40 @@ from pymoo.indicators.igd import IGD
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
-from mapmerge.core.pareto import non_dominated, surrogate_front
+from mapmerge.core.correction import fit_corrected
+from mapmerge.core.pareto import non_dominated, preference_vectors, surrogate_front, weighted_picks, win_rate
+from mapmerge.core.refine import GAP, round_points
+from mapmerge.core.selection import select_point
 from mapmerge.core.surrogate import fit_surrogate, n_params
 from mapmerge.run.config import load_config
 from mapmerge.tensors.engine import MergeEngine
 from mapmerge.tensors.taskvectors import extract_task_vector
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("MAP", "Bayesian MAP", "random search", "grid search")
-DEFAULT_BUDGETS = {2: [6, 10, 15, 21], 3: [10, 15, 20, 30]}
-GROUND_TRUTH = {2: 21, 3: 9}  # grid points per axis of the ground truth
-# real accuracies of the answer, of the re-evaluated front points alone (None: no surrogate), design and front evaluations
-Front = tuple[np.ndarray, np.ndarray | None, int, int]
+DEFAULT_BUDGETS = {2: [6, 10, 15, 21], 3: [12, 15, 20, 30], 4: [15, 17, 20, 30]}
+DEFAULT_GRID_SIDES = {2: [2, 3, 4, 5], 3: [2, 3, 4], 4: [2, 3]}
+DEFAULT_REFINE = {2: ["4:4"], 3: ["6:4"], 4: ["8:4"]}  # K:R per T
+GROUND_TRUTH = {2: 21, 3: 9, 4: 5}  # grid points per axis of the ground truth
+KINDS = ("map", "bayesian", "refine", "random", "grid")
+FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction"}
+SPREADS = {"front": "round_points: spread_order along the front", "gap": "gap_points: far from the real front"}
+
+
+@dataclass
+class Result:
+    """What one method's run answers: its real front, what it spent, and its final predicted front."""
+
+    answer: np.ndarray  # real accuracies of the answer: the non-dominated set of every real evaluation
+    design: int  # evaluations of the design
+    front: int  # evaluations after the design (MAP's front points, refinement rounds)
+    evaluated: np.ndarray | None = None  # real accuracies of every evaluation (methods with a surrogate)
+    front_only: np.ndarray | None = None  # real accuracies of the evaluations after the design
+    predicted: tuple[np.ndarray, np.ndarray] | None = None  # the final predicted front (C, F): the picks per w
+    rounds: int = 0
+    seconds: float | None = None  # spent besides the real evaluations up to this result (None: the whole run)
+
+
+Runner = Callable[["Evaluator", int, int, dict[str, Any]], list[Result]]
 
 
 class Evaluator:
@@ -78,14 +128,14 @@ class Evaluator:
     def __call__(self, C: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         rows = []
-        for c in np.asarray(C, dtype=float):
+        for c in np.asarray(C, dtype=float).reshape(-1, len(self.engine.tasks)):
             key = tuple(c.round(12))
             if key not in self.cache:
                 examples = self.engine.evaluate(c, sample="c")
                 self.cache[key] = examples.groupby("task")["correct"].mean()[self.engine.tasks].to_numpy(dtype=float)
             rows.append(self.cache[key])
         self.seconds += time.perf_counter() - start
-        return np.array(rows)
+        return np.array(rows).reshape(-1, len(self.engine.tasks))
 
 
 def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str, Any], dict[int, MergeEngine], float]:
@@ -135,6 +185,11 @@ def grid(n_tasks: int, per_axis: int) -> np.ndarray:
     return np.stack([a.ravel() for a in axes], axis=1)
 
 
+def random_points(n_tasks: int, n: int, seed: int) -> np.ndarray:
+    """Random search's n points for a seed; the first m of them are its m points (one stream per seed)."""
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (n, n_tasks))
+
+
 def answer(F: np.ndarray) -> np.ndarray:
     """The non-dominated rows of real accuracies F (all maximised)."""
     return F[non_dominated(F, [True] * F.shape[1])]
@@ -150,23 +205,34 @@ def spread(F: np.ndarray, k: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def surrogate_answer(C: np.ndarray, F: np.ndarray, evaluate: Evaluator, opt: dict[str, Any], seed: int) -> Front:
-    """Fit the quadratic surrogate per task on (C, F), NSGA-III in the sampled box, evaluate K front points."""
-    n_tasks = C.shape[1]
-    link = opt["surrogate"]["links"]["accuracy"]
-    fits = [fit_surrogate(C, F[:, i], link, loo=False) for i in range(n_tasks)]
-    C_front, F_pred = surrogate_front(
-        lambda X: np.column_stack([f.predict(X) for f in fits]),
+def fit_predictor(C: np.ndarray, F: np.ndarray, link: str, fit: str = "a") -> Callable[[np.ndarray], np.ndarray]:
+    """Per task the quadratic surrogate on (C, F) ((a)), or it plus the kernel correction of its residuals ((b))."""
+    quadratics = [fit_surrogate(C, F[:, i], link, loo=False) for i in range(F.shape[1])]
+    fits = quadratics if fit == "a" else [fit_corrected(C, F[:, i], link, base=q) for i, q in enumerate(quadratics)]
+    return lambda X: np.column_stack([f.predict(X) for f in fits])
+
+
+def predicted_front(predict: Callable[[np.ndarray], np.ndarray], n_tasks: int, opt: dict[str, Any], seed: int):
+    """NSGA-III front (C, F) of the predictor in [0, 1]^T."""
+    return surrogate_front(
+        predict,
         n_tasks,
-        C.min(axis=0),
-        C.max(axis=0),
+        np.zeros(n_tasks),
+        np.ones(n_tasks),
         [True] * n_tasks,
         pop_size=opt["pop_size"],
         n_gen=opt["n_gen"],
         seed=seed,
     )
+
+
+def surrogate_answer(C: np.ndarray, F: np.ndarray, evaluate: Evaluator, opt: dict[str, Any], seed: int) -> Result:
+    """Fit the quadratic surrogate per task on (C, F), NSGA-III in [0, 1]^T, evaluate K front points."""
+    n_tasks = C.shape[1]
+    C_front, F_pred = predicted_front(fit_predictor(C, F, opt["surrogate"]["links"]["accuracy"]), n_tasks, opt, seed)
     picked = evaluate(C_front[spread(F_pred, opt["front_points"][n_tasks])])
-    return answer(np.vstack([F, picked])), answer(picked), len(C), len(picked)
+    every = np.vstack([F, picked])
+    return Result(answer(every), len(C), len(picked), every, answer(picked), (C_front, F_pred))
 
 
 def map_design(tasks: Sequence[str], n: int, kind: str, seed: int) -> np.ndarray:
@@ -183,20 +249,90 @@ def map_design(tasks: Sequence[str], n: int, kind: str, seed: int) -> np.ndarray
     return sampling.design(list(tasks), sampler, seed)[[f"c_{t}" for t in tasks]].to_numpy()
 
 
-def run_map(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> Front | None:
+def run_map(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> list[Result]:
     tasks = evaluate.engine.tasks
     if budget < n_params(len(tasks)):
-        return None
+        return []
     C = map_design(tasks, budget, opt["sampler"], seed)
-    return surrogate_answer(C, evaluate(C), evaluate, opt, seed)
+    return [surrogate_answer(C, evaluate(C), evaluate, opt, seed)]
 
 
-def run_bayesian(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> Front | None:
+def gap_points(
+    front_C: np.ndarray,
+    front_F: np.ndarray,
+    pick: int,
+    k: int,
+    evaluated_C: np.ndarray,
+    evaluated_F: np.ndarray,
+    gap: float = GAP,
+) -> np.ndarray:
+    """As mapmerge.core.refine.round_points (the pick, then k front points, points within `gap` of an evaluated or
+    chosen one skipped; the box [0, 1]^T), but the front points in gap-filling order: each the predicted front point
+    farthest, in range-normalised predicted objectives, from the measured objectives of the non-dominated evaluated
+    points and from the points chosen so far. spread_order starts at an end of the front every round instead, so each
+    round re-evaluates near the same spots; this one spends a round where the real front has no point yet."""
+    span = front_F.max(axis=0) - front_F.min(axis=0)
+    span = np.where(span > 0, span, 1.0)
+    X, taken = front_F / span, answer(evaluated_F) / span
+    distance = np.linalg.norm(X[:, None, :] - taken[None, :, :], axis=2).min(axis=1)
+    near = np.asarray(evaluated_C, dtype=float)
+    chosen: list[int] = []
+    candidate = pick
+    while candidate is not None and len(chosen) < k + 1:
+        distance = np.minimum(distance, np.linalg.norm(X - X[candidate], axis=1))
+        if not len(near) or np.abs(near - front_C[candidate]).max(axis=1).min() >= gap:
+            chosen.append(candidate)
+            near = np.vstack([near, front_C[candidate]])
+        distance[candidate] = -1.0  # taken or skipped
+        candidate = int(np.argmax(distance)) if distance.max() >= 0 else None
+    return front_C[chosen].reshape(-1, front_C.shape[1])
+
+
+def run_refined(
+    evaluate: Evaluator,
+    budget: int,
+    seed: int,
+    opt: dict[str, Any],
+    fit: str,
+    k: int,
+    rounds: int,
+    spread: str = "front",
+) -> list[Result]:
+    """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
+    by a refit ((a) quadratic, (b) quadratic + kernel correction); one result after each round. spread: the front
+    points of mapmerge.core.refine.round_points (`front`) or of gap_points (`gap`)."""
+    tasks = evaluate.engine.tasks
+    n_tasks = len(tasks)
+    if budget < n_params(n_tasks):
+        return []
+    link = opt["surrogate"]["links"]["accuracy"]
+    lower, upper = np.zeros(n_tasks), np.ones(n_tasks)
+    C = map_design(tasks, budget, opt["sampler"], seed)
+    start, evaluating = time.perf_counter(), evaluate.seconds
+    F = evaluate(C)
+    front = predicted_front(fit_predictor(C, F, link), n_tasks, opt, seed)  # the first fit: the quadratic
+    results = []
+    for rnd in range(1, rounds + 1):
+        C_front, F_front = front
+        pick = select_point(F_front, np.full(n_tasks, 1.0 / n_tasks), [True] * n_tasks)
+        if spread == "gap":
+            new = gap_points(C_front, F_front, pick, k, C, F)
+        else:
+            new, _ = round_points(C_front, F_front, pick, k, C, lower, upper)
+        if len(new):
+            C, F = np.vstack([C, new]), np.vstack([F, evaluate(new)])
+            front = predicted_front(fit_predictor(C, F, link, fit), n_tasks, opt, seed)
+        spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
+        results.append(Result(answer(F), budget, len(C) - budget, F, answer(F[budget:]), front, rnd, spent))
+    return results
+
+
+def run_bayesian(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> list[Result]:
     tasks = evaluate.engine.tasks
     n_tasks, p = len(tasks), n_params(len(tasks))
     cfg, surrogate_cfg = opt["bayesian"], opt["surrogate"]
     if budget < p + 2:
-        return None
+        return []
     C = map_design(tasks, min(budget, max(p + 2, math.ceil(float(cfg["initial_factor"]) * p))), opt["sampler"], seed)
     F = evaluate(C)
     rnd = 0
@@ -216,147 +352,276 @@ def run_bayesian(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any
         n_new = min(bayesian.round_size(round_cfg, n_tasks), budget - len(C))
         new = bayesian.propose(C, errors, n_new, np.zeros(n_tasks), np.ones(n_tasks), round_cfg, seed + rnd)
         C, F = np.vstack([C, new]), np.vstack([F, evaluate(new)])
-    return surrogate_answer(C, F, evaluate, opt, seed)
+    return [surrogate_answer(C, F, evaluate, opt, seed)]
 
 
-def run_random(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> Front:
-    C = np.random.default_rng(seed).uniform(0.0, 1.0, (budget, len(evaluate.engine.tasks)))
-    return answer(evaluate(C)), None, budget, 0
+def run_random(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> list[Result]:
+    return [Result(answer(evaluate(random_points(len(evaluate.engine.tasks), budget, seed))), budget, 0)]
 
 
-def run_grid(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> Front:
-    n_tasks = len(evaluate.engine.tasks)
-    C = grid(n_tasks, max(2, round(budget ** (1.0 / n_tasks))))
-    return answer(evaluate(C)), None, len(C), 0
+def run_grid(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -> list[Result]:
+    """Grid search with `budget` points per axis."""
+    C = grid(len(evaluate.engine.tasks), budget)
+    return [Result(answer(evaluate(C)), len(C), 0)]
 
 
-RUNNERS: dict[str, Callable[[Evaluator, int, int, dict[str, Any]], Front | None]] = {
-    "MAP": run_map,
-    "Bayesian MAP": run_bayesian,
-    "random search": run_random,
-    "grid search": run_grid,
-}
+def runners(
+    kinds: Sequence[str], refine: Sequence[tuple[int, int]], fits: Sequence[str], spreads: Sequence[str]
+) -> dict[str, Runner]:
+    """The methods to run, by name, in table order."""
+    methods: dict[str, Runner] = {}
+    if "map" in kinds:
+        methods["MAP"] = run_map
+    if "bayesian" in kinds:
+        methods["Bayesian MAP"] = run_bayesian
+    if "refine" in kinds:
+        for spread in spreads:
+            for fit in fits:
+                for k, rounds in refine:
+                    name = f"refine ({fit}) K={k}" + (", gap" if spread == "gap" else "")
+                    methods[name] = partial(run_refined, fit=fit, k=k, rounds=rounds, spread=spread)
+    if "random" in kinds:
+        methods["random search"] = run_random
+    if "grid" in kinds:
+        methods["grid search"] = run_grid
+    return methods
+
+
+def largest_grid(n_tasks: int, budget: int) -> np.ndarray | None:
+    """The regular grid with the most points per axis (at least 2) and at most `budget` points; None if none fits."""
+    side = int(math.floor(budget ** (1.0 / n_tasks) + 1e-9))
+    return grid(n_tasks, side) if side >= 2 else None
+
+
+def win_rates(evaluate: Evaluator, result: Result, W: np.ndarray, seed: int) -> dict[str, float]:
+    """`win rnd`, `win grid`, `win best` of a result with a predicted front (see the module's docstring)."""
+    n_tasks = W.shape[1]
+    maximize = [True] * n_tasks
+    C_front, F_front = result.predicted
+    picks, where = np.unique(weighted_picks(F_front, W, maximize), return_inverse=True)
+    picked = evaluate(C_front[picks])[where]  # [n_w, T] the picks' real accuracies
+    total = result.design + result.front
+    rnd = evaluate(random_points(n_tasks, total, seed))
+    box = largest_grid(n_tasks, total)
+    # per w, the better (by its real weighted sum) of the pick and the best of the method's own evaluations
+    own = result.evaluated[weighted_picks(result.evaluated, W, maximize)]
+    best = np.where(((own - picked) * W).sum(axis=1, keepdims=True) > 0, own, picked)
+    return {
+        "win rnd": win_rate(W, picked, rnd, maximize),
+        "win grid": np.nan if box is None else win_rate(W, picked, evaluate(box), maximize),
+        "win best": win_rate(W, best, rnd, maximize),
+    }
 
 
 def measure(
-    evaluate: Evaluator, budgets: Sequence[int], seeds: int, opt: dict[str, Any], truth_per_axis: int
+    evaluate: Evaluator,
+    budgets: Sequence[int],
+    sides: Sequence[int],
+    seeds: int,
+    opt: dict[str, Any],
+    methods: dict[str, Runner],
+    truth_per_axis: int,
 ) -> pd.DataFrame:
-    """One row per (method, budget, seed): evaluations spent, IGD of the answer, seconds besides evaluating."""
+    """One row per (method, budget, seed, rounds): evaluations spent, IGD of the answer, win rates, seconds."""
     n_tasks = len(evaluate.engine.tasks)
     truth = answer(evaluate(grid(n_tasks, truth_per_axis)))
     igd = IGD(-truth)  # pymoo minimises: negated accuracies
+    W = preference_vectors(n_tasks, opt["win_vectors"])
     print(
-        f"T={n_tasks}: ground truth {truth_per_axis}^{n_tasks} grid, {len(truth)} points on its front", file=sys.stderr
+        f"T={n_tasks}: ground truth {truth_per_axis}^{n_tasks} grid, {len(truth)} points on its front; "
+        f"{len(W)} preference vectors",
+        file=sys.stderr,
     )
     rows = []
-    for budget in budgets:
-        for method, run in RUNNERS.items():
-            for seed in range(1 if method == "grid search" else seeds):
+    for method, run in methods.items():
+        is_grid = method == "grid search"
+        for budget in sides if is_grid else budgets:
+            for seed in range(1 if is_grid else seeds):
                 start, evaluating = time.perf_counter(), evaluate.seconds
-                result = run(evaluate, budget, seed, opt)
-                if result is None:
-                    continue
-                front, front_only, design, refront = result
-                rows.append(
-                    {
-                        "T": n_tasks,
-                        "method": method,
-                        "budget": budget,
-                        "seed": seed,
-                        "design": design,
-                        "front": refront,
-                        "total": design + refront,
-                        "igd": float(igd.do(-front)),
-                        "igd front": np.nan if front_only is None else float(igd.do(-front_only)),
-                        "method s": time.perf_counter() - start - (evaluate.seconds - evaluating),
-                    }
-                )
+                results = run(evaluate, budget, seed, opt)
+                spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
+                for result in results:
+                    wins = (
+                        win_rates(evaluate, result, W, seed)
+                        if result.predicted is not None
+                        else {"win rnd": np.nan, "win grid": np.nan, "win best": np.nan}
+                    )
+                    rows.append(
+                        {
+                            "T": n_tasks,
+                            "method": method,
+                            "budget": result.design if is_grid else budget,
+                            "rounds": result.rounds,
+                            "seed": seed,
+                            "design": result.design,
+                            "front": result.front,
+                            "total": result.design + result.front,
+                            "igd": float(igd.do(-result.answer)),
+                            "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
+                            **wins,
+                            "method s": spent if result.seconds is None else result.seconds,
+                        }
+                    )
+                print(f"  {method}, budget {budget}, seed {seed}: {spent:.1f} s besides evaluations", file=sys.stderr)
     return pd.DataFrame(rows)
 
 
-def summary(raw: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread per (T, method, budget), and the mean IGD relative to grid search's."""
+def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Mean and spread per (T, method, budget, rounds), and the mean IGD relative to grid search's."""
     table = (
-        raw.groupby(["T", "method", "budget"], sort=False)
+        raw.groupby(["T", "method", "budget", "rounds"], sort=False)
         .agg(
             seeds=("seed", "size"),
             design=("design", "first"),
-            front=("front", "first"),
-            total=("total", "first"),
+            front=("front", "mean"),
+            total=("total", "mean"),
             igd_mean=("igd", "mean"),
             igd_std=("igd", "std"),
             igd_front=("igd front", "mean"),
+            win_rnd=("win rnd", "mean"),
+            win_grid=("win grid", "mean"),
+            win_best=("win best", "mean"),
             method_s=("method s", "mean"),
         )
         .reset_index()
     )
     table["igd_std"] = table["igd_std"].fillna(0.0)
-    table = table.rename(columns={"igd_front": "igd front", "method_s": "method s"})
-    grid_igd = table[table["method"] == "grid search"].set_index(["T", "budget"])["igd_mean"]
-    table["vs grid"] = table["igd_mean"] / grid_igd.reindex(pd.MultiIndex.from_frame(table[["T", "budget"]])).to_numpy()
-    order = {m: i for i, m in enumerate(METHODS)}
+    table.columns = [c.replace("_", " ") if c.startswith(("win", "igd front", "method")) else c for c in table.columns]
+    grids = table[table["method"] == "grid search"]
+    table["vs grid"] = [
+        row.igd_mean / mine["igd_mean"].iloc[-1]
+        if len(mine := grids[(grids["T"] == row.T) & (grids["total"] <= row.total + 1e-9)].sort_values("total"))
+        else np.nan
+        for row in table.itertuples()
+    ]
+    rank = {m: i for i, m in enumerate(order)}
     return table.sort_values(
-        ["T", "method", "budget"], key=lambda s: s.map(order) if s.name == "method" else s, ignore_index=True
+        ["T", "method", "rounds", "budget"],
+        key=lambda s: s.map(rank) if s.name == "method" else s,
+        ignore_index=True,
     )
 
 
 def ratios(table: pd.DataFrame) -> pd.DataFrame:
-    """Per T and target (grid or random search at its largest budget): per method, the fewest total
-    evaluations whose mean IGD reaches the target's, and the target's evaluations over these."""
+    """Per T, method and rounds: for each target (grid search at each size, random search at its largest budget), the
+    fewest total evaluations whose mean IGD reaches the target's, and the target's evaluations over these. A refined
+    method also gets a row `any`: the fewest over every (design budget, rounds), with that budget B and rounds R."""
     rows = []
     for n_tasks, part in table.groupby("T", sort=True):
-        for reference in ("grid search", "random search"):
-            target = part[part["method"] == reference].sort_values("budget").iloc[-1]
-            row: dict[str, object] = {
-                "T": n_tasks,
-                "target": f"{reference}, {int(target['total'])} evals, IGD {target['igd_mean']:.4f}",
-            }
-            for method in METHODS:
-                ran = part[part["method"] == method]
-                mine = ran[ran["igd_mean"] <= target["igd_mean"]]
-                needed = int(mine["total"].min()) if len(mine) else 0
-                row[method] = (
-                    f"{needed} ({target['total'] / needed:.1f}x)" if needed else "not reached" if len(ran) else "-"
-                )
+        targets = [
+            (f"grid {int(r['total'])}", r)
+            for _, r in part[part["method"] == "grid search"].sort_values("total").iterrows()
+        ]
+        randoms = part[part["method"] == "random search"].sort_values("budget")
+        if len(randoms):
+            targets.append((f"random {int(randoms.iloc[-1]['total'])}", randoms.iloc[-1]))
+        groups = [((m, r), ran) for (m, r), ran in part.groupby(["method", "rounds"], sort=False)]
+        groups += [((m, "any"), ran) for m, ran in part[part["rounds"] > 0].groupby("method", sort=False)]
+        for (method, rounds), ran in groups:
+            row: dict[str, object] = {"T": n_tasks, "method": method, "rounds": rounds}
+            for name, target in targets:
+                mine = ran[ran["igd_mean"] <= target["igd_mean"] + 1e-12].sort_values(["total", "igd_mean"])
+                cell = "not reached"
+                if len(mine):
+                    best = mine.iloc[0]
+                    cell = f"{best['total']:.0f} ({target['total'] / best['total']:.1f}x)"
+                    cell += f", B={best['budget']} R={best['rounds']}" if rounds == "any" else ""
+                row[f"{name} (IGD {target['igd_mean']:.4f})"] = cell
             rows.append(row)
-    return pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(dict.fromkeys(table["method"]))}
+    return pd.DataFrame(rows).sort_values("method", key=lambda s: s.map(order), kind="stable", ignore_index=True)
+
+
+COUNTS = (
+    "T",
+    "budget",
+    "rounds",
+    "seeds",
+    "design",
+    "front",
+    "total",
+)  # columns of evaluation counts (means over seeds)
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    def cell(v: object) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "-" if np.isnan(v) else f"{v:.4f}"
+    def cell(column: str, v: object) -> str:
+        if isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, bool):
+            if np.isnan(v):
+                return "-"
+            if column in COUNTS:
+                return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+            return f"{v:.2f}" if column.startswith(("win", "method", "vs")) else f"{v:.4f}"
         return str(v)
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines)
+
+
+def parse_refine(specs: Sequence[str]) -> list[tuple[int, int]]:
+    """K:R pairs: K front points per round, R rounds."""
+    pairs = []
+    for spec in specs:
+        k, _, r = spec.partition(":")
+        pairs.append((int(k), int(r or 1)))
+    return pairs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3], choices=[2, 3], help="values of T")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3], choices=[2, 3, 4], help="values of T")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (T, method, budget)")
     parser.add_argument(
         "--budgets",
-        help="comma-separated real-evaluation budgets for every T (default: 6,10,15,21 "
-        "for T=2 and 10,15,20,30 for T=3)",
+        help="comma-separated design budgets (MAP's design, Bayesian MAP's and random search's evaluations) for every "
+        "T (default: 6,10,15,21 for T=2, 12,15,20,30 for T=3, 15,17,20,30 for T=4)",
+    )
+    parser.add_argument(
+        "--grid-sides", help="comma-separated grid search points per axis (default: 2-5 for T=2, 2-4 for T=3, 2-3 T=4)"
+    )
+    parser.add_argument("--methods", nargs="+", choices=KINDS, default=list(KINDS), help="which methods to run")
+    parser.add_argument(
+        "--refine",
+        nargs="+",
+        help="MAP + refinement settings K:R (K front points per round, R rounds; rows for 1..R rounds); "
+        "default: 4:4 for T=2, 6:4 for T=3, 8:4 for T=4",
+    )
+    parser.add_argument("--fits", nargs="+", choices=list(FITS), default=list(FITS), help="refinement refits")
+    parser.add_argument(
+        "--spreads",
+        nargs="+",
+        choices=list(SPREADS),
+        default=list(SPREADS),
+        help="refinement front points: front (mapmerge.core.refine.round_points), gap (gap-filling)",
     )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument("--sampler", choices=list(sampling.KINDS), default="sobol", help="MAP's design")
     parser.add_argument("--front-points", type=int, help="predicted front points MAP evaluates for real (default: P)")
+    parser.add_argument("--win-vectors", type=int, default=21, help="at most this many preference vectors (lattice)")
+    parser.add_argument("--save", type=Path, help="also write every run's row (seeds apart) to this CSV file")
     parser.add_argument("--pop-size", type=int, default=100, help="NSGA-III population")
     parser.add_argument("--n-gen", type=int, default=100, help="NSGA-III generations")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: T=2, 2 seeds, budgets 6,15, small NSGA-III and truth"
+        "--quick",
+        action="store_true",
+        help="a smoke run: T=2, 2 seeds, budgets 6,15, grid sides 2-4, refinement 2:2, small NSGA-III and truth",
     )
     args = parser.parse_args()
     if args.quick:
-        args.tasks, args.seeds, args.budgets, args.pop_size, args.n_gen = [2], 2, args.budgets or "6,15", 40, 30
+        args.tasks, args.seeds, args.pop_size, args.n_gen = [2], 2, 40, 30
+        args.budgets, args.grid_sides, args.refine = args.budgets or "6,15", args.grid_sides or "2,3,4", ["2:2"]
     budgets = {n: [int(b) for b in args.budgets.split(",")] if args.budgets else DEFAULT_BUDGETS[n] for n in args.tasks}
+    sides = {
+        n: [int(b) for b in args.grid_sides.split(",")] if args.grid_sides else DEFAULT_GRID_SIDES[n]
+        for n in args.tasks
+    }
     truth = {n: 11 if args.quick else GROUND_TRUTH[n] for n in args.tasks}
     torch.set_num_threads(1)  # more threads only contend on a shared 2-core machine
     start = time.perf_counter()
+    raws, order = [], []
     with tempfile.TemporaryDirectory(prefix="mapmerge-front-") as tmp:
         cfg, engines, setup = build_engines(args.dataset, max(args.tasks), Path(tmp))
         opt = {
@@ -366,24 +631,35 @@ def main() -> None:
             "bayesian": cfg["bayesian"],
             "surrogate": cfg["surrogate"],
             "front_points": {n: args.front_points or n_params(n) for n in args.tasks},
+            "win_vectors": args.win_vectors,
         }
-        raw = pd.concat(
-            [measure(Evaluator(engines[n]), budgets[n], args.seeds, opt, truth[n]) for n in args.tasks],
-            ignore_index=True,
-        )
-    table = summary(raw)
+        for n in args.tasks:
+            methods = runners(args.methods, parse_refine(args.refine or DEFAULT_REFINE[n]), args.fits, args.spreads)
+            order += [m for m in methods if m not in order]
+            raws.append(measure(Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth[n]))
+    raw = pd.concat(raws, ignore_index=True)
+    if args.save:
+        raw.to_csv(args.save, index=False)
+    table = summary(raw, order)
     print(
         f"front quality on the built-in benchmark ({args.dataset}, tasks {', '.join(cfg['task_names'])}), "
-        f"{args.seeds} seeds, NSGA-III {args.pop_size} x {args.n_gen}, MAP design {args.sampler}; "
-        f"setup (training, task vectors) {setup:.0f} s, total {time.perf_counter() - start:.0f} s"
+        f"{args.seeds} seeds, NSGA-III {args.pop_size} x {args.n_gen}, MAP design {args.sampler}, "
+        f"at most {args.win_vectors} preference vectors; setup (training, task vectors) {setup:.0f} s, "
+        f"total {time.perf_counter() - start:.0f} s"
     )
     print(
-        "design / front: real evaluations of the design and of MAP's re-evaluated front points; total: both; "
-        "igd: mean and std over seeds (accuracy units, lower is better); vs grid: IGD / grid search's IGD; "
-        "method s: seconds per run besides the real evaluations (fits, NSGA-III, Bayesian rounds)\n"
+        "budget: design size (grid search: its points); rounds: refinement rounds; design / front: real evaluations "
+        "of the design and after it (MAP's front points, refinement rounds); total: both; igd: mean and std over "
+        "seeds (accuracy units, lower is better); win rnd / win grid: win rate of the pick per preference against "
+        "random search / the largest regular grid with as many evaluations; win best: the better of the pick and "
+        "the method's best evaluation, against random search; vs grid: IGD / that of the largest grid search with "
+        "at most as many evaluations; method s: seconds per run besides the real evaluations\n"
     )
     print(markdown(table))
-    print("\ntotal real evaluations each method needs to reach a target IGD (x: the target's evaluations over these)\n")
+    print(
+        "\ntotal real evaluations each method needs to reach a target's mean IGD (x: the target's evaluations over "
+        "these)\n"
+    )
     print(markdown(ratios(table)))
 
 
