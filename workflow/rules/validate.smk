@@ -76,6 +76,7 @@ rule validate:
         grid=lambda wc: grid_files(),
         reference=L.reference,
         surrogate=L.surrogate("all"),
+        samples=L.samples("all"),  # the win rates' budget: the group's real evaluations
     output:
         table=L.validation,
         plot=report(L.plot("validation"), caption="../report/validation_plot.rst", category="Validation"),

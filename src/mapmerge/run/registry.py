@@ -191,7 +191,7 @@ STAGES: tuple[Stage, ...] = (
         "validate",
         "validate",
         "run_validate",
-        ("front", "points", "front_evals", "grid", "baselines", "reference", "surrogate"),
+        ("front", "points", "front_evals", "grid", "baselines", "reference", "surrogate", "samples"),
         ("table", "plot"),
         threads="light",
         resources="evaluate",

@@ -53,7 +53,7 @@ def run_validate(
     chosen = read_table(points)
     grid_examples = pd.concat([read_table(p) for p in grid], ignore_index=True)
     examples = pd.concat([grid_examples, read_table(front_evals)], ignore_index=True)
-    samples = samples if samples is not None else Path(front).with_name("samples.parquet")
+    samples = samples if samples is not None else Path(front).with_name("samples.parquet")  # direct calls
     budget = len(read_table(samples))
     indicators, hv_ref = validation_table(
         examples, chosen, metric, maximize, params["bootstrap"], params["ci_level"], params["seed"], budget=budget
