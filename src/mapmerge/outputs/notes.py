@@ -31,8 +31,8 @@ def choice_note(choice: pd.Series, method: str) -> str:
     selection rule)."""
     if choice.get("source") != "measured":
         return (
-            "the chosen merge is the predicted front's pick for the preference (no refinement rounds): its metrics "
-            "below are predictions until evaluate_selected measures it"
+            "the chosen merge is the predicted front's pick for the preference (no refinement rounds): chosen on "
+            "predictions (choice.parquet), then measured (measured_* in selected.parquet)"
         )
     where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
     if choice.get("rule", method) != method:
