@@ -21,7 +21,7 @@ from itertools import product
 
 import numpy as np
 
-from mapmerge.core.surrogate import _LINKS, EPS, SurrogateFit, fit_surrogate, quadratic_features
+from mapmerge.core.surrogate import EPS, LINK_FUNCTIONS, SurrogateFit, fit_surrogate, quadratic_features
 
 LENGTH_SCALES = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75)  # in units of each coefficient's range over the points
 RIDGES = (1e-3, 1e-2, 0.1, 1.0)  # noise variance over the kernel's variance
@@ -53,7 +53,7 @@ class CorrectedFit:
         """Predicted metric for coefficients C [n, T]."""
         C = np.atleast_2d(np.asarray(C, dtype=float))
         z = quadratic_features(C) @ self.base.params + self.correction(C)
-        return _LINKS[self.base.link].forward(z)
+        return LINK_FUNCTIONS[self.base.link].forward(z)
 
 
 def fit_corrected(
@@ -72,7 +72,7 @@ def fit_corrected(
     C = np.asarray(C, dtype=float)
     y = np.asarray(y, dtype=float)
     base = base if base is not None else fit_surrogate(C, y, link, loo=False)
-    spec = _LINKS[link]
+    spec = LINK_FUNCTIONS[link]
     target = spec.inverse(np.clip(y, spec.low + EPS, spec.high - EPS))  # y on the link scale
     residual = target - quadratic_features(C) @ base.params
     span = C.max(axis=0) - C.min(axis=0)

@@ -44,12 +44,12 @@ class _Link(NamedTuple):
 
 
 EPS = 1e-3  # values are fitted clipped into [low + EPS, high - EPS], where the link is finite
-_LINKS: dict[str, _Link] = {
+LINK_FUNCTIONS: dict[str, _Link] = {
     "sigmoid": _Link(expit, lambda z: expit(z) * expit(-z), logit, 0.0, 1.0),
     "softplus": _Link(lambda z: np.logaddexp(0.0, z), expit, lambda y: y + np.log(-np.expm1(-y)), 0.0, np.inf),
     "identity": _Link(lambda z: z, np.ones_like, lambda y: y, -np.inf, np.inf),
 }
-LINKS = tuple(_LINKS)
+LINKS = tuple(LINK_FUNCTIONS)
 COEF_PREFIX = "c_"
 TABLE_COLUMNS = [
     "task",
@@ -89,9 +89,9 @@ def _where(task: str, metric: str) -> str:
 
 
 def _link(name: str, task: str, metric: str) -> _Link:
-    if name not in _LINKS:
+    if name not in LINK_FUNCTIONS:
         raise SurrogateError(f"{_where(task, metric)}: unknown link {name!r}; known: {', '.join(LINKS)}")
-    return _LINKS[name]
+    return LINK_FUNCTIONS[name]
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +144,7 @@ class SurrogateFit:
             raise SurrogateError(
                 f"{_where(self.task, self.metric)}: coefficients of shape {C.shape}, expected [..., {self.n_tasks}]"
             )
-        return _LINKS[self.link].forward(quadratic_features(C) @ self.params)
+        return LINK_FUNCTIONS[self.link].forward(quadratic_features(C) @ self.params)
 
     def interval(self, C: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         """The `level` prediction interval (low, high) of a new real value of the metric at coefficients C [..., T].
@@ -160,7 +160,7 @@ class SurrogateFit:
         if self.refits is None or self.residuals is None or not len(self.refits) or not len(self.residuals):
             nan = np.full(predicted.shape, np.nan)
             return nan, nan.copy()
-        spec = _LINKS[self.link]
+        spec = LINK_FUNCTIONS[self.link]
         X = quadratic_features(C).reshape(-1, len(self.params))
         low, high = np.empty(len(X)), np.empty(len(X))
         chunk = max(1, 2_000_000 // (len(self.refits) * len(self.residuals)))  # bounded memory for many points
