@@ -41,7 +41,12 @@ EXPECTED = {
     "mapmerge.stages.plan_level": {"plan_level"},
     "mapmerge.stages.sample_coefficients": {"sample_coefficients"},
     "mapmerge.stages.propose_round": {"propose_round"},
-    "mapmerge.stages.collect": {"collect_metrics", "ledger"},
+    "mapmerge.stages.collect": {
+        "collect_metrics",
+        "ledger",
+        "propose_round",
+        "refine_round",
+    },  # rounds read as collected
     "mapmerge.stages.fit_surrogate": {"fit_surrogate"},
     "mapmerge.stages.pareto_front": {"pareto_front", "refine_round"},  # a round predicts the front as pareto_front does
     "mapmerge.stages.refine_round": {"refine_round"},

@@ -57,9 +57,13 @@ def test_on_bounds_names_each_coefficient_and_bound_with_its_share():
 
 
 def test_extended_points_raise_each_coefficient_on_the_upper_bound_up_to_the_limit():
-    points = refine.extended_points(np.array([1.0, 0.3, 1.0]), np.zeros(3), np.ones(3), step=0.5, limit=1.2)
+    none = np.zeros((0, 3))
+    points = refine.extended_points(np.array([1.0, 0.3, 1.0]), np.zeros(3), np.ones(3), 0.5, 1.2, none)
     np.testing.assert_allclose(points, [[1.2, 0.3, 1.0], [1.0, 0.3, 1.2]])
-    assert len(refine.extended_points(np.array([0.5, 0.3]), LOWER, UPPER, 0.5, 2.0)) == 0
+    assert len(refine.extended_points(np.array([0.5, 0.3]), LOWER, UPPER, 0.5, 2.0, none[:, :2])) == 0
+    evaluated = np.array([[1.2, 0.3, 1.0]])  # one of them evaluated already: only the other is new
+    kept = refine.extended_points(np.array([1.0, 0.3, 1.0]), np.zeros(3), np.ones(3), 0.5, 1.2, evaluated)
+    np.testing.assert_allclose(kept, [[1.0, 0.3, 1.2]])
 
 
 def four_points() -> tuple[pd.DataFrame, dict]:

@@ -68,11 +68,11 @@ def wide_metrics(long: pd.DataFrame, index: str) -> pd.DataFrame:
     return wide
 
 
-def sample_metrics(samples: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def sample_metrics(samples: pd.DataFrame, metrics: pd.DataFrame, complete: bool = True) -> pd.DataFrame:
     """Every evaluated sample's row (sample, kind, round, c_<member>) with its real `<metric>_<task>` values; samples
-    without every value (a recorded failure) are left out."""
-    wide = wide_metrics(metrics, "sample").dropna()
-    return samples.merge(wide.reset_index(), on="sample")
+    without every value (a recorded failure) are left out, or with complete=False kept with NaN there."""
+    wide = wide_metrics(metrics, "sample")
+    return samples.merge((wide.dropna() if complete else wide).reset_index(), on="sample")
 
 
 def maximized(metric: str) -> bool:

@@ -50,21 +50,24 @@ def round_points(
     evaluated everywhere needs no more rounds).
     """
     front_C = np.asarray(front_C, dtype=float)
-    width = np.maximum(np.asarray(upper, dtype=float) - np.asarray(lower, dtype=float), 1e-12)
     order = [pick, *(int(i) for i in spread_order(front_F) if i != pick)]
-    taken = [np.asarray(evaluated, dtype=float).reshape(-1, front_C.shape[1])]
+    taken = np.asarray(evaluated, dtype=float).reshape(-1, front_C.shape[1])
     chosen, kinds = [], []
     for i in order:
         if len(chosen) == k + 1:
             break
-        c = front_C[i]
-        near = np.concatenate(taken) if taken else np.zeros((0, len(c)))
-        if len(near) and (np.abs(near - c) / width).max(axis=1).min() < gap:
+        if _near(front_C[i], taken, lower, upper, gap):
             continue
-        chosen.append(c)
+        chosen.append(front_C[i])
         kinds.append("pick" if i == pick else "front")
-        taken.append(c[None, :])
+        taken = np.vstack([taken, front_C[i]])
     return np.array(chosen).reshape(-1, front_C.shape[1]), kinds
+
+
+def _near(c: np.ndarray, points: np.ndarray, lower: np.ndarray, upper: np.ndarray, gap: float) -> bool:
+    """Whether some row of `points` lies within `gap` of the box's width of c in every coefficient."""
+    width = np.maximum(np.asarray(upper, dtype=float) - np.asarray(lower, dtype=float), 1e-12)
+    return bool(len(points)) and bool((np.abs(points - c) / width).max(axis=1).min() < gap)
 
 
 def on_bounds(
@@ -88,15 +91,24 @@ def on_bounds(
 
 
 def extended_points(
-    pick_c: np.ndarray, lower: np.ndarray, upper: np.ndarray, step: float, limit: float, tol: float = BOUND_TOL
+    pick_c: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    step: float,
+    limit: float,
+    evaluated: np.ndarray,
+    tol: float = BOUND_TOL,
 ) -> np.ndarray:
     """Points outside the box beside a pick that lies on its upper bound: per such coefficient, the pick with that
-    coefficient raised by `step` (capped at `limit`). None when the pick is inside the box or already at `limit`."""
+    coefficient raised by `step` (capped at `limit`), unless within GAP of an `evaluated` point. None when the pick
+    is inside the box or already at `limit`."""
     pick_c = np.asarray(pick_c, dtype=float)
+    evaluated = np.asarray(evaluated, dtype=float).reshape(-1, len(pick_c))
     points = []
     for j, bound, _ in on_bounds(pick_c, lower, upper, tol):
         if bound == "upper" and pick_c[j] < limit - tol:
             c = pick_c.copy()
             c[j] = min(limit, c[j] + step)
-            points.append(c)
+            if not _near(c, evaluated, lower, upper, GAP):
+                points.append(c)
     return np.array(points).reshape(-1, len(pick_c))

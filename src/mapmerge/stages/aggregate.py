@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mapmerge.core import groups as core_groups
-from mapmerge.core.metrics import maximized, measured_metrics, sample_metrics, suffixes, wide_metrics
+from mapmerge.core.metrics import maximized, measured_metrics, sample_metrics, suffixes
 from mapmerge.core.selection import measured_front
 from mapmerge.io import read_table, write_table
 from mapmerge.layout import Layout
@@ -78,8 +78,10 @@ def run_aggregate(
     for group in group_names:
         fronts.append(read_table(layout.front(group)).assign(group=group))
         group_tasks = suffixes(fronts[-1].columns, metric)
-        evaluated = sample_metrics(read_table(layout.samples(group)), read_table(layout.metrics(group)))
-        measured_fronts.append(measured_front(evaluated, metric, group_tasks).assign(group=group))
+        samples = read_table(layout.samples(group))
+        evaluated = sample_metrics(samples, read_table(layout.metrics(group)), complete=False)
+        complete = evaluated.dropna(subset=evaluated.columns.difference(samples.columns))  # as sample_metrics' default
+        measured_fronts.append(measured_front(complete, metric, group_tasks).assign(group=group))
         choice = read_table(layout.choice(group)).assign(group=group)
         real[group] = measured_metrics(layout.selected_evals(group))
         for name in sorted(set(real[group].index.get_level_values("metric"))):
@@ -93,12 +95,9 @@ def run_aggregate(
     write_table(pd.concat(chosen, ignore_index=True), selected, "aggregate", params, inputs)
     tree = group_tree(plans, dict(zip(group_names, chosen)), real, metric, params["preference"])
     write_table(tree, groups, "aggregate", params, inputs)
-    final = group_names[-1]
-    samples = read_table(layout.samples(final))
-    samples = samples.merge(wide_metrics(read_table(layout.metrics(final)), "sample").reset_index(), on="sample")
     tasks = suffixes(fronts[-1].columns, metric)
     plots.plot_all(
-        samples,
+        evaluated,  # the final group's samples and their metrics
         fronts[-1],
         read_table(reference),
         tasks,

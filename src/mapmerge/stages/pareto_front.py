@@ -17,24 +17,25 @@ from mapmerge.io import read_table, write_table
 PathLike = str | os.PathLike
 
 
+def _objectives(params: Mapping[str, Any], table: pd.DataFrame, info: Mapping[str, Any]) -> pareto.Predict:
+    """The group's objectives on the surrogates: per member, the preference-weighted mean of its tasks' `objective`."""
+    metric = params["optimizer"]["objective"]
+    return groups.group_objectives(objective_predictor(table, metric, info["tasks"]), info, params.get("preference"))
+
+
 def predicted_front(
     params: Mapping[str, Any], table: pd.DataFrame, coef: np.ndarray, info: Mapping[str, Any]
-) -> tuple[pd.DataFrame, dict[str, str]]:
+) -> pd.DataFrame:
     """NSGA-III front of a group's objectives on the surrogates (`table`) inside the box of the evaluated
-    coefficients `coef` [n, members]: `c_<member>` and every fitted metric predicted per task, and the
-    table's extra metadata (T = 2: the IGD against a dense grid on the surrogates)."""
+    coefficients `coef` [n, members]: `c_<member>` and every fitted metric predicted per task."""
     members, tasks = info["members"], info["tasks"]
     opt = params["optimizer"]
-    metric = opt["objective"]
-    lower, upper = coef.min(axis=0), coef.max(axis=0)
-    objectives = groups.group_objectives(objective_predictor(table, metric, tasks), info, params.get("preference"))
-    maximize = [maximized(metric)] * len(members)
-    C, F = pareto.surrogate_front(
-        objectives,
+    C, _ = pareto.surrogate_front(
+        _objectives(params, table, info),
         len(members),
-        lower,
-        upper,
-        maximize,
+        coef.min(axis=0),
+        coef.max(axis=0),
+        [maximized(opt["objective"])] * len(members),
         pop_size=opt["pop_size"],
         n_gen=opt["n_gen"],
         seed=params["seed"],
@@ -45,11 +46,24 @@ def predicted_front(
         predicted = objective_predictor(table, other, tasks)(C)
         for i, task in enumerate(tasks):
             points[f"{other}_{task}"] = predicted[:, i]
-    extra = {}
-    if len(members) == 2:
-        _, grid = pareto.grid_front(objectives, lower, upper, maximize, resolution=opt["grid_check_resolution"])
-        extra["mapmerge.grid_igd"] = f"{pareto.igd(F, grid, maximize):.6g}"
-    return points, extra
+    return points
+
+
+def grid_check(
+    params: Mapping[str, Any], table: pd.DataFrame, coef: np.ndarray, info: Mapping[str, Any], points: pd.DataFrame
+) -> dict[str, str]:
+    """Two members: the front's IGD against the non-dominated points of a dense grid on the same surrogates, as
+    front.parquet's metadata (`mapmerge.grid_igd`); no check for more members."""
+    members = info["members"]
+    if len(members) != 2:
+        return {}
+    opt = params["optimizer"]
+    objectives = _objectives(params, table, info)
+    maximize = [maximized(opt["objective"])] * len(members)
+    F = objectives(points[[f"c_{m}" for m in members]].to_numpy(dtype=float))
+    lower, upper = coef.min(axis=0), coef.max(axis=0)
+    _, grid = pareto.grid_front(objectives, lower, upper, maximize, resolution=opt["grid_check_resolution"])
+    return {"mapmerge.grid_igd": f"{pareto.igd(F, grid, maximize):.6g}"}
 
 
 def with_intervals(points: pd.DataFrame, table: pd.DataFrame, info: Mapping[str, Any], level: float) -> pd.DataFrame:
@@ -69,6 +83,7 @@ def run_pareto_front(
     info = groups.group_plan(plan, group)
     coef = read_table(samples)[[f"c_{m}" for m in info["members"]]].to_numpy()
     table = read_table(surrogate)
-    points, extra = predicted_front(params, table, coef, info)
+    points = predicted_front(params, table, coef, info)
+    extra = grid_check(params, table, coef, info, points)
     points = with_intervals(points, table, info, params["interval"])
     write_table(points, front, "pareto_front", params, inputs=[surrogate, samples, plan], extra=extra)

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from mapmerge.core import bayesian
-from mapmerge.core.metrics import metrics_from_examples, suffixes
-from mapmerge.io import read_table, write_table
+from mapmerge.core.metrics import suffixes
+from mapmerge.io import write_table
+from mapmerge.stages.collect import evaluated
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
@@ -29,8 +30,7 @@ def run_propose_round(
     """Bayesian MAP: round `round`'s samples (rounds/r<NN>.parquet), drawn where the surrogates' out-of-sample error
     is worst over the earlier rounds (their sample tables `rounds` and evaluation batches `evals`)."""
     rnd = int(round)
-    earlier = pd.concat([read_table(p) for p in rounds], ignore_index=True)
-    metrics = metrics_from_examples(pd.concat([read_table(p) for p in evals], ignore_index=True))
+    earlier, metrics = evaluated(rounds, evals)
     members = suffixes(earlier.columns, "c")
     errors = bayesian.sample_errors(earlier, metrics, members, params["surrogate"], params["objective"])
     cfg = bayesian.with_bins(params["bayesian"], len(earlier), len(members))

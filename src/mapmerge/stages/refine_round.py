@@ -12,9 +12,9 @@ import pandas as pd
 
 from mapmerge.core import groups, refine
 from mapmerge.core import surrogate as quadratic
-from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.core.selection import pick_point, reference_values
 from mapmerge.io import read_table, write_table
+from mapmerge.stages.collect import evaluated
 from mapmerge.stages.pareto_front import predicted_front
 
 PathLike = str | os.PathLike
@@ -38,14 +38,13 @@ def run_refine_round(
     rnd = int(round)
     info = groups.group_plan(plan, group)
     members = info["members"]
-    earlier = pd.concat([read_table(p) for p in rounds], ignore_index=True)
-    metrics = metrics_from_examples(pd.concat([read_table(p) for p in evals], ignore_index=True))
+    earlier, metrics = evaluated(rounds, evals)
     cfg = params["surrogate"]
     table = quadratic.fit_table(
         earlier, metrics, members, cfg["links"], loo=False, missing=cfg["missing"], tasks=info["tasks"]
     )
     coef = earlier[[f"c_{m}" for m in members]].to_numpy()
-    front, _ = predicted_front(params, table, coef, info)
+    front = predicted_front(params, table, coef, info)
     metric = params["optimizer"]["objective"]
     sel = params["selection"]
     ref = reference_values(read_table(reference), metric, info["tasks"]) if sel["method"] == "balanced" else None
@@ -57,8 +56,7 @@ def run_refine_round(
     C_front = front[[f"c_{m}" for m in members]].to_numpy()
     points, kinds = refine.round_points(C_front, objectives, pick, k, coef, lower, upper)
     if settings["extend"] > 0:
-        wide = refine.extended_points(C_front[pick], lower, upper, settings["extend"], settings["limit"])
-        wide = wide[[not _evaluated(c, coef) for c in wide]]
+        wide = refine.extended_points(C_front[pick], lower, upper, settings["extend"], settings["limit"], coef)
         points, kinds = np.vstack([points, wide]), kinds + ["extend"] * len(wide)
     frame = pd.DataFrame(points, columns=[f"c_{m}" for m in members])
     frame.insert(0, "kind", kinds)
@@ -72,7 +70,3 @@ def run_refine_round(
         len(earlier),
     )
     write_table(frame.assign(round=rnd), samples, "refine_round", params, inputs=[*rounds, *evals, plan, reference])
-
-
-def _evaluated(c: np.ndarray, coef: np.ndarray) -> bool:
-    return bool(len(coef)) and bool(np.isclose(coef, c, rtol=0, atol=1e-9).all(axis=1).any())
