@@ -24,9 +24,9 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   of B points and the quadratic fit as MAP; then R rounds, each evaluating for real the
   equal-preference pick of the predicted front and K points spread along it, then refitting on
   every real evaluation so far and predicting the front again. The K points: `front`
-  (mapmerge.core.refine.round_points: spread_order along the predicted front, points already
-  evaluated skipped) or `gap` (gap_points below: the predicted front points farthest from the real
-  front found so far). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
+  (spread_points below: spread_order along the predicted front, points already evaluated skipped)
+  or `gap` (mapmerge.core.refine.round_points, as the workflow does: the predicted front points
+  farthest from the real front found so far). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
   kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
@@ -81,10 +81,10 @@ from pymoo.indicators.igd import IGD
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
-from mapmerge.core.correction import fit_corrected
 from mapmerge.core.pareto import non_dominated, preference_vectors, surrogate_front, weighted_picks, win_rate
 from mapmerge.core.refine import GAP, round_points
 from mapmerge.core.selection import select_point
+from mapmerge.core.spread import spread_order
 from mapmerge.core.surrogate import fit_surrogate, n_params
 from mapmerge.run.config import load_config
 from mapmerge.tensors.engine import MergeEngine
@@ -97,7 +97,7 @@ DEFAULT_REFINE = {2: ["4:4"], 3: ["6:4"], 4: ["8:4"]}  # K:R per T
 GROUND_TRUTH = {2: 21, 3: 9, 4: 5}  # grid points per axis of the ground truth
 KINDS = ("map", "bayesian", "refine", "random", "grid")
 FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction"}
-SPREADS = {"front": "round_points: spread_order along the front", "gap": "gap_points: far from the real front"}
+SPREADS = {"front": "spread_points: spread_order along the front", "gap": "round_points: far from the real front"}
 
 
 @dataclass
@@ -207,8 +207,7 @@ def spread(F: np.ndarray, k: int) -> np.ndarray:
 
 def fit_predictor(C: np.ndarray, F: np.ndarray, link: str, fit: str = "a") -> Callable[[np.ndarray], np.ndarray]:
     """Per task the quadratic surrogate on (C, F) ((a)), or it plus the kernel correction of its residuals ((b))."""
-    quadratics = [fit_surrogate(C, F[:, i], link, loo=False) for i in range(F.shape[1])]
-    fits = quadratics if fit == "a" else [fit_corrected(C, F[:, i], link, base=q) for i, q in enumerate(quadratics)]
+    fits = [fit_surrogate(C, F[:, i], link, loo=False, correct=fit == "b") for i in range(F.shape[1])]
     return lambda X: np.column_stack([f.predict(X) for f in fits])
 
 
@@ -257,34 +256,19 @@ def run_map(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) ->
     return [surrogate_answer(C, evaluate(C), evaluate, opt, seed)]
 
 
-def gap_points(
-    front_C: np.ndarray,
-    front_F: np.ndarray,
-    pick: int,
-    k: int,
-    evaluated_C: np.ndarray,
-    evaluated_F: np.ndarray,
-    gap: float = GAP,
-) -> np.ndarray:
-    """As mapmerge.core.refine.round_points (the pick, then k front points, points within `gap` of an evaluated or
-    chosen one skipped; the box [0, 1]^T), but the front points in gap-filling order: each the predicted front point
-    farthest, in range-normalised predicted objectives, from the measured objectives of the non-dominated evaluated
-    points and from the points chosen so far. spread_order starts at an end of the front every round instead, so each
-    round re-evaluates near the same spots; this one spends a round where the real front has no point yet."""
-    span = front_F.max(axis=0) - front_F.min(axis=0)
-    span = np.where(span > 0, span, 1.0)
-    X, taken = front_F / span, answer(evaluated_F) / span
-    distance = np.linalg.norm(X[:, None, :] - taken[None, :, :], axis=2).min(axis=1)
+def spread_points(front_C: np.ndarray, front_F: np.ndarray, pick: int, k: int, evaluated_C: np.ndarray) -> np.ndarray:
+    """The `front` spread, for comparison: the pick, then k front points in spread_order (an end of the front first,
+    then the farthest from those taken), points within GAP of an evaluated or chosen one skipped. It starts at the
+    same end every round, so each round re-evaluates near the same spots (the workflow's round_points fills the
+    measured front's gaps instead)."""
     near = np.asarray(evaluated_C, dtype=float)
     chosen: list[int] = []
-    candidate = pick
-    while candidate is not None and len(chosen) < k + 1:
-        distance = np.minimum(distance, np.linalg.norm(X - X[candidate], axis=1))
-        if not len(near) or np.abs(near - front_C[candidate]).max(axis=1).min() >= gap:
-            chosen.append(candidate)
-            near = np.vstack([near, front_C[candidate]])
-        distance[candidate] = -1.0  # taken or skipped
-        candidate = int(np.argmax(distance)) if distance.max() >= 0 else None
+    for i in [pick, *(int(i) for i in spread_order(front_F) if i != pick)]:
+        if len(chosen) == k + 1:
+            break
+        if not len(near) or np.abs(near - front_C[i]).max(axis=1).min() >= GAP:
+            chosen.append(i)
+            near = np.vstack([near, front_C[i]])
     return front_C[chosen].reshape(-1, front_C.shape[1])
 
 
@@ -316,9 +300,9 @@ def run_refined(
         C_front, F_front = front
         pick = select_point(F_front, np.full(n_tasks, 1.0 / n_tasks), [True] * n_tasks)
         if spread == "gap":
-            new = gap_points(C_front, F_front, pick, k, C, F)
+            new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper)
         else:
-            new, _ = round_points(C_front, F_front, pick, k, C, lower, upper)
+            new = spread_points(C_front, F_front, pick, k, C)
         if len(new):
             C, F = np.vstack([C, new]), np.vstack([F, evaluate(new)])
             front = predicted_front(fit_predictor(C, F, link, fit), n_tasks, opt, seed)
@@ -595,7 +579,7 @@ def main() -> None:
         nargs="+",
         choices=list(SPREADS),
         default=list(SPREADS),
-        help="refinement front points: front (mapmerge.core.refine.round_points), gap (gap-filling)",
+        help="refinement front points: front (spread_order), gap (gap-filling: mapmerge.core.refine.round_points)",
     )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument("--sampler", choices=list(sampling.KINDS), default="sobol", help="MAP's design")

@@ -21,6 +21,19 @@ EVALUATIONS = {"evaluate", "validate_front", "validate_baseline"}  # every real 
 TASK_VECTORS = {"extract_task_vector", "task_vector_table"}
 ENGINE = EVALUATIONS | TASK_VECTORS | {"merge_group", "plan_level"}  # what reads checkpoints and merges task vectors
 BENCHMARK = EVALUATIONS | {"prepare_benchmark"}  # trains it; the evaluations' params name its model and evaluators
+# the surrogate: the design's size (n_params); validate: the coverage of the prediction intervals; refine_round fits;
+# merge_group predicts at a measured pick; the run's notes (aggregate's report, report_tables) size the rounds
+SURROGATE = {
+    "sample_coefficients",
+    "propose_round",
+    "fit_surrogate",
+    "pareto_front",
+    "validate",
+    "refine_round",
+    "merge_group",
+    "aggregate",
+    "report_tables",
+}
 
 # The spec, written from what each stage runs: for each module of the package, the stages whose code
 # fingerprint changes when its source changes. A module not named here must be run by no stage.
@@ -71,21 +84,11 @@ EXPECTED = {
     | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate", "refine_round"},
     "mapmerge.core.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
     "mapmerge.core.sampling": {"sample_coefficients"},
-    # the design's size: n_params; validate: the coverage of the prediction intervals; refine_round fits; merge_group
-    # predicts at a measured pick; the run's notes (aggregate's report, report_tables) size the refinement rounds
-    "mapmerge.core.surrogate": {
-        "sample_coefficients",
-        "propose_round",
-        "fit_surrogate",
-        "pareto_front",
-        "validate",
-        "refine_round",
-        "merge_group",
-        "aggregate",
-        "report_tables",
-    },
-    "mapmerge.core.refine": {"refine_round", "aggregate", "report_tables"},  # the notes' box bounds
-    "mapmerge.core.spread": {"refine_round", "aggregate", "report_tables", "validate", "validate_front"},
+    "mapmerge.core.surrogate": SURROGATE,
+    "mapmerge.core.correction": SURROGATE,  # the surrogate's local correction
+    # the notes' box bounds; whether a fit gets the correction (fit_surrogate)
+    "mapmerge.core.refine": {"refine_round", "fit_surrogate", "aggregate", "report_tables"},
+    "mapmerge.core.spread": {"validate", "validate_front"},
     "mapmerge.core.bayesian": {"propose_round"},
     # plots' non_dominated; validation's indicators; the measured front (merge_group, aggregate)
     "mapmerge.core.pareto": {

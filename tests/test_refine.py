@@ -30,17 +30,40 @@ def test_spread_order_starts_at_an_end_and_takes_the_farthest_next():
 def test_a_round_is_the_pick_then_front_points_skipping_what_was_evaluated():
     C, F = line_front()
     evaluated = np.array([C[10], C[5] + 1e-5])  # one end, and (within the gap) the middle
-    points, kinds = refine.round_points(C, F, pick=3, k=3, evaluated=evaluated, lower=LOWER, upper=UPPER)
+    points, kinds = refine.round_points(C, F, [3], 3, evaluated, F[[10, 5]], LOWER, UPPER)
     assert kinds == ["pick", "front", "front", "front"]
     np.testing.assert_array_equal(points[0], C[3])
     chosen = [int(np.flatnonzero((C == p).all(axis=1))[0]) for p in points]
     assert chosen[:2] == [3, 0] and 10 not in chosen and 5 not in chosen and len(set(chosen)) == 4
 
 
+def test_front_points_go_where_the_measured_front_has_none_yet():
+    C, F = line_front()
+    # the measured front covers the lower half (t <= 0.5): every front point the round takes lies in the upper half
+    reached = F[:6] - 0.01
+    points, kinds = refine.round_points(C, F, [0], 3, np.zeros((0, 2)), reached, LOWER, UPPER)
+    chosen = [int(np.flatnonzero((C == p).all(axis=1))[0]) for p in points]
+    assert chosen[0] == 0 and kinds[0] == "pick"
+    assert chosen[1] == 10 and all(i > 5 for i in chosen[1:])  # the end farthest from what was measured first
+
+
+def test_other_picks_come_right_after_the_pick_and_are_skipped_when_evaluated():
+    C, F = line_front()
+    points, kinds = refine.round_points(C, F, [0, 4, 0], 2, C[[7]], F[[7]], LOWER, UPPER)
+    chosen = [int(np.flatnonzero((C == p).all(axis=1))[0]) for p in points]
+    assert chosen[:2] == [0, 4] and kinds == ["pick", "front", "front"] and 7 not in chosen
+
+
 def test_a_front_evaluated_everywhere_gives_a_short_round():
     C, F = line_front(3)
-    points, kinds = refine.round_points(C, F, pick=0, k=5, evaluated=C[1:], lower=LOWER, upper=UPPER)
+    points, kinds = refine.round_points(C, F, [0], 5, C[1:], F[1:], LOWER, UPPER)
     assert kinds == ["pick"] and len(points) == 1
+
+
+def test_refined_samples_are_those_with_a_refinement_round():
+    design = pd.DataFrame({"sample": ["s0000"], "kind": ["sobol"], "round": [0]})
+    assert not refine.refined(design) and not refine.refined(design.drop(columns="kind"))
+    assert refine.refined(pd.concat([design, pd.DataFrame({"sample": ["r01s0000"], "kind": ["pick"], "round": [1]})]))
 
 
 def test_round_size_counts_the_pick_the_front_points_and_the_points_past_the_box():

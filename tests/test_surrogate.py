@@ -160,6 +160,11 @@ def test_fit_table_round_trip(tmp_path):
         "dropped",
         "refits",
         "residuals",
+        "correction_centres",
+        "correction_alpha",
+        "correction_scale",
+        "correction_length",
+        "correction_ridge",
     ]
     assert list(zip(table["task"], table["metric"])) == sorted((t, m) for t in tasks for m in LINK_MAP)
     assert (table["tasks"] == "rot90,digits04,invert").all() and (table["n_samples"] == 20).all()
@@ -173,6 +178,31 @@ def test_fit_table_round_trip(tmp_path):
         assert fit.tasks == tuple(tasks) and fit.link == LINK_MAP[metric]
         direct = fit_surrogate(C, metrics.query("task == @task and metric == @metric")["value"], fit.link)
         np.testing.assert_array_equal(fit.predict(C), direct.predict(C))
+
+
+def test_a_corrected_fit_survives_the_table_and_follows_what_a_quadratic_cannot(tmp_path):
+    rng = np.random.default_rng(3)
+    C = rng.uniform(0, 1, (60, 2))
+    bump = 0.8 * np.exp(-np.sum((C - 0.5) ** 2, axis=1) / 0.02)  # what a quadratic cannot follow
+    samples = pd.DataFrame({"sample": [f"s{i:03d}" for i in range(60)], "c_a": C[:, 0], "c_b": C[:, 1]})
+    acc = expit(1 + C[:, 0] - 2 * C[:, 1] + bump)
+    metrics = pd.DataFrame({"sample": samples["sample"], "task": "a", "metric": "accuracy", "value": acc})
+    plain = fit_table(samples, metrics, ["a", "b"], {"accuracy": "sigmoid"}, tasks=["a"], bootstrap=20)
+    corrected = fit_table(
+        samples, metrics, ["a", "b"], {"accuracy": "sigmoid"}, tasks=["a"], bootstrap=20, correct=True
+    )
+    assert np.isnan(plain["correction_length"]).all() and corrected["correction_length"].notna().all()
+    assert (corrected["loo_rmse"] < 0.5 * plain["loo_rmse"]).all()  # out of sample too
+    corrected.to_parquet(tmp_path / "surrogate.parquet")
+    fit = fits_from_table(pd.read_parquet(tmp_path / "surrogate.parquet"))[("a", "accuracy")]
+    assert (
+        np.abs(fit.predict(C) - acc).mean()
+        < 0.5 * np.abs(fits_from_table(plain)[("a", "accuracy")].predict(C) - acc).mean()
+    )
+    far = np.array([[6.0, -5.0]])  # far from every point: the quadratic alone, and an interval around it
+    np.testing.assert_allclose(fit.predict(far), fits_from_table(plain)[("a", "accuracy")].predict(far))
+    low, high = fit.interval(C, 0.9)
+    assert (low <= fit.predict(C)).all() and (fit.predict(C) <= high).all() and (high > low).any()
 
 
 def test_fit_table_missing_sample():

@@ -1,6 +1,5 @@
 """Win rate (the MAP paper's metric): preference vectors, the pick per vector, wins on hand-computed cases, and the
-win-rate rows of validation (mapmerge.core.groundtruth.WinRate, validation_table, stage validate); the kernel
-correction of the surrogate (mapmerge.core.correction)."""
+win-rate rows of validation (mapmerge.core.groundtruth.WinRate, validation_table, stage validate)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import pandas as pd
 import pytest
 
 from mapmerge.core import groundtruth
-from mapmerge.core.correction import fit_corrected
 from mapmerge.core.metrics import metrics_from_examples, wide_metrics
 from mapmerge.core.pareto import (
     preference_vectors,
@@ -207,20 +205,3 @@ def test_stage_validate_writes_win_rates_with_the_groups_sample_count(tmp_path):
     table = read_table(tmp_path / "validation.parquet").set_index(["indicator", "front"])
     assert table.loc[("win_rate_grid", "real"), "value"] == 1.0  # 4 samples: the grid's corners
     assert table.loc[("win_rate_random", "real"), "n_reference"] == 4
-
-
-# the kernel correction
-
-
-def test_the_correction_follows_the_points_and_fades_away_from_them():
-    rng = np.random.default_rng(0)
-    C = rng.random((40, 2))
-    bump = 0.3 * np.exp(-np.sum((C - 0.5) ** 2, axis=1) / 0.02)  # what a quadratic cannot follow
-    y = 1 / (1 + np.exp(-(1 + C[:, 0] - 2 * C[:, 1] + bump)))
-    fit = fit_corrected(C, y, "sigmoid")
-    quadratic = np.abs(fit.base.predict(C) - y).mean()
-    assert np.abs(fit.predict(C) - y).mean() < 0.5 * quadratic
-    assert fit.loo_rmse < np.sqrt(np.mean((fit.base.predict(C) - y) ** 2))
-    far = np.array([[5.0, -4.0]])  # far outside the points: the quadratic alone
-    assert fit.correction(far)[0] == pytest.approx(0.0, abs=1e-9)
-    np.testing.assert_allclose(fit.predict(far), fit.base.predict(far))

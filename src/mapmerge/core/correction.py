@@ -1,4 +1,4 @@
-"""A local correction of the quadratic surrogate: the quadratic plus a kernel model of its residuals, on the link scale.
+"""A local correction of the quadratic surrogate: a kernel model of its residuals on the link scale.
 
     M(c) ~ link(q(c) + r(c)),   r(c) = sum_j alpha_j k(c, c_j),   k(c, c') = exp(-|c - c'|^2 / (2 l^2))
 
@@ -21,8 +21,6 @@ from itertools import product
 
 import numpy as np
 
-from mapmerge.core.surrogate import EPS, LINK_FUNCTIONS, SurrogateFit, fit_surrogate, quadratic_features
-
 LENGTH_SCALES = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75)  # in units of each coefficient's range over the points
 RIDGES = (1e-3, 1e-2, 0.1, 1.0)  # noise variance over the kernel's variance
 
@@ -33,61 +31,48 @@ def _kernel(A: np.ndarray, B: np.ndarray, length: float) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class CorrectedFit:
-    """The quadratic `base` plus the kernel correction on the link scale; `predict` as SurrogateFit's."""
+class KernelCorrection:
+    """r(c), the kernel model of a quadratic's link-scale residuals; `loo` its leave-one-out residuals."""
 
-    base: SurrogateFit
     centres: np.ndarray  # [n, T] the points, scaled by `scale`
     alpha: np.ndarray  # [n] kernel weights
     scale: np.ndarray  # [T] each coefficient's range over the points (1 where constant)
     length: float
     ridge: float
-    loo_rmse: float  # the chosen (length, ridge)'s leave-one-out RMSE on the metric's scale (the quadratic fixed)
+    loo: np.ndarray | None = None  # [n] each residual less its leave-one-out prediction (link scale), when fitted
 
-    def correction(self, C: np.ndarray) -> np.ndarray:
-        """The residual model r(c) on the link scale, for C [n, T]."""
-        C = np.atleast_2d(np.asarray(C, dtype=float)) / self.scale
-        return _kernel(C, self.centres, self.length) @ self.alpha
+    def __call__(self, C: np.ndarray) -> np.ndarray:
+        """r(c) on the link scale for coefficients C [..., T]."""
+        C = np.asarray(C, dtype=float)
+        flat = C.reshape(-1, C.shape[-1]) / self.scale
+        out = np.empty(len(flat))
+        chunk = max(1, 4_000_000 // max(1, len(self.centres)))  # bounded memory for many points
+        for start in range(0, len(flat), chunk):
+            out[start : start + chunk] = _kernel(flat[start : start + chunk], self.centres, self.length) @ self.alpha
+        return out.reshape(C.shape[:-1])
 
-    def predict(self, C: np.ndarray) -> np.ndarray:
-        """Predicted metric for coefficients C [n, T]."""
-        C = np.atleast_2d(np.asarray(C, dtype=float))
-        z = quadratic_features(C) @ self.base.params + self.correction(C)
-        return LINK_FUNCTIONS[self.base.link].forward(z)
 
-
-def fit_corrected(
+def fit_correction(
     C: np.ndarray,
-    y: np.ndarray,
-    link: str,
-    base: SurrogateFit | None = None,
+    residual: np.ndarray,
     lengths: Sequence[float] = LENGTH_SCALES,
     ridges: Sequence[float] = RIDGES,
-) -> CorrectedFit:
-    """The quadratic (`base`, or fitted here to every point) plus kernel ridge on its link-scale residuals.
-
-    C [n, T], y [n]: the points and their measured metric; link: the surrogate's link (sigmoid, softplus, identity).
-    (length, ridge) is the pair of `lengths` x `ridges` with the largest profiled marginal likelihood.
-    """
+) -> KernelCorrection:
+    """Kernel ridge on the link-scale residuals [n] of a quadratic at coefficients C [n, T]; (length, ridge) is the
+    pair of `lengths` x `ridges` with the largest profiled marginal likelihood."""
     C = np.asarray(C, dtype=float)
-    y = np.asarray(y, dtype=float)
-    base = base if base is not None else fit_surrogate(C, y, link, loo=False)
-    spec = LINK_FUNCTIONS[link]
-    target = spec.inverse(np.clip(y, spec.low + EPS, spec.high - EPS))  # y on the link scale
-    residual = target - quadratic_features(C) @ base.params
+    residual = np.asarray(residual, dtype=float)
     span = C.max(axis=0) - C.min(axis=0)
     scale = np.where(span > 0, span, 1.0)
     X = C / scale
-    best: tuple[float, float, float, np.ndarray, float] | None = None
+    best: tuple[float, float, float, np.ndarray, np.ndarray] | None = None
     for length, ridge in product(lengths, ridges):
         inverse = np.linalg.inv(_kernel(X, X, length) + ridge * np.eye(len(X)))
         alpha = inverse @ residual
         _, logdet_inverse = np.linalg.slogdet(inverse)
         nll = len(X) * np.log(max(float(residual @ alpha), 1e-300) / len(X)) - logdet_inverse
-        loo = alpha / np.diag(inverse)  # residual_i less its leave-one-out prediction
-        rmse = float(np.sqrt(np.mean((spec.forward(target - loo) - y) ** 2)))
         if best is None or nll < best[0]:
-            best = (nll, length, ridge, alpha, rmse)
+            best = (nll, length, ridge, alpha, alpha / np.diag(inverse))
     assert best is not None
-    _, length, ridge, alpha, rmse = best
-    return CorrectedFit(base, X, alpha, scale, float(length), float(ridge), rmse)
+    _, length, ridge, alpha, loo = best
+    return KernelCorrection(X, alpha, scale, float(length), float(ridge), loo)

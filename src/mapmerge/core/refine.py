@@ -1,19 +1,19 @@
 """Refinement rounds: which points of a predicted front to evaluate for real next, and where a front meets its box.
 
-A round evaluates the current pick for the user's preference and K points spread along the
-predicted front; they join the fit, and the next round's front is predicted from every real
+A round evaluates the current pick for the user's preference and K points of the predicted
+front where the measured front has no point yet; they join the fit, and the next round's front is predicted from every real
 evaluation so far. Points already evaluated (closer than `gap` of the box's width in every
 coefficient) are skipped for the next farthest one, so a round never spends an evaluation twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from mapmerge.core.spread import spread_order
 from mapmerge.core.surrogate import n_params
 
 KINDS = ("pick", "front", "extend")  # a refinement round's samples: the pick, front points, points past the box
@@ -36,32 +36,55 @@ def round_size(cfg: Mapping[str, Any], n_members: int) -> int:
 def round_points(
     front_C: np.ndarray,
     front_F: np.ndarray,
-    pick: int,
+    picks: Sequence[int],
     k: int,
     evaluated: np.ndarray,
+    measured_F: np.ndarray,
     lower: np.ndarray,
     upper: np.ndarray,
     gap: float = GAP,
 ) -> tuple[np.ndarray, list[str]]:
-    """The next round's coefficients [n, T] and each one's kind (`pick` or `front`): the pick first, then front
-    points in spread order, skipping any within `gap` of an evaluated or already chosen point.
+    """The next round's coefficients [n, T] and each one's kind (`pick` or `front`): the pick (picks[0]) first, the
+    other `picks` (front points to evaluate before any other, kind `front`) next, then front points in
+    gap-filling order, skipping any within `gap` of an evaluated or already chosen point.
 
+    Gap-filling: each next point is the predicted front point farthest, in objectives normalised by the predicted
+    front's range, from the measured front (`measured_F`, the objectives of the non-dominated real evaluations)
+    and from the points chosen so far, so a round spends its evaluations where the real front has no point yet
+    (an order fixed along the front would re-evaluate near the same spots every round: docs/performance.md).
     n = k + 1 while the front has that many new points; fewer when it has not (a front that is already
     evaluated everywhere needs no more rounds).
     """
     front_C = np.asarray(front_C, dtype=float)
-    order = [pick, *(int(i) for i in spread_order(front_F) if i != pick)]
+    front_F = np.asarray(front_F, dtype=float)
+    span = front_F.max(axis=0) - front_F.min(axis=0)
+    span = np.where(span > 0, span, 1.0)
+    X = front_F / span
+    reached = np.asarray(measured_F, dtype=float).reshape(-1, front_F.shape[1]) / span
+    distance = np.full(len(X), np.inf)
+    if len(reached):
+        distance = np.linalg.norm(X[:, None, :] - reached[None, :, :], axis=2).min(axis=1)
     taken = np.asarray(evaluated, dtype=float).reshape(-1, front_C.shape[1])
     chosen, kinds = [], []
-    for i in order:
-        if len(chosen) == k + 1:
-            break
-        if _near(front_C[i], taken, lower, upper, gap):
-            continue
-        chosen.append(front_C[i])
-        kinds.append("pick" if i == pick else "front")
-        taken = np.vstack([taken, front_C[i]])
+    pick, queue = picks[0], list(picks[1:])
+    candidate: int | None = pick
+    while candidate is not None and len(chosen) < k + 1:
+        distance = np.minimum(distance, np.linalg.norm(X - X[candidate], axis=1))
+        if not _near(front_C[candidate], taken, lower, upper, gap):
+            chosen.append(front_C[candidate])
+            kinds.append("pick" if candidate == pick else "front")
+            taken = np.vstack([taken, front_C[candidate]])
+        distance[candidate] = -1.0  # taken or skipped
+        if queue:
+            candidate = queue.pop(0)
+        else:
+            candidate = int(np.argmax(distance)) if distance.max() >= 0 else None
     return np.array(chosen).reshape(-1, front_C.shape[1]), kinds
+
+
+def refined(samples: pd.DataFrame) -> bool:
+    """Whether a group's samples hold refinement rounds' evaluations (their surrogates get the local correction)."""
+    return "kind" in samples.columns and bool(samples["kind"].isin(KINDS).any())
 
 
 def _near(c: np.ndarray, points: np.ndarray, lower: np.ndarray, upper: np.ndarray, gap: float) -> bool:

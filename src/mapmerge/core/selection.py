@@ -116,6 +116,7 @@ def preference_scores(
     method: str = "weighted_sum",
     rho: float = 0.05,
     reference: Reference | None = None,
+    floor: float = BALANCED_FLOOR,
 ) -> tuple[np.ndarray, dict[str, float], str]:
     """Every point's score for a preference (point_scores, higher is better), the members' normalised weights, and
     the rule that scored them.
@@ -126,7 +127,8 @@ def preference_scores(
     Tchebycheff regret w_m (1 - gain_m) against gain 1, so no member is given up while a point keeps every
     member's gain higher. Where no point keeps every weighted member's gain at BALANCED_FLOOR or more, every
     point gives a task up and balancing would pick the least merge (the pretrained model, at gain 0): then the
-    points are scored by weighted_sum instead, and the rule returned says so.
+    points are scored by weighted_sum instead, and the rule returned says so (floor: that threshold; -inf never
+    falls back).
     """
     members, tasks = info["members"], info["tasks"]
     sides = groups.side_weights(info, groups.task_weights(preference, tasks))
@@ -139,7 +141,7 @@ def preference_scores(
         gain = {t: gains(v, *reference[t], maximized(metric)) for t, v in per_task.items()}
         G = np.column_stack([groups.weighted_mean(gain, side) for side in sides])
         weighted = np.array(list(weights.values())) > 0
-        if len(G) and G[:, weighted].min(axis=1).max() >= BALANCED_FLOOR:
+        if len(G) and G[:, weighted].min(axis=1).max() >= floor:
             return point_scores(G, list(weights.values()), [True] * len(members), method, rho), weights, method
         method = "weighted_sum"
     F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])

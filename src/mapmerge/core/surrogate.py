@@ -16,19 +16,27 @@ residuals. Chosen by measured coverage on real validation grids (docs/validation
 covariance interval (sigma^2 (J^T J)^-1 sandwich plus the link-scale residual variance, the ends mapped by
 the link) held 79% of the grid's accuracies at 90% once refinement rounds had crowded the samples along
 the front, the bootstrap 87%; on plain designs both were within 5 points of 90%.
+
+A fit may carry a local correction (`fit_surrogate(..., correct=True)`, mapmerge.core.correction): a kernel
+model r(c) of the quadratic's link-scale residuals, added on the link scale, link(x(c) @ p + r(c)), to the
+prediction and to every bootstrap draw (whose residuals stay the quadratic's: the intervals keep its width).
+It follows the real evaluations near the points where refinement rounds have put them and fades to the
+quadratic away from every point.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 from scipy.special import expit, logit
 from threadpoolctl import threadpool_limits
+
+from mapmerge.core.correction import KernelCorrection, fit_correction
 
 
 class SurrogateError(ValueError):
@@ -67,6 +75,15 @@ TABLE_COLUMNS = [
 # what prediction intervals need (absent from tables written before them, empty for a fit without: no interval):
 # refits, the B bootstrap refits' parameters (B x P, row-major); residuals, the n scaled residuals
 INTERVAL_COLUMNS = ["refits", "residuals"]
+# the local correction (absent from tables written before it; empty lists and NaN for a fit without): its centres
+# [n, T] (row-major), kernel weights [n], coefficient scales [T], length scale and ridge
+CORRECTION_COLUMNS = [
+    "correction_centres",
+    "correction_alpha",
+    "correction_scale",
+    "correction_length",
+    "correction_ridge",
+]
 INTERVAL_BOOTSTRAP = 200  # B, the bootstrap refits of every fit that surrogate.parquet stores
 INTERVAL_SEED = 0  # the bootstrap's draws: the same for every fit, so a fit is reproducible
 MISSING = ("error", "drop")  # surrogate.missing: refuse samples without a value, or fit without them
@@ -100,7 +117,8 @@ class SurrogateFit:
 
     `tasks` names the coefficients in order (filled by `fit_table`; empty when fitted directly).
     `refits` [B, P] and `residuals` [n]: the bootstrap's refitted parameters and the scaled residuals (module
-    docstring); without them (or with no residual degrees of freedom) `interval` gives NaN.
+    docstring); without them (or with no residual degrees of freedom) `interval` gives NaN. `correction`: the
+    local correction added on the link scale (module docstring), or None.
     """
 
     task: str
@@ -114,6 +132,7 @@ class SurrogateFit:
     tasks: tuple[str, ...] = ()
     refits: np.ndarray | None = None
     residuals: np.ndarray | None = None
+    correction: KernelCorrection | None = None
 
     def __post_init__(self) -> None:
         params = np.array(self.params, dtype=float)
@@ -144,7 +163,15 @@ class SurrogateFit:
             raise SurrogateError(
                 f"{_where(self.task, self.metric)}: coefficients of shape {C.shape}, expected [..., {self.n_tasks}]"
             )
-        return LINK_FUNCTIONS[self.link].forward(quadratic_features(C) @ self.params)
+        return LINK_FUNCTIONS[self.link].forward(self._link_scale(C, self.params))
+
+    def _link_scale(self, C: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """x(c) @ params (+ the correction r(c)) for C [..., T]; params [P] or [P, B] (then [..., B])."""
+        z = quadratic_features(C) @ params
+        if self.correction is None:
+            return z
+        r = self.correction(C)
+        return z + (r[..., None] if np.ndim(params) > 1 else r)
 
     def interval(self, C: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         """The `level` prediction interval (low, high) of a new real value of the metric at coefficients C [..., T].
@@ -161,11 +188,11 @@ class SurrogateFit:
             nan = np.full(predicted.shape, np.nan)
             return nan, nan.copy()
         spec = LINK_FUNCTIONS[self.link]
-        X = quadratic_features(C).reshape(-1, len(self.params))
-        low, high = np.empty(len(X)), np.empty(len(X))
+        flat = C.reshape(-1, C.shape[-1])
+        low, high = np.empty(len(flat)), np.empty(len(flat))
         chunk = max(1, 2_000_000 // (len(self.refits) * len(self.residuals)))  # bounded memory for many points
-        for start in range(0, len(X), chunk):
-            fitted = spec.forward(X[start : start + chunk] @ self.refits.T)  # [m, B]
+        for start in range(0, len(flat), chunk):
+            fitted = spec.forward(self._link_scale(flat[start : start + chunk], self.refits.T))  # [m, B]
             draws = (fitted[:, :, None] - self.residuals[None, None, :]).reshape(len(fitted), -1)
             ends = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2], axis=1)
             low[start : start + chunk], high[start : start + chunk] = ends
@@ -247,6 +274,7 @@ def fit_surrogate(
     metric: str = "",
     loo: bool = True,
     bootstrap: int = 0,
+    correct: bool = False,
 ) -> SurrogateFit:
     """Fit M(c) ~ link(quadratic(c)) to coefficients C [n, T] and metric values y [n].
 
@@ -255,7 +283,8 @@ def fit_surrogate(
     r2 and rmse are plain squared-error statistics on the fitting data (r2 is NaN for constant y);
     loo_rmse is the leave-one-out RMSE (NaN when loo is False or n-1 < P). bootstrap: the residual
     bootstrap's refits for prediction intervals (`SurrogateFit.interval`; 0 = none, INTERVAL_BOOTSTRAP in
-    surrogate.parquet).
+    surrogate.parquet). correct: add the local correction (module docstring); r2 and rmse are then the corrected
+    fit's, and loo_rmse leaves each point out of the correction with the quadratic held fixed.
     """
     where = _where(task, metric)
     spec = _link(link, task, metric)
@@ -268,7 +297,15 @@ def fit_surrogate(
         params = _refine(X, target, spec, _start(X, target, spec))
         loo_rmse = _loo_rmse(X, target, y, spec, params) if loo else float("nan")
         refits, residuals = _bootstrap(X, y, spec, params, bootstrap)
-    residual = spec.forward(X @ params) - y
+    correction = None
+    if correct:
+        link_target = spec.inverse(target)
+        correction = fit_correction(C, link_target - X @ params)
+        assert correction.loo is not None
+        if loo:
+            loo_rmse = float(np.sqrt(np.mean((spec.forward(link_target - correction.loo) - y) ** 2)))
+    fitted = spec.forward(X @ params + (correction(C) if correction is not None else 0.0))
+    residual = fitted - y
     ss_res = float(residual @ residual)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     return SurrogateFit(
@@ -282,6 +319,7 @@ def fit_surrogate(
         n_samples=len(y),
         refits=refits,
         residuals=residuals,
+        correction=correction,
     )
 
 
@@ -335,6 +373,7 @@ def fit_table(
     missing: str = "error",
     tasks: list[str] | None = None,
     bootstrap: int = 0,
+    correct: bool = False,
 ) -> pd.DataFrame:
     """Fit every (task, metric in `links`) and return one row per fit, sorted by task and metric.
 
@@ -343,7 +382,8 @@ def fit_table(
     Rows of `metrics` for samples not in `samples` are ignored. A sample without a value (absent
     or NaN: a failed evaluation) raises unless missing='drop'; then each fit leaves out its own
     missing samples and records them (n_dropped, dropped: comma-joined sample ids). bootstrap: each
-    fit's refits for prediction intervals (INTERVAL_COLUMNS: refits, residuals; empty lists with 0).
+    fit's refits for prediction intervals (INTERVAL_COLUMNS: refits, residuals; empty lists with 0). correct:
+    each fit with its local correction (CORRECTION_COLUMNS; empty lists and NaN without).
     """
     absent = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
     if absent:
@@ -354,7 +394,9 @@ def fit_table(
         for metric, link in links.items():
             y = _values(metrics, samples["sample"], task, metric)
             keep = _present(y, samples["sample"], _where(task, metric), missing)
-            fit = fit_surrogate(C[keep], y[keep], link, task=task, metric=metric, loo=loo, bootstrap=bootstrap)
+            fit = fit_surrogate(
+                C[keep], y[keep], link, task=task, metric=metric, loo=loo, bootstrap=bootstrap, correct=correct
+            )
             rows.append(
                 {
                     "task": task,
@@ -370,19 +412,42 @@ def fit_table(
                     "dropped": ",".join(samples["sample"][~keep]),
                     "refits": fit.refits.ravel().tolist(),
                     "residuals": fit.residuals.tolist(),
+                    **_correction_row(fit.correction),
                 }
             )
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + INTERVAL_COLUMNS)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + INTERVAL_COLUMNS + CORRECTION_COLUMNS)
     return table.sort_values(["task", "metric"], ignore_index=True)
+
+
+def _correction_row(correction: KernelCorrection | None) -> dict[str, Any]:
+    if correction is None:
+        return {**{c: [] for c in CORRECTION_COLUMNS[:3]}, "correction_length": np.nan, "correction_ridge": np.nan}
+    return {
+        "correction_centres": correction.centres.ravel().tolist(),
+        "correction_alpha": correction.alpha.tolist(),
+        "correction_scale": correction.scale.tolist(),
+        "correction_length": correction.length,
+        "correction_ridge": correction.ridge,
+    }
+
+
+def _correction_from(row: Any) -> KernelCorrection | None:
+    if not len(row.correction_alpha):
+        return None
+    scale = np.asarray(row.correction_scale, dtype=float)
+    centres = np.asarray(row.correction_centres, dtype=float).reshape(-1, len(scale))
+    alpha = np.asarray(row.correction_alpha, dtype=float)
+    return KernelCorrection(centres, alpha, scale, float(row.correction_length), float(row.correction_ridge))
 
 
 def fits_from_table(table: pd.DataFrame) -> dict[tuple[str, str], SurrogateFit]:
     """Rebuild the fits of a `fit_table` table, keyed by (task, metric); without intervals where the table lacks
-    INTERVAL_COLUMNS (written before them)."""
+    INTERVAL_COLUMNS (written before them), without corrections where it lacks CORRECTION_COLUMNS."""
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise SurrogateError(f"surrogate table lacks columns {missing}")
     intervals = all(c in table.columns for c in INTERVAL_COLUMNS)
+    corrected = all(c in table.columns for c in CORRECTION_COLUMNS)
     fits: dict[tuple[str, str], SurrogateFit] = {}
     for row in table.itertuples(index=False):
         key = (str(row.task), str(row.metric))
@@ -403,6 +468,7 @@ def fits_from_table(table: pd.DataFrame) -> dict[tuple[str, str], SurrogateFit]:
                 if intervals
                 else {}
             ),
+            correction=_correction_from(row) if corrected else None,
         )
     return fits
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mapmerge.core.metrics import suffixes, wide_metrics
+from mapmerge.core.surrogate import TABLE_COLUMNS
 from mapmerge.io import atomic_path, read_table
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import group_notes
@@ -111,7 +112,10 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
     sections += ["## Single models (real evaluations)", "", markdown_table(single_models(reference)), ""]
     for group in group_names:
         samples = read_table(layout.samples(group))
-        fit = read_table(layout.surrogate(group)).drop(columns=["params", "tasks"])
+        fit = read_table(layout.surrogate(group))
+        # its statistics, not the parameters' and the bootstrap's lists; the correction's length scale where fitted
+        shown = [c for c in (*TABLE_COLUMNS, "correction_length") if c in fit.columns and c not in ("params", "tasks")]
+        fit = fit[shown]
         front = read_table(layout.front(group))
         members = suffixes(samples.columns, "c")
         sections += [

@@ -316,7 +316,7 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         # not the number of rounds (more rounds keep the earlier ones) nor the initial design's size (its own stage)
         "propose_round": {
             "bayesian": {k: v for k, v in cfg["bayesian"].items() if k not in ("rounds", "initial_factor")},
-            "surrogate": fitting,
+            "surrogate": {k: v for k, v in fitting.items() if k != "correction"},  # Bayesian rounds: the quadratic
             "sampler": cfg["sampler"],
             "objective": objective,
             "seed": cfg["seed"],
@@ -324,7 +324,7 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         # not the number of rounds (more rounds keep the earlier ones)
         "refine_round": {
             "refine": {k: v for k, v in cfg["refine"].items() if k != "rounds"},
-            "surrogate": {k: cfg["surrogate"][k] for k in ("links", "missing")},  # its fit: no LOO, no intervals
+            "surrogate": {k: cfg["surrogate"][k] for k in ("links", "missing", "correction")},  # no LOO, no intervals
             "optimizer": cfg["optimizer"],
             "selection": cfg["selection"],
             "preference": cfg["preference"],

@@ -174,6 +174,7 @@ class Surrogate(Section):
     links: dict[Metric, Link]
     loo: bool
     missing: Literal["error", "drop"]
+    correction: Literal["kernel", "none"]
     interval: Fraction
 
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mapmerge.core import refine
 from mapmerge.core import surrogate as quadratic
 from mapmerge.core.metrics import suffixes
 from mapmerge.io import read_table, write_table
@@ -16,7 +17,8 @@ logger = logging.getLogger("mapmerge")
 
 
 def run_fit_surrogate(params: Mapping[str, Any], *, samples: PathLike, metrics: PathLike, surrogate: PathLike) -> None:
-    """Fit the quadratic surrogate of every task and metric, with what its prediction intervals need (surrogate.parquet)."""
+    """Fit the quadratic surrogate of every task and metric, with what its prediction intervals need and, once
+    refinement rounds' evaluations are among the samples, its local correction (surrogate.parquet)."""
     sample_frame = read_table(samples)
     metric_frame = read_table(metrics)
     members = suffixes(sample_frame.columns, "c")
@@ -31,6 +33,7 @@ def run_fit_surrogate(params: Mapping[str, Any], *, samples: PathLike, metrics: 
             missing=cfg["missing"],
             tasks=list(dict.fromkeys(metric_frame["task"])),
             bootstrap=quadratic.INTERVAL_BOOTSTRAP,  # the front's prediction intervals
+            correct=cfg["correction"] == "kernel" and refine.refined(sample_frame),
         )
     except quadratic.SurrogateError as exc:
         raise quadratic.SurrogateError(f"{metrics}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Stage refine_round: a refinement round's samples, the pick and points spread along the front predicted so far."""
+"""Stage refine_round: a refinement round's samples, the pick and points of the front predicted so far."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pandas as pd
 
 from mapmerge.core import groups, refine
 from mapmerge.core import surrogate as quadratic
-from mapmerge.core.selection import pick_point, reference_values
+from mapmerge.core.metrics import sample_metrics
+from mapmerge.core.selection import measured_front, pick_point, preference_scores, reference_values
 from mapmerge.io import read_table, write_table
 from mapmerge.stages.collect import evaluated
 from mapmerge.stages.pareto_front import predicted_front
@@ -33,15 +34,25 @@ def run_refine_round(
     samples: PathLike,
 ) -> None:
     """Round `round`'s samples (rounds/r<NN>.parquet): fit the surrogates on every earlier round's real
-    evaluations, predict the front, and take the pick for the preference and refine.points points spread
-    along the front (kind `pick`, `front`; `extend` beside a pick on the upper bound when refine.extend > 0)."""
+    evaluations (with the local correction once a refinement round is among them), predict the front, and take
+    the pick for the preference and refine.points front points where the measured front has none yet (kind `pick`,
+    `front`; `extend` beside a pick on the upper bound when refine.extend > 0). With selection.method balanced the
+    first front point is the predicted front's most balanced one (the rule without its weighted_sum fallback), so
+    the measured front tells whether some merge keeps every task."""
     rnd = int(round)
     info = groups.group_plan(plan, group)
     members = info["members"]
     earlier, metrics = evaluated(rounds, evals)
     cfg = params["surrogate"]
     table = quadratic.fit_table(
-        earlier, metrics, members, cfg["links"], loo=False, missing=cfg["missing"], tasks=info["tasks"]
+        earlier,
+        metrics,
+        members,
+        cfg["links"],
+        loo=False,
+        missing=cfg["missing"],
+        tasks=info["tasks"],
+        correct=cfg["correction"] == "kernel" and refine.refined(earlier),
     )
     coef = earlier[[f"c_{m}" for m in members]].to_numpy()
     front = predicted_front(params, table, coef, info)
@@ -49,12 +60,20 @@ def run_refine_round(
     sel = params["selection"]
     ref = reference_values(read_table(reference), metric, info["tasks"]) if sel["method"] == "balanced" else None
     pick, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
+    picks = [pick]
+    if sel["method"] == "balanced":  # the most balanced predicted point, measured: whether the rule must fall back
+        scores, _, _ = preference_scores(
+            front, info, params["preference"], metric, "balanced", sel["rho"], ref, -np.inf
+        )
+        picks.append(int(np.argmax(scores)))
     settings = params["refine"]
     k = refine.front_points(settings, len(members))
     lower, upper = coef.min(axis=0), coef.max(axis=0)
-    objectives = front[[f"{metric}_{t}" for t in info["tasks"]]].to_numpy()
+    columns = [f"{metric}_{t}" for t in info["tasks"]]
+    objectives = front[columns].to_numpy()
+    reached = measured_front(sample_metrics(earlier, metrics), metric, info["tasks"])[columns].to_numpy()
     C_front = front[[f"c_{m}" for m in members]].to_numpy()
-    points, kinds = refine.round_points(C_front, objectives, pick, k, coef, lower, upper)
+    points, kinds = refine.round_points(C_front, objectives, picks, k, coef, reached, lower, upper)
     if settings["extend"] > 0:
         wide = refine.extended_points(C_front[pick], lower, upper, settings["extend"], settings["limit"], coef)
         points, kinds = np.vstack([points, wide]), kinds + ["extend"] * len(wide)
