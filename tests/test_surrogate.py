@@ -203,6 +203,11 @@ def test_a_corrected_fit_survives_the_table_and_follows_what_a_quadratic_cannot(
     np.testing.assert_allclose(fit.predict(far), fits_from_table(plain)[("a", "accuracy")].predict(far))
     low, high = fit.interval(C, 0.9)
     assert (low <= fit.predict(C)).all() and (fit.predict(C) <= high).all() and (high > low).any()
+    # the Gaussian process's interval: narrow at an evaluated point, wider between them, widest far from them
+    between = np.array([[0.5, 0.5]]) + 0.07
+    widths = [np.subtract(*fit.interval(c, 0.9)[::-1])[0] for c in (C[:1], between, np.array([[1.6, -0.6]]))]
+    assert widths[0] < widths[1] < widths[2]
+    assert corrected["refits"].map(len).eq(0).all()  # no bootstrap: a corrected fit's intervals are its own
 
 
 def test_fit_table_missing_sample():

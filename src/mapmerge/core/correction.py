@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 
 import numpy as np
@@ -50,6 +51,26 @@ class KernelCorrection:
         for start in range(0, len(flat), chunk):
             out[start : start + chunk] = _kernel(flat[start : start + chunk], self.centres, self.length) @ self.alpha
         return out.reshape(C.shape[:-1])
+
+    @cached_property
+    def _solve(self) -> tuple[np.ndarray, float]:
+        """(K + ridge I)^-1 at the centres, and the profiled signal variance s^2 = r^T (K + ridge I)^-1 r / n."""
+        A = _kernel(self.centres, self.centres, self.length) + self.ridge * np.eye(len(self.centres))
+        residual = A @ self.alpha  # the residuals the correction was fitted to
+        return np.linalg.inv(A), float(residual @ self.alpha) / len(self.centres)
+
+    def variance(self, C: np.ndarray) -> np.ndarray:
+        """The predictive variance of a new value's link-scale residual at coefficients C [..., T]: the Gaussian
+        process's s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c))."""
+        C = np.asarray(C, dtype=float)
+        flat = C.reshape(-1, C.shape[-1]) / self.scale
+        inverse, signal = self._solve
+        out = np.empty(len(flat))
+        chunk = max(1, 4_000_000 // max(1, len(self.centres)))
+        for start in range(0, len(flat), chunk):
+            k = _kernel(flat[start : start + chunk], self.centres, self.length)
+            out[start : start + chunk] = 1.0 + self.ridge - np.einsum("ij,ij->i", k @ inverse, k)
+        return (signal * np.maximum(out, 0.0)).reshape(C.shape[:-1])
 
 
 def fit_correction(

@@ -19,7 +19,12 @@ the front, the bootstrap 87%; on plain designs both were within 5 points of 90%.
 
 A fit may carry a local correction (`fit_surrogate(..., correct=True)`, mapmerge.core.correction): a kernel
 model r(c) of the quadratic's link-scale residuals, added on the link scale, link(x(c) @ p + r(c)), to the
-prediction and to every bootstrap draw (whose residuals stay the quadratic's: the intervals keep its width).
+prediction. Its intervals are then the correction's own: the Gaussian process's predictive interval on the link
+scale, q(c) + r(c) +- z sqrt(v(c)), v(c) = s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c)) with s^2 the profiled
+signal variance, the ends mapped by the link (narrow near evaluated points, as wide as the residuals' spread away
+from them); the quadratic's parameters count as known. On the 2- and 3-task validation grids of the digits
+benchmark this held 0.86 and 0.94 of the accuracies at 90% (0.97 and 0.90 of the losses); the bootstrap around
+the corrected prediction over-covered (0.975 to 0.996: the quadratic's residuals, twice the corrected error).
 It follows the real evaluations near the points where refinement rounds have put them and fades to the
 quadratic away from every point.
 """
@@ -34,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 from scipy.special import expit, logit
+from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 from mapmerge.core.correction import KernelCorrection, fit_correction
@@ -184,10 +190,14 @@ class SurrogateFit:
             raise SurrogateError(f"{_where(self.task, self.metric)}: interval level {level!r} must be in (0, 1)")
         C = np.asarray(C, dtype=float)
         predicted = self.predict(C)  # checks the shape
+        spec = LINK_FUNCTIONS[self.link]
+        if self.correction is not None:
+            half = norm.ppf(0.5 + level / 2) * np.sqrt(self.correction.variance(C))
+            z = quadratic_features(C) @ self.params + self.correction(C)
+            return spec.forward(z - half), spec.forward(z + half)
         if self.refits is None or self.residuals is None or not len(self.refits) or not len(self.residuals):
             nan = np.full(predicted.shape, np.nan)
             return nan, nan.copy()
-        spec = LINK_FUNCTIONS[self.link]
         flat = C.reshape(-1, C.shape[-1])
         low, high = np.empty(len(flat)), np.empty(len(flat))
         chunk = max(1, 2_000_000 // (len(self.refits) * len(self.residuals)))  # bounded memory for many points
@@ -295,8 +305,9 @@ def fit_surrogate(
     target = np.clip(y, spec.low + EPS, spec.high - EPS)
     with threadpool_limits(limits=1, user_api="blas"):  # threads only slow down such small problems
         params = _refine(X, target, spec, _start(X, target, spec))
-        loo_rmse = _loo_rmse(X, target, y, spec, params) if loo else float("nan")
-        refits, residuals = _bootstrap(X, y, spec, params, bootstrap)
+        loo_rmse = _loo_rmse(X, target, y, spec, params) if loo and not correct else float("nan")
+        # a corrected fit's intervals are the correction's own (its Gaussian process's predictive variance)
+        refits, residuals = _bootstrap(X, y, spec, params, 0 if correct else bootstrap)
     correction = None
     if correct:
         link_target = spec.inverse(target)
@@ -378,7 +389,8 @@ def fit_table(
     """Fit every (task, metric in `links`) and return one row per fit, sorted by task and metric.
 
     samples: columns 'sample' and 'c_<member>' (the coefficients); metrics: long table sample,
-    task, metric, value. tasks: the evaluated tasks (default: the members, as in plain MAP).
+    task, metric, value. tasks: the evaluated tasks (default: the members, as in plain MAP). A metric of `links`
+    that no row of `metrics` reports (accuracy of a causal LM) is not fitted.
     Rows of `metrics` for samples not in `samples` are ignored. A sample without a value (absent
     or NaN: a failed evaluation) raises unless missing='drop'; then each fit leaves out its own
     missing samples and records them (n_dropped, dropped: comma-joined sample ids). bootstrap: each
@@ -388,6 +400,12 @@ def fit_table(
     absent = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
     if absent:
         raise SurrogateError(f"metrics table lacks columns {absent}")
+    reported = set(metrics["metric"])
+    links = {metric: link for metric, link in links.items() if metric in reported}
+    if not links:
+        raise SurrogateError(
+            f"metrics table holds none of the fitted metrics (surrogate.links); it has {sorted(reported)}"
+        )
     C = _coefficients(samples, members)
     rows = []
     for task in members if tasks is None else tasks:
