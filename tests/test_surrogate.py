@@ -400,3 +400,13 @@ def test_tables_written_before_intervals_predict_without_them():
     table = fit_table(samples, metrics, tasks, LINK_MAP, loo=False).drop(columns=INTERVAL_COLUMNS)
     frame = prediction_columns(table, np.full((3, 2), 0.5), tasks, 0.9)
     assert frame["accuracy_a"].notna().all() and frame["accuracy_a_lo"].isna().all() and frame["loss_b_hi"].isna().all()
+
+
+def test_metrics_no_evaluator_reports_are_not_fitted():
+    samples, metrics = make_tables(["a", "b"])
+    table = fit_table(samples, metrics[metrics["metric"] == "loss"], ["a", "b"], LINK_MAP, loo=False)
+    assert set(table["metric"]) == {"loss"}  # a causal LM: the loss only
+    with pytest.raises(
+        SurrogateError, match=r"holds none of the fitted metrics \(surrogate.links\); it has \['loss'\]"
+    ):
+        fit_table(samples, metrics[metrics["metric"] == "loss"], ["a", "b"], {"accuracy": "sigmoid"})
