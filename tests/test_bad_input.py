@@ -247,7 +247,8 @@ def test_load_config_refuses_with_one_line(case, example):
 
 @pytest.mark.slow
 def test_a_failed_run_changes_nothing_on_disk(example):
-    """From a finished run: every case fails in a dry run and in a real run, with its line, and no file changes."""
+    """From a finished run: every case fails in a real run (some in a dry run too), with its line, and no file
+    changes."""
     workdir = example.parent / "work"
     proc = snakemake(workdir, example / "experiment.yaml", ())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -261,7 +262,8 @@ def test_a_failed_run_changes_nothing_on_disk(example):
         case, args = job
         return case, args, snakemake(workdir, experiments[case.id], case.overrides, *args)
 
-    jobs = [(case, args) for case in CASES for args in (("-n",), ())]
+    # every case in a real run; a dry run parses the same Snakefile and config, so a few cases show it fails alike
+    jobs = [(case, ()) for case in CASES] + [(case, ("-n",)) for case in CASES[::8]]
     with ThreadPoolExecutor(max_workers=3) as pool:
         for case, args, proc in pool.map(attempt, jobs):
             kind = "dry run" if args else "run"
