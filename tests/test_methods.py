@@ -28,6 +28,7 @@ COMMON = [
     "sampler.factor=2",  # 12 samples for 2 members
     "optimizer.pop_size=40",
     "optimizer.n_gen=40",
+    "refine.rounds=1",  # each group's refinement, in one round
 ]
 # 3 evaluation batches per nested group (2 cores run 2 at once), so that the kill falls inside level 2
 NESTED = [

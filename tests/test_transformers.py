@@ -370,7 +370,13 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_workflow_writes_merged_models_transformers_loads(trained):
-    overrides = ["sampler.factor=1.5", "evaluation.samples_per_job=16", "optimizer.pop_size=40", "optimizer.n_gen=40"]
+    overrides = [
+        "sampler.factor=1.5",
+        "evaluation.samples_per_job=16",
+        "optimizer.pop_size=40",
+        "optimizer.n_gen=40",
+        "refine.rounds=1",
+    ]
     cmd = snakemake_command(trained / "work", overrides=overrides, experiment=trained / "experiment.yaml")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -377,6 +377,7 @@ WORKFLOW = [
     "evaluation.samples_per_job=12",
     "optimizer.pop_size=40",
     "optimizer.n_gen=40",
+    "refine.rounds=1",
     "validation.enabled=true",
     "validation.resolution=5",  # 25 grid points, one job
     "validation.batch=25",

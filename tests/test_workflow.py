@@ -31,6 +31,7 @@ BASE = [
     "sampler.factor=2",
     "optimizer.pop_size=60",
     "optimizer.n_gen=60",
+    "refine.rounds=1",  # one round shows them all (the default 2: test_example, test_bad_input's finished run)
 ]
 TASKS = ["rot90", "flip_parity"]
 
@@ -204,7 +205,7 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("+preference.rot90=3", stages_from("merge_group") | REFINED),
         ("selection=tchebycheff", stages_from("merge_group") | REFINED),
         ("surrogate.loo=false", stages_from("fit_surrogate")),
-        ("refine.rounds=3", REFINED),  # one more round: the earlier ones and the design are kept
+        ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
         ("evaluation.device=cpu", set()),
         ("evaluation.on_error=record", set()),
         ("surrogate.missing=drop", stages_from("fit_surrogate") | REFINED),
