@@ -61,7 +61,7 @@ def cnn_figures(n_tasks: int, repeats: int) -> dict[str, float]:
         for i in range(repeats):
             engine.evaluate([0.1 * i] * n_tasks, sample=f"s{i}")
         per_sample = (time.perf_counter() - start) / repeats
-    return {"params": float(engine.theta_pre.numel()), "startup_s": startup, "per_sample_s": per_sample}
+    return {"params": float(engine.n_params), "startup_s": startup, "per_sample_s": per_sample}
 
 
 def merge_figures(n_params: int, n_tasks: int, repeats: int) -> dict[str, float]:

@@ -224,7 +224,7 @@ def worker_timing(work: Path, width: int, batch: int) -> dict:
             metrics[name][sample] = runners[name](sample, coefficients[sample], last=i == len(samples) - 1)
             times[name].append(time.perf_counter() - start)
     return {
-        "params": int(runners["engine"].engine.theta_pre.numel()),
+        "params": int(runners["engine"].engine.n_params),
         "n": len(samples),
         **{
             name: {"startup_s": r.startup, "times": times[name], "split_s": r.split, "metrics": metrics[name]}

@@ -71,6 +71,7 @@ EXPECTED = {
     "mapmerge.stages.validate": {"validate"},
     # the engine, and what reads checkpoints and merges task vectors (plan_level: cosine pairing)
     "mapmerge.tensors.engine": EVALUATIONS,
+    "mapmerge.tensors.placement": EVALUATIONS,  # where the engine keeps the task vectors
     "mapmerge.tensors.checkpoints": ENGINE | {"prepare_benchmark"},
     "mapmerge.tensors.taskvectors": ENGINE,
     "mapmerge.progress": ENGINE,

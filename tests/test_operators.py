@@ -242,6 +242,8 @@ def engine_params(spec, seed):
         "evaluators": {
             t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t, "seed": 0} for t in MEMBERS
         },
+        "dtype": "float32",
+        "placement": "auto",
     }
     return {"model": model, "merge_operator": spec, "merge_seed": seed}
 

@@ -263,3 +263,32 @@ def test_vector_dtype_config(repo):
     ) as info:
         load_config(repo / "config", overrides=["model.merge.vector_dtype=int8"])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_engine_merges_half_precision_vectors_in_float32(tmp_path, dtype):
+    """bf16 task vectors are held as bf16 and added into a float32 accumulator: the float32 merge of their values,
+    rounded once into the module's dtype (allowing for the order of the sum)."""
+    half = make_model(tmp_path, vector_dtype="bfloat16")
+    pre = load_state_dict(half["pretrained"])
+    widened = [{n: t.float() for n, t in load_state_dict(p).items()} for p in half["vectors"].values()]
+    expected = merged_state(pre, widened, C, members=MEMBERS)
+    engine = MergeEngine(
+        builder={"_target_": "mapmerge.builtin.model.build_model", "width": 2},
+        pretrained=half["pretrained"],
+        vectors=half["vectors"],
+        task_checkpoints=half["checkpoints"],
+        evaluators={t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t} for t in MEMBERS},
+        merge={"include": ["*"], "exclude": ["head.*"]},
+        device="cpu",
+        dtype=dtype,
+    )
+    assert all(m.dense.dtype == torch.bfloat16 for m in engine.merged)  # kept in their storage dtype
+    engine.merge(C)
+    state = engine.module.state_dict()
+    for name in engine.names:
+        assert state[name].dtype == getattr(torch, dtype)
+        if dtype == "float32":
+            torch.testing.assert_close(state[name], expected[name], rtol=1e-6, atol=1e-6)
+        else:  # one rounding of the float32 sum (a tie may round either way)
+            torch.testing.assert_close(state[name], expected[name].to(torch.bfloat16), rtol=2**-8, atol=0)

@@ -280,6 +280,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "merge": model["merge"],
         "python_path": model["python_path"],
         "evaluators": {t: model["tasks"][t]["evaluator"] for t in tasks},
+        "dtype": cfg["evaluation"]["dtype"],
+        "placement": cfg["evaluation"]["placement"],
     }
     # the merge operator, and the seed where it draws random numbers (else a seed change would rerun)
     merge_op = operators.validate(cfg.get("merge"))

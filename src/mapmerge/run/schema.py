@@ -196,6 +196,8 @@ class Evaluation(Section):
     threads: NonNegInt
     samples_per_job: PosInt
     on_error: Literal["fail", "record"]
+    dtype: Literal["float32", "bfloat16", "float16"]
+    placement: Literal["auto", "device", "host"]
 
     @field_validator("device")
     @classmethod

@@ -56,6 +56,8 @@ def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads:
         python_path=model["python_path"],
         operator=params.get("merge_operator"),
         seed=params.get("merge_seed"),
+        dtype=model["dtype"],
+        placement=model["placement"],
     )
 
 
