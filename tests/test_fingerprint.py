@@ -76,6 +76,7 @@ EXPECTED = {
     "mapmerge.tensors.taskvectors": ENGINE,
     "mapmerge.progress": ENGINE,
     "mapmerge.tensors.operators": ENGINE,
+    "mapmerge.tensors.lora": ENGINE,  # LoRA task vectors: read, merged, their Gram matrix
     # the built-in benchmark
     "mapmerge.builtin.model": BENCHMARK,
     "mapmerge.builtin.digits": BENCHMARK,

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -137,3 +138,14 @@ def table_metadata(path: str | os.PathLike) -> dict[str, str]:
     except (pa.ArrowException, OSError) as exc:
         raise ArtifactError(f"{path}: unreadable Parquet ({exc}); {recompute_hint(path)}") from exc
     return {k.decode(): v.decode() for k, v in raw.items() if k != b"pandas"}
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Tensor name -> shape of a safetensors file, from its header alone (no tensor is read)."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError, struct.error) as exc:
+        raise ArtifactError(f"{path}: unreadable safetensors header ({exc})") from exc
+    return {name: list(info["shape"]) for name, info in header.items() if name != "__metadata__"}

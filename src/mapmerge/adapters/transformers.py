@@ -1,8 +1,8 @@
 """Hugging Face transformers models: directories in, the generic model contract out (model.adapter: transformers).
 
-resolve() turns model.transformers (a pretrained directory, one fine-tuned directory and one local
-data file per task) into builder, pretrained, tasks and merge.exclude; it reads only JSON and file
-headers (every workflow job resolves the config), never transformers itself. Weights are read by
+resolve() turns model.transformers (a pretrained directory, one fine-tuned directory or PEFT LoRA adapter
+and one local data file per task) into builder, pretrained, tasks and merge.exclude; it reads only JSON and
+file headers (every workflow job resolves the config), never transformers itself. Weights are read by
 mapmerge.tensors.checkpoints (safetensors, sharded or not, with a base model's names given transformers'
 base_model_prefix). The evaluators tokenize their data once per job and return per-example rows;
 save_merged_models writes each task's merged model as a directory that from_pretrained loads.
@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import pandas as pd
 
 from mapmerge.errors import ConfigError
+from mapmerge.io import ArtifactError, safetensors_shapes
+from mapmerge.tensors.lora import adapter_weights, read_adapter
 
 # a directory's weights, as mapmerge.tensors.checkpoints reads them (not imported: it imports torch, and every
 # workflow job resolves the config)
@@ -71,7 +72,12 @@ WEIGHT_SUFFIXES = (
 
 
 def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """The generic model config of model.transformers; ConfigError naming the key or file when something is wrong."""
+    """The generic model config of model.transformers; ConfigError naming the key or file when something is wrong.
+
+    A task's directory may be a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) of the
+    pretrained model: its checkpoint is then the adapter's weights (a low-rank task vector), and its
+    config, labels and head are the pretrained directory's.
+    """
     block = {**DEFAULTS, **(model.get("transformers") or {})}  # keys and values checked by mapmerge.run.schema
     task_type = block["task_type"]
     pretrained = _directory(block["pretrained"], "model.transformers.pretrained", base_dir)
@@ -81,7 +87,8 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     resolved, directories = {}, {}
     for task, spec in tasks.items():
         key = f"model.transformers.tasks.{task}"
-        directory = directories[task] = _directory(spec["directory"], f"{key}.directory", base_dir)
+        directory, adapter = _task_directory(spec["directory"], f"{key}.directory", base_dir)
+        directories[task] = pretrained if adapter else directory  # the task's config.json, labels and head
         settings = {k: spec.get(k, block[k]) for k in EVALUATION_KEYS}
         data = _data_file(spec["data"], f"{key}.data", base_dir)
         columns = [settings["text_column"]] + (
@@ -98,8 +105,9 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             "limit": settings["limit"],
         }
         if task_type == "sequence_classification":
-            evaluator.update(label_column=settings["label_column"], directory=str(directory))
-        resolved[str(task)] = {"checkpoint": str(weights_file(directory, f"{key}.directory")), "evaluator": evaluator}
+            evaluator.update(label_column=settings["label_column"], directory=str(directories[task]))
+        checkpoint = adapter or weights_file(directory, f"{key}.directory")
+        resolved[str(task)] = {"checkpoint": str(checkpoint), "evaluator": evaluator}
     first = next(iter(directories.values()))
     heads = head_patterns(
         block["heads"],
@@ -120,6 +128,21 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         "tasks": resolved,
         "merge": merge,
     }
+
+
+def _task_directory(value: Any, key: str, base_dir: Path) -> tuple[Path, Path | None]:
+    """(directory, its adapter weights) of a PEFT LoRA adapter (checked: mapmerge.tensors.lora.read_adapter), else
+    (the fine-tuned model directory, None)."""
+    path = Path(value).expanduser() if isinstance(value, str) and value else None
+    path = path if path is None or path.is_absolute() else (base_dir / path).resolve()
+    adapter = adapter_weights(path) if path is not None and path.is_dir() else None
+    if adapter is None:
+        return _directory(value, key, base_dir), None
+    try:
+        read_adapter(adapter)
+    except ArtifactError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return path, adapter
 
 
 def _directory(value: Any, key: str, base_dir: Path) -> Path:
@@ -225,12 +248,9 @@ def header_shapes(weights: str | os.PathLike) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for file in files:
         try:
-            with open(file, "rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(size))
-        except (OSError, ValueError, struct.error) as exc:
-            raise ConfigError(f"{file}: unreadable safetensors header ({exc})") from exc
-        shapes.update({name: info["shape"] for name, info in header.items() if name != "__metadata__"})
+            shapes.update(safetensors_shapes(file))
+        except ArtifactError as exc:
+            raise ConfigError(str(exc)) from exc
     return shapes
 
 
@@ -413,6 +433,11 @@ def token_losses(logits: Any, ids: Any, mask: Any) -> Any:
     targets, keep = ids[:, 1:], mask[:, 1:].float()
     losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
     return (losses * keep).sum(1) / keep.sum(1)
+
+
+def model_weights(checkpoint: str | os.PathLike, pretrained: str | os.PathLike) -> Path:
+    """A task's model weights (its config, head): its checkpoint, or the pretrained model's for a LoRA adapter."""
+    return Path(pretrained if adapter_weights(checkpoint) is not None else checkpoint)
 
 
 def save_merged_models(

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapmerge.adapters.transformers import check_labels
+from mapmerge.adapters.transformers import EVALUATORS, check_labels
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.sampling import design_size
 from mapmerge.core.surrogate import n_params
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
+from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP"}
 
@@ -104,6 +105,14 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
             f"({members} coefficients per group); it needs at least {p + 1}: raise {key} (>= {(p + 1) / p:.2f}) or sampler.min_points"
         )
     optimizer = cfg["optimizer"]
+    model = cfg["model"]
+    if optimizer["objective"] == "accuracy" and model.get("adapter") == "transformers":
+        causal = [t for t in cfg["task_names"] if model["tasks"][t]["evaluator"]["_target_"] == EVALUATORS["causal_lm"]]
+        if causal:
+            raise ConfigError(
+                f"optimizer.objective: accuracy, but model.transformers.task_type causal_lm reports the loss only "
+                f"(task {causal[0]}); set optimizer.objective=loss"
+            )
     least = members * (members + 1) // 2  # Das-Dennis directions of 2 partitions: the extremes and points between
     if optimizer["pop_size"] < least:
         raise ConfigError(
@@ -165,6 +174,7 @@ def check_files(cfg: Mapping[str, Any]) -> None:
             _check_target(model["tasks"][task]["evaluator"], f"model.tasks.{task}.evaluator", model["python_path"])
     if model["builtin"]:
         return
+    check_lora(cfg)
     _check_checkpoints(model, tasks)
     if model.get("adapter") == "transformers":
         for task in tasks:
@@ -208,6 +218,33 @@ def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> 
         raise ConfigError(f"{key}._target_: importing {module} failed: {' '.join(str(exc).split())}") from None
     if not hasattr(imported, name):
         raise ConfigError(f"{key}._target_: module {module} ({imported.__file__}) has no {name}")
+
+
+def check_lora(cfg: Mapping[str, Any]) -> None:
+    """ConfigError where a task's checkpoint is a PEFT LoRA adapter and the run needs dense task vectors: merge.operator
+    or an enabled validation baseline other than task_arithmetic (TIES and DARE act on the dense entries). A
+    model.tasks checkpoint must name the adapter's weights file, not its directory."""
+    model = cfg["model"]
+    checkpoints = {t: Path(model["tasks"][t]["checkpoint"]) for t in cfg["task_names"]}
+    adapters = {t: p for t, p in checkpoints.items() if adapter_weights(p) is not None}
+    if not adapters:
+        return
+    for task, path in adapters.items():
+        if path.is_dir():
+            raise ConfigError(
+                f"{task_key(model, task)}: {path} is a PEFT adapter directory; give its {path / ADAPTER_WEIGHTS}"
+            )
+    validation = cfg["validation"]
+    used = [("merge.operator", cfg["merge"]["operator"])]
+    if validation["enabled"]:
+        used += [(f"validation.baselines.{n}.operator", b["operator"]) for n, b in validation["baselines"].items()]
+    task, path = next(iter(adapters.items()))
+    for key, operator in used:
+        if operator != "task_arithmetic":
+            raise ConfigError(
+                f"{key}: {operator} needs dense task vectors, but {task_key(model, task)} is a LoRA adapter ({path.parent}); "
+                "use task_arithmetic"
+            )
 
 
 def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mapmerge.adapters.transformers import save_merged_models
+from mapmerge.adapters.transformers import model_weights, save_merged_models
 from mapmerge.core import groups
 from mapmerge.core.groups import EngineFiles
 from mapmerge.core.metrics import sample_metrics
@@ -19,6 +19,7 @@ from mapmerge.core.selection import Reference, measured_front, pick_point, prefe
 from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, write_table
 from mapmerge.tensors.checkpoints import hf_config, open_checkpoint, save_safetensors
+from mapmerge.tensors.lora import vector_names
 from mapmerge.tensors.taskvectors import merge_files
 
 PathLike = str | os.PathLike
@@ -48,8 +49,8 @@ def run_merge_group(
     point (measured_choice: samples, metrics, surrogate); selection.method balanced also reads `reference`.
     A member's weight is the sum of the preference weights of the tasks inside it; its objective is
     their weighted mean. The task vector (merged - pretrained) is what a later nested level merges.
-    Where the tasks' checkpoints are transformers directories, each task's merged model also goes to
-    folders/<task>/ (mapmerge.adapters.transformers.save_merged_models).
+    Where the tasks' checkpoints are transformers directories (or LoRA adapters of a pretrained one), each task's
+    merged model also goes to folders/<task>/ (mapmerge.adapters.transformers.save_merged_models).
     """
     info = groups.group_plan(plan, group)
     files = groups.group_files(
@@ -81,11 +82,12 @@ def run_merge_group(
         "operator": json.dumps(operator),
         "seed": json.dumps(params.get("merge_seed")),
     }  # what `mapmerge select` needs to merge again
+    models = {t: model_weights(files["checkpoints"][t], files["pretrained"]) for t in info["tasks"]}
     for out, delta in ((merged, False), (vector, True)):  # one at a time: memory holds one model
         state = merge_files(files["pretrained"], files["vectors"], c, operator, params.get("merge_seed"), delta=delta)
         save_safetensors(state, out, metadata={"task": group, **metadata} if delta else metadata)
-        if not delta and all(hf_config(files["checkpoints"][t]) for t in info["tasks"]):  # transformers directories
-            _save_transformers(state, files, info["tasks"], Path(folders), metadata)
+        if not delta and all(hf_config(m) for m in models.values()):  # transformers directories
+            _save_transformers(state, files, models, Path(folders), metadata)
         del state
     extra = {"mapmerge.selection": json.dumps(dict(sel))}  # what `mapmerge select` applies by default
     write_table(row, choice, "merge_group", params, inputs=inputs, extra=extra)
@@ -130,9 +132,14 @@ def measured_choice(
 
 
 def _save_transformers(
-    state: Mapping[str, Any], files: EngineFiles, tasks: Sequence[str], out: Path, metadata: Mapping[str, str]
+    state: Mapping[str, Any], files: EngineFiles, models: Mapping[str, Path], out: Path, metadata: Mapping[str, str]
 ) -> None:
-    """The merge as one transformers directory per task (merged body, the task's head): out/<task>/."""
-    with open_checkpoint(next(iter(files["vectors"].values()))) as reader:
-        names = reader.keys()
-    save_merged_models(state, names, {t: files["checkpoints"][t] for t in tasks}, files["pretrained"], out, metadata)
+    """The merge as one transformers directory per task (merged body, the task's head): out/<task>/.
+
+    models: task -> its model weights (model_weights). The merged tensors: those any member's task vector holds.
+    """
+    names: set[str] = set()
+    for path in files["vectors"].values():
+        with open_checkpoint(path) as reader:
+            names.update(vector_names(reader, path))
+    save_merged_models(state, sorted(names), models, files["pretrained"], out, metadata)

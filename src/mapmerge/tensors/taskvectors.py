@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -21,7 +21,26 @@ from mapmerge.tensors.checkpoints import (
     release_freed_memory,
     save_safetensors,
 )
+from mapmerge.tensors.lora import (
+    FACTOR_A,
+    FACTOR_B,
+    TensorSource,
+    adapter_weights,
+    delta_shape,
+    extract_lora_vector,
+    inner,
+    is_low_rank,
+    low_rank_sum,
+    member_delta,
+    merge_deltas,
+    read_adapter,
+    target_names,
+    vector_names,
+)
 from mapmerge.tensors.operators import SEEDED, apply_operator, validate
+
+if TYPE_CHECKING:
+    from mapmerge.tensors.lora import Delta
 
 # model.merge.vector_dtype -> the dtype task vectors are stored in (mapmerge.run.config checks the names)
 VECTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,18 +88,31 @@ def compatible_names(
     include: Sequence[str],
     exclude: Sequence[str],
 ) -> list[str]:
-    """The merged tensors' names, from the headers alone; ArtifactError naming the file when they do not line up."""
+    """The merged tensors' names, from the headers alone; ArtifactError naming the file when they do not line up.
+
+    A PEFT adapter (mapmerge.tensors.lora) must adapt merged tensors of the pretrained model, with their shapes.
+    """
+    if adapter_weights(finetuned_path) is not None:
+        with open_checkpoint(pretrained_path) as pre:
+            names = _merged(pre, include, exclude)
+            target_names(read_adapter(finetuned_path), pre.meta(), pretrained_path, names)
+        return names
     with open_checkpoint(pretrained_path) as pre, open_checkpoint(finetuned_path) as ft:
         return _compatible(pre, ft, include, exclude)
 
 
-def _compatible(pre: LazyCheckpoint, ft: LazyCheckpoint, include: Sequence[str], exclude: Sequence[str]) -> list[str]:
-    pre_meta = pre.meta()
-    names = merged_names(pre_meta, include, exclude)
+def _merged(pre: LazyCheckpoint, include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    names = merged_names(pre.meta(), include, exclude)
     if not names:
         raise ArtifactError(
             f"{pre.path}: no tensor matches model.merge include={list(include)} exclude={list(exclude)}"
         )
+    return names
+
+
+def _compatible(pre: LazyCheckpoint, ft: LazyCheckpoint, include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    pre_meta = pre.meta()
+    names = _merged(pre, include, exclude)
     ft_meta = ft.meta()
     check_compatible(
         {n: pre_meta[n] for n in names}, {n: ft_meta[n] for n in names if n in ft_meta}, str(pre.path), str(ft.path)
@@ -104,8 +136,21 @@ def extract_task_vector(
     are read one tensor at a time, so memory holds tau plus a few tensors. The stats (parameter count,
     norm) are those of the stored vector. Only the merged tensors must agree in names and shapes: the
     others (task heads, which may have other shapes or be absent from the pretrained model) are not compared.
+
+    A PEFT adapter (its directory or adapter_model.safetensors) gives a low-rank task vector: per tensor it
+    adapts, its factors (mapmerge.tensors.lora); the stats then add n_stored, the factors' parameter count.
     """
     storage = vector_dtype(dtype)
+    if adapter_weights(finetuned_path) is not None:
+        with open_checkpoint(pretrained_path) as pre:
+            names = _merged(pre, include, exclude)
+            tau, stats = extract_lora_vector(finetuned_path, pre.meta(), pretrained_path, names, storage)
+        save_safetensors(
+            tau,
+            out_path,
+            metadata={"task": task, "source": Path(finetuned_path).name, "dtype": dtype, "format": "lora"},
+        )
+        return {"task": task, **stats}
     with open_checkpoint(pretrained_path) as pre, open_checkpoint(finetuned_path) as ft:
         names = _compatible(pre, ft, include, exclude)
         tau: dict[str, torch.Tensor] = {}
@@ -128,7 +173,7 @@ def task_vector_table(paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     """Per task: parameter count, norm, and cosine similarity to every other task vector.
 
     The vectors are read one tensor at a time (memory: one tensor per task), their Gram matrix
-    accumulated in float64.
+    accumulated in float64. n_params counts the tensors any task vector holds, dense.
     """
     tasks = list(paths)
     gram, n_params = gram_matrix(paths)
@@ -143,19 +188,31 @@ def task_vector_table(paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
 
 
 def gram_matrix(paths: Mapping[str, str | os.PathLike]) -> tuple[torch.Tensor, int]:
-    """(Gram matrix of the task vectors in float64, parameter count), read one tensor at a time."""
+    """(Gram matrix of the task vectors in float64, parameter count), read one tensor at a time.
+
+    Low-rank tensors' inner products come from their factors (mapmerge.tensors.lora.inner), never densified;
+    a task vector lacking a tensor contributes zero there.
+    """
     members = list(paths)
     with ExitStack() as stack:
         readers = [stack.enter_context(open_checkpoint(p)) for p in paths.values()]
         gram = torch.zeros((len(members), len(members)), dtype=torch.float64)
         n_params = 0
         for name in _same_tensors(members, readers):
-            rows = torch.stack([r.get(name).double().flatten() for r in readers])
-            gram += rows @ rows.T
-            n_params += rows.shape[1]
-            size = rows.nbytes
-            del rows
-            release_freed_memory(size)
+            deltas = [member_delta(r, name) for r in readers]
+            if all(isinstance(d, torch.Tensor) for d in deltas):
+                rows = torch.stack([d.double().flatten() for d in deltas])
+                gram += rows @ rows.T
+                size = rows.nbytes
+                del rows
+                release_freed_memory(size)
+            else:
+                present = [(i, d) for i, d in enumerate(deltas) if d is not None]
+                for i, x in present:
+                    for j, y in present:
+                        if j >= i:
+                            gram[i, j] = gram[j, i] = gram[i, j] + inner(x, y)
+            n_params += math.prod(delta_shape(next(d for d in deltas if d is not None)))
     return gram, n_params
 
 
@@ -165,13 +222,17 @@ def cosine_matrix(gram: torch.Tensor) -> torch.Tensor:
     return gram / torch.outer(norms, norms).clamp_min(1e-12)
 
 
-def _same_tensors(members: Sequence[str], readers: Sequence[LazyCheckpoint]) -> list[str]:
-    """The sorted tensor names of the first task vector; ArtifactError naming the file when another differs."""
-    names = sorted(readers[0].keys()) if readers else []
-    for member, reader in zip(members, readers):
-        if sorted(reader.keys()) != names:
-            raise ArtifactError(f"{reader.path}: task vector of '{member}' holds other tensors than '{members[0]}'")
-    return names
+def _same_tensors(members: Sequence[str], sources: Sequence[TensorSource]) -> list[str]:
+    """The sorted merged tensors' names of the task vectors; ArtifactError naming the file when a dense one's
+    differ from the first's. Where any holds low-rank tensors (LoRA), each may lack some: all their names."""
+    paths = [getattr(source, "path", member) for member, source in zip(members, sources)]
+    held = [vector_names(source, path) for source, path in zip(sources, paths)]
+    if any(is_low_rank(source.keys()) for source in sources):
+        return sorted({name for names in held for name in names})
+    for member, path, names in zip(members, paths, held):
+        if names != held[0]:
+            raise ArtifactError(f"{path}: task vector of '{member}' holds other tensors than '{members[0]}'")
+    return held[0] if held else []
 
 
 def _merge_spec(
@@ -195,7 +256,7 @@ def merge_tensor(
     members: Sequence[str],
     name: str,
     pretrained: torch.Tensor,
-    vectors: Iterable[torch.Tensor],
+    vectors: Iterable[Delta | None],
     coefficients: Sequence[float],
     seed: int | None = None,
 ) -> torch.Tensor:
@@ -204,6 +265,8 @@ def merge_tensor(
     vectors: the members' task vectors of this tensor, in order (any float dtype); an iterator is
     consumed one tensor at a time under task arithmetic, else copied into one float32 stack for the
     operator (a validated spec; see _merge_spec). The temporaries' memory is handed back on return.
+    Under task arithmetic a member's tau may be low-rank, (lora_A, lora_B), or None where it lacks the
+    tensor (mapmerge.tensors.lora.merge_deltas); the other operators need every member's dense tau.
     """
     merged = _merge_tensor(spec, members, name, pretrained, vectors, coefficients, seed)
     release_freed_memory(merged.nbytes)
@@ -215,33 +278,35 @@ def _merge_tensor(
     members: Sequence[str],
     name: str,
     pretrained: torch.Tensor,
-    vectors: Iterable[torch.Tensor],
+    vectors: Iterable[Delta | None],
     coefficients: Sequence[float],
     seed: int | None,
 ) -> torch.Tensor:
     total = pretrained.to(torch.float32, copy=True)
+    checked = (_checked(name, i, tau, pretrained) for i, tau in enumerate(vectors))
     if spec["operator"] == "task_arithmetic":
-        effective: Iterable[torch.Tensor] = (
-            _checked(name, i, tau, pretrained).float() for i, tau in enumerate(vectors)
-        )
-    else:
-        stacked = torch.empty((len(coefficients), *pretrained.shape), dtype=torch.float32, device=pretrained.device)
-        count = 0
-        for i, tau in enumerate(vectors):
-            stacked[i].copy_(_checked(name, i, tau, pretrained))
-            count += 1
-        if count != len(coefficients):
-            raise ValueError(f"tensor '{name}': {count} task vectors for {len(coefficients)} coefficients")
-        effective = apply_operator(spec, members, name, stacked, seed)
-    for coef, tau in zip(coefficients, effective, strict=True):
+        return merge_deltas(total, checked, coefficients).to(pretrained.dtype)
+    stacked = torch.empty((len(coefficients), *pretrained.shape), dtype=torch.float32, device=pretrained.device)
+    count = 0
+    for i, tau in enumerate(checked):
+        if not isinstance(tau, torch.Tensor):
+            raise ValueError(
+                f"tensor '{name}': merge operator {spec['operator']} needs dense task vectors; "
+                f"task vector {i} is {'low-rank (LoRA)' if tau is not None else 'missing'}"
+            )
+        stacked[i].copy_(tau)
+        count += 1
+    if count != len(coefficients):
+        raise ValueError(f"tensor '{name}': {count} task vectors for {len(coefficients)} coefficients")
+    for coef, tau in zip(coefficients, apply_operator(spec, members, name, stacked, seed), strict=True):
         total += float(coef) * tau
     return total.to(pretrained.dtype)
 
 
-def _checked(name: str, index: int, tau: torch.Tensor, pretrained: torch.Tensor) -> torch.Tensor:
-    if tau.shape != pretrained.shape:
+def _checked(name: str, index: int, tau: Delta | None, pretrained: torch.Tensor) -> Delta | None:
+    if tau is not None and delta_shape(tau) != tuple(pretrained.shape):
         raise ValueError(
-            f"tensor '{name}': task vector {index} has shape {tuple(tau.shape)}, pretrained {tuple(pretrained.shape)}"
+            f"tensor '{name}': task vector {index} has shape {delta_shape(tau)}, pretrained {tuple(pretrained.shape)}"
         )
     return tau
 
@@ -258,13 +323,14 @@ def merged_state(
 
     tau' = the merge operator (mapmerge.tensors.operators; None = task arithmetic, tau' = tau) applied per
     tensor, as MergeEngine does; members (the vectors' names, in order) and seed feed seeded operators.
+    A vector may be low-rank (mapmerge.tensors.lora: `name::lora_A`, `name::lora_B`).
     All in memory; merge_files does the same from files, one tensor at a time.
     """
     spec, members = _merge_spec(len(vectors), coefficients, operator, members)
     merged = dict(pretrained)
-    for name in vectors[0] if vectors else []:
+    for name in _same_tensors(members, vectors):
         merged[name] = merge_tensor(
-            spec, members, name, pretrained[name], (tau[name] for tau in vectors), coefficients, seed
+            spec, members, name, pretrained[name], (member_delta(tau, name) for tau in vectors), coefficients, seed
         )
     return merged
 
@@ -280,7 +346,8 @@ def merge_files(
     """merged_state from files, streamed: the merged state dict built one tensor at a time.
 
     delta=True gives the merge's own task vector instead: sum_i c_i tau'_i (float32) over the
-    vectors' tensors only, what a later nested level merges.
+    vectors' tensors only, what a later nested level merges; low-rank where every member holding the
+    tensor is (the members' factors side by side, rank sum r_i: mapmerge.tensors.lora.low_rank_sum).
 
     vectors: member name -> task-vector file, in coefficient order (the names feed seeded operators).
     Per tensor, theta_pre's tensor and the members' tensors are read (open_checkpoint), merged
@@ -297,19 +364,25 @@ def merge_files(
         names = set(_same_tensors(members, readers))
         pre_meta = pre.meta()
         for reader in readers:
-            for name, meta in reader.meta().items():
+            meta = reader.meta()
+            for name in vector_names(meta, reader.path):
                 if name not in pre_meta:
                     raise ArtifactError(f"{reader.path}: has tensor '{name}' that {pretrained} lacks")
-                if meta.shape != pre_meta[name].shape:
+                shape = delta_shape(member_delta(meta, name))
+                if shape != tuple(pre_meta[name].shape):
                     raise ArtifactError(
-                        f"{reader.path}: tensor '{name}' has shape {tuple(meta.shape)}, {pretrained} has {tuple(pre_meta[name].shape)}"
+                        f"{reader.path}: tensor '{name}' has shape {shape}, {pretrained} has {tuple(pre_meta[name].shape)}"
                     )
         merged: dict[str, torch.Tensor] = {}
         for name in progress(pre.keys(), desc=f"merge {Path(pretrained).name}", unit="tensor"):
-            if delta and name not in names:
+            if name not in names:
+                if not delta:
+                    merged[name] = pre.get(name)
+                continue
+            deltas = (member_delta(r, name) for r in readers)  # read one at a time
+            if delta and spec["operator"] == "task_arithmetic" and not any(name in r for r in readers):
+                merged[name + FACTOR_A], merged[name + FACTOR_B] = low_rank_sum(deltas, coefficients)
                 continue
             theta = torch.zeros(pre_meta[name].shape, dtype=torch.float32) if delta else pre.get(name)
-            if name in names:
-                theta = merge_tensor(spec, members, name, theta, (r.get(name) for r in readers), coefficients, seed)
-            merged[name] = theta
+            merged[name] = merge_tensor(spec, members, name, theta, deltas, coefficients, seed)
     return merged

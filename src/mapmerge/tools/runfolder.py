@@ -799,6 +799,7 @@ def check_reproduces(
     import torch
 
     from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+    from mapmerge.tensors.lora import member_delta, vector_names  # deferred: with merge_tensor
     from mapmerge.tensors.operators import validate
     from mapmerge.tensors.taskvectors import merge_tensor  # deferred: torch
 
@@ -808,7 +809,7 @@ def check_reproduces(
         pre = stack.enter_context(open_checkpoint(pretrained))
         stored = stack.enter_context(open_checkpoint(merged))
         readers = [stack.enter_context(open_checkpoint(p)) for p in vectors.values()]
-        names = set(readers[0].keys())
+        names = {name for reader in readers for name in vector_names(reader, reader.path)}  # dense or LoRA
         differ = sorted(set(pre.keys()) ^ set(stored.keys()))
         if differ:
             where = "lacks" if differ[0] in stored else "has"
@@ -817,7 +818,7 @@ def check_reproduces(
             expected = pre.get(name)
             if name in names:
                 expected = merge_tensor(
-                    spec, members, name, expected, (r.get(name) for r in readers), coefficients, seed
+                    spec, members, name, expected, (member_delta(r, name) for r in readers), coefficients, seed
                 )
             actual = stored.get(name)
             if expected.shape != actual.shape or not torch.allclose(
