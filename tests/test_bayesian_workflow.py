@@ -19,8 +19,8 @@ BAYES = [
     "method=bayesian",
     "benchmark.tasks=[rot90, flip_parity]",
     "evaluation.samples_per_job=9",
-    "refine.rounds=0",  # Bayesian rounds alone
     *COMMON,
+    "refine.rounds=0",  # Bayesian rounds alone (after COMMON, which sets one refinement round)
 ]
 
 
