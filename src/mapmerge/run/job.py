@@ -7,7 +7,7 @@ SPEC, written by the rule's `job` param (job_of in workflow/rules/common.smk), s
 
 as JSON, or `z:` and the base64 of its zlib compression where it is long (a command line holds at most
 128 KiB). The job looks the rule up in mapmerge.run.registry and calls its stage, through
-mapmerge.run.logs.run_stage (LOG gets the timing, and the traceback of a failure):
+mapmerge.run.logs.run_stage (LOG gets the timing and peak memory, and the traceback of a failure):
 
     <module>.<function>(params["stage"], **inputs, **outputs, **args, **<the other params>)
 
