@@ -54,6 +54,20 @@ def make_model(out, dtype=torch.float32, vector_dtype="float32"):
     return files
 
 
+def model_engine(model: dict, **options) -> MergeEngine:
+    """A CPU engine over make_model's files (its width-2 builder, digits evaluators, heads not merged)."""
+    return MergeEngine(
+        builder={"_target_": "mapmerge.builtin.model.build_model", "width": 2},
+        pretrained=model["pretrained"],
+        vectors=model["vectors"],
+        task_checkpoints=model["checkpoints"],
+        evaluators={t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t} for t in MEMBERS},
+        merge={"include": ["*"], "exclude": ["head.*"]},
+        device="cpu",
+        **options,
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("tiny"))
@@ -187,16 +201,7 @@ def test_bf16_vectors_round_trip_and_the_engine_matches(tiny, tmp_path):
     merged = merge_files(half["pretrained"], half["vectors"], C, operator=spec)
     widened = [{n: t.float() for n, t in load_state_dict(p).items()} for p in half["vectors"].values()]
     assert_same(merged, merged_state(pre, widened, C, operator=spec, members=MEMBERS))
-    engine = MergeEngine(
-        builder={"_target_": "mapmerge.builtin.model.build_model", "width": 2},
-        pretrained=half["pretrained"],
-        vectors=half["vectors"],
-        task_checkpoints=half["checkpoints"],
-        evaluators={t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t} for t in MEMBERS},
-        merge={"include": ["*"], "exclude": ["head.*"]},
-        device="cpu",
-        operator=spec,
-    )
+    engine = model_engine(half, operator=spec)
     engine.merge(C)
     state = engine.module.state_dict()
     for name in engine.names:
@@ -273,16 +278,7 @@ def test_engine_merges_half_precision_vectors_in_float32(tmp_path, dtype):
     pre = load_state_dict(half["pretrained"])
     widened = [{n: t.float() for n, t in load_state_dict(p).items()} for p in half["vectors"].values()]
     expected = merged_state(pre, widened, C, members=MEMBERS)
-    engine = MergeEngine(
-        builder={"_target_": "mapmerge.builtin.model.build_model", "width": 2},
-        pretrained=half["pretrained"],
-        vectors=half["vectors"],
-        task_checkpoints=half["checkpoints"],
-        evaluators={t: {"_target_": "mapmerge.builtin.model.DigitsEvaluator", "task": t} for t in MEMBERS},
-        merge={"include": ["*"], "exclude": ["head.*"]},
-        device="cpu",
-        dtype=dtype,
-    )
+    engine = model_engine(half, dtype=dtype)
     assert all(m.dense.dtype == torch.bfloat16 for m in engine.merged)  # kept in their storage dtype
     engine.merge(C)
     state = engine.module.state_dict()
