@@ -34,6 +34,7 @@ from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table
 from mapmerge.run.config import load_config, stage_config
 from mapmerge.stages import evaluation
+from workflow_command import workflow_command  # this script's folder is on sys.path when it runs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"plain MAP": "map", "nested MAP": "nested", "Bayesian MAP": "bayesian"}
@@ -60,20 +61,7 @@ def shared_benchmark(workdir: Path, n_tasks: int, dataset: str) -> Path:
 
 def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int, dataset: str, experiment: Path | None) -> float:
     """Wall seconds of one full run of the workflow."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(cores),
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--config",
-        f"overrides=[{', '.join(overrides(method, n_tasks, dataset))}]",
-        *([f"experiment={experiment}"] if experiment else []),
-    ]
+    cmd = workflow_command(workdir, cores=cores, overrides=overrides(method, n_tasks, dataset), experiment=experiment)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_memory import llama_config  # this script's folder is on sys.path when it runs
+from workflow_command import workflow_command
 
 GB = 1e9
 GIB = 1 << 30
@@ -197,20 +198,7 @@ def run(root: Path, cores: int) -> float:
     spec["resources"]["evaluate"]["threads"] = cores  # one evaluation job at a time, alone on the cores
     experiment.write_text(yaml.safe_dump(spec, sort_keys=False))
     shutil.rmtree(root / "results", ignore_errors=True)
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(cores),
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(root),
-        "--config",
-        f"experiment={experiment}",
-        "overrides=[model=transformers]",
-    ]
+    command = workflow_command(root, cores=cores, overrides=["model=transformers"], experiment=experiment)
     print("running:", " ".join(command), flush=True)
     start = time.perf_counter()
     with open(root / "snakemake.log", "w") as out:

@@ -57,6 +57,7 @@ import pandas as pd
 
 from mapmerge.core.selection import METHODS, gains, measured_front, pick_point, reference_values
 from mapmerge.io import read_table
+from workflow_command import workflow_command  # this script's folder is on sys.path when it runs
 
 REPO = Path(__file__).resolve().parents[1]
 MLP = REPO / "examples" / "custom_mlp"
@@ -72,21 +73,7 @@ SETTINGS = {
 def run_workflow(workdir: Path, name: str, rule: str, extra: list[str], experiment: Path | None, cores: int) -> float:
     """Wall seconds of one full run; raises RuntimeError with the tail of its stderr on failure."""
     overrides = [f"name={name}", f"selection.method={rule}", *extra]
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(cores),
-        "--rerun-incomplete",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--config",
-        f"overrides=[{', '.join(overrides)}]",
-        *([f"experiment={experiment}"] if experiment else []),
-    ]
+    cmd = workflow_command(workdir, "--rerun-incomplete", cores=cores, overrides=overrides, experiment=experiment)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - start
