@@ -60,10 +60,11 @@ def test_a_front_evaluated_everywhere_gives_a_short_round():
     assert kinds == ["pick"] and len(points) == 1
 
 
-def test_refined_samples_are_those_with_a_refinement_round():
+def test_fits_are_corrected_once_a_refinement_round_is_among_the_samples():
     design = pd.DataFrame({"sample": ["s0000"], "kind": ["sobol"], "round": [0]})
-    assert not refine.refined(design) and not refine.refined(design.drop(columns="kind"))
-    assert refine.refined(pd.concat([design, pd.DataFrame({"sample": ["r01s0000"], "kind": ["pick"], "round": [1]})]))
+    assert not refine.corrected("kernel", design) and not refine.corrected("kernel", design.drop(columns="kind"))
+    rounds = pd.concat([design, pd.DataFrame({"sample": ["r01s0000"], "kind": ["pick"], "round": [1]})])
+    assert refine.corrected("kernel", rounds) and not refine.corrected("none", rounds)
 
 
 def test_round_size_counts_the_pick_the_front_points_and_the_points_past_the_box():

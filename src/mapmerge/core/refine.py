@@ -82,9 +82,10 @@ def round_points(
     return np.array(chosen).reshape(-1, front_C.shape[1]), kinds
 
 
-def refined(samples: pd.DataFrame) -> bool:
-    """Whether a group's samples hold refinement rounds' evaluations (their surrogates get the local correction)."""
-    return "kind" in samples.columns and bool(samples["kind"].isin(KINDS).any())
+def corrected(correction: str, samples: pd.DataFrame) -> bool:
+    """Whether a group's fit on `samples` gets the local correction: surrogate.correction is `kernel` and the samples
+    hold refinement rounds' evaluations (a fit on the design alone is never corrected)."""
+    return correction == "kernel" and "kind" in samples.columns and bool(samples["kind"].isin(KINDS).any())
 
 
 def _near(c: np.ndarray, points: np.ndarray, lower: np.ndarray, upper: np.ndarray, gap: float) -> bool:

@@ -33,7 +33,7 @@ def run_fit_surrogate(params: Mapping[str, Any], *, samples: PathLike, metrics: 
             missing=cfg["missing"],
             tasks=list(dict.fromkeys(metric_frame["task"])),
             bootstrap=quadratic.INTERVAL_BOOTSTRAP,  # the front's prediction intervals
-            correct=cfg["correction"] == "kernel" and refine.refined(sample_frame),
+            correct=refine.corrected(cfg["correction"], sample_frame),
         )
     except quadratic.SurrogateError as exc:
         raise quadratic.SurrogateError(f"{metrics}: {exc}") from exc

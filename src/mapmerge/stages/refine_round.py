@@ -52,7 +52,7 @@ def run_refine_round(
         loo=False,
         missing=cfg["missing"],
         tasks=info["tasks"],
-        correct=cfg["correction"] == "kernel" and refine.refined(earlier),
+        correct=refine.corrected(cfg["correction"], earlier),
     )
     coef = earlier[[f"c_{m}" for m in members]].to_numpy()
     front = predicted_front(params, table, coef, info)
