@@ -164,20 +164,20 @@ class SurrogateFit:
 
     def predict(self, C: np.ndarray) -> np.ndarray:
         """Predicted metric for coefficients C [..., T] (a [T] vector gives a 0-d array)."""
+        return LINK_FUNCTIONS[self.link].forward(self._link_scale(self._checked(C)))
+
+    def _checked(self, C: np.ndarray) -> np.ndarray:
         C = np.asarray(C, dtype=float)
         if C.shape[-1:] != (self.n_tasks,):
             raise SurrogateError(
                 f"{_where(self.task, self.metric)}: coefficients of shape {C.shape}, expected [..., {self.n_tasks}]"
             )
-        return LINK_FUNCTIONS[self.link].forward(self._link_scale(C, self.params))
+        return C
 
-    def _link_scale(self, C: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """x(c) @ params (+ the correction r(c)) for C [..., T]; params [P] or [P, B] (then [..., B])."""
-        z = quadratic_features(C) @ params
-        if self.correction is None:
-            return z
-        r = self.correction(C)
-        return z + (r[..., None] if np.ndim(params) > 1 else r)
+    def _link_scale(self, C: np.ndarray) -> np.ndarray:
+        """x(c) @ params, plus the correction r(c) where the fit has one, for C [..., T]."""
+        z = quadratic_features(C) @ self.params
+        return z if self.correction is None else z + self.correction(C)
 
     def interval(self, C: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         """The `level` prediction interval (low, high) of a new real value of the metric at coefficients C [..., T].
@@ -188,13 +188,13 @@ class SurrogateFit:
         """
         if not 0.0 < level < 1.0:
             raise SurrogateError(f"{_where(self.task, self.metric)}: interval level {level!r} must be in (0, 1)")
-        C = np.asarray(C, dtype=float)
-        predicted = self.predict(C)  # checks the shape
+        C = self._checked(C)
         spec = LINK_FUNCTIONS[self.link]
-        if self.correction is not None:
+        z = self._link_scale(C)
+        if self.correction is not None:  # a corrected fit has no bootstrap: its Gaussian process's interval
             half = norm.ppf(0.5 + level / 2) * np.sqrt(self.correction.variance(C))
-            z = quadratic_features(C) @ self.params + self.correction(C)
             return spec.forward(z - half), spec.forward(z + half)
+        predicted = spec.forward(z)
         if self.refits is None or self.residuals is None or not len(self.refits) or not len(self.residuals):
             nan = np.full(predicted.shape, np.nan)
             return nan, nan.copy()
@@ -202,7 +202,7 @@ class SurrogateFit:
         low, high = np.empty(len(flat)), np.empty(len(flat))
         chunk = max(1, 2_000_000 // (len(self.refits) * len(self.residuals)))  # bounded memory for many points
         for start in range(0, len(flat), chunk):
-            fitted = spec.forward(self._link_scale(flat[start : start + chunk], self.refits.T))  # [m, B]
+            fitted = spec.forward(quadratic_features(flat[start : start + chunk]) @ self.refits.T)  # [m, B]
             draws = (fitted[:, :, None] - self.residuals[None, None, :]).reshape(len(fitted), -1)
             ends = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2], axis=1)
             low[start : start + chunk], high[start : start + chunk] = ends
