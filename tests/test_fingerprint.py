@@ -105,6 +105,9 @@ EXPECTED = {
     # merge_group writes transformers folders (save_merged_models); the adapters' evaluators are _target_s
     "mapmerge.adapters": {"merge_group"},
     "mapmerge.adapters.transformers": {"merge_group"},
+    "mapmerge.adapters.hub": {"merge_group"},  # imported by the transformers adapter
+    # the lm-eval evaluator: imported by the transformers adapter (its config check); an evaluator _target_
+    "mapmerge.adapters.lm_eval_tasks": {"merge_group"},
     "mapmerge.errors": {"merge_group"},
     "mapmerge.adapters.openclip": set(),
     "mapmerge.outputs.plots": {"aggregate", "validate"},

@@ -1,4 +1,6 @@
-"""Merge operators (task_arithmetic, ties, dare): hand-computed examples, seeding, config, wiring."""
+"""Merge operators (task_arithmetic, ties, dare, dare_ties, slerp): hand-computed examples, seeding, config, wiring."""
+
+import math
 
 import pandas as pd
 import pytest
@@ -15,13 +17,17 @@ from mapmerge.tensors.operators import (
     OperatorError,
     apply_operator,
     seed_for,
+    slerp_dot,
+    slerp_weights,
     trim_mask,
     validate,
 )
-from mapmerge.tensors.taskvectors import extract_task_vector, merged_state
+from mapmerge.tensors.taskvectors import extract_task_vector, merge_files, merged_state
 
 TIES = {"operator": "ties", "density": 0.4}
 DARE = {"operator": "dare", "drop_rate": 0.5}
+DARE_TIES = {"operator": "dare_ties", "drop_rate": 0.5}
+SLERP = {"operator": "slerp"}
 
 # TIES, 3 members x 5 elements, density 0.4 -> k = ceil(0.4 * 5) = 2 entries kept per member.
 TAUS = torch.tensor(
@@ -114,13 +120,106 @@ def test_dare_depends_only_on_seed_member_and_tensor():
     assert not torch.equal(apply_operator(DARE, members, "body.2.weight", stacked, seed=7), out)
 
 
+def test_dare_ties_hand_computed():
+    # seed 0, tensor 'w', drop_rate 0.5: the pinned DARE masks (test_dare_seeding_is_pinned) keep
+    # a: e0 e1 e5 e6 e7, b: e1 e2 e4; the kept entries are doubled, then TIES' election without trimming
+    stacked = torch.tensor(
+        [
+            [1.0, -2.0, 3.0, 4.0, 5.0, 1.0, -1.0, 0.5],
+            [3.0, -1.0, -2.0, 7.0, -4.0, 2.0, 1.0, 9.0],
+        ]
+    )
+    # dropped and doubled: a [2, -4, 0, 0, 0, 2, -2, 1], b [0, -2, -4, 0, -8, 0, 0, 0]
+    # sum [2, -6, -4, 0, -8, 2, -2, 1]: signs [+, -, -, none, -, +, -, +]; e1: both agree, count 2
+    expected = torch.tensor(
+        [
+            [2.0, -2.0, 0.0, 0.0, 0.0, 2.0, -2.0, 1.0],
+            [0.0, -1.0, -4.0, 0.0, -8.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    out = apply_operator(DARE_TIES, ["a", "b"], "w", stacked, seed=0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # the same masks as dare; at drop_rate 0 it is TIES without trimming
+    dared = apply_operator(DARE, ["a", "b"], "w", stacked, seed=0)
+    assert not ((out != 0) & (dared == 0)).any()  # what DARE dropped stays dropped
+    no_drop = apply_operator({"operator": "dare_ties", "drop_rate": 0.0}, ["a", "b"], "w", stacked, seed=0)
+    assert torch.equal(no_drop, apply_operator({"operator": "ties", "density": 1.0}, ["a", "b"], "w", stacked))
+    with pytest.raises(ValueError, match="needs a seed"):
+        apply_operator(DARE_TIES, ["a", "b"], "w", stacked)
+
+
+def slerp_merge(pre, tau1, tau2, c):
+    """The slerp merge of one tensor 'w' at c, through merged_state (merge_tensor)."""
+    vectors = [{"w": tau1}, {"w": tau2}]
+    return merged_state({"w": pre}, vectors, c, operator=SLERP)["w"]
+
+
+def test_slerp_hand_computed():
+    # theta_1 = [1, 0] and theta_2 = [0, 1]: orthogonal unit vectors, Omega = pi / 2, slerp(t) = [cos(t pi/2), sin(t pi/2)]
+    pre, tau1, tau2 = torch.tensor([1.0, 1.0]), torch.tensor([0.0, -1.0]), torch.tensor([-1.0, 0.0])
+    assert slerp_dot(pre, torch.stack([tau1, tau2])) == 0.0
+    r = math.sqrt(0.5)
+    for c, expected in [
+        ((0.5, 0.5), [r, r]),  # s = 1, t = 0.5
+        ((0.25, 0.75), [math.sin(math.pi / 8), math.sin(3 * math.pi / 8)]),  # s = 1, t = 0.75
+        ((1.0, 0.0), [1.0, 0.0]),  # theta_1
+        ((0.0, 1.0), [0.0, 1.0]),  # theta_2
+        ((1.0, 1.0), [2 * r - 1, 2 * r - 1]),  # s = 2, t = 0.5: theta_pre + 2 (slerp(0.5) - theta_pre)
+        ((0.25, 0.25), [1 - 0.5 + 0.5 * r, 1 - 0.5 + 0.5 * r]),  # s = 0.5: theta_pre + 0.5 (slerp(0.5) - theta_pre)
+        ((0.0, 0.0), [1.0, 1.0]),  # s = 0: theta_pre
+    ]:
+        torch.testing.assert_close(slerp_merge(pre, tau1, tau2, list(c)), torch.tensor(expected), rtol=0, atol=1e-6)
+    # the weights: w_1 = s a, w_2 = s b, w_pre = s (a + b - 1)
+    weights, pre_weight = slerp_weights([0.5, 0.5], 0.0)
+    assert weights == pytest.approx([r, r]) and pre_weight == pytest.approx(2 * r - 1)
+    assert slerp_weights([0.3, -0.3], 0.0) == ([0.0, 0.0], 0.0)  # s = 0
+
+
+def test_slerp_of_nearly_parallel_tensors_is_task_arithmetic():
+    # |cos| > 0.9995: linear interpolation, so theta_pre + s ((1 - t) theta_1 + t theta_2 - theta_pre) = c_1 tau_1 + c_2 tau_2
+    pre, tau1, tau2 = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.001])
+    assert slerp_dot(pre, torch.stack([tau1, tau2])) > 0.9995
+    for c in ([0.3, 0.4], [0.5, -0.5], [2.0, 0.0]):
+        expected = pre + c[0] * tau1 + c[1] * tau2
+        torch.testing.assert_close(slerp_merge(pre, tau1, tau2, c), expected, rtol=0, atol=1e-6)
+    assert slerp_weights([0.5, -0.5], 1.0) == ([0.5, -0.5], 0.0)
+
+
+def test_slerp_on_the_line_is_mergekits_slerp():
+    """On c_1 + c_2 = 1 the merge is mergekit's slerp(t = c_2) of theta_1 and theta_2, tensor by tensor: angular,
+    nearly parallel (linear) and zero tensors."""
+    mergekit_slerp = pytest.importorskip("mergekit.merge_methods.slerp", reason="needs mergekit").slerp
+    torch.manual_seed(0)
+    cases = {
+        "angular": (torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5)),
+        "parallel": (10 + torch.randn(6, 5), 0.01 * torch.randn(6, 5), 0.01 * torch.randn(6, 5)),
+        "zero": (torch.zeros(4), torch.zeros(4), torch.randn(4)),  # |theta_1| = 0 counts as 1: cos 0
+    }
+    dots = {}
+    for case, (pre, tau1, tau2) in cases.items():
+        dots[case] = slerp_dot(pre, torch.stack([tau1, tau2]))
+        for t in (0.0, 0.3, 0.5, 0.9, 1.0):
+            ours = slerp_merge(pre, tau1, tau2, [1 - t, t])
+            theirs = mergekit_slerp(torch.tensor(t), (pre + tau1)[None], (pre + tau2)[None])[0]
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert abs(dots["angular"]) < 0.9 and dots["parallel"] > 0.9995 and dots["zero"] == 0.0
+
+
+def test_slerp_takes_exactly_two_members():
+    with pytest.raises(ValueError, match=r"^merge.operator: slerp merges exactly 2 models, got 3$"):
+        apply_operator(SLERP, ["a", "b", "c"], "w", torch.ones(3, 2))
+    assert torch.equal(apply_operator(SLERP, ["a", "b"], "w", torch.ones(2, 2)), torch.ones(2, 2))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_operators_same_on_cuda():
     stacked = torch.randn(3, 64, 9)
-    for spec in (TIES, DARE):
+    for spec in (TIES, DARE, DARE_TIES):
         cpu = apply_operator(spec, ["a", "b", "c"], "w", stacked, seed=3)
         gpu = apply_operator(spec, ["a", "b", "c"], "w", stacked.cuda(), seed=3)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
+    pre = torch.randn(64, 9)  # the engine's case: theta_pre on the host, the task vectors on the device
+    assert slerp_dot(pre, stacked[:2].cuda()) == pytest.approx(slerp_dot(pre, stacked[:2]), abs=1e-12)
 
 
 def test_dare_is_unbiased():
@@ -139,7 +238,10 @@ def test_dare_needs_a_seed():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"operator": "magic"}, "merge.operator: must be one of task_arithmetic, ties, dare, got 'magic'"),
+        (
+            {"operator": "magic"},
+            "merge.operator: must be one of task_arithmetic, ties, dare, dare_ties, slerp, got 'magic'",
+        ),
         ({"operator": "ties", "density": 0}, r"merge.density: must be in \(0, 1\], got 0"),
         ({"operator": "ties", "density": 1.5}, r"merge.density: must be in \(0, 1\], got 1.5"),
         ({"operator": "ties"}, "merge.density: required by operator ties"),
@@ -172,6 +274,9 @@ def test_config_group_and_overrides(repo):
     assert load(repo, ["merge=ties"])["merge"] == {"operator": "ties", "density": 0.2}
     assert load(repo, ["merge=ties", "merge.density=0.3"])["merge"] == {"operator": "ties", "density": 0.3}
     assert load(repo, ["merge=dare"])["merge"] == {"operator": "dare", "drop_rate": 0.5}
+    assert load(repo, ["merge=dare_ties"])["merge"] == {"operator": "dare_ties", "drop_rate": 0.5}
+    assert load(repo, ["merge=slerp", "benchmark.tasks=[rot90,invert]"])["merge"] == {"operator": "slerp"}
+    assert load(repo, ["merge=slerp", "method=nested"])["merge"] == {"operator": "slerp"}  # pairs, 4 tasks
     assert load(repo)["model"]["merge"]["exclude"] == ["head.*"]  # model.merge is a different thing
 
 
@@ -182,6 +287,19 @@ def test_config_group_and_overrides(repo):
         (["merge=dare", "merge.drop_rate=1"], r"merge.drop_rate: must be in \[0, 1\), got 1"),
         (["merge.operator=ties"], "merge.density: required by operator ties"),
         (["merge.operator=median"], "merge.operator: must be one of"),
+        (
+            ["merge=slerp"],
+            r"^merge.operator: slerp merges exactly 2 models, and plain MAP merges all 4 tasks in one group; "
+            r"give 2 tasks, or use method=nested \(pairs\)$",
+        ),
+        (
+            [
+                "benchmark.tasks=3",
+                "validation.enabled=true",
+                "+validation.baselines.s={operator: slerp, coefficient: 0.5}",
+            ],
+            r"^validation.baselines.s.operator: slerp merges exactly 2 models, and the run merges 3 tasks",
+        ),
     ],
 )
 def test_bad_operator_config_fails_at_load(repo, overrides, message):
@@ -192,7 +310,7 @@ def test_bad_operator_config_fails_at_load(repo, overrides, message):
 
 def test_operator_reruns_evaluations_and_merges_only(repo):
     base = load(repo)
-    for overrides in (["merge=ties"], ["merge=dare"]):
+    for overrides in (["merge=ties"], ["merge=dare"], ["merge=dare_ties"]):
         other = load(repo, overrides)
         # (validate_front evaluates front points with the run's operator; the grid's batches are stage evaluate)
         assert {s for s in STAGE_ENTRY if stage_config(base, s) != stage_config(other, s)} == {
@@ -202,6 +320,7 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
         }
     # the seed is part of the params only where the operator draws random numbers
     assert stage_config(load(repo, ["merge=dare"]), "evaluate")["merge_seed"] == 0
+    assert stage_config(load(repo, ["merge=dare_ties"]), "evaluate")["merge_seed"] == 0
     assert stage_config(base, "evaluate")["merge_seed"] is None
     # and the operators' code is part of both stages' code fingerprints
     assert all(
@@ -248,7 +367,7 @@ def engine_params(spec, seed):
     return {"model": model, "merge_operator": spec, "merge_seed": seed}
 
 
-@pytest.mark.parametrize("spec", [None, {"operator": "task_arithmetic"}, TIES, DARE])
+@pytest.mark.parametrize("spec", [None, {"operator": "task_arithmetic"}, TIES, DARE, DARE_TIES])
 def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
     params = engine_params(spec, 5)
     engine = evaluation._engine(params, tiny, "cpu", 0)
@@ -311,3 +430,45 @@ def test_merged_state_dare_needs_member_names(tiny):
     vectors = [load_state_dict(p) for p in tiny["vectors"].values()]
     with pytest.raises(ValueError, match="needs the members' names"):
         merged_state(pre, vectors, [1, 1, 1], operator=DARE, seed=0)
+
+
+def test_slerp_engine_merged_state_merge_group_and_group_vector_agree(tiny, tmp_path):
+    """slerp (two members): the engine's in-place merge, merged_state, merge_group's checkpoint, and its task
+    vector (what a nested level merges: the merge minus theta_pre) agree, at points on and off c_1 + c_2 = 1."""
+    members = MEMBERS[:2]
+    files = {key: {m: tiny[key][m] for m in members} for key in ("vectors", "checkpoints")}
+    files["pretrained"] = tiny["pretrained"]
+    engine = evaluation._engine(engine_params(SLERP, None), files, "cpu", 0)
+    pre = load_state_dict(tiny["pretrained"])
+    vectors = [load_state_dict(files["vectors"][m]) for m in members]
+    for c in ([0.3, 0.7], [0.8, 0.6], [-0.2, 0.5]):
+        engine.merge(c)
+        expected = merged_state(pre, vectors, c, operator=SLERP, members=members)
+        got = engine.module.state_dict()
+        for name in engine.names:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
+        plain = merged_state(pre, vectors, c)
+        assert any(not torch.allclose(plain[n], expected[n], atol=1e-4) for n in engine.names)  # not task arithmetic
+    front = pd.DataFrame({"c_rot90": [0.8], "c_invert": [0.6], "accuracy_rot90": [0.5], "accuracy_invert": [0.5]})
+    write_table(front, tmp_path / "front.parquet", "pareto_front")
+    write_table(plain_plan(members), tmp_path / "plan.parquet", "plan_level")
+    params = {"selection": {"method": "weighted_sum", "rho": 0.05}, "preference": {}, "objective": "accuracy"}
+    merge_group.run_merge_group(
+        {**params, "merge_operator": SLERP, "merge_seed": None},
+        **files,
+        plan=tmp_path / "plan.parquet",
+        front=tmp_path / "front.parquet",
+        group="all",
+        merged=tmp_path / "merged.safetensors",
+        vector=tmp_path / "vector.safetensors",
+        choice=tmp_path / "choice.parquet",
+        folders=tmp_path / "merged",
+    )
+    written, vector = load_state_dict(tmp_path / "merged.safetensors"), load_state_dict(tmp_path / "vector.safetensors")
+    expected = merged_state(pre, vectors, [0.8, 0.6], operator=SLERP, members=members)
+    assert set(vector) == set(engine.names)
+    for name in engine.names:
+        torch.testing.assert_close(written[name], expected[name], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(vector[name], expected[name] - pre[name], rtol=1e-6, atol=1e-6)
+    delta = merge_files(tiny["pretrained"], files["vectors"], [0.8, 0.6], SLERP, delta=True)
+    assert all(torch.equal(delta[n], vector[n]) for n in engine.names)

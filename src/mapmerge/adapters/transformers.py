@@ -1,11 +1,14 @@
 """Hugging Face transformers models: directories in, the generic model contract out (model.adapter: transformers).
 
 resolve() turns model.transformers (a pretrained directory, one fine-tuned directory or PEFT LoRA adapter
-and one local data file per task) into builder, pretrained, tasks and merge.exclude; it reads only JSON and
-file headers (every workflow job resolves the config), never transformers itself. Weights are read by
+and one local data file or, for a causal LM, an lm-eval task (mapmerge.adapters.lm_eval_tasks) per task)
+into builder, pretrained, tasks and merge.exclude; it reads only JSON, task YAMLs and file headers (every
+workflow job resolves the config), never transformers itself. Weights are read by
 mapmerge.tensors.checkpoints (safetensors, sharded or not, with a base model's names given transformers'
 base_model_prefix). The evaluators tokenize their data once per job and return per-example rows;
-save_merged_models writes each task's merged model as a directory that from_pretrained loads.
+save_merged_models writes each task's merged model as a directory that from_pretrained loads. Wherever a
+directory is taken, a Hugging Face model name (org/name[@revision]) names its snapshot in the local cache
+(mapmerge.adapters.hub).
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import os
 import secrets
 import shutil
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mapmerge.adapters import hub, lm_eval_tasks
 from mapmerge.errors import ConfigError
-from mapmerge.io import ArtifactError, safetensors_shapes
-from mapmerge.tensors.lora import adapter_weights, read_adapter
+from mapmerge.io import ArtifactError, atomic_path, safetensors_shapes
+from mapmerge.tensors.lora import adapter_weights, read_adapter, vector_names
 
 # a directory's weights, as mapmerge.tensors.checkpoints reads them (not imported: it imports torch, and every
 # workflow job resolves the config)
@@ -58,6 +62,8 @@ TOKENIZER_EXTRA = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
+MAX_SHARD_SIZE = "5GB"  # save_merged_models' shard size (transformers < 5's; huggingface_hub's default)
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 WEIGHT_SUFFIXES = (
     ".safetensors",
     ".bin",
@@ -83,29 +89,37 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     pretrained = _directory(block["pretrained"], "model.transformers.pretrained", base_dir)
     tasks = block["tasks"]
     if not isinstance(tasks, dict) or len(tasks) < 2:
-        raise ConfigError("model.transformers.tasks: must map at least two task names to {directory, data}")
+        raise ConfigError("model.transformers.tasks: must map at least two task names to {directory, data or lm_eval}")
     resolved, directories = {}, {}
     for task, spec in tasks.items():
         key = f"model.transformers.tasks.{task}"
         directory, adapter = _task_directory(spec["directory"], f"{key}.directory", base_dir)
         directories[task] = pretrained if adapter else directory  # the task's config.json, labels and head
         settings = {k: spec.get(k, block[k]) for k in EVALUATION_KEYS}
-        data = _data_file(spec["data"], f"{key}.data", base_dir)
-        columns = [settings["text_column"]] + (
-            [settings["label_column"]] if task_type == "sequence_classification" else []
-        )
-        _check_columns(data, columns, key)
-        evaluator = {
-            "_target_": EVALUATORS[task_type],
-            "data": str(data),
-            "tokenizer": str(_tokenizer_dir(directory, pretrained, key)),
-            "text_column": settings["text_column"],
-            "max_length": settings["max_length"],
-            "batch_size": settings["batch_size"],
-            "limit": settings["limit"],
-        }
-        if task_type == "sequence_classification":
-            evaluator.update(label_column=settings["label_column"], directory=str(directories[task]))
+        tokenizer = _tokenizer_dir(directory, pretrained, key)
+        if spec.get("lm_eval") is not None:
+            if task_type != "causal_lm":
+                raise ConfigError(f"{key}.lm_eval: needs model.transformers.task_type causal_lm (it is {task_type})")
+            evaluator = lm_eval_tasks.evaluator_spec(
+                spec["lm_eval"], f"{key}.lm_eval", base_dir, tokenizer, settings["batch_size"], settings["limit"]
+            )
+        else:
+            data = _data_file(spec["data"], f"{key}.data", base_dir)
+            columns = [settings["text_column"]] + (
+                [settings["label_column"]] if task_type == "sequence_classification" else []
+            )
+            _check_columns(data, columns, key)
+            evaluator = {
+                "_target_": EVALUATORS[task_type],
+                "data": str(data),
+                "tokenizer": str(tokenizer),
+                "text_column": settings["text_column"],
+                "max_length": settings["max_length"],
+                "batch_size": settings["batch_size"],
+                "limit": settings["limit"],
+            }
+            if task_type == "sequence_classification":
+                evaluator.update(label_column=settings["label_column"], directory=str(directories[task]))
         checkpoint = adapter or weights_file(directory, f"{key}.directory")
         resolved[str(task)] = {"checkpoint": str(checkpoint), "evaluator": evaluator}
     first = next(iter(directories.values()))
@@ -132,12 +146,11 @@ def resolve(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 def _task_directory(value: Any, key: str, base_dir: Path) -> tuple[Path, Path | None]:
     """(directory, its adapter weights) of a PEFT LoRA adapter (checked: mapmerge.tensors.lora.read_adapter), else
-    (the fine-tuned model directory, None)."""
-    path = Path(value).expanduser() if isinstance(value, str) and value else None
-    path = path if path is None or path.is_absolute() else (base_dir / path).resolve()
-    adapter = adapter_weights(path) if path is not None and path.is_dir() else None
+    (the fine-tuned model directory, None); either may be given by a Hugging Face model name (_model_path)."""
+    path = _model_path(value, key, base_dir)
+    adapter = adapter_weights(path) if path.is_dir() else None
     if adapter is None:
-        return _directory(value, key, base_dir), None
+        return _directory(str(path), key, base_dir), None
     try:
         read_adapter(adapter)
     except ArtifactError as exc:
@@ -145,11 +158,18 @@ def _task_directory(value: Any, key: str, base_dir: Path) -> tuple[Path, Path | 
     return path, adapter
 
 
-def _directory(value: Any, key: str, base_dir: Path) -> Path:
+def _model_path(value: Any, key: str, base_dir: Path) -> Path:
+    """A model directory key's value as a path: a directory (relative to base_dir) where one of that spelling
+    exists, else the cached snapshot of a Hugging Face model name `org/name[@revision]` (mapmerge.adapters.hub)."""
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a model directory path")
+        raise ConfigError(f"{key}: must be a model directory path or a Hugging Face model name (org/name)")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (base_dir / path).resolve()
+    return hub.snapshot(value, key, path) if not path.exists() and hub.is_name(value) else path
+
+
+def _directory(value: Any, key: str, base_dir: Path) -> Path:
+    path = _model_path(value, key, base_dir)
     if not path.is_dir():
         raise ConfigError(f"{key}: directory {path} not found")
     if not (path / "config.json").is_file():
@@ -440,6 +460,80 @@ def model_weights(checkpoint: str | os.PathLike, pretrained: str | os.PathLike) 
     return Path(pretrained if adapter_weights(checkpoint) is not None else checkpoint)
 
 
+def parse_size(text: str | int) -> int:
+    """Bytes of a size as transformers' max_shard_size takes it: an integer, or a number with KB, MB, GB or TB
+    (powers of 1000: "5GB", "200KB"); ValueError when it is none or not positive."""
+    value = str(text).strip().upper()
+    factor = next((f for unit, f in SIZE_UNITS.items() if value.endswith(unit)), 1)
+    number = value[:-2].strip() if factor > 1 else value
+    try:
+        size = int(float(number) * factor) if factor > 1 else int(number)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with KB, MB, GB or TB, e.g. 5GB)")
+    return size
+
+
+def non_persistent_buffers(weights: str | os.PathLike) -> set[str]:
+    """The names (as open_checkpoint gives them) of the non-persistent buffers of the model a transformers directory's
+    config.json describes (its architecture's class, else AutoModel), built on the meta device.
+
+    state_dict() leaves them out (computed constants: BERT's embeddings.position_ids, rotary inv_freq), so
+    load_state_dict reports them as unexpected, but older transformers saved some: they are left out of what
+    mapmerge writes.
+    """
+    import torch
+    import transformers
+
+    from mapmerge.tensors.checkpoints import hf_names  # deferred: torch
+
+    directory = Path(weights).parent
+    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    cls = getattr(transformers, (config.architectures or [""])[0], None)
+    with torch.device("meta"):
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            model = cls(config)
+        else:
+            model = transformers.AutoModel.from_config(config)
+    persistent = set(model.state_dict())
+    buffers = sorted(name for name, _ in model.named_buffers() if name not in persistent)
+    return set(hf_names(Path(weights), buffers)) if buffers else set()
+
+
+def save_weights(
+    state: Mapping[str, Any],
+    directory: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+    max_shard_size: int | str = MAX_SHARD_SIZE,
+) -> Path:
+    """Write a state dict into a transformers directory as save_pretrained does: model.safetensors, or past
+    max_shard_size shards model-0000k-of-0000n.safetensors and their index model.safetensors.index.json
+    (huggingface_hub's split_torch_state_dict_into_shards). Each file atomically, with the usual permissions;
+    `metadata` goes into every file's header (key `mapmerge`, beside transformers' format: pt). Returns the
+    weights file (model.safetensors or the index)."""
+    from huggingface_hub import split_torch_state_dict_into_shards  # deferred: installed with transformers
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    split = split_torch_state_dict_into_shards(
+        dict(state), filename_pattern="model{suffix}.safetensors", max_shard_size=parse_size(max_shard_size)
+    )
+    header = {"format": "pt", "mapmerge": json.dumps(dict(metadata or {}), sort_keys=True)}
+    for file, names in split.filename_to_tensors.items():
+        with atomic_path(directory / file) as tmp:
+            save_file({n: state[n].contiguous() for n in names}, str(tmp), metadata=header)
+    if not split.is_sharded:
+        return directory / HF_WEIGHTS[0]
+    index = {
+        "metadata": {"total_parameters": sum(t.numel() for t in state.values()), **split.metadata},
+        "weight_map": split.tensor_to_filename,
+    }
+    with atomic_path(directory / HF_WEIGHTS[1]) as tmp:
+        tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return directory / HF_WEIGHTS[1]
+
+
 def save_merged_models(
     merged: Mapping[str, Any],
     merged_names: Sequence[str],
@@ -447,16 +541,17 @@ def save_merged_models(
     pretrained: str | os.PathLike,
     out_dir: str | os.PathLike,
     metadata: Mapping[str, str] | None = None,
+    max_shard_size: int | str = MAX_SHARD_SIZE,
 ) -> Path:
     """Write out_dir/<task>/ per task: its directory's config and tokenizer files (the pretrained
-    directory's tokenizer where it has none) and model.safetensors holding the merged tensors
-    (merged_names, from `merged`) and the task's own others (its head), named as in the task's files.
+    directory's tokenizer where it has none) and its weights (save_weights: model.safetensors, sharded past
+    max_shard_size) holding the merged tensors (merged_names, from `merged`) and the task's own others (its
+    head), named as in the task's files, less the non-persistent buffers of its model (non_persistent_buffers).
 
-    from_pretrained loads each as it loads the task's own directory. One task's tensors are built at
-    a time (the merged ones shared, not copied); out_dir is replaced as a whole (renamed into place).
+    from_pretrained loads each as it loads the task's own directory. Every file gets the usual permissions
+    (0666 less the umask). One task's tensors are built at a time (the merged ones shared, not copied); out_dir
+    is replaced as a whole (renamed into place).
     """
-    from safetensors.torch import save_file
-
     from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
 
     out_dir = Path(out_dir)
@@ -469,23 +564,22 @@ def save_merged_models(
             source = Path(weights).parent
             for file in source.iterdir():
                 if file.is_file() and not file.name.endswith(WEIGHT_SUFFIXES):
-                    shutil.copy2(file, target / file.name)
+                    shutil.copyfile(file, target / file.name)  # not copy2: the usual permissions, not the source's
             if not any((target / name).is_file() for name in TOKENIZER_FILES):
                 for file in Path(pretrained).parent.iterdir():
                     if file.name in (*TOKENIZER_FILES, *TOKENIZER_EXTRA) and not (target / file.name).exists():
-                        shutil.copy2(file, target / file.name)
+                        shutil.copyfile(file, target / file.name)
+            skip = non_persistent_buffers(weights)
             with open_checkpoint(weights) as own:
                 state = {}
                 for name in own.keys():
+                    if name in skip:
+                        continue
                     tensor = own.get(name)
                     state[own.stored_name(name)] = (
                         merged[name].to(tensor.dtype) if name in names else tensor
                     ).contiguous()
-            save_file(
-                state,
-                str(target / "model.safetensors"),
-                metadata={"format": "pt", "mapmerge": json.dumps(dict(metadata or {}), sort_keys=True)},
-            )
+            save_weights(state, target, metadata, max_shard_size)
             del state
         old = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.old"
         if out_dir.exists():
@@ -495,3 +589,14 @@ def save_merged_models(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def merged_tensor_names(vectors: Iterable[str | os.PathLike]) -> list[str]:
+    """The merged tensors' names: those any of the task vectors holds (dense or low-rank)."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+
+    names: set[str] = set()
+    for path in vectors:
+        with open_checkpoint(path) as reader:
+            names.update(vector_names(reader, path))
+    return sorted(names)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mapmerge.adapters import lm_eval_tasks
 from mapmerge.adapters.transformers import EVALUATORS, check_labels
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.sampling import design_size
@@ -26,6 +27,7 @@ from mapmerge.core.surrogate import n_params
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
+from mapmerge.tensors.operators import SLERP_MEMBERS
 
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP"}
 
@@ -93,6 +95,11 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
     """The run's plan, or ConfigError when its design, population or cost cannot work."""
     method, n_tasks = cfg["method"], len(cfg["task_names"])
     members = groups.n_members(method, n_tasks)
+    if cfg["merge"]["operator"] == "slerp" and members != SLERP_MEMBERS:
+        raise ConfigError(
+            f"merge.operator: slerp merges exactly {SLERP_MEMBERS} models, and {METHOD_NAMES[method]} merges all "
+            f"{n_tasks} tasks in one group; give 2 tasks, or use method=nested (pairs)"
+        )
     p = n_params(members)
     sampler = (
         cfg["sampler"] if method != "bayesian" else bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], members)
@@ -106,13 +113,8 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
         )
     optimizer = cfg["optimizer"]
     model = cfg["model"]
-    if optimizer["objective"] == "accuracy" and model.get("adapter") == "transformers":
-        causal = [t for t in cfg["task_names"] if model["tasks"][t]["evaluator"]["_target_"] == EVALUATORS["causal_lm"]]
-        if causal:
-            raise ConfigError(
-                f"optimizer.objective: accuracy, but model.transformers.task_type causal_lm reports the loss only "
-                f"(task {causal[0]}); set optimizer.objective=loss"
-            )
+    if model.get("adapter") == "transformers":
+        _check_objective(optimizer["objective"], {t: model["tasks"][t]["evaluator"] for t in cfg["task_names"]})
     least = members * (members + 1) // 2  # Das-Dennis directions of 2 partitions: the extremes and points between
     if optimizer["pop_size"] < least:
         raise ConfigError(
@@ -136,6 +138,26 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
             f"evaluations, past the budget of {budget}; {hint}"
         )
     return run
+
+
+def _check_objective(objective: str, evaluators: Mapping[str, Mapping[str, Any]]) -> None:
+    """The transformers evaluators must report the objective, and all the same metrics (the surrogate fits each metric
+    any task reports for every task): a causal LM's data file gives the loss only, an lm-eval task accuracy and loss."""
+    scored = [t for t, e in evaluators.items() if e["_target_"] == lm_eval_tasks.TARGET]
+    for task, evaluator in evaluators.items():
+        if evaluator["_target_"] != EVALUATORS["causal_lm"]:
+            continue
+        if objective == "accuracy":
+            raise ConfigError(
+                f"optimizer.objective: accuracy, but model.transformers.task_type causal_lm reports the loss only "
+                f"(task {task}); set optimizer.objective=loss, or score the task with an lm-eval task "
+                f"(model.transformers.tasks.{task}.lm_eval)"
+            )
+        if scored:
+            raise ConfigError(
+                f"model.transformers.tasks.{task}.data: gives the loss only, but task {scored[0]} is scored by lm-eval "
+                f"(accuracy and loss), and every task must report the same metrics; score {task} with lm_eval too"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------

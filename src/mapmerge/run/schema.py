@@ -54,7 +54,7 @@ PosFloat = _range(float, 0, open_low=True)
 NonNegFloat = _range(float, 0)
 Fraction = _range(float, 0, 1, open_low=True, open_high=True)
 Path_ = Annotated[str, Field(min_length=1)]
-Operator = Literal["task_arithmetic", "ties", "dare"]
+Operator = Literal["task_arithmetic", "ties", "dare", "dare_ties", "slerp"]  # mapmerge.tensors.operators.OPERATORS
 Density = _range(float, 0, 1, open_low=True)
 DropRate = _range(float, 0, 1, open_high=True)
 Link = Literal["sigmoid", "softplus", "identity"]
@@ -224,15 +224,38 @@ class UserTask(Section):
     evaluator: Target
 
 
+class LMEvalTask(Section):
+    task: Annotated[str, Field(min_length=1)]
+    include_path: Path_
+    num_fewshot: NonNegInt | None = None
+    metric: Literal["acc", "acc_norm", "exact_match"] | None = None  # mapmerge.adapters.lm_eval_tasks
+    seed: NonNegInt = Field(default=None)  # type: ignore[assignment]  # absent: lm-eval's fewshot seed
+
+
 class TransformersTask(Section):
     directory: Path_
-    data: Path_
+    data: Path_ | None = None
+    lm_eval: LMEvalTask | None = None  # causal_lm: score with an lm-eval task instead of a data file
     # optional per task; absent = the block's value (a default is not validated, so null is refused)
     text_column: str = Field(default=None)  # type: ignore[assignment]
     label_column: str = Field(default=None)  # type: ignore[assignment]
     max_length: PosInt = Field(default=None)  # type: ignore[assignment]
     batch_size: PosInt = Field(default=None)  # type: ignore[assignment]
     limit: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _scored_once(self) -> TransformersTask:
+        if (self.data is None) == (self.lm_eval is None):
+            both = self.data is not None
+            raise ValueError(
+                "give either data (a data file) or lm_eval (an lm-eval task), not both"
+                if both
+                else "needs data (a data file) or lm_eval (an lm-eval task)"
+            )
+        unused = [k for k in ("text_column", "label_column", "max_length") if getattr(self, k) is not None]
+        if self.lm_eval is not None and unused:
+            raise ValueError(f"{unused[0]} applies to a data file; an lm_eval task reads what its task YAML says")
+        return self
 
 
 class Transformers(Section):

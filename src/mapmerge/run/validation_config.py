@@ -13,7 +13,8 @@ ONE_GROUP_METHODS = ("map", "bayesian")
 
 def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[str, Any]:
     """The `validation` block (its keys' types and ranges checked by mapmerge.run.schema); ValueError naming the key
-    when a baseline lacks its operator's parameters, or an enabled validation does not fit the method or the task count.
+    when a baseline lacks its operator's parameters, or an enabled validation does not fit the method or the task count
+    (a slerp baseline: two tasks).
     """
     validation = dict(validation)
     for name, spec in validation["baselines"].items():
@@ -25,6 +26,12 @@ def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[
         if method not in ONE_GROUP_METHODS:
             raise ValueError(
                 f"validation.enabled: validation is for one-group methods ({', '.join(ONE_GROUP_METHODS)}), not method={method}"
+            )
+        slerp = [name for name, spec in validation["baselines"].items() if spec["operator"] == "slerp"]
+        if slerp and n_tasks != operators.SLERP_MEMBERS:
+            raise ValueError(
+                f"validation.baselines.{slerp[0]}.operator: slerp merges exactly {operators.SLERP_MEMBERS} models, "
+                f"and the run merges {n_tasks} tasks; remove the baseline or give 2 tasks"
             )
         if n_tasks > validation["max_tasks"]:
             raise ValueError(

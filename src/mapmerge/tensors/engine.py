@@ -5,8 +5,11 @@ are loaded once per engine; the module's parameters hold the merged weights in t
 (evaluation.dtype), and a merge rewrites them in place, tensor by tensor and chunk by chunk, from
 theta_pre + sum_i c_i tau_i accumulated in float32, so no model is copied per sample. Dense task vectors
 of a tensor merge as one matrix-vector product; low-rank ones (tau = B A, LoRA) as one rank-(sum r_i)
-product [c_1 B_1 | ... | c_T B_T] [A_1; ...; A_T]. Where the task vectors live (the device, or host memory
-streamed to it) is planned by mapmerge.tensors.placement; docs/scaling.md gives the memory formulas.
+product [c_1 B_1 | ... | c_T B_T] [A_1; ...; A_T]. Under slerp the weights of a tensor's tau_1, tau_2 and
+theta_pre come from the point and the tensor's angle (mapmerge.tensors.operators.slerp_weights; the angle
+computed once at load), and the merge is the same product with theta_pre scaled. Where the task vectors
+live (the device, or host memory streamed to it) is planned by mapmerge.tensors.placement; docs/scaling.md
+gives the memory formulas.
 """
 
 from __future__ import annotations
@@ -177,16 +180,19 @@ class _Merged:
     dense_positions: list[int]  # the dense members' positions in the coefficient vector
     dense_index: torch.Tensor  # the same, on the device
     low: list[tuple[int, torch.Tensor, torch.Tensor]]  # (member position, A [r x cols], B [rows x r])
+    dot: float | None = None  # slerp: cos of the angle between theta_1 and theta_2 (operators.slerp_dot)
 
 
 class _Factors(NamedTuple):
-    """What a merge needs per tensor: the dense coefficients (a device tensor for float32 vectors, else values)
-    and the low-rank update's factors [c_1 B_1 | ... | c_T B_T] and [A_1; ...; A_T] in float32."""
+    """What a merge needs per tensor: the dense coefficients (a device tensor for float32 vectors, else values),
+    the low-rank update's factors [c_1 B_1 | ... | c_T B_T] and [A_1; ...; A_T] in float32, and (slerp) the
+    factor of theta_pre."""
 
     dense_c: torch.Tensor | None
     dense_values: list[float]
     scaled_b: torch.Tensor | None
     stacked_a: torch.Tensor | None
+    pre_scale: float | None = None
 
 
 def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -240,8 +246,9 @@ class MergeEngine:
     [out x r], the scale folded into lora_B); a member without a tensor adds nothing to it, and the merged
     tensors are the union over members.
     operator, seed: the merge operator spec (mapmerge.tensors.operators; None = task arithmetic), applied
-    once per tensor to the members' task vectors, and the seed of a seeded operator (dare); operators other
-    than task arithmetic need dense task vectors and hold their output in float32.
+    once per tensor to the members' task vectors, and the seed of a seeded operator (dare, dare_ties); operators
+    other than task arithmetic need dense task vectors and hold their output in float32. slerp (two members)
+    weighs each tensor's tau_1, tau_2 and theta_pre by the point and the tensor's angle, computed here once.
     task_checkpoints: per evaluated task, its fine-tuned checkpoint, from which the tensors that are
     not merged (task heads) are taken when that task is evaluated: copied into the module's tensor,
     or swapped in for the task where its shape differs (a classifier with other labels). The
@@ -392,12 +399,15 @@ class MergeEngine:
         shape = pre[name].shape
         pinned = pin and vectors_at.type == "cpu"
         positions = [i for i, m in enumerate(members) if name in m.dense]
-        if operators.validate(operator)["operator"] != "task_arithmetic":
+        op, dot = operators.validate(operator)["operator"], None
+        if op != "task_arithmetic":
             # rows: the members' effective task vectors (the operator applied on the device), zero where a member lacks it
             stacked = torch.zeros((len(members), *shape), dtype=torch.float32, device=self.device)
             for i in positions:
                 stacked[i].copy_(_fits(members[i].ckpt.get(name), shape, members[i].ckpt.path, name))
             effective = apply_operator(operator, self.members, name, stacked, seed)
+            if op in operators.POINTWISE:
+                dot = operators.slerp_dot(pre[name], stacked)
             dense = torch.empty(effective.shape, dtype=torch.float32, device=vectors_at, pin_memory=pinned)
             dense.copy_(effective)
             positions = list(range(len(members)))
@@ -428,10 +438,12 @@ class MergeEngine:
             dense_positions=positions,
             dense_index=torch.tensor(positions, dtype=torch.long, device=self.device),
             low=low,
+            dot=dot,
         )
 
     def merge(self, coefficients: Sequence[float]) -> None:
-        """Set the module's merged tensors to theta_pre + sum_i c_i tau_i, in place, chunk by chunk in float32."""
+        """Set the module's merged tensors to theta_pre + sum_i c_i tau_i, in place, chunk by chunk in float32
+        (slerp: theta_pre + w_1 tau_1 + w_2 tau_2 + w_pre theta_pre, the weights per tensor)."""
         values = np.asarray(coefficients, dtype=np.float32)
         if values.size != len(self.members):
             raise ValueError(f"{values.size} coefficients for {len(self.members)} task vectors {self.members}")
@@ -451,7 +463,12 @@ class MergeEngine:
         self.timings["merge"] += time.perf_counter() - start
 
     def _factors(self, merged: _Merged, values: np.ndarray, c: torch.Tensor) -> _Factors:
-        """A tensor's dense coefficients, and its low-rank update's [c_1 B_1 | ... ] and [A_1; ...] in float32."""
+        """A tensor's dense coefficients, and its low-rank update's [c_1 B_1 | ... ] and [A_1; ...] in float32;
+        under slerp the tensor's weights of tau_1 and tau_2 and the factor 1 + w_pre of theta_pre."""
+        if merged.dot is not None:
+            weights, pre_weight = operators.slerp_weights(values.tolist(), merged.dot)
+            dense_c = torch.tensor(weights, dtype=torch.float32, device=self.device)
+            return _Factors(dense_c, weights, None, None, 1.0 + pre_weight)
         dense_c = c[merged.dense_index] if merged.dense is not None and merged.dense.dtype == torch.float32 else None
         scaled_b = stacked_a = None
         if merged.low:
@@ -496,7 +513,8 @@ class MergeEngine:
     def _merge_rows(
         out: torch.Tensor, pre: torch.Tensor, dense: torch.Tensor | None, factors: _Factors, r0: int, r1: int
     ) -> None:
-        """out (rows r0:r1 of a module tensor) = pre + sum_i c_i tau_i, accumulated in float32 and rounded once.
+        """out (rows r0:r1 of a module tensor) = pre + sum_i c_i tau_i, accumulated in float32 and rounded once
+        (slerp: pre scaled by factors.pre_scale).
 
         float32 dense vectors merge as one addmv (what the engine always did, to the bit); others are added
         row by row into a float32 accumulator (converting a half-precision chunk for addmv is far slower on CPU).
@@ -505,11 +523,12 @@ class MergeEngine:
         if factors.dense_c is not None:
             flat = pre.reshape(-1).float()
             matrix = dense.reshape(len(dense), -1).T
+            beta = {} if factors.pre_scale is None else {"beta": factors.pre_scale}
             if direct:
                 acc = out
-                torch.addmv(flat, matrix, factors.dense_c, out=out.view(-1))
+                torch.addmv(flat, matrix, factors.dense_c, out=out.view(-1), **beta)
             else:
-                acc = torch.addmv(flat, matrix, factors.dense_c).view(out.shape)
+                acc = torch.addmv(flat, matrix, factors.dense_c, **beta).view(out.shape)
         else:
             acc = out.copy_(pre) if direct else pre.to(torch.float32, copy=True)
             for row, value in zip(() if dense is None else dense, factors.dense_values):

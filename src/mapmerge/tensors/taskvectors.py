@@ -37,7 +37,7 @@ from mapmerge.tensors.lora import (
     target_names,
     vector_names,
 )
-from mapmerge.tensors.operators import SEEDED, apply_operator, validate
+from mapmerge.tensors.operators import POINTWISE, SEEDED, apply_operator, slerp_dot, slerp_weights, validate
 
 if TYPE_CHECKING:
     from mapmerge.tensors.lora import Delta
@@ -259,6 +259,7 @@ def merge_tensor(
     vectors: Iterable[Delta | None],
     coefficients: Sequence[float],
     seed: int | None = None,
+    delta: bool = False,
 ) -> torch.Tensor:
     """theta_pre + sum_i c_i tau'_i for one tensor, computed in float32, returned in pretrained's dtype.
 
@@ -267,8 +268,10 @@ def merge_tensor(
     operator (a validated spec; see _merge_spec). The temporaries' memory is handed back on return.
     Under task arithmetic a member's tau may be low-rank, (lora_A, lora_B), or None where it lacks the
     tensor (mapmerge.tensors.lora.merge_deltas); the other operators need every member's dense tau.
+    slerp weighs tau_1, tau_2 and theta_pre per tensor (mapmerge.tensors.operators.slerp_weights).
+    delta=True: the merge minus theta_pre, in float32.
     """
-    merged = _merge_tensor(spec, members, name, pretrained, vectors, coefficients, seed)
+    merged = _merge_tensor(spec, members, name, pretrained, vectors, coefficients, seed, delta)
     release_freed_memory(merged.nbytes)
     return merged
 
@@ -281,11 +284,16 @@ def _merge_tensor(
     vectors: Iterable[Delta | None],
     coefficients: Sequence[float],
     seed: int | None,
+    delta: bool,
 ) -> torch.Tensor:
-    total = pretrained.to(torch.float32, copy=True)
+    if delta:
+        total = torch.zeros(pretrained.shape, dtype=torch.float32, device=pretrained.device)
+    else:
+        total = pretrained.to(torch.float32, copy=True)
+    dtype = total.dtype if delta else pretrained.dtype
     checked = (_checked(name, i, tau, pretrained) for i, tau in enumerate(vectors))
     if spec["operator"] == "task_arithmetic":
-        return merge_deltas(total, checked, coefficients).to(pretrained.dtype)
+        return merge_deltas(total, checked, coefficients).to(dtype)
     stacked = torch.empty((len(coefficients), *pretrained.shape), dtype=torch.float32, device=pretrained.device)
     count = 0
     for i, tau in enumerate(checked):
@@ -298,9 +306,13 @@ def _merge_tensor(
         count += 1
     if count != len(coefficients):
         raise ValueError(f"tensor '{name}': {count} task vectors for {len(coefficients)} coefficients")
-    for coef, tau in zip(coefficients, apply_operator(spec, members, name, stacked, seed), strict=True):
+    effective = apply_operator(spec, members, name, stacked, seed)
+    if spec["operator"] in POINTWISE:
+        coefficients, pre_weight = slerp_weights(coefficients, slerp_dot(pretrained, stacked))
+        total.add_(pretrained.to(torch.float32), alpha=pre_weight)
+    for coef, tau in zip(coefficients, effective, strict=True):
         total += float(coef) * tau
-    return total.to(pretrained.dtype)
+    return total.to(dtype)
 
 
 def _checked(name: str, index: int, tau: Delta | None, pretrained: torch.Tensor) -> Delta | None:
@@ -345,9 +357,9 @@ def merge_files(
 ) -> dict[str, torch.Tensor]:
     """merged_state from files, streamed: the merged state dict built one tensor at a time.
 
-    delta=True gives the merge's own task vector instead: sum_i c_i tau'_i (float32) over the
-    vectors' tensors only, what a later nested level merges; low-rank where every member holding the
-    tensor is (the members' factors side by side, rank sum r_i: mapmerge.tensors.lora.low_rank_sum).
+    delta=True gives the merge's own task vector instead: sum_i c_i tau'_i (float32; under slerp the merge
+    minus theta_pre) over the vectors' tensors only, what a later nested level merges; low-rank where every
+    member holding the tensor is (the members' factors side by side, rank sum r_i: mapmerge.tensors.lora.low_rank_sum).
 
     vectors: member name -> task-vector file, in coefficient order (the names feed seeded operators).
     Per tensor, theta_pre's tensor and the members' tensors are read (open_checkpoint), merged
@@ -383,6 +395,5 @@ def merge_files(
             if delta and spec["operator"] == "task_arithmetic" and not any(name in r for r in readers):
                 merged[name + FACTOR_A], merged[name + FACTOR_B] = low_rank_sum(deltas, coefficients)
                 continue
-            theta = torch.zeros(pre_meta[name].shape, dtype=torch.float32) if delta else pre.get(name)
-            merged[name] = merge_tensor(spec, members, name, theta, deltas, coefficients, seed)
+            merged[name] = merge_tensor(spec, members, name, pre.get(name), deltas, coefficients, seed, delta)
     return merged

@@ -1,5 +1,6 @@
 """The `mapmerge` command: look at a run (summary, status), check its artifacts on disk, choose a merge
-for a new preference from its stored front without evaluating anything (select), draw its plots again (plot)."""
+for a new preference from its stored front without evaluating anything (select), write a merge as a mergekit
+configuration (export), draw its plots again (plot)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mapmerge.adapters.transformers import MAX_SHARD_SIZE, parse_size
 from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
 from mapmerge.layout import Layout
 from mapmerge.run import runlock
@@ -76,6 +78,20 @@ def _preference_arg(text: str) -> dict[str, float]:
     return parse_preference(text)
 
 
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _task_directory(text: str) -> tuple[str, str]:
+    task, sep, directory = text.partition("=")
+    if not sep or not task or not directory:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=DIR")
+    return task, directory
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         help="choose the final merge for a new preference from the stored fronts (no evaluation) and write it",
         description="Choose the merge of the run's final group for a new preference, without evaluating anything, "
         "and write its merged checkpoint theta_pre + sum_i c_i tau'_i (the run's merge operator, from the header of "
-        "groups/<g>/merged.safetensors). Two candidates are shown, each marked: the predicted front's pick (the "
+        "groups/<g>/merged.safetensors); for a transformers run, one folder per task that from_pretrained loads, "
+        "as merge_group writes them. Two candidates are shown, each marked: the predicted front's pick (the "
         "surrogates' predictions, with their intervals) and the measured front's pick (real evaluations of the run); "
         "as in the run, a run with refinement rounds merges the measured one, else the predicted one. "
         "Prints the candidates and the file. "
@@ -137,15 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="the checkpoint to write, under RESULTS/selected/ or outside the run folder; its format follows the "
         "suffix: .safetensors, else a torch state dict (default: RESULTS/selected/<preference>.safetensors, or .pt "
-        "when the pretrained checkpoint is a torch file)",
+        "when the pretrained checkpoint is a torch file). A transformers run: a folder, written whole, of one "
+        "folder per task that from_pretrained loads (default: RESULTS/selected/<preference>/); a path ending in "
+        ".safetensors (or .pt, .pth, .bin) gets the merged state dict instead",
     )
     pick.add_argument(
         "--pretrained",
         type=Path,
         default=None,
         metavar="PATH",
-        help="the pretrained checkpoint the run merged: a file (model.pretrained) or a transformers directory "
-        "(model.transformers.pretrained); needed for your own model, whose checkpoints the run folder does not "
+        help="the pretrained checkpoint the run merged: a file (model.pretrained), a transformers directory "
+        "or a Hugging Face model name org/name[@revision] in the local cache (model.transformers.pretrained); "
+        "needed for your own model, whose checkpoints the run folder does not "
         "hold (the built-in benchmark's are in RESULTS/checkpoints/)",
     )
     pick.add_argument(
@@ -160,6 +180,61 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="N",
         help="the run's seed, for a seeded merge operator (dare) when merged.safetensors does not record it",
+    )
+    pick.add_argument(
+        "--max-shard-size",
+        type=_size_arg,
+        default=MAX_SHARD_SIZE,
+        metavar="SIZE",
+        help="a transformers run's folders: weights larger than this are saved in shards, as save_pretrained "
+        f"does (bytes, or with KB, MB, GB; default: {MAX_SHARD_SIZE})",
+    )
+    port = sub.add_parser(
+        "export",
+        help="write the run's merge (or a preference's pick, or any front point) as a mergekit configuration",
+        description="Write a mergekit configuration (mergekit-yaml OUT.yaml OUTPUT_DIR) of a transformers run's merge: "
+        "its own (default), the point `mapmerge select` picks for --prefer, or --point. Its models are the "
+        "directories given with --pretrained and --model, checked against the run's task vectors. mergekit's merge "
+        "is mapmerge's for task_arithmetic at any point, ties and dare_ties at equal coefficients, slerp on "
+        "c1 + c2 = 1 (other points are refused, saying why), dare and dare_ties up to their random masks.",
+    )
+    port.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    port.add_argument(
+        "--mergekit", required=True, type=Path, metavar="OUT.yaml", help="the mergekit configuration to write"
+    )
+    port.add_argument(
+        "--pretrained",
+        required=True,
+        metavar="DIR",
+        help="the pretrained transformers directory the run merged (model.transformers.pretrained), or a cached "
+        "Hugging Face model name org/name[@revision]",
+    )
+    port.add_argument(
+        "--model",
+        action="append",
+        type=_task_directory,
+        default=[],
+        metavar="TASK=DIR",
+        help="a task's fine-tuned directory (model.transformers.tasks.<task>.directory), once per task",
+    )
+    port.add_argument(
+        "--prefer", type=str, default=None, metavar="TASK=W,...", help="the pick for this preference, as select"
+    )
+    port.add_argument(
+        "--method",
+        default=None,
+        choices=["weighted_sum", "tchebycheff", "balanced"],
+        help="with --prefer: how it picks (default: the run's selection.method)",
+    )
+    port.add_argument("--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff")
+    port.add_argument(
+        "--point",
+        default=None,
+        metavar="N|SAMPLE",
+        help="a row of the final group's front.parquet (0-based) or an evaluated sample's name, instead of a pick",
+    )
+    port.add_argument(
+        "--metric", default=None, choices=["accuracy", "loss"], help="with --prefer: the objective metric"
     )
     draw = sub.add_parser(
         "plot",
@@ -201,8 +276,29 @@ def main(argv: list[str] | None = None) -> int:
                 args.pretrained,
                 args.metric,
                 args.seed,
+                args.max_shard_size,
             )
             print(chosen.text)
+            return 0
+        if args.command == "export":
+            from mapmerge.tools.mergekit_export import export  # deferred: torch (it reads checkpoints)
+
+            tasks = [task for task, _ in args.model]
+            twice = [task for task in tasks if tasks.count(task) > 1]
+            if twice:
+                raise UsageError(f"--model: task {twice[0]!r} is given twice")
+            text = export(
+                args.results,
+                args.mergekit,
+                None if args.prefer is None else _preference_arg(args.prefer),
+                args.method,
+                args.rho,
+                args.point,
+                args.pretrained,
+                dict(args.model),
+                args.metric,
+            )
+            print(text)
             return 0
         if args.command == "plot":
             from mapmerge.tools.runfolder import replot  # deferred: torch (runfolder imports mapmerge.tensors)

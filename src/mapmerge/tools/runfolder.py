@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,15 @@ from typing import Any
 
 import pandas as pd
 
+from mapmerge.adapters import hub
+from mapmerge.adapters.transformers import (
+    HF_WEIGHTS,
+    MAX_SHARD_SIZE,
+    merged_tensor_names,
+    non_persistent_buffers,
+    save_merged_models,
+    weights_file,
+)
 from mapmerge.core import groups, metrics, refine, selection
 from mapmerge.core.metrics import (
     METRICS,
@@ -708,10 +717,15 @@ def pretrained_record(results: Path, layout: Scan, group: str) -> PretrainedReco
 
 def pretrained_file(given: Path) -> Path:
     """--pretrained as the checkpoint file the run read: the file, or a transformers directory's weights
-    (model.safetensors, or model.safetensors.index.json of a sharded save), as model.transformers resolves them."""
-    from mapmerge.adapters.transformers import weights_file  # deferred: torch (the adapter's checkpoint code)
-
+    (model.safetensors, or model.safetensors.index.json of a sharded save), as model.transformers resolves them;
+    where no file or folder of that spelling exists, a Hugging Face model name's (org/name[@revision]) cached
+    snapshot's (mapmerge.adapters.hub)."""
     given = Path(given)
+    if not given.exists() and hub.is_name(str(given)):
+        try:
+            given = hub.snapshot(str(given), f"--pretrained {given}", given.resolve())
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     if given.is_dir():
         try:
             return weights_file(given, f"--pretrained {given}")
@@ -787,6 +801,7 @@ def check_reproduces(
     merged: Path,
     given: bool,
     hint: str,
+    ignore: Collection[str] = (),
 ) -> None:
     """Merge the run's own choice from `pretrained` and compare every tensor with the run's merged.safetensors.
 
@@ -794,7 +809,8 @@ def check_reproduces(
     tensor that differs (the merged ones and the others, which merged.safetensors holds as the pretrained
     ones) makes the merge differ. Reads the checkpoint, the task vectors and merged.safetensors once, one
     tensor at a time. UsageError (ArtifactError for the run folder's own, not `given`) naming the first tensor
-    that differs; `hint` says what to give instead.
+    that differs; `hint` says what to give instead. `ignore`: names compared in neither (a transformers model's
+    non-persistent buffers, which older transformers saved and newer does not).
     """
     import torch
 
@@ -810,11 +826,11 @@ def check_reproduces(
         stored = stack.enter_context(open_checkpoint(merged))
         readers = [stack.enter_context(open_checkpoint(p)) for p in vectors.values()]
         names = {name for reader in readers for name in vector_names(reader, reader.path)}  # dense or LoRA
-        differ = sorted(set(pre.keys()) ^ set(stored.keys()))
+        differ = sorted((set(pre.keys()) ^ set(stored.keys())) - set(ignore))
         if differ:
             where = "lacks" if differ[0] in stored else "has"
             raise error(f"{what}: {where} tensor '{differ[0]}', unlike the run's {merged}; {hint}")
-        for name in pre.keys():
+        for name in (n for n in pre.keys() if n not in ignore):
             expected = pre.get(name)
             if name in names:
                 expected = merge_tensor(
@@ -830,16 +846,45 @@ def check_reproduces(
                 )
 
 
-def check_out(results: Path, out: Path) -> None:
-    """Refuse an --out that would add or replace a file of the run folder outside RESULTS/selected/, or is a folder."""
+def check_out(results: Path, out: Path, tasks: Sequence[str] | None = None) -> None:
+    """Refuse an --out that would add or replace a file of the run folder outside RESULTS/selected/.
+
+    tasks: the folder of per-task folders a transformers run's select writes (replaced whole), which may exist only
+    as such a folder (nothing in it but folders named after the tasks); else a file path, not a folder.
+    """
     run, target, selections = results.resolve(), out.resolve(), Layout(results).selections
-    if target.is_relative_to(run) and not target.is_relative_to(selections.resolve()):
+    if (target.is_relative_to(run) and not target.is_relative_to(selections.resolve())) or run.is_relative_to(target):
         raise UsageError(
-            f"--out {out}: inside the run folder {results}, where select writes only under {selections}/; "
-            "give a path there or outside the run folder"
+            f"--out {out}: {'inside' if target.is_relative_to(run) else 'holds'} the run folder {results}, where "
+            f"select writes only under {selections}/; give a path there or outside the run folder"
         )
-    if target.is_dir():
-        raise UsageError(f"--out {out}: is a folder; give a file path (.safetensors, else a torch state dict)")
+    if tasks is None:
+        if target.is_dir():
+            raise UsageError(f"--out {out}: is a folder; give a file path (.safetensors, else a torch state dict)")
+        return
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a folder for the per-task model folders")
+    other = sorted(p.name for p in target.iterdir() if p.name not in tasks or not p.is_dir()) if target.is_dir() else []
+    if other:
+        raise UsageError(
+            f"--out {out}: a folder holding {other[0]}, which select would replace with the folder; give a new folder, "
+            f"or one holding only task folders ({', '.join(tasks)})"
+        )
+
+
+def task_folder(folder: Path, task: str) -> Path:
+    """The weights of the run's merged model folder of a task (groups/<g>/merged/<task>/, written by merge_group)."""
+    if not (folder / "config.json").is_file() or not any((folder / name).is_file() for name in HF_WEIGHTS):
+        raise ArtifactError(
+            f"{folder}: not found or incomplete (the run's merged model of task {task}: its config, tokenizer and "
+            "head, from which select makes its folders); run the workflow again, or give --out FILE.safetensors"
+        )
+    return weights_file(folder, str(folder))
+
+
+def out_is_folder(out: Path | None) -> bool:
+    """Whether a transformers run's --out names the folder of per-task folders (no .safetensors or torch suffix)."""
+    return out is None or out.suffix not in (".safetensors", *TORCH_SUFFIXES)
 
 
 def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, str]) -> Path:
@@ -881,6 +926,39 @@ def run_selection(results: Path) -> str | None:
     return None
 
 
+def preference_candidates(
+    results: Path,
+    group: str,
+    info: Mapping[str, Any],
+    front: pd.DataFrame,
+    task_weights: Mapping[str, float],
+    metric: str,
+    method: str,
+    rho: float,
+) -> tuple[int, dict[str, float], list[pd.DataFrame], bool]:
+    """(the predicted pick's row in `front`, the member weights, the candidates, refined) for a preference.
+
+    The candidates (one row each, marked in `source`): the predicted front's pick and, where the run evaluated
+    samples, the measured front's pick. refined: whether the run's own rule merges the measured one (after
+    refinement rounds, as its merge_group did; the last candidate), else the predicted one (the first).
+    """
+    paths = Layout(results)
+    tasks = info["tasks"]
+    reference = selection.reference_values(read_table(paths.reference), metric, tasks) if method == "balanced" else None
+    index, member_weights = pick_point(front, info, task_weights, metric, method, rho, reference)
+    candidates = [front.iloc[index].to_frame().T.assign(source="predicted")]
+    refined = (
+        "source" in table_columns(paths.choice(group))
+        and read_table(paths.choice(group))["source"].iloc[0] == "measured"
+    )
+    if paths.samples(group).exists() and paths.metrics(group).exists():
+        evaluated = metrics.sample_metrics(read_table(paths.samples(group)), read_table(paths.metrics(group)))
+        real = selection.measured_front(evaluated, metric, tasks)
+        real_index, _ = pick_point(real, info, task_weights, metric, method, rho, reference)
+        candidates.append(real.iloc[real_index].to_frame().T.assign(source="measured"))
+    return index, member_weights, candidates, refined
+
+
 def select(
     results: Path,
     preference: Mapping[str, float],
@@ -890,6 +968,7 @@ def select(
     pretrained: Path | None = None,
     metric: str | None = None,
     seed: int | None = None,
+    max_shard_size: int | str = MAX_SHARD_SIZE,
 ) -> Selection:
     """Pick the final group's merge for `preference` (no evaluation) and write its merged checkpoint.
 
@@ -897,7 +976,14 @@ def select(
     the measured front's pick (real values); the run's own rule decides, as its merge_group did: after refinement
     rounds the measured pick, else the predicted one. `method` (default: the run's selection.method, from its
     choice.parquet) picks within each.
+
+    A transformers run (its merge_group wrote groups/<g>/merged/<task>/) gets the same folders: `out` (default
+    RESULTS/selected/<preference>/) holds <task>/ per task, each its config, tokenizer and weights (sharded past
+    max_shard_size), the merged tensors at the new coefficients and the task's own head, made from the run's folders
+    (save_merged_models); an `out` ending in .safetensors or a torch suffix gets the merged state dict instead. Either
+    way the model's non-persistent buffers are left out.
     """
+    from mapmerge.tensors.checkpoints import hf_config  # deferred: torch
     from mapmerge.tensors.taskvectors import merge_files  # deferred: torch
 
     results = Path(results)
@@ -908,10 +994,14 @@ def select(
     if not (math.isfinite(rho) and rho >= 0):
         raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
     layout = scan(results)
-    if out is not None:
-        check_out(results, Path(out))
     group, info = final_group(layout)
     tasks = info["tasks"]
+    folders = Layout(results).merged_folders(group)
+    transformers_run = folders.is_dir() or _config_key(_checkpoint_sources(results)) == "model.transformers.pretrained"
+    out = None if out is None else Path(out)
+    as_folders = transformers_run and out_is_folder(out)
+    if out is not None:
+        check_out(results, out, tasks if as_folders else None)
     try:
         task_weights = selection.normalize_preference(preference, tasks)
     except selection.PreferenceError as exc:
@@ -937,17 +1027,20 @@ def select(
     record = pretrained_record(results, layout, group)
     pre_path, pre_source = find_pretrained(results, pretrained, record)
     vectors = member_vectors(results, members, layout.tasks or tasks)
+    templates = {t: task_folder(folders / t, t) for t in tasks} if as_folders else {}
     if out is None:
         from mapmerge.tensors.checkpoints import SHARD_INDEX_SUFFIX  # deferred: torch
 
         torch_file = pre_path.suffix != ".safetensors" and not pre_path.name.endswith(SHARD_INDEX_SUFFIX)
-        out = (
-            paths.selections
-            / f"{preference_name(preference, method, rho, own)}{'.pt' if torch_file else '.safetensors'}"
-        )
-    out = Path(out)
+        suffix = "" if as_folders else ".pt" if torch_file else ".safetensors"
+        out = paths.selections / f"{preference_name(preference, method, rho, own)}{suffix}"
+        if as_folders:  # replaced whole: an earlier select's folders only
+            check_out(results, out, tasks)
     if out.resolve() == pre_path.resolve():
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
+    if as_folders and pre_path.parent.resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"--out {out}: holds the pretrained checkpoint {pre_path}; write the merge elsewhere")
+    buffers = non_persistent_buffers(pre_path) if transformers_run and hf_config(pre_path) else set()
     checked = check_pretrained(results, pre_path, pretrained is not None, record)
     if checked is None:
         check_reproduces(
@@ -959,21 +1052,13 @@ def select(
             merged,
             pretrained is not None,
             record.hint(results),
+            buffers,
         )
         checked = f"merged at the run's own coefficients it gives {merged}, every tensor ({record.why})"
 
-    reference = selection.reference_values(read_table(paths.reference), metric, tasks) if method == "balanced" else None
-    index, member_weights = pick_point(front, info, task_weights, metric, method, rho, reference)
-    candidates = [front.iloc[index].to_frame().T.assign(source="predicted")]
-    refined = (
-        "source" in table_columns(paths.choice(group))
-        and read_table(paths.choice(group))["source"].iloc[0] == "measured"
+    index, member_weights, candidates, refined = preference_candidates(
+        results, group, info, front, task_weights, metric, method, rho
     )
-    if paths.samples(group).exists() and paths.metrics(group).exists():
-        evaluated = metrics.sample_metrics(read_table(paths.samples(group)), read_table(paths.metrics(group)))
-        real = selection.measured_front(evaluated, metric, tasks)
-        real_index, _ = pick_point(real, info, task_weights, metric, method, rho, reference)
-        candidates.append(real.iloc[real_index].to_frame().T.assign(source="measured"))
     pick = candidates[-1] if refined else candidates[0]
     c = {m: float(pick[f"c_{m}"].iloc[0]) for m in members}
     state = merge_files(pre_path, vectors, list(c.values()), operator, seed)
@@ -987,7 +1072,11 @@ def select(
         "source": "mapmerge select",
         **({"seed": str(seed)} if seed is not None else {}),
     }
-    save_checkpoint(state, out, metadata)
+    if as_folders:
+        names = merged_tensor_names(vectors.values())
+        save_merged_models(state, names, templates, pre_path, out, metadata, max_shard_size)
+    else:
+        save_checkpoint({k: v for k, v in state.items() if k not in buffers}, out, metadata)
     del state
 
     lines = [
@@ -1037,7 +1126,13 @@ def select(
         "preference weights: " + ", ".join(f"{t} {task_weights[t]:.3g}" for t in tasks),
         "",
     ]
-    lines.append(f"merged checkpoint: {out}")
+    if as_folders:
+        lines.append(
+            f"merged models: {out}/<task>/ for {', '.join(tasks)}: each its config, tokenizer and weights, the merged "
+            "tensors and the task's own head (from_pretrained loads it)"
+        )
+    else:
+        lines.append(f"merged checkpoint: {out}")
     lines.append(
         f"  theta_pre + sum_i c_i tau'_i, merge operator {operator.get('operator')}"
         + (f" (seed {seed})" if seed is not None else "")
