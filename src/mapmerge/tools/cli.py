@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="N",
-        help="the run's seed, for a seeded merge operator (dare) when merged.safetensors does not record it",
+        help="the run's seed, for a seeded merge operator (dare, dare_ties) when merged.safetensors does not record it",
     )
     pick.add_argument(
         "--max-shard-size",
