@@ -401,8 +401,9 @@ def test_workflow_from_adapters_to_a_front_and_merged_models(tmp_path, capsys):
         assert measured.query("task == @task")["loss"].mean() == pytest.approx(loss, abs=1e-5)  # what the run measured
     # mapmerge select merges the LoRA task vectors again, having checked the pretrained model against the run's merge
     pretrained = tmp_path / "pretrained"
-    assert main(["select", str(res), "--prefer", "attn=1", "--pretrained", str(pretrained)]) == 0, capsys.readouterr()
-    out = res / "selected" / "attn-1.safetensors"
+    out = res / "selected" / "attn-1.safetensors"  # the flat state dict (the default on this run: per-task folders)
+    args = ["select", str(res), "--prefer", "attn=1", "--pretrained", str(pretrained), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr()
     c = json.loads(safetensors_metadata(out)["coefficients"])
     vectors = {t: res / "task_vectors" / f"{t}.safetensors" for t in targets}
     again = merge_files(pretrained / "model.safetensors", vectors, [c[t] for t in targets])
