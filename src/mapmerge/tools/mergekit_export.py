@@ -27,7 +27,6 @@ mergekit computes in float32 (dtype), as mapmerge merges; out_dtype is the pretr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from mapmerge.tensors.lora import adapter_weights, vector_names
 from mapmerge.tensors.operators import trim_count, validate
 from mapmerge.tools.runfolder import (
     UsageError,
+    checked_method,
     final_group,
     front_file,
     member_vectors,
@@ -325,11 +325,7 @@ def _preference_point(
 ) -> tuple[dict[str, float], str]:
     """The coefficients `mapmerge select` merges for a preference (runfolder.preference_candidates), and a label."""
     own = run_selection(results) or "weighted_sum"
-    method = method or own
-    if method not in selection.METHODS:
-        raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
-    if not (math.isfinite(rho) and rho >= 0):
-        raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
+    method = checked_method(method or own, rho)
     try:
         weights = selection.normalize_preference(preference, info["tasks"])
     except selection.PreferenceError as exc:

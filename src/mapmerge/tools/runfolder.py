@@ -917,6 +917,15 @@ class Selection:
     text: str
 
 
+def checked_method(method: str, rho: float) -> str:
+    """The selection method, checked with tchebycheff's rho (UsageError naming --method or --rho)."""
+    if method not in selection.METHODS:
+        raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
+    if not (math.isfinite(rho) and rho >= 0):
+        raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
+    return method
+
+
 def run_selection(results: Path) -> str | None:
     """The run's own selection.method, as its choice.parquet records it (None where it does not)."""
     for path in sorted(Path(results).glob("groups/*/choice.parquet")):
@@ -988,11 +997,7 @@ def select(
 
     results = Path(results)
     own = run_selection(results) or "weighted_sum"
-    method = method or own
-    if method not in selection.METHODS:
-        raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
-    if not (math.isfinite(rho) and rho >= 0):
-        raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
+    method = checked_method(method or own, rho)
     layout = scan(results)
     group, info = final_group(layout)
     tasks = info["tasks"]
