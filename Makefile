@@ -3,8 +3,9 @@
 PYTHON ?= python3
 CORES ?= 2
 # test files run side by side on this many workers (a file's tests stay together: they share fixtures); the files
-# start in the order tests/conftest.py gives, the longest first
-TEST_WORKERS ?= 2
+# start in the order tests/conftest.py gives, the longest first. One more worker than CI's 2 cores: test_slurm.py
+# mostly waits for SLURM, and the other two keep the cores busy meanwhile
+TEST_WORKERS ?= 3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)

@@ -25,21 +25,24 @@ EXAMPLE = REPO / "examples" / "custom_mlp"
 
 # --- spreading the tests over pytest-xdist workers ---------------------------------------------------------------
 #
-# `make test` runs pytest -n 2 --dist loadfile --no-loadscope-reorder: a file's tests run on one worker, one after
+# `make test` runs pytest -n 3 --dist loadfile --no-loadscope-reorder: a file's tests run on one worker, one after
 # the other (they share its module fixtures), and the files start in the order below, the longest first, so that
 # the long ones overlap and the short ones fill the end; files not named follow in their usual order. It is only a
 # start order, from measured durations: nothing depends on it, and every test passes alone or in any order.
 LONGEST_FIRST = [
-    "test_slurm.py",
-    "test_bad_input.py",
+    "test_slurm.py",  # mostly waiting for SLURM's status checks: the other workers use the cores meanwhile
     "test_faults.py",
-    "test_workflow.py",
     "test_transformers.py",
+    "test_workflow.py",
     "test_methods.py",
-    "test_validation.py",
+    "test_bad_input.py",  # makes the shared custom_mlp run (conftest.example_run) that test_example.py reads later
+    "test_lora.py",
+    "test_lm_eval.py",
     "test_bayesian_workflow.py",
+    "test_validation.py",
     "test_openclip.py",
     "test_example.py",
+    "test_evaluate.py",
     "test_cli.py",
     "test_report_html.py",
 ]
@@ -126,7 +129,14 @@ def example_checkpoints(tmp_path_factory: pytest.TempPathFactory, hidden: int = 
 
     def build(out: Path) -> None:
         example = shutil.copytree(EXAMPLE, out / "example", ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
-        run([sys.executable, str(example / "make_checkpoints.py"), str(out / "checkpoints"), "--hidden", str(hidden)])
+        script = [
+            sys.executable,
+            str(example / "make_checkpoints.py"),
+            str(out / "checkpoints"),
+            "--hidden",
+            str(hidden),
+        ]
+        assert str(out / "checkpoints" / "pretrained.pt") in run(script)[1]  # it says what it wrote
 
     return build_once(tmp_path_factory, f"custom_mlp_h{hidden}", build) / "checkpoints"
 
@@ -136,6 +146,24 @@ def copy_example(tmp_path_factory: pytest.TempPathFactory, target: Path) -> Path
     shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
     shutil.copytree(example_checkpoints(tmp_path_factory), target / "checkpoints")
     return target
+
+
+# The run every test of a finished examples/custom_mlp run shares (example_run): the example's experiment file as
+# it is, a smaller design and optimizer, and the default refinement rounds.
+EXAMPLE_RUN = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
+
+
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(example, workdir): a copy of examples/custom_mlp with its checkpoints, and the working folder of a finished
+    run of its experiment.yaml with EXAMPLE_RUN, both made once per session (read-only: copy_run the workdir to
+    run snakemake in it). The example keeps its path, since the run's config holds its files' absolute paths."""
+    example = build_once(tmp_path_factory, "custom_mlp_example", lambda out: copy_example(tmp_path_factory, out / "ex"))
+    example = example / "ex"
+
+    def build(out: Path) -> None:
+        run(snakemake_command(out / "work", overrides=EXAMPLE_RUN, experiment=example / "experiment.yaml"))
+
+    return example, build_once(tmp_path_factory, "custom_mlp_run", build) / "work"
 
 
 # --- running snakemake and reading what it did -----------------------------------------------------------------------

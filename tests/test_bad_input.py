@@ -23,10 +23,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, copy_example, snakemake_command
+from conftest import EXAMPLE_RUN, REPO, copy_example, copy_run, example_run, snakemake_command
 from mapmerge.run.config import ConfigError, load_config
-
-BASE = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
 
 
 @dataclass(frozen=True)
@@ -203,23 +201,24 @@ def example(tmp_path_factory) -> Path:
     return copy_example(tmp_path_factory, tmp_path_factory.mktemp("bad_input") / "custom_mlp")
 
 
-def experiment_for(case: Case, example: Path) -> Path:
-    """The experiment file a case runs with: the example's own, or an edited copy beside it (relative paths hold)."""
+def experiment_for(case: Case, example: Path, folder: Path) -> Path:
+    """The experiment file a case runs with: the example's own, or an edited copy in folder/bad-<case> beside links
+    to the example's model and checkpoints (relative paths hold; the example is not changed)."""
     if case.edit is None:
         return example / "experiment.yaml"
     exp = yaml.safe_load((example / "experiment.yaml").read_text())
-    case.edit(exp, example)
-    path = example / f"bad-{case.id}" / "bad.yaml"
-    path.parent.mkdir(exist_ok=True)
-    for name in ("model.py", "checkpoints", "checkpoints_h16"):
-        if (example / name).exists() and not (path.parent / name).exists():
+    path = folder / f"bad-{case.id}" / "bad.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("model.py", "checkpoints"):
+        if not (path.parent / name).exists():
             (path.parent / name).symlink_to(example / name)
+    case.edit(exp, path.parent)
     path.write_text(yaml.safe_dump(exp))
     return path
 
 
 def snakemake(workdir: Path, experiment: Path, overrides: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
-    cmd = snakemake_command(workdir, *args, overrides=[*BASE, *overrides], experiment=experiment)
+    cmd = snakemake_command(workdir, *args, overrides=[*EXAMPLE_RUN, *overrides], experiment=experiment)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -237,25 +236,28 @@ def test_table_has_enough_cases():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_load_config_refuses_with_one_line(case, example):
+def test_load_config_refuses_with_one_line(case, example, tmp_path):
     with pytest.raises(ConfigError) as info:
-        load_config(REPO / "config", experiment=experiment_for(case, example), overrides=[*BASE, *case.overrides])
+        load_config(
+            REPO / "config",
+            experiment=experiment_for(case, example, tmp_path),
+            overrides=[*EXAMPLE_RUN, *case.overrides],
+        )
     message = str(info.value)
     assert "\n" not in message
     assert re.search(case.message, message), message
 
 
 @pytest.mark.slow
-def test_a_failed_run_changes_nothing_on_disk(example):
+def test_a_failed_run_changes_nothing_on_disk(tmp_path_factory, tmp_path):
     """From a finished run: the cases fail in a real run or a dry run, each with its line, and no file changes."""
-    workdir = example.parent / "work"
-    proc = snakemake(workdir, example / "experiment.yaml", ())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    example, finished = example_run(tmp_path_factory)
+    workdir = copy_run(finished, tmp_path / "work")
     results = workdir / "results" / "custom_mlp"
     assert (results / "selected.parquet").exists()
     before, inputs = snapshot(results), snapshot(example / "checkpoints")
 
-    experiments = {case.id: experiment_for(case, example) for case in CASES}  # written before the runs start
+    experiments = {case.id: experiment_for(case, example, tmp_path) for case in CASES}  # written before the runs
 
     def attempt(job: tuple[Case, tuple[str, ...]]) -> tuple[Case, tuple[str, ...], subprocess.CompletedProcess]:
         case, args = job
@@ -263,9 +265,10 @@ def test_a_failed_run_changes_nothing_on_disk(example):
 
     # Every case fails in load_config before any job (test_load_config_refuses_with_one_line, in-process, all of
     # them); the command line adds only the driver's one-line report, the same code for every ConfigError. So a
-    # third of the table in a real run and every eighth in a dry run (the same Snakefile parse) prove that path.
-    jobs = [(case, ()) for case in CASES[::3]] + [(case, ("-n",)) for case in CASES[1::8]]
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    # sixth of the table in a real run and a few in a dry run (the same Snakefile parse) prove that path: edits
+    # of the experiment file and overrides, typos, bad values and files, both ways.
+    jobs = [(case, ()) for case in CASES[::6]] + [(case, ("-n",)) for case in CASES[2::15]]
+    with ThreadPoolExecutor(max_workers=2) as pool:
         for case, args, proc in pool.map(attempt, jobs):
             kind = "dry run" if args else "run"
             assert proc.returncode != 0, f"{case.id}: the {kind} succeeded"

@@ -99,6 +99,8 @@ def test_each_stage_sees_only_its_own_config(repo):
     assert changed_stages(repo, "selection=tchebycheff") == {"merge_group", "refine_round"}
     assert changed_stages(repo, "sampler.factor=2") == {"sample_coefficients"}
     assert changed_stages(repo, "evaluation.device=cpu") == set()
+    assert changed_stages(repo, "evaluation.on_error=record") == set()
+    assert changed_stages(repo, "surrogate.missing=drop") == {"fit_surrogate", "refine_round"}
     # without refinement rounds a preference or a selection rule costs no evaluation
     assert changed_stages(repo, "+preference.rot90=2", refine=0) == {"merge_group", "aggregate"}
     assert changed_stages(repo, "selection=tchebycheff", refine=0) == {"merge_group"}

@@ -6,28 +6,22 @@ import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from conftest import snakemake_command
+from conftest import EXAMPLE_RUN, copy_run, snakemake_command
+from conftest import example_run as shared_example_run
 from mapmerge.io import read_table
 from mapmerge.tensors.checkpoints import load_state_dict
 
 pytestmark = pytest.mark.slow
 
 
-def snakemake(
-    repo: Path, example: Path, workdir: Path, *args: str, overrides: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess:
+def snakemake(example: Path, workdir: Path, *args: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = snakemake_command(
-        workdir,
-        *args,
-        overrides=["sampler.factor=1.5", *overrides],
-        experiment=example / "experiment.yaml",
-        snakefile=repo / "Snakefile",
+        workdir, *args, overrides=[*EXAMPLE_RUN, *overrides], experiment=example / "experiment.yaml"
     )
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
@@ -41,27 +35,11 @@ def load_model_module(example: Path) -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def example(repo, tmp_path_factory) -> Path:
-    """A copy of examples/custom_mlp (without checkpoints made in place) and its checkpoints, made by its script."""
-    example = tmp_path_factory.mktemp("example") / "custom_mlp"
-    shutil.copytree(
-        repo / "examples" / "custom_mlp", example, ignore=shutil.ignore_patterns("checkpoints", "__pycache__")
-    )
-    proc = subprocess.run(
-        [sys.executable, str(example / "make_checkpoints.py")], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert str(example / "checkpoints" / "pretrained.pt") in proc.stdout
-    return example
-
-
-@pytest.fixture(scope="module")
-def example_run(repo, example) -> tuple[Path, Path]:
-    """(example copy, workdir) after one full run of the workflow on the example."""
-    workdir = example.parent / "work"
-    proc = snakemake(repo, example, workdir)
-    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return example, workdir
+def example_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(example, workdir): a copy of examples/custom_mlp with the checkpoints its script made, and this module's copy
+    of the session's finished run of it (conftest.example_run)."""
+    example, workdir = shared_example_run(tmp_path_factory)
+    return example, copy_run(workdir, tmp_path_factory.mktemp("example") / "work")
 
 
 def test_example_front_choice_and_merged_model(example_run):
@@ -82,15 +60,10 @@ def test_example_front_choice_and_merged_model(example_run):
     assert merged["head.weight"].equal(pretrained["head.weight"])  # excluded tensors stay pretrained
 
 
-def test_example_second_run_has_nothing_to_do(repo, example_run):
+# A second run of it has nothing to do: test_bad_input.py's last dry run, on the same shared run.
+def test_changed_evaluator_reruns_every_evaluation(example_run):
     example, workdir = example_run
-    proc = snakemake(repo, example, workdir, "-n")
-    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
-
-
-def test_changed_evaluator_reruns_every_evaluation(repo, example_run):
-    example, workdir = example_run
-    proc = snakemake(repo, example, workdir, "-n", overrides=("model.tasks.stripes_0.evaluator.n=400",))
+    proc = snakemake(example, workdir, "-n", overrides=("model.tasks.stripes_0.evaluator.n=400",))
     jobs = {
         m.group(1): int(m.group(2))
         for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", proc.stdout.split("Job stats:")[1].split("total")[0], re.M)
@@ -100,12 +73,12 @@ def test_changed_evaluator_reruns_every_evaluation(repo, example_run):
     assert "extract_task_vector" not in jobs and "sample_coefficients" not in jobs
 
 
-def test_missing_checkpoint_names_the_file(repo, example, tmp_path):
-    copy = Path(shutil.copytree(example, tmp_path / "custom_mlp", ignore=shutil.ignore_patterns("__pycache__")))
+def test_missing_checkpoint_names_the_file(example_run, tmp_path):
+    copy = Path(shutil.copytree(example_run[0], tmp_path / "custom_mlp", ignore=shutil.ignore_patterns("__pycache__")))
     missing = copy / "checkpoints" / "stripes_60.pt"
     missing.unlink()
     workdir = tmp_path / "work"
-    proc = snakemake(repo, copy, workdir)
+    proc = snakemake(copy, workdir)
     assert proc.returncode != 0
     assert str(missing) in proc.stdout + proc.stderr
     assert not (workdir / "results" / "custom_mlp" / "pareto.parquet").exists()

@@ -1,7 +1,7 @@
 """lm-evaluation-harness tasks as a causal LM's evaluator (mapmerge.adapters.lm_eval_tasks): a tiny random Llama
 scored on a multiple-choice and a generate-until task over local JSONL files, the rows checked against lm-eval's own
-per-sample log and against the model's own log-likelihoods; the config block, its refusals, and the workflow with
-an accuracy objective."""
+per-sample log and against the model's own log-likelihoods; the config block, its refusals, and the workflow on
+LoRA adapters scored by them with an accuracy objective."""
 
 from __future__ import annotations
 
@@ -19,13 +19,17 @@ from conftest import REPO, snakemake_command
 from mapmerge.adapters.lm_eval_tasks import TARGET, LMEvalEvaluator, local_datasets
 from mapmerge.io import read_table
 from mapmerge.run.config import ConfigError, load_config
+from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint, safetensors_metadata
+from mapmerge.tensors.lora import FACTOR_A, FACTOR_B
+from mapmerge.tensors.taskvectors import merge_files
+from mapmerge.tools.cli import main
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 lm_eval = pytest.importorskip("lm_eval", reason="needs lm-eval (pip install 'mapmerge[llm]')")
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from test_lora import llama_config, tokenizer  # noqa: E402
+from test_lora import TOLERANCE, llama_config, make_adapter, max_diff, tokenizer  # noqa: E402
 
 CPU = torch.device("cpu")
 BATCH = 2
@@ -369,24 +373,67 @@ def test_config_refusals(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_workflow_with_an_accuracy_objective(tiny, tmp_path):
-    """Two full fine-tunes of the tiny Llama, scored by the two lm-eval tasks, go through the real workflow with
-    optimizer.objective=accuracy: a front of accuracies, and reference accuracies equal to the evaluators' own."""
+def test_workflow_from_lora_adapters_scored_by_lm_eval(tiny, tmp_path, capsys):
+    """Two LoRA adapters of the tiny Llama, scored by the two lm-eval tasks, go through the real workflow with
+    optimizer.objective=accuracy: reference accuracies and losses equal to the evaluators' own on PEFT's merged
+    fine-tuned models, low-rank task vectors on disk, a front of accuracies, per task a merged model that
+    transformers loads, equal to the merge of the chosen coefficients and scored as the run measured it, and
+    `mapmerge select` merging the low-rank vectors again. (One run for both: each HF job imports transformers.)"""
     (tmp_path / "tasks").symlink_to(tiny["tasks"])
     save_model(0, tmp_path / "pretrained")
-    tuned = {t: save_model(seed, tmp_path / t, base=tmp_path / "pretrained") for seed, t in enumerate(("mc", "gen"), 2)}
+    targets = {"mc": ["q_proj", "v_proj"], "gen": ["up_proj", "down_proj"]}
+    peft_merged = {
+        task: make_adapter(tmp_path / "pretrained", tmp_path / task, seed, r=4, lora_alpha=8, target_modules=modules)
+        for seed, (task, modules) in enumerate(targets.items(), 2)
+    }
     tasks = {"mc": scored("tiny_mc", "mc"), "gen": scored("tiny_gen", "gen")}
     # few jobs: each evaluation job imports lm-eval and loads both tasks once
-    overrides = ["sampler.factor=1.5", "optimizer.pop_size=20", "optimizer.n_gen=20", "refine.rounds=0"]
-    overrides += ["evaluation.samples_per_job=32"]
+    overrides = ["sampler.factor=1.5", "optimizer.pop_size=20", "optimizer.n_gen=20", "evaluation.samples_per_job=32"]
+    overrides += ["refine.rounds=0"]  # refinement rounds: test_workflow.py, test_example.py, test_methods.py
     cmd = snakemake_command(tmp_path / "work", overrides=overrides, experiment=experiment(tmp_path, tasks))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     res = tmp_path / "work" / "results" / "lm_eval"
+    scorers = {
+        "mc": evaluator(tiny, "tiny_mc", "acc", "multiple_choice"),
+        "gen": evaluator(tiny, "tiny_gen", "exact_match", "generate_until"),
+    }
+
+    def scored_model(directory: Path, state: dict | None = None) -> transformers.LlamaForCausalLM:
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        if state is not None:
+            model.load_state_dict(state)
+        return model.eval()
+
     reference = read_table(res / "reference.parquet").set_index(["model", "task", "metric"])["value"]
-    for task, (name, kind) in {"mc": ("tiny_mc", "multiple_choice"), "gen": ("tiny_gen", "generate_until")}.items():
-        rows = evaluator(tiny, name, "acc" if task == "mc" else "exact_match", kind)(tuned[task], CPU)
+    for task, state in peft_merged.items():  # the fine-tuned models the engine evaluated: PEFT's merge_and_unload
+        rows = scorers[task](scored_model(tmp_path / "pretrained", state), CPU)
         assert reference[(task, task, "accuracy")] == pytest.approx(rows["correct"].mean())
         assert reference[(task, task, "loss")] == pytest.approx(rows["loss"].mean(), abs=1e-5)
+    with open_checkpoint(res / "task_vectors" / "mc.safetensors") as reader:
+        assert all(k.endswith((FACTOR_A, FACTOR_B)) for k in reader.keys())
     front = read_table(res / "pareto.parquet")
     assert len(front) > 0 and {"accuracy_mc", "accuracy_gen"} <= set(front.columns)
+    choice = read_table(res / "groups" / "all" / "choice.parquet")
+    measured = read_table(res / "groups" / "all" / "selected_evals.parquet")
+    vectors = {t: res / "task_vectors" / f"{t}.safetensors" for t in targets}
+    expected = merge_files(
+        tmp_path / "pretrained" / "model.safetensors", vectors, [float(choice[f"c_{t}"].iloc[0]) for t in targets]
+    )
+    for task in targets:
+        model = scored_model(res / "groups" / "all" / "merged" / task)
+        loaded = model.state_dict()
+        assert max(float((loaded[k] - expected[k]).abs().max()) for k in expected) <= TOLERANCE
+        rows = scorers[task](model, CPU)
+        run_rows = measured.query("task == @task")
+        assert run_rows["loss"].mean() == pytest.approx(rows["loss"].mean(), abs=1e-5)  # what the run measured
+        assert run_rows["correct"].mean() == pytest.approx(rows["correct"].mean())
+    # mapmerge select merges the LoRA task vectors again, having checked the pretrained model against the run's merge
+    pretrained = tmp_path / "pretrained"
+    out = res / "selected" / "mc-1.safetensors"  # the flat state dict (the default on this run: per-task folders)
+    args = ["select", str(res), "--prefer", "mc=1", "--pretrained", str(pretrained), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr()
+    c = json.loads(safetensors_metadata(out)["coefficients"])
+    again = merge_files(pretrained / "model.safetensors", vectors, [c[t] for t in targets])
+    assert max_diff(load_state_dict(out), again) == 0

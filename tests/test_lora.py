@@ -1,21 +1,21 @@
 """LoRA fine-tunes as low-rank task vectors: PEFT adapters of a tiny random Llama (peft makes them; mapmerge reads
 them without peft), checked against PEFT's own merge_and_unload, the task-arithmetic sum of the dense deltas, the
-size on disk, the refusals, and the whole workflow from adapters to a front and merged models."""
+size on disk and the refusals. The whole workflow from adapters to a front and merged models: tests/test_lm_eval.py
+(its adapters scored by lm-eval tasks)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, snakemake_command
-from mapmerge.adapters.transformers import CausalLMEvaluator, model_weights, save_merged_models
-from mapmerge.io import ArtifactError, read_table
+from conftest import REPO
+from mapmerge.adapters.transformers import model_weights, save_merged_models
+from mapmerge.io import ArtifactError
 from mapmerge.run.config import ConfigError, load_config
-from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint, safetensors_metadata, save_safetensors
+from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint, save_safetensors
 from mapmerge.tensors.lora import FACTOR_A, FACTOR_B, read_adapter
 from mapmerge.tensors.taskvectors import (
     compatible_names,
@@ -24,7 +24,6 @@ from mapmerge.tensors.taskvectors import (
     merge_files,
     merged_state,
 )
-from mapmerge.tools.cli import main
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 peft = pytest.importorskip("peft", reason="needs peft (pip install 'mapmerge[llm]')")
@@ -340,71 +339,3 @@ def test_user_model_checkpoint_names_the_adapter_weights(tiny, tmp_path):
         match=r"^model.tasks.ko.checkpoint: .*/ko is a PEFT adapter directory; give its .*ko/adapter_model.safetensors",
     ):
         load_config(REPO / "config", tmp_path / "exp.yaml")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The whole workflow
-
-
-@pytest.mark.slow
-def test_workflow_from_adapters_to_a_front_and_merged_models(tmp_path, capsys):
-    """Two LoRA adapters of a tiny Llama go through the real workflow: a front, and per task a merged model that
-    transformers loads, equal to the merge of the chosen coefficients; the engine's losses are those of
-    transformers on PEFT's merged fine-tuned models and on the merged folders."""
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(llama_config()).save_pretrained(tmp_path / "pretrained")
-    tokenizer().save_pretrained(tmp_path / "pretrained")
-    targets = {"attn": ["q_proj", "v_proj"], "mlp": ["up_proj", "down_proj"]}
-    peft_merged = {
-        task: make_adapter(tmp_path / "pretrained", tmp_path / task, seed, r=4, lora_alpha=8, target_modules=modules)
-        for seed, (task, modules) in enumerate(targets.items())
-    }
-    data = tmp_path / "data.jsonl"
-    texts = ["the cat sat on the mat", "a big dog ran under the old log", "time saves nine", "all that is not gold"]
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    experiment = lora_experiment(tmp_path, {t: tmp_path / t for t in targets}, data)
-    # causal LM: the loss only (the experiment sets optimizer.objective=loss; accuracy is not fitted)
-    overrides = ["sampler.factor=1.5", "optimizer.pop_size=20", "optimizer.n_gen=20"]
-    cmd = snakemake_command(tmp_path / "work", overrides=overrides, experiment=experiment)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    res = tmp_path / "work" / "results" / "lora"
-    evaluator = CausalLMEvaluator(str(data), str(tmp_path / "pretrained"), max_length=16)
-    reference = read_table(res / "reference.parquet").set_index(["model", "task", "metric"])["value"]
-    for task, state in peft_merged.items():  # the fine-tuned models the engine evaluated: PEFT's merge_and_unload
-        model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pretrained")
-        model.load_state_dict(state)
-        with torch.no_grad():
-            loss = evaluator(model.eval(), torch.device("cpu"))["loss"].mean()
-        assert reference[(task, task, "loss")] == pytest.approx(loss, abs=1e-5)
-    front = read_table(res / "pareto.parquet")
-    assert len(front) > 0 and {f"loss_{t}" for t in targets} <= set(front.columns)
-    with open_checkpoint(res / "task_vectors" / "attn.safetensors") as reader:
-        assert all(k.endswith((FACTOR_A, FACTOR_B)) for k in reader.keys())
-    choice = read_table(res / "groups" / "all" / "choice.parquet")
-    measured = read_table(res / "groups" / "all" / "selected_evals.parquet")
-    c = [float(choice[f"c_{t}"].iloc[0]) for t in targets]
-    expected = merge_files(
-        tmp_path / "pretrained" / "model.safetensors",
-        {t: res / "task_vectors" / f"{t}.safetensors" for t in targets},
-        c,
-    )
-    for task in targets:
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            res / "groups" / "all" / "merged" / task, output_loading_info=True
-        )
-        assert not info["missing_keys"] and not info["unexpected_keys"], info
-        loaded = model.state_dict()
-        assert max(float((loaded[k] - expected[k]).abs().max()) for k in expected) <= TOLERANCE
-        with torch.no_grad():
-            loss = evaluator(model.eval(), torch.device("cpu"))["loss"].mean()
-        assert measured.query("task == @task")["loss"].mean() == pytest.approx(loss, abs=1e-5)  # what the run measured
-    # mapmerge select merges the LoRA task vectors again, having checked the pretrained model against the run's merge
-    pretrained = tmp_path / "pretrained"
-    out = res / "selected" / "attn-1.safetensors"  # the flat state dict (the default on this run: per-task folders)
-    args = ["select", str(res), "--prefer", "attn=1", "--pretrained", str(pretrained), "--out", str(out)]
-    assert main(args) == 0, capsys.readouterr()
-    c = json.loads(safetensors_metadata(out)["coefficients"])
-    vectors = {t: res / "task_vectors" / f"{t}.safetensors" for t in targets}
-    again = merge_files(pretrained / "model.safetensors", vectors, [c[t] for t in targets])
-    assert max_diff(load_state_dict(out), again) == 0

@@ -281,7 +281,7 @@ def test_workflow_runs_to_a_front(layout, tmp_path):
         "optimizer.n_gen=40",
         "evaluation.samples_per_job=16",
         "model.openclip.max_examples=64",
-        "refine.rounds=1",
+        "refine.rounds=0",  # refinement rounds: test_workflow.py, test_example.py, test_methods.py
     ]
     run(snakemake_command(tmp_path, overrides=options))
     res = tmp_path / "results" / "oc"

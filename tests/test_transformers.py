@@ -375,7 +375,7 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
         "evaluation.samples_per_job=16",
         "optimizer.pop_size=40",
         "optimizer.n_gen=40",
-        "refine.rounds=1",
+        "refine.rounds=0",  # refinement rounds: test_workflow.py, test_example.py, test_methods.py
     ]
     cmd = snakemake_command(trained / "work", overrides=overrides, experiment=trained / "experiment.yaml")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

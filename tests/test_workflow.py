@@ -195,6 +195,8 @@ def test_a_code_change_reruns_the_stages_that_run_it(run, tmp_path, module, rule
 REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  # the refinement rounds and what follows
 
 
+# One override per kind of change, each a dry run (a snakemake start): tests/test_config.py checks in-process which
+# stages every setting reaches (selection, evaluation.on_error, surrogate.missing, ...).
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -203,12 +205,9 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("surrogate.links.accuracy=identity", stages_from("fit_surrogate") | REFINED),
         ("optimizer.n_gen=30", stages_from("pareto_front") | REFINED),
         ("+preference.rot90=3", stages_from("merge_group") | REFINED),
-        ("selection=tchebycheff", stages_from("merge_group") | REFINED),
         ("surrogate.loo=false", stages_from("fit_surrogate")),
         ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
         ("evaluation.device=cpu", set()),
-        ("evaluation.on_error=record", set()),
-        ("surrogate.missing=drop", stages_from("fit_surrogate") | REFINED),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):

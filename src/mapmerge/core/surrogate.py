@@ -37,9 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
-from scipy.special import expit, logit
-from scipy.stats import norm
+from scipy.special import expit, logit, ndtri
 from threadpoolctl import threadpool_limits
 
 from mapmerge.core.correction import KernelCorrection, fit_correction
@@ -192,7 +190,7 @@ class SurrogateFit:
         spec = LINK_FUNCTIONS[self.link]
         z = self._link_scale(C)
         if self.correction is not None:  # a corrected fit has no bootstrap: its Gaussian process's interval
-            half = norm.ppf(0.5 + level / 2) * np.sqrt(self.correction.variance(C))
+            half = ndtri(0.5 + level / 2) * np.sqrt(self.correction.variance(C))
             return spec.forward(z - half), spec.forward(z + half)
         predicted = spec.forward(z)
         if self.refits is None or self.residuals is None or not len(self.refits) or not len(self.residuals):
@@ -237,6 +235,9 @@ def _start(X: np.ndarray, target: np.ndarray, link: _Link) -> np.ndarray:
 
 def _refine(X: np.ndarray, y: np.ndarray, link: _Link, p0: np.ndarray) -> np.ndarray:
     """Nonlinear least squares on the metric's own scale, started at p0."""
+    # deferred: scipy.optimize (with scipy.stats, 0.5 s) only where a fit runs, not in the stages that predict
+    from scipy.optimize import least_squares
+
     result = least_squares(
         lambda p: link.forward(X @ p) - y,
         p0,
