@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
-        [--spreads front gap] [--dataset digits|fashion] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
+        [--spreads front gap coverage] [--dataset digits|fashion] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
 tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
@@ -20,13 +20,14 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
 - Bayesian MAP: the same, with the design grown inside B by mapmerge.core.bayesian's rounds (initial
   design max(P + 2, initial_factor x P) points, rounds of per_round_factor x P points from the
   config, the last one cut to B); needs B >= P + 2.
-- MAP + refinement, `refine (a|b) K=k[, gap]` (--refine K:R, --fits, --spreads): the Sobol design
+- MAP + refinement, `refine (a|b) K=k[, gap|coverage]` (--refine K:R, --fits, --spreads): the Sobol design
   of B points and the quadratic fit as MAP; then R rounds, each evaluating for real the
   equal-preference pick of the predicted front and K points spread along it, then refitting on
   every real evaluation so far and predicting the front again. The K points: `front`
   (spread_points below: spread_order along the predicted front, points already evaluated skipped)
   or `gap` (mapmerge.core.refine.round_points, as the workflow does: the predicted front points
-  farthest from the real front found so far). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
+  farthest from the real front found so far) or `coverage` (round_points' other order: each next point the
+  one that most lowers the mean distance from the predicted front to the real one, IGD's own mean). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
   kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
@@ -97,7 +98,11 @@ DEFAULT_REFINE = {2: ["4:4"], 3: ["6:4"], 4: ["8:4"]}  # K:R per T
 GROUND_TRUTH = {2: 21, 3: 9, 4: 5}  # grid points per axis of the ground truth
 KINDS = ("map", "bayesian", "refine", "random", "grid")
 FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction"}
-SPREADS = {"front": "spread_points: spread_order along the front", "gap": "round_points: far from the real front"}
+SPREADS = {
+    "front": "spread_points: spread_order along the front",
+    "gap": "round_points: far from the real front",
+    "coverage": "round_points, order coverage: most lowering the mean distance to the real front",
+}
 
 
 @dataclass
@@ -299,8 +304,8 @@ def run_refined(
     for rnd in range(1, rounds + 1):
         C_front, F_front = front
         pick = select_point(F_front, np.full(n_tasks, 1.0 / n_tasks), [True] * n_tasks)
-        if spread == "gap":
-            new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper)
+        if spread in ("gap", "coverage"):
+            new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper, order=spread)
         else:
             new = spread_points(C_front, F_front, pick, k, C)
         if len(new):
@@ -362,7 +367,7 @@ def runners(
         for spread in spreads:
             for fit in fits:
                 for k, rounds in refine:
-                    name = f"refine ({fit}) K={k}" + (", gap" if spread == "gap" else "")
+                    name = f"refine ({fit}) K={k}" + (f", {spread}" if spread != "front" else "")
                     methods[name] = partial(run_refined, fit=fit, k=k, rounds=rounds, spread=spread)
     if "random" in kinds:
         methods["random search"] = run_random
@@ -579,7 +584,8 @@ def main() -> None:
         nargs="+",
         choices=list(SPREADS),
         default=list(SPREADS),
-        help="refinement front points: front (spread_order), gap (gap-filling: mapmerge.core.refine.round_points)",
+        help="refinement front points: front (spread_order), gap (gap-filling: mapmerge.core.refine.round_points), "
+        "coverage (round_points' order coverage)",
     )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument("--sampler", choices=list(sampling.KINDS), default="sobol", help="MAP's design")

@@ -43,6 +43,7 @@ def round_points(
     lower: np.ndarray,
     upper: np.ndarray,
     gap: float = GAP,
+    order: str = "gap",
 ) -> tuple[np.ndarray, list[str]]:
     """The next round's coefficients [n, T] and each one's kind (`pick` or `front`): the pick (picks[0]) first, the
     other `picks` (front points to evaluate before any other, kind `front`) next, then front points in
@@ -54,6 +55,9 @@ def round_points(
     (an order fixed along the front would re-evaluate near the same spots every round: docs/performance.md).
     n = k + 1 while the front has that many new points; fewer when it has not (a front that is already
     evaluated everywhere needs no more rounds).
+
+    order `coverage` instead takes next the point that most lowers the mean distance from the predicted front's
+    points to their nearest measured or chosen point (IGD's own mean, where `gap` lowers the largest distance).
     """
     front_C = np.asarray(front_C, dtype=float)
     front_F = np.asarray(front_F, dtype=float)
@@ -77,9 +81,23 @@ def round_points(
         distance[candidate] = -1.0  # taken or skipped
         if queue:
             candidate = queue.pop(0)
+        elif distance.max() < 0:
+            candidate = None
+        elif order == "coverage":
+            candidate = _most_covering(X, distance)
         else:
-            candidate = int(np.argmax(distance)) if distance.max() >= 0 else None
+            candidate = int(np.argmax(distance))
     return np.array(chosen).reshape(-1, front_C.shape[1]), kinds
+
+
+def _most_covering(X: np.ndarray, distance: np.ndarray) -> int:
+    """The row of X (among those not taken: distance >= 0) whose choice most lowers the sum over X of the distance
+    to the nearest point reached."""
+    reach = np.maximum(distance, 0.0)
+    pairwise = np.linalg.norm(X[:, None, :] - X[None, :, :], axis=2)
+    gain = np.maximum(reach[None, :] - pairwise, 0.0).sum(axis=1)
+    gain[distance < 0] = -np.inf
+    return int(np.argmax(gain))
 
 
 def corrected(correction: str, samples: pd.DataFrame) -> bool:
