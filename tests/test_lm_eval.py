@@ -26,8 +26,6 @@ from mapmerge.tools.cli import main
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 lm_eval = pytest.importorskip("lm_eval", reason="needs lm-eval (pip install 'mapmerge[llm]')")
-from lm_eval.models.huggingface import HFLM  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
 
 from test_lora import TOLERANCE, llama_config, make_adapter, max_diff, tokenizer  # noqa: E402
 
@@ -139,6 +137,9 @@ def evaluator(tiny: dict, task: str, metric: str, output_type: str) -> LMEvalEva
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory) -> dict:
     """lm-eval's own run of both tasks on the in-memory model: simple_evaluate's per-sample log, by task."""
+    from lm_eval.models.huggingface import HFLM  # here, not at collection: 2 s in every test worker
+    from lm_eval.tasks import TaskManager
+
     lm = HFLM(pretrained=tiny["model"], tokenizer=tiny["tok"], batch_size=BATCH)
     manager = TaskManager(include_path=str(tiny["tasks"]), include_defaults=False)
     with pytest.MonkeyPatch.context() as mp, local_datasets(str(tmp_path_factory.mktemp("datasets"))):

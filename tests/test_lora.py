@@ -5,6 +5,7 @@ size on disk and the refusals. The whole workflow from adapters to a front and m
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from mapmerge.tensors.taskvectors import (
 )
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
-peft = pytest.importorskip("peft", reason="needs peft (pip install 'mapmerge[llm]')")
+if importlib.util.find_spec("peft") is None:  # found, not imported: importing it is 2.5 s in every test worker
+    pytest.skip("needs peft (pip install 'mapmerge[llm]')", allow_module_level=True)
 transformers.logging.set_verbosity_error()
 
 # adapter name -> LoraConfig keywords: overlapping targets, ranks, alpha, rsLoRA, a per-module rank
@@ -72,6 +74,8 @@ def llama_config(intermediate_size: int = 48) -> transformers.LlamaConfig:
 def make_adapter(pretrained: Path, out: Path, seed: int, **lora) -> dict[str, torch.Tensor]:
     """A PEFT LoRA adapter of the pretrained model with random, non-zero lora_B, saved to `out`; returns PEFT's own
     merge_and_unload state dict."""
+    import peft
+
     torch.manual_seed(seed)
     model = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(pretrained), peft.LoraConfig(**lora))
     with torch.no_grad():
@@ -184,6 +188,8 @@ def test_the_task_vector_is_low_rank_on_disk(tiny):
 
 def test_base_model_adapter_names_get_the_prefix(tiny, tmp_path):
     """An adapter of the base model (LlamaModel: layers.*) adapts the pretrained checkpoint's model.layers.*."""
+    import peft
+
     torch.manual_seed(5)
     base = transformers.AutoModel.from_pretrained(tiny["pretrained"].parent)
     model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["v_proj"]))

@@ -6,6 +6,7 @@ are random in both, so at drop_rate > 0 only the configuration's form is checked
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -25,10 +26,8 @@ from test_cli import build_run, refused
 from test_lora import llama_config, tokenizer
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
-pytest.importorskip("mergekit", reason="needs mergekit (pip install 'mapmerge[llm]')")
-from mergekit.config import ConditionalParameter, MergeConfiguration, evaluate_setting  # noqa: E402
-from mergekit.merge import run_merge  # noqa: E402
-from mergekit.options import MergeOptions  # noqa: E402
+if importlib.util.find_spec("mergekit") is None:  # found, not imported: importing it is 3 s in every test worker
+    pytest.skip("needs mergekit (pip install 'mapmerge[llm]')", allow_module_level=True)
 
 transformers.logging.set_verbosity_error()
 TASKS = ["cats", "dogs"]
@@ -97,6 +96,10 @@ def directories(llama: dict) -> list[str]:
 
 def mergekit_merge(config: Path, out: Path) -> dict[str, torch.Tensor]:
     """mergekit's own merge of a configuration file (its Python API, as mergekit-yaml runs it), on the CPU."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
     merge = MergeConfiguration.model_validate(yaml.safe_load(config.read_text()))
     options = MergeOptions(copy_tokenizer=False, lazy_unpickle=False, write_model_card=False, quiet=True)
     run_merge(merge, str(out), options)
@@ -254,6 +257,8 @@ def test_per_tensor_settings_give_each_tensor_its_value_in_mergekit():
     values = {"w": 0.0, "w2": 1.0, "ww": 1.0, "x.w": 0.5, "v": 1.0}
     setting = per_tensor_setting(values, 1.0)
     assert setting[-1] == {"value": 1.0} and {e.get("filter") for e in setting} == {"x.w", "w2", "ww", "w", None}
+    from mergekit.config import ConditionalParameter, evaluate_setting
+
     parsed = [ConditionalParameter(**entry) for entry in setting]
     assert {name: evaluate_setting(name, parsed, validate=float) for name in values} == values
     assert per_tensor_setting({"w": 1.0, "v": 1.0}, 1.0) == 1.0

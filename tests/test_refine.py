@@ -47,6 +47,17 @@ def test_front_points_go_where_the_measured_front_has_none_yet():
     assert chosen[1] == 10 and all(i > 5 for i in chosen[1:])  # the end farthest from what was measured first
 
 
+def test_coverage_takes_the_point_that_most_lowers_the_mean_distance():
+    C, F = line_front()  # 11 evenly spaced points
+    chosen = {}
+    for order in ("gap", "coverage"):
+        points, _ = refine.round_points(C, F, [0], 1, np.zeros((0, 2)), np.zeros((0, 2)), LOWER, UPPER, order=order)
+        chosen[order] = [int(np.flatnonzero((C == p).all(axis=1))[0]) for p in points]
+    # beside the pick at one end: gap takes the other end (the largest distance), coverage point 7 (distances to the
+    # nearest of {0, j} summed over the 11 points: least for j = 7)
+    assert chosen == {"gap": [0, 10], "coverage": [0, 7]}
+
+
 def test_other_picks_come_right_after_the_pick_and_are_skipped_when_evaluated():
     C, F = line_front()
     points, kinds = refine.round_points(C, F, [0, 4, 0], 2, C[[7]], F[[7]], LOWER, UPPER)
