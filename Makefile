@@ -6,10 +6,12 @@ CORES ?= 2
 # start in the order tests/conftest.py gives, the longest first. One more worker than CI's 2 cores: test_slurm.py
 # mostly waits for SLURM, and the other two keep the cores busy meanwhile
 TEST_WORKERS ?= 3
+# the unit tests (test-fast) have no waiting to overlap: one worker per core
+FAST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup demo test test-fast lint clean
 
@@ -27,10 +29,10 @@ demo: setup
 	$(BIN)/mapmerge summary results/demo
 
 test: setup
-	$(PYTEST)
+	$(PYTEST) -n $(TEST_WORKERS)
 
 test-fast: setup
-	$(PYTEST) -m "not slow and not slurm"
+	$(PYTEST) -n $(FAST_WORKERS) -m "not slow and not slurm"
 
 lint: setup
 	$(BIN)/ruff check .

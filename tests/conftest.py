@@ -149,8 +149,8 @@ def copy_example(tmp_path_factory: pytest.TempPathFactory, target: Path) -> Path
 
 
 # The run every test of a finished examples/custom_mlp run shares (example_run): the example's experiment file as
-# it is, a smaller design and optimizer, and the default refinement rounds.
-EXAMPLE_RUN = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20"]
+# it is, a smaller design and optimizer, and two refinement rounds with the default points per round.
+EXAMPLE_RUN = ["sampler.factor=1.5", "optimizer.pop_size=30", "optimizer.n_gen=20", "refine.rounds=2"]
 
 
 def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

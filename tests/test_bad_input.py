@@ -163,7 +163,7 @@ CASES = [
     Case("preference-task", r"preference names unknown task 'nope'", overrides=("+preference.nope=1",)),
     Case(
         "budget",
-        r"^budget\.max_evaluations: plain MAP on 3 tasks plans at most 126 \(model, task\) evaluations, past the budget of 50; "
+        r"^budget\.max_evaluations: plain MAP on 3 tasks plans at most 96 \(model, task\) evaluations, past the budget of 50; "
         r"use method=nested",
         overrides=("budget.max_evaluations=50",),
     ),

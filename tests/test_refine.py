@@ -79,7 +79,8 @@ def test_fits_are_corrected_once_a_refinement_round_is_among_the_samples():
 
 
 def test_round_size_counts_the_pick_the_front_points_and_the_points_past_the_box():
-    assert refine.front_points({"points": None, "extend": 0.0}, 4) == 15  # P of 4 members
+    assert refine.front_points({"points": None, "extend": 0.0}, 4) == 7  # half P of 4 members (15), rounded down
+    assert refine.front_points({"points": None, "extend": 0.0}, 2) == 3
     assert refine.round_size({"points": 6, "extend": 0.0}, 4) == 7
     assert refine.round_size({"points": 6, "extend": 0.5}, 4) == 11
 

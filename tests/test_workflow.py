@@ -31,7 +31,7 @@ BASE = [
     "sampler.factor=2",
     "optimizer.pop_size=60",
     "optimizer.n_gen=60",
-    "refine.rounds=1",  # one round shows them all (the default 2: test_example, test_bad_input's finished run)
+    "refine.rounds=1",  # one round shows them all (two: test_example, test_bad_input's finished run)
 ]
 TASKS = ["rot90", "flip_parity"]
 

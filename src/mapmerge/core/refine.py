@@ -23,8 +23,9 @@ BOUND_TOL = 0.01  # a coefficient this close (fraction of the box's width) to a 
 
 
 def front_points(cfg: Mapping[str, Any], n_members: int) -> int:
-    """K, the front points a round evaluates besides the pick (refine.points; null: the surrogate's parameter count)."""
-    return int(cfg["points"] or n_params(n_members))
+    """K, the front points a round evaluates besides the pick (refine.points; null: half the surrogate's parameter
+    count, rounded down: docs/performance.md measured about half against the whole count)."""
+    return int(cfg["points"] or n_params(n_members) // 2)
 
 
 def round_size(cfg: Mapping[str, Any], n_members: int) -> int:
