@@ -160,3 +160,19 @@ def test_preference_file_is_yaml_task_weight(repo, tmp_path):
         load(repo, overrides=[f"preference={tmp_path / 'list.yaml'}"])
     with pytest.raises(ConfigError, match="preference file nothere.yaml: not found"):
         load(repo, overrides=["preference=nothere.yaml"])
+
+
+def test_a_preference_on_the_command_line_replaces_the_experiment_files(repo, tmp_path):
+    """Hydra merges a map given on the command line into the experiment file's; a preference weighs the tasks it
+    leaves out 0, so the command line's replaces the file's whole (its keys one by one still merge)."""
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("preference: {rot90: 2, invert: 1}\n")
+
+    def preference(*overrides: str) -> dict:
+        return load_config(repo / "config", experiment=experiment, overrides=list(overrides))["preference"]
+
+    assert preference() == {"rot90": 2, "invert": 1}
+    assert preference("preference={flip_parity: 1}") == {"flip_parity": 1}
+    assert preference("preference={}") == {}  # equal weights
+    assert preference("preference.invert=3") == {"rot90": 2, "invert": 3}
+    assert preference("++preference.mod3=1") == {"rot90": 2, "invert": 1, "mod3": 1}

@@ -9,6 +9,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -60,8 +61,11 @@ def load_config(
         overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
         exp_dir = exp_path.parent
     try:
+        whole = _whole_map_overrides(overrides)
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=[o for o in overrides if o not in whole])
+        for key, value in whole.values():
+            OmegaConf.update(cfg, key, value, merge=False)
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(
@@ -73,6 +77,19 @@ def load_config(
     if check_files:
         preflight.check_files(cfg)
     return cfg
+
+
+# maps that an override `key={...}` (or +key=, ++key=) replaces whole, where Hydra would merge it into the experiment
+# file's (and refuse a key the file lacks): a task left out of a preference weighs 0, so the file's weights must not
+# survive a preference given on the command line; `key.item=value` still changes one entry
+WHOLE_MAPS = ("preference",)
+
+
+def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
+    """override -> (key, value) for each override that sets a WHOLE_MAPS key whole, in order."""
+    whole = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in WHOLE_MAPS and "=" in o]
+    parsed = OverridesParser.create().parse_overrides(whole)
+    return {line: (o.key_or_group, o.value()) for line, o in zip(whole, parsed)}
 
 
 def _as_list(overrides: Sequence[str] | str | None) -> list[str]:
