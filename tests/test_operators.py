@@ -1,6 +1,7 @@
 """Merge operators (task_arithmetic, ties, dare, dare_ties, slerp): hand-computed examples, seeding, config, wiring."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -367,6 +368,29 @@ def engine_params(spec, seed):
     return {"model": model, "merge_operator": spec, "merge_seed": seed}
 
 
+def merge_stage(
+    files: dict, members: list[str], c: list[float], spec: dict | None, seed: int | None, folder: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(merged checkpoint, its task vector) as the merge_group stage writes them in `folder` for a front of the
+    one point c (the engine's files, the operator `spec` with its seed)."""
+    front = pd.DataFrame({**{f"c_{m}": [ci] for m, ci in zip(members, c)}, **{f"accuracy_{m}": [0.5] for m in members}})
+    write_table(front, folder / "front.parquet", "pareto_front")
+    write_table(plain_plan(members), folder / "plan.parquet", "plan_level")
+    params = {"selection": {"method": "weighted_sum", "rho": 0.05}, "preference": {}, "objective": "accuracy"}
+    merge_group.run_merge_group(
+        {**params, "merge_operator": spec, "merge_seed": seed},
+        **files,
+        plan=folder / "plan.parquet",
+        front=folder / "front.parquet",
+        group="all",
+        merged=folder / "merged.safetensors",
+        vector=folder / "vector.safetensors",
+        choice=folder / "choice.parquet",
+        folders=folder / "merged",
+    )
+    return load_state_dict(folder / "merged.safetensors"), load_state_dict(folder / "vector.safetensors")
+
+
 @pytest.mark.parametrize("spec", [None, {"operator": "task_arithmetic"}, TIES, DARE, DARE_TIES])
 def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
     params = engine_params(spec, 5)
@@ -383,28 +407,7 @@ def test_engine_and_merged_state_agree(tiny, tmp_path, spec):
         plain = merged_state(pre, vectors, c)
         assert any(not torch.allclose(plain[n], expected[n]) for n in engine.names)
     # the merge stage writes the same checkpoint
-    front = pd.DataFrame({**{f"c_{m}": [ci] for m, ci in zip(MEMBERS, c)}, **{f"accuracy_{m}": [0.5] for m in MEMBERS}})
-    write_table(front, tmp_path / "front.parquet", "pareto_front")
-    merge_params = {
-        "selection": {"method": "weighted_sum", "rho": 0.05},
-        "preference": {},
-        "objective": "accuracy",
-        "merge_operator": spec,
-        "merge_seed": 5,
-    }
-    write_table(plain_plan(MEMBERS), tmp_path / "plan.parquet", "plan_level")
-    merge_group.run_merge_group(
-        merge_params,
-        **tiny,
-        plan=tmp_path / "plan.parquet",
-        front=tmp_path / "front.parquet",
-        group="all",
-        merged=tmp_path / "merged.safetensors",
-        vector=tmp_path / "vector.safetensors",
-        choice=tmp_path / "choice.parquet",
-        folders=tmp_path / "merged",
-    )
-    written = load_state_dict(tmp_path / "merged.safetensors")
+    written, _ = merge_stage(tiny, MEMBERS, c, spec, 5, tmp_path)
     for name in engine.names:
         torch.testing.assert_close(written[name], expected[name], rtol=1e-6, atol=1e-6)
 
@@ -449,22 +452,7 @@ def test_slerp_engine_merged_state_merge_group_and_group_vector_agree(tiny, tmp_
             torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
         plain = merged_state(pre, vectors, c)
         assert any(not torch.allclose(plain[n], expected[n], atol=1e-4) for n in engine.names)  # not task arithmetic
-    front = pd.DataFrame({"c_rot90": [0.8], "c_invert": [0.6], "accuracy_rot90": [0.5], "accuracy_invert": [0.5]})
-    write_table(front, tmp_path / "front.parquet", "pareto_front")
-    write_table(plain_plan(members), tmp_path / "plan.parquet", "plan_level")
-    params = {"selection": {"method": "weighted_sum", "rho": 0.05}, "preference": {}, "objective": "accuracy"}
-    merge_group.run_merge_group(
-        {**params, "merge_operator": SLERP, "merge_seed": None},
-        **files,
-        plan=tmp_path / "plan.parquet",
-        front=tmp_path / "front.parquet",
-        group="all",
-        merged=tmp_path / "merged.safetensors",
-        vector=tmp_path / "vector.safetensors",
-        choice=tmp_path / "choice.parquet",
-        folders=tmp_path / "merged",
-    )
-    written, vector = load_state_dict(tmp_path / "merged.safetensors"), load_state_dict(tmp_path / "vector.safetensors")
+    written, vector = merge_stage(files, members, [0.8, 0.6], SLERP, None, tmp_path)
     expected = merged_state(pre, vectors, [0.8, 0.6], operator=SLERP, members=members)
     assert set(vector) == set(engine.names)
     for name in engine.names:
