@@ -92,6 +92,25 @@ def _task_directory(text: str) -> tuple[str, str]:
     return task, directory
 
 
+def _pick_options(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--method, --rho and --metric: how a preference picks a point (select, export)."""
+    parser.add_argument(
+        "--method",
+        default=None,
+        choices=["weighted_sum", "tchebycheff", "balanced"],
+        help=f"{when}how the preference picks a point (default: the run's selection.method)",
+    )
+    parser.add_argument(
+        "--rho", type=float, default=0.05, metavar="RHO", help=f"{when}augmentation term of tchebycheff (default: 0.05)"
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        choices=["accuracy", "loss"],
+        help=f"{when}the objective metric (default: the run's optimizer.objective, read from groups.parquet)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,15 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TASK=W,...",
         help="preference weights, e.g. rot90=2,invert=1 (tasks left out get 0; weights are normalised)",
     )
-    pick.add_argument(
-        "--method",
-        default=None,
-        choices=["weighted_sum", "tchebycheff", "balanced"],
-        help="how the preference picks a point (default: the run's selection.method)",
-    )
-    pick.add_argument(
-        "--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff (default: 0.05)"
-    )
+    _pick_options(pick)
     pick.add_argument(
         "--out",
         type=Path,
@@ -167,12 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         "or a Hugging Face model name org/name[@revision] in the local cache (model.transformers.pretrained); "
         "needed for your own model, whose checkpoints the run folder does not "
         "hold (the built-in benchmark's are in RESULTS/checkpoints/)",
-    )
-    pick.add_argument(
-        "--metric",
-        default=None,
-        choices=["accuracy", "loss"],
-        help="the objective metric (default: the run's optimizer.objective, read from groups.parquet)",
     )
     pick.add_argument(
         "--seed",
@@ -221,21 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         "--prefer", type=str, default=None, metavar="TASK=W,...", help="the pick for this preference, as select"
     )
     port.add_argument(
-        "--method",
-        default=None,
-        choices=["weighted_sum", "tchebycheff", "balanced"],
-        help="with --prefer: how it picks (default: the run's selection.method)",
-    )
-    port.add_argument("--rho", type=float, default=0.05, metavar="RHO", help="augmentation term of tchebycheff")
-    port.add_argument(
         "--point",
         default=None,
         metavar="N|SAMPLE",
         help="a row of the final group's front.parquet (0-based) or an evaluated sample's name, instead of a pick",
     )
-    port.add_argument(
-        "--metric", default=None, choices=["accuracy", "loss"], help="with --prefer: the objective metric"
-    )
+    _pick_options(port, "with --prefer: ")
     draw = sub.add_parser(
         "plot",
         help="draw a run's plots again from its artifacts (what the aggregate stage draws)",
