@@ -21,6 +21,7 @@ from mapmerge.adapters import hub
 from mapmerge.adapters.transformers import SequenceClassificationEvaluator
 from mapmerge.errors import ConfigError
 from mapmerge.run.config import load_config
+from word_tokenizer import word_tokenizer
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 transformers.logging.set_verbosity_error()
@@ -31,14 +32,7 @@ OLD, NEW = "a" * 40, "b" * 40  # commit hashes of two revisions
 
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
     """A word-level tokenizer of WORDS (made here: nothing is downloaded)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {word: i for i, word in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
-    )
+    return word_tokenizer(WORDS, cls_token="[CLS]", sep_token="[SEP]")
 
 
 def bert_config() -> transformers.BertConfig:

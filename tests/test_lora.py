@@ -25,6 +25,7 @@ from mapmerge.tensors.taskvectors import (
     merge_files,
     merged_state,
 )
+from word_tokenizer import word_tokenizer
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 if importlib.util.find_spec("peft") is None:  # found, not imported: importing it is 2.5 s in every test worker
@@ -45,14 +46,7 @@ WORDS = "the a cat dog sat ran on under mat log red blue big small old new time 
 
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
     """A word-level tokenizer of WORDS (made here: nothing is downloaded)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {word: i for i, word in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]"
-    )
+    return word_tokenizer(WORDS, bos_token="[BOS]", eos_token="[EOS]")
 
 
 def llama_config(intermediate_size: int = 48) -> transformers.LlamaConfig:
