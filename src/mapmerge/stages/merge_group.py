@@ -11,15 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge.adapters.transformers import model_weights, save_merged_models
+from mapmerge.adapters.transformers import merged_tensor_names, model_weights, save_merged_models
 from mapmerge.core import groups
 from mapmerge.core.groups import EngineFiles
 from mapmerge.core.metrics import sample_metrics
 from mapmerge.core.selection import Reference, measured_front, pick_point, preference_scores, reference_values
 from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, write_table
-from mapmerge.tensors.checkpoints import hf_config, open_checkpoint, save_safetensors
-from mapmerge.tensors.lora import vector_names
+from mapmerge.tensors.checkpoints import hf_config, save_safetensors
 from mapmerge.tensors.taskvectors import merge_files
 
 PathLike = str | os.PathLike
@@ -138,8 +137,5 @@ def _save_transformers(
 
     models: task -> its model weights (model_weights). The merged tensors: those any member's task vector holds.
     """
-    names: set[str] = set()
-    for path in files["vectors"].values():
-        with open_checkpoint(path) as reader:
-            names.update(vector_names(reader, path))
-    save_merged_models(state, sorted(names), models, files["pretrained"], out, metadata)
+    names = merged_tensor_names(files["vectors"].values())
+    save_merged_models(state, names, models, files["pretrained"], out, metadata)
