@@ -34,6 +34,12 @@ def cache_dir() -> Path:
     return Path(os.path.expandvars(os.path.expanduser(cache)))
 
 
+def model_path(value: str, key: str, path: Path) -> Path:
+    """`path` (the value read as a path) where it exists or `value` is not spelled as a name; else the cached
+    snapshot of model name `value` (snapshot: ConfigError naming `key` and the absolute path when it is not cached)."""
+    return snapshot(value, key, path.resolve()) if not path.exists() and is_name(value) else path
+
+
 def snapshot(value: str, key: str, path: Path | None = None) -> Path:
     """The cached snapshot folder of model name `value` (see is_name); ConfigError naming `key` when it is not
     cached (`path`: the directory of that spelling that does not exist either, for the message)."""

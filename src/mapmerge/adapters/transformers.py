@@ -165,7 +165,7 @@ def _model_path(value: Any, key: str, base_dir: Path) -> Path:
         raise ConfigError(f"{key}: must be a model directory path or a Hugging Face model name (org/name)")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (base_dir / path).resolve()
-    return hub.snapshot(value, key, path) if not path.exists() and hub.is_name(value) else path
+    return hub.model_path(value, key, path)
 
 
 def _directory(value: Any, key: str, base_dir: Path) -> Path:

@@ -366,12 +366,10 @@ def _front_point(results: Path, group: str, members: Sequence[str], point: str) 
 def _directory(value: str, where: str) -> Path:
     """A transformers model directory, or a cached Hugging Face model's snapshot (mapmerge.adapters.hub);
     `where`: the option as given, for messages."""
-    path = Path(value)
-    if not path.exists() and hub.is_name(value):
-        try:
-            path = hub.snapshot(value, where, path.resolve())
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
+    try:
+        path = hub.model_path(value, where, Path(value))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     if adapter_weights(path) is not None:
         raise UsageError(f"{where}: a PEFT LoRA adapter; the mergekit export takes full fine-tuned models")
     if not (path / "config.json").is_file():

@@ -720,12 +720,10 @@ def pretrained_file(given: Path) -> Path:
     (model.safetensors, or model.safetensors.index.json of a sharded save), as model.transformers resolves them;
     where no file or folder of that spelling exists, a Hugging Face model name's (org/name[@revision]) cached
     snapshot's (mapmerge.adapters.hub)."""
-    given = Path(given)
-    if not given.exists() and hub.is_name(str(given)):
-        try:
-            given = hub.snapshot(str(given), f"--pretrained {given}", given.resolve())
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
+    try:
+        given = hub.model_path(str(given), f"--pretrained {given}", Path(given))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     if given.is_dir():
         try:
             return weights_file(given, f"--pretrained {given}")
