@@ -46,6 +46,7 @@ from mapmerge.tensors.lora import adapter_weights, vector_names
 from mapmerge.tensors.operators import trim_count, validate
 from mapmerge.tools.runfolder import (
     UsageError,
+    check_out,
     checked_method,
     final_group,
     front_file,
@@ -246,7 +247,7 @@ def export(
     if preference is not None and point is not None:
         raise UsageError("--prefer and --point: give one (or neither, for the run's own merge)")
     layout = scan(results)
-    _check_out(results, out)
+    check_out(results, out, option="--mergekit", tool="export", file="the YAML file to write")
     group, info = final_group(layout)
     merges = [m for m in info["members"] if m not in info["tasks"]]
     if merges:
@@ -299,18 +300,6 @@ def export(
             f"  merge it: mergekit-yaml {out} OUTPUT_DIR",
         ]
     )
-
-
-def _check_out(results: Path, out: Path) -> None:
-    """Refuse a --mergekit file inside the run folder but outside RESULTS/selected/, or a folder."""
-    selections = Layout(results).selections
-    if out.resolve().is_relative_to(results.resolve()) and not out.resolve().is_relative_to(selections.resolve()):
-        raise UsageError(
-            f"--mergekit {out}: inside the run folder {results}, where export writes only under {selections}/; "
-            "give a path there or outside the run folder"
-        )
-    if out.is_dir():
-        raise UsageError(f"--mergekit {out}: is a folder; give the YAML file to write")
 
 
 def _preference_point(

@@ -844,21 +844,29 @@ def check_reproduces(
                 )
 
 
-def check_out(results: Path, out: Path, tasks: Sequence[str] | None = None) -> None:
-    """Refuse an --out that would add or replace a file of the run folder outside RESULTS/selected/.
+def check_out(
+    results: Path,
+    out: Path,
+    tasks: Sequence[str] | None = None,
+    option: str = "--out",
+    tool: str = "select",
+    file: str = "a file path (.safetensors, else a torch state dict)",
+) -> None:
+    """Refuse an --out (`option` of `tool`) that would add or replace a file of the run folder outside
+    RESULTS/selected/.
 
     tasks: the folder of per-task folders a transformers run's select writes (replaced whole), which may exist only
-    as such a folder (nothing in it but folders named after the tasks); else a file path, not a folder.
+    as such a folder (nothing in it but folders named after the tasks); else `file`, not a folder.
     """
     run, target, selections = results.resolve(), out.resolve(), Layout(results).selections
     if (target.is_relative_to(run) and not target.is_relative_to(selections.resolve())) or run.is_relative_to(target):
         raise UsageError(
-            f"--out {out}: {'inside' if target.is_relative_to(run) else 'holds'} the run folder {results}, where "
-            f"select writes only under {selections}/; give a path there or outside the run folder"
+            f"{option} {out}: {'inside' if target.is_relative_to(run) else 'holds'} the run folder {results}, where "
+            f"{tool} writes only under {selections}/; give a path there or outside the run folder"
         )
     if tasks is None:
         if target.is_dir():
-            raise UsageError(f"--out {out}: is a folder; give a file path (.safetensors, else a torch state dict)")
+            raise UsageError(f"{option} {out}: is a folder; give {file}")
         return
     if target.exists() and not target.is_dir():
         raise UsageError(f"--out {out}: is a file; give a folder for the per-task model folders")
