@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
 import numbers
 import os
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from scipy.special import logsumexp
 
 from mapmerge.errors import ConfigError
 
@@ -292,7 +292,7 @@ class LMEvalEvaluator:
             raise ValueError(
                 f"lm-eval task {self.name}, document {sample['doc_id']}: gold {gold!r} is not one of its {len(choices)} choices"
             )
-        return _logsumexp(lls) - _logsumexp([lls[g] for g in set(map(int, golds))])
+        return float(logsumexp(lls) - logsumexp([lls[g] for g in set(map(int, golds))]))
 
     def _answer_losses(self, samples: Sequence[Mapping[str, Any]]) -> list[float]:
         """Per generation sample, -log p(reference answer | its prompt), the answer after the task's
@@ -318,13 +318,8 @@ class LMEvalEvaluator:
         per_sample: list[list[float]] = [[] for _ in samples]
         for (ll, _), i in zip(self._lm.loglikelihood(requests, disable_tqdm=True), owners):
             per_sample[i].append(float(ll))
-        return [-_logsumexp(lls) for lls in per_sample]
+        return [-float(logsumexp(lls)) for lls in per_sample]
 
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
