@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
-from scipy.special import logsumexp
 
 from mapmerge.errors import ConfigError
 
@@ -292,7 +292,7 @@ class LMEvalEvaluator:
             raise ValueError(
                 f"lm-eval task {self.name}, document {sample['doc_id']}: gold {gold!r} is not one of its {len(choices)} choices"
             )
-        return float(logsumexp(lls) - logsumexp([lls[g] for g in set(map(int, golds))]))
+        return float(np.logaddexp.reduce(lls) - np.logaddexp.reduce([lls[g] for g in set(map(int, golds))]))
 
     def _answer_losses(self, samples: Sequence[Mapping[str, Any]]) -> list[float]:
         """Per generation sample, -log p(reference answer | its prompt), the answer after the task's
@@ -318,7 +318,7 @@ class LMEvalEvaluator:
         per_sample: list[list[float]] = [[] for _ in samples]
         for (ll, _), i in zip(self._lm.loglikelihood(requests, disable_tqdm=True), owners):
             per_sample[i].append(float(ll))
-        return [-float(logsumexp(lls)) for lls in per_sample]
+        return [-float(np.logaddexp.reduce(lls)) for lls in per_sample]
 
 
 def _as_list(value: Any) -> list[Any]:
