@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
-        [--spreads front gap coverage] [--dataset digits|fashion] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
+        [--spreads front gap coverage] [--dataset digits|fashion] [--truth grid|sobol] [--front-points K]
+        [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
 tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
 (21^2 for T = 2, 9^3 for T = 3, 5^4 = 625 for T = 4), every point evaluated for real once; its
-non-dominated accuracies are the true front. Per T, budget B and seed s, each method spends real
+non-dominated accuracies are the true front (--truth sobol: as many scrambled Sobol points instead, rounded up to
+a power of two, seeded apart from every design). Per T, budget B and seed s, each method spends real
 evaluations (a merged model evaluated on all T tasks) and answers with a real front:
 
 - MAP: a Sobol design of B points (the special points included; --sampler lhs for LHS), one
@@ -39,8 +41,10 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
 Counting: the table reports the evaluations of the design and those after it (MAP's K front points,
 the refinement rounds) separately (`design`, `front`) and in `total`; the ratios use the total, so
 every real evaluation counts. IGD is pymoo's (mean distance from each true-front point to the nearest
-answer point, in accuracy units), with accuracies negated since pymoo minimises. Mean and standard
-deviation over the seeds; `vs grid`: mean IGD over that of the largest grid search with at most the
+answer point, in accuracy units), with accuracies negated since pymoo minimises; IGD+ is pymoo's IGDPlus
+(Ishibuchi et al. 2015): the same, each distance counted only over the tasks where the answer point is worse, so
+a true-front point that the answer dominates counts 0 (IGD is not Pareto-compliant: an answer that dominates the
+reference can score worse than one that matches it). Mean and standard deviation over the seeds; `vs grid`: mean IGD over that of the largest grid search with at most the
 row's total evaluations (< 1 is better).
 
 Win rate (the MAP paper's metric; mapmerge.core.pareto.win_rate), for the methods with a surrogate:
@@ -58,7 +62,8 @@ scored, not what the method spent.
 The ratio table: per T, method and rounds, and per target (grid search's mean IGD at each of its
 sizes, random search's at its largest budget), the fewest total evaluations at which the method's mean
 IGD is at most the target, and (x) the target's evaluations over those. Caveat: grid search's points
-whose axes lie on the ground-truth grid are scored against their own exact values. Evaluations of the
+whose axes lie on the ground-truth grid are scored against their own exact values (distance 0 where they are on
+the true front); --truth sobol shares no point with any grid and removes that advantage. Evaluations of the
 same coefficients are computed once and counted for every method asking.
 """
 
@@ -79,6 +84,8 @@ import numpy as np
 import pandas as pd
 import torch
 from pymoo.indicators.igd import IGD
+from pymoo.indicators.igd_plus import IGDPlus
+from scipy.stats import qmc
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
@@ -96,6 +103,7 @@ DEFAULT_BUDGETS = {2: [6, 10, 15, 21], 3: [12, 15, 20, 30], 4: [15, 17, 20, 30]}
 DEFAULT_GRID_SIDES = {2: [2, 3, 4, 5], 3: [2, 3, 4], 4: [2, 3]}
 DEFAULT_REFINE = {2: ["4:4"], 3: ["6:4"], 4: ["8:4"]}  # K:R per T
 GROUND_TRUTH = {2: 21, 3: 9, 4: 5}  # grid points per axis of the ground truth
+TRUTH_SEED = 987654  # the scrambled Sobol ground truth's seed (--truth sobol): no method's design uses it
 KINDS = ("map", "bayesian", "refine", "random", "grid")
 FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction"}
 SPREADS = {
@@ -188,6 +196,17 @@ def grid(n_tasks: int, per_axis: int) -> np.ndarray:
     """The regular grid [per_axis^T, T] over [0, 1]^T."""
     axes = np.meshgrid(*[np.linspace(0.0, 1.0, per_axis)] * n_tasks, indexing="ij")
     return np.stack([a.ravel() for a in axes], axis=1)
+
+
+def ground_truth(n_tasks: int, kind: str, quick: bool = False) -> tuple[np.ndarray, str]:
+    """The ground truth's coefficients and their description: the dense grid (GROUND_TRUTH per axis; 11 with
+    --quick) or, for `sobol`, as many scrambled Sobol points (the next power of two) seeded with TRUTH_SEED, which
+    share no point with any grid."""
+    per_axis = 11 if quick else GROUND_TRUTH[n_tasks]
+    if kind == "grid":
+        return grid(n_tasks, per_axis), f"{per_axis}^{n_tasks} grid"
+    n = 2 ** math.ceil(math.log2(per_axis**n_tasks))
+    return qmc.Sobol(d=n_tasks, scramble=True, seed=TRUTH_SEED).random(n), f"{n} scrambled Sobol points"
 
 
 def random_points(n_tasks: int, n: int, seed: int) -> np.ndarray:
@@ -409,16 +428,16 @@ def measure(
     seeds: int,
     opt: dict[str, Any],
     methods: dict[str, Runner],
-    truth_per_axis: int,
+    truth_points: np.ndarray,
+    truth_name: str,
 ) -> pd.DataFrame:
     """One row per (method, budget, seed, rounds): evaluations spent, IGD of the answer, win rates, seconds."""
     n_tasks = len(evaluate.engine.tasks)
-    truth = answer(evaluate(grid(n_tasks, truth_per_axis)))
-    igd = IGD(-truth)  # pymoo minimises: negated accuracies
+    truth = answer(evaluate(truth_points))
+    igd, igd_plus = IGD(-truth), IGDPlus(-truth)  # pymoo minimises: negated accuracies
     W = preference_vectors(n_tasks, opt["win_vectors"])
     print(
-        f"T={n_tasks}: ground truth {truth_per_axis}^{n_tasks} grid, {len(truth)} points on its front; "
-        f"{len(W)} preference vectors",
+        f"T={n_tasks}: ground truth {truth_name}, {len(truth)} points on its front; {len(W)} preference vectors",
         file=sys.stderr,
     )
     rows = []
@@ -446,6 +465,7 @@ def measure(
                             "front": result.front,
                             "total": result.design + result.front,
                             "igd": float(igd.do(-result.answer)),
+                            "igd+": float(igd_plus.do(-result.answer)),
                             "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
                             **wins,
                             "method s": spent if result.seconds is None else result.seconds,
@@ -466,6 +486,7 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
             total=("total", "mean"),
             igd_mean=("igd", "mean"),
             igd_std=("igd", "std"),
+            igdplus_mean=("igd+", "mean"),
             igd_front=("igd front", "mean"),
             win_rnd=("win rnd", "mean"),
             win_grid=("win grid", "mean"),
@@ -475,6 +496,7 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
         .reset_index()
     )
     table["igd_std"] = table["igd_std"].fillna(0.0)
+    table = table.rename(columns={"igdplus_mean": "igd+ mean"})
     table.columns = [c.replace("_", " ") if c.startswith(("win", "igd front", "method")) else c for c in table.columns]
     grids = table[table["method"] == "grid search"]
     table["vs grid"] = [
@@ -491,10 +513,12 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     )
 
 
-def ratios(table: pd.DataFrame) -> pd.DataFrame:
+def ratios(table: pd.DataFrame, column: str = "igd_mean") -> pd.DataFrame:
     """Per T, method and rounds: for each target (grid search at each size, random search at its largest budget), the
-    fewest total evaluations whose mean IGD reaches the target's, and the target's evaluations over these. A refined
-    method also gets a row `any`: the fewest over every (design budget, rounds), with that budget B and rounds R."""
+    fewest total evaluations whose mean IGD (`column`: `igd+ mean` for IGD+) reaches the target's, and the target's
+    evaluations over these. A refined method also gets a row `any`: the fewest over every (design budget, rounds),
+    with that budget B and rounds R."""
+    label = "IGD+" if column == "igd+ mean" else "IGD"
     rows = []
     for n_tasks, part in table.groupby("T", sort=True):
         targets = [
@@ -509,13 +533,13 @@ def ratios(table: pd.DataFrame) -> pd.DataFrame:
         for (method, rounds), ran in groups:
             row: dict[str, object] = {"T": n_tasks, "method": method, "rounds": rounds}
             for name, target in targets:
-                mine = ran[ran["igd_mean"] <= target["igd_mean"] + 1e-12].sort_values(["total", "igd_mean"])
+                mine = ran[ran[column] <= target[column] + 1e-12].sort_values(["total", column])
                 cell = "not reached"
                 if len(mine):
                     best = mine.iloc[0]
                     cell = f"{best['total']:.0f} ({target['total'] / best['total']:.1f}x)"
                     cell += f", B={best['budget']} R={best['rounds']}" if rounds == "any" else ""
-                row[f"{name} (IGD {target['igd_mean']:.4f})"] = cell
+                row[f"{name} ({label} {target[column]:.4f})"] = cell
             rows.append(row)
     order = {m: i for i, m in enumerate(dict.fromkeys(table["method"]))}
     return pd.DataFrame(rows).sort_values("method", key=lambda s: s.map(order), kind="stable", ignore_index=True)
@@ -588,6 +612,12 @@ def main() -> None:
         "coverage (round_points' order coverage)",
     )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
+    parser.add_argument(
+        "--truth",
+        choices=["grid", "sobol"],
+        default="grid",
+        help="ground truth: the dense grid, or as many scrambled Sobol points (no point shared with a grid search)",
+    )
     parser.add_argument("--sampler", choices=list(sampling.KINDS), default="sobol", help="MAP's design")
     parser.add_argument("--front-points", type=int, help="predicted front points MAP evaluates for real (default: P)")
     parser.add_argument("--win-vectors", type=int, default=21, help="at most this many preference vectors (lattice)")
@@ -608,7 +638,6 @@ def main() -> None:
         n: [int(b) for b in args.grid_sides.split(",")] if args.grid_sides else DEFAULT_GRID_SIDES[n]
         for n in args.tasks
     }
-    truth = {n: 11 if args.quick else GROUND_TRUTH[n] for n in args.tasks}
     torch.set_num_threads(1)  # more threads only contend on a shared 2-core machine
     start = time.perf_counter()
     raws, order = [], []
@@ -626,7 +655,10 @@ def main() -> None:
         for n in args.tasks:
             methods = runners(args.methods, parse_refine(args.refine or DEFAULT_REFINE[n]), args.fits, args.spreads)
             order += [m for m in methods if m not in order]
-            raws.append(measure(Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth[n]))
+            truth, truth_name = ground_truth(n, args.truth, args.quick)
+            raws.append(
+                measure(Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth, truth_name)
+            )
     raw = pd.concat(raws, ignore_index=True)
     if args.save:
         raw.to_csv(args.save, index=False)
@@ -640,7 +672,7 @@ def main() -> None:
     print(
         "budget: design size (grid search: its points); rounds: refinement rounds; design / front: real evaluations "
         "of the design and after it (MAP's front points, refinement rounds); total: both; igd: mean and std over "
-        "seeds (accuracy units, lower is better); win rnd / win grid: win rate of the pick per preference against "
+        "seeds (accuracy units, lower is better); igd+ mean: IGD+'s mean; win rnd / win grid: win rate of the pick per preference against "
         "random search / the largest regular grid with as many evaluations; win best: the better of the pick and "
         "the method's best evaluation, against random search; vs grid: IGD / that of the largest grid search with "
         "at most as many evaluations; method s: seconds per run besides the real evaluations\n"
@@ -651,6 +683,8 @@ def main() -> None:
         "these)\n"
     )
     print(markdown(ratios(table)))
+    print("\nthe same for IGD+ (distances only where the answer is worse: a reference point it dominates counts 0)\n")
+    print(markdown(ratios(table, "igd+ mean")))
 
 
 if __name__ == "__main__":
