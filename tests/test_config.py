@@ -83,6 +83,21 @@ def test_missing_experiment_file(repo, tmp_path):
         load(repo, experiment=tmp_path / "nothere.yaml")
 
 
+@pytest.mark.parametrize(
+    "defaults, message",
+    [
+        ("[/config, _self_]", "exp.yaml: its defaults list includes the primary config again"),
+        ("[override /modl: openclip]", r"config: In '.*exp.yaml': Could not override 'modl'"),
+        ("3", r"config: Invalid defaults list in '.*exp.yaml', defaults must be a list"),
+    ],
+)
+def test_bad_experiment_defaults_list_gives_one_line_error(repo, tmp_path, defaults, message):
+    (tmp_path / "exp.yaml").write_text(f"defaults: {defaults}\nname: bad\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load(repo, experiment=tmp_path / "exp.yaml")
+    assert "\n" not in str(info.value)
+
+
 def changed_stages(repo, override, method="map", refine=2):
     base = load(repo, overrides=[f"method={method}", f"refine.rounds={refine}"])
     other = load(repo, overrides=[f"method={method}", f"refine.rounds={refine}", override])

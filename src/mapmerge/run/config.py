@@ -67,9 +67,14 @@ def load_config(
         for key, value in whole.values():
             OmegaConf.update(cfg, key, value, merge=False)
         raw = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:  # Hydra: ValueError for a malformed defaults
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ConfigError("config: " + message.replace(f"experiment/{EXPERIMENT_NODE}", f"{experiment}")) from exc
+    except RecursionError as exc:  # a defaults list that loads the primary config, which loads the experiment again
+        where = f"experiment file {experiment}" if experiment else "config"
         raise ConfigError(
-            "config: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            f"{where}: its defaults list includes the primary config again (endless recursion); an experiment file's "
+            "defaults list may only choose options of config groups ('- override /model: openclip')"
         ) from exc
     schema.check(raw, exp_keys, str(experiment) if experiment else None)
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
