@@ -32,12 +32,20 @@ def test_igd_and_gd_against_the_grids_non_dominated_points():
     one_end = groundtruth.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.zeros(2), maximize=True)
     assert one_end[("igd", "real")] == pytest.approx((0 + math.sqrt(2) + SQRT_HALF) / 3)
     assert one_end[("gd", "real")] == pytest.approx(0.0)
+    # IGD+ counts only what the front falls short by: 0 for (1, 0), 1 for (0, 1), 0.5 for (0.5, 0.5)
+    assert one_end[("igd_plus", "real")] == pytest.approx((0 + 1 + 0.5) / 3)
     off = groundtruth.front_indicators(grid, {"real": np.array([[0.5, 0.4]])}, np.zeros(2), maximize=True)
     assert off[("gd", "real")] == pytest.approx(0.1)  # nearest true-front point: (0.5, 0.5)
     assert off[("igd", "real")] == pytest.approx((math.hypot(0.5, 0.4) + math.hypot(0.5, 0.6) + 0.1) / 3)
+    assert off[("igd_plus", "real")] == pytest.approx((0.5 + 0.6 + 0.1) / 3)
+    # a front that dominates every true-front point scores IGD+ 0, though IGD is positive
+    above = groundtruth.front_indicators(grid, {"real": np.array([[1.0, 1.0]])}, np.zeros(2), maximize=True)
+    assert above[("igd_plus", "real")] == 0.0 and above[("igd", "real")] > 0.5
     # read as losses (minimised) (0.2, 0.2) dominates (0.5, 0.5) instead
     as_loss = groundtruth.front_indicators(grid, {"real": np.array([[1.0, 0.0]])}, np.ones(2), maximize=False)
     assert as_loss[("igd", "real")] == pytest.approx((0 + math.sqrt(2) + math.hypot(0.8, 0.2)) / 3)
+    # losses: (1, 0) is worse than (0, 1) by 1 in the first, than (0.2, 0.2) by 0.8 in the first
+    assert as_loss[("igd_plus", "real")] == pytest.approx((0 + 1 + 0.8) / 3)
 
 
 def test_hypervolume_takes_the_sign_of_the_metric():
@@ -158,7 +166,7 @@ def test_bootstrap_intervals_are_reproducible_with_the_seed():
     assert list(table.columns) == groundtruth.COLUMNS
     assert set(zip(table["indicator"], table["front"])) == {
         ("hv", "grid"),
-        *((i, f) for i in ("igd", "gd", "hv") for f in ("predicted", "real")),
+        *((i, f) for i in ("igd", "igd_plus", "gd", "hv") for f in ("predicted", "real")),
         ("pred_mae", "predicted"),
         ("pred_max", "predicted"),
     }

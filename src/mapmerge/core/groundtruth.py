@@ -6,6 +6,8 @@ spread along MAP's predicted front are evaluated for real, and baselines (a merg
 coefficient for every task) once each. The indicators, on the objective metric (optimizer.objective):
 
 - igd: mean distance from each true-front point to its nearest point of the front measured;
+- igd_plus: IGD+, the same with each distance counted only over the tasks where the front's point is worse (a
+  true-front point that the front dominates counts 0: IGD alone can score a better front worse);
 - gd: mean distance from each point of the front measured to its nearest true-front point;
 - hv: hypervolume dominated by the front, bounded by the grid's nadir (per task the worst value
   over every grid point), the same reference point for every front and every bootstrap resample;
@@ -14,7 +16,7 @@ coefficient for every task) once each. The indicators, on the objective metric (
   coefficients (surrogate.interval), per fitted metric, per task (front: the task) and over all tasks (front
   `all`); nominal is the interval's level (coverage_table).
 
-igd, gd and hv are given for the K points as MAP predicted them (front `predicted`) and as measured
+igd, igd_plus, gd and hv are given for the K points as MAP predicted them (front `predicted`) and as measured
 (front `real`), and hv also for the true front (front `grid`). Intervals: each task's examples are
 drawn with replacement (one draw for every model, from the master seed), metrics recomputed from the
 per-example rows and the indicators with them; ci_low and ci_high are the central `ci_level` interval.
@@ -111,7 +113,7 @@ def hv_reference(grid: np.ndarray, maximize: bool) -> np.ndarray:
 def front_indicators(
     grid: np.ndarray, fronts: Mapping[str, np.ndarray], reference: np.ndarray, maximize: bool
 ) -> dict[tuple[str, str], float]:
-    """(indicator, front) -> value: igd, gd, hv of each front against the grid's non-dominated points, hv of those.
+    """(indicator, front) -> value: igd, igd_plus, gd, hv of each front against the grid's non-dominated points, hv of those.
 
     grid [n, T] and each front [k, T] hold the objective metric; maximize: whether larger is better.
     """
@@ -122,6 +124,7 @@ def front_indicators(
     values = {("hv", "grid"): pareto.hypervolume(truth, reference, signs)}
     for name, F in fronts.items():
         values[("igd", name)] = pareto.igd(F, truth, signs)
+        values[("igd_plus", name)] = pareto.igd_plus(F, truth, signs)
         values[("gd", name)] = pareto.gd(F, truth, signs)
         values[("hv", name)] = pareto.hypervolume(F, reference, signs)
     return values

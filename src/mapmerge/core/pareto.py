@@ -16,6 +16,7 @@ from pymoo.core.problem import Problem
 from pymoo.indicators.gd import GD
 from pymoo.indicators.hv import HV
 from pymoo.indicators.igd import IGD
+from pymoo.indicators.igd_plus import IGDPlus
 from pymoo.optimize import minimize
 from pymoo.util.ref_dirs import get_reference_directions
 
@@ -141,6 +142,12 @@ def _minimised(front: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
 def igd(front: np.ndarray, reference: np.ndarray, maximize: Sequence[bool]) -> float:
     """Inverted generational distance: mean distance from each reference point to its nearest front point."""
     return float(IGD(_minimised(reference, maximize)).do(_minimised(front, maximize)))
+
+
+def igd_plus(front: np.ndarray, reference: np.ndarray, maximize: Sequence[bool]) -> float:
+    """IGD+ (Ishibuchi et al. 2015): IGD with each distance counted only over the objectives where the front's point is
+    worse, so a reference point the front dominates counts 0 (IGD is not Pareto-compliant; IGD+ weakly is)."""
+    return float(IGDPlus(_minimised(reference, maximize)).do(_minimised(front, maximize)))
 
 
 def gd(front: np.ndarray, reference: np.ndarray, maximize: Sequence[bool]) -> float:
