@@ -23,7 +23,7 @@ prediction. Its intervals are then the correction's own: the Gaussian process's 
 scale, q(c) + r(c) +- z sqrt(v(c)), v(c) = s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c)) with s^2 the profiled
 signal variance, the ends mapped by the link (narrow near evaluated points, as wide as the residuals' spread away
 from them); the quadratic's parameters count as known. On the 2- and 3-task validation grids of the digits
-benchmark this held 0.86 and 0.94 of the accuracies at 90% (0.97 and 0.90 of the losses); the bootstrap around
+benchmark this held 0.82 and 0.94 of the accuracies at 90% (0.92 and 0.89 of the losses); the bootstrap around
 the corrected prediction over-covered (0.975 to 0.996: the quadratic's residuals, twice the corrected error).
 It follows the real evaluations near the points where refinement rounds have put them and fades to the
 quadratic away from every point.
