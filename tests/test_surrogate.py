@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
+from mapmerge.core.correction import fit_correction
 from mapmerge.core.surrogate import (
     INTERVAL_COLUMNS,
     LINKS,
@@ -208,6 +209,27 @@ def test_a_corrected_fit_survives_the_table_and_follows_what_a_quadratic_cannot(
     widths = [np.subtract(*fit.interval(c, 0.9)[::-1])[0] for c in (C[:1], between, np.array([[1.6, -0.6]]))]
     assert widths[0] < widths[1] < widths[2]
     assert corrected["refits"].map(len).eq(0).all()  # no bootstrap: a corrected fit's intervals are its own
+
+
+def test_corrected_interval_counts_the_quadratics_parameters_as_estimated():
+    rng = np.random.default_rng(3)
+    C = rng.uniform(0, 1, (30, 2))
+    residual = np.sin(4 * C[:, 0]) * 0.3 + rng.normal(0, 0.05, len(C))
+    correction = fit_correction(C, residual)
+    known = correction.variance(C)
+    estimated = correction.variance(C, basis=quadratic_features)
+    assert (estimated >= known).all()
+    far = np.array([[3.0, -2.0]])  # where the quadratic extrapolates: its parameters' spread dominates
+    assert correction.variance(far, basis=quadratic_features)[0] > 10 * correction.variance(far)[0]
+    # the universal-kriging term by hand at one point
+    inverse, signal = correction._solve
+    H = quadratic_features(C)
+    k = np.exp(-np.sum((far / correction.scale - correction.centres) ** 2, axis=1) / (2 * correction.length**2))
+    u = quadratic_features(far)[0] - k @ inverse @ H
+    extra = signal * u @ np.linalg.pinv(H.T @ inverse @ H) @ u
+    np.testing.assert_allclose(
+        correction.variance(far, basis=quadratic_features)[0], correction.variance(far)[0] + extra
+    )
 
 
 def test_fit_table_missing_sample():

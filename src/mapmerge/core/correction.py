@@ -15,7 +15,7 @@ favours the shortest on clustered points, and predicted the true front better: d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
@@ -59,17 +59,28 @@ class KernelCorrection:
         residual = A @ self.alpha  # the residuals the correction was fitted to
         return np.linalg.inv(A), float(residual @ self.alpha) / len(self.centres)
 
-    def variance(self, C: np.ndarray) -> np.ndarray:
+    def variance(self, C: np.ndarray, basis: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """The predictive variance of a new value's link-scale residual at coefficients C [..., T]: the Gaussian
-        process's s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c))."""
+        process's s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c)).
+
+        basis: the features the mean was fitted on (the quadratic's), to count its parameters as estimated rather
+        than known: the universal-kriging term s^2 u^T (H^T (K + ridge I)^-1 H)^-1 u, u = h(c) - H^T (K + ridge
+        I)^-1 k(c), H = basis at the points, is added (it grows away from the points, where the quadratic extrapolates).
+        """
         C = np.asarray(C, dtype=float)
         flat = C.reshape(-1, C.shape[-1]) / self.scale
         inverse, signal = self._solve
+        H = None if basis is None else basis(self.centres * self.scale)
+        spread = None if H is None else np.linalg.pinv(H.T @ inverse @ H)
         out = np.empty(len(flat))
         chunk = max(1, 4_000_000 // max(1, len(self.centres)))
         for start in range(0, len(flat), chunk):
             k = _kernel(flat[start : start + chunk], self.centres, self.length)
-            out[start : start + chunk] = 1.0 + self.ridge - np.einsum("ij,ij->i", k @ inverse, k)
+            weights = k @ inverse
+            out[start : start + chunk] = 1.0 + self.ridge - np.einsum("ij,ij->i", weights, k)
+            if basis is not None:
+                u = basis(flat[start : start + chunk] * self.scale) - weights @ H
+                out[start : start + chunk] += np.maximum(np.einsum("ij,jk,ik->i", u, spread, u), 0.0)
         return (signal * np.maximum(out, 0.0)).reshape(C.shape[:-1])
 
 
