@@ -65,6 +65,8 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
         (["preference.rot90=1"], r"config: Could not override 'preference.rot90'.*\+preference.rot90=1"),
+        (["refine.rouns=6"], r"config: refine.rouns: unknown key \(did you mean `rounds`\?\)"),  # not Hydra's "use +"
+        (["nme=x"], r"config: nme: unknown key \(did you mean `name`\?\)"),
         (
             ["+model.openclip.root=ckpts"],
             r"model.openclip: is set but model.adapter is None; choose it with model=openclip",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ def load_config(
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:  # Hydra: ValueError for a malformed defaults
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        typo = re.match(r"Could not override '([\w.]+)'\.", message)
+        message = (typo and schema.unknown_key(typo.group(1))) or message
         raise ConfigError("config: " + message.replace(f"experiment/{EXPERIMENT_NODE}", f"{experiment}")) from exc
     except RecursionError as exc:  # a defaults list that loads the primary config, which loads the experiment again
         where = f"experiment file {experiment}" if experiment else "config"

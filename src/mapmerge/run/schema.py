@@ -461,6 +461,16 @@ def _written_in(path: list[str], node: Any) -> bool:
     return True
 
 
+def unknown_key(key: str) -> str | None:
+    """'<key>: unknown key (did you mean ...?)' for a dotted key the schema does not allow under parents it knows
+    (a typo on the command line, which Hydra refuses before the schema sees it); None where it cannot tell."""
+    path = key.split(".")
+    known = _known_keys(path[:-1])
+    if not known or path[-1] in known:
+        return None
+    return f"{key}: unknown key{_did_you_mean(path)}"
+
+
 def _did_you_mean(path: list[str]) -> str:
     known = _known_keys(path[:-1])
     close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6)
