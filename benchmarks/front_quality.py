@@ -90,10 +90,11 @@ from scipy.stats import qmc
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
 from mapmerge.core.pareto import non_dominated, preference_vectors, surrogate_front, weighted_picks, win_rate
+from mapmerge.core.quadratic import n_params
 from mapmerge.core.refine import GAP, round_points
 from mapmerge.core.selection import select_point
 from mapmerge.core.spread import spread_order
-from mapmerge.core.surrogate import fit_surrogate, n_params
+from mapmerge.core.surrogate import fit_surrogate
 from mapmerge.run.config import load_config
 from mapmerge.tensors.engine import MergeEngine
 from mapmerge.tensors.taskvectors import extract_task_vector

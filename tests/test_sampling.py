@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from mapmerge.core.quadratic import n_params
 from mapmerge.core.sampling import design, design_size
-from mapmerge.core.surrogate import n_params
 
 SOBOL = {
     "kind": "sobol",

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapmerge.core.surrogate import n_params
+from mapmerge.core.quadratic import n_params
 
 KINDS = ("pick", "front", "extend")  # a refinement round's samples: the pick, front points, points past the box
 # a candidate this close (fraction of the box's width, in every coefficient) to an evaluated point is skipped

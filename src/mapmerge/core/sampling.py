@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import qmc
 
-from mapmerge.core.surrogate import n_params
+from mapmerge.core.quadratic import n_params
 
 KINDS = ("sobol", "lhs")
 

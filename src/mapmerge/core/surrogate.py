@@ -44,6 +44,7 @@ from scipy.special import expit, logit, ndtri
 from threadpoolctl import threadpool_limits
 
 from mapmerge.core.correction import KernelCorrection, fit_correction
+from mapmerge.core.quadratic import n_params, quadratic_features
 
 
 class SurrogateError(ValueError):
@@ -94,18 +95,6 @@ CORRECTION_COLUMNS = [
 INTERVAL_BOOTSTRAP = 200  # B, the bootstrap refits of every fit that surrogate.parquet stores
 INTERVAL_SEED = 0  # the bootstrap's draws: the same for every fit, so a fit is reproducible
 MISSING = ("error", "drop")  # surrogate.missing: refuse samples without a value, or fit without them
-
-
-def n_params(n_tasks: int) -> int:
-    """Number of quadratic parameters for `n_tasks` coefficients: (T+1)(T+2)/2."""
-    return (n_tasks + 1) * (n_tasks + 2) // 2
-
-
-def quadratic_features(C: np.ndarray) -> np.ndarray:
-    """Features [..., T] -> [..., P]: 1, c_1..c_T, then c_i*c_j for i <= j in row-major order."""
-    C = np.asarray(C, dtype=float)
-    i, j = np.triu_indices(C.shape[-1])
-    return np.concatenate([np.ones(C.shape[:-1] + (1,)), C, C[..., i] * C[..., j]], axis=-1)
 
 
 def _where(task: str, metric: str) -> str:

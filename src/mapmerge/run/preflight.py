@@ -22,8 +22,8 @@ from typing import Any
 from mapmerge.adapters import lm_eval_tasks
 from mapmerge.adapters.transformers import EVALUATORS, check_labels
 from mapmerge.core import bayesian, groups, refine
+from mapmerge.core.quadratic import n_params
 from mapmerge.core.sampling import design_size
-from mapmerge.core.surrogate import n_params
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
