@@ -44,8 +44,8 @@ every real evaluation counts. IGD is pymoo's (mean distance from each true-front
 answer point, in accuracy units), with accuracies negated since pymoo minimises; IGD+ is pymoo's IGDPlus
 (Ishibuchi et al. 2015): the same, each distance counted only over the tasks where the answer point is worse, so
 a true-front point that the answer dominates counts 0 (IGD is not Pareto-compliant: an answer that dominates the
-reference can score worse than one that matches it). Mean and standard deviation over the seeds; `vs grid`: mean IGD over that of the largest grid search with at most the
-row's total evaluations (< 1 is better).
+reference can score worse than one that matches it). Mean and standard deviation over the seeds; `vs grid`: mean
+IGD over that of the largest grid search with at most the row's total evaluations (< 1 is better).
 
 Win rate (the MAP paper's metric; mapmerge.core.pareto.win_rate), for the methods with a surrogate:
 preference vectors W = the Das-Dennis lattice over the T tasks with at most --win-vectors vectors
@@ -673,10 +673,11 @@ def main() -> None:
     print(
         "budget: design size (grid search: its points); rounds: refinement rounds; design / front: real evaluations "
         "of the design and after it (MAP's front points, refinement rounds); total: both; igd: mean and std over "
-        "seeds (accuracy units, lower is better); igd+ mean: IGD+'s mean; win rnd / win grid: win rate of the pick per preference against "
-        "random search / the largest regular grid with as many evaluations; win best: the better of the pick and "
-        "the method's best evaluation, against random search; vs grid: IGD / that of the largest grid search with "
-        "at most as many evaluations; method s: seconds per run besides the real evaluations\n"
+        "seeds (accuracy units, lower is better); igd+ mean: IGD+'s mean; win rnd / win grid: win rate of the pick "
+        "per preference against random search / the largest regular grid with as many evaluations; win best: the "
+        "better of the pick and the method's best evaluation, against random search; vs grid: IGD / that of the "
+        "largest grid search with at most as many evaluations; method s: seconds per run besides the real "
+        "evaluations\n"
     )
     print(markdown(table))
     print(

@@ -113,7 +113,8 @@ def hv_reference(grid: np.ndarray, maximize: bool) -> np.ndarray:
 def front_indicators(
     grid: np.ndarray, fronts: Mapping[str, np.ndarray], reference: np.ndarray, maximize: bool
 ) -> dict[tuple[str, str], float]:
-    """(indicator, front) -> value: igd, igd_plus, gd, hv of each front against the grid's non-dominated points, hv of those.
+    """(indicator, front) -> value: igd, igd_plus, gd, hv of each front against the grid's non-dominated points, and
+    hv of those.
 
     grid [n, T] and each front [k, T] hold the objective metric; maximize: whether larger is better.
     """
