@@ -25,6 +25,7 @@ import yaml
 
 from conftest import EXAMPLE_RUN, REPO, copy_example, copy_run, example_run, snakemake_command
 from mapmerge.run.config import ConfigError, load_config
+from mapmerge.run.preflight import check_device
 
 
 @dataclass(frozen=True)
@@ -280,3 +281,32 @@ def test_a_failed_run_changes_nothing_on_disk(tmp_path_factory, tmp_path):
     # and the folder is still a finished run: nothing to do with the right config
     proc = snakemake(workdir, example / "experiment.yaml", (), "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+DEVICE_PAST = "cuda:99"  # past the devices of any machine this runs on, with CUDA or without
+DEVICE_LINE = r"^evaluation\.device: 'cuda:99' asked for, but this machine has (no CUDA device|\d+ CUDA device)"
+
+
+def test_check_device_refuses_a_device_this_machine_lacks():
+    for device in ("auto", "cpu"):
+        check_device(device)
+    with pytest.raises(ConfigError) as info:
+        check_device(DEVICE_PAST)
+    assert re.search(DEVICE_LINE, str(info.value)) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.slow
+def test_a_missing_device_stops_a_local_run_before_any_job(tmp_path_factory, tmp_path):
+    """A CUDA device the machine lacks passes load_config (a cluster's nodes may have it) but stops a local run in
+    its onstart, after the DAG is built and before its first job (here: a third refinement round), with one line,
+    no file changed, and no lock left behind."""
+    example, finished = example_run(tmp_path_factory)
+    workdir = copy_run(finished, tmp_path / "work")
+    results = workdir / "results" / "custom_mlp"
+    before = snapshot(results)
+    proc = snakemake(workdir, example / "experiment.yaml", ("refine.rounds=3", f"evaluation.device={DEVICE_PAST}"))
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert re.search(DEVICE_LINE, last.removeprefix("mapmerge: ")), proc.stderr[-2000:]
+    assert snapshot(results) == before
+    assert not (workdir / ".snakemake" / "locks").exists() or not any((workdir / ".snakemake" / "locks").iterdir())

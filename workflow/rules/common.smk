@@ -47,6 +47,11 @@ if workflow.is_main_process:
 
 
 onstart:
+    if workflow.local_exec:  # jobs start on this machine (a cluster's nodes may have a GPU the submitting host lacks)
+        try:
+            preflight.check_device(DEVICE)
+        except ConfigError as exc:
+            sys.exit(f"mapmerge: {exc}")
     runlock.hold(R)
 
 

@@ -3,7 +3,8 @@
 `check_plan` (cheap, every Snakefile parse) refuses a design too small for the surrogate, a population
 too small for the objectives and a plan past budget.max_evaluations. `check_files` (the driver only: it
 reads checkpoint headers and data files) refuses importable-looking targets that do not import, checkpoints
-whose merged tensors do not line up, and labels a task's model does not know. Each raises ConfigError
+whose merged tensors do not line up, and labels a task's model does not know. `check_device` (the onstart of a
+run whose jobs start on this machine) refuses a CUDA device it lacks. Each raises ConfigError
 with one line naming the key the user wrote.
 """
 
@@ -179,6 +180,29 @@ def pretrained_key(model: Mapping[str, Any]) -> str:
     return {"transformers": "model.transformers.pretrained", "openclip": "model.openclip.root"}.get(
         adapter, "model.pretrained"
     )
+
+
+def check_device(device: str) -> None:
+    """Refuse an explicit CUDA evaluation.device this machine lacks: no CUDA at all, or cuda:N past its devices.
+
+    For runs whose jobs start on this machine only (the Snakefile's onstart, local executor): a cluster's nodes
+    may have a GPU the submitting host has not. `auto` and `cpu` always pass.
+    """
+    if not device.startswith("cuda"):
+        return
+    import torch  # deferred: torch, and only for a run that asks for CUDA
+
+    if not torch.cuda.is_available():
+        build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU-only build)"
+        raise ConfigError(
+            f"evaluation.device: '{device}' asked for, but this machine has no CUDA device{build}; "
+            "use auto or cpu here, or submit the run to a cluster with GPUs"
+        )
+    index, count = torch.device(device).index, torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise ConfigError(
+            f"evaluation.device: '{device}' asked for, but this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}"
+        )
 
 
 def check_files(cfg: Mapping[str, Any]) -> None:
