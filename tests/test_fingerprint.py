@@ -72,6 +72,7 @@ EXPECTED = {
     "mapmerge.tensors.engine": EVALUATIONS,
     "mapmerge.tensors.placement": EVALUATIONS,  # where the engine keeps the task vectors
     "mapmerge.tensors.checkpoints": ENGINE | {"prepare_benchmark"},
+    "mapmerge.tensors.hf_prefix": ENGINE | {"prepare_benchmark"},  # read by checkpoints
     "mapmerge.tensors.taskvectors": ENGINE,
     "mapmerge.progress": ENGINE,
     "mapmerge.tensors.operators": ENGINE,

@@ -27,6 +27,7 @@ from mapmerge.io import ArtifactError, read_table
 from mapmerge.run.config import ConfigError, load_config
 from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint
 from mapmerge.tensors.engine import MergeEngine
+from mapmerge.tensors.hf_prefix import prefix_from_class, prefix_from_source
 from mapmerge.tensors.taskvectors import extract_task_vector, merge_files
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
@@ -97,6 +98,43 @@ def direct_rows(directory: Path, data: Path, tokenizer: Path) -> pd.DataFrame:
             "loss": torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy(),
         }
     )
+
+
+# (architecture, model_type) of models people merge: the source must settle each, and agree with the class
+COMMON = [
+    ("BertForSequenceClassification", "bert"),
+    ("BertModel", "bert"),
+    ("XLMRobertaForSequenceClassification", "xlm-roberta"),
+    ("DebertaV2ForSequenceClassification", "deberta-v2"),
+    ("GPT2LMHeadModel", "gpt2"),
+    ("LlamaForCausalLM", "llama"),
+    ("Qwen2ForCausalLM", "qwen2"),
+    ("T5ForConditionalGeneration", "t5"),
+    ("CLIPModel", "clip"),
+    ("ViTForImageClassification", "vit"),
+]
+
+
+def test_base_model_prefix_from_source_agrees_with_the_class():
+    """The parsed source gives the imported class's prefix, or nothing (then the class is asked): for the common
+    models and every 25th sequence-classification and causal-LM architecture transformers knows."""
+    from transformers.models.auto import modeling_auto as auto
+
+    known = [
+        (arch if isinstance(arch, str) else arch[0], model_type)
+        for mapping in (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        for model_type, arch in mapping.items()
+    ]
+    settled = 0
+    for architecture, model_type in COMMON + sorted(known)[::25]:
+        found = prefix_from_source(architecture, model_type)
+        assert found is not None or (architecture, model_type) not in COMMON, (architecture, model_type)
+        if found is not None:
+            settled += 1
+            assert found == prefix_from_class(architecture, model_type), (architecture, model_type)
+    assert settled >= len(COMMON) + 5
+    assert prefix_from_source("", "bert") == "bert"  # no architecture: the file's one value
+    assert prefix_from_source("BertModel", "no-such-model") is None
 
 
 @pytest.mark.slow  # the real MiniLM

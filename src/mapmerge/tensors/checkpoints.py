@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import functools
 import json
 import os
 import pickle
@@ -16,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mapmerge.io import ArtifactError, atomic_path, recompute_hint
+from mapmerge.tensors.hf_prefix import base_model_prefix
 
 METADATA_KEY = "mapmerge"
 
@@ -212,27 +212,6 @@ def hf_names(path: Path, stored: list[str]) -> dict[str, str]:
     if not prefix or any(name.startswith(f"{prefix}.") for name in stored):
         return {name: name for name in stored}
     return {f"{prefix}.{name}": name for name in stored}
-
-
-def base_model_prefix(config: Mapping[str, Any]) -> str:
-    """transformers' base_model_prefix of a model config (the attribute holding the body: 'bert', 'transformer')."""
-    architectures = config.get("architectures") or []
-    return _base_model_prefix(str(architectures[0]) if architectures else "", str(config["model_type"]))
-
-
-@functools.cache
-def _base_model_prefix(architecture: str, model_type: str) -> str:
-    try:
-        import transformers
-        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-    except ImportError as exc:
-        raise ArtifactError(
-            f"reading a transformers checkpoint ({model_type}) needs transformers: pip install 'mapmerge[models]'"
-        ) from exc
-    cls = getattr(transformers, architecture, None) or getattr(
-        transformers, MODEL_MAPPING_NAMES.get(model_type, ""), None
-    )
-    return str(getattr(cls, "base_model_prefix", "") or "")
 
 
 def _safe_open(path: Path, device: str) -> Any:
