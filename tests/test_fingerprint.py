@@ -6,6 +6,7 @@ code under model.python_path.
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -256,3 +257,82 @@ def test_relative_and_submodule_imports(tmp_path):
         "mapmerge.e",
         "mapmerge.sub.g",
     }
+
+
+CODE = '''"""A module."""
+
+import os  # a comment
+
+
+class A:
+    """A class."""
+
+    def f(self, x):
+        """A method,
+        over two lines."""
+        text = """kept
+as written:  \\n
+
+"""
+        return x + 1  # one more
+
+
+def g():
+    """Only a docstring."""
+'''
+
+
+def digest(text: str) -> str:
+    data = text.encode()
+    return fingerprint.code_digest(data, ast.parse(data))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("# a comment", "# another comment, longer"),
+        ('"""A module."""', '"""A module,\nits docstring rewritten."""'),
+        ('"""A method,\n        over two lines."""', '"""A method."""'),
+        ('"""Only a docstring."""', '"""Only a docstring, longer: ""\\" and é."""'),
+        ("import os  # a comment", "import os"),
+        ("class A:\n", "\n\nclass A:  # with a comment\n"),
+        ("return x + 1  # one more", "return x + 1   "),
+    ],
+)
+def test_comments_docstrings_and_blank_lines_leave_the_digest(edit):
+    old, new = edit
+    assert old in CODE
+    assert digest(CODE.replace(old, new)) == digest(CODE)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("return x + 1", "return x + 2"),
+        ("as written:  \\n\n\n", "as written:  \\n\n"),  # a blank line inside a string literal is data
+        ("as written:  \\n", "as written:\\n"),  # and so are its spaces
+        ("import os", "import sys"),
+        ("        return x + 1", "        return x + 1\n        pass"),
+        ('def g():\n    """Only a docstring."""', 'def g():\n    """Only a docstring."""\n    return 1'),
+    ],
+)
+def test_code_and_string_data_change_the_digest(edit):
+    old, new = edit
+    assert old in CODE
+    assert digest(CODE.replace(old, new)) != digest(CODE)
+
+
+def test_a_comment_or_docstring_edit_of_a_module_reruns_nothing(builtin_params, tmp_path):
+    base = fingerprints(builtin_params, copy_package(tmp_path / "base"))
+    root = copy_package(tmp_path / "edited")
+    engine = root / "mapmerge" / "tensors" / "engine.py"
+    text = engine.read_text()
+    first_def = text.index("\ndef ")
+    docstring_end = text.index('"""', text.index('"""', first_def) + 3)
+    text = text[:docstring_end] + " Edited." + text[docstring_end:]  # the first function's docstring
+    engine.write_text(text.replace("\nimport ", "\n# a new comment\n\nimport ", 1) + "\n# the end\n")
+    assert fingerprints(builtin_params, root) == base
+    edit_a_function(engine)
+    assert {s for s, code in fingerprints(builtin_params, root).items() if code != base[s]} == EXPECTED[
+        "mapmerge.tensors.engine"
+    ]
