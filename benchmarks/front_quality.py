@@ -47,6 +47,12 @@ a true-front point that the answer dominates counts 0 (IGD is not Pareto-complia
 reference can score worse than one that matches it). Mean and standard deviation over the seeds; `vs grid`: mean
 IGD over that of the largest grid search with at most the row's total evaluations (< 1 is better).
 
+`igd offered`, for the methods with a surrogate: the IGD of what the method offers a user to choose from, the
+non-dominated set of its real evaluations and of its final predicted front's merges, each of the latter evaluated
+for real to score it (not counted in `total`, as the win rate's picks are not): the merges a user choosing from the
+front gets, at their real values. Its ratio table compares it with grid search's IGD; the other tables count only
+what was measured (this column's evaluations would otherwise count as spent).
+
 Win rate (the MAP paper's metric; mapmerge.core.pareto.win_rate), for the methods with a surrogate:
 preference vectors W = the Das-Dennis lattice over the T tasks with at most --win-vectors vectors
 (21 by default: 21 for T = 2 and 3, 20 for T = 4). Per w, MAP's pick is the point of its final
@@ -422,6 +428,13 @@ def win_rates(evaluate: Evaluator, result: Result, W: np.ndarray, seed: int) -> 
     }
 
 
+def offered(evaluate: Evaluator, result: Result) -> np.ndarray:
+    """The real accuracies of what a method with a surrogate offers a user to choose from: the non-dominated set of
+    its own real evaluations and its final predicted front's merges, each evaluated for real (to score them: not
+    counted in what the method spent, as for the win rate)."""
+    return answer(np.vstack([result.evaluated, evaluate(result.predicted[0])]))
+
+
 def measure(
     evaluate: Evaluator,
     budgets: Sequence[int],
@@ -468,6 +481,9 @@ def measure(
                             "igd": float(igd.do(-result.answer)),
                             "igd+": float(igd_plus.do(-result.answer)),
                             "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
+                            "igd offered": np.nan
+                            if result.predicted is None
+                            else float(igd.do(-offered(evaluate, result))),
                             **wins,
                             "method s": spent if result.seconds is None else result.seconds,
                         }
@@ -489,6 +505,7 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
             igd_std=("igd", "std"),
             igdplus_mean=("igd+", "mean"),
             igd_front=("igd front", "mean"),
+            igd_offered=("igd offered", "mean"),
             win_rnd=("win rnd", "mean"),
             win_grid=("win grid", "mean"),
             win_best=("win best", "mean"),
@@ -498,7 +515,9 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     )
     table["igd_std"] = table["igd_std"].fillna(0.0)
     table = table.rename(columns={"igdplus_mean": "igd+ mean"})
-    table.columns = [c.replace("_", " ") if c.startswith(("win", "igd front", "method")) else c for c in table.columns]
+    table.columns = [
+        c.replace("_", " ") if c.startswith(("win", "igd_front", "igd_offered", "method")) else c for c in table.columns
+    ]
     grids = table[table["method"] == "grid search"]
     table["vs grid"] = [
         row.igd_mean / mine["igd_mean"].iloc[-1]
@@ -516,10 +535,11 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
 
 def ratios(table: pd.DataFrame, column: str = "igd_mean") -> pd.DataFrame:
     """Per T, method and rounds: for each target (grid search at each size, random search at its largest budget), the
-    fewest total evaluations whose mean IGD (`column`: `igd+ mean` for IGD+) reaches the target's, and the target's
-    evaluations over these. A refined method also gets a row `any`: the fewest over every (design budget, rounds),
-    with that budget B and rounds R."""
+    fewest total evaluations whose mean IGD (`column`: `igd+ mean` for IGD+; `igd offered` for what a surrogate
+    method offers, against the targets' IGD) reaches the target's, and the target's evaluations over these. A refined
+    method also gets a row `any`: the fewest over every (design budget, rounds), with that budget B and rounds R."""
     label = "IGD+" if column == "igd+ mean" else "IGD"
+    target_column = "igd_mean" if column == "igd offered" else column
     rows = []
     for n_tasks, part in table.groupby("T", sort=True):
         targets = [
@@ -529,18 +549,20 @@ def ratios(table: pd.DataFrame, column: str = "igd_mean") -> pd.DataFrame:
         randoms = part[part["method"] == "random search"].sort_values("budget")
         if len(randoms):
             targets.append((f"random {int(randoms.iloc[-1]['total'])}", randoms.iloc[-1]))
-        groups = [((m, r), ran) for (m, r), ran in part.groupby(["method", "rounds"], sort=False)]
+        groups = [
+            ((m, r), ran) for (m, r), ran in part.groupby(["method", "rounds"], sort=False) if ran[column].notna().any()
+        ]
         groups += [((m, "any"), ran) for m, ran in part[part["rounds"] > 0].groupby("method", sort=False)]
         for (method, rounds), ran in groups:
             row: dict[str, object] = {"T": n_tasks, "method": method, "rounds": rounds}
             for name, target in targets:
-                mine = ran[ran[column] <= target[column] + 1e-12].sort_values(["total", column])
+                mine = ran[ran[column] <= target[target_column] + 1e-12].sort_values(["total", column])
                 cell = "not reached"
                 if len(mine):
                     best = mine.iloc[0]
                     cell = f"{best['total']:.0f} ({target['total'] / best['total']:.1f}x)"
                     cell += f", B={best['budget']} R={best['rounds']}" if rounds == "any" else ""
-                row[f"{name} ({label} {target[column]:.4f})"] = cell
+                row[f"{name} ({label} {target[target_column]:.4f})"] = cell
             rows.append(row)
     order = {m: i for i, m in enumerate(dict.fromkeys(table["method"]))}
     return pd.DataFrame(rows).sort_values("method", key=lambda s: s.map(order), kind="stable", ignore_index=True)
@@ -687,6 +709,11 @@ def main() -> None:
     print(markdown(ratios(table)))
     print("\nthe same for IGD+ (distances only where the answer is worse: a reference point it dominates counts 0)\n")
     print(markdown(ratios(table, "igd+ mean")))
+    print(
+        "\nthe same for what a surrogate method offers (igd offered: its real evaluations and its final predicted "
+        "front's merges, the latter evaluated for real to score them, not counted), against the targets' IGD\n"
+    )
+    print(markdown(ratios(table, "igd offered")))
 
 
 if __name__ == "__main__":
