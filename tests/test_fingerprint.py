@@ -284,7 +284,7 @@ def g():
 
 def digest(text: str) -> str:
     data = text.encode()
-    return fingerprint.code_digest(data, ast.parse(data))
+    return fingerprint.code_digest(ast.parse(data))
 
 
 @pytest.mark.parametrize(
@@ -297,9 +297,13 @@ def digest(text: str) -> str:
         ("import os  # a comment", "import os"),
         ("class A:\n", "\n\nclass A:  # with a comment\n"),
         ("return x + 1  # one more", "return x + 1   "),
+        ("return x + 1", "return (\n            x\n            + 1\n        )"),  # layout
+        ("import os", "import os;"),
+        ('def g():\n    """Only a docstring."""', "def g():\n    'Only a docstring.'"),
+        ('    """A class."""\n\n', ""),  # a docstring removed
     ],
 )
-def test_comments_docstrings_and_blank_lines_leave_the_digest(edit):
+def test_comments_docstrings_blank_lines_and_layout_leave_the_digest(edit):
     old, new = edit
     assert old in CODE
     assert digest(CODE.replace(old, new)) == digest(CODE)
@@ -314,6 +318,8 @@ def test_comments_docstrings_and_blank_lines_leave_the_digest(edit):
         ("import os", "import sys"),
         ("        return x + 1", "        return x + 1\n        pass"),
         ('def g():\n    """Only a docstring."""', 'def g():\n    """Only a docstring."""\n    return 1'),
+        ("return x + 1", "return 1 + x"),
+        ("return x + 1", "return x + 1.0"),
     ],
 )
 def test_code_and_string_data_change_the_digest(edit):
