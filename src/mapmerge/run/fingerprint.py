@@ -11,10 +11,11 @@ those import from under python_path (and from mapmerge). The source is parsed wi
 imported. The standard library and installed packages are not hashed, nor imports by computed names
 (importlib.import_module).
 
-The Snakefile is parsed by the driver and again in every cluster job, and every rule asks for its params: a file is read, hashed
-and parsed once per process (again only when its size or mtime changes), and a stage's closure is
-reused while none of its files changes: every stage of the package in 0.20-0.23 s (0.17-0.20 s when the raw
-bytes were hashed, 0.40-0.47 s when comments were found by tokenizing).
+The Snakefile is parsed by the driver and again in every cluster job, and every rule asks for its
+params: a file is read, hashed and parsed once per process (again only when its size or mtime changes),
+and a stage's closure is reused while none of its files changes: every stage of the package in
+0.20-0.23 s (0.17-0.20 s when the raw bytes were hashed, 0.40-0.47 s when comments were found by
+tokenizing).
 """
 
 from __future__ import annotations
