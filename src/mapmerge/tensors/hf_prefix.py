@@ -1,9 +1,9 @@
 """transformers' base_model_prefix of a model (the attribute holding its body: 'bert', 'transformer', 'model').
 
-Read from the source of the model's modeling file in the installed transformers (parsed, not imported: about
-0.003-0.01 s, where importing the model class costs 2-3 s in a job that may need nothing else of transformers); when the
-source does not settle it (a prefix inherited from a class of another file, an unusual layout) the class is
-imported and asked.
+Read from the source of the model's modeling file in the installed transformers (parsed, not imported:
+0.003-0.01 s, where importing the model class costs 2-3 s in a job that may need nothing else of transformers);
+when the source does not settle it (a prefix inherited from a class of another file, an unusual layout) the
+class is imported and asked.
 """
 
 from __future__ import annotations
