@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from mapmerge.run import config as config_module
 from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, stage_config
 
 STAGES = list(STAGE_ENTRY)
@@ -98,6 +99,19 @@ def test_bad_experiment_defaults_list_gives_one_line_error(repo, tmp_path, defau
     with pytest.raises(ConfigError, match=message) as info:
         load(repo, experiment=tmp_path / "exp.yaml")
     assert "\n" not in str(info.value)
+
+
+def test_a_value_error_of_mapmerge_itself_is_not_read_as_a_config_error(repo, monkeypatch):
+    """Only Hydra's and OmegaConf's ValueErrors (a malformed defaults list) become one-line config errors; a bug
+    in mapmerge's own code around compose keeps its type and traceback."""
+
+    def broken(overrides):
+        raise ValueError("a bug in mapmerge")
+
+    monkeypatch.setattr(config_module, "_whole_map_overrides", broken)
+    with pytest.raises(ValueError, match="a bug in mapmerge") as info:
+        load(repo)
+    assert not isinstance(info.value, ConfigError)
 
 
 def changed_stages(repo, override, method="map", refine=2):

@@ -69,6 +69,8 @@ def load_config(
             OmegaConf.update(cfg, key, value, merge=False)
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:  # Hydra: ValueError for a malformed defaults
+        if isinstance(exc, ValueError) and _raised_in(exc) not in ("hydra", "omegaconf"):
+            raise  # a bug, not the user's config: its traceback, not one line
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         typo = re.match(r"Could not override '([\w.]+)'\.", message)
         message = (typo and schema.unknown_key(typo.group(1))) or message
@@ -91,6 +93,14 @@ def load_config(
 # file's (and refuse a key the file lacks): a task left out of a preference weighs 0, so the file's weights must not
 # survive a preference given on the command line; `key.item=value` still changes one entry
 WHOLE_MAPS = ("preference",)
+
+
+def _raised_in(exc: BaseException) -> str:
+    """The top-level package of the Python frame that raised exc ('' when none is known)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] if tb is not None else ""
 
 
 def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
