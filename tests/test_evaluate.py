@@ -6,6 +6,7 @@ import torch
 from conftest import SMALL_BENCHMARK, SMALL_TASKS
 from mapmerge.builtin.model import DigitsEvaluator, build_model
 from mapmerge.core.metrics import metrics_from_examples
+from mapmerge.errors import ConfigError
 from mapmerge.tensors.checkpoints import load_state_dict
 from mapmerge.tensors.engine import (
     FAILED_EXAMPLE,
@@ -168,6 +169,7 @@ def test_metrics_keep_recorded_failures_visible():
 
 
 def test_device_choice():
+    from mapmerge.run.preflight import check_device
     from mapmerge.tensors.engine import pick_device
 
     assert pick_device("cpu") == torch.device("cpu")
@@ -175,6 +177,12 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(EvaluationError, match="evaluation.device: 'cuda'"):
             pick_device("cuda")
+    # a device this machine lacks: the job says what the driver's preflight says, less the driver's advice
+    with pytest.raises(EvaluationError) as job:
+        pick_device("cuda:99")
+    with pytest.raises(ConfigError) as driver:
+        check_device("cuda:99")
+    assert str(driver.value).startswith(f"{job.value}; use auto or cpu here") and "\n" not in str(job.value)
 
 
 def test_half_precision_checkpoints_are_evaluated_in_float32(small_bench, vectors, tmp_path):

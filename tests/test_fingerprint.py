@@ -71,6 +71,7 @@ EXPECTED = {
     "mapmerge.stages.validate": {"validate"},
     # the engine, and what reads checkpoints and merges task vectors (plan_level: cosine pairing)
     "mapmerge.tensors.engine": EVALUATIONS,
+    "mapmerge.tensors.devices": EVALUATIONS,  # pick_device (and the driver's preflight, which no stage is)
     "mapmerge.tensors.placement": EVALUATIONS,  # where the engine keeps the task vectors
     "mapmerge.tensors.checkpoints": ENGINE | {"prepare_benchmark"},
     "mapmerge.tensors.hf_prefix": ENGINE | {"prepare_benchmark"},  # read by checkpoints

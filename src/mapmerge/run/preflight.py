@@ -190,19 +190,11 @@ def check_device(device: str) -> None:
     """
     if not device.startswith("cuda"):
         return
-    import torch  # deferred: torch, and only for a run that asks for CUDA
+    from mapmerge.tensors.devices import device_problem  # deferred: torch, and only for a run that asks for CUDA
 
-    if not torch.cuda.is_available():
-        build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU-only build)"
-        raise ConfigError(
-            f"evaluation.device: '{device}' asked for, but this machine has no CUDA device{build}; "
-            "use auto or cpu here, or submit the run to a cluster with GPUs"
-        )
-    index, count = torch.device(device).index, torch.cuda.device_count()
-    if index is not None and index >= count:
-        raise ConfigError(
-            f"evaluation.device: '{device}' asked for, but this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}"
-        )
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"{problem}; use auto or cpu here, or submit the run to a cluster with GPUs")
 
 
 def check_files(cfg: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from mapmerge.io import ArtifactError
 from mapmerge.tensors import operators
 from mapmerge.tensors import placement as placement_plan
 from mapmerge.tensors.checkpoints import LazyCheckpoint, open_checkpoint, release_freed_memory
+from mapmerge.tensors.devices import device_problem
 from mapmerge.tensors.operators import apply_operator
 from mapmerge.tensors.placement import Sizes
 from mapmerge.tensors.taskvectors import merged_names
@@ -53,13 +54,13 @@ class EvaluationError(RuntimeError):
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA when available for 'auto', else CPU; an explicit device must exist."""
+    """CUDA when available for 'auto', else CPU; an explicit device must exist here (devices.device_problem)."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"evaluation.device: '{requested}' asked for but CUDA is not available")
-    return device
+    problem = device_problem(requested)
+    if problem:
+        raise EvaluationError(problem)
+    return torch.device(requested)
 
 
 def build_module(builder: Mapping[str, Any], python_path: Sequence[str] = ()) -> torch.nn.Module:
