@@ -175,6 +175,33 @@ def test_bootstrap_intervals_are_reproducible_with_the_seed():
     assert reference.tolist() == worst.loc[["a", "b"]].tolist()
 
 
+def test_prediction_errors_resample_the_points_so_their_interval_holds_the_error_measured():
+    examples, points = synthetic_examples(n_front=4)
+    measured = wide_metrics(metrics_from_examples(examples), "sample").loc[points["sample"]]
+    exact = points.assign(accuracy_a=measured["accuracy_a"].to_numpy(), accuracy_b=measured["accuracy_b"].to_numpy())
+    off = exact.assign(accuracy_a=exact["accuracy_a"] + [0.0, 0.0, 0.1, 0.3])  # two points off, on one task
+    tables = {
+        name: groundtruth.validation_table(examples, pts, "accuracy", True, bootstrap=200, ci_level=0.9, seed=0)[0]
+        for name, pts in [("exact", exact), ("off", off), ("before", points)]
+    }
+    errors = {
+        name: t.set_index("indicator").loc["pred_mae", ["value", "ci_low", "ci_high"]] for name, t in tables.items()
+    }
+    # predictions that equal the measurements: no error, and none in any resample (resampled examples would add noise)
+    assert errors["exact"].tolist() == [0.0, 0.0, 0.0]
+    # errors over (point, task): 0, 0, 0.1, 0.3 on a, 0 on b; resamples of the 4 points average between 0 and 0.3 / 2
+    assert errors["off"]["value"] == pytest.approx(0.4 / 8)
+    assert 0.0 <= errors["off"]["ci_low"] < errors["off"]["value"] < errors["off"]["ci_high"] <= 0.15
+    for table in tables.values():
+        low, value, high = (
+            table.set_index("indicator").loc[["pred_mae", "pred_max"], ["ci_low", "value", "ci_high"]].T.to_numpy()
+        )
+        assert ((low <= value + 1e-12) & (value <= high + 1e-12)).all()
+    # the front indicators' intervals still resample the examples, as before
+    others = tables["before"].query("indicator not in ['pred_mae', 'pred_max']")
+    assert (others["ci_low"] < others["ci_high"]).sum() >= 8
+
+
 def test_validation_plot_has_a_panel_per_pair_of_tasks(tmp_path):
     tasks = ["a", "b", "c"]
     rng = np.random.default_rng(0)
@@ -232,6 +259,9 @@ def test_coverage_rows_per_task_and_overall():
     }
     assert table[["value", "ci_low", "ci_high"]].apply(lambda v: v.between(0, 1)).all().all()
     assert (table["ci_low"] <= table["ci_high"]).all() and (table["n_reference"] == 25).all()
+    # resamples of the grid's points, the real values kept: the interval holds the coverage measured
+    assert ((table["ci_low"] <= table["value"]) & (table["value"] <= table["ci_high"])).all(), table
+    assert (table["ci_low"] < table["ci_high"]).any()
     assert table.set_index("front")["n_points"].to_dict() == {"a": 25, "b": 25, "all": 50}
     rows = table.set_index(["front", "metric"])["value"]
     assert rows[("all", "accuracy")] == pytest.approx((rows[("a", "accuracy")] + rows[("b", "accuracy")]) / 2)
@@ -247,6 +277,8 @@ def test_coverage_counts_the_real_values_inside_the_bounds():
     )
     values = groundtruth.interval_coverage(wide, bounds, ["a"], ["accuracy"])
     assert values == {("coverage", "a", "accuracy"): 0.5, ("coverage", "all", "accuracy"): 0.5}  # NaN: outside
+    resampled = groundtruth.interval_coverage(wide, bounds, ["a"], ["accuracy"], rows=np.array([0, 0, 2, 1]))
+    assert resampled[("coverage", "a", "accuracy")] == 0.75  # g0 twice, g2, not g1 nor g3
 
 
 def test_stage_validate_adds_the_coverage_rows(tmp_path):

@@ -20,6 +20,10 @@ igd, igd_plus, gd and hv are given for the K points as MAP predicted them (front
 (front `real`), and hv also for the true front (front `grid`). Intervals: each task's examples are
 drawn with replacement (one draw for every model, from the master seed), metrics recomputed from the
 per-example rows and the indicators with them; ci_low and ci_high are the central `ci_level` interval.
+pred_mae's, pred_max's and coverage's intervals resample the points instead (the K points, the grid's points; with
+replacement, a stream of their own beside the seed): how they would differ with other merges. Resampling the
+examples would add noise to the real values, so to every absolute error and to every value outside an interval:
+an interval that need not hold the value measured.
 
 The stages' entry points are in mapmerge.stages (validate_front, validate_baseline, validate); the
 grid's batches are evaluated by stage evaluate.
@@ -38,6 +42,7 @@ from mapmerge.core.spread import spread_order
 
 COLUMNS = ["indicator", "front", "metric", "value", "ci_low", "ci_high", "n_points", "n_reference"]
 GRID_PREFIX, FRONT_PREFIX = "g", "f"  # sample names of grid and front points
+POINTS_STREAM = 2  # the resamples of the points (pred_mae, pred_max, coverage), beside the master seed
 
 
 def grid_points(members: Sequence[str], lower: float, upper: float, resolution: int) -> pd.DataFrame:
@@ -132,16 +137,18 @@ def front_indicators(
 
 
 def prediction_errors(
-    points: pd.DataFrame, measured: pd.DataFrame, metrics: Sequence[str]
+    points: pd.DataFrame, measured: pd.DataFrame, metrics: Sequence[str], rows: np.ndarray | None = None
 ) -> dict[tuple[str, str], float]:
     """(indicator, metric) -> pred_mae / pred_max: |predicted - measured| over the points and tasks.
 
-    points: predicted `<metric>_<task>` per row; measured: the same columns, rows in the same order.
+    points: predicted `<metric>_<task>` per row; measured: the same columns, rows in the same order; rows: which
+    points to count (indices, repeats allowed: a resample of the points), all of them if None.
     """
     values = {}
     for metric in metrics:
         columns = [f"{metric}_{t}" for t in suffixes(points.columns, metric)]
         error = np.abs(points[columns].to_numpy(dtype=float) - measured[columns].to_numpy(dtype=float))
+        error = error if rows is None else error[rows]
         values[("pred_mae", metric)], values[("pred_max", metric)] = float(error.mean()), float(error.max())
     return values
 
@@ -154,20 +161,23 @@ def _indicators(
     reference: np.ndarray,
     maximize: bool,
 ) -> dict[tuple[str, str, str], float]:
-    """Every indicator, keyed (indicator, front, metric), from the models' wide metrics."""
+    """The front indicators, keyed (indicator, front, metric), from the models' wide metrics."""
+    columns = [f"{metric}_{t}" for t in suffixes(points.columns, metric)]
+    measured = wide.loc[points["sample"], columns].to_numpy(dtype=float)
+    fronts = {"predicted": points[columns].to_numpy(dtype=float), "real": measured}
+    grid = wide.loc[grid_samples, columns].to_numpy(dtype=float)
+    return {(i, f, metric): v for (i, f), v in front_indicators(grid, fronts, reference, maximize).items()}
+
+
+def _errors(
+    wide: pd.DataFrame, points: pd.DataFrame, metric: str, rows: np.ndarray | None = None
+) -> dict[tuple[str, str, str], float]:
+    """pred_mae and pred_max of every metric fitted and measured, keyed (indicator, `predicted`, metric), over the
+    points' `rows` (all of them if None)."""
     tasks = suffixes(points.columns, metric)
-    columns = [f"{metric}_{t}" for t in tasks]
     measured = wide.loc[points["sample"]].reset_index(drop=True)
-    fronts = {"predicted": points[columns].to_numpy(dtype=float), "real": measured[columns].to_numpy(dtype=float)}
-    values = {
-        (i, f, metric): v
-        for (i, f), v in front_indicators(
-            wide.loc[grid_samples, columns].to_numpy(dtype=float), fronts, reference, maximize
-        ).items()
-    }
     shared = [m for m in METRICS if f"{m}_{tasks[0]}" in points.columns and f"{m}_{tasks[0]}" in measured.columns]
-    values.update({(i, "predicted", m): v for (i, m), v in prediction_errors(points, measured, shared).items()})
-    return values
+    return {(i, "predicted", m): v for (i, m), v in prediction_errors(points, measured, shared, rows).items()}
 
 
 def validation_table(
@@ -194,6 +204,7 @@ def validation_table(
     reference = hv_reference(grid, maximize)
     n_truth = len(pareto.non_dominated(grid, [maximize] * len(tasks)))
     values = _indicators(wide, grid_samples, points, metric, reference, maximize)
+    values.update(_errors(wide, points, metric))
     win = WinRate(points, grid_samples, metric, maximize, budget, seed) if budget else None
     values.update(win(wide) if win else {})
     rng = np.random.default_rng(seed)
@@ -204,6 +215,10 @@ def validation_table(
         for key, value in _indicators(resampled, grid_samples, points, metric, reference, maximize).items():
             draws[key].append(value)
         for key, value in (win(resampled) if win else {}).items():
+            draws[key].append(value)
+    points_rng = np.random.default_rng([seed, POINTS_STREAM])
+    for _ in range(bootstrap):
+        for key, value in _errors(wide, points, metric, points_rng.integers(0, len(points), len(points))).items():
             draws[key].append(value)
     tail = 50 * (1 - ci_level)
     rows = []
@@ -303,12 +318,17 @@ COVERAGE_ALL = "all"  # the `front` of the coverage row pooling every task
 
 
 def interval_coverage(
-    wide: pd.DataFrame, bounds: pd.DataFrame, tasks: Sequence[str], metrics: Sequence[str]
+    wide: pd.DataFrame,
+    bounds: pd.DataFrame,
+    tasks: Sequence[str],
+    metrics: Sequence[str],
+    rows: np.ndarray | None = None,
 ) -> dict[tuple[str, str, str], float]:
     """(coverage, task or 'all', metric) -> share of the real `<metric>_<task>` of `wide` within [`_lo`, `_hi`].
 
-    wide: real (or resampled) metrics per grid sample; bounds: the intervals (`<metric>_<task>_lo`, `_hi`), indexed
-    by the same samples. A NaN real value or bound counts as outside.
+    wide: real metrics per grid sample; bounds: the intervals (`<metric>_<task>_lo`, `_hi`), indexed by the same
+    samples. A NaN real value or bound counts as outside. rows: which of the bounds' points to count (indices,
+    repeats allowed: a resample of the points), all of them if None.
     """
     values = {}
     for metric in metrics:
@@ -319,6 +339,7 @@ def interval_coverage(
             held = (bounds[f"{name}_lo"].to_numpy(dtype=float) <= real) & (
                 real <= bounds[f"{name}_hi"].to_numpy(dtype=float)
             )
+            held = held if rows is None else held[rows]
             values[("coverage", task, metric)] = float(held.mean())
             inside.append(held)
         values[("coverage", COVERAGE_ALL, metric)] = float(np.concatenate(inside).mean())
@@ -332,8 +353,8 @@ def coverage_table(
 
     examples: per-example rows of the grid points; bounds: the intervals at the grid's points, indexed by
     sample, as mapmerge.core.surrogate.prediction_columns gives them (`<metric>_<task>`, `_lo`, `_hi`).
-    Intervals as the other indicators': the same example draws (the same seed), the prediction intervals
-    fixed. n_points: the real values counted (grid points x tasks for `all`); n_reference: the grid's points.
+    ci_low, ci_high: the grid's points resampled with replacement (the stream POINTS_STREAM beside the seed), the
+    prediction intervals and the real values fixed. n_points: the real values counted (grid points x tasks for `all`); n_reference: the grid's points.
     """
     grid = examples[examples["sample"].str.startswith(GRID_PREFIX)]
     wide = wide_metrics(metrics_from_examples(grid), "sample")
@@ -342,11 +363,12 @@ def coverage_table(
     metrics = [m for m in metrics if all(f"{m}_{t}" in wide for t in tasks)]
     bounds = bounds.loc[wide.index]
     values = interval_coverage(wide, bounds, tasks, metrics)
-    rng = np.random.default_rng(seed)
-    matrices = ExampleMatrices(grid)
+    rng = np.random.default_rng([seed, POINTS_STREAM])
     draws = {key: [] for key in values}
     for _ in range(bootstrap):
-        for key, value in interval_coverage(matrices.metrics(matrices.draw(rng)), bounds, tasks, metrics).items():
+        for key, value in interval_coverage(
+            wide, bounds, tasks, metrics, rng.integers(0, len(bounds), len(bounds))
+        ).items():
             draws[key].append(value)
     tail = 50 * (1 - ci_level)
     rows = []
