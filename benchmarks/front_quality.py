@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
-        [--spreads front gap coverage] [--dataset digits|fashion] [--truth grid|sobol] [--front-points K]
+        [--spreads cover front gap coverage] [--dataset digits|fashion] [--truth grid|sobol] [--front-points K]
         [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
@@ -22,14 +22,16 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
 - Bayesian MAP: the same, with the design grown inside B by mapmerge.core.bayesian's rounds (initial
   design max(P + 2, initial_factor x P) points, rounds of per_round_factor x P points from the
   config, the last one cut to B); needs B >= P + 2.
-- MAP + refinement, `refine (a|b) K=k[, gap|coverage]` (--refine K:R, --fits, --spreads): the Sobol design
-  of B points and the quadratic fit as MAP; then R rounds, each evaluating for real the
+- MAP + refinement, `refine (a|b) K=k[, cover|gap|coverage]` (--refine K:R, --fits, --spreads): the Sobol
+  design of B points and the quadratic fit as MAP; then R rounds, each evaluating for real the
   equal-preference pick of the predicted front and K points spread along it, then refitting on
   every real evaluation so far and predicting the front again. The K points: `front`
   (spread_points below: spread_order along the predicted front, points already evaluated skipped)
-  or `gap` (mapmerge.core.refine.round_points, as the workflow does: the predicted front points
-  farthest from the real front found so far) or `coverage` (round_points' other order: each next point the
-  one that most lowers the mean distance from the predicted front to the real one, IGD's own mean). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
+  or mapmerge.core.refine.round_points in one of its orders: `cover` (as the workflow does: each next point
+  the one that most lowers the mean distance from the predicted non-dominated merges of 1024 Sobol points of
+  the box, pareto.sample_front, to the real front found so far and the points chosen), `gap` (the predicted
+  front point farthest from the real front found so far) or `coverage` (as `cover`, with NSGA-III's front in
+  place of the box's merges). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
   kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
@@ -95,9 +97,16 @@ from scipy.stats import qmc
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
-from mapmerge.core.pareto import non_dominated, preference_vectors, surrogate_front, weighted_picks, win_rate
+from mapmerge.core.pareto import (
+    non_dominated,
+    preference_vectors,
+    sample_front,
+    surrogate_front,
+    weighted_picks,
+    win_rate,
+)
 from mapmerge.core.quadratic import n_params
-from mapmerge.core.refine import GAP, round_points
+from mapmerge.core.refine import BOX_POINTS, GAP, round_points
 from mapmerge.core.selection import select_point
 from mapmerge.core.spread import spread_order
 from mapmerge.core.surrogate import fit_surrogate
@@ -114,6 +123,7 @@ TRUTH_SEED = 987654  # the scrambled Sobol ground truth's seed (--truth sobol): 
 KINDS = ("map", "bayesian", "refine", "random", "grid")
 FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction"}
 SPREADS = {
+    "cover": "round_points, order cover: most lowering the mean distance from the box's predicted front",
     "front": "spread_points: spread_order along the front",
     "gap": "round_points: far from the real front",
     "coverage": "round_points, order coverage: most lowering the mean distance to the real front",
@@ -315,28 +325,38 @@ def run_refined(
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
     by a refit ((a) quadratic, (b) quadratic + kernel correction); one result after each round. spread: the front
-    points of mapmerge.core.refine.round_points (`front`) or of gap_points (`gap`)."""
+    points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
+    `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
+    seed, as the workflow does)."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
     if budget < n_params(n_tasks):
         return []
     link = opt["surrogate"]["links"]["accuracy"]
-    lower, upper = np.zeros(n_tasks), np.ones(n_tasks)
+    lower, upper, maximize = np.zeros(n_tasks), np.ones(n_tasks), [True] * n_tasks
     C = map_design(tasks, budget, opt["sampler"], seed)
     start, evaluating = time.perf_counter(), evaluate.seconds
     F = evaluate(C)
-    front = predicted_front(fit_predictor(C, F, link), n_tasks, opt, seed)  # the first fit: the quadratic
+    predict = fit_predictor(C, F, link)  # the first fit: the quadratic
+    front = predicted_front(predict, n_tasks, opt, seed)
     results = []
     for rnd in range(1, rounds + 1):
         C_front, F_front = front
-        pick = select_point(F_front, np.full(n_tasks, 1.0 / n_tasks), [True] * n_tasks)
-        if spread in ("gap", "coverage"):
-            new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper, order=spread)
-        else:
+        pick = select_point(F_front, np.full(n_tasks, 1.0 / n_tasks), maximize)
+        if spread == "front":
             new = spread_points(C_front, F_front, pick, k, C)
+        else:
+            box = None  # gap
+            if spread == "cover":
+                box = sample_front(predict, lower, upper, maximize, BOX_POINTS, seed)
+            elif spread == "coverage":  # cover with NSGA-III's front in place of the box's merges
+                box = front
+            order = "gap" if spread == "gap" else "cover"
+            new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper, order=order, box=box)
         if len(new):
             C, F = np.vstack([C, new]), np.vstack([F, evaluate(new)])
-            front = predicted_front(fit_predictor(C, F, link, fit), n_tasks, opt, seed)
+            predict = fit_predictor(C, F, link, fit)
+            front = predicted_front(predict, n_tasks, opt, seed)
         spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
         results.append(Result(answer(F), budget, len(C) - budget, F, answer(F[budget:]), front, rnd, spent))
     return results
@@ -632,7 +652,7 @@ def main() -> None:
         choices=list(SPREADS),
         default=list(SPREADS),
         help="refinement front points: front (spread_order), gap (gap-filling: mapmerge.core.refine.round_points), "
-        "coverage (round_points' order coverage)",
+        "coverage (round_points' order coverage), cover (round_points' order cover, the workflow's)",
     )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument(

@@ -50,12 +50,43 @@ def test_front_points_go_where_the_measured_front_has_none_yet():
 def test_coverage_takes_the_point_that_most_lowers_the_mean_distance():
     C, F = line_front()  # 11 evenly spaced points
     chosen = {}
-    for order in ("gap", "coverage"):
-        points, _ = refine.round_points(C, F, [0], 1, np.zeros((0, 2)), np.zeros((0, 2)), LOWER, UPPER, order=order)
+    for order, box in (("gap", None), ("cover", (C, F))):  # cover with the front itself: `coverage`
+        nothing = np.zeros((0, 2))
+        points, _ = refine.round_points(C, F, [0], 1, nothing, nothing, LOWER, UPPER, order=order, box=box)
         chosen[order] = [int(np.flatnonzero((C == p).all(axis=1))[0]) for p in points]
     # beside the pick at one end: gap takes the other end (the largest distance), coverage point 7 (distances to the
     # nearest of {0, j} summed over the 11 points: least for j = 7)
-    assert chosen == {"gap": [0, 10], "coverage": [0, 7]}
+    assert chosen == {"gap": [0, 10], "cover": [0, 7]}
+
+
+def test_cover_goes_where_the_box_has_most_non_dominated_merges():
+    C, F = line_front()  # NSGA-III's front: 11 points evenly spread
+    # the box's predicted non-dominated merges crowd near t = 0.8 (as many merges of a box can be non-dominated in
+    # one region of the front): cover takes a point there, where gap and coverage take the far end and the middle
+    t = np.concatenate([np.linspace(0.75, 0.85, 20), [0.0, 1.0]])
+    box = (np.column_stack([t, 1 - t]), np.column_stack([t, 1 - t]))
+    nothing = np.zeros((0, 2))
+    points, kinds = refine.round_points(C, F, [0], 1, nothing, nothing, LOWER, UPPER, order="cover", box=box)
+    assert kinds == ["pick", "front"] and 0.75 <= points[1, 0] <= 0.85
+    # the measured front already there: the next point goes elsewhere
+    points, _ = refine.round_points(C, F, [0], 1, nothing, box[1][:20], LOWER, UPPER, order="cover", box=box)
+    assert not 0.7 <= points[1, 0] <= 0.9
+    with pytest.raises(ValueError, match="order 'cover' takes the box"):
+        refine.round_points(C, F, [0], 1, nothing, nothing, LOWER, UPPER, order="cover")
+
+
+def test_the_box_front_is_the_non_dominated_part_of_a_seeded_sobol_sample():
+    from mapmerge.core.pareto import non_dominated, sample_front
+
+    def predict(X):  # two tasks trading off along c_0 - c_1, both better with c_0 + c_1 up to 1
+        return np.column_stack([X[:, 0] - X[:, 1] ** 2, X[:, 1] - X[:, 0] ** 2])
+
+    C, F = sample_front(predict, LOWER, UPPER, [True, True], 256, seed=3)
+    again, _ = sample_front(predict, LOWER, UPPER, [True, True], 256, seed=3)
+    np.testing.assert_array_equal(C, again)
+    assert 5 < len(C) < 256 and len(non_dominated(F, [True, True])) == len(F)
+    np.testing.assert_allclose(F, predict(C))
+    assert not np.array_equal(C, sample_front(predict, LOWER, UPPER, [True, True], 256, seed=4)[0])
 
 
 def test_other_picks_come_right_after_the_pick_and_are_skipped_when_evaluated():

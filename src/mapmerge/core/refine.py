@@ -17,6 +17,8 @@ import pandas as pd
 from mapmerge.core.quadratic import n_params
 
 KINDS = ("pick", "front", "extend")  # a refinement round's samples: the pick, front points, points past the box
+ORDERS = ("cover", "gap")  # how round_points orders a round's front points
+BOX_POINTS = 1024  # the dense sample of the box whose predicted non-dominated merges order `cover` covers
 # a candidate this close (fraction of the box's width, in every coefficient) to an evaluated point is skipped
 GAP = 1e-3
 BOUND_TOL = 0.01  # a coefficient this close (fraction of the box's width) to a bound lies on it
@@ -45,59 +47,75 @@ def round_points(
     upper: np.ndarray,
     gap: float = GAP,
     order: str = "gap",
+    box: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """The next round's coefficients [n, T] and each one's kind (`pick` or `front`): the pick (picks[0]) first, the
-    other `picks` (front points to evaluate before any other, kind `front`) next, then front points in
-    gap-filling order, skipping any within `gap` of an evaluated or already chosen point.
+    other `picks` (front points to evaluate before any other, kind `front`) next, then front points in the
+    `order`, skipping any within `gap` of an evaluated or already chosen point. Objectives are normalised by the
+    candidates' range; `measured_F` holds the objectives of the non-dominated real evaluations (the measured front).
 
-    Gap-filling: each next point is the predicted front point farthest, in objectives normalised by the predicted
-    front's range, from the measured front (`measured_F`, the objectives of the non-dominated real evaluations)
-    and from the points chosen so far, so a round spends its evaluations where the real front has no point yet
-    (an order fixed along the front would re-evaluate near the same spots every round: docs/performance.md).
-    n = k + 1 while the front has that many new points; fewer when it has not (a front that is already
+    - `cover` (the workflow's): `box` = (C, F), the predicted non-dominated merges of a dense sample of the box
+      (mapmerge.core.pareto.sample_front), join the candidates; each next point is the candidate that most lowers
+      the mean distance from the box's predicted non-dominated merges to their nearest measured or chosen point.
+      The front a dense sample of real evaluations would give weighs each region by how many merges are
+      non-dominated there; NSGA-III's front spreads its points evenly instead (docs/performance.md).
+    - `gap`: the predicted front point farthest from the measured front and from the points chosen so far.
+
+    (`cover` with NSGA-III's front as `box` is docs/performance.md's order `coverage`.)
+
+    n = k + 1 while the candidates hold that many new points; fewer when they do not (a front that is already
     evaluated everywhere needs no more rounds).
-
-    order `coverage` instead takes next the point that most lowers the mean distance from the predicted front's
-    points to their nearest measured or chosen point (IGD's own mean, where `gap` lowers the largest distance).
     """
-    front_C = np.asarray(front_C, dtype=float)
-    front_F = np.asarray(front_F, dtype=float)
-    span = front_F.max(axis=0) - front_F.min(axis=0)
+    if order not in ORDERS:
+        raise ValueError(f"round_points: unknown order '{order}'; known: {', '.join(ORDERS)}")
+    if (order == "cover") != (box is not None):
+        raise ValueError("round_points: order 'cover' takes the box's predicted front (box), the others none")
+    C = np.asarray(front_C, dtype=float)
+    F = np.asarray(front_F, dtype=float)
+    if box is not None:
+        C, F = np.vstack([C, box[0]]), np.vstack([F, box[1]])
+    span = F.max(axis=0) - F.min(axis=0)
     span = np.where(span > 0, span, 1.0)
-    X = front_F / span
-    reached = np.asarray(measured_F, dtype=float).reshape(-1, front_F.shape[1]) / span
-    distance = np.full(len(X), np.inf)
-    if len(reached):
-        distance = np.linalg.norm(X[:, None, :] - reached[None, :, :], axis=2).min(axis=1)
-    taken = np.asarray(evaluated, dtype=float).reshape(-1, front_C.shape[1])
+    X = F / span  # the candidates
+    reference = X if box is None else np.asarray(box[1], dtype=float) / span  # what the coverage orders cover
+    reached = np.asarray(measured_F, dtype=float).reshape(-1, F.shape[1]) / span
+    distance, covered = _nearest(X, reached), _nearest(reference, reached)
+    taken = np.asarray(evaluated, dtype=float).reshape(-1, C.shape[1])
     chosen, kinds = [], []
     pick, queue = picks[0], list(picks[1:])
     candidate: int | None = pick
     while candidate is not None and len(chosen) < k + 1:
         distance = np.minimum(distance, np.linalg.norm(X - X[candidate], axis=1))
-        if not _near(front_C[candidate], taken, lower, upper, gap):
-            chosen.append(front_C[candidate])
+        covered = np.minimum(covered, np.linalg.norm(reference - X[candidate], axis=1))
+        if not _near(C[candidate], taken, lower, upper, gap):
+            chosen.append(C[candidate])
             kinds.append("pick" if candidate == pick else "front")
-            taken = np.vstack([taken, front_C[candidate]])
+            taken = np.vstack([taken, C[candidate]])
         distance[candidate] = -1.0  # taken or skipped
         if queue:
             candidate = queue.pop(0)
         elif distance.max() < 0:
             candidate = None
-        elif order == "coverage":
-            candidate = _most_covering(X, distance)
-        else:
+        elif order == "gap":
             candidate = int(np.argmax(distance))
-    return np.array(chosen).reshape(-1, front_C.shape[1]), kinds
+        else:
+            candidate = _most_covering(X, reference, covered, distance >= 0)
+    return np.array(chosen).reshape(-1, C.shape[1]), kinds
 
 
-def _most_covering(X: np.ndarray, distance: np.ndarray) -> int:
-    """The row of X (among those not taken: distance >= 0) whose choice most lowers the sum over X of the distance
-    to the nearest point reached."""
-    reach = np.maximum(distance, 0.0)
-    pairwise = np.linalg.norm(X[:, None, :] - X[None, :, :], axis=2)
-    gain = np.maximum(reach[None, :] - pairwise, 0.0).sum(axis=1)
-    gain[distance < 0] = -np.inf
+def _nearest(X: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Per row of X the distance to the nearest of `points` (inf where there are none)."""
+    if not len(points):
+        return np.full(len(X), np.inf)
+    return np.linalg.norm(X[:, None, :] - points[None, :, :], axis=2).min(axis=1)
+
+
+def _most_covering(X: np.ndarray, reference: np.ndarray, covered: np.ndarray, available: np.ndarray) -> int:
+    """The available row of X whose choice most lowers the sum over `reference` of the distance to the nearest
+    point reached (`covered`)."""
+    pairwise = np.linalg.norm(reference[:, None, :] - X[None, :, :], axis=2)
+    gain = np.maximum(covered[:, None] - pairwise, 0.0).sum(axis=0)
+    gain[~available] = -np.inf
     return int(np.argmax(gain))
 
 
