@@ -207,12 +207,29 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("+preference.rot90=3", stages_from("merge_group") | REFINED),
         ("surrogate.loo=false", stages_from("fit_surrogate")),
         ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
+        ("refine.order=gap", REFINED),  # other round points, from the first round on
         ("evaluation.device=cpu", set()),
     ],
 )
 def test_a_change_reruns_only_what_follows(run, override, expected):
     jobs = job_counts(snakemake(run, "-n", overrides=[override]).stdout)
     assert set(jobs) - {"all"} == expected
+
+
+def test_the_rounds_order_chooses_other_points_and_keeps_the_design(own_run):
+    res = results(own_run)
+    design = sorted((res / "groups/all/evals").glob("b*.parquet"))
+    assert design  # the design's batches
+    before = {p: p.stat().st_mtime_ns for p in design}
+    cover = read_table(res / "groups/all/rounds/r01.parquet")
+    snakemake(own_run, overrides=["refine.order=gap"])
+    gap = read_table(res / "groups/all/rounds/r01.parquet")
+    assert {p: p.stat().st_mtime_ns for p in design} == before
+    columns = [c for c in cover.columns if c.startswith("c_")]
+    # the same pick (the same design, fit and rule), other front points
+    assert cover["kind"].tolist()[0] == gap["kind"].tolist()[0] == "pick"
+    np.testing.assert_array_equal(cover[columns].iloc[0], gap[columns].iloc[0])
+    assert not np.array_equal(cover[columns].iloc[1:].to_numpy(), gap[columns].iloc[1:].to_numpy())
 
 
 def test_rerun_after_a_change_keeps_evaluations(own_run):

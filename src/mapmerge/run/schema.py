@@ -99,6 +99,7 @@ class Bayesian(Section):
 class Refine(Section):
     rounds: NonNegInt
     points: PosInt | None
+    order: Literal["cover", "gap"]  # mapmerge.core.refine.ORDERS
     extend: NonNegFloat
     limit: PosFloat
 

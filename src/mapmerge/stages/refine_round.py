@@ -35,9 +35,10 @@ def run_refine_round(
 ) -> None:
     """Round `round`'s samples (rounds/r<NN>.parquet): fit the surrogates on every earlier round's real
     evaluations (with the local correction once a refinement round is among them), predict the front, and take
-    the pick for the preference and refine.points points that best cover, with the measured front, the predicted
-    non-dominated merges of a dense sample of the box (refine.round_points, order `cover`; kind `pick`, `front`;
-    `extend` beside a pick on the upper bound when refine.extend > 0). With selection.method balanced the
+    the pick for the preference and refine.points points in refine.order (refine.round_points: `cover`, those that
+    best cover, with the measured front, the predicted non-dominated merges of a dense sample of the box; `gap`,
+    the predicted front's points farthest from the measured front; kind `pick`, `front`; `extend` beside a pick on
+    the upper bound when refine.extend > 0). With selection.method balanced the
     first front point is the predicted front's most balanced one (the rule without its weighted_sum fallback), so
     the measured front tells whether some merge keeps every task."""
     rnd = int(round)
@@ -74,11 +75,13 @@ def run_refine_round(
     objectives = front[columns].to_numpy()
     reached = measured_front(sample_metrics(earlier, metrics), metric, info["tasks"])[columns].to_numpy()
     C_front = front[[f"c_{m}" for m in members]].to_numpy()
-    predict = quadratic.objective_predictor(table, metric, info["tasks"])
-    maximize = [maximized(metric)] * len(info["tasks"])
-    box = pareto.sample_front(predict, lower, upper, maximize, refine.BOX_POINTS, params["seed"])
+    order, box = settings["order"], None
+    if order == "cover":
+        predict = quadratic.objective_predictor(table, metric, info["tasks"])
+        maximize = [maximized(metric)] * len(info["tasks"])
+        box = pareto.sample_front(predict, lower, upper, maximize, refine.BOX_POINTS, params["seed"])
     points, kinds = refine.round_points(
-        C_front, objectives, picks, k, coef, reached, lower, upper, order="cover", box=box
+        C_front, objectives, picks, k, coef, reached, lower, upper, order=order, box=box
     )
     if settings["extend"] > 0:
         wide = refine.extended_points(C_front[pick], lower, upper, settings["extend"], settings["limit"], coef)
