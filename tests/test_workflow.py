@@ -222,7 +222,8 @@ def test_the_rounds_order_chooses_other_points_and_keeps_the_design(own_run):
     assert design  # the design's batches
     before = {p: p.stat().st_mtime_ns for p in design}
     cover = read_table(res / "groups/all/rounds/r01.parquet")
-    snakemake(own_run, overrides=["refine.order=gap"])
+    proc = snakemake(own_run, "--until", "refine_round", overrides=["refine.order=gap"])
+    assert job_counts(proc.stdout + proc.stderr) == {"refine_round": 1}  # only the round's choice, here
     gap = read_table(res / "groups/all/rounds/r01.parquet")
     assert {p: p.stat().st_mtime_ns for p in design} == before
     columns = [c for c in cover.columns if c.startswith("c_")]
