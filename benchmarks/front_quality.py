@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
-        [--spreads cover front gap coverage] [--dataset digits|fashion] [--truth grid|sobol] [--front-points K]
+        [--spreads cover front gap coverage] [--trust-radii none 0.1] [--dataset digits|fashion] [--truth grid|sobol] [--front-points K]
         [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
@@ -31,7 +31,9 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   the one that most lowers the mean distance from the predicted non-dominated merges of 1024 Sobol points of
   the box, pareto.sample_front, to the real front found so far and the points chosen), `gap` (the predicted
   front point farthest from the real front found so far) or `coverage` (as `cover`, with NSGA-III's front in
-  place of the box's merges). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
+  place of the box's merges). --trust-radii r (`, trust r` in the name): the pick is instead the best predicted of
+  mapmerge.core.refine.trust_region's points within r of the best merge measured so far, as the workflow's
+  refine.trust_radius (`none`: the predicted front's pick). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
   kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
@@ -106,7 +108,7 @@ from mapmerge.core.pareto import (
     win_rate,
 )
 from mapmerge.core.quadratic import n_params
-from mapmerge.core.refine import BOX_POINTS, GAP, round_points
+from mapmerge.core.refine import BOX_POINTS, GAP, round_points, trust_region
 from mapmerge.core.selection import select_point
 from mapmerge.core.spread import spread_order
 from mapmerge.core.surrogate import fit_surrogate
@@ -322,12 +324,14 @@ def run_refined(
     k: int,
     rounds: int,
     spread: str = "front",
+    trust_radius: float | None = None,
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
     by a refit ((a) quadratic, (b) quadratic + kernel correction); one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
-    seed, as the workflow does)."""
+    seed, as the workflow does); trust_radius: the pick from trust_region around the best real evaluation, as the
+    workflow's refine.trust_radius."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
     if budget < n_params(n_tasks):
@@ -342,7 +346,14 @@ def run_refined(
     results = []
     for rnd in range(1, rounds + 1):
         C_front, F_front = front
-        pick = select_point(F_front, np.full(n_tasks, 1.0 / n_tasks), maximize)
+        weights = np.full(n_tasks, 1.0 / n_tasks)
+        pick = select_point(F_front, weights, maximize)
+        if trust_radius is not None:  # the pick beside the best real evaluation
+            local = trust_region(C[select_point(F, weights, maximize)], lower, upper, trust_radius, (seed, rnd))
+            predicted = predict(local)
+            best = select_point(predicted, weights, maximize)
+            C_front, F_front = np.vstack([C_front, local[best]]), np.vstack([F_front, predicted[best]])
+            pick = len(C_front) - 1
         if spread == "front":
             new = spread_points(C_front, F_front, pick, k, C)
         else:
@@ -401,7 +412,11 @@ def run_grid(evaluate: Evaluator, budget: int, seed: int, opt: dict[str, Any]) -
 
 
 def runners(
-    kinds: Sequence[str], refine: Sequence[tuple[int, int]], fits: Sequence[str], spreads: Sequence[str]
+    kinds: Sequence[str],
+    refine: Sequence[tuple[int, int]],
+    fits: Sequence[str],
+    spreads: Sequence[str],
+    trust_radii: Sequence[float | None] = (None,),
 ) -> dict[str, Runner]:
     """The methods to run, by name, in table order."""
     methods: dict[str, Runner] = {}
@@ -411,10 +426,14 @@ def runners(
         methods["Bayesian MAP"] = run_bayesian
     if "refine" in kinds:
         for spread in spreads:
-            for fit in fits:
-                for k, rounds in refine:
-                    name = f"refine ({fit}) K={k}" + (f", {spread}" if spread != "front" else "")
-                    methods[name] = partial(run_refined, fit=fit, k=k, rounds=rounds, spread=spread)
+            for radius in trust_radii:
+                for fit in fits:
+                    for k, rounds in refine:
+                        name = f"refine ({fit}) K={k}" + (f", {spread}" if spread != "front" else "")
+                        name += f", trust {radius:g}" if radius is not None else ""
+                        methods[name] = partial(
+                            run_refined, fit=fit, k=k, rounds=rounds, spread=spread, trust_radius=radius
+                        )
     if "random" in kinds:
         methods["random search"] = run_random
     if "grid" in kinds:
@@ -654,6 +673,14 @@ def main() -> None:
         help="refinement front points: front (spread_order), gap (gap-filling: mapmerge.core.refine.round_points), "
         "coverage (round_points' order coverage), cover (round_points' order cover, the workflow's)",
     )
+    parser.add_argument(
+        "--trust-radii",
+        nargs="+",
+        type=lambda text: None if text == "none" else float(text),
+        default=[None],
+        help="refinement picks: none (the predicted front's) or a radius r (refine.trust_radius: the best predicted "
+        "merge within r of the best real evaluation)",
+    )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument(
         "--truth",
@@ -696,7 +723,9 @@ def main() -> None:
             "win_vectors": args.win_vectors,
         }
         for n in args.tasks:
-            methods = runners(args.methods, parse_refine(args.refine or DEFAULT_REFINE[n]), args.fits, args.spreads)
+            methods = runners(
+                args.methods, parse_refine(args.refine or DEFAULT_REFINE[n]), args.fits, args.spreads, args.trust_radii
+            )
             order += [m for m in methods if m not in order]
             truth, truth_name = ground_truth(n, args.truth, args.quick)
             raws.append(

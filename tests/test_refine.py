@@ -201,3 +201,16 @@ def test_balanced_falls_back_to_weighted_sum_when_every_point_gives_a_task_up():
     assert rule == "weighted_sum" and int(np.argmax(scores)) == 0  # not the least merge: the best weighted sum
     _, _, rule = selection.preference_scores(front, info, {"a": 1, "b": 1}, "accuracy", "balanced", 0.05, reference)
     assert rule == "balanced"  # c has no weight: a and b keep their gains
+
+
+def test_trust_region_stays_within_the_radius_and_the_box_and_follows_its_seed():
+    lower, upper = np.array([0.0, 0.0, 0.5]), np.array([1.0, 2.0, 1.5])
+    center = np.array([0.05, 1.0, 1.45])  # near the first lower and the third upper bound
+    points = refine.trust_region(center, lower, upper, 0.1, (0, 1))
+    assert points.shape == (refine.TRUST_POINTS, 3)
+    assert (np.abs(points - center) <= 0.1 * (upper - lower) + 1e-12).all()
+    assert (points >= lower).all() and (points <= upper).all()
+    assert (points[:, 0] == 0.0).any() and (points[:, 2] == 1.5).any()  # clipped to the box
+    assert np.ptp(points[:, 1]) > 0.3  # spread over the radius (0.2 of a width of 2), not at the centre
+    np.testing.assert_array_equal(points, refine.trust_region(center, lower, upper, 0.1, (0, 1)))
+    assert not np.array_equal(points, refine.trust_region(center, lower, upper, 0.1, (0, 2)))

@@ -208,6 +208,7 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("surrogate.loo=false", stages_from("fit_surrogate")),
         ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
         ("refine.order=gap", REFINED),  # other round points, from the first round on
+        ("refine.trust_radius=0.1", REFINED),  # another pick, from the first round on
         ("evaluation.device=cpu", set()),
     ],
 )
@@ -216,7 +217,7 @@ def test_a_change_reruns_only_what_follows(run, override, expected):
     assert set(jobs) - {"all"} == expected
 
 
-def test_the_rounds_order_chooses_other_points_and_keeps_the_design(own_run):
+def test_the_rounds_order_and_trust_radius_choose_other_points_and_keep_the_design(own_run):
     res = results(own_run)
     design = sorted((res / "groups/all/evals").glob("b*.parquet"))
     assert design  # the design's batches
@@ -231,6 +232,17 @@ def test_the_rounds_order_chooses_other_points_and_keeps_the_design(own_run):
     assert cover["kind"].tolist()[0] == gap["kind"].tolist()[0] == "pick"
     np.testing.assert_array_equal(cover[columns].iloc[0], gap[columns].iloc[0])
     assert not np.array_equal(cover[columns].iloc[1:].to_numpy(), gap[columns].iloc[1:].to_numpy())
+    # refine.trust_radius: another pick, within the radius (of the box's width) of a measured merge
+    proc = snakemake(own_run, "--until", "refine_round", overrides=["refine.trust_radius=0.1"])
+    assert job_counts(proc.stdout + proc.stderr) == {"refine_round": 1}
+    trusted = read_table(res / "groups/all/rounds/r01.parquet")
+    assert {p: p.stat().st_mtime_ns for p in design} == before
+    assert trusted["kind"].tolist()[0] == "pick"
+    pick = trusted[columns].iloc[0].to_numpy()
+    assert not np.allclose(pick, cover[columns].iloc[0].to_numpy())
+    measured = read_table(res / "groups/all/rounds/r00.parquet")[columns].to_numpy()
+    width = measured.max(axis=0) - measured.min(axis=0)
+    assert (np.abs(measured - pick) <= 0.1 * width + 1e-12).all(axis=1).any()
 
 
 def test_rerun_after_a_change_keeps_evaluations(own_run):

@@ -1,6 +1,7 @@
 """Refinement rounds: which points of a predicted front to evaluate for real next, and where a front meets its box.
 
-A round evaluates the current pick for the user's preference and K points of the predicted
+A round evaluates the current pick for the user's preference (with refine.trust_radius: the best predicted merge
+within a trust region around the best one measured, trust_region) and K points of the predicted
 front where the measured front has no point yet; they join the fit, and the next round's front is predicted from every real
 evaluation so far. Points already evaluated (closer than `gap` of the box's width in every
 coefficient) are skipped for the next farthest one, so a round never spends an evaluation twice.
@@ -22,6 +23,7 @@ BOX_POINTS = 1024  # the dense sample of the box whose predicted non-dominated m
 # a candidate this close (fraction of the box's width, in every coefficient) to an evaluated point is skipped
 GAP = 1e-3
 BOUND_TOL = 0.01  # a coefficient this close (fraction of the box's width) to a bound lies on it
+TRUST_POINTS = 512  # the candidates of a pick taken beside the best merge measured (refine.trust_radius)
 
 
 def front_points(cfg: Mapping[str, Any], n_members: int) -> int:
@@ -117,6 +119,18 @@ def _most_covering(X: np.ndarray, reference: np.ndarray, covered: np.ndarray, av
     gain = np.maximum(covered[:, None] - pairwise, 0.0).sum(axis=0)
     gain[~available] = -np.inf
     return int(np.argmax(gain))
+
+
+def trust_region(
+    center: np.ndarray, lower: np.ndarray, upper: np.ndarray, radius: float, seed: Sequence[int]
+) -> np.ndarray:
+    """TRUST_POINTS coefficient vectors [n, T], uniform within `radius` (a fraction of the box's width) of `center`
+    in every coefficient and clipped to the box [lower, upper]; numpy's generator seeded with `seed` (the run's
+    seed and the round)."""
+    center = np.asarray(center, dtype=float)
+    lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+    step = np.random.default_rng(list(seed)).uniform(-1.0, 1.0, (TRUST_POINTS, len(center)))
+    return np.clip(center + step * radius * (upper - lower), lower, upper)
 
 
 def corrected(correction: str, samples: pd.DataFrame) -> bool:

@@ -100,6 +100,7 @@ class Refine(Section):
     rounds: NonNegInt
     points: PosInt | None
     order: Literal["cover", "gap"]  # mapmerge.core.refine.ORDERS
+    trust_radius: _range(float, 0, 1, open_low=True) | None  # fraction of the box's width; null: anywhere
     extend: NonNegFloat
     limit: PosFloat
 

@@ -13,7 +13,7 @@ import pandas as pd
 from mapmerge.core import groups, pareto, refine
 from mapmerge.core import surrogate as quadratic
 from mapmerge.core.metrics import maximized, sample_metrics
-from mapmerge.core.selection import measured_front, pick_point, preference_scores, reference_values
+from mapmerge.core.selection import Reference, measured_front, pick_point, preference_scores, reference_values
 from mapmerge.io import read_table, write_table
 from mapmerge.stages.collect import evaluated
 from mapmerge.stages.pareto_front import predicted_front
@@ -38,7 +38,8 @@ def run_refine_round(
     the pick for the preference and refine.points points in refine.order (refine.round_points: `cover`, those that
     best cover, with the measured front, the predicted non-dominated merges of a dense sample of the box; `gap`,
     the predicted front's points farthest from the measured front; kind `pick`, `front`; `extend` beside a pick on
-    the upper bound when refine.extend > 0). With selection.method balanced the
+    the upper bound when refine.extend > 0). With refine.trust_radius the pick is taken beside the best merge
+    measured so far (_trusted_pick) instead of anywhere on the predicted front. With selection.method balanced the
     first front point is the predicted front's most balanced one (the rule without its weighted_sum fallback), so
     the measured front tells whether some merge keeps every task."""
     rnd = int(round)
@@ -59,21 +60,25 @@ def run_refine_round(
     coef = earlier[[f"c_{m}" for m in members]].to_numpy()
     front = predicted_front(params, table, coef, info)
     metric = params["optimizer"]["objective"]
-    sel = params["selection"]
+    sel, settings = params["selection"], params["refine"]
     ref = reference_values(read_table(reference), metric, info["tasks"]) if sel["method"] == "balanced" else None
-    pick, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
+    lower, upper = coef.min(axis=0), coef.max(axis=0)
+    measured = measured_front(sample_metrics(earlier, metrics), metric, info["tasks"])
+    if settings["trust_radius"] is None:
+        pick, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
+    else:  # the pick beside the best merge measured so far
+        beside = _trusted_pick(params, table, measured, info, ref, lower, upper, rnd)
+        front, pick = pd.concat([front, beside], ignore_index=True), len(front)
     picks = [pick]
     if sel["method"] == "balanced":  # the most balanced predicted point, measured: whether the rule must fall back
         scores, _, _ = preference_scores(
             front, info, params["preference"], metric, "balanced", sel["rho"], ref, -np.inf
         )
         picks.append(int(np.argmax(scores)))
-    settings = params["refine"]
     k = refine.front_points(settings, len(members))
-    lower, upper = coef.min(axis=0), coef.max(axis=0)
     columns = [f"{metric}_{t}" for t in info["tasks"]]
     objectives = front[columns].to_numpy()
-    reached = measured_front(sample_metrics(earlier, metrics), metric, info["tasks"])[columns].to_numpy()
+    reached = measured[columns].to_numpy()
     C_front = front[[f"c_{m}" for m in members]].to_numpy()
     order, box = settings["order"], None
     if order == "cover":
@@ -98,3 +103,28 @@ def run_refine_round(
         len(earlier),
     )
     write_table(frame.assign(round=rnd), samples, "refine_round", params, inputs=[*rounds, *evals, plan, reference])
+
+
+def _trusted_pick(
+    params: Mapping[str, Any],
+    table: pd.DataFrame,
+    measured: pd.DataFrame,
+    info: Mapping[str, Any],
+    ref: Reference | None,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rnd: int,
+) -> pd.DataFrame:
+    """refine.trust_radius's pick, one row of coefficients and predicted `<metric>_<task>` values: of
+    refine.trust_region's candidates around the point of `measured` (the measured front: the non-dominated real evaluations) the
+    preference scores best, the one it scores best by the surrogates' predictions."""
+    members, tasks = info["members"], info["tasks"]
+    metric, sel, preference = params["optimizer"]["objective"], params["selection"], params["preference"]
+    coefficients = [f"c_{m}" for m in members]
+    center, _ = pick_point(measured, info, preference, metric, sel["method"], sel["rho"], ref)
+    radius = params["refine"]["trust_radius"]
+    C = refine.trust_region(measured[coefficients].iloc[center], lower, upper, radius, (params["seed"], rnd))
+    F = quadratic.objective_predictor(table, metric, tasks)(C)
+    candidates = pd.DataFrame(C, columns=coefficients).assign(**{f"{metric}_{t}": F[:, i] for i, t in enumerate(tasks)})
+    index, _ = pick_point(candidates, info, preference, metric, sel["method"], sel["rho"], ref)
+    return candidates.iloc[[index]]
