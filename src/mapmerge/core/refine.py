@@ -81,27 +81,28 @@ def round_points(
     X = F / span  # the candidates
     reference = X if box is None else np.asarray(box[1], dtype=float) / span  # what the coverage orders cover
     reached = np.asarray(measured_F, dtype=float).reshape(-1, F.shape[1]) / span
-    distance, covered = _nearest(X, reached), _nearest(reference, reached)
+    # per reference point (gap's: the candidates themselves) the distance to the measured front and the points chosen
+    nearest = _nearest(reference, reached)
+    available = np.ones(len(X), dtype=bool)  # not yet taken or skipped
     taken = np.asarray(evaluated, dtype=float).reshape(-1, C.shape[1])
     chosen, kinds = [], []
     pick, queue = picks[0], list(picks[1:])
     candidate: int | None = pick
     while candidate is not None and len(chosen) < k + 1:
-        distance = np.minimum(distance, np.linalg.norm(X - X[candidate], axis=1))
-        covered = np.minimum(covered, np.linalg.norm(reference - X[candidate], axis=1))
+        nearest = np.minimum(nearest, np.linalg.norm(reference - X[candidate], axis=1))
         if not _near(C[candidate], taken, lower, upper, gap):
             chosen.append(C[candidate])
             kinds.append("pick" if candidate == pick else "front")
             taken = np.vstack([taken, C[candidate]])
-        distance[candidate] = -1.0  # taken or skipped
+        available[candidate] = False
         if queue:
             candidate = queue.pop(0)
-        elif distance.max() < 0:
+        elif not available.any():
             candidate = None
         elif order == "gap":
-            candidate = int(np.argmax(distance))
+            candidate = int(np.argmax(np.where(available, nearest, -1.0)))
         else:
-            candidate = _most_covering(X, reference, covered, distance >= 0)
+            candidate = _most_covering(X, reference, nearest, available)
     return np.array(chosen).reshape(-1, C.shape[1]), kinds
 
 
