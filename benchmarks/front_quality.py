@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
-        [--spreads cover front gap coverage] [--trust-radii none 0.1] [--dataset digits|fashion] [--truth grid|sobol] [--front-points K]
-        [--win-vectors N] [--save CSV] [--quick]
+        [--spreads cover front gap coverage] [--trust-radii none 0.1] [--dataset digits|fashion]
+        [--truth grid|sobol] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
 tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
@@ -33,8 +33,8 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   front point farthest from the real front found so far) or `coverage` (as `cover`, with NSGA-III's front in
   place of the box's merges). --trust-radii r (`, trust r` in the name): the pick is instead the best predicted of
   mapmerge.core.refine.trust_region's points within r of the best merge measured so far, as the workflow's
-  refine.trust_radius (`none`: the predicted front's pick). The refit: (a) the same quadratic on every point; (b) the quadratic plus a
-  kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
+  refine.trust_radius (`none`: the predicted front's pick). The refit: (a) the same quadratic on every point; (b)
+  the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.

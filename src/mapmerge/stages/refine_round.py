@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,10 +64,11 @@ def run_refine_round(
     ref = reference_values(read_table(reference), metric, info["tasks"]) if sel["method"] == "balanced" else None
     lower, upper = coef.min(axis=0), coef.max(axis=0)
     measured = measured_front(sample_metrics(earlier, metrics), metric, info["tasks"])
+    predict = quadratic.objective_predictor(table, metric, info["tasks"])
     if settings["trust_radius"] is None:
         pick, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
     else:  # the pick beside the best merge measured so far
-        beside = _trusted_pick(params, table, measured, info, ref, lower, upper, rnd)
+        beside = _trusted_pick(params, predict, measured, info, ref, lower, upper, rnd)
         front, pick = pd.concat([front, beside], ignore_index=True), len(front)
     picks = [pick]
     if sel["method"] == "balanced":  # the most balanced predicted point, measured: whether the rule must fall back
@@ -82,7 +83,6 @@ def run_refine_round(
     C_front = front[[f"c_{m}" for m in members]].to_numpy()
     order, box = settings["order"], None
     if order == "cover":
-        predict = quadratic.objective_predictor(table, metric, info["tasks"])
         maximize = [maximized(metric)] * len(info["tasks"])
         box = pareto.sample_front(predict, lower, upper, maximize, refine.BOX_POINTS, params["seed"])
     points, kinds = refine.round_points(
@@ -107,7 +107,7 @@ def run_refine_round(
 
 def _trusted_pick(
     params: Mapping[str, Any],
-    table: pd.DataFrame,
+    predict: Callable[[np.ndarray], np.ndarray],
     measured: pd.DataFrame,
     info: Mapping[str, Any],
     ref: Reference | None,
@@ -116,15 +116,15 @@ def _trusted_pick(
     rnd: int,
 ) -> pd.DataFrame:
     """refine.trust_radius's pick, one row of coefficients and predicted `<metric>_<task>` values: of
-    refine.trust_region's candidates around the point of `measured` (the measured front: the non-dominated real evaluations) the
-    preference scores best, the one it scores best by the surrogates' predictions."""
+    refine.trust_region's candidates around the point of `measured` (the measured front: the non-dominated real
+    evaluations) the preference scores best, the one it scores best by `predict` (the surrogates' objectives)."""
     members, tasks = info["members"], info["tasks"]
     metric, sel, preference = params["optimizer"]["objective"], params["selection"], params["preference"]
     coefficients = [f"c_{m}" for m in members]
     center, _ = pick_point(measured, info, preference, metric, sel["method"], sel["rho"], ref)
     radius = params["refine"]["trust_radius"]
     C = refine.trust_region(measured[coefficients].iloc[center], lower, upper, radius, (params["seed"], rnd))
-    F = quadratic.objective_predictor(table, metric, tasks)(C)
+    F = predict(C)
     candidates = pd.DataFrame(C, columns=coefficients).assign(**{f"{metric}_{t}": F[:, i] for i, t in enumerate(tasks)})
     index, _ = pick_point(candidates, info, preference, metric, sel["method"], sel["rho"], ref)
     return candidates.iloc[[index]]
