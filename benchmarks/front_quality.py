@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
-        [--spreads cover front gap coverage] [--trust-radii none 0.1] [--dataset digits|fashion]
+        [--spreads cover front gap coverage] [--trust-radii none 0.1] [--trust-from N] [--dataset digits|fashion]
         [--truth grid|sobol] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
@@ -33,7 +33,8 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   front point farthest from the real front found so far) or `coverage` (as `cover`, with NSGA-III's front in
   place of the box's merges). --trust-radii r (`, trust r` in the name): the pick is instead the best predicted of
   mapmerge.core.refine.trust_region's points within r of the best merge measured so far, as the workflow's
-  refine.trust_radius (`none`: the predicted front's pick). The refit: (a) the same quadratic on every point; (b)
+  refine.trust_radius (`none`: the predicted front's pick); --trust-from N (`, trust r from N`; default 1): only
+  from round N on, as refine.trust_from (the workflow's default: its last round, 4). The refit: (a) the same quadratic on every point; (b)
   the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
@@ -325,13 +326,14 @@ def run_refined(
     rounds: int,
     spread: str = "front",
     trust_radius: float | None = None,
+    trust_from: int = 1,
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
     by a refit ((a) quadratic, (b) quadratic + kernel correction); one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
     seed, as the workflow does); trust_radius: the pick from trust_region around the best real evaluation, as the
-    workflow's refine.trust_radius."""
+    workflow's refine.trust_radius, in the rounds from trust_from on."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
     if budget < n_params(n_tasks):
@@ -348,7 +350,7 @@ def run_refined(
         C_front, F_front = front
         weights = np.full(n_tasks, 1.0 / n_tasks)
         pick = select_point(F_front, weights, maximize)
-        if trust_radius is not None:  # the pick beside the best real evaluation
+        if trust_radius is not None and rnd >= trust_from:  # the pick beside the best real evaluation
             local = trust_region(C[select_point(F, weights, maximize)], lower, upper, trust_radius, (seed, rnd))
             predicted = predict(local)
             best = select_point(predicted, weights, maximize)
@@ -417,6 +419,7 @@ def runners(
     fits: Sequence[str],
     spreads: Sequence[str],
     trust_radii: Sequence[float | None] = (None,),
+    trust_from: int = 1,
 ) -> dict[str, Runner]:
     """The methods to run, by name, in table order."""
     methods: dict[str, Runner] = {}
@@ -430,9 +433,16 @@ def runners(
                 for fit in fits:
                     for k, rounds in refine:
                         name = f"refine ({fit}) K={k}" + (f", {spread}" if spread != "front" else "")
-                        name += f", trust {radius:g}" if radius is not None else ""
+                        if radius is not None:
+                            name += f", trust {radius:g}" + (f" from {trust_from}" if trust_from > 1 else "")
                         methods[name] = partial(
-                            run_refined, fit=fit, k=k, rounds=rounds, spread=spread, trust_radius=radius
+                            run_refined,
+                            fit=fit,
+                            k=k,
+                            rounds=rounds,
+                            spread=spread,
+                            trust_radius=radius,
+                            trust_from=trust_from,
                         )
     if "random" in kinds:
         methods["random search"] = run_random
@@ -681,6 +691,12 @@ def main() -> None:
         help="refinement picks: none (the predicted front's) or a radius r (refine.trust_radius: the best predicted "
         "merge within r of the best real evaluation)",
     )
+    parser.add_argument(
+        "--trust-from",
+        type=int,
+        default=1,
+        help="the first round whose pick lies in the trust region (refine.trust_from)",
+    )
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
     parser.add_argument(
         "--truth",
@@ -724,7 +740,12 @@ def main() -> None:
         }
         for n in args.tasks:
             methods = runners(
-                args.methods, parse_refine(args.refine or DEFAULT_REFINE[n]), args.fits, args.spreads, args.trust_radii
+                args.methods,
+                parse_refine(args.refine or DEFAULT_REFINE[n]),
+                args.fits,
+                args.spreads,
+                args.trust_radii,
+                args.trust_from,
             )
             order += [m for m in methods if m not in order]
             truth, truth_name = ground_truth(n, args.truth, args.quick)

@@ -20,7 +20,7 @@ from mapmerge.core.sampling import sample_batches
 from mapmerge.core.selection import measured_front, normalize_preference, pick_point, reference_values, select_point
 from mapmerge.io import file_hash, read_table
 from mapmerge.outputs import report
-from mapmerge.run.config import load_config, stage_config
+from mapmerge.run.config import load_config, round_params, stage_config
 from mapmerge.stages import (
     aggregate,
     collect,
@@ -181,7 +181,7 @@ def build_run(
             for r in range(first, first + cfg["refine"]["rounds"]):
                 rounds.append(gdir / "rounds" / f"r{r:02d}.parquet")
                 refine_round.run_refine_round(
-                    P("refine_round"),
+                    round_params(P("refine_round"), r - first + 1),
                     round=r,
                     rounds=rounds[:-1],
                     evals=list(outs),

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from mapmerge.run import config as config_module
-from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, stage_config
+from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, round_params, stage_config
 
 STAGES = list(STAGE_ENTRY)
 
@@ -154,6 +154,26 @@ def test_method_settings_reach_only_their_stages(repo):
     }
     assert changed_stages(repo, "nested.pairing=cosine", "nested") == {"plan_level"}
     assert changed_stages(repo, "nested.pairing=cosine") == set()  # plain MAP does not pair
+
+
+def test_a_trust_region_change_reaches_only_the_rounds_whose_picks_it_changes(repo):
+    def rounds(*overrides):
+        params = stage_config(load(repo, overrides=list(overrides)), "refine_round")
+        return [round_params(params, n) for n in range(1, 7)]
+
+    default = rounds()
+    assert [r["refine"]["trust_radius"] for r in default] == [None, None, None, 0.1, 0.1, 0.1]  # from round 4
+    assert not any("trust_from" in r["refine"] for r in default)
+
+    def changed(*overrides):
+        return [n for n, (a, b) in enumerate(zip(default, rounds(*overrides)), 1) if a != b]
+
+    assert changed("refine.trust_from=2") == [2, 3]
+    assert changed("refine.trust_from=6") == [4, 5]
+    assert changed("refine.trust_radius=0.2") == [4, 5, 6]
+    assert changed("refine.trust_radius=null") == [4, 5, 6]
+    assert changed("refine.rounds=8") == []  # more rounds keep the earlier ones
+    assert changed("refine.order=gap") == [1, 2, 3, 4, 5, 6]
 
 
 def test_stage_code_version_is_part_of_params(repo):

@@ -208,7 +208,8 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("surrogate.loo=false", stages_from("fit_surrogate")),
         ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
         ("refine.order=gap", REFINED),  # other round points, from the first round on
-        ("refine.trust_radius=0.1", REFINED),  # another pick, from the first round on
+        ("refine.trust_from=1", REFINED),  # the pick in the trust region from the first round on
+        ("refine.trust_radius=0.2", set()),  # from round 4 (refine.trust_from) on: no round of this run
         ("evaluation.device=cpu", set()),
     ],
 )
@@ -232,8 +233,8 @@ def test_the_rounds_order_and_trust_radius_choose_other_points_and_keep_the_desi
     assert cover["kind"].tolist()[0] == gap["kind"].tolist()[0] == "pick"
     np.testing.assert_array_equal(cover[columns].iloc[0], gap[columns].iloc[0])
     assert not np.array_equal(cover[columns].iloc[1:].to_numpy(), gap[columns].iloc[1:].to_numpy())
-    # refine.trust_radius: another pick, within the radius (of the box's width) of a measured merge
-    proc = snakemake(own_run, "--until", "refine_round", overrides=["refine.trust_radius=0.1"])
+    # refine.trust_radius from round 1 on: another pick, within the radius (of the box's width) of a measured merge
+    proc = snakemake(own_run, "--until", "refine_round", overrides=["refine.trust_from=1"])
     assert job_counts(proc.stdout + proc.stderr) == {"refine_round": 1}
     trusted = read_table(res / "groups/all/rounds/r01.parquet")
     assert {p: p.stat().st_mtime_ns for p in design} == before

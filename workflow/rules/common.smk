@@ -66,6 +66,9 @@ def params_of(stage):
     return stage_config(CFG, stage)
 
 
+REFINE_ROUND = params_of("refine_round")  # each refinement round's params: mapmerge.run.config.round_params
+
+
 def threads_of(rule):
     return CFG["resources"][REGISTRY[rule].threads_group]["threads"]
 

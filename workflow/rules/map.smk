@@ -72,7 +72,7 @@ rule refine_round:
     wildcard_constraints:
         round=round_numbers(BAYES_ROUNDS + 1, ROUNDS),
     params:
-        stage=params_of("refine_round"),
+        stage=lambda wc: round_params(REFINE_ROUND, int(wc.round) - BAYES_ROUNDS),  # its own trust region
         job=job_of("refine_round"),
     log:
         L.log("refine_round", "{group}", "{round}"),

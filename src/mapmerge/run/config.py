@@ -387,3 +387,13 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "report_tables": {},
     }
     return {**parts[stage], "code": code_version(stage, parts[stage], model["python_path"])}
+
+
+def round_params(params: dict[str, Any], number: int) -> dict[str, Any]:
+    """Refinement round `number`'s params (1: the first refinement round) out of refine_round's stage_config: its
+    pick's refine.trust_radius where the round takes it in the trust region (number >= refine.trust_from), else
+    null, and no trust_from, so that a change of either reruns only the rounds whose picks it changes."""
+    settings = {k: v for k, v in params["refine"].items() if k != "trust_from"}
+    if number < params["refine"]["trust_from"]:
+        settings["trust_radius"] = None
+    return {**params, "refine": settings}

@@ -101,6 +101,7 @@ class Refine(Section):
     points: PosInt | None
     order: Literal["cover", "gap"]  # mapmerge.core.refine.ORDERS
     trust_radius: _range(float, 0, 1, open_low=True) | None  # fraction of the box's width; null: anywhere
+    trust_from: PosInt  # the first refinement round whose pick lies in the trust region
     extend: NonNegFloat
     limit: PosFloat
 
