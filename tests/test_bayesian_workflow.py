@@ -3,6 +3,8 @@ samples, all kept and fitted; one more round runs only that round."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,19 @@ def test_bayesian_rounds_sample_inside_the_box_and_differ_from_the_design(bayes)
     assert ((C >= 0) & (C <= 1)).all()
     assert len(np.unique(C.round(9), axis=0)) == len(C)
     assert (samples.loc[samples["round"] > 0, "kind"] == "bayesian").all()
+
+
+def test_refinement_rounds_after_bayesian_ones_count_trust_from_from_the_first_refinement_round(tmp_path):
+    # rounds 1-2 are Bayesian, 3-4 refinement rounds 1-2: trust_from=2 puts round 4's pick, not round 3's, in the
+    # trust region (each job's params, in the shell command a dry run prints)
+    overrides = [*BAYES, "bayesian.rounds=2", "refine.rounds=2", "refine.trust_from=2"]
+    _, out = run(snakemake_command(tmp_path, "-n", "-p", overrides=overrides))
+    radius = {
+        wildcards["round"]: params["stage"]["refine"]["trust_radius"]
+        for wildcards, params in (
+            (spec["wildcards"], spec["params"])
+            for spec in map(json.loads, re.findall(r"mapmerge\.run\.job \S+ '(\{.*?\})'", out))
+            if spec["rule"] == "refine_round"
+        )
+    }
+    assert radius == {"03": None, "04": 0.1}
