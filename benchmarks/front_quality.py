@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
         [--spreads cover front gap coverage] [--trust-radii none 0.1] [--trust-from N] [--dataset digits|fashion]
-        [--truth grid|sobol] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
+        [--truth grid|sobol] [--truth-side N] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
 tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
-(21^2 for T = 2, 9^3 for T = 3, 5^4 = 625 for T = 4), every point evaluated for real once; its
+(21^2 for T = 2, 9^3 for T = 3, 5^4 = 625 for T = 4; --truth-side N: N^T), every point evaluated for real once; its
 non-dominated accuracies are the true front (--truth sobol: as many scrambled Sobol points instead, rounded up to
 a power of two, seeded apart from every design). Per T, budget B and seed s, each method spends real
 evaluations (a merged model evaluated on all T tasks) and answers with a real front:
@@ -74,7 +74,8 @@ The ratio table: per T, method and rounds, and per target (grid search's mean IG
 sizes, random search's at its largest budget), the fewest total evaluations at which the method's mean
 IGD is at most the target, and (x) the target's evaluations over those. Caveat: grid search's points
 whose axes lie on the ground-truth grid are scored against their own exact values (distance 0 where they are on
-the true front); --truth sobol shares no point with any grid and removes that advantage. Evaluations of the
+the true front; at T = 4 the 5^4 truth holds all of grid 81, where --truth-side 6 shares only its corners);
+--truth sobol shares no point with any grid and removes that advantage. Evaluations of the
 same coefficients are computed once and counted for every method asking.
 """
 
@@ -218,11 +219,10 @@ def grid(n_tasks: int, per_axis: int) -> np.ndarray:
     return np.stack([a.ravel() for a in axes], axis=1)
 
 
-def ground_truth(n_tasks: int, kind: str, quick: bool = False) -> tuple[np.ndarray, str]:
-    """The ground truth's coefficients and their description: the dense grid (GROUND_TRUTH per axis; 11 with
-    --quick) or, for `sobol`, as many scrambled Sobol points (the next power of two) seeded with TRUTH_SEED, which
-    share no point with any grid."""
-    per_axis = 11 if quick else GROUND_TRUTH[n_tasks]
+def ground_truth(n_tasks: int, kind: str, per_axis: int) -> tuple[np.ndarray, str]:
+    """The ground truth's coefficients and their description: the dense grid of per_axis points per axis or, for
+    `sobol`, as many scrambled Sobol points (the next power of two) seeded with TRUTH_SEED, which share no point with
+    any grid."""
     if kind == "grid":
         return grid(n_tasks, per_axis), f"{per_axis}^{n_tasks} grid"
     n = 2 ** math.ceil(math.log2(per_axis**n_tasks))
@@ -704,6 +704,12 @@ def main() -> None:
         default="grid",
         help="ground truth: the dense grid, or as many scrambled Sobol points (no point shared with a grid search)",
     )
+    parser.add_argument(
+        "--truth-side",
+        type=int,
+        help="the ground truth's grid points per axis (default: 21 for T = 2, 9 for T = 3, 5 for T = 4; 11 with "
+        "--quick); with --truth sobol, as many Sobol points as that grid has, rounded up to a power of two",
+    )
     parser.add_argument("--sampler", choices=list(sampling.KINDS), default="sobol", help="MAP's design")
     parser.add_argument("--front-points", type=int, help="predicted front points MAP evaluates for real (default: P)")
     parser.add_argument("--win-vectors", type=int, default=21, help="at most this many preference vectors (lattice)")
@@ -748,7 +754,8 @@ def main() -> None:
                 args.trust_from,
             )
             order += [m for m in methods if m not in order]
-            truth, truth_name = ground_truth(n, args.truth, args.quick)
+            per_axis = args.truth_side or (11 if args.quick else GROUND_TRUTH[n])
+            truth, truth_name = ground_truth(n, args.truth, per_axis)
             raws.append(
                 measure(Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth, truth_name)
             )
