@@ -722,6 +722,8 @@ def main() -> None:
         help="a smoke run: T=2, 2 seeds, budgets 6,15, grid sides 2-4, refinement 2:2, small NSGA-III and truth",
     )
     args = parser.parse_args()
+    if args.truth_side is not None and args.truth_side < 2:
+        parser.error(f"--truth-side: at least 2 points per axis, got {args.truth_side}")
     if args.quick:
         args.tasks, args.seeds, args.pop_size, args.n_gen = [2], 2, 40, 30
         args.budgets, args.grid_sides, args.refine = args.budgets or "6,15", args.grid_sides or "2,3,4", ["2:2"]
