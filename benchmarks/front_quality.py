@@ -1,7 +1,7 @@
 """Front quality per budget: IGD and win rate of each method's real front against a dense-grid ground truth.
 
     .venv/bin/python benchmarks/front_quality.py [--tasks 2 3 4] [--seeds 3] [--budgets 10,15,20,30]
-        [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b]
+        [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b c]
         [--spreads cover front gap coverage] [--trust-radii none 0.1] [--trust-from N] [--dataset digits|fashion]
         [--truth grid|sobol] [--truth-side N] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
 
@@ -36,7 +36,9 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   refine.trust_radius (`none`: the predicted front's pick); --trust-from N (`, trust r from N`; default 1): only
   from round N on, as refine.trust_from (the workflow's default: its last round, 4). The refit: (a) the same quadratic on every point; (b)
   the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
-  near the points). Round r's points do not depend on later rounds, so one run with R rounds gives
+  near the points); (c), a candidate the workflow does not offer (docs/performance.md): a Gaussian process alone
+  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P.
+  Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.
 - random search: B uniform random coefficient vectors; answer: the non-dominated ones.
@@ -86,6 +88,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -98,6 +101,9 @@ import torch
 from pymoo.indicators.igd import IGD
 from pymoo.indicators.igd_plus import IGDPlus
 from scipy.stats import qmc
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
@@ -113,7 +119,7 @@ from mapmerge.core.quadratic import n_params
 from mapmerge.core.refine import BOX_POINTS, GAP, round_points, trust_region
 from mapmerge.core.selection import select_point
 from mapmerge.core.spread import spread_order
-from mapmerge.core.surrogate import fit_surrogate
+from mapmerge.core.surrogate import EPS, LINK_FUNCTIONS, fit_surrogate
 from mapmerge.run.config import load_config
 from mapmerge.tensors.engine import MergeEngine
 from mapmerge.tensors.taskvectors import extract_task_vector
@@ -125,7 +131,7 @@ DEFAULT_REFINE = {2: ["4:4"], 3: ["6:4"], 4: ["8:4"]}  # K:R per T
 GROUND_TRUTH = {2: 21, 3: 9, 4: 5}  # grid points per axis of the ground truth
 TRUTH_SEED = 987654  # the scrambled Sobol ground truth's seed (--truth sobol): no method's design uses it
 KINDS = ("map", "bayesian", "refine", "random", "grid")
-FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction"}
+FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction", "c": "a Gaussian process alone"}
 SPREADS = {
     "cover": "round_points, order cover: most lowering the mean distance from the box's predicted front",
     "front": "spread_points: spread_order along the front",
@@ -249,10 +255,30 @@ def spread(F: np.ndarray, k: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def fit_predictor(C: np.ndarray, F: np.ndarray, link: str, fit: str = "a") -> Callable[[np.ndarray], np.ndarray]:
-    """Per task the quadratic surrogate on (C, F) ((a)), or it plus the kernel correction of its residuals ((b))."""
+def fit_predictor(
+    C: np.ndarray, F: np.ndarray, link: str, fit: str = "a", seed: int = 0
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Per task the quadratic surrogate on (C, F) ((a)), or it plus the kernel correction of its residuals ((b)), or a
+    Gaussian process alone ((c): gaussian_process)."""
+    if fit == "c":
+        processes = [gaussian_process(C, F[:, i], link, seed) for i in range(F.shape[1])]
+        return lambda X: np.column_stack([p(X) for p in processes])
     fits = [fit_surrogate(C, F[:, i], link, loo=False, correct=fit == "b") for i in range(F.shape[1])]
     return lambda X: np.column_stack([f.predict(X) for f in fits])
+
+
+def gaussian_process(C: np.ndarray, y: np.ndarray, link: str, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Fit (c), a candidate the workflow does not offer: scikit-learn's Gaussian process of y on the link scale (values
+    clipped EPS inside the link's range, as the quadratic's), its mean the values' mean (normalize_y), the kernel a
+    constant times an isotropic Matern 5/2 plus white noise, hyperparameters by marginal likelihood (2 restarts seeded
+    by `seed`); the prediction is its posterior mean through the link. No quadratic: it needs no P points."""
+    spec = LINK_FUNCTIONS[link]
+    kernel = ConstantKernel(1.0, (1e-3, 1e3)) * Matern(0.3, (0.05, 3.0), nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
+    process = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2, random_state=seed)
+    with warnings.catch_warnings():  # a hyperparameter at its bound: the bounds are the search's, not an error
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        process.fit(C, spec.inverse(np.clip(y, spec.low + EPS, spec.high - EPS)))
+    return lambda X: spec.forward(process.predict(np.asarray(X, dtype=float)))
 
 
 def predicted_front(predict: Callable[[np.ndarray], np.ndarray], n_tasks: int, opt: dict[str, Any], seed: int):
@@ -329,21 +355,22 @@ def run_refined(
     trust_from: int = 1,
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
-    by a refit ((a) quadratic, (b) quadratic + kernel correction); one result after each round. spread: the front
+    by a refit ((a) quadratic, (b) quadratic + kernel correction; (c) a Gaussian process alone, the design's fit
+    too, any budget from 2); one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
     seed, as the workflow does); trust_radius: the pick from trust_region around the best real evaluation, as the
     workflow's refine.trust_radius, in the rounds from trust_from on."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
-    if budget < n_params(n_tasks):
+    if budget < (2 if fit == "c" else n_params(n_tasks)):
         return []
     link = opt["surrogate"]["links"]["accuracy"]
     lower, upper, maximize = np.zeros(n_tasks), np.ones(n_tasks), [True] * n_tasks
     C = map_design(tasks, budget, opt["sampler"], seed)
     start, evaluating = time.perf_counter(), evaluate.seconds
     F = evaluate(C)
-    predict = fit_predictor(C, F, link)  # the first fit: the quadratic
+    predict = fit_predictor(C, F, link, "c" if fit == "c" else "a", seed)  # the first fit: the quadratic, or (c)
     front = predicted_front(predict, n_tasks, opt, seed)
     results = []
     for rnd in range(1, rounds + 1):
@@ -368,7 +395,7 @@ def run_refined(
             new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper, order=order, box=box)
         if len(new):
             C, F = np.vstack([C, new]), np.vstack([F, evaluate(new)])
-            predict = fit_predictor(C, F, link, fit)
+            predict = fit_predictor(C, F, link, fit, seed)
             front = predicted_front(predict, n_tasks, opt, seed)
         spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
         results.append(Result(answer(F), budget, len(C) - budget, F, answer(F[budget:]), front, rnd, spent))
@@ -674,7 +701,14 @@ def main() -> None:
         help="MAP + refinement settings K:R (K front points per round, R rounds; rows for 1..R rounds); "
         "default: 4:4 for T=2, 6:4 for T=3, 8:4 for T=4",
     )
-    parser.add_argument("--fits", nargs="+", choices=list(FITS), default=list(FITS), help="refinement refits")
+    parser.add_argument(
+        "--fits",
+        nargs="+",
+        choices=list(FITS),
+        default=["a", "b"],
+        help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's), c (a Gaussian "
+        "process alone, not in the workflow; budgets from 2)",
+    )
     parser.add_argument(
         "--spreads",
         nargs="+",
