@@ -37,7 +37,7 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   from round N on, as refine.trust_from (the workflow's default: its last round, 4). The refit: (a) the same quadratic on every point; (b)
   the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points); (c), a candidate the workflow does not offer (docs/performance.md): a Gaussian process alone
-  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P.
+  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P (from T + 2).
   Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.
@@ -356,14 +356,14 @@ def run_refined(
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
     by a refit ((a) quadratic, (b) quadratic + kernel correction; (c) a Gaussian process alone, the design's fit
-    too, any budget from 2); one result after each round. spread: the front
+    too, any budget from T + 2, the design's special points); one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
     seed, as the workflow does); trust_radius: the pick from trust_region around the best real evaluation, as the
     workflow's refine.trust_radius, in the rounds from trust_from on."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
-    if budget < (2 if fit == "c" else n_params(n_tasks)):
+    if budget < (n_tasks + 2 if fit == "c" else n_params(n_tasks)):  # (c): the design's special points
         return []
     link = opt["surrogate"]["links"]["accuracy"]
     lower, upper, maximize = np.zeros(n_tasks), np.ones(n_tasks), [True] * n_tasks
@@ -707,7 +707,7 @@ def main() -> None:
         choices=list(FITS),
         default=["a", "b"],
         help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's), c (a Gaussian "
-        "process alone, not in the workflow; budgets from 2)",
+        "process alone, not in the workflow; budgets from T + 2)",
     )
     parser.add_argument(
         "--spreads",
