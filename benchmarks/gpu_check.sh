@@ -4,6 +4,7 @@
 # against the device's copy bandwidth, evaluations per second in float32 and bfloat16, and peak GPU memory
 # against the formula of docs/scaling.md. On an H200 (2026-12-04) the CNN took seconds and the Llama's inputs
 # 76 s, then 3 of its 4 rows 7 minutes in all: give the call the whole 10 minutes.
+# The workflow's evaluations on CUDA against CPU, example by example: benchmarks/device_agreement.py (about 3 minutes).
 # Usage: bash benchmarks/gpu_check.sh [python]   (default .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
