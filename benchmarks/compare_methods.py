@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table
 from mapmerge.run.config import load_config, stage_config
 from mapmerge.stages import evaluation
-from workflow_command import workflow_command  # this script's folder is on sys.path when it runs
+from workflow_command import run_timed, workflow_command  # this script's folder is on sys.path when it runs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"plain MAP": "map", "nested MAP": "nested", "Bayesian MAP": "bayesian"}
@@ -62,12 +60,7 @@ def shared_benchmark(workdir: Path, n_tasks: int, dataset: str) -> Path:
 def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int, dataset: str, experiment: Path | None) -> float:
     """Wall seconds of one full run of the workflow."""
     cmd = workflow_command(workdir, cores=cores, overrides=overrides(method, n_tasks, dataset), experiment=experiment)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"snakemake failed for method={method}:\n{proc.stderr[-3000:]}")
-    return wall
+    return run_timed(cmd, f"method={method}")
 
 
 def stage_seconds(results: Path, stages_: tuple[str, ...]) -> float:

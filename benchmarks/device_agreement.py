@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from mapmerge.io import read_table
-from workflow_command import workflow_command  # this script's folder is on sys.path when it runs
+from workflow_command import run_timed, workflow_command  # this script's folder is on sys.path when it runs
 
 FORCED = ("evaluate_sample", "evaluate_reference")
 TOLERANCE = 1e-4
@@ -33,11 +31,7 @@ TOLERANCE = 1e-4
 def run_workflow(workdir: Path, cores: int, device: str, *args: str) -> float:
     """Wall seconds of `snakemake` in `workdir` with evaluation.device=device; a failure ends the script."""
     cmd = workflow_command(workdir, *args, cores=cores, overrides=[f"evaluation.device={device}"])
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"snakemake with evaluation.device={device} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return run_timed(cmd, f"evaluation.device={device}")
 
 
 def example_tables(results: Path) -> dict[Path, float]:
