@@ -85,7 +85,15 @@ EXPECTED = {
     "mapmerge.builtin.fashion": BENCHMARK,
     # the MAP stages' domain modules
     "mapmerge.core.groups": EVALUATIONS
-    | {"plan_level", "sample_coefficients", "pareto_front", "merge_group", "aggregate", "refine_round"},
+    | {
+        "plan_level",
+        "sample_coefficients",
+        "pareto_front",
+        "merge_group",
+        "aggregate",
+        "refine_round",
+        "report_tables",
+    },
     "mapmerge.core.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
     "mapmerge.core.sampling": {"sample_coefficients"},
     "mapmerge.core.surrogate": SURROGATE,
@@ -97,8 +105,10 @@ EXPECTED = {
     "mapmerge.core.refine": {"refine_round", "fit_surrogate", "aggregate", "report_tables"},
     "mapmerge.core.spread": {"validate", "validate_front"},
     "mapmerge.core.bayesian": {"propose_round"},
-    # plots' non_dominated; validation's indicators; the measured front (merge_group, aggregate)
+    # plots' non_dominated; validation's indicators; the measured front (merge_group, aggregate; report_tables
+    # through selection, whose rules' names the notes use)
     "mapmerge.core.pareto": {
+        "report_tables",
         "pareto_front",
         "aggregate",
         "validate",
@@ -106,7 +116,8 @@ EXPECTED = {
         "merge_group",
         "refine_round",
     },
-    "mapmerge.core.selection": {"merge_group", "refine_round", "aggregate"},
+    # the rules' names in the notes (report_tables)
+    "mapmerge.core.selection": {"merge_group", "refine_round", "aggregate", "report_tables"},
     # merge_group writes transformers folders (save_merged_models); the adapters' evaluators are _target_s
     "mapmerge.adapters": {"merge_group"},
     "mapmerge.adapters.transformers": {"merge_group"},

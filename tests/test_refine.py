@@ -195,12 +195,44 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
 
 def test_balanced_falls_back_to_weighted_sum_when_every_point_gives_a_task_up():
     front, info = four_points()
-    reference = {"a": (0.2, 0.9), "b": (0.2, 0.9), "c": (0.6, 0.9)}  # c's gain is below 0 everywhere but row 3
+    reference = {"a": (0.2, 0.9), "b": (0.2, 0.9), "c": (0.6, 0.9)}  # c's gain is below 0 everywhere
     front.loc[1, "accuracy_c"] = 0.55
     scores, _, rule = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference)
     assert rule == "weighted_sum" and int(np.argmax(scores)) == 0  # not the least merge: the best weighted sum
     _, _, rule = selection.preference_scores(front, info, {"a": 1, "b": 1}, "accuracy", "balanced", 0.05, reference)
     assert rule == "balanced"  # c has no weight: a and b keep their gains
+
+
+def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_gains_on_every_task():
+    front, info = four_points()  # the best weighted sum, row 0, puts c below its pretrained model
+    front.loc[2, ["accuracy_a", "accuracy_b", "accuracy_c"]] = [0.70, 0.65, 0.545]
+    reference = {"a": (0.2, 0.9), "b": (0.2, 0.9), "c": (0.54, 0.9)}  # c gains in rows 1 and 2 only: 0.028, 0.014
+    scores, _, rule = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference)
+    assert rule == selection.ABOVE_PRETRAINED and int(np.argmax(scores)) == 2  # not balancing's row 1, nor row 0
+    assert np.isneginf(scores[[0, 3]]).all() and np.isfinite(scores[[1, 2]]).all()
+    index, _ = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
+    balancing, _, _ = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference, -np.inf)
+    assert index == 2 and int(np.argmax(balancing)) == 1
+    reference["c"] = (0.56, 0.9)  # no point above c's pretrained model: the weighted sum over every point
+    scores, _, rule = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference)
+    assert rule == "weighted_sum" and int(np.argmax(scores)) == 0
+    note = choice_note(
+        pd.Series(
+            {
+                "source": "measured",
+                "sample": "r02s0001",
+                "kind": "front",
+                "round": 2,
+                "rule": selection.ABOVE_PRETRAINED,
+                "score": 1.93,
+                "last_pick": "r02s0000",
+                "last_pick_score": -np.inf,
+            }
+        ),
+        "balanced",
+    )
+    assert "selection weighted_sum_above_pretrained instead of balanced" in note and "-inf where a task" in note
+    assert "keeps every task above its pretrained model" in note
 
 
 def test_trust_region_stays_within_the_radius_and_the_box_and_follows_its_seed():

@@ -15,6 +15,7 @@ from mapmerge.core.metrics import maximized
 
 METHODS = ("weighted_sum", "tchebycheff", "balanced")
 BALANCED_FLOOR = 0.1  # balanced needs a point whose every weighted gain reaches this, else weighted_sum decides
+ABOVE_PRETRAINED = "weighted_sum_above_pretrained"  # balanced's fallback where some point gains on every weighted task
 Reference = Mapping[str, tuple[float, float]]  # per task: (the pretrained model's, its fine-tuned model's) metric
 
 
@@ -125,27 +126,32 @@ def preference_scores(
     their weighted mean of the points' `metric` (columns `<metric>_<task>`).
     balanced: each task's value as its normalised gain (gains, from `reference`) first, then the weighted
     Tchebycheff regret w_m (1 - gain_m) against gain 1, so no member is given up while a point keeps every
-    member's gain higher. Where no point keeps every weighted member's gain at BALANCED_FLOOR or more, every
-    point gives a task up and balancing would pick the least merge (the pretrained model, at gain 0): then the
-    points are scored by weighted_sum instead, and the rule returned says so (floor: that threshold; -inf never
-    falls back).
+    member's gain higher. Where no point keeps every weighted member's gain at `floor` (BALANCED_FLOOR; -inf never
+    falls back) or more, balancing would pick a merge barely past the pretrained model, so the weighted sum decides
+    instead: rule ABOVE_PRETRAINED, the weighted sum over the points whose every weighted member's gain is above 0
+    (the others score -inf), where some point has one; else rule weighted_sum, over every point (each gives some
+    member up, and the least merge, the pretrained model at gain 0, would win balancing).
     """
     members, tasks = info["members"], info["tasks"]
     sides = groups.side_weights(info, groups.task_weights(preference, tasks))
     totals = {m: sum(side.values()) for m, side in zip(members, sides)}
     weights = normalize_preference(totals if any(totals.values()) else None, members)
     per_task = {t: front[f"{metric}_{t}"].to_numpy(dtype=float) for t in tasks}
+    above = np.zeros(len(front), dtype=bool)
     if method == "balanced":
         if reference is None:
             raise ValueError("selection.method balanced needs the reference models' metrics (reference.parquet)")
         gain = {t: gains(v, *reference[t], maximized(metric)) for t, v in per_task.items()}
         G = np.column_stack([groups.weighted_mean(gain, side) for side in sides])
-        weighted = np.array(list(weights.values())) > 0
-        if len(G) and G[:, weighted].min(axis=1).max() >= floor:
+        lowest = G[:, np.array(list(weights.values())) > 0].min(axis=1)
+        if len(G) and lowest.max() >= floor:
             return point_scores(G, list(weights.values()), [True] * len(members), method, rho), weights, method
-        method = "weighted_sum"
+        method, above = "weighted_sum", lowest > 0
     F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
-    return point_scores(F, list(weights.values()), [maximized(metric)] * len(members), method, rho), weights, method
+    scores = point_scores(F, list(weights.values()), [maximized(metric)] * len(members), method, rho)
+    if above.any():
+        return np.where(above, scores, -np.inf), weights, ABOVE_PRETRAINED
+    return scores, weights, method
 
 
 def pick_point(

@@ -13,6 +13,7 @@ import pandas as pd
 
 from mapmerge.core.metrics import suffixes
 from mapmerge.core.refine import on_bounds
+from mapmerge.core.selection import ABOVE_PRETRAINED, BALANCED_FLOOR
 from mapmerge.io import read_table, table_metadata
 from mapmerge.layout import Layout
 
@@ -23,6 +24,7 @@ RULES = {  # what a selection rule's score is (mapmerge.core.selection.point_sco
     "weighted_sum": "the preference-weighted sum of the objective",
     "tchebycheff": "minus the weighted Tchebycheff regret over the candidates",
     "balanced": "minus the weighted regret of the gains from pretrained (0) to fine-tuned (1)",
+    ABOVE_PRETRAINED: "the preference-weighted sum of the objective; -inf where a task is at or below its pretrained model",
 }
 
 
@@ -37,9 +39,14 @@ def choice_note(choice: pd.Series, method: str) -> str:
     where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
     if choice.get("rule", method) != method:
         method = str(choice["rule"])
+        why = (
+            "it keeps every task above its pretrained model, as some measured point does"
+            if method == ABOVE_PRETRAINED
+            else "every measured point leaves some task at or below its pretrained model"
+        )
         where += (
-            f" (selection {choice.get('rule')} instead of balanced: every measured point leaves some task's gain "
-            "below mapmerge.core.selection.BALANCED_FLOOR, so balancing would pick the pretrained model)"
+            f" (selection {method} instead of balanced: no measured point keeps every task's gain at "
+            f"{BALANCED_FLOOR:g} or more (mapmerge.core.selection.BALANCED_FLOOR), so the weighted sum decides; {why})"
         )
     if choice["sample"] == choice["last_pick"]:
         return (
