@@ -18,7 +18,8 @@ from mapmerge.core import groups, pareto, refine
 from mapmerge.core.metrics import sample_metrics
 from mapmerge.core.sampling import sample_batches
 from mapmerge.core.selection import measured_front, normalize_preference, pick_point, reference_values, select_point
-from mapmerge.io import file_hash, read_table
+from mapmerge.io import file_hash, read_table, write_table
+from mapmerge.layout import Layout
 from mapmerge.outputs import report
 from mapmerge.run.config import load_config, round_params, stage_config
 from mapmerge.stages import (
@@ -487,6 +488,35 @@ def test_select_with_the_runs_preference_gives_the_runs_merge(runs, tmp_path, ca
     assert json.loads(safetensors_metadata(out)["coefficients"]) == {t: float(choice[f"c_{t}"].iloc[0]) for t in TASKS}
     ours, theirs = load_state_dict(out), load_state_dict(R / "groups" / "all" / "merged.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and ours.keys() == theirs.keys()
+
+
+def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrained(runs, tmp_path, capsys):
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    paths = Layout(R)
+    real = measured_front(
+        sample_metrics(read_table(paths.samples("all")), read_table(paths.metrics("all"))), "accuracy", TASKS
+    )
+    F = real[[f"accuracy_{t}" for t in TASKS]].to_numpy()
+    best_sum = int(np.argmax(F.mean(axis=1)))
+    kept = int(np.argmax((F - F[best_sum]).max(axis=1)))  # the front point farthest above it on some task
+    reference = read_table(paths.reference)  # its pretrained models just below `kept`: gains 0.01 there
+    for i, t in enumerate(TASKS):
+        accuracy = (reference["task"] == t) & (reference["metric"] == "accuracy")
+        reference.loc[accuracy & (reference["model"] == "pretrained"), "value"] = F[kept, i] - 0.01
+        reference.loc[accuracy & (reference["model"] == t), "value"] = F[kept, i] + 0.99
+    write_table(reference, paths.reference, "evaluate_reference")
+    above = (F > F[kept] - 0.01).all(axis=1)  # no front point reaches gain 0.1 on every task: it would dominate `kept`
+    assert above[kept] and not above[best_sum]
+    expected = real.iloc[int(np.argmax(np.where(above, F.mean(axis=1), -np.inf)))]
+    out = tmp_path / "x.safetensors"
+    assert main(["select", str(R), "--prefer", "rot90=1,invert=1,flip_parity=1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "the measured candidate: selection weighted_sum_above_pretrained instead of balanced: no measured point keeps "
+        "every weighted task's gain at 0.1 or more, so the weighted sum decides, over the points that keep every "
+        "weighted task above its pretrained model" in text
+    )
+    assert json.loads(safetensors_metadata(out)["coefficients"]) == {t: float(expected[f"c_{t}"]) for t in TASKS}
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mapmerge.adapters import hub
@@ -46,7 +47,6 @@ from mapmerge.core.metrics import (
     suffixes,
     wide_metrics,
 )
-from mapmerge.core.selection import pick_point
 from mapmerge.errors import ConfigError
 from mapmerge.io import (
     ArtifactError,
@@ -953,24 +953,29 @@ def preference_candidates(
 ) -> tuple[int, dict[str, float], list[pd.DataFrame], bool]:
     """(the predicted pick's row in `front`, the member weights, the candidates, refined) for a preference.
 
-    The candidates (one row each, marked in `source`): the predicted front's pick and, where the run evaluated
-    samples, the measured front's pick. refined: whether the run's own rule merges the measured one (after
-    refinement rounds, as its merge_group did; the last candidate), else the predicted one (the first).
+    The candidates (one row each, marked in `source`, with the `rule` that picked it: `method`, or balanced's
+    fallback, selection.preference_scores): the predicted front's pick and, where the run evaluated samples, the
+    measured front's pick. refined: whether the run's own rule merges the measured one (after refinement rounds, as
+    its merge_group did; the last candidate), else the predicted one (the first).
     """
     paths = Layout(results)
     tasks = info["tasks"]
     reference = selection.reference_values(read_table(paths.reference), metric, tasks) if method == "balanced" else None
-    index, member_weights = pick_point(front, info, task_weights, metric, method, rho, reference)
-    candidates = [front.iloc[index].to_frame().T.assign(source="predicted")]
+
+    def pick(points: pd.DataFrame, source: str) -> tuple[int, dict[str, float], pd.DataFrame]:
+        scores, weights, rule = selection.preference_scores(points, info, task_weights, metric, method, rho, reference)
+        index = int(np.argmax(scores))
+        return index, weights, points.iloc[index].to_frame().T.assign(source=source, rule=rule)
+
+    index, member_weights, predicted = pick(front, "predicted")
+    candidates = [predicted]
     refined = (
         "source" in table_columns(paths.choice(group))
         and read_table(paths.choice(group))["source"].iloc[0] == "measured"
     )
     if paths.samples(group).exists() and paths.metrics(group).exists():
         evaluated = metrics.sample_metrics(read_table(paths.samples(group)), read_table(paths.metrics(group)))
-        real = selection.measured_front(evaluated, metric, tasks)
-        real_index, _ = pick_point(real, info, task_weights, metric, method, rho, reference)
-        candidates.append(real.iloc[real_index].to_frame().T.assign(source="measured"))
+        candidates.append(pick(selection.measured_front(evaluated, metric, tasks), "measured")[2])
     return index, member_weights, candidates, refined
 
 
@@ -1130,7 +1135,21 @@ def select(
                     value += f" [{float(row[f'{m}_{t}_lo']):.3f}, {float(row[f'{m}_{t}_hi']):.3f}]"
                 values.append(value)
         rows.append((label, str(row.get("sample", "-")), *(f"{float(row[f'c_{m}']):.4f}" for m in members), *values))
-    lines += _table(rows, header) + [""]
+    lines += _table(rows, header)
+    for frame in candidates:
+        rule = str(frame["rule"].iloc[0])
+        if rule != method:
+            lines.append(
+                f"the {frame['source'].iloc[0]} candidate: selection {rule} instead of {method}: no "
+                f"{frame['source'].iloc[0]} point keeps every weighted task's gain at {selection.BALANCED_FLOOR:g} "
+                "or more, so the weighted sum decides"
+                + (
+                    ", over the points that keep every weighted task above its pretrained model"
+                    if rule == selection.ABOVE_PRETRAINED
+                    else " (every point leaves some weighted task at or below its pretrained model)"
+                )
+            )
+    lines.append("")
     run_c = ", ".join(f"{float(chosen[m]):.4f}" for m in members)
     lines += [
         f"(the run's own choice: {run_c})",
