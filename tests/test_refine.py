@@ -232,7 +232,10 @@ def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_
         "balanced",
     )
     assert "selection weighted_sum_above_pretrained instead of balanced" in note and "-inf where a task" in note
-    assert "keeps every task above its pretrained model" in note
+    assert (
+        "no measured point keeps every weighted task's gain at 0.1 or more, so the weighted sum decides, over the "
+        "points that keep every weighted task above its pretrained model" in note
+    )
 
 
 def test_trust_region_stays_within_the_radius_and_the_box_and_follows_its_seed():

@@ -28,6 +28,20 @@ RULES = {  # what a selection rule's score is (mapmerge.core.selection.point_sco
 }
 
 
+def fallback_note(rule: str, method: str, points: str) -> str:
+    """Why the selection `method` (balanced) fell back to `rule` (mapmerge.core.selection.preference_scores) on a front
+    of `points` (measured, predicted)."""
+    return (
+        f"selection {rule} instead of {method}: no {points} point keeps every weighted task's gain at "
+        f"{BALANCED_FLOOR:g} or more, so the weighted sum decides"
+        + (
+            ", over the points that keep every weighted task above its pretrained model"
+            if rule == ABOVE_PRETRAINED
+            else f" (every {points} point leaves some weighted task at or below its pretrained model)"
+        )
+    )
+
+
 def choice_note(choice: pd.Series, method: str) -> str:
     """Where the chosen merge comes from: the predicted pick, or a measured point and why it won (`method`: the
     selection rule)."""
@@ -39,15 +53,7 @@ def choice_note(choice: pd.Series, method: str) -> str:
     where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
     if choice.get("rule", method) != method:
         method = str(choice["rule"])
-        why = (
-            "it keeps every task above its pretrained model, as some measured point does"
-            if method == ABOVE_PRETRAINED
-            else "every measured point leaves some task at or below its pretrained model"
-        )
-        where += (
-            f" (selection {method} instead of balanced: no measured point keeps every task's gain at "
-            f"{BALANCED_FLOOR:g} or more (mapmerge.core.selection.BALANCED_FLOOR), so the weighted sum decides; {why})"
-        )
+        where += f" ({fallback_note(method, 'balanced', 'measured')})"
     if choice["sample"] == choice["last_pick"]:
         return (
             f"the chosen merge is {where}: the last refinement round's predicted pick, measured; no other real "

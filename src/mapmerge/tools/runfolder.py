@@ -56,7 +56,7 @@ from mapmerge.io import (
     table_metadata,
 )
 from mapmerge.layout import Layout
-from mapmerge.outputs.notes import final_notes
+from mapmerge.outputs.notes import fallback_note, final_notes
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import runlock
 from mapmerge.run.registry import STAGES
@@ -1137,18 +1137,9 @@ def select(
         rows.append((label, str(row.get("sample", "-")), *(f"{float(row[f'c_{m}']):.4f}" for m in members), *values))
     lines += _table(rows, header)
     for frame in candidates:
-        rule = str(frame["rule"].iloc[0])
+        rule, source = str(frame["rule"].iloc[0]), str(frame["source"].iloc[0])
         if rule != method:
-            lines.append(
-                f"the {frame['source'].iloc[0]} candidate: selection {rule} instead of {method}: no "
-                f"{frame['source'].iloc[0]} point keeps every weighted task's gain at {selection.BALANCED_FLOOR:g} "
-                "or more, so the weighted sum decides"
-                + (
-                    ", over the points that keep every weighted task above its pretrained model"
-                    if rule == selection.ABOVE_PRETRAINED
-                    else " (every point leaves some weighted task at or below its pretrained model)"
-                )
-            )
+            lines.append(f"the {source} candidate: {fallback_note(rule, method, source)}")
     lines.append("")
     run_c = ", ".join(f"{float(chosen[m]):.4f}" for m in members)
     lines += [
