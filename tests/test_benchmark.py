@@ -85,8 +85,16 @@ def test_unknown_task(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_same_config_gives_identical_files(tmp_path: Path) -> None:
+    """Whatever torch's thread count the caller has set: training runs on benchmark.threads and restores it."""
     first = prepare_benchmark(TINY, tmp_path / "a")
-    second = prepare_benchmark(TINY, tmp_path / "b")
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2
+    torch.set_num_threads(other)
+    try:
+        second = prepare_benchmark(TINY, tmp_path / "b")
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(threads)
     assert list(first["file"]) == ["pretrained.safetensors", "rot90.safetensors", "mod3.safetensors"]
     pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"))
     for file in first["file"]:

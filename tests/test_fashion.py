@@ -90,7 +90,6 @@ def test_config_selects_fashion(repo: Path) -> None:
 @needs_data
 @pytest.mark.slow
 def test_prepare_benchmark_fashion_finetuned_beat_pretrained(tmp_path: Path, repo: Path) -> None:
-    import torch
     from hydra.utils import instantiate
 
     from mapmerge.builtin.model import build_model, prepare_benchmark
@@ -104,12 +103,7 @@ def test_prepare_benchmark_fashion_finetuned_beat_pretrained(tmp_path: Path, rep
         "benchmark.finetune_epochs=6",
     ]
     cfg = load_config(repo / "config", overrides=overrides)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg["benchmark"]["threads"])  # as the prepare_benchmark stage does
-    try:
-        table = prepare_benchmark(cfg["benchmark"], tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    table = prepare_benchmark(cfg["benchmark"], tmp_path)  # on benchmark.threads, as the stage
     assert list(table["task"]) == ["fashion", "rot90", "invert"]
     assert table.loc[0, "accuracy"] > 0.6  # 10 classes, 300 test images of 8x8
 

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "dataset": "digits",
     "subset": None,  # fashion: the number of images used (train + test)
     "data_dir": None,  # fashion: folder of the IDX files (None: Debian's dataset-fashion-mnist)
+    "threads": 1,  # CPU threads for training: the checkpoints are byte-identical only for the same count
 }
 DATA_KEYS = ("dataset", "subset", "data_dir")  # the images, beyond seed and test_fraction
 
@@ -113,10 +114,21 @@ def prepare_benchmark(cfg: Mapping[str, Any], out_dir: str | Path) -> pd.DataFra
 
     cfg keys (defaults in DEFAULTS): tasks (names, or n for the first n of TASK_NAMES), seed, width,
     pretrain_epochs, finetune_epochs, lr, batch_size, test_fraction, dataset (digits | fashion),
-    subset and data_dir (fashion). Returns one row per saved model:
+    subset and data_dir (fashion), threads (torch's CPU threads while it trains, restored after: the same
+    checkpoints whoever calls it). Returns one row per saved model:
     model, task (trained on), accuracy (test, on that task), seconds (training), file.
     """
     cfg = _resolve(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _prepare(cfg, out_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _prepare(cfg: Mapping[str, Any], out_dir: str | Path) -> pd.DataFrame:
+    """prepare_benchmark with cfg resolved and torch's threads set."""
     seed, width = int(cfg["seed"]), int(cfg["width"])
     data = {"seed": seed, "test_fraction": float(cfg["test_fraction"]), **{k: cfg[k] for k in DATA_KEYS}}
     train = {"lr": float(cfg["lr"]), "batch_size": int(cfg["batch_size"])}

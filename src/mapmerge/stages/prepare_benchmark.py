@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mapmerge.builtin import model as benchmark
 from mapmerge.io import ArtifactError, write_table
 
@@ -23,7 +21,6 @@ def run_prepare_benchmark(
     The checkpoints go to `pretrained`'s folder, each named after its model (pretrained, <task>):
     `pretrained` and `finetuned` are those files.
     """
-    torch.set_num_threads(int(params["benchmark"]["threads"]))
     folder = Path(pretrained).parent
     frame = benchmark.prepare_benchmark(params["benchmark"], folder)
     files = [folder / f for f in frame["file"]]
