@@ -18,9 +18,10 @@ from mapmerge.core import groups, pareto, refine
 from mapmerge.core.metrics import sample_metrics
 from mapmerge.core.sampling import sample_batches
 from mapmerge.core.selection import measured_front, normalize_preference, pick_point, reference_values, select_point
-from mapmerge.io import file_hash, read_table, write_table
+from mapmerge.io import file_hash, read_table, table_metadata, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import report
+from mapmerge.outputs.notes import group_notes
 from mapmerge.run.config import load_config, round_params, stage_config
 from mapmerge.stages import (
     aggregate,
@@ -95,16 +96,12 @@ def build_run(
     if not model["builtin"]:
         pass
     elif bench is None:
-        threads = torch.get_num_threads()
-        try:
-            prepare_benchmark.run_prepare_benchmark(
-                P("prepare_benchmark"),
-                pretrained=model["pretrained"],
-                table=R / "benchmark.parquet",
-                finetuned=[model["tasks"][t]["checkpoint"] for t in tasks],
-            )
-        finally:
-            torch.set_num_threads(threads)
+        prepare_benchmark.run_prepare_benchmark(
+            P("prepare_benchmark"),
+            pretrained=model["pretrained"],
+            table=R / "benchmark.parquet",
+            finetuned=[model["tasks"][t]["checkpoint"] for t in tasks],
+        )
     else:
         shutil.copytree(bench / "checkpoints", R / "checkpoints")
         shutil.copy2(bench / "benchmark.parquet", R / "benchmark.parquet")
@@ -253,6 +250,17 @@ def build_run(
     )
     report.write_html_tables(R, {name: R / "report" / f"{name}.html" for name in report.HTML_TABLES})
     return R
+
+
+def pretrained_just_below(reference: pd.DataFrame, point: np.ndarray) -> pd.DataFrame:
+    """reference.parquet's rows with each task's pretrained accuracy 0.01 below `point`'s (accuracies in TASKS' order)
+    and its fine-tuned one 0.99 above: the point's gains are 0.01 on every task."""
+    reference = reference.copy()
+    for i, t in enumerate(TASKS):
+        accuracy = (reference["task"] == t) & (reference["metric"] == "accuracy")
+        reference.loc[accuracy & (reference["model"] == "pretrained"), "value"] = point[i] - 0.01
+        reference.loc[accuracy & (reference["model"] == t), "value"] = point[i] + 0.99
+    return reference
 
 
 @pytest.fixture(scope="module")
@@ -499,12 +507,7 @@ def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrain
     F = real[[f"accuracy_{t}" for t in TASKS]].to_numpy()
     best_sum = int(np.argmax(F.mean(axis=1)))
     kept = int(np.argmax((F - F[best_sum]).max(axis=1)))  # the front point farthest above it on some task
-    reference = read_table(paths.reference)  # its pretrained models just below `kept`: gains 0.01 there
-    for i, t in enumerate(TASKS):
-        accuracy = (reference["task"] == t) & (reference["metric"] == "accuracy")
-        reference.loc[accuracy & (reference["model"] == "pretrained"), "value"] = F[kept, i] - 0.01
-        reference.loc[accuracy & (reference["model"] == t), "value"] = F[kept, i] + 0.99
-    write_table(reference, paths.reference, "evaluate_reference")
+    write_table(pretrained_just_below(read_table(paths.reference), F[kept]), paths.reference, "evaluate_reference")
     above = (F > F[kept] - 0.01).all(axis=1)  # no front point reaches gain 0.1 on every task: it would dominate `kept`
     assert above[kept] and not above[best_sum]
     expected = real.iloc[int(np.argmax(np.where(above, F.mean(axis=1), -np.inf)))]
@@ -517,6 +520,57 @@ def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrain
         "weighted task above its pretrained model" in text
     )
     assert json.loads(safetensors_metadata(out)["coefficients"]) == {t: float(expected[f"c_{t}"]) for t in TASKS}
+
+
+def test_a_predicted_pick_records_and_reports_balanceds_fallback(runs, tmp_path):
+    """A run without refinement rounds merges the predicted front's pick: where balanced falls back there,
+    choice.parquet's metadata records the rule and the run's notes say it; where it does not, no such key."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    paths, gdir = Layout(R), R / "groups" / "all"
+    front = read_table(paths.front("all"))
+    F = front[[f"accuracy_{t}" for t in TASKS]].to_numpy()
+    best_sum = int(np.argmax(F.mean(axis=1)))
+    kept = int(np.argmax((F - F[best_sum]).max(axis=1)))
+    assert not (F >= F[kept] + 0.09).all(axis=1).any()  # no point reaches gain 0.1 on every task
+    above = (F > F[kept] - 0.01).all(axis=1)
+    assert above[kept] and not above[best_sum]
+    original = read_table(paths.reference)
+    files = {
+        "pretrained": R / "checkpoints" / "pretrained.safetensors",
+        "vectors": {t: R / "task_vectors" / f"{t}.safetensors" for t in TASKS},
+        "checkpoints": {t: R / "checkpoints" / f"{t}.safetensors" for t in TASKS},
+    }
+    params = {"selection": {"method": "balanced", "rho": 0.05}, "preference": {}, "objective": "accuracy"}
+
+    def merge(reference: pd.DataFrame) -> tuple[pd.Series, dict[str, str]]:
+        write_table(reference, paths.reference, "evaluate_reference")
+        merge_group.run_merge_group(
+            params,
+            **files,
+            plan=R / "levels" / "level1.parquet",
+            front=paths.front("all"),
+            reference=paths.reference,
+            group="all",
+            merged=gdir / "merged.safetensors",
+            vector=gdir / "vector.safetensors",
+            choice=gdir / "choice.parquet",
+            folders=gdir / "merged",
+        )
+        return read_table(gdir / "choice.parquet").iloc[0], table_metadata(gdir / "choice.parquet")
+
+    choice, metadata = merge(pretrained_just_below(original, F[kept]))
+    assert metadata["mapmerge.rule"] == "weighted_sum_above_pretrained"
+    expected = front.iloc[int(np.argmax(np.where(above, F.mean(axis=1), -np.inf)))]
+    assert [choice[f"c_{t}"] for t in TASKS] == [expected[f"c_{t}"] for t in TASKS]
+    assert group_notes(R, "all")[0] == (
+        "the chosen merge is the predicted front's pick for the preference (no refinement rounds) (selection "
+        "weighted_sum_above_pretrained instead of balanced: no predicted point keeps every weighted task's gain at 0.1 "
+        "or more, so the weighted sum decides, over the points that keep every weighted task above its pretrained "
+        "model): chosen on predictions (choice.parquet), then measured (measured_* in selected.parquet)"
+    )
+    _, metadata = merge(original)  # balanced applies: no key, the bytes of a run before the rule was recorded
+    assert "mapmerge.rule" not in metadata
+    assert "instead of balanced" not in group_notes(R, "all")[0]
 
 
 @pytest.fixture(scope="module")
@@ -676,7 +730,7 @@ def test_select_in_a_nested_run(runs, tmp_path, capsys):
     measured = sample_metrics(read_table(gdir / "samples.parquet"), read_table(gdir / "metrics.parquet"))
     front = measured_front(measured, "accuracy", top["tasks"])
     reference = reference_values(read_table(R / "reference.parquet"), "accuracy", top["tasks"])
-    index, _ = pick_point(front, top, {"rot90": 1.0}, "accuracy", "balanced", 0.05, reference)
+    index, _, _ = pick_point(front, top, {"rot90": 1.0}, "accuracy", "balanced", 0.05, reference)
     c = [float(front[f"c_{m}"].iloc[index]) for m in top["members"]]
     path = R / "selected" / "rot90-1.safetensors"
     assert json.loads(safetensors_metadata(path)["coefficients"]) == dict(zip(top["members"], c))

@@ -149,8 +149,8 @@ def four_points() -> tuple[pd.DataFrame, dict]:
 def test_an_equal_preference_gives_up_a_task_under_weighted_sum_but_not_when_balanced():
     front, info = four_points()
     reference = {t: (0.2, 0.9) for t in "abc"}
-    ws, _ = selection.pick_point(front, info, None, "accuracy", "weighted_sum")
-    balanced, _ = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
+    ws, _, _ = selection.pick_point(front, info, None, "accuracy", "weighted_sum")
+    balanced, _, _ = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
     assert ws == 0 and front["accuracy_c"][ws] < 0.25  # task c left at about the pretrained model's 0.2
     assert balanced == 1  # every task's gain at least (0.55 - 0.2) / 0.7 = 0.5
 
@@ -210,7 +210,7 @@ def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_
     scores, _, rule = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference)
     assert rule == selection.ABOVE_PRETRAINED and int(np.argmax(scores)) == 2  # not balancing's row 1, nor row 0
     assert np.isneginf(scores[[0, 3]]).all() and np.isfinite(scores[[1, 2]]).all()
-    index, _ = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
+    index, _, _ = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
     balancing, _, _ = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference, -np.inf)
     assert index == 2 and int(np.argmax(balancing)) == 1
     reference["c"] = (0.56, 0.9)  # no point above c's pretrained model: the weighted sum over every point

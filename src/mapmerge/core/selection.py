@@ -162,11 +162,12 @@ def pick_point(
     method: str = "weighted_sum",
     rho: float = 0.05,
     reference: Reference | None = None,
-) -> tuple[int, dict[str, float]]:
+) -> tuple[int, dict[str, float], str]:
     """The point a preference picks (preference_scores' best; ties: the lowest index): (its row index in `front`,
-    the members' normalised weights). What stage merge_group chooses, and `mapmerge select` for a new preference."""
-    scores, weights, _ = preference_scores(front, info, preference, metric, method, rho, reference)
-    return int(np.argmax(scores)), weights
+    the members' normalised weights, the rule that picked it: `method` or balanced's fallback). What stage
+    merge_group chooses, and `mapmerge select` for a new preference."""
+    scores, weights, rule = preference_scores(front, info, preference, metric, method, rho, reference)
+    return int(np.argmax(scores)), weights, rule
 
 
 def measured_front(measured: pd.DataFrame, metric: str, tasks: Sequence[str]) -> pd.DataFrame:

@@ -42,13 +42,14 @@ def fallback_note(rule: str, method: str, points: str) -> str:
     )
 
 
-def choice_note(choice: pd.Series, method: str) -> str:
+def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> str:
     """Where the chosen merge comes from: the predicted pick, or a measured point and why it won (`method`: the
-    selection rule)."""
+    selection rule; `rule`: the one that picked a predicted merge where balanced fell back, else None)."""
     if choice.get("source") != "measured":
+        fallback = f" ({fallback_note(rule, method, 'predicted')})" if rule and rule != method else ""
         return (
-            "the chosen merge is the predicted front's pick for the preference (no refinement rounds): chosen on "
-            "predictions (choice.parquet), then measured (measured_* in selected.parquet)"
+            f"the chosen merge is the predicted front's pick for the preference (no refinement rounds){fallback}: "
+            "chosen on predictions (choice.parquet), then measured (measured_* in selected.parquet)"
         )
     where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
     if choice.get("rule", method) != method:
@@ -96,11 +97,13 @@ def group_notes(results: str | os.PathLike, group: str) -> list[str]:
     """A finished group's notes: where its chosen merge comes from, and the box's bounds on its front."""
     layout = Layout(results)
     choice = read_table(layout.choice(group)).iloc[0]
-    recorded = table_metadata(layout.choice(group)).get("mapmerge.selection")
+    metadata = table_metadata(layout.choice(group))
+    recorded = metadata.get("mapmerge.selection")
     method = json.loads(recorded)["method"] if recorded else "weighted_sum"
     front = read_table(layout.front(group))
     members = suffixes(front.columns, "c")
-    return [choice_note(choice, method), *box_notes(front, read_table(layout.samples(group)), choice, members)]
+    note = choice_note(choice, method, metadata.get("mapmerge.rule"))
+    return [note, *box_notes(front, read_table(layout.samples(group)), choice, members)]
 
 
 def final_notes(results: str | os.PathLike) -> list[str]:

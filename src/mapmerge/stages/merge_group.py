@@ -63,6 +63,7 @@ def run_merge_group(
     if sel["method"] == "balanced":
         ref = reference_values(read_table(reference), params["objective"], info["tasks"])
         inputs.append(reference)
+    rule = sel["method"]
     if params.get("refined"):
         row, weights = measured_choice(
             params, info, read_table(samples), read_table(metrics), read_table(surrogate), ref
@@ -70,7 +71,7 @@ def run_merge_group(
         inputs += [samples, metrics, surrogate]
     else:
         pref, metric = params["preference"], params["objective"]
-        index, weights = pick_point(points, info, pref, metric, sel["method"], sel["rho"], ref)
+        index, weights, rule = pick_point(points, info, pref, metric, sel["method"], sel["rho"], ref)
         row = points.iloc[[index]].reset_index(drop=True)
     for member, w in weights.items():
         row[f"weight_{member}"] = w
@@ -89,6 +90,8 @@ def run_merge_group(
             _save_transformers(state, files, models, Path(folders), metadata)
         del state
     extra = {"mapmerge.selection": json.dumps(dict(sel))}  # what `mapmerge select` applies by default
+    if rule != sel["method"]:  # balanced's fallback picked the predicted merge (a measured choice: its `rule` column)
+        extra["mapmerge.rule"] = rule
     write_table(row, choice, "merge_group", params, inputs=inputs, extra=extra)
 
 

@@ -66,7 +66,7 @@ def run_refine_round(
     measured = measured_front(sample_metrics(earlier, metrics), metric, info["tasks"])
     predict = quadratic.objective_predictor(table, metric, info["tasks"])
     if settings["trust_radius"] is None:
-        pick, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
+        pick, _, _ = pick_point(front, info, params["preference"], metric, sel["method"], sel["rho"], ref)
     else:  # the pick beside the best merge measured so far
         beside = _trusted_pick(params, predict, measured, info, ref, lower, upper, rnd)
         front, pick = pd.concat([front, beside], ignore_index=True), len(front)
@@ -121,10 +121,10 @@ def _trusted_pick(
     members, tasks = info["members"], info["tasks"]
     metric, sel, preference = params["optimizer"]["objective"], params["selection"], params["preference"]
     coefficients = [f"c_{m}" for m in members]
-    center, _ = pick_point(measured, info, preference, metric, sel["method"], sel["rho"], ref)
+    center, _, _ = pick_point(measured, info, preference, metric, sel["method"], sel["rho"], ref)
     radius = params["refine"]["trust_radius"]
     C = refine.trust_region(measured[coefficients].iloc[center], lower, upper, radius, (params["seed"], rnd))
     F = predict(C)
     candidates = pd.DataFrame(C, columns=coefficients).assign(**{f"{metric}_{t}": F[:, i] for i, t in enumerate(tasks)})
-    index, _ = pick_point(candidates, info, preference, metric, sel["method"], sel["rho"], ref)
+    index, _, _ = pick_point(candidates, info, preference, metric, sel["method"], sel["rho"], ref)
     return candidates.iloc[[index]]

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mapmerge.adapters import hub
@@ -963,8 +962,7 @@ def preference_candidates(
     reference = selection.reference_values(read_table(paths.reference), metric, tasks) if method == "balanced" else None
 
     def pick(points: pd.DataFrame, source: str) -> tuple[int, dict[str, float], pd.DataFrame]:
-        scores, weights, rule = selection.preference_scores(points, info, task_weights, metric, method, rho, reference)
-        index = int(np.argmax(scores))
+        index, weights, rule = selection.pick_point(points, info, task_weights, metric, method, rho, reference)
         return index, weights, points.iloc[index].to_frame().T.assign(source=source, rule=rule)
 
     index, member_weights, predicted = pick(front, "predicted")
