@@ -568,7 +568,7 @@ def test_a_predicted_pick_records_and_reports_balanceds_fallback(runs, tmp_path)
         "or more, so the weighted sum decides, over the points that keep every weighted task above its pretrained "
         "model): chosen on predictions (choice.parquet), then measured (measured_* in selected.parquet)"
     )
-    _, metadata = merge(original)  # balanced applies: no key, the bytes of a run before the rule was recorded
+    _, metadata = merge(original)  # balanced applies: no key
     assert "mapmerge.rule" not in metadata
     assert "instead of balanced" not in group_notes(R, "all")[0]
 
