@@ -4,6 +4,7 @@
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b c]
         [--spreads cover front gap coverage] [--trust-radii none 0.1] [--trust-from N] [--dataset digits|fashion]
         [--truth grid|sobol] [--truth-side N] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
+        [--measured-only] [--jobs N]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
 tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
@@ -79,12 +80,19 @@ whose axes lie on the ground-truth grid are scored against their own exact value
 the true front; at T = 4 the 5^4 truth holds all of grid 81, where --truth-side 6 shares only its corners);
 --truth sobol shares no point with any grid and removes that advantage. Evaluations of the
 same coefficients are computed once and counted for every method asking.
+
+--measured-only leaves out the win rates and `igd offered` (NaN): their real evaluations (the picks, the brute
+forces, every merge of each final predicted front) take most of a refinement run's time, and IGD, IGD+ and `igd
+front` do not depend on them. --jobs N runs the (method, budget, seed) runs in N processes, forked once the ground
+truth is evaluated (each keeps its own cache of later evaluations); every run is deterministic, so the rows are
+the same for any N.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -520,52 +528,72 @@ def measure(
     methods: dict[str, Runner],
     truth_points: np.ndarray,
     truth_name: str,
+    jobs: int = 1,
 ) -> pd.DataFrame:
-    """One row per (method, budget, seed, rounds): evaluations spent, IGD of the answer, win rates, seconds."""
+    """One row per (method, budget, seed, rounds): evaluations spent, IGD of the answer, win rates, seconds. The runs
+    go to `jobs` processes (forked after the ground truth is evaluated; the rows are the same for any number)."""
     n_tasks = len(evaluate.engine.tasks)
     truth = answer(evaluate(truth_points))
-    igd, igd_plus = IGD(-truth), IGDPlus(-truth)  # pymoo minimises: negated accuracies
     W = preference_vectors(n_tasks, opt["win_vectors"])
     print(
         f"T={n_tasks}: ground truth {truth_name}, {len(truth)} points on its front; {len(W)} preference vectors",
         file=sys.stderr,
     )
+    _SHARED.update(evaluate=evaluate, opt=opt, methods=methods, truth=truth, W=W)
+    runs = [
+        (method, budget, seed)
+        for method in methods
+        for budget in (sides if method == "grid search" else budgets)
+        for seed in range(1 if method == "grid search" else seeds)
+    ]
+    if jobs > 1:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            parts = pool.map(_scored, runs, chunksize=1)
+    else:
+        parts = [_scored(run) for run in runs]
+    return pd.DataFrame([row for part in parts for row in part])
+
+
+_SHARED: dict[str, Any] = {}  # what measure's runs share: set before its processes fork
+
+
+def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
+    """The rows of one (method, budget, seed) run of measure: one per result (per rounds)."""
+    method, budget, seed = run
+    evaluate, opt, truth, W = _SHARED["evaluate"], _SHARED["opt"], _SHARED["truth"], _SHARED["W"]
+    igd, igd_plus = IGD(-truth), IGDPlus(-truth)  # pymoo minimises: negated accuracies
+    is_grid = method == "grid search"
+    start, evaluating = time.perf_counter(), evaluate.seconds
+    results = _SHARED["methods"][method](evaluate, budget, seed, opt)
+    spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
     rows = []
-    for method, run in methods.items():
-        is_grid = method == "grid search"
-        for budget in sides if is_grid else budgets:
-            for seed in range(1 if is_grid else seeds):
-                start, evaluating = time.perf_counter(), evaluate.seconds
-                results = run(evaluate, budget, seed, opt)
-                spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
-                for result in results:
-                    wins = (
-                        win_rates(evaluate, result, W, seed)
-                        if result.predicted is not None
-                        else {"win rnd": np.nan, "win grid": np.nan, "win best": np.nan}
-                    )
-                    rows.append(
-                        {
-                            "T": n_tasks,
-                            "method": method,
-                            "budget": result.design if is_grid else budget,
-                            "rounds": result.rounds,
-                            "seed": seed,
-                            "design": result.design,
-                            "front": result.front,
-                            "total": result.design + result.front,
-                            "igd": float(igd.do(-result.answer)),
-                            "igd+": float(igd_plus.do(-result.answer)),
-                            "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
-                            "igd offered": np.nan
-                            if result.predicted is None
-                            else float(igd.do(-offered(evaluate, result))),
-                            **wins,
-                            "method s": spent if result.seconds is None else result.seconds,
-                        }
-                    )
-                print(f"  {method}, budget {budget}, seed {seed}: {spent:.1f} s besides evaluations", file=sys.stderr)
-    return pd.DataFrame(rows)
+    for result in results:
+        scored = result.predicted is not None and not opt["measured_only"]
+        wins = (
+            win_rates(evaluate, result, W, seed)
+            if scored
+            else {"win rnd": np.nan, "win grid": np.nan, "win best": np.nan}
+        )
+        rows.append(
+            {
+                "T": len(evaluate.engine.tasks),
+                "method": method,
+                "budget": result.design if is_grid else budget,
+                "rounds": result.rounds,
+                "seed": seed,
+                "design": result.design,
+                "front": result.front,
+                "total": result.design + result.front,
+                "igd": float(igd.do(-result.answer)),
+                "igd+": float(igd_plus.do(-result.answer)),
+                "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
+                "igd offered": float(igd.do(-offered(evaluate, result))) if scored else np.nan,
+                **wins,
+                "method s": spent if result.seconds is None else result.seconds,
+            }
+        )
+    print(f"  {method}, budget {budget}, seed {seed}: {spent:.1f} s besides evaluations", file=sys.stderr)
+    return rows
 
 
 def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
@@ -748,6 +776,15 @@ def main() -> None:
     parser.add_argument("--front-points", type=int, help="predicted front points MAP evaluates for real (default: P)")
     parser.add_argument("--win-vectors", type=int, default=21, help="at most this many preference vectors (lattice)")
     parser.add_argument("--save", type=Path, help="also write every run's row (seeds apart) to this CSV file")
+    parser.add_argument(
+        "--measured-only",
+        action="store_true",
+        help="score only what each method measured (IGD, IGD+, igd front): no win rates and no offered front, whose "
+        "real evaluations take most of a refinement run's time",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes for the runs (each run on one thread; the same rows for any N)"
+    )
     parser.add_argument("--pop-size", type=int, default=100, help="NSGA-III population")
     parser.add_argument("--n-gen", type=int, default=100, help="NSGA-III generations")
     parser.add_argument(
@@ -758,6 +795,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.truth_side is not None and args.truth_side < 2:
         parser.error(f"--truth-side: at least 2 points per axis, got {args.truth_side}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: at least 1 process, got {args.jobs}")
     if args.quick:
         args.tasks, args.seeds, args.pop_size, args.n_gen = [2], 2, 40, 30
         args.budgets, args.grid_sides, args.refine = args.budgets or "6,15", args.grid_sides or "2,3,4", ["2:2"]
@@ -779,6 +818,7 @@ def main() -> None:
             "surrogate": cfg["surrogate"],
             "front_points": {n: args.front_points or n_params(n) for n in args.tasks},
             "win_vectors": args.win_vectors,
+            "measured_only": args.measured_only,
         }
         for n in args.tasks:
             methods = runners(
@@ -793,7 +833,9 @@ def main() -> None:
             per_axis = args.truth_side or (11 if args.quick else GROUND_TRUTH[n])
             truth, truth_name = ground_truth(n, args.truth, per_axis)
             raws.append(
-                measure(Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth, truth_name)
+                measure(
+                    Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth, truth_name, args.jobs
+                )
             )
     raw = pd.concat(raws, ignore_index=True)
     if args.save:
@@ -822,6 +864,8 @@ def main() -> None:
     print(markdown(ratios(table)))
     print("\nthe same for IGD+ (distances only where the answer is worse: a reference point it dominates counts 0)\n")
     print(markdown(ratios(table, "igd+ mean")))
+    if args.measured_only:
+        return
     print(
         "\nthe same for what a surrogate method offers (igd offered: its real evaluations and its final predicted "
         "front's merges, the latter evaluated for real to score them, not counted), against the targets' IGD\n"
