@@ -44,25 +44,25 @@ def fallback_note(rule: str, method: str, points: str) -> str:
 
 def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> str:
     """Where the chosen merge comes from: the predicted pick, or a measured point and why it won (`method`: the
-    selection rule; `rule`: the one that picked a predicted merge where balanced fell back, else None)."""
-    if choice.get("source") != "measured":
-        fallback = f" ({fallback_note(rule, method, 'predicted')})" if rule and rule != method else ""
+    selection rule; the rule that picked: a measured choice's `rule` column, else `rule`, where balanced fell back
+    for the predicted pick, else `method`)."""
+    measured = choice.get("source") == "measured"
+    rule = str(choice.get("rule", rule or method))
+    fallback = "" if rule == method else f" ({fallback_note(rule, method, 'measured' if measured else 'predicted')})"
+    if not measured:
         return (
             f"the chosen merge is the predicted front's pick for the preference (no refinement rounds){fallback}: "
             "chosen on predictions (choice.parquet), then measured (measured_* in selected.parquet)"
         )
-    where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
-    if choice.get("rule", method) != method:
-        method = str(choice["rule"])
-        where += f" ({fallback_note(method, 'balanced', 'measured')})"
+    where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])}){fallback}"
     if choice["sample"] == choice["last_pick"]:
         return (
             f"the chosen merge is {where}: the last refinement round's predicted pick, measured; no other real "
-            f"evaluation scores better for the preference (score {choice['score']:.4g}: {RULES[method]}, measured)"
+            f"evaluation scores better for the preference (score {choice['score']:.4g}: {RULES[rule]}, measured)"
         )
     return (
         f"the chosen merge is the measured point {where}: it scores {choice['score']:.4g} for the preference "
-        f"({RULES[method]}, measured) against {choice['last_pick_score']:.4g} for the last refinement round's "
+        f"({RULES[rule]}, measured) against {choice['last_pick_score']:.4g} for the last refinement round's "
         f"predicted pick {choice['last_pick']}"
     )
 
