@@ -38,7 +38,10 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   from round N on, as refine.trust_from (the workflow's default: its last round, 4). The refit: (a) the same quadratic on every point; (b)
   the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points); (c), a candidate the workflow does not offer (docs/performance.md): a Gaussian process alone
-  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P (from T + 2).
+  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P (from T + 2);
+  (s), not in the workflow either: every example's class scores (the built-in evaluator's logits) a quadratic in c,
+  the accuracy the share of examples whose best predicted class is right (mapmerge.core.class_scores), for the
+  design's fit too.
   Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.
@@ -115,6 +118,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
+from mapmerge.core.class_scores import fit_scores
 from mapmerge.core.pareto import (
     non_dominated,
     preference_vectors,
@@ -139,7 +143,12 @@ DEFAULT_REFINE = {2: ["4:4"], 3: ["6:4"], 4: ["8:4"]}  # K:R per T
 GROUND_TRUTH = {2: 21, 3: 9, 4: 5}  # grid points per axis of the ground truth
 TRUTH_SEED = 987654  # the scrambled Sobol ground truth's seed (--truth sobol): no method's design uses it
 KINDS = ("map", "bayesian", "refine", "random", "grid")
-FITS = {"a": "quadratic refit", "b": "quadratic + kernel correction", "c": "a Gaussian process alone"}
+FITS = {
+    "a": "quadratic refit",
+    "b": "quadratic + kernel correction",
+    "c": "a Gaussian process alone",
+    "s": "every example's class scores a quadratic",
+}
 SPREADS = {
     "cover": "round_points, order cover: most lowering the mean distance from the box's predicted front",
     "front": "spread_points: spread_order along the front",
@@ -166,11 +175,14 @@ Runner = Callable[["Evaluator", int, int, dict[str, Any]], list[Result]]
 
 
 class Evaluator:
-    """Real accuracies [n, T] of merges c [n, T] on the first T tasks; each distinct c is evaluated once."""
+    """Real accuracies [n, T] of merges c [n, T] on the first T tasks; each distinct c is evaluated once. With an
+    engine that keeps scores, each merge's per-task class scores are kept too (`scores`)."""
 
     def __init__(self, engine: MergeEngine) -> None:
         self.engine = engine
         self.cache: dict[tuple[float, ...], np.ndarray] = {}
+        self.score_cache: dict[tuple[float, ...], list[np.ndarray]] = {}
+        self.targets: list[np.ndarray] = []  # per task, the examples' right classes (an engine keeping scores)
         self.seconds = 0.0  # spent evaluating
 
     def __call__(self, C: np.ndarray) -> np.ndarray:
@@ -181,9 +193,18 @@ class Evaluator:
             if key not in self.cache:
                 examples = self.engine.evaluate(c, sample="c")
                 self.cache[key] = examples.groupby("task")["correct"].mean()[self.engine.tasks].to_numpy(dtype=float)
+                if self.engine.scores:
+                    per_task = [examples[examples["task"] == t] for t in self.engine.tasks]
+                    self.score_cache[key] = [np.stack(rows_t["scores"].to_numpy()) for rows_t in per_task]
+                    self.targets = [rows_t["target"].to_numpy() for rows_t in per_task]
             rows.append(self.cache[key])
         self.seconds += time.perf_counter() - start
         return np.array(rows).reshape(-1, len(self.engine.tasks))
+
+    def scores(self, C: np.ndarray) -> list[np.ndarray]:
+        """Per task, the class scores [n, examples, classes] of merges C [n, T], each evaluated before."""
+        kept = [self.score_cache[tuple(c.round(12))] for c in np.asarray(C, dtype=float)]
+        return [np.stack([k[i] for k in kept]) for i in range(len(self.engine.tasks))]
 
 
 def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str, Any], dict[int, MergeEngine], float]:
@@ -221,6 +242,7 @@ def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str
             evaluators={t: model["tasks"][t]["evaluator"] for t in tasks[:n]},
             merge=model["merge"],
             device="cpu",
+            scores=True,
         )
         for n in range(2, max_tasks + 1)
     }
@@ -264,13 +286,18 @@ def spread(F: np.ndarray, k: int) -> np.ndarray:
 
 
 def fit_predictor(
-    C: np.ndarray, F: np.ndarray, link: str, fit: str = "a", seed: int = 0
+    C: np.ndarray, F: np.ndarray, link: str, fit: str = "a", seed: int = 0, evaluate: Evaluator | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Per task the quadratic surrogate on (C, F) ((a)), or it plus the kernel correction of its residuals ((b)), or a
-    Gaussian process alone ((c): gaussian_process)."""
+    Gaussian process alone ((c): gaussian_process), or the quadratic of every example's class scores ((s):
+    mapmerge.core.class_scores, the scores of C kept by `evaluate`)."""
     if fit == "c":
         processes = [gaussian_process(C, F[:, i], link, seed) for i in range(F.shape[1])]
         return lambda X: np.column_stack([p(X) for p in processes])
+    if fit == "s":
+        assert evaluate is not None, "fit (s) reads the merges' class scores from the evaluator"
+        models = [fit_scores(C, S, t) for S, t in zip(evaluate.scores(C), evaluate.targets)]
+        return lambda X: np.column_stack([m.predict(X) for m in models])
     fits = [fit_surrogate(C, F[:, i], link, loo=False, correct=fit == "b") for i in range(F.shape[1])]
     return lambda X: np.column_stack([f.predict(X) for f in fits])
 
@@ -364,7 +391,8 @@ def run_refined(
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
     by a refit ((a) quadratic, (b) quadratic + kernel correction; (c) a Gaussian process alone, the design's fit
-    too, any budget from T + 2, the design's special points); one result after each round. spread: the front
+    too, any budget from T + 2, the design's special points; (s) the class scores' quadratic, the design's fit too);
+    one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
     seed, as the workflow does); trust_radius: the pick from trust_region around the best real evaluation, as the
@@ -378,7 +406,8 @@ def run_refined(
     C = map_design(tasks, budget, opt["sampler"], seed)
     start, evaluating = time.perf_counter(), evaluate.seconds
     F = evaluate(C)
-    predict = fit_predictor(C, F, link, "c" if fit == "c" else "a", seed)  # the first fit: the quadratic, or (c)
+    first = fit if fit in ("c", "s") else "a"  # the design's fit: the quadratic, or (c) or (s) throughout
+    predict = fit_predictor(C, F, link, first, seed, evaluate)
     front = predicted_front(predict, n_tasks, opt, seed)
     results = []
     for rnd in range(1, rounds + 1):
@@ -403,7 +432,7 @@ def run_refined(
             new, _ = round_points(C_front, F_front, [pick], k, C, answer(F), lower, upper, order=order, box=box)
         if len(new):
             C, F = np.vstack([C, new]), np.vstack([F, evaluate(new)])
-            predict = fit_predictor(C, F, link, fit, seed)
+            predict = fit_predictor(C, F, link, fit, seed, evaluate)
             front = predicted_front(predict, n_tasks, opt, seed)
         spent = time.perf_counter() - start - (evaluate.seconds - evaluating)
         results.append(Result(answer(F), budget, len(C) - budget, F, answer(F[budget:]), front, rnd, spent))
@@ -735,7 +764,8 @@ def main() -> None:
         choices=list(FITS),
         default=["a", "b"],
         help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's), c (a Gaussian "
-        "process alone, not in the workflow; budgets from T + 2)",
+        "process alone, not in the workflow; budgets from T + 2), s (every example's class scores a quadratic, the "
+        "design's fit too; not in the workflow)",
     )
     parser.add_argument(
         "--spreads",

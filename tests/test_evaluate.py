@@ -287,3 +287,25 @@ def test_half_precision_accuracy_on_minilm_is_within_half_a_point(tmp_path):
     for (dtype, c), measured in accuracy.items():
         assert (measured - accuracy["float32", c]).abs().max() <= 0.005, (dtype, c, measured, accuracy["float32", c])
     assert accuracy["float32", (1.0, 0.0)]["tech_food"] >= 0.75  # the fine-tuned models learned their task
+
+
+def test_kept_scores_are_the_evaluators_logits(small_bench, vectors):
+    plain = make_engine(small_bench, vectors).evaluate([0.3, 0.6, 0.2], sample="a")
+    kept = make_engine(small_bench, vectors, scores=True).evaluate([0.3, 0.6, 0.2], sample="a")
+    assert "scores" not in plain and "target" not in plain  # the workflow's rows are as before
+    pd.testing.assert_frame_equal(kept[list(plain.columns)], plain)
+    scores = np.stack(kept["scores"].to_numpy())
+    assert scores.shape == (len(kept), 10) and scores.dtype == np.float64
+    assert ((scores.argmax(axis=1) == kept["target"].to_numpy()) == kept["correct"].astype(bool)).all()
+
+
+def test_kept_scores_must_be_returned_whole():
+    rows = pd.DataFrame({"correct": [True, False]})
+    with pytest.raises(EvaluationError, match=r"sample s1, task t: evaluator returned no \['scores', 'target'\]"):
+        check_rows(rows, "s1", "t", scores=True)
+    ragged = rows.assign(scores=[[0.1, 0.2], [0.3]], target=[1, 0])
+    with pytest.raises(EvaluationError, match="sample s1, task t: 'scores' of other lengths, NaN or inf"):
+        check_rows(ragged, "s1", "t", scores=True)
+    with pytest.raises(EvaluationError, match="'scores' of other lengths, NaN or inf"):
+        check_rows(rows.assign(scores=[[0.1, np.nan], [0.3, 0.0]], target=[1, 0]), "s1", "t", scores=True)
+    assert "scores" not in check_rows(ragged, "s1", "t")  # kept only when asked

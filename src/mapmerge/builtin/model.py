@@ -187,18 +187,20 @@ class DigitsEvaluator:
         return self._on_device[key]
 
     def __call__(self, module: nn.Module, device: str | torch.device) -> pd.DataFrame:
-        """One row per example: example (int64 index into the split), correct (bool), loss (float64)."""
+        """One row per example: example (int64 index into the split), correct (bool), loss (float64), scores (the
+        10 logits, float64) and target (the label)."""
         x, y = self._tensors(device)
-        correct, loss = [], []
+        scores = []
         with torch.inference_mode():
-            for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size)):
-                logits = module(xb).double()
-                correct.append((logits.argmax(1) == yb).cpu())
-                loss.append(F.cross_entropy(logits, yb, reduction="none").cpu())
+            for xb in x.split(self.batch_size):
+                scores.append(module(xb).double().cpu())
+        logits, labels = torch.cat(scores), y.cpu()
         return pd.DataFrame(
             {
                 "example": np.arange(len(y), dtype=np.int64),
-                "correct": torch.cat(correct).numpy(),
-                "loss": torch.cat(loss).numpy(),
+                "correct": (logits.argmax(1) == labels).numpy(),
+                "loss": F.cross_entropy(logits, labels, reduction="none").numpy(),
+                "scores": list(logits.numpy()),
+                "target": labels.numpy(),
             }
         )

@@ -256,6 +256,7 @@ class MergeEngine:
     pretrained checkpoint may lack task heads; every task checkpoint then holds them.
     dtype: evaluation.dtype, the module's dtype (a half-precision module takes float inputs and returns
     float32 outputs); placement: evaluation.placement (auto | device | host; mapmerge.tensors.placement).
+    scores: keep the evaluators' per-example class scores (columns `scores`, `target`; see check_rows).
     """
 
     def __init__(
@@ -272,8 +273,10 @@ class MergeEngine:
         seed: int | None = None,
         dtype: str = "float32",
         placement: str = "auto",
+        scores: bool = False,
     ) -> None:
         self.device = pick_device(device)
+        self.scores = scores
         self.dtype = eval_dtype(dtype)
         if self.device.type == "cuda" and self.dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise EvaluationError(
@@ -609,11 +612,15 @@ class MergeEngine:
             raise EvaluationError(
                 f"sample {sample}, task {task}: evaluator raised {type(exc).__name__}: {exc}{hint}"
             ) from exc
-        return check_rows(rows, sample, task)
+        return check_rows(rows, sample, task, self.scores)
 
 
-def check_rows(rows: Any, sample: str, task: str) -> pd.DataFrame:
-    """Validate an evaluator's output into the per-example schema; NaN is an error naming sample and task."""
+def check_rows(rows: Any, sample: str, task: str, scores: bool = False) -> pd.DataFrame:
+    """Validate an evaluator's output into the per-example schema; NaN is an error naming sample and task.
+
+    scores: also keep its columns `scores` (per example, the score of every class: a sequence of floats of one length)
+    and `target` (the index of the right class), which it must then return.
+    """
     if not isinstance(rows, pd.DataFrame):
         rows = pd.DataFrame(rows)
     if "correct" not in rows and "loss" not in rows:
@@ -633,6 +640,15 @@ def check_rows(rows: Any, sample: str, task: str) -> pd.DataFrame:
     for column in ("correct", "loss"):
         if column in rows and not np.isfinite(out[column]).all():
             raise EvaluationError(f"sample {sample}, task {task}: evaluator returned NaN or inf in '{column}'")
+    if scores:
+        absent = [c for c in ("scores", "target") if c not in rows]
+        if absent:
+            raise EvaluationError(f"sample {sample}, task {task}: evaluator returned no {absent} columns (scores kept)")
+        lengths = {len(s) for s in rows["scores"]}
+        if len(lengths) != 1 or not np.isfinite(np.stack(rows["scores"].to_numpy())).all():
+            raise EvaluationError(f"sample {sample}, task {task}: 'scores' of other lengths, NaN or inf")
+        out["scores"] = list(np.stack(rows["scores"].to_numpy()).astype("float64"))
+        out["target"] = rows["target"].astype("int64").to_numpy()
     return out
 
 
