@@ -39,9 +39,10 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points); (c), a candidate the workflow does not offer (docs/performance.md): a Gaussian process alone
   (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P (from T + 2);
-  (s), not in the workflow either: every example's class scores (the built-in evaluator's logits) a quadratic in c,
-  the accuracy the share of examples whose best predicted class is right (mapmerge.core.class_scores), for the
-  design's fit too.
+  (s), the workflow's where the evaluators return class scores (surrogate.scores: auto, the built-in benchmark's;
+  (b) is its fit elsewhere): every example's class scores (the built-in evaluator's logits) a quadratic in c, the
+  accuracy the share of examples whose best predicted class is right (mapmerge.core.class_scores), for the design's
+  fit too.
   Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.
@@ -193,7 +194,7 @@ class Evaluator:
             if key not in self.cache:
                 examples = self.engine.evaluate(c, sample="c")
                 self.cache[key] = examples.groupby("task")["correct"].mean()[self.engine.tasks].to_numpy(dtype=float)
-                if self.engine.scores:
+                if self.engine.scores != "none":
                     per_task = [examples[examples["task"] == t] for t in self.engine.tasks]
                     self.score_cache[key] = [np.stack(rows_t["scores"].to_numpy()) for rows_t in per_task]
                     self.targets = [rows_t["target"].to_numpy() for rows_t in per_task]
@@ -242,7 +243,7 @@ def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str
             evaluators={t: model["tasks"][t]["evaluator"] for t in tasks[:n]},
             merge=model["merge"],
             device="cpu",
-            scores=True,
+            scores="required",
         )
         for n in range(2, max_tasks + 1)
     }
@@ -763,9 +764,9 @@ def main() -> None:
         nargs="+",
         choices=list(FITS),
         default=["a", "b"],
-        help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's), c (a Gaussian "
-        "process alone, not in the workflow; budgets from T + 2), s (every example's class scores a quadratic, the "
-        "design's fit too; not in the workflow)",
+        help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's without class "
+        "scores), c (a Gaussian process alone, not in the workflow; budgets from T + 2), s (every example's class "
+        "scores a quadratic, the design's fit too: the workflow's on the built-in benchmark, surrogate.scores)",
     )
     parser.add_argument(
         "--spreads",

@@ -147,8 +147,10 @@ def test_evaluator_rows_and_no_side_effects(bench: tuple[Path, pd.DataFrame]) ->
     before = {k: v.clone() for k, v in model.state_dict().items()}
     evaluator = DigitsEvaluator("digits")
     rows = evaluator(model, "cpu")
-    assert list(rows.columns) == ["example", "correct", "loss"]
-    assert [str(t) for t in rows.dtypes] == ["int64", "bool", "float64"]
+    assert list(rows.columns) == ["example", "correct", "loss", "scores", "target"]
+    assert [str(t) for t in rows.dtypes] == ["int64", "bool", "float64", "object", "int64"]
+    scores = np.stack(rows["scores"].to_numpy())  # the logits: the right class's scores highest where correct
+    assert scores.shape == (540, 10) and (rows["correct"] == (scores.argmax(axis=1) == rows["target"])).all()
     assert np.array_equal(rows["example"], np.arange(540))
     assert (rows["loss"] >= 0).all()
     assert rows["correct"].mean() == pytest.approx(table.loc[0, "accuracy"])

@@ -159,7 +159,7 @@ def build_run(
             for b, samples in sample_batches(list(design["sample"]), batch).items():
                 outs.append(gdir / "evals" / f"{b}.parquet")
                 evaluation.run_evaluate_samples(
-                    P("evaluate"),
+                    P("evaluate_group"),
                     **files,
                     plan=plan,
                     group=g,
@@ -172,7 +172,7 @@ def build_run(
                 propose_round.run_propose_round(
                     P("propose_round"), round=r, rounds=rounds[:-1], evals=list(outs), samples=rounds[-1]
                 )
-                outs += round_batches(P("evaluate"), files, plan, g, r, len(read_table(rounds[-1])), batch)
+                outs += round_batches(P("evaluate_group"), files, plan, g, r, len(read_table(rounds[-1])), batch)
             if not finish:
                 return R
             first = len(rounds)
@@ -189,7 +189,7 @@ def build_run(
                     samples=rounds[-1],
                 )
                 n = refine.round_size(cfg["refine"], len(groups.group_plan(plan, g)["members"]))
-                outs += round_batches(P("evaluate"), files, plan, g, r, n, batch)
+                outs += round_batches(P("evaluate_group"), files, plan, g, r, n, batch)
             collect.run_collect_metrics(
                 P("collect_metrics"),
                 rounds=rounds,
@@ -201,6 +201,7 @@ def build_run(
                 P("fit_surrogate"),
                 samples=gdir / "samples.parquet",
                 metrics=gdir / "metrics.parquet",
+                evals=outs if cfg["surrogate"]["scores"] != "none" else [],
                 surrogate=gdir / "surrogate.parquet",
             )
             pareto_front.run_pareto_front(

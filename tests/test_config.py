@@ -132,6 +132,14 @@ def test_each_stage_sees_only_its_own_config(repo):
     assert changed_stages(repo, "evaluation.device=cpu") == set()
     assert changed_stages(repo, "evaluation.on_error=record") == set()
     assert changed_stages(repo, "surrogate.missing=drop") == {"fit_surrogate", "refine_round"}
+    # the class scores: kept by the group's evaluations (not the reference models'), fitted by the rounds and the fit;
+    # Bayesian MAP's proposals use the accuracy's own quadratic either way
+    assert changed_stages(repo, "surrogate.scores=none") == {"evaluate_group", "fit_surrogate", "refine_round"}
+    assert changed_stages(repo, "surrogate.scores=none", method="bayesian") == {
+        "evaluate_group",
+        "fit_surrogate",
+        "refine_round",
+    }
     # without refinement rounds a preference or a selection rule costs no evaluation
     assert changed_stages(repo, "+preference.rot90=2", refine=0) == {"merge_group", "aggregate"}
     assert changed_stages(repo, "selection=tchebycheff", refine=0) == {"merge_group"}
@@ -192,6 +200,7 @@ def test_overrides_string_with_nested_lists(repo):
     [
         ("evaluation.on_error=skip", "evaluation.on_error: must be one of fail, record, got 'skip'"),
         ("surrogate.missing=ignore", "surrogate.missing: must be one of error, drop, got 'ignore'"),
+        ("surrogate.scores=true", "surrogate.scores: must be one of auto, required, none, got True"),
     ],
 )
 def test_fault_policies_are_checked(repo, override, message):

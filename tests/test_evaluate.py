@@ -291,7 +291,7 @@ def test_half_precision_accuracy_on_minilm_is_within_half_a_point(tmp_path):
 
 def test_kept_scores_are_the_evaluators_logits(small_bench, vectors):
     plain = make_engine(small_bench, vectors).evaluate([0.3, 0.6, 0.2], sample="a")
-    kept = make_engine(small_bench, vectors, scores=True).evaluate([0.3, 0.6, 0.2], sample="a")
+    kept = make_engine(small_bench, vectors, scores="auto").evaluate([0.3, 0.6, 0.2], sample="a")
     assert "scores" not in plain and "target" not in plain  # the workflow's rows are as before
     pd.testing.assert_frame_equal(kept[list(plain.columns)], plain)
     scores = np.stack(kept["scores"].to_numpy())
@@ -301,11 +301,12 @@ def test_kept_scores_are_the_evaluators_logits(small_bench, vectors):
 
 def test_kept_scores_must_be_returned_whole():
     rows = pd.DataFrame({"correct": [True, False]})
-    with pytest.raises(EvaluationError, match=r"sample s1, task t: evaluator returned no \['scores', 'target'\]"):
-        check_rows(rows, "s1", "t", scores=True)
+    with pytest.raises(EvaluationError, match=r"sample s1, task t: evaluator returned no \['scores', 'target'\] \("):
+        check_rows(rows, "s1", "t", scores="required")
+    assert "scores" not in check_rows(rows, "s1", "t", scores="auto")  # auto: kept where returned
     ragged = rows.assign(scores=[[0.1, 0.2], [0.3]], target=[1, 0])
     with pytest.raises(EvaluationError, match="sample s1, task t: 'scores' of other lengths, NaN or inf"):
-        check_rows(ragged, "s1", "t", scores=True)
+        check_rows(ragged, "s1", "t", scores="required")
     with pytest.raises(EvaluationError, match="'scores' of other lengths, NaN or inf"):
-        check_rows(rows.assign(scores=[[0.1, np.nan], [0.3, 0.0]], target=[1, 0]), "s1", "t", scores=True)
-    assert "scores" not in check_rows(ragged, "s1", "t")  # kept only when asked
+        check_rows(rows.assign(scores=[[0.1, np.nan], [0.3, 0.0]], target=[1, 0]), "s1", "t", scores="required")
+    assert "scores" not in check_rows(ragged, "s1", "t")  # kept only when asked (default: none)

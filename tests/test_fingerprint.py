@@ -18,7 +18,8 @@ from mapmerge.run.config import STAGE_ENTRY, load_config, stage_config
 
 SRC = fingerprint.source_root()
 STAGES = set(STAGE_ENTRY)
-EVALUATIONS = {"evaluate", "validate_front", "validate_baseline"}  # every real evaluation of merged models
+# every real evaluation of merged models (evaluate_group: a group's samples and rounds)
+EVALUATIONS = {"evaluate", "evaluate_group", "validate_front", "validate_baseline"}
 TASK_VECTORS = {"extract_task_vector", "task_vector_table"}
 ENGINE = EVALUATIONS | TASK_VECTORS | {"merge_group", "plan_level"}  # what reads checkpoints and merges task vectors
 BENCHMARK = EVALUATIONS | {"prepare_benchmark"}  # trains it; the evaluations' params name its model and evaluators
@@ -101,6 +102,7 @@ EXPECTED = {
     # own code does not reach, so that a change to the fit re-evaluates nothing
     "mapmerge.core.quadratic": SURROGATE | {"sample_coefficients"},
     "mapmerge.core.correction": SURROGATE,  # the surrogate's local correction
+    "mapmerge.core.class_scores": SURROGATE,  # accuracy from the class scores (surrogate.scores)
     # the notes' box bounds; whether a fit gets the correction (fit_surrogate)
     "mapmerge.core.refine": {"refine_round", "fit_surrogate", "aggregate", "report_tables"},
     "mapmerge.core.spread": {"validate", "validate_front"},

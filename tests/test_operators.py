@@ -316,6 +316,7 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
         # (validate_front evaluates front points with the run's operator; the grid's batches are stage evaluate)
         assert {s for s in STAGE_ENTRY if stage_config(base, s) != stage_config(other, s)} == {
             "evaluate",
+            "evaluate_group",
             "merge_group",
             "validate_front",
         }
@@ -323,10 +324,10 @@ def test_operator_reruns_evaluations_and_merges_only(repo):
     assert stage_config(load(repo, ["merge=dare"]), "evaluate")["merge_seed"] == 0
     assert stage_config(load(repo, ["merge=dare_ties"]), "evaluate")["merge_seed"] == 0
     assert stage_config(base, "evaluate")["merge_seed"] is None
-    # and the operators' code is part of both stages' code fingerprints
+    # and the operators' code is part of those stages' code fingerprints
     assert all(
         "mapmerge.tensors.operators" in stage_files(f"mapmerge.stages.{STAGE_ENTRY[s]}")
-        for s in ("evaluate", "merge_group")
+        for s in ("evaluate", "evaluate_group", "merge_group")
     )
 
 

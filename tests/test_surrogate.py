@@ -3,10 +3,12 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
+from mapmerge.core.class_scores import fit_scores
 from mapmerge.core.correction import fit_correction
 from mapmerge.core.surrogate import (
     INTERVAL_COLUMNS,
     LINKS,
+    SCORE_COLUMNS,
     SurrogateError,
     SurrogateFit,
     fit_surrogate,
@@ -432,3 +434,69 @@ def test_metrics_no_evaluator_reports_are_not_fitted():
         SurrogateError, match=r"holds none of the fitted metrics \(surrogate.links\); it has \['loss'\]"
     ):
         fit_table(samples, metrics[metrics["metric"] == "loss"], ["a", "b"], {"accuracy": "sigmoid"})
+
+
+def test_class_scores_give_the_accuracy_fits_predictions_and_intervals_through_the_table(tmp_path):
+    tasks = ["a", "b"]
+    rng = np.random.default_rng(5)
+    samples, _ = make_tables(tasks, n=16)
+    C = samples[[f"c_{t}" for t in tasks]].to_numpy()
+    rows, metrics, models = [], [], {}
+    for task in tasks:  # per task, 25 examples' 3 class scores: a quadratic in c plus noise
+        params = rng.normal(size=(n_params(2), 25, 3))
+        scores = np.einsum("mp,pec->mec", quadratic_features(C), params) + 0.3 * rng.normal(size=(16, 25, 3))
+        targets = rng.integers(0, 3, 25)
+        real = (scores.argmax(axis=2) == targets).mean(axis=1)
+        models[task] = fit_scores(C, scores, targets, real)
+        for i, sample in enumerate(samples["sample"]):
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "sample": sample,
+                        "task": task,
+                        "example": np.arange(25),
+                        "scores": list(scores[i]),
+                        "target": targets,
+                    }
+                )
+            )
+            metrics += [(sample, task, "accuracy", real[i]), (sample, task, "loss", 1.0 - real[i] + 0.1 * i)]
+    metrics = pd.DataFrame(metrics, columns=["sample", "task", "metric", "value"])
+    examples = pd.concat(rows, ignore_index=True).sample(frac=1.0, random_state=0)  # any row order
+    plain = fit_table(samples, metrics, tasks, LINK_MAP)
+    assert not set(SCORE_COLUMNS) & set(plain.columns)  # a table without class scores is as before
+    table = fit_table(samples, metrics, tasks, LINK_MAP, examples=examples)
+    assert list(table.columns) == list(plain.columns) + SCORE_COLUMNS
+    table.to_parquet(tmp_path / "surrogate.parquet")
+    fits = fits_from_table(pd.read_parquet(tmp_path / "surrogate.parquet"))
+    new = rng.uniform(size=(30, 2))
+    for task in tasks:
+        accuracy, loss = fits[(task, "accuracy")], fits[(task, "loss")]
+        np.testing.assert_array_equal(accuracy.predict(new), models[task].predict(new))
+        for got, want in zip(accuracy.interval(new, 0.9), models[task].interval(new, 0.9)):
+            np.testing.assert_array_equal(got, want)
+        row = table.set_index(["task", "metric"]).loc[(task, "accuracy")]
+        assert row["loo_rmse"] == pytest.approx(np.sqrt(np.mean(models[task].residuals ** 2)))
+        assert loss.scores is None  # the loss keeps its quadratic
+        np.testing.assert_array_equal(loss.predict(new), fits_from_table(plain)[(task, "loss")].predict(new))
+    columns = prediction_columns(table, new, tasks, 0.9)
+    np.testing.assert_array_equal(columns["accuracy_b"], models["b"].predict(new))
+
+
+def test_class_scores_missing_for_a_sample_name_task_and_sample():
+    samples, metrics = make_tables(["a"], n=8)
+    examples = pd.DataFrame(
+        {"sample": samples["sample"][:7], "task": "a", "example": 0, "scores": [[0.0, 1.0]] * 7, "target": 1}
+    )
+    with pytest.raises(
+        SurrogateError,
+        match=r"^task 'a', sample s007: no class scores \(a failed evaluation, or one made without surrogate.scores\)$",
+    ):
+        fit_table(samples, metrics, ["a"], LINK_MAP, examples=examples)
+    auto = fit_table(samples, metrics, ["a"], LINK_MAP, examples=examples, scores="auto")  # the quadratic, then
+    assert not any(len(p) for p in auto["score_params"])
+    C = samples[["c_a"]].to_numpy()
+    np.testing.assert_array_equal(
+        fits_from_table(auto)[("a", "accuracy")].predict(C),
+        fits_from_table(fit_table(samples, metrics, ["a"], LINK_MAP))[("a", "accuracy")].predict(C),
+    )

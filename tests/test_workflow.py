@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import REPO, build_once, copy_run, edit_a_function, job_counts, snakemake_command, stages_from
 from mapmerge.builtin.model import build_model
+from mapmerge.core.class_scores import fit_scores, scores_of
 from mapmerge.io import read_table, table_metadata
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.tensors.checkpoints import load_state_dict
@@ -206,6 +208,8 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("optimizer.n_gen=30", stages_from("pareto_front") | REFINED),
         ("+preference.rot90=3", stages_from("merge_group") | REFINED),
         ("surrogate.loo=false", stages_from("fit_surrogate")),
+        # the group's evaluations drop the class scores: they rerun (the reference models' do not), and all after
+        ("surrogate.scores=none", {"evaluate_sample"} | REFINED),
         ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
         ("refine.order=gap", REFINED),  # other round points, from the first round on
         ("refine.trust_from=1", REFINED),  # the pick in the trust region from the first round on
@@ -253,6 +257,28 @@ def test_rerun_after_a_change_keeps_evaluations(own_run):
     snakemake(own_run, overrides=["surrogate.loo=false"])
     assert {p: p.stat().st_mtime_ns for p in evals} == before
     assert np.isnan(read_table(res / "groups/all/surrogate.parquet")["loo_rmse"]).all()
+
+
+def test_the_accuracy_comes_from_the_class_scores_of_the_groups_evaluations(run):
+    res = results(run)
+    assert "scores" not in read_table(res / "reference_examples.parquet")  # kept for the group's evaluations only
+    group = res / "groups/all"
+    examples = pd.concat([read_table(p) for p in sorted((group / "evals").glob("*.parquet"))], ignore_index=True)
+    assert {"scores", "target"} <= set(examples.columns) and len(examples["scores"].iloc[0]) == 10
+    samples = read_table(group / "samples.parquet")
+    columns = [f"c_{t}" for t in TASKS]
+    table = read_table(group / "surrogate.parquet")
+    front = read_table(group / "front.parquet")
+    for task in TASKS:  # the front's accuracy: the class scores' quadratics, refitted here from the evaluations
+        scores, targets = scores_of(examples, samples["sample"].tolist(), task)
+        model = fit_scores(samples[columns].to_numpy(), scores, targets)
+        np.testing.assert_allclose(front[f"accuracy_{task}"], model.predict(front[columns].to_numpy()))
+        assert np.isfinite(front[[f"accuracy_{task}_lo", f"accuracy_{task}_hi"]].to_numpy()).all()
+        rows = table[table["task"] == task].set_index("metric")
+        assert len(rows.loc["accuracy", "score_params"]) and not len(rows.loc["loss", "score_params"])
+    report = (res / "report.md").read_text().splitlines()
+    fits = [line for line in report if line.startswith((f"| {TASKS[0]} | accuracy | ", f"| {TASKS[0]} | loss | "))]
+    assert [line.rsplit("|", 2)[1].strip() for line in fits] == ["yes", ""]  # the fit table's class_scores column
 
 
 def test_a_bigger_design_evaluates_only_new_samples(own_run):

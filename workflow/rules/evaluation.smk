@@ -32,7 +32,7 @@ rule evaluate_sample:
     output:
         examples=L.batch("{group}", "{batch}"),
     params:
-        stage=params_of("evaluate"),
+        stage=params_of("evaluate_group"),
         coefficients=batch_c,
         job=job_of("evaluate_sample", engine_inputs, device=DEVICE, on_error=ON_ERROR),
     log:
@@ -56,7 +56,7 @@ rule evaluate_round:
         round="[0-9]{2}",
         index="[0-9]{4}",
     params:
-        stage=params_of("evaluate"),
+        stage=params_of("evaluate_group"),
         job=job_of("evaluate_round", engine_inputs, size=CFG["evaluation"]["samples_per_job"], device=DEVICE, on_error=ON_ERROR),
     log:
         L.log("evaluate_round", "{group}", "{round}", "{index}"),

@@ -110,6 +110,7 @@ rule fit_surrogate:
     input:
         samples=L.samples("{group}"),
         metrics=L.metrics("{group}"),
+        evals=lambda wc: group_evals(wc.group) if CFG["surrogate"]["scores"] != "none" else [],  # their class scores
     output:
         surrogate=L.surrogate("{group}"),
     params:

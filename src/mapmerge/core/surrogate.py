@@ -30,12 +30,17 @@ and 0.886). The bootstrap around the corrected prediction over-covered (0.975 to
 twice the corrected error).
 It follows the real evaluations near the points where refinement rounds have put them and fades to the
 quadratic away from every point.
+
+With surrogate.scores, a fit of accuracy may carry the quadratics of every example's class scores
+(mapmerge.core.class_scores): its predictions and intervals are theirs, and r2, rmse and loo_rmse describe them;
+`params` stay the accuracy's own quadratic (the Bayesian rounds' proposals use it), without a bootstrap or a
+correction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,6 +48,7 @@ import pandas as pd
 from scipy.special import expit, logit, ndtri
 from threadpoolctl import threadpool_limits
 
+from mapmerge.core.class_scores import ScoreQuadratic, fit_scores, scores_of
 from mapmerge.core.correction import KernelCorrection, fit_correction
 from mapmerge.core.quadratic import n_params, quadratic_features
 
@@ -92,6 +98,9 @@ CORRECTION_COLUMNS = [
     "correction_length",
     "correction_ridge",
 ]
+# the class scores' quadratics of an accuracy fit (surrogate.scores; absent from tables without any): parameters
+# [P, examples x classes] (row-major), the examples' targets, the leave-one-out residuals; empty lists elsewhere
+SCORE_COLUMNS = ["score_params", "score_targets", "score_residuals"]
 INTERVAL_BOOTSTRAP = 200  # B, the bootstrap refits of every fit that surrogate.parquet stores
 INTERVAL_SEED = 0  # the bootstrap's draws: the same for every fit, so a fit is reproducible
 MISSING = ("error", "drop")  # surrogate.missing: refuse samples without a value, or fit without them
@@ -114,7 +123,8 @@ class SurrogateFit:
     `tasks` names the coefficients in order (filled by `fit_table`; empty when fitted directly).
     `refits` [B, P] and `residuals` [n]: the bootstrap's refitted parameters and the scaled residuals (module
     docstring); without them (or with no residual degrees of freedom) `interval` gives NaN. `correction`: the
-    local correction added on the link scale (module docstring), or None.
+    local correction added on the link scale (module docstring), or None. `scores`: the class scores' quadratics
+    whose predictions and intervals replace the quadratic's (module docstring), or None.
     """
 
     task: str
@@ -129,6 +139,7 @@ class SurrogateFit:
     refits: np.ndarray | None = None
     residuals: np.ndarray | None = None
     correction: KernelCorrection | None = None
+    scores: ScoreQuadratic | None = None
 
     def __post_init__(self) -> None:
         params = np.array(self.params, dtype=float)
@@ -154,7 +165,10 @@ class SurrogateFit:
 
     def predict(self, C: np.ndarray) -> np.ndarray:
         """Predicted metric for coefficients C [..., T] (a [T] vector gives a 0-d array)."""
-        return LINK_FUNCTIONS[self.link].forward(self._link_scale(self._checked(C)))
+        C = self._checked(C)
+        if self.scores is not None:
+            return self.scores.predict(C.reshape(-1, C.shape[-1])).reshape(C.shape[:-1])
+        return LINK_FUNCTIONS[self.link].forward(self._link_scale(C))
 
     def _checked(self, C: np.ndarray) -> np.ndarray:
         C = np.asarray(C, dtype=float)
@@ -179,6 +193,9 @@ class SurrogateFit:
         if not 0.0 < level < 1.0:
             raise SurrogateError(f"{_where(self.task, self.metric)}: interval level {level!r} must be in (0, 1)")
         C = self._checked(C)
+        if self.scores is not None:  # the class scores' leave-one-out residuals
+            low, high = self.scores.interval(C.reshape(-1, C.shape[-1]), level)
+            return low.reshape(C.shape[:-1]), high.reshape(C.shape[:-1])
         spec = LINK_FUNCTIONS[self.link]
         z = self._link_scale(C)
         if self.correction is not None:  # a corrected fit has no bootstrap: its Gaussian process's interval
@@ -378,6 +395,8 @@ def fit_table(
     tasks: list[str] | None = None,
     bootstrap: int = 0,
     correct: bool = False,
+    examples: pd.DataFrame | None = None,
+    scores: str = "required",
 ) -> pd.DataFrame:
     """Fit every (task, metric in `links`) and return one row per fit, sorted by task and metric.
 
@@ -388,7 +407,10 @@ def fit_table(
     or NaN: a failed evaluation) raises unless missing='drop'; then each fit leaves out its own
     missing samples and records them (n_dropped, dropped: comma-joined sample ids). bootstrap: each
     fit's refits for prediction intervals (INTERVAL_COLUMNS: refits, residuals; empty lists with 0). correct:
-    each fit with its local correction (CORRECTION_COLUMNS; empty lists and NaN without).
+    each fit with its local correction (CORRECTION_COLUMNS; empty lists and NaN without). examples: the samples'
+    per-example rows, for accuracy fits from their class scores (surrogate.scores, module docstring; SCORE_COLUMNS,
+    which only a table fitted with examples has): every task's with `required`, where all its samples have them with
+    `auto`, none with `none`.
     """
     absent = [c for c in ("sample", "task", "metric", "value") if c not in metrics.columns]
     if absent:
@@ -405,9 +427,15 @@ def fit_table(
         for metric, link in links.items():
             y = _values(metrics, samples["sample"], task, metric)
             keep = _present(y, samples["sample"], _where(task, metric), missing)
-            fit = fit_surrogate(
-                C[keep], y[keep], link, task=task, metric=metric, loo=loo, bootstrap=bootstrap, correct=correct
-            )
+            kept = samples["sample"][keep].tolist()
+            model = _score_model(examples, kept, C[keep], y[keep], task, scores) if metric == "accuracy" else None
+            if model is None:
+                fit = fit_surrogate(
+                    C[keep], y[keep], link, task=task, metric=metric, loo=loo, bootstrap=bootstrap, correct=correct
+                )
+            else:  # the quadratic only for the Bayesian rounds: no bootstrap, correction or LOO of its own
+                quadratic = fit_surrogate(C[keep], y[keep], link, task=task, metric=metric, loo=False)
+                fit = _with_scores(quadratic, model, C[keep], y[keep], loo)
             rows.append(
                 {
                     "task": task,
@@ -424,10 +452,60 @@ def fit_table(
                     "refits": fit.refits.ravel().tolist(),
                     "residuals": fit.residuals.tolist(),
                     **_correction_row(fit.correction),
+                    **(_score_row(fit.scores) if examples is not None else {}),
                 }
             )
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + INTERVAL_COLUMNS + CORRECTION_COLUMNS)
+    scored = SCORE_COLUMNS if examples is not None else []
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + INTERVAL_COLUMNS + CORRECTION_COLUMNS + scored)
     return table.sort_values(["task", "metric"], ignore_index=True)
+
+
+def _score_model(
+    examples: pd.DataFrame | None, samples: list[str], C: np.ndarray, y: np.ndarray, task: str, mode: str
+) -> ScoreQuadratic | None:
+    """The class scores' quadratics of a task's accuracy (surrogate.scores), or None: with mode `none` or no
+    examples, and with `auto` where some sample has no scores (`required`: SurrogateError naming it)."""
+    if examples is None or mode == "none":
+        return None
+    try:
+        scores, targets = scores_of(examples, samples, task)
+    except ValueError as exc:
+        if mode == "auto":
+            return None
+        raise SurrogateError(str(exc)) from exc
+    return fit_scores(C, scores, targets, y)
+
+
+def _with_scores(fit: SurrogateFit, model: ScoreQuadratic, C: np.ndarray, y: np.ndarray, loo: bool) -> SurrogateFit:
+    """The accuracy fit on (C, y) predicting by the class scores' quadratics; r2, rmse and loo_rmse theirs."""
+    residual = model.predict(C) - y
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    held_out = np.sqrt(np.mean(model.residuals**2)) if loo and len(model.residuals) else float("nan")
+    return replace(
+        fit,
+        r2=1.0 - float(residual @ residual) / ss_tot if ss_tot > 0 else float("nan"),
+        rmse=float(np.sqrt(np.mean(residual**2))),
+        loo_rmse=float(held_out),
+        scores=model,
+    )
+
+
+def _score_row(scores: ScoreQuadratic | None) -> dict[str, Any]:
+    if scores is None:
+        return {c: [] for c in SCORE_COLUMNS}
+    return {
+        "score_params": scores.params.ravel().tolist(),
+        "score_targets": scores.targets.tolist(),
+        "score_residuals": scores.residuals.tolist(),
+    }
+
+
+def _scores_from(row: Any, n_params_: int) -> ScoreQuadratic | None:
+    if not len(row.score_params):
+        return None
+    params = np.asarray(row.score_params, dtype=float).reshape(n_params_, -1)
+    targets = np.asarray(row.score_targets, dtype=np.int64)
+    return ScoreQuadratic(params, targets, np.asarray(row.score_residuals, dtype=float))
 
 
 def _correction_row(correction: KernelCorrection | None) -> dict[str, Any]:
@@ -453,12 +531,14 @@ def _correction_from(row: Any) -> KernelCorrection | None:
 
 def fits_from_table(table: pd.DataFrame) -> dict[tuple[str, str], SurrogateFit]:
     """Rebuild the fits of a `fit_table` table, keyed by (task, metric); without intervals where the table lacks
-    INTERVAL_COLUMNS (written before them), without corrections where it lacks CORRECTION_COLUMNS."""
+    INTERVAL_COLUMNS (written before them), without corrections where it lacks CORRECTION_COLUMNS, without class
+    scores where it lacks SCORE_COLUMNS."""
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise SurrogateError(f"surrogate table lacks columns {missing}")
     intervals = all(c in table.columns for c in INTERVAL_COLUMNS)
     corrected = all(c in table.columns for c in CORRECTION_COLUMNS)
+    scored = all(c in table.columns for c in SCORE_COLUMNS)
     fits: dict[tuple[str, str], SurrogateFit] = {}
     for row in table.itertuples(index=False):
         key = (str(row.task), str(row.metric))
@@ -480,6 +560,7 @@ def fits_from_table(table: pd.DataFrame) -> dict[tuple[str, str], SurrogateFit]:
                 else {}
             ),
             correction=_correction_from(row) if corrected else None,
+            scores=_scores_from(row, len(row.params)) if scored else None,
         )
     return fits
 

@@ -113,9 +113,11 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
     for group in group_names:
         samples = read_table(layout.samples(group))
         fit = read_table(layout.surrogate(group))
-        # its statistics, not the parameters' and the bootstrap's lists; the correction's length scale where fitted
+        # its statistics, not the parameters' and the bootstrap's lists; the correction's length scale where fitted;
+        # whether the class scores give the prediction (surrogate.scores)
         shown = [c for c in (*TABLE_COLUMNS, "correction_length") if c in fit.columns and c not in ("params", "tasks")]
-        fit = fit[shown]
+        scored = ["yes" if len(p) else "" for p in fit["score_params"]] if "score_params" in fit.columns else None
+        fit = fit[shown] if scored is None else fit[shown].assign(class_scores=scored)
         front = read_table(layout.front(group))
         members = suffixes(samples.columns, "c")
         sections += [

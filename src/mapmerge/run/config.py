@@ -297,7 +297,8 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
 # them). A stage's params carry its code fingerprint: the source of every mapmerge module that module can
 # import, and of the modules the params' `_target_`s name (builder, evaluators; mapmerge.run.fingerprint).
 # A code change reruns the stages that can run it, and then, through their files, what follows them.
-# "evaluate": every evaluation of merges (reference, samples, rounds, the chosen merge, the validation grid).
+# "evaluate": the evaluations of the reference models, the chosen merge and the validation grid; "evaluate_group":
+# those of a group's samples and rounds (with the class scores where surrogate.scores fits them).
 STAGE_ENTRY = stage_modules()
 
 
@@ -340,6 +341,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "collect_metrics": {},
         "ledger": {},
         "evaluate": {"model": evaluation_model, **operator},
+        # a group's design and rounds: the class scores too, where the surrogate fits them
+        "evaluate_group": {"model": evaluation_model, **operator, "scores": cfg["surrogate"]["scores"]},
         "plan_level": {
             "method": method,
             "tasks": tasks,
@@ -353,7 +356,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         # not the number of rounds (more rounds keep the earlier ones) nor the initial design's size (its own stage)
         "propose_round": {
             "bayesian": {k: v for k, v in cfg["bayesian"].items() if k not in ("rounds", "initial_factor")},
-            "surrogate": {k: v for k, v in fitting.items() if k != "correction"},  # Bayesian rounds: the quadratic
+            # Bayesian rounds: the quadratic (not its correction, nor the class scores)
+            "surrogate": {k: v for k, v in fitting.items() if k not in ("correction", "scores")},
             "sampler": cfg["sampler"],
             "objective": objective,
             "seed": cfg["seed"],
@@ -361,7 +365,9 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         # not the number of rounds (more rounds keep the earlier ones)
         "refine_round": {
             "refine": {k: v for k, v in cfg["refine"].items() if k != "rounds"},
-            "surrogate": {k: cfg["surrogate"][k] for k in ("links", "missing", "correction")},  # no LOO, no intervals
+            "surrogate": {
+                k: cfg["surrogate"][k] for k in ("links", "missing", "correction", "scores")
+            },  # no LOO, intervals
             "optimizer": cfg["optimizer"],
             "selection": cfg["selection"],
             "preference": cfg["preference"],

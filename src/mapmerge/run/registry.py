@@ -102,7 +102,7 @@ STAGES: tuple[Stage, ...] = (
         (*ENGINE, "plan"),
         ("examples",),
         ("group", "coefficients", *EVALUATION_ARGS, "on_error"),
-        params="evaluate",
+        params="evaluate_group",
         resources="evaluate",
     ),
     Stage(
@@ -112,11 +112,11 @@ STAGES: tuple[Stage, ...] = (
         (*ENGINE, "plan", "samples"),
         ("examples",),
         ("group", "index", "size", *EVALUATION_ARGS, "on_error"),
-        params="evaluate",
+        params="evaluate_group",
         resources="evaluate",
     ),
     Stage("collect_metrics", "collect", "run_collect_metrics", ("rounds", "evals"), ("metrics", "samples")),
-    Stage("fit_surrogate", "fit_surrogate", "run_fit_surrogate", ("samples", "metrics"), ("surrogate",)),
+    Stage("fit_surrogate", "fit_surrogate", "run_fit_surrogate", ("samples", "metrics", "evals"), ("surrogate",)),
     Stage("pareto_front", "pareto_front", "run_pareto_front", ("surrogate", "samples", "plan"), ("front",), ("group",)),
     Stage(
         "merge_group",

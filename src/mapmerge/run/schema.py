@@ -178,6 +178,7 @@ class Surrogate(Section):
     loo: bool
     missing: Literal["error", "drop"]
     correction: Literal["kernel", "none"]
+    scores: Literal["auto", "required", "none"]  # mapmerge.core.class_scores
     interval: Fraction
 
 

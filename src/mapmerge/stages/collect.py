@@ -26,16 +26,17 @@ def run_collect_metrics(
 
     params: only the code fingerprint (the tables record no config).
     """
-    coefficients, measured = evaluated(rounds, evals)
+    coefficients, _, measured = evaluated(rounds, evals)
     write_table(measured, metrics, "collect_metrics", inputs=evals)
     write_table(coefficients, samples, "collect_metrics", inputs=rounds)
 
 
-def evaluated(rounds: Sequence[PathLike], evals: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A group's samples so far (every round's table, in order) and their metrics (from every evaluation batch)."""
+def evaluated(rounds: Sequence[PathLike], evals: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A group's samples so far (every round's table, in order), their per-example rows and their metrics (from
+    every evaluation batch)."""
     coefficients = pd.concat([read_table(p) for p in rounds], ignore_index=True)
     examples = pd.concat([read_table(p) for p in evals], ignore_index=True)
-    return coefficients, metrics_from_examples(examples)
+    return coefficients, examples, metrics_from_examples(examples)
 
 
 def run_ledger(params: Mapping[str, Any], *, evals: Mapping[str, PathLike], ledger: PathLike) -> None:

@@ -42,6 +42,7 @@ class EngineJob(TypedDict):
 
 
 def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads: int) -> MergeEngine:
+    """The engine of an evaluation stage's params; it keeps the class scores as their `scores` says (default none)."""
     if threads > 0:
         torch.set_num_threads(threads)
     model = params["model"]
@@ -58,6 +59,7 @@ def _engine(params: Mapping[str, Any], files: EngineFiles, device: str, threads:
         seed=params.get("merge_seed"),
         dtype=model["dtype"],
         placement=model["placement"],
+        scores=params.get("scores", "none"),
     )
 
 

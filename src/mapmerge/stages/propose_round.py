@@ -30,7 +30,7 @@ def run_propose_round(
     """Bayesian MAP: round `round`'s samples (rounds/r<NN>.parquet), drawn where the surrogates' out-of-sample error
     is worst over the earlier rounds (their sample tables `rounds` and evaluation batches `evals`)."""
     rnd = int(round)
-    earlier, metrics = evaluated(rounds, evals)
+    earlier, _, metrics = evaluated(rounds, evals)
     members = suffixes(earlier.columns, "c")
     errors = bayesian.sample_errors(earlier, metrics, members, params["surrogate"], params["objective"])
     cfg = bayesian.with_bins(params["bayesian"], len(earlier), len(members))

@@ -45,7 +45,7 @@ def run_refine_round(
     rnd = int(round)
     info = groups.group_plan(plan, group)
     members = info["members"]
-    earlier, metrics = evaluated(rounds, evals)
+    earlier, examples, metrics = evaluated(rounds, evals)
     cfg = params["surrogate"]
     table = quadratic.fit_table(
         earlier,
@@ -56,6 +56,8 @@ def run_refine_round(
         missing=cfg["missing"],
         tasks=info["tasks"],
         correct=refine.corrected(cfg["correction"], earlier),
+        examples=examples,
+        scores=cfg["scores"],
     )
     coef = earlier[[f"c_{m}" for m in members]].to_numpy()
     front = predicted_front(params, table, coef, info)

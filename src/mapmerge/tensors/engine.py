@@ -256,7 +256,8 @@ class MergeEngine:
     pretrained checkpoint may lack task heads; every task checkpoint then holds them.
     dtype: evaluation.dtype, the module's dtype (a half-precision module takes float inputs and returns
     float32 outputs); placement: evaluation.placement (auto | device | host; mapmerge.tensors.placement).
-    scores: keep the evaluators' per-example class scores (columns `scores`, `target`; see check_rows).
+    scores: keep the evaluators' per-example class scores (columns `scores`, `target`; check_rows): `none`, `auto`
+    (where an evaluator returns them) or `required` (an evaluator that does not fails).
     """
 
     def __init__(
@@ -273,7 +274,7 @@ class MergeEngine:
         seed: int | None = None,
         dtype: str = "float32",
         placement: str = "auto",
-        scores: bool = False,
+        scores: str = "none",
     ) -> None:
         self.device = pick_device(device)
         self.scores = scores
@@ -615,11 +616,12 @@ class MergeEngine:
         return check_rows(rows, sample, task, self.scores)
 
 
-def check_rows(rows: Any, sample: str, task: str, scores: bool = False) -> pd.DataFrame:
+def check_rows(rows: Any, sample: str, task: str, scores: str = "none") -> pd.DataFrame:
     """Validate an evaluator's output into the per-example schema; NaN is an error naming sample and task.
 
-    scores: also keep its columns `scores` (per example, the score of every class: a sequence of floats of one length)
-    and `target` (the index of the right class), which it must then return.
+    scores: `required` also keeps its columns `scores` (per example, the score of every class: a sequence of floats
+    of one length) and `target` (the index of the right class), which it must then return; `auto` keeps them where it
+    returns both; `none` drops them.
     """
     if not isinstance(rows, pd.DataFrame):
         rows = pd.DataFrame(rows)
@@ -640,10 +642,12 @@ def check_rows(rows: Any, sample: str, task: str, scores: bool = False) -> pd.Da
     for column in ("correct", "loss"):
         if column in rows and not np.isfinite(out[column]).all():
             raise EvaluationError(f"sample {sample}, task {task}: evaluator returned NaN or inf in '{column}'")
-    if scores:
-        absent = [c for c in ("scores", "target") if c not in rows]
+    absent = [c for c in ("scores", "target") if c not in rows]
+    if scores == "required" or (scores == "auto" and not absent):
         if absent:
-            raise EvaluationError(f"sample {sample}, task {task}: evaluator returned no {absent} columns (scores kept)")
+            raise EvaluationError(
+                f"sample {sample}, task {task}: evaluator returned no {absent} (surrogate.scores=required)"
+            )
         lengths = {len(s) for s in rows["scores"]}
         if len(lengths) != 1 or not np.isfinite(np.stack(rows["scores"].to_numpy())).all():
             raise EvaluationError(f"sample {sample}, task {task}: 'scores' of other lengths, NaN or inf")
