@@ -309,4 +309,6 @@ def test_kept_scores_must_be_returned_whole():
         check_rows(ragged, "s1", "t", scores="required")
     with pytest.raises(EvaluationError, match="'scores' of other lengths, NaN or inf"):
         check_rows(rows.assign(scores=[[0.1, np.nan], [0.3, 0.0]], target=[1, 0]), "s1", "t", scores="required")
+    with pytest.raises(EvaluationError, match="sample s1, task t: a 'target' is not the index of one of its 'scores'"):
+        check_rows(rows.assign(scores=[[0.1, 0.2], [0.3, 0.0]], target=[1, 2]), "s1", "t", scores="auto")
     assert "scores" not in check_rows(ragged, "s1", "t")  # kept only when asked (default: none)

@@ -500,10 +500,10 @@ def _score_row(scores: ScoreQuadratic | None) -> dict[str, Any]:
     }
 
 
-def _scores_from(row: Any, n_params_: int) -> ScoreQuadratic | None:
+def _scores_from(row: Any, size: int) -> ScoreQuadratic | None:
     if not len(row.score_params):
         return None
-    params = np.asarray(row.score_params, dtype=float).reshape(n_params_, -1)
+    params = np.asarray(row.score_params, dtype=float).reshape(size, -1)  # size: the quadratic's P
     targets = np.asarray(row.score_targets, dtype=np.int64)
     return ScoreQuadratic(params, targets, np.asarray(row.score_residuals, dtype=float))
 

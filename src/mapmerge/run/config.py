@@ -365,9 +365,8 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         # not the number of rounds (more rounds keep the earlier ones)
         "refine_round": {
             "refine": {k: v for k, v in cfg["refine"].items() if k != "rounds"},
-            "surrogate": {
-                k: cfg["surrogate"][k] for k in ("links", "missing", "correction", "scores")
-            },  # no LOO, intervals
+            # no LOO, no intervals
+            "surrogate": {k: cfg["surrogate"][k] for k in ("links", "missing", "correction", "scores")},
             "optimizer": cfg["optimizer"],
             "selection": cfg["selection"],
             "preference": cfg["preference"],

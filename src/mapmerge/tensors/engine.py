@@ -651,8 +651,11 @@ def check_rows(rows: Any, sample: str, task: str, scores: str = "none") -> pd.Da
         lengths = {len(s) for s in rows["scores"]}
         if len(lengths) != 1 or not np.isfinite(np.stack(rows["scores"].to_numpy())).all():
             raise EvaluationError(f"sample {sample}, task {task}: 'scores' of other lengths, NaN or inf")
+        target = rows["target"].astype("int64").to_numpy()
+        if ((target < 0) | (target >= lengths.pop())).any():
+            raise EvaluationError(f"sample {sample}, task {task}: a 'target' is not the index of one of its 'scores'")
         out["scores"] = list(np.stack(rows["scores"].to_numpy()).astype("float64"))
-        out["target"] = rows["target"].astype("int64").to_numpy()
+        out["target"] = target
     return out
 
 
