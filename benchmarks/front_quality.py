@@ -42,7 +42,8 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   (s), the workflow's where the evaluators return class scores (surrogate.scores: auto, the built-in benchmark's;
   (b) is its fit elsewhere): every example's class scores (the built-in evaluator's logits) a quadratic in c, the
   accuracy the share of examples whose best predicted class is right (mapmerge.core.class_scores), for the design's
-  fit too.
+  fit too, so B may be below P as well (the minimum-norm least squares; the workflow's design is at least P, as its
+  loss still needs the quadratic).
   Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.
@@ -392,7 +393,8 @@ def run_refined(
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
     by a refit ((a) quadratic, (b) quadratic + kernel correction; (c) a Gaussian process alone, the design's fit
-    too, any budget from T + 2, the design's special points; (s) the class scores' quadratic, the design's fit too);
+    too, any budget from T + 2, the design's special points; (s) the class scores' quadratic, the design's fit too,
+    from T + 2 too: least squares' minimum-norm solution below P);
     one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
@@ -400,7 +402,7 @@ def run_refined(
     workflow's refine.trust_radius, in the rounds from trust_from on."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
-    if budget < (n_tasks + 2 if fit == "c" else n_params(n_tasks)):  # (c): the design's special points
+    if budget < (n_tasks + 2 if fit in ("c", "s") else n_params(n_tasks)):  # (c), (s): the design's special points
         return []
     link = opt["surrogate"]["links"]["accuracy"]
     lower, upper, maximize = np.zeros(n_tasks), np.ones(n_tasks), [True] * n_tasks
@@ -766,7 +768,8 @@ def main() -> None:
         default=["a", "b"],
         help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's without class "
         "scores), c (a Gaussian process alone, not in the workflow; budgets from T + 2), s (every example's class "
-        "scores a quadratic, the design's fit too: the workflow's on the built-in benchmark, surrogate.scores)",
+        "scores a quadratic, the design's fit too, budgets from T + 2: the workflow's on the built-in benchmark, "
+        "surrogate.scores)",
     )
     parser.add_argument(
         "--spreads",
