@@ -42,7 +42,7 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   (s), the workflow's where the evaluators return class scores (surrogate.scores: auto, the built-in benchmark's;
   (b) is its fit elsewhere): every example's class scores (the built-in evaluator's logits) a quadratic in c, the
   accuracy the share of examples whose best predicted class is right (mapmerge.core.class_scores), for the design's
-  fit too, so B may be below P as well (the minimum-norm least squares; the workflow's design is at least P, as its
+  fit too, so B may be below P as well (the minimum-norm least squares; the workflow's design holds more than P, as its
   loss still needs the quadratic).
   Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
