@@ -120,7 +120,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from mapmerge.builtin.model import prepare_benchmark
 from mapmerge.core import bayesian, sampling
-from mapmerge.core.class_scores import fit_scores
+from mapmerge.core.class_scores import fit_scores, scores_of
 from mapmerge.core.pareto import (
     non_dominated,
     preference_vectors,
@@ -196,9 +196,9 @@ class Evaluator:
                 examples = self.engine.evaluate(c, sample="c")
                 self.cache[key] = examples.groupby("task")["correct"].mean()[self.engine.tasks].to_numpy(dtype=float)
                 if self.engine.scores != "none":
-                    per_task = [examples[examples["task"] == t] for t in self.engine.tasks]
-                    self.score_cache[key] = [np.stack(rows_t["scores"].to_numpy()) for rows_t in per_task]
-                    self.targets = [rows_t["target"].to_numpy() for rows_t in per_task]
+                    kept = [scores_of(examples, ["c"], t) for t in self.engine.tasks]
+                    self.score_cache[key] = [scores[0] for scores, _ in kept]
+                    self.targets = [targets for _, targets in kept]
             rows.append(self.cache[key])
         self.seconds += time.perf_counter() - start
         return np.array(rows).reshape(-1, len(self.engine.tasks))

@@ -7,22 +7,27 @@ from mapmerge.core.class_scores import fit_scores, scores_of
 from mapmerge.core.quadratic import n_params, quadratic_features
 
 
-def quadratic_scores(rng, n_tasks=3, n_examples=40, n_classes=5):
-    """Scores that are exactly quadratic in c: parameters [P, examples, classes]."""
-    return rng.normal(size=(n_params(n_tasks), n_examples, n_classes))
+def scores_at(params, C):
+    """The scores [m, examples, classes] at merges C [m, T] of quadratics with parameters [P, examples, classes]."""
+    return np.einsum("mp,pec->mec", quadratic_features(C), params)
 
 
 def accuracy(params, targets, C):
-    scores = np.einsum("mp,pec->mec", quadratic_features(C), params)
-    return (scores.argmax(axis=2) == targets).mean(axis=1)
+    return (scores_at(params, C).argmax(axis=2) == targets).mean(axis=1)
+
+
+def exact_fit(seed, n):
+    """(model, parameters, targets, rng): 40 examples' 5 class scores exactly quadratic in c (T = 3), fitted on n
+    random merges."""
+    rng = np.random.default_rng(seed)
+    params = rng.normal(size=(n_params(3), 40, 5))
+    targets = rng.integers(0, 5, size=40)
+    C = rng.uniform(size=(n, 3))
+    return fit_scores(C, scores_at(params, C), targets), params, targets, rng
 
 
 def test_scores_quadratic_in_c_give_the_exact_accuracy_anywhere():
-    rng = np.random.default_rng(0)
-    params = quadratic_scores(rng)
-    targets = rng.integers(0, 5, size=40)
-    C = rng.uniform(size=(12, 3))
-    model = fit_scores(C, np.einsum("mp,pec->mec", quadratic_features(C), params), targets)
+    model, params, targets, rng = exact_fit(0, 12)
     new = rng.uniform(size=(50, 3))
     truth = accuracy(params, targets, new)
     assert len(set(truth)) > 5  # the accuracy varies over the new merges
@@ -30,11 +35,7 @@ def test_scores_quadratic_in_c_give_the_exact_accuracy_anywhere():
 
 
 def test_prediction_in_chunks_is_the_same(monkeypatch):
-    rng = np.random.default_rng(1)
-    params = quadratic_scores(rng)
-    targets = rng.integers(0, 5, size=40)
-    C = rng.uniform(size=(10, 3))
-    model = fit_scores(C, np.einsum("mp,pec->mec", quadratic_features(C), params), targets)
+    model, _, _, rng = exact_fit(1, 10)
     new = rng.uniform(size=(33, 3))
     whole = model.predict(new)
     monkeypatch.setattr(class_scores, "CHUNK", 7 * 40 * 5)  # 7 merges per chunk: 5 chunks, the last of 5
@@ -53,7 +54,7 @@ def noisy_scores(rng, C, n_examples=30, n_classes=4):
     """Scores quadratic in c plus noise, so that no fit is exact: [n, examples, classes], and targets."""
     params = rng.normal(size=(n_params(C.shape[1]), n_examples, n_classes))
     noise = 0.3 * rng.normal(size=(len(C), n_examples, n_classes))
-    return np.einsum("mp,pec->mec", quadratic_features(C), params) + noise, rng.integers(0, n_classes, n_examples)
+    return scores_at(params, C) + noise, rng.integers(0, n_classes, n_examples)
 
 
 def test_leave_one_out_residuals_are_those_of_refits_without_each_merge():

@@ -35,9 +35,8 @@ class ScoreQuadratic:
     def predict(self, C: np.ndarray) -> np.ndarray:
         """Predicted accuracy [m] of merges C [m, T]."""
         X = quadratic_features(np.atleast_2d(np.asarray(C, dtype=float)))
-        return np.concatenate(
-            [_accuracy(X[i : i + self._step()] @ self.params, self.targets) for i in range(0, len(X), self._step())]
-        )
+        step = max(1, CHUNK // self.params.shape[1])
+        return np.concatenate([_accuracy(X[i : i + step] @ self.params, self.targets) for i in range(0, len(X), step)])
 
     def interval(self, C: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         """The `level` interval (low, high) of the real accuracy at merges C [m, T]: the prediction plus the
@@ -49,9 +48,6 @@ class ScoreQuadratic:
         below, above = np.quantile(self.residuals, [0.5 - level / 2, 0.5 + level / 2])
         low = np.minimum(np.clip(predicted + below, 0.0, 1.0), predicted)
         return low, np.maximum(np.clip(predicted + above, 0.0, 1.0), predicted)
-
-    def _step(self) -> int:
-        return max(1, CHUNK // self.params.shape[1])
 
 
 def _accuracy(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -75,20 +71,21 @@ def fit_scores(
     X, Z = quadratic_features(C), scores.reshape(len(C), -1)
     params = np.linalg.lstsq(X, Z, rcond=None)[0]
     real = _accuracy(Z, targets) if accuracy is None else np.asarray(accuracy, dtype=float)
-    return ScoreQuadratic(params, targets, _loo_residuals(X, Z, targets, real))
+    return ScoreQuadratic(params, targets, _loo_residuals(X, Z, params, targets, real))
 
 
-def _loo_residuals(X: np.ndarray, Z: np.ndarray, targets: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """real - the accuracy predicted at each merge by the fit without it; empty where some merge holds the fit
-    alone (leverage 1: no more merges than parameters, or a merge no other one pins down)."""
+def _loo_residuals(
+    X: np.ndarray, Z: np.ndarray, params: np.ndarray, targets: np.ndarray, real: np.ndarray
+) -> np.ndarray:
+    """real - the accuracy predicted at each merge by the fit (params, of Z on X) without it; empty where some merge
+    holds the fit alone (leverage 1: no more merges than parameters, or a merge no other one pins down)."""
     n, p = X.shape
     if n <= p:
         return np.empty(0)
     leverage = np.einsum("ij,ji->i", X, np.linalg.pinv(X))
     if np.any(leverage > 1.0 - 1e-9):
         return np.empty(0)
-    fitted = X @ np.linalg.lstsq(X, Z, rcond=None)[0]
-    held_out = Z - (Z - fitted) / (1.0 - leverage)[:, None]
+    held_out = Z - (Z - X @ params) / (1.0 - leverage)[:, None]
     return real - _accuracy(held_out, targets)
 
 

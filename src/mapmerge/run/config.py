@@ -325,6 +325,7 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "merge_operator": merge_op,
         "merge_seed": cfg["seed"] if merge_op["operator"] in operators.SEEDED else None,
     }
+    evaluate = {"model": evaluation_model, **operator}
     method, objective = cfg["method"], cfg["optimizer"]["objective"]
     sampler = cfg["sampler"]
     # what a fit depends on: not the level of the intervals drawn from it (surrogate.interval)
@@ -340,9 +341,9 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
         "task_vector_table": {},
         "collect_metrics": {},
         "ledger": {},
-        "evaluate": {"model": evaluation_model, **operator},
+        "evaluate": evaluate,
         # a group's design and rounds: the class scores too, where the surrogate fits them
-        "evaluate_group": {"model": evaluation_model, **operator, "scores": cfg["surrogate"]["scores"]},
+        "evaluate_group": {**evaluate, "scores": cfg["surrogate"]["scores"]},
         "plan_level": {
             "method": method,
             "tasks": tasks,

@@ -648,13 +648,15 @@ def check_rows(rows: Any, sample: str, task: str, scores: str = "none") -> pd.Da
             raise EvaluationError(
                 f"sample {sample}, task {task}: evaluator returned no {absent} (surrogate.scores=required)"
             )
-        lengths = {len(s) for s in rows["scores"]}
-        if len(lengths) != 1 or not np.isfinite(np.stack(rows["scores"].to_numpy())).all():
+        if len({len(s) for s in rows["scores"]}) != 1:
+            raise EvaluationError(f"sample {sample}, task {task}: 'scores' of other lengths, NaN or inf")
+        stacked = np.stack(rows["scores"].to_numpy()).astype("float64")
+        if not np.isfinite(stacked).all():
             raise EvaluationError(f"sample {sample}, task {task}: 'scores' of other lengths, NaN or inf")
         target = rows["target"].astype("int64").to_numpy()
-        if ((target < 0) | (target >= lengths.pop())).any():
+        if ((target < 0) | (target >= stacked.shape[1])).any():
             raise EvaluationError(f"sample {sample}, task {task}: a 'target' is not the index of one of its 'scores'")
-        out["scores"] = list(np.stack(rows["scores"].to_numpy()).astype("float64"))
+        out["scores"] = list(stacked)
         out["target"] = target
     return out
 
