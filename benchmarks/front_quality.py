@@ -38,12 +38,12 @@ evaluations (a merged model evaluated on all T tasks) and answers with a real fr
   from round N on, as refine.trust_from (the workflow's default: its last round, 4). The refit: (a) the same quadratic on every point; (b)
   the quadratic plus a kernel model of its residuals on the link scale (mapmerge.core.correction, a local correction
   near the points); (c), a candidate the workflow does not offer (docs/performance.md): a Gaussian process alone
-  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too, so B may be below P (from T + 2);
+  (scikit-learn; constant mean on the link scale, Matern 5/2), for the design's fit too;
   (s), the workflow's where the evaluators return class scores (surrogate.scores: auto, the built-in benchmark's;
   (b) is its fit elsewhere): every example's class scores (the built-in evaluator's logits) a quadratic in c, the
   accuracy the share of examples whose best predicted class is right (mapmerge.core.class_scores), for the design's
-  fit too, so B may be below P as well (the minimum-norm least squares; the workflow's design holds more than P, as its
-  loss still needs the quadratic).
+  fit too. B may be below P (from T + 2, the design's special points), as in the workflow with refinement rounds: a
+  quadratic's fit on P or fewer merges is least squares' minimum-norm solution, without a correction.
   Round r's points do not depend on later rounds, so one run with R rounds gives
   the rows for 1..R rounds (column `rounds`). Its answer: the non-dominated set of all its real
   evaluations; `igd front`: that of the rounds' points alone.
@@ -392,9 +392,9 @@ def run_refined(
     trust_from: int = 1,
 ) -> list[Result]:
     """MAP's design and quadratic fit, then `rounds` refinement rounds of the pick and k front points, each followed
-    by a refit ((a) quadratic, (b) quadratic + kernel correction; (c) a Gaussian process alone, the design's fit
-    too, any budget from T + 2, the design's special points; (s) the class scores' quadratic, the design's fit too,
-    from T + 2 too: least squares' minimum-norm solution below P);
+    by a refit ((a) quadratic, (b) quadratic + kernel correction (none on P or fewer merges); (c) a Gaussian process
+    alone, the design's fit too; (s) the class scores' quadratic, the design's fit too); any budget from T + 2, the
+    design's special points (a quadratic below P: least squares' minimum-norm solution);
     one result after each round. spread: the front
     points of spread_points (`front`) or of mapmerge.core.refine.round_points in its order (`gap`, `coverage`,
     `cover`: with the predicted non-dominated merges of BOX_POINTS Sobol points of the box, seeded by the run's
@@ -402,7 +402,7 @@ def run_refined(
     workflow's refine.trust_radius, in the rounds from trust_from on."""
     tasks = evaluate.engine.tasks
     n_tasks = len(tasks)
-    if budget < (n_tasks + 2 if fit in ("c", "s") else n_params(n_tasks)):  # (c), (s): the design's special points
+    if budget < n_tasks + 2:  # the design's special points
         return []
     link = opt["surrogate"]["links"]["accuracy"]
     lower, upper, maximize = np.zeros(n_tasks), np.ones(n_tasks), [True] * n_tasks
@@ -767,9 +767,8 @@ def main() -> None:
         choices=list(FITS),
         default=["a", "b"],
         help="refinement refits: a (the quadratic), b (it plus the kernel correction: the workflow's without class "
-        "scores), c (a Gaussian process alone, not in the workflow; budgets from T + 2), s (every example's class "
-        "scores a quadratic, the design's fit too, budgets from T + 2: the workflow's on the built-in benchmark, "
-        "surrogate.scores)",
+        "scores), c (a Gaussian process alone, not in the workflow), s (every example's class scores a quadratic, "
+        "the design's fit too: the workflow's on the built-in benchmark, surrogate.scores); budgets from T + 2",
     )
     parser.add_argument(
         "--spreads",

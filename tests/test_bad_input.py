@@ -110,8 +110,15 @@ CASES = [
     Case("factor-zero", r"^sampler\.factor: must be > 0, got 0", overrides=("sampler.factor=0",)),
     Case(
         "factor-too-small",
-        r"^sampler\.factor: 0\.5 gives 5 design points for the surrogate's 10 parameters .* at least 11",
-        overrides=("sampler.factor=0.5",),
+        r"^sampler\.factor: 0\.5 gives 5 design points for the surrogate's 10 parameters .* at least 11: .* or add "
+        r"refinement rounds",
+        overrides=("sampler.factor=0.5", "refine.rounds=0"),
+    ),
+    Case(  # a design below P needs rounds that bring it above
+        "factor-too-small-for-the-rounds",
+        r"^sampler\.factor: 0\.5 gives 5 design points for the surrogate's 10 parameters \(3 coefficients per group\), "
+        r"and refine\.rounds=1 add at most 2: together they need at least 11",
+        overrides=("sampler.factor=0.5", "refine.rounds=1", "refine.points=1"),
     ),
     Case("factor-not-a-number", r"^sampler\.factor: must be a number, got 'abc'", overrides=("sampler.factor=abc",)),
     Case("pop-size-zero", r"^optimizer\.pop_size: must be an integer >= 1, got 0", overrides=("optimizer.pop_size=0",)),

@@ -51,3 +51,11 @@ def test_lhs_and_box_and_errors():
         design(["a", "b"], {**SOBOL, "kind": "grid"}, seed=0)
     with pytest.raises(ValueError, match="lower"):
         design(["a", "b"], {**SOBOL, "lower": 1.0}, seed=0)
+
+
+def test_the_design_holds_its_special_points_and_rounds_its_size_as_written():
+    assert design_size(3, {**SOBOL, "factor": 0.2}) == 5  # ceil(2), but the origin, 3 single tasks and all equal
+    assert len(design(["a", "b", "c"], {**SOBOL, "factor": 0.2}, seed=0)) == 5
+    assert design_size(3, {**SOBOL, "factor": 0.2, "include_special": False}) == 2
+    assert design_size(3, {**SOBOL, "factor": 1.1}) == 11  # 1.1 x 10 in floating point is 11.000000000000002
+    assert design_size(3, {**SOBOL, "factor": 0.6}) == 6

@@ -74,13 +74,14 @@ def test_saturated_accuracy_stays_finite():
     assert fit.rmse < 0.005 and np.all(fit.predict(C[y == 1.0]) > 0.99)
 
 
-def test_too_few_samples():
-    C, y, _ = quadratic_data(T=4, n=10, link="sigmoid")
-    message = (
-        "task 'rot90', metric 'accuracy': 10 samples for 15 parameters; raise sampler.factor or sampler.min_points"
-    )
-    with pytest.raises(SurrogateError, match=message):
-        fit_surrogate(C, y, "sigmoid", task="rot90", metric="accuracy")
+def test_below_the_parameter_count_the_fit_passes_through_the_samples_without_an_interval():
+    C, y, _ = quadratic_data(T=4, n=10, link="sigmoid")  # 10 samples for 15 parameters (a design below P)
+    fit = fit_surrogate(C, y, "sigmoid", task="rot90", metric="accuracy", bootstrap=50, correct=True)
+    np.testing.assert_allclose(fit.predict(C), y, atol=1e-6)
+    assert fit.correction is None and not len(fit.refits) and np.isnan(fit.loo_rmse)  # no residuals to model
+    assert np.isnan(np.stack(fit.interval(C, 0.9))).all()
+    with pytest.raises(SurrogateError, match="^task 'rot90', metric 'accuracy': no samples to fit$"):
+        fit_surrogate(C[:0], y[:0], "sigmoid", task="rot90", metric="accuracy")
 
 
 def test_loo_undefined_at_minimum_sample_count():

@@ -299,6 +299,22 @@ def test_a_bigger_design_evaluates_only_new_samples(own_run):
     assert "Nothing to be done" in snakemake(own_run, "-n", overrides=grown).stdout
 
 
+def test_a_design_below_the_surrogates_parameters_is_completed_by_the_rounds(own_run):
+    res = results(own_run)
+    group = res / "groups/all"
+    small = ["sampler.factor=0.5"]  # the 4 special points for P = 6 parameters; the round adds up to 4
+    snakemake(own_run, overrides=small)
+    samples = read_table(group / "samples.parquet")
+    assert (samples["round"] == 0).sum() == 4 and len(samples) > 6  # the round's merges were chosen from a fit on 4
+    table = read_table(group / "surrogate.parquet")
+    assert (table["n_samples"] == len(samples)).all()
+    assert table.loc[table["metric"] == "loss", "correction_length"].notna().all()  # more merges than P: corrected
+    front = read_table(group / "front.parquet")
+    bounds = front[[f"{m}_{t}_{end}" for m in ("accuracy", "loss") for t in TASKS for end in ("lo", "hi")]]
+    assert np.isfinite(bounds.to_numpy()).all()
+    assert "Nothing to be done" in snakemake(own_run, "-n", overrides=small).stdout
+
+
 def test_lint_is_clean(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)],

@@ -17,8 +17,9 @@ KINDS = ("sobol", "lhs")
 
 
 def design_size(n_tasks: int, sampler: Mapping[str, Any]) -> int:
-    """Total number of points: max(min_points, ceil(factor * (T+1)(T+2)/2))."""
-    return max(int(sampler.get("min_points", 0)), math.ceil(float(sampler["factor"]) * n_params(n_tasks)))
+    """Total number of points: max(min_points, ceil(factor * (T+1)(T+2)/2), the special points' count)."""
+    scaled = math.ceil(round(float(sampler["factor"]) * n_params(n_tasks), 9))  # 1.1 x 10 is 11, not 12
+    return max(int(sampler.get("min_points", 0)), scaled, len(_special(n_tasks, sampler)))
 
 
 def special_points(n_tasks: int, sampler: Mapping[str, Any]) -> np.ndarray:
@@ -45,16 +46,21 @@ def space_filling(n_tasks: int, n: int, sampler: Mapping[str, Any], seed: int) -
     return qmc.scale(unit, float(sampler["lower"]), float(sampler["upper"])) if n else unit
 
 
+def _special(n_tasks: int, sampler: Mapping[str, Any]) -> np.ndarray:
+    """The design's distinct special points (none without include_special)."""
+    if not sampler.get("include_special", True):
+        return np.empty((0, n_tasks))
+    return np.unique(special_points(n_tasks, sampler), axis=0)
+
+
 def design(tasks: Sequence[str], sampler: Mapping[str, Any], seed: int) -> pd.DataFrame:
     """The designed coefficient vectors: one row per sample with `sample`, `kind` and `c_<task>` columns."""
     n_tasks = len(tasks)
     lower, upper = float(sampler["lower"]), float(sampler["upper"])
     if not lower < upper:
         raise ValueError(f"sampler: lower ({lower}) must be below upper ({upper})")
-    total = design_size(n_tasks, sampler)
-    special = special_points(n_tasks, sampler) if sampler.get("include_special", True) else np.empty((0, n_tasks))
-    special = np.unique(special, axis=0) if len(special) else special
-    n_fill = max(total - len(special), 0)
+    special = _special(n_tasks, sampler)
+    n_fill = design_size(n_tasks, sampler) - len(special)
     points = np.vstack([special, space_filling(n_tasks, n_fill, sampler, seed)])
     kinds = ["special"] * len(special) + [sampler["kind"]] * n_fill
     frame = pd.DataFrame(points, columns=[f"c_{t}" for t in tasks])

@@ -221,15 +221,12 @@ class SurrogateFit:
 def _check_data(C: np.ndarray, y: np.ndarray, link: _Link, link_name: str, where: str) -> None:
     if C.ndim != 2 or y.ndim != 1 or len(C) != len(y):
         raise SurrogateError(f"{where}: coefficients {C.shape} and values {y.shape} do not match ([n, T] and [n])")
+    if not len(y):
+        raise SurrogateError(f"{where}: no samples to fit")
     for name, arr in (("coefficients", C), ("metric values", y)):
         bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
         if bad.any():
             raise SurrogateError(f"{where}: {name} are NaN or infinite in sample rows {np.flatnonzero(bad).tolist()}")
-    p = n_params(C.shape[1])
-    if len(y) < p:
-        raise SurrogateError(
-            f"{where}: {len(y)} samples for {p} parameters; raise sampler.factor or sampler.min_points"
-        )
     if y.min() < link.low or y.max() > link.high:
         raise SurrogateError(
             f"{where}: values in [{y.min():.4g}, {y.max():.4g}] lie outside the range "
@@ -305,6 +302,9 @@ def fit_surrogate(
     bootstrap's refits for prediction intervals (`SurrogateFit.interval`; 0 = none, INTERVAL_BOOTSTRAP in
     surrogate.parquet). correct: add the local correction (module docstring); r2 and rmse are then the corrected
     fit's, and loo_rmse leaves each point out of the correction with the quadratic held fixed.
+    With no more samples than parameters (n <= P: a design below P, before refinement rounds add merges) the fit
+    passes through the samples (the start is least squares' minimum-norm solution); it has no bootstrap and no
+    correction (no residuals to model), so its intervals are NaN.
     """
     where = _where(task, metric)
     spec = _link(link, task, metric)
@@ -312,6 +312,7 @@ def fit_surrogate(
     y = np.asarray(y, dtype=float)
     _check_data(C, y, spec, link, where)
     X = quadratic_features(C)
+    correct = correct and len(y) > X.shape[1]
     target = np.clip(y, spec.low + EPS, spec.high - EPS)
     with threadpool_limits(limits=1, user_api="blas"):  # threads only slow down such small problems
         params = _refine(X, target, spec, _start(X, target, spec))

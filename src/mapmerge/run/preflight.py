@@ -1,6 +1,7 @@
 """Checks of a resolved config that need no job: the plan's size and cost, and the files it names.
 
-`check_plan` (cheap, every Snakefile parse) refuses a design too small for the surrogate, a population
+`check_plan` (cheap, every Snakefile parse) refuses a design too small for the surrogate (below its parameter count
+only where refinement rounds add the merges it lacks), a population
 too small for the objectives and a plan past budget.max_evaluations. `check_files` (the driver only: it
 reads checkpoint headers and data files) refuses importable-looking targets that do not import, checkpoints
 whose merged tensors do not line up, and labels a task's model does not know. `check_device` (the onstart of a
@@ -92,6 +93,30 @@ def plan(cfg: Mapping[str, Any], method: str | None = None) -> Plan:
     )
 
 
+def _check_design(cfg: Mapping[str, Any], method: str, members: int, sampler: Mapping[str, Any]) -> None:
+    """ConfigError unless the group's last fit can have more merges than the surrogate's P parameters: the design
+    alone, or (plain and nested MAP) the design with the refinement rounds' merges (a design below P)."""
+    p, points = n_params(members), design_size(members, sampler)
+    key = "bayesian.initial_factor" if method == "bayesian" else "sampler.factor"
+    gives = f"{key}: {sampler['factor']:g} gives {points} design points for the surrogate's {p} parameters"
+    per_group = f"({members} coefficients per group)"
+    rounds = cfg["refine"]["rounds"] if method != "bayesian" else 0
+    if points > p:
+        return
+    if not rounds:
+        raise ConfigError(
+            f"{gives} {per_group}; it needs at least {p + 1}: raise {key} (>= {(p + 1) / p:.2f}) or "
+            "sampler.min_points"
+            + ("" if method == "bayesian" else ", or add refinement rounds (refine.rounds) to a design below P")
+        )
+    added = rounds * refine.round_size(cfg["refine"], members)
+    if points + added <= p:
+        raise ConfigError(
+            f"{gives} {per_group}, and refine.rounds={rounds} add at most {added}: together they need at least "
+            f"{p + 1}; raise {key}, refine.rounds or refine.points"
+        )
+
+
 def check_plan(cfg: Mapping[str, Any]) -> Plan:
     """The run's plan, or ConfigError when its design, population or cost cannot work."""
     method, n_tasks = cfg["method"], len(cfg["task_names"])
@@ -101,17 +126,10 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
             f"merge.operator: slerp merges exactly {SLERP_MEMBERS} models, and {METHOD_NAMES[method]} merges all "
             f"{n_tasks} tasks in one group; give 2 tasks, or use method=nested (pairs)"
         )
-    p = n_params(members)
     sampler = (
         cfg["sampler"] if method != "bayesian" else bayesian.initial_sampler(cfg["sampler"], cfg["bayesian"], members)
     )
-    points = design_size(members, sampler)
-    if points <= p:
-        key = "bayesian.initial_factor" if method == "bayesian" else "sampler.factor"
-        raise ConfigError(
-            f"{key}: {sampler['factor']:g} gives {points} design points for the surrogate's {p} parameters "
-            f"({members} coefficients per group); it needs at least {p + 1}: raise {key} (>= {(p + 1) / p:.2f}) or sampler.min_points"
-        )
+    _check_design(cfg, method, members, sampler)
     optimizer = cfg["optimizer"]
     model = cfg["model"]
     if model.get("adapter") == "transformers":
