@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import expit
+from scipy.special import expit, stdtrit
 
 from mapmerge.core.class_scores import fit_scores
 from mapmerge.core.correction import fit_correction
@@ -224,15 +224,25 @@ def test_corrected_interval_counts_the_quadratics_parameters_as_estimated():
     assert (estimated >= known).all()
     far = np.array([[3.0, -2.0]])  # where the quadratic extrapolates: its parameters' spread dominates
     assert correction.variance(far, basis=quadratic_features)[0] > 10 * correction.variance(far)[0]
-    # the universal-kriging term by hand at one point
+    # by hand at one point: the universal-kriging term, and the signal variance on n - P degrees of freedom
     inverse, signal = correction._solve
     H = quadratic_features(C)
     k = np.exp(-np.sum((far / correction.scale - correction.centres) ** 2, axis=1) / (2 * correction.length**2))
     u = quadratic_features(far)[0] - k @ inverse @ H
     extra = signal * u @ np.linalg.pinv(H.T @ inverse @ H) @ u
     np.testing.assert_allclose(
-        correction.variance(far, basis=quadratic_features)[0], correction.variance(far)[0] + extra
+        correction.variance(far, basis=quadratic_features)[0], (correction.variance(far)[0] + extra) * 30 / (30 - 6)
     )
+
+
+def test_corrected_interval_is_students_on_the_residual_degrees_of_freedom():
+    C, y, _ = quadratic_data(T=2, n=9, link="identity", noise=0.05)  # 9 merges, 6 parameters: 3 degrees of freedom
+    fit = fit_surrogate(C, y, "identity", correct=True)
+    assert fit.correction is not None
+    at = np.array([[0.3, 0.7], [1.5, 1.5]])
+    low, high = fit.interval(at, 0.9)
+    half = stdtrit(3, 0.95) * np.sqrt(fit.correction.variance(at, basis=quadratic_features))  # 2.35, not 1.64
+    np.testing.assert_allclose(high - low, 2 * half)
 
 
 def test_fit_table_missing_sample():

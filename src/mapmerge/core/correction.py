@@ -63,15 +63,19 @@ class KernelCorrection:
         """The predictive variance of a new value's link-scale residual at coefficients C [..., T]: the Gaussian
         process's s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c)).
 
-        basis: the features the mean was fitted on (the quadratic's), to count its parameters as estimated rather
+        basis: the features the mean was fitted on (the quadratic's), to count its p parameters as estimated rather
         than known: the universal-kriging term s^2 u^T (H^T (K + ridge I)^-1 H)^-1 u, u = h(c) - H^T (K + ridge
-        I)^-1 k(c), H = basis at the points, is added (it grows away from the points, where the quadratic extrapolates).
+        I)^-1 k(c), H = basis at the points, is added (it grows away from the points, where the quadratic extrapolates),
+        and s^2 takes n - p degrees of freedom in place of n (restricted maximum likelihood: the residuals of a fit of
+        p parameters are that much smaller than its errors; a Student t quantile on n - p goes with it).
         """
         C = np.asarray(C, dtype=float)
         flat = C.reshape(-1, C.shape[-1]) / self.scale
         inverse, signal = self._solve
         H = None if basis is None else basis(self.centres * self.scale)
         spread = None if H is None else np.linalg.pinv(H.T @ inverse @ H)
+        if H is not None:
+            signal *= len(H) / (len(H) - H.shape[1])
         out = np.empty(len(flat))
         chunk = max(1, 4_000_000 // max(1, len(self.centres)))
         for start in range(0, len(flat), chunk):

@@ -20,8 +20,9 @@ the front, the bootstrap 87%; on plain designs both were within 5 points of 90%.
 A fit may carry a local correction (`fit_surrogate(..., correct=True)`, mapmerge.core.correction): a kernel
 model r(c) of the quadratic's link-scale residuals, added on the link scale, link(x(c) @ p + r(c)), to the
 prediction. Its intervals are then the correction's own: the Gaussian process's predictive interval on the link
-scale, q(c) + r(c) +- z sqrt(v(c)), v(c) = s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c) + u^T (H^T (K + ridge
-I)^-1 H)^-1 u) with s^2 the profiled signal variance, the ends mapped by the link (narrow near evaluated points,
+scale, q(c) + r(c) +- t sqrt(v(c)), v(c) = s^2 (1 + ridge - k(c)^T (K + ridge I)^-1 k(c) + u^T (H^T (K + ridge
+I)^-1 H)^-1 u) with s^2 the profiled signal variance on n - P degrees of freedom and t Student's quantile on as
+many (since 2026-12-05; before, n and the normal quantile), the ends mapped by the link (narrow near evaluated points,
 wider away from them). The last term (universal kriging: H the quadratic's features at the points, u = h(c) - H^T
 (K + ridge I)^-1 k(c)) counts the quadratic's parameters as estimated, not known; it grows where the quadratic
 extrapolates. On the 2- and 3-task validation grids of the digits benchmark (default refinement) this held 0.851
@@ -45,7 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit, ndtri
+from scipy.special import expit, logit, stdtrit
 from threadpoolctl import threadpool_limits
 
 from mapmerge.core.class_scores import ScoreQuadratic, fit_scores, scores_of
@@ -199,7 +200,8 @@ class SurrogateFit:
         spec = LINK_FUNCTIONS[self.link]
         z = self._link_scale(C)
         if self.correction is not None:  # a corrected fit has no bootstrap: its Gaussian process's interval
-            half = ndtri(0.5 + level / 2) * np.sqrt(self.correction.variance(C, basis=quadratic_features))
+            dof = len(self.correction.centres) - len(self.params)  # > 0: a fit on P or fewer merges is not corrected
+            half = stdtrit(dof, 0.5 + level / 2) * np.sqrt(self.correction.variance(C, basis=quadratic_features))
             return spec.forward(z - half), spec.forward(z + half)
         predicted = spec.forward(z)
         if self.refits is None or self.residuals is None or not len(self.refits) or not len(self.residuals):

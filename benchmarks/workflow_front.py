@@ -1,0 +1,107 @@
+"""The workflow's own measured front against grid search, on the built-in benchmark, one workflow run per seed.
+
+front_quality.py measures MAP's loop in one process; this runs the workflow itself (`snakemake` with the given
+overrides and `seed=<s>`, each seed its own benchmark training), then evaluates a dense grid of merges on the run's
+own checkpoints and task vectors: its non-dominated set is the truth, and a coarse grid (`--grid-side`, its points a
+subset of the truth's) is grid search. Printed per seed and on average: the run's real evaluations of its group, the
+IGD and IGD+ (pymoo, accuracies) of their non-dominated set and of grid search's, and the grid's evaluations over the
+run's. Plain MAP on the benchmark's tasks, accuracy; the grids hold [0, 1]^T, the sampler's default box.
+
+    .venv/bin/python benchmarks/workflow_front.py [--tasks 3] [--seeds 6] [--grid-side 3] [--truth-side 9] \
+        [--overrides sampler.factor=0.6 refine.rounds=3 refine.points=2]    # the defaults; 1-2 min per seed
+
+Runs go to a temporary folder, removed at the end (--keep FOLDER keeps them there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pymoo.indicators.igd import IGD
+from pymoo.indicators.igd_plus import IGDPlus
+
+from front_quality import Evaluator, answer, grid
+from mapmerge.io import read_table
+from mapmerge.run.config import load_config
+from mapmerge.tensors.engine import MergeEngine
+from workflow_command import REPO, run_timed, workflow_command
+
+BELOW_P = ["sampler.factor=0.6", "refine.rounds=3", "refine.points=2"]  # 15 evaluations at T = 3
+
+
+def run_seed(folder: Path, overrides: list[str], grid_side: int, truth_side: int) -> dict[str, float]:
+    """One workflow run in `folder` with `overrides`, scored against the grids on its own checkpoints."""
+    run_timed(workflow_command(folder, cores=2, overrides=overrides), str(folder))
+    cfg = load_config(REPO / "config", overrides=[*overrides, f"results_dir={folder / 'results'}"])
+    model, tasks = cfg["model"], cfg["task_names"]
+    results = folder / "results" / cfg["name"]
+    engine = MergeEngine(
+        builder=model["builder"],
+        pretrained=model["pretrained"],
+        vectors={t: results / "task_vectors" / f"{t}.safetensors" for t in tasks},
+        task_checkpoints={t: model["tasks"][t]["checkpoint"] for t in tasks},
+        evaluators={t: model["tasks"][t]["evaluator"] for t in tasks},
+        merge=model["merge"],
+        device="cpu",
+        scores="none",
+    )
+    C = grid(len(tasks), truth_side)
+    F = Evaluator(engine)(C)
+    coarse = np.isin(C, np.linspace(0.0, 1.0, grid_side)).all(axis=1)
+    if coarse.sum() != grid_side ** len(tasks):
+        raise SystemExit(f"--grid-side {grid_side}: its points are not all on the {truth_side}-point truth grid")
+    metrics = read_table(results / "groups" / "all" / "metrics.parquet")
+    rows = metrics[metrics["metric"] == "accuracy"].pivot(index="sample", columns="task", values="value")[tasks]
+    truth = -answer(F)  # pymoo minimises: negated accuracies
+    igd, igd_plus = IGD(truth), IGDPlus(truth)
+    run, searched = -answer(rows.to_numpy()), -answer(F[coarse])
+    return {
+        "evaluations": len(rows),
+        "igd": float(igd(run)),
+        "grid igd": float(igd(searched)),
+        "igd+": float(igd_plus(run)),
+        "grid igd+": float(igd_plus(searched)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3, help="the benchmark's first T tasks")
+    parser.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 (config `seed`: benchmark and run)")
+    parser.add_argument("--grid-side", type=int, default=3, help="grid search's points per axis")
+    parser.add_argument("--truth-side", type=int, default=9, help="the truth grid's points per axis")
+    parser.add_argument("--overrides", nargs="*", default=BELOW_P, help="the runs' config overrides")
+    parser.add_argument("--keep", type=Path, help="keep the runs in this folder")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as scratch:
+        base = args.keep or Path(scratch)
+        rows = []
+        for seed in range(args.seeds):
+            overrides = [f"benchmark.tasks={args.tasks}", *args.overrides, f"seed={seed}"]
+            row = run_seed(base / f"seed{seed}", overrides, args.grid_side, args.truth_side)
+            rows.append({"seed": seed, **row})
+            print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))
+    table = pd.DataFrame(rows).set_index("seed")
+    grid_evals = args.grid_side**args.tasks
+    print(f"\nT = {args.tasks}, overrides {' '.join(args.overrides)}; truth {args.truth_side}^{args.tasks} grid\n")
+    print("| seed | " + " | ".join(table.columns) + " |")
+    print("|---" * (len(table.columns) + 1) + "|")
+    for seed, row in table.iterrows():
+        print(f"| {seed} | {row['evaluations']:.0f} | " + " | ".join(f"{v:.4f}" for v in row.iloc[1:]) + " |")
+    mean = table.mean()
+    print(
+        f"\nmean: the run's IGD {mean['igd']:.4f} at {mean['evaluations']:.1f} evaluations against grid "
+        f"{grid_evals}'s {mean['grid igd']:.4f} (IGD+ {mean['igd+']:.4f} against {mean['grid igd+']:.4f}); "
+        f"{mean['evaluations'] / grid_evals:.2f}x its evaluations; the run ahead on {(table['igd'] <= table['grid igd']).sum()} "
+        f"of {len(table)} seeds"
+    )
+
+
+if __name__ == "__main__":
+    main()
