@@ -440,9 +440,9 @@ def expected_choice(R: Path, preference: dict[str, float], method: str = "balanc
     measured = sample_metrics(
         read_table(R / "groups/all/samples.parquet"), read_table(R / "groups/all/metrics.parquet")
     )
-    F = measured[[f"accuracy_{t}" for t in tasks]].to_numpy()
-    F = F[pareto.non_dominated(F, [True] * len(tasks))]
-    front = measured.iloc[pareto.non_dominated(measured[[f"accuracy_{t}" for t in tasks]].to_numpy(), [True] * 3)]
+    kept = pareto.non_dominated(measured[[f"accuracy_{t}" for t in tasks]].to_numpy(), [True] * len(tasks))
+    front = measured.iloc[kept]
+    F = front[[f"accuracy_{t}" for t in tasks]].to_numpy()
     weights = list(normalize_preference(preference, tasks).values())
     if method == "balanced":
         ref = read_table(R / "reference.parquet").query("metric == 'accuracy'").set_index(["model", "task"])["value"]
