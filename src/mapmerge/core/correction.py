@@ -21,6 +21,7 @@ from functools import cached_property
 from itertools import product
 
 import numpy as np
+from scipy.special import stdtrit
 
 LENGTH_SCALES = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75)  # in units of each coefficient's range over the points
 RIDGES = (1e-3, 1e-2, 0.1, 1.0)  # noise variance over the kernel's variance
@@ -67,7 +68,7 @@ class KernelCorrection:
         than known: the universal-kriging term s^2 u^T (H^T (K + ridge I)^-1 H)^-1 u, u = h(c) - H^T (K + ridge
         I)^-1 k(c), H = basis at the points, is added (it grows away from the points, where the quadratic extrapolates),
         and s^2 takes n - p degrees of freedom in place of n (restricted maximum likelihood: the residuals of a fit of
-        p parameters are that much smaller than its errors; a Student t quantile on n - p goes with it).
+        p parameters are that much smaller than its errors; `half_width` takes Student's quantile on as many).
         """
         C = np.asarray(C, dtype=float)
         flat = C.reshape(-1, C.shape[-1]) / self.scale
@@ -86,6 +87,13 @@ class KernelCorrection:
                 u = basis(flat[start : start + chunk] * self.scale) - weights @ H
                 out[start : start + chunk] += np.maximum(np.einsum("ij,jk,ik->i", u, spread, u), 0.0)
         return (signal * np.maximum(out, 0.0)).reshape(C.shape[:-1])
+
+    def half_width(self, C: np.ndarray, level: float, basis: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Half the central `level` interval of a new value's link-scale residual at coefficients C [..., T]: Student's
+        quantile on n - p degrees of freedom times the square root of `variance(C, basis)` (n points, p = the basis's
+        features; needs n > p)."""
+        n, p = len(self.centres), basis(self.centres[:1] * self.scale).shape[1]
+        return stdtrit(n - p, 0.5 + level / 2) * np.sqrt(self.variance(C, basis=basis))
 
 
 def fit_correction(

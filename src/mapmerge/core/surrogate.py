@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit, stdtrit
+from scipy.special import expit, logit
 from threadpoolctl import threadpool_limits
 
 from mapmerge.core.class_scores import ScoreQuadratic, fit_scores, scores_of
@@ -200,8 +200,7 @@ class SurrogateFit:
         spec = LINK_FUNCTIONS[self.link]
         z = self._link_scale(C)
         if self.correction is not None:  # a corrected fit has no bootstrap: its Gaussian process's interval
-            dof = len(self.correction.centres) - len(self.params)  # > 0: a fit on P or fewer merges is not corrected
-            half = stdtrit(dof, 0.5 + level / 2) * np.sqrt(self.correction.variance(C, basis=quadratic_features))
+            half = self.correction.half_width(C, level, basis=quadratic_features)
             return spec.forward(z - half), spec.forward(z + half)
         predicted = spec.forward(z)
         if self.refits is None or self.residuals is None or not len(self.refits) or not len(self.residuals):
@@ -328,23 +327,28 @@ def fit_surrogate(
         assert correction.loo is not None
         if loo:
             loo_rmse = float(np.sqrt(np.mean((spec.forward(link_target - correction.loo) - y) ** 2)))
-    fitted = spec.forward(X @ params + (correction(C) if correction is not None else 0.0))
-    residual = fitted - y
-    ss_res = float(residual @ residual)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2, rmse = _fit_stats(spec.forward(X @ params + (correction(C) if correction is not None else 0.0)), y)
     return SurrogateFit(
         task=task,
         metric=metric,
         link=link,
         params=params,
-        r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-        rmse=float(np.sqrt(ss_res / len(y))),
+        r2=r2,
+        rmse=rmse,
         loo_rmse=loo_rmse,
         n_samples=len(y),
         refits=refits,
         residuals=residuals,
         correction=correction,
     )
+
+
+def _fit_stats(fitted: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """r2 (NaN for constant y) and rmse of fitted values against y."""
+    residual = fitted - y
+    ss_res = float(residual @ residual)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return (1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")), float(np.sqrt(ss_res / len(y)))
 
 
 def _coefficients(samples: pd.DataFrame, tasks: list[str]) -> np.ndarray:
@@ -481,16 +485,9 @@ def _score_model(
 
 def _with_scores(fit: SurrogateFit, model: ScoreQuadratic, C: np.ndarray, y: np.ndarray, loo: bool) -> SurrogateFit:
     """The accuracy fit on (C, y) predicting by the class scores' quadratics; r2, rmse and loo_rmse theirs."""
-    residual = model.predict(C) - y
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2, rmse = _fit_stats(model.predict(C), y)
     held_out = np.sqrt(np.mean(model.residuals**2)) if loo and len(model.residuals) else float("nan")
-    return replace(
-        fit,
-        r2=1.0 - float(residual @ residual) / ss_tot if ss_tot > 0 else float("nan"),
-        rmse=float(np.sqrt(np.mean(residual**2))),
-        loo_rmse=float(held_out),
-        scores=model,
-    )
+    return replace(fit, r2=r2, rmse=rmse, loo_rmse=float(held_out), scores=model)
 
 
 def _score_row(scores: ScoreQuadratic | None) -> dict[str, Any]:
