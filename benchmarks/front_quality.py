@@ -209,6 +209,29 @@ class Evaluator:
         return [np.stack([k[i] for k in kept]) for i in range(len(self.engine.tasks))]
 
 
+def extract_vectors(model: dict[str, Any], tasks: Sequence[str], folder: Path) -> dict[str, Path]:
+    """The task vectors of `tasks` of a resolved `model` config, written to folder/<task>.safetensors."""
+    vectors = {t: folder / f"{t}.safetensors" for t in tasks}
+    for t, path in vectors.items():
+        merge, checkpoint = model["merge"], model["tasks"][t]["checkpoint"]
+        extract_task_vector(model["pretrained"], checkpoint, merge["include"], merge["exclude"], path, t)
+    return vectors
+
+
+def model_engine(model: dict[str, Any], vectors: dict[str, Path], scores: str) -> MergeEngine:
+    """A CPU merge engine of a resolved `model` config on the tasks of `vectors` (task -> task vector file)."""
+    return MergeEngine(
+        builder=model["builder"],
+        pretrained=model["pretrained"],
+        vectors=vectors,
+        task_checkpoints={t: model["tasks"][t]["checkpoint"] for t in vectors},
+        evaluators={t: model["tasks"][t]["evaluator"] for t in vectors},
+        merge=model["merge"],
+        device="cpu",
+        scores=scores,
+    )
+
+
 def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str, Any], dict[int, MergeEngine], float]:
     """Train the benchmark, extract its task vectors; an engine per T (its first T tasks) and the seconds it took."""
     start = time.perf_counter()
@@ -225,29 +248,8 @@ def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str
     ckpt = Path(model["pretrained"]).parent
     prepare_benchmark(cfg["benchmark"], ckpt)
     tasks = cfg["task_names"]
-    vectors = {t: workdir / "vectors" / f"{t}.safetensors" for t in tasks}
-    for t in tasks:
-        extract_task_vector(
-            model["pretrained"],
-            model["tasks"][t]["checkpoint"],
-            model["merge"]["include"],
-            model["merge"]["exclude"],
-            vectors[t],
-            t,
-        )
-    engines = {
-        n: MergeEngine(
-            builder=model["builder"],
-            pretrained=model["pretrained"],
-            vectors={t: vectors[t] for t in tasks[:n]},
-            task_checkpoints={t: model["tasks"][t]["checkpoint"] for t in tasks[:n]},
-            evaluators={t: model["tasks"][t]["evaluator"] for t in tasks[:n]},
-            merge=model["merge"],
-            device="cpu",
-            scores="required",
-        )
-        for n in range(2, max_tasks + 1)
-    }
+    vectors = extract_vectors(model, tasks, workdir / "vectors")
+    engines = {n: model_engine(model, {t: vectors[t] for t in tasks[:n]}, "required") for n in range(2, max_tasks + 1)}
     return cfg, engines, time.perf_counter() - start
 
 

@@ -25,10 +25,9 @@ import pandas as pd
 from pymoo.indicators.igd import IGD
 from pymoo.indicators.igd_plus import IGDPlus
 
-from front_quality import Evaluator, answer, grid
+from front_quality import Evaluator, answer, grid, model_engine
 from mapmerge.io import read_table
 from mapmerge.run.config import load_config
-from mapmerge.tensors.engine import MergeEngine
 from workflow_command import REPO, run_timed, workflow_command
 
 BELOW_P = ["sampler.factor=0.6", "refine.rounds=3", "refine.points=2"]  # 15 evaluations at T = 3
@@ -40,16 +39,7 @@ def run_seed(folder: Path, overrides: list[str], grid_side: int, truth_side: int
     cfg = load_config(REPO / "config", overrides=[*overrides, f"results_dir={folder / 'results'}"])
     model, tasks = cfg["model"], cfg["task_names"]
     results = folder / "results" / cfg["name"]
-    engine = MergeEngine(
-        builder=model["builder"],
-        pretrained=model["pretrained"],
-        vectors={t: results / "task_vectors" / f"{t}.safetensors" for t in tasks},
-        task_checkpoints={t: model["tasks"][t]["checkpoint"] for t in tasks},
-        evaluators={t: model["tasks"][t]["evaluator"] for t in tasks},
-        merge=model["merge"],
-        device="cpu",
-        scores="none",
-    )
+    engine = model_engine(model, {t: results / "task_vectors" / f"{t}.safetensors" for t in tasks}, "none")
     C = grid(len(tasks), truth_side)
     F = Evaluator(engine)(C)
     coarse = np.isin(C, np.linspace(0.0, 1.0, grid_side)).all(axis=1)
