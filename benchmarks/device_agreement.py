@@ -29,14 +29,21 @@ TOLERANCE = 1e-4
 
 
 def run_workflow(workdir: Path, cores: int, device: str, *args: str) -> float:
-    """Wall seconds of `snakemake` in `workdir` with evaluation.device=device; a failure ends the script."""
-    cmd = workflow_command(workdir, *args, cores=cores, overrides=[f"evaluation.device={device}"])
+    """Wall seconds of `snakemake` in `workdir` with evaluation.device=device, every job evaluating (no evaluation
+    cache); a failure ends the script."""
+    cmd = workflow_command(
+        workdir, *args, cores=cores, overrides=[f"evaluation.device={device}", "evaluation.cache=false"]
+    )
     return run_timed(cmd, f"evaluation.device={device}")
 
 
 def example_tables(results: Path) -> dict[Path, float]:
     """The run's per-example tables (Parquet files with `example` and `correct` columns) and their mtimes."""
-    tables = [p for p in results.rglob("*.parquet") if {"example", "correct"} <= set(pq.read_schema(p).names)]
+    tables = [
+        p
+        for p in results.rglob("*.parquet")
+        if ".cache" not in p.relative_to(results).parts and {"example", "correct"} <= set(pq.read_schema(p).names)
+    ]
     return {p.relative_to(results): p.stat().st_mtime for p in tables}
 
 

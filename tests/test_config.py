@@ -131,6 +131,7 @@ def test_each_stage_sees_only_its_own_config(repo):
     assert changed_stages(repo, "sampler.factor=2") == {"sample_coefficients"}
     assert changed_stages(repo, "evaluation.device=cpu") == set()
     assert changed_stages(repo, "evaluation.on_error=record") == set()
+    assert changed_stages(repo, "evaluation.cache=false") == set()
     assert changed_stages(repo, "surrogate.missing=drop") == {"fit_surrogate", "refine_round"}
     # the class scores: kept by the group's evaluations (not the reference models'), fitted by the rounds and the fit;
     # Bayesian MAP's proposals use the accuracy's own quadratic either way

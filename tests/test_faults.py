@@ -192,6 +192,8 @@ def test_check_finds_the_corrupt_batch_and_snakemake_remakes_it_with_what_follow
         "report_tables": 1,
         "all": 1,
     }
+    # the batch was finished before the damage: its job gives back the evaluation cache's copy, evaluating nothing
+    assert "from the evaluation cache" in (results / "logs/evaluate_sample/all" / f"{corrupt.stem}.log").read_text()
     assert all(artifacts(results)[p] == mtime for p, mtime in before.items())  # nothing else was redone
     assert main(["check", str(results)]) == 0 and (results / "report.md").is_file()
 

@@ -259,6 +259,25 @@ def test_rerun_after_a_change_keeps_evaluations(own_run):
     assert np.isnan(read_table(res / "groups/all/surrogate.parquet")["loo_rmse"]).all()
 
 
+def test_a_rerun_round_gets_its_evaluations_back_from_the_cache(own_run):
+    """A round that reruns (as after a change to the fit's code) and chooses the same merges costs no evaluation."""
+    res = results(own_run)
+    tables = sorted((res / "groups/all/evals").glob("r01b*.parquet"))
+    logs = sorted((res / "logs/evaluate_round").rglob("*.log"))
+    assert tables and len(logs) == len(tables)
+    before = {p: p.read_bytes() for p in tables}
+    proc = snakemake(own_run, "--forcerun", "refine_round", "--until", "evaluate_round")
+    assert job_counts(proc.stdout + proc.stderr) == {"refine_round": 1, "evaluate_round": len(tables)}
+    assert {p: p.read_bytes() for p in tables} == before
+    for log in logs:
+        text = log.read_text()
+        assert "restored" in text and "from the evaluation cache" in text and "run_evaluate_round" not in text
+    # evaluation.cache=false evaluates them again, to the same tables
+    snakemake(own_run, "--forcerun", "refine_round", "--until", "evaluate_round", overrides=["evaluation.cache=false"])
+    assert {p: p.read_bytes() for p in tables} == before
+    assert all("done run_evaluate_round" in log.read_text() for log in logs)
+
+
 def test_the_accuracy_comes_from_the_class_scores_of_the_groups_evaluations(run):
     res = results(run)
     assert "scores" not in read_table(res / "reference_examples.parquet")  # kept for the group's evaluations only

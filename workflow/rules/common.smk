@@ -126,8 +126,9 @@ def job_of(rule, *mapped, **args):
                 values[name] = threads
             else:
                 values[name] = getattr(wildcards, name)
+        cache = {"cache": True} if stage.cached and CFG["evaluation"]["cache"] else {}
         return job.encode({"rule": rule, "wildcards": dict(wildcards.items()), "params": params, "inputs": inputs,
-                           "outputs": outputs, "args": values})
+                           "outputs": outputs, "args": values, **cache})
 
     return spec
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mapmerge.run import runlock
+from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.logs import run_stage
 from mapmerge.run.registry import REGISTRY
 
@@ -82,6 +82,25 @@ def describe(spec: dict[str, Any]) -> str:
     return f"rule {spec['rule']}" + (f" ({', '.join(f'{k}={v}' for k, v in wildcards.items())})" if wildcards else "")
 
 
+def run_cached(
+    spec: dict[str, Any], function: Callable[..., Any], log: str, params: Any, kwargs: dict[str, Any]
+) -> None:
+    """Run the stage with its log; an evaluation with `cache` in its spec first looks for its table in the
+    evaluation cache and, run, keeps it there (mapmerge.run.evaluation_cache)."""
+    kept = evaluation_cache.entry(spec) if spec.get("cache") else None
+    if kept is None:
+        run_stage(function, log, params, **kwargs)
+        return
+    output = spec["outputs"]["examples"]
+    if kept.is_file() and run_stage(evaluation_cache.restore, log, kept, output):
+        return
+    run_stage(function, log, params, **kwargs)
+    try:
+        evaluation_cache.keep(output, kept)
+    except OSError as exc:  # the table is written; only a later rerun would evaluate it again
+        print(f"mapmerge: {describe(spec)}: its table was not kept in the evaluation cache: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -96,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(log).parent.mkdir(parents=True, exist_ok=True)
             Path(log).write_text(f"mapmerge: {describe(spec)}: its stage cannot be loaded\n{traceback.format_exc()}")
             raise
-        run_stage(function, log, params, **kwargs)
+        run_cached(spec, function, log, params, kwargs)
         runlock.stop_if_driver_gone()  # outputs finished after the driver died are not left for it to record
     except KeyboardInterrupt:
         return 130

@@ -40,6 +40,7 @@ class Stage:
     # outputs declared for Snakemake that the stage writes under its own names (a folder, plots)
     writes: tuple[str, ...] = ()
     validation: bool = False  # an opt-in stage of validation.enabled
+    cached: bool = False  # an evaluation whose table is kept across reruns (mapmerge.run.evaluation_cache)
 
     @property
     def params_key(self) -> str:
@@ -104,6 +105,7 @@ STAGES: tuple[Stage, ...] = (
         ("group", "coefficients", *EVALUATION_ARGS, "on_error"),
         params="evaluate_group",
         resources="evaluate",
+        cached=True,
     ),
     Stage(
         "evaluate_round",
@@ -114,6 +116,7 @@ STAGES: tuple[Stage, ...] = (
         ("group", "index", "size", *EVALUATION_ARGS, "on_error"),
         params="evaluate_group",
         resources="evaluate",
+        cached=True,
     ),
     Stage("collect_metrics", "collect", "run_collect_metrics", ("rounds", "evals"), ("metrics", "samples")),
     Stage("fit_surrogate", "fit_surrogate", "run_fit_surrogate", ("samples", "metrics", "evals"), ("surrogate",)),
@@ -136,6 +139,7 @@ STAGES: tuple[Stage, ...] = (
         ("group", *EVALUATION_ARGS),
         params="evaluate",
         resources="evaluate",
+        cached=True,
     ),
     Stage("ledger", "collect", "run_ledger", ("evals",), ("ledger",)),
     Stage(
@@ -165,6 +169,7 @@ STAGES: tuple[Stage, ...] = (
         ("group", "coefficients", *EVALUATION_ARGS, "on_error", "stage"),
         params="evaluate",
         resources="evaluate",
+        cached=True,
         validation=True,
     ),
     Stage(

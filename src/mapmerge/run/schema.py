@@ -202,6 +202,7 @@ class Evaluation(Section):
     on_error: Literal["fail", "record"]
     dtype: Literal["float32", "bfloat16", "float16"]
     placement: Literal["auto", "device", "host"]
+    cache: bool
 
     @field_validator("device")
     @classmethod

@@ -1,0 +1,145 @@
+"""Evaluations kept across reruns: an evaluation job whose merges, files, params and code are those of an
+earlier one gets that job's table back instead of evaluating again (`evaluation.cache`).
+
+Snakemake reruns a job when another job of the same run rewrote one of its inputs, even byte for byte, and
+deletes a job's outputs before running it. So a change that reruns a refinement round (its fit's code, a
+deleted round file, `--forcerun`) reran the round's evaluations, and a change upstream of the chosen merge
+re-evaluated it, though the merges were the same. Each finished evaluation table is therefore also copied
+to the results folder's `.cache/evaluations/<key>.parquet`, and a job whose key is there copies it back.
+
+The key hashes what the table depends on: the rule, its params (the stage's sub-config with its code
+fingerprint, and its other params: the design's coefficients), its values other than threads (group, batch
+index and size, device, on_error), the content of every file it reads, and of the tables of points (a
+round's samples, the choice) only the sample names and coefficients. A table holding a failed evaluation
+(`on_error: record`) is not kept, so a rerun tries it again. The hashes of large files are noted under
+`.cache/hashes/` (content_hash), so a job does not read a model's task vectors twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, file_hash
+
+FOLDER = Path(".cache") / "evaluations"
+HASHES = Path(".cache") / "hashes"  # content_hash's notes
+MEMO_BYTES = 64 << 20  # smaller files are hashed every time (under 0.1 s each)
+POINTS = ("samples", "choice")  # inputs that are tables of points: only their names and coefficients count
+UNKEYED = ("threads",)  # values that do not change an evaluation's table
+logger = logging.getLogger("mapmerge")
+
+
+def _points_digest(path: str | os.PathLike) -> str:
+    """sha256 of a table's `sample` and c_* columns, as written."""
+    table = pq.read_table(path)
+    columns = [c for c in table.column_names if c == "sample" or c.startswith("c_")]
+    values = {c: table.column(c).to_pylist() for c in sorted(columns)}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
+    """io.file_hash of a file; one of MEMO_BYTES or more remembered under folder `memo` by its path, inode, size
+    and mtime (a write that long ends in a tick of its own): a language model's task vectors are read once for
+    all the jobs that evaluate with them, not once more per job."""
+    stat = os.stat(path)
+    if memo is None or stat.st_size < MEMO_BYTES:
+        return file_hash(path)
+    ident = f"{os.path.realpath(path)}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    note = memo / f"{hashlib.sha256(ident.encode()).hexdigest()}.txt"
+    try:
+        return note.read_text()
+    except OSError:
+        digest = file_hash(path)
+        _put(note, lambda tmp: tmp.write_text(digest))
+        return digest
+
+
+def _digest(name: str, value: Any, memo: Path | None) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _digest(name, path, memo) for key, path in value.items()}
+    if isinstance(value, list | tuple):
+        return [_digest(name, path, memo) for path in value]
+    return _points_digest(value) if name in POINTS else content_hash(value, memo)
+
+
+def key(spec: Mapping[str, Any], memo: Path | None = None) -> str:
+    """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on. memo: a folder
+    remembering the files' hashes (content_hash)."""
+    inputs = spec.get("inputs") or {}
+    blob = {
+        "rule": spec["rule"],
+        "params": spec.get("params") or {},
+        "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED},
+        "inputs": {name: _digest(name, value, memo) for name, value in sorted(inputs.items())},
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def results_folder(path: str | os.PathLike) -> Path | None:
+    """The results folder (the one holding a driver's lock file) that `path` lies in, if any."""
+    return next((p for p in Path(path).resolve().parents if (p / RUN_LOCK).exists()), None)
+
+
+def entry(spec: Mapping[str, Any]) -> Path | None:
+    """Where the evaluation table of job `spec` is kept; None where it has no single table in a results folder, or
+    where one of its inputs does not read (the stage then says which, with the way out)."""
+    outputs = spec.get("outputs") or {}
+    if set(outputs) != {"examples"}:
+        return None
+    folder = results_folder(outputs["examples"])
+    if folder is None:
+        return None
+    try:
+        return folder / FOLDER / f"{key(spec, folder / HASHES)}.parquet"
+    except (OSError, ValueError):  # pyarrow's errors are these too
+        return None
+
+
+def restore(kept: Path, output: str | os.PathLike) -> bool:
+    """Copy the kept table to `output` (atomically) if it is there and reads whole; drop it if it does not."""
+    if not kept.is_file():
+        return False
+    try:
+        pq.read_table(kept, page_checksum_verification=True)
+    except (OSError, ValueError) as exc:  # damaged: evaluate again
+        logger.warning("the evaluation cache's %s is damaged (%s): evaluating again", kept, exc)
+        kept.unlink(missing_ok=True)
+        return False
+    with atomic_path(output) as tmp:
+        shutil.copyfile(kept, tmp)
+    logger.info("restored %s from the evaluation cache (%s): the same merges, files, params and code", output, kept)
+    return True
+
+
+def keep(output: str | os.PathLike, kept: Path) -> bool:
+    """Copy a finished evaluation table to its place in the cache (atomically), unless it records a failure.
+
+    A copy, not a hard link: a table damaged in place later (a disk fault, an edit) leaves the kept one whole."""
+    if "error" in pq.read_schema(output).names:
+        errors = pq.read_table(output, columns=["error"]).column(0)
+        if errors.null_count < len(errors):
+            return False
+    _put(kept, lambda tmp: shutil.copyfile(output, tmp))
+    return True
+
+
+def _put(path: Path, write: Callable[[Path], object]) -> None:
+    """Write `path` through a temporary file beside it and a rename. Not io.atomic_path: a job that stops after
+    its stage (its driver gone) deletes its outputs, and the cache keeps what it finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

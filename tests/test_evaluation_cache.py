@@ -1,0 +1,136 @@
+"""The evaluation cache (mapmerge.run.evaluation_cache): what its key holds, and how tables are kept and given back."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+
+from mapmerge.io import RUN_LOCK, file_hash, read_table, write_table
+from mapmerge.run import evaluation_cache
+from mapmerge.tensors.engine import failure_rows
+
+
+def files(tmp_path):
+    """A results folder with an evaluation job's inputs: engine files, a plan and a round's samples; and its spec."""
+    results = tmp_path / "results" / "run"
+    results.mkdir(parents=True)
+    (results / RUN_LOCK).write_text("")
+    for name in ("pretrained", "a", "b", "plan"):
+        (results / f"{name}.bin").write_bytes(name.encode() * 100)
+    samples = pd.DataFrame(
+        {"sample": ["r01s0", "r01s1"], "c_a": [0.25, 0.5], "c_b": [1.0, 0.0], "kind": ["pick", "front"]}
+    )
+    write_table(samples, results / "r01.parquet", "refine_round")
+    spec = {
+        "rule": "evaluate_round",
+        "wildcards": {"group": "all", "round": "01", "index": "0000"},
+        "params": {"stage": {"model": {"dtype": "float32"}, "code": "0123456789ab"}},
+        "inputs": {
+            "pretrained": str(results / "pretrained.bin"),
+            "vectors": {"a": str(results / "a.bin"), "b": str(results / "b.bin")},
+            "checkpoints": {"a": str(results / "a.bin"), "b": str(results / "b.bin")},
+            "plan": str(results / "plan.bin"),
+            "samples": str(results / "r01.parquet"),
+        },
+        "outputs": {"examples": str(results / "groups/all/evals/r01b0000.parquet")},
+        "args": {"group": "all", "index": "0000", "size": 8, "device": "auto", "threads": 1, "on_error": "fail"},
+        "cache": True,
+    }
+    return results, spec
+
+
+def test_the_key_holds_the_merges_files_params_and_code_but_not_the_threads(tmp_path):
+    results, spec = files(tmp_path)
+    key = evaluation_cache.key(spec)
+    assert evaluation_cache.key(copy.deepcopy(spec)) == key
+    same = copy.deepcopy(spec)
+    same["args"]["threads"] = 2
+    assert evaluation_cache.key(same) == key
+    # the round's other columns (its kinds, its predictions) do not count, nor the file's provenance
+    samples = read_table(results / "r01.parquet")
+    write_table(samples.assign(kind=["front", "front"]), results / "r01.parquet", "another stage", {"x": 1})
+    assert evaluation_cache.key(spec) == key
+    # its merges do
+    write_table(samples.assign(c_a=[0.25, 0.5000001]), results / "r01.parquet", "refine_round")
+    assert evaluation_cache.key(spec) != key
+    write_table(samples, results / "r01.parquet", "refine_round")
+    assert evaluation_cache.key(spec) == key
+    for change in (
+        lambda s: s["params"]["stage"].update(code="ba9876543210"),  # the code
+        lambda s: s["params"]["stage"]["model"].update(dtype="bfloat16"),  # the params
+        lambda s: s["args"].update(index="0001"),  # another batch of the round
+        lambda s: s["inputs"]["vectors"].update(a=s["inputs"]["vectors"]["b"]),  # another file for a member
+        lambda s: s.update(rule="evaluate_selected"),
+    ):
+        other = copy.deepcopy(spec)
+        change(other)
+        assert evaluation_cache.key(other) != key
+    (results / "a.bin").write_bytes(b"retrained")  # a file's content
+    assert evaluation_cache.key(spec) != key
+
+
+def test_tables_are_kept_under_the_results_folder_and_given_back_whole(tmp_path):
+    results, spec = files(tmp_path)
+    kept = evaluation_cache.entry(spec)
+    assert kept == results / ".cache/evaluations" / f"{evaluation_cache.key(spec)}.parquet"
+    output = results / "groups/all/evals/r01b0000.parquet"
+    rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
+    write_table(rows.assign(error=[None]), output, "evaluate_round")
+    assert not evaluation_cache.restore(kept, output)  # nothing kept yet
+    assert evaluation_cache.keep(output, kept)
+    written = output.read_bytes()
+    output.unlink()  # as Snakemake does before it reruns the job
+    assert evaluation_cache.restore(kept, output)
+    assert output.read_bytes() == written and kept.read_bytes() == written
+    assert not list(kept.parent.glob(".*"))  # no temporary file left
+    # a damaged table is dropped, not given back
+    kept.write_bytes(written[: len(written) // 2])
+    output.unlink()
+    assert not evaluation_cache.restore(kept, output)
+    assert not kept.exists() and not output.exists()
+
+
+def test_a_table_with_a_failed_evaluation_is_not_kept(tmp_path):
+    results, spec = files(tmp_path)
+    kept = evaluation_cache.entry(spec)
+    output = results / "groups/all/evals/r01b0000.parquet"
+    ok = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
+    failed = pd.concat([ok.assign(error=[None]), failure_rows("r01s1", "b", "ValueError: NaN loss")], ignore_index=True)
+    write_table(failed, output, "evaluate_round")
+    assert not evaluation_cache.keep(output, kept)
+    assert not kept.exists()
+
+
+def test_no_cache_outside_a_results_folder(tmp_path):
+    results, spec = files(tmp_path)
+    (results / RUN_LOCK).unlink()
+    assert evaluation_cache.entry(spec) is None
+    assert evaluation_cache.entry({**spec, "outputs": {"points": "p.parquet", "examples": "e.parquet"}}) is None
+
+
+def test_a_large_files_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation_cache, "MEMO_BYTES", 1000)
+    memo, vector = tmp_path / "hashes", tmp_path / "a.safetensors"
+    vector.write_bytes(b"a" * 1000)
+    digest = file_hash(vector)
+    assert evaluation_cache.content_hash(vector, memo) == digest
+    assert len(list(memo.glob("*.txt"))) == 1
+    assert evaluation_cache.content_hash(vector, memo) == digest  # from the note
+    (memo / next(memo.glob("*.txt")).name).write_text("noted")
+    assert evaluation_cache.content_hash(vector, memo) == "noted"  # it is the note that answers
+    vector.write_bytes(b"b" * 1001)  # rewritten: another size and mtime
+    assert evaluation_cache.content_hash(vector, memo) == file_hash(vector) != digest
+    small = tmp_path / "plan.parquet"
+    small.write_bytes(b"p" * 999)  # below MEMO_BYTES: hashed every time, never noted
+    assert evaluation_cache.content_hash(small, memo) == file_hash(small)
+    assert len(list(memo.glob("*.txt"))) == 2
+
+
+def test_an_input_that_does_not_read_is_left_to_the_stage_to_report(tmp_path):
+    results, spec = files(tmp_path)
+    samples = results / "r01.parquet"
+    samples.write_bytes(samples.read_bytes()[:-100])
+    assert evaluation_cache.entry(spec) is None
+    (results / "a.bin").unlink()
+    assert evaluation_cache.entry(spec) is None
