@@ -22,6 +22,7 @@ from mapmerge.io import file_hash, read_table, table_metadata, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import report
 from mapmerge.outputs.notes import group_notes
+from mapmerge.run import evaluation_cache
 from mapmerge.run.config import load_config, round_params, stage_config
 from mapmerge.stages import (
     aggregate,
@@ -321,6 +322,19 @@ def test_status_of_a_finished_run(runs, capsys):
         str(len(front)),
         "yes",
     ]
+
+
+def test_status_tells_the_evaluation_caches_size(runs, tmp_path, capsys):
+    R = tmp_path / "kept"
+    shutil.copytree(runs["plain"], R)
+    assert main(["status", str(R)]) == 0
+    assert "evaluation cache" not in capsys.readouterr().out  # none: the tests' runs call the stages directly
+    tables = sorted((R / "groups" / "all" / "evals").glob("*.parquet"))[:2]
+    for i, table in enumerate(tables):
+        assert evaluation_cache.keep(table, R / evaluation_cache.FOLDER / f"{i}.parquet")
+    assert main(["status", str(R)]) == 0
+    size = sum(p.stat().st_size for p in tables) / 1e6
+    assert f"  evaluation cache: 2 tables, {size:.1f} MB in {R / evaluation_cache.FOLDER} (" in capsys.readouterr().out
 
 
 def test_status_of_a_partial_run(runs, tmp_path, capsys):

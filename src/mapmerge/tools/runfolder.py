@@ -57,7 +57,7 @@ from mapmerge.io import (
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note, final_notes
 from mapmerge.outputs.report import HTML_TABLES
-from mapmerge.run import runlock
+from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.registry import STAGES
 from mapmerge.tensors.operators import SEEDED
 
@@ -467,6 +467,13 @@ def status(results: Path) -> str:
         lines += ["  " + line for line in _table(table, ["stage", "files", "models", "(model, task) evaluations"])]
     else:
         lines.append("  none yet")
+    kept = sorted((R / evaluation_cache.FOLDER).glob("*.parquet"))
+    if kept:
+        lines.append(
+            f"  evaluation cache: {len(kept)} table{'s' * (len(kept) != 1)}, "
+            f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in "
+            f"{R / evaluation_cache.FOLDER} (a rerun job that evaluates the same merges takes its table from there)"
+        )
 
     def shown(path: Path, value: object) -> object:
         return "unreadable" if path in layout.problems else ("-" if value is None else value)
