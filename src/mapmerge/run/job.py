@@ -92,8 +92,12 @@ def run_cached(
         run_stage(function, log, params, **kwargs)
         return
     output = spec["outputs"]["examples"]
-    if kept.is_file() and run_stage(evaluation_cache.restore, log, kept, output):
-        return
+    if kept.is_file():
+        if run_stage(evaluation_cache.restore, log, kept, output):
+            return
+        print(
+            f"mapmerge: {describe(spec)}: its table in the evaluation cache does not read; evaluating", file=sys.stderr
+        )
     run_stage(function, log, params, **kwargs)
     try:
         evaluation_cache.keep(output, kept)
