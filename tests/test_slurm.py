@@ -193,6 +193,10 @@ def test_results_equal_a_local_run(runs):
         pd.testing.assert_frame_equal(read_table(results(runs.slurm) / table), read_table(results(runs.local) / table))
     merged = "groups/all/merged.safetensors"
     assert filecmp.cmp(results(runs.slurm) / merged, results(runs.local) / merged, shallow=False)
+    # the SLURM jobs kept their evaluation tables under the same keys as the local jobs did, in another folder
+    kept = {p.name for p in (results(runs.slurm) / ".cache" / "evaluations").glob("*.parquet")}
+    assert kept == {p.name for p in (results(runs.local) / ".cache" / "evaluations").glob("*.parquet")}
+    assert len(kept) == len(list((results(runs.slurm) / "groups" / "all" / "evals").glob("*.parquet"))) + 1
 
 
 def test_second_run_has_nothing_to_do(runs):
