@@ -17,8 +17,6 @@ round's samples, the choice) only the sample names and coefficients. A table hol
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import secrets
@@ -29,7 +27,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, file_hash
+from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_hash
 
 FOLDER = Path(".cache") / "evaluations"
 HASHES = Path(".cache") / "hashes"  # content_hash's notes
@@ -40,11 +38,10 @@ logger = logging.getLogger("mapmerge")
 
 
 def _points_digest(path: str | os.PathLike) -> str:
-    """sha256 of a table's `sample` and c_* columns, as written."""
+    """The hash (io.config_hash) of a table's `sample` and c_* columns, as written."""
     table = pq.read_table(path)
     columns = [c for c in table.column_names if c == "sample" or c.startswith("c_")]
-    values = {c: table.column(c).to_pylist() for c in sorted(columns)}
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    return config_hash({c: table.column(c).to_pylist() for c in columns})
 
 
 def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
@@ -55,7 +52,7 @@ def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
     if memo is None or stat.st_size < MEMO_BYTES:
         return file_hash(path)
     ident = f"{os.path.realpath(path)}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
-    note = memo / f"{hashlib.sha256(ident.encode()).hexdigest()}.txt"
+    note = memo / f"{config_hash(ident)}.txt"
     try:
         return note.read_text()
     except OSError:
@@ -82,7 +79,7 @@ def key(spec: Mapping[str, Any], memo: Path | None = None) -> str:
         "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED},
         "inputs": {name: _digest(name, value, memo) for name, value in sorted(inputs.items())},
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+    return config_hash(blob)
 
 
 def results_folder(path: str | os.PathLike) -> Path | None:

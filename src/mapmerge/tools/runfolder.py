@@ -467,12 +467,12 @@ def status(results: Path) -> str:
         lines += ["  " + line for line in _table(table, ["stage", "files", "models", "(model, task) evaluations"])]
     else:
         lines.append("  none yet")
-    kept = sorted((R / evaluation_cache.FOLDER).glob("*.parquet"))
-    if kept:
+    cache = R / evaluation_cache.FOLDER
+    if kept := sorted(cache.glob("*.parquet")):
         lines.append(
             f"  evaluation cache: {len(kept)} table{'s' * (len(kept) != 1)}, "
-            f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in "
-            f"{R / evaluation_cache.FOLDER} (a rerun job that evaluates the same merges takes its table from there)"
+            f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in {cache} "
+            "(a rerun job that evaluates the same merges takes its table from there)"
         )
 
     def shown(path: Path, value: object) -> object:
