@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import fcntl
+from pathlib import Path
 
 import pandas as pd
 
-from mapmerge.io import RUN_LOCK, file_hash, read_table, write_table
+from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, file_hash, read_table, write_table
 from mapmerge.run import evaluation_cache
 from mapmerge.tensors.engine import failure_rows
+from mapmerge.tools.cli import main
 
 
 def files(tmp_path):
@@ -134,3 +137,60 @@ def test_an_input_that_does_not_read_is_left_to_the_stage_to_report(tmp_path):
     assert evaluation_cache.entry(spec) is None
     (results / "a.bin").unlink()
     assert evaluation_cache.entry(spec) is None
+
+
+def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, capsys):
+    results, spec = files(tmp_path)
+    cache = results / evaluation_cache.FOLDER
+    rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
+    evals = results / "groups/all/evals"
+
+    def evaluated(name: str, correct: float, key: str) -> Path:
+        """A job's table `name` as a run writes it, and its copy kept under `key`."""
+        write_table(rows.assign(correct=[correct]), evals / name, "evaluate_round")
+        assert evaluation_cache.keep(evals / name, cache / f"{key}.parquet")
+        return cache / f"{key}.parquet"
+
+    old = evaluated("r01b0000.parquet", 0.5, "old")  # a setting tried first ...
+    new = evaluated("r01b0000.parquet", 0.75, "new")  # ... then another, whose round evaluated other merges
+    assert (cache / "new.place").read_text() == "groups/all/evals/r01b0000.parquet"
+    lost = evaluated("r02b0000.parquet", 0.25, "lost")
+    (evals / "r02b0000.parquet").unlink()  # a job an interrupted run lost: its kept table is all that is left
+    only = evaluated("r03b0000.parquet", 0.25, "only")
+    (evals / "r03b0000.parquet").write_bytes(b"PAR1 damaged")  # the run's table damaged in place
+    unplaced = evaluated("r04b0000.parquet", 0.25, "unplaced")
+    unplaced.with_suffix(evaluation_cache.PLACE).unlink()  # kept before places were noted
+    leftover = cache / f".new.parquet.1234{TEMP_SUFFIX}"  # a copy a killed job left half-written
+    leftover.write_bytes(b"half")
+    before = {p: p.read_bytes() for p in cache.iterdir()}
+
+    assert main(["prune", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert {p: p.read_bytes() for p in cache.iterdir()} == before  # a dry run deletes nothing
+    assert "would drop 1 " in out and "kept 1: the run's table is the same" in out
+    assert "kept 1: the run's table is missing" in out and "kept 1: the run's table does not read" in out
+
+    assert main(["prune", str(results)]) == 0
+    assert "dropped 1 " in capsys.readouterr().out
+    assert not old.exists() and not old.with_suffix(evaluation_cache.PLACE).exists() and not leftover.exists()
+    for table in (new, lost, only, unplaced):
+        assert table.read_bytes() == before[table]
+    # what was kept still comes back: the lost job's table, as its rerun would restore it
+    assert evaluation_cache.restore(lost, evals / "r02b0000.parquet")
+    assert main(["prune", str(results)]) == 0 and "dropped 0 " in capsys.readouterr().out
+
+
+def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
+    results, _ = files(tmp_path)
+    stray = results / evaluation_cache.FOLDER / "stray.parquet"
+    stray.parent.mkdir(parents=True)
+    write_table(pd.DataFrame({"sample": ["s"]}), stray, "evaluate_round")
+    write_table(pd.DataFrame({"sample": ["t"]}), results / "stray.parquet", "evaluate_round")
+    stray.with_suffix(evaluation_cache.PLACE).write_text("stray.parquet")  # superseded: prune would drop it
+    with open(results / RUN_LOCK) as fh:  # a driver's lock (another open file: flock refuses this process too)
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert main(["prune", str(results)]) == 1
+        assert "nothing is pruned while it runs" in capsys.readouterr().err
+        assert stray.exists()
+    assert main(["prune", str(results)]) == 0 and not stray.exists()
+    assert main(["prune", str(tmp_path / "nowhere")]) == 1

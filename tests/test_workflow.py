@@ -20,7 +20,9 @@ from mapmerge.builtin.model import build_model
 from mapmerge.core.class_scores import fit_scores, scores_of
 from mapmerge.io import read_table, table_metadata
 from mapmerge.outputs.report import HTML_TABLES
+from mapmerge.run import evaluation_cache
 from mapmerge.tensors.checkpoints import load_state_dict
+from mapmerge.tools.cli import main as cli
 
 pytestmark = pytest.mark.slow
 
@@ -315,6 +317,14 @@ def test_a_bigger_design_evaluates_only_new_samples(own_run):
     samples = read_table(res / "groups/all/samples.parquet")
     metrics = read_table(res / "groups/all/metrics.parquet")
     assert (samples["round"] == 0).sum() == 24 and set(metrics["sample"]) == set(samples["sample"])  # and the rounds
+    assert "Nothing to be done" in snakemake(own_run, "-n", overrides=grown).stdout
+    # the cache kept b0001's table of the first design too; prune drops it, and what the run holds stays kept
+    cache = res / evaluation_cache.FOLDER
+    places = {kept: (res / kept.with_suffix(".place").read_text()) for kept in cache.glob("*.parquet")}
+    superseded = {kept for kept, place in places.items() if kept.read_bytes() != place.read_bytes()}
+    assert any(place.name == "b0001.parquet" for kept, place in places.items() if kept in superseded)
+    assert cli(["prune", str(res)]) == 0
+    assert set(cache.glob("*.parquet")) == set(places) - superseded
     assert "Nothing to be done" in snakemake(own_run, "-n", overrides=grown).stdout
 
 

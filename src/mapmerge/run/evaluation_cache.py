@@ -12,7 +12,9 @@ fingerprint, and its other params: the design's coefficients), its values other 
 index and size, device, on_error), the content of every file it reads, and of the tables of points (a
 round's samples, the choice) only the sample names and coefficients. A table holding a failed evaluation
 (`on_error: record`) is not kept, so a rerun tries it again. The hashes of large files are noted under
-`.cache/hashes/` (content_hash), so a job does not read a model's task vectors twice.
+`.cache/hashes/` (content_hash), so a job does not read a model's task vectors twice. Beside each kept table,
+`<key>.place` names the job's table (relative to the results folder), so `prune` can tell a table the run has
+since replaced with other merges' from one its run still needs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_ha
 FOLDER = Path(".cache") / "evaluations"
 HASHES = Path(".cache") / "hashes"  # content_hash's notes
 MEMO_BYTES = 64 << 20  # smaller files are hashed every time (under 0.1 s each)
+PLACE = ".place"  # beside <key>.parquet: the job's table it was kept from or restored to, under the results folder
 POINTS = ("samples", "choice")  # inputs that are tables of points: only their names and coefficients count
 UNKEYED = ("threads",)  # values that do not change an evaluation's table
 logger = logging.getLogger("mapmerge")
@@ -111,9 +115,11 @@ def restore(kept: Path, output: str | os.PathLike) -> bool:
     except (OSError, ValueError) as exc:  # damaged: evaluate again
         logger.warning("the evaluation cache's %s is damaged (%s): evaluating again", kept, exc)
         kept.unlink(missing_ok=True)
+        kept.with_suffix(PLACE).unlink(missing_ok=True)
         return False
     with atomic_path(output) as tmp:
         shutil.copyfile(kept, tmp)
+    _note_place(kept, output)
     logger.info("restored %s from the evaluation cache (%s): the same merges, files, params and code", output, kept)
     return True
 
@@ -127,7 +133,84 @@ def keep(output: str | os.PathLike, kept: Path) -> bool:
         if errors.null_count < len(errors):
             return False
     _put(kept, lambda tmp: shutil.copyfile(output, tmp))
+    _note_place(kept, output)
     return True
+
+
+def _note_place(kept: Path, output: str | os.PathLike) -> None:
+    """Write beside a kept table where its job's table lies, relative to the results folder holding the cache. Not
+    written (a full disk): prune keeps the table as unplaced."""
+    results = kept.parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
+    place = os.path.relpath(Path(output).resolve(), results.resolve())
+    try:
+        _put(kept.with_suffix(PLACE), lambda tmp: tmp.write_text(place))
+    except OSError as exc:
+        logger.warning("the evaluation cache's place of %s was not written (%s)", kept, exc)
+
+
+@dataclass
+class Pruning:
+    """What `prune` found in a results folder's evaluation cache: the kept tables it drops (their jobs' tables now
+    hold other merges'), and those it keeps because the run may need them (per reason); sizes in bytes."""
+
+    dropped: list[Path] = field(default_factory=list)
+    kept: dict[str, list[Path]] = field(default_factory=dict)
+    sizes: dict[Path, int] = field(default_factory=dict)  # as found, before any was dropped
+
+    def size(self, paths: list[Path]) -> int:
+        return sum(self.sizes[p] for p in paths)
+
+
+KEEP_REASONS = {
+    "in use": "the run's table is the same",
+    "missing": "the run's table is missing (an unfinished or interrupted run may need it)",
+    "unreadable": "the run's table does not read (the kept one may be its only good copy)",
+    "unplaced": "kept before mapmerge noted the places of kept tables",
+}
+
+
+def prune(results: Path, dry_run: bool = False) -> Pruning:
+    """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
+    and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
+    same, missing or unreadable stays, and so does one without a noted place. Leftover temporary files and places
+    without their table go too. The caller holds the run's lock (no driver may write meanwhile)."""
+    folder = results / FOLDER
+    found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
+    for kept in sorted(folder.glob("*.parquet")):
+        found.sizes[kept] = kept.stat().st_size
+        reason = _needed(results, kept)
+        if reason is None:
+            found.dropped.append(kept)
+        else:
+            found.kept[reason].append(kept)
+    if dry_run:
+        return found
+    for kept in found.dropped:
+        kept.unlink()
+        kept.with_suffix(PLACE).unlink(missing_ok=True)
+    for place in folder.glob(f"*{PLACE}"):
+        if not place.with_suffix(".parquet").exists():
+            place.unlink()
+    for tmp in folder.parent.rglob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink()
+    return found
+
+
+def _needed(results: Path, kept: Path) -> str | None:
+    """Why the run may still need a kept table (a key of KEEP_REASONS), or None when its job's table is another."""
+    try:
+        place = results / kept.with_suffix(PLACE).read_text()
+    except OSError:
+        return "unplaced"
+    if not place.is_file():
+        return "missing"
+    if place.stat().st_size == kept.stat().st_size and file_hash(place) == file_hash(kept):
+        return "in use"
+    try:
+        pq.read_table(place, page_checksum_verification=True)
+    except (OSError, ValueError):  # pyarrow's errors are these too
+        return "unreadable"
+    return None
 
 
 def _put(path: Path, write: Callable[[Path], object]) -> None:

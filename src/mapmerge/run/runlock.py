@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -80,6 +81,19 @@ def hold(results: str | os.PathLike) -> None:
     fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since, "cwd": os.getcwd()}))
     fh.flush()
     _held[path] = fh
+
+
+@contextmanager
+def holding(results: str | os.PathLike) -> Iterator[None]:
+    """Hold the results folder's lock (hold) for the block only; RunLockError names the driver holding it."""
+    path = lock_path(results)
+    held = path in _held
+    hold(results)
+    try:
+        yield
+    finally:
+        if not held and (fh := _held.pop(path, None)):
+            fh.close()
 
 
 def holder(results: str | os.PathLike) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """The `mapmerge` command: look at a run (summary, status), check its artifacts on disk, choose a merge
 for a new preference from its stored front without evaluating anything (select), write a merge as a mergekit
-configuration (export), draw its plots again (plot)."""
+configuration (export), draw its plots again (plot), drop the evaluation cache's tables of settings the run no longer
+has (prune)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from mapmerge.adapters.transformers import MAX_SHARD_SIZE, parse_size
 from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
 from mapmerge.layout import Layout
-from mapmerge.run import runlock
+from mapmerge.run import evaluation_cache, runlock
 
 ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
 
@@ -70,6 +71,32 @@ def check(results: Path, delete: bool = False) -> tuple[str, int]:
         )
         return "\n".join(lines), 0
     return "\n".join(lines), 1 if bad else 0
+
+
+def prune(results: Path, dry_run: bool = False) -> str:
+    """Drop (or with `dry_run` list) the evaluation cache's tables whose jobs' tables now hold other merges'
+    (evaluation_cache.prune), holding the run's lock meanwhile; what it dropped and kept, as text."""
+    if not results.is_dir():
+        raise ArtifactError(f"{results}: not a folder")
+    try:
+        with runlock.holding(results):
+            found = evaluation_cache.prune(results, dry_run)
+    except runlock.RunLockError as exc:
+        raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
+    kept = [p for paths in found.kept.values() for p in paths]
+    lines = [
+        f"evaluation cache of {results}: {len(kept) + len(found.dropped)} tables, "
+        f"{(found.size(kept) + found.size(found.dropped)) / 1e6:.1f} MB"
+    ]
+    lines += [
+        f"  kept {len(paths)}: {evaluation_cache.KEEP_REASONS[reason]}" for reason, paths in found.kept.items() if paths
+    ]
+    verb = "would drop" if dry_run else "dropped"
+    lines.append(
+        f"  {verb} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): their jobs' tables now hold "
+        "other merges' results (settings the run no longer has; going back to one evaluates again)"
+    )
+    return "\n".join(lines)
 
 
 def _preference_arg(text: str) -> dict[str, float]:
@@ -248,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=["accuracy", "loss"],
         help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)",
     )
+    trim = sub.add_parser(
+        "prune",
+        help="drop the evaluation cache's tables of settings the run no longer has",
+        description="Drop the tables of the run's evaluation cache (RESULTS/.cache/evaluations) whose evaluation "
+        "job's table in the run now holds other merges' results: a setting changed and the job evaluated again. "
+        "Kept: those whose job's table is the same, missing (an unfinished or interrupted run) or unreadable, and "
+        "those kept before mapmerge noted their places. Refused while a snakemake driver runs on the folder.",
+    )
+    trim.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    trim.add_argument("--dry-run", action="store_true", help="list what would be dropped; delete nothing")
     args = parser.parse_args(argv)
     from mapmerge.tools.runfolder import UsageError  # deferred: torch (runfolder imports mapmerge.tensors)
 
@@ -303,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{args.results}: not a folder")
             for path in replot(args.results, args.out, args.metric):
                 print(path)
+            return 0
+        if args.command == "prune":
+            print(prune(args.results, args.dry_run))
             return 0
         text, status_code = check(args.results, args.delete)
         print(text)

@@ -472,7 +472,8 @@ def status(results: Path) -> str:
         lines.append(
             f"  evaluation cache: {len(kept)} table{'s' * (len(kept) != 1)}, "
             f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in {cache} "
-            "(a rerun job that evaluates the same merges takes its table from there)"
+            "(a rerun job that evaluates the same merges takes its table from there; `mapmerge prune` drops "
+            "those of settings the run no longer has)"
         )
 
     def shown(path: Path, value: object) -> object:
