@@ -178,6 +178,9 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     # what was kept still comes back: the lost job's table, as its rerun would restore it
     assert evaluation_cache.restore(lost, evals / "r02b0000.parquet")
     assert main(["prune", str(results)]) == 0 and "dropped 0 " in capsys.readouterr().out
+    # a table kept before places were noted gets its place when a job restores it
+    assert evaluation_cache.restore(unplaced, evals / "r05b0000.parquet")
+    assert unplaced.with_suffix(evaluation_cache.PLACE).read_text() == "groups/all/evals/r05b0000.parquet"
 
 
 def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
