@@ -138,21 +138,29 @@ def _pick_options(parser: argparse.ArgumentParser, when: str = "") -> None:
     )
 
 
+def _command(sub: argparse._SubParsersAction, name: str, **kwargs: str) -> argparse.ArgumentParser:
+    """A subcommand (help, description: as argparse's) and its first argument, the run's results folder."""
+    parser = sub.add_parser(name, **kwargs)
+    parser.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("summary", help="print a finished run's report and where its outputs are")
-    show.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
-    verify = sub.add_parser(
-        "check", help="read back every Parquet and safetensors artifact of a run and list the bad ones (exit status 1)"
+    _command(sub, "summary", help="print a finished run's report and where its outputs are")
+    verify = _command(
+        sub,
+        "check",
+        help="read back every Parquet and safetensors artifact of a run and list the bad ones (exit status 1)",
     )
-    verify.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     verify.add_argument(
         "--delete",
         action="store_true",
         help="delete the bad and leftover files, so that snakemake recomputes them and what depends on them",
     )
-    state = sub.add_parser(
+    _command(
+        sub,
         "status",
         help="what a run folder holds, finished or not: per stage its artifacts, the real evaluations, per group its front and merge",
         description="What a run folder holds, finished or not: the method (from levels/ and the group names), per stage "
@@ -160,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         "that does not read; the files are listed), the real evaluations per stage (from evaluations.parquet, else counted "
         "from the evaluation files) and per group its rounds, evaluation files, samples, front size and merged checkpoint.",
     )
-    state.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
-    pick = sub.add_parser(
+    pick = _command(
+        sub,
         "select",
         help="choose the final merge for a new preference from the stored fronts (no evaluation) and write it",
         description="Choose the merge of the run's final group for a new preference, without evaluating anything, "
@@ -176,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         "a wrong one is refused and nothing is written. "
         "Nested MAP: only the top group is chosen again; the merges below it stay those of the run's own preference.",
     )
-    pick.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     pick.add_argument(
         "--prefer",
         required=True,
@@ -221,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a transformers run's folders: weights larger than this are saved in shards, as save_pretrained "
         f"does (bytes, or with KB, MB, GB; default: {MAX_SHARD_SIZE})",
     )
-    port = sub.add_parser(
+    port = _command(
+        sub,
         "export",
         help="write the run's merge (or a preference's pick, or any front point) as a mergekit configuration",
         description="Write a mergekit configuration (mergekit-yaml OUT.yaml OUTPUT_DIR) of a transformers run's merge: "
@@ -230,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         "is mapmerge's for task_arithmetic at any point, ties and dare_ties at equal coefficients, slerp on "
         "c1 + c2 = 1 (other points are refused, saying why), dare and dare_ties up to their random masks.",
     )
-    port.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     port.add_argument(
         "--mergekit", required=True, type=Path, metavar="OUT.yaml", help="the mergekit configuration to write"
     )
@@ -259,13 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a row of the final group's front.parquet (0-based) or an evaluated sample's name, instead of a pick",
     )
     _pick_options(port, "with --prefer: ")
-    draw = sub.add_parser(
+    draw = _command(
+        sub,
         "plot",
         help="draw a run's plots again from its artifacts (what the aggregate stage draws)",
         description="Draw the final group's plots again from the run's artifacts, as the aggregate stage draws them: "
         "front_parallel.png, and front_2d.png for 2 tasks. Prints the files written.",
     )
-    draw.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     draw.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="folder for the PNGs (default: RESULTS/plots)"
     )
@@ -275,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=["accuracy", "loss"],
         help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)",
     )
-    trim = sub.add_parser(
+    trim = _command(
+        sub,
         "prune",
         help="drop the evaluation cache's tables of settings the run no longer has",
         description="Drop the tables of the run's evaluation cache (RESULTS/.cache/evaluations) whose evaluation "
@@ -283,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         "Kept: those whose job's table is the same, missing (an unfinished or interrupted run) or unreadable, and "
         "those kept before mapmerge noted their places. Refused while a snakemake driver runs on the folder.",
     )
-    trim.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
     trim.add_argument("--dry-run", action="store_true", help="list what would be dropped; delete nothing")
     args = parser.parse_args(argv)
     from mapmerge.tools.runfolder import UsageError  # deferred: torch (runfolder imports mapmerge.tensors)
