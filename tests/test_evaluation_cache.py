@@ -197,3 +197,5 @@ def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
         assert stray.exists()
     assert main(["prune", str(results)]) == 0 and not stray.exists()
     assert main(["prune", str(tmp_path / "nowhere")]) == 1
+    assert main(["prune", str(tmp_path)]) == 0  # not a run's folder: nothing to prune, nothing written
+    assert "none" in capsys.readouterr().out and not (tmp_path / RUN_LOCK).exists()

@@ -78,6 +78,8 @@ def prune(results: Path, dry_run: bool = False) -> str:
     (evaluation_cache.prune), holding the run's lock meanwhile; what it dropped and kept, as text."""
     if not results.is_dir():
         raise ArtifactError(f"{results}: not a folder")
+    if not (results / evaluation_cache.FOLDER).is_dir():  # no driver has kept a table here: nothing to lock
+        return f"evaluation cache of {results}: none ({results / evaluation_cache.FOLDER} does not exist)"
     try:
         with runlock.holding(results):
             found = evaluation_cache.prune(results, dry_run)
