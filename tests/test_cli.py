@@ -334,7 +334,12 @@ def test_status_tells_the_evaluation_caches_size(runs, tmp_path, capsys):
         assert evaluation_cache.keep(table, R / evaluation_cache.FOLDER / f"{i}.parquet")
     assert main(["status", str(R)]) == 0
     size = sum(p.stat().st_size for p in tables) / 1e6
-    assert f"  evaluation cache: 2 tables, {size:.1f} MB in {R / evaluation_cache.FOLDER} (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"  evaluation cache: 2 tables, {size:.1f} MB in {R / evaluation_cache.FOLDER} (" in out
+    assert "mapmerge prune" not in out  # both are the run's own tables
+    shutil.copyfile(tables[1], tables[0])  # the first job's table now holds other merges'
+    assert main(["status", str(R)]) == 0
+    assert "    1 of them from settings the run no longer has" in capsys.readouterr().out
 
 
 def test_status_of_a_partial_run(runs, tmp_path, capsys):

@@ -472,9 +472,13 @@ def status(results: Path) -> str:
         lines.append(
             f"  evaluation cache: {len(kept)} table{'s' * (len(kept) != 1)}, "
             f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in {cache} "
-            "(a rerun job that evaluates the same merges takes its table from there; `mapmerge prune` drops "
-            "those of settings the run no longer has)"
+            "(a rerun job that evaluates the same merges takes its table from there)"
         )
+        if stale := evaluation_cache.prune(R, dry_run=True).dropped:
+            lines.append(
+                f"    {len(stale)} of them from settings the run no longer has (their jobs' tables now hold other "
+                "merges'): `mapmerge prune` drops them"
+            )
 
     def shown(path: Path, value: object) -> object:
         return "unreadable" if path in layout.problems else ("-" if value is None else value)
