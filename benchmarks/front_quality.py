@@ -4,10 +4,13 @@
         [--grid-sides 2,3,4] [--methods map bayesian refine random grid] [--refine K:R ...] [--fits a b c]
         [--spreads cover front gap coverage] [--trust-radii none 0.1] [--trust-from N] [--dataset digits|fashion]
         [--truth grid|sobol] [--truth-side N] [--front-points K] [--win-vectors N] [--save CSV] [--quick]
-        [--measured-only] [--jobs N]
+        [--measured-only] [--jobs N] [--trainings N]
 
 The built-in benchmark (config `benchmark=<dataset>`, seed 0) is trained once with max(--tasks)
-tasks; T tasks use its first T task vectors. Per T the ground truth is a dense grid over [0, 1]^T
+tasks; T tasks use its first T task vectors. --trainings N trains it N times (config seed 0..N-1: the
+checkpoints of benchmarks/workflow_front.py's seeds), each training with its own truth and grid search; every
+figure is then a mean over trainings x seeds (one training can favour a method: docs/performance.md).
+Per T the ground truth is a dense grid over [0, 1]^T
 (21^2 for T = 2, 9^3 for T = 3, 5^4 = 625 for T = 4; --truth-side N: N^T), every point evaluated for real once; its
 non-dominated accuracies are the true front (--truth sobol: as many scrambled Sobol points instead, rounded up to
 a power of two, seeded apart from every design). Per T, budget B and seed s, each method spends real
@@ -232,8 +235,11 @@ def model_engine(model: dict[str, Any], vectors: dict[str, Path], scores: str) -
     )
 
 
-def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str, Any], dict[int, MergeEngine], float]:
-    """Train the benchmark, extract its task vectors; an engine per T (its first T tasks) and the seconds it took."""
+def build_engines(
+    dataset: str, max_tasks: int, workdir: Path, training: int = 0
+) -> tuple[dict[str, Any], dict[int, MergeEngine], float]:
+    """Train the benchmark (config seed `training`), extract its task vectors; an engine per T (its first T tasks)
+    and the seconds it took."""
     start = time.perf_counter()
     cfg = load_config(
         REPO / "config",
@@ -242,6 +248,7 @@ def build_engines(dataset: str, max_tasks: int, workdir: Path) -> tuple[dict[str
             f"benchmark.tasks={max_tasks}",
             f"results_dir={workdir}",
             "name=front_quality",
+            f"seed={training}",
         ],
     )
     model = cfg["model"]
@@ -749,6 +756,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3], choices=[2, 3, 4], help="values of T")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (T, method, budget)")
     parser.add_argument(
+        "--trainings",
+        type=int,
+        default=1,
+        help="benchmark trainings (config seed 0..N-1), each with its own truth and grid search; the tables average "
+        "over trainings x seeds",
+    )
+    parser.add_argument(
         "--budgets",
         help="comma-separated design budgets (MAP's design, Bayesian MAP's and random search's evaluations) for every "
         "T (default: 6,10,15,21 for T=2, 12,15,20,30 for T=3, 15,17,20,30 for T=4)",
@@ -832,6 +846,8 @@ def main() -> None:
         parser.error(f"--truth-side: at least 2 points per axis, got {args.truth_side}")
     if args.jobs < 1:
         parser.error(f"--jobs: at least 1 process, got {args.jobs}")
+    if args.trainings < 1:
+        parser.error(f"--trainings: at least 1, got {args.trainings}")
     if args.quick:
         args.tasks, args.seeds, args.pop_size, args.n_gen = [2], 2, 40, 30
         args.budgets, args.grid_sides, args.refine = args.budgets or "6,15", args.grid_sides or "2,3,4", ["2:2"]
@@ -842,43 +858,45 @@ def main() -> None:
     }
     torch.set_num_threads(1)  # more threads only contend on a shared 2-core machine
     start = time.perf_counter()
-    raws, order = [], []
-    with tempfile.TemporaryDirectory(prefix="mapmerge-front-") as tmp:
-        cfg, engines, setup = build_engines(args.dataset, max(args.tasks), Path(tmp))
-        opt = {
-            "sampler": args.sampler,
-            "pop_size": args.pop_size,
-            "n_gen": args.n_gen,
-            "bayesian": cfg["bayesian"],
-            "surrogate": cfg["surrogate"],
-            "front_points": {n: args.front_points or n_params(n) for n in args.tasks},
-            "win_vectors": args.win_vectors,
-            "measured_only": args.measured_only,
-        }
-        for n in args.tasks:
-            methods = runners(
-                args.methods,
-                parse_refine(args.refine or DEFAULT_REFINE[n]),
-                args.fits,
-                args.spreads,
-                args.trust_radii,
-                args.trust_from,
-            )
-            order += [m for m in methods if m not in order]
-            per_axis = args.truth_side or (11 if args.quick else GROUND_TRUTH[n])
-            truth, truth_name = ground_truth(n, args.truth, per_axis)
-            raws.append(
-                measure(
+    raws, order, setup = [], [], 0.0
+    for training in range(args.trainings):  # config seed: the benchmark training (0: the default)
+        with tempfile.TemporaryDirectory(prefix="mapmerge-front-") as tmp:
+            cfg, engines, seconds = build_engines(args.dataset, max(args.tasks), Path(tmp), training)
+            setup += seconds
+            opt = {
+                "sampler": args.sampler,
+                "pop_size": args.pop_size,
+                "n_gen": args.n_gen,
+                "bayesian": cfg["bayesian"],
+                "surrogate": cfg["surrogate"],
+                "front_points": {n: args.front_points or n_params(n) for n in args.tasks},
+                "win_vectors": args.win_vectors,
+                "measured_only": args.measured_only,
+            }
+            for n in args.tasks:
+                methods = runners(
+                    args.methods,
+                    parse_refine(args.refine or DEFAULT_REFINE[n]),
+                    args.fits,
+                    args.spreads,
+                    args.trust_radii,
+                    args.trust_from,
+                )
+                order += [m for m in methods if m not in order]
+                per_axis = args.truth_side or (11 if args.quick else GROUND_TRUTH[n])
+                truth, truth_name = ground_truth(n, args.truth, per_axis)
+                measured = measure(
                     Evaluator(engines[n]), budgets[n], sides[n], args.seeds, opt, methods, truth, truth_name, args.jobs
                 )
-            )
+                raws.append(measured.assign(training=training))
     raw = pd.concat(raws, ignore_index=True)
     if args.save:
         raw.to_csv(args.save, index=False)
     table = summary(raw, order)
     print(
         f"front quality on the built-in benchmark ({args.dataset}, tasks {', '.join(cfg['task_names'])}), "
-        f"{args.seeds} seeds, NSGA-III {args.pop_size} x {args.n_gen}, MAP design {args.sampler}, "
+        f"{args.seeds} seeds x {args.trainings} benchmark training{'s' * (args.trainings != 1)}, "
+        f"NSGA-III {args.pop_size} x {args.n_gen}, MAP design {args.sampler}, "
         f"at most {args.win_vectors} preference vectors; setup (training, task vectors) {setup:.0f} s, "
         f"total {time.perf_counter() - start:.0f} s"
     )
