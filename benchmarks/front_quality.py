@@ -86,7 +86,9 @@ sizes, random search's at its largest budget), the fewest total evaluations at w
 IGD is at most the target, and (x) the target's evaluations over those. Caveat: grid search's points
 whose axes lie on the ground-truth grid are scored against their own exact values (distance 0 where they are on
 the true front; at T = 4 the 5^4 truth holds all of grid 81, where --truth-side 6 shares only its corners);
---truth sobol shares no point with any grid and removes that advantage. Evaluations of the
+--truth sobol shares no point with any grid and removes that advantage. `igd unshared` measures it on any truth:
+every method's IGD against only the true-front points that no grid search of the run evaluated (with no grid
+search, or a truth sharing none of them, it equals igd); its own ratio table follows where the truth shares some. Evaluations of the
 same coefficients are computed once and counted for every method asking.
 
 --measured-only leaves out the win rates and `igd offered` (NaN): their real evaluations (the picks, the brute
@@ -264,6 +266,12 @@ def grid(n_tasks: int, per_axis: int) -> np.ndarray:
     """The regular grid [per_axis^T, T] over [0, 1]^T."""
     axes = np.meshgrid(*[np.linspace(0.0, 1.0, per_axis)] * n_tasks, indexing="ij")
     return np.stack([a.ravel() for a in axes], axis=1)
+
+
+def on_grid(C: np.ndarray, per_axis: int) -> np.ndarray:
+    """Which rows of coefficients C [n, T] are points of the regular grid with per_axis points per axis."""
+    steps = np.asarray(C, dtype=float) * (per_axis - 1)
+    return np.all(np.abs(steps - np.round(steps)) < 1e-9, axis=1)
 
 
 def ground_truth(n_tasks: int, kind: str, per_axis: int) -> tuple[np.ndarray, str]:
@@ -574,13 +582,19 @@ def measure(
     """One row per (method, budget, seed, rounds): evaluations spent, IGD of the answer, win rates, seconds. The runs
     go to `jobs` processes (forked after the ground truth is evaluated; the rows are the same for any number)."""
     n_tasks = len(evaluate.engine.tasks)
-    truth = answer(evaluate(truth_points))
+    F = evaluate(truth_points)
+    on_front = non_dominated(F, [True] * n_tasks)
+    truth = F[on_front]
+    shared = np.zeros(len(truth), dtype=bool)
+    for side in sides if "grid search" in methods else []:
+        shared |= on_grid(truth_points[on_front], side)
     W = preference_vectors(n_tasks, opt["win_vectors"])
     print(
-        f"T={n_tasks}: ground truth {truth_name}, {len(truth)} points on its front; {len(W)} preference vectors",
+        f"T={n_tasks}: ground truth {truth_name}, {len(truth)} points on its front ({shared.sum()} of them grid "
+        f"search's own); {len(W)} preference vectors",
         file=sys.stderr,
     )
-    _SHARED.update(evaluate=evaluate, opt=opt, methods=methods, truth=truth, W=W)
+    _SHARED.update(evaluate=evaluate, opt=opt, methods=methods, truth=truth, unshared=truth[~shared], W=W)
     runs = [
         (method, budget, seed)
         for method in methods
@@ -603,6 +617,8 @@ def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
     method, budget, seed = run
     evaluate, opt, truth, W = _SHARED["evaluate"], _SHARED["opt"], _SHARED["truth"], _SHARED["W"]
     igd, igd_plus = IGD(-truth), IGDPlus(-truth)  # pymoo minimises: negated accuracies
+    unshared = _SHARED["unshared"]  # none where the truth is a grid search's own grid
+    igd_unshared = IGD(-unshared) if len(unshared) else None
     is_grid = method == "grid search"
     start, evaluating = time.perf_counter(), evaluate.seconds
     results = _SHARED["methods"][method](evaluate, budget, seed, opt)
@@ -627,6 +643,7 @@ def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
                 "total": result.design + result.front,
                 "igd": float(igd.do(-result.answer)),
                 "igd+": float(igd_plus.do(-result.answer)),
+                "igd unshared": np.nan if igd_unshared is None else float(igd_unshared.do(-result.answer)),
                 "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
                 "igd offered": float(igd.do(-offered(evaluate, result))) if scored else np.nan,
                 **wins,
@@ -649,6 +666,7 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
             igd_mean=("igd", "mean"),
             igd_std=("igd", "std"),
             igdplus_mean=("igd+", "mean"),
+            igd_unshared=("igd unshared", "mean"),
             igd_front=("igd front", "mean"),
             igd_offered=("igd offered", "mean"),
             win_rnd=("win rnd", "mean"),
@@ -661,7 +679,8 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     table["igd_std"] = table["igd_std"].fillna(0.0)
     table = table.rename(columns={"igdplus_mean": "igd+ mean"})
     table.columns = [
-        c.replace("_", " ") if c.startswith(("win", "igd_front", "igd_offered", "method")) else c for c in table.columns
+        c.replace("_", " ") if c.startswith(("win", "igd_front", "igd_offered", "igd_unshared", "method")) else c
+        for c in table.columns
     ]
     grids = table[table["method"] == "grid search"]
     table["vs grid"] = [
@@ -680,10 +699,11 @@ def summary(raw: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
 
 def ratios(table: pd.DataFrame, column: str = "igd_mean") -> pd.DataFrame:
     """Per T, method and rounds: for each target (grid search at each size, random search at its largest budget), the
-    fewest total evaluations whose mean IGD (`column`: `igd+ mean` for IGD+; `igd offered` for what a surrogate
-    method offers, against the targets' IGD) reaches the target's, and the target's evaluations over these. A refined
+    fewest total evaluations whose mean IGD (`column`: `igd+ mean` for IGD+; `igd unshared` for IGD against the
+    true-front points no grid search evaluated; `igd offered` for what a surrogate method offers, against the
+    targets' IGD) reaches the target's, and the target's evaluations over these. A refined
     method also gets a row `any`: the fewest over every (design budget, rounds), with that budget B and rounds R."""
-    label = "IGD+" if column == "igd+ mean" else "IGD"
+    label = {"igd+ mean": "IGD+", "igd unshared": "IGD unshared"}.get(column, "IGD")
     target_column = "igd_mean" if column == "igd offered" else column
     rows = []
     for n_tasks, part in table.groupby("T", sort=True):
@@ -903,7 +923,8 @@ def main() -> None:
     print(
         "budget: design size (grid search: its points); rounds: refinement rounds; design / front: real evaluations "
         "of the design and after it (MAP's front points, refinement rounds); total: both; igd: mean and std over "
-        "seeds (accuracy units, lower is better); igd+ mean: IGD+'s mean; win rnd / win grid: win rate of the pick "
+        "seeds (accuracy units, lower is better); igd+ mean: IGD+'s mean; igd unshared: IGD against the true-front "
+        "points no grid search evaluated; win rnd / win grid: win rate of the pick "
         "per preference against random search / the largest regular grid with as many evaluations; win best: the "
         "better of the pick and the method's best evaluation, against random search; vs grid: IGD / that of the "
         "largest grid search with at most as many evaluations; method s: seconds per run besides the real "
@@ -917,6 +938,12 @@ def main() -> None:
     print(markdown(ratios(table)))
     print("\nthe same for IGD+ (distances only where the answer is worse: a reference point it dominates counts 0)\n")
     print(markdown(ratios(table, "igd+ mean")))
+    if ((table["igd unshared"] - table["igd_mean"]).abs() > 1e-12).any():  # the truth shares points with a grid
+        print(
+            "\nthe same for IGD against the true-front points that no grid search evaluated (igd unshared: grid "
+            "search's own points, at distance 0 from themselves, left out of every method's reference)\n"
+        )
+        print(markdown(ratios(table, "igd unshared")))
     if args.measured_only:
         return
     print(
