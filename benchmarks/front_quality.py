@@ -88,8 +88,8 @@ whose axes lie on the ground-truth grid are scored against their own exact value
 the true front; at T = 4 the 5^4 truth holds all of grid 81, where --truth-side 6 shares only its corners);
 --truth sobol shares no point with any grid and removes that advantage. `igd unshared` measures it on any truth:
 every method's IGD against only the true-front points that no grid search of the run evaluated (with no grid
-search, or a truth sharing none of them, it equals igd); its own ratio table follows where the truth shares some. Evaluations of the
-same coefficients are computed once and counted for every method asking.
+search, or a truth sharing none of them, it equals igd); its own ratio table follows where the truth shares some.
+Evaluations of the same coefficients are computed once and counted for every method asking.
 
 --measured-only leaves out the win rates and `igd offered` (NaN): their real evaluations (the picks, the brute
 forces, every merge of each final predicted front) take most of a refinement run's time, and IGD, IGD+ and `igd
@@ -272,6 +272,26 @@ def on_grid(C: np.ndarray, per_axis: int) -> np.ndarray:
     """Which rows of coefficients C [n, T] are points of the regular grid with per_axis points per axis."""
     steps = np.asarray(C, dtype=float) * (per_axis - 1)
     return np.all(np.abs(steps - np.round(steps)) < 1e-9, axis=1)
+
+
+def true_front(evaluate: Evaluator, points: np.ndarray, sides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The real accuracies of the non-dominated merges among `points` [n, T], and which of those merges are points of
+    a grid search with one of `sides` points per axis."""
+    F = evaluate(points)
+    on_front = non_dominated(F, [True] * F.shape[1])
+    shared = np.zeros(len(on_front), dtype=bool)
+    for side in sides:
+        shared |= on_grid(points[on_front], side)
+    return F[on_front], shared
+
+
+def igd_against(reference: np.ndarray) -> Callable[[np.ndarray], float]:
+    """pymoo's IGD of real accuracies against the `reference` accuracies (negated: pymoo minimises); NaN for an
+    empty reference (a truth that is a grid search's own grid has no point left unshared)."""
+    if not len(reference):
+        return lambda _: np.nan
+    igd = IGD(-reference)
+    return lambda F: float(igd.do(-F))
 
 
 def ground_truth(n_tasks: int, kind: str, per_axis: int) -> tuple[np.ndarray, str]:
@@ -582,12 +602,7 @@ def measure(
     """One row per (method, budget, seed, rounds): evaluations spent, IGD of the answer, win rates, seconds. The runs
     go to `jobs` processes (forked after the ground truth is evaluated; the rows are the same for any number)."""
     n_tasks = len(evaluate.engine.tasks)
-    F = evaluate(truth_points)
-    on_front = non_dominated(F, [True] * n_tasks)
-    truth = F[on_front]
-    shared = np.zeros(len(truth), dtype=bool)
-    for side in sides if "grid search" in methods else []:
-        shared |= on_grid(truth_points[on_front], side)
+    truth, shared = true_front(evaluate, truth_points, sides if "grid search" in methods else [])
     W = preference_vectors(n_tasks, opt["win_vectors"])
     print(
         f"T={n_tasks}: ground truth {truth_name}, {len(truth)} points on its front ({shared.sum()} of them grid "
@@ -617,8 +632,7 @@ def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
     method, budget, seed = run
     evaluate, opt, truth, W = _SHARED["evaluate"], _SHARED["opt"], _SHARED["truth"], _SHARED["W"]
     igd, igd_plus = IGD(-truth), IGDPlus(-truth)  # pymoo minimises: negated accuracies
-    unshared = _SHARED["unshared"]  # none where the truth is a grid search's own grid
-    igd_unshared = IGD(-unshared) if len(unshared) else None
+    igd_unshared = igd_against(_SHARED["unshared"])
     is_grid = method == "grid search"
     start, evaluating = time.perf_counter(), evaluate.seconds
     results = _SHARED["methods"][method](evaluate, budget, seed, opt)
@@ -643,7 +657,7 @@ def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
                 "total": result.design + result.front,
                 "igd": float(igd.do(-result.answer)),
                 "igd+": float(igd_plus.do(-result.answer)),
-                "igd unshared": np.nan if igd_unshared is None else float(igd_unshared.do(-result.answer)),
+                "igd unshared": igd_unshared(result.answer),
                 "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
                 "igd offered": float(igd.do(-offered(evaluate, result))) if scored else np.nan,
                 **wins,

@@ -29,8 +29,7 @@ import pandas as pd
 from pymoo.indicators.igd import IGD
 from pymoo.indicators.igd_plus import IGDPlus
 
-from front_quality import Evaluator, answer, grid, ground_truth, model_engine, on_grid
-from mapmerge.core.pareto import non_dominated
+from front_quality import Evaluator, answer, grid, ground_truth, igd_against, model_engine, true_front
 from mapmerge.io import read_table
 from mapmerge.run.config import load_config
 from workflow_command import REPO, run_timed, workflow_command
@@ -58,20 +57,17 @@ def run_seed(folder: Path, overrides: list[str], grid_side: int, truths: list[st
     run, searched = -answer(rows.to_numpy()), -answer(evaluate(grid(len(tasks), grid_side)))  # pymoo minimises
     scores = {}
     for spec in truths:
-        points = truth_points(spec, len(tasks))
-        accuracies = evaluate(points)
-        on_front = non_dominated(accuracies, [True] * len(tasks))
-        truth, shared = -accuracies[on_front], on_grid(points[on_front], grid_side)
-        igd, igd_plus = IGD(truth), IGDPlus(truth)
-        unshared = IGD(truth[~shared]) if (~shared).any() else lambda _: np.nan  # none: the truth is the grid
+        front, shared = true_front(evaluate, truth_points(spec, len(tasks)), [grid_side])
+        truth = -front
+        igd, igd_plus, unshared = IGD(truth), IGDPlus(truth), igd_against(front[~shared])
         scores[spec] = {
             "evaluations": len(rows),
             "igd": float(igd(run)),
             "grid igd": float(igd(searched)),
             "igd+": float(igd_plus(run)),
             "grid igd+": float(igd_plus(searched)),
-            "igd unshared": float(unshared(run)),
-            "grid igd unshared": float(unshared(searched)),
+            "igd unshared": unshared(-run),
+            "grid igd unshared": unshared(-searched),
         }
     return scores
 
