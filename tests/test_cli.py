@@ -331,7 +331,7 @@ def test_status_tells_the_evaluation_caches_size(runs, tmp_path, capsys):
     assert "evaluation cache" not in capsys.readouterr().out  # none: the tests' runs call the stages directly
     tables = sorted((R / "groups" / "all" / "evals").glob("*.parquet"))[:2]
     for i, table in enumerate(tables):
-        assert evaluation_cache.keep(table, R / evaluation_cache.FOLDER / f"{i}.parquet")
+        assert evaluation_cache.keep({"examples": table}, {"examples": R / evaluation_cache.FOLDER / f"{i}.parquet"})
     assert main(["status", str(R)]) == 0
     size = sum(p.stat().st_size for p in tables) / 1e6
     out = capsys.readouterr().out

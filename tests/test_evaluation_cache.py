@@ -75,41 +75,74 @@ def test_the_key_holds_the_merges_files_params_and_code_but_not_the_threads(tmp_
 
 def test_tables_are_kept_under_the_results_folder_and_given_back_whole(tmp_path):
     results, spec = files(tmp_path)
-    kept = evaluation_cache.entry(spec)
-    assert kept == results / ".cache/evaluations" / f"{evaluation_cache.key(spec)}.parquet"
+    kept = evaluation_cache.entries(spec)
+    assert kept == {"examples": results / ".cache/evaluations" / f"{evaluation_cache.key(spec)}.parquet"}
     output = results / "groups/all/evals/r01b0000.parquet"
     rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
     write_table(rows.assign(error=[None]), output, "evaluate_round")
-    assert not evaluation_cache.restore(kept, output)  # nothing kept yet
-    assert evaluation_cache.keep(output, kept)
+    assert not evaluation_cache.restore(kept, {"examples": output})  # nothing kept yet
+    assert evaluation_cache.keep({"examples": output}, kept)
     written = output.read_bytes()
     output.unlink()  # as Snakemake does before it reruns the job
-    assert evaluation_cache.restore(kept, output)
-    assert output.read_bytes() == written and kept.read_bytes() == written
-    assert not list(kept.parent.glob(".*"))  # no temporary file left
+    assert evaluation_cache.restore(kept, {"examples": output})
+    assert output.read_bytes() == written and kept["examples"].read_bytes() == written
+    assert not list(kept["examples"].parent.glob(".*"))  # no temporary file left
     # a damaged table is dropped, not given back
-    kept.write_bytes(written[: len(written) // 2])
+    kept["examples"].write_bytes(written[: len(written) // 2])
     output.unlink()
-    assert not evaluation_cache.restore(kept, output)
-    assert not kept.exists() and not output.exists()
+    assert not evaluation_cache.restore(kept, {"examples": output})
+    assert not kept["examples"].exists() and not output.exists()
+
+
+def test_a_job_with_more_tables_gets_all_of_them_back_or_none(tmp_path):
+    """The reference models' job writes metrics beside its examples: each has a key of its own, derived from the
+    job's, and a job restores them all or evaluates."""
+    results, spec = files(tmp_path)
+    spec = {**spec, "rule": "evaluate_reference", "outputs": {"metrics": "reference.parquet", "examples": "ex.parquet"}}
+    spec["outputs"] = {name: str(results / path) for name, path in spec["outputs"].items()}
+    kept = evaluation_cache.entries(spec)
+    key = evaluation_cache.key(spec)
+    assert kept["examples"].name == f"{key}.parquet" and kept["metrics"].name != kept["examples"].name
+    assert kept["metrics"].parent == kept["examples"].parent
+    outputs = {name: Path(path) for name, path in spec["outputs"].items()}
+    write_table(pd.DataFrame({"model": ["pretrained"], "accuracy": [0.5]}), outputs["metrics"], "evaluate_reference")
+    write_table(pd.DataFrame({"model": ["pretrained"], "correct": [1.0]}), outputs["examples"], "evaluate_reference")
+    written = {name: path.read_bytes() for name, path in outputs.items()}
+    assert evaluation_cache.keep(outputs, kept)
+    assert {name: kept[name].with_suffix(evaluation_cache.PLACE).read_text() for name in kept} == {
+        "metrics": "reference.parquet",
+        "examples": "ex.parquet",
+    }
+    for path in outputs.values():
+        path.unlink()
+    assert evaluation_cache.restore(kept, outputs)
+    assert {name: path.read_bytes() for name, path in outputs.items()} == written
+    # one of them gone (pruned, deleted): none is given back, and the job evaluates
+    for path in outputs.values():
+        path.unlink()
+    kept["metrics"].unlink()
+    assert not evaluation_cache.restore(kept, outputs)
+    assert not any(path.exists() for path in outputs.values())
+    # an output that is not one Parquet table: not cached
+    assert evaluation_cache.entries({**spec, "outputs": {**spec["outputs"], "plot": "plot.png"}}) is None
 
 
 def test_a_table_with_a_failed_evaluation_is_not_kept(tmp_path):
     results, spec = files(tmp_path)
-    kept = evaluation_cache.entry(spec)
+    kept = evaluation_cache.entries(spec)
     output = results / "groups/all/evals/r01b0000.parquet"
     ok = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
     failed = pd.concat([ok.assign(error=[None]), failure_rows("r01s1", "b", "ValueError: NaN loss")], ignore_index=True)
     write_table(failed, output, "evaluate_round")
-    assert not evaluation_cache.keep(output, kept)
-    assert not kept.exists()
+    assert not evaluation_cache.keep({"examples": output}, kept)
+    assert not kept["examples"].exists()
 
 
 def test_no_cache_outside_a_results_folder(tmp_path):
     results, spec = files(tmp_path)
     (results / RUN_LOCK).unlink()
-    assert evaluation_cache.entry(spec) is None
-    assert evaluation_cache.entry({**spec, "outputs": {"points": "p.parquet", "examples": "e.parquet"}}) is None
+    assert evaluation_cache.entries(spec) is None
+    assert evaluation_cache.entries({**spec, "outputs": {"points": "p.parquet"}}) is None
 
 
 def test_a_large_files_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
@@ -134,9 +167,9 @@ def test_an_input_that_does_not_read_is_left_to_the_stage_to_report(tmp_path):
     results, spec = files(tmp_path)
     samples = results / "r01.parquet"
     samples.write_bytes(samples.read_bytes()[:-100])
-    assert evaluation_cache.entry(spec) is None
+    assert evaluation_cache.entries(spec) is None
     (results / "a.bin").unlink()
-    assert evaluation_cache.entry(spec) is None
+    assert evaluation_cache.entries(spec) is None
 
 
 def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, capsys):
@@ -148,7 +181,7 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     def evaluated(name: str, correct: float, key: str) -> Path:
         """A job's table `name` as a run writes it, and its copy kept under `key`."""
         write_table(rows.assign(correct=[correct]), evals / name, "evaluate_round")
-        assert evaluation_cache.keep(evals / name, cache / f"{key}.parquet")
+        assert evaluation_cache.keep({"examples": evals / name}, {"examples": cache / f"{key}.parquet"})
         return cache / f"{key}.parquet"
 
     old = evaluated("r01b0000.parquet", 0.5, "old")  # a setting tried first ...
@@ -176,10 +209,10 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     for table in (new, lost, only, unplaced):
         assert table.read_bytes() == before[table]
     # what was kept still comes back: the lost job's table, as its rerun would restore it
-    assert evaluation_cache.restore(lost, evals / "r02b0000.parquet")
+    assert evaluation_cache.restore({"examples": lost}, {"examples": evals / "r02b0000.parquet"})
     assert main(["prune", str(results)]) == 0 and "dropped 0 " in capsys.readouterr().out
     # a table kept before places were noted gets its place when a job restores it
-    assert evaluation_cache.restore(unplaced, evals / "r05b0000.parquet")
+    assert evaluation_cache.restore({"examples": unplaced}, {"examples": evals / "r05b0000.parquet"})
     assert unplaced.with_suffix(evaluation_cache.PLACE).read_text() == "groups/all/evals/r05b0000.parquet"
 
 

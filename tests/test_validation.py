@@ -461,6 +461,22 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
     assert [b["sample"].unique().tolist() for b in baselines.values()] == [["task_arithmetic"], ["ties"]]
     assert not baselines["ties"]["loss"].equals(baselines["task_arithmetic"]["loss"])  # each with its own operator
 
+    # the validation's evaluations, run again on the same merges and files, come back from the evaluation cache
+    kept = {p: p.read_bytes() for p in (res / "validation").rglob("*.parquet")}
+    forced = run(
+        snakemake_command(
+            tmp_path, *TARGETS, "--forcerun", "validate_front", "validate_baseline", "validate_grid", overrides=WORKFLOW
+        )
+    )
+    assert job_counts(forced[1]) == {"validate_front": 1, "validate_baseline": 2, "validate_grid": 1, "validate": 1}
+    assert {p: p.read_bytes() for p in (res / "validation").rglob("*.parquet")} == kept
+    logs = [
+        res / "logs/validate_front.log",
+        *(res / "logs/validate_baseline").glob("*.log"),
+        *(res / "logs/validate_grid").glob("*.log"),
+    ]
+    assert len(logs) == 4 and all("from the evaluation cache" in log.read_text() for log in logs)
+
     fewer = [*WORKFLOW, "validation.front_points=3"]
     # rule all asks for the validation stage when it is enabled; the grid and the baselines are kept
     plan = job_counts(run(snakemake_command(tmp_path, "-n", overrides=fewer))[1])

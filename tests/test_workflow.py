@@ -280,6 +280,19 @@ def test_a_rerun_round_gets_its_evaluations_back_from_the_cache(own_run):
     assert all("done run_evaluate_round" in log.read_text() for log in logs)
 
 
+def test_reference_models_evaluated_again_on_rewritten_vectors_come_back_from_the_cache(own_run):
+    """Task vectors extracted again to the same bytes (as after a change to the extraction's code) cost no
+    evaluation of the reference models: both their tables come back from the cache."""
+    res = results(own_run)
+    tables = [res / "reference.parquet", res / "reference_examples.parquet"]
+    before = {p: p.read_bytes() for p in tables}
+    proc = snakemake(own_run, "--forcerun", "extract_task_vector", "--until", "evaluate_reference")
+    assert job_counts(proc.stdout + proc.stderr) == {"extract_task_vector": 2, "evaluate_reference": 1}
+    assert {p: p.read_bytes() for p in tables} == before
+    log = (res / "logs/evaluate_reference.log").read_text()
+    assert log.count("from the evaluation cache") == 2 and "run_evaluate_reference" not in log
+
+
 def test_the_accuracy_comes_from_the_class_scores_of_the_groups_evaluations(run):
     res = results(run)
     assert "scores" not in read_table(res / "reference_examples.parquet")  # kept for the group's evaluations only

@@ -6,6 +6,8 @@ deletes a job's outputs before running it. So a change that reruns a refinement 
 deleted round file, `--forcerun`) reran the round's evaluations, and a change upstream of the chosen merge
 re-evaluated it, though the merges were the same. Each finished evaluation table is therefore also copied
 to the results folder's `.cache/evaluations/<key>.parquet`, and a job whose key is there copies it back.
+A job's other tables (the reference models' metrics, the validation front's points) are kept under keys
+derived from its key; the job gets all of them back or evaluates.
 
 The key hashes what the table depends on: the rule, its params (the stage's sub-config with its code
 fingerprint, and its other params: the design's coefficients), its values other than threads (group, batch
@@ -36,6 +38,7 @@ FOLDER = Path(".cache") / "evaluations"
 HASHES = Path(".cache") / "hashes"  # content_hash's notes
 MEMO_BYTES = 64 << 20  # smaller files are hashed every time (under 0.1 s each)
 PLACE = ".place"  # beside <key>.parquet: the job's table it was kept from or restored to, under the results folder
+PRIMARY = "examples"  # the output every evaluation job writes: its per-example rows, kept under the job's key
 POINTS = ("samples", "choice")  # inputs that are tables of points: only their names and coefficients count
 UNKEYED = ("threads",)  # values that do not change an evaluation's table
 logger = logging.getLogger("mapmerge")
@@ -91,49 +94,61 @@ def results_folder(path: str | os.PathLike) -> Path | None:
     return next((p for p in Path(path).resolve().parents if (p / RUN_LOCK).exists()), None)
 
 
-def entry(spec: Mapping[str, Any]) -> Path | None:
-    """Where the evaluation table of job `spec` is kept; None where it has no single table in a results folder, or
-    where one of its inputs does not read (the stage then says which, with the way out)."""
+def entries(spec: Mapping[str, Any]) -> dict[str, Path] | None:
+    """Where the tables of job `spec` are kept, by output name: its `examples` under its key, each other output
+    (the reference models' metrics, the validation front's points) under a key of its own derived from it. None
+    where the job writes no `examples` or an output that is not one Parquet table, where it lies in no results
+    folder, or where one of its inputs does not read (the stage then says which, with the way out)."""
     outputs = spec.get("outputs") or {}
-    if set(outputs) != {"examples"}:
+    if PRIMARY not in outputs or not all(isinstance(p, str) and p.endswith(".parquet") for p in outputs.values()):
         return None
-    folder = results_folder(outputs["examples"])
+    folder = results_folder(outputs[PRIMARY])
     if folder is None:
         return None
     try:
-        return folder / FOLDER / f"{key(spec, folder / HASHES)}.parquet"
+        base = key(spec, folder / HASHES)
     except (OSError, ValueError):  # pyarrow's errors are these too
         return None
+    return {
+        name: folder / FOLDER / f"{base if name == PRIMARY else config_hash([base, name])}.parquet" for name in outputs
+    }
 
 
-def restore(kept: Path, output: str | os.PathLike) -> bool:
-    """Copy the kept table to `output` (atomically) if it is there and reads whole; drop it if it does not."""
-    if not kept.is_file():
+def restore(kept: Mapping[str, Path], outputs: Mapping[str, str | os.PathLike]) -> bool:
+    """Copy every kept table to its output (each atomically) if all are there and read whole; a damaged one is
+    dropped, and nothing is copied."""
+    if not all(path.is_file() for path in kept.values()):
         return False
-    try:
-        pq.read_table(kept, page_checksum_verification=True)
-    except (OSError, ValueError) as exc:  # damaged: evaluate again
-        logger.warning("the evaluation cache's %s is damaged (%s): evaluating again", kept, exc)
-        kept.unlink(missing_ok=True)
-        kept.with_suffix(PLACE).unlink(missing_ok=True)
-        return False
-    with atomic_path(output) as tmp:
-        shutil.copyfile(kept, tmp)
-    _note_place(kept, output)
-    logger.info("restored %s from the evaluation cache (%s): the same merges, files, params and code", output, kept)
+    for path in kept.values():
+        try:
+            pq.read_table(path, page_checksum_verification=True)
+        except (OSError, ValueError) as exc:  # damaged: evaluate again
+            logger.warning("the evaluation cache's %s is damaged (%s): evaluating again", path, exc)
+            path.unlink(missing_ok=True)
+            path.with_suffix(PLACE).unlink(missing_ok=True)
+            return False
+    for name, path in kept.items():
+        with atomic_path(outputs[name]) as tmp:
+            shutil.copyfile(path, tmp)
+        _note_place(path, outputs[name])
+        logger.info(
+            "restored %s from the evaluation cache (%s): the same merges, files, params and code", outputs[name], path
+        )
     return True
 
 
-def keep(output: str | os.PathLike, kept: Path) -> bool:
-    """Copy a finished evaluation table to its place in the cache (atomically), unless it records a failure.
+def keep(outputs: Mapping[str, str | os.PathLike], kept: Mapping[str, Path]) -> bool:
+    """Copy a finished job's tables to their places in the cache (each atomically), unless one records a failure.
 
-    A copy, not a hard link: a table damaged in place later (a disk fault, an edit) leaves the kept one whole."""
-    if "error" in pq.read_schema(output).names:
-        errors = pq.read_table(output, columns=["error"]).column(0)
-        if errors.null_count < len(errors):
-            return False
-    _put(kept, lambda tmp: shutil.copyfile(output, tmp))
-    _note_place(kept, output)
+    Copies, not hard links: a table damaged in place later (a disk fault, an edit) leaves the kept one whole."""
+    for output in outputs.values():
+        if "error" in pq.read_schema(output).names:
+            errors = pq.read_table(output, columns=["error"]).column(0)
+            if errors.null_count < len(errors):
+                return False
+    for name, path in kept.items():
+        _put(path, lambda tmp, output=outputs[name]: shutil.copyfile(output, tmp))
+        _note_place(path, outputs[name])
     return True
 
 

@@ -85,24 +85,24 @@ def describe(spec: dict[str, Any]) -> str:
 def run_cached(
     spec: dict[str, Any], function: Callable[..., Any], log: str, params: Any, kwargs: dict[str, Any]
 ) -> None:
-    """Run the stage with its log; an evaluation with `cache` in its spec first looks for its table in the
-    evaluation cache and, run, keeps it there (mapmerge.run.evaluation_cache)."""
-    kept = evaluation_cache.entry(spec) if spec.get("cache") else None
+    """Run the stage with its log; an evaluation with `cache` in its spec first looks for its tables in the
+    evaluation cache and, run, keeps them there (mapmerge.run.evaluation_cache)."""
+    kept = evaluation_cache.entries(spec) if spec.get("cache") else None
     if kept is None:
         run_stage(function, log, params, **kwargs)
         return
-    output = spec["outputs"]["examples"]
-    if kept.is_file():
-        if run_stage(evaluation_cache.restore, log, kept, output):
+    outputs = spec["outputs"]
+    if all(path.is_file() for path in kept.values()):
+        if run_stage(evaluation_cache.restore, log, kept, outputs):
             return
         print(
             f"mapmerge: {describe(spec)}: its table in the evaluation cache does not read; evaluating", file=sys.stderr
         )
     run_stage(function, log, params, **kwargs)
     try:
-        evaluation_cache.keep(output, kept)
-    except OSError as exc:  # the table is written; only a later rerun would evaluate it again
-        print(f"mapmerge: {describe(spec)}: its table was not kept in the evaluation cache: {exc}", file=sys.stderr)
+        evaluation_cache.keep(outputs, kept)
+    except OSError as exc:  # the tables are written; only a later rerun would evaluate them again
+        print(f"mapmerge: {describe(spec)}: its tables were not kept in the evaluation cache: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ class Stage:
     # outputs declared for Snakemake that the stage writes under its own names (a folder, plots)
     writes: tuple[str, ...] = ()
     validation: bool = False  # an opt-in stage of validation.enabled
-    cached: bool = False  # an evaluation whose table is kept across reruns (mapmerge.run.evaluation_cache)
+    cached: bool = False  # an evaluation whose tables are kept across reruns (mapmerge.run.evaluation_cache)
 
     @property
     def params_key(self) -> str:
@@ -77,6 +77,7 @@ STAGES: tuple[Stage, ...] = (
         EVALUATION_ARGS,
         params="evaluate",
         resources="evaluate",
+        cached=True,
     ),
     Stage(
         "plan_level",
@@ -180,6 +181,7 @@ STAGES: tuple[Stage, ...] = (
         ("points", "examples"),
         EVALUATION_ARGS,
         resources="evaluate",
+        cached=True,
         validation=True,
     ),
     Stage(
@@ -190,6 +192,7 @@ STAGES: tuple[Stage, ...] = (
         ("examples",),
         ("baseline", *EVALUATION_ARGS),
         resources="evaluate",
+        cached=True,
         validation=True,
     ),
     Stage(
