@@ -216,6 +216,30 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     assert unplaced.with_suffix(evaluation_cache.PLACE).read_text() == "groups/all/evals/r05b0000.parquet"
 
 
+def test_prune_drops_the_hash_notes_of_files_since_changed_or_gone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evaluation_cache, "MEMO_BYTES", 100)
+    results, _ = files(tmp_path)
+    memo = results / evaluation_cache.HASHES
+    (results / evaluation_cache.FOLDER).mkdir(parents=True)
+    same, changed, gone = (results / f"{name}.bin" for name in ("pretrained", "a", "b"))
+    for path in (same, changed, gone):
+        evaluation_cache.content_hash(path, memo)
+    assert len(notes := sorted(memo.glob("*.txt"))) == 3
+    legacy = memo / "legacy.txt"  # written before notes named their file
+    legacy.write_text(file_hash(same))
+    changed.write_bytes(b"retrained" * 20)
+    gone.unlink()
+    assert main(["prune", str(results), "--dry-run"]) == 0
+    assert "would drop 3 hash notes of files since changed or gone" in capsys.readouterr().out
+    assert len(list(memo.glob("*.txt"))) == 4
+    assert main(["prune", str(results)]) == 0
+    assert "dropped 3 hash notes" in capsys.readouterr().out
+    (left,) = memo.glob("*.txt")
+    assert left in notes and evaluation_cache.content_hash(same, memo) == file_hash(same)
+    assert set(memo.glob("*.txt")) == {left}  # answered from the note that is left
+    assert main(["prune", str(results)]) == 0 and "hash notes" not in capsys.readouterr().out
+
+
 def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
     results, _ = files(tmp_path)
     stray = results / evaluation_cache.FOLDER / "stray.parquet"

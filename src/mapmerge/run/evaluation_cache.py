@@ -55,17 +55,36 @@ def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
     """io.file_hash of a file; one of MEMO_BYTES or more remembered under folder `memo` by its path, inode, size
     and mtime (a write that long ends in a tick of its own): a language model's task vectors are read once for
     all the jobs that evaluate with them, not once more per job."""
-    stat = os.stat(path)
-    if memo is None or stat.st_size < MEMO_BYTES:
+    if memo is None or os.stat(path).st_size < MEMO_BYTES:
         return file_hash(path)
-    ident = f"{os.path.realpath(path)}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    ident = _identity(path)
     note = memo / f"{config_hash(ident)}.txt"
     try:
-        return note.read_text()
+        return note.read_text().split("\n")[0]
     except OSError:
         digest = file_hash(path)
-        _put(note, lambda tmp: tmp.write_text(digest))
+        _put(note, lambda tmp: tmp.write_text(f"{digest}\n{ident}\n"))  # the identity: for prune
         return digest
+
+
+def _identity(path: str | os.PathLike) -> str:
+    """What a hash note remembers a file by: its real path, inode, size and mtime."""
+    stat = os.stat(path)
+    return f"{os.path.realpath(path)}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _stale_note(note: Path) -> bool:
+    """Whether a hash note can no longer answer: its file is gone or changed (another inode, size or mtime), or
+    the note does not say which file it is of (written before notes did; the next job hashes that file again)."""
+    try:
+        lines = note.read_text().split("\n")
+    except OSError:
+        return True
+    ident = lines[1] if len(lines) > 1 else ""
+    try:
+        return not ident or _identity(ident.rsplit("|", 3)[0]) != ident
+    except OSError:  # the file is gone
+        return True
 
 
 def _digest(name: str, value: Any, memo: Path | None) -> Any:
@@ -170,6 +189,7 @@ class Pruning:
 
     dropped: list[Path] = field(default_factory=list)
     kept: dict[str, list[Path]] = field(default_factory=dict)
+    notes: list[Path] = field(default_factory=list)  # the hash notes it drops: of files since changed or gone
     sizes: dict[Path, int] = field(default_factory=dict)  # as found, before any was dropped
 
     def size(self, paths: list[Path]) -> int:
@@ -187,10 +207,11 @@ KEEP_REASONS = {
 def prune(results: Path, dry_run: bool = False) -> Pruning:
     """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
     and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
-    same, missing or unreadable stays, and so does one without a noted place. Leftover temporary files and places
-    without their table go too. The caller holds the run's lock (no driver may write meanwhile)."""
+    same, missing or unreadable stays, and so does one without a noted place. Leftover temporary files, places
+    without their table and the hash notes of files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
+    found.notes = [note for note in sorted((results / HASHES).glob("*.txt")) if _stale_note(note)]
     for kept in sorted(folder.glob("*.parquet")):
         found.sizes[kept] = kept.stat().st_size
         reason = _needed(results, kept)
@@ -203,6 +224,8 @@ def prune(results: Path, dry_run: bool = False) -> Pruning:
     for kept in found.dropped:
         kept.unlink()
         kept.with_suffix(PLACE).unlink(missing_ok=True)
+    for note in found.notes:
+        note.unlink(missing_ok=True)
     for place in folder.glob(f"*{PLACE}"):
         if not place.with_suffix(".parquet").exists():
             place.unlink()
