@@ -178,9 +178,10 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
     evals = results / "groups/all/evals"
 
-    def evaluated(name: str, correct: float, key: str) -> Path:
-        """A job's table `name` as a run writes it, and its copy kept under `key`."""
-        write_table(rows.assign(correct=[correct]), evals / name, "evaluate_round")
+    def evaluated(name: str, correct: float, key: str, setting: str | None = None) -> Path:
+        """A job's table `name` as a run writes it with a setting (its params: by default, the key), and its copy kept
+        under `key`."""
+        write_table(rows.assign(correct=[correct]), evals / name, "evaluate_round", {"setting": setting or key})
         assert evaluation_cache.keep({"examples": evals / name}, {"examples": cache / f"{key}.parquet"})
         return cache / f"{key}.parquet"
 
@@ -193,6 +194,9 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     (evals / "r03b0000.parquet").write_bytes(b"PAR1 damaged")  # the run's table damaged in place
     unplaced = evaluated("r04b0000.parquet", 0.25, "unplaced")
     unplaced.with_suffix(evaluation_cache.PLACE).unlink()  # kept before places were noted
+    again = evaluated("r06b0000.parquet", 0.25, "again")
+    # the same evaluation done again (with evaluation.cache=false, on a GPU) to other bytes: the same provenance
+    write_table(rows.assign(correct=[0.2500001]), evals / "r06b0000.parquet", "evaluate_round", {"setting": "again"})
     leftover = cache / f".new.parquet.1234{TEMP_SUFFIX}"  # a copy a killed job left half-written
     leftover.write_bytes(b"half")
     before = {p: p.read_bytes() for p in cache.iterdir()}
@@ -202,11 +206,12 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     assert {p: p.read_bytes() for p in cache.iterdir()} == before  # a dry run deletes nothing
     assert "would drop 1 " in out and "kept 1: the run's table is the same" in out
     assert "kept 1: the run's table is missing" in out and "kept 1: the run's table does not read" in out
+    assert "kept 1: the run's table is the same evaluation done again" in out
 
     assert main(["prune", str(results)]) == 0
     assert "dropped 1 " in capsys.readouterr().out
     assert not old.exists() and not old.with_suffix(evaluation_cache.PLACE).exists() and not leftover.exists()
-    for table in (new, lost, only, unplaced):
+    for table in (new, lost, only, unplaced, again):
         assert table.read_bytes() == before[table]
     # what was kept still comes back: the lost job's table, as its rerun would restore it
     assert evaluation_cache.restore({"examples": lost}, {"examples": evals / "r02b0000.parquet"})
@@ -244,8 +249,8 @@ def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
     results, _ = files(tmp_path)
     stray = results / evaluation_cache.FOLDER / "stray.parquet"
     stray.parent.mkdir(parents=True)
-    write_table(pd.DataFrame({"sample": ["s"]}), stray, "evaluate_round")
-    write_table(pd.DataFrame({"sample": ["t"]}), results / "stray.parquet", "evaluate_round")
+    write_table(pd.DataFrame({"sample": ["s"]}), stray, "evaluate_round", {"c": {"s": [1.0]}})
+    write_table(pd.DataFrame({"sample": ["t"]}), results / "stray.parquet", "evaluate_round", {"c": {"t": [0.5]}})
     stray.with_suffix(evaluation_cache.PLACE).write_text("stray.parquet")  # superseded: prune would drop it
     with open(results / RUN_LOCK) as fh:  # a driver's lock (another open file: flock refuses this process too)
         fcntl.flock(fh, fcntl.LOCK_EX)

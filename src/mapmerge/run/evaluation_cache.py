@@ -200,6 +200,7 @@ KEEP_REASONS = {
     "in use": "the run's table is the same",
     "missing": "the run's table is missing (an unfinished or interrupted run may need it)",
     "unreadable": "the run's table does not read (the kept one may be its only good copy)",
+    "evaluated again": "the run's table is the same evaluation done again, to other bytes (a GPU's nondeterminism)",
     "unplaced": "kept before mapmerge noted the places of kept tables",
 }
 
@@ -207,7 +208,8 @@ KEEP_REASONS = {
 def prune(results: Path, dry_run: bool = False) -> Pruning:
     """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
     and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
-    same, missing or unreadable stays, and so does one without a noted place. Leftover temporary files, places
+    same, missing, unreadable or the same evaluation done again to other bytes (its provenance the same) stays, and
+    so does one without a noted place. Leftover temporary files, places
     without their table and the hash notes of files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
@@ -248,7 +250,18 @@ def _needed(results: Path, kept: Path) -> str | None:
         pq.read_table(place, page_checksum_verification=True)
     except (OSError, ValueError):  # pyarrow's errors are these too
         return "unreadable"
-    return None
+    again = _provenance(place)
+    return "evaluated again" if again is not None and again == _provenance(kept) else None
+
+
+def _provenance(table: Path) -> dict[bytes, bytes] | None:
+    """A table's provenance (io.provenance: its stage, version, params with their code fingerprint and the
+    coefficients evaluated, its input files' hashes): equal for two evaluations of the same job; None if unreadable."""
+    try:
+        metadata = pq.read_schema(table).metadata or {}
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in metadata.items() if k.startswith(b"mapmerge.")} or None
 
 
 def _put(path: Path, write: Callable[[Path], object]) -> None:
