@@ -209,8 +209,8 @@ def prune(results: Path, dry_run: bool = False) -> Pruning:
     """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
     and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
     same, missing, unreadable or the same evaluation done again to other bytes (its provenance the same) stays, and
-    so does one without a noted place. Leftover temporary files, places
-    without their table and the hash notes of files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
+    so does one without a noted place. Leftover temporary files, places without their table and the hash notes of
+    files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
     found.notes = [note for note in sorted((results / HASHES).glob("*.txt")) if _stale_note(note)]

@@ -96,7 +96,8 @@ def run_cached(
         if run_stage(evaluation_cache.restore, log, kept, outputs):
             return
         print(
-            f"mapmerge: {describe(spec)}: its table in the evaluation cache does not read; evaluating", file=sys.stderr
+            f"mapmerge: {describe(spec)}: a table of it in the evaluation cache does not read; evaluating",
+            file=sys.stderr,
         )
     run_stage(function, log, params, **kwargs)
     try:
