@@ -285,12 +285,13 @@ def true_front(evaluate: Evaluator, points: np.ndarray, sides: Sequence[int]) ->
     return F[on_front], shared
 
 
-def igd_against(reference: np.ndarray) -> Callable[[np.ndarray], float]:
-    """pymoo's IGD of real accuracies against the `reference` accuracies (negated: pymoo minimises); NaN for an
-    empty reference (a truth that is a grid search's own grid has no point left unshared)."""
+def igd_against(reference: np.ndarray, indicator: type = IGD) -> Callable[[np.ndarray], float]:
+    """pymoo's IGD (or `indicator`: IGDPlus) of real accuracies against the `reference` accuracies (both negated:
+    pymoo minimises); NaN for an empty reference (a truth that is a grid search's own grid has no point left
+    unshared)."""
     if not len(reference):
         return lambda _: np.nan
-    igd = IGD(-reference)
+    igd = indicator(-reference)
     return lambda F: float(igd.do(-F))
 
 
@@ -631,8 +632,7 @@ def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
     """The rows of one (method, budget, seed) run of measure: one per result (per rounds)."""
     method, budget, seed = run
     evaluate, opt, truth, W = _SHARED["evaluate"], _SHARED["opt"], _SHARED["truth"], _SHARED["W"]
-    igd, igd_plus = IGD(-truth), IGDPlus(-truth)  # pymoo minimises: negated accuracies
-    igd_unshared = igd_against(_SHARED["unshared"])
+    igd, igd_plus, igd_unshared = igd_against(truth), igd_against(truth, IGDPlus), igd_against(_SHARED["unshared"])
     is_grid = method == "grid search"
     start, evaluating = time.perf_counter(), evaluate.seconds
     results = _SHARED["methods"][method](evaluate, budget, seed, opt)
@@ -655,11 +655,11 @@ def _scored(run: tuple[str, int, int]) -> list[dict[str, Any]]:
                 "design": result.design,
                 "front": result.front,
                 "total": result.design + result.front,
-                "igd": float(igd.do(-result.answer)),
-                "igd+": float(igd_plus.do(-result.answer)),
+                "igd": igd(result.answer),
+                "igd+": igd_plus(result.answer),
                 "igd unshared": igd_unshared(result.answer),
-                "igd front": np.nan if result.front_only is None else float(igd.do(-result.front_only)),
-                "igd offered": float(igd.do(-offered(evaluate, result))) if scored else np.nan,
+                "igd front": np.nan if result.front_only is None else igd(result.front_only),
+                "igd offered": igd(offered(evaluate, result)) if scored else np.nan,
                 **wins,
                 "method s": spent if result.seconds is None else result.seconds,
             }

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pymoo.indicators.igd import IGD
 from pymoo.indicators.igd_plus import IGDPlus
 
 from front_quality import Evaluator, answer, grid, ground_truth, igd_against, model_engine, true_front
@@ -54,20 +53,19 @@ def run_seed(folder: Path, overrides: list[str], grid_side: int, truths: list[st
     evaluate = Evaluator(model_engine(model, {t: results / "task_vectors" / f"{t}.safetensors" for t in tasks}, "none"))
     metrics = read_table(results / "groups" / "all" / "metrics.parquet")
     rows = metrics[metrics["metric"] == "accuracy"].pivot(index="sample", columns="task", values="value")[tasks]
-    run, searched = -answer(rows.to_numpy()), -answer(evaluate(grid(len(tasks), grid_side)))  # pymoo minimises
+    run, searched = answer(rows.to_numpy()), answer(evaluate(grid(len(tasks), grid_side)))
     scores = {}
     for spec in truths:
         front, shared = true_front(evaluate, truth_points(spec, len(tasks)), [grid_side])
-        truth = -front
-        igd, igd_plus, unshared = IGD(truth), IGDPlus(truth), igd_against(front[~shared])
+        igd, igd_plus, unshared = igd_against(front), igd_against(front, IGDPlus), igd_against(front[~shared])
         scores[spec] = {
             "evaluations": len(rows),
-            "igd": float(igd(run)),
-            "grid igd": float(igd(searched)),
-            "igd+": float(igd_plus(run)),
-            "grid igd+": float(igd_plus(searched)),
-            "igd unshared": unshared(-run),
-            "grid igd unshared": unshared(-searched),
+            "igd": igd(run),
+            "grid igd": igd(searched),
+            "igd+": igd_plus(run),
+            "grid igd+": igd_plus(searched),
+            "igd unshared": unshared(run),
+            "grid igd unshared": unshared(searched),
         }
     return scores
 
