@@ -55,9 +55,10 @@ def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
     """io.file_hash of a file; one of MEMO_BYTES or more remembered under folder `memo` by its path, inode, size
     and mtime (a write that long ends in a tick of its own): a language model's task vectors are read once for
     all the jobs that evaluate with them, not once more per job."""
-    if memo is None or os.stat(path).st_size < MEMO_BYTES:
+    stat = os.stat(path)
+    if memo is None or stat.st_size < MEMO_BYTES:
         return file_hash(path)
-    ident = _identity(path)
+    ident = _identity(path, stat)
     note = memo / f"{config_hash(ident)}.txt"
     try:
         return note.read_text().split("\n")[0]
@@ -67,9 +68,9 @@ def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
         return digest
 
 
-def _identity(path: str | os.PathLike) -> str:
-    """What a hash note remembers a file by: its real path, inode, size and mtime."""
-    stat = os.stat(path)
+def _identity(path: str | os.PathLike, stat: os.stat_result | None = None) -> str:
+    """What a hash note remembers a file by: its real path, inode, size and mtime (`stat`: the file's, if taken)."""
+    stat = stat or os.stat(path)
     return f"{os.path.realpath(path)}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
