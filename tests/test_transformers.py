@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, snakemake_command
+from conftest import REPO, job_counts, snakemake_command
 from fortunes_tasks import (
     finetune_causal_lm,
     finetune_classifier,
@@ -443,6 +443,38 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
             measured.query("task == @task")["correct"].mean()
         )  # what the workflow measured
         assert accuracy >= 0.6, (task, accuracy)
+    # an edited data file (one label flipped) reruns every evaluation, nothing before them, and misses the evaluation
+    # cache: the reference models' accuracies on that task move by one example (mapmerge.run.reads)
+    data = trained / "data" / "tech_food.csv"
+    frame = pd.read_csv(data)
+    frame.loc[0, "label"] = 1 - frame.loc[0, "label"]
+    frame.to_csv(data, index=False)
+    again = lambda *args: snakemake_command(  # noqa: E731
+        trained / "work", *args, overrides=overrides, experiment=trained / "experiment.yaml"
+    )
+    dry = subprocess.run(again("-n"), capture_output=True, text=True, timeout=120)
+    batches = len(list((res / "groups" / "all" / "evals").glob("b*.parquet")))
+    assert job_counts(dry.stdout) == {
+        "evaluate_reference": 1,
+        "evaluate_sample": batches,
+        "evaluate_selected": 1,
+        **{rule: 1 for rule in ("collect_metrics", "fit_surrogate", "pareto_front", "merge_group")},
+        **{rule: 1 for rule in ("ledger", "aggregate", "report_tables", "all")},
+    }, dry.stdout
+    assert f"Updated input files: {data}" in dry.stdout
+    before = reference.xs("accuracy", level="metric")
+    proc = subprocess.run(again("results/hf/reference.parquet"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = (
+        read_table(res / "reference.parquet")
+        .set_index(["model", "task", "metric"])["value"]
+        .xs("accuracy", level="metric")
+    )
+    assert "evaluation cache" not in (res / "logs" / "evaluate_reference.log").read_text()
+    moved = (after - before).abs()
+    assert np.allclose(moved.xs("tech_food", level="task"), 1 / len(frame)) and np.allclose(
+        moved.xs("law_science", level="task"), 0
+    )
 
 
 @pytest.mark.slow

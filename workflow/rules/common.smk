@@ -24,7 +24,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.sampling import design, sample_batches
 from mapmerge.layout import Layout
-from mapmerge.run import job, runlock
+from mapmerge.run import job, reads, runlock
 from mapmerge.run.registry import REGISTRY
 
 L = Layout(R)
@@ -113,7 +113,7 @@ def job_of(rule, *mapped, **args):
         for function in mapped:
             inputs.update(function.mappings(wildcards))
         outputs = {name: value if isinstance(value, str) else list(value) for name, value in output.items() if name not in stage.writes}
-        unknown = sorted((set(inputs) - set(stage.inputs)) | (set(outputs) - set(stage.outputs)))
+        unknown = sorted((set(inputs) - {*stage.inputs, reads.READS}) | (set(outputs) - set(stage.outputs)))
         if unknown:
             raise ValueError(f"{rule}: files {', '.join(unknown)} are not in the rule's entry of mapmerge.run.registry")
         values = {}
@@ -131,6 +131,21 @@ def job_of(rule, *mapped, **args):
                            "outputs": outputs, "args": values, **cache})
 
     return spec
+
+
+# what the evaluators open by themselves and the checkpoints' shards (mapmerge.run.reads): none for most runs
+EVALUATION_READS = reads.evaluation_reads(MODEL, TASKS)
+
+
+def evaluation_reads(wildcards):
+    """An evaluation's `reads` input: Snakemake reruns it when one changes; the evaluation cache hashes them."""
+    return {reads.READS: EVALUATION_READS} if EVALUATION_READS else {}
+
+
+def extraction_reads(wildcards):
+    """A task vector's `reads` input: the shards behind the pretrained and fine-tuned checkpoints' indexes."""
+    shards = sorted({*reads.shards(MODEL["pretrained"]), *reads.shards(checkpoint_path(wildcards.task))})
+    return {reads.READS: shards} if shards else {}
 
 
 def checkpoint_path(task):

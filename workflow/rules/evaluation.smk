@@ -9,6 +9,7 @@
 rule evaluate_reference:
     input:
         unpack(reference_inputs),
+        unpack(evaluation_reads),
     output:
         metrics=L.reference,
         examples=L.reference_examples,
@@ -29,6 +30,7 @@ rule evaluate_reference:
 rule evaluate_sample:
     input:
         unpack(engine_inputs),
+        unpack(evaluation_reads),
     output:
         examples=L.batch("{group}", "{batch}"),
     params:
@@ -49,6 +51,7 @@ rule evaluate_sample:
 rule evaluate_round:
     input:
         unpack(engine_inputs),
+        unpack(evaluation_reads),
         samples=L.round("{group}", "{round}"),
     output:
         examples=L.round_batch("{group}", "{round}", "{index}"),
@@ -72,6 +75,7 @@ rule evaluate_round:
 rule evaluate_selected:
     input:
         unpack(engine_inputs),
+        unpack(evaluation_reads),
         choice=L.choice("{group}"),
     output:
         examples=L.selected_evals("{group}"),

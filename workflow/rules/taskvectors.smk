@@ -3,6 +3,7 @@
 
 rule extract_task_vector:
     input:
+        unpack(extraction_reads),
         pretrained=MODEL["pretrained"],
         finetuned=lambda wc: checkpoint_path(wc.task),
     output:

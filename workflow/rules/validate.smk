@@ -8,6 +8,7 @@
 rule validate_grid:
     input:
         unpack(validation_engine_inputs),
+        unpack(evaluation_reads),
     output:
         examples=L.grid_batch("{batch}"),
     params:
@@ -28,6 +29,7 @@ rule validate_grid:
 rule validate_front:
     input:
         unpack(validation_engine_inputs),
+        unpack(evaluation_reads),
         front=L.front("all"),
     output:
         points=L.validation_front,
@@ -49,6 +51,7 @@ rule validate_front:
 rule validate_baseline:
     input:
         unpack(validation_engine_inputs),
+        unpack(evaluation_reads),
     output:
         examples=L.baseline("{baseline}"),
     wildcard_constraints:

@@ -11,6 +11,8 @@ mapmerge.run.logs.run_stage (LOG gets the timing and peak memory, and the traceb
 
     <module>.<function>(params["stage"], **inputs, **outputs, **args, **<the other params>)
 
+(the inputs but `reads`: files the stage opens through its config, mapmerge.run.reads).
+
 It imports no Snakemake, parses no Snakefile and composes no config: only this module, the registry and
 the stage's module with what that imports (torch only for the stages that use it). A failure ends it
 with one line on stderr (the rule, the error, the log) and exit status 1. Started locally by a driver,
@@ -32,7 +34,7 @@ from typing import Any
 
 from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.logs import run_stage
-from mapmerge.run.registry import REGISTRY
+from mapmerge.run.registry import READS, REGISTRY
 
 PYTHON = "MAPMERGE_PYTHON"  # the interpreter of the jobs, set by shell_command in the process that parses the Snakefile
 COMPRESSED = "z:"
@@ -64,7 +66,8 @@ def decode(text: str) -> dict[str, Any]:
 
 
 def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any], dict[str, Any]]:
-    """(the stage function, its params, its keyword arguments) for a spec."""
+    """(the stage function, its params, its keyword arguments) for a spec; not its `reads` (files the stage opens
+    through its config, in the spec for Snakemake and the evaluation cache: mapmerge.run.reads)."""
     stage = REGISTRY[spec["rule"]]
     function = getattr(importlib.import_module(f"mapmerge.stages.{stage.module}"), stage.function)
     params = dict(spec.get("params") or {})
@@ -72,7 +75,12 @@ def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any]
     return (
         function,
         stage_params,
-        {**spec.get("inputs", {}), **spec.get("outputs", {}), **spec.get("args", {}), **params},
+        {
+            **{name: paths for name, paths in spec.get("inputs", {}).items() if name != READS},
+            **spec.get("outputs", {}),
+            **spec.get("args", {}),
+            **params,
+        },
     )
 
 

@@ -51,6 +51,9 @@ class Stage:
         return self.threads or self.resources
 
 
+# an input of any rule: the files its stage opens through the config (mapmerge.run.reads), declared for Snakemake and
+# hashed by the evaluation cache, never passed to the stage
+READS = "reads"
 # what an evaluation or merge reads: task vectors keyed by model, checkpoints by task
 ENGINE = ("pretrained", "vectors", "checkpoints")
 EVALUATION_ARGS = ("device", "threads")

@@ -1,0 +1,116 @@
+"""Files a job reads that no rule names: what the evaluators open by themselves (a task's data file, an lm-eval
+task's folder and data files) and the shards behind a sharded checkpoint's index.
+
+The workflow declares them as the `reads` input of the jobs that read them, so Snakemake reruns those jobs
+when one of them changes, and the evaluation cache hashes their bytes into its key, so an edited data file
+misses the cache. The stage function never gets them: mapmerge.run.job leaves `reads` out of its call.
+A run whose jobs read no such file declares no `reads` input at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mapmerge.adapters import lm_eval_tasks
+from mapmerge.run.registry import READS
+
+__all__ = ["READS", "evaluation_reads", "evaluator_files", "shards", "task_reads"]
+# mapmerge.tensors.checkpoints' name of a sharded checkpoint's index (that module imports torch; the config must not)
+SHARD_INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def shards(checkpoint: str | os.PathLike) -> list[str]:
+    """The shard files a sharded safetensors checkpoint's index names (none for any other checkpoint)."""
+    path = Path(checkpoint)
+    if not path.name.endswith(SHARD_INDEX_SUFFIX):
+        return []
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError):  # a job that opens it says what is wrong
+        return []
+    return sorted({str((path.parent / shard).resolve()) for shard in weight_map.values() if isinstance(shard, str)})
+
+
+def evaluator_files(spec: Mapping[str, Any]) -> list[str]:
+    """The files an evaluator opens by itself: for an lm-eval task, every file under its include_path and the
+    task's data files; for any other evaluator, each string of its spec that names a file (absolute, or
+    relative to the current folder, the jobs' own, with a folder or a suffix in it). Folders are not read."""
+    if spec.get("_target_") == lm_eval_tasks.TARGET:
+        return _lm_eval_files(Path(spec["include_path"]), spec["task"])
+    found = {str(Path(value).resolve()) for value in _strings(spec) if _names_a_file(value)}
+    return sorted(found)
+
+
+def task_reads(model: Mapping[str, Any], task: str) -> list[str]:
+    """What jobs evaluating `task` read besides the engine's files: its evaluator's files and its checkpoint's
+    shards."""
+    spec = model["tasks"][task]
+    return sorted({*evaluator_files(spec["evaluator"]), *shards(spec["checkpoint"])})
+
+
+def evaluation_reads(model: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
+    """What an evaluation job reads besides the files its rule names: every task's evaluator files and the
+    shards of the pretrained and fine-tuned checkpoints."""
+    found = {*shards(model["pretrained"])}
+    for task in tasks:
+        found.update(task_reads(model, task))
+    return sorted(found - {str(Path(p).resolve()) for p in _engine_files(model, tasks)})
+
+
+def _engine_files(model: Mapping[str, Any], tasks: Sequence[str]) -> Iterator[str]:
+    yield model["pretrained"]
+    for task in tasks:
+        yield model["tasks"][task]["checkpoint"]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key != "_target_":
+                yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def _names_a_file(value: str) -> bool:
+    path = Path(value).expanduser()
+    looks_like_a_path = path.is_absolute() or "/" in value or bool(path.suffix)
+    try:
+        return looks_like_a_path and path.is_file()
+    except OSError:  # a name too long to be a path
+        return False
+
+
+def _lm_eval_files(include_path: Path, task: str) -> list[str]:
+    """Every file lm-eval may read for the task: those under include_path (its task index reads every YAML there;
+    `!function` modules and data often lie beside them) and the task's local data files or dataset folder."""
+    found = set(_tree(include_path, lm_eval_tasks.IGNORED_DIRS))
+    info, cfg = lm_eval_tasks.find_task(include_path, task, "lm_eval.task")
+    folder = info.path.parent
+    dataset = folder / Path(str(cfg.get("dataset_path"))).expanduser()
+    if dataset.is_dir():
+        found.update(_tree(dataset, lm_eval_tasks.IGNORED_DIRS))
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    for entry in files.values() if isinstance(files, dict) else [files]:
+        for name in entry if isinstance(entry, list) else [entry]:
+            if isinstance(name, str) and (folder / Path(name).expanduser()).is_file():
+                found.add(str((folder / Path(name).expanduser()).resolve()))
+    return sorted(found)
+
+
+def _tree(folder: Path, ignored: Iterable[str]) -> Iterator[str]:
+    """The regular files under folder, but in hidden folders or those named in `ignored`."""
+    skip = set(ignored)
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.startswith("."))
+        for name in sorted(names):
+            path = Path(root) / name
+            if not name.startswith(".") and path.is_file():
+                yield str(path.resolve())

@@ -1,0 +1,81 @@
+"""Files the jobs read that no rule names (mapmerge.run.reads): found from the config, keyed by the evaluation cache,
+never passed to the stage. The workflow's own check: test_transformers.py (an edited data file reruns the
+evaluations and misses the cache)."""
+
+from __future__ import annotations
+
+import json
+
+from mapmerge.run import evaluation_cache, reads
+from mapmerge.run.job import stage_call
+from test_evaluation_cache import files
+
+
+def test_an_evaluators_files_are_the_strings_of_its_spec_that_name_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test.csv").write_text("text,label\na,1\n")
+    (tmp_path / "labels.json").write_text("{}")
+    (tmp_path / "digits").write_text("a file named like a plain word")
+    spec = {
+        "_target_": "model.TaskEvaluator",
+        "data": str(tmp_path / "data" / "test.csv"),  # absolute
+        "extra": {"files": ["labels.json", "missing.csv"]},  # relative to the jobs' folder, nested
+        "tokenizer": str(tmp_path / "data"),  # a folder: not read as a whole
+        "dataset": "digits",  # a word, not a path
+        "n": 400,
+    }
+    assert reads.evaluator_files(spec) == sorted([str(tmp_path / "data" / "test.csv"), str(tmp_path / "labels.json")])
+
+
+def test_a_sharded_checkpoints_shards_are_read_and_the_engines_files_are_not_repeated(tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(
+        json.dumps({"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors", "c": "model-1.safetensors"}})
+    )
+    single = tmp_path / "task.safetensors"
+    single.write_bytes(b"x")
+    assert reads.shards(index) == [str(tmp_path / "model-1.safetensors"), str(tmp_path / "model-2.safetensors")]
+    assert reads.shards(single) == []
+    model = {
+        "pretrained": str(index),
+        "tasks": {
+            "a": {"checkpoint": str(single), "evaluator": {"_target_": "m.E", "weights": str(single)}},
+            "b": {"checkpoint": str(single), "evaluator": {"_target_": "m.E", "data": str(index)}},
+        },
+    }
+    # the pretrained checkpoint's shards; the checkpoints an evaluator names are the rule's own inputs already
+    assert reads.evaluation_reads(model, ["a", "b"]) == reads.shards(index)
+    # a checkpoint that is not sharded has none; a file an evaluator names that is no engine file is read
+    assert reads.evaluation_reads({**model, "pretrained": str(single)}, ["a", "b"]) == [str(index)]
+
+
+def test_an_lm_eval_task_reads_its_folder_and_its_data_files(tmp_path):
+    tasks = tmp_path / "tasks"
+    (tasks / "__pycache__").mkdir(parents=True)
+    (tasks / "__pycache__" / "utils.cpython-311.pyc").write_bytes(b"")
+    (tasks / "utils.py").write_text("def process(doc):\n    return doc\n")
+    (tasks / "mc.yaml").write_text(
+        "task: mc\noutput_type: multiple_choice\ndataset_path: json\n"
+        "dataset_kwargs: {data_files: {test: ../data/mc.jsonl}}\ntest_split: test\n"
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mc.jsonl").write_text("{}\n")
+    spec = {"_target_": "mapmerge.adapters.lm_eval_tasks.LMEvalEvaluator", "include_path": str(tasks), "task": "mc"}
+    assert reads.evaluator_files(spec) == sorted(
+        [str(tasks / "mc.yaml"), str(tasks / "utils.py"), str(tmp_path / "data" / "mc.jsonl")]
+    )
+
+
+def test_the_files_read_are_in_the_cache_key_but_not_in_the_stages_call(tmp_path):
+    results, spec = files(tmp_path)
+    data = tmp_path / "test.csv"
+    data.write_text("text,label\na,1\n")
+    spec["inputs"][reads.READS] = [str(data)]
+    key = evaluation_cache.key(spec)
+    data.write_text("text,label\na,0\n")
+    assert evaluation_cache.key(spec) != key
+    data.write_text("text,label\na,1\n")
+    assert evaluation_cache.key(spec) == key
+    _, _, kwargs = stage_call(spec)
+    assert reads.READS not in kwargs and "samples" in kwargs
