@@ -28,15 +28,20 @@ def test_an_evaluators_files_are_the_strings_of_its_spec_that_name_files(tmp_pat
     assert reads.evaluator_files(spec) == sorted([str(tmp_path / "data" / "test.csv"), str(tmp_path / "labels.json")])
 
 
-def test_a_sharded_checkpoints_shards_are_read_and_the_engines_files_are_not_repeated(tmp_path):
+def test_the_files_behind_a_checkpoint_are_read_and_the_engines_files_are_not_repeated(tmp_path):
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(
         json.dumps({"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors", "c": "model-1.safetensors"}})
     )
     single = tmp_path / "task.safetensors"
     single.write_bytes(b"x")
-    assert reads.shards(index) == [str(tmp_path / "model-1.safetensors"), str(tmp_path / "model-2.safetensors")]
-    assert reads.shards(single) == []
+    assert reads.behind(index) == [str(tmp_path / "model-1.safetensors"), str(tmp_path / "model-2.safetensors")]
+    assert reads.behind(single) == []
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_model.safetensors").write_bytes(b"x")
+    (lora / "adapter_config.json").write_text("{}")  # lora_alpha, target modules: what the task vector is
+    assert reads.behind(lora / "adapter_model.safetensors") == [str(lora / "adapter_config.json")]
     model = {
         "pretrained": str(index),
         "tasks": {
@@ -45,7 +50,7 @@ def test_a_sharded_checkpoints_shards_are_read_and_the_engines_files_are_not_rep
         },
     }
     # the pretrained checkpoint's shards; the checkpoints an evaluator names are the rule's own inputs already
-    assert reads.evaluation_reads(model, ["a", "b"]) == reads.shards(index)
+    assert reads.evaluation_reads(model, ["a", "b"]) == reads.behind(index)
     # a checkpoint that is not sharded has none; a file an evaluator names that is no engine file is read
     assert reads.evaluation_reads({**model, "pretrained": str(single)}, ["a", "b"]) == [str(index)]
 

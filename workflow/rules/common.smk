@@ -133,7 +133,7 @@ def job_of(rule, *mapped, **args):
     return spec
 
 
-# what the evaluators open by themselves and the checkpoints' shards (mapmerge.run.reads): none for most runs
+# what the evaluators open by themselves and the files behind the checkpoints (mapmerge.run.reads): none for most runs
 EVALUATION_READS = reads.evaluation_reads(MODEL, TASKS)
 
 
@@ -143,9 +143,10 @@ def evaluation_reads(wildcards):
 
 
 def extraction_reads(wildcards):
-    """A task vector's `reads` input: the shards behind the pretrained and fine-tuned checkpoints' indexes."""
-    shards = sorted({*reads.shards(MODEL["pretrained"]), *reads.shards(checkpoint_path(wildcards.task))})
-    return {reads.READS: shards} if shards else {}
+    """A task vector's `reads` input: the files behind the pretrained and fine-tuned checkpoints (shards, a LoRA
+    adapter's config)."""
+    found = sorted({*reads.behind(MODEL["pretrained"]), *reads.behind(checkpoint_path(wildcards.task))})
+    return {reads.READS: found} if found else {}
 
 
 def checkpoint_path(task):

@@ -1,5 +1,6 @@
 """Files a job reads that no rule names: what the evaluators open by themselves (a task's data file, an lm-eval
-task's folder and data files) and the shards behind a sharded checkpoint's index.
+task's folder and data files) and the files behind a checkpoint (the shards a sharded checkpoint's index names,
+a PEFT adapter's config).
 
 The workflow declares them as the `reads` input of the jobs that read them, so Snakemake reruns those jobs
 when one of them changes, and the evaluation cache hashes their bytes into its key, so an edited data file
@@ -18,14 +19,20 @@ from typing import Any
 from mapmerge.adapters import lm_eval_tasks
 from mapmerge.run.registry import READS
 
-__all__ = ["READS", "evaluation_reads", "evaluator_files", "shards", "task_reads"]
-# mapmerge.tensors.checkpoints' name of a sharded checkpoint's index (that module imports torch; the config must not)
+__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "task_reads"]
+# names of mapmerge.tensors.checkpoints and .lora (which import torch; the config must not): a sharded checkpoint's
+# index, and the config beside a PEFT adapter's weights
 SHARD_INDEX_SUFFIX = ".safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def shards(checkpoint: str | os.PathLike) -> list[str]:
-    """The shard files a sharded safetensors checkpoint's index names (none for any other checkpoint)."""
+def behind(checkpoint: str | os.PathLike) -> list[str]:
+    """The files read with a checkpoint: the shards a sharded safetensors checkpoint's index names, a PEFT
+    adapter's adapter_config.json (its scale, its target modules); none for a checkpoint in one file."""
     path = Path(checkpoint)
+    if path.name == ADAPTER_WEIGHTS and (path.parent / ADAPTER_CONFIG).is_file():
+        return [str((path.parent / ADAPTER_CONFIG).resolve())]
     if not path.name.endswith(SHARD_INDEX_SUFFIX):
         return []
     try:
@@ -46,16 +53,16 @@ def evaluator_files(spec: Mapping[str, Any]) -> list[str]:
 
 
 def task_reads(model: Mapping[str, Any], task: str) -> list[str]:
-    """What jobs evaluating `task` read besides the engine's files: its evaluator's files and its checkpoint's
-    shards."""
+    """What jobs evaluating `task` read besides the engine's files: its evaluator's files and those behind its
+    checkpoint."""
     spec = model["tasks"][task]
-    return sorted({*evaluator_files(spec["evaluator"]), *shards(spec["checkpoint"])})
+    return sorted({*evaluator_files(spec["evaluator"]), *behind(spec["checkpoint"])})
 
 
 def evaluation_reads(model: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
-    """What an evaluation job reads besides the files its rule names: every task's evaluator files and the
-    shards of the pretrained and fine-tuned checkpoints."""
-    found = {*shards(model["pretrained"])}
+    """What an evaluation job reads besides the files its rule names: every task's evaluator files and the files
+    behind the pretrained and fine-tuned checkpoints."""
+    found = {*behind(model["pretrained"])}
     for task in tasks:
         found.update(task_reads(model, task))
     return sorted(found - {str(Path(p).resolve()) for p in _engine_files(model, tasks)})
