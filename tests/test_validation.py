@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import artifacts, job_counts, run, snakemake_command
+from conftest import artifacts, copy_run, job_counts, run, snakemake_command
 from mapmerge.core import groundtruth
 from mapmerge.core.metrics import metrics_from_examples, wide_metrics
 from mapmerge.core.surrogate import prediction_columns
@@ -19,6 +19,7 @@ from mapmerge.outputs.plots import plot_validation
 from mapmerge.run import validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
 from mapmerge.stages.validate import run_validate
+from test_workflow import BASE, TASKS, finished_run
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -407,17 +408,9 @@ def test_each_baseline_has_its_own_operator_and_seed(repo):
 # the workflow
 
 
+# on a copy of test_workflow.py's finished run (built once per test session): only the validation's stages run
 WORKFLOW = [
-    "name=val",
-    "benchmark.tasks=2",
-    "benchmark.width=8",
-    "benchmark.pretrain_epochs=10",
-    "benchmark.finetune_epochs=6",
-    "sampler.factor=2",  # 12 samples, one evaluation job
-    "evaluation.samples_per_job=12",
-    "optimizer.pop_size=40",
-    "optimizer.n_gen=40",
-    "refine.rounds=0",  # refinement rounds: test_workflow.py, test_example.py, test_methods.py
+    *BASE,
     "validation.enabled=true",
     "validation.resolution=5",  # 25 grid points, one job
     "validation.batch=25",
@@ -425,13 +418,15 @@ WORKFLOW = [
     "validation.bootstrap=20",
     "~validation.baselines.dare",  # two baselines are enough here (one job each)
 ]
-TARGETS = ["results/val/validation.parquet", "results/val/plots/validation.png"]  # not the chosen merge's stages
+TARGETS = ["results/wf/validation.parquet", "results/wf/plots/validation.png"]  # not the chosen merge's stages
 
 
 @pytest.mark.slow
-def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
-    run(snakemake_command(tmp_path, *TARGETS, overrides=WORKFLOW))
-    res = tmp_path / "results" / "val"
+def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_path):
+    workdir = copy_run(finished_run(tmp_path_factory), tmp_path / "run")
+    validation = job_counts(run(snakemake_command(workdir, *TARGETS, overrides=WORKFLOW))[1])
+    assert validation == {"validate_grid": 1, "validate_front": 1, "validate_baseline": 2, "validate": 1}
+    res = workdir / "results" / "wf"
     table = read_table(res / "validation.parquet").set_index(["indicator", "front", "metric"])
     assert list(table.reset_index().columns) == groundtruth.COLUMNS
     for front in ("predicted", "real"):
@@ -447,16 +442,16 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
     assert (table["n_points"].xs("real", level="front") == 4).all()
     assert table[["value", "ci_low", "ci_high"]].notna().all().all() and (table["ci_low"] <= table["ci_high"]).all()
     coverage = table.xs("coverage")["value"]  # the surrogate's 90% intervals on the grid
-    assert set(coverage.index) == {(f, m) for f in ("rot90", "invert", "all") for m in ("accuracy", "loss")}
+    assert set(coverage.index) == {(f, m) for f in (*TASKS, "all") for m in ("accuracy", "loss")}
     assert coverage.between(0, 1).all()
     front = read_table(res / "groups/all/front.parquet")
     assert (front["accuracy_rot90_lo"] <= front["accuracy_rot90"]).all()
     assert (front["accuracy_rot90"] <= front["accuracy_rot90_hi"]).all()
     hv_reference = json.loads(table_metadata(res / "validation.parquet")["mapmerge.hv_reference"])
-    assert set(hv_reference) == {"rot90", "invert"} and all(0 <= v < 1 for v in hv_reference.values())
+    assert set(hv_reference) == set(TASKS) and all(0 <= v < 1 for v in hv_reference.values())
     assert (res / "plots" / "validation.png").read_bytes().startswith(b"\x89PNG")
     grid = read_table(res / "validation/grid/b0000.parquet")
-    assert grid["sample"].nunique() == 25 and set(grid["task"]) == {"rot90", "invert"}
+    assert grid["sample"].nunique() == 25 and set(grid["task"]) == set(TASKS)
     baselines = {name: read_table(res / f"validation/baselines/{name}.parquet") for name in ("task_arithmetic", "ties")}
     assert [b["sample"].unique().tolist() for b in baselines.values()] == [["task_arithmetic"], ["ties"]]
     assert not baselines["ties"]["loss"].equals(baselines["task_arithmetic"]["loss"])  # each with its own operator
@@ -465,7 +460,7 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
     kept = {p: p.read_bytes() for p in (res / "validation").rglob("*.parquet")}
     forced = run(
         snakemake_command(
-            tmp_path, *TARGETS, "--forcerun", "validate_front", "validate_baseline", "validate_grid", overrides=WORKFLOW
+            workdir, *TARGETS, "--forcerun", "validate_front", "validate_baseline", "validate_grid", overrides=WORKFLOW
         )
     )
     assert job_counts(forced[1]) == {"validate_front": 1, "validate_baseline": 2, "validate_grid": 1, "validate": 1}
@@ -479,10 +474,10 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path):
 
     fewer = [*WORKFLOW, "validation.front_points=3"]
     # rule all asks for the validation stage when it is enabled; the grid and the baselines are kept
-    plan = job_counts(run(snakemake_command(tmp_path, "-n", overrides=fewer))[1])
+    plan = job_counts(run(snakemake_command(workdir, "-n", overrides=fewer))[1])
     assert {"validate_front", "validate"} <= set(plan) and not {"validate_grid", "validate_baseline"} & set(plan)
     before = artifacts(res / "validation")
-    assert set(job_counts(run(snakemake_command(tmp_path, *TARGETS, overrides=fewer))[1])) == {
+    assert set(job_counts(run(snakemake_command(workdir, *TARGETS, overrides=fewer))[1])) == {
         "validate_front",
         "validate",
     }
