@@ -5,7 +5,9 @@ that transformers loads back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -24,7 +26,9 @@ from fortunes_tasks import (
 )
 from mapmerge.adapters import transformers as adapter
 from mapmerge.io import ArtifactError, read_table
+from mapmerge.run import evaluation_cache, job
 from mapmerge.run.config import ConfigError, load_config
+from mapmerge.run.registry import READS
 from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint
 from mapmerge.tensors.engine import MergeEngine
 from mapmerge.tensors.hf_prefix import prefix_from_class, prefix_from_source
@@ -443,16 +447,19 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
             measured.query("task == @task")["correct"].mean()
         )  # what the workflow measured
         assert accuracy >= 0.6, (task, accuracy)
-    # an edited data file (one label flipped) reruns every evaluation, nothing before them, and misses the evaluation
-    # cache: the reference models' accuracies on that task move by one example (mapmerge.run.reads)
+    # an edited data file (one label flipped) reruns every evaluation, nothing before them (mapmerge.run.reads), and
+    # their jobs' specs hold its bytes: the reference models' job, whose tables the run kept, now misses the cache
+    again = lambda *args: snakemake_command(  # noqa: E731
+        trained / "work", "-n", "-p", *args, overrides=overrides, experiment=trained / "experiment.yaml"
+    )
+    forced = subprocess.run(again("--forcerun", "evaluate_reference"), capture_output=True, text=True, timeout=120)
+    _, kept = kept_tables(forced.stdout, "evaluate_reference", trained / "work")
+    assert kept and all(path.is_file() for path in kept.values()), forced.stdout[-3000:]
     data = trained / "data" / "tech_food.csv"
     frame = pd.read_csv(data)
     frame.loc[0, "label"] = 1 - frame.loc[0, "label"]
     frame.to_csv(data, index=False)
-    again = lambda *args: snakemake_command(  # noqa: E731
-        trained / "work", *args, overrides=overrides, experiment=trained / "experiment.yaml"
-    )
-    dry = subprocess.run(again("-n"), capture_output=True, text=True, timeout=120)
+    dry = subprocess.run(again(), capture_output=True, text=True, timeout=120)
     batches = len(list((res / "groups" / "all" / "evals").glob("b*.parquet")))
     assert job_counts(dry.stdout) == {
         "evaluate_reference": 1,
@@ -462,19 +469,19 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
         **{rule: 1 for rule in ("ledger", "aggregate", "report_tables", "all")},
     }, dry.stdout
     assert f"Updated input files: {data}" in dry.stdout
-    before = reference.xs("accuracy", level="metric")
-    proc = subprocess.run(again("results/hf/reference.parquet"), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    after = (
-        read_table(res / "reference.parquet")
-        .set_index(["model", "task", "metric"])["value"]
-        .xs("accuracy", level="metric")
-    )
-    assert "evaluation cache" not in (res / "logs" / "evaluate_reference.log").read_text()
-    moved = (after - before).abs()
-    assert np.allclose(moved.xs("tech_food", level="task"), 1 / len(frame)) and np.allclose(
-        moved.xs("law_science", level="task"), 0
-    )
+    spec, edited = kept_tables(dry.stdout, "evaluate_reference", trained / "work")
+    assert str(data) in spec["inputs"][READS] and edited.keys() == kept.keys()
+    assert not any(path.is_file() for path in edited.values())
+
+
+def kept_tables(plan: str, rule: str, workdir: Path) -> tuple[dict, dict[str, Path] | None]:
+    """The spec (mapmerge.run.job) of the one job of `rule` among the commands `snakemake -n -p` printed, and where
+    the evaluation cache keeps its tables, looked up in the job's own folder as the job would."""
+    lines = [line for line in plan.splitlines() if "mapmerge.run.job" in line and f"/{rule}.log" in line]
+    assert len(lines) == 1, plan[-3000:]
+    spec = job.decode(shlex.split(lines[0])[-1])
+    with contextlib.chdir(workdir):
+        return spec, evaluation_cache.entries(spec)
 
 
 @pytest.mark.slow
