@@ -448,18 +448,19 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
         )  # what the workflow measured
         assert accuracy >= 0.6, (task, accuracy)
     # an edited data file (one label flipped) reruns every evaluation, nothing before them (mapmerge.run.reads), and
-    # their jobs' specs hold its bytes: the reference models' job, whose tables the run kept, now misses the cache
-    again = lambda *args: snakemake_command(  # noqa: E731
-        trained / "work", "-n", "-p", *args, overrides=overrides, experiment=trained / "experiment.yaml"
-    )
-    forced = subprocess.run(again("--forcerun", "evaluate_reference"), capture_output=True, text=True, timeout=120)
-    _, kept = kept_tables(forced.stdout, "evaluate_reference", trained / "work")
-    assert kept and all(path.is_file() for path in kept.values()), forced.stdout[-3000:]
+    # their jobs' keys hold its bytes: the reference models' job misses the evaluation cache, which holds its tables
+    # of the file as it was
     data = trained / "data" / "tech_food.csv"
+    original = data.read_bytes()
     frame = pd.read_csv(data)
     frame.loc[0, "label"] = 1 - frame.loc[0, "label"]
     frame.to_csv(data, index=False)
-    dry = subprocess.run(again(), capture_output=True, text=True, timeout=120)
+    dry = subprocess.run(
+        snakemake_command(trained / "work", "-n", "-p", overrides=overrides, experiment=trained / "experiment.yaml"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     batches = len(list((res / "groups" / "all" / "evals").glob("b*.parquet")))
     assert job_counts(dry.stdout) == {
         "evaluate_reference": 1,
@@ -470,8 +471,11 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
     }, dry.stdout
     assert f"Updated input files: {data}" in dry.stdout
     spec, edited = kept_tables(dry.stdout, "evaluate_reference", trained / "work")
-    assert str(data) in spec["inputs"][READS] and edited.keys() == kept.keys()
+    assert str(data) in spec["inputs"][READS] and edited is not None
     assert not any(path.is_file() for path in edited.values())
+    data.write_bytes(original)
+    _, kept = kept_tables(dry.stdout, "evaluate_reference", trained / "work")
+    assert kept is not None and all(path.is_file() for path in kept.values())
 
 
 def kept_tables(plan: str, rule: str, workdir: Path) -> tuple[dict, dict[str, Path] | None]:
