@@ -26,6 +26,16 @@ def test_an_evaluators_files_are_the_strings_of_its_spec_that_name_files(tmp_pat
         "n": 400,
     }
     assert reads.evaluator_files(spec) == sorted([str(tmp_path / "data" / "test.csv"), str(tmp_path / "labels.json")])
+    # a Hugging Face model folder: its config and tokenizer files, not its weights nor anything else
+    model = tmp_path / "finetuned"
+    model.mkdir()
+    for name in ("config.json", "tokenizer_config.json", "vocab.txt", "model.safetensors", "README.md"):
+        (model / name).write_text("{}")
+    assert reads.evaluator_files({"_target_": "m.E", "tokenizer": "finetuned/"}) == [
+        str(model / "config.json"),
+        str(model / "tokenizer_config.json"),
+        str(model / "vocab.txt"),
+    ]
 
 
 def test_the_files_behind_a_checkpoint_are_read_and_the_engines_files_are_not_repeated(tmp_path):
@@ -43,6 +53,7 @@ def test_the_files_behind_a_checkpoint_are_read_and_the_engines_files_are_not_re
     (lora / "adapter_config.json").write_text("{}")  # lora_alpha, target modules: what the task vector is
     assert reads.behind(lora / "adapter_model.safetensors") == [str(lora / "adapter_config.json")]
     model = {
+        "builder": {"_target_": "m.build", "width": 8},
         "pretrained": str(index),
         "tasks": {
             "a": {"checkpoint": str(single), "evaluator": {"_target_": "m.E", "weights": str(single)}},

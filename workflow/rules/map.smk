@@ -151,6 +151,7 @@ rule pareto_front:
 rule merge_group:
     input:
         unpack(engine_inputs),
+        unpack(evaluation_reads),  # a model folder's config and tokenizer files go into the merged folders
         front=L.front("{group}"),
         samples=L.samples("{group}"),
         metrics=L.metrics("{group}"),

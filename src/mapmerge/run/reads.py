@@ -1,6 +1,6 @@
-"""Files a job reads that no rule names: what the evaluators open by themselves (a task's data file, an lm-eval
-task's folder and data files) and the files behind a checkpoint (the shards a sharded checkpoint's index names,
-a PEFT adapter's config).
+"""Files a job reads that no rule names: what the evaluators and the model's builder open by themselves (a task's
+data file, a model folder's config and tokenizer files, an lm-eval task's folder and data files) and the files
+behind a checkpoint (the shards a sharded checkpoint's index names, a PEFT adapter's config).
 
 The workflow declares them as the `reads` input of the jobs that read them, so Snakemake reruns those jobs
 when one of them changes, and the evaluation cache hashes their bytes into its key, so an edited data file
@@ -19,12 +19,30 @@ from typing import Any
 from mapmerge.adapters import lm_eval_tasks
 from mapmerge.run.registry import READS
 
-__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "task_reads"]
+__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "spec_files", "task_reads"]
 # names of mapmerge.tensors.checkpoints and .lora (which import torch; the config must not): a sharded checkpoint's
 # index, and the config beside a PEFT adapter's weights
 SHARD_INDEX_SUFFIX = ".safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# what transformers reads from a model folder besides its weights: the model's config and its tokenizer's files
+HF_MARKERS = ("config.json", "tokenizer_config.json")
+HF_FILES = (
+    *HF_MARKERS,
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def behind(checkpoint: str | os.PathLike) -> list[str]:
@@ -43,12 +61,31 @@ def behind(checkpoint: str | os.PathLike) -> list[str]:
 
 
 def evaluator_files(spec: Mapping[str, Any]) -> list[str]:
-    """The files an evaluator opens by itself: for an lm-eval task, every file under its include_path and the
-    task's data files; for any other evaluator, each string of its spec that names a file (absolute, or
-    relative to the current folder, the jobs' own, with a folder or a suffix in it). Folders are not read."""
+    """The files an evaluator (or the model's builder) opens by itself, from its spec (spec_files); for an lm-eval
+    task also every file under its include_path and the task's data files."""
+    found = set(spec_files(spec))
     if spec.get("_target_") == lm_eval_tasks.TARGET:
-        return _lm_eval_files(Path(spec["include_path"]), spec["task"])
-    found = {str(Path(value).resolve()) for value in _strings(spec) if _names_a_file(value)}
+        found.update(_lm_eval_files(Path(spec["include_path"]), spec["task"]))
+    return sorted(found)
+
+
+def spec_files(spec: Mapping[str, Any]) -> list[str]:
+    """The files a spec's strings name: each that names a file (absolute, or relative to the current folder, the
+    jobs' own, with a folder or a suffix in it), and of each that names a Hugging Face model folder (one with a
+    config.json or tokenizer_config.json) the config and tokenizer files in it (HF_FILES). Other folders are not
+    read, nor a model folder's weights (those the rules name are inputs already)."""
+    found = set()
+    for value in _strings(spec):
+        path = Path(value).expanduser()
+        if not _looks_like_a_path(value):
+            continue
+        try:
+            if path.is_file():
+                found.add(str(path.resolve()))
+            elif any((path / name).is_file() for name in HF_MARKERS):
+                found.update(str((path / name).resolve()) for name in HF_FILES if (path / name).is_file())
+        except OSError:  # a name too long to be a path
+            continue
     return sorted(found)
 
 
@@ -60,9 +97,9 @@ def task_reads(model: Mapping[str, Any], task: str) -> list[str]:
 
 
 def evaluation_reads(model: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
-    """What an evaluation job reads besides the files its rule names: every task's evaluator files and the files
-    behind the pretrained and fine-tuned checkpoints."""
-    found = {*behind(model["pretrained"])}
+    """What an evaluation job reads besides the files its rule names: the files the model's builder and every
+    task's evaluator open by themselves, and those behind the pretrained and fine-tuned checkpoints."""
+    found = {*behind(model["pretrained"]), *spec_files(model["builder"])}
     for task in tasks:
         found.update(task_reads(model, task))
     return sorted(found - {str(Path(p).resolve()) for p in _engine_files(model, tasks)})
@@ -86,13 +123,9 @@ def _strings(value: Any) -> Iterator[str]:
         yield value
 
 
-def _names_a_file(value: str) -> bool:
+def _looks_like_a_path(value: str) -> bool:
     path = Path(value).expanduser()
-    looks_like_a_path = path.is_absolute() or "/" in value or bool(path.suffix)
-    try:
-        return looks_like_a_path and path.is_file()
-    except OSError:  # a name too long to be a path
-        return False
+    return path.is_absolute() or "/" in value or bool(path.suffix)
 
 
 def _lm_eval_files(include_path: Path, task: str) -> list[str]:
