@@ -19,7 +19,7 @@ from typing import Any
 from mapmerge.adapters import lm_eval_tasks
 from mapmerge.run.registry import READS
 
-__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "spec_files", "task_reads"]
+__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "spec_files"]
 # names of mapmerge.tensors.checkpoints and .lora (which import torch; the config must not): a sharded checkpoint's
 # index, and the config beside a PEFT adapter's weights
 SHARD_INDEX_SUFFIX = ".safetensors.index.json"
@@ -77,7 +77,7 @@ def spec_files(spec: Mapping[str, Any]) -> list[str]:
     found = set()
     for value in _strings(spec):
         path = Path(value).expanduser()
-        if not _looks_like_a_path(value):
+        if not (path.is_absolute() or "/" in value or path.suffix):  # a plain word ('digits') is no path
             continue
         try:
             if path.is_file():
@@ -89,26 +89,16 @@ def spec_files(spec: Mapping[str, Any]) -> list[str]:
     return sorted(found)
 
 
-def task_reads(model: Mapping[str, Any], task: str) -> list[str]:
-    """What jobs evaluating `task` read besides the engine's files: its evaluator's files and those behind its
-    checkpoint."""
-    spec = model["tasks"][task]
-    return sorted({*evaluator_files(spec["evaluator"]), *behind(spec["checkpoint"])})
-
-
 def evaluation_reads(model: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
     """What an evaluation job reads besides the files its rule names: the files the model's builder and every
     task's evaluator open by themselves, and those behind the pretrained and fine-tuned checkpoints."""
-    found = {*behind(model["pretrained"]), *spec_files(model["builder"])}
+    checkpoints = [model["pretrained"], *(model["tasks"][task]["checkpoint"] for task in tasks)]
+    found = set(spec_files(model["builder"]))
+    for checkpoint in checkpoints:
+        found.update(behind(checkpoint))
     for task in tasks:
-        found.update(task_reads(model, task))
-    return sorted(found - {str(Path(p).resolve()) for p in _engine_files(model, tasks)})
-
-
-def _engine_files(model: Mapping[str, Any], tasks: Sequence[str]) -> Iterator[str]:
-    yield model["pretrained"]
-    for task in tasks:
-        yield model["tasks"][task]["checkpoint"]
+        found.update(evaluator_files(model["tasks"][task]["evaluator"]))
+    return sorted(found - {str(Path(p).resolve()) for p in checkpoints})  # those the rules name already
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -121,11 +111,6 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
     elif isinstance(value, str):
         yield value
-
-
-def _looks_like_a_path(value: str) -> bool:
-    path = Path(value).expanduser()
-    return path.is_absolute() or "/" in value or bool(path.suffix)
 
 
 def _lm_eval_files(include_path: Path, task: str) -> list[str]:
