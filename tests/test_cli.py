@@ -41,7 +41,8 @@ from mapmerge.stages import (
 from mapmerge.tensors.checkpoints import load_state_dict, safetensors_metadata
 from mapmerge.tensors.taskvectors import merge_files
 from mapmerge.tools.cli import main
-from mapmerge.tools.runfolder import evaluation_counts, scan
+from mapmerge.tools.runfolder import scan
+from mapmerge.tools.status import evaluation_counts
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["rot90", "invert", "flip_parity"]

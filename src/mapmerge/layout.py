@@ -2,7 +2,7 @@
 
 The rules (workflow/rules/*.smk) declare their inputs and outputs with it, the stages that find files by
 name use it (aggregate, and outputs/report.py), and `mapmerge status`/`select`/`plot` read a folder back
-through it (mapmerge.tools.runfolder). Every method takes names or Snakemake wildcard patterns alike:
+through it (mapmerge.tools: runfolder, status, select_merge, replot). Every method takes names or Snakemake wildcard patterns alike:
 `Layout("results/demo").front("{group}")` is the rule's pattern, `.front("all")` the file.
 
     RESULTS/

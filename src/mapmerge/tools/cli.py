@@ -1,112 +1,23 @@
 """The `mapmerge` command: look at a run (summary, status), check its artifacts on disk, choose a merge
 for a new preference from its stored front without evaluating anything (select), write a merge as a mergekit
 configuration (export), draw its plots again (plot), drop the evaluation cache's tables of settings the run no longer
-has (prune)."""
+has (prune). The work of each is in its own module of mapmerge.tools; this one parses the command line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mapmerge.adapters.transformers import MAX_SHARD_SIZE, parse_size
-from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
-from mapmerge.layout import Layout
-from mapmerge.run import evaluation_cache, runlock
-
-ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
-
-
-def summary(results: Path) -> str:
-    """Where a run's front, plots and merged model are, and the chosen merge's metrics."""
-    paths = Layout(results)
-    report = paths.report
-    if not report.exists():
-        raise ArtifactError(f"{report}: not found; has the workflow finished for this run?")
-    selected = read_table(paths.selected)
-    lines = [report.read_text(), "Where to look:", f"  Pareto front:   {paths.pareto}"]
-    lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
-    lines += [f"  merged model:   {paths.merged(g)}" for g in selected["group"]]
-    lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
-    return "\n".join(lines)
-
-
-def artifact_problem(path: Path) -> str | None:
-    """Why a Parquet or safetensors artifact does not read back whole, or None when it does."""
-    from mapmerge.tensors.checkpoints import verify_safetensors  # deferred: torch
-
-    try:
-        if path.suffix == ".parquet":
-            read_table(path)
-        else:
-            verify_safetensors(path)
-    except ArtifactError as exc:
-        return str(exc).removesuffix(f"; {recompute_hint(path)}")
-    return None
-
-
-def check(results: Path, delete: bool = False) -> tuple[str, int]:
-    """Report (and with `delete` remove) unreadable artifacts and leftover temporary files; (text, exit status)."""
-    if not results.is_dir():
-        raise ArtifactError(f"{results}: not a folder")
-    driver = runlock.holder(results)
-    files = sorted(p for p in results.rglob("*") if p.is_file())
-    artifacts = [p for p in files if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith(".")]
-    bad = [(p, why) for p in artifacts if (why := artifact_problem(p))]
-    # while a driver runs, temporary files are outputs being written
-    leftovers = [] if driver else [p for p in files if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)]
-    lines = [f"bad: {why}" for _, why in bad] + [f"leftover: {p} (temporary file of a stopped job)" for p in leftovers]
-    lines.append(
-        f"{len(artifacts)} artifacts checked under {results}: {len(bad)} bad, {len(leftovers)} leftover temporary files"
-    )
-    if driver:
-        lines.append(
-            f"a snakemake driver ({runlock.describe(driver)}) is running on this folder; nothing is deleted while it runs"
-        )
-    if delete and not driver and (bad or leftovers):
-        for path in [p for p, _ in bad] + leftovers:
-            path.unlink()
-        lines.append(
-            f"deleted {len(bad) + len(leftovers)} files; run snakemake again to recompute them and what depends on them"
-        )
-        return "\n".join(lines), 0
-    return "\n".join(lines), 1 if bad else 0
-
-
-def prune(results: Path, dry_run: bool = False) -> str:
-    """Drop (or with `dry_run` list) the evaluation cache's tables whose jobs' tables now hold other merges'
-    (evaluation_cache.prune), holding the run's lock meanwhile; what it dropped and kept, as text."""
-    if not results.is_dir():
-        raise ArtifactError(f"{results}: not a folder")
-    if not (results / evaluation_cache.FOLDER).is_dir():  # no driver has kept a table here: nothing to lock
-        return f"evaluation cache of {results}: none ({results / evaluation_cache.FOLDER} does not exist)"
-    try:
-        with runlock.holding(results):
-            found = evaluation_cache.prune(results, dry_run)
-    except runlock.RunLockError as exc:
-        raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
-    kept = [p for paths in found.kept.values() for p in paths]
-    lines = [
-        f"evaluation cache of {results}: {len(kept) + len(found.dropped)} tables, "
-        f"{(found.size(kept) + found.size(found.dropped)) / 1e6:.1f} MB"
-    ]
-    lines += [
-        f"  kept {len(paths)}: {evaluation_cache.KEEP_REASONS[reason]}" for reason, paths in found.kept.items() if paths
-    ]
-    verb = "would drop" if dry_run else "dropped"
-    lines.append(
-        f"  {verb} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): their jobs' tables now hold "
-        "other merges' results (settings the run no longer has; going back to one evaluates again)"
-    )
-    if found.notes:
-        lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")
-    return "\n".join(lines)
-
-
-def _preference_arg(text: str) -> dict[str, float]:
-    from mapmerge.tools.runfolder import parse_preference  # deferred: torch (runfolder imports mapmerge.tensors)
-
-    return parse_preference(text)
+from mapmerge.io import ArtifactError
+from mapmerge.tools.check import check
+from mapmerge.tools.prune import prune
+from mapmerge.tools.replot import replot
+from mapmerge.tools.runfolder import UsageError
+from mapmerge.tools.select_merge import parse_preference, select
+from mapmerge.tools.status import status, summary
 
 
 def _size_arg(text: str) -> int:
@@ -114,6 +25,13 @@ def _size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _task_directory(text: str) -> tuple[str, str]:
+    task, sep, directory = text.partition("=")
+    if not sep or not task or not directory:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=DIR")
+    return task, directory
 
 
 def _task_directory(text: str) -> tuple[str, str]:
@@ -149,10 +67,7 @@ def _command(sub: argparse._SubParsersAction, name: str, **kwargs: str) -> argpa
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _command(sub, "summary", help="print a finished run's report and where its outputs are")
+def _check_command(sub: argparse._SubParsersAction) -> None:
     verify = _command(
         sub,
         "check",
@@ -163,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="delete the bad and leftover files, so that snakemake recomputes them and what depends on them",
     )
+
+
+def _status_command(sub: argparse._SubParsersAction) -> None:
     _command(
         sub,
         "status",
@@ -172,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "that does not read; the files are listed), the real evaluations per stage (from evaluations.parquet, else counted "
         "from the evaluation files) and per group its rounds, evaluation files, samples, front size and merged checkpoint.",
     )
+
+
+def _select_command(sub: argparse._SubParsersAction) -> None:
     pick = _command(
         sub,
         "select",
@@ -232,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a transformers run's folders: weights larger than this are saved in shards, as save_pretrained "
         f"does (bytes, or with KB, MB, GB; default: {MAX_SHARD_SIZE})",
     )
+
+
+def _export_command(sub: argparse._SubParsersAction) -> None:
     port = _command(
         sub,
         "export",
@@ -270,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a row of the final group's front.parquet (0-based) or an evaluated sample's name, instead of a pick",
     )
     _pick_options(port, "with --prefer: ")
+
+
+def _plot_command(sub: argparse._SubParsersAction) -> None:
     draw = _command(
         sub,
         "plot",
@@ -286,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["accuracy", "loss"],
         help="the metric to draw (default: the run's optimizer.objective, read from groups.parquet)",
     )
+
+
+def _prune_command(sub: argparse._SubParsersAction) -> None:
     trim = _command(
         sub,
         "prune",
@@ -296,68 +226,94 @@ def main(argv: list[str] | None = None) -> int:
         "those kept before mapmerge noted their places. Refused while a snakemake driver runs on the folder.",
     )
     trim.add_argument("--dry-run", action="store_true", help="list what would be dropped; delete nothing")
-    args = parser.parse_args(argv)
-    from mapmerge.tools.runfolder import UsageError  # deferred: torch (runfolder imports mapmerge.tensors)
 
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per command, each with the run's results folder first."""
+    parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _command(sub, "summary", help="print a finished run's report and where its outputs are")
+    for add in (_check_command, _status_command, _select_command, _export_command, _plot_command, _prune_command):
+        add(sub)
+    return parser
+
+
+def _select(args: argparse.Namespace) -> int:
+    chosen = select(
+        args.results,
+        parse_preference(args.prefer),
+        args.method,
+        args.rho,
+        args.out,
+        args.pretrained,
+        args.metric,
+        args.seed,
+        args.max_shard_size,
+    )
+    print(chosen.text)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mapmerge.tools.mergekit_export import export  # deferred: torch (it reads checkpoints)
+
+    tasks = [task for task, _ in args.model]
+    twice = [task for task in tasks if tasks.count(task) > 1]
+    if twice:
+        raise UsageError(f"--model: task {twice[0]!r} is given twice")
+    text = export(
+        args.results,
+        args.mergekit,
+        None if args.prefer is None else parse_preference(args.prefer),
+        args.method,
+        args.rho,
+        args.point,
+        args.pretrained,
+        dict(args.model),
+        args.metric,
+    )
+    print(text)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    if not args.results.is_dir():
+        raise UsageError(f"{args.results}: not a folder")
+    for path in replot(args.results, args.out, args.metric):
+        print(path)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    text, status_code = check(args.results, args.delete)
+    print(text)
+    return status_code
+
+
+def _printed(work: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        print(work(args))
+        return 0
+
+    return command
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "summary": _printed(lambda args: summary(args.results)),
+    "status": _printed(lambda args: status(args.results)),
+    "select": _select,
+    "export": _export,
+    "plot": _plot,
+    "prune": _printed(lambda args: prune(args.results, args.dry_run)),
+    "check": _check,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a `mapmerge` command; its exit status (2: a bad command line, 1: a missing or unreadable artifact)."""
+    args = parser().parse_args(argv)
     try:
-        if args.command == "summary":
-            print(summary(args.results))
-            return 0
-        if args.command == "status":
-            from mapmerge.tools.runfolder import status  # deferred: torch (runfolder imports mapmerge.tensors)
-
-            print(status(args.results))
-            return 0
-        if args.command == "select":
-            from mapmerge.tools.runfolder import select  # deferred: torch (runfolder imports mapmerge.tensors)
-
-            chosen = select(
-                args.results,
-                _preference_arg(args.prefer),
-                args.method,
-                args.rho,
-                args.out,
-                args.pretrained,
-                args.metric,
-                args.seed,
-                args.max_shard_size,
-            )
-            print(chosen.text)
-            return 0
-        if args.command == "export":
-            from mapmerge.tools.mergekit_export import export  # deferred: torch (it reads checkpoints)
-
-            tasks = [task for task, _ in args.model]
-            twice = [task for task in tasks if tasks.count(task) > 1]
-            if twice:
-                raise UsageError(f"--model: task {twice[0]!r} is given twice")
-            text = export(
-                args.results,
-                args.mergekit,
-                None if args.prefer is None else _preference_arg(args.prefer),
-                args.method,
-                args.rho,
-                args.point,
-                args.pretrained,
-                dict(args.model),
-                args.metric,
-            )
-            print(text)
-            return 0
-        if args.command == "plot":
-            from mapmerge.tools.runfolder import replot  # deferred: torch (runfolder imports mapmerge.tensors)
-
-            if not args.results.is_dir():
-                raise UsageError(f"{args.results}: not a folder")
-            for path in replot(args.results, args.out, args.metric):
-                print(path)
-            return 0
-        if args.command == "prune":
-            print(prune(args.results, args.dry_run))
-            return 0
-        text, status_code = check(args.results, args.delete)
-        print(text)
-        return status_code
+        return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"mapmerge {args.command}: {exc}", file=sys.stderr)
         return 2

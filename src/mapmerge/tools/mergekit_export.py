@@ -44,20 +44,9 @@ from mapmerge.layout import Layout
 from mapmerge.tensors.checkpoints import open_checkpoint, safetensors_metadata
 from mapmerge.tensors.lora import adapter_weights, vector_names
 from mapmerge.tensors.operators import trim_count, validate
-from mapmerge.tools.runfolder import (
-    UsageError,
-    check_out,
-    checked_method,
-    final_group,
-    front_file,
-    member_vectors,
-    merge_record,
-    objective_metric,
-    preference_candidates,
-    pretrained_record,
-    run_selection,
-    scan,
-)
+from mapmerge.tools.merge_inputs import member_vectors, merge_record, pretrained_record
+from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, scan
+from mapmerge.tools.select_merge import check_out, checked_method, preference_candidates, run_selection
 
 # mapmerge's operator -> mergekit's merge_method
 METHODS = {
@@ -312,7 +301,7 @@ def _preference_point(
     rho: float,
     metric: str | None,
 ) -> tuple[dict[str, float], str]:
-    """The coefficients `mapmerge select` merges for a preference (runfolder.preference_candidates), and a label."""
+    """The coefficients `mapmerge select` merges for a preference (select_merge.preference_candidates), and a label."""
     own = run_selection(results) or "weighted_sum"
     method = checked_method(method or own, rho)
     try:

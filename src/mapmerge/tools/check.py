@@ -1,0 +1,90 @@
+"""`mapmerge check`: whether a run folder's artifacts read, cheaply (artifact_damage, what `mapmerge status`
+counts) or whole (artifact_problem); the bad ones and leftover temporary files listed, and deleted on request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
+from mapmerge.run import runlock
+
+ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
+
+
+def artifact_damage(path: Path) -> str | None:
+    """Why an artifact that exists does not read as what its suffix says, judged cheaply; None when it does.
+
+    A Parquet file: its footer (schema, row groups), not its pages. A safetensors file: its header and
+    that the file is as long as the header says. Other files are not looked into. What lies deeper (a
+    damaged page, a tensor that is not finite) is for `mapmerge check`, which reads everything.
+    """
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        try:
+            pq.read_metadata(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others
+            return f"not a readable Parquet file ({' '.join(str(exc).split())})"
+    elif path.suffix == ".safetensors":
+        return _safetensors_damage(path)
+    return None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+        length = int.from_bytes(start, "little") if len(start) == 8 else -1
+        if not 0 < length <= size - 8:
+            return f"not a safetensors file (its {size} bytes hold no header)"
+        try:
+            header = json.loads(fh.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            return f"not a safetensors file (unreadable header: {exc})"
+    if 8 + length + end != size:
+        return f"truncated or padded safetensors file (its header says {8 + length + end} bytes, it has {size})"
+    return None
+
+
+def artifact_problem(path: Path) -> str | None:
+    """Why a Parquet or safetensors artifact does not read back whole, or None when it does."""
+    from mapmerge.tensors.checkpoints import verify_safetensors  # deferred: torch
+
+    try:
+        if path.suffix == ".parquet":
+            read_table(path)
+        else:
+            verify_safetensors(path)
+    except ArtifactError as exc:
+        return str(exc).removesuffix(f"; {recompute_hint(path)}")
+    return None
+
+
+def check(results: Path, delete: bool = False) -> tuple[str, int]:
+    """Report (and with `delete` remove) unreadable artifacts and leftover temporary files; (text, exit status)."""
+    if not results.is_dir():
+        raise ArtifactError(f"{results}: not a folder")
+    driver = runlock.holder(results)
+    files = sorted(p for p in results.rglob("*") if p.is_file())
+    artifacts = [p for p in files if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith(".")]
+    bad = [(p, why) for p in artifacts if (why := artifact_problem(p))]
+    # while a driver runs, temporary files are outputs being written
+    leftovers = [] if driver else [p for p in files if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)]
+    lines = [f"bad: {why}" for _, why in bad] + [f"leftover: {p} (temporary file of a stopped job)" for p in leftovers]
+    lines.append(
+        f"{len(artifacts)} artifacts checked under {results}: {len(bad)} bad, {len(leftovers)} leftover temporary files"
+    )
+    if driver:
+        lines.append(
+            f"a snakemake driver ({runlock.describe(driver)}) is running on this folder; nothing is deleted while it runs"
+        )
+    if delete and not driver and (bad or leftovers):
+        for path in [p for p, _ in bad] + leftovers:
+            path.unlink()
+        lines.append(
+            f"deleted {len(bad) + len(leftovers)} files; run snakemake again to recompute them and what depends on them"
+        )
+        return "\n".join(lines), 0
+    return "\n".join(lines), 1 if bad else 0

@@ -1,0 +1,46 @@
+"""`mapmerge plot`: the final group's plots drawn again from the run's artifacts, as the aggregate stage draws them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
+from mapmerge.io import read_table
+from mapmerge.layout import Layout
+from mapmerge.tools.runfolder import final_group, front_file, objective_metric, scan
+
+
+def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
+    """Render the final group's plots again from the run's artifacts, as the aggregate stage does."""
+    from mapmerge.outputs import plots  # deferred: matplotlib
+
+    results = Path(results)
+    layout = scan(results)
+    group, info = final_group(layout)
+    paths = Layout(results)
+    front = read_table(front_file(results, group)).assign(group=group)
+    metric, _ = objective_metric(results, front, info["tasks"], metric)
+    chosen = None
+    if paths.choice(group).exists():
+        chosen = read_table(paths.choice(group)).assign(group=group)
+        if paths.selected_evals(group).exists():
+            measured = metrics_from_examples(read_table(paths.selected_evals(group))).set_index(["metric", "task"])[
+                "value"
+            ]
+            for name in sorted(set(measured.index.get_level_values("metric"))):
+                for task in suffixes(chosen.columns, metric):
+                    chosen[f"measured_{name}_{task}"] = measured[(name, task)]
+    samples = read_table(paths.samples(group))
+    samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
+    reference = read_table(paths.reference)
+    return plots.plot_all(
+        samples,
+        front,
+        reference,
+        suffixes(front.columns, metric),
+        metric,
+        out_dir if out_dir is not None else paths.plots,
+        selected=chosen,
+        maximize=maximized(metric),
+        members=suffixes(front.columns, "c"),
+    )

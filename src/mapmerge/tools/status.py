@@ -1,0 +1,336 @@
+"""`mapmerge status` and `mapmerge summary`: what a run folder holds, finished or not.
+
+Per stage its artifacts (done, partial, missing or unreadable), the real evaluations per stage, the evaluation
+cache, per group its rounds, evaluation files, samples, front and merge, and what to know about the chosen merge.
+An artifact counts only when it reads (check.artifact_damage: a Parquet footer, a safetensors header).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mapmerge.core import metrics, refine
+from mapmerge.io import ArtifactError, read_table
+from mapmerge.layout import Layout
+from mapmerge.outputs.notes import final_notes
+from mapmerge.outputs.report import HTML_TABLES
+from mapmerge.run import evaluation_cache, runlock
+from mapmerge.run.registry import STAGES
+from mapmerge.tools.check import artifact_damage
+from mapmerge.tools.runfolder import METHOD_NAMES, Scan, group_dirs, group_rounds, scan, text_table, try_read
+
+STATUS_STAGES = [s.rule for s in STAGES if not s.validation]  # the stages `mapmerge status` reports, in order
+EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.validation]  # the ledger's stages
+
+
+def summary(results: Path) -> str:
+    """Where a finished run's front, plots and merged model are, and the chosen merge's metrics."""
+    paths = Layout(results)
+    report = paths.report
+    if not report.exists():
+        raise ArtifactError(f"{report}: not found; has the workflow finished for this run?")
+    selected = read_table(paths.selected)
+    lines = [report.read_text(), "Where to look:", f"  Pareto front:   {paths.pareto}"]
+    lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
+    lines += [f"  merged model:   {paths.merged(g)}" for g in selected["group"]]
+    lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
+    return "\n".join(lines)
+
+
+def _rows(path: Path) -> int | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # any unreadable file: shown as such
+        return None
+
+
+def _evaluation_files(results: Path, layout: Scan) -> list[tuple[str, str | None, Path]]:
+    """(stage, group, path) of every evaluation file on disk."""
+    paths = Layout(results)
+    files = []
+    if paths.reference_examples.exists():
+        files.append(("evaluate_reference", None, paths.reference_examples))
+    for group in sorted(set(layout.groups) | set(group_dirs(results))):
+        for path in sorted(paths.evals(group).glob("*.parquet")):
+            files.append(("evaluate_round" if Layout.is_round_batch(path) else "evaluate_sample", group, path))
+        if paths.selected_evals(group).exists():
+            files.append(("evaluate_selected", group, paths.selected_evals(group)))
+    return files
+
+
+def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
+    """Real evaluations per stage (files, models, (model, task) evaluations) and where the counts come from.
+
+    From evaluations.parquet (the ledger) when it is there, else counted from the evaluation files
+    as the ledger counts them (models per file, distinct (model, task) pairs per file).
+    """
+    columns = ["stage", "files", "models", "task_evaluations"]
+    ledger = Layout(results).ledger
+    if ledger.exists():
+        frame = try_read(ledger, layout.problems)
+        if frame is not None:
+            counts = frame.groupby("stage", sort=False).agg(
+                files=("file", "size"), models=("models", "sum"), task_evaluations=("task_evaluations", "sum")
+            )
+            return counts.reset_index()[columns], "from evaluations.parquet"
+    rows = []
+    for stage, _, path in _evaluation_files(results, layout):
+        key = "model" if stage == "evaluate_reference" else "sample"
+        frame = try_read(path, layout.problems, columns=[key, "task"])
+        if frame is None:
+            continue
+        counts = metrics.evaluation_counts(frame)
+        rows.append(
+            {"stage": stage, "files": 1, "models": counts["models"], "task_evaluations": counts["task_evaluations"]}
+        )
+    if not rows:
+        return pd.DataFrame(columns=columns), "no evaluation file yet"
+    counts = pd.DataFrame(rows).groupby("stage", sort=False)[columns[1:]].sum().reset_index()
+    order = {s: i for i, s in enumerate(EVAL_STAGES)}
+    counts = counts.sort_values("stage", key=lambda s: s.map(order), ignore_index=True)
+    return (
+        counts,
+        f"counted from the evaluation files; evaluations.parquet is {'unreadable' if ledger.exists() else 'not written yet'}",
+    )
+
+
+def _state(done: int, expected: int | None) -> str:
+    if expected is None:
+        return "done" if done else "missing"
+    return "done" if done >= expected and expected > 0 else ("partial" if done else "missing")
+
+
+class _Disk:
+    """The artifacts status looks at: each read once (Parquet footer, safetensors header), its damage kept."""
+
+    def __init__(self, problems: dict[Path, str]) -> None:
+        self.problems = problems  # path -> why, shared with the Scan (scan's own finds are there)
+        self._good: dict[Path, bool] = {}
+
+    def good(self, path: Path) -> bool:
+        """The file exists and reads."""
+        if path not in self._good:
+            why = artifact_damage(path) if path.is_file() else None
+            if why:
+                self.problems.setdefault(path, why)
+            self._good[path] = path.is_file() and path not in self.problems
+        return self._good[path]
+
+    def count(self, paths: Sequence[Path]) -> int:
+        return sum(self.good(p) for p in paths)
+
+    def bad(self, paths: Sequence[Path]) -> bool:
+        return any(not self.good(p) and p in self.problems for p in paths)
+
+    def state(self, paths: Sequence[Path], expected: int | None) -> str:
+        """done, partial or missing by the good files among `paths`; unreadable when one of them is."""
+        return "unreadable" if self.bad(paths) else _state(self.count(paths), expected)
+
+    def present(self, paths: Sequence[Path]) -> str:
+        """For stages whose count is not checked against an expected one: done or -, unreadable when one is."""
+        return "unreadable" if self.bad(paths) else ("done" if self.count(paths) else "-")
+
+
+def _stage_states(layout: Scan, disk: _Disk) -> dict[str, tuple[str, str]]:
+    """Per stage that status reads: (state, what its artifacts are and how many of them are there)."""
+    R, L = layout.results, layout.paths
+    tasks, groups_ = layout.tasks, layout.groups
+    n_groups = len(groups_) if groups_ else None
+
+    def each(artifact: str) -> list[Path]:
+        """A group artifact (a method of Layout) of every group."""
+        return [getattr(L, artifact)(g) for g in groups_]
+
+    def pattern(*artifacts: str) -> str:
+        """'groups/<g>/front.parquet' for Layout.front, the others by file name."""
+        first, *rest = (getattr(L, a)("<g>") for a in artifacts)
+        return ", ".join([str(first.relative_to(R)), *(p.name for p in rest)])
+
+    def gcount(artifact: str) -> tuple[str, str]:
+        files = each(artifact)
+        return disk.state(files, n_groups), f"{pattern(artifact)}: {disk.count(files)} of {n_groups or '?'} groups"
+
+    def named(*paths: Path) -> str:
+        return ", ".join(str(p.relative_to(R)) for p in paths)
+
+    ckpts = sorted(L.checkpoints.glob("*.safetensors"))
+    if L.benchmark.exists():
+        files = [L.benchmark, *ckpts]
+        bench = (
+            "unreadable" if disk.bad(files) else "done",
+            f"{named(L.benchmark)}, {named(L.checkpoints)}/ ({len(ckpts)} files)",
+        )
+    else:
+        bench = ("-", f"no {named(L.benchmark)}: not run yet, or a user model (checkpoints outside the run folder)")
+    vectors = [L.task_vector(t) for t in tasks]
+    n_levels = len(layout.levels) or None
+    later = [p for g in groups_ for p in group_rounds(R, g)[1:]]
+    kinds = {p: try_read(p, layout.problems, columns=["kind"]) for p in later}
+    refined = [p for p, k in kinds.items() if k is not None and k["kind"].isin(refine.KINDS).any()]
+    later = [p for p in later if p not in refined]
+    evals = [p for g in groups_ for p in sorted(L.evals(g).glob("*.parquet"))]
+    batches = [p for p in evals if not Layout.is_round_batch(p)]
+    round_batches = [p for p in evals if Layout.is_round_batch(p)]
+    merge_outputs = [each(f) for f in ("merged", "group_vector", "choice")]
+    merged = min(disk.count(files) for files in merge_outputs)
+    collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
+    aggregate = [L.pareto, L.measured, L.selected, L.group_tree, L.report]
+    tables = sum(L.report_table(name).exists() for name in HTML_TABLES)
+    agg_done = [f for f in aggregate if disk.good(f)]
+    pngs = sorted(L.plots.glob("*.png"))
+    if disk.bad(aggregate):
+        agg_state = "unreadable"
+    else:
+        agg_state = (
+            "done" if len(agg_done) == len(aggregate) and pngs else ("partial" if agg_done or pngs else "missing")
+        )
+    plans = list(layout.plans.values())
+    designs = [L.round(g, 0) for g in groups_]
+    return {
+        "prepare_benchmark": bench,
+        "extract_task_vector": (
+            disk.state(vectors, len(tasks) or None),
+            f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks",
+        ),
+        "task_vector_table": (disk.state([L.task_vector_table], 1), named(L.task_vector_table)),
+        "evaluate_reference": (
+            disk.state([L.reference, L.reference_examples], 2),
+            named(L.reference, L.reference_examples),
+        ),
+        "plan_level": (
+            disk.state(plans, n_levels),
+            f"{named(L.plan('<k>'))}: {disk.count(plans)} of {n_levels or '?'} levels",
+        ),
+        "sample_coefficients": (
+            disk.state(designs, n_groups),
+            f"{named(L.round('<g>', 0))}: {disk.count(designs)} of {n_groups or '?'} groups",
+        ),
+        "propose_round": (
+            disk.present(later),
+            f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)"),
+        ),
+        "refine_round": (
+            disk.present(refined),
+            f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
+            + ("" if refined else " (refine.rounds > 0 only)"),
+        ),
+        "evaluate_sample": (
+            "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
+            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches",
+        ),
+        "evaluate_round": (
+            disk.present(round_batches),
+            f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
+            + ("" if round_batches else " (Bayesian MAP and refinement rounds only)"),
+        ),
+        "collect_metrics": (
+            "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
+            f"{pattern('samples', 'metrics')}: {collected} of {n_groups or '?'} groups",
+        ),
+        "fit_surrogate": gcount("surrogate"),
+        "pareto_front": gcount("front"),
+        "merge_group": (
+            "unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
+            f"{pattern('merged', 'group_vector', 'choice')}: {merged} of {n_groups or '?'} groups",
+        ),
+        "evaluate_selected": gcount("selected_evals"),
+        "ledger": (disk.state([L.ledger], 1), named(L.ledger)),
+        "aggregate": (
+            agg_state,
+            f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG",
+        ),
+        "report_tables": (
+            _state(tables, len(HTML_TABLES)),
+            f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}",
+        ),
+    }
+
+
+def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str) -> list[str]:
+    """The real evaluations per stage and the evaluation cache's tables."""
+    lines = [f"Real evaluations ({source}):"]
+    if len(counts):
+        table = [(r.stage, r.files, r.models, r.task_evaluations) for r in counts.itertuples()]
+        table.append(
+            ("total", int(counts["files"].sum()), int(counts["models"].sum()), int(counts["task_evaluations"].sum()))
+        )
+        lines += ["  " + line for line in text_table(table, ["stage", "files", "models", "(model, task) evaluations"])]
+    else:
+        lines.append("  none yet")
+    cache = results / evaluation_cache.FOLDER
+    if kept := sorted(cache.glob("*.parquet")):
+        lines.append(
+            f"  evaluation cache: {len(kept)} table{'s' * (len(kept) != 1)}, "
+            f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in {cache} "
+            "(a rerun job that evaluates the same merges takes its table from there)"
+        )
+        if stale := evaluation_cache.prune(results, dry_run=True).dropped:
+            lines.append(
+                f"    {len(stale)} of them from settings the run no longer has (their jobs' tables now hold other "
+                "merges'): `mapmerge prune` drops them"
+            )
+    return lines
+
+
+def _group_lines(layout: Scan, disk: _Disk) -> list[str]:
+    """Per group: its level, rounds, evaluation files, samples, front points and merged checkpoint."""
+    L = layout.paths
+
+    def shown(path: Path, value: object) -> object:
+        return "unreadable" if path in layout.problems else ("-" if value is None else value)
+
+    table = []
+    for g in layout.groups:
+        front, samples, merged_file = L.front(g), L.samples(g), L.merged(g)
+        table.append(
+            (
+                g,
+                layout.level_of(g),
+                len(group_rounds(layout.results, g)),
+                len(list(L.evals(g).glob("*.parquet"))),
+                shown(samples, _rows(samples) if disk.good(samples) else None),
+                shown(front, _rows(front) if disk.good(front) else None),
+                shown(merged_file, "yes" if disk.good(merged_file) else "no"),
+            )
+        )
+    header = ["group", "level", "rounds", "eval files", "samples", "front points", "merged.safetensors"]
+    return ["Groups (the last is the final merge):", *("  " + line for line in text_table(table, header))]
+
+
+def status(results: Path) -> str:
+    """What a run folder holds: per stage its artifacts, the real evaluations, per group its front and merge.
+
+    An artifact counts only when it reads (Parquet footer, safetensors header: see check.artifact_damage); a
+    stage with one that does not is `unreadable`, and the files are listed at the end.
+    """
+    results = Path(results)
+    layout = scan(results)
+    disk = _Disk(layout.problems)
+    tasks, L = layout.tasks, layout.paths
+    lines = [f"{results}: {METHOD_NAMES[layout.method]} ({layout.why})"]
+    lines.append(
+        f"tasks ({len(tasks)}): {', '.join(tasks)}"
+        if tasks
+        else "tasks: not known yet (no level plan, reference or task vector)"
+    )
+    if driver := runlock.holder(results):
+        lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
+    counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
+    states = _stage_states(layout, disk)
+    rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in STATUS_STAGES]
+    lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
+    lines += ["", *_evaluation_lines(results, counts, source)]
+    if layout.groups:
+        lines += ["", *_group_lines(layout, disk)]
+    finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
+    if all(disk.good(p) for p in finished):
+        lines += ["", "What to know about the chosen merge:", *(f"  {line}" for line in final_notes(results))]
+    if layout.problems:
+        lines += ["", *(f"unreadable: {path}: {why}" for path, why in sorted(layout.problems.items()))]
+        lines.append(f"  (`mapmerge check {results} --delete` deletes such files, so that snakemake makes them again)")
+    return "\n".join(lines)
