@@ -176,6 +176,11 @@ CASES = [
         overrides=("budget.max_evaluations=50",),
     ),
     Case("run-name", r"^name: 'a/b' is not a valid run name", overrides=("name=a/b",)),
+    Case(  # a path where the run folder cannot be made: here a file in the way
+        "results-dir",
+        r"^results_dir: the run folder .*README\.md/custom_mlp cannot be made or written \(.*README\.md: Not a directory\)",
+        overrides=(f"results_dir={REPO / 'README.md'}",),
+    ),
     # files the config names, read before the first job
     Case(
         "missing-checkpoint",

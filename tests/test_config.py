@@ -4,6 +4,7 @@ import pytest
 
 from mapmerge.run import config as config_module
 from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, round_params, stage_config
+from mapmerge.run.preflight import check_results_folder
 
 STAGES = list(STAGE_ENTRY)
 
@@ -237,3 +238,16 @@ def test_a_preference_on_the_command_line_replaces_the_experiment_files(repo, tm
     assert preference("preference={}") == {}  # equal weights
     assert preference("preference.invert=3") == {"rot90": 2, "invert": 3}
     assert preference("++preference.mod3=1") == {"rot90": 2, "invert": 1, "mod3": 1}
+
+
+def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
+    """check_results_folder makes a folder where the run folder would be and removes it: a folder that does not exist
+    yet stays so, one that exists keeps its contents; a file in the way is refused, naming results_dir."""
+    check_results_folder(str(tmp_path / "new" / "demo"))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "kept.parquet").write_bytes(b"x")
+    check_results_folder(str(tmp_path / "demo"))
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == ["kept.parquet"]
+    with pytest.raises(ConfigError, match=r"^results_dir: the run folder .*kept\.parquet/demo cannot be made"):
+        check_results_folder(str(tmp_path / "demo" / "kept.parquet" / "demo"))

@@ -3,8 +3,8 @@
 `check_plan` (cheap, every Snakefile parse) refuses a design too small for the surrogate (below its parameter count
 only where refinement rounds add the merges it lacks), a population
 too small for the objectives and a plan past budget.max_evaluations. `check_files` (the driver only: it
-reads checkpoint headers and data files) refuses importable-looking targets that do not import, checkpoints
-whose merged tensors do not line up, and labels a task's model does not know. `check_device` (the onstart of a
+reads checkpoint headers and data files) refuses a run folder that cannot be made or written, importable-looking
+targets that do not import, checkpoints whose merged tensors do not line up, and labels a task's model does not know. `check_device` (the onstart of a
 run whose jobs start on this machine) refuses a CUDA device it lacks. Each raises ConfigError
 with one line naming the key the user wrote.
 """
@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import math
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,11 +216,25 @@ def check_device(device: str) -> None:
         raise ConfigError(f"{problem}; use auto or cpu here, or submit the run to a cluster with GPUs")
 
 
+def check_results_folder(results: str) -> None:
+    """Refuse a run folder (results_dir/name) that cannot be made or written, by making a folder where it would be
+    (in it, else in its nearest existing parent) and removing it again: no permission, a read-only file system,
+    a file in the way."""
+    path = Path(results)
+    where = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    try:
+        Path(tempfile.mkdtemp(prefix=".mapmerge-write-check-", dir=where)).rmdir()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError(f"results_dir: the run folder {path} cannot be made or written ({where}: {why})") from None
+
+
 def check_files(cfg: Mapping[str, Any]) -> None:
     """ConfigError for the first file the run names that would fail a job: targets, checkpoints, labels.
 
     The built-in benchmark's checkpoints are made by the run, so only user models' are read.
     """
+    check_results_folder(cfg["results"])
     model, tasks = cfg["model"], cfg["task_names"]
     for folder in model["python_path"]:
         if not Path(folder).is_dir():
