@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,24 @@ def test_bad_config_gives_one_line_error(repo, overrides, message):
 def test_missing_experiment_file(repo, tmp_path):
     with pytest.raises(ConfigError, match="nothere.yaml: not found"):
         load(repo, experiment=tmp_path / "nothere.yaml")
+    with pytest.raises(ConfigError, match=r": a folder, not a file \(looked for"):
+        load(repo, experiment=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("model:\n  pretrained: a.pt\n tasks: [x\n", r"line 3, column 2: expected <block end>"),
+        ("sampler:\n\tfactor: 2\n", r"line 2, column 1: found character '\\t' that cannot start any token"),
+        ("preference: [1\n", r"line 2, column 1: expected ',' or ']'"),
+    ],
+)
+def test_broken_yaml_gives_one_line_saying_where(repo, tmp_path, text, where):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=tmp_path / "bad.yaml")
+    assert "\n" not in str(info.value)
+    assert re.search(rf"^experiment file .*bad\.yaml: not valid YAML \({where}", str(info.value)), str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -50,11 +51,9 @@ def load_config(
     if experiment:
         exp_path = Path(experiment).resolve()
         if not exp_path.is_file():
-            raise ConfigError(f"experiment file {experiment}: not found (looked for {exp_path})")
-        try:
-            node = OmegaConf.load(exp_path)
-        except Exception as exc:  # yaml errors come in several types
-            raise ConfigError(f"experiment file {experiment}: not valid YAML ({exc})") from exc
+            found = "a folder, not a file" if exp_path.is_dir() else "not found"
+            raise ConfigError(f"experiment file {experiment}: {found} (looked for {exp_path})")
+        node = _load_yaml(exp_path, f"experiment file {experiment}")
         if not OmegaConf.is_dict(node):
             raise ConfigError(f"experiment file {experiment}: must be a mapping of config keys")
         exp_keys = OmegaConf.to_container(node)
@@ -164,6 +163,18 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return cfg
 
 
+def _load_yaml(path: Path, what: str) -> Any:
+    """OmegaConf's node of a YAML file; ConfigError with one line saying where the YAML breaks."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{what}: not valid YAML ({where}{exc.problem or exc.context})") from None
+    except Exception as exc:  # other yaml errors, and a file that does not decode
+        raise ConfigError(f"{what}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
 def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     """The preference mapping, or the YAML file (task: weight) it names, relative to the experiment file."""
     if isinstance(value, dict):
@@ -171,10 +182,7 @@ def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     path = Path(value) if Path(value).is_absolute() else base_dir / value
     if not path.is_file():
         raise ConfigError(f"preference file {value}: not found (looked for {path})")
-    try:
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as exc:  # yaml errors come in several types
-        raise ConfigError(f"preference file {path}: not valid YAML ({exc})") from exc
+    loaded = OmegaConf.to_container(_load_yaml(path, f"preference file {path}"))
     if not isinstance(loaded, dict):
         raise ConfigError(f"preference file {path}: must be a mapping task: weight")
     return loaded
