@@ -12,11 +12,12 @@ from pathlib import Path
 from mapmerge.core import groundtruth
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import preflight, validation_config
-from mapmerge.run.config import ConfigError, load_config, round_params, stage_config
+from mapmerge.run.config import ConfigError, check_command_line, load_config, round_params, stage_config
 
 # Every check runs here, before the first job (the driver also reads the files the config names); a
 # mistake ends the run with one line and touches nothing on disk.
 try:
+    check_command_line(config)
     CFG = load_config(
         Path(workflow.basedir) / "config",
         experiment=config.get("experiment"),

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from conftest import EXAMPLE_RUN, REPO, copy_example, copy_run, example_run, snakemake_command
-from mapmerge.run.config import ConfigError, load_config
+from mapmerge.run.config import ConfigError, check_command_line, load_config
 from mapmerge.run.preflight import check_device
 
 
@@ -36,6 +36,7 @@ class Case:
     message: str  # a regex the one line must match (after 'mapmerge: ' on the command line)
     overrides: tuple[str, ...] = ()
     edit: Callable[[dict, Path], None] | None = field(default=None, compare=False)  # (experiment dict, example folder)
+    config: tuple[str, ...] = ()  # more KEY=VALUE items of Snakemake's --config
 
 
 def _set(path: str, value: object) -> Callable[[dict, Path], None]:
@@ -95,6 +96,12 @@ CASES = [
         r"experiment file .*: sampler\.factr: unknown key \(did you mean `factor`\?\)",
         edit=_set("sampler.factr", 2.0),
     ),
+    Case(  # a config key given to Snakemake's --config itself, which Snakemake keeps and mapmerge would ignore
+        "config-key",
+        r"^--config seed: unknown key \(to set a config key: --config overrides='\[seed=5\]'",
+        config=("seed=5",),
+    ),
+    Case("config-typo", r"^--config overide: unknown key \(did you mean `overrides`\?\)", config=("overide=[seed=1]",)),
     Case(
         "unknown-key-override",
         r"^optimizer\.popsize: unknown key \(did you mean `pop_size`\?\)",
@@ -230,9 +237,11 @@ def experiment_for(case: Case, example: Path, folder: Path) -> Path:
     return path
 
 
-def snakemake(workdir: Path, experiment: Path, overrides: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, experiment: Path, overrides: tuple[str, ...], *args: str, config: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     cmd = snakemake_command(workdir, *args, overrides=[*EXAMPLE_RUN, *overrides], experiment=experiment)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([*cmd, *config], capture_output=True, text=True, timeout=600)  # --config's items end cmd
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
@@ -251,6 +260,7 @@ def test_table_has_enough_cases():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_load_config_refuses_with_one_line(case, example, tmp_path):
     with pytest.raises(ConfigError) as info:
+        check_command_line(dict(item.split("=", 1) for item in case.config))
         load_config(
             REPO / "config",
             experiment=experiment_for(case, example, tmp_path),
@@ -274,13 +284,15 @@ def test_a_failed_run_changes_nothing_on_disk(tmp_path_factory, tmp_path):
 
     def attempt(job: tuple[Case, tuple[str, ...]]) -> tuple[Case, tuple[str, ...], subprocess.CompletedProcess]:
         case, args = job
-        return case, args, snakemake(workdir, experiments[case.id], case.overrides, *args)
+        return case, args, snakemake(workdir, experiments[case.id], case.overrides, *args, config=case.config)
 
     # Every case fails in load_config before any job (test_load_config_refuses_with_one_line, in-process, all of
     # them); the command line adds only the driver's one-line report, the same code for every ConfigError. So a
     # sixth of the table in a real run and a few in a dry run (the same Snakefile parse) prove that path: edits
     # of the experiment file and overrides, typos, bad values and files, both ways.
+    # Snakemake's own --config keys are read before load_config, in the Snakefile: each of them in a real run.
     jobs = [(case, ()) for case in CASES[::6]] + [(case, ("-n",)) for case in CASES[2::15]]
+    jobs += [(case, ()) for case in CASES if case.config and case not in CASES[::6]]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for case, args, proc in pool.map(attempt, jobs):
             kind = "dry run" if args else "run"

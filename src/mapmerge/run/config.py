@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,26 @@ from mapmerge.tensors import operators
 BENCHMARK_BUILDER = "mapmerge.builtin.model.build_model"
 BENCHMARK_EVALUATOR = "mapmerge.builtin.model.DigitsEvaluator"
 EXPERIMENT_NODE = "_experiment_file"
+COMMAND_LINE_KEYS = ("experiment", "overrides")  # what the Snakefile reads of Snakemake's --config
+
+
+def check_command_line(given: Mapping[str, Any]) -> None:
+    """Refuse a key of Snakemake's config other than experiment and overrides (from --config or --configfile):
+    Snakemake keeps any key and mapmerge reads only those two, so `--config seed=5` would run with the default seed."""
+    for key, value in given.items():
+        if key in COMMAND_LINE_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), COMMAND_LINE_KEYS, n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean `{close[0]}`?"
+        else:
+            shown = value if isinstance(value, (str, int, float, bool)) else "..."
+            hint = (
+                f"to set a config key: --config overrides='[{key}={shown}]', or an experiment=FILE (not --configfile)"
+            )
+        raise ConfigError(
+            f"--config {key}: unknown key ({hint}); mapmerge reads --config experiment=FILE and overrides='[key=value, ...]'"
+        )
 
 
 def load_config(
