@@ -194,6 +194,16 @@ CASES = [
         r"^model\.pretrained: .*nothere\.pt: checkpoint not found",
         edit=_set("model.pretrained", "nothere.pt"),
     ),
+    Case(  # the pretrained checkpoint given as a task's: its task vector would be zero
+        "checkpoint-pretrained",
+        r"^model\.tasks\.stripes_60\.checkpoint: .*pretrained\.pt is also given as model\.pretrained; each task needs its own",
+        edit=_set("model.tasks.stripes_60.checkpoint", "checkpoints/pretrained.pt"),
+    ),
+    Case(
+        "checkpoint-twice",
+        r"^model\.tasks\.stripes_120\.checkpoint: .*stripes_0\.pt is also given as model\.tasks\.stripes_0\.checkpoint;",
+        edit=_set("model.tasks.stripes_120.checkpoint", "checkpoints/stripes_0.pt"),
+    ),
     Case(
         "checkpoint-shape",
         r"^model\.tasks\.stripes_60\.checkpoint: .*checkpoints_h16/stripes_60\.pt: tensor '[\w.]+' has shape",

@@ -319,11 +319,21 @@ def check_lora(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
-    """Every checkpoint's header read; the fine-tuned ones' merged tensors must match the pretrained's names and shapes."""
+    """No file is two checkpoints (the pretrained one and a task's, or two tasks'); every checkpoint's header read;
+    the fine-tuned ones' merged tensors must match the pretrained's names and shapes."""
     from mapmerge.tensors.taskvectors import (  # deferred: torch
         compatible_names,  # deferred: torch, and only the driver reads headers
     )
 
+    owner = {Path(model["pretrained"]).resolve(): pretrained_key(model)}
+    for task in tasks:
+        path = Path(model["tasks"][task]["checkpoint"]).resolve()
+        if path in owner:
+            raise ConfigError(
+                f"{task_key(model, task)}: {path} is also given as {owner[path]}; each task needs its own "
+                "fine-tuned checkpoint (its task vector would be zero, or another task's)"
+            )
+        owner[path] = task_key(model, task)
     merge = model["merge"]
     for task in tasks:
         try:
