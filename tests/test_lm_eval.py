@@ -31,6 +31,7 @@ from test_lora import TOLERANCE, llama_config, make_adapter, max_diff, tokenizer
 
 CPU = torch.device("cpu")
 BATCH = 2
+FINETUNED = ("mc_ft", "gen_ft")  # the config tests' task directories (tiny), distinct from the pretrained one
 # multiple choice over the tokenizer's words; gold is the index of the right choice
 CHOICES = [
     {"question": "the cat sat on the", "choices": ["mat", "log", "dog"], "gold": 0},
@@ -117,6 +118,8 @@ def tiny(tmp_path_factory) -> dict:
     """A pretrained tiny Llama on disk, a different one in memory only (what is scored), and the task folder."""
     root = tmp_path_factory.mktemp("lm_eval")
     save_model(0, root / "pretrained")
+    for seed, name in enumerate(FINETUNED, 2):  # the tasks' own directories (the config tests read their headers)
+        save_model(seed, root / name)
     torch.manual_seed(1)
     model = transformers.LlamaForCausalLM(llama_config()).eval()  # never saved: no weights can be reloaded
     tok = tokenizer()
@@ -230,20 +233,20 @@ def experiment(root: Path, tasks: dict[str, dict], **extra) -> Path:
     return path
 
 
-def scored(task: str, directory: str = "pretrained", **lm_eval) -> dict:
+def scored(task: str, directory: str = "mc_ft", **lm_eval) -> dict:
     return {"directory": directory, "lm_eval": {"task": task, "include_path": "tasks", **lm_eval}}
 
 
 def test_config_builds_the_evaluator(tiny):
     root = tiny["root"]
-    tasks = {"mc": scored("tiny_mc"), "gen": scored("tiny_gen", num_fewshot=0, seed=7)}
+    tasks = {"mc": scored("tiny_mc"), "gen": scored("tiny_gen", "gen_ft", num_fewshot=0, seed=7)}
     cfg = load_config(REPO / "config", experiment(root, tasks), check_files=True)
     spec = cfg["model"]["tasks"]["mc"]["evaluator"]
     assert spec == {
         "_target_": TARGET,
         "task": "tiny_mc",
         "include_path": str(root / "tasks"),
-        "tokenizer": str(root / "pretrained"),
+        "tokenizer": str(root / "mc_ft"),  # the task's directory's (the same tokenizer as the pretrained one's)
         "metric": "acc",  # the first accuracy metric of the task's metric_list
         "output_type": "multiple_choice",
         "num_fewshot": None,
@@ -276,9 +279,9 @@ def test_config_builds_the_evaluator(tiny):
 
 def test_config_refusals(tiny, tmp_path, monkeypatch):
     root = tiny["root"]
-    good = {"mc": scored("tiny_mc"), "gen": scored("tiny_gen")}
+    good = {"mc": scored("tiny_mc"), "gen": scored("tiny_gen", "gen_ft")}
     (root / "text.jsonl").write_text('{"text": "the cat sat"}\n')
-    mixed = {**good, "gen": {"directory": "pretrained", "data": "text.jsonl"}}
+    mixed = {**good, "gen": {"directory": "gen_ft", "data": "text.jsonl"}}
     task = "model.transformers.tasks.mc"
     schema = rf"^experiment file .*: {task}"
     cases = [  # (tasks, the error, experiment keys)
@@ -305,7 +308,7 @@ def test_config_refusals(tiny, tmp_path, monkeypatch):
             {},
         ),
         ({"mc": {**scored("tiny_mc"), "data": "text.jsonl"}}, schema + r": give either data .* not both$", {}),
-        ({"mc": {"directory": "pretrained"}}, schema + r": needs data \(a data file\) or lm_eval", {}),
+        ({"mc": {"directory": "mc_ft"}}, schema + r": needs data \(a data file\) or lm_eval", {}),
         ({"mc": {**scored("tiny_mc"), "max_length": 64}}, schema + r": max_length applies to a data file", {}),
         (
             good,
