@@ -152,7 +152,7 @@ def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, 
 
 
 @dataclass
-class _Merge:
+class RebuiltMerge:
     """How select rebuilt the merge: the run's operator and seed, the pretrained checkpoint and how it was checked."""
 
     operator: dict[str, Any]
@@ -180,7 +180,7 @@ class Selection:
     candidate: str  # which candidate was merged: predicted or measured
     refined: bool  # whether the run's own rule merges the measured candidate (after refinement rounds)
     as_folders: bool  # a transformers run's per-task folders, else one checkpoint file
-    merge: _Merge
+    merge: RebuiltMerge
     text: str = ""  # what `mapmerge select` prints
 
 
@@ -449,7 +449,7 @@ def select(
         candidate=str(pick["source"].iloc[0]),
         refined=refined,
         as_folders=as_folders,
-        merge=_Merge(operator, seed, chosen, pre_path, pre_source, checked),
+        merge=RebuiltMerge(operator, seed, chosen, pre_path, pre_source, checked),
     )
     made.text = _text(results, made, method, rho, metric_source, candidates)
     return made
