@@ -59,9 +59,10 @@ include: "workflow/rules/validate.smk"
 
 onsuccess:
     from mapmerge.outputs.notes import final_notes  # at the end only: it imports pymoo (selection's fronts)
+    from mapmerge.tools.status import no_gain_notes
 
     if Path(L.selected).exists():
-        for line in final_notes(R):
+        for line in [*final_notes(R), *no_gain_notes(R, CFG["optimizer"]["objective"])]:
             print(f"mapmerge: {line}", file=sys.stderr)
 
 

@@ -343,6 +343,32 @@ def test_status_tells_the_evaluation_caches_size(runs, tmp_path, capsys):
     assert "    1 of them from settings the run no longer has" in capsys.readouterr().out
 
 
+def test_status_names_a_task_its_fine_tuned_model_does_not_gain_on(runs, tmp_path, capsys):
+    """A fine-tuned model that scores no better on its task than the pretrained one (a failed fine-tune): status says
+    so among what to know about the chosen merge, naming the task, the metric and both values."""
+    assert main(["status", str(runs["plain"])]) == 0
+    assert "scores no better on it" not in capsys.readouterr().out
+    R = tmp_path / "no_gain"
+    shutil.copytree(runs["plain"], R)
+    reference = read_table(R / "reference.parquet")
+    accuracy = reference["metric"] == "accuracy"
+    pretrained = reference.loc[
+        accuracy & (reference["model"] == "pretrained") & (reference["task"] == "invert"), "value"
+    ]
+    reference.loc[accuracy & (reference["model"] == "invert") & (reference["task"] == "invert"), "value"] = float(
+        pretrained.iloc[0]
+    )
+    write_table(reference, R / "reference.parquet", "evaluate_reference")
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    value = f"{float(pretrained.iloc[0]):.4g}"
+    assert (
+        f"  task invert: its fine-tuned model scores no better on it than the pretrained model (accuracy {value} "
+        f"against {value}): " in out
+    )
+    assert out.count("scores no better on it") == 1
+
+
 def test_status_of_a_partial_run(runs, tmp_path, capsys):
     R = tmp_path / "partial"
     shutil.copytree(runs["plain"], R)

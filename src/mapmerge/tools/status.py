@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from mapmerge.core import metrics, refine
+from mapmerge.core.metrics import maximized, suffixes
+from mapmerge.core.selection import reference_values
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import final_notes
@@ -20,7 +22,16 @@ from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.registry import STAGES
 from mapmerge.tools.check import artifact_damage
-from mapmerge.tools.runfolder import METHOD_NAMES, Scan, group_dirs, group_rounds, scan, text_table, try_read
+from mapmerge.tools.runfolder import (
+    METHOD_NAMES,
+    Scan,
+    group_dirs,
+    group_rounds,
+    scan,
+    table_columns,
+    text_table,
+    try_read,
+)
 
 STATUS_STAGES = [s.rule for s in STAGES if not s.validation]  # the stages `mapmerge status` reports, in order
 EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.validation]  # the ledger's stages
@@ -38,6 +49,32 @@ def summary(results: Path) -> str:
     lines += [f"  merged model:   {paths.merged(g)}" for g in selected["group"]]
     lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
     return "\n".join(lines)
+
+
+def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
+    """A line per task whose fine-tuned model scores no better on it than the pretrained model (reference.parquet),
+    in `metric` (default: the run's objective, as groups.parquet records it, else accuracy): its task vector brings
+    the task nothing to merge, and the balanced selection rule, which divides by that gain, cannot weigh it."""
+    paths = Layout(results)
+    if metric is None:
+        recorded = suffixes(table_columns(paths.group_tree), "measured") if paths.group_tree.exists() else []
+        metric = recorded[0] if len(recorded) == 1 else "accuracy"
+    reference = read_table(paths.reference)
+    tasks = [
+        t for t in dict.fromkeys(reference["task"]) if ((reference["model"] == t) & (reference["task"] == t)).any()
+    ]
+    if metric not in set(reference["metric"]):
+        return []
+    lines = []
+    for task, (pretrained, finetuned) in reference_values(reference, metric, tasks).items():
+        if (finetuned - pretrained if maximized(metric) else pretrained - finetuned) <= 0:
+            lines.append(
+                f"task {task}: its fine-tuned model scores no better on it than the pretrained model ({metric} "
+                f"{finetuned:.4g} against {pretrained:.4g}): its task vector brings the task nothing to merge, and "
+                "selection.method=balanced, which divides by that gain, cannot weigh it (weighted_sum or tchebycheff "
+                "can)"
+            )
+    return lines
 
 
 def _rows(path: Path) -> int | None:
@@ -329,7 +366,8 @@ def status(results: Path) -> str:
         lines += ["", *_group_lines(layout, disk)]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
     if all(disk.good(p) for p in finished):
-        lines += ["", "What to know about the chosen merge:", *(f"  {line}" for line in final_notes(results))]
+        notes = [*final_notes(results), *no_gain_notes(results)]
+        lines += ["", "What to know about the chosen merge:", *(f"  {line}" for line in notes)]
     if layout.problems:
         lines += ["", *(f"unreadable: {path}: {why}" for path, why in sorted(layout.problems.items()))]
         lines.append(f"  (`mapmerge check {results} --delete` deletes such files, so that snakemake makes them again)")
