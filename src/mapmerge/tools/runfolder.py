@@ -180,6 +180,13 @@ def front_file(results: Path, group: str) -> Path:
     return path
 
 
+def recorded_objectives(results: Path) -> list[str]:
+    """The metrics groups.parquet measured the chosen merges in (its `measured_<metric>` columns: the run's
+    optimizer.objective); none before the aggregate stage wrote it."""
+    tree = Layout(results).group_tree
+    return suffixes(table_columns(tree), "measured") if tree.exists() else []
+
+
 def objective_metric(
     results: Path, front: pd.DataFrame, tasks: Sequence[str], given: str | None = None
 ) -> tuple[str, str]:
@@ -192,10 +199,9 @@ def objective_metric(
             )
         return given, "--metric"
     tree = Layout(results).group_tree
-    if tree.exists():
-        recorded = [m for m in suffixes(table_columns(tree), "measured") if m in available]
-        if len(recorded) == 1:
-            return recorded[0], "the run's optimizer.objective, from groups.parquet"
+    recorded = [m for m in recorded_objectives(results) if m in available]
+    if len(recorded) == 1:
+        return recorded[0], "the run's optimizer.objective, from groups.parquet"
     if "accuracy" in available:
         return "accuracy", "the default optimizer.objective (groups.parquet not written yet; --metric to choose)"
     if len(available) == 1:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from mapmerge.core import metrics, refine
-from mapmerge.core.metrics import maximized, suffixes
+from mapmerge.core.metrics import maximized
 from mapmerge.core.selection import reference_values
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
@@ -27,8 +27,8 @@ from mapmerge.tools.runfolder import (
     Scan,
     group_dirs,
     group_rounds,
+    recorded_objectives,
     scan,
-    table_columns,
     text_table,
     try_read,
 )
@@ -55,16 +55,13 @@ def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
     """A line per task whose fine-tuned model scores no better on it than the pretrained model (reference.parquet),
     in `metric` (default: the run's objective, as groups.parquet records it, else accuracy): its task vector brings
     the task nothing to merge, and the balanced selection rule, which divides by that gain, cannot weigh it."""
-    paths = Layout(results)
     if metric is None:
-        recorded = suffixes(table_columns(paths.group_tree), "measured") if paths.group_tree.exists() else []
+        recorded = recorded_objectives(results)
         metric = recorded[0] if len(recorded) == 1 else "accuracy"
-    reference = read_table(paths.reference)
-    tasks = [
-        t for t in dict.fromkeys(reference["task"]) if ((reference["model"] == t) & (reference["task"] == t)).any()
-    ]
+    reference = read_table(Layout(results).reference)
     if metric not in set(reference["metric"]):
         return []
+    tasks = [m for m in dict.fromkeys(reference["model"]) if m != "pretrained"]  # as scan reads them
     lines = []
     for task, (pretrained, finetuned) in reference_values(reference, metric, tasks).items():
         if (finetuned - pretrained if maximized(metric) else pretrained - finetuned) <= 0:
@@ -173,8 +170,11 @@ class _Disk:
         return "unreadable" if self.bad(paths) else ("done" if self.count(paths) else "-")
 
 
-def _stage_states(layout: Scan, disk: _Disk) -> dict[str, tuple[str, str]]:
-    """Per stage that status reads: (state, what its artifacts are and how many of them are there)."""
+def _stage_states(
+    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]]
+) -> dict[str, tuple[str, str]]:
+    """Per stage that status reads: (state, what its artifacts are and how many of them are there); `rounds` and
+    `evals`: each group's round tables and evaluation files."""
     R, L = layout.results, layout.paths
     tasks, groups_ = layout.tasks, layout.groups
     n_groups = len(groups_) if groups_ else None
@@ -206,13 +206,13 @@ def _stage_states(layout: Scan, disk: _Disk) -> dict[str, tuple[str, str]]:
         bench = ("-", f"no {named(L.benchmark)}: not run yet, or a user model (checkpoints outside the run folder)")
     vectors = [L.task_vector(t) for t in tasks]
     n_levels = len(layout.levels) or None
-    later = [p for g in groups_ for p in group_rounds(R, g)[1:]]
+    later = [p for g in groups_ for p in rounds[g][1:]]
     kinds = {p: try_read(p, layout.problems, columns=["kind"]) for p in later}
     refined = [p for p, k in kinds.items() if k is not None and k["kind"].isin(refine.KINDS).any()]
     later = [p for p in later if p not in refined]
-    evals = [p for g in groups_ for p in sorted(L.evals(g).glob("*.parquet"))]
-    batches = [p for p in evals if not Layout.is_round_batch(p)]
-    round_batches = [p for p in evals if Layout.is_round_batch(p)]
+    evaluated = [p for g in groups_ for p in evals[g]]
+    batches = [p for p in evaluated if not Layout.is_round_batch(p)]
+    round_batches = [p for p in evaluated if Layout.is_round_batch(p)]
     merge_outputs = [each(f) for f in ("merged", "group_vector", "choice")]
     merged = min(disk.count(files) for files in merge_outputs)
     collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
@@ -314,7 +314,7 @@ def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str) -> list[
     return lines
 
 
-def _group_lines(layout: Scan, disk: _Disk) -> list[str]:
+def _group_lines(layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]]) -> list[str]:
     """Per group: its level, rounds, evaluation files, samples, front points and merged checkpoint."""
     L = layout.paths
 
@@ -328,8 +328,8 @@ def _group_lines(layout: Scan, disk: _Disk) -> list[str]:
             (
                 g,
                 layout.level_of(g),
-                len(group_rounds(layout.results, g)),
-                len(list(L.evals(g).glob("*.parquet"))),
+                len(rounds[g]),
+                len(evals[g]),
                 shown(samples, _rows(samples) if disk.good(samples) else None),
                 shown(front, _rows(front) if disk.good(front) else None),
                 shown(merged_file, "yes" if disk.good(merged_file) else "no"),
@@ -358,12 +358,14 @@ def status(results: Path) -> str:
     if driver := runlock.holder(results):
         lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
     counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
-    states = _stage_states(layout, disk)
+    rounds = {g: group_rounds(results, g) for g in layout.groups}
+    evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in layout.groups}
+    states = _stage_states(layout, disk, rounds, evals)
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in STATUS_STAGES]
     lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
     lines += ["", *_evaluation_lines(results, counts, source)]
     if layout.groups:
-        lines += ["", *_group_lines(layout, disk)]
+        lines += ["", *_group_lines(layout, disk, rounds, evals)]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
     if all(disk.good(p) for p in finished):
         notes = [*final_notes(results), *no_gain_notes(results)]
