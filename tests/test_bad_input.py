@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,18 @@ def _rename(path: str, new: str) -> Callable[[dict, Path], None]:
         for key in parents:
             node = node[key]
         node[new] = node.pop(last)
+
+    return edit
+
+
+def _copy(source: str, key: str) -> Callable[[dict, Path], None]:
+    """The checkpoint at `key` replaced by a copy of the example's file `source` (checkpoints_copy/copy.pt)."""
+
+    def edit(exp: dict, example: Path) -> None:
+        out = example / "checkpoints_copy" / "copy.pt"
+        out.parent.mkdir(exist_ok=True)
+        shutil.copyfile(example / source, out)
+        _set(key, str(out.relative_to(example)))(exp, example)
 
     return edit
 
@@ -203,6 +216,18 @@ CASES = [
         "checkpoint-twice",
         r"^model\.tasks\.stripes_120\.checkpoint: .*stripes_0\.pt is also given as model\.tasks\.stripes_0\.checkpoint;",
         edit=_set("model.tasks.stripes_120.checkpoint", "checkpoints/stripes_0.pt"),
+    ),
+    Case(  # a copy of the pretrained checkpoint: another path, the same bytes
+        "checkpoint-copy",
+        r"^model\.tasks\.stripes_60\.checkpoint: .*copy\.pt holds the same bytes as .*pretrained\.pt "
+        r"\(model\.pretrained\); each task needs its own",
+        edit=_copy("checkpoints/pretrained.pt", "model.tasks.stripes_60.checkpoint"),
+    ),
+    Case(
+        "checkpoint-copy-task",
+        r"^model\.tasks\.stripes_120\.checkpoint: .*copy\.pt holds the same bytes as .*stripes_0\.pt "
+        r"\(model\.tasks\.stripes_0\.checkpoint\);",
+        edit=_copy("checkpoints/stripes_0.pt", "model.tasks.stripes_120.checkpoint"),
     ),
     Case(
         "checkpoint-shape",

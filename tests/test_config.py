@@ -69,6 +69,8 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
         (["preference.rot90=1"], r"config: Could not override 'preference.rot90'.*\+preference.rot90=1"),
         (["refine.rouns=6"], r"config: refine.rouns: unknown key \(did you mean `rounds`\?\)"),  # not Hydra's "use +"
+        (["=3"], r"overrides: '=3' has no key \(write key=value"),
+        (["seed=1", "+=3"], r"overrides: '\+=3' has no key"),
         (["nme=x"], r"config: nme: unknown key \(did you mean `name`\?\)"),
         (
             ["+model.openclip.root=ckpts"],

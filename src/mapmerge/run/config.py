@@ -67,6 +67,7 @@ def load_config(
     check_files the files the config names (checkpoint headers, data, labels, importable targets).
     """
     overrides = _as_list(overrides)
+    _check_override_keys(overrides)
     exp_dir: Path | None = None
     exp_keys: dict[str, Any] | None = None
     if experiment:
@@ -128,6 +129,13 @@ def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]
     whole = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in WHOLE_MAPS and "=" in o]
     parsed = OverridesParser.create().parse_overrides(whole)
     return {line: (o.key_or_group, o.value()) for line, o in zip(whole, parsed)}
+
+
+def _check_override_keys(overrides: Sequence[str]) -> None:
+    """Refuse an override without a key ('=3', '+=3'), which Hydra reads as a config group and reports obscurely."""
+    for item in overrides:
+        if item.lstrip("+~").startswith("=") or not item.lstrip("+~"):
+            raise ConfigError(f"overrides: {item!r} has no key (write key=value, e.g. seed=3)")
 
 
 def _as_list(overrides: Sequence[str] | str | None) -> list[str]:

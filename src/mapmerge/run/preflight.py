@@ -29,6 +29,7 @@ from mapmerge.core.quadratic import n_params
 from mapmerge.core.sampling import design_size
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
+from mapmerge.run.checkpoint_twins import first_twin
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
 
@@ -319,7 +320,8 @@ def check_lora(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
-    """No file is two checkpoints (the pretrained one and a task's, or two tasks'); every checkpoint's header read;
+    """No file, and no two files with the same bytes, is two checkpoints (the pretrained one and a task's, or two
+    tasks'); every checkpoint's header read;
     the fine-tuned ones' merged tensors must match the pretrained's names and shapes."""
     from mapmerge.tensors.taskvectors import (  # deferred: torch
         compatible_names,  # deferred: torch, and only the driver reads headers
@@ -334,6 +336,7 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
                 "fine-tuned checkpoint (its task vector would be zero, or another task's)"
             )
         owner[path] = task_key(model, task)
+    _check_twins(model, tasks)
     merge = model["merge"]
     for task in tasks:
         try:
@@ -343,3 +346,16 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
+
+
+def _check_twins(model: Mapping[str, Any], tasks: list[str]) -> None:
+    """Refuse two checkpoints whose files hold the same bytes (checkpoint_twins.first_twin)."""
+    checkpoints = {None: model["pretrained"], **{task: model["tasks"][task]["checkpoint"] for task in tasks}}
+    twin = first_twin(checkpoints)
+    if twin is not None:
+        earlier, later = twin
+        keys = {None: pretrained_key(model), **{task: task_key(model, task) for task in tasks}}
+        raise ConfigError(
+            f"{keys[later]}: {checkpoints[later]} holds the same bytes as {checkpoints[earlier]} ({keys[earlier]}); "
+            "each task needs its own fine-tuned checkpoint (its task vector would be zero, or another task's)"
+        )
