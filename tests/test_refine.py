@@ -168,6 +168,30 @@ def test_gains_run_from_the_pretrained_to_the_fine_tuned_model_for_loss_too():
     np.testing.assert_allclose(selection.gains(np.array([2.0, 1.0, 0.0]), 2.0, 0.0, False), [0.0, 0.5, 1.0])
 
 
+def test_a_task_its_fine_tuned_model_does_not_gain_on_is_weighed_like_the_others():
+    """Its gain is 1 at the pretrained model's value and falls by 1 per the other tasks' median span: a merge that
+    keeps it there gives nothing up, one a hair above it is not worth giving up the other tasks for."""
+    front, info = four_points()
+    front.loc[4] = [0.30, 0.30, 0.56]  # a and b barely past the pretrained model, c 0.06 above its 0.5
+    reference = {"a": (0.2, 0.9), "b": (0.2, 0.9), "c": (0.5, 0.5)}
+    gain = selection.task_gains({t: front[f"accuracy_{t}"].to_numpy() for t in "abc"}, reference, True)
+    np.testing.assert_allclose(gain["c"], 1 + (front["accuracy_c"] - 0.5) / 0.7)
+    np.testing.assert_allclose(gain["a"], (front["accuracy_a"] - 0.2) / 0.7)
+    index, _, rule = selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)
+    assert rule == "balanced" and index == 0  # the worst gain, c's 1 - 0.29 / 0.7 = 0.59, is the highest worst gain
+    front.loc[0, "accuracy_c"] = 0.05  # now c loses 0.45 there: row 1 keeps every gain at 0.57 or more
+    assert selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)[0] == 1
+
+
+def test_task_gains_for_a_loss_and_where_no_task_gains():
+    reference = {"a": (2.0, 1.0), "b": (1.0, 1.5)}  # a loss: a's fine-tune halves it, b's makes it worse
+    gain = selection.task_gains({"a": np.array([2.0, 1.0]), "b": np.array([1.0, 1.5, 0.5])}, reference, False)
+    np.testing.assert_allclose(gain["a"], [0.0, 1.0])
+    np.testing.assert_allclose(gain["b"], [1.0, 0.5, 1.5])  # per a's span of 1
+    gain = selection.task_gains({"b": np.array([1.0, 1.25])}, reference, False)
+    np.testing.assert_allclose(gain["b"], [1.0, 0.75])  # per 1 of the metric: no task has a span
+
+
 def test_the_measured_front_keeps_the_non_dominated_real_evaluations():
     measured = pd.DataFrame(
         {"sample": ["s0", "s1", "s2"], "accuracy_a": [0.9, 0.5, 0.4], "accuracy_b": [0.1, 0.6, 0.5]}

@@ -104,9 +104,26 @@ def reference_values(reference: pd.DataFrame, metric: str, tasks: Sequence[str])
 
 
 def gains(values: np.ndarray, pretrained: float, finetuned: float, maximize: bool) -> np.ndarray:
-    """Normalised gains: 0 at the pretrained model's value, 1 at the fine-tuned model's (either way of the metric)."""
+    """Normalised gains: 0 at the pretrained model's value, 1 at the fine-tuned model's (either way of the metric).
+
+    Defined where the fine-tuned model is the better one; task_gains covers a task where it is not."""
     span = (finetuned - pretrained) if maximize else (pretrained - finetuned)
     return (values - pretrained) * (1.0 if maximize else -1.0) / max(span, 1e-6)
+
+
+def task_gains(values: Mapping[str, np.ndarray], reference: Reference, maximize: bool) -> dict[str, np.ndarray]:
+    """Each task's values as gains (gains). A task whose fine-tuned model scores no better than the pretrained one
+    has no span to divide by: its gain is 1 at the pretrained model's value (the best either model reaches) and moves
+    by 1 per the median span of the tasks that have one (per 1 of the metric where none has), so a merge that keeps
+    the task there gives nothing up and one that loses on it pays as on any task."""
+    sign = 1.0 if maximize else -1.0
+    spans = {t: sign * (reference[t][1] - reference[t][0]) for t in values}
+    gained = [span for span in spans.values() if span > 0]
+    scale = float(np.median(gained)) if gained else 1.0
+    return {
+        t: gains(v, *reference[t], maximize) if spans[t] > 0 else 1.0 + sign * (v - reference[t][0]) / scale
+        for t, v in values.items()
+    }
 
 
 def preference_scores(
@@ -124,7 +141,7 @@ def preference_scores(
 
     A member's weight is the sum of the preference weights of the tasks inside it; its objective is
     their weighted mean of the points' `metric` (columns `<metric>_<task>`).
-    balanced: each task's value as its normalised gain (gains, from `reference`) first, then the weighted
+    balanced: each task's value as its normalised gain (task_gains, from `reference`) first, then the weighted
     Tchebycheff regret w_m (1 - gain_m) against gain 1, so no member is given up while a point keeps every
     member's gain higher. Where no point keeps every weighted member's gain at `floor` (BALANCED_FLOOR; -inf never
     falls back) or more, balancing would pick a merge barely past the pretrained model, so the weighted sum decides
@@ -141,7 +158,7 @@ def preference_scores(
     if method == "balanced":
         if reference is None:
             raise ValueError("selection.method balanced needs the reference models' metrics (reference.parquet)")
-        gain = {t: gains(v, *reference[t], maximized(metric)) for t, v in per_task.items()}
+        gain = task_gains(per_task, reference, maximized(metric))
         G = np.column_stack([groups.weighted_mean(gain, side) for side in sides])
         lowest = G[:, np.array(list(weights.values())) > 0].min(axis=1)
         if len(G) and lowest.max() >= floor:

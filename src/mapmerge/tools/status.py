@@ -54,7 +54,8 @@ def summary(results: Path) -> str:
 def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
     """A line per task whose fine-tuned model scores no better on it than the pretrained model (reference.parquet),
     in `metric` (default: the run's objective, as groups.parquet records it, else accuracy): its task vector brings
-    the task nothing to merge, and the balanced selection rule, which divides by that gain, cannot weigh it."""
+    the task nothing to merge, and the balanced selection rule weighs it by the pretrained model's value instead
+    (selection.task_gains)."""
     if metric is None:
         recorded = recorded_objectives(results)
         metric = recorded[0] if len(recorded) == 1 else "accuracy"
@@ -67,9 +68,9 @@ def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
         if (finetuned - pretrained if maximized(metric) else pretrained - finetuned) <= 0:
             lines.append(
                 f"task {task}: its fine-tuned model scores no better on it than the pretrained model ({metric} "
-                f"{finetuned:.4g} against {pretrained:.4g}): its task vector brings the task nothing to merge, and "
-                "selection.method=balanced, which divides by that gain, cannot weigh it (weighted_sum or tchebycheff "
-                "can)"
+                f"{finetuned:.4g} against {pretrained:.4g}): its task vector brings the task nothing to merge; "
+                "selection.method=balanced counts the task as fully kept at the pretrained model's value, and a loss "
+                "on it as on the other tasks (per their median fine-tuning gain)"
             )
     return lines
 
