@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mapmerge.core import groundtruth
 from mapmerge.outputs.report import HTML_TABLES
-from mapmerge.run import preflight, validation_config
+from mapmerge.run import preflight, records, validation_config
 from mapmerge.run.config import ConfigError, check_command_line, load_config, round_params, stage_config
 
 # Every check runs here, before the first job (the driver also reads the files the config names); a
@@ -24,6 +24,8 @@ try:
         overrides=config.get("overrides"),
         check_files=workflow.is_main_process,
     )
+    if workflow.is_main_process and not records.exempt(sys.argv):
+        records.check(CFG["results"])
 except ConfigError as exc:
     sys.exit(f"mapmerge: {exc}")
 if workflow.is_main_process:
@@ -61,6 +63,8 @@ onsuccess:
     from mapmerge.outputs.notes import final_notes  # at the end only: it imports pymoo (selection's fronts)
     from mapmerge.tools.status import no_gain_notes
 
+    if workflow.is_main_process:
+        records.record(R)
     if Path(L.selected).exists():
         for line in [*final_notes(R), *no_gain_notes(R, CFG["optimizer"]["objective"])]:
             print(f"mapmerge: {line}", file=sys.stderr)

@@ -17,7 +17,7 @@ through it (mapmerge.tools: runfolder, status, select_merge, replot). Every meth
         plots/<name>.png, report/<table>.html
         validation/{grid/b<NNNN>,front,front_evals,baselines/<name>}.parquet, validation.parquet
         logs/<rule>.log, logs/<rule>/<wildcard>/.../<wildcard>.log
-        selected/ (mapmerge select), .mapmerge.lock (the driver's lock)
+        selected/ (mapmerge select), .mapmerge.lock (the driver's lock), .mapmerge.home (mapmerge.run.records)
 """
 
 from __future__ import annotations

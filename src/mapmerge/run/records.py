@@ -1,0 +1,68 @@
+"""Whether Snakemake's records of a run folder's files are where this run looks for them.
+
+Snakemake reruns a job whose params or code changed only if it holds a record of the settings its files were made
+with: in the working directory's .snakemake/, under each file's path as the rules name it. A run folder moved or
+copied to another path, a folder named by an absolute path and run from another working directory, or a working
+directory whose .snakemake/ was removed has files without records, and then a changed setting reruns nothing: the
+run says "Nothing to be done" and reports the old settings' results as the new ones'.
+
+Every successful driver writes HOME into the folder (the path the rules name, the working directory); `check` refuses,
+before any job, a folder made under another path or working directory, or whose working directory lost its records.
+One run with --forceall makes every file again under this path (each evaluation comes back from the folder's
+evaluation cache) and records it here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from mapmerge.errors import ConfigError
+from mapmerge.io import atomic_path
+
+HOME = ".mapmerge.home"  # in the run folder: {"results": the folder as the rules name it, "cwd": the working directory}
+RECORDS = Path(".snakemake") / "metadata"  # Snakemake's records (its file backend), relative to the working directory
+# options under which the check does not apply: every job runs again (--forceall), or none runs and nothing is reported
+# as this run's result (--unlock, --lint, --cleanup-metadata, --report: it shows the files as they are); --touch marks
+# the files as made with these settings
+EXEMPT = ("--forceall", "--unlock", "--lint", "--touch", "--cleanup-metadata", "--report")
+EXEMPT_SHORT = "Ft"  # -F (--forceall), -t (--touch), alone or among other one-letter options (-nF)
+
+
+def exempt(argv: Sequence[str]) -> bool:
+    """Whether snakemake's command line `argv` runs every job again or none (EXEMPT)."""
+    return any(arg in EXEMPT or (re.fullmatch(r"-[A-Za-z]+", arg) and set(arg[1:]) & set(EXEMPT_SHORT)) for arg in argv)
+
+
+def record(results: str) -> None:
+    """In a driver whose run succeeded: write HOME, the folder's path as the rules name it and the working directory."""
+    home = Path(results) / HOME
+    if Path(results).is_dir():
+        with atomic_path(home) as tmp:
+            tmp.write_text(json.dumps({"results": str(results), "cwd": os.getcwd()}))
+
+
+def check(results: str) -> None:
+    """ConfigError where the folder's files were made under another path or working directory (HOME), or where this
+    working directory has no Snakemake records: a changed setting would rerun nothing there."""
+    try:
+        home = json.loads((Path(results) / HOME).read_text())
+    except (OSError, ValueError):
+        return  # a new folder, or one no driver of this version has finished
+    cwd = os.getcwd()
+    if home.get("results") != str(results):
+        why = f"its files were made as {home.get('results')} (from {home.get('cwd')}), and Snakemake keeps its records"
+        why += " of them under that path"
+    elif Path(results).is_absolute() and home.get("cwd") != cwd:
+        why = f"its files were made from {home.get('cwd')}, whose .snakemake/ keeps Snakemake's records of them"
+    elif not RECORDS.is_dir():
+        why = f"this working directory ({cwd}) has no Snakemake records ({RECORDS} is missing)"
+    else:
+        return
+    raise ConfigError(
+        f"{results}: {why}, so here a changed setting would rerun nothing; run snakemake once with --forceall (every "
+        "evaluation comes back from the folder's evaluation cache)"
+    )

@@ -1,0 +1,108 @@
+"""A run folder whose files Snakemake holds no records of here (moved, copied, run from another working directory, or
+.snakemake/ removed) is refused before any job, since a changed setting would rerun nothing (mapmerge.run.records)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE_RUN, copy_run, example_run, snakemake_command
+from mapmerge.errors import ConfigError
+from mapmerge.run import records
+from test_bad_input import snapshot
+
+
+@pytest.mark.parametrize(
+    "argv, exempt",
+    [
+        (["snakemake", "--cores", "2"], False),
+        (["snakemake", "-n"], False),
+        (["snakemake", "--forcerun", "fit_surrogate"], False),
+        (["snakemake", "--forceall"], True),
+        (["snakemake", "-F"], True),
+        (["snakemake", "-nF"], True),
+        (["snakemake", "--unlock"], True),
+        (["snakemake", "--touch"], True),
+        (["snakemake", "--config", "overrides=[name=Ft]"], False),  # a value, not an option
+    ],
+)
+def test_only_options_that_rerun_every_job_or_none_are_exempt(argv, exempt):
+    assert records.exempt(argv) is exempt
+
+
+def _home(folder: Path, results: str, cwd: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / records.HOME).write_text(json.dumps({"results": results, "cwd": str(cwd)}))
+
+
+def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    records.check("results/new")  # no folder yet
+    (tmp_path / "results" / "old").mkdir(parents=True)
+    records.check("results/old")  # made before the record was kept: not known
+    records.record("results/old")
+    assert json.loads((tmp_path / "results/old" / records.HOME).read_text()) == {
+        "results": "results/old",
+        "cwd": str(tmp_path),
+    }
+    with pytest.raises(ConfigError, match=r"no Snakemake records \(\.snakemake/metadata is missing\)"):
+        records.check("results/old")
+    (tmp_path / records.RECORDS).mkdir(parents=True)
+    records.check("results/old")
+
+    shutil.copytree(tmp_path / "results/old", tmp_path / "results/moved")
+    with pytest.raises(ConfigError) as info:
+        records.check("results/moved")
+    assert str(info.value) == (
+        f"results/moved: its files were made as results/old (from {tmp_path}), and Snakemake keeps its records of them "
+        "under that path, so here a changed setting would rerun nothing; run snakemake once with --forceall (every "
+        "evaluation comes back from the folder's evaluation cache)"
+    )
+
+    absolute = str(tmp_path / "results/abs")
+    _home(Path(absolute), absolute, tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=rf"its files were made from {tmp_path}/elsewhere, whose \.snakemake/"):
+        records.check(absolute)
+    _home(Path(absolute), absolute, tmp_path)
+    records.check(absolute)
+    # a relative folder in a copied working directory (with its .snakemake/): the records came along
+    _home(tmp_path / "results/old", "results/old", tmp_path / "original")
+    records.check("results/old")
+
+
+@pytest.mark.slow
+def test_a_moved_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, tmp_path):
+    """A finished run moved within its working directory: a changed setting would find "Nothing to be done"; the run
+    and a dry run stop with one line and change nothing, a dry run with --forceall goes on."""
+    example, finished = example_run(tmp_path_factory)
+    assert json.loads((finished / "results/custom_mlp" / records.HOME).read_text())["results"] == "results/custom_mlp"
+    workdir = copy_run(finished, tmp_path / "work")
+    (workdir / "results/custom_mlp").rename(workdir / "results/moved")
+    before = snapshot(workdir / "results")
+    experiment = example / "experiment.yaml"
+    overrides = [*EXAMPLE_RUN, "name=moved", "refine.points=5"]
+    for args in [(), ("-n",)]:
+        proc = subprocess.run(
+            snakemake_command(workdir, *args, overrides=overrides, experiment=experiment),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+        assert re.fullmatch(
+            r"mapmerge: results/moved: its files were made as results/custom_mlp \(from .*\), .*", lines[0]
+        )
+    assert snapshot(workdir / "results") == before
+    proc = subprocess.run(
+        snakemake_command(workdir, "-n", "-F", overrides=overrides, experiment=experiment),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "evaluate_round" in proc.stdout, proc.stderr[-2000:]
