@@ -25,7 +25,7 @@ try:
         check_files=workflow.is_main_process,
     )
     if workflow.is_main_process and not records.exempt(sys.argv):
-        records.check(CFG["results"])
+        records.check(CFG["results"], records.model_of(CFG))
 except ConfigError as exc:
     sys.exit(f"mapmerge: {exc}")
 if workflow.is_main_process:
@@ -64,7 +64,7 @@ onsuccess:
     from mapmerge.tools.status import no_gain_notes
 
     if workflow.is_main_process:
-        records.record(R)
+        records.record(R, records.model_of(CFG))
     if Path(L.selected).exists():
         for line in [*final_notes(R), *no_gain_notes(R, CFG["optimizer"]["objective"])]:
             print(f"mapmerge: {line}", file=sys.stderr)

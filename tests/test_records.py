@@ -35,29 +35,33 @@ def test_only_options_that_rerun_every_job_or_none_are_exempt(argv, exempt):
     assert records.exempt(argv) is exempt
 
 
+MODEL = "/models/pre.pt"
+
+
 def _home(folder: Path, results: str, cwd: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / records.HOME).write_text(json.dumps({"results": results, "cwd": str(cwd)}))
+    (folder / records.HOME).write_text(json.dumps({"results": results, "cwd": str(cwd), "model": MODEL}))
 
 
 def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    records.check("results/new")  # no folder yet
+    records.check("results/new", MODEL)  # no folder yet
     (tmp_path / "results" / "old").mkdir(parents=True)
-    records.check("results/old")  # made before the record was kept: not known
-    records.record("results/old")
+    records.check("results/old", MODEL)  # made before the record was kept: not known
+    records.record("results/old", MODEL)
     assert json.loads((tmp_path / "results/old" / records.HOME).read_text()) == {
         "results": "results/old",
         "cwd": str(tmp_path),
+        "model": MODEL,
     }
     with pytest.raises(ConfigError, match=r"no Snakemake records \(\.snakemake/metadata is missing\)"):
-        records.check("results/old")
+        records.check("results/old", MODEL)
     (tmp_path / records.RECORDS).mkdir(parents=True)
-    records.check("results/old")
+    records.check("results/old", MODEL)
 
     shutil.copytree(tmp_path / "results/old", tmp_path / "results/moved")
     with pytest.raises(ConfigError) as info:
-        records.check("results/moved")
+        records.check("results/moved", MODEL)
     assert str(info.value) == (
         f"results/moved: its files were made as results/old (from {tmp_path}), and Snakemake keeps its records of them "
         "under that path, so here a changed setting would rerun nothing; run snakemake once with --forceall (every "
@@ -67,22 +71,30 @@ def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkey
     absolute = str(tmp_path / "results/abs")
     _home(Path(absolute), absolute, tmp_path / "elsewhere")
     with pytest.raises(ConfigError, match=rf"its files were made from {tmp_path}/elsewhere, whose \.snakemake/"):
-        records.check(absolute)
+        records.check(absolute, MODEL)
     _home(Path(absolute), absolute, tmp_path)
-    records.check(absolute)
+    records.check(absolute, MODEL)
     # a relative folder in a copied working directory (with its .snakemake/): the records came along
     _home(tmp_path / "results/old", "results/old", tmp_path / "original")
-    records.check("results/old")
+    records.check("results/old", MODEL)
+    with pytest.raises(ConfigError) as info:  # the name of another experiment's run
+        records.check("results/old", records.BUILTIN)
+    assert str(info.value) == (
+        f"results/old: holds a run of another model ({MODEL}; this run's: the built-in benchmark): give this run its "
+        "own name (name=...), or run snakemake once with --forceall to replace that run (a new model reruns every "
+        "job anyway)"
+    )
 
 
 @pytest.mark.slow
-def test_a_moved_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, tmp_path):
-    """A finished run moved within its working directory: a changed setting would find "Nothing to be done"; the run
-    and a dry run stop with one line and change nothing, a dry run with --forceall goes on."""
+def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, tmp_path):
+    """A finished run copied within its working directory: a changed setting would find "Nothing to be done"; the run
+    and a dry run stop with one line and change nothing, a dry run with --forceall goes on. The built-in benchmark's
+    run under the example's name is refused too."""
     example, finished = example_run(tmp_path_factory)
     assert json.loads((finished / "results/custom_mlp" / records.HOME).read_text())["results"] == "results/custom_mlp"
     workdir = copy_run(finished, tmp_path / "work")
-    (workdir / "results/custom_mlp").rename(workdir / "results/moved")
+    shutil.copytree(workdir / "results/custom_mlp", workdir / "results/moved", symlinks=True)
     before = snapshot(workdir / "results")
     experiment = example / "experiment.yaml"
     overrides = [*EXAMPLE_RUN, "name=moved", "refine.points=5"]
@@ -98,6 +110,16 @@ def test_a_moved_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, tm
         assert re.fullmatch(
             r"mapmerge: results/moved: its files were made as results/custom_mlp \(from .*\), .*", lines[0]
         )
+    # the built-in benchmark's run given the example's name
+    proc = subprocess.run(
+        snakemake_command(workdir, "-n", overrides=[*EXAMPLE_RUN, "name=custom_mlp"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "mapmerge: results/custom_mlp: holds a run of another model ("
+    )
     assert snapshot(workdir / "results") == before
     proc = subprocess.run(
         snakemake_command(workdir, "-n", "-F", overrides=overrides, experiment=experiment),

@@ -6,10 +6,11 @@ copied to another path, a folder named by an absolute path and run from another 
 directory whose .snakemake/ was removed has files without records, and then a changed setting reruns nothing: the
 run says "Nothing to be done" and reports the old settings' results as the new ones'.
 
-Every successful driver writes HOME into the folder (the path the rules name, the working directory); `check` refuses,
-before any job, a folder made under another path or working directory, or whose working directory lost its records.
-One run with --forceall makes every file again under this path (each evaluation comes back from the folder's
-evaluation cache) and records it here.
+Every successful driver writes HOME into the folder (the path the rules name, the working directory, the model);
+`check` refuses, before any job, a folder made under another path or working directory, or whose working directory
+lost its records. One run with --forceall makes every file again under this path (each evaluation comes back from
+the folder's evaluation cache) and records it here. It also refuses a folder that holds a run of another model: a
+name given to two experiments would replace one run's results with the other's.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mapmerge.errors import ConfigError
 from mapmerge.io import atomic_path
 
-HOME = ".mapmerge.home"  # in the run folder: {"results": the folder as the rules name it, "cwd": the working directory}
+HOME = ".mapmerge.home"  # in the run folder: {"results": as the rules name it, "cwd": the working directory, "model"}
+BUILTIN = "the built-in benchmark"
 RECORDS = Path(".snakemake") / "metadata"  # Snakemake's records (its file backend), relative to the working directory
 # options under which the check does not apply: every job runs again (--forceall), or none runs and nothing is reported
 # as this run's result (--unlock, --lint, --cleanup-metadata, --report: it shows the files as they are); --touch marks
@@ -37,21 +40,34 @@ def exempt(argv: Sequence[str]) -> bool:
     return any(arg in EXEMPT or (re.fullmatch(r"-[A-Za-z]+", arg) and set(arg[1:]) & set(EXEMPT_SHORT)) for arg in argv)
 
 
-def record(results: str) -> None:
-    """In a driver whose run succeeded: write HOME, the folder's path as the rules name it and the working directory."""
+def model_of(cfg: Mapping[str, Any]) -> str:
+    """The model a resolved config merges: its pretrained checkpoint, or the built-in benchmark."""
+    return BUILTIN if cfg["model"]["builtin"] else str(cfg["model"]["pretrained"])
+
+
+def record(results: str, model: str) -> None:
+    """In a driver whose run succeeded: write HOME (the folder's path as the rules name it, the working directory and
+    the model, model_of)."""
     home = Path(results) / HOME
     if Path(results).is_dir():
         with atomic_path(home) as tmp:
-            tmp.write_text(json.dumps({"results": str(results), "cwd": os.getcwd()}))
+            tmp.write_text(json.dumps({"results": str(results), "cwd": os.getcwd(), "model": model}))
 
 
-def check(results: str) -> None:
-    """ConfigError where the folder's files were made under another path or working directory (HOME), or where this
-    working directory has no Snakemake records: a changed setting would rerun nothing there."""
+def check(results: str, model: str) -> None:
+    """ConfigError where the folder holds a run of another model (a name given to two experiments), or its files were
+    made under another path or working directory (HOME), or this working directory has no Snakemake records: a
+    changed setting would rerun nothing there."""
     try:
         home = json.loads((Path(results) / HOME).read_text())
     except (OSError, ValueError):
         return  # a new folder, or one no driver of this version has finished
+    if home.get("model", model) != model:
+        raise ConfigError(
+            f"{results}: holds a run of another model ({home['model']}; this run's: {model}): give this run its own "
+            "name (name=...), or run snakemake once with --forceall to replace that run (a new model reruns every "
+            "job anyway)"
+        )
     cwd = os.getcwd()
     if home.get("results") != str(results):
         why = f"its files were made as {home.get('results')} (from {home.get('cwd')}), and Snakemake keeps its records"
