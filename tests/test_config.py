@@ -231,6 +231,29 @@ def test_fault_policies_are_checked(repo, override, message):
         load(repo, overrides=[override])
 
 
+def test_paths_starting_with_a_tilde_are_in_the_home_folder(repo, tmp_path, monkeypatch):
+    """A path the shell left unexpanded (quoted, or inside overrides) is the user's home, not a folder named ~."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "exp.yaml").write_text("name: home\npreference: ~/prefs.yaml\n")
+    (tmp_path / "prefs.yaml").write_text("rot90: 2\ninvert: 1\n")
+    cfg = load(repo, experiment="~/exp.yaml", overrides=["results_dir='~/runs'"], check_files=False)
+    assert cfg["results"] == str(tmp_path / "runs" / "home")
+    assert cfg["preference"] == {"rot90": 2, "invert": 1}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("results_dir=~/runs", r"'results_dir=~/runs' does not parse \(quote the value, key='value': Hydra reserves"),
+        ("seed", r"'seed' does not parse \(write key=value; missing EQUAL"),
+        ("sampler.factor=[1,2", r"'sampler.factor=\[1,2' does not parse \(no viable alternative at input"),
+    ],
+)
+def test_an_override_hydra_cannot_parse_is_named(repo, override, message):
+    with pytest.raises(ConfigError, match="^overrides: " + message):
+        load(repo, overrides=["seed=1", override], check_files=False)
+
+
 def test_preference_file_is_yaml_task_weight(repo, tmp_path):
     (tmp_path / "prefs.yaml").write_text("rot90: 2\ninvert: 1\n")
     (tmp_path / "exp.yaml").write_text("name: pref\npreference: prefs.yaml\n")  # relative to the experiment file

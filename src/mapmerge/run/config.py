@@ -67,11 +67,11 @@ def load_config(
     check_files the files the config names (checkpoint headers, data, labels, importable targets).
     """
     overrides = _as_list(overrides)
-    _check_override_keys(overrides)
+    _check_overrides(overrides)
     exp_dir: Path | None = None
     exp_keys: dict[str, Any] | None = None
     if experiment:
-        exp_path = Path(experiment).resolve()
+        exp_path = Path(experiment).expanduser().resolve()
         if not exp_path.is_file():
             found = "a folder, not a file" if exp_path.is_dir() else "not found"
             raise ConfigError(f"experiment file {experiment}: {found} (looked for {exp_path})")
@@ -131,11 +131,26 @@ def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]
     return {line: (o.key_or_group, o.value()) for line, o in zip(whole, parsed)}
 
 
-def _check_override_keys(overrides: Sequence[str]) -> None:
-    """Refuse an override without a key ('=3', '+=3'), which Hydra reads as a config group and reports obscurely."""
+# Hydra's override parse errors -> what to do, before its own words
+OVERRIDE_HINTS = {
+    "token recognition error": "quote the value, key='value': Hydra reserves characters such as ~ and * in a bare one; ",
+    "missing EQUAL": "write key=value; ",
+}
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse, naming it, an override without a key ('=3', which Hydra reads as a config group and reports obscurely)
+    or one Hydra's grammar does not parse (a bare value with a character it reserves: results_dir=~/runs)."""
+    parser = OverridesParser.create()
     for item in overrides:
         if item.lstrip("+~").startswith("=") or not item.lstrip("+~"):
             raise ConfigError(f"overrides: {item!r} has no key (write key=value, e.g. seed=3)")
+        try:
+            parser.parse_override(item)
+        except HydraException as exc:
+            message = " ".join(str(exc).split()).removeprefix(f"Error parsing override '{item}' ")
+            hint = next((h for key, h in OVERRIDE_HINTS.items() if key in message), "")
+            raise ConfigError(f"overrides: {item!r} does not parse ({hint}{message})") from None
 
 
 def _as_list(overrides: Sequence[str] | str | None) -> list[str]:
@@ -164,7 +179,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     name = str(cfg.get("name") or "")
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name: '{name}' is not a valid run name (a folder name, no '/')")
-    cfg["results"] = str(Path(cfg["results_dir"]) / name)
+    cfg["results"] = str(Path(cfg["results_dir"]).expanduser() / name)
     model = dict(cfg["model"])
     try:
         adapters.check_unused(model)
@@ -208,7 +223,8 @@ def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     """The preference mapping, or the YAML file (task: weight) it names, relative to the experiment file."""
     if isinstance(value, dict):
         return dict(value)
-    path = Path(value) if Path(value).is_absolute() else base_dir / value
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base_dir / path
     if not path.is_file():
         raise ConfigError(f"preference file {value}: not found (looked for {path})")
     loaded = OmegaConf.to_container(_load_yaml(path, f"preference file {path}"))
@@ -283,7 +299,7 @@ def _benchmark_source(bench: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             "benchmark.subset: required with benchmark.dataset=fashion (images of Fashion-MNIST used, 100..60000)"
         )
-    data_dir = str(bench.get("data_dir") or fashion.DATA_DIR)
+    data_dir = str(Path(bench.get("data_dir") or fashion.DATA_DIR).expanduser())
     try:
         fashion.files("train", data_dir)
     except ArtifactError as exc:
