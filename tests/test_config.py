@@ -62,6 +62,8 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["benchmark.tasks=[rot90, nope]"], "benchmark.tasks: unknown task 'nope'"),
         (["benchmark.tasks=1"], "benchmark.tasks: 1 is out of range"),
         (["tasks=[rot90, zzz]"], "tasks: unknown task 'zzz'"),
+        (["tasks=[rot90, invert, rot90]"], "^tasks: names task 'rot90' twice$"),
+        (["benchmark.tasks=[rot90, rot90]"], "^benchmark.tasks: names task 'rot90' twice$"),
         (["name=a/b"], "name: 'a/b' is not a valid run name"),
         (["sampler=nonexistent"], "config: "),
         (["model.pretrained=x.pt"], "model.builder: must be a mapping"),

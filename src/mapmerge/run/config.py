@@ -265,6 +265,7 @@ def _benchmark_model(cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, An
     unknown = [t for t in tasks if t not in TASK_NAMES]
     if unknown:
         raise ConfigError(f"benchmark.tasks: unknown task '{unknown[0]}'; known: {', '.join(TASK_NAMES)}")
+    _check_twice(tasks, "benchmark.tasks")
     bench = {**bench, "tasks": list(tasks), "seed": cfg["seed"]}
     source = _benchmark_source(bench)
     cfg["benchmark"] = bench
@@ -341,7 +342,15 @@ def _select_tasks(selection: Any, available: list[str]) -> list[str]:
     unknown = [t for t in selection if t not in available]
     if unknown:
         raise ConfigError(f"tasks: unknown task '{unknown[0]}'; the model has: {', '.join(available)}")
+    _check_twice(selection, "tasks")
     return [str(t) for t in selection]
+
+
+def _check_twice(tasks: Sequence[str], key: str) -> None:
+    """Refuse a list of tasks that names one twice (a copy-paste slip: one task the fewer, or a task merged twice)."""
+    twice = next((t for n, t in enumerate(tasks) if t in tasks[:n]), None)
+    if twice is not None:
+        raise ConfigError(f"{key}: names task '{twice}' twice")
 
 
 # Per-stage sub-configs: each rule gets only these as params, so a change reruns that stage and later ones.
