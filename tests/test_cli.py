@@ -747,6 +747,36 @@ def test_select_refuses_an_out_inside_the_run_folder(runs, torch_run, capsys):
     assert err == f"mapmerge select: --out {pre}: is the pretrained checkpoint itself; write the merge elsewhere\n"
 
 
+def test_select_replaces_no_file_but_its_own_merges(runs, torch_run, tmp_path, capsys):
+    """An --out that no checkpoint is named like, or an existing file select did not write (a task's checkpoint), is
+    refused; a .safetensors merge select wrote is replaced, a torch file (which cannot say who wrote it) is not."""
+    R = runs["plain"]
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes")
+    err = refused(["select", str(R), "--prefer", "rot90=1", "--out", str(notes)], 2, capsys, R, tmp_path)
+    assert err == (
+        f"mapmerge select: --out {notes}: not a checkpoint's file name; give one ending in .safetensors (or .pt, .pth, "
+        ".bin for a torch state dict)\n"
+    )
+    out = tmp_path / "merge.safetensors"
+    for preference in ("rot90=1", "invert=1"):  # the second replaces the first
+        assert main(["select", str(R), "--prefer", preference, "--out", str(out)]) == 0
+        assert json.loads(safetensors_metadata(out)["preference"]) == {preference.split("=")[0]: 1.0}
+    R, ckpts = torch_run
+    task = next(p for p in sorted(ckpts.glob("*.pt")) if p.name != "pretrained.pt")
+    pre = ckpts / "pretrained.pt"
+    command = ["select", str(R), "--prefer", "rot90=1", "--pretrained", str(pre), "--out"]
+    err = refused([*command, str(task)], 2, capsys, R, ckpts)
+    assert err == (
+        f"mapmerge select: --out {task}: exists, and select replaces only the merges it wrote (it cannot tell a torch "
+        "file of its own); remove the file first, or give another path\n"
+    )
+    assert main([*command, str(tmp_path / "merge.pt")]) == 0
+    assert refused([*command, str(tmp_path / "merge.pt")], 2, capsys, R, tmp_path).startswith(
+        f"mapmerge select: --out {tmp_path / 'merge.pt'}: exists"
+    )
+
+
 @pytest.mark.parametrize(
     "prefer, message",
     [

@@ -55,6 +55,8 @@ from mapmerge.tools.runfolder import (
 )
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+SOURCE = "mapmerge select"  # the `source` in the metadata of the merges select writes
 
 
 def parse_preference(text: str) -> dict[str, float]:
@@ -123,6 +125,34 @@ def check_out(
         )
 
 
+def check_file_out(results: Path, out: Path) -> None:
+    """Refuse a checkpoint --out whose name no checkpoint has (README.md), or an existing file outside
+    RESULTS/selected/ that select did not write (a model of the user's own): select replaces only its own merges."""
+    if out.suffix not in CHECKPOINT_SUFFIXES:
+        raise UsageError(
+            f"--out {out}: not a checkpoint's file name; give one ending in .safetensors (or "
+            f"{', '.join(CHECKPOINT_SUFFIXES[1:])} for a torch state dict)"
+        )
+    if out.is_file() and not out.resolve().is_relative_to(Layout(results).selections.resolve()) and not _own(out):
+        tell = "is not one" if out.suffix == ".safetensors" else "cannot tell a torch file of its own"
+        raise UsageError(
+            f"--out {out}: exists, and select replaces only the merges it wrote (it {tell}); remove the file first, "
+            "or give another path"
+        )
+
+
+def _own(path: Path) -> bool:
+    """Whether a file is a merge select wrote: a .safetensors whose header says so (a torch file cannot say)."""
+    if path.suffix != ".safetensors":
+        return False
+    from mapmerge.tensors.checkpoints import safetensors_metadata  # deferred: torch
+
+    try:
+        return safetensors_metadata(path).get("source") == SOURCE
+    except Exception:  # not a readable safetensors file: not select's
+        return False
+
+
 def task_folder(folder: Path, task: str) -> Path:
     """The weights of the run's merged model folder of a task (groups/<g>/merged/<task>/, written by merge_group)."""
     if not (folder / "config.json").is_file() or not any((folder / name).is_file() for name in HF_WEIGHTS):
@@ -135,7 +165,7 @@ def task_folder(folder: Path, task: str) -> Path:
 
 def out_is_folder(out: Path | None) -> bool:
     """Whether a transformers run's --out names the folder of per-task folders (no .safetensors or torch suffix)."""
-    return out is None or out.suffix not in (".safetensors", *TORCH_SUFFIXES)
+    return out is None or out.suffix not in CHECKPOINT_SUFFIXES
 
 
 def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, str]) -> Path:
@@ -404,6 +434,8 @@ def select(
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
     if as_folders and pre_path.parent.resolve().is_relative_to(out.resolve()):
         raise UsageError(f"--out {out}: holds the pretrained checkpoint {pre_path}; write the merge elsewhere")
+    if not as_folders:
+        check_file_out(results, out)
     buffers = non_persistent_buffers(pre_path) if transformers_run and hf_config(pre_path) else set()
     checked = check_pretrained(results, pre_path, pretrained is not None, record)
     if checked is None:
@@ -425,7 +457,7 @@ def select(
         "selection": json.dumps({"method": method, "rho": rho}),
         "candidate": str(pick["source"].iloc[0]),
         "group": group,
-        "source": "mapmerge select",
+        "source": SOURCE,
         **({"seed": str(seed)} if seed is not None else {}),
     }
     if as_folders:
