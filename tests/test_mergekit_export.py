@@ -188,6 +188,17 @@ def test_export_refusals(runs, llama, tmp_path, capsys):
     inside = R / "groups" / "x.yaml"
     err = refused(["export", str(R), "--mergekit", str(inside), *directories(llama)], 2, capsys, R, tmp_path)
     assert err.startswith(f"mapmerge export: --mergekit {inside}: inside the run folder {R}, where export writes only")
+    # export replaces only what it wrote: not an experiment file, nor a file not named like YAML
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("name: mine\n")
+    err = refused(["export", str(R), "--mergekit", str(experiment), *directories(llama)], 2, capsys, R, tmp_path)
+    assert err == (
+        f"mapmerge export: --mergekit {experiment}: exists, and export replaces only the configurations it wrote; "
+        "remove the file first, or give another path\n"
+    )
+    notes = tmp_path / "notes.md"
+    err = refused(["export", str(R), "--mergekit", str(notes), *directories(llama)], 2, capsys, R, tmp_path)
+    assert err == f"mapmerge export: --mergekit {notes}: not a YAML file's name; give one ending in .yaml or .yml\n"
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,7 @@ METHODS = {
     "dare_ties": "dare_ties",
     "slerp": "slerp",
 }
+HEADER = "mergekit configuration written by `mapmerge export`"  # the first line of what export writes, after '# '
 TOLERANCE = 1e-9  # equal coefficients (ties, dare_ties), c_1 + c_2 = 1 (slerp)
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -202,6 +203,20 @@ def per_tensor_setting(values: Mapping[str, float], default: float) -> float | l
     return [{"filter": n, "value": values[n]} for n in order] + [{"value": default}]
 
 
+def _check_yaml_out(out: Path) -> None:
+    """Refuse a --mergekit path not named like a YAML file, or an existing file that export did not write (HEADER)."""
+    if out.suffix not in (".yaml", ".yml"):
+        raise UsageError(f"--mergekit {out}: not a YAML file's name; give one ending in .yaml or .yml")
+    if out.is_file():
+        with out.open(errors="replace") as fh:
+            own = fh.readline().startswith(f"# {HEADER}")
+        if not own:
+            raise UsageError(
+                f"--mergekit {out}: exists, and export replaces only the configurations it wrote; remove the file "
+                "first, or give another path"
+            )
+
+
 def write_config(config: Mapping[str, Any], notes: Sequence[str], out: Path) -> Path:
     """The configuration as YAML, its notes as comment lines on top, written atomically."""
     header = "".join(f"# {line}\n" for line in notes)
@@ -237,6 +252,7 @@ def export(
         raise UsageError("--prefer and --point: give one (or neither, for the run's own merge)")
     layout = scan(results)
     check_out(results, out, option="--mergekit", tool="export", file="the YAML file to write")
+    _check_yaml_out(out)
     group, info = final_group(layout)
     merges = [m for m in info["members"] if m not in info["tasks"]]
     if merges:
@@ -275,7 +291,7 @@ def export(
     found = read_models(pretrained, given, vectors)
     config, notes = mergekit_config(operator, c, found)
     notes = [
-        f"mergekit configuration written by `mapmerge export` from {results}: {where}",
+        f"{HEADER} from {results}: {where}",
         *notes,
         f"merge it: mergekit-yaml {out.name} OUTPUT_DIR",
     ]
