@@ -233,6 +233,15 @@ def test_fault_policies_are_checked(repo, override, message):
         load(repo, overrides=[override])
 
 
+def test_a_known_key_the_defaults_leave_unset_needs_no_plus(repo):
+    """benchmark.dataset=fashion as +benchmark.dataset=fashion (Hydra refuses it without '+'); a typo still fails."""
+    plain = load(repo, overrides=["benchmark.dataset=fashion", "benchmark.subset=500"], check_files=False)
+    plus = load(repo, overrides=["+benchmark.dataset=fashion", "+benchmark.subset=500"], check_files=False)
+    assert plain == plus and plain["benchmark"]["dataset"] == "fashion" and plain["benchmark"]["subset"] == 500
+    with pytest.raises(ConfigError, match=r"^config: benchmark.datset: unknown key \(did you mean `dataset`\?\)$"):
+        load(repo, overrides=["benchmark.datset=fashion"], check_files=False)
+
+
 def test_paths_starting_with_a_tilde_are_in_the_home_folder(repo, tmp_path, monkeypatch):
     """A path the shell left unexpanded (quoted, or inside overrides) is the user's home, not a folder named ~."""
     monkeypatch.setenv("HOME", str(tmp_path))

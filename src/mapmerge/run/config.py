@@ -13,8 +13,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mapmerge import adapters
@@ -84,8 +84,7 @@ def load_config(
         exp_dir = exp_path.parent
     try:
         whole = _whole_map_overrides(overrides)
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-            cfg = compose(config_name="config", overrides=[o for o in overrides if o not in whole])
+        cfg = _compose(Path(config_dir), [o for o in overrides if o not in whole])
         for key, value in whole.values():
             OmegaConf.update(cfg, key, value, merge=False)
         raw = OmegaConf.to_container(cfg, resolve=True)
@@ -108,6 +107,22 @@ def load_config(
     if check_files:
         preflight.check_files(cfg)
     return cfg
+
+
+def _compose(config_dir: Path, overrides: list[str]) -> DictConfig:
+    """Hydra's compose of the primary config with the overrides. An override `key=value` of a key the schema allows
+    but the defaults leave unset (benchmark.dataset), which Hydra refuses without a '+', is given again as ++key=value."""
+    while True:
+        try:
+            with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
+                return compose(config_name="config", overrides=overrides)
+        except ConfigCompositionException as exc:
+            refused = re.match(r"Could not override '([\w.]+)'\.", str(exc))
+            key = refused.group(1) if refused else None
+            plain = [o for o in overrides if key and o.split("=", 1)[0] == key]
+            if not plain or not schema.known_key(key):
+                raise
+            overrides = [f"++{o}" if o in plain else o for o in overrides]
 
 
 # maps that an override `key={...}` (or +key=, ++key=) replaces whole, where Hydra would merge it into the experiment

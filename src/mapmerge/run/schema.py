@@ -476,6 +476,12 @@ def unknown_key(key: str) -> str | None:
     return f"{key}: unknown key{_did_you_mean(path)}"
 
 
+def known_key(key: str) -> bool:
+    """Whether the schema allows the dotted `key` (a section's field; not an entry of a free mapping)."""
+    path = key.split(".")
+    return path[-1] in _known_keys(path[:-1])
+
+
 def _did_you_mean(path: list[str]) -> str:
     known = _known_keys(path[:-1])
     close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6)
