@@ -830,6 +830,11 @@ def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys):
     assert (tmp_path / "plots" / "front_parallel.png").read_bytes() == (R / "plots" / "front_parallel.png").read_bytes()
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.startswith("mapmerge plot: ")
+    png = tmp_path / "plots" / "front_parallel.png"
+    err = refused(["plot", str(R), "--out", str(png)], 2, capsys, R, tmp_path)
+    assert err == f"mapmerge plot: --out {png}: is a file; give a folder for the PNGs\n"
+    err = refused(["plot", str(R), "--out", str(png / "sub")], 2, capsys, R, tmp_path)
+    assert err == f"mapmerge plot: --out {png / 'sub'}: cannot be made a folder for the PNGs (Not a directory)\n"
 
 
 def test_select_and_plot_before_the_front_exists(runs, capsys):

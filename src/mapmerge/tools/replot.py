@@ -7,7 +7,7 @@ from pathlib import Path
 from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.io import read_table
 from mapmerge.layout import Layout
-from mapmerge.tools.runfolder import final_group, front_file, objective_metric, scan
+from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, scan
 
 
 def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
@@ -15,6 +15,8 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     from mapmerge.outputs import plots  # deferred: matplotlib
 
     results = Path(results)
+    if out_dir is not None:
+        _make_folder(Path(out_dir))
     layout = scan(results)
     group, info = final_group(layout)
     paths = Layout(results)
@@ -44,3 +46,13 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         maximize=maximized(metric),
         members=suffixes(front.columns, "c"),
     )
+
+
+def _make_folder(out_dir: Path) -> None:
+    """The --out folder made (with its parents); UsageError naming it where it cannot be (a file is in the way)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: is a file; give a folder for the PNGs")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: cannot be made a folder for the PNGs ({exc.strerror})") from None
