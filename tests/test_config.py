@@ -65,7 +65,11 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["tasks=[rot90, invert, rot90]"], "^tasks: names task 'rot90' twice$"),
         (["benchmark.tasks=[rot90, rot90]"], "^benchmark.tasks: names task 'rot90' twice$"),
         (["name=a/b"], "name: 'a/b' is not a valid run name"),
-        (["sampler=nonexistent"], "config: "),
+        (["sampler=nonexistent"], r"^overrides: sampler: unknown option 'nonexistent'; the options: lhs, sobol$"),
+        (
+            ["model=openclp"],
+            r"^overrides: model: unknown option 'openclp' \(did you mean `openclip`\?\); the options: ",
+        ),
         (["model.pretrained=x.pt"], "model.builder: must be a mapping"),
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
@@ -115,6 +119,10 @@ def test_broken_yaml_gives_one_line_saying_where(repo, tmp_path, text, where):
     [
         ("[/config, _self_]", "exp.yaml: its defaults list includes the primary config again"),
         ("[override /modl: openclip]", r"config: In '.*exp.yaml': Could not override 'modl'"),
+        (
+            "[override /model: openclp]",
+            r"^experiment file .*exp.yaml: model: unknown option 'openclp' \(did you mean `openclip`\?\); the options: ",
+        ),
         ("3", r"config: Invalid defaults list in '.*exp.yaml', defaults must be a list"),
     ],
 )

@@ -92,6 +92,9 @@ def load_config(
         if isinstance(exc, ValueError) and _raised_in(exc) not in ("hydra", "omegaconf"):
             raise  # a bug, not the user's config: its traceback, not one line
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        option = _unknown_option(message, overrides, experiment)
+        if option:
+            raise ConfigError(option) from exc
         typo = re.match(r"Could not override '([\w.]+)'\.", message)
         message = (typo and schema.unknown_key(typo.group(1))) or message
         raise ConfigError("config: " + message.replace(f"experiment/{EXPERIMENT_NODE}", f"{experiment}")) from exc
@@ -107,6 +110,22 @@ def load_config(
     if check_files:
         preflight.check_files(cfg)
     return cfg
+
+
+def _unknown_option(message: str, overrides: Sequence[str], experiment: Any) -> str | None:
+    """One line for Hydra's 'Could not find GROUP/OPTION' (a config group's option mistyped), naming where it was
+    given (the overrides, else the experiment file's defaults list), the closest option and all of them."""
+    found = re.search(
+        r"Could not find '([\w.]+)/([^']+)' Available options in '[^']*': (.*?) Config search path", message
+    )
+    if not found:
+        return None
+    group, option, options = found.group(1), found.group(2), found.group(3).split()
+    close = difflib.get_close_matches(option, options, n=1)
+    given = any(o.lstrip("+~").split("=", 1)[0] == group for o in overrides)
+    where = "overrides" if given or not experiment else f"experiment file {experiment}"
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    return f"{where}: {group}: unknown option '{option}'{hint}; the options: {', '.join(options)}"
 
 
 def _compose(config_dir: Path, overrides: list[str]) -> DictConfig:
