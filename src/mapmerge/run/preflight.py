@@ -327,15 +327,6 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
         compatible_names,  # deferred: torch, and only the driver reads headers
     )
 
-    owner = {Path(model["pretrained"]).resolve(): pretrained_key(model)}
-    for task in tasks:
-        path = Path(model["tasks"][task]["checkpoint"]).resolve()
-        if path in owner:
-            raise ConfigError(
-                f"{task_key(model, task)}: {path} is also given as {owner[path]}; each task needs its own "
-                "fine-tuned checkpoint (its task vector would be zero, or another task's)"
-            )
-        owner[path] = task_key(model, task)
     _check_twins(model, tasks)
     merge = model["merge"]
     for task in tasks:
@@ -349,13 +340,20 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
 
 
 def _check_twins(model: Mapping[str, Any], tasks: list[str]) -> None:
-    """Refuse two checkpoints whose files hold the same bytes (checkpoint_twins.first_twin)."""
+    """Refuse one checkpoint given under two keys (the pretrained one and a task's, or two tasks'): the same file (its
+    resolved path, whether it exists or not), or two files with the same bytes (checkpoint_twins.first_twin)."""
     checkpoints = {None: model["pretrained"], **{task: model["tasks"][task]["checkpoint"] for task in tasks}}
+    keys = {None: pretrained_key(model), **{task: task_key(model, task) for task in tasks}}
+    why = "each task needs its own fine-tuned checkpoint (its task vector would be zero, or another task's)"
+    owner: dict[Path, str | None] = {}
+    for name, checkpoint in checkpoints.items():
+        path = Path(checkpoint).resolve()
+        if path in owner:
+            raise ConfigError(f"{keys[name]}: {path} is also given as {keys[owner[path]]}; {why}")
+        owner[path] = name
     twin = first_twin(checkpoints)
     if twin is not None:
         earlier, later = twin
-        keys = {None: pretrained_key(model), **{task: task_key(model, task) for task in tasks}}
         raise ConfigError(
-            f"{keys[later]}: {checkpoints[later]} holds the same bytes as {checkpoints[earlier]} ({keys[earlier]}); "
-            "each task needs its own fine-tuned checkpoint (its task vector would be zero, or another task's)"
+            f"{keys[later]}: {checkpoints[later]} holds the same bytes as {checkpoints[earlier]} ({keys[earlier]}); {why}"
         )
