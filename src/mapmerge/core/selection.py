@@ -103,12 +103,16 @@ def reference_values(reference: pd.DataFrame, metric: str, tasks: Sequence[str])
     return {t: (float(table[("pretrained", t)]), float(table[(t, t)])) for t in tasks}
 
 
+def span(pretrained: float, finetuned: float, maximize: bool) -> float:
+    """How much better the fine-tuned model scores than the pretrained one (either way of the metric; <= 0: no gain)."""
+    return (finetuned - pretrained) if maximize else (pretrained - finetuned)
+
+
 def gains(values: np.ndarray, pretrained: float, finetuned: float, maximize: bool) -> np.ndarray:
     """Normalised gains: 0 at the pretrained model's value, 1 at the fine-tuned model's (either way of the metric).
 
     Defined where the fine-tuned model is the better one; task_gains covers a task where it is not."""
-    span = (finetuned - pretrained) if maximize else (pretrained - finetuned)
-    return (values - pretrained) * (1.0 if maximize else -1.0) / max(span, 1e-6)
+    return (values - pretrained) * (1.0 if maximize else -1.0) / max(span(pretrained, finetuned, maximize), 1e-6)
 
 
 def task_gains(values: Mapping[str, np.ndarray], reference: Reference, maximize: bool) -> dict[str, np.ndarray]:
@@ -117,8 +121,8 @@ def task_gains(values: Mapping[str, np.ndarray], reference: Reference, maximize:
     by 1 per the median span of the tasks that have one (per 1 of the metric where none has), so a merge that keeps
     the task there gives nothing up and one that loses on it pays as on any task."""
     sign = 1.0 if maximize else -1.0
-    spans = {t: sign * (reference[t][1] - reference[t][0]) for t in values}
-    gained = [span for span in spans.values() if span > 0]
+    spans = {t: span(*reference[t], maximize) for t in values}
+    gained = [s for s in spans.values() if s > 0]
     scale = float(np.median(gained)) if gained else 1.0
     return {
         t: gains(v, *reference[t], maximize) if spans[t] > 0 else 1.0 + sign * (v - reference[t][0]) / scale

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mapmerge.core import metrics, refine
 from mapmerge.core.metrics import maximized
-from mapmerge.core.selection import reference_values
+from mapmerge.core.selection import reference_values, span
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import final_notes
@@ -65,7 +65,7 @@ def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
     tasks = [m for m in dict.fromkeys(reference["model"]) if m != "pretrained"]  # as scan reads them
     lines = []
     for task, (pretrained, finetuned) in reference_values(reference, metric, tasks).items():
-        if (finetuned - pretrained if maximized(metric) else pretrained - finetuned) <= 0:
+        if span(pretrained, finetuned, maximized(metric)) <= 0:
             lines.append(
                 f"task {task}: its fine-tuned model scores no better on it than the pretrained model ({metric} "
                 f"{finetuned:.4g} against {pretrained:.4g}): its task vector brings the task nothing to merge; "
