@@ -99,6 +99,13 @@ def copy_run(workdir: Path, target: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def memo_of_the_session(tmp_path_factory) -> None:
+    """mapmerge.memo's folder for this test session (its drivers and jobs inherit it): the suite starts as CI does,
+    with nothing kept, and writes nothing into the home folder."""
+    os.environ["MAPMERGE_CACHE_DIR"] = str(shared_root(tmp_path_factory) / "memo")
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

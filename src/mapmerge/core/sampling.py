@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import qmc
+import scipy
 
+from mapmerge import memo
 from mapmerge.core.quadratic import n_params
 
 KINDS = ("sobol", "lhs")
@@ -32,18 +33,42 @@ def special_points(n_tasks: int, sampler: Mapping[str, Any]) -> np.ndarray:
 
 
 def space_filling(n_tasks: int, n: int, sampler: Mapping[str, Any], seed: int) -> np.ndarray:
-    """n seeded space-filling points in the box; Sobol's first n points do not change as n grows."""
+    """n seeded space-filling points in the box; Sobol's first n points do not change as n grows.
+
+    Kept in mapmerge.memo: the driver computes the design at every start, and scipy.stats takes longer to
+    import than the rest of the Snakefile's imports together.
+    """
     kind = sampler["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"sampler.kind: unknown kind '{kind}'; known: {', '.join(KINDS)}")
+    lower, upper = float(sampler["lower"]), float(sampler["upper"])
+    key = {
+        "kind": kind,
+        "d": n_tasks,
+        "n": n,
+        "lower": lower,
+        "upper": upper,
+        "seed": seed,
+        "versions": [scipy.__version__, np.__version__],
+        "code": memo.source_digest(__file__),
+    }
+    values = memo.remembered(
+        "space_filling", key, lambda: _space_filling(kind, n_tasks, n, lower, upper, seed).tolist()
+    )
+    return np.array(values, dtype=float).reshape(n, n_tasks)
+
+
+def _space_filling(kind: str, n_tasks: int, n: int, lower: float, upper: float, seed: int) -> np.ndarray:
+    from scipy.stats import qmc  # deferred: a second to import, and the driver's start needs it only without a memo
+
     if kind == "sobol":
         engine = qmc.Sobol(d=n_tasks, scramble=True, seed=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # balance warning for n not a power of 2
             unit = engine.random(n)
-    elif kind == "lhs":
-        unit = qmc.LatinHypercube(d=n_tasks, seed=seed).random(n)
     else:
-        raise ValueError(f"sampler.kind: unknown kind '{kind}'; known: {', '.join(KINDS)}")
-    return qmc.scale(unit, float(sampler["lower"]), float(sampler["upper"])) if n else unit
+        unit = qmc.LatinHypercube(d=n_tasks, seed=seed).random(n)
+    return qmc.scale(unit, lower, upper) if n else unit
 
 
 def _special(n_tasks: int, sampler: Mapping[str, Any]) -> np.ndarray:

@@ -23,12 +23,14 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import mapmerge
+from mapmerge import memo
 
 PACKAGE = "mapmerge"
 LENGTH = 12  # hex digits of a fingerprint
@@ -182,17 +184,26 @@ def _source(path: Path) -> tuple[str, tuple[Entry, ...]]:
 def _parse(path: str, stat: Stat | None) -> tuple[str, tuple[Entry, ...]]:
     data = Path(path).read_bytes()
     raw = hashlib.sha256(data).hexdigest()
-    if raw not in _parsed:  # a copy of a file is parsed once
-        try:
-            tree = ast.parse(data, filename=path)
-        except (SyntaxError, ValueError):  # hashed whole all the same; its imports are not followed
-            _parsed[raw] = (raw, ())
-        else:
-            _parsed[raw] = (code_digest(tree), tuple(_import_entries(tree.body)))
+    if raw not in _parsed:  # a copy of a file is parsed once, and once for every process in mapmerge.memo
+        key = {"file": raw, "python": list(sys.version_info[:2]), "code": _CODE}
+        digest, entries = memo.remembered("code_digest", key, lambda: _digest_and_imports(data, path))
+        _parsed[raw] = (
+            digest,
+            tuple((level, module, None if names is None else tuple(names)) for level, module, names in entries),
+        )
     return _parsed[raw]
 
 
+def _digest_and_imports(data: bytes, path: str) -> tuple[str, list[Entry]]:
+    try:
+        tree = ast.parse(data, filename=path)
+    except (SyntaxError, ValueError):  # hashed whole all the same; its imports are not followed
+        return hashlib.sha256(data).hexdigest(), []
+    return code_digest(tree), list(_import_entries(tree.body))
+
+
 _parsed: dict[str, tuple[str, tuple[Entry, ...]]] = {}  # sha256 of a file -> (code_digest, import entries)
+_CODE = memo.source_digest(__file__)  # how a digest is computed: a kept one counts only for this code
 
 
 def code_digest(tree: ast.Module) -> str:
