@@ -73,7 +73,7 @@ def test_experiment_file_then_overrides(repo, tmp_path):
         (["model.pretrained=x.pt"], "model.builder: must be a mapping"),
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
-        (["preference.rot90=1"], r"config: Could not override 'preference.rot90'.*\+preference.rot90=1"),
+        (["preference.rot9=1"], "preference names unknown task 'rot9'"),
         (["refine.rouns=6"], r"config: refine.rouns: unknown key \(did you mean `rounds`\?\)"),  # not Hydra's "use +"
         (["=3"], r"overrides: '=3' has no key \(write key=value"),
         (["seed=1", "+=3"], r"overrides: '\+=3' has no key"),
@@ -118,7 +118,22 @@ def test_broken_yaml_gives_one_line_saying_where(repo, tmp_path, text, where):
     "defaults, message",
     [
         ("[/config, _self_]", "exp.yaml: its defaults list includes the primary config again"),
-        ("[override /modl: openclip]", r"config: In '.*exp.yaml': Could not override 'modl'"),
+        (
+            "[override /modl: openclip]",
+            r"^experiment file .*exp.yaml: defaults: 'modl' is not a config group \(did you mean `model`\?\); "
+            r"the groups: benchmark, evaluation, merge, model, optimizer, resources, sampler, selection, surrogate$",
+        ),
+        ("[override modl: openclip]", r"^experiment file .*exp.yaml: defaults: 'modl' is not a config group \(did you"),
+        (
+            "[override zzz: openclip]",
+            r"^experiment file .*exp.yaml: defaults: 'zzz' is not a config group; the groups: ",
+        ),
+        (
+            "[model: openclip]",
+            r"^experiment file .*exp.yaml: defaults: an entry for group model without `override /`; "
+            r"write '- override /model: openclip'$",
+        ),
+        ("[override model: openclip]", r"group model without `override /`; write '- override /model: OPTION'$"),
         (
             "[override /model: openclp]",
             r"^experiment file .*exp.yaml: model: unknown option 'openclp' \(did you mean `openclip`\?\); the options: ",
@@ -242,12 +257,15 @@ def test_fault_policies_are_checked(repo, override, message):
 
 
 def test_a_known_key_the_defaults_leave_unset_needs_no_plus(repo):
-    """benchmark.dataset=fashion as +benchmark.dataset=fashion (Hydra refuses it without '+'); a typo still fails."""
+    """benchmark.dataset=fashion as +benchmark.dataset=fashion, and preference.rot90=2 as +preference.rot90=2 (Hydra
+    refuses both without '+'); a typo still fails."""
     plain = load(repo, overrides=["benchmark.dataset=fashion", "benchmark.subset=500"], check_files=False)
     plus = load(repo, overrides=["+benchmark.dataset=fashion", "+benchmark.subset=500"], check_files=False)
     assert plain == plus and plain["benchmark"]["dataset"] == "fashion" and plain["benchmark"]["subset"] == 500
     with pytest.raises(ConfigError, match=r"^config: benchmark.datset: unknown key \(did you mean `dataset`\?\)$"):
         load(repo, overrides=["benchmark.datset=fashion"], check_files=False)
+    # so is an entry of a free mapping: a task's preference weight, which the defaults' empty preference lacks
+    assert load(repo, overrides=["preference.rot90=2"], check_files=False)["preference"] == {"rot90": 2}
 
 
 def test_paths_starting_with_a_tilde_are_in_the_home_folder(repo, tmp_path, monkeypatch):
@@ -301,6 +319,29 @@ def test_a_preference_on_the_command_line_replaces_the_experiment_files(repo, tm
     assert preference("preference={}") == {}  # equal weights
     assert preference("preference.invert=3") == {"rot90": 2, "invert": 3}
     assert preference("++preference.mod3=1") == {"rot90": 2, "invert": 1, "mod3": 1}
+    assert preference("preference.mod3=1") == {"rot90": 2, "invert": 1, "mod3": 1}  # no '+' needed
+    # in the order given: a weight after a whole preference adds to it, one before it is replaced with the rest
+    assert preference("preference={invert: 1}", "preference.rot90=3") == {"invert": 1, "rot90": 3}
+    assert preference("preference.rot90=3", "preference={invert: 1}") == {"invert": 1}
+
+
+def test_one_weight_does_not_replace_a_preference_file(repo, tmp_path):
+    """preference.rot90=2 where the preference is a file would leave only rot90 (Hydra replaces the file's name by the
+    mapping): refused, whether the file is the experiment's or the command line's; a whole mapping after it is not."""
+    (tmp_path / "prefs.yaml").write_text("rot90: 1\ninvert: 3\n")
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("preference: prefs.yaml\n")
+    line = (
+        r"^overrides: preference.rot90=2: the preference is the file prefs.yaml, and one weight would replace it whole"
+    )
+    with pytest.raises(ConfigError, match=line):
+        load_config(repo / "config", experiment=experiment, overrides=["preference.rot90=2"])
+    with pytest.raises(ConfigError, match="the preference is the file prefs.yaml"):
+        load_config(repo / "config", overrides=["preference=prefs.yaml", "preference.rot90=2"])
+    cfg = load_config(
+        repo / "config", experiment=experiment, overrides=["preference={invert: 1}", "preference.rot90=2"]
+    )
+    assert cfg["preference"] == {"invert": 1, "rot90": 2}
 
 
 def test_the_run_folder_check_leaves_nothing_behind(tmp_path):

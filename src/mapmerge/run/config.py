@@ -82,17 +82,18 @@ def load_config(
         ConfigStore.instance().store(group="experiment", name=EXPERIMENT_NODE, node=node, package="_global_")
         overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
         exp_dir = exp_path.parent
+    _check_preference_entries(exp_keys, overrides)
     try:
         whole = _whole_map_overrides(overrides)
         cfg = _compose(Path(config_dir), [o for o in overrides if o not in whole])
         for key, value in whole.values():
-            OmegaConf.update(cfg, key, value, merge=False)
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
         raw = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:  # Hydra: ValueError for a malformed defaults
         if isinstance(exc, ValueError) and _raised_in(exc) not in ("hydra", "omegaconf"):
             raise  # a bug, not the user's config: its traceback, not one line
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        option = _unknown_option(message, overrides, experiment)
+        option = _unknown_option(message, overrides, experiment) or _unknown_group(message, config_dir, experiment)
         if option:
             raise ConfigError(option) from exc
         typo = re.match(r"Could not override '([\w.]+)'\.", message)
@@ -110,6 +111,26 @@ def load_config(
     if check_files:
         preflight.check_files(cfg)
     return cfg
+
+
+def _unknown_group(message: str, config_dir: str | os.PathLike, experiment: Any) -> str | None:
+    """One line for Hydra's words on an experiment file's defaults entry that names no config group: a group's name
+    mistyped ("Could not override 'GROUP'. No match in the defaults list"), or an entry without `override /`
+    (which Hydra looks up under experiment/), with the closest group and all of them."""
+    found = re.search(
+        r"Could not override '(?:experiment/)?([\w.]+)(?:@[\w.]*)?'\. No match in the defaults list", message
+    )
+    bare = re.search(r"Could not find 'experiment/([\w.]+)/([^']+)'", message)
+    if not experiment or not (found or bare):
+        return None
+    groups = sorted(p.name for p in Path(config_dir).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    group = (found or bare).group(1)
+    if group in groups:
+        option = bare.group(2) if bare else "OPTION"
+        return f"experiment file {experiment}: defaults: an entry for group {group} without `override /`; write '- override /{group}: {option}'"
+    close = difflib.get_close_matches(group, groups, n=1)
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    return f"experiment file {experiment}: defaults: '{group}' is not a config group{hint}; the groups: {', '.join(groups)}"
 
 
 def _unknown_option(message: str, overrides: Sequence[str], experiment: Any) -> str | None:
@@ -159,10 +180,33 @@ def _raised_in(exc: BaseException) -> str:
 
 
 def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
-    """override -> (key, value) for each override that sets a WHOLE_MAPS key whole, in order."""
-    whole = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in WHOLE_MAPS and "=" in o]
-    parsed = OverridesParser.create().parse_overrides(whole)
-    return {line: (o.key_or_group, o.value()) for line, o in zip(whole, parsed)}
+    """override -> (key, value) for each override that sets a WHOLE_MAPS key whole, and each that sets an entry of
+    one after such an override (applied in Hydra's compose, it would come before the whole map and be lost), in
+    order."""
+    keys = [o.split("=", 1)[0].lstrip("+") if "=" in o else None for o in overrides]
+    first = next((i for i, key in enumerate(keys) if key in WHOLE_MAPS), len(keys))
+    chosen = [
+        o
+        for i, (o, key) in enumerate(zip(overrides, keys))
+        if key in WHOLE_MAPS or (i > first and key and key.split(".", 1)[0] in WHOLE_MAPS)
+    ]
+    parsed = OverridesParser.create().parse_overrides(chosen)
+    return {line: (o.key_or_group, o.value()) for line, o in zip(chosen, parsed)}
+
+
+def _check_preference_entries(exp_keys: Mapping[str, Any] | None, overrides: Sequence[str]) -> None:
+    """Refuse an override of one task's weight (preference.rot90=2) where the preference is a file: Hydra would
+    replace the file's name by that one weight, and the file's other tasks would weigh 0."""
+    entries = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].startswith("preference.")]
+    if not entries:
+        return
+    given = [value for key, value in _whole_map_overrides(overrides).values() if key in WHOLE_MAPS]
+    preference = given[-1] if given else (exp_keys or {}).get("preference")
+    if isinstance(preference, str):
+        raise ConfigError(
+            f"overrides: {entries[0]}: the preference is the file {preference}, and one weight would replace it "
+            "whole; give every weight (preference={rot90: 2, invert: 1}) or edit the file"
+        )
 
 
 # Hydra's override parse errors -> what to do, before its own words

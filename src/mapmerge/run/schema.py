@@ -477,9 +477,11 @@ def unknown_key(key: str) -> str | None:
 
 
 def known_key(key: str) -> bool:
-    """Whether the schema allows the dotted `key` (a section's field; not an entry of a free mapping)."""
+    """Whether an override may set the dotted `key`: a field the schema allows, or an entry of a free mapping
+    (preference.<task>; the schema checks its value, the config its name)."""
     path = key.split(".")
-    return path[-1] in _known_keys(path[:-1])
+    node = _node(path[:-1])
+    return path[-1] in _fields(node) or any(typing.get_origin(a) is dict for a in _alternatives(node))
 
 
 def _did_you_mean(path: list[str]) -> str:
@@ -490,22 +492,38 @@ def _did_you_mean(path: list[str]) -> str:
 
 def _known_keys(parents: list[str]) -> list[str]:
     """The keys the schema allows under `parents`."""
+    return _fields(_node(parents))
+
+
+def _node(parents: list[str]) -> Any:
+    """The schema's annotation at the dotted path `parents` (None where the path leaves the schema)."""
     node: Any = Config
     for part in parents:
         node = _unwrap(node)
         if isinstance(node, type) and issubclass(node, BaseModel):
             field = node.model_fields.get(part.split("[")[0])
             if field is None:
-                return []
+                return None
             node = field.annotation
         elif typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]
         else:
-            return []
+            return None
+    return node
+
+
+def _fields(node: Any) -> list[str]:
+    """The keys of a section (a model) of the schema; none for anything else."""
     node = _unwrap(node)
     if isinstance(node, type) and issubclass(node, BaseModel):
         return [f.alias or name for name, f in node.model_fields.items()]
     return []
+
+
+def _alternatives(node: Any) -> list[Any]:
+    """The types a node may hold: the members of a union, or the node itself."""
+    node = _unwrap(node)
+    return list(typing.get_args(node)) if typing.get_origin(node) in (Union, types.UnionType) else [node]
 
 
 def _unwrap(annotation: Any) -> Any:
