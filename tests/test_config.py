@@ -56,6 +56,23 @@ def test_experiment_file_then_overrides(repo, tmp_path):
     assert cfg["task_names"] == ["a", "b"]
 
 
+def test_a_model_of_one_task_is_refused(repo, tmp_path):
+    """MAP's front is the trade-offs between tasks: one task (the built-in benchmark's list, or a user model's) is
+    refused before any job, as `tasks` of one is."""
+    with pytest.raises(ConfigError, match=r"^benchmark.tasks: MAP merges at least two tasks .*, got 1: rot90$"):
+        load(repo, overrides=["benchmark.tasks=[rot90]"], check_files=False)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "model:\n"
+        "  builder: {_target_: mymodel.build}\n"
+        "  pretrained: pre.pt\n"
+        "  tasks:\n"
+        "    a: {checkpoint: a.pt, evaluator: {_target_: mymodel.Eval}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"^model.tasks: must map at least two task names"):
+        load(repo, experiment=exp, check_files=False)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -97,7 +97,9 @@ EXPECTED = {
     },
     "mapmerge.core.metrics": STAGES - TASK_VECTORS - {"prepare_benchmark", "sample_coefficients"},
     "mapmerge.core.sampling": {"sample_coefficients"},
-    "mapmerge.memo": {"sample_coefficients"},  # the design's points kept on disk (the driver computes them at each start)
+    "mapmerge.memo": {
+        "sample_coefficients"
+    },  # the design's points kept on disk (the driver computes them at each start)
     "mapmerge.core.surrogate": SURROGATE,
     # the quadratic's parameter count and features: also the design's size (sample_coefficients), which the fit's
     # own code does not reach, so that a change to the fit re-evaluates nothing

@@ -140,7 +140,11 @@ def test_the_snakefile_imports_no_heavy_library():
     snakefile = (SRC.parent / "Snakefile").read_text()
     lines = [line for line in snakefile.splitlines() if line.startswith(("import ", "from "))]
     code = "\n".join(
-        [*lines, "import sys", "print(sorted({'torch', 'pymoo', 'moocore', 'matplotlib', 'scipy.stats'} & set(sys.modules)))"]
+        [
+            *lines,
+            "import sys",
+            "print(sorted({'torch', 'pymoo', 'moocore', 'matplotlib', 'scipy.stats'} & set(sys.modules)))",
+        ]
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -413,7 +413,13 @@ def _user_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 
 def _select_tasks(selection: Any, available: list[str]) -> list[str]:
+    """The tasks to merge: `tasks` (a selection), else every task of the model (a user model's has two or more)."""
     if selection is None:
+        if len(available) < 2:
+            raise ConfigError(
+                f"benchmark.tasks: MAP merges at least two tasks (its front is their trade-offs), got "
+                f"{len(available)}: {', '.join(available) or 'none'}"
+            )
         return available
     if not isinstance(selection, list) or len(selection) < 2:
         raise ConfigError("tasks: must be null or a list of at least two task names")
