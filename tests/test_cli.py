@@ -481,6 +481,29 @@ def test_status_of_what_is_not_a_folder(tmp_path, capsys):
     assert err == f"mapmerge status: {tmp_path / 'nothing'}: not a folder\n"
 
 
+def test_every_command_refuses_the_folder_of_the_runs(runs, tmp_path, capsys):
+    """results/ for results/plain (a slip every command would read as a run not started yet): one line naming the runs,
+    exit status 2; an empty folder is still a run not started."""
+    root = runs["plain"].parent
+    for command in (
+        ["status"],
+        ["summary"],
+        ["check"],
+        ["prune", "--dry-run"],
+        ["plot"],
+        ["select", "--prefer", "rot90=1"],
+    ):
+        assert main([command[0], str(root), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"mapmerge {command[0]}: {root}: holds the run folders bayes, nested, plain, not a run's files; give one of "
+            f"them, e.g. {root / 'bayes'}\n"
+        )
+    (tmp_path / "empty").mkdir()
+    assert main(["status", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'empty'}: method not known yet")
+
+
 def expected_choice(R: Path, preference: dict[str, float], method: str = "balanced", tasks=TASKS) -> dict[str, float]:
     """What select should merge: the run refined its front, so the measured front's pick (the rule by hand)."""
     measured = sample_metrics(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 
-import numpy as np
 import pytest
 
 from mapmerge import memo
@@ -41,11 +40,11 @@ def test_a_damaged_entry_is_computed_again_and_replaced(folder):
 def test_turned_off_or_unwritable_it_only_computes(tmp_path, monkeypatch):
     monkeypatch.setenv("MAPMERGE_CACHE_DIR", memo.OFF)
     assert memo.memo_dir() is None
-    assert [memo.remembered("k", [1], lambda: i) for i in range(2)] == [0, 1]
+    assert [memo.remembered("k", [1], lambda i=i: i) for i in range(2)] == [0, 1]
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv("MAPMERGE_CACHE_DIR", str(blocked / "memo"))  # under a file: cannot be made
-    assert [memo.remembered("k", [1], lambda: i) for i in range(2)] == [0, 1]
+    assert [memo.remembered("k", [1], lambda i=i: i) for i in range(2)] == [0, 1]
     assert blocked.read_text() == ""
 
 

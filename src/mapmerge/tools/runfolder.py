@@ -61,6 +61,28 @@ class Scan:
         return Layout(self.results)
 
 
+# what a run writes into its folder from its first job on (the driver's lock, the jobs' logs) and later
+RUN_MARKERS = (".mapmerge.lock", ".mapmerge.home", "logs", "benchmark.parquet", "task_vectors", "levels", "groups")
+
+
+def is_run(folder: Path) -> bool:
+    """Whether `folder` holds a run's files (started, or finished)."""
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def check_not_a_parent(results: Path) -> None:
+    """Refuse a folder that holds run folders instead of a run's files (results/ for results/demo), which every
+    command would read as a run not started yet."""
+    if not results.is_dir() or is_run(results):
+        return
+    runs = sorted(p.name for p in results.iterdir() if p.is_dir() and is_run(p))
+    if runs:
+        raise UsageError(
+            f"{results}: holds the run folders {', '.join(runs)}, not a run's files; give one of them, "
+            f"e.g. {results / runs[0]}"
+        )
+
+
 def _level_plans(results: Path) -> dict[int, Path]:
     found = {}
     for path in Layout(results).levels.glob("level*.parquet"):
