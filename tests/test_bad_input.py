@@ -115,6 +115,11 @@ CASES = [
         config=("seed=5",),
     ),
     Case("config-typo", r"^--config overide: unknown key \(did you mean `overrides`\?\)", config=("overide=[seed=1]",)),
+    Case(  # experiment=$EXP with EXP unset in the shell: the default config's run instead
+        "config-empty-experiment",
+        r"^--config experiment: empty; give the experiment file's path",
+        config=("experiment=",),
+    ),
     Case(
         "unknown-key-override",
         r"^optimizer\.popsize: unknown key \(did you mean `pop_size`\?\)",

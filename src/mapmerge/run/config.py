@@ -37,8 +37,11 @@ COMMAND_LINE_KEYS = ("experiment", "overrides")  # what the Snakefile reads of S
 
 def check_command_line(given: Mapping[str, Any]) -> None:
     """Refuse a key of Snakemake's config other than experiment and overrides (from --config or --configfile):
-    Snakemake keeps any key and mapmerge reads only those two, so `--config seed=5` would run with the default seed."""
+    Snakemake keeps any key and mapmerge reads only those two, so `--config seed=5` would run with the default seed;
+    and an empty experiment (a shell variable left unset), which would run the default config."""
     for key, value in given.items():
+        if key == "experiment" and value in ("", None):  # experiment=$EXP with EXP unset: the default run instead
+            raise ConfigError("--config experiment: empty; give the experiment file's path, or leave the key out")
         if key in COMMAND_LINE_KEYS:
             continue
         close = difflib.get_close_matches(str(key), COMMAND_LINE_KEYS, n=1, cutoff=0.6)
