@@ -95,6 +95,11 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["=3"], r"overrides: '=3' has no key \(write key=value"),
         (["seed=1", "+=3"], r"overrides: '\+=3' has no key"),
         (["nme=x"], r"config: nme: unknown key \(did you mean `name`\?\)"),
+        (["rounds=3"], r"^config: rounds: unknown key \(did you mean `bayesian.rounds` or `refine.rounds`\?\)$"),
+        (
+            ["+pop_size=10"],
+            r"^pop_size: unknown key \(did you mean `optimizer.pop_size`\?\)$",
+        ),  # a section's key one level up
         (
             ["+model.openclip.root=ckpts"],
             r"model.openclip: is set but model.adapter is None; choose it with model=openclip",

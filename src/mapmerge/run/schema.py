@@ -487,7 +487,14 @@ def known_key(key: str) -> bool:
 def _did_you_mean(path: list[str]) -> str:
     known = _known_keys(path[:-1])
     close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else f"; known: {', '.join(known)}" if known else ""
+    if close:
+        return f" (did you mean `{close[0]}`?)"
+    deeper = [
+        f"`{'.'.join([*path[:-1], key, path[-1]])}`" for key in known if path[-1] in _known_keys([*path[:-1], key])
+    ]
+    if deeper:  # a section's key given one level up (rounds: 3 for refine.rounds)
+        return f" (did you mean {' or '.join(deeper)}?)"
+    return f"; known: {', '.join(known)}" if known else ""
 
 
 def _known_keys(parents: list[str]) -> list[str]:
