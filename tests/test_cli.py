@@ -367,6 +367,18 @@ def test_status_names_a_task_its_fine_tuned_model_does_not_gain_on(runs, tmp_pat
         f"against {value}): " in out
     )
     assert out.count("scores no better on it") == 1
+    # a gain of 0.001, far below a tenth of the others' median: named too, as weighed in part the same way
+    reference.loc[accuracy & (reference["model"] == "invert") & (reference["task"] == "invert"), "value"] = (
+        float(pretrained.iloc[0]) + 0.001
+    )
+    write_table(reference, R / "reference.parquet", "evaluate_reference")
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    assert "scores no better on it" not in out
+    assert (
+        f"  task invert: its fine-tuned model gains little on it (accuracy {float(pretrained.iloc[0]) + 0.001:.4g} "
+        in out
+    )
 
 
 def test_status_of_a_partial_run(runs, tmp_path, capsys):

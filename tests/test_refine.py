@@ -183,6 +183,25 @@ def test_a_task_its_fine_tuned_model_does_not_gain_on_is_weighed_like_the_others
     assert selection.pick_point(front, info, None, "accuracy", "balanced", 0.05, reference)[0] == 1
 
 
+def test_a_tiny_gain_weighs_a_task_between_the_two_rules():
+    """A fine-tune that gains a hair (0 < span < SMALL_GAIN of the median span) no longer makes every loss on its task
+    count span-fold: the gains move continuously from the no-gain rule (span 0) to the usual gains (at SMALL_GAIN)."""
+    values = np.array([0.5, 0.45, 0.4])
+    threshold = selection.SMALL_GAIN * 0.7
+
+    def gain(c_span: float) -> np.ndarray:
+        reference = {"a": (0.2, 0.9), "b": (0.2, 0.9), "c": (0.5, 0.5 + c_span)}
+        return selection.task_gains({"a": np.array([0.5]), "b": np.array([0.5]), "c": values}, reference, True)["c"]
+
+    np.testing.assert_allclose(gain(1e-9), gain(0.0), atol=1e-6)  # no cliff at 0: 1e-9 was a billion-fold
+    np.testing.assert_allclose(gain(threshold * (1 - 1e-9)), gain(threshold), atol=1e-6)  # none at the threshold
+    np.testing.assert_allclose(gain(threshold), (values - 0.5) / threshold, atol=1e-9)  # the usual gains from there on
+    np.testing.assert_allclose(gain(0.001), 1 + (values - 0.501) / (0.7 - 0.9 * 0.001 / selection.SMALL_GAIN))
+    at = [gain(s) for s in np.linspace(0, threshold, 30)]
+    assert all(np.all(np.diff(g) < 0) for g in at)  # each falls with the value lost...
+    assert np.all(np.diff([g[-1] for g in at]) < 0)  # ...and a loss costs more as the span grows towards the usual
+
+
 def test_task_gains_for_a_loss_and_where_no_task_gains():
     reference = {"a": (2.0, 1.0), "b": (1.0, 1.5)}  # a loss: a's fine-tune halves it, b's makes it worse
     gain = selection.task_gains({"a": np.array([2.0, 1.0]), "b": np.array([1.0, 1.5, 0.5])}, reference, False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
@@ -115,19 +115,38 @@ def gains(values: np.ndarray, pretrained: float, finetuned: float, maximize: boo
     return (values - pretrained) * (1.0 if maximize else -1.0) / max(span(pretrained, finetuned, maximize), 1e-6)
 
 
+def median_span(spans: Iterable[float]) -> float:
+    """The median of the positive spans (1 where none is): the scale task_gains weighs a task without its own by."""
+    gained = [s for s in spans if s > 0]
+    return float(np.median(gained)) if gained else 1.0
+
+
+# a fine-tune that gains less than this share of the tasks' median span is weighed (in part) as one that gains nothing
+SMALL_GAIN = 0.1
+
+
 def task_gains(values: Mapping[str, np.ndarray], reference: Reference, maximize: bool) -> dict[str, np.ndarray]:
     """Each task's values as gains (gains). A task whose fine-tuned model scores no better than the pretrained one
     has no span to divide by: its gain is 1 at the pretrained model's value (the best either model reaches) and moves
     by 1 per the median span of the tasks that have one (per 1 of the metric where none has), so a merge that keeps
-    the task there gives nothing up and one that loses on it pays as on any task."""
+    the task there gives nothing up and one that loses on it pays as on any task. A task whose span is positive but
+    below SMALL_GAIN of that median moves between the two rules with its span (its gain is 1 at the fine-tuned
+    model's value and moves by 1 per a step from the median at span 0 down to its span at SMALL_GAIN of it), so a
+    tiny gain does not make each of its losses count a hundredfold."""
     sign = 1.0 if maximize else -1.0
     spans = {t: span(*reference[t], maximize) for t in values}
-    gained = [s for s in spans.values() if s > 0]
-    scale = float(np.median(gained)) if gained else 1.0
-    return {
-        t: gains(v, *reference[t], maximize) if spans[t] > 0 else 1.0 + sign * (v - reference[t][0]) / scale
-        for t, v in values.items()
-    }
+    scale = median_span(spans.values())
+    result = {}
+    for task, v in values.items():
+        pretrained, finetuned = reference[task]
+        s = spans[task]
+        if s >= SMALL_GAIN * scale:
+            result[task] = gains(v, pretrained, finetuned, maximize)
+        else:
+            best = finetuned if s > 0 else pretrained
+            step = scale - (1 - SMALL_GAIN) * max(s, 0.0) / SMALL_GAIN
+            result[task] = 1.0 + sign * (v - best) / step
+    return result
 
 
 def preference_scores(

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mapmerge.core import metrics, refine
 from mapmerge.core.metrics import maximized
-from mapmerge.core.selection import reference_values, span
+from mapmerge.core.selection import SMALL_GAIN, median_span, reference_values, span
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import final_notes
@@ -55,7 +55,8 @@ def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
     """A line per task whose fine-tuned model scores no better on it than the pretrained model (reference.parquet),
     in `metric` (default: the run's objective, as groups.parquet records it, else accuracy): its task vector brings
     the task nothing to merge, and the balanced selection rule weighs it by the pretrained model's value instead
-    (selection.task_gains)."""
+    (selection.task_gains); and a line per task it gains on by less than SMALL_GAIN of the tasks' median gain, which
+    that rule weighs in part the same way."""
     if metric is None:
         recorded = recorded_objectives(results)
         metric = recorded[0] if len(recorded) == 1 else "accuracy"
@@ -63,14 +64,24 @@ def no_gain_notes(results: Path, metric: str | None = None) -> list[str]:
     if metric not in set(reference["metric"]):
         return []
     tasks = [m for m in dict.fromkeys(reference["model"]) if m != "pretrained"]  # as scan reads them
+    values = reference_values(reference, metric, tasks)
+    spans = {task: span(pretrained, finetuned, maximized(metric)) for task, (pretrained, finetuned) in values.items()}
+    small = SMALL_GAIN * median_span(spans.values())
     lines = []
-    for task, (pretrained, finetuned) in reference_values(reference, metric, tasks).items():
-        if span(pretrained, finetuned, maximized(metric)) <= 0:
+    for task, (pretrained, finetuned) in values.items():
+        if spans[task] <= 0:
             lines.append(
                 f"task {task}: its fine-tuned model scores no better on it than the pretrained model ({metric} "
                 f"{finetuned:.4g} against {pretrained:.4g}): its task vector brings the task nothing to merge; "
                 "selection.method=balanced counts the task as fully kept at the pretrained model's value, and a loss "
                 "on it as on the other tasks (per their median fine-tuning gain)"
+            )
+        elif spans[task] < small:
+            lines.append(
+                f"task {task}: its fine-tuned model gains little on it ({metric} {finetuned:.4g} against the pretrained "
+                f"model's {pretrained:.4g}, less than {SMALL_GAIN:g} of the tasks' median gain): "
+                "selection.method=balanced weighs a loss on it between its own gain and the median gain, not per its "
+                "own gain alone"
             )
     return lines
 
