@@ -200,12 +200,11 @@ def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]
 def _check_preference_entries(exp_keys: Mapping[str, Any] | None, overrides: Sequence[str]) -> None:
     """Refuse an override of one task's weight (preference.rot90=2) where the preference is a file: Hydra would
     replace the file's name by that one weight, and the file's other tasks would weigh 0."""
-    entries = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].startswith("preference.")]
-    if not entries:
-        return
-    given = [value for key, value in _whole_map_overrides(overrides).values() if key in WHOLE_MAPS]
-    preference = given[-1] if given else (exp_keys or {}).get("preference")
-    if isinstance(preference, str):
+    whole = {line: value for line, (key, value) in _whole_map_overrides(overrides).items() if key in WHOLE_MAPS}
+    last = max((i for i, o in enumerate(overrides) if o in whole), default=-1)
+    entries = [o for o in overrides[last + 1 :] if o.lstrip("+~").split("=", 1)[0].startswith("preference.")]
+    preference = whole[overrides[last]] if last >= 0 else (exp_keys or {}).get("preference")
+    if entries and isinstance(preference, str):
         raise ConfigError(
             f"overrides: {entries[0]}: the preference is the file {preference}, and one weight would replace it "
             "whole; give every weight (preference={rot90: 2, invert: 1}) or edit the file"
