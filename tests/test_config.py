@@ -364,6 +364,8 @@ def test_one_weight_does_not_replace_a_preference_file(repo, tmp_path):
         repo / "config", experiment=experiment, overrides=["preference={invert: 1}", "preference.rot90=2"]
     )
     assert cfg["preference"] == {"invert": 1, "rot90": 2}
+    cfg = load_config(repo / "config", overrides=["preference.rot90=2", f"preference={tmp_path / 'prefs.yaml'}"])
+    assert cfg["preference"] == {"rot90": 1, "invert": 3}  # a weight before the file: the file wins, as last
 
 
 def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
