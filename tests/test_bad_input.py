@@ -244,6 +244,17 @@ CASES = [
         r"^model\.tasks\.stripes_60\.evaluator\._target_: module model \(.*model\.py\) has no TaskEvalutor",
         edit=_set("model.tasks.stripes_60.evaluator._target_", "model.TaskEvalutor"),
     ),
+    Case(  # an evaluator's argument mistyped: every evaluation job would fail building it
+        "evaluator-argument",
+        r"^model\.tasks\.stripes_60\.evaluator: model\.TaskEvaluator\(task, n, seed\): no argument 'tsk' "
+        r"\(did you mean `task`\?\)$",
+        edit=_rename("model.tasks.stripes_60.evaluator.task", "tsk"),
+    ),
+    Case(
+        "builder-argument",
+        r"^model\.builder: model\.build\(hidden, n_classes\): no argument 'hiden' \(did you mean `hidden`\?\)$",
+        edit=_rename("model.builder.hidden", "hiden"),
+    ),
     Case(
         "builder-module",
         r"^model\.builder\._target_: module modle not found in model\.python_path",

@@ -11,8 +11,10 @@ with one line naming the key the user wrote.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 import tempfile
@@ -290,6 +292,29 @@ def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> 
         raise ConfigError(f"{key}._target_: importing {module} failed: {' '.join(str(exc).split())}") from None
     if not hasattr(imported, name):
         raise ConfigError(f"{key}._target_: module {module} ({imported.__file__}) has no {name}")
+    _check_arguments(getattr(imported, name), spec, key)
+
+
+def _check_arguments(target: Any, spec: Mapping[str, Any], key: str) -> None:
+    """spec's arguments must fit target's signature as Hydra's instantiate passes them (all of them unless the spec is
+    `_partial_`): a mistyped or missing argument would fail every job that builds it."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a callable without a signature (some builtins): instantiate tells
+        return
+    kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}  # Hydra's own keys: _target_, _partial_, ...
+    bind = signature.bind_partial if spec.get("_partial_") else signature.bind
+    try:
+        bind(*spec.get("_args_", ()), **kwargs)
+    except TypeError as exc:
+        params = signature.parameters.values()
+        names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        unknown = [k for k in kwargs if k not in names]
+        problem = str(exc)
+        if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            problem = f"no argument '{unknown[0]}'" + (f" (did you mean `{close[0]}`?)" if close else "")
+        raise ConfigError(f"{key}: {spec['_target_']}({', '.join(names)}): {problem}") from None
 
 
 def check_lora(cfg: Mapping[str, Any]) -> None:
