@@ -255,6 +255,12 @@ CASES = [
         r"^model\.builder: model\.build\(hidden, n_classes\): no argument 'hiden' \(did you mean `hidden`\?\)$",
         edit=_rename("model.builder.hidden", "hiden"),
     ),
+    Case(  # a builder whose module does not take the checkpoints' tensors: every evaluation job would fail loading them
+        "builder-shape",
+        r"^model\.builder: .*pretrained\.pt: does not fit model\.builder \(size mismatch for trunk\.0\.weight: copying "
+        r"a param with shape torch\.Size\(\[32, 2\]\) from checkpoint, the shape in current model is torch\.Size\(\[16, 2\]\)",
+        edit=_set("model.builder.hidden", 16),
+    ),
     Case(
         "builder-module",
         r"^model\.builder\._target_: module modle not found in model\.python_path",

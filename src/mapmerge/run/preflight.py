@@ -250,6 +250,8 @@ def check_files(cfg: Mapping[str, Any]) -> None:
         return
     check_lora(cfg)
     _check_checkpoints(model, tasks)
+    if model.get("adapter") is None:
+        _check_builder_fits(model)
     if model.get("adapter") == "transformers":
         for task in tasks:
             try:
@@ -362,6 +364,28 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
+
+
+def _check_builder_fits(model: Mapping[str, Any]) -> None:
+    """The module model.builder builds must take the pretrained checkpoint's tensors, as every evaluation job loads
+    them: built on torch's meta device (shapes, no memory) and loaded with the checkpoint's header alone. A builder
+    that cannot build on the meta device is left to the jobs."""
+    import torch  # deferred: torch, and only the driver checks
+
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+    from mapmerge.tensors.engine import _load_pretrained, build_module  # deferred: torch; the jobs' own load
+
+    try:
+        with torch.device("meta"):
+            module = build_module(model["builder"], model["python_path"])
+    except Exception:  # its jobs report it, with the traceback
+        return
+    with open_checkpoint(model["pretrained"]) as pretrained:
+        header = pretrained.meta()
+    try:
+        _load_pretrained(module, header, model["pretrained"])
+    except ArtifactError as exc:
+        raise ConfigError(f"model.builder: {exc}") from None
 
 
 def _check_twins(model: Mapping[str, Any], tasks: list[str]) -> None:
