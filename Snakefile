@@ -24,6 +24,8 @@ try:
         overrides=config.get("overrides"),
         check_files=workflow.is_main_process,
     )
+    if workflow.is_main_process:
+        records.check_own_folder(CFG["results"])
     if workflow.is_main_process and not records.exempt(sys.argv):
         records.check(CFG["results"], records.model_of(CFG))
 except ConfigError as exc:

@@ -86,6 +86,26 @@ def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkey
     )
 
 
+def test_a_folder_of_other_files_is_not_a_run_folder(tmp_path):
+    """check_own_folder: a new or empty folder, or a run's (any of what a run writes first), is a run folder; one that
+    holds only other files is refused, naming a few of them."""
+    records.check_own_folder(str(tmp_path / "new"))
+    records.check_own_folder(str(tmp_path))  # empty
+    for name in ["a.txt", "b", "c.tex", "d.md"]:
+        (tmp_path / name).write_text("x")
+    with pytest.raises(ConfigError) as info:
+        records.check_own_folder(str(tmp_path))
+    assert str(info.value) == (
+        f"{tmp_path}: exists and holds files that are not a mapmerge run's (a.txt, b, c.tex, ...); give the run a "
+        "folder of its own (name=..., results_dir=...)"
+    )
+    for marker in records.RUN_MARKERS:
+        run = tmp_path / f"run-{marker}"
+        (run / marker).mkdir(parents=True)
+        (run / "notes.txt").write_text("x")
+        records.check_own_folder(str(run))
+
+
 @pytest.mark.slow
 def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, tmp_path):
     """A finished run copied within its working directory: a changed setting would find "Nothing to be done"; the run
@@ -121,6 +141,21 @@ def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, t
         "mapmerge: results/custom_mlp: holds a run of another model ("
     )
     assert snapshot(workdir / "results") == before
+    # a run folder that holds someone else's files, even with --forceall: refused before the records are looked at
+    (workdir / "notes").mkdir()
+    (workdir / "notes" / "report.md").write_text("mine")
+    proc = subprocess.run(
+        snakemake_command(
+            workdir, "-n", "-F", overrides=[*overrides, "results_dir=.", "name=notes"], experiment=experiment
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "mapmerge: notes: exists and holds files that are not a mapmerge run's (report.md); give the run a folder"
+    ), proc.stderr[-2000:]
+    assert (workdir / "notes" / "report.md").read_text() == "mine" and len(list((workdir / "notes").iterdir())) == 1
     proc = subprocess.run(
         snakemake_command(workdir, "-n", "-F", overrides=overrides, experiment=experiment),
         capture_output=True,

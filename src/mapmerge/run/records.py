@@ -35,6 +35,30 @@ EXEMPT = ("--forceall", "--unlock", "--lint", "--touch", "--cleanup-metadata", "
 EXEMPT_SHORT = "Ft"  # -F (--forceall), -t (--touch), alone or among other one-letter options (-nF)
 
 
+# what a run writes into its folder from its start on: the driver's lock, the jobs' logs, then its artifacts
+RUN_MARKERS = (".mapmerge.lock", HOME, "logs", "benchmark.parquet", "task_vectors", "levels", "groups")
+
+
+def is_run(folder: Path) -> bool:
+    """Whether `folder` holds a run's files (started, or finished)."""
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def check_own_folder(results: str) -> None:
+    """ConfigError where the run folder exists and holds files, none of them a run's (results_dir=. with name=docs):
+    the run would write its report, plots and logs among them."""
+    folder = Path(results)
+    if not folder.is_dir() or is_run(folder):
+        return
+    held = sorted(p.name for p in folder.iterdir())
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise ConfigError(
+            f"{results}: exists and holds files that are not a mapmerge run's ({shown}); give the run a folder of its "
+            "own (name=..., results_dir=...)"
+        )
+
+
 def exempt(argv: Sequence[str]) -> bool:
     """Whether snakemake's command line `argv` runs every job again or none (EXEMPT)."""
     return any(arg in EXEMPT or (re.fullmatch(r"-[A-Za-z]+", arg) and set(arg[1:]) & set(EXEMPT_SHORT)) for arg in argv)

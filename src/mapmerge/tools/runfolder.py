@@ -24,6 +24,7 @@ from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
+from mapmerge.run.records import is_run
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
@@ -59,15 +60,6 @@ class Scan:
     @property
     def paths(self) -> Layout:
         return Layout(self.results)
-
-
-# what a run writes into its folder from its first job on (the driver's lock, the jobs' logs) and later
-RUN_MARKERS = (".mapmerge.lock", ".mapmerge.home", "logs", "benchmark.parquet", "task_vectors", "levels", "groups")
-
-
-def is_run(folder: Path) -> bool:
-    """Whether `folder` holds a run's files (started, or finished)."""
-    return any((folder / name).exists() for name in RUN_MARKERS)
 
 
 def check_not_a_parent(results: Path) -> None:
