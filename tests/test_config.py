@@ -88,6 +88,12 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
             r"^overrides: model: unknown option 'openclp' \(did you mean `openclip`\?\); the options: ",
         ),
         (["model.pretrained=x.pt"], "model.builder: must be a mapping"),
+        (["sampler="], r"^overrides: sampler: unknown option ''; the options: lhs, sobol$"),
+        (
+            ["model=[a,b]"],
+            r"^overrides: model=\[a,b\]: a config group takes one option; the options: default, openclip, ",
+        ),
+        (["+sampler=lhs"], r"^overrides: \+sampler=lhs: the defaults already choose a sampler; write sampler=lhs$"),
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
         (["preference.rot9=1"], "preference names unknown task 'rot9'"),

@@ -96,11 +96,15 @@ def load_config(
         if isinstance(exc, ValueError) and _raised_in(exc) not in ("hydra", "omegaconf"):
             raise  # a bug, not the user's config: its traceback, not one line
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        option = _unknown_option(message, overrides, experiment) or _unknown_group(message, config_dir, experiment)
+        option = (
+            _unknown_option(message, overrides, experiment)
+            or _unknown_group(message, config_dir, experiment)
+            or _group_misused(message, overrides, config_dir)
+        )
         if option:
             raise ConfigError(option) from exc
         typo = re.match(r"Could not override '([\w.]+)'\.", message)
-        message = (typo and schema.unknown_key(typo.group(1))) or message
+        message = (typo and schema.unknown_key(typo.group(1))) or message.split(" Config search path:")[0]
         raise ConfigError("config: " + message.replace(f"experiment/{EXPERIMENT_NODE}", f"{experiment}")) from exc
     except RecursionError as exc:  # a defaults list that loads the primary config, which loads the experiment again
         where = f"experiment file {experiment}" if experiment else "config"
@@ -136,11 +140,27 @@ def _unknown_group(message: str, config_dir: str | os.PathLike, experiment: Any)
     return f"experiment file {experiment}: defaults: '{group}' is not a config group{hint}; the groups: {', '.join(groups)}"
 
 
+def _group_misused(message: str, overrides: Sequence[str], config_dir: str | os.PathLike) -> str | None:
+    """One line for a config group given on the command line as Hydra cannot take it: a list of options
+    (model=[a,b]: "Could not load 'model/b'"), or with a '+' where the defaults already choose it (+sampler=lhs:
+    "Multiple values for sampler", whose advice is for a defaults list)."""
+    listed = re.search(r"Could not load '([\w.]+)/[^']*'", message)
+    plus = re.search(r"Multiple values for ([\w.]+)\.", message)
+    group = (listed or plus).group(1) if listed or plus else None
+    given = [o for o in overrides if o.lstrip("+").split("=", 1)[0] == group]
+    if not given:
+        return None
+    if plus:
+        return f"overrides: {given[-1]}: the defaults already choose a {group}; write {given[-1].lstrip('+')}"
+    options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
+    return f"overrides: {given[-1]}: a config group takes one option; the options: {', '.join(options)}"
+
+
 def _unknown_option(message: str, overrides: Sequence[str], experiment: Any) -> str | None:
     """One line for Hydra's 'Could not find GROUP/OPTION' (a config group's option mistyped), naming where it was
     given (the overrides, else the experiment file's defaults list), the closest option and all of them."""
     found = re.search(
-        r"Could not find '([\w.]+)/([^']+)' Available options in '[^']*': (.*?) Config search path", message
+        r"Could not find '([\w.]+)/([^']*)' Available options in '[^']*': (.*?) Config search path", message
     )
     if not found:
         return None
