@@ -15,6 +15,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 import yaml
 
 from conftest import EXAMPLE_RUN, REPO, copy_example, copy_run, example_run, snakemake_command
+from mapmerge.run import preflight
 from mapmerge.run.config import ConfigError, check_command_line, load_config
 from mapmerge.run.preflight import check_device
 
@@ -326,6 +328,19 @@ def test_load_config_refuses_with_one_line(case, example, tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert re.search(case.message, message), message
+
+
+def test_the_builder_check_leaves_a_large_model_and_sys_path_alone(example, tmp_path, monkeypatch):
+    """A pretrained model over BUILD_CHECK_BYTES is not built by the driver (its builder may load weights itself): the
+    mismatched builder of case builder-shape then passes, for its jobs to report; and the check leaves no folder of
+    model.python_path on sys.path."""
+    case = next(c for c in CASES if c.id == "builder-shape")
+    path = list(sys.path)
+    with pytest.raises(ConfigError, match="does not fit model.builder"):
+        load_config(REPO / "config", experiment=experiment_for(case, example, tmp_path), overrides=EXAMPLE_RUN)
+    assert sys.path == path
+    monkeypatch.setattr(preflight, "BUILD_CHECK_BYTES", 1000)  # the example's model: 4.9 KB
+    load_config(REPO / "config", experiment=experiment_for(case, example, tmp_path), overrides=EXAMPLE_RUN)
 
 
 @pytest.mark.slow

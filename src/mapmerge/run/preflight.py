@@ -366,22 +366,29 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
 
 
+# a larger pretrained model's builder is not built by the driver: it may load weights itself (from_pretrained)
+BUILD_CHECK_BYTES = 1 << 30
+
+
 def _check_builder_fits(model: Mapping[str, Any]) -> None:
     """The module model.builder builds must take the pretrained checkpoint's tensors, as every evaluation job loads
     them: built on torch's meta device (shapes, no memory) and loaded with the checkpoint's header alone. A builder
-    that cannot build on the meta device is left to the jobs."""
+    that cannot build on the meta device, or of a model over BUILD_CHECK_BYTES, is left to the jobs."""
     import torch  # deferred: torch, and only the driver checks
 
     from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
     from mapmerge.tensors.engine import _load_pretrained, build_module  # deferred: torch; the jobs' own load
 
-    try:
-        with torch.device("meta"):
-            module = build_module(model["builder"], model["python_path"])
-    except Exception:  # its jobs report it, with the traceback
-        return
     with open_checkpoint(model["pretrained"]) as pretrained:
         header = pretrained.meta()
+    if sum(t.numel() * t.element_size() for t in header.values()) > BUILD_CHECK_BYTES:
+        return
+    with _on_path(model["python_path"]):
+        try:
+            with torch.device("meta"):
+                module = build_module(model["builder"], model["python_path"])
+        except Exception:  # its jobs report it, with the traceback
+            return
     try:
         _load_pretrained(module, header, model["pretrained"])
     except ArtifactError as exc:
