@@ -57,6 +57,19 @@ def test_the_default_folder_is_the_users_cache(monkeypatch, tmp_path):
     assert memo.memo_dir() == tmp_path / ".cache" / "mapmerge"
 
 
+def test_without_a_home_folder_nothing_is_kept(monkeypatch):
+    """A job environment without HOME (and no password entry) computes, instead of failing the driver's start."""
+    monkeypatch.delenv("MAPMERGE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> None:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(memo.Path, "home", no_home)
+    assert memo.memo_dir() is None
+    assert [memo.remembered("k", [1], lambda i=i: i) for i in range(2)] == [0, 1]
+
+
 @pytest.mark.parametrize("kind", ["sobol", "lhs"])
 @pytest.mark.parametrize("n", [0, 1, 13])
 def test_space_filling_points_from_the_memo_are_the_computed_bits(folder, monkeypatch, kind, n):

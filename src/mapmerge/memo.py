@@ -29,7 +29,10 @@ def memo_dir() -> Path | None:
         return None
     if chosen:
         return Path(chosen).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home folder known (no HOME, no password entry): nothing is kept
+        return None
     return Path(base) / "mapmerge"
 
 
