@@ -26,8 +26,8 @@ try:
     )
     if workflow.is_main_process:
         records.check_own_folder(CFG["results"])
-    if workflow.is_main_process and not records.exempt(sys.argv):
-        records.check(CFG["results"], records.model_of(CFG))
+        if not records.exempt(sys.argv):
+            records.check(CFG["results"], records.model_of(CFG))
 except ConfigError as exc:
     sys.exit(f"mapmerge: {exc}")
 if workflow.is_main_process:

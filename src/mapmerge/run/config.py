@@ -85,9 +85,9 @@ def load_config(
         ConfigStore.instance().store(group="experiment", name=EXPERIMENT_NODE, node=node, package="_global_")
         overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
         exp_dir = exp_path.parent
-    _check_preference_entries(exp_keys, overrides)
+    whole = _whole_map_overrides(overrides)  # each override parses: _check_overrides
+    _check_preference_entries(exp_keys, overrides, whole)
     try:
-        whole = _whole_map_overrides(overrides)
         cfg = _compose(Path(config_dir), [o for o in overrides if o not in whole])
         for key, value in whole.values():
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
@@ -217,10 +217,13 @@ def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]
     return {line: (o.key_or_group, o.value()) for line, o in zip(chosen, parsed)}
 
 
-def _check_preference_entries(exp_keys: Mapping[str, Any] | None, overrides: Sequence[str]) -> None:
+def _check_preference_entries(
+    exp_keys: Mapping[str, Any] | None, overrides: Sequence[str], maps: Mapping[str, tuple[str, Any]]
+) -> None:
     """Refuse an override of one task's weight (preference.rot90=2) where the preference is a file: Hydra would
-    replace the file's name by that one weight, and the file's other tasks would weigh 0."""
-    whole = {line: value for line, (key, value) in _whole_map_overrides(overrides).items() if key in WHOLE_MAPS}
+    replace the file's name by that one weight, and the file's other tasks would weigh 0. maps: the overrides'
+    _whole_map_overrides."""
+    whole = {line: value for line, (key, value) in maps.items() if key in WHOLE_MAPS}
     last = max((i for i, o in enumerate(overrides) if o in whole), default=-1)
     entries = [o for o in overrides[last + 1 :] if o.lstrip("+~").split("=", 1)[0].startswith("preference.")]
     preference = whole[overrides[last]] if last >= 0 else (exp_keys or {}).get("preference")
