@@ -572,6 +572,9 @@ def test_select_two_preferences(runs, capsys):
 def test_select_with_the_runs_preference_gives_the_runs_merge(runs, tmp_path, capsys):
     R = runs["plain"]
     out = tmp_path / "same.safetensors"
+    # the plain run's task arithmetic draws nothing: a --seed would be ignored, so it is refused
+    err = refused(["select", str(R), "--prefer", "rot90=1", "--seed", "3", "--out", str(out)], 2, capsys, R, tmp_path)
+    assert err.startswith("mapmerge select: --seed 3: the run's merge operator ") and "draws no random masks" in err
     assert main(["select", str(R), "--prefer", "rot90=1,invert=1,flip_parity=1", "--out", str(out)]) == 0
     capsys.readouterr()
     choice = read_table(R / "groups" / "all" / "choice.parquet")
@@ -863,8 +866,9 @@ def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys):
     assert main(["plot", str(R), "--out", str(tmp_path / "plots")]) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "plots" / "front_parallel.png")]
     assert (tmp_path / "plots" / "front_parallel.png").read_bytes() == (R / "plots" / "front_parallel.png").read_bytes()
-    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert main(["plot", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
     assert capsys.readouterr().err.startswith("mapmerge plot: ")
+    assert not (tmp_path / "new").exists()  # no folder made for a refused command
     png = tmp_path / "plots" / "front_parallel.png"
     err = refused(["plot", str(R), "--out", str(png)], 2, capsys, R, tmp_path)
     assert err == f"mapmerge plot: --out {png}: is a file; give a folder for the PNGs\n"

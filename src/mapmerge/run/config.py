@@ -140,6 +140,11 @@ def _unknown_group(message: str, config_dir: str | os.PathLike, experiment: Any)
     return f"experiment file {experiment}: defaults: '{group}' is not a config group{hint}; the groups: {', '.join(groups)}"
 
 
+def _override_key(override: str, signs: str = "+~") -> str:
+    """The key (or config group) an override names: `+key=value`, `~key` -> key."""
+    return override.lstrip(signs).split("=", 1)[0]
+
+
 def _group_misused(message: str, overrides: Sequence[str], config_dir: str | os.PathLike) -> str | None:
     """One line for a config group given on the command line as Hydra cannot take it: a list of options
     (model=[a,b]: "Could not load 'model/b'"), or with a '+' where the defaults already choose it (+sampler=lhs:
@@ -147,7 +152,7 @@ def _group_misused(message: str, overrides: Sequence[str], config_dir: str | os.
     listed = re.search(r"Could not load '([\w.]+)/[^']*'", message)
     plus = re.search(r"Multiple values for ([\w.]+)\.", message)
     group = (listed or plus).group(1) if listed or plus else None
-    given = [o for o in overrides if o.lstrip("+").split("=", 1)[0] == group]
+    given = [o for o in overrides if _override_key(o, "+") == group]
     if not given:
         return None
     if plus:
@@ -166,7 +171,7 @@ def _unknown_option(message: str, overrides: Sequence[str], experiment: Any) -> 
         return None
     group, option, options = found.group(1), found.group(2), found.group(3).split()
     close = difflib.get_close_matches(option, options, n=1)
-    given = any(o.lstrip("+~").split("=", 1)[0] == group for o in overrides)
+    given = any(_override_key(o) == group for o in overrides)
     where = "overrides" if given or not experiment else f"experiment file {experiment}"
     hint = f" (did you mean `{close[0]}`?)" if close else ""
     return f"{where}: {group}: unknown option '{option}'{hint}; the options: {', '.join(options)}"
@@ -225,7 +230,7 @@ def _check_preference_entries(
     _whole_map_overrides."""
     whole = {line: value for line, (key, value) in maps.items() if key in WHOLE_MAPS}
     last = max((i for i, o in enumerate(overrides) if o in whole), default=-1)
-    entries = [o for o in overrides[last + 1 :] if o.lstrip("+~").split("=", 1)[0].startswith("preference.")]
+    entries = [o for o in overrides[last + 1 :] if _override_key(o).startswith("preference.")]
     preference = whole[overrides[last]] if last >= 0 else (exp_keys or {}).get("preference")
     if entries and isinstance(preference, str):
         raise ConfigError(
@@ -246,7 +251,7 @@ def _check_overrides(overrides: Sequence[str]) -> None:
     or one Hydra's grammar does not parse (a bare value with a character it reserves: results_dir=~/runs)."""
     parser = OverridesParser.create()
     for item in overrides:
-        if item.lstrip("+~").startswith("=") or not item.lstrip("+~"):
+        if not _override_key(item):
             raise ConfigError(f"overrides: {item!r} has no key (write key=value, e.g. seed=3)")
         try:
             parser.parse_override(item)

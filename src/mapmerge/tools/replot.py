@@ -15,8 +15,6 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     from mapmerge.outputs import plots  # deferred: matplotlib
 
     results = Path(results)
-    if out_dir is not None:
-        _make_folder(Path(out_dir))
     layout = scan(results)
     group, info = final_group(layout)
     paths = Layout(results)
@@ -35,6 +33,8 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     samples = read_table(paths.samples(group))
     samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
     reference = read_table(paths.reference)
+    if out_dir is not None:  # made once the run has been read: a refused command leaves no folder behind
+        _make_folder(Path(out_dir))
     return plots.plot_all(
         samples,
         front,

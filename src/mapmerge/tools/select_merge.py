@@ -270,8 +270,14 @@ def preference_candidates(
 
 
 def _merge_seed(operator: Mapping[str, Any], recorded: Any, given: int | None, merged: Path) -> int | None:
-    """The seed of a seeded merge operator (dare, dare_ties): the one merged.safetensors records, else --seed."""
+    """The seed of a seeded merge operator (dare, dare_ties): the one merged.safetensors records, else --seed.
+    --seed for an operator that draws nothing is refused rather than ignored."""
     if operator.get("operator") not in SEEDED:
+        if given is not None:
+            raise UsageError(
+                f"--seed {given}: the run's merge operator {operator.get('operator')} draws no random masks; "
+                "leave --seed out"
+            )
         return None
     if recorded is not None and given is not None and int(given) != int(recorded):
         raise UsageError(f"--seed {given}: the run merged with seed {recorded} ({merged})")
