@@ -494,9 +494,17 @@ def test_status_of_what_is_not_a_folder(tmp_path, capsys):
 
 
 def test_every_command_refuses_the_folder_of_the_runs(runs, tmp_path, capsys):
-    """results/ for results/plain (a slip every command would read as a run not started yet): one line naming the runs,
-    exit status 2; an empty folder is still a run not started."""
+    """results/ for results/plain, or results/plain/groups (slips every command would read as a run not started yet;
+    `check` found "0 bad" in one): one line naming the run folder, exit status 2; an empty folder is still a run not
+    started."""
     root = runs["plain"].parent
+    for inside in (runs["plain"] / "groups", runs["plain"] / "groups" / "all", runs["plain"] / "plots"):
+        for command in (["status"], ["check"], ["select", "--prefer", "rot90=1"], ["plot"]):
+            err = refused([command[0], str(inside), *command[1:]], 2, capsys, runs["plain"])
+            assert (
+                err
+                == f"mapmerge {command[0]}: {inside}: lies inside the run folder {runs['plain']}; give {runs['plain']}\n"
+            )
     for command in (
         ["status"],
         ["summary"],

@@ -97,6 +97,10 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
         (["preference.rot9=1"], "preference names unknown task 'rot9'"),
+        (
+            ["benchmark.tasks=4", "tasks=[rot90,invert]", "preference.mod3=1"],
+            r"^preference: weighs task 'mod3', which `tasks` leaves out of the merge \(it merges rot90, invert\); drop ",
+        ),
         (["refine.rouns=6"], r"config: refine.rouns: unknown key \(did you mean `rounds`\?\)"),  # not Hydra's "use +"
         (["=3"], r"overrides: '=3' has no key \(write key=value"),
         (["seed=1", "+=3"], r"overrides: '\+=3' has no key"),

@@ -106,6 +106,26 @@ def test_a_folder_of_other_files_is_not_a_run_folder(tmp_path):
         records.check_own_folder(str(run))
 
 
+def test_a_folder_inside_a_run_is_not_a_run_folder(tmp_path, monkeypatch):
+    """run_holding finds the run folder above a folder (by the driver's own files, not by a logs/ any folder may have),
+    named as the folder is: relative or absolute; check_own_folder refuses a new run there."""
+    run = tmp_path / "results" / "demo"
+    (run / "groups" / "all").mkdir(parents=True)
+    (tmp_path / "logs").mkdir()  # a user's own logs/ above: not a run
+    assert records.run_holding(run / "groups") is None
+    (run / records.HOME).write_text("{}")
+    assert records.run_holding(run / "groups" / "all") == run and records.run_holding(run / "new") == run
+    assert records.run_holding(run) is None and records.run_holding(tmp_path / "results" / "other") is None
+    monkeypatch.chdir(tmp_path / "results")
+    assert records.run_holding(Path("demo/groups")) == Path("demo")
+    with pytest.raises(ConfigError) as info:
+        records.check_own_folder("demo/x")
+    assert str(info.value) == (
+        "demo/x: lies inside the run folder demo; give the run a folder of its own (name=..., results_dir=...)"
+    )
+    assert not (run / "x").exists()
+
+
 @pytest.mark.slow
 def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, tmp_path):
     """A finished run copied within its working directory: a changed setting would find "Nothing to be done"; the run

@@ -301,6 +301,12 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     cfg["model"] = model
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
     cfg["preference"] = _preference(cfg.get("preference"), base_dir)
+    left_out = [t for t in cfg["preference"] or {} if t in model["tasks"] and t not in cfg["task_names"]]
+    if left_out:
+        raise ConfigError(
+            f"preference: weighs task {left_out[0]!r}, which `tasks` leaves out of the merge (it merges "
+            f"{', '.join(cfg['task_names'])}); drop its weight or add it to `tasks`"
+        )
     try:
         normalize_preference(cfg.get("preference"), cfg["task_names"])
     except PreferenceError as exc:

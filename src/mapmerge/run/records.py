@@ -36,7 +36,8 @@ EXEMPT_SHORT = "Ft"  # -F (--forceall), -t (--touch), alone or among other one-l
 
 
 # what a run writes into its folder from its start on: the driver's lock, the jobs' logs, then its artifacts
-RUN_MARKERS = (".mapmerge.lock", HOME, "logs", "benchmark.parquet", "task_vectors", "levels", "groups")
+OWN_MARKERS = (".mapmerge.lock", HOME, "benchmark.parquet", "task_vectors")  # names only a run gives its files
+RUN_MARKERS = (*OWN_MARKERS, "logs", "levels", "groups")
 
 
 def is_run(folder: Path) -> bool:
@@ -44,10 +45,29 @@ def is_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_MARKERS)
 
 
+def run_holding(folder: Path) -> Path | None:
+    """The run folder that `folder` lies inside (results/demo for results/demo/groups), as `folder` names it where it
+    can; None where it is not inside one. A folder above counts as a run's by OWN_MARKERS, not by names such as logs/
+    that a user's own folders have."""
+    if is_run(folder):
+        return None
+    for above in Path(os.path.abspath(folder)).parents:
+        if any((above / name).exists() for name in OWN_MARKERS):
+            return above if folder.is_absolute() else Path(os.path.relpath(above))
+    return None
+
+
 def check_own_folder(results: str) -> None:
     """ConfigError where the run folder exists and holds files, none of them a run's (results_dir=. with name=docs):
-    the run would write its report, plots and logs among them."""
+    the run would write its report, plots and logs among them; or where it lies inside another run's folder
+    (results_dir=results/demo), among that run's files."""
     folder = Path(results)
+    holder = run_holding(folder)
+    if holder is not None:
+        raise ConfigError(
+            f"{results}: lies inside the run folder {holder}; give the run a folder of its own (name=..., "
+            "results_dir=...)"
+        )
     if not folder.is_dir() or is_run(folder):
         return
     held = sorted(p.name for p in folder.iterdir())

@@ -15,7 +15,7 @@ from mapmerge.io import ArtifactError
 from mapmerge.tools.check import check
 from mapmerge.tools.prune import prune
 from mapmerge.tools.replot import replot
-from mapmerge.tools.runfolder import UsageError, check_not_a_parent
+from mapmerge.tools.runfolder import UsageError, check_run_folder
 from mapmerge.tools.select_merge import parse_preference, select
 from mapmerge.tools.status import status, summary
 
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a `mapmerge` command; its exit status (2: a bad command line, 1: a missing or unreadable artifact)."""
     args = parser().parse_args(argv)
     try:
-        check_not_a_parent(Path(args.results))
+        check_run_folder(Path(args.results))
         return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"mapmerge {args.command}: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
-from mapmerge.run.records import is_run
+from mapmerge.run.records import is_run, run_holding
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
@@ -62,9 +62,12 @@ class Scan:
         return Layout(self.results)
 
 
-def check_not_a_parent(results: Path) -> None:
-    """Refuse a folder that holds run folders instead of a run's files (results/ for results/demo), which every
-    command would read as a run not started yet."""
+def check_run_folder(results: Path) -> None:
+    """Refuse a folder that holds run folders instead of a run's files (results/ for results/demo), or lies inside a
+    run's folder (results/demo/groups), which every command would read as a run not started yet."""
+    holder = run_holding(results)
+    if holder is not None:
+        raise UsageError(f"{results}: lies inside the run folder {holder}; give {holder}")
     if not results.is_dir() or is_run(results):
         return
     runs = sorted(p.name for p in results.iterdir() if p.is_dir() and is_run(p))
