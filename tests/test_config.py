@@ -104,6 +104,10 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["refine.rouns=6"], r"config: refine.rouns: unknown key \(did you mean `rounds`\?\)"),  # not Hydra's "use +"
         (["=3"], r"overrides: '=3' has no key \(write key=value"),
         (["seed=1", "+=3"], r"overrides: '\+=3' has no key"),
+        (
+            ["name=a benchmark.tasks=2"],
+            r"^overrides: 'name=a benchmark.tasks=2' does not parse \(separate overrides with commas, \[name=a, seed=3\]; ",
+        ),
         (["nme=x"], r"config: nme: unknown key \(did you mean `name`\?\)"),
         (["rounds=3"], r"^config: rounds: unknown key \(did you mean `bayesian.rounds` or `refine.rounds`\?\)$"),
         (

@@ -258,6 +258,8 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         except HydraException as exc:
             message = " ".join(str(exc).split()).removeprefix(f"Error parsing override '{item}' ")
             hint = next((h for key, h in OVERRIDE_HINTS.items() if key in message), "")
+            if re.search(r"\s[+~]*[\w.]+=", item):  # 'name=a seed=3': two overrides run together
+                hint = "separate overrides with commas, [name=a, seed=3]; "
             raise ConfigError(f"overrides: {item!r} does not parse ({hint}{message})") from None
 
 
