@@ -795,7 +795,7 @@ def test_select_refuses_an_out_inside_the_run_folder(runs, torch_run, capsys):
 
 def test_select_replaces_no_file_but_its_own_merges(runs, torch_run, tmp_path, capsys):
     """An --out that no checkpoint is named like, or an existing file select did not write (a task's checkpoint), is
-    refused; a .safetensors merge select wrote is replaced, a torch file (which cannot say who wrote it) is not."""
+    refused; a merge select wrote is replaced, .safetensors (its header) or torch (its state dict's _metadata)."""
     R = runs["plain"]
     notes = tmp_path / "notes.md"
     notes.write_text("my notes")
@@ -814,13 +814,15 @@ def test_select_replaces_no_file_but_its_own_merges(runs, torch_run, tmp_path, c
     command = ["select", str(R), "--prefer", "rot90=1", "--pretrained", str(pre), "--out"]
     err = refused([*command, str(task)], 2, capsys, R, ckpts)
     assert err == (
-        f"mapmerge select: --out {task}: exists, and select replaces only the merges it wrote (it cannot tell a torch "
-        "file of its own); remove the file first, or give another path\n"
+        f"mapmerge select: --out {task}: exists, and select replaces only the merges it wrote (it is not one); "
+        "remove the file first, or give another path\n"
     )
-    assert main([*command, str(tmp_path / "merge.pt")]) == 0
-    assert refused([*command, str(tmp_path / "merge.pt")], 2, capsys, R, tmp_path).startswith(
-        f"mapmerge select: --out {tmp_path / 'merge.pt'}: exists"
-    )
+    merge = tmp_path / "merge.pt"
+    for preference in ("rot90=1", "invert=1"):  # a torch file of its own is replaced too: its _metadata says so
+        assert main(["select", str(R), "--prefer", preference, "--pretrained", str(pre), "--out", str(merge)]) == 0
+        state = torch.load(merge, weights_only=True)
+        assert json.loads(state._metadata[""]["preference"]) == {preference.split("=")[0]: 1.0}
+        build_model(width=WIDTH).load_state_dict(state)  # the metadata is no obstacle to loading it
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,22 +135,25 @@ def check_file_out(results: Path, out: Path) -> None:
             f"{', '.join(CHECKPOINT_SUFFIXES[1:])} for a torch state dict)"
         )
     if out.is_file() and not out.resolve().is_relative_to(Layout(results).selections.resolve()) and not _own(out):
-        tell = "is not one" if out.suffix == ".safetensors" else "cannot tell a torch file of its own"
         raise UsageError(
-            f"--out {out}: exists, and select replaces only the merges it wrote (it {tell}); remove the file first, "
-            "or give another path"
+            f"--out {out}: exists, and select replaces only the merges it wrote (it is not one); remove the file "
+            "first, or give another path"
         )
 
 
 def _own(path: Path) -> bool:
-    """Whether a file is a merge select wrote: a .safetensors whose header says so (a torch file cannot say)."""
-    if path.suffix != ".safetensors":
-        return False
-    from mapmerge.tensors.checkpoints import safetensors_metadata  # deferred: torch
-
+    """Whether a file is a merge select wrote: its metadata says so (a .safetensors header; a torch file's state dict
+    `_metadata`, save_checkpoint)."""
     try:
-        return safetensors_metadata(path).get("source") == SOURCE
-    except Exception:  # not a readable safetensors file: not select's
+        if path.suffix == ".safetensors":
+            from mapmerge.tensors.checkpoints import safetensors_metadata  # deferred: torch
+
+            return safetensors_metadata(path).get("source") == SOURCE
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return getattr(state, "_metadata", {}).get("", {}).get("source") == SOURCE
+    except Exception:  # not a readable checkpoint, or not one with metadata: not select's
         return False
 
 
@@ -169,15 +173,19 @@ def out_is_folder(out: Path | None) -> bool:
 
 
 def save_checkpoint(state: Mapping[str, Any], out: Path, metadata: Mapping[str, str]) -> Path:
-    """A state dict as safetensors (out ends in .safetensors, metadata in its header) or torch.save, atomically."""
+    """A state dict as safetensors (out ends in .safetensors, metadata in its header) or torch.save, atomically (the
+    metadata as the state dict's `_metadata` of its root module, which load_state_dict passes by and torch.load
+    keeps)."""
     import torch
 
     from mapmerge.tensors.checkpoints import save_safetensors  # deferred: torch
 
     if out.suffix == ".safetensors":
         return save_safetensors(state, out, metadata=metadata)
+    ordered = OrderedDict(state)
+    ordered._metadata = {"": dict(metadata)}  # type: ignore[attr-defined]
     with atomic_path(out) as tmp:
-        torch.save(dict(state), tmp)
+        torch.save(ordered, tmp)
     return out
 
 
