@@ -243,7 +243,8 @@ CASES = [
     ),
     Case(
         "evaluator-typo",
-        r"^model\.tasks\.stripes_60\.evaluator\._target_: module model \(.*model\.py\) has no TaskEvalutor",
+        r"^model\.tasks\.stripes_60\.evaluator\._target_: module model \(.*model\.py\) has no TaskEvalutor "
+        r"\(did you mean `TaskEvaluator`\?\)$",
         edit=_set("model.tasks.stripes_60.evaluator._target_", "model.TaskEvalutor"),
     ),
     Case(  # an evaluator's argument mistyped: every evaluation job would fail building it

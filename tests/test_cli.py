@@ -829,6 +829,7 @@ def test_select_replaces_no_file_but_its_own_merges(runs, torch_run, tmp_path, c
     "prefer, message",
     [
         ("rot90=1,mnist=2", "preference names unknown task 'mnist'; known: rot90, invert, flip_parity"),
+        ("rot90=1,invrt=2", "preference names unknown task 'invrt' (did you mean `invert`?); known: rot90, invert, "),
         ("rot90=1,invert=-1", "preference weight for task 'invert' must be a finite number >= 0; got -1.0"),
         ("rot90=x", "weight of task 'rot90' is not a number: 'x'"),
         ("rot90", "'rot90' is not task=weight"),

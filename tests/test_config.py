@@ -99,7 +99,7 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["preference.rot9=1"], "preference names unknown task 'rot9'"),
         (
             ["benchmark.tasks=4", "tasks=[rot90,invert]", "preference.mod3=1"],
-            r"^preference: weighs task 'mod3', which `tasks` leaves out of the merge \(it merges rot90, invert\); drop ",
+            r"^preference weighs task 'mod3', which `tasks` leaves out of the merge \(it merges rot90, invert\); drop ",
         ),
         (["refine.rouns=6"], r"config: refine.rouns: unknown key \(did you mean `rounds`\?\)"),  # not Hydra's "use +"
         (["=3"], r"overrides: '=3' has no key \(write key=value"),
@@ -339,6 +339,16 @@ def test_preference_file_is_yaml_task_weight(repo, tmp_path):
         load(repo, overrides=[f"preference={tmp_path / 'list.yaml'}"])
     with pytest.raises(ConfigError, match="preference file nothere.yaml: not found"):
         load(repo, overrides=["preference=nothere.yaml"])
+    (tmp_path / "typo.yaml").write_text("rot90: 2\ninvrt: 1\n")  # the file is named, with the closest task
+    with pytest.raises(ConfigError) as info:
+        load(repo, overrides=[f"preference={tmp_path / 'typo.yaml'}"])
+    assert str(info.value) == (
+        f"preference file {tmp_path / 'typo.yaml'}: preference names unknown task 'invrt' (did you mean `invert`?); "
+        "known: rot90, invert, flip_parity, mod3"
+    )
+    (tmp_path / "nested.yaml").write_text("preference: {rot90: 2}\n")  # the experiment file's key, copied along
+    with pytest.raises(ConfigError, match=r"nested.yaml: holds `preference:` with the weights under it; write its "):
+        load(repo, overrides=[f"preference={tmp_path / 'nested.yaml'}"])
 
 
 def test_a_preference_on_the_command_line_replaces_the_experiment_files(repo, tmp_path):

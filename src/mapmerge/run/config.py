@@ -135,8 +135,7 @@ def _unknown_group(message: str, config_dir: str | os.PathLike, experiment: Any)
     if group in groups:
         option = bare.group(2) if bare else "OPTION"
         return f"experiment file {experiment}: defaults: an entry for group {group} without `override /`; write '- override /{group}: {option}'"
-    close = difflib.get_close_matches(group, groups, n=1)
-    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    hint = schema.closest(group, groups)
     return f"experiment file {experiment}: defaults: '{group}' is not a config group{hint}; the groups: {', '.join(groups)}"
 
 
@@ -170,10 +169,9 @@ def _unknown_option(message: str, overrides: Sequence[str], experiment: Any) -> 
     if not found:
         return None
     group, option, options = found.group(1), found.group(2), found.group(3).split()
-    close = difflib.get_close_matches(option, options, n=1)
     given = any(_override_key(o) == group for o in overrides)
     where = "overrides" if given or not experiment else f"experiment file {experiment}"
-    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    hint = schema.closest(option, options)
     return f"{where}: {group}: unknown option '{option}'{hint}; the options: {', '.join(options)}"
 
 
@@ -302,13 +300,9 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)
     cfg["model"] = model
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
-    cfg["preference"] = _preference(cfg.get("preference"), base_dir)
-    left_out = [t for t in cfg["preference"] or {} if t in model["tasks"] and t not in cfg["task_names"]]
-    if left_out:
-        raise ConfigError(
-            f"preference: weighs task {left_out[0]!r}, which `tasks` leaves out of the merge (it merges "
-            f"{', '.join(cfg['task_names'])}); drop its weight or add it to `tasks`"
-        )
+    given = cfg.get("preference")
+    cfg["preference"] = _preference(given, base_dir)
+    _check_preference_tasks(cfg["preference"], list(model["tasks"]), cfg["task_names"], given)
     try:
         normalize_preference(cfg.get("preference"), cfg["task_names"])
     except PreferenceError as exc:
@@ -346,7 +340,29 @@ def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     loaded = OmegaConf.to_container(_load_yaml(path, f"preference file {path}"))
     if not isinstance(loaded, dict):
         raise ConfigError(f"preference file {path}: must be a mapping task: weight")
+    if list(loaded) == ["preference"] and isinstance(loaded["preference"], dict):
+        raise ConfigError(
+            f"preference file {path}: holds `preference:` with the weights under it; write its task: weight lines "
+            "at the top level"
+        )
     return loaded
+
+
+def _check_preference_tasks(preference: Mapping[str, Any], tasks: list[str], merged: list[str], given: Any) -> None:
+    """Refuse a preference naming a task the model lacks (with the closest name), or one `tasks` leaves out of the
+    merge; a preference file is named."""
+    where = f"preference file {given}: " if isinstance(given, str) else ""
+    for task in preference or {}:
+        if task not in tasks:
+            raise ConfigError(
+                f"{where}preference names unknown task {task!r}{schema.closest(str(task), tasks)}; known: "
+                f"{', '.join(merged)}"
+            )
+        if task not in merged:
+            raise ConfigError(
+                f"{where}preference weighs task {task!r}, which `tasks` leaves out of the merge (it merges "
+                f"{', '.join(merged)}); drop its weight or add it to `tasks`"
+            )
 
 
 def _check_method(cfg: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ with one line naming the key the user wrote.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -32,6 +31,7 @@ from mapmerge.core.sampling import design_size
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.run.checkpoint_twins import first_twin
+from mapmerge.run.schema import closest
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
 
@@ -293,7 +293,8 @@ def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> 
     except Exception as exc:  # the user's module failed for its own reasons
         raise ConfigError(f"{key}._target_: importing {module} failed: {' '.join(str(exc).split())}") from None
     if not hasattr(imported, name):
-        raise ConfigError(f"{key}._target_: module {module} ({imported.__file__}) has no {name}")
+        hint = closest(name, [n for n in vars(imported) if not n.startswith("_")])
+        raise ConfigError(f"{key}._target_: module {module} ({imported.__file__}) has no {name}{hint}")
     _check_arguments(getattr(imported, name), spec, key)
 
 
@@ -314,8 +315,7 @@ def _check_arguments(target: Any, spec: Mapping[str, Any], key: str) -> None:
         unknown = [k for k in kwargs if k not in names]
         problem = str(exc)
         if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
-            close = difflib.get_close_matches(unknown[0], names, n=1)
-            problem = f"no argument '{unknown[0]}'" + (f" (did you mean `{close[0]}`?)" if close else "")
+            problem = f"no argument '{unknown[0]}'{closest(unknown[0], names)}"
         raise ConfigError(f"{key}: {spec['_target_']}({', '.join(names)}): {problem}") from None
 
 

@@ -484,11 +484,16 @@ def known_key(key: str) -> bool:
     return path[-1] in _fields(node) or any(typing.get_origin(a) is dict for a in _alternatives(node))
 
 
+def closest(word: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean `x`?)' for the choice closest to a mistyped word, '' where none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
 def _did_you_mean(path: list[str]) -> str:
     known = _known_keys(path[:-1])
-    close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean `{close[0]}`?)"
+    if hint := closest(path[-1], known):
+        return hint
     deeper = [
         f"`{'.'.join([*path[:-1], key, path[-1]])}`" for key in known if path[-1] in _known_keys([*path[:-1], key])
     ]

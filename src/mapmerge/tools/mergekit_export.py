@@ -37,7 +37,6 @@ import yaml
 
 from mapmerge.adapters import hub
 from mapmerge.adapters.transformers import weights_file
-from mapmerge.core import selection
 from mapmerge.errors import ConfigError
 from mapmerge.io import atomic_path, read_table
 from mapmerge.layout import Layout
@@ -46,7 +45,13 @@ from mapmerge.tensors.lora import adapter_weights, vector_names
 from mapmerge.tensors.operators import trim_count, validate
 from mapmerge.tools.merge_inputs import member_vectors, merge_record, pretrained_record
 from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, scan
-from mapmerge.tools.select_merge import check_out, checked_method, preference_candidates, run_selection
+from mapmerge.tools.select_merge import (
+    check_out,
+    checked_method,
+    preference_candidates,
+    preference_weights,
+    run_selection,
+)
 
 # mapmerge's operator -> mergekit's merge_method
 METHODS = {
@@ -320,10 +325,7 @@ def _preference_point(
     """The coefficients `mapmerge select` merges for a preference (select_merge.preference_candidates), and a label."""
     own = run_selection(results) or "weighted_sum"
     method = checked_method(method or own, rho)
-    try:
-        weights = selection.normalize_preference(preference, info["tasks"])
-    except selection.PreferenceError as exc:
-        raise UsageError(f"--prefer: {exc}") from None
+    weights = preference_weights(preference, info["tasks"])
     front = read_table(front_file(results, group))
     metric, _ = objective_metric(results, front, info["tasks"], metric)
     _, _, candidates, refined = preference_candidates(results, group, info, front, weights, metric, method, rho)

@@ -33,6 +33,7 @@ from mapmerge.core.metrics import METRICS
 from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
+from mapmerge.run.schema import closest
 from mapmerge.tensors.operators import SEEDED
 from mapmerge.tools.merge_inputs import (
     check_pretrained,
@@ -79,6 +80,20 @@ def parse_preference(text: str) -> dict[str, float]:
     if not preference:
         raise UsageError("--prefer: give at least one task=weight")
     return preference
+
+
+def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) -> dict[str, float]:
+    """--prefer's weights normalised over the run's tasks; UsageError naming a bad one (a mistyped task with the
+    closest name)."""
+    for task in preference:
+        if task not in tasks:
+            raise UsageError(
+                f"--prefer: preference names unknown task {task!r}{closest(task, tasks)}; known: {', '.join(tasks)}"
+            )
+    try:
+        return selection.normalize_preference(preference, tasks)
+    except selection.PreferenceError as exc:
+        raise UsageError(f"--prefer: {exc}") from None
 
 
 def preference_name(preference: Mapping[str, float], method: str, rho: float, own: str = "weighted_sum") -> str:
@@ -429,10 +444,7 @@ def select(
     as_folders = transformers_run and out_is_folder(out)
     if out is not None:
         check_out(results, out, tasks if as_folders else None)
-    try:
-        task_weights = selection.normalize_preference(preference, tasks)
-    except selection.PreferenceError as exc:
-        raise UsageError(f"--prefer: {exc}") from None
+    task_weights = preference_weights(preference, tasks)
     merged = paths.merged(group)
     front = read_table(front_file(results, group))
     metric, metric_source = objective_metric(results, front, tasks, metric)
