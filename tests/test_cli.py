@@ -18,7 +18,7 @@ from mapmerge.core import groups, pareto, refine
 from mapmerge.core.metrics import sample_metrics
 from mapmerge.core.sampling import sample_batches
 from mapmerge.core.selection import measured_front, normalize_preference, pick_point, reference_values, select_point
-from mapmerge.io import file_hash, read_table, table_metadata, write_table
+from mapmerge.io import RUN_LOCK, file_hash, read_table, table_metadata, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import report
 from mapmerge.outputs.notes import group_notes
@@ -498,13 +498,12 @@ def test_every_command_refuses_the_folder_of_the_runs(runs, tmp_path, capsys):
     `check` found "0 bad" in one): one line naming the run folder, exit status 2; an empty folder is still a run not
     started."""
     root = runs["plain"].parent
-    for inside in (runs["plain"] / "groups", runs["plain"] / "groups" / "all", runs["plain"] / "plots"):
+    run = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    (run / RUN_LOCK).touch()  # as every driver's start writes it (these runs were made by calling the stages)
+    for inside in (run / "groups", run / "groups" / "all", run / "plots"):
         for command in (["status"], ["check"], ["select", "--prefer", "rot90=1"], ["plot"]):
-            err = refused([command[0], str(inside), *command[1:]], 2, capsys, runs["plain"])
-            assert (
-                err
-                == f"mapmerge {command[0]}: {inside}: lies inside the run folder {runs['plain']}; give {runs['plain']}\n"
-            )
+            err = refused([command[0], str(inside), *command[1:]], 2, capsys, run)
+            assert err == f"mapmerge {command[0]}: {inside}: lies inside the run folder {run}; give {run}\n"
     for command in (
         ["status"],
         ["summary"],

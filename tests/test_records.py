@@ -107,11 +107,12 @@ def test_a_folder_of_other_files_is_not_a_run_folder(tmp_path):
 
 
 def test_a_folder_inside_a_run_is_not_a_run_folder(tmp_path, monkeypatch):
-    """run_holding finds the run folder above a folder (by the driver's own files, not by a logs/ any folder may have),
-    named as the folder is: relative or absolute; check_own_folder refuses a new run there."""
+    """run_holding finds the run folder above a folder (by the driver's own files, not by a logs/ or task_vectors/ any
+    folder may have), named as the folder is: relative or absolute; check_own_folder refuses a new run there."""
     run = tmp_path / "results" / "demo"
     (run / "groups" / "all").mkdir(parents=True)
-    (tmp_path / "logs").mkdir()  # a user's own logs/ above: not a run
+    for name in ("logs", "task_vectors"):  # a user's own folders above, of names a run's folder holds too: not a run
+        (tmp_path / name).mkdir()
     assert records.run_holding(run / "groups") is None
     (run / records.HOME).write_text("{}")
     assert records.run_holding(run / "groups" / "all") == run and records.run_holding(run / "new") == run

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mapmerge.errors import ConfigError
-from mapmerge.io import atomic_path
+from mapmerge.io import RUN_LOCK, atomic_path
 
 HOME = ".mapmerge.home"  # in the run folder: {"results": as the rules name it, "cwd": the working directory, "model"}
 BUILTIN = "the built-in benchmark"
@@ -36,8 +36,8 @@ EXEMPT_SHORT = "Ft"  # -F (--forceall), -t (--touch), alone or among other one-l
 
 
 # what a run writes into its folder from its start on: the driver's lock, the jobs' logs, then its artifacts
-OWN_MARKERS = (".mapmerge.lock", HOME, "benchmark.parquet", "task_vectors")  # names only a run gives its files
-RUN_MARKERS = (*OWN_MARKERS, "logs", "levels", "groups")
+OWN_MARKERS = (RUN_LOCK, HOME)  # what only mapmerge's driver writes: a folder of task_vectors/ may be anyone's
+RUN_MARKERS = (*OWN_MARKERS, "logs", "benchmark.parquet", "task_vectors", "levels", "groups")
 
 
 def is_run(folder: Path) -> bool:
