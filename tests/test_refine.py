@@ -275,6 +275,10 @@ def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_
         "balanced",
     )
     assert "selection weighted_sum_above_pretrained instead of balanced" in note and "-inf where a task" in note
+    assert note.endswith(  # a score of -inf said in words
+        "against the last refinement round's predicted pick r02s0000, which, measured, leaves a weighted task at or "
+        "below its pretrained model (score -inf)"
+    )
     assert (
         "no measured point keeps every weighted task's gain at 0.1 or more, so the weighted sum decides, over the "
         "points that keep every weighted task above its pretrained model" in note

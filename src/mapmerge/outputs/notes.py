@@ -6,6 +6,7 @@ The same lines go to report.md, `mapmerge status` and the end of a run (the Snak
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -60,10 +61,16 @@ def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> str:
             f"the chosen merge is {where}: the last refinement round's predicted pick, measured; no other real "
             f"evaluation scores better for the preference (score {choice['score']:.4g}: {RULES[rule]}, measured)"
         )
+    last = float(choice["last_pick_score"])
+    beaten = (
+        f"the last refinement round's predicted pick {choice['last_pick']}, which, measured, leaves a weighted task at "
+        f"or below its pretrained model (score {last:.4g})"
+        if last == -math.inf
+        else f"{last:.4g} for the last refinement round's predicted pick {choice['last_pick']}"
+    )
     return (
         f"the chosen merge is the measured point {where}: it scores {choice['score']:.4g} for the preference "
-        f"({RULES[rule]}, measured) against {choice['last_pick_score']:.4g} for the last refinement round's "
-        f"predicted pick {choice['last_pick']}"
+        f"({RULES[rule]}, measured) against {beaten}"
     )
 
 
