@@ -209,7 +209,7 @@ def _whole_map_overrides(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]
     """override -> (key, value) for each override that sets a WHOLE_MAPS key whole, and each that sets an entry of
     one after such an override (applied in Hydra's compose, it would come before the whole map and be lost), in
     order."""
-    keys = [o.split("=", 1)[0].lstrip("+") if "=" in o else None for o in overrides]
+    keys = [_override_key(o, "+") if "=" in o else None for o in overrides]
     first = next((i for i, key in enumerate(keys) if key in WHOLE_MAPS), len(keys))
     chosen = [
         o
@@ -354,10 +354,7 @@ def _check_preference_tasks(preference: Mapping[str, Any], tasks: list[str], mer
     where = f"preference file {given}: " if isinstance(given, str) else ""
     for task in preference or {}:
         if task not in tasks:
-            raise ConfigError(
-                f"{where}preference names unknown task {task!r}{schema.closest(str(task), tasks)}; known: "
-                f"{', '.join(merged)}"
-            )
+            raise ConfigError(where + schema.unknown_task(task, tasks, merged))
         if task not in merged:
             raise ConfigError(
                 f"{where}preference weighs task {task!r}, which `tasks` leaves out of the merge (it merges "

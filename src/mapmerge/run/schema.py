@@ -12,7 +12,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -488,6 +488,11 @@ def closest(word: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean `x`?)' for the choice closest to a mistyped word, '' where none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def unknown_task(task: str, tasks: Sequence[str], known: Sequence[str]) -> str:
+    """What is wrong with a preference naming `task`, which is not one of `tasks` (with the closest of them)."""
+    return f"preference names unknown task {task!r}{closest(str(task), tasks)}; known: {', '.join(known)}"
 
 
 def _did_you_mean(path: list[str]) -> str:

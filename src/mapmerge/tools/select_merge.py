@@ -33,7 +33,7 @@ from mapmerge.core.metrics import METRICS
 from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
-from mapmerge.run.schema import closest
+from mapmerge.run.schema import unknown_task
 from mapmerge.tensors.operators import SEEDED
 from mapmerge.tools.merge_inputs import (
     check_pretrained,
@@ -87,9 +87,7 @@ def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) ->
     closest name)."""
     for task in preference:
         if task not in tasks:
-            raise UsageError(
-                f"--prefer: preference names unknown task {task!r}{closest(task, tasks)}; known: {', '.join(tasks)}"
-            )
+            raise UsageError(f"--prefer: {unknown_task(task, tasks, tasks)}")
     try:
         return selection.normalize_preference(preference, tasks)
     except selection.PreferenceError as exc:
