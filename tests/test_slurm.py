@@ -70,6 +70,10 @@ def command(workdir: Path, *args: str, slurm: bool = True, overrides: Sequence[s
     if slurm:  # --cores caps a group job's CPUs at those of the local cluster's one node (nproc)
         cores = str(len(os.sched_getaffinity(0)))
         executor = ["--workflow-profile", str(PROFILE), "--executor", "slurm", "--cores", cores]
+        # the first status check 1 s after a submission or a finish, not the profile's 5 s: the plugin waits 10 s
+        # longer after each check that finds nothing, so a 7-16 s job here was seen only 20 s after its start, and
+        # the run of BASE took 254 s against 191 s (docs/slurm.md, "Trying it on one machine")
+        executor += ["--slurm-init-seconds-before-status-checks", "1"]
     return [
         "timeout",
         "-s",
