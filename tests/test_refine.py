@@ -231,9 +231,14 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
         "it (refine.extend > 0 evaluates past it in the next refinement round)",
         "the chosen merge lies on the lower bound c_b = 0 of the box (its task vector is left out)",
     ]
-    note = choice_note(choice, "balanced")
-    assert "measured point r01s0002 (front point of round 1)" in note and "0.5 for the last" in note
-    assert "predictions" in choice_note(pd.Series({"c_a": 1.0}), "weighted_sum")
+    assert choice_note(choice, "balanced") == [
+        "the chosen merge is the measured point r01s0002 (front point of round 1): it scores 0.6 for the preference, "
+        "against 0.5 for the last refinement round's predicted pick r02s0000, measured",
+        "a measured point's score is minus the weighted regret of the gains from pretrained (0) to fine-tuned (1) "
+        "(selection balanced)",
+    ]
+    predicted = choice_note(pd.Series({"c_a": 1.0}), "weighted_sum")  # no rounds, no fallback: no score line
+    assert len(predicted) == 1 and "chosen on predictions" in predicted[0]
 
 
 def test_balanced_falls_back_to_weighted_sum_when_every_point_gives_a_task_up():
@@ -274,15 +279,14 @@ def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_
         ),
         "balanced",
     )
-    assert "selection weighted_sum_above_pretrained instead of balanced" in note and "-inf where a task" in note
-    assert note.endswith(  # a score of -inf said in words
-        "against the last refinement round's predicted pick r02s0000, which, measured, leaves a weighted task at or "
-        "below its pretrained model (score -inf)"
-    )
-    assert (
-        "no measured point keeps every weighted task's gain at 0.1 or more, so the weighted sum decides, over the "
-        "points that keep every weighted task above its pretrained model" in note
-    )
+    assert note == [
+        "the chosen merge is the measured point r02s0001 (front point of round 2): it scores 1.93 for the preference, "
+        "against -inf for the last refinement round's predicted pick r02s0000, which, measured, leaves a weighted task "
+        "at or below its pretrained model",  # a score of -inf said in words
+        "selection weighted_sum_above_pretrained instead of balanced: no measured point keeps every weighted task's "
+        "gain at 0.1 or more, so a measured point's score is the preference-weighted sum of the objective; -inf where "
+        "a task is at or below its pretrained model",
+    ]
 
 
 def test_trust_region_stays_within_the_radius_and_the_box_and_follows_its_seed():

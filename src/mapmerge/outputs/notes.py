@@ -31,47 +31,53 @@ RULES = {  # what a selection rule's score is (mapmerge.core.selection.point_sco
 
 def fallback_note(rule: str, method: str, points: str) -> str:
     """Why the selection `method` (balanced) fell back to `rule` (mapmerge.core.selection.preference_scores) on a front
-    of `points` (measured, predicted)."""
+    of `points` (measured, predicted), and what a point's score then is."""
     return (
         f"selection {rule} instead of {method}: no {points} point keeps every weighted task's gain at "
-        f"{BALANCED_FLOOR:g} or more, so the weighted sum decides"
+        f"{BALANCED_FLOOR:g} or more, so a {points} point's score is {RULES[rule]}"
         + (
-            ", over the points that keep every weighted task above its pretrained model"
+            ""
             if rule == ABOVE_PRETRAINED
             else f" (every {points} point leaves some weighted task at or below its pretrained model)"
         )
     )
 
 
-def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> str:
-    """Where the chosen merge comes from: the predicted pick, or a measured point and why it won (`method`: the
-    selection rule; the rule that picked: a measured choice's `rule` column, else `rule`, where balanced fell back
-    for the predicted pick, else `method`)."""
+def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> list[str]:
+    """Where the chosen merge comes from: the predicted pick, or a measured point and what it beat; then, on a line of
+    its own, the score it was chosen by where that is not plain `method`'s on predictions (`method`: the selection
+    rule; the rule that picked: a measured choice's `rule` column, else `rule`, where balanced fell back for the
+    predicted pick, else `method`)."""
     measured = choice.get("source") == "measured"
     rule = str(choice.get("rule", rule or method))
-    fallback = "" if rule == method else f" ({fallback_note(rule, method, 'measured' if measured else 'predicted')})"
+    points = "measured" if measured else "predicted"
+    score = [fallback_note(rule, method, points)] if rule != method else []
     if not measured:
-        return (
-            f"the chosen merge is the predicted front's pick for the preference (no refinement rounds){fallback}: "
-            "chosen on predictions (choice.parquet), then measured (measured_* in selected.parquet)"
-        )
-    where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])}){fallback}"
+        return [
+            "the chosen merge is the predicted front's pick for the preference (no refinement rounds): chosen on "
+            "predictions (choice.parquet), then measured (measured_* in selected.parquet)",
+            *score,
+        ]
+    score = score or [f"a measured point's score is {RULES[rule]} (selection {rule})"]
+    where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
     if choice["sample"] == choice["last_pick"]:
-        return (
+        return [
             f"the chosen merge is {where}: the last refinement round's predicted pick, measured; no other real "
-            f"evaluation scores better for the preference (score {choice['score']:.4g}: {RULES[rule]}, measured)"
-        )
+            f"evaluation scores better for the preference (score {choice['score']:.4g})",
+            *score,
+        ]
     last = float(choice["last_pick_score"])
     beaten = (
-        f"the last refinement round's predicted pick {choice['last_pick']}, which, measured, leaves a weighted task at "
-        f"or below its pretrained model (score {last:.4g})"
+        f"-inf for the last refinement round's predicted pick {choice['last_pick']}, which, measured, leaves a "
+        "weighted task at or below its pretrained model"
         if last == -math.inf
-        else f"{last:.4g} for the last refinement round's predicted pick {choice['last_pick']}"
+        else f"{last:.4g} for the last refinement round's predicted pick {choice['last_pick']}, measured"
     )
-    return (
-        f"the chosen merge is the measured point {where}: it scores {choice['score']:.4g} for the preference "
-        f"({RULES[rule]}, measured) against {beaten}"
-    )
+    return [
+        f"the chosen merge is the measured point {where}: it scores {choice['score']:.4g} for the preference, "
+        f"against {beaten}",
+        *score,
+    ]
 
 
 def box_notes(front: pd.DataFrame, samples: pd.DataFrame, choice: pd.Series, members: Sequence[str]) -> list[str]:
@@ -109,8 +115,8 @@ def group_notes(results: str | os.PathLike, group: str) -> list[str]:
     method = json.loads(recorded)["method"] if recorded else "weighted_sum"
     front = read_table(layout.front(group))
     members = suffixes(front.columns, "c")
-    note = choice_note(choice, method, metadata.get("mapmerge.rule"))
-    return [note, *box_notes(front, read_table(layout.samples(group)), choice, members)]
+    notes = choice_note(choice, method, metadata.get("mapmerge.rule"))
+    return [*notes, *box_notes(front, read_table(layout.samples(group)), choice, members)]
 
 
 def final_notes(results: str | os.PathLike) -> list[str]:
