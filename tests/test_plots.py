@@ -112,6 +112,39 @@ def test_plot_all(tmp_path: Path) -> None:
         assert_png(path)
 
 
+def test_the_measured_front_is_drawn_with_the_predicted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both plots draw the measured front's points (2 tasks: in metric space; parallel coordinates: coefficients and
+    metrics), under one legend entry; without it, neither plot has that entry."""
+    import mapmerge.outputs.plots as plots
+
+    figures: dict[str, Figure] = {}
+    save = plots._save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        figures[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    tasks = ["rot90", "invert"]
+    samples, front, reference, selected = tables(tasks)
+    cols = [f"accuracy_{t}" for t in tasks]
+    measured = samples.iloc[[3, 7, 11]].assign(accuracy_rot90=[0.9, 0.5, 0.2], accuracy_invert=[0.1, 0.4, 0.8])
+    plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected, measured=measured)
+    label = "measured Pareto front (3 evaluated merges)"
+    (line,) = [a for a in figures["front_2d.png"].axes[0].get_lines() if a.get_label() == label]
+    np.testing.assert_array_equal(np.column_stack(line.get_data()), measured[cols].sort_values(cols).to_numpy())
+    coefficients, metrics = figures["front_parallel.png"].axes[:2]
+    for ax, columns in ((coefficients, [f"c_{t}" for t in tasks]), (metrics, cols)):
+        (drawn,) = [c for c in ax.collections if c.get_label() == label]
+        expected = measured.sort_values([f"c_{t}" for t in tasks] + cols)[columns].to_numpy()
+        np.testing.assert_array_equal(np.array([path.vertices[:, 1] for path in drawn.get_paths()]), expected)
+    assert metrics.get_title() == "Accuracy per task, predicted and measured"
+    figures.clear()
+    plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected)
+    for fig in figures.values():
+        assert all(label not in a.get_legend_handles_labels()[1] for a in fig.axes)
+
+
 def test_plots_are_deterministic(tmp_path: Path) -> None:
     tasks = ["rot90", "invert"]
     samples, front, reference, selected = tables(tasks)

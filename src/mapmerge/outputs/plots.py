@@ -27,6 +27,7 @@ CMAP = "viridis"
 SELECTED_COLOR = "#d62728"
 FRONT_COLOR = "#1f77b4"
 FINETUNED_COLORS = ("#ff7f0e", "#2ca02c")
+MEASURED_COLOR = "0.15"  # the measured front: real evaluations that no other one dominates
 INTERVAL_LABEL = "prediction interval (surrogate.interval)"
 MAX_ERROR_BARS = 25  # front points drawn with their intervals in the 2-task plot (spread along it)
 
@@ -76,6 +77,19 @@ def _bounds(frame: pd.DataFrame | pd.Series, column: str) -> np.ndarray | None:
     return np.nan_to_num(np.vstack([value - low, high - value]), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
 
 
+def _measured_values(measured: pd.DataFrame | None, columns: Sequence[str]) -> np.ndarray | None:
+    """The measured front's complete rows in `columns`, sorted by them, or None where there is none to draw."""
+    if measured is None or measured.empty:
+        return None
+    _require_columns(measured, columns, "measured front")
+    values = measured[list(columns)].dropna().sort_values(list(columns)).to_numpy(dtype=float)
+    return values if len(values) else None
+
+
+def _measured_label(n: int) -> str:
+    return f"measured Pareto front ({_count(n, 'evaluated merge')})"
+
+
 def _count(n: int, noun: str) -> str:
     """'1 point', '2 points'."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
@@ -98,11 +112,13 @@ def plot_front_2d(
     path: str | os.PathLike,
     selected: pd.DataFrame | None = None,
     maximize: bool = True,
+    measured: pd.DataFrame | None = None,
 ) -> Path:
     """Plot a two-task front in metric space (x: `tasks[0]`, y: `tasks[1]`) and save it as PNG.
 
-    Shows the evaluated samples, the predicted front, the fine-tuned models as dashed lines,
-    the pretrained model and the selected point (predicted, and measured when present).
+    Shows the evaluated samples, the predicted front, the measured front (`measured`: the real evaluations that no
+    other one dominates), the fine-tuned models as dashed lines, the pretrained model and the selected point
+    (predicted, and measured when present).
     `maximize` says whether larger metric values are better (marked by an arrow in that corner).
     """
     tasks = list(tasks)
@@ -144,6 +160,19 @@ def plot_front_2d(
         label=f"predicted Pareto front ({len(pf)})",
         zorder=3,
     )
+    real = _measured_values(measured, cols)
+    if real is not None:
+        ax.plot(
+            real[:, 0],
+            real[:, 1],
+            ":s",
+            color=MEASURED_COLOR,
+            markerfacecolor="white",
+            markersize=4.5,
+            linewidth=1.0,
+            label=_measured_label(len(real)),
+            zorder=4,
+        )
     shown = front.loc[pf.index[np.unique(np.linspace(0, len(pf) - 1, MAX_ERROR_BARS).round().astype(int))]]
     xerr, yerr = _bounds(shown, cols[0]), _bounds(shown, cols[1])
     if xerr is not None and yerr is not None:
@@ -263,11 +292,13 @@ def plot_front_parallel(
     path: str | os.PathLike,
     selected: pd.DataFrame | None = None,
     members: Sequence[str] | None = None,
+    measured: pd.DataFrame | None = None,
 ) -> Path:
-    """Plot the front in parallel coordinates (coefficients left, predicted metrics right) as PNG.
+    """Plot the front in parallel coordinates (coefficients left, metrics right) as PNG.
 
-    One polyline per front point, coloured by its mean predicted metric; the selected point
-    is drawn bold on both panels. members: the coefficients' names (default: the tasks).
+    One polyline per front point, coloured by its mean predicted metric; the measured front (`measured`: the real
+    evaluations that no other one dominates) as dark dotted polylines over it; the selected point drawn bold on both
+    panels. members: the coefficients' names (default: the tasks).
     """
     tasks = list(tasks)
     members = tasks if members is None else list(members)
@@ -291,9 +322,11 @@ def plot_front_parallel(
     fig = Figure(figsize=(max(10.0, 2.4 + 1.3 * len(tasks)), 4.6), layout="constrained")
     ax_c, ax_m = fig.subplots(1, 2)
     row = _selected_row(selected)
+    real = _measured_values(measured, c_cols + m_cols)
+    panel = (metric, f"{metric.capitalize()} per task, predicted and measured") if real is not None else None
     for ax, cols, labels, ylabel, title in (
         (ax_c, c_cols, members, "coefficient $c$", "Merge coefficients"),
-        (ax_m, m_cols, tasks, f"predicted {metric}", f"Predicted {metric} per task"),
+        (ax_m, m_cols, tasks, *(panel or (f"predicted {metric}", f"Predicted {metric} per task"))),
     ):
         xs = np.arange(len(cols), dtype=float)
         values = pf[cols].to_numpy(dtype=float)[order]
@@ -328,6 +361,19 @@ def plot_front_parallel(
             band.set_array(np.concatenate(colours))
             band.set_label(INTERVAL_LABEL)
             ax.add_collection(band)
+        if real is not None:
+            shown = real[:, [(c_cols + m_cols).index(c) for c in cols]]
+            ax.add_collection(
+                LineCollection(
+                    [np.column_stack([xs, v]) for v in shown],
+                    colors=MEASURED_COLOR,
+                    linewidths=0.9,
+                    linestyles=":",
+                    alpha=0.8,
+                    label=_measured_label(len(shown)),
+                    zorder=3,
+                )
+            )
         ax.autoscale_view()
         _parallel_axes(ax, labels, ylabel, title)
         chosen = _finite(row, cols) if row is not None else None
@@ -374,7 +420,10 @@ def plot_front_parallel(
         )
     bar = fig.colorbar(lines, ax=[ax_c, ax_m], pad=0.01, fraction=0.04)
     bar.set_label(f"mean predicted {metric}")
-    fig.suptitle(f"Pareto front in parallel coordinates: {_count(len(pf), 'point')}, {_count(len(tasks), 'task')}")
+    measured_count = f"; measured: {_count(len(real), 'point')}" if real is not None else ""
+    fig.suptitle(
+        f"Pareto front in parallel coordinates: {_count(len(pf), 'point')}, {_count(len(tasks), 'task')}{measured_count}"
+    )
     return _save(fig, path)
 
 
@@ -388,19 +437,28 @@ def plot_all(
     selected: pd.DataFrame | None = None,
     maximize: bool = True,
     members: Sequence[str] | None = None,
+    measured: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write front_parallel.png, and front_2d.png when there are exactly 2 tasks; return the paths.
 
-    members: the coefficients' names, when they are not the tasks (nested MAP's upper levels).
+    members: the coefficients' names, when they are not the tasks (nested MAP's upper levels). measured: the
+    measured front (measured.parquet's rows of the group), drawn with the predicted one.
     """
     out_dir = Path(out_dir)
-    paths = [
-        plot_front_parallel(front, tasks, metric, out_dir / "front_parallel.png", selected=selected, members=members)
-    ]
+    parallel = out_dir / "front_parallel.png"
+    paths = [plot_front_parallel(front, tasks, metric, parallel, selected=selected, members=members, measured=measured)]
     if len(tasks) == 2:
         paths.append(
             plot_front_2d(
-                samples, front, reference, tasks, metric, out_dir / "front_2d.png", selected=selected, maximize=maximize
+                samples,
+                front,
+                reference,
+                tasks,
+                metric,
+                out_dir / "front_2d.png",
+                selected=selected,
+                maximize=maximize,
+                measured=measured,
             )
         )
     return paths

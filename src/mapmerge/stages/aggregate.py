@@ -106,5 +106,6 @@ def run_aggregate(
         selected=chosen[-1],
         maximize=maximized(metric),
         members=suffixes(fronts[-1].columns, "c"),
+        measured=measured_fronts[-1],
     )
     write_report(results, group_names, report)

@@ -33,6 +33,10 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     samples = read_table(paths.samples(group))
     samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
     reference = read_table(paths.reference)
+    measured = None  # the group's measured front, where the run has one (refinement made it)
+    if paths.measured.exists():
+        measured = read_table(paths.measured)
+        measured = measured[measured["group"] == group]
     if out_dir is not None:  # made once the run has been read: a refused command leaves no folder behind
         _make_folder(Path(out_dir))
     return plots.plot_all(
@@ -45,6 +49,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         selected=chosen,
         maximize=maximized(metric),
         members=suffixes(front.columns, "c"),
+        measured=measured,
     )
 
 
