@@ -131,7 +131,9 @@ EXPECTED = {
     "mapmerge.adapters.lm_eval_tasks": {"merge_group"},
     "mapmerge.errors": {"merge_group"},
     "mapmerge.adapters.openclip": set(),
-    "mapmerge.outputs.plots": {"aggregate", "validate"},
+    "mapmerge.outputs.figure": {"aggregate", "validate"},  # what the figures share
+    "mapmerge.outputs.plots": {"aggregate"},
+    "mapmerge.outputs.validation_plot": {"validate"},
     "mapmerge.outputs.report": {"aggregate", "report_tables"},
     "mapmerge.outputs.notes": {"aggregate", "report_tables"},
     # the run folder's layout: read by the stages that find files by name (aggregate, and the report)

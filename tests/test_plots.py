@@ -118,13 +118,13 @@ def test_the_measured_front_is_drawn_with_the_predicted_one(tmp_path: Path, monk
     import mapmerge.outputs.plots as plots
 
     figures: dict[str, Figure] = {}
-    save = plots._save
+    save = plots.save
 
     def keep(fig: Figure, path: Path) -> Path:
         figures[Path(path).name] = fig
         return save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save", keep)
     tasks = ["rot90", "invert"]
     samples, front, reference, selected = tables(tasks)
     cols = [f"accuracy_{t}" for t in tasks]

@@ -15,7 +15,7 @@ from mapmerge.core import groundtruth
 from mapmerge.core.metrics import metrics_from_examples, wide_metrics
 from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, table_metadata
-from mapmerge.outputs.plots import plot_validation
+from mapmerge.outputs.validation_plot import plot_validation
 from mapmerge.run import validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
 from mapmerge.stages.validate import run_validate

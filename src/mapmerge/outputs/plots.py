@@ -1,8 +1,7 @@
 """Figures of a Pareto front: the 2-task picture in metric space and parallel coordinates for any T.
 
-Rendering uses Matplotlib's Agg canvas directly (no pyplot, no display). PNGs carry no
-software or date metadata, so the same tables give byte-identical files, and each file is
-written atomically (temporary file beside it, then rename).
+Each shows the predicted front with its intervals, the measured front (the real evaluations no other one
+dominates) and the chosen merge, predicted and measured; mapmerge.outputs.figure renders them.
 """
 
 from __future__ import annotations
@@ -13,39 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.artist import Artist
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from mapmerge.io import atomic_path
+from mapmerge.outputs.figure import (
+    FINETUNED_COLORS,
+    FRONT_COLOR,
+    INTERVAL_LABEL,
+    SELECTED_COLOR,
+    bounds,
+    count,
+    legend_entries,
+    reference_value,
+    require_columns,
+    save,
+)
 
-DPI = 150
 CMAP = "viridis"
-SELECTED_COLOR = "#d62728"
-FRONT_COLOR = "#1f77b4"
-FINETUNED_COLORS = ("#ff7f0e", "#2ca02c")
 MEASURED_COLOR = "0.15"  # the measured front: real evaluations that no other one dominates
-INTERVAL_LABEL = "prediction interval (surrogate.interval)"
 MAX_ERROR_BARS = 25  # front points drawn with their intervals in the 2-task plot (spread along it)
-
-
-def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    """Raise ValueError naming the table and the columns it lacks."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} table lacks column(s) {', '.join(missing)}")
-
-
-def _reference_value(reference: pd.DataFrame | None, model: str, task: str, metric: str) -> float | None:
-    """Value of `metric` for `model` evaluated on `task`, or None when the table has no such row."""
-    if reference is None or reference.empty:
-        return None
-    rows = reference[(reference["model"] == model) & (reference["task"] == task) & (reference["metric"] == metric)]
-    values = rows["value"].dropna()
-    return float(values.iloc[0]) if len(values) else None
 
 
 def _selected_row(selected: pd.DataFrame | None) -> pd.Series | None:
@@ -65,42 +52,17 @@ def _finite(row: pd.Series, columns: Sequence[str]) -> np.ndarray | None:
     return values if np.all(np.isfinite(values)) else None
 
 
-def _bounds(frame: pd.DataFrame | pd.Series, column: str) -> np.ndarray | None:
-    """The prediction interval of `column` as error-bar lengths [2, n] (below, above; 0 where a bound is not
-    finite), or None when `frame` lacks `<column>_lo` / `_hi` (fronts written before intervals)."""
-    names = [f"{column}_lo", f"{column}_hi"]
-    index = frame.index if isinstance(frame, pd.Series) else frame.columns
-    if not all(n in index for n in names):
-        return None
-    value = np.atleast_1d(np.asarray(frame[column], dtype=float))
-    low, high = (np.atleast_1d(np.asarray(frame[n], dtype=float)) for n in names)
-    return np.nan_to_num(np.vstack([value - low, high - value]), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
-
-
 def _measured_values(measured: pd.DataFrame | None, columns: Sequence[str]) -> np.ndarray | None:
     """The measured front's complete rows in `columns`, sorted by them, or None where there is none to draw."""
     if measured is None or measured.empty:
         return None
-    _require_columns(measured, columns, "measured front")
+    require_columns(measured, columns, "measured front")
     values = measured[list(columns)].dropna().sort_values(list(columns)).to_numpy(dtype=float)
     return values if len(values) else None
 
 
 def _measured_label(n: int) -> str:
-    return f"measured Pareto front ({_count(n, 'evaluated merge')})"
-
-
-def _count(n: int, noun: str) -> str:
-    """'1 point', '2 points'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Render `fig` to a PNG at `path` atomically, without time- or version-dependent metadata."""
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
-    return Path(path)
+    return f"measured Pareto front ({count(n, 'evaluated merge')})"
 
 
 def plot_front_2d(
@@ -125,19 +87,17 @@ def plot_front_2d(
     if len(tasks) != 2:
         raise ValueError(f"plot_front_2d needs exactly 2 tasks, got {len(tasks)}: {tasks}")
     cols = [f"{metric}_{t}" for t in tasks]
-    _require_columns(front, cols, "front")
+    require_columns(front, cols, "front")
     pf = front[cols].dropna().sort_values(cols)
     if pf.empty:
         raise ValueError("front table has no complete rows")
     if reference is not None:
-        _require_columns(reference, ["model", "task", "metric", "value"], "reference")
-    x_task, y_task = tasks
+        require_columns(reference, ["model", "task", "metric", "value"], "reference")
 
     fig = Figure(figsize=(7.6, 5.0), layout="constrained")
     ax = fig.add_subplot()
-
     if samples is not None and not samples.empty:
-        _require_columns(samples, cols, "samples")
+        require_columns(samples, cols, "samples")
         pts = samples[cols].dropna()
         ax.scatter(
             pts[cols[0]],
@@ -149,7 +109,30 @@ def plot_front_2d(
             label=f"evaluated samples ({len(pts)})",
             zorder=2,
         )
+    _draw_front_2d(ax, front, pf, cols, _measured_values(measured, cols))
+    for i, (task, color) in enumerate(zip(tasks, FINETUNED_COLORS)):
+        value = reference_value(reference, task, task, metric)
+        if value is not None:
+            line = ax.axvline if i == 0 else ax.axhline
+            line(value, color=color, linestyle="--", linewidth=1.3, label=f"fine-tuned {task}", zorder=1)
+    pre = [reference_value(reference, "pretrained", t, metric) for t in tasks]
+    if None not in pre:
+        ax.scatter(*pre, marker="X", s=70, color="black", label="pretrained", zorder=5)
+    row = _selected_row(selected)
+    if row is not None:
+        _draw_selected_2d(ax, row, cols)
+    if None not in pre:
+        _label_pretrained(ax, pre)
+    _finish_2d(ax, tasks, metric, maximize)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return save(fig, path)
 
+
+def _draw_front_2d(
+    ax: Axes, front: pd.DataFrame, pf: pd.DataFrame, cols: Sequence[str], real: np.ndarray | None
+) -> None:
+    """The predicted front `pf` (sorted), the measured front `real`, and the intervals of up to MAX_ERROR_BARS points
+    spread along the predicted one."""
     ax.plot(
         pf[cols[0]],
         pf[cols[1]],
@@ -160,7 +143,6 @@ def plot_front_2d(
         label=f"predicted Pareto front ({len(pf)})",
         zorder=3,
     )
-    real = _measured_values(measured, cols)
     if real is not None:
         ax.plot(
             real[:, 0],
@@ -174,7 +156,7 @@ def plot_front_2d(
             zorder=4,
         )
     shown = front.loc[pf.index[np.unique(np.linspace(0, len(pf) - 1, MAX_ERROR_BARS).round().astype(int))]]
-    xerr, yerr = _bounds(shown, cols[0]), _bounds(shown, cols[1])
+    xerr, yerr = bounds(shown, cols[0]), bounds(shown, cols[1])
     if xerr is not None and yerr is not None:
         ax.errorbar(
             shown[cols[0]],
@@ -189,66 +171,58 @@ def plot_front_2d(
             zorder=2,
         )
 
-    for i, (task, color) in enumerate(zip(tasks, FINETUNED_COLORS)):
-        value = _reference_value(reference, task, task, metric)
-        if value is None:
-            continue
-        line = ax.axvline if i == 0 else ax.axhline
-        line(value, color=color, linestyle="--", linewidth=1.3, label=f"fine-tuned {task}", zorder=1)
 
-    pre = [_reference_value(reference, "pretrained", t, metric) for t in tasks]
-    if None not in pre:
-        ax.scatter(*pre, marker="X", s=70, color="black", label="pretrained", zorder=5)
-
-    row = _selected_row(selected)
-    if row is not None:
-        predicted = _finite(row, cols)
-        measured = _finite(row, [f"measured_{c}" for c in cols])
-        if predicted is not None and measured is not None:
-            ax.plot(
-                [predicted[0], measured[0]], [predicted[1], measured[1]], color=SELECTED_COLOR, linewidth=0.8, zorder=5
-            )
-        bars = [_bounds(row, c) for c in cols]
-        if predicted is not None and bars[0] is not None and bars[1] is not None:
-            ax.errorbar(
-                *predicted, xerr=bars[0], yerr=bars[1], fmt="none", ecolor=SELECTED_COLOR, elinewidth=1.0, zorder=5
-            )
-        if predicted is not None:
-            ax.scatter(
-                *predicted,
-                marker="*",
-                s=180,
-                color=SELECTED_COLOR,
-                edgecolors="black",
-                linewidths=0.6,
-                label="selected (predicted)",
-                zorder=6,
-            )
-        if measured is not None:
-            ax.scatter(
-                *measured,
-                marker="o",
-                s=55,
-                facecolors="white",
-                edgecolors=SELECTED_COLOR,
-                linewidths=1.8,
-                label="selected (measured)",
-                zorder=6,
-            )
-
-    if None not in pre:
-        # Label the pretrained point on its side facing the middle of the (now final) axes.
-        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-        right, top = (pre[0] - x0) / (x1 - x0) > 0.7, (pre[1] - y0) / (y1 - y0) > 0.85
-        ax.annotate(
-            "pretrained",
-            pre,
-            xytext=(-7 if right else 7, -7 if top else 7),
-            textcoords="offset points",
-            ha="right" if right else "left",
-            va="top" if top else "bottom",
-            fontsize=8,
+def _draw_selected_2d(ax: Axes, row: pd.Series, cols: Sequence[str]) -> None:
+    """The selected point: predicted (a star, with its interval) and measured (a ring), joined by a line."""
+    predicted = _finite(row, cols)
+    measured = _finite(row, [f"measured_{c}" for c in cols])
+    if predicted is not None and measured is not None:
+        ax.plot([predicted[0], measured[0]], [predicted[1], measured[1]], color=SELECTED_COLOR, linewidth=0.8, zorder=5)
+    bars = [bounds(row, c) for c in cols]
+    if predicted is not None and bars[0] is not None and bars[1] is not None:
+        ax.errorbar(*predicted, xerr=bars[0], yerr=bars[1], fmt="none", ecolor=SELECTED_COLOR, elinewidth=1.0, zorder=5)
+    if predicted is not None:
+        ax.scatter(
+            *predicted,
+            marker="*",
+            s=180,
+            color=SELECTED_COLOR,
+            edgecolors="black",
+            linewidths=0.6,
+            label="selected (predicted)",
+            zorder=6,
         )
+    if measured is not None:
+        ax.scatter(
+            *measured,
+            marker="o",
+            s=55,
+            facecolors="white",
+            edgecolors=SELECTED_COLOR,
+            linewidths=1.8,
+            label="selected (measured)",
+            zorder=6,
+        )
+
+
+def _label_pretrained(ax: Axes, pre: Sequence[float]) -> None:
+    """Label the pretrained point on its side facing the middle of the (now final) axes."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    right, top = (pre[0] - x0) / (x1 - x0) > 0.7, (pre[1] - y0) / (y1 - y0) > 0.85
+    ax.annotate(
+        "pretrained",
+        pre,
+        xytext=(-7 if right else 7, -7 if top else 7),
+        textcoords="offset points",
+        ha="right" if right else "left",
+        va="top" if top else "bottom",
+        fontsize=8,
+    )
+
+
+def _finish_2d(ax: Axes, tasks: Sequence[str], metric: str, maximize: bool) -> None:
+    """Axis labels, title, grid, and an arrow to the better corner."""
+    x_task, y_task = tasks
     ax.set_xlabel(f"{metric} on {x_task}")
     ax.set_ylabel(f"{metric} on {y_task}")
     ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}")
@@ -267,8 +241,6 @@ def plot_front_2d(
         color="0.35",
         arrowprops={"arrowstyle": "->", "color": "0.35", "linewidth": 1.0},
     )
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
-    return _save(fig, path)
 
 
 def _parallel_axes(ax: Axes, tasks: Sequence[str], ylabel: str, title: str) -> None:
@@ -306,7 +278,7 @@ def plot_front_parallel(
         raise ValueError("plot_front_parallel needs at least one task")
     c_cols = [f"c_{m}" for m in members]
     m_cols = [f"{metric}_{t}" for t in tasks]
-    _require_columns(front, c_cols + m_cols, "front")
+    require_columns(front, c_cols + m_cols, "front")
     pf = front[c_cols + m_cols].dropna()
     if pf.empty:
         raise ValueError("front table has no complete rows")
@@ -330,101 +302,111 @@ def plot_front_parallel(
     ):
         xs = np.arange(len(cols), dtype=float)
         values = pf[cols].to_numpy(dtype=float)[order]
-        lines = LineCollection(
-            [np.column_stack([xs, v]) for v in values], cmap=CMAP, norm=norm, linewidths=1.0, alpha=0.75, zorder=2
-        )
-        lines.set_array(mean[order])
-        ax.add_collection(lines)
-        ax.scatter(
-            np.tile(xs, len(values)),
-            values.ravel(),
-            c=np.repeat(mean[order], len(xs)),
-            cmap=CMAP,
-            norm=norm,
-            s=7,
-            linewidths=0,
-            zorder=3,
-        )
-        bars = [_bounds(front.loc[pf.index], c) for c in cols] if ax is ax_m else []
+        lines = _draw_polylines(ax, xs, values, mean[order], norm)
+        bars = [bounds(front.loc[pf.index], c) for c in cols] if ax is ax_m else []
         if bars and all(b is not None for b in bars):
-            # each point's interval as a thin line just right of its axis, placed by its value there: a band
-            ranges, colours = [], []
-            for k, (x, bar) in enumerate(zip(xs, bars)):
-                rank = np.argsort(np.argsort(values[:, k], kind="stable"), kind="stable")
-                offset = 0.04 + 0.14 * rank / max(len(values) - 1, 1)
-                below, above = bar[:, order]
-                ranges += [
-                    np.array([[x + d, v - b], [x + d, v + a]]) for d, v, b, a in zip(offset, values[:, k], below, above)
-                ]
-                colours.append(mean[order])
-            band = LineCollection(ranges, cmap=CMAP, norm=norm, linewidths=0.6, alpha=0.35, zorder=1)
-            band.set_array(np.concatenate(colours))
-            band.set_label(INTERVAL_LABEL)
-            ax.add_collection(band)
+            _draw_interval_bands(ax, xs, values, [bar[:, order] for bar in bars], mean[order], norm)
         if real is not None:
-            shown = real[:, [(c_cols + m_cols).index(c) for c in cols]]
-            ax.add_collection(
-                LineCollection(
-                    [np.column_stack([xs, v]) for v in shown],
-                    colors=MEASURED_COLOR,
-                    linewidths=0.9,
-                    linestyles=":",
-                    alpha=0.8,
-                    label=_measured_label(len(shown)),
-                    zorder=3,
-                )
-            )
+            _draw_measured_polylines(ax, xs, real[:, [(c_cols + m_cols).index(c) for c in cols]])
         ax.autoscale_view()
         _parallel_axes(ax, labels, ylabel, title)
-        chosen = _finite(row, cols) if row is not None else None
-        bars = [_bounds(row, c) for c in cols] if chosen is not None and ax is ax_m else []
-        if bars and all(b is not None for b in bars):
-            below, above = np.hstack(bars)
-            ax.fill_between(
-                xs, chosen - below, chosen + above, color=SELECTED_COLOR, alpha=0.15, linewidth=0, label=INTERVAL_LABEL
-            )
-        if chosen is not None:
-            ax.plot(
-                xs,
-                chosen,
-                "-o",
-                color=SELECTED_COLOR,
-                linewidth=2.8,
-                markersize=5,
-                markeredgecolor="black",
-                markeredgewidth=0.6,
-                label="selected (predicted)",
-                zorder=4,
-            )
-        if ax is ax_m and row is not None:
-            measured = _finite(row, [f"measured_{c}" for c in cols])
-            if measured is not None:
-                ax.plot(
-                    xs,
-                    measured,
-                    "--s",
-                    color="black",
-                    linewidth=1.6,
-                    markersize=4,
-                    label="selected (measured)",
-                    zorder=5,
-                )
+        if row is not None:
+            _draw_selected_polyline(ax, xs, row, cols, metrics=ax is ax_m)
 
-    legend: dict[str, Artist] = {}
-    for ax in (ax_c, ax_m):
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
+    legend = legend_entries((ax_c, ax_m))
     if legend:
         fig.legend(
             legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend), fontsize=9, frameon=False
         )
     bar = fig.colorbar(lines, ax=[ax_c, ax_m], pad=0.01, fraction=0.04)
     bar.set_label(f"mean predicted {metric}")
-    measured_count = f"; measured: {_count(len(real), 'point')}" if real is not None else ""
+    measured_count = f"; measured: {count(len(real), 'point')}" if real is not None else ""
     fig.suptitle(
-        f"Pareto front in parallel coordinates: {_count(len(pf), 'point')}, {_count(len(tasks), 'task')}{measured_count}"
+        f"Pareto front in parallel coordinates: {count(len(pf), 'point')}, {count(len(tasks), 'task')}{measured_count}"
     )
-    return _save(fig, path)
+    return save(fig, path)
+
+
+def _draw_polylines(
+    ax: Axes, xs: np.ndarray, values: np.ndarray, colour: np.ndarray, norm: Normalize
+) -> LineCollection:
+    """One polyline with its points per row of `values`, coloured by `colour` (the mean predicted metric)."""
+    lines = LineCollection(
+        [np.column_stack([xs, v]) for v in values], cmap=CMAP, norm=norm, linewidths=1.0, alpha=0.75, zorder=2
+    )
+    lines.set_array(colour)
+    ax.add_collection(lines)
+    ax.scatter(
+        np.tile(xs, len(values)),
+        values.ravel(),
+        c=np.repeat(colour, len(xs)),
+        cmap=CMAP,
+        norm=norm,
+        s=7,
+        linewidths=0,
+        zorder=3,
+    )
+    return lines
+
+
+def _draw_interval_bands(
+    ax: Axes, xs: np.ndarray, values: np.ndarray, bars: Sequence[np.ndarray], colour: np.ndarray, norm: Normalize
+) -> None:
+    """Each point's interval (`bars`: below, above per axis) as a thin line just right of its axis, placed by its
+    value there: a band per axis."""
+    ranges, colours = [], []
+    for k, (x, bar) in enumerate(zip(xs, bars)):
+        rank = np.argsort(np.argsort(values[:, k], kind="stable"), kind="stable")
+        offset = 0.04 + 0.14 * rank / max(len(values) - 1, 1)
+        below, above = bar
+        ranges += [np.array([[x + d, v - b], [x + d, v + a]]) for d, v, b, a in zip(offset, values[:, k], below, above)]
+        colours.append(colour)
+    band = LineCollection(ranges, cmap=CMAP, norm=norm, linewidths=0.6, alpha=0.35, zorder=1)
+    band.set_array(np.concatenate(colours))
+    band.set_label(INTERVAL_LABEL)
+    ax.add_collection(band)
+
+
+def _draw_measured_polylines(ax: Axes, xs: np.ndarray, values: np.ndarray) -> None:
+    """The measured front, one dark dotted polyline per point."""
+    ax.add_collection(
+        LineCollection(
+            [np.column_stack([xs, v]) for v in values],
+            colors=MEASURED_COLOR,
+            linewidths=0.9,
+            linestyles=":",
+            alpha=0.8,
+            label=_measured_label(len(values)),
+            zorder=3,
+        )
+    )
+
+
+def _draw_selected_polyline(ax: Axes, xs: np.ndarray, row: pd.Series, cols: Sequence[str], metrics: bool) -> None:
+    """The selected point, bold; on the metrics panel with its interval and its measured values."""
+    chosen = _finite(row, cols)
+    bars = [bounds(row, c) for c in cols] if chosen is not None and metrics else []
+    if bars and all(b is not None for b in bars):
+        below, above = np.hstack(bars)
+        ax.fill_between(
+            xs, chosen - below, chosen + above, color=SELECTED_COLOR, alpha=0.15, linewidth=0, label=INTERVAL_LABEL
+        )
+    if chosen is not None:
+        ax.plot(
+            xs,
+            chosen,
+            "-o",
+            color=SELECTED_COLOR,
+            linewidth=2.8,
+            markersize=5,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            label="selected (predicted)",
+            zorder=4,
+        )
+    measured = _finite(row, [f"measured_{c}" for c in cols]) if metrics else None
+    if measured is not None:
+        ax.plot(xs, measured, "--s", color="black", linewidth=1.6, markersize=4, label="selected (measured)", zorder=5)
 
 
 def plot_all(
@@ -462,151 +444,3 @@ def plot_all(
             )
         )
     return paths
-
-
-GRID_COLOR = "0.55"
-TRUTH_COLOR = "black"
-BASELINE_MARKERS = ("D", "P", "v", "^", "s", "h")
-TASK_COLORS = (*FINETUNED_COLORS, "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-def plot_validation(
-    grid: pd.DataFrame,
-    predicted: pd.DataFrame,
-    points: pd.DataFrame,
-    baselines: pd.DataFrame | None,
-    reference: pd.DataFrame | None,
-    tasks: Sequence[str],
-    metric: str,
-    path: str | os.PathLike,
-    maximize: bool = True,
-) -> Path:
-    """Plot a front against ground truth in metric space: one panel per pair of tasks; save it as PNG.
-
-    grid: the grid's real `<metric>_<task>` per point (its non-dominated points are drawn as the true
-    front); predicted: MAP's predicted front; points: the K re-evaluated points, predicted
-    `<metric>_<task>` and real `measured_<metric>_<task>`; baselines: one row per baseline, indexed
-    by its name; reference: reference.parquet, for each fine-tuned model's own-task line.
-    """
-    from mapmerge.core.pareto import non_dominated  # deferred: pymoo
-
-    tasks = list(tasks)
-    cols = [f"{metric}_{t}" for t in tasks]
-    _require_columns(grid, cols, "grid")
-    _require_columns(predicted, cols, "front")
-    _require_columns(points, cols + [f"measured_{c}" for c in cols], "front points")
-    truth = grid.iloc[non_dominated(grid[cols].to_numpy(dtype=float), [maximize] * len(tasks))]
-    pairs = list(zip(*np.triu_indices(len(tasks), 1)))
-    fig = Figure(figsize=(2.0 + 4.6 * len(pairs), 4.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(pairs)))
-    line = len(tasks) == 2  # with more tasks a projected front is a cloud, not a curve
-    for ax, (i, j) in zip(axes, pairs):
-        x, y = cols[i], cols[j]
-        ax.scatter(
-            grid[x],
-            grid[y],
-            s=9,
-            color=GRID_COLOR,
-            alpha=0.5,
-            linewidths=0,
-            label=f"grid, real ({len(grid)})",
-            zorder=2,
-        )
-        ax.plot(
-            truth.sort_values(x)[x],
-            truth.sort_values(x)[y],
-            "-o" if line else "o",
-            color=TRUTH_COLOR,
-            markersize=3,
-            linewidth=1.6,
-            label="grid non-dominated (ground truth)",
-            zorder=3,
-        )
-        ax.plot(
-            predicted.sort_values(x)[x],
-            predicted.sort_values(x)[y],
-            "-" if line else "o",
-            color=FRONT_COLOR,
-            markersize=2.5,
-            linewidth=1.6,
-            label="MAP, predicted",
-            zorder=3,
-        )
-        for _, row in points.iterrows():
-            ax.plot(
-                [row[x], row[f"measured_{x}"]],
-                [row[y], row[f"measured_{y}"]],
-                color=SELECTED_COLOR,
-                linewidth=0.7,
-                zorder=4,
-            )
-        xerr, yerr = _bounds(points, x), _bounds(points, y)
-        if xerr is not None and yerr is not None:  # does the interval hold the real value?
-            ax.errorbar(
-                points[x],
-                points[y],
-                xerr=xerr,
-                yerr=yerr,
-                fmt="none",
-                ecolor=FRONT_COLOR,
-                elinewidth=0.8,
-                alpha=0.5,
-                label=f"MAP, predicted: {INTERVAL_LABEL}",
-                zorder=4,
-            )
-        ax.scatter(
-            points[f"measured_{x}"],
-            points[f"measured_{y}"],
-            marker="o",
-            s=40,
-            color=SELECTED_COLOR,
-            edgecolors="black",
-            linewidths=0.5,
-            label=f"MAP, real ({len(points)})",
-            zorder=5,
-        )
-        for k, axline in ((i, ax.axvline), (j, ax.axhline)):
-            value = _reference_value(reference, tasks[k], tasks[k], metric)
-            if value is not None:
-                axline(
-                    value,
-                    color=TASK_COLORS[k % len(TASK_COLORS)],
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=f"fine-tuned {tasks[k]}",
-                    zorder=1,
-                )
-        for n, (name, row) in enumerate((baselines if baselines is not None else pd.DataFrame()).iterrows()):
-            ax.scatter(
-                row[x],
-                row[y],
-                marker=BASELINE_MARKERS[n % len(BASELINE_MARKERS)],
-                s=55,
-                color="white",
-                edgecolors="black",
-                linewidths=1.0,
-                label=f"baseline: {name}",
-                zorder=6,
-            )
-            left, below = n % 2 == 1, n % 4 >= 2  # baselines often lie close together: labels take turns
-            ax.annotate(
-                str(name),
-                (row[x], row[y]),
-                xytext=(-6 if left else 6, -4 if below else 4),
-                textcoords="offset points",
-                ha="right" if left else "left",
-                va="top" if below else "bottom",
-                fontsize=7,
-            )
-        ax.set_xlabel(f"{metric} on {tasks[i]}")
-        ax.set_ylabel(f"{metric} on {tasks[j]}")
-        ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
-        ax.set_axisbelow(True)
-    legend: dict[str, Artist] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    fig.legend(legend.values(), legend.keys(), loc="outside right center", fontsize=8, frameon=False)
-    better = "higher" if maximize else "lower"
-    fig.suptitle(f"MAP's front against a real grid of {_count(len(grid), 'merge')} ({better} {metric} is better)")
-    return _save(fig, path)

@@ -20,7 +20,7 @@ from mapmerge.core.metrics import (
 )
 from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, write_table
-from mapmerge.outputs import plots
+from mapmerge.outputs.validation_plot import plot_validation
 
 PathLike = str | os.PathLike
 logger = logging.getLogger("mapmerge")
@@ -77,7 +77,7 @@ def run_validate(
         if baselines
         else None
     )
-    plots.plot_validation(
+    plot_validation(
         true_grid,
         read_table(front),
         pd.concat([chosen, measured], axis=1),
