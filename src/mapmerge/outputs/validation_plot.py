@@ -101,26 +101,12 @@ def _draw_fronts(
         label=f"grid, real ({len(grid)})",
         zorder=2,
     )
-    ax.plot(
-        truth.sort_values(x)[x],
-        truth.sort_values(x)[y],
-        "-o" if line else "o",
-        color=TRUTH_COLOR,
-        markersize=3,
-        linewidth=1.6,
-        label="grid non-dominated (ground truth)",
-        zorder=3,
-    )
-    ax.plot(
-        predicted.sort_values(x)[x],
-        predicted.sort_values(x)[y],
-        "-" if line else "o",
-        color=FRONT_COLOR,
-        markersize=2.5,
-        linewidth=1.6,
-        label="MAP, predicted",
-        zorder=3,
-    )
+    for front, style, colour, size, label in (
+        (truth, "-o" if line else "o", TRUTH_COLOR, 3, "grid non-dominated (ground truth)"),
+        (predicted, "-" if line else "o", FRONT_COLOR, 2.5, "MAP, predicted"),
+    ):
+        ordered = front.sort_values(x)
+        ax.plot(ordered[x], ordered[y], style, color=colour, markersize=size, linewidth=1.6, label=label, zorder=3)
 
 
 def _draw_front_points(ax: Axes, points: pd.DataFrame, x: str, y: str) -> None:
