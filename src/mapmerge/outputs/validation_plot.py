@@ -11,23 +11,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mapmerge.outputs.figure import (
-    FINETUNED_COLORS,
-    FRONT_COLOR,
-    INTERVAL_LABEL,
-    SELECTED_COLOR,
-    bounds,
-    count,
-    legend_entries,
-    reference_value,
-    require_columns,
-    save,
-)
+from mapmerge.outputs import figure
 
 GRID_COLOR = "0.55"
 TRUTH_COLOR = "black"
 BASELINE_MARKERS = ("D", "P", "v", "^", "s", "h")
-TASK_COLORS = (*FINETUNED_COLORS, "#9467bd", "#8c564b", "#e377c2", "#17becf")
+TASK_COLORS = (*figure.FINETUNED_COLORS, "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def plot_validation(
@@ -52,9 +41,9 @@ def plot_validation(
 
     tasks = list(tasks)
     cols = [f"{metric}_{t}" for t in tasks]
-    require_columns(grid, cols, "grid")
-    require_columns(predicted, cols, "front")
-    require_columns(points, cols + [f"measured_{c}" for c in cols], "front points")
+    figure.require_columns(grid, cols, "grid")
+    figure.require_columns(predicted, cols, "front")
+    figure.require_columns(points, cols + [f"measured_{c}" for c in cols], "front points")
     truth = grid.iloc[non_dominated(grid[cols].to_numpy(dtype=float), [maximize] * len(tasks))]
     pairs = list(zip(*np.triu_indices(len(tasks), 1)))
     fig = Figure(figsize=(2.0 + 4.6 * len(pairs), 4.6), layout="constrained")
@@ -65,7 +54,7 @@ def plot_validation(
         _draw_fronts(ax, grid, truth, predicted, x, y, line)
         _draw_front_points(ax, points, x, y)
         for k, axline in ((i, ax.axvline), (j, ax.axhline)):
-            value = reference_value(reference, tasks[k], tasks[k], metric)
+            value = figure.reference_value(reference, tasks[k], tasks[k], metric)
             if value is not None:
                 axline(
                     value,
@@ -80,11 +69,11 @@ def plot_validation(
         ax.set_ylabel(f"{metric} on {tasks[j]}")
         ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
         ax.set_axisbelow(True)
-    legend = legend_entries(axes)
+    legend = figure.legend_entries(axes)
     fig.legend(legend.values(), legend.keys(), loc="outside right center", fontsize=8, frameon=False)
     better = "higher" if maximize else "lower"
-    fig.suptitle(f"MAP's front against a real grid of {count(len(grid), 'merge')} ({better} {metric} is better)")
-    return save(fig, path)
+    fig.suptitle(f"MAP's front against a real grid of {figure.count(len(grid), 'merge')} ({better} {metric} is better)")
+    return figure.save(fig, path)
 
 
 def _draw_fronts(
@@ -103,7 +92,7 @@ def _draw_fronts(
     )
     for front, style, colour, size, label in (
         (truth, "-o" if line else "o", TRUTH_COLOR, 3, "grid non-dominated (ground truth)"),
-        (predicted, "-" if line else "o", FRONT_COLOR, 2.5, "MAP, predicted"),
+        (predicted, "-" if line else "o", figure.FRONT_COLOR, 2.5, "MAP, predicted"),
     ):
         ordered = front.sort_values(x)
         ax.plot(ordered[x], ordered[y], style, color=colour, markersize=size, linewidth=1.6, label=label, zorder=3)
@@ -115,11 +104,11 @@ def _draw_front_points(ax: Axes, points: pd.DataFrame, x: str, y: str) -> None:
         ax.plot(
             [row[x], row[f"measured_{x}"]],
             [row[y], row[f"measured_{y}"]],
-            color=SELECTED_COLOR,
+            color=figure.SELECTED_COLOR,
             linewidth=0.7,
             zorder=4,
         )
-    xerr, yerr = bounds(points, x), bounds(points, y)
+    xerr, yerr = figure.bounds(points, x), figure.bounds(points, y)
     if xerr is not None and yerr is not None:  # does the interval hold the real value?
         ax.errorbar(
             points[x],
@@ -127,10 +116,10 @@ def _draw_front_points(ax: Axes, points: pd.DataFrame, x: str, y: str) -> None:
             xerr=xerr,
             yerr=yerr,
             fmt="none",
-            ecolor=FRONT_COLOR,
+            ecolor=figure.FRONT_COLOR,
             elinewidth=0.8,
             alpha=0.5,
-            label=f"MAP, predicted: {INTERVAL_LABEL}",
+            label=f"MAP, predicted: {figure.INTERVAL_LABEL}",
             zorder=4,
         )
     ax.scatter(
@@ -138,7 +127,7 @@ def _draw_front_points(ax: Axes, points: pd.DataFrame, x: str, y: str) -> None:
         points[f"measured_{y}"],
         marker="o",
         s=40,
-        color=SELECTED_COLOR,
+        color=figure.SELECTED_COLOR,
         edgecolors="black",
         linewidths=0.5,
         label=f"MAP, real ({len(points)})",
