@@ -104,6 +104,19 @@ def test_every_stage_writes_its_artifact(run):
     assert meta["mapmerge.stage"] == "fit_surrogate" and "metrics.parquet" in meta["mapmerge.inputs"]
 
 
+def test_the_report_counts_the_measured_front_and_shows_the_plots(run):
+    res = results(run)
+    report = (res / "report.md").read_text()
+    measured = read_table(res / "measured.parquet")
+    assert (
+        f"- measured front: {len(measured)} of the evaluated merges, those no other one dominates: "
+        f"{res.relative_to(run) / 'measured.parquet'}\n" in report
+    )
+    images = re.findall(r"^!\[(.+)\]\((.+)\)$", report, flags=re.MULTILINE)  # what aggregate drew, 2 tasks
+    assert images == [("front_parallel.png", "plots/front_parallel.png"), ("front_2d.png", "plots/front_2d.png")]
+    assert all((res / path).is_file() for _, path in images) and report.endswith(")\n")
+
+
 def test_front_and_choice(run):
     res = results(run)
     front = read_table(res / "groups/all/front.parquet")

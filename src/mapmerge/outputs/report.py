@@ -103,11 +103,14 @@ def write_html_tables(
             )
 
 
-def write_report(results: str | os.PathLike, group_names: Sequence[str], out: str | os.PathLike) -> Path:
-    """Write report.md for a run's results folder."""
+def write_report(
+    results: str | os.PathLike, group_names: Sequence[str], out: str | os.PathLike, plots: Sequence[Path] = ()
+) -> Path:
+    """Write report.md for a run's results folder, showing `plots` (PNGs under it) at its end."""
     layout = Layout(results)
     reference = read_table(layout.reference)
     selected = read_table(layout.selected)
+    measured = read_table(layout.measured)
     sections = [f"# mapmerge report: {layout.root.name}", ""]
     sections += ["## Single models (real evaluations)", "", markdown_table(single_models(reference)), ""]
     for group in group_names:
@@ -124,6 +127,8 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
             f"## Group {group}: {', '.join(members)}",
             "",
             f"- {len(samples)} sampled merges evaluated; front of {len(front)} points: {layout.front(group)}",
+            f"- measured front: {int((measured['group'] == group).sum())} of the evaluated merges, those no other one "
+            f"dominates: {layout.measured}",
             f"- merged checkpoint: {layout.merged(group)}",
             *(f"- {line}" for line in group_notes(results, group)),
             "",
@@ -153,6 +158,7 @@ def write_report(results: str | os.PathLike, group_names: Sequence[str], out: st
         f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
         f"Plots: {layout.plots}",
         "",
+        *(line for p in plots for line in (f"![{Path(p).name}]({Path(p).relative_to(layout.root).as_posix()})", "")),
     ]
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(sections))

@@ -96,7 +96,7 @@ def run_aggregate(
     tree = group_tree(plans, dict(zip(group_names, chosen)), real, metric, params["preference"])
     write_table(tree, groups, "aggregate", params, inputs)
     tasks = suffixes(fronts[-1].columns, metric)
-    plots.plot_all(
+    drawn = plots.plot_all(
         evaluated,  # the final group's samples and their metrics
         fronts[-1],
         read_table(reference),
@@ -108,4 +108,4 @@ def run_aggregate(
         members=suffixes(fronts[-1].columns, "c"),
         measured=measured_fronts[-1],
     )
-    write_report(results, group_names, report)
+    write_report(results, group_names, report, drawn)
