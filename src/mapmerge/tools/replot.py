@@ -33,7 +33,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     samples = read_table(paths.samples(group))
     samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
     reference = read_table(paths.reference)
-    measured = None  # the group's measured front, where the run has one (refinement made it)
+    measured = None  # the group's measured front (aggregate writes it; a run finished before it existed has none)
     if paths.measured.exists():
         measured = read_table(paths.measured)
         measured = measured[measured["group"] == group]
