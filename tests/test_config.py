@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -393,13 +394,20 @@ def test_one_weight_does_not_replace_a_preference_file(repo, tmp_path):
 
 
 def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
-    """check_results_folder makes a folder where the run folder would be and removes it: a folder that does not exist
-    yet stays so, one that exists keeps its contents; a file in the way is refused, naming results_dir."""
+    """check_results_folder writes nothing: a folder that does not exist yet stays so, one that exists keeps its
+    contents and its mtime (a dry run changes nothing on disk); a file or a dangling link in the way is refused,
+    naming results_dir."""
     check_results_folder(str(tmp_path / "new" / "demo"))
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "kept.parquet").write_bytes(b"x")
+    os.utime(tmp_path / "demo", ns=(1_000_000_000, 1_000_000_000))
     check_results_folder(str(tmp_path / "demo"))
+    check_results_folder(str(tmp_path / "demo" / "next"))
     assert [p.name for p in (tmp_path / "demo").iterdir()] == ["kept.parquet"]
+    assert (tmp_path / "demo").stat().st_mtime_ns == 1_000_000_000
     with pytest.raises(ConfigError, match=r"^results_dir: the run folder .*kept\.parquet/demo cannot be made"):
         check_results_folder(str(tmp_path / "demo" / "kept.parquet" / "demo"))
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"gone/demo cannot be made or written \(.*gone: a symbolic link to nothing\)$"):
+        check_results_folder(str(tmp_path / "gone" / "demo"))

@@ -15,8 +15,8 @@ import importlib
 import importlib.util
 import inspect
 import math
+import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,16 +220,22 @@ def check_device(device: str) -> None:
 
 
 def check_results_folder(results: str) -> None:
-    """Refuse a run folder (results_dir/name) that cannot be made or written, by making a folder where it would be
-    (in it, else in its nearest existing parent) and removing it again: no permission, a read-only file system,
-    a file in the way."""
+    """Refuse a run folder (results_dir/name) that cannot be made or written, judged on the folder itself or else its
+    nearest existing parent, without writing there (a dry run leaves every mtime as it was): a file in the way, no
+    permission to write, a read-only file system."""
     path = Path(results)
     where = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
-    try:
-        Path(tempfile.mkdtemp(prefix=".mapmerge-write-check-", dir=where)).rmdir()
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise ConfigError(f"results_dir: the run folder {path} cannot be made or written ({where}: {why})") from None
+    why = None
+    if not where.exists():
+        why = "a symbolic link to nothing"
+    elif not where.is_dir():
+        why = "Not a directory"
+    elif os.statvfs(where).f_flag & os.ST_RDONLY:
+        why = "Read-only file system"
+    elif not os.access(where, os.W_OK | os.X_OK):
+        why = "Permission denied"
+    if why is not None:
+        raise ConfigError(f"results_dir: the run folder {path} cannot be made or written ({where}: {why})")
 
 
 def check_files(cfg: Mapping[str, Any]) -> None:
