@@ -409,5 +409,7 @@ def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
     with pytest.raises(ConfigError, match=r"^results_dir: the run folder .*kept\.parquet/demo cannot be made"):
         check_results_folder(str(tmp_path / "demo" / "kept.parquet" / "demo"))
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"gone/demo cannot be made or written \(.*gone: a symbolic link to nothing\)$"):
+    with pytest.raises(
+        ConfigError, match=r"gone/demo cannot be made or written \(.*gone: a symbolic link to nothing\)$"
+    ):
         check_results_folder(str(tmp_path / "gone" / "demo"))
