@@ -7,7 +7,9 @@ import pytest
 from mapmerge.core import refine, selection
 from mapmerge.core.groundtruth import spread_indices
 from mapmerge.core.spread import spread_order
-from mapmerge.outputs.notes import box_notes, choice_note
+from mapmerge.io import write_table
+from mapmerge.layout import Layout
+from mapmerge.outputs.notes import box_notes, choice_note, left_out_note
 
 LOWER, UPPER = np.zeros(2), np.ones(2)
 
@@ -231,6 +233,10 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
         "it (refine.extend > 0 evaluates past it in the next refinement round)",
         "the chosen merge lies on the lower bound c_b = 0 of the box (its task vector is left out)",
     ]
+    # a member of nested MAP that merges several tasks is named by them
+    assert box_notes(front, samples, choice, members, [["a"], ["b", "c"]])[1].endswith(
+        "(its task vector is left out: b, c)"
+    )
     assert choice_note(choice, "balanced") == [
         "the chosen merge is the measured point r01s0002 (front point of round 1): it scores 0.6 for the preference, "
         "against 0.5 for the last refinement round's predicted pick r02s0000, measured",
@@ -239,6 +245,45 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
     ]
     predicted = choice_note(pd.Series({"c_a": 1.0}), "weighted_sum")  # no rounds, no fallback: no score line
     assert len(predicted) == 1 and "chosen on predictions" in predicted[0]
+
+
+def test_a_nested_merge_names_every_task_it_leaves_out_at_any_level(tmp_path):
+    """left_out_note walks the tree down from a group through its members chosen above 0: every member chosen at 0 on
+    the way is named with its tasks and the group that chose it; a member at 0 hides what lies below it."""
+    layout = Layout(tmp_path)
+
+    def plan(level, members, member_tasks):
+        return {"level": level, "members": members, "member_tasks": member_tasks, "tasks": sum(member_tasks, [])}
+
+    plans = {
+        "L1g0": plan(1, ["a", "b"], [["a"], ["b"]]),
+        "L1g1": plan(1, ["c", "d"], [["c"], ["d"]]),
+        "L2g0": plan(2, ["L1g0", "L1g1"], [["a", "b"], ["c", "d"]]),
+        "L3g0": plan(3, ["L2g0", "e"], [["a", "b", "c", "d"], ["e"]]),
+    }
+
+    def choose(**coefficients):
+        for group, values in coefficients.items():
+            row = {f"c_{m}": v for m, v in zip(plans[group]["members"], values)}
+            write_table(pd.DataFrame([row]), layout.choice(group), stage="merge_group")
+
+    choose(L1g0=(0.0, 0.7), L1g1=(0.5, 0.0), L2g0=(0.4, 0.6), L3g0=(0.8, 0.0))
+    assert left_out_note(layout, plans, "L3g0") == [
+        "in all, the merge leaves out the task vectors of 3 of its 5 tasks: e (c_e = 0 in group L3g0); "
+        "a (c_a = 0 in group L1g0); d (c_d = 0 in group L1g1)"
+    ]
+    assert left_out_note(layout, plans, "L2g0") == [
+        "in all, the merge leaves out the task vectors of 2 of its 4 tasks: a (c_a = 0 in group L1g0); "
+        "d (c_d = 0 in group L1g1)"
+    ]
+    choose(L2g0=(0.0, 0.6))  # L1g0 left out whole: its own zero is not named again
+    assert left_out_note(layout, plans, "L3g0") == [
+        "in all, the merge leaves out the task vectors of 4 of its 5 tasks: e (c_e = 0 in group L3g0); "
+        "a, b (c_L1g0 = 0 in group L2g0); d (c_d = 0 in group L1g1)"
+    ]
+    choose(L1g1=(0.5, 0.3), L2g0=(0.4, 0.6))  # only L3g0's own zero: box_notes names it, no line here
+    choose(L1g0=(0.2, 0.7))
+    assert left_out_note(layout, plans, "L3g0") == []
 
 
 def test_balanced_falls_back_to_weighted_sum_when_every_point_gives_a_task_up():

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from mapmerge.core import groups
 from mapmerge.core.metrics import suffixes
 from mapmerge.core.refine import on_bounds
 from mapmerge.core.selection import ABOVE_PRETRAINED, BALANCED_FLOOR
@@ -80,9 +81,16 @@ def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> list
     ]
 
 
-def box_notes(front: pd.DataFrame, samples: pd.DataFrame, choice: pd.Series, members: Sequence[str]) -> list[str]:
+def box_notes(
+    front: pd.DataFrame,
+    samples: pd.DataFrame,
+    choice: pd.Series,
+    members: Sequence[str],
+    member_tasks: Sequence[Sequence[str]] | None = None,
+) -> list[str]:
     """Where the front or the chosen merge lies on a bound of the box it was searched in (the evaluated coefficients'
-    range), naming the member and the bound."""
+    range), naming the member and the bound; a member left out at 0 that is a merge of several tasks (nested MAP's
+    `member_tasks`) names them."""
     columns = [f"c_{m}" for m in members]
     coef = samples[columns].to_numpy(dtype=float)
     lower, upper = coef.min(axis=0), coef.max(axis=0)
@@ -95,7 +103,10 @@ def box_notes(front: pd.DataFrame, samples: pd.DataFrame, choice: pd.Series, mem
         value = lower[j] if bound == "lower" else upper[j]
         where = f"the {bound} bound c_{members[j]} = {value:g} of the box"
         if bound == "lower":
-            unused = " (its task vector is left out)" if value == 0 else ""
+            unused = ""
+            if value == 0:
+                tasks = member_tasks[j] if member_tasks is not None else [members[j]]
+                unused = " (its task vector is left out" + (f": {', '.join(tasks)})" if len(tasks) > 1 else ")")
             lines.append(f"the chosen merge lies on {where}{unused}")
             continue
         also = "; the chosen merge too" if (j, bound) in picked else ""
@@ -107,7 +118,8 @@ def box_notes(front: pd.DataFrame, samples: pd.DataFrame, choice: pd.Series, mem
 
 
 def group_notes(results: str | os.PathLike, group: str) -> list[str]:
-    """A finished group's notes: where its chosen merge comes from, and the box's bounds on its front."""
+    """A finished group's notes: where its chosen merge comes from, the box's bounds on its front, and for a group
+    of nested MAP above level 1 every task whose vector its merge leaves out."""
     layout = Layout(results)
     choice = read_table(layout.choice(group)).iloc[0]
     metadata = table_metadata(layout.choice(group))
@@ -115,8 +127,43 @@ def group_notes(results: str | os.PathLike, group: str) -> list[str]:
     method = json.loads(recorded)["method"] if recorded else "weighted_sum"
     front = read_table(layout.front(group))
     members = suffixes(front.columns, "c")
-    notes = choice_note(choice, method, metadata.get("mapmerge.rule"))
-    return [*notes, *box_notes(front, read_table(layout.samples(group)), choice, members)]
+    plans = _plans(layout)
+    member_tasks = plans[group]["member_tasks"] if group in plans else None
+    return [
+        *choice_note(choice, method, metadata.get("mapmerge.rule")),
+        *box_notes(front, read_table(layout.samples(group)), choice, members, member_tasks),
+        *(left_out_note(layout, plans, group) if group in plans and plans[group]["level"] > 1 else []),
+    ]
+
+
+def _plans(layout: Layout) -> dict[str, dict]:
+    """Every planned group's plan (members, the tasks inside each), by name; empty for a run from before levels/."""
+    return {
+        group: groups.group_info(table, group)
+        for plan in sorted(layout.levels.glob("level*.parquet"))
+        for table in [read_table(plan)]
+        for group in table["group"].dropna()  # a model passed up to the next level is a row without a group
+    }
+
+
+def left_out_note(layout: Layout, plans: Mapping[str, dict], group: str) -> list[str]:
+    """Nested MAP: the tasks whose vectors the merge of `group` leaves out, where a group below it chose a member at
+    coefficient 0 (one line, naming `group`'s own zeros too; none where only `group` chose one: box_notes names it)."""
+    left, where, below, pending = [], [], False, [group]
+    while pending:
+        name = pending.pop(0)
+        choice = read_table(layout.choice(name)).iloc[0]
+        for member, inside in zip(plans[name]["members"], plans[name]["member_tasks"]):
+            if float(choice[f"c_{member}"]) == 0:
+                left += inside
+                where.append(f"{', '.join(inside)} (c_{member} = 0 in group {name})")
+                below = below or name != group
+            elif member in plans:
+                pending.append(member)
+    if not below:
+        return []
+    total = len(plans[group]["tasks"])
+    return [f"in all, the merge leaves out the task vectors of {len(left)} of its {total} tasks: {'; '.join(where)}"]
 
 
 def final_notes(results: str | os.PathLike) -> list[str]:
