@@ -17,6 +17,7 @@ import pytest
 
 from conftest import artifacts, job_counts, run, snakemake_command, start_driver, wait_for
 from mapmerge.io import read_table
+from mapmerge.outputs.report import chosen_merge
 from mapmerge.tensors.checkpoints import load_state_dict
 
 pytestmark = pytest.mark.slow
@@ -112,6 +113,12 @@ def test_the_final_nested_merge_is_measured_on_every_task(nested):
     final = selected[selected["group"] == "L2g0"].iloc[0]
     for task in ["rot90", "invert", "flip_parity"]:
         assert 0 <= final[f"measured_accuracy_{task}"] <= 1
+    about, per_task = chosen_merge(selected)  # the report's table: the last row's tasks only, one row each
+    assert about.set_index("column")["value"]["group"] == "L2g0"
+    assert sorted(per_task["task"]) == ["flip_parity", "invert", "rot90"] and not per_task.isna().any().any()
+    assert per_task.set_index("task")["measured_accuracy"].to_dict() == {
+        t: final[f"measured_accuracy_{t}"] for t in per_task["task"]
+    }
     passed = read_table(nested.results / "groups.parquet").iloc[-1]["members"][1]
     merged = load_state_dict(nested.results / "groups" / "L2g0" / "merged.safetensors")
     pre = load_state_dict(nested.results / "checkpoints" / "pretrained.safetensors")

@@ -392,7 +392,10 @@ def test_report_and_summary_point_at_the_outputs(run, capsys):
 
     assert main(["summary", str(results(run))]) == 0
     text = capsys.readouterr().out
-    assert "Surrogate fit per task and metric" in text and "measured_accuracy_rot90" in text
+    selected = read_table(results(run) / "selected.parquet").iloc[-1]
+    rot90 = f"| rot90 | {selected['accuracy_rot90']:.3f} | {selected['accuracy_rot90_lo']:.3f} |"
+    assert "Surrogate fit per task and metric" in text and "| task | accuracy | accuracy_lo |" in text
+    assert f"{rot90} {selected['accuracy_rot90_hi']:.3f} | {selected['measured_accuracy_rot90']:.3f} |" in text
     assert str(results(run) / "groups/all/merged.safetensors") in text
     assert str(results(run) / "plots/front_2d.png") in text
 
@@ -408,7 +411,8 @@ def test_snakemake_report_is_one_html_file_with_plots_and_tables(run, tmp_path):
     assert set(embedded) == {"front_2d.png", "front_parallel.png", *(f"{name}.html" for name in HTML_TABLES)}
     selected = read_table(results(run) / "selected.parquet")
     assert (
-        "measured_accuracy_rot90" in embedded["chosen.html"]
+        "<th>measured_accuracy</th>" in embedded["chosen.html"]
+        and f"<td>{selected['measured_accuracy_rot90'].iloc[0]:.4g}</td>" in embedded["chosen.html"]
         and f"{selected['c_rot90'].iloc[0]:.4g}" in embedded["chosen.html"]
     )
     assert len(read_table(results(run) / "pareto.parquet")) == embedded["front.html"].count(

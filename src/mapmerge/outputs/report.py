@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mapmerge.core.metrics import suffixes, wide_metrics
+from mapmerge.core.metrics import METRICS, suffixes, wide_metrics
 from mapmerge.core.surrogate import TABLE_COLUMNS
 from mapmerge.io import atomic_path, read_table
 from mapmerge.layout import Layout
@@ -45,9 +45,23 @@ def evaluations_by_stage(ledger: pd.DataFrame) -> pd.DataFrame:
     return ledger.groupby("stage", sort=False)[["models", "task_evaluations", "examples"]].sum().reset_index()
 
 
-def chosen_merge(selected: pd.DataFrame) -> pd.DataFrame:
-    """The final chosen merge (the last group's) as column, value rows: coefficients, predicted and measured metrics."""
-    return selected.iloc[-1].dropna().rename("value").rename_axis("column").reset_index()
+def chosen_merge(selected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The final chosen merge (the last group's): what it is as column, value rows (its group, where it comes from,
+    its members' coefficients and weights), and its metrics as one row per task: each metric predicted, with its
+    interval, and measured."""
+    row = selected.iloc[-1].dropna()
+    metrics = [m for m in METRICS if suffixes(row.index, m)]
+    tasks = list(dict.fromkeys(t for m in metrics for t in suffixes(row.index, m)))
+    parts = [
+        (prefix, m, end) for m in metrics for prefix, end in (("", ""), ("", "_lo"), ("", "_hi"), ("measured_", ""))
+    ]
+    per_task = pd.DataFrame(
+        {f"{prefix}{m}{end}": [row.get(f"{prefix}{m}_{t}{end}") for t in tasks] for prefix, m, end in parts},
+        index=pd.Index(tasks, name="task"),
+    )
+    shown = {f"{prefix}{m}_{t}{end}" for prefix, m, end in parts for t in tasks}
+    about = row[["group", *(c for c in row.index if c not in shown and c != "group")]]
+    return about.rename("value").rename_axis("column").reset_index(), per_task.dropna(axis=1, how="all").reset_index()
 
 
 def write_html_tables(
@@ -82,7 +96,8 @@ def write_html_tables(
             read_table(tables["measured"]),
         ),
         "chosen": (
-            "Chosen merge: coefficients, predicted and measured metrics (selected.parquet)",
+            "Chosen merge: where it comes from, its coefficients, and per task its predicted and measured metrics "
+            "(selected.parquet)",
             chosen_merge(read_table(tables["selected"])),
         ),
         "ledger": (
@@ -95,8 +110,11 @@ def write_html_tables(
             "Validation against the grid's ground truth (validation.parquet)",
             read_table(tables["validation"]),
         )
-    for key, (title, frame) in pages.items():
-        html = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+    for key, (title, frames) in pages.items():
+        html = "".join(
+            frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+            for frame in (frames if isinstance(frames, tuple) else (frames,))
+        )
         with atomic_path(outputs[key]) as tmp:
             tmp.write_text(
                 f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{html}</body></html>\n"
@@ -153,8 +171,7 @@ def write_report(
     sections += [
         f"## Chosen merge of group {selected['group'].iloc[-1]} (predicted and measured)",
         "",
-        markdown_table(chosen_merge(selected)),
-        "",
+        *(line for table in chosen_merge(selected) for line in (markdown_table(table), "")),
         f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
         f"Plots: {layout.plots}",
         "",
