@@ -9,7 +9,7 @@ from mapmerge.core.groundtruth import spread_indices
 from mapmerge.core.spread import spread_order
 from mapmerge.io import write_table
 from mapmerge.layout import Layout
-from mapmerge.outputs.notes import box_notes, choice_note, left_out_note
+from mapmerge.outputs.notes import box_notes, choice_note, fallback_note, left_out_note
 
 LOWER, UPPER = np.zeros(2), np.ones(2)
 
@@ -309,22 +309,19 @@ def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_
     reference["c"] = (0.56, 0.9)  # no point above c's pretrained model: the weighted sum over every point
     scores, _, rule = selection.preference_scores(front, info, None, "accuracy", "balanced", 0.05, reference)
     assert rule == "weighted_sum" and int(np.argmax(scores)) == 0
-    note = choice_note(
-        pd.Series(
-            {
-                "source": "measured",
-                "sample": "r02s0001",
-                "kind": "front",
-                "round": 2,
-                "rule": selection.ABOVE_PRETRAINED,
-                "score": 1.93,
-                "last_pick": "r02s0000",
-                "last_pick_score": -np.inf,
-            }
-        ),
-        "balanced",
+    chosen = pd.Series(
+        {
+            "source": "measured",
+            "sample": "r02s0001",
+            "kind": "front",
+            "round": 2,
+            "rule": selection.ABOVE_PRETRAINED,
+            "score": 1.93,
+            "last_pick": "r02s0000",
+            "last_pick_score": -np.inf,
+        }
     )
-    assert note == [
+    assert choice_note(chosen, "balanced") == [
         "the chosen merge is the measured point r02s0001 (front point of round 2): it scores 1.93 for the preference, "
         "against -inf for the last refinement round's predicted pick r02s0000, which, measured, leaves a weighted task "
         "at or below its pretrained model",  # a score of -inf said in words
@@ -332,6 +329,17 @@ def test_balanced_falls_back_to_the_weighted_sum_above_pretrained_where_a_point_
         "gain at 0.1 or more, so a measured point's score is the preference-weighted sum of the objective; -inf where "
         "a task is at or below its pretrained model",
     ]
+    assert choice_note(chosen, "balanced", merged=True) == [  # nested MAP's merged members: their tasks' mean gain
+        "the chosen merge is the measured point r02s0001 (front point of round 2): it scores 1.93 for the preference, "
+        "against -inf for the last refinement round's predicted pick r02s0000, which, measured, leaves a weighted "
+        "member's tasks on average at or below their pretrained models",
+        "selection weighted_sum_above_pretrained instead of balanced: no measured point keeps every weighted member's "
+        "gain (the mean of its tasks') at 0.1 or more, so a measured point's score is the preference-weighted sum of "
+        "the objective; -inf where a member's tasks are on average at or below their pretrained models",
+    ]
+    assert fallback_note("weighted_sum", "balanced", "predicted", merged=True).endswith(
+        "(every predicted point leaves some weighted member's tasks on average at or below their pretrained models)"
+    )
 
 
 def test_trust_region_stays_within_the_radius_and_the_box_and_follows_its_seed():

@@ -26,40 +26,53 @@ RULES = {  # what a selection rule's score is (mapmerge.core.selection.point_sco
     "weighted_sum": "the preference-weighted sum of the objective",
     "tchebycheff": "minus the weighted Tchebycheff regret over the candidates",
     "balanced": "minus the weighted regret of the gains from pretrained (0) to fine-tuned (1)",
-    ABOVE_PRETRAINED: "the preference-weighted sum of the objective; -inf where a task is at or below its pretrained model",
+    ABOVE_PRETRAINED: "the preference-weighted sum of the objective; -inf where {below}",
+}
+
+# The unit the balanced rule and its fallbacks judge: a task, or (nested MAP's merged members) a member by the mean
+# of its tasks' gains (mapmerge.core.selection.preference_scores).
+GAIN = {False: "every weighted task's gain", True: "every weighted member's gain (the mean of its tasks')"}
+BELOW = {
+    False: "a task is at or below its pretrained model",
+    True: "a member's tasks are on average at or below their pretrained models",
+}
+LEFT = {  # what a point leaves, after "some" or "a"
+    False: "weighted task at or below its pretrained model",
+    True: "weighted member's tasks on average at or below their pretrained models",
 }
 
 
-def fallback_note(rule: str, method: str, points: str) -> str:
+def rule_score(rule: str, merged: bool = False) -> str:
+    """What a point's score is under `rule`; `merged`: the members are merges of several tasks (nested MAP)."""
+    return RULES[rule].format(below=BELOW[merged])
+
+
+def fallback_note(rule: str, method: str, points: str, merged: bool = False) -> str:
     """Why the selection `method` (balanced) fell back to `rule` (mapmerge.core.selection.preference_scores) on a front
-    of `points` (measured, predicted), and what a point's score then is."""
+    of `points` (measured, predicted), and what a point's score then is; `merged` as for rule_score."""
     return (
-        f"selection {rule} instead of {method}: no {points} point keeps every weighted task's gain at "
-        f"{BALANCED_FLOOR:g} or more, so a {points} point's score is {RULES[rule]}"
-        + (
-            ""
-            if rule == ABOVE_PRETRAINED
-            else f" (every {points} point leaves some weighted task at or below its pretrained model)"
-        )
+        f"selection {rule} instead of {method}: no {points} point keeps {GAIN[merged]} at "
+        f"{BALANCED_FLOOR:g} or more, so a {points} point's score is {rule_score(rule, merged)}"
+        + ("" if rule == ABOVE_PRETRAINED else f" (every {points} point leaves some {LEFT[merged]})")
     )
 
 
-def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> list[str]:
+def choice_note(choice: pd.Series, method: str, rule: str | None = None, merged: bool = False) -> list[str]:
     """Where the chosen merge comes from: the predicted pick, or a measured point and what it beat; then, on a line of
     its own, the score it was chosen by where that is not plain `method`'s on predictions (`method`: the selection
     rule; the rule that picked: a measured choice's `rule` column, else `rule`, where balanced fell back for the
-    predicted pick, else `method`)."""
+    predicted pick, else `method`); `merged` as for rule_score."""
     measured = choice.get("source") == "measured"
     rule = str(choice.get("rule", rule or method))
     points = "measured" if measured else "predicted"
-    score = [fallback_note(rule, method, points)] if rule != method else []
+    score = [fallback_note(rule, method, points, merged)] if rule != method else []
     if not measured:
         return [
             "the chosen merge is the predicted front's pick for the preference (no refinement rounds): chosen on "
             "predictions (choice.parquet), then measured (measured_* in selected.parquet)",
             *score,
         ]
-    score = score or [f"a measured point's score is {RULES[rule]} (selection {rule})"]
+    score = score or [f"a measured point's score is {rule_score(rule, merged)} (selection {rule})"]
     where = f"{choice['sample']} ({choice['kind']} point of round {int(choice['round'])})"
     if choice["sample"] == choice["last_pick"]:
         return [
@@ -70,7 +83,7 @@ def choice_note(choice: pd.Series, method: str, rule: str | None = None) -> list
     last = float(choice["last_pick_score"])
     beaten = (
         f"-inf for the last refinement round's predicted pick {choice['last_pick']}, which, measured, leaves a "
-        "weighted task at or below its pretrained model"
+        f"{LEFT[merged]}"
         if last == -math.inf
         else f"{last:.4g} for the last refinement round's predicted pick {choice['last_pick']}, measured"
     )
@@ -129,8 +142,9 @@ def group_notes(results: str | os.PathLike, group: str) -> list[str]:
     members = suffixes(front.columns, "c")
     plans = _plans(layout)
     member_tasks = plans[group]["member_tasks"] if group in plans else None
+    merged = member_tasks is not None and any(len(tasks) > 1 for tasks in member_tasks)
     return [
-        *choice_note(choice, method, metadata.get("mapmerge.rule")),
+        *choice_note(choice, method, metadata.get("mapmerge.rule"), merged),
         *box_notes(front, read_table(layout.samples(group)), choice, members, member_tasks),
         *(left_out_note(layout, plans, group) if group in plans and plans[group]["level"] > 1 else []),
     ]

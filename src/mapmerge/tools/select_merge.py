@@ -344,10 +344,11 @@ def _candidate_lines(
                 values.append(value)
         rows.append((label, str(row.get("sample", "-")), *(f"{float(row[f'c_{m}']):.4f}" for m in members), *values))
     lines = text_table(rows, header)
+    merged = set(members) != set(tasks)  # nested MAP's members: merges of several tasks, judged by their mean gain
     for frame in candidates:
         rule, source = str(frame["rule"].iloc[0]), str(frame["source"].iloc[0])
         if rule != method:
-            lines.append(f"the {source} candidate: {fallback_note(rule, method, source)}")
+            lines.append(f"the {source} candidate: {fallback_note(rule, method, source, merged)}")
     return lines
 
 
