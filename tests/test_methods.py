@@ -106,6 +106,9 @@ def test_nested_tree_pairs_closest_models_and_passes_the_odd_one(nested):
     measured = selected.groupby("task")["correct"].mean()
     assert top["member_score"][0] == pytest.approx(measured[list(pair["tasks"])].mean())
     assert pair["measured_accuracy"] == pytest.approx(measured.mean())
+    report = (nested.results / "report.md").read_text()  # the passed model's row says so, with no nan or None
+    shown = report[report.index("## Nested merge tree") : report.index("## Real evaluations")]
+    assert f"| 1 | (passed up) | {passed} | " in shown and "nan" not in shown and "None" not in shown
 
 
 def test_the_final_nested_merge_is_measured_on_every_task(nested):

@@ -233,6 +233,11 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
         "it (refine.extend > 0 evaluates past it in the next refinement round)",
         "the chosen merge lies on the lower bound c_b = 0 of the box (its task vector is left out)",
     ]
+    on_top = box_notes(front, samples, pd.concat([choice.drop("c_b"), pd.Series({"c_b": 1.0})]), members)
+    assert on_top[-1] == (  # the pick alone on a bound the front leaves (c_b = 1): no share of 0% said
+        "the chosen merge lies on the upper bound c_b = 1 of the box: the front may go on past it (refine.extend > 0 "
+        "evaluates past it in the next refinement round)"
+    )
     # a member of nested MAP that merges several tasks is named by them
     assert box_notes(front, samples, choice, members, [["a"], ["b", "c"]])[1].endswith(
         "(its task vector is left out: b, c)"

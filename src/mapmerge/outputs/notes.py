@@ -122,10 +122,14 @@ def box_notes(
                 unused = " (its task vector is left out" + (f": {', '.join(tasks)})" if len(tasks) > 1 else ")")
             lines.append(f"the chosen merge lies on {where}{unused}")
             continue
-        also = "; the chosen merge too" if (j, bound) in picked else ""
+        share = shares.get((j, bound), 0.0)
+        if share >= FRONT_SHARE:
+            also = "; the chosen merge too" if (j, bound) in picked else ""
+            lead = f"{share:.0%} of the front lies on {where}{also}"
+        else:  # the pick alone
+            lead = f"the chosen merge lies on {where}"
         lines.append(
-            f"{shares.get((j, bound), 0.0):.0%} of the front lies on {where}{also}: the front may go on past it "
-            "(refine.extend > 0 evaluates past it in the next refinement round)"
+            f"{lead}: the front may go on past it (refine.extend > 0 evaluates past it in the next refinement round)"
         )
     return lines
 

@@ -17,11 +17,13 @@ from mapmerge.outputs.notes import group_notes
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A DataFrame as a Markdown table, floats rounded."""
+    """A DataFrame as a Markdown table, floats rounded, a missing value (None, NaN) left blank."""
 
     def cell(value: object) -> str:
         if isinstance(value, (list, tuple, np.ndarray)):
             return ", ".join(cell(v) for v in value)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
@@ -165,6 +167,7 @@ def write_report(
             "coefficients",
             *[c for c in tree.columns if c.startswith("measured_")],
         ]
+        tree = tree.assign(group=tree["group"].fillna("(passed up)"))  # a model passed up to the next level
         sections += ["## Nested merge tree (groups.parquet)", "", markdown_table(tree[columns]), ""]
     ledger = read_table(layout.ledger)
     sections += ["## Real evaluations (evaluations.parquet)", "", markdown_table(evaluations_by_stage(ledger)), ""]
