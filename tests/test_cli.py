@@ -872,11 +872,18 @@ def test_select_in_a_nested_run(runs, tmp_path, capsys):
     assert all(torch.equal(state[k], reference[k]) for k in reference)
 
 
-def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys):
+def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys, monkeypatch):
+    from mapmerge.outputs import plots
+
     R = runs["plain"]
     assert main(["plot", str(R), "--out", str(tmp_path / "plots")]) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "plots" / "front_parallel.png")]
     assert (tmp_path / "plots" / "front_parallel.png").read_bytes() == (R / "plots" / "front_parallel.png").read_bytes()
+    titles, save = [], plots.save  # drawn in loss, the accuracy fronts say which metric made them
+    monkeypatch.setattr(plots, "save", lambda fig, path: titles.append(fig._suptitle.get_text()) or save(fig, path))
+    assert main(["plot", str(R), "--out", str(tmp_path / "loss"), "--metric", "loss"]) == 0
+    assert len(titles) == 1 and titles[0].endswith(" (fronts by accuracy, drawn in loss)"), titles
+    capsys.readouterr()
     assert main(["plot", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
     assert capsys.readouterr().err.startswith("mapmerge plot: ")
     assert not (tmp_path / "new").exists()  # no folder made for a refused command

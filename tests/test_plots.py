@@ -153,6 +153,32 @@ def test_plots_are_deterministic(tmp_path: Path) -> None:
     assert first == second
 
 
+def test_the_titles_name_the_fronts_metric_where_they_are_drawn_in_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mapmerge plot --metric`: fronts found by one metric drawn in another say so in both titles; drawn in their own
+    metric (as aggregate draws them), the titles are as before."""
+    import mapmerge.outputs.plots as plots
+
+    titles: dict[str, str] = {}
+    save = plots.save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        titles[Path(path).name] = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    tasks = ["rot90", "invert"]
+    samples, front, reference, selected = tables(tasks)
+    plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected, objective="loss")
+    assert titles == {
+        "front_parallel.png": "Pareto front in parallel coordinates: 12 points, 2 tasks (fronts by loss, drawn in accuracy)",
+        "front_2d.png": "Pareto front of merges: rot90 vs invert (fronts by loss, drawn in accuracy)",
+    }
+    plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected, objective="accuracy")
+    assert not any("drawn in" in title for title in titles.values())
+
+
 def test_failed_render_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")

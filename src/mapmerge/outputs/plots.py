@@ -75,13 +75,15 @@ def plot_front_2d(
     selected: pd.DataFrame | None = None,
     maximize: bool = True,
     measured: pd.DataFrame | None = None,
+    objective: str | None = None,
 ) -> Path:
     """Plot a two-task front in metric space (x: `tasks[0]`, y: `tasks[1]`) and save it as PNG.
 
     Shows the evaluated samples, the predicted front, the measured front (`measured`: the real evaluations that no
     other one dominates), the fine-tuned models as dashed lines, the pretrained model and the selected point
     (predicted, and measured when present).
-    `maximize` says whether larger metric values are better (marked by an arrow in that corner).
+    `maximize` says whether larger metric values are better (marked by an arrow in that corner). `objective`: the
+    metric the fronts were found by, named in the title where it is not `metric`.
     """
     tasks = list(tasks)
     if len(tasks) != 2:
@@ -123,7 +125,7 @@ def plot_front_2d(
         _draw_selected_2d(ax, row, cols)
     if None not in pre:
         _label_pretrained(ax, pre)
-    _finish_2d(ax, tasks, metric, maximize)
+    _finish_2d(ax, tasks, metric, maximize, objective)
     fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return save(fig, path)
 
@@ -220,12 +222,17 @@ def _label_pretrained(ax: Axes, pre: Sequence[float]) -> None:
     )
 
 
-def _finish_2d(ax: Axes, tasks: Sequence[str], metric: str, maximize: bool) -> None:
+def _drawn_in(metric: str, objective: str | None) -> str:
+    """The title's note where the fronts (non-dominated by `objective`) are drawn in another metric; else ''."""
+    return f" (fronts by {objective}, drawn in {metric})" if objective and objective != metric else ""
+
+
+def _finish_2d(ax: Axes, tasks: Sequence[str], metric: str, maximize: bool, objective: str | None) -> None:
     """Axis labels, title, grid, and an arrow to the better corner."""
     x_task, y_task = tasks
     ax.set_xlabel(f"{metric} on {x_task}")
     ax.set_ylabel(f"{metric} on {y_task}")
-    ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}")
+    ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}{_drawn_in(metric, objective)}")
     ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
     corner, tail = ((0.97, 0.97), (0.86, 0.86)) if maximize else ((0.03, 0.03), (0.14, 0.14))
@@ -265,12 +272,13 @@ def plot_front_parallel(
     selected: pd.DataFrame | None = None,
     members: Sequence[str] | None = None,
     measured: pd.DataFrame | None = None,
+    objective: str | None = None,
 ) -> Path:
     """Plot the front in parallel coordinates (coefficients left, metrics right) as PNG.
 
     One polyline per front point, coloured by its mean predicted metric; the measured front (`measured`: the real
     evaluations that no other one dominates) as dark dotted polylines over it; the selected point drawn bold on both
-    panels. members: the coefficients' names (default: the tasks).
+    panels. members: the coefficients' names (default: the tasks). objective: as for plot_front_2d.
     """
     tasks = list(tasks)
     members = tasks if members is None else list(members)
@@ -323,6 +331,7 @@ def plot_front_parallel(
     measured_count = f"; measured: {count(len(real), 'point')}" if real is not None else ""
     fig.suptitle(
         f"Pareto front in parallel coordinates: {count(len(pf), 'point')}, {count(len(tasks), 'task')}{measured_count}"
+        + _drawn_in(metric, objective)
     )
     return save(fig, path)
 
@@ -420,15 +429,21 @@ def plot_all(
     maximize: bool = True,
     members: Sequence[str] | None = None,
     measured: pd.DataFrame | None = None,
+    objective: str | None = None,
 ) -> list[Path]:
     """Write front_parallel.png, and front_2d.png when there are exactly 2 tasks; return the paths.
 
     members: the coefficients' names, when they are not the tasks (nested MAP's upper levels). measured: the
-    measured front (measured.parquet's rows of the group), drawn with the predicted one.
+    measured front (measured.parquet's rows of the group), drawn with the predicted one. objective: the metric the
+    fronts were found by, where the plots draw them in another (`mapmerge plot --metric`): the titles say so.
     """
     out_dir = Path(out_dir)
     parallel = out_dir / "front_parallel.png"
-    paths = [plot_front_parallel(front, tasks, metric, parallel, selected=selected, members=members, measured=measured)]
+    paths = [
+        plot_front_parallel(
+            front, tasks, metric, parallel, selected=selected, members=members, measured=measured, objective=objective
+        )
+    ]
     if len(tasks) == 2:
         paths.append(
             plot_front_2d(
@@ -441,6 +456,7 @@ def plot_all(
                 selected=selected,
                 maximize=maximize,
                 measured=measured,
+                objective=objective,
             )
         )
     return paths

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.io import read_table
 from mapmerge.layout import Layout
@@ -19,7 +21,8 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     group, info = final_group(layout)
     paths = Layout(results)
     front = read_table(front_file(results, group)).assign(group=group)
-    metric, _ = objective_metric(results, front, info["tasks"], metric)
+    metric, source = objective_metric(results, front, info["tasks"], metric)
+    objective = metric if source != "--metric" else _objective(results, front, info["tasks"])
     chosen = None
     if paths.choice(group).exists():
         chosen = read_table(paths.choice(group)).assign(group=group)
@@ -50,7 +53,16 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         maximize=maximized(metric),
         members=suffixes(front.columns, "c"),
         measured=measured,
+        objective=objective,
     )
+
+
+def _objective(results: Path, front: pd.DataFrame, tasks: list[str]) -> str | None:
+    """The run's objective, that made the fronts, where it is known (for the titles of plots drawn in another)."""
+    try:
+        return objective_metric(results, front, tasks)[0]
+    except UsageError:
+        return None
 
 
 def _make_folder(out_dir: Path) -> None:
