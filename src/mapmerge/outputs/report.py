@@ -87,15 +87,15 @@ def write_html_tables(
             "validation": layout.validation,
         }
     ledger = read_table(tables["evaluations"])
-    pages = {
+    pages = {  # each page's title and its tables, one after another
         "models": (
             "Single models (real evaluations, reference.parquet)",
-            single_models(read_table(tables["reference"])),
+            (single_models(read_table(tables["reference"])),),
         ),
-        "front": ("Predicted Pareto front (pareto.parquet)", read_table(tables["pareto"])),
+        "front": ("Predicted Pareto front (pareto.parquet)", (read_table(tables["pareto"]),)),
         "measured_front": (
             "Measured Pareto front: the real evaluations no other dominates (measured.parquet)",
-            read_table(tables["measured"]),
+            (read_table(tables["measured"]),),
         ),
         "chosen": (
             "Chosen merge: where it comes from, its coefficients, and per task its predicted and measured metrics "
@@ -104,18 +104,17 @@ def write_html_tables(
         ),
         "ledger": (
             "Real evaluations per stage, then per file (evaluations.parquet)",
-            pd.concat([evaluations_by_stage(ledger), ledger], ignore_index=True),
+            (pd.concat([evaluations_by_stage(ledger), ledger], ignore_index=True),),
         ),
     }
     if "validation" in outputs:
         pages["validation"] = (
             "Validation against the grid's ground truth (validation.parquet)",
-            read_table(tables["validation"]),
+            (read_table(tables["validation"]),),
         )
     for key, (title, frames) in pages.items():
         html = "".join(
-            frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
-            for frame in (frames if isinstance(frames, tuple) else (frames,))
+            frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0) for frame in frames
         )
         with atomic_path(outputs[key]) as tmp:
             tmp.write_text(

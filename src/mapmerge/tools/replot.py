@@ -21,8 +21,9 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     group, info = final_group(layout)
     paths = Layout(results)
     front = read_table(front_file(results, group)).assign(group=group)
-    metric, source = objective_metric(results, front, info["tasks"], metric)
-    objective = metric if source != "--metric" else _objective(results, front, info["tasks"])
+    given = metric
+    metric, _ = objective_metric(results, front, info["tasks"], given)
+    objective = metric if given is None else _objective(results, front, info["tasks"])
     chosen = None
     if paths.choice(group).exists():
         chosen = read_table(paths.choice(group)).assign(group=group)
