@@ -486,3 +486,10 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
         p: t for p, t in before.items() if "front" not in p.name
     }
     assert len(read_table(res / "validation/front.parquet")) == 3
+
+    # report.md shows the validation's table (aggregate takes validation.parquet where validation is enabled)
+    assert job_counts(run(snakemake_command(workdir, "results/wf/report.md", overrides=fewer))[1]) == {"aggregate": 1}
+    report = (res / "report.md").read_text()
+    igd = read_table(res / "validation.parquet").set_index(["indicator", "front"]).loc[("igd", "real"), "value"]
+    assert "## Validation against a real grid (validation.parquet)" in report
+    assert f"| igd | real | accuracy | {igd:.3f} |" in report and "![validation.png](plots/validation.png)" in report

@@ -11,7 +11,7 @@ import pandas as pd
 
 from mapmerge.core.metrics import METRICS, suffixes, wide_metrics
 from mapmerge.core.surrogate import TABLE_COLUMNS
-from mapmerge.io import atomic_path, read_table
+from mapmerge.io import atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import group_notes
 
@@ -122,10 +122,35 @@ def write_html_tables(
             )
 
 
+def validation_section(validation: str | os.PathLike, plots: Path) -> list[str]:
+    """report.md's lines on validation.parquet: what its rows measure, the table, and plots/validation.png."""
+    table = read_table(validation)
+    level = table_metadata(validation).get("mapmerge.interval")
+    lines = [
+        "## Validation against a real grid (validation.parquet)",
+        "",
+        "IGD, IGD+ and GD of the front's K points as predicted and as measured, against the non-dominated points of "
+        "the grid's real evaluations (`n_reference`); the hypervolumes; the prediction errors at the K points; the "
+        "win rates against a brute-force search of the same budget; and `coverage`, the share of the grid's real "
+        f"values inside the front's {float(level):.0%} prediction intervals (calibrated: about as much). `ci_low`, "
+        "`ci_high`: bootstrap intervals at `validation.ci_level` (docs/validation.md). The validation's own evaluations (the grid, the K points, the "
+        "baselines) are not among the run's counted above.",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    return [*lines, f"![validation.png]({plots.name}/validation.png)", ""]
+
+
 def write_report(
-    results: str | os.PathLike, group_names: Sequence[str], out: str | os.PathLike, plots: Sequence[Path] = ()
+    results: str | os.PathLike,
+    group_names: Sequence[str],
+    out: str | os.PathLike,
+    plots: Sequence[Path] = (),
+    validation: str | os.PathLike | None = None,
 ) -> Path:
-    """Write report.md for a run's results folder, showing `plots` (PNGs under it) at its end."""
+    """Write report.md for a run's results folder, showing `plots` (PNGs under it) at its end, and the validation's
+    table (validation.parquet, with validation.enabled) before them."""
     layout = Layout(results)
     reference = read_table(layout.reference)
     selected = read_table(layout.selected)
@@ -175,6 +200,7 @@ def write_report(
         "",
         *(line for table in chosen_merge(selected) for line in (markdown_table(table), "")),
         f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
+        *(validation_section(validation, layout.plots) if validation is not None else []),
         f"Plots: {layout.plots}",
         "",
         *(line for p in plots for line in (f"![{Path(p).name}]({Path(p).relative_to(layout.root).as_posix()})", "")),

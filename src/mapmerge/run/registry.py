@@ -150,7 +150,7 @@ STAGES: tuple[Stage, ...] = (
         "aggregate",
         "aggregate",
         "run_aggregate",
-        ("reference", "plans", "ledger"),
+        ("reference", "plans", "ledger", "validation"),
         ("pareto", "measured", "selected", "groups", "report"),
         ("results", "group_names"),
         after=("group_tables",),

@@ -65,11 +65,12 @@ def run_aggregate(
     report: PathLike,
     results: PathLike,
     group_names: Sequence[str],
+    validation: PathLike | None = None,
 ) -> None:
     """Gather fronts and choices of all groups (the last is the final merge), the group tree, plots and a report.
 
-    Writes pareto, measured (every group's measured front), selected, groups (the group tree) and report (report.md)
-    and the plots under the run
+    Writes pareto, measured (every group's measured front), selected, groups (the group tree) and report (report.md,
+    with the validation's table where `validation`, validation.parquet, is given) and the plots under the run
     folder's plots/. The groups' files are found through the layout of the run folder `results`.
     """
     layout = Layout(results)
@@ -108,4 +109,4 @@ def run_aggregate(
         members=suffixes(fronts[-1].columns, "c"),
         measured=measured_fronts[-1],
     )
-    write_report(results, group_names, report, drawn)
+    write_report(results, group_names, report, drawn, validation)
