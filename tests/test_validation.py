@@ -19,6 +19,7 @@ from mapmerge.outputs.validation_plot import plot_validation
 from mapmerge.run import validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
 from mapmerge.stages.validate import run_validate
+from mapmerge.tools.cli import main
 from test_workflow import BASE, TASKS, finished_run
 
 SQRT_HALF = math.sqrt(0.5)
@@ -422,7 +423,7 @@ TARGETS = ["results/wf/validation.parquet", "results/wf/plots/validation.png"]  
 
 
 @pytest.mark.slow
-def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_path):
+def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_path, capsys):
     workdir = copy_run(finished_run(tmp_path_factory), tmp_path / "run")
     validation = job_counts(run(snakemake_command(workdir, *TARGETS, overrides=WORKFLOW))[1])
     assert validation == {"validate_grid": 1, "validate_front": 1, "validate_baseline": 2, "validate": 1}
@@ -493,3 +494,13 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     igd = read_table(res / "validation.parquet").set_index(["indicator", "front"]).loc[("igd", "real"), "value"]
     assert "## Validation against a real grid (validation.parquet)" in report
     assert f"| igd | real | accuracy | {igd:.3f} |" in report and "![validation.png](plots/validation.png)" in report
+
+    # mapmerge status lists the validation's stages after the others, and its HTML table among report_tables'
+    assert main(["status", str(res)]) == 0
+    rows = {
+        line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines() if line[:1].strip()
+    }
+    assert rows["validate_grid"] == ["done", "validation/grid/b<NNNN>.parquet: 1 batches"]
+    assert rows["validate_baseline"] == ["done", "validation/baselines/<name>.parquet: task_arithmetic, ties"]
+    assert rows["validate"] == ["done", "validation.parquet, plots/validation.png"]
+    assert rows["validate_front"][0] == "done" and rows["report_tables"][1].endswith(": 5 of 6")  # no report_tables run

@@ -34,6 +34,7 @@ from mapmerge.tools.runfolder import (
 )
 
 STATUS_STAGES = [s.rule for s in STAGES if not s.validation]  # the stages `mapmerge status` reports, in order
+VALIDATION_STAGES = [s.rule for s in STAGES if s.validation]  # and after them where the folder holds a validation
 EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.validation]  # the ledger's stages
 
 
@@ -229,7 +230,9 @@ def _stage_states(
     merged = min(disk.count(files) for files in merge_outputs)
     collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
     aggregate = [L.pareto, L.measured, L.selected, L.group_tree, L.report]
-    tables = sum(L.report_table(name).exists() for name in HTML_TABLES)
+    validated = L.validation_dir.is_dir() or L.validation.exists()  # validation.enabled: its stages, its HTML table
+    names = [*HTML_TABLES, *(["validation"] if validated else [])]
+    tables, n_tables = sum(L.report_table(name).exists() for name in names), len(names)
     agg_done = [f for f in aggregate if disk.good(f)]
     pngs = sorted(L.plots.glob("*.png"))
     if disk.bad(aggregate):
@@ -294,9 +297,28 @@ def _stage_states(
             f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG",
         ),
         "report_tables": (
-            _state(tables, len(HTML_TABLES)),
-            f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {len(HTML_TABLES)}",
+            _state(tables, n_tables),
+            f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {n_tables}",
         ),
+        **(_validation_states(L, disk) if validated else {}),
+    }
+
+
+def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
+    """The validation's stages (validation.enabled): their artifacts, counted, since the grid's size is the config's."""
+    grid = sorted(L.grid_batch("b0000").parent.glob("*.parquet"))
+    baselines = sorted(L.baseline("x").parent.glob("*.parquet"))
+    front = [L.validation_front, L.validation_front_evals]
+    table = [L.validation, L.plot("validation")]
+    names = ", ".join(p.stem for p in baselines) or "none"
+    return {
+        "validate_grid": (
+            disk.present(grid),
+            f"{L.grid_batch('b<NNNN>').relative_to(L.root)}: {len(grid)} batches",
+        ),
+        "validate_front": (disk.state(front, 2), ", ".join(str(p.relative_to(L.root)) for p in front)),
+        "validate_baseline": (disk.present(baselines), f"{L.baseline('<name>').relative_to(L.root)}: {names}"),
+        "validate": (disk.state(table, 2), ", ".join(str(p.relative_to(L.root)) for p in table)),
     }
 
 
@@ -373,7 +395,8 @@ def status(results: Path) -> str:
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in layout.groups}
     states = _stage_states(layout, disk, rounds, evals)
-    rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in STATUS_STAGES]
+    shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
+    rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
     lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
     lines += ["", *_evaluation_lines(results, counts, source)]
     if layout.groups:
