@@ -117,6 +117,13 @@ def test_the_report_counts_the_measured_front_and_shows_the_plots(run):
     assert all((res / path).is_file() for _, path in images) and report.endswith(")\n")
 
 
+def test_the_single_models_follow_the_runs_task_order(run):
+    # reference.parquet's rows are sorted by model (flip_parity first); the report's table keeps rot90, flip_parity
+    lines = (results(run) / "report.md").read_text().split("## Single models (real evaluations)\n\n")[1].splitlines()
+    assert lines[0] == "| model | " + " | ".join(f"{m}_{t}" for m in ("accuracy", "loss") for t in TASKS) + " |"
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| pretrained", *(f"| {t}" for t in TASKS)]
+
+
 def test_front_and_choice(run):
     res = results(run)
     front = read_table(res / "groups/all/front.parquet")

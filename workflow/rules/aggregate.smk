@@ -27,6 +27,7 @@ rule aggregate:
         plans=[L.plan(k) for k in range(1, len(LEVELS) + 1)],
         ledger=L.ledger,
         group_tables=group_outputs(),  # read through the layout
+        task_vectors=L.task_vector_table,  # the run's task order, read through the layout
         **({"validation": L.validation} if VALIDATION["enabled"] else {}),  # its table in report.md
     output:
         pareto=L.pareto,
@@ -52,6 +53,7 @@ rule aggregate:
 rule report_tables:
     input:
         reference=L.reference,
+        task_vectors=L.task_vector_table,
         pareto=L.pareto,
         measured=L.measured,
         selected=L.selected,

@@ -34,9 +34,9 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 HTML_TABLES = ("models", "front", "measured_front", "chosen", "ledger")  # report/<name>.html, for snakemake --report
 
 
-def single_models(reference: pd.DataFrame) -> pd.DataFrame:
-    """reference.parquet as one row per model (pretrained first), one column per metric and task."""
-    tasks = [m for m in reference["model"].unique() if m != "pretrained"]
+def single_models(reference: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """reference.parquet as one row per model (pretrained first), one column per metric and task, the tasks in the
+    run's order (task_vectors.parquet's; reference.parquet's rows are sorted by model)."""
     ref = wide_metrics(reference, "model")
     columns = [f"{m}_{t}" for m in sorted(set(reference["metric"])) for t in tasks]
     return ref.reindex(index=["pretrained", *tasks], columns=columns).reset_index()
@@ -71,8 +71,8 @@ def write_html_tables(
 ) -> None:
     """The key tables of a finished run as HTML pages for `snakemake --report`.
 
-    tables: the run's reference, pareto, measured, selected and evaluations tables (and validation) by those
-    names, or the run folder, whose layout names them. outputs: a path for each of HTML_TABLES: models (single
+    tables: the run's reference, task_vectors, pareto, measured, selected and evaluations tables (and validation)
+    by those names, or the run folder, whose layout names them. outputs: a path for each of HTML_TABLES: models (single
     models), front (pareto.parquet), measured_front (measured.parquet), chosen (the chosen merge), ledger (real evaluations per stage and per
     file); and validation (validation.parquet) where outputs names it.
     """
@@ -80,6 +80,7 @@ def write_html_tables(
         layout = Layout(tables)
         tables = {
             "reference": layout.reference,
+            "task_vectors": layout.task_vector_table,
             "pareto": layout.pareto,
             "measured": layout.measured,
             "selected": layout.selected,
@@ -90,7 +91,7 @@ def write_html_tables(
     pages = {  # each page's title and its tables, one after another
         "models": (
             "Single models (real evaluations, reference.parquet)",
-            (single_models(read_table(tables["reference"])),),
+            (single_models(read_table(tables["reference"]), read_table(tables["task_vectors"])["task"].tolist()),),
         ),
         "front": ("Predicted Pareto front (pareto.parquet)", (read_table(tables["pareto"]),)),
         "measured_front": (
@@ -153,10 +154,11 @@ def write_report(
     table (validation.parquet, with validation.enabled) before them."""
     layout = Layout(results)
     reference = read_table(layout.reference)
+    tasks = read_table(layout.task_vector_table)["task"].tolist()
     selected = read_table(layout.selected)
     measured = read_table(layout.measured)
     sections = [f"# mapmerge report: {layout.root.name}", ""]
-    sections += ["## Single models (real evaluations)", "", markdown_table(single_models(reference)), ""]
+    sections += ["## Single models (real evaluations)", "", markdown_table(single_models(reference, tasks)), ""]
     for group in group_names:
         samples = read_table(layout.samples(group))
         fit = read_table(layout.surrogate(group))

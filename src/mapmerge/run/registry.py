@@ -153,14 +153,14 @@ STAGES: tuple[Stage, ...] = (
         ("reference", "plans", "ledger", "validation"),
         ("pareto", "measured", "selected", "groups", "report"),
         ("results", "group_names"),
-        after=("group_tables",),
+        after=("group_tables", "task_vectors"),
         writes=("plots",),
     ),
     Stage(
         "report_tables",
         "report_tables",
         "run_report_tables",
-        ("reference", "pareto", "measured", "selected", "evaluations", "validation_table"),
+        ("reference", "task_vectors", "pareto", "measured", "selected", "evaluations", "validation_table"),
         ("models", "front", "measured_front", "chosen", "ledger", "validation"),
     ),
     # validation (validation.enabled)

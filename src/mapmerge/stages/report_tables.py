@@ -15,6 +15,7 @@ def run_report_tables(
     params: Mapping[str, Any],
     *,
     reference: PathLike,
+    task_vectors: PathLike,
     pareto: PathLike,
     measured: PathLike,
     selected: PathLike,
@@ -29,8 +30,8 @@ def run_report_tables(
 ) -> None:
     """report/<name>.html for each of mapmerge.outputs.report.HTML_TABLES, and report/validation.html from
     validation.parquet (`validation_table`) with validation."""
-    tables = {"reference": reference, "pareto": pareto, "measured": measured, "selected": selected}
-    tables["evaluations"] = evaluations
+    tables = {"reference": reference, "task_vectors": task_vectors, "pareto": pareto, "measured": measured}
+    tables |= {"selected": selected, "evaluations": evaluations}
     outputs = {"models": models, "front": front, "measured_front": measured_front, "chosen": chosen, "ledger": ledger}
     if validation is not None:
         tables["validation"], outputs["validation"] = validation_table, validation
