@@ -261,3 +261,44 @@ def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
     assert main(["prune", str(tmp_path / "nowhere")]) == 1
     assert main(["prune", str(tmp_path)]) == 0  # not a run's folder: nothing to prune, nothing written
     assert "none" in capsys.readouterr().out and not (tmp_path / RUN_LOCK).exists()
+
+
+def test_a_batch_jobs_samples_are_kept_by_their_own_keys(tmp_path):
+    """A sample's key is its job's without the batching (a round's table, the batch's index and size): another
+    batching of the same samples gets their rows back; another file, param or code does not."""
+    results, spec = files(tmp_path)
+    output = Path(spec["outputs"]["examples"])
+    rows = pd.DataFrame(
+        {"sample": ["r01s0", "r01s0", "r01s1"], "task": ["a", "b", "a"], "example": [0, 0, 0], "correct": [1.0, 0, 1]}
+    )
+    write_table(rows, output, "evaluate_round")
+    kept = evaluation_cache.entries(spec)
+    reuse = evaluation_cache.sample_reuse(spec, kept)
+    assert reuse.rows("r01s0", [0.25, 1.0]) is None and reuse.rows("r01s1", [0.5, 0.0]) is None  # nothing noted yet
+    assert evaluation_cache.keep({"examples": output}, kept)
+    reuse.note(kept["examples"])
+    rebatched = copy.deepcopy(spec)
+    rebatched["args"].update(index="0003", size=2)
+    write_table(read_table(results / "r01.parquet").iloc[::-1], results / "r99.parquet", "refine_round")
+    rebatched["inputs"]["samples"] = str(results / "r99.parquet")
+    again = evaluation_cache.sample_reuse(rebatched, evaluation_cache.entries(rebatched))
+    assert again.base == reuse.base and evaluation_cache.entries(rebatched) != kept
+    pd.testing.assert_frame_equal(again.rows("r01s0", [0.25, 1.0]), rows.iloc[:2])
+    assert again.rows("r01s1", [0.5, 0.5]) is None  # another merge under the same name
+    assert again.rows("r01s2", [0.25, 1.0]) is None  # the same merge under another name
+    for change in (
+        lambda s: s["params"]["stage"].update(code="ba9876543210"),
+        lambda s: s["args"].update(device="cpu"),
+        lambda s: s["inputs"]["vectors"].update(a=s["inputs"]["vectors"]["b"]),
+        lambda s: s.update(rule="validate_grid"),
+    ):
+        other = copy.deepcopy(rebatched)
+        change(other)
+        assert evaluation_cache.sample_reuse(other, kept).rows("r01s0", [0.25, 1.0]) is None
+    assert (
+        evaluation_cache.sample_reuse({**spec, "rule": "evaluate_selected"}, kept) is None
+    )  # one merge: its job's key
+    # prune drops a note whose table it dropped (another merge now in the job's table)
+    write_table(rows.assign(sample="r01s7"), output, "evaluate_round", {"c": {"r01s7": [0.1, 0.1]}})
+    assert main(["prune", str(results)]) == 0
+    assert not kept["examples"].exists() and not list((results / evaluation_cache.SAMPLES).glob("*.txt"))

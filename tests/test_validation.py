@@ -504,3 +504,18 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     assert rows["validate_baseline"] == ["done", "validation/baselines/<name>.parquet: task_arithmetic, ties"]
     assert rows["validate"] == ["done", "validation.parquet, plots/validation.png"]
     assert rows["validate_front"][0] == "done" and rows["report_tables"][1].endswith(": 5 of 6")  # no report_tables run
+
+    # another batching of the grid (validation.batch) takes every grid point's rows from the evaluation cache
+    grid = pd.concat([read_table(p) for p in sorted((res / "validation/grid").glob("*.parquet"))], ignore_index=True)
+    table = read_table(res / "validation.parquet")
+    rebatched = [*fewer, "validation.batch=10"]
+    assert job_counts(run(snakemake_command(workdir, *TARGETS, overrides=rebatched))[1]) == {
+        "validate_grid": 3,
+        "validate": 1,
+    }
+    logs = sorted((res / "logs/validate_grid").glob("*.log"))
+    assert len(logs) == 3 and sum(log.read_text().count(" INFO mapmerge: took g") for log in logs) == 25
+    again = [read_table(p) for p in sorted((res / "validation/grid").glob("*.parquet"))]
+    assert [len(t) for t in again] == [len(grid) * n // 25 for n in (10, 10, 5)]
+    pd.testing.assert_frame_equal(pd.concat(again, ignore_index=True), grid)
+    pd.testing.assert_frame_equal(read_table(res / "validation.parquet"), table)

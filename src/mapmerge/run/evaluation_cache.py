@@ -17,6 +17,12 @@ round's samples, the choice) only the sample names and coefficients. A table hol
 `.cache/hashes/` (content_hash), so a job does not read a model's task vectors twice. Beside each kept table,
 `<key>.place` names the job's table (relative to the results folder), so `prune` can tell a table the run has
 since replaced with other merges' from one its run still needs.
+
+A job that evaluates a batch of samples (the design's, a round's, the validation grid's) is kept sample by sample
+too: each sample's key is the job's without what picks the batch (its coefficients, a round's table, the batch's
+index and size) plus the sample's name and coefficients, and `.cache/samples/<key>.txt` names the kept table that
+holds its rows. A job of another batching (`evaluation.samples_per_job`, `validation.batch`) whose own key is not
+kept evaluates only the samples without such a note (SampleReuse: its engine's evaluate gives the kept rows back).
 """
 
 from __future__ import annotations
@@ -25,22 +31,31 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_hash
 
 FOLDER = Path(".cache") / "evaluations"
+SAMPLES = Path(".cache") / "samples"  # <sample key>.txt: the name of the kept table that holds the sample's rows
 HASHES = Path(".cache") / "hashes"  # content_hash's notes
 MEMO_BYTES = 64 << 20  # smaller files are hashed every time (under 0.1 s each)
 PLACE = ".place"  # beside <key>.parquet: the job's table it was kept from or restored to, under the results folder
 PRIMARY = "examples"  # the output every evaluation job writes: its per-example rows, kept under the job's key
 POINTS = ("samples", "choice")  # inputs that are tables of points: only their names and coefficients count
 UNKEYED = ("threads",)  # values that do not change an evaluation's table
+# jobs that evaluate a batch of a group's samples, each merge its coefficients, and what picks their batch: a sample's
+# rows are kept by its own key too, so a job of another batching (evaluation.samples_per_job, validation.batch) that
+# holds it takes them back
+BATCH_JOBS = ("evaluate_sample", "evaluate_round", "validate_grid")
+BATCHING = ("coefficients", "index", "size", "samples")  # a batch's params and args, a round's table of points
 logger = logging.getLogger("mapmerge")
 
 
@@ -107,6 +122,75 @@ def key(spec: Mapping[str, Any], memo: Path | None = None) -> str:
         "inputs": {name: _digest(name, value, memo) for name, value in sorted(inputs.items())},
     }
     return config_hash(blob)
+
+
+@dataclass
+class SampleReuse:
+    """One batch job's samples in the evaluation cache: each sample's rows kept by its own key (the job's key
+    without its batching, BATCHING, plus the sample's name and coefficients), noted in `results`/SAMPLES with the
+    kept table that holds them. `rows` gives a sample's rows back where a note and its table are there; `noted`
+    lists the notes of every sample the job has, to be pointed at its own kept table once the job is kept."""
+
+    results: Path
+    base: str  # the job's key without its batching
+    noted: list[Path] = field(default_factory=list)
+
+    def rows(self, sample: str, coefficients: Sequence[float]) -> pd.DataFrame | None:
+        """The sample's rows from the cache (their table read whole, checksums verified), or None."""
+        note = self.results / SAMPLES / f"{config_hash([self.base, sample, [float(c) for c in coefficients]])}.txt"
+        self.noted.append(note)
+        try:
+            kept = self.results / FOLDER / note.read_text().strip()
+            table = pq.read_table(kept, page_checksum_verification=True)
+        except (OSError, ValueError):  # no note, no table, or a damaged one: evaluate
+            return None
+        rows = table.filter(pc.equal(table["sample"], sample))
+        if rows.num_rows == 0:
+            return None
+        logger.info("took %s from the evaluation cache (%s): the same merge, files, params and code", sample, kept)
+        return rows.to_pandas()
+
+    def note(self, kept: Path) -> None:
+        """Point the notes of the job's samples at its kept table `kept`."""
+        for note in self.noted:
+            _put(note, lambda tmp: tmp.write_text(f"{kept.name}\n"))
+
+
+def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReuse | None:
+    """The sample cache of a batch job (BATCH_JOBS) whose tables the cache keeps (`kept`: entries), else None."""
+    if spec["rule"] not in BATCH_JOBS:
+        return None
+    folder = kept[PRIMARY].parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
+    unbatched = {
+        "rule": spec["rule"],
+        "params": {k: v for k, v in (spec.get("params") or {}).items() if k not in BATCHING},
+        "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in BATCHING},
+        "inputs": {k: v for k, v in (spec.get("inputs") or {}).items() if k not in BATCHING},
+    }
+    return SampleReuse(folder, key(unbatched, folder / HASHES))
+
+
+@contextmanager
+def reusing(reuse: SampleReuse | None) -> Iterator[None]:
+    """While the job's stage runs, its engine evaluates only the samples `reuse` has no rows of."""
+    if reuse is None:
+        yield
+        return
+    from mapmerge.tensors.engine import MergeEngine  # an evaluation job's own import (torch)
+
+    evaluate = MergeEngine.evaluate
+
+    def evaluate_or_reuse(
+        engine: MergeEngine, coefficients: Sequence[float], sample: str, on_error: str = "fail"
+    ) -> pd.DataFrame:
+        rows = reuse.rows(sample, coefficients)
+        return evaluate(engine, coefficients, sample, on_error) if rows is None else rows
+
+    MergeEngine.evaluate = evaluate_or_reuse
+    try:
+        yield
+    finally:
+        MergeEngine.evaluate = evaluate
 
 
 def results_folder(path: str | os.PathLike) -> Path | None:
@@ -210,8 +294,8 @@ def prune(results: Path, dry_run: bool = False) -> Pruning:
     """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
     and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
     same, missing, unreadable or the same evaluation done again to other bytes (its provenance the same) stays, and
-    so does one without a noted place. Leftover temporary files, places without their table and the hash notes of
-    files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
+    so does one without a noted place. Leftover temporary files, places without their table, samples' notes
+    (SampleReuse) whose table is gone and the hash notes of files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
     found.notes = [note for note in sorted((results / HASHES).glob("*.txt")) if _stale_note(note)]
@@ -232,6 +316,9 @@ def prune(results: Path, dry_run: bool = False) -> Pruning:
     for place in folder.glob(f"*{PLACE}"):
         if not place.with_suffix(".parquet").exists():
             place.unlink()
+    for note in (results / SAMPLES).glob("*.txt"):  # a sample's note whose table is gone
+        if not (folder / note.read_text().strip()).is_file():
+            note.unlink()
     for tmp in folder.parent.rglob(f".*{TEMP_SUFFIX}"):
         tmp.unlink()
     return found

@@ -94,7 +94,8 @@ def run_cached(
     spec: dict[str, Any], function: Callable[..., Any], log: str, params: Any, kwargs: dict[str, Any]
 ) -> None:
     """Run the stage with its log; an evaluation with `cache` in its spec first looks for its tables in the
-    evaluation cache and, run, keeps them there (mapmerge.run.evaluation_cache)."""
+    evaluation cache and, run, keeps them there (mapmerge.run.evaluation_cache); a batch job's samples too, one by
+    one (SampleReuse)."""
     kept = evaluation_cache.entries(spec) if spec.get("cache") else None
     if kept is None:
         run_stage(function, log, params, **kwargs)
@@ -107,9 +108,12 @@ def run_cached(
             f"mapmerge: {describe(spec)}: a table of it in the evaluation cache does not read; evaluating",
             file=sys.stderr,
         )
-    run_stage(function, log, params, **kwargs)
+    reuse = evaluation_cache.sample_reuse(spec, kept)
+    with evaluation_cache.reusing(reuse):
+        run_stage(function, log, params, **kwargs)
     try:
-        evaluation_cache.keep(outputs, kept)
+        if evaluation_cache.keep(outputs, kept) and reuse is not None:
+            reuse.note(kept[evaluation_cache.PRIMARY])
     except OSError as exc:  # the tables are written; only a later rerun would evaluate them again
         print(f"mapmerge: {describe(spec)}: its tables were not kept in the evaluation cache: {exc}", file=sys.stderr)
 
