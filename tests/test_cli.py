@@ -4,6 +4,7 @@ in the workflow's order and layout (results/<name>/...), without Snakemake."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -341,6 +342,24 @@ def test_status_tells_the_evaluation_caches_size(runs, tmp_path, capsys):
     shutil.copyfile(tables[1], tables[0])  # the first job's table now holds other merges'
     assert main(["status", str(R)]) == 0
     assert "    1 of them from settings the run no longer has" in capsys.readouterr().out
+
+
+def test_status_tells_evaluation_files_the_runs_ledger_does_not_list(runs, tmp_path, capsys):
+    R = tmp_path / "rebatched"
+    shutil.copytree(runs["plain"], R)
+    evals = R / "groups" / "all" / "evals"
+    first = sorted(evals.glob("b*.parquet"))[0]
+    shutil.copy2(first, evals / "b0099.parquet")  # a batch of an earlier evaluation.samples_per_job, before the ledger
+    shutil.copy2(first, evals / "b0098.parquet")
+    ledger = (R / "evaluations.parquet").stat().st_mtime
+    os.utime(evals / "b0099.parquet", (ledger - 60, ledger - 60))
+    os.utime(evals / "b0098.parquet", (ledger + 60, ledger + 60))  # written after it: a rerun's, not yet listed
+    assert main(["status", str(R)]) == 0
+    batches = len(list(evals.glob("b*.parquet")))
+    assert status_rows(capsys.readouterr().out)["evaluate_sample"][1] == (
+        f"groups/<g>/evals/b<NNNN>.parquet: {batches} batches, 1 of them left from an earlier setting (the run's "
+        "ledger does not list them)"
+    )
 
 
 def test_status_names_a_task_its_fine_tuned_model_does_not_gain_on(runs, tmp_path, capsys):

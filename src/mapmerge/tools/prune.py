@@ -31,7 +31,8 @@ def prune(results: Path, dry_run: bool = False) -> str:
     verb = "would drop" if dry_run else "dropped"
     lines.append(
         f"  {verb} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): their jobs' tables now hold "
-        "other merges' results (settings the run no longer has; going back to one evaluates again)"
+        "other merges' results (settings the run no longer has; going back to one evaluates again the merges "
+        "that no table kept holds)"
     )
     if found.notes:
         lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")

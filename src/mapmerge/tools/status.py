@@ -226,6 +226,7 @@ def _stage_states(
     evaluated = [p for g in groups_ for p in evals[g]]
     batches = [p for p in evaluated if not Layout.is_round_batch(p)]
     round_batches = [p for p in evaluated if Layout.is_round_batch(p)]
+    left = _left_behind(L, evaluated, disk)
     merge_outputs = [each(f) for f in ("merged", "group_vector", "choice")]
     merged = min(disk.count(files) for files in merge_outputs)
     collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
@@ -273,12 +274,12 @@ def _stage_states(
         ),
         "evaluate_sample": (
             "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
-            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches",
+            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches" + _left_note(batches, left),
         ),
         "evaluate_round": (
             disk.present(round_batches),
             f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
-            + ("" if round_batches else " (Bayesian MAP and refinement rounds only)"),
+            + (_left_note(round_batches, left) if round_batches else " (Bayesian MAP and refinement rounds only)"),
         ),
         "collect_metrics": (
             "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
@@ -302,6 +303,23 @@ def _stage_states(
         ),
         **(_validation_states(L, disk) if validated else {}),
     }
+
+
+def _left_behind(L: Layout, evaluated: Sequence[Path], disk: _Disk) -> set[Path]:
+    """The evaluation files of the groups that the run's ledger, written after them, does not list: left from an
+    earlier setting (another evaluation.samples_per_job, fewer rounds), read by no job of the run."""
+    if not disk.good(L.ledger):
+        return set()
+    ledger = read_table(L.ledger, columns=["group", "file"])
+    listed = {(str(g), str(f)) for g, f in zip(ledger["group"], ledger["file"])}
+    written = L.ledger.stat().st_mtime
+    return {p for p in evaluated if (p.parent.parent.name, p.name) not in listed and p.stat().st_mtime <= written}
+
+
+def _left_note(files: Sequence[Path], left: set[Path]) -> str:
+    """', 5 of them left from an earlier setting' where some of `files` are."""
+    n = len(left.intersection(files))
+    return f", {n} of them left from an earlier setting (the run's ledger does not list them)" if n else ""
 
 
 def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
