@@ -117,11 +117,13 @@ def test_the_report_counts_the_measured_front_and_shows_the_plots(run):
     assert all((res / path).is_file() for _, path in images) and report.endswith(")\n")
 
 
-def test_the_single_models_follow_the_runs_task_order(run):
+def test_the_single_models_and_the_fits_follow_the_runs_task_order(run):
     # reference.parquet's rows are sorted by model (flip_parity first); the report's table keeps rot90, flip_parity
     lines = (results(run) / "report.md").read_text().split("## Single models (real evaluations)\n\n")[1].splitlines()
     assert lines[0] == "| model | " + " | ".join(f"{m}_{t}" for m in ("accuracy", "loss") for t in TASKS) + " |"
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| pretrained", *(f"| {t}" for t in TASKS)]
+    fit = (results(run) / "report.md").read_text().split("Surrogate fit per task and metric:\n\n")[1].splitlines()
+    assert [line.split(" | ")[:2] for line in fit[2:6]] == [[f"| {t}", m] for t in TASKS for m in ("accuracy", "loss")]
 
 
 def test_front_and_choice(run):

@@ -167,6 +167,7 @@ def write_report(
         shown = [c for c in (*TABLE_COLUMNS, "correction_length") if c in fit.columns and c not in ("params", "tasks")]
         scored = ["yes" if len(p) else "" for p in fit["score_params"]] if "score_params" in fit.columns else None
         fit = fit[shown] if scored is None else fit[shown].assign(class_scores=scored)
+        fit = fit.sort_values("task", key=lambda t: t.map(tasks.index), kind="stable")  # the run's task order
         front = read_table(layout.front(group))
         members = suffixes(samples.columns, "c")
         sections += [
