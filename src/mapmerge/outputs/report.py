@@ -134,8 +134,8 @@ def validation_section(validation: str | os.PathLike, plots: Path) -> list[str]:
         "the grid's real evaluations (`n_reference`); the hypervolumes; the prediction errors at the K points; the "
         "win rates against a brute-force search of the same budget; and `coverage`, the share of the grid's real "
         f"values inside the front's {float(level):.0%} prediction intervals (calibrated: about as much). `ci_low`, "
-        "`ci_high`: bootstrap intervals at `validation.ci_level` (docs/validation.md). The validation's own evaluations (the grid, the K points, the "
-        "baselines) are not among the run's counted above.",
+        "`ci_high`: bootstrap intervals at `validation.ci_level` (docs/validation.md). The validation's own "
+        "evaluations (the grid, the K points, the baselines) are not among the run's counted above.",
         "",
         markdown_table(table),
         "",

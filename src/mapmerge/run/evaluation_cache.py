@@ -35,13 +35,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FOLDER = Path(".cache") / "evaluations"
 SAMPLES = Path(".cache") / "samples"  # <sample key>.txt: the name of the kept table that holds the sample's rows
@@ -137,6 +138,8 @@ class SampleReuse:
 
     def rows(self, sample: str, coefficients: Sequence[float]) -> pd.DataFrame | None:
         """The sample's rows from the cache (their table read whole, checksums verified), or None."""
+        import pyarrow.compute as pc  # an evaluation job's import, not the driver's
+
         note = self.results / SAMPLES / f"{config_hash([self.base, sample, [float(c) for c in coefficients]])}.txt"
         self.noted.append(note)
         try:
@@ -295,7 +298,8 @@ def prune(results: Path, dry_run: bool = False) -> Pruning:
     and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
     same, missing, unreadable or the same evaluation done again to other bytes (its provenance the same) stays, and
     so does one without a noted place. Leftover temporary files, places without their table, samples' notes
-    (SampleReuse) whose table is gone and the hash notes of files since changed or gone (`notes`) go too. The caller holds the run's lock (no driver may write meanwhile)."""
+    (SampleReuse) whose table is gone and the hash notes of files since changed or gone (`notes`) go too. The
+    caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
     found.notes = [note for note in sorted((results / HASHES).glob("*.txt")) if _stale_note(note)]
