@@ -179,7 +179,7 @@ def reusing(reuse: SampleReuse | None) -> Iterator[None]:
     if reuse is None:
         yield
         return
-    from mapmerge.tensors.engine import MergeEngine  # an evaluation job's own import (torch)
+    from mapmerge.tensors.engine import MergeEngine  # deferred: torch, an evaluation job's own import
 
     evaluate = MergeEngine.evaluate
 
