@@ -356,10 +356,13 @@ def test_status_tells_evaluation_files_the_runs_ledger_does_not_list(runs, tmp_p
     os.utime(evals / "b0098.parquet", (ledger + 60, ledger + 60))  # written after it: a rerun's, not yet listed
     assert main(["status", str(R)]) == 0
     batches = len(list(evals.glob("b*.parquet")))
-    assert status_rows(capsys.readouterr().out)["evaluate_sample"][1] == (
+    out = capsys.readouterr().out
+    assert status_rows(out)["evaluate_sample"][1] == (
         f"groups/<g>/evals/b<NNNN>.parquet: {batches} batches, 1 of them left from an earlier setting (the run's "
         "ledger does not list them)"
     )
+    group_line = next(line for line in out.splitlines() if line.split()[:1] == ["all"])
+    assert group_line.split()[3] == str(len(list(evals.glob("*.parquet"))) - 1)  # eval files: the run's
 
 
 def test_status_names_a_task_its_fine_tuned_model_does_not_gain_on(runs, tmp_path, capsys):

@@ -184,10 +184,11 @@ class _Disk:
 
 
 def _stage_states(
-    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]]
+    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]], left: set[Path]
 ) -> dict[str, tuple[str, str]]:
     """Per stage that status reads: (state, what its artifacts are and how many of them are there); `rounds` and
-    `evals`: each group's round tables and evaluation files."""
+    `evals`: each group's round tables and evaluation files; `left`: those of the evaluation files that are left
+    from an earlier setting (_left_behind)."""
     R, L = layout.results, layout.paths
     tasks, groups_ = layout.tasks, layout.groups
     n_groups = len(groups_) if groups_ else None
@@ -226,7 +227,6 @@ def _stage_states(
     evaluated = [p for g in groups_ for p in evals[g]]
     batches = [p for p in evaluated if not Layout.is_round_batch(p)]
     round_batches = [p for p in evaluated if Layout.is_round_batch(p)]
-    left = _left_behind(L, evaluated, disk)
     merge_outputs = [each(f) for f in ("merged", "group_vector", "choice")]
     merged = min(disk.count(files) for files in merge_outputs)
     collected = sum(disk.good(s) and disk.good(m) for s, m in zip(each("samples"), each("metrics")))
@@ -305,7 +305,7 @@ def _stage_states(
     }
 
 
-def _left_behind(L: Layout, evaluated: Sequence[Path], disk: _Disk) -> set[Path]:
+def _left_behind(L: Layout, evaluated: list[Path], disk: _Disk) -> set[Path]:
     """The evaluation files of the groups that the run's ledger, written after them, does not list: left from an
     earlier setting (another evaluation.samples_per_job, fewer rounds), read by no job of the run."""
     if not disk.good(L.ledger):
@@ -366,8 +366,11 @@ def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str) -> list[
     return lines
 
 
-def _group_lines(layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]]) -> list[str]:
-    """Per group: its level, rounds, evaluation files, samples, front points and merged checkpoint."""
+def _group_lines(
+    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]], left: set[Path]
+) -> list[str]:
+    """Per group: its level, rounds, evaluation files (but those `left` from an earlier setting), samples, front
+    points and merged checkpoint."""
     L = layout.paths
 
     def shown(path: Path, value: object) -> object:
@@ -381,7 +384,7 @@ def _group_lines(layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals
                 g,
                 layout.level_of(g),
                 len(rounds[g]),
-                len(evals[g]),
+                len(set(evals[g]) - left),
                 shown(samples, _rows(samples) if disk.good(samples) else None),
                 shown(front, _rows(front) if disk.good(front) else None),
                 shown(merged_file, "yes" if disk.good(merged_file) else "no"),
@@ -412,13 +415,14 @@ def status(results: Path) -> str:
     counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in layout.groups}
-    states = _stage_states(layout, disk, rounds, evals)
+    left = _left_behind(L, [p for g in layout.groups for p in evals[g]], disk)
+    states = _stage_states(layout, disk, rounds, evals, left)
     shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
     lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
     lines += ["", *_evaluation_lines(results, counts, source)]
     if layout.groups:
-        lines += ["", *_group_lines(layout, disk, rounds, evals)]
+        lines += ["", *_group_lines(layout, disk, rounds, evals, left)]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
     if all(disk.good(p) for p in finished):
         notes = [*final_notes(results), *no_gain_notes(results)]
