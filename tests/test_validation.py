@@ -500,7 +500,7 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     rows = {
         line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines() if line[:1].strip()
     }
-    assert rows["validate_grid"] == ["done", "validation/grid/b<NNNN>.parquet: 1 batches"]
+    assert rows["validate_grid"] == ["done", "validation/grid/b<NNNN>.parquet: 1 batch"]
     assert rows["validate_baseline"] == ["done", "validation/baselines/<name>.parquet: task_arithmetic, ties"]
     assert rows["validate"] == ["done", "validation.parquet, plots/validation.png"]
     assert rows["validate_front"][0] == "done" and rows["report_tables"][1].endswith(": 5 of 6")  # no report_tables run

@@ -274,11 +274,11 @@ def _stage_states(
         ),
         "evaluate_sample": (
             "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
-            f"{named(L.batch('<g>', 'b<NNNN>'))}: {len(batches)} batches" + _left_note(batches, left),
+            f"{named(L.batch('<g>', 'b<NNNN>'))}: {_batches(len(batches))}" + _left_note(batches, left),
         ),
         "evaluate_round": (
             disk.present(round_batches),
-            f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {len(round_batches)} batches"
+            f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {_batches(len(round_batches))}"
             + (_left_note(round_batches, left) if round_batches else " (Bayesian MAP and refinement rounds only)"),
         ),
         "collect_metrics": (
@@ -316,6 +316,11 @@ def _left_behind(L: Layout, evaluated: list[Path], disk: _Disk) -> set[Path]:
     return {p for p in evaluated if (p.parent.parent.name, p.name) not in listed and p.stat().st_mtime <= written}
 
 
+def _batches(n: int) -> str:
+    """'1 batch', '3 batches'."""
+    return f"{n} batch" if n == 1 else f"{n} batches"
+
+
 def _left_note(files: Sequence[Path], left: set[Path]) -> str:
     """', 5 of them left from an earlier setting' where some of `files` are."""
     n = len(left.intersection(files))
@@ -332,7 +337,7 @@ def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
     return {
         "validate_grid": (
             disk.present(grid),
-            f"{L.grid_batch('b<NNNN>').relative_to(L.root)}: {len(grid)} batches",
+            f"{L.grid_batch('b<NNNN>').relative_to(L.root)}: {_batches(len(grid))}",
         ),
         "validate_front": (disk.state(front, 2), ", ".join(str(p.relative_to(L.root)) for p in front)),
         "validate_baseline": (disk.present(baselines), f"{L.baseline('<name>').relative_to(L.root)}: {names}"),
