@@ -16,7 +16,7 @@ from mapmerge.core.metrics import metrics_from_examples, wide_metrics
 from mapmerge.core.surrogate import prediction_columns
 from mapmerge.io import read_table, table_metadata
 from mapmerge.outputs.validation_plot import plot_validation
-from mapmerge.run import validation_config
+from mapmerge.run import evaluation_cache, validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
 from mapmerge.stages.validate import run_validate
 from mapmerge.tools.cli import main
@@ -505,16 +505,29 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     assert rows["validate"] == ["done", "validation.parquet, plots/validation.png"]
     assert rows["validate_front"][0] == "done" and rows["report_tables"][1].endswith(": 5 of 6")  # no report_tables run
 
-    # another batching of the grid (validation.batch) takes every grid point's rows from the evaluation cache
+    # another batching of the grid (validation.batch) takes the grid points' rows from the evaluation cache, one by
+    # one; with one point's note gone, only the job holding that point builds its engine and evaluates it
     grid = pd.concat([read_table(p) for p in sorted((res / "validation/grid").glob("*.parquet"))], ignore_index=True)
     table = read_table(res / "validation.parquet")
+    kept = res / evaluation_cache.FOLDER
+    notes = [  # the grid points' notes: their kept table's place is the grid's batch
+        note
+        for note in sorted((res / evaluation_cache.SAMPLES).glob("*.txt"))
+        if (kept / note.read_text().strip())
+        .with_suffix(evaluation_cache.PLACE)
+        .read_text()
+        .startswith("validation/grid/")
+    ]
+    assert len(notes) == 25
+    notes[0].unlink()
     rebatched = [*fewer, "validation.batch=10"]
     assert job_counts(run(snakemake_command(workdir, *TARGETS, overrides=rebatched))[1]) == {
         "validate_grid": 3,
         "validate": 1,
     }
-    logs = sorted((res / "logs/validate_grid").glob("*.log"))
-    assert len(logs) == 3 and sum(log.read_text().count(" INFO mapmerge: took g") for log in logs) == 25
+    logs = [log.read_text() for log in sorted((res / "logs/validate_grid").glob("*.log"))]
+    assert len(logs) == 3 and sum(log.count(" INFO mapmerge: took g") for log in logs) == 24
+    assert sum("evaluation.placement" in log for log in logs) == 1  # the engine's line: built in one job only
     again = [read_table(p) for p in sorted((res / "validation/grid").glob("*.parquet"))]
     assert [len(t) for t in again] == [len(grid) * n // 25 for n in (10, 10, 5)]
     pd.testing.assert_frame_equal(pd.concat(again, ignore_index=True), grid)

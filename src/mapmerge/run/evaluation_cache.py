@@ -57,6 +57,7 @@ UNKEYED = ("threads",)  # values that do not change an evaluation's table
 # holds it takes them back
 BATCH_JOBS = ("evaluate_sample", "evaluate_round", "validate_grid")
 BATCHING = ("coefficients", "index", "size", "samples")  # a batch's params and args, a round's table of points
+PENDING = "_mapmerge_pending_build"  # an engine's constructor arguments, kept until a sample must be evaluated
 logger = logging.getLogger("mapmerge")
 
 
@@ -175,25 +176,35 @@ def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReu
 
 @contextmanager
 def reusing(reuse: SampleReuse | None) -> Iterator[None]:
-    """While the job's stage runs, its engine evaluates only the samples `reuse` has no rows of."""
+    """While the job's stage runs, its engine evaluates only the samples `reuse` has no rows of, and is built (the
+    model's files loaded, the evaluators made) only when the first of those comes: a job whose every sample is kept
+    loads nothing."""
     if reuse is None:
         yield
         return
     from mapmerge.tensors.engine import MergeEngine  # deferred: torch, an evaluation job's own import
 
-    evaluate = MergeEngine.evaluate
+    build, evaluate = MergeEngine.__init__, MergeEngine.evaluate
+
+    def defer(engine: MergeEngine, *args: Any, **kwargs: Any) -> None:
+        engine.__dict__[PENDING] = (args, kwargs)
 
     def evaluate_or_reuse(
         engine: MergeEngine, coefficients: Sequence[float], sample: str, on_error: str = "fail"
     ) -> pd.DataFrame:
         rows = reuse.rows(sample, coefficients)
-        return evaluate(engine, coefficients, sample, on_error) if rows is None else rows
+        if rows is not None:
+            return rows
+        if PENDING in engine.__dict__:
+            args, kwargs = engine.__dict__.pop(PENDING)
+            build(engine, *args, **kwargs)
+        return evaluate(engine, coefficients, sample, on_error)
 
-    MergeEngine.evaluate = evaluate_or_reuse
+    MergeEngine.__init__, MergeEngine.evaluate = defer, evaluate_or_reuse
     try:
         yield
     finally:
-        MergeEngine.evaluate = evaluate
+        MergeEngine.__init__, MergeEngine.evaluate = build, evaluate
 
 
 def results_folder(path: str | os.PathLike) -> Path | None:
