@@ -43,6 +43,7 @@ from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_ha
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 FOLDER = Path(".cache") / "evaluations"
 SAMPLES = Path(".cache") / "samples"  # <sample key>.txt: the name of the kept table that holds the sample's rows
@@ -136,6 +137,7 @@ class SampleReuse:
     results: Path
     base: str  # the job's key without its batching
     noted: list[Path] = field(default_factory=list)
+    tables: dict[Path, pa.Table] = field(default_factory=dict)  # the kept tables read so far: each read once
 
     def rows(self, sample: str, coefficients: Sequence[float]) -> pd.DataFrame | None:
         """The sample's rows from the cache (their table read whole, checksums verified), or None."""
@@ -145,9 +147,11 @@ class SampleReuse:
         self.noted.append(note)
         try:
             kept = self.results / FOLDER / note.read_text().strip()
-            table = pq.read_table(kept, page_checksum_verification=True)
+            if kept not in self.tables:
+                self.tables[kept] = pq.read_table(kept, page_checksum_verification=True)
         except (OSError, ValueError):  # no note, no table, or a damaged one: evaluate
             return None
+        table = self.tables[kept]
         rows = table.filter(pc.equal(table["sample"], sample))
         if rows.num_rows == 0:
             return None
