@@ -295,9 +295,8 @@ def test_a_batch_jobs_samples_are_kept_by_their_own_keys(tmp_path):
         other = copy.deepcopy(rebatched)
         change(other)
         assert evaluation_cache.sample_reuse(other, kept).rows("r01s0", [0.25, 1.0]) is None
-    assert (
-        evaluation_cache.sample_reuse({**spec, "rule": "evaluate_selected"}, kept) is None
-    )  # one merge: its job's key
+    # a job of one merge is kept by its job's key alone
+    assert evaluation_cache.sample_reuse({**spec, "rule": "evaluate_selected"}, kept) is None
     # prune drops a note whose table it dropped (another merge now in the job's table)
     write_table(rows.assign(sample="r01s7"), output, "evaluate_round", {"c": {"r01s7": [0.1, 0.1]}})
     assert main(["prune", str(results)]) == 0
