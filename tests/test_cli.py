@@ -359,7 +359,7 @@ def test_status_tells_evaluation_files_the_runs_ledger_does_not_list(runs, tmp_p
     out = capsys.readouterr().out
     assert status_rows(out)["evaluate_sample"][1] == (
         f"groups/<g>/evals/b<NNNN>.parquet: {batches} batches, 1 of them left from an earlier setting (the run's "
-        "ledger does not list them)"
+        "ledger does not list them; `mapmerge prune` removes them)"
     )
     group_line = next(line for line in out.splitlines() if line.split()[:1] == ["all"])
     assert group_line.split()[3] == str(len(list(evals.glob("*.parquet"))) - 1)  # eval files: the run's

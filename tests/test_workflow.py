@@ -274,6 +274,41 @@ def test_the_rounds_order_and_trust_radius_choose_other_points_and_keep_the_desi
     assert (np.abs(measured - pick) <= 0.1 * width + 1e-12).all(axis=1).any()
 
 
+def test_prune_removes_the_batches_and_rounds_an_earlier_setting_left(own_run, capsys):
+    """Fewer rounds and larger batches leave the earlier setting's files in place (Snakemake does not delete a file
+    that is no longer an output): status counts them apart, prune removes them and drops their kept tables, and the
+    run then has nothing left to do."""
+    res = results(own_run)
+    assert sorted(p.name for p in (res / "groups/all/evals").glob("*.parquet")) == [
+        "b0000.parquet",
+        "b0001.parquet",  # 12 design merges, 8 per job
+        "r01b0000.parquet",
+    ]
+    smaller = ["refine.rounds=0", "evaluation.samples_per_job=12"]
+    snakemake(own_run, overrides=smaller)
+    left = ["groups/all/evals/b0001.parquet", "groups/all/evals/r01b0000.parquet", "groups/all/rounds/r01.parquet"]
+    places = {p: p.read_text() for p in (res / evaluation_cache.FOLDER).glob(f"*{evaluation_cache.PLACE}")}
+    assert {"groups/all/evals/b0001.parquet", "groups/all/evals/r01b0000.parquet"} <= set(places.values())
+    assert cli(["status", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert "2 batches, 1 of them left from an earlier setting (the run's ledger does not list them;" in out
+    assert "pick and front points: 1, 1 of them left from an earlier setting (the run's ledger lists none of" in out
+    assert next(line for line in out.splitlines() if line.split()[:1] == ["all"]).split()[2:4] == ["1", "1"]
+    assert cli(["prune", str(res), "--dry-run"]) == 0
+    assert "would remove 2 evaluation batches and 1 round table left from an earlier setting" in capsys.readouterr().out
+    assert all((res / name).exists() for name in left)
+    assert cli(["prune", str(res)]) == 0
+    assert "removed 2 evaluation batches and 1 round table left from an earlier setting (the run's ledger, " in (
+        capsys.readouterr().out
+    )
+    assert not any((res / name).exists() for name in left)
+    kept = {p: p.read_text() for p in (res / evaluation_cache.FOLDER).glob(f"*{evaluation_cache.PLACE}")}
+    assert not set(kept.values()) & set(left)  # their kept tables are dropped
+    assert job_counts(snakemake(own_run, "-n", overrides=smaller).stdout) == {}  # nothing the run needs is gone
+    assert cli(["status", str(res)]) == 0
+    assert "left from an earlier setting" not in capsys.readouterr().out
+
+
 def test_rerun_after_a_change_keeps_evaluations(own_run):
     res = results(own_run)
     evals = sorted((res / "groups/all/evals").glob("*.parquet")) + [res / "reference.parquet"]

@@ -31,7 +31,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,19 +308,20 @@ KEEP_REASONS = {
 }
 
 
-def prune(results: Path, dry_run: bool = False) -> Pruning:
+def prune(results: Path, dry_run: bool = False, gone: Collection[Path] = ()) -> Pruning:
     """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
-    and the job evaluated again): those of settings the run no longer has. A kept table whose job's table is the
-    same, missing, unreadable or the same evaluation done again to other bytes (its provenance the same) stays, and
-    so does one without a noted place. Leftover temporary files, places without their table, samples' notes
+    and the job evaluated again), or is among `gone` (job tables of an earlier setting that the caller removes):
+    those of settings the run no longer has. A kept table whose job's table is the same, missing, unreadable or the
+    same evaluation done again to other bytes (its provenance the same) stays, and so does one without a noted place. Leftover temporary files, places without their table, samples' notes
     (SampleReuse) whose table is gone and the hash notes of files since changed or gone (`notes`) go too. The
     caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
     found.notes = [note for note in sorted((results / HASHES).glob("*.txt")) if _stale_note(note)]
+    removed = {Path(path).resolve() for path in gone}
     for kept in sorted(folder.glob("*.parquet")):
         found.sizes[kept] = kept.stat().st_size
-        reason = _needed(results, kept)
+        reason = _needed(results, kept, removed)
         if reason is None:
             found.dropped.append(kept)
         else:
@@ -343,12 +344,15 @@ def prune(results: Path, dry_run: bool = False) -> Pruning:
     return found
 
 
-def _needed(results: Path, kept: Path) -> str | None:
-    """Why the run may still need a kept table (a key of KEEP_REASONS), or None when its job's table is another."""
+def _needed(results: Path, kept: Path, removed: set[Path]) -> str | None:
+    """Why the run may still need a kept table (a key of KEEP_REASONS), or None when its job's table is another or
+    among `removed` (resolved paths)."""
     try:
         place = results / kept.with_suffix(PLACE).read_text()
     except OSError:
         return "unplaced"
+    if place.resolve() in removed:
+        return None
     if not place.is_file():
         return "missing"
     if place.stat().st_size == kept.stat().st_size and file_hash(place) == file_hash(kept):

@@ -1,4 +1,5 @@
-"""`mapmerge prune`: drop the evaluation cache's tables of settings the run no longer has, under the run's lock."""
+"""`mapmerge prune`: drop the evaluation cache's tables of settings the run no longer has, and the evaluation batches
+and rounds left from them, under the run's lock."""
 
 from __future__ import annotations
 
@@ -6,18 +7,24 @@ from pathlib import Path
 
 from mapmerge.io import ArtifactError
 from mapmerge.run import evaluation_cache, runlock
+from mapmerge.tools.runfolder import LeftBehind, group_dirs, left_behind
 
 
 def prune(results: Path, dry_run: bool = False) -> str:
     """Drop (or with `dry_run` list) the evaluation cache's tables whose jobs' tables now hold other merges'
-    (evaluation_cache.prune), holding the run's lock meanwhile; what it dropped and kept, as text."""
+    (evaluation_cache.prune), and remove the evaluation batches and rounds left from an earlier setting
+    (runfolder.left_behind) with their kept tables, holding the run's lock meanwhile; what it did, as text."""
     if not results.is_dir():
         raise ArtifactError(f"{results}: not a folder")
     if not (results / evaluation_cache.FOLDER).is_dir():  # no driver has kept a table here: nothing to lock
         return f"evaluation cache of {results}: none ({results / evaluation_cache.FOLDER} does not exist)"
     try:
         with runlock.holding(results):
-            found = evaluation_cache.prune(results, dry_run)
+            left = left_behind(results, group_dirs(results), {})
+            found = evaluation_cache.prune(results, dry_run, gone=left.evals)
+            if not dry_run:
+                for path in [*left.evals, *left.rounds]:
+                    path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
     kept = [p for paths in found.kept.values() for p in paths]
@@ -31,9 +38,23 @@ def prune(results: Path, dry_run: bool = False) -> str:
     verb = "would drop" if dry_run else "dropped"
     lines.append(
         f"  {verb} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): their jobs' tables now hold "
-        "other merges' results (settings the run no longer has; going back to one evaluates again the merges "
-        "that no table kept holds)"
+        "other merges' results or are left from an earlier setting (settings the run no longer has; going back to "
+        "one evaluates again the merges that no table kept holds)"
     )
     if found.notes:
         lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")
+    if left.evals or left.rounds:
+        batches, rounds = len(left.evals), len(left.rounds)
+        lines.append(
+            f"  {'would remove' if dry_run else 'removed'} {batches} evaluation batch{'es' * (batches != 1)} and "
+            f"{rounds} round table{'s' * (rounds != 1)} left from an earlier setting (the run's ledger, "
+            f"evaluations.parquet, lists none of them; no job of the run reads them): {_names(results, left)}"
+        )
     return "\n".join(lines)
+
+
+def _names(results: Path, left: LeftBehind, shown: int = 6) -> str:
+    """The first `shown` files left behind, under the run folder, and how many more."""
+    names = sorted(str(p.relative_to(results)) for p in [*left.evals, *left.rounds])
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

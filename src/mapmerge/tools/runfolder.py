@@ -99,6 +99,37 @@ def group_rounds(results: Path, group: str) -> list[Path]:
     return sorted(p for p in folder.glob("r*.parquet") if Layout.round_number(p) is not None) if folder.is_dir() else []
 
 
+@dataclass
+class LeftBehind:
+    """A run folder's files left from an earlier setting, which no job of the run reads (Snakemake leaves a file in
+    place once it is no longer an output): evaluation batches of another evaluation.samples_per_job or of more rounds,
+    and those rounds' tables."""
+
+    evals: set[Path]  # groups/<g>/evals/*.parquet that the run's ledger, written after them, does not list
+    rounds: set[Path]  # groups/<g>/rounds/r<NN>.parquet (after r00) whose every batch is among `evals`
+
+
+def left_behind(results: Path, groups_: Sequence[str], problems: dict[Path, str]) -> LeftBehind:
+    """The files of `groups_` left from an earlier setting (LeftBehind); none while the ledger (evaluations.parquet)
+    is missing or does not read (noted in `problems`). A file newer than the ledger is a rerun's, not yet listed."""
+    L = Layout(results)
+    ledger = try_read(L.ledger, problems, columns=["group", "file"]) if L.ledger.is_file() else None
+    if ledger is None:
+        return LeftBehind(set(), set())
+    listed = {(str(g), str(f)) for g, f in zip(ledger["group"], ledger["file"])}
+    written = L.ledger.stat().st_mtime
+    evals: set[Path] = set()
+    rounds: set[Path] = set()
+    for g in groups_:
+        files = sorted(L.evals(g).glob("*.parquet"))
+        evals |= {p for p in files if (g, p.name) not in listed and p.stat().st_mtime <= written}
+        for table in group_rounds(results, g)[1:]:
+            batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
+            if batches and batches <= evals and table.stat().st_mtime <= written:
+                rounds.add(table)
+    return LeftBehind(evals, rounds)
+
+
 def _bayesian_round(results: Path, group: str, problems: dict[Path, str]) -> bool:
     """Whether the group's round r01 is a Bayesian one (not a refinement round's pick and front points)."""
     later = [p for p in group_rounds(results, group) if Layout.round_number(p)]

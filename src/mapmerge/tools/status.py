@@ -24,9 +24,11 @@ from mapmerge.run.registry import STAGES
 from mapmerge.tools.check import artifact_damage
 from mapmerge.tools.runfolder import (
     METHOD_NAMES,
+    LeftBehind,
     Scan,
     group_dirs,
     group_rounds,
+    left_behind,
     recorded_objectives,
     scan,
     text_table,
@@ -184,11 +186,10 @@ class _Disk:
 
 
 def _stage_states(
-    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]], left: set[Path]
+    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]], left: LeftBehind
 ) -> dict[str, tuple[str, str]]:
     """Per stage that status reads: (state, what its artifacts are and how many of them are there); `rounds` and
-    `evals`: each group's round tables and evaluation files; `left`: those of the evaluation files that are left
-    from an earlier setting (_left_behind)."""
+    `evals`: each group's round tables and evaluation files; `left`: those of them left from an earlier setting."""
     R, L = layout.results, layout.paths
     tasks, groups_ = layout.tasks, layout.groups
     n_groups = len(groups_) if groups_ else None
@@ -265,21 +266,27 @@ def _stage_states(
         ),
         "propose_round": (
             disk.present(later),
-            f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}" + ("" if later else " (Bayesian MAP only)"),
+            f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}"
+            + (_left_note(later, left.rounds, ROUNDS_LEFT) if later else " (Bayesian MAP only)"),
         ),
         "refine_round": (
             disk.present(refined),
             f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
-            + ("" if refined else " (refine.rounds > 0 only)"),
+            + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)"),
         ),
         "evaluate_sample": (
             "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
-            f"{named(L.batch('<g>', 'b<NNNN>'))}: {_batches(len(batches))}" + _left_note(batches, left),
+            f"{named(L.batch('<g>', 'b<NNNN>'))}: {_batches(len(batches))}"
+            + _left_note(batches, left.evals, BATCHES_LEFT),
         ),
         "evaluate_round": (
             disk.present(round_batches),
             f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {_batches(len(round_batches))}"
-            + (_left_note(round_batches, left) if round_batches else " (Bayesian MAP and refinement rounds only)"),
+            + (
+                _left_note(round_batches, left.evals, BATCHES_LEFT)
+                if round_batches
+                else " (Bayesian MAP and refinement rounds only)"
+            ),
         ),
         "collect_metrics": (
             "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
@@ -305,26 +312,19 @@ def _stage_states(
     }
 
 
-def _left_behind(L: Layout, evaluated: list[Path], disk: _Disk) -> set[Path]:
-    """The evaluation files of the groups that the run's ledger, written after them, does not list: left from an
-    earlier setting (another evaluation.samples_per_job, fewer rounds), read by no job of the run."""
-    if not disk.good(L.ledger):
-        return set()
-    ledger = read_table(L.ledger, columns=["group", "file"])
-    listed = {(str(g), str(f)) for g, f in zip(ledger["group"], ledger["file"])}
-    written = L.ledger.stat().st_mtime
-    return {p for p in evaluated if (p.parent.parent.name, p.name) not in listed and p.stat().st_mtime <= written}
-
-
 def _batches(n: int) -> str:
     """'1 batch', '3 batches'."""
     return f"{n} batch" if n == 1 else f"{n} batches"
 
 
-def _left_note(files: Sequence[Path], left: set[Path]) -> str:
-    """', 5 of them left from an earlier setting' where some of `files` are."""
+BATCHES_LEFT = "the run's ledger does not list them"
+ROUNDS_LEFT = "the run's ledger lists none of their batches"
+
+
+def _left_note(files: Sequence[Path], left: set[Path], why: str) -> str:
+    """', 5 of them left from an earlier setting (why)' where some of `files` are."""
     n = len(left.intersection(files))
-    return f", {n} of them left from an earlier setting (the run's ledger does not list them)" if n else ""
+    return f", {n} of them left from an earlier setting ({why}; `mapmerge prune` removes them)" if n else ""
 
 
 def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
@@ -345,8 +345,9 @@ def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
     }
 
 
-def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str) -> list[str]:
-    """The real evaluations per stage and the evaluation cache's tables."""
+def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str, left: LeftBehind) -> list[str]:
+    """The real evaluations per stage and the evaluation cache's tables (those of the batches `left` from an earlier
+    setting among the ones prune drops)."""
     lines = [f"Real evaluations ({source}):"]
     if len(counts):
         table = [(r.stage, r.files, r.models, r.task_evaluations) for r in counts.itertuples()]
@@ -363,18 +364,18 @@ def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str) -> list[
             f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in {cache} "
             "(a rerun job that evaluates the same merges takes its table from there)"
         )
-        if stale := evaluation_cache.prune(results, dry_run=True).dropped:
+        if stale := evaluation_cache.prune(results, dry_run=True, gone=left.evals).dropped:
             lines.append(
                 f"    {len(stale)} of them from settings the run no longer has (their jobs' tables now hold other "
-                "merges'): `mapmerge prune` drops them"
+                "merges', or are left from an earlier setting): `mapmerge prune` drops them"
             )
     return lines
 
 
 def _group_lines(
-    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]], left: set[Path]
+    layout: Scan, disk: _Disk, rounds: dict[str, list[Path]], evals: dict[str, list[Path]], left: LeftBehind
 ) -> list[str]:
-    """Per group: its level, rounds, evaluation files (but those `left` from an earlier setting), samples, front
+    """Per group: its level, rounds and evaluation files (but those `left` from an earlier setting), samples, front
     points and merged checkpoint."""
     L = layout.paths
 
@@ -388,8 +389,8 @@ def _group_lines(
             (
                 g,
                 layout.level_of(g),
-                len(rounds[g]),
-                len(set(evals[g]) - left),
+                len(set(rounds[g]) - left.rounds),
+                len(set(evals[g]) - left.evals),
                 shown(samples, _rows(samples) if disk.good(samples) else None),
                 shown(front, _rows(front) if disk.good(front) else None),
                 shown(merged_file, "yes" if disk.good(merged_file) else "no"),
@@ -420,12 +421,12 @@ def status(results: Path) -> str:
     counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in layout.groups}
-    left = _left_behind(L, [p for g in layout.groups for p in evals[g]], disk)
+    left = left_behind(results, layout.groups, layout.problems)
     states = _stage_states(layout, disk, rounds, evals, left)
     shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
     lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
-    lines += ["", *_evaluation_lines(results, counts, source)]
+    lines += ["", *_evaluation_lines(results, counts, source, left)]
     if layout.groups:
         lines += ["", *_group_lines(layout, disk, rounds, evals, left)]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
