@@ -295,9 +295,24 @@ def test_a_batch_jobs_samples_are_kept_by_their_own_keys(tmp_path):
         other = copy.deepcopy(rebatched)
         change(other)
         assert evaluation_cache.sample_reuse(other, kept).rows("r01s0", [0.25, 1.0]) is None
-    # a job of one merge is kept by its job's key alone
-    assert evaluation_cache.sample_reuse({**spec, "rule": "evaluate_selected"}, kept) is None
+    # the chosen merge's job (its rule, its table of points, no batching, no class scores) takes a measured merge's
+    # rows, as it would write them: without the class scores' columns, under its own sample's name
+    write_table(rows.assign(scores=[[0.1, 0.9]] * 3, target=[1, 1, 0]), output, "evaluate_round")
+    assert evaluation_cache.keep({"examples": output}, kept)
+    reuse.note(kept["examples"])
+    chosen = copy.deepcopy(spec)
+    chosen.update(rule="evaluate_selected", outputs={"examples": str(results / "groups/all/selected_evals.parquet")})
+    chosen["params"]["stage"]["scores"] = "auto"  # the group's evaluations kept the class scores
+    del chosen["args"]["index"], chosen["args"]["size"], chosen["args"]["on_error"], chosen["inputs"]["samples"]
+    chosen["inputs"]["choice"] = str(results / "r01.parquet")
+    mine = evaluation_cache.sample_reuse(chosen, evaluation_cache.entries(chosen))
+    pd.testing.assert_frame_equal(mine.rows("selected", [0.25, 1.0]), rows.iloc[:2].assign(sample="selected"))
+    assert mine.rows("selected", [0.25, 0.5]) is None  # a merge no job of the group evaluated
+    chosen["args"]["device"] = "cpu"
+    assert evaluation_cache.sample_reuse(chosen, kept).rows("selected", [0.25, 1.0]) is None
     # prune drops a note whose table it dropped (another merge now in the job's table)
     write_table(rows.assign(sample="r01s7"), output, "evaluate_round", {"c": {"r01s7": [0.1, 0.1]}})
+    assert list((results / evaluation_cache.MERGES).glob("*.txt"))
     assert main(["prune", str(results)]) == 0
     assert not kept["examples"].exists() and not list((results / evaluation_cache.SAMPLES).glob("*.txt"))
+    assert not list((results / evaluation_cache.MERGES).glob("*.txt"))

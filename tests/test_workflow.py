@@ -309,6 +309,23 @@ def test_prune_removes_the_batches_and_rounds_an_earlier_setting_left(own_run, c
     assert "left from an earlier setting" not in capsys.readouterr().out
 
 
+def test_the_chosen_measured_merge_is_not_evaluated_again(own_run):
+    """After refinement the chosen merge is a measured point: its job takes that point's rows (no engine built), and
+    writes the table a fresh evaluation of it writes, byte for byte."""
+    res = results(own_run)
+    choice = read_table(res / "groups/all/choice.parquet")
+    assert choice["source"].iloc[0] == "measured"
+    log = (res / "logs/evaluate_selected/all.log").read_text()
+    assert f"took the chosen merge's rows from its evaluation as {choice['sample'].iloc[0]} (" in log
+    assert "evaluation.placement" not in log  # the engine's line: not built
+    table = res / "groups/all/selected_evals.parquet"
+    taken = table.read_bytes()
+    fresh = ["evaluation.cache=false"]  # evaluates every job it runs
+    snakemake(own_run, "--forcerun", "evaluate_selected", "--until", "evaluate_selected", overrides=fresh)
+    assert "evaluation.placement" in (res / "logs/evaluate_selected/all.log").read_text()
+    assert table.read_bytes() == taken
+
+
 def test_rerun_after_a_change_keeps_evaluations(own_run):
     res = results(own_run)
     evals = sorted((res / "groups/all/evals").glob("*.parquet")) + [res / "reference.parquet"]

@@ -23,6 +23,9 @@ too: each sample's key is the job's without what picks the batch (its coefficien
 index and size) plus the sample's name and coefficients, and `.cache/samples/<key>.txt` names the kept table that
 holds its rows. A job of another batching (`evaluation.samples_per_job`, `validation.batch`) whose own key is not
 kept evaluates only the samples without such a note (SampleReuse: its engine's evaluate gives the kept rows back).
+Each of those samples is noted by its merge as well (`.cache/merges/<key>.txt`: the kept table and the sample's name;
+the key is the job's without its rule, batching and class scores, plus the coefficients), so the chosen merge's
+evaluation (`evaluate_selected`), where the choice is a measured point, takes that point's rows (ChosenReuse).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 
 FOLDER = Path(".cache") / "evaluations"
 SAMPLES = Path(".cache") / "samples"  # <sample key>.txt: the name of the kept table that holds the sample's rows
+MERGES = Path(".cache") / "merges"  # <merge key>.txt: the kept table that holds a merge's rows, and the sample's name
 HASHES = Path(".cache") / "hashes"  # content_hash's notes
 MEMO_BYTES = 64 << 20  # smaller files are hashed every time (under 0.1 s each)
 PLACE = ".place"  # beside <key>.parquet: the job's table it was kept from or restored to, under the results folder
@@ -57,7 +61,10 @@ UNKEYED = ("threads",)  # values that do not change an evaluation's table
 # rows are kept by its own key too, so a job of another batching (evaluation.samples_per_job, validation.batch) that
 # holds it takes them back
 BATCH_JOBS = ("evaluate_sample", "evaluate_round", "validate_grid")
+MERGE_JOBS = ("evaluate_sample", "evaluate_round")  # a group's own evaluations: their samples are noted by merge too
 BATCHING = ("coefficients", "index", "size", "samples")  # a batch's params and args, a round's table of points
+CHOSEN = "evaluate_selected"  # the chosen merge's evaluation: a measured point's rows where the choice is one
+CLASS_SCORES = ("scores", "target")  # the columns the class scores add (surrogate.scores); CHOSEN's job keeps none
 PENDING = "_mapmerge_pending_build"  # an engine's constructor arguments, kept until a sample must be evaluated
 logger = logging.getLogger("mapmerge")
 
@@ -128,58 +135,129 @@ def key(spec: Mapping[str, Any], memo: Path | None = None) -> str:
 
 
 @dataclass
-class SampleReuse:
-    """One batch job's samples in the evaluation cache: each sample's rows kept by its own key (the job's key
-    without its batching, BATCHING, plus the sample's name and coefficients), noted in `results`/SAMPLES with the
-    kept table that holds them. `rows` gives a sample's rows back where a note and its table are there; `noted`
-    lists the notes of every sample the job has, to be pointed at its own kept table once the job is kept."""
+class _KeptRows:
+    """Rows of kept tables, each table read once (whole, checksums verified)."""
 
     results: Path
-    base: str  # the job's key without its batching
-    noted: list[Path] = field(default_factory=list)
-    tables: dict[Path, pa.Table] = field(default_factory=dict)  # the kept tables read so far: each read once
+    tables: dict[Path, pa.Table] = field(default_factory=dict)  # the kept tables read so far
 
-    def rows(self, sample: str, coefficients: Sequence[float]) -> pd.DataFrame | None:
-        """The sample's rows from the cache (their table read whole, checksums verified), or None."""
+    def of(self, note: Path, sample: str | None = None) -> tuple[pd.DataFrame, str, Path] | None:
+        """The rows of the sample a note names (its first line the kept table, its second, if any, the sample's
+        name, else `sample`), the sample's name and the table; None without a note, a table or the sample's rows."""
         import pyarrow.compute as pc  # an evaluation job's import, not the driver's
 
-        note = self.results / SAMPLES / f"{config_hash([self.base, sample, [float(c) for c in coefficients]])}.txt"
-        self.noted.append(note)
         try:
-            kept = self.results / FOLDER / note.read_text().strip()
+            name, *named = note.read_text().split()
+            kept = self.results / FOLDER / name
             if kept not in self.tables:
                 self.tables[kept] = pq.read_table(kept, page_checksum_verification=True)
         except (OSError, ValueError):  # no note, no table, or a damaged one: evaluate
             return None
+        sample = named[0] if named else sample
         table = self.tables[kept]
         rows = table.filter(pc.equal(table["sample"], sample))
-        if rows.num_rows == 0:
+        return (rows.to_pandas(), sample, kept) if rows.num_rows else None
+
+
+def _merge_note(results: Path, base: str, coefficients: Sequence[float]) -> Path:
+    """The note of a group's evaluation of the merge `coefficients` (base: _merge_key)."""
+    return results / MERGES / f"{config_hash([base, [float(c) for c in coefficients]])}.txt"
+
+
+@dataclass
+class SampleReuse(_KeptRows):
+    """One batch job's samples in the evaluation cache: each sample's rows kept by its own key (the job's key
+    without its batching, BATCHING, plus the sample's name and coefficients), noted in `results`/SAMPLES with the
+    kept table that holds them, and by its merge (MERGES, for ChosenReuse). `rows` gives a sample's rows back where a
+    note and its table are there; `noted` lists the notes of every sample the job has, to be pointed at its own
+    kept table once the job is kept."""
+
+    base: str = ""  # the job's key without its batching
+    merge: str = ""  # _merge_key: the key of the group's evaluation of a merge, whatever job evaluates it
+    noted: list[Path] = field(default_factory=list)
+    merges: list[tuple[Path, str]] = field(default_factory=list)  # each sample's merge note, and its name
+
+    def rows(self, sample: str, coefficients: Sequence[float]) -> pd.DataFrame | None:
+        """The sample's rows from the cache, or None."""
+        note = self.results / SAMPLES / f"{config_hash([self.base, sample, [float(c) for c in coefficients]])}.txt"
+        self.noted.append(note)
+        if self.merge:  # a group's own evaluation (MERGE_JOBS)
+            self.merges.append((_merge_note(self.results, self.merge, coefficients), sample))
+        found = self.of(note, sample)
+        if found is None:
             return None
-        logger.info("took %s from the evaluation cache (%s): the same merge, files, params and code", sample, kept)
-        return rows.to_pandas()
+        logger.info("took %s from the evaluation cache (%s): the same merge, files, params and code", sample, found[2])
+        return found[0]
 
     def note(self, kept: Path) -> None:
-        """Point the notes of the job's samples at its kept table `kept`."""
+        """Point the notes of the job's samples, and of their merges, at its kept table `kept`."""
         for note in self.noted:
             _put(note, lambda tmp: tmp.write_text(f"{kept.name}\n"))
+        for note, sample in self.merges:
+            _put(note, lambda tmp, sample=sample: tmp.write_text(f"{kept.name}\n{sample}\n"))
 
 
-def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReuse | None:
-    """The sample cache of a batch job (BATCH_JOBS) whose tables the cache keeps (`kept`: entries), else None."""
-    if spec["rule"] not in BATCH_JOBS:
+@dataclass
+class ChosenReuse(_KeptRows):
+    """The chosen merge's evaluation (CHOSEN): where the choice is a measured point (a refinement round's, as after
+    refinement it always is), the rows of the group's evaluation of that merge, its class scores dropped and its
+    sample named as the choice's job names it."""
+
+    merge: str = ""  # _merge_key of the job
+
+    def rows(self, sample: str, coefficients: Sequence[float]) -> pd.DataFrame | None:
+        """The rows of the group's evaluation of the same merge, as this job would write them, or None."""
+        found = self.of(_merge_note(self.results, self.merge, coefficients))
+        if found is None:
+            return None
+        rows, source, kept = found
+        logger.info(
+            "took the chosen merge's rows from its evaluation as %s (%s): the same merge, files, params and code",
+            source,
+            kept,
+        )
+        return rows.drop(columns=[c for c in CLASS_SCORES if c in rows]).assign(sample=sample)
+
+    def note(self, kept: Path) -> None:
+        """Nothing to note: the chosen merge is kept by its job's key alone."""
+
+
+def _merge_key(spec: Mapping[str, Any], memo: Path) -> str:
+    """The key of a group's evaluation of one merge, whatever job evaluates it: the job's key without its rule,
+    batching, on_error (a kept table records no failure) and class scores (surrogate.scores adds columns only)."""
+    params = {k: v for k, v in (spec.get("params") or {}).items() if k not in BATCHING}
+    params["stage"] = {k: v for k, v in (params.get("stage") or {}).items() if k != "scores"}
+    return key(
+        {
+            "rule": "merge",
+            "params": params,
+            "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in (*BATCHING, "on_error")},
+            "inputs": {k: v for k, v in (spec.get("inputs") or {}).items() if k not in (*BATCHING, *POINTS)},
+        },
+        memo,
+    )
+
+
+def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReuse | ChosenReuse | None:
+    """The sample cache of a batch job (BATCH_JOBS) or of the chosen merge's (CHOSEN) whose tables the cache keeps
+    (`kept`: entries), else None."""
+    if spec["rule"] not in (*BATCH_JOBS, CHOSEN):
         return None
     folder = kept[PRIMARY].parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
+    merge = _merge_key(spec, folder / HASHES) if spec["rule"] in (*MERGE_JOBS, CHOSEN) else ""
+    if spec["rule"] == CHOSEN:
+        return ChosenReuse(folder, merge=merge)
     unbatched = {
         "rule": spec["rule"],
         "params": {k: v for k, v in (spec.get("params") or {}).items() if k not in BATCHING},
         "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in BATCHING},
         "inputs": {k: v for k, v in (spec.get("inputs") or {}).items() if k not in BATCHING},
     }
-    return SampleReuse(folder, key(unbatched, folder / HASHES))
+    return SampleReuse(folder, base=key(unbatched, folder / HASHES), merge=merge)
 
 
 @contextmanager
-def reusing(reuse: SampleReuse | None) -> Iterator[None]:
+def reusing(reuse: SampleReuse | ChosenReuse | None) -> Iterator[None]:
     """While the job's stage runs, its engine evaluates only the samples `reuse` has no rows of, and is built (the
     model's files loaded, the evaluators made) only when the first of those comes: a job whose every sample is kept
     loads nothing."""
@@ -336,8 +414,8 @@ def prune(results: Path, dry_run: bool = False, gone: Collection[Path] = ()) -> 
     for place in folder.glob(f"*{PLACE}"):
         if not place.with_suffix(".parquet").exists():
             place.unlink()
-    for note in (results / SAMPLES).glob("*.txt"):  # a sample's note whose table is gone
-        if not (folder / note.read_text().strip()).is_file():
+    for note in [*(results / SAMPLES).glob("*.txt"), *(results / MERGES).glob("*.txt")]:  # notes of tables gone
+        if not (folder / (note.read_text().split() or [""])[0]).is_file():
             note.unlink()
     for tmp in folder.parent.rglob(f".*{TEMP_SUFFIX}"):
         tmp.unlink()
