@@ -532,3 +532,23 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     assert [len(t) for t in again] == [len(grid) * n // 25 for n in (10, 10, 5)]
     pd.testing.assert_frame_equal(pd.concat(again, ignore_index=True), grid)
     pd.testing.assert_frame_equal(read_table(res / "validation.parquet"), table)
+
+    # back to one batch: its table comes back whole, and the other two batches stay on disk, read by no job; status
+    # counts them apart, and prune removes them with their kept tables, taking nothing the run reads
+    assert job_counts(run(snakemake_command(workdir, *TARGETS, overrides=fewer))[1]) == {
+        "validate_grid": 1,
+        "validate": 1,
+    }
+    left = [res / "validation/grid/b0001.parquet", res / "validation/grid/b0002.parquet"]
+    assert main(["status", str(res)]) == 0
+    assert "grid/b<NNNN>.parquet: 3 batches, 2 of them left from an earlier setting (validation.parquet did not" in (
+        capsys.readouterr().out
+    )
+    assert main(["prune", str(res)]) == 0
+    assert "removed 2 validation tables left from an earlier setting" in capsys.readouterr().out
+    assert not any(p.exists() for p in left) and (res / "validation/grid/b0000.parquet").exists()
+    places = [p.read_text() for p in kept.glob(f"*{evaluation_cache.PLACE}")]
+    assert not {str(p.relative_to(res)) for p in left} & set(places)
+    # the batch restored whole holds the 25 points again: their notes point at its kept table, not at the dropped ones
+    assert all((kept / note.read_text().split()[0]).is_file() for note in notes)
+    assert job_counts(run(snakemake_command(workdir, *TARGETS, "-n", overrides=fewer))[1]) == {}

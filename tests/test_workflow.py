@@ -295,10 +295,10 @@ def test_prune_removes_the_batches_and_rounds_an_earlier_setting_left(own_run, c
     assert "pick and front points: 1, 1 of them left from an earlier setting (the run's ledger lists none of" in out
     assert next(line for line in out.splitlines() if line.split()[:1] == ["all"]).split()[2:4] == ["1", "1"]
     assert cli(["prune", str(res), "--dry-run"]) == 0
-    assert "would remove 2 evaluation batches and 1 round table left from an earlier setting" in capsys.readouterr().out
+    assert "would remove 2 evaluation batches, 1 round table left from an earlier setting" in capsys.readouterr().out
     assert all((res / name).exists() for name in left)
     assert cli(["prune", str(res)]) == 0
-    assert "removed 2 evaluation batches and 1 round table left from an earlier setting (the run's ledger, " in (
+    assert "removed 2 evaluation batches, 1 round table left from an earlier setting (evaluations.parquet " in (
         capsys.readouterr().out
     )
     assert not any((res / name).exists() for name in left)

@@ -54,6 +54,7 @@ MERGES = Path(".cache") / "merges"  # <merge key>.txt: the kept table that holds
 HASHES = Path(".cache") / "hashes"  # content_hash's notes
 MEMO_BYTES = 64 << 20  # smaller files are hashed every time (under 0.1 s each)
 PLACE = ".place"  # beside <key>.parquet: the job's table it was kept from or restored to, under the results folder
+NOTES = ".notes"  # beside a batch job's <key>.parquet: its samples' and merges' notes, pointed at it again on restore
 PRIMARY = "examples"  # the output every evaluation job writes: its per-example rows, kept under the job's key
 POINTS = ("samples", "choice")  # inputs that are tables of points: only their names and coefficients count
 UNKEYED = ("threads",)  # values that do not change an evaluation's table
@@ -159,6 +160,23 @@ class _KeptRows:
         return (rows.to_pandas(), sample, kept) if rows.num_rows else None
 
 
+def renote(kept: Path) -> None:
+    """Point the notes listed beside a batch job's kept table (SampleReuse.note) at it: when the job's table is
+    restored whole, its samples are the run's again, wherever their notes pointed meanwhile (another batching's
+    tables, which prune may drop). A table kept before such lists has none."""
+    results = kept.parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
+    try:
+        lines = kept.with_suffix(NOTES).read_text().splitlines()
+    except OSError:
+        return
+    try:
+        for line in lines:
+            note, *sample = line.split()
+            _put(results / note, lambda tmp, s=sample: tmp.write_text("".join(f"{x}\n" for x in [kept.name, *s])))
+    except OSError as exc:  # a later rebatching evaluates those samples again
+        logger.warning("the samples' notes of %s were not written (%s)", kept, exc)
+
+
 def _merge_note(results: Path, base: str, coefficients: Sequence[float]) -> Path:
     """The note of a group's evaluation of the merge `coefficients` (base: _merge_key)."""
     return results / MERGES / f"{config_hash([base, [float(c) for c in coefficients]])}.txt"
@@ -190,11 +208,12 @@ class SampleReuse(_KeptRows):
         return found[0]
 
     def note(self, kept: Path) -> None:
-        """Point the notes of the job's samples, and of their merges, at its kept table `kept`."""
-        for note in self.noted:
-            _put(note, lambda tmp: tmp.write_text(f"{kept.name}\n"))
-        for note, sample in self.merges:
-            _put(note, lambda tmp, sample=sample: tmp.write_text(f"{kept.name}\n{sample}\n"))
+        """Point the notes of the job's samples, and of their merges, at its kept table `kept`, and list them beside
+        it (NOTES) for `renote`."""
+        lines = [str(note.relative_to(self.results)) for note in self.noted]
+        lines += [f"{note.relative_to(self.results)} {sample}" for note, sample in self.merges]
+        _put(kept.with_suffix(NOTES), lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines)))
+        renote(kept)
 
 
 @dataclass
@@ -324,8 +343,8 @@ def restore(kept: Mapping[str, Path], outputs: Mapping[str, str | os.PathLike]) 
             pq.read_table(path, page_checksum_verification=True)
         except (OSError, ValueError) as exc:  # damaged: evaluate again
             logger.warning("the evaluation cache's %s is damaged (%s): evaluating again", path, exc)
-            path.unlink(missing_ok=True)
-            path.with_suffix(PLACE).unlink(missing_ok=True)
+            for stale in (path, path.with_suffix(PLACE), path.with_suffix(NOTES)):
+                stale.unlink(missing_ok=True)
             return False
     for name, path in kept.items():
         with atomic_path(outputs[name]) as tmp:
@@ -409,9 +428,10 @@ def prune(results: Path, dry_run: bool = False, gone: Collection[Path] = ()) -> 
     for kept in found.dropped:
         kept.unlink()
         kept.with_suffix(PLACE).unlink(missing_ok=True)
+        kept.with_suffix(NOTES).unlink(missing_ok=True)
     for note in found.notes:
         note.unlink(missing_ok=True)
-    for place in folder.glob(f"*{PLACE}"):
+    for place in [*folder.glob(f"*{PLACE}"), *folder.glob(f"*{NOTES}")]:
         if not place.with_suffix(".parquet").exists():
             place.unlink()
     for note in [*(results / SAMPLES).glob("*.txt"), *(results / MERGES).glob("*.txt")]:  # notes of tables gone

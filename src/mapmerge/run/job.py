@@ -103,6 +103,7 @@ def run_cached(
     outputs = spec["outputs"]
     if all(path.is_file() for path in kept.values()):
         if run_stage(evaluation_cache.restore, log, kept, outputs):
+            evaluation_cache.renote(kept[evaluation_cache.PRIMARY])
             return
         print(
             f"mapmerge: {describe(spec)}: a table of it in the evaluation cache does not read; evaluating",

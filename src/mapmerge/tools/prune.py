@@ -21,9 +21,9 @@ def prune(results: Path, dry_run: bool = False) -> str:
     try:
         with runlock.holding(results):
             left = left_behind(results, group_dirs(results), {})
-            found = evaluation_cache.prune(results, dry_run, gone=left.evals)
+            found = evaluation_cache.prune(results, dry_run, gone=left.evaluations)
             if not dry_run:
-                for path in [*left.evals, *left.rounds]:
+                for path in [*left.evaluations, *left.rounds]:
                     path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
@@ -43,18 +43,20 @@ def prune(results: Path, dry_run: bool = False) -> str:
     )
     if found.notes:
         lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")
-    if left.evals or left.rounds:
-        batches, rounds = len(left.evals), len(left.rounds)
+    counts = [(len(left.evals), "evaluation batch", "es"), (len(left.rounds), "round table", "s")]
+    counts.append((len(left.validation), "validation table", "s"))
+    if any(n for n, _, _ in counts):
+        what = ", ".join(f"{n} {name}{plural * (n != 1)}" for n, name, plural in counts if n)
         lines.append(
-            f"  {'would remove' if dry_run else 'removed'} {batches} evaluation batch{'es' * (batches != 1)} and "
-            f"{rounds} round table{'s' * (rounds != 1)} left from an earlier setting (the run's ledger, "
-            f"evaluations.parquet, lists none of them; no job of the run reads them): {_names(results, left)}"
+            f"  {'would remove' if dry_run else 'removed'} {what} left from an earlier setting (evaluations.parquet "
+            f"or validation.parquet, written after them, lists none of them; no job of the run reads them): "
+            f"{_names(results, left)}"
         )
     return "\n".join(lines)
 
 
 def _names(results: Path, left: LeftBehind, shown: int = 6) -> str:
     """The first `shown` files left behind, under the run folder, and how many more."""
-    names = sorted(str(p.relative_to(results)) for p in [*left.evals, *left.rounds])
+    names = sorted(str(p.relative_to(results)) for p in [*left.evaluations, *left.rounds])
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

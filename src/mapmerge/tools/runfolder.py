@@ -12,6 +12,7 @@ artifacts"):
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import pandas as pd
 
 from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
-from mapmerge.io import ArtifactError, read_table
+from mapmerge.io import ArtifactError, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.run.records import is_run, run_holding
 
@@ -103,31 +104,52 @@ def group_rounds(results: Path, group: str) -> list[Path]:
 class LeftBehind:
     """A run folder's files left from an earlier setting, which no job of the run reads (Snakemake leaves a file in
     place once it is no longer an output): evaluation batches of another evaluation.samples_per_job or of more rounds,
-    and those rounds' tables."""
+    those rounds' tables, and the validation's grid batches and baselines of another validation.batch or list."""
 
     evals: set[Path]  # groups/<g>/evals/*.parquet that the run's ledger, written after them, does not list
     rounds: set[Path]  # groups/<g>/rounds/r<NN>.parquet (after r00) whose every batch is among `evals`
+    validation: set[Path]  # validation/{grid,baselines}/*.parquet that validation.parquet, written after, did not read
+
+    @property
+    def evaluations(self) -> set[Path]:
+        """The evaluation tables among them (whose kept tables go with them)."""
+        return self.evals | self.validation
 
 
 def left_behind(results: Path, groups_: Sequence[str], problems: dict[Path, str]) -> LeftBehind:
-    """The files of `groups_` left from an earlier setting (LeftBehind); none while the ledger (evaluations.parquet)
-    is missing or does not read (noted in `problems`). A file newer than the ledger is a rerun's, not yet listed."""
+    """The files of `groups_` and of the validation left from an earlier setting (LeftBehind): none of the groups'
+    while the ledger (evaluations.parquet) is missing or does not read (noted in `problems`), none of the
+    validation's while validation.parquet is. A file newer than the table that would list it is a rerun's."""
     L = Layout(results)
     ledger = try_read(L.ledger, problems, columns=["group", "file"]) if L.ledger.is_file() else None
-    if ledger is None:
-        return LeftBehind(set(), set())
-    listed = {(str(g), str(f)) for g, f in zip(ledger["group"], ledger["file"])}
-    written = L.ledger.stat().st_mtime
     evals: set[Path] = set()
     rounds: set[Path] = set()
-    for g in groups_:
-        files = sorted(L.evals(g).glob("*.parquet"))
-        evals |= {p for p in files if (g, p.name) not in listed and p.stat().st_mtime <= written}
-        for table in group_rounds(results, g)[1:]:
-            batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
-            if batches and batches <= evals and table.stat().st_mtime <= written:
-                rounds.add(table)
-    return LeftBehind(evals, rounds)
+    if ledger is not None:
+        listed = {(str(g), str(f)) for g, f in zip(ledger["group"], ledger["file"])}
+        written = L.ledger.stat().st_mtime
+        for g in groups_:
+            files = sorted(L.evals(g).glob("*.parquet"))
+            evals |= {p for p in files if (g, p.name) not in listed and p.stat().st_mtime <= written}
+            for table in group_rounds(results, g)[1:]:
+                batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
+                if batches and batches <= evals and table.stat().st_mtime <= written:
+                    rounds.add(table)
+    return LeftBehind(evals, rounds, _validation_left(L, problems))
+
+
+def _validation_left(L: Layout, problems: dict[Path, str]) -> set[Path]:
+    """The grid batches and baselines under validation/ that validation.parquet, written after them, did not read
+    (its provenance names every input file)."""
+    if not L.validation.is_file():
+        return set()
+    try:
+        read = set(json.loads(table_metadata(L.validation).get("mapmerge.inputs", "{}")))
+    except (ArtifactError, ValueError) as exc:
+        problems[L.validation] = str(exc).split("; delete it")[0].removeprefix(f"{L.validation}: ")
+        return set()
+    written = L.validation.stat().st_mtime
+    folders = (L.grid_batch("b0000").parent, L.baseline("x").parent)
+    return {p for f in folders for p in f.glob("*.parquet") if p.name not in read and p.stat().st_mtime <= written}
 
 
 def _bayesian_round(results: Path, group: str, problems: dict[Path, str]) -> bool:

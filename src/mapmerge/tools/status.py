@@ -308,7 +308,7 @@ def _stage_states(
             _state(tables, n_tables),
             f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {n_tables}",
         ),
-        **(_validation_states(L, disk) if validated else {}),
+        **(_validation_states(L, disk, left.validation) if validated else {}),
     }
 
 
@@ -319,6 +319,7 @@ def _batches(n: int) -> str:
 
 BATCHES_LEFT = "the run's ledger does not list them"
 ROUNDS_LEFT = "the run's ledger lists none of their batches"
+VALIDATION_LEFT = "validation.parquet did not read them"
 
 
 def _left_note(files: Sequence[Path], left: set[Path], why: str) -> str:
@@ -327,8 +328,9 @@ def _left_note(files: Sequence[Path], left: set[Path], why: str) -> str:
     return f", {n} of them left from an earlier setting ({why}; `mapmerge prune` removes them)" if n else ""
 
 
-def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
-    """The validation's stages (validation.enabled): their artifacts, counted, since the grid's size is the config's."""
+def _validation_states(L: Layout, disk: _Disk, left: set[Path]) -> dict[str, tuple[str, str]]:
+    """The validation's stages (validation.enabled): their artifacts, counted, since the grid's size is the config's;
+    `left`: those of them left from an earlier setting."""
     grid = sorted(L.grid_batch("b0000").parent.glob("*.parquet"))
     baselines = sorted(L.baseline("x").parent.glob("*.parquet"))
     front = [L.validation_front, L.validation_front_evals]
@@ -337,10 +339,14 @@ def _validation_states(L: Layout, disk: _Disk) -> dict[str, tuple[str, str]]:
     return {
         "validate_grid": (
             disk.present(grid),
-            f"{L.grid_batch('b<NNNN>').relative_to(L.root)}: {_batches(len(grid))}",
+            f"{L.grid_batch('b<NNNN>').relative_to(L.root)}: {_batches(len(grid))}"
+            + _left_note(grid, left, VALIDATION_LEFT),
         ),
         "validate_front": (disk.state(front, 2), ", ".join(str(p.relative_to(L.root)) for p in front)),
-        "validate_baseline": (disk.present(baselines), f"{L.baseline('<name>').relative_to(L.root)}: {names}"),
+        "validate_baseline": (
+            disk.present(baselines),
+            f"{L.baseline('<name>').relative_to(L.root)}: {names}" + _left_note(baselines, left, VALIDATION_LEFT),
+        ),
         "validate": (disk.state(table, 2), ", ".join(str(p.relative_to(L.root)) for p in table)),
     }
 
@@ -364,7 +370,7 @@ def _evaluation_lines(results: Path, counts: pd.DataFrame, source: str, left: Le
             f"{sum(p.stat().st_size for p in kept) / 1e6:.1f} MB in {cache} "
             "(a rerun job that evaluates the same merges takes its table from there)"
         )
-        if stale := evaluation_cache.prune(results, dry_run=True, gone=left.evals).dropped:
+        if stale := evaluation_cache.prune(results, dry_run=True, gone=left.evaluations).dropped:
             lines.append(
                 f"    {len(stale)} of them from settings the run no longer has (their jobs' tables now hold other "
                 "merges', or are left from an earlier setting): `mapmerge prune` drops them"
