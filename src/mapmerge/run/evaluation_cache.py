@@ -409,7 +409,8 @@ def prune(results: Path, dry_run: bool = False, gone: Collection[Path] = ()) -> 
     """Drop the kept tables of `results` whose job's table now holds other merges' results (a setting changed since,
     and the job evaluated again), or is among `gone` (job tables of an earlier setting that the caller removes):
     those of settings the run no longer has. A kept table whose job's table is the same, missing, unreadable or the
-    same evaluation done again to other bytes (its provenance the same) stays, and so does one without a noted place. Leftover temporary files, places without their table, samples' notes
+    same evaluation done again to other bytes (its provenance the same) stays, and so does one without a noted
+    place. Leftover temporary files, places and lists of notes without their table, samples' and merges' notes
     (SampleReuse) whose table is gone and the hash notes of files since changed or gone (`notes`) go too. The
     caller holds the run's lock (no driver may write meanwhile)."""
     folder = results / FOLDER

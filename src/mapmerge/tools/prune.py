@@ -1,5 +1,5 @@
-"""`mapmerge prune`: drop the evaluation cache's tables of settings the run no longer has, and the evaluation batches
-and rounds left from them, under the run's lock."""
+"""`mapmerge prune`: drop the evaluation cache's tables of settings the run no longer has, and remove the files those
+settings left (evaluation batches, rounds' tables, the validation's grid batches and baselines), under the run's lock."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from mapmerge.tools.runfolder import LeftBehind, group_dirs, left_behind
 
 def prune(results: Path, dry_run: bool = False) -> str:
     """Drop (or with `dry_run` list) the evaluation cache's tables whose jobs' tables now hold other merges'
-    (evaluation_cache.prune), and remove the evaluation batches and rounds left from an earlier setting
-    (runfolder.left_behind) with their kept tables, holding the run's lock meanwhile; what it did, as text."""
+    (evaluation_cache.prune), and remove the files left from an earlier setting (runfolder.left_behind) with their
+    kept tables, holding the run's lock meanwhile; what it did, as text."""
     if not results.is_dir():
         raise ArtifactError(f"{results}: not a folder")
     if not (results / evaluation_cache.FOLDER).is_dir():  # no driver has kept a table here: nothing to lock
