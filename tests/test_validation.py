@@ -547,6 +547,7 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     assert main(["prune", str(res)]) == 0
     assert "removed 2 validation tables left from an earlier setting" in capsys.readouterr().out
     assert not any(p.exists() for p in left) and (res / "validation/grid/b0000.parquet").exists()
+    assert sorted(p.name for p in (res / "logs/validate_grid").glob("*.log")) == ["b0000.log"]  # their logs too
     places = [p.read_text() for p in kept.glob(f"*{evaluation_cache.PLACE}")]
     assert not {str(p.relative_to(res)) for p in left} & set(places)
     # the batch restored whole holds the 25 points again: their notes point at its kept table, not at the dropped ones

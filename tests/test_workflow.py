@@ -297,11 +297,15 @@ def test_prune_removes_the_batches_and_rounds_an_earlier_setting_left(own_run, c
     assert cli(["prune", str(res), "--dry-run"]) == 0
     assert "would remove 2 evaluation batches, 1 round table left from an earlier setting" in capsys.readouterr().out
     assert all((res / name).exists() for name in left)
+    logs = ["evaluate_sample/all/b0001.log", "evaluate_round/all/01/0000.log", "refine_round/all/01.log"]
+    assert all((res / "logs" / name).exists() for name in logs)
     assert cli(["prune", str(res)]) == 0
-    assert "removed 2 evaluation batches, 1 round table left from an earlier setting (evaluations.parquet " in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "removed 2 evaluation batches, 1 round table left from an earlier setting (evaluations.parquet " in out
+    assert "no job of the run reads them), with 3 job logs: groups/all/evals/b0001.parquet, " in out
     assert not any((res / name).exists() for name in left)
+    assert not any((res / "logs" / name).exists() for name in logs)  # and their jobs' logs
+    assert (res / "logs/evaluate_sample/all/b0000.log").exists()
     kept = {p: p.read_text() for p in (res / evaluation_cache.FOLDER).glob(f"*{evaluation_cache.PLACE}")}
     assert not set(kept.values()) & set(left)  # their kept tables are dropped
     assert job_counts(snakemake(own_run, "-n", overrides=smaller).stdout) == {}  # nothing the run needs is gone

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mapmerge.io import ArtifactError
+from mapmerge.layout import Layout
 from mapmerge.run import evaluation_cache, runlock
 from mapmerge.tools.runfolder import LeftBehind, group_dirs, left_behind
 
@@ -21,9 +22,10 @@ def prune(results: Path, dry_run: bool = False) -> str:
     try:
         with runlock.holding(results):
             left = left_behind(results, group_dirs(results), {})
+            logs = left.logs(Layout(results))
             found = evaluation_cache.prune(results, dry_run, gone=left.evaluations)
             if not dry_run:
-                for path in [*left.evaluations, *left.rounds]:
+                for path in [*left.evaluations, *left.rounds, *logs]:
                     path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
@@ -49,8 +51,8 @@ def prune(results: Path, dry_run: bool = False) -> str:
         what = ", ".join(f"{n} {name}{plural * (n != 1)}" for n, name, plural in counts if n)
         lines.append(
             f"  {'would remove' if dry_run else 'removed'} {what} left from an earlier setting (evaluations.parquet "
-            f"or validation.parquet, written after them, lists none of them; no job of the run reads them): "
-            f"{_names(results, left)}"
+            f"or validation.parquet, written after them, lists none of them; no job of the run reads them), "
+            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {_names(results, left)}"
         )
     return "\n".join(lines)
 

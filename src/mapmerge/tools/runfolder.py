@@ -115,6 +115,24 @@ class LeftBehind:
         """The evaluation tables among them (whose kept tables go with them)."""
         return self.evals | self.validation
 
+    def logs(self, L: Layout) -> list[Path]:
+        """The logs, on disk, of the jobs that wrote them (the rules' `log:` in workflow/rules)."""
+        logs = []
+        for path in self.evals:
+            group, stem = path.parent.parent.name, path.stem
+            is_round = Layout.is_round_batch(path)  # r03b0000: round 03, batch 0000
+            logs.append(
+                L.log("evaluate_round", group, stem[1:3], stem[4:])
+                if is_round
+                else L.log("evaluate_sample", group, stem)
+            )
+        for path in self.rounds:
+            group, number = path.parent.parent.name, path.stem[1:]
+            logs += [L.log("refine_round", group, number), L.log("propose_round", group, number)]
+        for path in self.validation:
+            logs.append(L.log("validate_grid" if path.parent.name == "grid" else "validate_baseline", path.stem))
+        return sorted(log for log in logs if log.is_file())
+
 
 def left_behind(results: Path, groups_: Sequence[str], problems: dict[Path, str]) -> LeftBehind:
     """The files of `groups_` and of the validation left from an earlier setting (LeftBehind): none of the groups'
