@@ -163,7 +163,7 @@ def _validation_left(L: Layout, problems: dict[Path, str]) -> set[Path]:
     try:
         read = set(json.loads(table_metadata(L.validation).get("mapmerge.inputs", "{}")))
     except (ArtifactError, ValueError) as exc:
-        problems[L.validation] = str(exc).split("; delete it")[0].removeprefix(f"{L.validation}: ")
+        _note_problem(problems, L.validation, exc)
         return set()
     written = L.validation.stat().st_mtime
     folders = (L.grid_batch("b0000").parent, L.baseline("x").parent)
@@ -182,8 +182,13 @@ def try_read(path: Path, problems: dict[Path, str], columns: list[str] | None = 
     try:
         return read_table(path, columns=columns)
     except (ArtifactError, KeyError, ValueError) as exc:  # KeyError/ValueError: a column missing
-        problems[path] = str(exc).split("; delete it")[0].removeprefix(f"{path}: ")
+        _note_problem(problems, path, exc)
         return None
+
+
+def _note_problem(problems: dict[Path, str], path: Path, exc: Exception) -> None:
+    """Note why `path` does not read, less its name and the way out (status lists those at the end)."""
+    problems[path] = str(exc).split("; delete it")[0].removeprefix(f"{path}: ")
 
 
 def _nested_order(name: str) -> tuple[int, int]:
