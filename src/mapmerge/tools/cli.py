@@ -1,7 +1,7 @@
 """The `mapmerge` command: look at a run (summary, status), check its artifacts on disk, choose a merge
 for a new preference from its stored front without evaluating anything (select), write a merge as a mergekit
-configuration (export), draw its plots again (plot), drop the evaluation cache's tables of settings the run no longer
-has (prune). The work of each is in its own module of mapmerge.tools; this one parses the command line."""
+configuration (export), draw its plots again (plot), drop the evaluation cache's tables and the files of settings the
+run no longer has (prune). The work of each is in its own module of mapmerge.tools; this one parses the command line."""
 
 from __future__ import annotations
 
@@ -219,13 +219,16 @@ def _prune_command(sub: argparse._SubParsersAction) -> None:
     trim = _command(
         sub,
         "prune",
-        help="drop the evaluation cache's tables of settings the run no longer has",
+        help="drop the evaluation cache's tables and the files of settings the run no longer has",
         description="Drop the tables of the run's evaluation cache (RESULTS/.cache/evaluations) whose evaluation "
         "job's table in the run now holds other merges' results: a setting changed and the job evaluated again. "
         "Kept: those whose job's table is the same, missing (an unfinished or interrupted run) or unreadable, and "
-        "those kept before mapmerge noted their places. Refused while a snakemake driver runs on the folder.",
+        "those kept before mapmerge noted their places. Also remove, with their jobs' logs and kept tables, the "
+        "files an earlier setting left that no job of the run reads (the evaluation batches evaluations.parquet "
+        "does not list, their rounds' tables, the validation's grid batches and baselines validation.parquet did "
+        "not read; `mapmerge status` counts them apart). Refused while a snakemake driver runs on the folder.",
     )
-    trim.add_argument("--dry-run", action="store_true", help="list what would be dropped; delete nothing")
+    trim.add_argument("--dry-run", action="store_true", help="list what would be dropped and removed; delete nothing")
 
 
 def parser() -> argparse.ArgumentParser:
