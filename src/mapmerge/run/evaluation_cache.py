@@ -160,19 +160,29 @@ class _KeptRows:
         return (rows.to_pandas(), sample, kept) if rows.num_rows else None
 
 
+def _results_of(kept: Path) -> Path:
+    """The results folder of a kept table (<results>/.cache/evaluations/<key>.parquet)."""
+    return kept.parent.parent.parent
+
+
+def _point_notes(kept: Path, lines: Sequence[str]) -> None:
+    """Point at `kept` each note a line names (under the results folder; a merge's note with its sample's name)."""
+    for line in lines:
+        note, *sample = line.split()
+        text = "".join(f"{x}\n" for x in [kept.name, *sample])
+        _put(_results_of(kept) / note, lambda tmp, text=text: tmp.write_text(text))
+
+
 def renote(kept: Path) -> None:
     """Point the notes listed beside a batch job's kept table (SampleReuse.note) at it: when the job's table is
     restored whole, its samples are the run's again, wherever their notes pointed meanwhile (another batching's
     tables, which prune may drop). A table kept before such lists has none."""
-    results = kept.parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
     try:
         lines = kept.with_suffix(NOTES).read_text().splitlines()
     except OSError:
         return
     try:
-        for line in lines:
-            note, *sample = line.split()
-            _put(results / note, lambda tmp, s=sample: tmp.write_text("".join(f"{x}\n" for x in [kept.name, *s])))
+        _point_notes(kept, lines)
     except OSError as exc:  # a later rebatching evaluates those samples again
         logger.warning("the samples' notes of %s were not written (%s)", kept, exc)
 
@@ -213,7 +223,7 @@ class SampleReuse(_KeptRows):
         lines = [str(note.relative_to(self.results)) for note in self.noted]
         lines += [f"{note.relative_to(self.results)} {sample}" for note, sample in self.merges]
         _put(kept.with_suffix(NOTES), lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines)))
-        renote(kept)
+        _point_notes(kept, lines)
 
 
 @dataclass
@@ -262,7 +272,7 @@ def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReu
     (`kept`: entries), else None."""
     if spec["rule"] not in (*BATCH_JOBS, CHOSEN):
         return None
-    folder = kept[PRIMARY].parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
+    folder = _results_of(kept[PRIMARY])
     merge = _merge_key(spec, folder / HASHES) if spec["rule"] in (*MERGE_JOBS, CHOSEN) else ""
     if spec["rule"] == CHOSEN:
         return ChosenReuse(folder, merge=merge)
@@ -374,7 +384,7 @@ def keep(outputs: Mapping[str, str | os.PathLike], kept: Mapping[str, Path]) -> 
 def _note_place(kept: Path, output: str | os.PathLike) -> None:
     """Write beside a kept table where its job's table lies, relative to the results folder holding the cache. Not
     written (a full disk): prune keeps the table as unplaced."""
-    results = kept.parent.parent.parent  # <results>/.cache/evaluations/<key>.parquet
+    results = _results_of(kept)
     place = os.path.relpath(Path(output).resolve(), results.resolve())
     try:
         _put(kept.with_suffix(PLACE), lambda tmp: tmp.write_text(place))
