@@ -270,7 +270,7 @@ def test_half_precision_accuracy_on_minilm_is_within_half_a_point(tmp_path):
         }
         for t in tasks
     }
-    accuracy = {}
+    correct = {}  # (dtype, c) -> per task: examples right, examples
     for dtype in ("float32", "bfloat16"):
         engine = MergeEngine(
             {"_target_": "mapmerge.adapters.transformers.build_model", "directory": str(tmp_path / "tech_food")},
@@ -283,10 +283,13 @@ def test_half_precision_accuracy_on_minilm_is_within_half_a_point(tmp_path):
             dtype=dtype,
         )
         for c in ([1.0, 0.0], [0.0, 1.0], [0.5, 0.5]):
-            accuracy[dtype, tuple(c)] = engine.evaluate(c, sample="s").groupby("task")["correct"].mean()
-    for (dtype, c), measured in accuracy.items():
-        assert (measured - accuracy["float32", c]).abs().max() <= 0.005, (dtype, c, measured, accuracy["float32", c])
-    assert accuracy["float32", (1.0, 0.0)]["tech_food"] >= 0.75  # the fine-tuned models learned their task
+            correct[dtype, tuple(c)] = engine.evaluate(c, sample="s").groupby("task")["correct"].agg(["sum", "size"])
+    for (dtype, c), measured in correct.items():
+        # in whole examples: half a point of 200 is one example (as fractions, 0.60 - 0.595 > 0.005 in floats)
+        apart = (measured["sum"] - correct["float32", c]["sum"]).abs()
+        assert (200 * apart <= measured["size"]).all(), (dtype, c, measured, correct["float32", c])
+    right = correct["float32", (1.0, 0.0)].loc["tech_food"]
+    assert right["sum"] >= 0.75 * right["size"]  # the fine-tuned models learned their task
 
 
 def test_kept_scores_are_the_evaluators_logits(small_bench, vectors):
