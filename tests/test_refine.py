@@ -179,6 +179,23 @@ def test_balanced_follows_the_preference_and_needs_the_reference():
         selection.pick_point(front, info, None, "accuracy", "balanced")
 
 
+def test_balanced_keeps_a_lightly_weighted_task_at_the_floor_where_a_point_does():
+    """The demo's `--prefer rot90=2,invert=1`: row 0 is a's fine-tuned model with b at chance (gain 0.09), row 1 keeps
+    both at 0.126 or more. Row 0's weighted regret, 1/3 x 0.91, is the larger (row 1's 1/3 x 0.874), but the rho
+    term (0.05 x the regrets' sum: 0.015 against 0.029) made it the pick; a point below the floor now scores -inf
+    while one keeps every weighted task at the floor, and a task without weight is not judged."""
+    front = pd.DataFrame({"accuracy_a": [0.90, 0.60], "accuracy_b": [0.2636, 0.2882], "accuracy_c": [0.9, 0.2]})
+    info = {"members": ["a", "b", "c"], "tasks": ["a", "b", "c"], "member_tasks": [["a"], ["b"], ["c"]]}
+    reference = {t: (0.2, 0.9) for t in "abc"}
+    prefer = {"a": 2, "b": 1}
+    scores, _, rule = selection.preference_scores(front, info, prefer, "accuracy", "balanced", 0.05, reference)
+    assert rule == "balanced" and np.isneginf(scores[0]) and np.isfinite(scores[1])
+    regret = selection.preference_scores(front, info, prefer, "accuracy", "balanced", 0.05, reference, -np.inf)[0]
+    assert int(np.argmax(regret)) == 0  # without the floor: the rho term's pick
+    assert selection.pick_point(front, info, prefer, "accuracy", "balanced", 0.05, reference)[0] == 1
+    assert selection.pick_point(front, info, {"a": 1}, "accuracy", "balanced", 0.05, reference)[0] == 0
+
+
 def test_gains_run_from_the_pretrained_to_the_fine_tuned_model_for_loss_too():
     np.testing.assert_allclose(selection.gains(np.array([0.2, 0.55, 0.9]), 0.2, 0.9, True), [0.0, 0.5, 1.0])
     np.testing.assert_allclose(selection.gains(np.array([2.0, 1.0, 0.0]), 2.0, 0.0, False), [0.0, 0.5, 1.0])
@@ -259,9 +276,16 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
     assert choice_note(choice, "balanced") == [
         "the chosen merge is the measured point r01s0002 (front point of round 1): it scores 0.6 for the preference, "
         "against 0.5 for the last refinement round's predicted pick r02s0000, measured",
-        "a measured point's score is minus the weighted regret of the gains from pretrained (0) to fine-tuned (1) "
-        "(selection balanced)",
+        "a measured point's score is minus the weighted regret of the gains from pretrained (0) to fine-tuned (1); "
+        "-inf where a weighted task's gain is below 0.1 (selection balanced)",
     ]
+    short = choice_note(
+        pd.concat([choice.drop("last_pick_score"), pd.Series({"last_pick_score": -np.inf})]), "balanced"
+    )
+    assert short[0].endswith(
+        "against -inf for the last refinement round's predicted pick r02s0000, which, measured, "
+        "leaves a weighted task's gain below 0.1"
+    )
     predicted = choice_note(pd.Series({"c_a": 1.0}), "weighted_sum")  # no rounds, no fallback: no score line
     assert len(predicted) == 1 and "chosen on predictions" in predicted[0]
 

@@ -165,9 +165,10 @@ def preference_scores(
     A member's weight is the sum of the preference weights of the tasks inside it; its objective is
     their weighted mean of the points' `metric` (columns `<metric>_<task>`).
     balanced: each task's value as its normalised gain (task_gains, from `reference`) first, then the weighted
-    Tchebycheff regret w_m (1 - gain_m) against gain 1, so no member is given up while a point keeps every
-    member's gain higher. Where no point keeps every weighted member's gain at `floor` (BALANCED_FLOOR; -inf never
-    falls back) or more, balancing would pick a merge barely past the pretrained model, so the weighted sum decides
+    Tchebycheff regret w_m (1 - gain_m) against gain 1, over the points whose every weighted member's gain is at
+    `floor` (BALANCED_FLOOR; -inf never falls back) or more (the others score -inf): no weighted member is given up,
+    however light its weight, while a point keeps every one at the floor. Where no point does, balancing would pick
+    a merge barely past the pretrained model, so the weighted sum decides
     instead: rule ABOVE_PRETRAINED, the weighted sum over the points whose every weighted member's gain is above 0
     (the others score -inf), where some point has one; else rule weighted_sum, over every point (each gives some
     member up, and the least merge, the pretrained model at gain 0, would win balancing).
@@ -185,7 +186,8 @@ def preference_scores(
         G = np.column_stack([groups.weighted_mean(gain, side) for side in sides])
         lowest = G[:, np.array(list(weights.values())) > 0].min(axis=1)
         if len(G) and lowest.max() >= floor:
-            return point_scores(G, list(weights.values()), [True] * len(members), method, rho), weights, method
+            scores = point_scores(G, list(weights.values()), [True] * len(members), method, rho)
+            return np.where(lowest >= floor, scores, -np.inf), weights, method
         method, above = "weighted_sum", lowest > 0
     F = np.column_stack([groups.weighted_mean(per_task, side) for side in sides])
     scores = point_scores(F, list(weights.values()), [maximized(metric)] * len(members), method, rho)

@@ -25,7 +25,7 @@ FRONT_SHARE = 0.1  # a bound is named for the front when at least this share of 
 RULES = {  # what a selection rule's score is (mapmerge.core.selection.point_scores), higher is better
     "weighted_sum": "the preference-weighted sum of the objective",
     "tchebycheff": "minus the weighted Tchebycheff regret over the candidates",
-    "balanced": "minus the weighted regret of the gains from pretrained (0) to fine-tuned (1)",
+    "balanced": "minus the weighted regret of the gains from pretrained (0) to fine-tuned (1); -inf where {short}",
     ABOVE_PRETRAINED: "the preference-weighted sum of the objective; -inf where {below}",
 }
 
@@ -36,15 +36,23 @@ BELOW = {
     False: "a task is at or below its pretrained model",
     True: "a member's tasks are on average at or below their pretrained models",
 }
+SHORT = {  # where balanced scores a point -inf: some weighted gain short of the floor
+    False: f"a weighted task's gain is below {BALANCED_FLOOR:g}",
+    True: f"a weighted member's gain (the mean of its tasks') is below {BALANCED_FLOOR:g}",
+}
 LEFT = {  # what a point leaves, after "some" or "a"
     False: "weighted task at or below its pretrained model",
     True: "weighted member's tasks on average at or below their pretrained models",
+}
+SHORT_LEFT = {  # what a point balanced scores -inf leaves, after "a"
+    False: f"weighted task's gain below {BALANCED_FLOOR:g}",
+    True: f"weighted member's gain (the mean of its tasks') below {BALANCED_FLOOR:g}",
 }
 
 
 def rule_score(rule: str, merged: bool = False) -> str:
     """What a point's score is under `rule`; `merged`: the members are merges of several tasks (nested MAP)."""
-    return RULES[rule].format(below=BELOW[merged])
+    return RULES[rule].format(below=BELOW[merged], short=SHORT[merged])
 
 
 def fallback_note(rule: str, method: str, points: str, merged: bool = False) -> str:
@@ -83,7 +91,7 @@ def choice_note(choice: pd.Series, method: str, rule: str | None = None, merged:
     last = float(choice["last_pick_score"])
     beaten = (
         f"-inf for the last refinement round's predicted pick {choice['last_pick']}, which, measured, leaves a "
-        f"{LEFT[merged]}"
+        f"{(SHORT_LEFT if rule == 'balanced' else LEFT)[merged]}"
         if last == -math.inf
         else f"{last:.4g} for the last refinement round's predicted pick {choice['last_pick']}, measured"
     )
