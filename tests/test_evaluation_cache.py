@@ -145,6 +145,24 @@ def test_no_cache_outside_a_results_folder(tmp_path):
     assert evaluation_cache.entries({**spec, "outputs": {"points": "p.parquet"}}) is None
 
 
+def test_a_jobs_keys_hash_each_input_file_once(tmp_path, monkeypatch):
+    """A batch job's own key, its samples' key and its merges' key hash the same files: with the job's `hashes`
+    (mapmerge.run.job.run_cached) each is read once, and the keys are the same as without it."""
+    results, spec = files(tmp_path)
+    alone = evaluation_cache.entries(spec)
+    reuse = evaluation_cache.sample_reuse(spec, alone)
+    read = []
+    monkeypatch.setattr(evaluation_cache, "file_hash", lambda path: read.append(path) or file_hash(path))
+    hashes: dict[str, str] = {}
+    kept = evaluation_cache.entries(spec, hashes)
+    shared = evaluation_cache.sample_reuse(spec, kept, hashes)
+    assert kept == alone and (shared.base, shared.merge) == (reuse.base, reuse.merge)
+    assert sorted(map(str, read)) == sorted(str(results / f"{n}.bin") for n in ("a", "b", "pretrained", "plan"))
+    read.clear()
+    evaluation_cache.sample_reuse(spec, kept)  # without them: every file read again, for each of its two keys
+    assert len(read) == 2 * 6  # a.bin and b.bin twice each (vectors, checkpoints), pretrained, plan
+
+
 def test_a_large_files_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation_cache, "MEMO_BYTES", 1000)
     memo, vector = tmp_path / "hashes", tmp_path / "a.safetensors"

@@ -77,10 +77,19 @@ def _points_digest(path: str | os.PathLike) -> str:
     return config_hash({c: table.column(c).to_pylist() for c in columns})
 
 
-def content_hash(path: str | os.PathLike, memo: Path | None = None) -> str:
+def content_hash(path: str | os.PathLike, memo: Path | None = None, hashes: dict[str, str] | None = None) -> str:
     """io.file_hash of a file; one of MEMO_BYTES or more remembered under folder `memo` by its path, inode, size
     and mtime (a write that long ends in a tick of its own): a language model's task vectors are read once for
-    all the jobs that evaluate with them, not once more per job."""
+    all the jobs that evaluate with them, not once more per job. hashes: the digests one job has taken so far, by
+    path (its keys, its samples' and its merges', hash the same inputs), filled in."""
+    if hashes is None:
+        return _content_hash(path, memo)
+    if os.fspath(path) not in hashes:
+        hashes[os.fspath(path)] = _content_hash(path, memo)
+    return hashes[os.fspath(path)]
+
+
+def _content_hash(path: str | os.PathLike, memo: Path | None) -> str:
     stat = os.stat(path)
     if memo is None or stat.st_size < MEMO_BYTES:
         return file_hash(path)
@@ -114,23 +123,23 @@ def _stale_note(note: Path) -> bool:
         return True
 
 
-def _digest(name: str, value: Any, memo: Path | None) -> Any:
+def _digest(name: str, value: Any, memo: Path | None, hashes: dict[str, str] | None) -> Any:
     if isinstance(value, Mapping):
-        return {key: _digest(name, path, memo) for key, path in value.items()}
+        return {key: _digest(name, path, memo, hashes) for key, path in value.items()}
     if isinstance(value, list | tuple):
-        return [_digest(name, path, memo) for path in value]
-    return _points_digest(value) if name in POINTS else content_hash(value, memo)
+        return [_digest(name, path, memo, hashes) for path in value]
+    return _points_digest(value) if name in POINTS else content_hash(value, memo, hashes)
 
 
-def key(spec: Mapping[str, Any], memo: Path | None = None) -> str:
+def key(spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None) -> str:
     """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on. memo: a folder
-    remembering the files' hashes (content_hash)."""
+    remembering the files' hashes; hashes: the job's digests so far (content_hash)."""
     inputs = spec.get("inputs") or {}
     blob = {
         "rule": spec["rule"],
         "params": spec.get("params") or {},
         "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED},
-        "inputs": {name: _digest(name, value, memo) for name, value in sorted(inputs.items())},
+        "inputs": {name: _digest(name, value, memo, hashes) for name, value in sorted(inputs.items())},
     }
     return config_hash(blob)
 
@@ -251,7 +260,7 @@ class ChosenReuse(_KeptRows):
         """Nothing to note: the chosen merge is kept by its job's key alone."""
 
 
-def _merge_key(spec: Mapping[str, Any], memo: Path) -> str:
+def _merge_key(spec: Mapping[str, Any], memo: Path, hashes: dict[str, str] | None) -> str:
     """The key of a group's evaluation of one merge, whatever job evaluates it: the job's key without its rule,
     batching, on_error (a kept table records no failure) and class scores (surrogate.scores adds columns only)."""
     params = {k: v for k, v in (spec.get("params") or {}).items() if k not in BATCHING}
@@ -264,16 +273,19 @@ def _merge_key(spec: Mapping[str, Any], memo: Path) -> str:
             "inputs": {k: v for k, v in (spec.get("inputs") or {}).items() if k not in (*BATCHING, *POINTS)},
         },
         memo,
+        hashes,
     )
 
 
-def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReuse | ChosenReuse | None:
+def sample_reuse(
+    spec: Mapping[str, Any], kept: Mapping[str, Path], hashes: dict[str, str] | None = None
+) -> SampleReuse | ChosenReuse | None:
     """The sample cache of a batch job (BATCH_JOBS) or of the chosen merge's (CHOSEN) whose tables the cache keeps
-    (`kept`: entries), else None."""
+    (`kept`: entries), else None; `hashes` as for content_hash."""
     if spec["rule"] not in (*BATCH_JOBS, CHOSEN):
         return None
     folder = _results_of(kept[PRIMARY])
-    merge = _merge_key(spec, folder / HASHES) if spec["rule"] in (*MERGE_JOBS, CHOSEN) else ""
+    merge = _merge_key(spec, folder / HASHES, hashes) if spec["rule"] in (*MERGE_JOBS, CHOSEN) else ""
     if spec["rule"] == CHOSEN:
         return ChosenReuse(folder, merge=merge)
     unbatched = {
@@ -282,7 +294,7 @@ def sample_reuse(spec: Mapping[str, Any], kept: Mapping[str, Path]) -> SampleReu
         "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in BATCHING},
         "inputs": {k: v for k, v in (spec.get("inputs") or {}).items() if k not in BATCHING},
     }
-    return SampleReuse(folder, base=key(unbatched, folder / HASHES), merge=merge)
+    return SampleReuse(folder, base=key(unbatched, folder / HASHES, hashes), merge=merge)
 
 
 @contextmanager
@@ -323,11 +335,12 @@ def results_folder(path: str | os.PathLike) -> Path | None:
     return next((p for p in Path(path).resolve().parents if (p / RUN_LOCK).exists()), None)
 
 
-def entries(spec: Mapping[str, Any]) -> dict[str, Path] | None:
+def entries(spec: Mapping[str, Any], hashes: dict[str, str] | None = None) -> dict[str, Path] | None:
     """Where the tables of job `spec` are kept, by output name: its `examples` under its key, each other output
     (the reference models' metrics, the validation front's points) under a key of its own derived from it. None
     where the job writes no `examples` or an output that is not one Parquet table, where it lies in no results
-    folder, or where one of its inputs does not read (the stage then says which, with the way out)."""
+    folder, or where one of its inputs does not read (the stage then says which, with the way out). `hashes` as
+    for content_hash."""
     outputs = spec.get("outputs") or {}
     if PRIMARY not in outputs or not all(isinstance(p, str) and p.endswith(".parquet") for p in outputs.values()):
         return None
@@ -335,7 +348,7 @@ def entries(spec: Mapping[str, Any]) -> dict[str, Path] | None:
     if folder is None:
         return None
     try:
-        base = key(spec, folder / HASHES)
+        base = key(spec, folder / HASHES, hashes)
     except (OSError, ValueError):  # pyarrow's errors are these too
         return None
     return {

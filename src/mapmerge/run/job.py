@@ -96,7 +96,8 @@ def run_cached(
     """Run the stage with its log; an evaluation with `cache` in its spec first looks for its tables in the
     evaluation cache and, run, keeps them there (mapmerge.run.evaluation_cache); a batch job's samples too, one by
     one (SampleReuse)."""
-    kept = evaluation_cache.entries(spec) if spec.get("cache") else None
+    hashes: dict[str, str] = {}  # each input file hashed once for the job's keys
+    kept = evaluation_cache.entries(spec, hashes) if spec.get("cache") else None
     if kept is None:
         run_stage(function, log, params, **kwargs)
         return
@@ -109,7 +110,7 @@ def run_cached(
             f"mapmerge: {describe(spec)}: a table of it in the evaluation cache does not read; evaluating",
             file=sys.stderr,
         )
-    reuse = evaluation_cache.sample_reuse(spec, kept)
+    reuse = evaluation_cache.sample_reuse(spec, kept, hashes)
     with evaluation_cache.reusing(reuse):
         run_stage(function, log, params, **kwargs)
     try:
