@@ -7,7 +7,8 @@ For a finished run folder's group (plain MAP: `all`) it reads the surrogates (su
 front (front.parquet), and prints per task: the front's best predicted value, and the surrogates' prediction at
 the box's corner for that task alone (the box of the group's samples, as stage pareto_front takes it; c_t at its
 upper bound, every other coefficient at its lower bound: in the default box [0, 1], the task's fine-tuned model),
-and which corners no front point dominates. Then it runs NSGA-III again as mapmerge.core.pareto.surrogate_front
+and which corners no front point equals or dominates (since 2026-12-07 stage pareto_front adds those to the
+front, so a run made since lists none). Then it runs NSGA-III again as mapmerge.core.pareto.surrogate_front
 does (the options: the workflow's optimizer.pop_size, n_gen and seed, defaults of the run's config), once as the
 workflow does and once with the corners in its first population (the rest uniform in the box, numpy seeded alike),
 and prints both fronts' best per task and the share of each front's points the other dominates. Plain MAP's
@@ -26,7 +27,7 @@ from pymoo.algorithms.moo.nsga3 import NSGA3
 from pymoo.optimize import minimize
 from pymoo.util.ref_dirs import get_reference_directions
 
-from mapmerge.core.pareto import _signs, _sorted_front, _SurrogateProblem, default_partitions, non_dominated
+from mapmerge.core.pareto import _signs, _sorted_front, _SurrogateProblem, default_partitions
 from mapmerge.core.surrogate import objective_predictor
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
@@ -75,7 +76,7 @@ def main() -> None:
         lower, upper = coef.min(axis=0), coef.max(axis=0)
         corners = predict(np.where(np.eye(len(tasks), dtype=bool), upper, lower))
         F = front[[f"{args.metric}_{t}" for t in tasks]].to_numpy(dtype=float)
-        free = [tasks[i - len(F)] for i in non_dominated(np.vstack([F, corners]), [True] * len(tasks)) if i >= len(F)]
+        missing = [t for t, corner in zip(tasks, corners) if not (F >= corner).all(axis=1).any()]
         print(f"== {results}, group {args.group}: {len(F)} front points, {len(tasks)} tasks")
         rows = {"front's best": F.max(axis=0), "corner": np.diag(corners)}
         fronts = {}
@@ -85,7 +86,7 @@ def main() -> None:
             label = "NSGA-III, corners seeded" if seeded else "NSGA-III again"
             rows[f"{label} ({time.perf_counter() - start:.0f} s)"] = fronts[seeded].max(axis=0)
         print(pd.DataFrame(rows, index=tasks).T.round(3).to_string())
-        print(f"  corners no front point dominates: {', '.join(free) or 'none'}")
+        print(f"  corners that no front point equals or dominates: {', '.join(missing) or 'none'}")
         print(
             f"  share of the plain front dominated by the seeded one {dominated_share(fronts[False], fronts[True]):.3f},"
             f" of the seeded one by the plain one {dominated_share(fronts[True], fronts[False]):.3f}"

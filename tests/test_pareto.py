@@ -1,5 +1,7 @@
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.special import expit
 
 from mapmerge.core.pareto import (
     default_partitions,
@@ -10,6 +12,9 @@ from mapmerge.core.pareto import (
     non_dominated,
     surrogate_front,
 )
+from mapmerge.core.surrogate import fit_table
+from mapmerge.io import read_table, write_table
+from mapmerge.stages.pareto_front import run_pareto_front
 
 FAST = {"pop_size": 40, "n_gen": 60}
 
@@ -67,6 +72,61 @@ def test_nsga3_three_tasks_mixed_directions():
     gap = (C.sum(axis=1) - 1) ** 2 / 3
     assert np.median(gap) < 0.03  # about 0.15 for random points in the cube
     assert F[:, 0].max() > 0.8 and F[:, 1].max() > 0.8 and F[:, 2].min() < 0.2  # extremes are covered
+
+
+def interfering(C: np.ndarray) -> np.ndarray:
+    """Eight accuracies, each its own coefficient less half the sum of the others: task i is best at the corner e_i."""
+    return C - 0.5 * (C.sum(axis=1, keepdims=True) - C)
+
+
+def test_the_front_holds_the_box_corners_when_asked():
+    C, F = surrogate_front(interfering, 8, np.zeros(8), np.ones(8), [True] * 8, corners=True, **FAST)
+    for e in np.eye(8):
+        assert (C == e).all(axis=1).sum() == 1, e  # every corner, once
+    np.testing.assert_allclose(F, interfering(C))
+    assert not dominated_by_any(F, [True] * 8).any()
+
+
+def test_a_dominated_corner_stays_off_the_front():
+    def both_grow(C: np.ndarray) -> np.ndarray:  # (1, 1) dominates every other point of the box
+        return np.column_stack([C.sum(axis=1), C[:, 1]])
+
+    C, F = surrogate_front(both_grow, 2, np.zeros(2), np.ones(2), [True, True], corners=True, **FAST)
+    assert not ((C == [1, 0]).all(axis=1) | (C == [0, 1]).all(axis=1)).any()
+    assert not dominated_by_any(F, [True, True]).any()
+
+
+def test_stage_pareto_front_adds_the_corners(tmp_path):
+    """The stage's front holds every one-task corner of the sampled box that no front point dominates (here each task's
+    best, at e_i), though NSGA-III, cut short, reaches none exactly."""
+    tasks = ["a", "b", "c"]
+    C = np.vstack([np.eye(3), np.zeros((1, 3)), np.random.default_rng(0).uniform(0, 1, (26, 3))])
+    samples = pd.DataFrame({"sample": [f"s{i:04d}" for i in range(len(C))]})
+    for k, task in enumerate(tasks):
+        samples[f"c_{task}"] = C[:, k]
+    accuracy = expit(3 * interfering(C))
+    metrics = pd.DataFrame(
+        [(s, t, "accuracy", accuracy[i, k]) for i, s in enumerate(samples["sample"]) for k, t in enumerate(tasks)],
+        columns=["sample", "task", "metric", "value"],
+    )
+    plan = pd.DataFrame({"level": [1], "group": ["all"], "members": [tasks], "member_tasks": [[[t] for t in tasks]]})
+    plan["tasks"] = [tasks]
+    files = {name: tmp_path / f"{name}.parquet" for name in ("samples", "surrogate", "plan", "front")}
+    write_table(samples, files["samples"], "test")
+    write_table(fit_table(samples, metrics, tasks, {"accuracy": "sigmoid"}, loo=False), files["surrogate"], "test")
+    write_table(plan, files["plan"], "test")
+    optimizer = {
+        "objective": "accuracy",
+        "pop_size": 12,
+        "n_gen": 3,
+        "ref_partitions": None,
+        "grid_check_resolution": 11,
+    }
+    run_pareto_front({"optimizer": optimizer, "seed": 0, "interval": 0.9}, group="all", **files)
+    front = read_table(files["front"])
+    coef = front[[f"c_{t}" for t in tasks]].to_numpy()
+    assert [int((coef == e).all(axis=1).sum()) for e in np.eye(3)] == [1, 1, 1]
+    assert not dominated_by_any(front[[f"accuracy_{t}" for t in tasks]].to_numpy(), [True] * 3).any()
 
 
 def test_grid_front_three_tasks():

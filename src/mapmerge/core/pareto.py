@@ -93,13 +93,16 @@ def surrogate_front(
     n_gen: int = 200,
     seed: int = 0,
     ref_partitions: int | None = None,
+    corners: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NSGA-III front of `predict` (C [n, n_tasks] -> F [n, len(maximize)]) inside the box.
 
     Returns (C_front [m, n_tasks], F_front [m, k]) of the final population's non-dominated points,
     de-duplicated and sorted by coefficients; F on the original scale. Deterministic for a seed.
     Reference directions are Das-Dennis with `ref_partitions` (default: as many as fit in pop_size);
-    pop_size is raised to the number of directions when smaller.
+    pop_size is raised to the number of directions when smaller. `corners`: the box's one-coefficient corners
+    (one coefficient at its upper bound, the others at their lower: in the box [0, 1], each fine-tuned model)
+    join the final population before the non-dominated sort; NSGA-III seldom reaches them with many objectives.
     """
     signs = _signs(maximize)
     if len(signs) < 2:
@@ -109,7 +112,11 @@ def surrogate_front(
     ref_dirs = get_reference_directions("das-dennis", len(signs), n_partitions=partitions)
     algorithm = NSGA3(ref_dirs=ref_dirs, pop_size=max(pop_size, len(ref_dirs)))
     result = minimize(_SurrogateProblem(predict, lo, hi, signs), algorithm, ("n_gen", n_gen), seed=seed, verbose=False)
-    return _sorted_front(result.pop.get("X"), result.pop.get("F") * signs, maximize)
+    C, F = result.pop.get("X"), result.pop.get("F") * signs
+    if corners:
+        ends = np.where(np.eye(n_tasks, dtype=bool), hi, lo)
+        C, F = np.vstack([C, ends]), np.vstack([F, _evaluate(predict, ends, len(signs))])
+    return _sorted_front(C, F, maximize)
 
 
 def grid_front(

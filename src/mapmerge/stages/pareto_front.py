@@ -24,10 +24,11 @@ def _objectives(params: Mapping[str, Any], table: pd.DataFrame, info: Mapping[st
 
 
 def predicted_front(
-    params: Mapping[str, Any], table: pd.DataFrame, coef: np.ndarray, info: Mapping[str, Any]
+    params: Mapping[str, Any], table: pd.DataFrame, coef: np.ndarray, info: Mapping[str, Any], corners: bool = False
 ) -> pd.DataFrame:
     """NSGA-III front of a group's objectives on the surrogates (`table`) inside the box of the evaluated
-    coefficients `coef` [n, members]: `c_<member>` and every fitted metric predicted per task."""
+    coefficients `coef` [n, members]: `c_<member>` and every fitted metric predicted per task. `corners`: with the
+    box's one-member corners that no other point dominates (pareto.surrogate_front)."""
     members, tasks = info["members"], info["tasks"]
     opt = params["optimizer"]
     C, _ = pareto.surrogate_front(
@@ -40,6 +41,7 @@ def predicted_front(
         n_gen=opt["n_gen"],
         seed=params["seed"],
         ref_partitions=opt["ref_partitions"],
+        corners=corners,
     )
     points = pd.DataFrame(C, columns=[f"c_{m}" for m in members])
     for other in sorted(set(table["metric"])):
@@ -78,12 +80,14 @@ def with_intervals(points: pd.DataFrame, table: pd.DataFrame, info: Mapping[str,
 def run_pareto_front(
     params: Mapping[str, Any], *, surrogate: PathLike, samples: PathLike, plan: PathLike, group: str, front: PathLike
 ) -> None:
-    """NSGA-III front of the group's objectives inside the sampled box, with every fitted metric predicted per task and
-    its prediction interval at level `interval` (`<metric>_<task>`, `_lo`, `_hi`; front.parquet)."""
+    """NSGA-III front of the group's objectives inside the sampled box, with the box's one-member corners that no
+    other point dominates (each member's own model, which NSGA-III seldom reaches with many members), every fitted
+    metric predicted per task and its prediction interval at level `interval` (`<metric>_<task>`, `_lo`, `_hi`;
+    front.parquet). The refinement rounds' fronts (refine_round) are NSGA-III's alone."""
     info = groups.group_plan(plan, group)
     coef = read_table(samples)[[f"c_{m}" for m in info["members"]]].to_numpy()
     table = read_table(surrogate)
-    points = predicted_front(params, table, coef, info)
+    points = predicted_front(params, table, coef, info, corners=True)
     extra = grid_check(params, table, coef, info, points)
     points = with_intervals(points, table, info, params["interval"])
     write_table(points, front, "pareto_front", params, inputs=[surrogate, samples, plan], extra=extra)
