@@ -75,7 +75,7 @@ def test_nsga3_three_tasks_mixed_directions():
 
 
 def interfering(C: np.ndarray) -> np.ndarray:
-    """Eight accuracies, each its own coefficient less half the sum of the others: task i is best at the corner e_i."""
+    """Accuracies, each its own coefficient less half the sum of the others: task i is best at the corner e_i."""
     return C - 0.5 * (C.sum(axis=1, keepdims=True) - C)
 
 
