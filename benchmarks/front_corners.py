@@ -27,25 +27,31 @@ from pymoo.algorithms.moo.nsga3 import NSGA3
 from pymoo.optimize import minimize
 from pymoo.util.ref_dirs import get_reference_directions
 
-from mapmerge.core.pareto import _signs, _sorted_front, _SurrogateProblem, default_partitions
+from mapmerge.core.pareto import (
+    _signs,
+    _sorted_front,
+    _SurrogateProblem,
+    box_corners,
+    default_partitions,
+    surrogate_front,
+)
 from mapmerge.core.surrogate import objective_predictor
 from mapmerge.io import ArtifactError, read_table
 from mapmerge.layout import Layout
 
 
-def nsga3(predict, lower: np.ndarray, upper: np.ndarray, pop_size: int, n_gen: int, seed: int, corners: bool):
-    """surrogate_front's NSGA-III, its first population optionally holding the one-task corners."""
+def nsga3(predict, lower: np.ndarray, upper: np.ndarray, pop_size: int, n_gen: int, seed: int, seeded: bool):
+    """The objectives F of NSGA-III's front as surrogate_front finds it (no corners added), or, `seeded`, of the same
+    NSGA-III with the one-task corners in its first population."""
     n = len(lower)
     maximize = [True] * n
+    if not seeded:
+        return surrogate_front(predict, n, lower, upper, maximize, pop_size, n_gen, seed)[1]
     signs = _signs(maximize)
     ref_dirs = get_reference_directions("das-dennis", n, n_partitions=default_partitions(n, pop_size))
     size = max(pop_size, len(ref_dirs))
-    extra = {}
-    if corners:
-        first = np.where(np.eye(n, dtype=bool), upper, lower)
-        rest = np.random.default_rng(seed).uniform(lower, upper, (size - n, n))
-        extra["sampling"] = np.vstack([first, rest])
-    algorithm = NSGA3(ref_dirs=ref_dirs, pop_size=size, **extra)
+    first = np.vstack([box_corners(lower, upper), np.random.default_rng(seed).uniform(lower, upper, (size - n, n))])
+    algorithm = NSGA3(ref_dirs=ref_dirs, pop_size=size, sampling=first)
     result = minimize(_SurrogateProblem(predict, lower, upper, signs), algorithm, ("n_gen", n_gen), seed=seed)
     return _sorted_front(result.pop.get("X"), result.pop.get("F") * signs, maximize)[1]
 
@@ -74,7 +80,7 @@ def main() -> None:
         predict = objective_predictor(table, args.metric, tasks)
         coef = samples[[f"c_{t}" for t in tasks]].to_numpy(dtype=float)
         lower, upper = coef.min(axis=0), coef.max(axis=0)
-        corners = predict(np.where(np.eye(len(tasks), dtype=bool), upper, lower))
+        corners = predict(box_corners(lower, upper))
         F = front[[f"{args.metric}_{t}" for t in tasks]].to_numpy(dtype=float)
         missing = [t for t, corner in zip(tasks, corners) if not (F >= corner).all(axis=1).any()]
         print(f"== {results}, group {args.group}: {len(F)} front points, {len(tasks)} tasks")

@@ -47,6 +47,12 @@ def _box(lower: np.ndarray, upper: np.ndarray, n_var: int) -> tuple[np.ndarray, 
     return lo, hi
 
 
+def box_corners(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """The box's one-coefficient corners [n, n]: row i has coefficient i at its upper bound, the others at their lower
+    (in the box [0, 1], each fine-tuned model)."""
+    return np.where(np.eye(len(lower), dtype=bool), upper, lower)
+
+
 def non_dominated(F: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     """Indices (ascending) of the non-dominated rows of F [n, k]; equal rows are all kept."""
     F = np.asarray(F, dtype=float)
@@ -101,8 +107,8 @@ def surrogate_front(
     de-duplicated and sorted by coefficients; F on the original scale. Deterministic for a seed.
     Reference directions are Das-Dennis with `ref_partitions` (default: as many as fit in pop_size);
     pop_size is raised to the number of directions when smaller. `corners`: the box's one-coefficient corners
-    (one coefficient at its upper bound, the others at their lower: in the box [0, 1], each fine-tuned model)
-    join the final population before the non-dominated sort; NSGA-III seldom reaches them with many objectives.
+    (box_corners) join the final population before the non-dominated sort; NSGA-III seldom reaches them with many
+    objectives.
     """
     signs = _signs(maximize)
     if len(signs) < 2:
@@ -114,7 +120,7 @@ def surrogate_front(
     result = minimize(_SurrogateProblem(predict, lo, hi, signs), algorithm, ("n_gen", n_gen), seed=seed, verbose=False)
     C, F = result.pop.get("X"), result.pop.get("F") * signs
     if corners:
-        ends = np.where(np.eye(n_tasks, dtype=bool), hi, lo)
+        ends = box_corners(lo, hi)
         C, F = np.vstack([C, ends]), np.vstack([F, _evaluate(predict, ends, len(signs))])
     return _sorted_front(C, F, maximize)
 
