@@ -74,23 +74,30 @@ def preferences(n_tasks: int, ratio: float, random: int, seed: int) -> dict[str,
     return {f"pairs 1:{ratio:g}": pairs, "random": drawn}
 
 
-def picks(front: pd.DataFrame, tasks: list[str], reference: dict, w: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    """The front's gains, and its row each rule picks for weights `w`: balanced's (keyed by the rule that picked,
-    its own or its fallback's) and, where balanced falls back, each what-if's."""
-    info = {"members": tasks, "tasks": tasks, "member_tasks": [[t] for t in tasks]}
-    gain = task_gains({t: front[f"{METRIC}_{t}"].to_numpy(dtype=float) for t in tasks}, reference, True)
-    G = np.column_stack([gain[t] for t in tasks])
-    now, _, rule = pick_point(front, info, dict(zip(tasks, map(float, w))), METRIC, "balanced", RHO, reference)
-    if rule == "balanced":
-        return G, {rule: now}
-    return G, {rule: now, **{name: pick(G, w) for name, pick in WHAT_IF.items()}}
+class Front:
+    """A plain-MAP front (one member per task) with its points' gains G [points, tasks] (task_gains)."""
+
+    def __init__(self, points: pd.DataFrame, tasks: list[str], reference: dict) -> None:
+        self.points, self.tasks, self.reference = points, tasks, reference
+        self.info = {"members": tasks, "tasks": tasks, "member_tasks": [[t] for t in tasks]}
+        gain = task_gains({t: points[f"{METRIC}_{t}"].to_numpy(dtype=float) for t in tasks}, reference, True)
+        self.G = np.column_stack([gain[t] for t in tasks])
+
+    def picks(self, w: np.ndarray) -> dict[str, int]:
+        """The row each rule picks for weights `w`: balanced's (keyed by the rule that picked, its own or its
+        fallback's) and, where balanced falls back, each what-if's."""
+        preference = dict(zip(self.tasks, map(float, w)))
+        now, _, rule = pick_point(self.points, self.info, preference, METRIC, "balanced", RHO, self.reference)
+        if rule == "balanced":
+            return {rule: now}
+        return {rule: now, **{name: pick(self.G, w) for name, pick in WHAT_IF.items()}}
 
 
-def sweep(front: pd.DataFrame, tasks: list[str], reference: dict, weights: list[np.ndarray]) -> pd.DataFrame:
+def sweep(front: Front, weights: list[np.ndarray]) -> pd.DataFrame:
     """Per preference where balanced falls back: every rule's pick in gains."""
-    rows = []
+    G, rows = front.G, []
     for w in weights:
-        G, chosen = picks(front, tasks, reference, w)
+        chosen = front.picks(w)
         if len(chosen) == 1:
             continue
         heavy, on = int(np.argmax(w)), w > 0
@@ -124,14 +131,14 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return table.round(3)
 
 
-def equal_picks(front: pd.DataFrame, tasks: list[str], reference: dict) -> list[str]:
+def equal_picks(front: Front) -> list[str]:
     """A line per rule: its pick for the equal preference."""
-    G, chosen = picks(front, tasks, reference, np.full(len(tasks), 1 / len(tasks)))
+    points, tasks = front.points, front.tasks
     lines = []
-    for name, i in zip(chosen, chosen.values()):
-        label = front["sample"].iloc[i] if "sample" in front else f"point {i}"
-        mean = front[[f"{METRIC}_{t}" for t in tasks]].iloc[i].mean()
-        gains = " ".join(f"{t} {g:+.2f}" for t, g in zip(tasks, G[i]))
+    for name, i in front.picks(np.full(len(tasks), 1 / len(tasks))).items():
+        label = points["sample"].iloc[i] if "sample" in points else f"point {i}"
+        mean = points[[f"{METRIC}_{t}" for t in tasks]].iloc[i].mean()
+        gains = " ".join(f"{t} {g:+.2f}" for t, g in zip(tasks, front.G[i]))
         lines.append(f"    {name}: {label}, mean {METRIC} {mean:.3f}, gains {gains}")
     return lines
 
@@ -153,21 +160,21 @@ def main() -> None:
         tasks = [c.removeprefix("c_") for c in measured.columns if c.startswith("c_")]
         reference = reference_values(reference, METRIC, tasks)
         fronts = {
-            "measured": measured_front(measured, METRIC, tasks).reset_index(drop=True),
-            "predicted": pareto.reset_index(drop=True),
+            "measured": Front(measured_front(measured, METRIC, tasks).reset_index(drop=True), tasks, reference),
+            "predicted": Front(pareto.reset_index(drop=True), tasks, reference),
         }
         sets = preferences(len(tasks), args.ratio, args.random, args.seed)
         for name, front in fronts.items():
-            print(f"== {results}: {name} front, {len(front)} points, {len(tasks)} tasks")
+            print(f"== {results}: {name} front, {len(front.points)} points, {len(tasks)} tasks")
             for label, weights in sets.items():
-                table = summary(sweep(front, tasks, reference, weights))
+                table = summary(sweep(front, weights))
                 print(
                     f"  {label}: {len(weights)} preferences, balanced falls back for {table['n'].iloc[0] if len(table) else 0}"
                 )
                 if len(table):
                     print("\n".join("    " + line for line in table.to_string().splitlines()))
             print("  equal preference:")
-            print("\n".join(equal_picks(front, tasks, reference)))
+            print("\n".join(equal_picks(front)))
 
 
 if __name__ == "__main__":
