@@ -84,9 +84,10 @@ def content_hash(path: str | os.PathLike, memo: Path | None = None, hashes: dict
     path (its keys, its samples' and its merges', hash the same inputs), filled in."""
     if hashes is None:
         return _content_hash(path, memo)
-    if os.fspath(path) not in hashes:
-        hashes[os.fspath(path)] = _content_hash(path, memo)
-    return hashes[os.fspath(path)]
+    name = os.fspath(path)
+    if name not in hashes:
+        hashes[name] = _content_hash(path, memo)
+    return hashes[name]
 
 
 def _content_hash(path: str | os.PathLike, memo: Path | None) -> str:
