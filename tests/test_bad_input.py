@@ -10,6 +10,7 @@ the DAG would throw finished evaluations away).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import re
@@ -407,3 +408,44 @@ def test_a_missing_device_stops_a_local_run_before_any_job(tmp_path_factory, tmp
     assert re.search(DEVICE_LINE, last.removeprefix("mapmerge: ")), proc.stderr[-2000:]
     assert snapshot(results) == before
     assert not (workdir / ".snakemake" / "locks").exists() or not any((workdir / ".snakemake" / "locks").iterdir())
+
+
+def test_check_evaluators_builds_the_users_and_names_the_first_that_fails(example):
+    """The example's evaluators build; one whose constructor raises is named with the cause on one line; mapmerge's own
+    evaluators (the built-in benchmark's) are left to the schema; sys.path is left as it was."""
+    cfg = load_config(REPO / "config", experiment=example / "experiment.yaml", overrides=EXAMPLE_RUN)
+    path = list(sys.path)
+    preflight.check_evaluators(cfg["model"], cfg["task_names"])
+    bad = copy.deepcopy(cfg["model"])
+    bad["tasks"]["stripes_120"]["evaluator"]["n"] = -1
+    with pytest.raises(ConfigError) as info:
+        preflight.check_evaluators(bad, cfg["task_names"])
+    assert str(info.value) == (
+        "model.tasks.stripes_120.evaluator: model.TaskEvaluator could not be built: "
+        "ValueError: negative dimensions are not allowed"
+    )
+    assert sys.path == path
+    builtin = load_config(REPO / "config")["model"]
+    task = next(iter(builtin["tasks"]))
+    builtin["tasks"][task]["evaluator"]["no_such_argument"] = 1  # instantiated, it would raise
+    preflight.check_evaluators(builtin, [task])
+
+
+@pytest.mark.slow
+def test_an_evaluator_that_cannot_be_built_stops_a_local_run_before_any_job(tmp_path_factory, tmp_path):
+    """A value the user's evaluator refuses in its constructor (a task name model.TaskEvaluator does not know) passes
+    load_config (the arguments fit its signature) but stops a local run in its onstart, before the first job, with one
+    line and no file changed: the evaluation jobs it reruns would fail only after Snakemake deleted their tables."""
+    example, finished = example_run(tmp_path_factory)
+    workdir = copy_run(finished, tmp_path / "work")
+    results = workdir / "results" / "custom_mlp"
+    before = snapshot(results)
+    proc = snakemake(workdir, example / "experiment.yaml", ("model.tasks.stripes_60.evaluator.task=stripes_6",))
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert re.fullmatch(
+        r"mapmerge: model\.tasks\.stripes_60\.evaluator: model\.TaskEvaluator could not be built: "
+        r"ValueError: unknown task 'stripes_6'; known: rings, stripes_0, stripes_60, stripes_120",
+        last,
+    ), proc.stderr[-2000:]
+    assert snapshot(results) == before

@@ -36,6 +36,7 @@ N_MEMBERS = groups.n_members(METHOD, len(TASKS))
 BAYES_ROUNDS = CFG["bayesian"]["rounds"] if METHOD == "bayesian" else 0
 ROUNDS = BAYES_ROUNDS + CFG["refine"]["rounds"]  # Bayesian rounds 1 .. BAYES_ROUNDS, then the refinement rounds
 ON_ERROR = CFG["evaluation"]["on_error"]
+EVALUATION_RULES = {rule for rule, stage in REGISTRY.items() if stage.resources == "evaluate"}
 
 # One driver per results folder (runlock.hold, taken just before the first job starts); the jobs it
 # starts locally stop when it is killed (mapmerge.run.job), so a restart finds no orphan still writing.
@@ -46,10 +47,15 @@ if workflow.is_main_process:
         print(f"mapmerge: a snakemake driver ({runlock.describe(DRIVER)}) is running on {R}", file=sys.stderr)
 
 
+# The checks that need this machine, before the first job: the device, and the user's evaluators built as the
+# evaluation jobs about to run build them (for local runs: a cluster's nodes may have a GPU, or data, that the
+# submitting host lacks)
 onstart:
-    if workflow.local_exec:  # jobs start on this machine (a cluster's nodes may have a GPU the submitting host lacks)
+    if workflow.local_exec:
         try:
             preflight.check_device(DEVICE)
+            if any(job.rule.name in EVALUATION_RULES for job in workflow.dag.needrun_jobs()):
+                preflight.check_evaluators(MODEL, TASKS)
         except ConfigError as exc:
             sys.exit(f"mapmerge: {exc}")
     runlock.hold(R)

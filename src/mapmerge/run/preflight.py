@@ -4,9 +4,10 @@
 only where refinement rounds add the merges it lacks), a population
 too small for the objectives and a plan past budget.max_evaluations. `check_files` (the driver only: it
 reads checkpoint headers and data files) refuses a run folder that cannot be made or written, importable-looking
-targets that do not import, checkpoints whose merged tensors do not line up, and labels a task's model does not know. `check_device` (the onstart of a
-run whose jobs start on this machine) refuses a CUDA device it lacks. Each raises ConfigError
-with one line naming the key the user wrote.
+targets that do not import, checkpoints whose merged tensors do not line up, and labels a task's model does not know.
+The onstart of a run whose jobs start on this machine runs `check_device`, which refuses a CUDA device it lacks, and,
+where an evaluation job is about to run, `check_evaluators`, which builds the user's evaluators. Each raises
+ConfigError with one line naming the key the user wrote.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,31 @@ def check_device(device: str) -> None:
     problem = device_problem(device)
     if problem:
         raise ConfigError(f"{problem}; use auto or cpu here, or submit the run to a cluster with GPUs")
+
+
+def check_evaluators(model: Mapping[str, Any], tasks: Sequence[str]) -> None:
+    """Build every task's evaluator whose `_target_` is the user's (mapmerge's own are checked by the schema and
+    check_files), as each evaluation job builds it, and refuse the first that raises: a value its constructor
+    refuses (a task name it does not know, a data file that is not there) would otherwise fail the jobs only after
+    Snakemake deleted their finished tables.
+
+    For a local run about to run an evaluation job (the Snakefile's onstart): those jobs build the same evaluators.
+    """
+    from hydra.utils import instantiate  # deferred: hydra's instantiate, for a run that evaluates
+
+    with _on_path(model["python_path"]):
+        for task in tasks:
+            spec = model["tasks"][task]["evaluator"]
+            if spec["_target_"].split(".")[0] == "mapmerge":
+                continue
+            try:
+                instantiate(dict(spec))
+            except Exception as exc:  # the user's constructor, for its own reasons
+                cause = exc.__cause__ or exc  # instantiate wraps it: "Error in call to target ..."
+                raise ConfigError(
+                    f"model.tasks.{task}.evaluator: {spec['_target_']} could not be built: "
+                    f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+                ) from None
 
 
 def check_results_folder(results: str) -> None:
