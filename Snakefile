@@ -65,6 +65,8 @@ onsuccess:
     from mapmerge.outputs.notes import final_notes  # at the end only: it imports pymoo (selection's fronts)
     from mapmerge.tools.status import no_gain_notes
 
+    for server in JOB_SERVER:
+        jobserver.stop(server)
     if workflow.is_main_process:
         records.record(R, records.model_of(CFG))
     if Path(L.selected).exists():

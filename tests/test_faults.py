@@ -26,7 +26,7 @@ from conftest import (
     wait_for,
 )
 from mapmerge.io import read_table
-from mapmerge.run import runlock
+from mapmerge.run import jobclient, runlock
 from mapmerge.tools.cli import main
 
 pytestmark = pytest.mark.slow
@@ -49,14 +49,16 @@ def command(workdir: Path, *args: str, overrides: list[str] = BASE, experiment: 
     return snakemake_command(workdir, *args, overrides=overrides, experiment=experiment)
 
 
-def job_processes(workdir: Path) -> list[int]:
-    """Job processes (mapmerge.run.job, not drivers) running in `workdir`."""
+def job_processes(workdir: Path, forked: bool = True) -> list[int]:
+    """Job processes running in `workdir`: `python -m mapmerge.run.job` (a job the driver started, not the driver),
+    and with `forked` the run's job server and the jobs it forked (`-m mapmerge.run.jobserver`)."""
+    modules = {b"mapmerge.run.job", b"mapmerge.run.jobserver"} if forked else {b"mapmerge.run.job"}
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             if (
                 proc.name.isdigit()
-                and b"mapmerge.run.job" in (proc / "cmdline").read_bytes()
+                and modules & set((proc / "cmdline").read_bytes().split(b"\0"))
                 and (proc / "cwd").resolve() == workdir
             ):
                 pids.append(int(proc.name))
@@ -102,7 +104,10 @@ def killed(tmp_path_factory) -> Killed:
         # a batch done and recorded by the driver (it prints "Finished jobid" after recording a job, which it does
         # once the job's process has exited, right after writing its output), and the next job running
         wait_for(
-            lambda: recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0 and job_processes(workdir),
+            lambda: (
+                recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0
+                and job_processes(workdir, forked=False)
+            ),
             driver,
         )
     finally:
@@ -130,6 +135,8 @@ def test_a_second_driver_elsewhere_on_the_same_results_is_refused(killed):
 
 def test_jobs_stop_with_their_killed_driver(killed):
     assert killed.orphans_gone_s < 10
+    logs = [p.read_text() for p in (killed.results / "logs").rglob("*.log")]
+    assert any(jobclient.FORKED_NOTE in text for text in logs)  # the server's jobs stopped too
     assert not list(killed.results.rglob("*.tmp"))  # nothing half-written is left behind
 
 

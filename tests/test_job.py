@@ -8,13 +8,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import typing
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from mapmerge.io import read_table, write_table
-from mapmerge.run import job, runlock
+from mapmerge.run import job, jobclient, jobserver, runlock
 from mapmerge.run.config import STAGE_ENTRY
 from mapmerge.run.logs import run_stage
 from mapmerge.run.registry import REGISTRY, STAGES
@@ -145,3 +147,71 @@ def test_a_stage_argument_may_be_named_like_the_runners_own(tmp_path):
         return params, log, stage
 
     assert run_stage(stage, tmp_path / "x.log", 1, log="a", stage="b") == (1, "a", "b")
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A job server started by this test's process (its driver), importing what collect_metrics' jobs import."""
+    monkeypatch.delenv(jobclient.SERVER_ENV, raising=False)
+    proc = jobserver.start(job.preloaded({"collect_metrics"}))
+    path = Path(os.environ[jobclient.SERVER_ENV])
+    deadline = time.monotonic() + 120
+    while not path.exists():  # it listens once its imports are done
+        assert proc.poll() is None and time.monotonic() < deadline, "the job server did not start"
+        time.sleep(0.05)
+    yield path
+    jobserver.stop(proc)
+    assert not path.parent.exists() and jobclient.SERVER_ENV not in os.environ  # it removed its socket's folder
+
+
+ONE_THREAD = dict.fromkeys(jobclient.THREAD_VARS, "1")  # what Snakemake sets for a local job of 1 thread
+
+
+def run_job(cwd, log, spec, env=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mapmerge.run.job", str(log), job.encode(spec)]
+    env = {**os.environ, **ONE_THREAD} if env is None else env
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_the_job_server_forks_a_job_as_its_command_would_run_it(server, tmp_path):
+    """Its working folder (a relative log path), its environment (a driver that is gone: the job does not start),
+    its standard streams (the failure's one line) and its exit status, each as the job's own process would have."""
+    evals = tmp_path / "b0000.parquet"
+    rows = pd.DataFrame({"sample": ["s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.1]})
+    write_table(rows, evals, "evaluate_sample")
+    proc = run_job(tmp_path, "logs/all.log", collect_spec(tmp_path, [evals]))
+    assert proc.returncode == 0, proc.stderr
+    assert f"start run_collect_metrics {jobclient.FORKED_NOTE}" in (tmp_path / "logs/all.log").read_text()
+    assert set(read_table(tmp_path / "metrics.parquet")["metric"]) == {"accuracy", "loss"}
+
+    missing = tmp_path / "missing.parquet"
+    proc = run_job(tmp_path, "logs/failed.log", collect_spec(tmp_path, [missing]))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"mapmerge: rule collect_metrics (group=all) failed: {missing}"), proc.stderr
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    env = {**os.environ, **ONE_THREAD, runlock.DRIVER_ENV: f"{gone.pid}@{socket.gethostname()}"}
+    proc = run_job(tmp_path, "logs/orphan.log", collect_spec(tmp_path / "logs", [evals]), env)
+    assert proc.returncode == runlock.ORPHAN_EXIT, proc.stderr
+    assert not (tmp_path / "logs/orphan.log").exists()
+
+    # a job of 2 threads runs itself: the server's libraries were loaded for 1
+    proc = run_job(
+        tmp_path, "logs/two.log", collect_spec(tmp_path, [evals]), {**os.environ, **ONE_THREAD, "OMP_NUM_THREADS": "2"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "start run_collect_metrics\n" in (tmp_path / "logs/two.log").read_text()
+
+
+@pytest.mark.parametrize("value", ["off", "/nonexistent/socket"])
+def test_a_job_without_a_listening_server_runs_itself(tmp_path, value):
+    evals = tmp_path / "b0000.parquet"
+    rows = pd.DataFrame({"sample": ["s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.1]})
+    write_table(rows, evals, "evaluate_sample")
+    proc = run_job(
+        tmp_path, "all.log", collect_spec(tmp_path, [evals]), {**os.environ, **ONE_THREAD, jobclient.SERVER_ENV: value}
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "all.log").read_text()
+    assert "start run_collect_metrics\n" in log and "forked" not in log

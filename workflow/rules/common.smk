@@ -24,7 +24,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.sampling import design, sample_batches
 from mapmerge.layout import Layout
-from mapmerge.run import job, reads, runlock
+from mapmerge.run import job, jobserver, reads, runlock
 from mapmerge.run.registry import REGISTRY
 
 L = Layout(R)
@@ -47,22 +47,34 @@ if workflow.is_main_process:
         print(f"mapmerge: a snakemake driver ({runlock.describe(DRIVER)}) is running on {R}", file=sys.stderr)
 
 
-# The checks that need this machine, before the first job: the device, and the user's evaluators built as the
-# evaluation jobs about to run build them (for local runs: a cluster's nodes may have a GPU, or data, that the
-# submitting host lacks)
+# A local run's start, before its first job: the checks that need this machine (the device, and the user's
+# evaluators built as the evaluation jobs about to run build them; a cluster's nodes may have a GPU, or data, that
+# the submitting host lacks), then, with enough jobs to run, its job server (mapmerge.run.jobserver), which imports
+# the planned stages' modules once and forks each job; onsuccess and onerror stop it.
+JOB_SERVER = []
 onstart:
     if workflow.local_exec:
+        planned = {planned_job.rule.name for planned_job in workflow.dag.needrun_jobs()}
         try:
             preflight.check_device(DEVICE)
-            if any(job.rule.name in EVALUATION_RULES for job in workflow.dag.needrun_jobs()):
+            if planned & EVALUATION_RULES:
                 preflight.check_evaluators(MODEL, TASKS)
         except ConfigError as exc:
             sys.exit(f"mapmerge: {exc}")
+        # a conda job runs another Python
+        if len(workflow.dag) >= jobserver.MIN_JOBS and jobserver.enabled() and not CONDA_JOBS:
+            JOB_SERVER.append(jobserver.start(job.preloaded(planned)))
     runlock.hold(R)
 
 
+onerror:
+    for server in JOB_SERVER:
+        jobserver.stop(server)
+
+
 # Every rule's command: the Python running snakemake runs the job (the rule's conda environment's with --sdm conda).
-JOB = job.shell_command(conda=DeploymentMethod.CONDA in getattr(workflow.deployment_settings, "deployment_method", ()))
+CONDA_JOBS = DeploymentMethod.CONDA in getattr(workflow.deployment_settings, "deployment_method", ())
+JOB = job.shell_command(conda=CONDA_JOBS)
 SOFTWARE = "../../environment.yml"  # every rule's conda: the software a job runs
 
 

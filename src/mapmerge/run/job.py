@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mapmerge.run import evaluation_cache, runlock
+from mapmerge.run import jobclient
 from mapmerge.run.logs import run_stage
 from mapmerge.run.registry import READS, REGISTRY
 
@@ -84,6 +84,12 @@ def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any]
     )
 
 
+def preloaded(rules: set[str]) -> list[str]:
+    """The modules the job server imports for jobs of `rules`: this module's and their stages'."""
+    stages = {f"mapmerge.stages.{REGISTRY[rule].module}" for rule in rules if rule in REGISTRY}
+    return ["mapmerge.run.job", "mapmerge.run.evaluation_cache", "mapmerge.run.runlock", *sorted(stages)]
+
+
 def describe(spec: dict[str, Any]) -> str:
     """'rule fit_surrogate (group=all)'."""
     wildcards = spec.get("wildcards") or {}
@@ -96,6 +102,8 @@ def run_cached(
     """Run the stage with its log; an evaluation with `cache` in its spec first looks for its tables in the
     evaluation cache and, run, keeps them there (mapmerge.run.evaluation_cache); a batch job's samples too, one by
     one (SampleReuse)."""
+    from mapmerge.run import evaluation_cache  # deferred: pyarrow, which a job the job server forks does not need
+
     hashes: dict[str, str] = {}  # each input file hashed once for the job's keys
     kept = evaluation_cache.entries(spec, hashes) if spec.get("cache") else None
     if kept is None:
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m mapmerge.run.job LOG SPEC  (the command of a workflow rule)", file=sys.stderr)
         return 2
+    from mapmerge.run import runlock  # deferred: mapmerge.io's pyarrow (see run_cached)
+
     log, spec = argv[0], decode(argv[1])
     runlock.stop_with_driver()
     try:
@@ -146,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
+    status = jobclient.delegate(sys.argv[1:])  # forked by the run's job server, where there is one
+    if status is None:
+        status = main()
     sys.stdout.flush()
     sys.stderr.flush()
     # Every output is on disk (written, flushed and renamed) and the log closed: exit without the

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mapmerge.run import jobclient
+
 logger = logging.getLogger("mapmerge")
 
 
@@ -42,7 +44,8 @@ def run_stage(stage: Callable[..., Any], log: str | os.PathLike, /, *args: Any, 
     start = time.perf_counter()
     try:
         slurm = os.environ.get("SLURM_JOB_ID")
-        logger.info("start %s%s", stage.__name__, f" in SLURM job {slurm}" if slurm else "")
+        where = f" in SLURM job {slurm}" if slurm else f" {jobclient.FORKED_NOTE}" if jobclient.forked() else ""
+        logger.info("start %s%s", stage.__name__, where)
         result = stage(*args, **kwargs)
         # "done <stage> in N s" first: benchmarks/overhead.py and compare_methods.py parse it
         logger.info(

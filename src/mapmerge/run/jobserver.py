@@ -1,0 +1,202 @@
+"""A local run's job server: one process that imports the planned stages' modules once and forks a job per request.
+
+A job's start-up is its imports (torch alone about 2 s of CPU), and a run starts tens of jobs that import the same
+modules. The driver's onstart starts the server (`start`) for a local run with at least MIN_JOBS jobs to run; every
+job, `python -m mapmerge.run.job LOG SPEC`, then asks it (mapmerge.run.jobclient.delegate) to fork a process that
+runs the job as that command would: the job's argv, working folder, environment and standard streams (passed over
+the socket), its exit status returned. A job that finds no server ready (still importing, or none) runs itself, as
+without one.
+
+The forked job descends from the driver through the server, so it stops with a killed driver as a job started by the
+driver does (mapmerge.run.runlock.stop_with_driver); the server exits once the driver is gone, and ignores Ctrl-C
+(the jobs' processes pass it on). The server is single-threaded: it forks no process holding another thread's lock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from mapmerge.run import job, jobclient
+from mapmerge.run.jobclient import FORWARDED, HEADER, OFF, RUN_HERE, SERVER_ENV, STREAMS, THREAD_VARS
+
+MIN_JOBS = 4  # fewer jobs to run: each imports its own modules (the server's imports would not pay off)
+POLL = 0.05  # seconds between looks at finished jobs and the driver
+
+
+def enabled() -> bool:
+    """Whether this process may start a job server (MAPMERGE_JOB_SERVER=off in its environment says no)."""
+    return os.environ.get(SERVER_ENV) != OFF
+
+
+def start(modules: list[str]) -> subprocess.Popen:
+    """Start the server (a child of this process, the driver) importing `modules`, and set its socket's path in
+    this process's environment, which the jobs inherit."""
+    path = Path(tempfile.mkdtemp(prefix="mapmerge-jobs-")) / "socket"
+    quiet = subprocess.DEVNULL  # a job's output goes to its own streams; the server holds none of the driver's
+    server = subprocess.Popen(
+        [sys.executable, "-m", __name__, str(path), *modules],
+        stdin=quiet,
+        stdout=quiet,
+        stderr=quiet,
+        env={**os.environ, **dict.fromkeys(THREAD_VARS, "1")},
+    )
+    os.environ[SERVER_ENV] = str(path)
+    return server
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop a server that `start` started (the jobs it forked go on) and take its socket out of the environment."""
+    server.terminate()
+    server.wait()
+    os.environ.pop(SERVER_ENV, None)
+
+
+def serve(path: str, modules: list[str]) -> None:
+    """The server's loop: import `modules`, listen on `path`, fork a job per request and send its exit status back,
+    until the driver (this process's parent) is gone."""
+    driver = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # a job that imports it reports the error
+            pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    running: dict[int, socket.socket] = {}
+    try:
+        while os.getppid() == driver:
+            for ready in select.select([listener, *running.values()], [], [], POLL)[0]:
+                if ready is listener:
+                    conn = listener.accept()[0]
+                    pid = _fork_job(conn, listener, running)
+                    if pid is None:
+                        conn.close()
+                    else:
+                        running[pid] = conn
+                else:
+                    _pass_on(ready, running)
+            _reply_finished(running)
+    finally:
+        listener.close()
+        Path(path).unlink(missing_ok=True)
+        Path(path).parent.rmdir()
+
+
+def _pass_on(conn: socket.socket, running: dict[int, socket.socket]) -> None:
+    """A signal a job's process forwarded (FORWARDED), to its forked job; where that process is gone (its connection
+    closed: killed, as Snakemake kills a job), the forked job is killed too."""
+    pid = next(p for p, c in running.items() if c is conn)
+    try:
+        data = conn.recv(16)
+    except OSError:
+        data = b""
+    signals = {code: sig for sig, code in FORWARDED.items()}
+    for sig in [signals[bytes([b])] for b in data if bytes([b]) in signals] if data else [signal.SIGKILL]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:  # finished; _reply_finished reaps it
+            pass
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # the server's finally removes its socket
+
+
+def _fork_job(conn: socket.socket, listener: socket.socket, running: dict[int, socket.socket]) -> int | None:
+    """Read one request and fork its job; the job's pid, or None for a request that did not arrive whole."""
+    conn.settimeout(10.0)
+    fds: list[int] = []
+    try:
+        head, fds, _, _ = socket.recv_fds(conn, HEADER, len(STREAMS))
+        size = int.from_bytes(head, "big")
+        data = b""
+        while len(data) < size and (chunk := conn.recv(size - len(data))):
+            data += chunk
+        request = json.loads(data)
+        if len(fds) != len(STREAMS) or _other_threads(request["env"]):
+            conn.sendall(RUN_HERE)
+            raise ValueError("not a job for this server")
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches it through its job's process only (FORWARDED), once
+            listener.close()
+            conn.close()
+            for other in running.values():
+                other.close()
+            _become_job(request, fds)
+            status = job.main(request["argv"])
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def _other_threads(env: dict[str, str]) -> bool:
+    """Whether a job's environment asks for other thread counts than the server's libraries were loaded with."""
+    return any(env.get(name) != os.environ.get(name) for name in THREAD_VARS)
+
+
+def _become_job(request: dict, fds: list[int]) -> None:
+    """In the forked process: the job's standard streams, working folder, environment and argv, and its process's
+    handling of Ctrl-C and SIGTERM (the default, or ignored as that process ignores them)."""
+    for target, fd in zip(STREAMS, fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None  # the job's TMPDIR, should the server have asked for its own
+    sys.argv = [sys.argv[0], *request["argv"]]
+    ignored = set(request.get("ignored", []))
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        signal.signal(sig, signal.SIG_IGN if sig in ignored else handler)
+    jobclient.mark_forked()
+
+
+def _reply_finished(running: dict[int, socket.socket]) -> None:
+    """Send each finished job's exit status to the job that asked for it."""
+    while running:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            return
+        conn = running.pop(pid, None)
+        if conn is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            conn.sendall(str(code if code >= 0 else 128 - code).encode())  # killed by signal N: 128 + N, as a shell
+        except OSError:  # the job that asked is gone
+            pass
+        conn.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2:])
