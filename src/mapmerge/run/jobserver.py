@@ -63,20 +63,20 @@ def stop(server: subprocess.Popen) -> None:
 
 def serve(path: str, modules: list[str]) -> None:
     """The server's loop: import `modules`, listen on `path`, fork a job per request and send its exit status back,
-    until the driver (this process's parent) is gone."""
+    until the driver (this process's parent) is gone or stops it (SIGTERM); then remove the socket's folder."""
     driver = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except Exception:  # a job that imports it reports the error
-            pass
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
     running: dict[int, socket.socket] = {}
     try:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except Exception:  # a job that imports it reports the error
+                pass
+        listener.bind(path)  # fails for a path past the system's limit (108 bytes): the jobs run themselves
+        listener.listen(64)
         while os.getppid() == driver:
             for ready in select.select([listener, *running.values()], [], [], POLL)[0]:
                 if ready is listener:
@@ -92,7 +92,10 @@ def serve(path: str, modules: list[str]) -> None:
     finally:
         listener.close()
         Path(path).unlink(missing_ok=True)
-        Path(path).parent.rmdir()
+        try:
+            Path(path).parent.rmdir()
+        except OSError:  # not empty: not only the socket's
+            pass
 
 
 def _pass_on(conn: socket.socket, running: dict[int, socket.socket]) -> None:
