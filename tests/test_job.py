@@ -151,9 +151,9 @@ def test_a_stage_argument_may_be_named_like_the_runners_own(tmp_path):
 
 @pytest.fixture
 def server(monkeypatch):
-    """A job server started by this test's process (its driver), importing what collect_metrics' jobs import."""
+    """A job server started by this test's process (its driver)."""
     monkeypatch.delenv(jobclient.SERVER_ENV, raising=False)
-    proc = jobserver.start(job.preloaded({"collect_metrics"}))
+    proc = jobserver.start()
     path = Path(os.environ[jobclient.SERVER_ENV])
     deadline = time.monotonic() + 120
     while not path.exists():  # it listens once its imports are done

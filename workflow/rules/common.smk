@@ -50,7 +50,7 @@ if workflow.is_main_process:
 # A local run's start, before its first job: the checks that need this machine (the device, and the user's
 # evaluators built as the evaluation jobs about to run build them; a cluster's nodes may have a GPU, or data, that
 # the submitting host lacks), then, with enough jobs to run, its job server (mapmerge.run.jobserver), which imports
-# the planned stages' modules once and forks each job; onsuccess and onerror stop it.
+# each stage's modules once and forks each job; onsuccess and onerror stop it.
 JOB_SERVER = []
 onstart:
     if workflow.local_exec:
@@ -63,7 +63,7 @@ onstart:
             sys.exit(f"mapmerge: {exc}")
         # a conda job runs another Python
         if len(workflow.dag) >= jobserver.MIN_JOBS and jobserver.enabled() and not CONDA_JOBS:
-            JOB_SERVER.append(jobserver.start(job.preloaded(planned)))
+            JOB_SERVER.append(jobserver.start())
     runlock.hold(R)
 
 

@@ -68,8 +68,7 @@ def decode(text: str) -> dict[str, Any]:
 def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any], dict[str, Any]]:
     """(the stage function, its params, its keyword arguments) for a spec; not its `reads` (files the stage opens
     through its config, in the spec for Snakemake and the evaluation cache: mapmerge.run.reads)."""
-    stage = REGISTRY[spec["rule"]]
-    function = getattr(importlib.import_module(f"mapmerge.stages.{stage.module}"), stage.function)
+    function = getattr(importlib.import_module(stage_module(spec)), REGISTRY[spec["rule"]].function)
     params = dict(spec.get("params") or {})
     stage_params = params.pop("stage", None)
     return (
@@ -84,10 +83,9 @@ def stage_call(spec: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any]
     )
 
 
-def preloaded(rules: set[str]) -> list[str]:
-    """The modules the job server imports for jobs of `rules`: this module's and their stages'."""
-    stages = {f"mapmerge.stages.{REGISTRY[rule].module}" for rule in rules if rule in REGISTRY}
-    return ["mapmerge.run.job", "mapmerge.run.evaluation_cache", "mapmerge.run.runlock", *sorted(stages)]
+def stage_module(spec: dict[str, Any]) -> str:
+    """The name of the module of the spec's stage."""
+    return f"mapmerge.stages.{REGISTRY[spec['rule']].module}"
 
 
 def describe(spec: dict[str, Any]) -> str:

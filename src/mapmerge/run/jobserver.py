@@ -1,11 +1,12 @@
-"""A local run's job server: one process that imports the planned stages' modules once and forks a job per request.
+"""A local run's job server: one process that imports each stage's modules once and forks a job per request.
 
 A job's start-up is its imports (torch alone about 2 s of CPU), and a run starts tens of jobs that import the same
 modules. The driver's onstart starts the server (`start`) for a local run with at least MIN_JOBS jobs to run; every
 job, `python -m mapmerge.run.job LOG SPEC`, then asks it (mapmerge.run.jobclient.delegate) to fork a process that
 runs the job as that command would: the job's argv, working folder, environment and standard streams (passed over
-the socket), its exit status returned. A job that finds no server ready (still importing, or none) runs itself, as
-without one.
+the socket), its exit status returned. Before it forks the first job of a stage, the server imports that stage's
+module (and the job machinery's), so the job and every later one of its stage start with them imported; a module
+no planned job needs is never imported. A job that finds no server listening runs itself, as without one.
 
 The forked job descends from the driver through the server, so it stops with a killed driver as a job started by the
 driver does (mapmerge.run.runlock.stop_with_driver); the server exits once the driver is gone, and ignores Ctrl-C
@@ -29,7 +30,9 @@ from pathlib import Path
 from mapmerge.run import job, jobclient
 from mapmerge.run.jobclient import FORWARDED, HEADER, OFF, RUN_HERE, SERVER_ENV, STREAMS, THREAD_VARS
 
-MIN_JOBS = 4  # fewer jobs to run: each imports its own modules (the server's imports would not pay off)
+MIN_JOBS = 2  # one job to run imports its own modules
+# what every job imports besides its stage's module (mapmerge.run.job defers them)
+JOB_MODULES = ("mapmerge.run.evaluation_cache", "mapmerge.run.runlock")
 POLL = 0.05  # seconds between looks at finished jobs and the driver
 
 
@@ -38,13 +41,13 @@ def enabled() -> bool:
     return os.environ.get(SERVER_ENV) != OFF
 
 
-def start(modules: list[str]) -> subprocess.Popen:
-    """Start the server (a child of this process, the driver) importing `modules`, and set its socket's path in
-    this process's environment, which the jobs inherit."""
+def start() -> subprocess.Popen:
+    """Start the server (a child of this process, the driver), and set its socket's path in this process's
+    environment, which the jobs inherit."""
     path = Path(tempfile.mkdtemp(prefix="mapmerge-jobs-")) / "socket"
     quiet = subprocess.DEVNULL  # a job's output goes to its own streams; the server holds none of the driver's
     server = subprocess.Popen(
-        [sys.executable, "-m", __name__, str(path), *modules],
+        [sys.executable, "-m", __name__, str(path)],
         stdin=quiet,
         stdout=quiet,
         stderr=quiet,
@@ -61,20 +64,16 @@ def stop(server: subprocess.Popen) -> None:
     os.environ.pop(SERVER_ENV, None)
 
 
-def serve(path: str, modules: list[str]) -> None:
-    """The server's loop: import `modules`, listen on `path`, fork a job per request and send its exit status back,
-    until the driver (this process's parent) is gone or stops it (SIGTERM); then remove the socket's folder."""
+def serve(path: str) -> None:
+    """The server's loop: listen on `path`, fork a job per request (its stage's modules imported first) and send its
+    exit status back, until the driver (this process's parent) is gone or stops it (SIGTERM); then remove the
+    socket's folder."""
     driver = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     running: dict[int, socket.socket] = {}
     try:
-        for module in modules:
-            try:
-                importlib.import_module(module)
-            except Exception:  # a job that imports it reports the error
-                pass
         listener.bind(path)  # fails for a path past the system's limit (108 bytes): the jobs run themselves
         listener.listen(64)
         while os.getppid() == driver:
@@ -136,6 +135,7 @@ def _fork_job(conn: socket.socket, listener: socket.socket, running: dict[int, s
         for fd in fds:
             os.close(fd)
         return None
+    _import_for(request["argv"])
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -160,6 +160,19 @@ def _fork_job(conn: socket.socket, listener: socket.socket, running: dict[int, s
     for fd in fds:
         os.close(fd)
     return pid
+
+
+def _import_for(argv: list[str]) -> None:
+    """Import what the job of `argv` (LOG SPEC) imports: the job machinery's modules and its stage's."""
+    try:
+        modules = [*JOB_MODULES, job.stage_module(job.decode(argv[1]))]
+    except Exception:  # not a job's argv: the forked job says what is wrong
+        modules = list(JOB_MODULES)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # the forked job imports it again and reports the error
+            pass
 
 
 def _other_threads(env: dict[str, str]) -> bool:
@@ -202,4 +215,4 @@ def _reply_finished(running: dict[int, socket.socket]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2:])
+    serve(sys.argv[1])
