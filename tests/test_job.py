@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -151,9 +153,21 @@ def test_a_stage_argument_may_be_named_like_the_runners_own(tmp_path):
 
 @pytest.fixture
 def server(monkeypatch):
-    """A job server started by this test's process (its driver)."""
+    """A job server started by this test's process (its driver), in a temporary folder of its own (short: a socket's
+    path holds at most 108 bytes) that holds the socket folder of a killed server whose driver is gone, which the
+    start removes."""
     monkeypatch.delenv(jobclient.SERVER_ENV, raising=False)
+    tmp_path = Path(tempfile.mkdtemp(prefix="mm"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{jobserver.FOLDER_PREFIX}{gone.pid}-x1y2"
+    stale.mkdir()
+    (stale / "socket").touch()
+    alive = tmp_path / f"{jobserver.FOLDER_PREFIX}{os.getpid()}-x3y4"  # a running driver's
+    alive.mkdir()
     proc = jobserver.start()
+    assert not stale.exists() and alive.is_dir()
     path = Path(os.environ[jobclient.SERVER_ENV])
     deadline = time.monotonic() + 120
     while not path.exists():  # it listens once its imports are done
@@ -162,6 +176,7 @@ def server(monkeypatch):
     yield path
     jobserver.stop(proc)
     assert not path.parent.exists() and jobclient.SERVER_ENV not in os.environ  # it removed its socket's folder
+    shutil.rmtree(tmp_path)
 
 
 ONE_THREAD = dict.fromkeys(jobclient.THREAD_VARS, "1")  # what Snakemake sets for a local job of 1 thread

@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ MIN_JOBS = 2  # one job to run imports its own modules
 # what every job imports besides its stage's module (mapmerge.run.job defers them)
 JOB_MODULES = ("mapmerge.run.evaluation_cache", "mapmerge.run.runlock")
 POLL = 0.05  # seconds between looks at finished jobs and the driver
+FOLDER_PREFIX = "mapmerge-jobs-"  # the socket's folder in the temporary folder: mapmerge-jobs-<driver pid>-<random>
 
 
 def enabled() -> bool:
@@ -43,8 +45,10 @@ def enabled() -> bool:
 
 def start() -> subprocess.Popen:
     """Start the server (a child of this process, the driver), and set its socket's path in this process's
-    environment, which the jobs inherit."""
-    path = Path(tempfile.mkdtemp(prefix="mapmerge-jobs-")) / "socket"
+    environment, which the jobs inherit. The socket's folder (only its owner may enter it) names the driver's pid;
+    the folders of drivers that are gone, whose servers were killed before they could remove them, go first."""
+    _remove_stale_folders()
+    path = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")) / "socket"
     quiet = subprocess.DEVNULL  # a job's output goes to its own streams; the server holds none of the driver's
     server = subprocess.Popen(
         [sys.executable, "-m", __name__, str(path)],
@@ -55,6 +59,19 @@ def start() -> subprocess.Popen:
     )
     os.environ[SERVER_ENV] = str(path)
     return server
+
+
+def _remove_stale_folders() -> None:
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(FOLDER_PREFIX).partition("-")[0]
+        if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its driver is gone, and with it the server
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's process of that pid
+            pass
 
 
 def stop(server: subprocess.Popen) -> None:
