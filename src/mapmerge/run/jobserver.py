@@ -35,6 +35,7 @@ MIN_JOBS = 2  # one job to run imports its own modules
 # what every job imports besides its stage's module (mapmerge.run.job defers them)
 JOB_MODULES = ("mapmerge.run.evaluation_cache", "mapmerge.run.runlock")
 POLL = 0.05  # seconds between looks at finished jobs and the driver
+FORWARDED_BY_CODE = {code[0]: sig for sig, code in FORWARDED.items()}  # a forwarded signal's byte -> the signal
 FOLDER_PREFIX = "mapmerge-jobs-"  # the socket's folder in the temporary folder: mapmerge-jobs-<driver pid>-<random>
 
 
@@ -62,16 +63,12 @@ def start() -> subprocess.Popen:
 
 
 def _remove_stale_folders() -> None:
+    from mapmerge.run import runlock  # deferred: pyarrow (mapmerge.io), which the server loads after it listens
+
     for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
         pid = folder.name.removeprefix(FOLDER_PREFIX).partition("-")[0]
-        if not pid.isdigit() or folder.stat().st_uid != os.getuid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # its driver is gone, and with it the server
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:  # another user's process of that pid
-            pass
+        if pid.isdigit() and folder.stat().st_uid == os.getuid() and not runlock.alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)  # its driver is gone, and with it the server
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -122,8 +119,7 @@ def _pass_on(conn: socket.socket, running: dict[int, socket.socket]) -> None:
         data = conn.recv(16)
     except OSError:
         data = b""
-    signals = {code: sig for sig, code in FORWARDED.items()}
-    for sig in [signals[bytes([b])] for b in data if bytes([b]) in signals] if data else [signal.SIGKILL]:
+    for sig in [FORWARDED_BY_CODE[code] for code in data if code in FORWARDED_BY_CODE] if data else [signal.SIGKILL]:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:  # finished; _reply_finished reaps it

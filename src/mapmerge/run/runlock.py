@@ -127,7 +127,7 @@ def _ancestors() -> Iterator[int]:
             return
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
@@ -158,7 +158,7 @@ def stop_with_driver(interval: float = 1.0) -> threading.Thread | None:
     if host != socket.gethostname() or not pid.isdigit():
         return None
     if int(pid) not in _ancestors():
-        if not _alive(int(pid)):
+        if not alive(int(pid)):
             logger.error("driver pid %s is gone; this job does not start, the next snakemake run redoes it", pid)
             os._exit(ORPHAN_EXIT)
         return None
