@@ -233,7 +233,7 @@ def check_evaluators(model: Mapping[str, Any], tasks: Sequence[str]) -> None:
     with _on_path(model["python_path"]):
         for task in tasks:
             spec = model["tasks"][task]["evaluator"]
-            if spec["_target_"].split(".")[0] == "mapmerge":
+            if _is_ours(spec["_target_"]):
                 continue
             try:
                 instantiate(dict(spec))
@@ -303,6 +303,11 @@ def _on_path(folders: list[str]) -> Iterator[None]:
             sys.path.remove(folder)
 
 
+def _is_ours(target: str) -> bool:
+    """Whether a `_target_` is mapmerge's own (checked by the schema and the adapters, not imported or built here)."""
+    return target.split(".")[0] == "mapmerge"
+
+
 def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> None:
     """spec's _target_ must import: its module found (mapmerge's own are not imported here), a user's callable in it."""
     target = spec["_target_"]
@@ -312,7 +317,7 @@ def _check_target(spec: Mapping[str, Any], key: str, python_path: list[str]) -> 
         if python_path
         else "the installed packages (model.python_path is empty)"
     )
-    if module.split(".")[0] == "mapmerge":
+    if _is_ours(target):
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"{key}._target_: module {module} not found")
         return
