@@ -18,7 +18,6 @@ vectors, reference models); `method s` is the wall time less that.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from mapmerge.core.metrics import metrics_from_examples
 from mapmerge.io import read_table
 from mapmerge.run.config import load_config, stage_config
 from mapmerge.stages import evaluation
-from workflow_command import run_timed, workflow_command  # this script's folder is on sys.path when it runs
+from workflow_command import STAGE_DONE, run_timed, workflow_command  # this script's folder is on sys.path when it runs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"plain MAP": "map", "nested MAP": "nested", "Bayesian MAP": "bayesian"}
@@ -68,8 +67,8 @@ def stage_seconds(results: Path, stages_: tuple[str, ...]) -> float:
     total = 0.0
     for stage in stages_:
         for log in [*results.glob(f"logs/{stage}.log"), *results.glob(f"logs/{stage}/**/*.log")]:
-            match = re.search(r"done \w+ in ([0-9.]+) s", log.read_text())
-            total += float(match.group(1)) if match else 0.0
+            match = STAGE_DONE.search(log.read_text())
+            total += float(match.group(2)) if match else 0.0
     return total
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import resource
 import shutil
 import statistics
 import sys
@@ -26,14 +24,7 @@ import tempfile
 from pathlib import Path
 
 from mapmerge.run.jobclient import FORKED_NOTE, OFF, SERVER_ENV
-from workflow_command import run_timed, workflow_command
-
-DONE = re.compile(r" done \w+ in ([0-9.]+) s")
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+from workflow_command import STAGE_DONE, children_cpu, run_timed, workflow_command
 
 
 def one_run(workdir: Path, cores: int, overrides: list[str], server: bool) -> dict[str, float]:
@@ -51,7 +42,7 @@ def one_run(workdir: Path, cores: int, overrides: list[str], server: bool) -> di
         "cpu": cpu,
         "forked": sum(FORKED_NOTE in text for text in logs),
         "jobs": len(logs),
-        "stages": sum(float(m.group(1)) for text in logs for m in DONE.finditer(text)),
+        "stages": sum(float(m.group(2)) for text in logs for m in STAGE_DONE.finditer(text)),
     }
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from workflow_command import STAGE_DONE, children_cpu  # this script's folder is on sys.path when it runs
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
 DRIVER = (
@@ -59,7 +60,6 @@ DRIVER = (
     "sys.argv[0] = 'snakemake'; from snakemake.cli import main; sys.exit(main())"
 )
 STAMP = re.compile(r"^\[(\d+\.\d+)\]$")
-DONE = re.compile(r"INFO mapmerge: done (\w+) in ([0-9.]+) s")
 RESULTS = Path("results") / "demo"
 BATCHES = [f"b{k:04d}" for k in range(6)]  # the default design: 45 samples in batches of 8
 KINDS = {  # stage kind -> (rule, stage module)
@@ -70,7 +70,7 @@ KINDS = {  # stage kind -> (rule, stage module)
 
 def run_snakemake(tree: Path, workdir: Path, args: list[str], log: Path, env: dict[str, str]) -> dict[str, float]:
     """snakemake with the tree's Snakefile in `workdir` (the timestamp-patched driver); wall and CPU s. Output to `log`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children_cpu()
     start = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run(
@@ -81,10 +81,10 @@ def run_snakemake(tree: Path, workdir: Path, args: list[str], log: Path, env: di
             env=env,
         )
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children_cpu() - cpu
     if proc.returncode != 0:
         sys.exit(f"snakemake failed ({proc.returncode}) in {workdir}; its output:\n{log.read_text()[-4000:]}")
-    return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+    return {"wall": wall, "cpu": cpu}
 
 
 def job_walls(output: str) -> dict[str, float]:
@@ -114,7 +114,7 @@ def job_walls(output: str) -> dict[str, float]:
 
 
 def stage_time(log: Path) -> float:
-    done = DONE.search(log.read_text())
+    done = STAGE_DONE.search(log.read_text())
     if not done:
         sys.exit(f"{log}: no 'done' line")
     return float(done.group(2))

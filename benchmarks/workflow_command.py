@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import resource
 import subprocess
 import sys
 import time
@@ -9,6 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# a job log's line for its stage's own time (mapmerge.run.logs.run_stage): the function, the seconds
+STAGE_DONE = re.compile(r"INFO mapmerge: done (\w+) in ([0-9.]+) s")
+
+
+def children_cpu() -> float:
+    """CPU seconds (user and system) of this process's finished and waited-for children and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def workflow_command(
