@@ -1,12 +1,15 @@
 """Faults during real runs of the workflow, and what a user types after each (README, "When something goes wrong").
 
 One run on the built-in benchmark is killed mid-way (two more drivers are tried on it while it runs),
-restarted, then has an evaluation batch corrupted. A copy of examples/custom_mlp with an evaluator
+restarted, then has an evaluation batch corrupted. Another is stopped by Ctrl-C in its evaluation batches and
+run again. A copy of examples/custom_mlp with an evaluator
 that returns NaN for some merges runs with and without evaluation.on_error and surrogate.missing.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +206,71 @@ def test_check_finds_the_corrupt_batch_and_snakemake_remakes_it_with_what_follow
     assert "from the evaluation cache" in (results / "logs/evaluate_sample/all" / f"{corrupt.stem}.log").read_text()
     assert all(artifacts(results)[p] == mtime for p, mtime in before.items())  # nothing else was redone
     assert main(["check", str(results)]) == 0 and (results / "report.md").is_file()
+
+
+@dataclass
+class Interrupted:
+    workdir: Path
+    results: Path
+    batch: Path  # the evaluation batch whose job ran at the Ctrl-C
+    kept: dict[Path, int]  # artifacts (and mtimes) just before it
+    status: int
+    output: str
+    jobs_gone_s: float  # seconds from the Ctrl-C until no job process (nor the job server) was left
+
+
+def running_batch(results: Path) -> Path | None:
+    """The output of an evaluation batch whose job has started its stage and not finished it (its log says so)."""
+    for log in (results / "logs" / "evaluate_sample").rglob("*.log"):
+        text = log.read_text()
+        if " INFO mapmerge: start " in text and " INFO mapmerge: done " not in text:
+            return results / "groups" / log.parent.name / "evals" / f"{log.stem}.parquet"
+    return None
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Interrupted:
+    """A run stopped as a terminal's Ctrl-C stops it (SIGINT to the driver's process group, its jobs and job server
+    with it) while an evaluation batch runs, after another batch was done."""
+    workdir = tmp_path_factory.mktemp("interrupted")
+    results = workdir / "results" / "faults"
+    # a terminal's foreground group, whose Ctrl-C is not ignored (a test runner's may be)
+    driver = start_driver(workdir, BASE, start_new_session=True, preexec_fn=default_sigint)
+    try:
+        wait_for(lambda: recorded_batches(workdir) > 0 and running_batch(results) is not None, driver)
+        batch, kept = running_batch(results), artifacts(results)
+        os.killpg(driver.pid, signal.SIGINT)
+        status = driver.wait(timeout=120)
+        jobs_gone_s = wait_for(lambda: not job_processes(workdir), timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    output = (workdir / "driver.log").read_text()
+    return Interrupted(workdir, results, batch, kept, status, output, jobs_gone_s)
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_stops_every_job_and_keeps_what_was_finished(interrupted):
+    assert interrupted.status != 0 and "Terminating processes on user request" in interrupted.output
+    assert interrupted.jobs_gone_s < 10
+    after = artifacts(interrupted.results)
+    assert all(after.get(p) == mtime for p, mtime in interrupted.kept.items())  # nothing finished was touched
+    assert not interrupted.batch.exists()  # the interrupted batch left nothing, not even half a file
+    assert not list(interrupted.results.rglob("*.tmp"))
+
+
+def test_after_ctrl_c_the_same_command_runs_only_what_is_missing(interrupted):
+    evals = interrupted.results / "groups" / "all" / "evals"
+    done = len(list(evals.glob("b*.parquet")))
+    jobs = job_counts(run(command(interrupted.workdir))[1])  # no --unlock: the driver released its lock
+    assert jobs["evaluate_sample"] == 3 - done and interrupted.batch.exists()
+    assert not {"prepare_benchmark", "extract_task_vector", "task_vector_table"} & set(jobs)
+    after = artifacts(interrupted.results)
+    assert all(after[p] == mtime for p, mtime in interrupted.kept.items())
 
 
 # A user's evaluator that fails for some merges: the loss of stripes_0 is NaN when the coefficients
