@@ -219,6 +219,47 @@ def test_the_job_server_forks_a_job_as_its_command_would_run_it(server, tmp_path
     assert "start run_collect_metrics\n" in (tmp_path / "logs/two.log").read_text()
 
 
+def test_a_killed_job_process_takes_its_forked_job_with_it_and_the_server_goes_on(server, tmp_path):
+    """As Snakemake kills a job: SIGKILL to the job's process, whose forked job (here blocked opening its log, a FIFO
+    nobody reads) the server then kills; the next job is served as before."""
+    evals = tmp_path / "b0000.parquet"
+    rows = pd.DataFrame({"sample": ["s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.1]})
+    write_table(rows, evals, "evaluate_sample")
+    os.mkfifo(tmp_path / "blocked.log")
+    command = [sys.executable, "-m", "mapmerge.run.job", "blocked.log", job.encode(collect_spec(tmp_path, [evals]))]
+    client = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, **ONE_THREAD})
+    server_pid = next(
+        pid for pid in children(os.getpid()) if str(server).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+    deadline = time.monotonic() + 60
+    while not children(server_pid):  # the forked job
+        assert client.poll() is None and time.monotonic() < deadline, "no job was forked"
+        time.sleep(0.05)
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 10
+    while children(server_pid):
+        assert time.monotonic() < deadline, "the forked job outlived its job's process"
+        time.sleep(0.05)
+    assert not (tmp_path / "metrics.parquet").exists()
+    proc = run_job(tmp_path, "logs/next.log", collect_spec(tmp_path, [evals]))
+    assert proc.returncode == 0, proc.stderr
+    assert jobclient.FORKED_NOTE in (tmp_path / "logs/next.log").read_text()
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's living children (not the zombies)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid") == str(pid) and not fields.get("State", "").startswith("Z"):
+            found.append(int(fields["Pid"]))
+    return found
+
+
 @pytest.mark.parametrize("value", ["off", "/nonexistent/socket"])
 def test_a_job_without_a_listening_server_runs_itself(tmp_path, value):
     evals = tmp_path / "b0000.parquet"

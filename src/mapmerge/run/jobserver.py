@@ -87,11 +87,13 @@ def serve(path: str) -> None:
     signal.signal(signal.SIGTERM, _exit_on_term)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     running: dict[int, socket.socket] = {}
+    orphaned: set[int] = set()  # running jobs whose job's process is gone: killed, not yet reaped
     try:
         listener.bind(path)  # fails for a path past the system's limit (108 bytes): the jobs run themselves
         listener.listen(64)
         while os.getppid() == driver:
-            for ready in select.select([listener, *running.values()], [], [], POLL)[0]:
+            heard = [conn for pid, conn in running.items() if pid not in orphaned]
+            for ready in select.select([listener, *heard], [], [], POLL)[0]:
                 if ready is listener:
                     conn = listener.accept()[0]
                     pid = _fork_job(conn, listener, running)
@@ -99,9 +101,10 @@ def serve(path: str) -> None:
                         conn.close()
                     else:
                         running[pid] = conn
-                else:
-                    _pass_on(ready, running)
+                elif (pid := _pass_on(ready, running)) is not None:
+                    orphaned.add(pid)
             _reply_finished(running)
+            orphaned &= running.keys()
     finally:
         listener.close()
         Path(path).unlink(missing_ok=True)
@@ -111,9 +114,10 @@ def serve(path: str) -> None:
             pass
 
 
-def _pass_on(conn: socket.socket, running: dict[int, socket.socket]) -> None:
+def _pass_on(conn: socket.socket, running: dict[int, socket.socket]) -> int | None:
     """A signal a job's process forwarded (FORWARDED), to its forked job; where that process is gone (its connection
-    closed: killed, as Snakemake kills a job), the forked job is killed too."""
+    closed: killed, as Snakemake kills a job), the forked job is killed too, and its pid returned (its connection,
+    closed, is not listened to again)."""
     pid = next(p for p, c in running.items() if c is conn)
     try:
         data = conn.recv(16)
@@ -124,6 +128,7 @@ def _pass_on(conn: socket.socket, running: dict[int, socket.socket]) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:  # finished; _reply_finished reaps it
             pass
+    return None if data else pid
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
