@@ -293,6 +293,20 @@ def test_fault_policies_are_checked(repo, override, message):
         load(repo, overrides=[override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("selection.method=tchebychef", "got 'tchebychef' (did you mean `tchebycheff`?)"),
+        ("surrogate.links.accuracy=sigmod", "got 'sigmod' (did you mean `sigmoid`?)"),
+        ("evaluation.dtype=fp16", "got 'fp16'"),  # nothing close: no guess
+    ],
+)
+def test_a_mistyped_choice_gets_the_closest_one(repo, override, message):
+    with pytest.raises(ConfigError) as exc:
+        load(repo, overrides=[override])
+    assert str(exc.value).endswith(message)
+
+
 def test_a_known_key_the_defaults_leave_unset_needs_no_plus(repo):
     """benchmark.dataset=fashion as +benchmark.dataset=fashion, and preference.rot90=2 as +preference.rot90=2 (Hydra
     refuses both without '+'); a typo still fails."""

@@ -400,6 +400,8 @@ def _message(
         if inner and not key:
             key, msg = inner.group(1), inner.group(3)
         text = msg + ("" if isinstance(error["input"], Mapping) else f", got {error['input']!r}")
+        if error["type"] == "literal_error" and isinstance(error["input"], str):  # a mistyped choice
+            text += closest(error["input"], _choices(error))
     where = f"experiment file {experiment_file}: " if experiment is not None and _written_in(path, experiment) else ""
     return f"{where}{key or 'config'}: {text}"
 
@@ -427,6 +429,11 @@ BOUNDS = {
 }
 
 
+def _choices(error: Mapping[str, Any]) -> list[str]:
+    """The values a literal_error's field allows."""
+    return re.findall(r"'([^']*)'", str((error.get("ctx") or {})["expected"]))
+
+
 def _plain(error: Mapping[str, Any]) -> str:
     """pydantic's message in the config's words: 'must be >= 1', 'must be one of fail, record', 'must be an integer'."""
     kind, ctx = error["type"], error.get("ctx") or {}
@@ -436,7 +443,7 @@ def _plain(error: Mapping[str, Any]) -> str:
         key, sign = BOUNDS[kind]
         return f"must be {sign} {ctx[key]}"
     if kind == "literal_error":
-        return "must be one of " + ", ".join(re.findall(r"'([^']*)'", str(ctx["expected"])))
+        return "must be one of " + ", ".join(_choices(error))
     if kind in ("too_short", "too_long"):
         bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
         return f"must have {'at least' if kind == 'too_short' else 'at most'} {bound} items"
