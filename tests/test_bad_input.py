@@ -273,6 +273,16 @@ CASES = [
     Case(
         "python-path", r"^model\.python_path: folder .*nowhere not found", edit=_set("model.python_path", ["nowhere"])
     ),
+    Case(  # a head pattern mistyped: the heads would be merged, without a word
+        "exclude-typo",
+        r"^model\.merge\.exclude: 'heads\.\*' matches no tensor of the checkpoints \(did you mean `head\.\*`\?\)$",
+        edit=_set("model.merge.exclude", ["heads.*"]),
+    ),
+    Case(  # one include pattern of two mistyped: its tensors would be left out of the merge
+        "include-typo",
+        r"^model\.merge\.include: 'trnk\.0\.\*' matches no tensor of the checkpoints \(did you mean `trunk\.0\.\*`\?\)$",
+        edit=_set("model.merge.include", ["trunk.2.*", "trnk.0.*"]),
+    ),
 ]
 
 

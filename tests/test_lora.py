@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -297,6 +298,19 @@ def test_config_takes_adapter_directories_and_checks_them(tiny, tmp_path):
     assert model["tasks"]["qv"]["checkpoint"] == str(root / "qv" / "adapter_model.safetensors")
     assert model["builder"]["directory"] == str(root / "pretrained")  # the adapter has no config.json
     assert model["merge"]["exclude"] == []
+    # each of model.merge's patterns must match a tensor (an adapter's layers are the pretrained model's)
+    spec = json.loads(lora_experiment(root, tasks, data).read_text())
+    for which, patterns, meant in (
+        ("include", ["model.*", "modl.layers.*"], "model.layers.*"),
+        ("exclude", ["model.nrm.*"], "model.norm.*"),
+    ):
+        spec["model"]["merge"] = {which: patterns}
+        (tmp_path / "patterns.yaml").write_text(json.dumps(spec))
+        with pytest.raises(
+            ConfigError,
+            match=rf"^model\.merge\.{which}: '{re.escape(patterns[-1])}' matches no tensor of the checkpoints \(did you mean `{re.escape(meant)}`\?\)$",
+        ):
+            load_config(REPO / "config", tmp_path / "patterns.yaml")
     # refused before any job: ties and dare (merge.operator, enabled validation baselines), unsupported adapters
     for extra, message in (
         ({"merge": {"operator": "ties", "density": 0.5}}, r"^merge.operator: ties needs dense task vectors, but "),

@@ -211,6 +211,12 @@ def test_resolve_fills_the_generic_model(minilm, tmp_path):
         with pytest.raises(ConfigError, match=message) as info:
             load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], spec))
         assert "\n" not in str(info.value)
+    # a head pattern of the user's that matches nothing: the heads would be merged
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.transformers\.heads: 'clasifier\.\*' matches no tensor of the checkpoints \(did you mean `classifier\.\*`\?\)$",
+    ):
+        load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], tasks, heads=["clasifier.*"]))
     with pytest.raises(ConfigError, match="model.transformers.pretrained: .* has no config.json"):
         load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["dir"], tasks))
 

@@ -12,6 +12,7 @@ ConfigError with one line naming the key the user wrote.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import importlib.util
 import inspect
@@ -386,7 +387,8 @@ def check_lora(cfg: Mapping[str, Any]) -> None:
 def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
     """No file, and no two files with the same bytes, is two checkpoints (the pretrained one and a task's, or two
     tasks'); every checkpoint's header read;
-    the fine-tuned ones' merged tensors must match the pretrained's names and shapes."""
+    the fine-tuned ones' merged tensors must match the pretrained's names and shapes; every model.merge pattern must
+    match a tensor."""
     from mapmerge.tensors.taskvectors import (  # deferred: torch
         compatible_names,  # deferred: torch, and only the driver reads headers
     )
@@ -401,6 +403,7 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
+    _check_patterns(model, tasks)  # after the loop, which names a missing or mismatched file first
 
 
 # a larger pretrained model's builder is not built by the driver: it may load weights itself (from_pretrained)
@@ -430,6 +433,37 @@ def _check_builder_fits(model: Mapping[str, Any]) -> None:
         _load_pretrained(module, header, model["pretrained"])
     except ArtifactError as exc:
         raise ConfigError(f"model.builder: {exc}") from None
+
+
+def _check_patterns(model: Mapping[str, Any], tasks: list[str]) -> None:
+    """Refuse a model.merge pattern that matches no tensor of the checkpoints, a typo that would otherwise change what
+    is merged without a word ('heads.*' for 'head.*' merges the heads): the tensors' names as the jobs read them, of
+    the pretrained checkpoint and the dense fine-tuned ones (a LoRA adapter's layers are the pretrained model's)."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+
+    names: set[str] = set()
+    for path in [model["pretrained"], *(model["tasks"][task]["checkpoint"] for task in tasks)]:
+        if adapter_weights(path) is None:
+            with open_checkpoint(path) as checkpoint:
+                names.update(checkpoint.meta())
+    heads = (model.get("transformers") or {}).get("heads")
+    for which in ("include", "exclude"):
+        for pattern in model["merge"][which]:
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                continue
+            key = "model.transformers.heads" if isinstance(heads, list) and pattern in heads else f"model.merge.{which}"
+            raise ConfigError(
+                f"{key}: {pattern!r} matches no tensor of the checkpoints{closest(pattern, _patterns(names))}"
+            )
+
+
+def _patterns(names: set[str]) -> set[str]:
+    """Every tensor name and every module prefix of one ('trunk.0.*', 'trunk.*'): what a pattern may have meant."""
+    found = set(names)
+    for name in names:
+        parts = name.split(".")
+        found.update(".".join(parts[:i]) + ".*" for i in range(1, len(parts)))
+    return found
 
 
 def _check_twins(model: Mapping[str, Any], tasks: list[str]) -> None:
