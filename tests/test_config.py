@@ -299,9 +299,10 @@ def test_fault_policies_are_checked(repo, override, message):
         ("selection.method=tchebychef", "got 'tchebychef' (did you mean `tchebycheff`?)"),
         ("surrogate.links.accuracy=sigmod", "got 'sigmod' (did you mean `sigmoid`?)"),
         ("evaluation.dtype=fp16", "got 'fp16'"),  # nothing close: no guess
+        ("results_dir=", "results_dir: must not be empty, got ''"),
     ],
 )
-def test_a_mistyped_choice_gets_the_closest_one(repo, override, message):
+def test_a_mistyped_choice_gets_the_closest_one_and_an_empty_string_says_so(repo, override, message):
     with pytest.raises(ConfigError) as exc:
         load(repo, overrides=[override])
     assert str(exc.value).endswith(message)
