@@ -432,11 +432,15 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
         "evaluate_reference",
         "plan_level",
         "sample_coefficients",
-        "evaluate_sample",
         "collect_metrics",
         "fit_surrogate",
     ]:
         assert rows[stage][0] == "done", stage
+    # a design batch gone: its samples are in no batch, which status counts from the design
+    design = read_table(R / "groups/all/rounds/r00.parquet")
+    gone = len(read_table(runs["plain"] / "groups/all/evals/b0001.parquet")["sample"].unique())
+    assert rows["evaluate_sample"][0] == "partial"
+    assert f"; {gone} of the design's {len(design)} samples in none yet" in rows["evaluate_sample"][1]
     for stage in stages_from("pareto_front"):
         assert rows[stage][0] == "missing", stage
     assert "Real evaluations (counted from the evaluation files; evaluations.parquet is not written yet):" in out

@@ -8,9 +8,11 @@ that returns NaN for some merges runs with and without evaluation.on_error and s
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +219,8 @@ class Interrupted:
     status: int
     output: str
     jobs_gone_s: float  # seconds from the Ctrl-C until no job process (nor the job server) was left
+    said: str  # what `mapmerge status` said then
+    batches_done: int  # design batches on disk then, of 3 (3 samples each)
 
 
 def running_batch(results: Path) -> Path | None:
@@ -247,7 +251,10 @@ def interrupted(tmp_path_factory) -> Interrupted:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
     output = (workdir / "driver.log").read_text()
-    return Interrupted(workdir, results, batch, kept, status, output, jobs_gone_s)
+    with redirect_stdout(io.StringIO()) as said:
+        main(["status", str(results)])
+    done = len(list((results / "groups" / "all" / "evals").glob("b*.parquet")))
+    return Interrupted(workdir, results, batch, kept, status, output, jobs_gone_s, said.getvalue(), done)
 
 
 def default_sigint() -> None:
@@ -261,6 +268,10 @@ def test_ctrl_c_stops_every_job_and_keeps_what_was_finished(interrupted):
     assert all(after.get(p) == mtime for p, mtime in interrupted.kept.items())  # nothing finished was touched
     assert not interrupted.batch.exists()  # the interrupted batch left nothing, not even half a file
     assert not list(interrupted.results.rglob("*.tmp"))
+    # and status does not call the design's batches done
+    line = next(line for line in interrupted.said.splitlines() if line.startswith("evaluate_sample "))
+    missing = 9 - 3 * interrupted.batches_done
+    assert line.split()[1] == "partial" and f"{missing} of the design's 9 samples in none yet" in line, line
 
 
 def test_after_ctrl_c_the_same_command_runs_only_what_is_missing(interrupted):

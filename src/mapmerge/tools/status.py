@@ -274,11 +274,7 @@ def _stage_states(
             f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
             + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)"),
         ),
-        "evaluate_sample": (
-            "unreadable" if disk.bad(batches) else ("done" if disk.count(batches) else "missing"),
-            f"{named(L.batch('<g>', 'b<NNNN>'))}: {_batches(len(batches))}"
-            + _left_note(batches, left.evals, BATCHES_LEFT),
-        ),
+        "evaluate_sample": _design_batches(L, layout.problems, disk, groups_, batches, left.evals),
         "evaluate_round": (
             disk.present(round_batches),
             f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {_batches(len(round_batches))}"
@@ -310,6 +306,32 @@ def _stage_states(
         ),
         **(_validation_states(L, disk, left.validation) if validated else {}),
     }
+
+
+def _design_batches(
+    L: Layout, problems: dict[Path, str], disk: _Disk, groups: Sequence[str], batches: list[Path], left: set[Path]
+) -> tuple[str, str]:
+    """evaluate_sample's state and line: done once the batches hold every sample of each group's design, partial
+    where some sample is in none (its job stopped or failed; the design's batches are numbered from its samples, so
+    a missing one leaves no other trace but its log)."""
+    line = f"{L.batch('<g>', 'b<NNNN>').relative_to(L.root)}: {_batches(len(batches))}" + _left_note(
+        batches, left, BATCHES_LEFT
+    )
+    if disk.bad(batches):
+        return "unreadable", line
+    if not disk.count(batches):
+        return "missing", line
+    held: set[tuple[str, str]] = set()
+    for path in batches:
+        if path not in left and (table := try_read(path, problems, columns=["sample"])) is not None:
+            held.update((path.parent.parent.name, sample) for sample in table["sample"].unique())
+    designed = set()
+    for g in groups:
+        design = try_read(L.round(g, 0), problems, columns=["sample"]) if L.round(g, 0).is_file() else None
+        designed.update((g, sample) for sample in ([] if design is None else design["sample"]))
+    if designed <= held:
+        return "done", line
+    return "partial", f"{line}; {len(designed - held)} of the design's {len(designed)} samples in none yet"
 
 
 def _batches(n: int) -> str:
