@@ -440,7 +440,7 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
     design = read_table(R / "groups/all/rounds/r00.parquet")
     gone = len(read_table(runs["plain"] / "groups/all/evals/b0001.parquet")["sample"].unique())
     assert rows["evaluate_sample"][0] == "partial"
-    assert f"; {gone} of the design's {len(design)} samples in none yet" in rows["evaluate_sample"][1]
+    assert f"; {gone} of the {len(design)} samples to evaluate in none yet" in rows["evaluate_sample"][1]
     for stage in stages_from("pareto_front"):
         assert rows[stage][0] == "missing", stage
     assert "Real evaluations (counted from the evaluation files; evaluations.parquet is not written yet):" in out
@@ -456,6 +456,24 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["status", str(tmp_path / "empty")]) == 0
     assert "method not known yet" in capsys.readouterr().out
+
+
+def test_status_counts_a_rounds_samples_that_no_batch_holds(runs, tmp_path, capsys):
+    """A round with a sample that no batch holds (its batch's job stopped or failed; here a row added to the round's
+    table) is partial, with how many; with its batches gone, missing (its table asks for them), not '-' as in a run
+    without rounds."""
+    R = tmp_path / "bayes"
+    shutil.copytree(runs["bayes"], R)
+    path = R / "groups/all/rounds/r01.parquet"
+    table = read_table(path)
+    write_table(pd.concat([table, table.tail(1).assign(sample="r01s9999")], ignore_index=True), path, "propose_round")
+    assert main(["status", str(R)]) == 0
+    state, line = status_rows(capsys.readouterr().out)["evaluate_round"]
+    assert state == "partial" and line.endswith(f"; 1 of the {len(table) + 1} samples to evaluate in none yet"), line
+    for batch in (R / "groups/all/evals").glob("r01b*.parquet"):
+        batch.unlink()
+    assert main(["status", str(R)]) == 0
+    assert status_rows(capsys.readouterr().out)["evaluate_round"][0] == "missing"
 
 
 def test_status_tells_the_method(runs, capsys):

@@ -271,7 +271,7 @@ def test_ctrl_c_stops_every_job_and_keeps_what_was_finished(interrupted):
     # and status does not call the design's batches done
     line = next(line for line in interrupted.said.splitlines() if line.startswith("evaluate_sample "))
     missing = 9 - 3 * interrupted.batches_done
-    assert line.split()[1] == "partial" and f"{missing} of the design's 9 samples in none yet" in line, line
+    assert line.split()[1] == "partial" and f"{missing} of the 9 samples to evaluate in none yet" in line, line
 
 
 def test_after_ctrl_c_the_same_command_runs_only_what_is_missing(interrupted):

@@ -274,15 +274,22 @@ def _stage_states(
             f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
             + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)"),
         ),
-        "evaluate_sample": _design_batches(L, layout.problems, disk, groups_, batches, left.evals),
-        "evaluate_round": (
-            disk.present(round_batches),
-            f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {_batches(len(round_batches))}"
-            + (
-                _left_note(round_batches, left.evals, BATCHES_LEFT)
-                if round_batches
-                else " (Bayesian MAP and refinement rounds only)"
-            ),
+        "evaluate_sample": _batch_state(
+            disk,
+            [d for d in designs if d.is_file()],
+            batches,
+            left.evals,
+            f"{named(L.batch('<g>', 'b<NNNN>'))}: {_batches(len(batches))}",
+            "missing",
+        ),
+        "evaluate_round": _batch_state(
+            disk,
+            [p for p in later + refined if p not in left.rounds],
+            round_batches,
+            left.evals,
+            f"{named(L.round_batch('<g>', '<NN>', '<NNNN>'))}: {_batches(len(round_batches))}",
+            "-",
+            " (Bayesian MAP and refinement rounds only)",
         ),
         "collect_metrics": (
             "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
@@ -308,30 +315,38 @@ def _stage_states(
     }
 
 
-def _design_batches(
-    L: Layout, problems: dict[Path, str], disk: _Disk, groups: Sequence[str], batches: list[Path], left: set[Path]
+def _batch_state(
+    disk: _Disk,
+    tables: list[Path],
+    batches: list[Path],
+    left: set[Path],
+    line: str,
+    none: str,
+    why_none: str = "",
 ) -> tuple[str, str]:
-    """evaluate_sample's state and line: done once the batches hold every sample of each group's design, partial
-    where some sample is in none (its job stopped or failed; the design's batches are numbered from its samples, so
-    a missing one leaves no other trace but its log)."""
-    line = f"{L.batch('<g>', 'b<NNNN>').relative_to(L.root)}: {_batches(len(batches))}" + _left_note(
-        batches, left, BATCHES_LEFT
-    )
+    """An evaluation stage's state and line: done once its batches hold every sample of the round tables they
+    evaluate (the design's r00, or the later rounds'), partial where some sample is in none (its job stopped or
+    failed: the batches are numbered from the tables' rows, so a missing one leaves no other trace but its log);
+    without batches, `none` (with `why_none`) where no table asks for any, else missing."""
+    line += _left_note(batches, left, BATCHES_LEFT)
     if disk.bad(batches):
         return "unreadable", line
     if not disk.count(batches):
-        return "missing", line
-    held: set[tuple[str, str]] = set()
-    for path in batches:
-        if path not in left and (table := try_read(path, problems, columns=["sample"])) is not None:
-            held.update((path.parent.parent.name, sample) for sample in table["sample"].unique())
-    designed = set()
-    for g in groups:
-        design = try_read(L.round(g, 0), problems, columns=["sample"]) if L.round(g, 0).is_file() else None
-        designed.update((g, sample) for sample in ([] if design is None else design["sample"]))
-    if designed <= held:
+        return (none, line + why_none) if not tables else ("missing", line)
+    held = _samples(disk.problems, [p for p in batches if p not in left])
+    missing = len(_samples(disk.problems, tables) - held)
+    if not missing:
         return "done", line
-    return "partial", f"{line}; {len(designed - held)} of the design's {len(designed)} samples in none yet"
+    return "partial", f"{line}; {missing} of the {len(_samples(disk.problems, tables))} samples to evaluate in none yet"
+
+
+def _samples(problems: dict[Path, str], tables: list[Path]) -> set[tuple[str, str]]:
+    """(group, sample) of every row of these tables (a group's rounds/ or evals/ files)."""
+    found = set()
+    for path in tables:
+        if (table := try_read(path, problems, columns=["sample"])) is not None:
+            found.update((path.parent.parent.name, sample) for sample in table["sample"].unique())
+    return found
 
 
 def _batches(n: int) -> str:
