@@ -441,6 +441,16 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
     gone = len(read_table(runs["plain"] / "groups/all/evals/b0001.parquet")["sample"].unique())
     assert rows["evaluate_sample"][0] == "partial"
     assert f"; {gone} of the {len(design)} samples to evaluate in none yet" in rows["evaluate_sample"][1]
+    # without the design's table (no batch waits for it) the batches are not counted, and the line says so
+    (R / "groups/all/rounds/r00.parquet").unlink()
+    assert main(["status", str(R)]) == 0
+    again = status_rows(capsys.readouterr().out)
+    assert again["sample_coefficients"][0] == "missing"
+    assert again["evaluate_sample"][0] == "done" and again["evaluate_sample"][1].endswith(
+        "; not checked in all: no round table yet"
+    )
+    (R / "groups/all/rounds").mkdir(exist_ok=True)
+    shutil.copy2(runs["plain"] / "groups/all/rounds/r00.parquet", R / "groups/all/rounds/r00.parquet")
     for stage in stages_from("pareto_front"):
         assert rows[stage][0] == "missing", stage
     assert "Real evaluations (counted from the evaluation files; evaluations.parquet is not written yet):" in out
