@@ -348,8 +348,11 @@ def test_preference_file_is_yaml_task_weight(repo, tmp_path):
     (tmp_path / "exp.yaml").write_text("name: pref\npreference: prefs.yaml\n")  # relative to the experiment file
     assert load(repo, experiment=tmp_path / "exp.yaml")["preference"] == {"rot90": 2, "invert": 1}
     (tmp_path / "bad.yaml").write_text("rot90: -1\n")
-    with pytest.raises(ConfigError, match="preference weight for task 'rot90' must be a finite number >= 0"):
+    with pytest.raises(ConfigError) as info:
         load(repo, overrides=[f"preference={tmp_path / 'bad.yaml'}"])
+    assert str(info.value) == (
+        f"preference file {tmp_path / 'bad.yaml'}: preference weight for task 'rot90' must be a finite number >= 0; got -1"
+    )
     (tmp_path / "list.yaml").write_text("- rot90\n")
     with pytest.raises(ConfigError, match="list.yaml: must be a mapping task: weight"):
         load(repo, overrides=[f"preference={tmp_path / 'list.yaml'}"])

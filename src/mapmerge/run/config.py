@@ -306,7 +306,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     try:
         normalize_preference(cfg.get("preference"), cfg["task_names"])
     except PreferenceError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError((f"preference file {given}: " if isinstance(given, str) else "") + str(exc)) from exc
     model["merge"] = {**model["merge"], "vector_dtype": model["merge"].get("vector_dtype", "float32")}
     _check_method(cfg)
     cfg["validation"] = _check_validation(cfg)
