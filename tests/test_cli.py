@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import STAGES, stages_from
 from mapmerge.builtin.model import build_model
@@ -894,6 +895,31 @@ def test_select_refuses_a_bad_preference(runs, prefer, message, capsys):
     assert main(["select", str(runs["plain"]), "--prefer", prefer]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mapmerge select: --prefer: ") and message in err and err.count("\n") == 1
+
+
+def test_select_takes_a_preference_file(runs, tmp_path, capsys):
+    """--prefer FILE: the config's preference file (YAML task: weight) picks as the same weights written inline; its
+    faults name the file."""
+    R = runs["plain"]
+    (tmp_path / "prefs.yaml").write_text("rot90: 2\ninvert: 1\n")
+    merges = {}
+    for prefer in (str(tmp_path / "prefs.yaml"), "rot90=2,invert=1"):
+        merges[prefer] = tmp_path / f"{len(merges)}.safetensors"
+        assert main(["select", str(R), "--prefer", prefer, "--out", str(merges[prefer])]) == 0
+    capsys.readouterr()
+    first, second = (load_file(path) for path in merges.values())
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    for text, message in (
+        ("rot90: two\n", "bad.yaml: weight of task 'rot90' is not a number: 'two'"),
+        ("- rot90\n", "bad.yaml: must be a mapping task: weight"),
+        ("rot90: [2\n", "bad.yaml: not valid YAML (line 2"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        assert main(["select", str(R), "--prefer", str(tmp_path / "bad.yaml")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mapmerge select: --prefer: preference file {tmp_path}/") and message in err, err
+    assert main(["select", str(R), "--prefer", str(tmp_path / "none.yaml")]) == 2
+    assert f"--prefer: preference file {tmp_path / 'none.yaml'}: not found" in capsys.readouterr().err
 
 
 def test_select_in_a_nested_run(runs, tmp_path, capsys):

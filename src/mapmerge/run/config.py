@@ -337,6 +337,11 @@ def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     path = path if path.is_absolute() else base_dir / path
     if not path.is_file():
         raise ConfigError(f"preference file {value}: not found (looked for {path})")
+    return read_preference_file(path)
+
+
+def read_preference_file(path: Path) -> dict[str, Any]:
+    """A preference file's task: weight mapping (the weights as written); ConfigError naming the file."""
     loaded = OmegaConf.to_container(_load_yaml(path, f"preference file {path}"))
     if not isinstance(loaded, dict):
         raise ConfigError(f"preference file {path}: must be a mapping task: weight")

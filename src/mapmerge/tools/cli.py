@@ -113,8 +113,9 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
         "--prefer",
         required=True,
         type=str,
-        metavar="TASK=W,...",
-        help="preference weights, e.g. rot90=2,invert=1 (tasks left out get 0; weights are normalised)",
+        metavar="TASK=W,...|FILE",
+        help="preference weights, e.g. rot90=2,invert=1, or a YAML file of task: weight lines, as the config's "
+        "preference takes (tasks left out get 0; weights are normalised)",
     )
     _pick_options(pick)
     pick.add_argument(
@@ -185,7 +186,11 @@ def _export_command(sub: argparse._SubParsersAction) -> None:
         help="a task's fine-tuned directory (model.transformers.tasks.<task>.directory), once per task",
     )
     port.add_argument(
-        "--prefer", type=str, default=None, metavar="TASK=W,...", help="the pick for this preference, as select"
+        "--prefer",
+        type=str,
+        default=None,
+        metavar="TASK=W,...|FILE",
+        help="the pick for this preference (weights or a preference file), as select",
     )
     port.add_argument(
         "--point",

@@ -30,6 +30,7 @@ from mapmerge.adapters.transformers import (
 )
 from mapmerge.core import metrics, selection
 from mapmerge.core.metrics import METRICS
+from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
@@ -62,7 +63,10 @@ SOURCE = "mapmerge select"  # the `source` in the metadata of the merges select 
 
 
 def parse_preference(text: str) -> dict[str, float]:
-    """'task=weight,task=weight' as {task: weight}; UsageError naming the bad item."""
+    """'task=weight,task=weight', or a preference file (YAML task: weight, as the config's `preference` takes), as
+    {task: weight}; UsageError naming the bad item or the file."""
+    if "=" not in text and (Path(text).expanduser().is_file() or Path(text).suffix in (".yaml", ".yml")):
+        return _preference_file(Path(text).expanduser())
     preference: dict[str, float] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -80,6 +84,24 @@ def parse_preference(text: str) -> dict[str, float]:
     if not preference:
         raise UsageError("--prefer: give at least one task=weight")
     return preference
+
+
+def _preference_file(path: Path) -> dict[str, float]:
+    """The weights of a preference file, each a number; UsageError naming the file."""
+    from mapmerge.run.config import read_preference_file  # deferred: Hydra's imports, 0.2 s of every command
+
+    if not path.is_file():
+        raise UsageError(f"--prefer: preference file {path}: not found")
+    try:
+        preference = read_preference_file(path)
+    except ConfigError as exc:
+        raise UsageError(f"--prefer: {exc}") from None
+    for task, weight in preference.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise UsageError(f"--prefer: preference file {path}: weight of task {task!r} is not a number: {weight!r}")
+    if not preference:
+        raise UsageError(f"--prefer: preference file {path}: give at least one task: weight")
+    return {str(task): float(weight) for task, weight in preference.items()}
 
 
 def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) -> dict[str, float]:
