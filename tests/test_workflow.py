@@ -293,6 +293,11 @@ def test_prune_removes_the_batches_and_rounds_an_earlier_setting_left(own_run, c
     out = capsys.readouterr().out
     assert "2 batches, 1 of them left from an earlier setting (the run's ledger does not list them;" in out
     assert "pick and front points: 1, 1 of them left from an earlier setting (the run's ledger lists none of" in out
+    rounds = next(line for line in out.splitlines() if line.startswith("evaluate_round "))
+    assert rounds.endswith(
+        "1 batch, 1 of them left from an earlier setting (the run's ledger does not list them; "
+        "`mapmerge prune` removes them)"
+    ), rounds  # not counted against a round table: it has none
     assert next(line for line in out.splitlines() if line.split()[:1] == ["all"]).split()[2:4] == ["1", "1"]
     assert cli(["prune", str(res), "--dry-run"]) == 0
     assert "would remove 2 evaluation batches, 1 round table left from an earlier setting" in capsys.readouterr().out

@@ -327,22 +327,20 @@ def _batch_state(
     """An evaluation stage's state and line: done once its batches hold every sample of the round tables they
     evaluate (the design's r00, or the later rounds'), partial where some sample is in none (its job stopped or
     failed: the batches are numbered from the tables' rows, so a missing one leaves no other trace but its log), not
-    checked where the table is not written yet; without batches, `none` (with `why_none`) where no table asks for any, else missing."""
+    checked where the table is not written yet; without batches, `none` (with `why_none`) where no table asks for
+    any, else missing. Batches `left` from an earlier setting hold nothing."""
     line += _left_note(batches, left, BATCHES_LEFT)
     if disk.bad(batches):
         return "unreadable", line
     if not disk.count(batches):
         return (none, line + why_none) if not tables else ("missing", line)
-    held = _samples(disk.problems, [p for p in batches if p not in left])
-    missing = len(_samples(disk.problems, tables) - held)
-    if missing:
-        return (
-            "partial",
-            f"{line}; {missing} of the {len(_samples(disk.problems, tables))} samples to evaluate in none yet",
-        )
+    current = [p for p in batches if p not in left]
+    expected = _samples(disk.problems, tables)
+    if missing := len(expected - _samples(disk.problems, current)):
+        return "partial", f"{line}; {missing} of the {len(expected)} samples to evaluate in none yet"
     # the design's batches do not wait for its table (their coefficients are the jobs' params, drawn as the workflow
     # is parsed): until it is written, they cannot be counted against it
-    unchecked = sorted({p.parent.parent.name for p in batches} - {t.parent.parent.name for t in tables})
+    unchecked = sorted({p.parent.parent.name for p in current} - {t.parent.parent.name for t in tables})
     return "done", line + (f"; not checked in {', '.join(unchecked)}: no round table yet" if unchecked else "")
 
 
