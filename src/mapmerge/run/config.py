@@ -302,11 +302,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
     given = cfg.get("preference")
     cfg["preference"] = _preference(given, base_dir)
-    _check_preference_tasks(cfg["preference"], list(model["tasks"]), cfg["task_names"], given)
-    try:
-        normalize_preference(cfg.get("preference"), cfg["task_names"])
-    except PreferenceError as exc:
-        raise ConfigError((f"preference file {given}: " if isinstance(given, str) else "") + str(exc)) from exc
+    _check_preference(cfg["preference"], list(model["tasks"]), cfg["task_names"], given)
     model["merge"] = {**model["merge"], "vector_dtype": model["merge"].get("vector_dtype", "float32")}
     _check_method(cfg)
     cfg["validation"] = _check_validation(cfg)
@@ -353,9 +349,9 @@ def read_preference_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _check_preference_tasks(preference: Mapping[str, Any], tasks: list[str], merged: list[str], given: Any) -> None:
+def _check_preference(preference: Mapping[str, Any], tasks: list[str], merged: list[str], given: Any) -> None:
     """Refuse a preference naming a task the model lacks (with the closest name), or one `tasks` leaves out of the
-    merge; a preference file is named."""
+    merge, or weights normalize_preference refuses; a preference file is named."""
     where = f"preference file {given}: " if isinstance(given, str) else ""
     for task in preference or {}:
         if task not in tasks:
@@ -365,6 +361,10 @@ def _check_preference_tasks(preference: Mapping[str, Any], tasks: list[str], mer
                 f"{where}preference weighs task {task!r}, which `tasks` leaves out of the merge (it merges "
                 f"{', '.join(merged)}); drop its weight or add it to `tasks`"
             )
+    try:
+        normalize_preference(preference, merged)
+    except PreferenceError as exc:
+        raise ConfigError(where + str(exc)) from exc
 
 
 def _check_method(cfg: dict[str, Any]) -> None:

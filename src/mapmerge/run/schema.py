@@ -444,8 +444,12 @@ def _plain(error: Mapping[str, Any]) -> str:
         return f"must be {sign} {ctx[key]}"
     if kind == "literal_error":
         return "must be one of " + ", ".join(_choices(error))
-    if kind == "string_too_short":  # the only string bound: min_length=1
-        return "must not be empty"
+    if kind == "string_too_short":
+        return (
+            "must not be empty"
+            if ctx.get("min_length") == 1
+            else f"must have at least {ctx.get('min_length')} characters"
+        )
     if kind in ("too_short", "too_long"):
         bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
         return f"must have {'at least' if kind == 'too_short' else 'at most'} {bound} items"
