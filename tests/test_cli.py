@@ -913,6 +913,8 @@ def test_select_takes_a_preference_file(runs, tmp_path, capsys):
         ("rot90: two\n", "bad.yaml: weight of task 'rot90' is not a number: 'two'"),
         ("- rot90\n", "bad.yaml: must be a mapping task: weight"),
         ("rot90: [2\n", "bad.yaml: not valid YAML (line 2"),
+        ("rot9: 2\n", "bad.yaml: preference names unknown task 'rot9' (did you mean `rot90`?"),
+        ("rot90: 0\ninvert: 0\n", "bad.yaml: preference weights are all zero"),
     ):
         (tmp_path / "bad.yaml").write_text(text)
         assert main(["select", str(R), "--prefer", str(tmp_path / "bad.yaml")]) == 2

@@ -86,7 +86,15 @@ def parse_preference(text: str) -> dict[str, float]:
     return preference
 
 
-def _preference_file(path: Path) -> dict[str, float]:
+class PreferenceFile(dict[str, float]):
+    """The weights read from a preference file, which its later faults name."""
+
+    def __init__(self, path: Path, weights: Mapping[str, float]) -> None:
+        super().__init__(weights)
+        self.path = path
+
+
+def _preference_file(path: Path) -> PreferenceFile:
     """The weights of a preference file, each a number; UsageError naming the file."""
     from mapmerge.run.config import read_preference_file  # deferred: Hydra's imports, 0.2 s of every command
 
@@ -101,19 +109,20 @@ def _preference_file(path: Path) -> dict[str, float]:
             raise UsageError(f"--prefer: preference file {path}: weight of task {task!r} is not a number: {weight!r}")
     if not preference:
         raise UsageError(f"--prefer: preference file {path}: give at least one task: weight")
-    return {str(task): float(weight) for task, weight in preference.items()}
+    return PreferenceFile(path, {str(task): float(weight) for task, weight in preference.items()})
 
 
 def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) -> dict[str, float]:
     """--prefer's weights normalised over the run's tasks; UsageError naming a bad one (a mistyped task with the
-    closest name)."""
+    closest name, and the preference file that holds it)."""
+    where = f"--prefer: preference file {preference.path}: " if isinstance(preference, PreferenceFile) else "--prefer: "
     for task in preference:
         if task not in tasks:
-            raise UsageError(f"--prefer: {unknown_task(task, tasks, tasks)}")
+            raise UsageError(where + unknown_task(task, tasks, tasks))
     try:
         return selection.normalize_preference(preference, tasks)
     except selection.PreferenceError as exc:
-        raise UsageError(f"--prefer: {exc}") from None
+        raise UsageError(where + str(exc)) from None
 
 
 def preference_name(preference: Mapping[str, float], method: str, rho: float, own: str = "weighted_sum") -> str:
