@@ -910,7 +910,7 @@ def test_select_takes_a_preference_file(runs, tmp_path, capsys):
     first, second = (load_file(path) for path in merges.values())
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     for text, message in (
-        ("rot90: two\n", "bad.yaml: weight of task 'rot90' is not a number: 'two'"),
+        ("rot90: two\n", "bad.yaml: preference weight for task 'rot90' must be a finite number >= 0; got 'two'"),
         ("- rot90\n", "bad.yaml: must be a mapping task: weight"),
         ("rot90: [2\n", "bad.yaml: not valid YAML (line 2"),
         ("rot9: 2\n", "bad.yaml: preference names unknown task 'rot9' (did you mean `rot90`?"),

@@ -62,7 +62,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 SOURCE = "mapmerge select"  # the `source` in the metadata of the merges select writes
 
 
-def parse_preference(text: str) -> dict[str, float]:
+def parse_preference(text: str) -> dict[str, Any]:
     """'task=weight,task=weight', or a preference file (YAML task: weight, as the config's `preference` takes), as
     {task: weight}; UsageError naming the bad item or the file."""
     if "=" not in text and (Path(text).expanduser().is_file() or Path(text).suffix in (".yaml", ".yml")):
@@ -86,16 +86,16 @@ def parse_preference(text: str) -> dict[str, float]:
     return preference
 
 
-class PreferenceFile(dict[str, float]):
-    """The weights read from a preference file, which its later faults name."""
+class PreferenceFile(dict[str, Any]):
+    """The weights read from a preference file, as written (preference_weights checks them and names the file)."""
 
-    def __init__(self, path: Path, weights: Mapping[str, float]) -> None:
+    def __init__(self, path: Path, weights: Mapping[str, Any]) -> None:
         super().__init__(weights)
         self.path = path
 
 
 def _preference_file(path: Path) -> PreferenceFile:
-    """The weights of a preference file, each a number; UsageError naming the file."""
+    """The task: weight mapping of a preference file; UsageError naming the file."""
     from mapmerge.run.config import read_preference_file  # deferred: Hydra's imports, 0.2 s of every command
 
     if not path.is_file():
@@ -104,12 +104,9 @@ def _preference_file(path: Path) -> PreferenceFile:
         preference = read_preference_file(path)
     except ConfigError as exc:
         raise UsageError(f"--prefer: {exc}") from None
-    for task, weight in preference.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise UsageError(f"--prefer: preference file {path}: weight of task {task!r} is not a number: {weight!r}")
     if not preference:
         raise UsageError(f"--prefer: preference file {path}: give at least one task: weight")
-    return PreferenceFile(path, {str(task): float(weight) for task, weight in preference.items()})
+    return PreferenceFile(path, {str(task): weight for task, weight in preference.items()})
 
 
 def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) -> dict[str, float]:
