@@ -97,6 +97,8 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["+sampler=lhs"], r"^overrides: \+sampler=lhs: the defaults already choose a sampler; write sampler=lhs$"),
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
+        # each finite, but their sum is not: normalised, every weight would be 0
+        (["+preference={rot90:1e308,invert:1e308}"], r"^preference weights sum past the largest float: "),
         (["preference.rot9=1"], "preference names unknown task 'rot9'"),
         (
             ["benchmark.tasks=4", "tasks=[rot90,invert]", "preference.mod3=1"],

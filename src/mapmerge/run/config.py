@@ -21,7 +21,7 @@ from mapmerge import adapters
 from mapmerge.builtin import fashion
 from mapmerge.builtin.digits import TASK_NAMES
 from mapmerge.core import bayesian, groups
-from mapmerge.core.selection import PreferenceError, normalize_preference
+from mapmerge.core.selection import PreferenceError
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
@@ -362,7 +362,7 @@ def _check_preference(preference: Mapping[str, Any], tasks: list[str], merged: l
                 f"{', '.join(merged)}); drop its weight or add it to `tasks`"
             )
     try:
-        normalize_preference(preference, merged)
+        schema.checked_weights(preference, merged)
     except PreferenceError as exc:
         raise ConfigError(where + str(exc)) from exc
 

@@ -9,6 +9,7 @@ experiment file, that file.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from mapmerge.core.selection import PreferenceError, normalize_preference
 from mapmerge.errors import ConfigError
 
 
@@ -501,6 +503,18 @@ def closest(word: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean `x`?)' for the choice closest to a mistyped word, '' where none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def checked_weights(preference: Mapping[str, Any] | None, tasks: Sequence[str]) -> dict[str, float]:
+    """normalize_preference's weights over `tasks`; PreferenceError also for weights whose sum is past the largest
+    float, which would make every weight 0."""
+    weights = normalize_preference(preference, tasks)
+    if not math.isfinite(sum(float(w) for w in (preference or {}).values())):
+        raise PreferenceError(
+            f"preference weights sum past the largest float: {dict(preference or {})}; only their ratios count: "
+            "give smaller ones"
+        )
+    return weights
 
 
 def unknown_task(task: str, tasks: Sequence[str], known: Sequence[str]) -> str:

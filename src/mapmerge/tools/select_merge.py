@@ -34,7 +34,7 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
-from mapmerge.run.schema import unknown_task
+from mapmerge.run.schema import checked_weights, unknown_task
 from mapmerge.tensors.operators import SEEDED
 from mapmerge.tools.merge_inputs import (
     check_pretrained,
@@ -117,7 +117,7 @@ def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) ->
         if task not in tasks:
             raise UsageError(where + unknown_task(task, tasks, tasks))
     try:
-        return selection.normalize_preference(preference, tasks)
+        return checked_weights(preference, tasks)
     except selection.PreferenceError as exc:
         raise UsageError(where + str(exc)) from None
 
