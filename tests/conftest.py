@@ -63,6 +63,16 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
+def as_user(argv: list[str]) -> list[str]:
+    """A mapmerge command line run without root's override of file permissions (CI and containers run as root, whom
+    a folder's mode does not stop), so that a read-only folder is one."""
+    command = [sys.executable, "-m", "mapmerge.tools.cli", *argv]
+    if os.geteuid() != 0:
+        return command
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
+
+
 # --- things made once per test session -----------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import STAGES, stages_from
+from conftest import STAGES, as_user, stages_from
 from mapmerge.builtin.model import build_model
 from mapmerge.core import groups, pareto, refine
 from mapmerge.core.metrics import sample_metrics
@@ -364,6 +365,14 @@ def test_status_tells_evaluation_files_the_runs_ledger_does_not_list(runs, tmp_p
     )
     group_line = next(line for line in out.splitlines() if line.split()[:1] == ["all"])
     assert group_line.split()[3] == str(len(list(evals.glob("*.parquet"))) - 1)  # eval files: the run's
+    # a file of the user's among them, older than the ledger: no job's name, so neither counted nor pruned
+    shutil.copy2(first, evals / "my_analysis.parquet")
+    os.utime(evals / "my_analysis.parquet", (ledger - 60, ledger - 60))
+    assert main(["status", str(R)]) == 0
+    assert f"{batches} batches, 1 of them left" in status_rows(capsys.readouterr().out)["evaluate_sample"][1]
+    assert main(["prune", str(R)]) == 0
+    assert "removed 1 evaluation batch left from an earlier setting" in capsys.readouterr().out
+    assert (evals / "my_analysis.parquet").exists() and not (evals / "b0099.parquet").exists()
 
 
 def test_status_names_a_task_its_fine_tuned_model_does_not_gain_on(runs, tmp_path, capsys):
@@ -576,6 +585,62 @@ def test_every_command_refuses_the_folder_of_the_runs(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["status", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'empty'}: method not known yet")
+    # a mistyped path: a folder of other files (read as a run not started: `check` found "0 bad"), or none
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("mine")
+    for command in (["status"], ["summary"], ["check"], ["prune"], ["plot"], ["select", "--prefer", "rot90=1"]):
+        for folder, why in (
+            (tmp_path / "notes", "holds files that are not a mapmerge run's (readme.txt); give a run's folder"),
+            (tmp_path / "nowhere", "not a folder"),
+        ):
+            assert main([command[0], str(folder), *command[1:]]) == 2
+            assert capsys.readouterr().err == f"mapmerge {command[0]}: {folder}: {why}\n"
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["readme.txt"]
+
+
+def test_select_and_plot_into_a_folder_they_may_not_write(runs, tmp_path):
+    """A write the file system refuses is one line naming the folder, not a traceback, and leaves nothing there."""
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    R = str(runs["plain"])
+    for argv in (
+        ["select", R, "--prefer", "rot90=1", "--out", str(ro / "x.safetensors")],
+        ["plot", R, "--out", str(ro)],
+    ):
+        done = subprocess.run(as_user(argv), capture_output=True, text=True)
+        assert (done.returncode, done.stderr) == (1, f"mapmerge {argv[0]}: {ro}: Permission denied\n")
+    assert list(ro.iterdir()) == []
+
+
+def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
+    """argparse's faults in the project's one line (a mistyped choice with the closest one); no abbreviated option
+    (`check --d` was `--delete`), and an option given twice is refused, not replaced."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    bad = R / "groups" / "all" / "metrics.parquet"
+    bad.write_bytes(b"PAR1 damaged")
+    for argv, message in (
+        (
+            ["select", str(R), "--prefer", "rot90=1", "--method", "tchebychef"],
+            "mapmerge select: argument --method: invalid choice: 'tchebychef' (choose from 'weighted_sum', "
+            "'tchebycheff', 'balanced') (did you mean `tchebycheff`?); see mapmerge select --help",
+        ),
+        (
+            ["select", str(R), "--prefer", "rot90=1", "--prefer", "invert=1"],
+            "mapmerge select: argument --prefer: given twice; see mapmerge select --help",
+        ),
+        (["check", str(R), "--d"], "mapmerge: unrecognized arguments: --d; see mapmerge --help"),
+        (
+            ["select", str(R)],
+            "mapmerge select: the following arguments are required: --prefer; see mapmerge select --help",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and capsys.readouterr().err == message + "\n"
+    assert bad.read_bytes() == b"PAR1 damaged"  # `--d` deleted nothing
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("mapmerge ")
 
 
 def expected_choice(R: Path, preference: dict[str, float], method: str = "balanced", tasks=TASKS) -> dict[str, float]:
@@ -889,6 +954,7 @@ def test_select_replaces_no_file_but_its_own_merges(runs, torch_run, tmp_path, c
         ("rot90=x", "weight of task 'rot90' is not a number: 'x'"),
         ("rot90", "'rot90' is not task=weight"),
         ("rot90=0", "preference weights are all zero"),
+        ("rot90=1e308,invert=1e308", "preference weights sum past the largest float: "),  # normalised: all 0
     ],
 )
 def test_select_refuses_a_bad_preference(runs, prefer, message, capsys):

@@ -215,8 +215,10 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     again = evaluated("r06b0000.parquet", 0.25, "again")
     # the same evaluation done again (with evaluation.cache=false, on a GPU) to other bytes: the same provenance
     write_table(rows.assign(correct=[0.2500001]), evals / "r06b0000.parquet", "evaluate_round", {"setting": "again"})
-    leftover = cache / f".new.parquet.1234{TEMP_SUFFIX}"  # a copy a killed job left half-written
+    leftover = cache / f".new.parquet.1234abcd{TEMP_SUFFIX}"  # a copy a killed job left half-written
     leftover.write_bytes(b"half")
+    mine = cache / f".mine{TEMP_SUFFIX}"  # not a write's temporary file (no random part)
+    mine.write_bytes(b"mine")
     before = {p: p.read_bytes() for p in cache.iterdir()}
 
     assert main(["prune", str(results), "--dry-run"]) == 0
@@ -225,10 +227,14 @@ def test_prune_drops_only_tables_whose_jobs_now_hold_other_merges(tmp_path, caps
     assert "would drop 1 " in out and "kept 1: the run's table is the same" in out
     assert "kept 1: the run's table is missing" in out and "kept 1: the run's table does not read" in out
     assert "kept 1: the run's table is the same evaluation done again" in out
+    assert f"would remove 1 temporary file of stopped jobs: {leftover.relative_to(results)}" in out
+    assert (results / RUN_LOCK).read_text() == ""  # a dry run takes no lock (hold writes its pid there)
 
     assert main(["prune", str(results)]) == 0
-    assert "dropped 1 " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dropped 1 " in out and "removed 1 temporary file of stopped jobs" in out
     assert not old.exists() and not old.with_suffix(evaluation_cache.PLACE).exists() and not leftover.exists()
+    assert mine.exists()
     for table in (new, lost, only, unplaced, again):
         assert table.read_bytes() == before[table]
     # what was kept still comes back: the lost job's table, as its rerun would restore it
@@ -275,10 +281,13 @@ def test_prune_is_refused_while_a_driver_runs(tmp_path, capsys):
         assert main(["prune", str(results)]) == 1
         assert "nothing is pruned while it runs" in capsys.readouterr().err
         assert stray.exists()
+        assert main(["prune", str(results), "--dry-run"]) == 1  # it takes no lock, but asks whether one is held
+        assert "nothing is pruned while it runs" in capsys.readouterr().err
     assert main(["prune", str(results)]) == 0 and not stray.exists()
-    assert main(["prune", str(tmp_path / "nowhere")]) == 1
-    assert main(["prune", str(tmp_path)]) == 0  # not a run's folder: nothing to prune, nothing written
-    assert "none" in capsys.readouterr().out and not (tmp_path / RUN_LOCK).exists()
+    assert main(["prune", str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "fresh").mkdir()
+    assert main(["prune", str(tmp_path / "fresh")]) == 0  # a run not started: nothing to prune, nothing written
+    assert "none" in capsys.readouterr().out and not (tmp_path / "fresh" / RUN_LOCK).exists()
 
 
 def test_a_batch_jobs_samples_are_kept_by_their_own_keys(tmp_path):

@@ -1,5 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 
+from conftest import as_user
 from mapmerge.run.logs import run_stage
 from mapmerge.tools.cli import main
 
@@ -21,9 +25,16 @@ def test_run_stage_logs_and_keeps_the_traceback(tmp_path):
     assert "failed bad" in text and "Traceback" in text
 
 
-def test_cli_summary_of_a_missing_run(tmp_path, capsys):
-    assert main(["summary", str(tmp_path / "nothing")]) == 1
-    assert "report.md: not found" in capsys.readouterr().err
+def test_cli_summary_of_an_unfinished_run(tmp_path, capsys):
+    (tmp_path / "run" / "logs").mkdir(parents=True)
+    assert main(["summary", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.startswith(f"mapmerge: {tmp_path / 'run' / 'report.md'}: not found; ")
+    (tmp_path / "run" / "report.md").write_bytes(b"\xff\xfe# report")
+    assert main(["summary", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == (
+        f"mapmerge: {tmp_path / 'run' / 'report.md'}: not UTF-8 text (invalid start byte at byte 0); delete it and "
+        "run snakemake again to write it anew\n"
+    )
 
 
 def damaged_run(tmp_path):
@@ -43,7 +54,9 @@ def damaged_run(tmp_path):
     bad_tensors.write_bytes(bad_tensors.read_bytes()[:100])
     leftover = results / "groups" / ".x.parquet.1234abcd.tmp"
     leftover.write_bytes(b"half")
-    return results, [good, tensors], [bad_table, bad_tensors], leftover
+    mine = results / ".notes.tmp"  # a dotfile of the user's, not a write's (no random part): neither listed nor deleted
+    mine.write_bytes(b"mine")
+    return results, [good, tensors, mine], [bad_table, bad_tensors], leftover
 
 
 def test_check_lists_bad_artifacts_and_deletes_them(tmp_path, capsys):
@@ -63,9 +76,6 @@ def test_check_lists_bad_artifacts_and_deletes_them(tmp_path, capsys):
 
 
 def test_check_deletes_nothing_while_a_driver_runs(tmp_path, capsys):
-    import subprocess
-    import sys
-
     results, good, bad, leftover = damaged_run(tmp_path)
     hold = "import sys, time; from mapmerge.run import runlock; runlock.hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
     driver = subprocess.Popen([sys.executable, "-c", hold, str(results)], stdout=subprocess.PIPE, text=True)
@@ -82,5 +92,22 @@ def test_check_deletes_nothing_while_a_driver_runs(tmp_path, capsys):
 
 
 def test_check_of_a_missing_folder(tmp_path, capsys):
-    assert main(["check", str(tmp_path / "nothing")]) == 1
-    assert "nothing: not a folder" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err == f"mapmerge check: {tmp_path / 'nothing'}: not a folder\n"
+
+
+def test_check_says_which_files_it_cannot_delete(tmp_path):
+    results, good, bad, leftover = damaged_run(tmp_path)
+    folders = sorted({p.parent for p in [*bad, leftover]})
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        done = subprocess.run(as_user(["check", str(results), "--delete"]), capture_output=True, text=True)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert done.returncode == 1 and done.stderr == ""
+    out = done.stdout.splitlines()
+    assert out[3] == f"4 artifacts checked under {results}: 2 bad, 1 leftover temporary files"
+    assert out[4:] == [f"not deleted: {p} (Permission denied)" for p in [*bad, leftover]]
+    assert all(p.exists() for p in [*good, *bad, leftover])

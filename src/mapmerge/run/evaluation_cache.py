@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_hash
+from mapmerge.run import runlock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -414,6 +415,7 @@ class Pruning:
     dropped: list[Path] = field(default_factory=list)
     kept: dict[str, list[Path]] = field(default_factory=dict)
     notes: list[Path] = field(default_factory=list)  # the hash notes it drops: of files since changed or gone
+    temporary: list[Path] = field(default_factory=list)  # stopped jobs' temporary files under .cache/, which it removes
     sizes: dict[Path, int] = field(default_factory=dict)  # as found, before any was dropped
 
     def size(self, paths: list[Path]) -> int:
@@ -440,6 +442,7 @@ def prune(results: Path, dry_run: bool = False, gone: Collection[Path] = ()) -> 
     folder = results / FOLDER
     found = Pruning(kept={reason: [] for reason in KEEP_REASONS})
     found.notes = [note for note in sorted((results / HASHES).glob("*.txt")) if _stale_note(note)]
+    found.temporary = runlock.temporary_files(folder.parent)
     removed = {Path(path).resolve() for path in gone}
     for kept in sorted(folder.glob("*.parquet")):
         found.sizes[kept] = kept.stat().st_size
@@ -462,7 +465,7 @@ def prune(results: Path, dry_run: bool = False, gone: Collection[Path] = ()) -> 
     for note in [*(results / SAMPLES).glob("*.txt"), *(results / MERGES).glob("*.txt")]:  # notes of tables gone
         if not (folder / (note.read_text().split() or [""])[0]).is_file():
             note.unlink()
-    for tmp in folder.parent.rglob(f".*{TEMP_SUFFIX}"):
+    for tmp in found.temporary:
         tmp.unlink()
     return found
 

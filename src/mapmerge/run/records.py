@@ -68,15 +68,20 @@ def check_own_folder(results: str) -> None:
             f"{results}: lies inside the run folder {holder}; give the run a folder of its own (name=..., "
             "results_dir=...)"
         )
-    if not folder.is_dir() or is_run(folder):
-        return
-    held = sorted(p.name for p in folder.iterdir())
-    if held:
-        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+    if shown := foreign_files(folder):
         raise ConfigError(
             f"{results}: exists and holds files that are not a mapmerge run's ({shown}); give the run a folder of its "
             "own (name=..., results_dir=...)"
         )
+
+
+def foreign_files(folder: Path) -> str | None:
+    """The first names in a folder that holds files, none of them a run's ('adapters.md, artifacts.md, cli.md, ...');
+    None for a run's folder, an empty one, or none."""
+    if not folder.is_dir() or is_run(folder):
+        return None
+    held = sorted(p.name for p in folder.iterdir())
+    return ", ".join(held[:3]) + (", ..." if len(held) > 3 else "") if held else None
 
 
 def exempt(argv: Sequence[str]) -> bool:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -21,13 +22,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from mapmerge.io import undo_writes
+from mapmerge.io import TEMP_SUFFIX, undo_writes
 from mapmerge.layout import Layout
 
 DRIVER_ENV = "MAPMERGE_DRIVER"  # pid@host of the driver, inherited by the jobs it starts
 ORPHAN_EXIT = 75  # exit status of a job that stopped because its driver is gone
 logger = logging.getLogger("mapmerge")
 _held: dict[Path, IO[str]] = {}  # open lock files of this process: closing one releases its lock
+# what io.atomic_path (and the evaluation cache) write beside a file before renaming it onto it: .<name>.<8 hex>.tmp
+TEMPORARY = re.compile(rf"\..+\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
 
 
 class RunLockError(RuntimeError):
@@ -38,9 +41,20 @@ def lock_path(results: str | os.PathLike) -> Path:
     return Layout(results).lock
 
 
+def temporary_files(folder: Path) -> list[Path]:
+    """The temporary files under `folder` of writes not renamed into place (TEMPORARY): a stopped job's, where no
+    driver runs on the folder (else they may be outputs being written)."""
+    return sorted(p for p in folder.rglob(f".*{TEMP_SUFFIX}") if TEMPORARY.fullmatch(p.name) and p.is_file())
+
+
 def describe(info: dict[str, Any]) -> str:
     """'pid 123 on host, since ..., in /work/dir' for a lock holder."""
     return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('since')}, in {info.get('cwd')}"
+
+
+def busy(results: str | os.PathLike, info: dict[str, Any]) -> str:
+    """What to say of a results folder the driver `info` (holder's) runs on."""
+    return f"{results}: another snakemake driver ({describe(info)}) is running on this results folder"
 
 
 def _flock(fh: IO[str], flags: int, attempts: int) -> bool:
@@ -70,10 +84,8 @@ def hold(results: str | os.PathLike) -> None:
         return
     if not locked:
         fh.close()
-        info = holder(results) or {}
         raise RunLockError(
-            f"{results}: another snakemake driver ({describe(info)}) is running on this results folder; "
-            "wait for it to finish or stop it, then run snakemake again"
+            f"{busy(results, holder(results) or {})}; wait for it to finish or stop it, then run snakemake again"
         )
     fh.seek(0)
     fh.truncate()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mapmerge.io import TEMP_SUFFIX, ArtifactError, read_table, recompute_hint
+from mapmerge.io import ArtifactError, read_table, recompute_hint
 from mapmerge.run import runlock
 
 ARTIFACT_SUFFIXES = (".parquet", ".safetensors")
@@ -64,14 +64,12 @@ def artifact_problem(path: Path) -> str | None:
 
 def check(results: Path, delete: bool = False) -> tuple[str, int]:
     """Report (and with `delete` remove) unreadable artifacts and leftover temporary files; (text, exit status)."""
-    if not results.is_dir():
-        raise ArtifactError(f"{results}: not a folder")
     driver = runlock.holder(results)
     files = sorted(p for p in results.rglob("*") if p.is_file())
     artifacts = [p for p in files if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith(".")]
     bad = [(p, why) for p in artifacts if (why := artifact_problem(p))]
     # while a driver runs, temporary files are outputs being written
-    leftovers = [] if driver else [p for p in files if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)]
+    leftovers = [] if driver else runlock.temporary_files(results)
     lines = [f"bad: {why}" for _, why in bad] + [f"leftover: {p} (temporary file of a stopped job)" for p in leftovers]
     lines.append(
         f"{len(artifacts)} artifacts checked under {results}: {len(bad)} bad, {len(leftovers)} leftover temporary files"
@@ -81,10 +79,18 @@ def check(results: Path, delete: bool = False) -> tuple[str, int]:
             f"a snakemake driver ({runlock.describe(driver)}) is running on this folder; nothing is deleted while it runs"
         )
     if delete and not driver and (bad or leftovers):
+        kept = []
         for path in [p for p, _ in bad] + leftovers:
-            path.unlink()
-        lines.append(
-            f"deleted {len(bad) + len(leftovers)} files; run snakemake again to recompute them and what depends on them"
-        )
-        return "\n".join(lines), 0
+            try:
+                path.unlink()
+            except OSError as exc:  # a run folder the user may not write
+                kept.append(f"not deleted: {path} ({exc.strerror})")
+        deleted = len(bad) + len(leftovers) - len(kept)
+        lines += kept
+        if deleted:
+            lines.append(
+                f"deleted {deleted} file{'s' * (deleted != 1)}; run snakemake again to recompute them and what depends "
+                "on them"
+            )
+        return "\n".join(lines), 1 if kept else 0
     return "\n".join(lines), 1 if bad else 0

@@ -6,12 +6,17 @@ run no longer has (prune). The work of each is in its own module of mapmerge.too
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any, NoReturn
 
 from mapmerge.adapters.transformers import MAX_SHARD_SIZE, parse_size
 from mapmerge.io import ArtifactError
+from mapmerge.run import runlock
 from mapmerge.tools.check import check
 from mapmerge.tools.prune import prune
 from mapmerge.tools.replot import replot
@@ -20,18 +25,37 @@ from mapmerge.tools.select_merge import parse_preference, select
 from mapmerge.tools.status import status, summary
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (the closest choice to a mistyped one), and without abbreviated
+    options (`check --d` was `--delete`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        if choice := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+            known = re.findall(r"'([^']*)'", choice.group(2))
+            if close := difflib.get_close_matches(choice.group(1), known, n=1, cutoff=0.6):
+                message += f" (did you mean `{close[0]}`?)"
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+class _Once(argparse.Action):
+    """An option that may be given once (a second --prefer would replace the first without a word)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"argument {option}: given twice")
+        setattr(namespace, self.dest, values)
+
+
 def _size_arg(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _task_directory(text: str) -> tuple[str, str]:
-    task, sep, directory = text.partition("=")
-    if not sep or not task or not directory:
-        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=DIR")
-    return task, directory
 
 
 def _task_directory(text: str) -> tuple[str, str]:
@@ -112,7 +136,7 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
     pick.add_argument(
         "--prefer",
         required=True,
-        type=str,
+        action=_Once,
         metavar="TASK=W,...|FILE",
         help="preference weights, e.g. rot90=2,invert=1, or a YAML file of task: weight lines, as the config's "
         "preference takes (tasks left out get 0; weights are normalised)",
@@ -187,7 +211,7 @@ def _export_command(sub: argparse._SubParsersAction) -> None:
     )
     port.add_argument(
         "--prefer",
-        type=str,
+        action=_Once,
         default=None,
         metavar="TASK=W,...|FILE",
         help="the pick for this preference (weights or a preference file), as select",
@@ -238,7 +262,8 @@ def _prune_command(sub: argparse._SubParsersAction) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per command, each with the run's results folder first."""
-    parser = argparse.ArgumentParser(prog="mapmerge", description=__doc__)
+    parser = _Parser(prog="mapmerge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mapmerge {version('mapmerge')}")
     sub = parser.add_subparsers(dest="command", required=True)
     _command(sub, "summary", help="print a finished run's report and where its outputs are")
     for add in (_check_command, _status_command, _select_command, _export_command, _plot_command, _prune_command):
@@ -285,8 +310,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    if not args.results.is_dir():
-        raise UsageError(f"{args.results}: not a folder")
     for path in replot(args.results, args.out, args.metric):
         print(path)
     return 0
@@ -317,8 +340,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a `mapmerge` command; its exit status (2: a bad command line, 1: a missing or unreadable artifact)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a `mapmerge` command; its exit status (2: a bad command line, 1: a missing or unreadable artifact, or a
+    file the command cannot read or write)."""
     args = parser().parse_args(argv)
     try:
         check_run_folder(Path(args.results))
@@ -328,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ArtifactError as exc:
         print(f"mapmerge: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder it may not write (select --out, plot --out, prune or check --delete of a run)
+        path = Path(exc.filename) if exc.filename else None
+        if path is not None and runlock.TEMPORARY.fullmatch(path.name):  # written beside the file, then renamed
+            path = path.parent
+        print(f"mapmerge {args.command}: {f'{path}: ' if path else ''}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -22,7 +22,7 @@ from mapmerge.adapters.transformers import weights_file
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError, file_hash, read_table, table_metadata
 from mapmerge.layout import Layout
-from mapmerge.tools.runfolder import Scan, UsageError
+from mapmerge.tools.runfolder import Scan, UsageError, batch_files
 
 
 def _decoded(value: object) -> Any:
@@ -114,7 +114,7 @@ def pretrained_record(results: Path, layout: Scan, group: str) -> PretrainedReco
         return PretrainedRecord(
             "model.pretrained", True, name, digest, bench, "" if digest else f"{bench} records no hash of it"
         )
-    records = [paths.reference, paths.reference_examples, *sorted(paths.evals(group).glob("*.parquet"))]
+    records = [paths.reference, paths.reference_examples, *batch_files(paths.evals(group))]
     others = {
         paths.task_vector(t).name for t in [*layout.tasks, *(p.stem for p in paths.task_vectors.glob("*.safetensors"))]
     }

@@ -3,11 +3,13 @@ settings left (evaluation batches, rounds' tables, the validation's grid batches
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
 from mapmerge.run import evaluation_cache, runlock
+from mapmerge.run.records import is_run
 from mapmerge.tools.runfolder import LeftBehind, group_dirs, left_behind
 
 
@@ -15,12 +17,13 @@ def prune(results: Path, dry_run: bool = False) -> str:
     """Drop (or with `dry_run` list) the evaluation cache's tables whose jobs' tables now hold other merges'
     (evaluation_cache.prune), and remove the files left from an earlier setting (runfolder.left_behind) with their
     kept tables, holding the run's lock meanwhile; what it did, as text."""
-    if not results.is_dir():
-        raise ArtifactError(f"{results}: not a folder")
-    if not (results / evaluation_cache.FOLDER).is_dir():  # no driver has kept a table here: nothing to lock
-        return f"evaluation cache of {results}: none ({results / evaluation_cache.FOLDER} does not exist)"
+    cache = results / evaluation_cache.FOLDER
+    if not is_run(results):  # a run not started (an empty folder): nothing to prune, and no lock file to write there
+        return f"evaluation cache of {results}: none ({cache} does not exist); nothing left from an earlier setting"
+    if dry_run and (driver := runlock.holder(results)) is not None:  # a dry run only reads: it takes no lock
+        raise ArtifactError(f"{runlock.busy(results, driver)}; nothing is pruned while it runs")
     try:
-        with runlock.holding(results):
+        with nullcontext() if dry_run else runlock.holding(results):
             left = left_behind(results, group_dirs(results), {})
             logs = left.logs(Layout(results))
             found = evaluation_cache.prune(results, dry_run, gone=left.evaluations)
@@ -29,6 +32,33 @@ def prune(results: Path, dry_run: bool = False) -> str:
                     path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
+    lines = _cache_lines(results, cache, found, dry_run)
+    verb, remove = ("would drop", "would remove") if dry_run else ("dropped", "removed")
+    if found.notes:
+        lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")
+    if found.temporary:
+        names = ", ".join(str(p.relative_to(results)) for p in found.temporary[:3])
+        more = f" and {len(found.temporary) - 3} more" if len(found.temporary) > 3 else ""
+        lines.append(
+            f"  {remove} {len(found.temporary)} temporary "
+            f"file{'s' * (len(found.temporary) != 1)} of stopped jobs: {names}{more}"
+        )
+    counts = [(len(left.evals), "evaluation batch", "es"), (len(left.rounds), "round table", "s")]
+    counts.append((len(left.validation), "validation table", "s"))
+    if any(n for n, _, _ in counts):
+        what = ", ".join(f"{n} {name}{plural * (n != 1)}" for n, name, plural in counts if n)
+        lines.append(
+            f"  {remove} {what} left from an earlier setting (evaluations.parquet "
+            f"or validation.parquet, written after them, lists none of them; no job of the run reads them), "
+            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {_names(results, left)}"
+        )
+    return "\n".join(lines)
+
+
+def _cache_lines(results: Path, cache: Path, found: evaluation_cache.Pruning, dry_run: bool) -> list[str]:
+    """What prune found of the evaluation cache's tables (none where the run keeps none: evaluation.cache=false)."""
+    if not cache.is_dir():
+        return [f"evaluation cache of {results}: none ({cache} does not exist)"]
     kept = [p for paths in found.kept.values() for p in paths]
     lines = [
         f"evaluation cache of {results}: {len(kept) + len(found.dropped)} tables, "
@@ -37,24 +67,12 @@ def prune(results: Path, dry_run: bool = False) -> str:
     lines += [
         f"  kept {len(paths)}: {evaluation_cache.KEEP_REASONS[reason]}" for reason, paths in found.kept.items() if paths
     ]
-    verb = "would drop" if dry_run else "dropped"
     lines.append(
-        f"  {verb} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): their jobs' tables now hold "
-        "other merges' results or are left from an earlier setting (settings the run no longer has; going back to "
-        "one evaluates again the merges that no table kept holds)"
+        f"  {'would drop' if dry_run else 'dropped'} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): "
+        "their jobs' tables now hold other merges' results or are left from an earlier setting (settings the run no "
+        "longer has; going back to one evaluates again the merges that no table kept holds)"
     )
-    if found.notes:
-        lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")
-    counts = [(len(left.evals), "evaluation batch", "es"), (len(left.rounds), "round table", "s")]
-    counts.append((len(left.validation), "validation table", "s"))
-    if any(n for n, _, _ in counts):
-        what = ", ".join(f"{n} {name}{plural * (n != 1)}" for n, name, plural in counts if n)
-        lines.append(
-            f"  {'would remove' if dry_run else 'removed'} {what} left from an earlier setting (evaluations.parquet "
-            f"or validation.parquet, written after them, lists none of them; no job of the run reads them), "
-            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {_names(results, left)}"
-        )
-    return "\n".join(lines)
+    return lines
 
 
 def _names(results: Path, left: LeftBehind, shown: int = 6) -> str:

@@ -25,7 +25,7 @@ from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
 from mapmerge.io import ArtifactError, read_table, table_metadata
 from mapmerge.layout import Layout
-from mapmerge.run.records import is_run, run_holding
+from mapmerge.run.records import foreign_files, is_run, run_holding
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
@@ -63,13 +63,26 @@ class Scan:
         return Layout(self.results)
 
 
+# an evaluation job's table: b0000 (the design's batches, the validation's grid), r01b0000 (a round's batches)
+BATCH_FILE = re.compile(r"(r\d{2})?b\d+\.parquet")
+
+
+def batch_files(folder: Path) -> list[Path]:
+    """The evaluation jobs' tables in a folder (groups/<g>/evals/, validation/grid/): not other files put there."""
+    return sorted(p for p in folder.glob("*.parquet") if BATCH_FILE.fullmatch(p.name))
+
+
 def check_run_folder(results: Path) -> None:
-    """Refuse a folder that holds run folders instead of a run's files (results/ for results/demo), or lies inside a
-    run's folder (results/demo/groups), which every command would read as a run not started yet."""
+    """Refuse what is not a run's folder: a path that is not a folder, a folder that holds run folders instead of a
+    run's files (results/ for results/demo), lies inside a run's folder (results/demo/groups) or holds files of
+    another kind (a mistyped path), each of which every command would read as a run not started yet (an empty
+    folder is one)."""
     holder = run_holding(results)
     if holder is not None:
         raise UsageError(f"{results}: lies inside the run folder {holder}; give {holder}")
-    if not results.is_dir() or is_run(results):
+    if not results.is_dir():
+        raise UsageError(f"{results}: not a folder")
+    if is_run(results):
         return
     runs = sorted(p.name for p in results.iterdir() if p.is_dir() and is_run(p))
     if runs:
@@ -77,6 +90,8 @@ def check_run_folder(results: Path) -> None:
             f"{results}: holds the run folders {', '.join(runs)}, not a run's files; give one of them, "
             f"e.g. {results / runs[0]}"
         )
+    if shown := foreign_files(results):
+        raise UsageError(f"{results}: holds files that are not a mapmerge run's ({shown}); give a run's folder")
 
 
 def _level_plans(results: Path) -> dict[int, Path]:
@@ -146,7 +161,7 @@ def left_behind(results: Path, groups_: Sequence[str], problems: dict[Path, str]
         listed = {(str(g), str(f)) for g, f in zip(ledger["group"], ledger["file"])}
         written = L.ledger.stat().st_mtime
         for g in groups_:
-            files = sorted(L.evals(g).glob("*.parquet"))
+            files = batch_files(L.evals(g))
             evals |= {p for p in files if (g, p.name) not in listed and p.stat().st_mtime <= written}
             for table in group_rounds(results, g)[1:]:
                 batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
@@ -166,8 +181,8 @@ def _validation_left(L: Layout, problems: dict[Path, str]) -> set[Path]:
         _note_problem(problems, L.validation, exc)
         return set()
     written = L.validation.stat().st_mtime
-    folders = (L.grid_batch("b0000").parent, L.baseline("x").parent)
-    return {p for f in folders for p in f.glob("*.parquet") if p.name not in read and p.stat().st_mtime <= written}
+    tables = [*batch_files(L.grid_batch("b0000").parent), *L.baseline("x").parent.glob("*.parquet")]
+    return {p for p in tables if p.name not in read and p.stat().st_mtime <= written}
 
 
 def _bayesian_round(results: Path, group: str, problems: dict[Path, str]) -> bool:

@@ -26,6 +26,7 @@ from mapmerge.tools.runfolder import (
     METHOD_NAMES,
     LeftBehind,
     Scan,
+    batch_files,
     group_dirs,
     group_rounds,
     left_behind,
@@ -46,8 +47,15 @@ def summary(results: Path) -> str:
     report = paths.report
     if not report.exists():
         raise ArtifactError(f"{report}: not found; has the workflow finished for this run?")
+    try:
+        text = report.read_text()
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(
+            f"{report}: not UTF-8 text ({exc.reason} at byte {exc.start}); delete it and run snakemake again to write "
+            "it anew"
+        ) from None
     selected = read_table(paths.selected)
-    lines = [report.read_text(), "Where to look:", f"  Pareto front:   {paths.pareto}"]
+    lines = [text, "Where to look:", f"  Pareto front:   {paths.pareto}"]
     lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
     lines += [f"  merged model:   {paths.merged(g)}" for g in selected["group"]]
     lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
@@ -105,7 +113,7 @@ def _evaluation_files(results: Path, layout: Scan) -> list[tuple[str, str | None
     if paths.reference_examples.exists():
         files.append(("evaluate_reference", None, paths.reference_examples))
     for group in sorted(set(layout.groups) | set(group_dirs(results))):
-        for path in sorted(paths.evals(group).glob("*.parquet")):
+        for path in batch_files(paths.evals(group)):
             files.append(("evaluate_round" if Layout.is_round_batch(path) else "evaluate_sample", group, path))
         if paths.selected_evals(group).exists():
             files.append(("evaluate_selected", group, paths.selected_evals(group)))
@@ -372,7 +380,7 @@ def _left_note(files: Sequence[Path], left: set[Path], why: str) -> str:
 def _validation_states(L: Layout, disk: _Disk, left: set[Path]) -> dict[str, tuple[str, str]]:
     """The validation's stages (validation.enabled): their artifacts, counted, since the grid's size is the config's;
     `left`: those of them left from an earlier setting."""
-    grid = sorted(L.grid_batch("b0000").parent.glob("*.parquet"))
+    grid = batch_files(L.grid_batch("b0000").parent)
     baselines = sorted(L.baseline("x").parent.glob("*.parquet"))
     front = [L.validation_front, L.validation_front_evals]
     table = [L.validation, L.plot("validation")]
@@ -467,7 +475,7 @@ def status(results: Path) -> str:
         lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
     counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
     rounds = {g: group_rounds(results, g) for g in layout.groups}
-    evals = {g: sorted(L.evals(g).glob("*.parquet")) for g in layout.groups}
+    evals = {g: batch_files(L.evals(g)) for g in layout.groups}
     left = left_behind(results, layout.groups, layout.problems)
     states = _stage_states(layout, disk, rounds, evals, left)
     shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
