@@ -629,6 +629,8 @@ def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
             "mapmerge select: argument --prefer: given twice; see mapmerge select --help",
         ),
         (["check", str(R), "--d"], "mapmerge: unrecognized arguments: --d; see mapmerge --help"),
+        (["plot", str(R), "--out", ""], "mapmerge plot: argument --out: empty; give a path; see mapmerge plot --help"),
+        (["status", ""], "mapmerge status: argument results: empty; give a path; see mapmerge status --help"),
         (
             ["select", str(R)],
             "mapmerge select: the following arguments are required: --prefer; see mapmerge select --help",

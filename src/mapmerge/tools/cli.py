@@ -51,6 +51,12 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _path(text: str) -> Path:
+    if not text.strip():  # Path("") is the working folder: a shell variable left unset
+        raise argparse.ArgumentTypeError("empty; give a path")
+    return Path(text)
+
+
 def _size_arg(text: str) -> int:
     try:
         return parse_size(text)
@@ -87,7 +93,7 @@ def _pick_options(parser: argparse.ArgumentParser, when: str = "") -> None:
 def _command(sub: argparse._SubParsersAction, name: str, **kwargs: str) -> argparse.ArgumentParser:
     """A subcommand (help, description: as argparse's) and its first argument, the run's results folder."""
     parser = sub.add_parser(name, **kwargs)
-    parser.add_argument("results", type=Path, help="the run's results folder, e.g. results/demo")
+    parser.add_argument("results", type=_path, help="the run's results folder, e.g. results/demo")
     return parser
 
 
@@ -144,7 +150,7 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
     _pick_options(pick)
     pick.add_argument(
         "--out",
-        type=Path,
+        type=_path,
         default=None,
         metavar="PATH",
         help="the checkpoint to write, under RESULTS/selected/ or outside the run folder; its format follows the "
@@ -155,7 +161,7 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
     )
     pick.add_argument(
         "--pretrained",
-        type=Path,
+        type=_path,
         default=None,
         metavar="PATH",
         help="the pretrained checkpoint the run merged: a file (model.pretrained), a transformers directory "
@@ -192,7 +198,7 @@ def _export_command(sub: argparse._SubParsersAction) -> None:
         "c1 + c2 = 1 (other points are refused, saying why), dare and dare_ties up to their random masks.",
     )
     port.add_argument(
-        "--mergekit", required=True, type=Path, metavar="OUT.yaml", help="the mergekit configuration to write"
+        "--mergekit", required=True, type=_path, metavar="OUT.yaml", help="the mergekit configuration to write"
     )
     port.add_argument(
         "--pretrained",
@@ -234,7 +240,7 @@ def _plot_command(sub: argparse._SubParsersAction) -> None:
         "front_parallel.png, and front_2d.png for 2 tasks. Prints the files written.",
     )
     draw.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="folder for the PNGs (default: RESULTS/plots)"
+        "--out", type=_path, default=None, metavar="DIR", help="folder for the PNGs (default: RESULTS/plots)"
     )
     draw.add_argument(
         "--metric",
