@@ -181,7 +181,7 @@ def check_pretrained(results: Path, path: Path, given: bool, record: PretrainedR
     Returns how the hash vouched for it, or None where it cannot vouch for every tensor and check_reproduces
     must: the records do not single out its hash (record.why), or the file is a shard index (whose hash does
     not cover its shards). UsageError for a --pretrained file, ArtifactError for the run folder's own (a
-    benchmark checkpoint replaced since the run).
+    benchmark checkpoint replaced or damaged since the run).
     """
     from mapmerge.tensors.checkpoints import SHARD_INDEX_SUFFIX  # deferred: torch
 
@@ -190,7 +190,7 @@ def check_pretrained(results: Path, path: Path, given: bool, record: PretrainedR
     digest = file_hash(path)
     if digest != record.digest:
         what = f"--pretrained {path}" if given else str(path)
-        hint = f"; {record.hint(results)}" if given else "; it was replaced after the run"
+        hint = f"; {record.hint(results)}" if given else "; it was replaced or damaged after the run"
         error = UsageError if given else ArtifactError
         raise error(
             f"{what}: sha256[:16] {digest}, but the run's pretrained checkpoint {record.name} has {record.digest} "
