@@ -420,25 +420,31 @@ def test_a_missing_device_stops_a_local_run_before_any_job(tmp_path_factory, tmp
     assert not (workdir / ".snakemake" / "locks").exists() or not any((workdir / ".snakemake" / "locks").iterdir())
 
 
-def test_check_evaluators_builds_the_users_and_names_the_first_that_fails(example):
+def test_check_builds_builds_the_users_and_names_the_first_that_fails(example):
     """The example's evaluators build; one whose constructor raises is named with the cause on one line; mapmerge's own
     evaluators (the built-in benchmark's) are left to the schema; sys.path is left as it was."""
     cfg = load_config(REPO / "config", experiment=example / "experiment.yaml", overrides=EXAMPLE_RUN)
     path = list(sys.path)
-    preflight.check_evaluators(cfg["model"], cfg["task_names"])
+    preflight.check_builds(cfg["model"], cfg["task_names"])
     bad = copy.deepcopy(cfg["model"])
     bad["tasks"]["stripes_120"]["evaluator"]["n"] = -1
     with pytest.raises(ConfigError) as info:
-        preflight.check_evaluators(bad, cfg["task_names"])
+        preflight.check_builds(bad, cfg["task_names"])
     assert str(info.value) == (
         "model.tasks.stripes_120.evaluator: model.TaskEvaluator could not be built: "
         "ValueError: negative dimensions are not allowed"
     )
     assert sys.path == path
+    # a wrong type among the builder's arguments: it fails on the meta device as on the CPU, which the jobs use
+    bad = copy.deepcopy(cfg["model"])
+    bad["builder"]["hidden"] = "32"
+    with pytest.raises(ConfigError, match=r"^model\.builder: model\.build failed: .*empty\(\)"):
+        preflight.check_builds(bad, cfg["task_names"])
+    assert sys.path == path
     builtin = load_config(REPO / "config")["model"]
     task = next(iter(builtin["tasks"]))
     builtin["tasks"][task]["evaluator"]["no_such_argument"] = 1  # instantiated, it would raise
-    preflight.check_evaluators(builtin, [task])
+    preflight.check_builds(builtin, [task])
 
 
 @pytest.mark.slow

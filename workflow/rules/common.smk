@@ -48,7 +48,7 @@ if workflow.is_main_process:
 
 
 # A local run's start, before its first job: the checks that need this machine (the device, and the user's
-# evaluators built as the evaluation jobs about to run build them; a cluster's nodes may have a GPU, or data, that
+# model builder and evaluators built as the evaluation jobs about to run build them; a cluster's nodes may have a GPU, or data, that
 # the submitting host lacks), then, with enough jobs to run, its job server (mapmerge.run.jobserver), which imports
 # each stage's modules once and forks each job; onsuccess and onerror stop it.
 JOB_SERVER = []
@@ -58,7 +58,7 @@ onstart:
         try:
             preflight.check_device(DEVICE)
             if planned & EVALUATION_RULES:
-                preflight.check_evaluators(MODEL, TASKS)
+                preflight.check_builds(MODEL, TASKS)
         except ConfigError as exc:
             sys.exit(f"mapmerge: {exc}")
         # a conda job runs another Python

@@ -6,7 +6,7 @@ too small for the objectives and a plan past budget.max_evaluations. `check_file
 reads checkpoint headers and data files) refuses a run folder that cannot be made or written, importable-looking
 targets that do not import, checkpoints whose merged tensors do not line up, and labels a task's model does not know.
 The onstart of a run whose jobs start on this machine runs `check_device`, which refuses a CUDA device it lacks, and,
-where an evaluation job is about to run, `check_evaluators`, which builds the user's evaluators. Each raises
+where an evaluation job is about to run, `check_builds`, which builds the user's model and evaluators. Each raises
 ConfigError with one line naming the key the user wrote.
 """
 
@@ -221,17 +221,20 @@ def check_device(device: str) -> None:
         raise ConfigError(f"{problem}; use auto or cpu here, or submit the run to a cluster with GPUs")
 
 
-def check_evaluators(model: Mapping[str, Any], tasks: Sequence[str]) -> None:
-    """Build every task's evaluator whose `_target_` is the user's (mapmerge's own are checked by the schema and
-    check_files), as each evaluation job builds it, and refuse the first that raises: a value its constructor
-    refuses (a task name it does not know, a data file that is not there) would otherwise fail the jobs only after
-    Snakemake deleted their finished tables.
+def check_builds(model: Mapping[str, Any], tasks: Sequence[str]) -> None:
+    """Build the user's model builder (no adapter) where check_files could not build it on the meta device, and every
+    task's evaluator whose `_target_` is the user's (mapmerge's own are checked by the schema and check_files), as
+    each evaluation job builds them, and refuse the first that raises: a value a constructor refuses (a wrong type,
+    hidden: '32'; a task name it does not know, a data file that is not there) would otherwise fail the jobs only
+    after Snakemake deleted their finished tables.
 
-    For a local run about to run an evaluation job (the Snakefile's onstart): those jobs build the same evaluators.
+    For a local run about to run an evaluation job (the Snakefile's onstart): those jobs build the same.
     """
     from hydra.utils import instantiate  # deferred: hydra's instantiate, for a run that evaluates
 
     with _on_path(model["python_path"]):
+        if model.get("adapter") is None and model.get("builder") and not _is_ours(model["builder"]["_target_"]):
+            _check_builder_builds(model)
         for task in tasks:
             spec = model["tasks"][task]["evaluator"]
             if _is_ours(spec["_target_"]):
@@ -433,6 +436,29 @@ def _check_builder_fits(model: Mapping[str, Any]) -> None:
         _load_pretrained(module, header, model["pretrained"])
     except ArtifactError as exc:
         raise ConfigError(f"model.builder: {exc}") from None
+
+
+def _check_builder_builds(model: Mapping[str, Any]) -> None:
+    """model.builder built on the meta device, else (a builder that needs real tensors) on the CPU, as the jobs build
+    it; ConfigError with its fault. A model over BUILD_CHECK_BYTES that needs real tensors is left to the jobs."""
+    import torch  # deferred: torch, and only the driver checks
+
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+    from mapmerge.tensors.engine import EvaluationError, build_module  # deferred: torch; the jobs' own build
+
+    try:
+        with torch.device("meta"):
+            build_module(model["builder"], model["python_path"])
+        return
+    except EvaluationError:
+        pass
+    with open_checkpoint(model["pretrained"]) as pretrained:
+        if sum(t.numel() * t.element_size() for t in pretrained.meta().values()) > BUILD_CHECK_BYTES:
+            return
+    try:
+        build_module(model["builder"], model["python_path"])
+    except EvaluationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_patterns(model: Mapping[str, Any], tasks: list[str]) -> None:
