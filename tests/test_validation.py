@@ -358,6 +358,10 @@ def load(repo: Path, *overrides: str) -> dict:
             "validation.enabled: validation is for one-group methods",
         ),
         (["validation.resolution=1"], "validation.resolution: must be an integer >= 2"),
+        (  # planned, 10^9 points filled the driver's memory before a job ran
+            ["validation.enabled=true", "benchmark.tasks=3", "validation.resolution=1000"],
+            "validation.resolution: a grid of 1000^3 = 1,000,000,000 points is refused (validation.max_points: 20,000",
+        ),
         (["validation.bootstrap=-1"], "validation.bootstrap: must be an integer >= 0"),
         (["validation.ci_level=1.5"], "validation.ci_level: must be in (0, 1)"),
         (["validation.baselines.ties.density=2"], "validation.baselines.ties.density: must be in (0, 1]"),

@@ -119,6 +119,7 @@ class Validation(Section):
     enabled: bool
     resolution: _range(int, 2)
     max_tasks: _range(int, 2)
+    max_points: PosInt
     batch: PosInt
     front_points: PosInt
     bootstrap: NonNegInt

@@ -38,6 +38,13 @@ def check_cfg(validation: Mapping[str, Any], method: str, n_tasks: int) -> dict[
                 f"validation.max_tasks: a grid of {validation['resolution']}^{n_tasks} points is refused for {n_tasks} tasks "
                 f"(at most {validation['max_tasks']}); merge fewer tasks or set validation.enabled=false"
             )
+        points = validation["resolution"] ** n_tasks  # each evaluated for real; the plan lists them all
+        if points > validation["max_points"]:
+            raise ValueError(
+                f"validation.resolution: a grid of {validation['resolution']}^{n_tasks} = {points:,} points is refused "
+                f"(validation.max_points: {validation['max_points']:,}, each point evaluated on every task); lower "
+                "the resolution, or raise max_points"
+            )
     return validation
 
 
