@@ -57,6 +57,27 @@ def test_experiment_file_then_overrides(repo, tmp_path):
     assert cfg["task_names"] == ["a", "b"]
 
 
+@pytest.mark.parametrize("task", ["stripes 60", "a/b", ".hidden"])
+def test_a_task_name_that_cannot_name_a_file_is_refused(repo, tmp_path, task):
+    """A task's name names its files and matches the rules' wildcard: 'stripes 60' passed every check and Snakemake
+    then stopped with a MissingInputException of 25 lines."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "model:\n"
+        "  builder: {_target_: mymodel.build}\n"
+        "  pretrained: pre.pt\n"
+        "  tasks:\n"
+        "    a: {checkpoint: a.pt, evaluator: {_target_: mymodel.Eval}}\n"
+        f"    '{task}': {{checkpoint: b.pt, evaluator: {{_target_: mymodel.Eval}}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=exp, check_files=False)
+    assert str(info.value) == (
+        f"model.tasks: task name {task!r} may hold only letters, digits, '_', '-' and '.' (not first): it names the "
+        "task's files"
+    )
+
+
 def test_a_model_of_one_task_is_refused(repo, tmp_path):
     """MAP's front is the trade-offs between tasks: one task (the built-in benchmark's list, or a user model's) is
     refused before any job, as `tasks` of one is."""

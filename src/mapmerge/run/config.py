@@ -299,6 +299,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     model["builtin"] = builtin
     model = _benchmark_model(cfg, model) if builtin else _user_model(model, base_dir)
     cfg["model"] = model
+    _check_task_names(model)
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
     given = cfg.get("preference")
     cfg["preference"] = _preference(given, base_dir)
@@ -466,6 +467,22 @@ def _user_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         resolved[str(task)] = {**spec, "checkpoint": path(spec["checkpoint"], f"model.tasks.{task}.checkpoint")}
     model["tasks"] = resolved
     return model
+
+
+# a task's name is a file name and a wildcard of the workflow's rules (the Snakefile's wildcard_constraints)
+TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_task_names(model: Mapping[str, Any]) -> None:
+    """Refuse a task name that cannot name a file or match the rules' wildcard ('stripes 60', 'a/b'): Snakemake
+    would stop with a MissingInputException after the checks."""
+    where = {"transformers": "model.transformers.tasks", "openclip": "model.openclip.tasks"}
+    for task in model["tasks"]:
+        if not TASK_NAME.fullmatch(str(task)) or str(task).startswith("."):
+            raise ConfigError(
+                f"{where.get(model.get('adapter'), 'model.tasks')}: task name {str(task)!r} may hold only letters, "
+                "digits, '_', '-' and '.' (not first): it names the task's files"
+            )
 
 
 def _select_tasks(selection: Any, available: list[str]) -> list[str]:
