@@ -56,6 +56,9 @@ PosFloat = _range(float, 0, open_low=True)
 NonNegFloat = _range(float, 0)
 Fraction = _range(float, 0, 1, open_low=True, open_high=True)
 Path_ = Annotated[str, Field(min_length=1)]
+# a merge coefficient, or a bound of the box: a task vector scaled past 10 leaves every fine-tune far behind
+# (sampler.upper=1e300 passed, and the jobs' models returned NaN)
+Coefficient = _range(float, -10, 10)
 Operator = Literal["task_arithmetic", "ties", "dare", "dare_ties", "slerp"]  # mapmerge.tensors.operators.OPERATORS
 Density = _range(float, 0, 1, open_low=True)
 DropRate = _range(float, 0, 1, open_high=True)
@@ -104,13 +107,13 @@ class Refine(Section):
     order: Literal["cover", "gap"]  # mapmerge.core.refine.ORDERS
     trust_radius: _range(float, 0, 1, open_low=True) | None  # fraction of the box's width; null: anywhere
     trust_from: PosInt  # the first refinement round whose pick lies in the trust region
-    extend: NonNegFloat
-    limit: PosFloat
+    extend: _range(float, 0, 10)
+    limit: _range(float, 0, 10, open_low=True)
 
 
 class Baseline(Section):
     operator: Operator
-    coefficient: float
+    coefficient: Coefficient
     density: Density | None = None
     drop_rate: DropRate | None = None
 
@@ -160,8 +163,8 @@ class Benchmark(Section):
 
 class Sampler(Section):
     kind: Literal["sobol", "lhs"]
-    lower: float
-    upper: float
+    lower: Coefficient
+    upper: Coefficient
     factor: PosFloat
     min_points: NonNegInt
     include_special: bool
