@@ -980,6 +980,7 @@ def test_select_takes_a_preference_file(runs, tmp_path, capsys):
     for text, message in (
         ("rot90: two\n", "bad.yaml: preference weight for task 'rot90' must be a finite number >= 0; got 'two'"),
         ("- rot90\n", "bad.yaml: must be a mapping task: weight"),
+        ("", "bad.yaml: empty; give its task: weight lines"),
         ("rot90: [2\n", "bad.yaml: not valid YAML (line 2"),
         ("rot9: 2\n", "bad.yaml: preference names unknown task 'rot9' (did you mean `rot90`?"),
         ("rot90: 0\ninvert: 0\n", "bad.yaml: preference weights are all zero"),

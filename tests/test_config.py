@@ -158,6 +158,9 @@ def test_missing_experiment_file(repo, tmp_path):
         load(repo, experiment=tmp_path / "nothere.yaml")
     with pytest.raises(ConfigError, match=r": a folder, not a file \(looked for"):
         load(repo, experiment=tmp_path)
+    (tmp_path / "empty.yaml").write_text("# my experiment, to fill in\n")  # it ran the built-in benchmark's demo
+    with pytest.raises(ConfigError, match=r"^experiment file .*empty.yaml: empty; give its config keys"):
+        load(repo, experiment=tmp_path / "empty.yaml")
 
 
 @pytest.mark.parametrize(
@@ -381,6 +384,9 @@ def test_preference_file_is_yaml_task_weight(repo, tmp_path):
     (tmp_path / "list.yaml").write_text("- rot90\n")
     with pytest.raises(ConfigError, match="list.yaml: must be a mapping task: weight"):
         load(repo, overrides=[f"preference={tmp_path / 'list.yaml'}"])
+    (tmp_path / "empty.yaml").write_text("")  # equal weights without a word
+    with pytest.raises(ConfigError, match="empty.yaml: empty; give its task: weight lines"):
+        load(repo, overrides=[f"preference={tmp_path / 'empty.yaml'}"])
     with pytest.raises(ConfigError, match="preference file nothere.yaml: not found"):
         load(repo, overrides=["preference=nothere.yaml"])
     (tmp_path / "typo.yaml").write_text("rot90: 2\ninvrt: 1\n")  # the file is named, with the closest task

@@ -81,6 +81,8 @@ def load_config(
         node = _load_yaml(exp_path, f"experiment file {experiment}")
         if not OmegaConf.is_dict(node):
             raise ConfigError(f"experiment file {experiment}: must be a mapping of config keys")
+        if not node:  # a file saved empty would run the default config, the built-in benchmark
+            raise ConfigError(f"experiment file {experiment}: empty; give its config keys (name, model, ...)")
         exp_keys = OmegaConf.to_container(node)
         ConfigStore.instance().store(group="experiment", name=EXPERIMENT_NODE, node=node, package="_global_")
         overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
@@ -342,6 +344,8 @@ def read_preference_file(path: Path) -> dict[str, Any]:
     loaded = OmegaConf.to_container(_load_yaml(path, f"preference file {path}"))
     if not isinstance(loaded, dict):
         raise ConfigError(f"preference file {path}: must be a mapping task: weight")
+    if not loaded:  # equal weights without a word: leave `preference` out for those
+        raise ConfigError(f"preference file {path}: empty; give its task: weight lines")
     if list(loaded) == ["preference"] and isinstance(loaded["preference"], dict):
         raise ConfigError(
             f"preference file {path}: holds `preference:` with the weights under it; write its task: weight lines "

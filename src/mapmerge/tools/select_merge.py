@@ -104,8 +104,6 @@ def _preference_file(path: Path) -> PreferenceFile:
         preference = read_preference_file(path)
     except ConfigError as exc:
         raise UsageError(f"--prefer: {exc}") from None
-    if not preference:
-        raise UsageError(f"--prefer: preference file {path}: give at least one task: weight")
     return PreferenceFile(path, {str(task): weight for task, weight in preference.items()})
 
 
