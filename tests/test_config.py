@@ -153,6 +153,24 @@ def test_bad_config_gives_one_line_error(repo, overrides, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_fault_is_named_where_the_key_was_set(repo, tmp_path):
+    """The experiment file is named for a bad value written in it, not for one an override replaced (name=5 was
+    blamed on the file that said `name: mine`), nor for a rule between keys it does not set."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: mine\nsampler: {factor: -1}\n")
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=exp)
+    assert str(info.value) == f"experiment file {exp}: sampler.factor: must be > 0, got -1"
+    for overrides, message in (
+        (["name=5", "sampler.factor=2"], "name: must be a string, got 5"),
+        (["sampler={factor: -2}"], "sampler.factor: must be > 0, got -2"),
+        (["sampler.factor=2", "refine.extend=0.5", "refine.limit=1"], "refine.limit: 1 leaves no room past "),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load(repo, experiment=exp, overrides=overrides)
+        assert str(info.value).startswith(message), str(info.value)
+
+
 def test_missing_experiment_file(repo, tmp_path):
     with pytest.raises(ConfigError, match="nothere.yaml: not found"):
         load(repo, experiment=tmp_path / "nothere.yaml")

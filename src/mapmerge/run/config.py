@@ -114,7 +114,8 @@ def load_config(
             f"{where}: its defaults list includes the primary config again (endless recursion); an experiment file's "
             "defaults list may only choose options of config groups ('- override /model: openclip')"
         ) from exc
-    schema.check(raw, exp_keys, str(experiment) if experiment else None)
+    set_keys = [m.group(1) for o in overrides if (m := re.match(r"\+{0,2}([\w.]+)=", o))]
+    schema.check(raw, exp_keys, str(experiment) if experiment else None, set_keys)
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
     preflight.check_plan(cfg)
     if check_files:

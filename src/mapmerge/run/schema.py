@@ -380,17 +380,25 @@ class Config(Section):
 
 
 def check(
-    raw: Mapping[str, Any], experiment: Mapping[str, Any] | None = None, experiment_file: str | None = None
+    raw: Mapping[str, Any],
+    experiment: Mapping[str, Any] | None = None,
+    experiment_file: str | None = None,
+    overridden: Sequence[str] = (),
 ) -> None:
-    """ConfigError (one line) for the first problem of the composed config `raw`; experiment: the file's own keys."""
+    """ConfigError (one line) for the first problem of the composed config `raw`; experiment: the file's own keys,
+    named as the key's source unless an override (`overridden`: the dotted keys the command line sets) replaced it."""
     try:
         Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_message(exc, raw, experiment, experiment_file)) from None
+        raise ConfigError(_message(exc, raw, experiment, experiment_file, overridden)) from None
 
 
 def _message(
-    exc: ValidationError, raw: Mapping[str, Any], experiment: Mapping[str, Any] | None, experiment_file: str | None
+    exc: ValidationError,
+    raw: Mapping[str, Any],
+    experiment: Mapping[str, Any] | None,
+    experiment_file: str | None,
+    overridden: Sequence[str],
 ) -> str:
     errors = exc.errors(include_url=False)
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains what follows it
@@ -408,7 +416,10 @@ def _message(
         text = msg + ("" if isinstance(error["input"], Mapping) else f", got {error['input']!r}")
         if error["type"] == "literal_error" and isinstance(error["input"], str):  # a mistyped choice
             text += closest(error["input"], _choices(error))
-    where = f"experiment file {experiment_file}: " if experiment is not None and _written_in(path, experiment) else ""
+    parts = key.split(".") if key else []  # a cross-key rule's own key, else the key the error is at
+    replaced = any(f"{key}.".startswith(f"{o}.") or o.startswith(f"{key}.") for o in overridden) if key else False
+    written = experiment is not None and bool(parts) and _written_in(parts, experiment) and not replaced
+    where = f"experiment file {experiment_file}: " if written else ""
     return f"{where}{key or 'config'}: {text}"
 
 
