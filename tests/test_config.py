@@ -118,6 +118,7 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["+sampler=lhs"], r"^overrides: \+sampler=lhs: the defaults already choose a sampler; write sampler=lhs$"),
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
+        (["seed=18446744073709551616"], r"^seed: must be an integer in \[0, 2\*\*32\), got 18446744073709551616$"),
         (["sampler.upper=1e300"], r"^sampler\.upper: must be in \[-10, 10\], got 1e\+300$"),  # the jobs' models: NaN
         (["refine.limit=1e301"], r"^refine\.limit: must be in \(0, 10\], got 1e\+301$"),
         # each finite, but their sum is not: normalised, every weight would be 0

@@ -55,6 +55,15 @@ NonNegInt = _range(int, 0)
 PosFloat = _range(float, 0, open_low=True)
 NonNegFloat = _range(float, 0)
 Fraction = _range(float, 0, 1, open_low=True, open_high=True)
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value < 2**32:  # torch.manual_seed refuses 2**64 and past, numpy's legacy seeds 2**32
+        raise ValueError("must be an integer in [0, 2**32)")
+    return value
+
+
+Seed = Annotated[int, AfterValidator(_seed)]
 Path_ = Annotated[str, Field(min_length=1)]
 # a merge coefficient, or a bound of the box: a task vector scaled past 10 leaves every fine-tune far behind
 # (sampler.upper=1e300 passed, and the jobs' models returned NaN)
@@ -342,7 +351,7 @@ class Budget(Section):
 class Config(Section):
     name: str  # a folder name: mapmerge.run.config.resolve
     results_dir: Path_
-    seed: NonNegInt
+    seed: Seed
     method: Literal["map", "nested", "bayesian"]
     nested: Nested
     bayesian: Bayesian
