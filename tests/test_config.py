@@ -118,6 +118,12 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["+sampler=lhs"], r"^overrides: \+sampler=lhs: the defaults already choose a sampler; write sampler=lhs$"),
         (["+preference.nope=1"], "preference names unknown task 'nope'"),
         (["+preference.rot90=-1"], "preference weight for task 'rot90'"),
+        (
+            ["sampler=[1]"],
+            r"^overrides: sampler=\[1\]: a config group takes one option; the options: lhs, sobol$",
+        ),  # a TypeError
+        (["surrogate.links=[logit]"], r"^overrides: surrogate\.links: must be a mapping, got \[logit\]$"),
+        (["resources.evalute.threads=2"], r"^config: resources\.evalute: unknown key \(did you mean `evaluate`\?\)$"),
         (["seed=18446744073709551616"], r"^seed: must be an integer in \[0, 2\*\*32\), got 18446744073709551616$"),
         (["sampler.upper=1e300"], r"^sampler\.upper: must be in \[-10, 10\], got 1e\+300$"),  # the jobs' models: NaN
         (["refine.limit=1e301"], r"^refine\.limit: must be in \(0, 10\], got 1e\+301$"),
@@ -170,6 +176,16 @@ def test_a_fault_is_named_where_the_key_was_set(repo, tmp_path):
         with pytest.raises(ConfigError) as info:
             load(repo, experiment=exp, overrides=overrides)
         assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("text, key", [("preference: [2, 1, 1]\n", "preference"), ("model: [1]\n", "model")])
+def test_a_list_for_a_mapping_in_the_experiment_file_is_named(repo, tmp_path, text, key):
+    """Hydra's words were 'Cannot merge DictConfig with ListConfig', naming no key."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=exp)
+    assert str(info.value).startswith(f"experiment file {exp}: {key}: must be a mapping, got [")
 
 
 def test_missing_experiment_file(repo, tmp_path):

@@ -87,6 +87,7 @@ def load_config(
         ConfigStore.instance().store(group="experiment", name=EXPERIMENT_NODE, node=node, package="_global_")
         overrides = [f"experiment@_global_={EXPERIMENT_NODE}", *overrides]
         exp_dir = exp_path.parent
+    _check_group_lists(overrides, config_dir)
     whole = _whole_map_overrides(overrides)  # each override parses: _check_overrides
     _check_preference_entries(exp_keys, overrides, whole)
     try:
@@ -101,10 +102,12 @@ def load_config(
         option = (
             _unknown_option(message, overrides, experiment)
             or _unknown_group(message, config_dir, experiment)
-            or _group_misused(message, overrides, config_dir)
+            or _group_misused(message, overrides)
         )
         if option:
             raise ConfigError(option) from exc
+        if found := _list_for_mapping(message, experiment, exp_keys):
+            raise ConfigError(found) from exc
         typo = re.match(r"Could not override '([\w.]+)'\.", message)
         message = (typo and schema.unknown_key(typo.group(1))) or message.split(" Config search path:")[0]
         raise ConfigError("config: " + message.replace(f"experiment/{EXPERIMENT_NODE}", f"{experiment}")) from exc
@@ -121,6 +124,22 @@ def load_config(
     if check_files:
         preflight.check_files(cfg)
     return cfg
+
+
+def _list_for_mapping(message: str, experiment: Any, written: Mapping[str, Any] | None) -> str | None:
+    """One line for Hydra's words on a list where a mapping is needed (`preference: [2, 1]` in the experiment file,
+    surrogate.links=[logit] on the command line), naming the key."""
+    override = re.match(r"Error merging override ([\w.]+)=(\[.*\])$", message)
+    if override:
+        key, value = override.groups()
+        nested: dict[str, Any] = {key.split(".")[-1]: [value]}
+        for part in reversed(key.split(".")[:-1]):
+            nested = {part: nested}
+        if schema.list_for_mapping(nested):
+            return f"overrides: {key}: must be a mapping, got {value}"
+    if "Cannot merge DictConfig with ListConfig" in message and written and (found := schema.list_for_mapping(written)):
+        return f"experiment file {experiment}: {found[0]}: must be a mapping, got {found[1]!r}"
+    return None
 
 
 def _unknown_group(message: str, config_dir: str | os.PathLike, experiment: Any) -> str | None:
@@ -147,20 +166,26 @@ def _override_key(override: str, signs: str = "+~") -> str:
     return override.lstrip(signs).split("=", 1)[0]
 
 
-def _group_misused(message: str, overrides: Sequence[str], config_dir: str | os.PathLike) -> str | None:
-    """One line for a config group given on the command line as Hydra cannot take it: a list of options
-    (model=[a,b]: "Could not load 'model/b'"), or with a '+' where the defaults already choose it (+sampler=lhs:
-    "Multiple values for sampler", whose advice is for a defaults list)."""
-    listed = re.search(r"Could not load '([\w.]+)/[^']*'", message)
+def _group_misused(message: str, overrides: Sequence[str]) -> str | None:
+    """One line for a config group given on the command line with a '+' where the defaults already choose it
+    (+sampler=lhs: "Multiple values for sampler", whose advice is for a defaults list)."""
     plus = re.search(r"Multiple values for ([\w.]+)\.", message)
-    group = (listed or plus).group(1) if listed or plus else None
-    given = [o for o in overrides if _override_key(o, "+") == group]
+    given = [o for o in overrides if plus and _override_key(o, "+") == plus.group(1)]
     if not given:
         return None
-    if plus:
-        return f"overrides: {given[-1]}: the defaults already choose a {group}; write {given[-1].lstrip('+')}"
-    options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
-    return f"overrides: {given[-1]}: a config group takes one option; the options: {', '.join(options)}"
+    return f"overrides: {given[-1]}: the defaults already choose a {plus.group(1)}; write {given[-1].lstrip('+')}"
+
+
+def _check_group_lists(overrides: Sequence[str], config_dir: str | os.PathLike) -> None:
+    """Refuse a config group given a list of options before Hydra sees it (model=[a,b]: "Could not load 'model/b'";
+    sampler=[1]: a TypeError)."""
+    for override in overrides:
+        group, _, value = override.lstrip("+").partition("=")
+        if value.lstrip().startswith("[") and (Path(config_dir) / group).is_dir():
+            options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
+            raise ConfigError(
+                f"overrides: {override}: a config group takes one option; the options: {', '.join(options)}"
+            )
 
 
 def _unknown_option(message: str, overrides: Sequence[str], experiment: Any) -> str | None:

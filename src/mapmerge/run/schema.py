@@ -509,10 +509,36 @@ def unknown_key(key: str) -> str | None:
     """'<key>: unknown key (did you mean ...?)' for a dotted key the schema does not allow under parents it knows
     (a typo on the command line, which Hydra refuses before the schema sees it); None where it cannot tell."""
     path = key.split(".")
-    known = _known_keys(path[:-1])
-    if not known or path[-1] in known:
-        return None
-    return f"{key}: unknown key{_did_you_mean(path)}"
+    for depth in range(1, len(path) + 1):  # the first part the schema does not know (resources.evalute.threads)
+        parents = _node(path[: depth - 1])
+        if _free(parents):  # {_target_, ...arguments}: any name may be an argument
+            return None
+        known = _fields(parents)
+        if not known:
+            return None
+        if path[depth - 1] not in known:
+            return f"{'.'.join(path[:depth])}: unknown key{_did_you_mean(path[:depth])}"
+    return None
+
+
+def list_for_mapping(written: Mapping[str, Any], prefix: str = "") -> tuple[str, list[Any]] | None:
+    """The dotted key and value of the first list among `written` (config keys as a user wrote them, nested) where
+    the schema takes a mapping: Hydra refuses it naming no key ('Cannot merge DictConfig with ListConfig')."""
+    for name, value in written.items():
+        key = f"{prefix}{name}"
+        alternatives = _alternatives(_node(key.split(".")))
+        mapping = any(_fields(a) or _free(a) or typing.get_origin(_unwrap(a)) is dict for a in alternatives)
+        if isinstance(value, list) and mapping:
+            return key, value
+        if isinstance(value, Mapping) and (found := list_for_mapping(value, f"{key}.")):
+            return found
+    return None
+
+
+def _free(node: Any) -> bool:
+    """Whether a section of the schema takes keys of any name (a Target's arguments)."""
+    node = _unwrap(node)
+    return isinstance(node, type) and issubclass(node, BaseModel) and node.model_config.get("extra") == "allow"
 
 
 def known_key(key: str) -> bool:
