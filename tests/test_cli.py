@@ -989,6 +989,8 @@ def test_select_takes_a_preference_file(runs, tmp_path, capsys):
         assert main(["select", str(R), "--prefer", str(tmp_path / "bad.yaml")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"mapmerge select: --prefer: preference file {tmp_path}/") and message in err, err
+    assert main(["select", str(R), "--prefer", str(tmp_path)]) == 2
+    assert f"--prefer: preference file {tmp_path}: a folder, not a file" in capsys.readouterr().err
     assert main(["select", str(R), "--prefer", str(tmp_path / "none.yaml")]) == 2
     assert f"--prefer: preference file {tmp_path / 'none.yaml'}: not found" in capsys.readouterr().err
 

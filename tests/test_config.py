@@ -424,6 +424,8 @@ def test_preference_file_is_yaml_task_weight(repo, tmp_path):
         load(repo, overrides=[f"preference={tmp_path / 'empty.yaml'}"])
     with pytest.raises(ConfigError, match="preference file nothere.yaml: not found"):
         load(repo, overrides=["preference=nothere.yaml"])
+    with pytest.raises(ConfigError, match=f"preference file {tmp_path}: a folder, not a file"):
+        load(repo, overrides=[f"preference={tmp_path}"])
     (tmp_path / "typo.yaml").write_text("rot90: 2\ninvrt: 1\n")  # the file is named, with the closest task
     with pytest.raises(ConfigError) as info:
         load(repo, overrides=[f"preference={tmp_path / 'typo.yaml'}"])

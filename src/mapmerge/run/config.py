@@ -361,7 +361,8 @@ def _preference(value: Any, base_dir: Path) -> dict[str, Any]:
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base_dir / path
     if not path.is_file():
-        raise ConfigError(f"preference file {value}: not found (looked for {path})")
+        found = "a folder, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"preference file {value}: {found} (looked for {path})")
     return read_preference_file(path)
 
 

@@ -65,8 +65,9 @@ SOURCE = "mapmerge select"  # the `source` in the metadata of the merges select 
 def parse_preference(text: str) -> dict[str, Any]:
     """'task=weight,task=weight', or a preference file (YAML task: weight, as the config's `preference` takes), as
     {task: weight}; UsageError naming the bad item or the file."""
-    if "=" not in text and (Path(text).expanduser().is_file() or Path(text).suffix in (".yaml", ".yml")):
-        return _preference_file(Path(text).expanduser())
+    path = Path(text).expanduser()
+    if "=" not in text and (path.exists() or path.suffix in (".yaml", ".yml")):
+        return _preference_file(path)
     preference: dict[str, float] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -99,7 +100,9 @@ def _preference_file(path: Path) -> PreferenceFile:
     from mapmerge.run.config import read_preference_file  # deferred: Hydra's imports, 0.2 s of every command
 
     if not path.is_file():
-        raise UsageError(f"--prefer: preference file {path}: not found")
+        raise UsageError(
+            f"--prefer: preference file {path}: {'a folder, not a file' if path.is_dir() else 'not found'}"
+        )
     try:
         preference = read_preference_file(path)
     except ConfigError as exc:
