@@ -457,8 +457,14 @@ def _check_builder_builds(model: Mapping[str, Any]) -> None:
             return
     try:
         build_module(model["builder"], model["python_path"])
-    except EvaluationError as exc:
-        raise ConfigError(str(exc)) from None
+    except EvaluationError as exc:  # the builder's own fault, under Hydra's "Error in call to target"
+        cause = exc.__cause__ and (exc.__cause__.__cause__ or exc.__cause__)
+        if cause is None:  # not a torch.nn.Module
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(
+            f"model.builder: {model['builder']['_target_']} could not be built: "
+            f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+        ) from None
 
 
 def _check_patterns(model: Mapping[str, Any], tasks: list[str]) -> None:
