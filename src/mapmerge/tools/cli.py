@@ -6,7 +6,6 @@ run no longer has (prune). The work of each is in its own module of mapmerge.too
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from typing import Any, NoReturn
 from mapmerge.adapters.transformers import MAX_SHARD_SIZE, parse_size
 from mapmerge.io import ArtifactError
 from mapmerge.run import runlock
+from mapmerge.run.schema import closest
 from mapmerge.tools.check import check
 from mapmerge.tools.prune import prune
 from mapmerge.tools.replot import replot
@@ -34,9 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if choice := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
-            known = re.findall(r"'([^']*)'", choice.group(2))
-            if close := difflib.get_close_matches(choice.group(1), known, n=1, cutoff=0.6):
-                message += f" (did you mean `{close[0]}`?)"
+            message += closest(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
         self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
 
 
