@@ -12,7 +12,7 @@ from pathlib import Path
 from mapmerge.core import groundtruth
 from mapmerge.outputs.report import HTML_TABLES
 from mapmerge.run import preflight, records, validation_config
-from mapmerge.run.config import ConfigError, check_command_line, load_config, round_params, stage_config
+from mapmerge.run.config import TASK_NAME, ConfigError, check_command_line, load_config, round_params, stage_config
 
 # Every check runs here, before the first job (the driver also reads the files the config names); a
 # mistake ends the run with one line and touches nothing on disk.
@@ -46,7 +46,7 @@ report: "workflow/report/workflow.rst"
 
 
 wildcard_constraints:
-    task="[A-Za-z0-9_.-]+",
+    task=TASK_NAME.pattern,  # the config refuses a task name it would not match
     group="[A-Za-z0-9_.-]+",
     batch="b[0-9]+",
     level="[0-9]+",
