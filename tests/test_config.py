@@ -57,19 +57,19 @@ def test_experiment_file_then_overrides(repo, tmp_path):
     assert cfg["task_names"] == ["a", "b"]
 
 
+def user_model(tasks: list[str]) -> str:
+    """An experiment file of a user's model with these tasks (its files need not exist: check_files=False)."""
+    lines = ["model:", "  builder: {_target_: mymodel.build}", "  pretrained: pre.pt", "  tasks:"]
+    lines += [f"    '{t}': {{checkpoint: t{i}.pt, evaluator: {{_target_: mymodel.Eval}}}}" for i, t in enumerate(tasks)]
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.parametrize("task", ["stripes 60", "a/b", ".hidden"])
 def test_a_task_name_that_cannot_name_a_file_is_refused(repo, tmp_path, task):
     """A task's name names its files and matches the rules' wildcard: 'stripes 60' passed every check and Snakemake
     then stopped with a MissingInputException of 25 lines."""
     exp = tmp_path / "exp.yaml"
-    exp.write_text(
-        "model:\n"
-        "  builder: {_target_: mymodel.build}\n"
-        "  pretrained: pre.pt\n"
-        "  tasks:\n"
-        "    a: {checkpoint: a.pt, evaluator: {_target_: mymodel.Eval}}\n"
-        f"    '{task}': {{checkpoint: b.pt, evaluator: {{_target_: mymodel.Eval}}}}\n"
-    )
+    exp.write_text(user_model(["a", task]))
     with pytest.raises(ConfigError) as info:
         load(repo, experiment=exp, check_files=False)
     assert str(info.value) == (
@@ -84,13 +84,7 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
     with pytest.raises(ConfigError, match=r"^benchmark.tasks: MAP merges at least two tasks .*, got 1: rot90$"):
         load(repo, overrides=["benchmark.tasks=[rot90]"], check_files=False)
     exp = tmp_path / "exp.yaml"
-    exp.write_text(
-        "model:\n"
-        "  builder: {_target_: mymodel.build}\n"
-        "  pretrained: pre.pt\n"
-        "  tasks:\n"
-        "    a: {checkpoint: a.pt, evaluator: {_target_: mymodel.Eval}}\n"
-    )
+    exp.write_text(user_model(["a"]))
     with pytest.raises(ConfigError, match=r"^model.tasks: must map at least two task names"):
         load(repo, experiment=exp, check_files=False)
 
