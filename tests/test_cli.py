@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -610,6 +611,17 @@ def test_select_and_plot_into_a_folder_they_may_not_write(runs, tmp_path):
         done = subprocess.run(as_user(argv), capture_output=True, text=True)
         assert (done.returncode, done.stderr) == (1, f"mapmerge {argv[0]}: {ro}: Permission denied\n")
     assert list(ro.iterdir()) == []
+
+
+def test_a_reader_that_stops_reading_is_no_error(runs):
+    """`mapmerge status RUN | head`: the closed pipe ends the command quietly (it said `Broken pipe`, exit 1)."""
+    status = subprocess.Popen(
+        [sys.executable, "-m", "mapmerge.tools.cli", "status", str(runs["plain"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    status.stdout.close()  # before it writes: it imports first
+    assert (status.wait(timeout=120), status.stderr.read()) == (0, b"")
 
 
 def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):

@@ -129,6 +129,7 @@ def test_a_second_driver_in_the_same_folder_is_refused(killed):
     status, out = killed.same_folder
     assert status != 0 and "Directory cannot be locked" in out  # snakemake's own lock
     assert f"mapmerge: a snakemake driver (pid {killed.driver_pid} on " in out  # ...and it is not a stale one
+    assert "do not --unlock meanwhile" in out  # Snakemake's own message advises --unlock
 
 
 def test_a_second_driver_elsewhere_on_the_same_results_is_refused(killed):
@@ -136,6 +137,10 @@ def test_a_second_driver_elsewhere_on_the_same_results_is_refused(killed):
     assert status != 0
     assert f"{killed.workdir / 'results' / 'faults'}: another snakemake driver (pid {killed.driver_pid} on " in out
     assert f"in {killed.workdir})" in out and "Finished jobid" not in out
+    refusal = (
+        f"mapmerge: {killed.workdir / 'results' / 'faults'}: another snakemake driver (pid {killed.driver_pid} on "
+    )
+    assert any(line.startswith(refusal) for line in out.splitlines()) and "Traceback" not in out, out[-2000:]
 
 
 def test_jobs_stop_with_their_killed_driver(killed):

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -245,6 +246,47 @@ def test_a_killed_job_process_takes_its_forked_job_with_it_and_the_server_goes_o
     proc = run_job(tmp_path, "logs/next.log", collect_spec(tmp_path, [evals]))
     assert proc.returncode == 0, proc.stderr
     assert jobclient.FORKED_NOTE in (tmp_path / "logs/next.log").read_text()
+
+
+def test_a_job_whose_server_is_killed_under_it_says_one_line(monkeypatch):
+    """`timeout -s TERM snakemake ...` signals the whole process group: the job's process forwards SIGTERM to the
+    server, which is killed before it reads it. The job's process said so with a ConnectionResetError traceback; now
+    with the one line of a server that went away."""
+    monkeypatch.delenv(jobclient.SERVER_ENV, raising=False)
+    folder = Path(tempfile.mkdtemp(prefix="mm"))  # short: a socket's path holds at most 108 bytes
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    proc = jobserver.start()
+    forked: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(os.environ[jobclient.SERVER_ENV]).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the job server did not start"
+            time.sleep(0.05)
+        evals = folder / "b0000.parquet"
+        rows = pd.DataFrame({"sample": ["s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.1]})
+        write_table(rows, evals, "evaluate_sample")
+        os.mkfifo(folder / "blocked.log")  # the forked job waits for a reader of its log
+        command = [sys.executable, "-m", "mapmerge.run.job", "blocked.log", job.encode(collect_spec(folder, [evals]))]
+        err = folder / "stderr.txt"  # not a pipe: the forked job holds the job's streams, and would keep it open
+        with open(err, "w") as stderr:
+            client = subprocess.Popen(command, cwd=folder, env={**os.environ, **ONE_THREAD}, stderr=stderr)
+        while not (forked := children(proc.pid)):
+            assert client.poll() is None and time.monotonic() < deadline, "no job was forked"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)  # the server reads nothing more ...
+        client.send_signal(signal.SIGTERM)  # ... of the signal the job's process forwards to it
+        time.sleep(0.5)
+        proc.kill()  # its socket closes with that byte unread: the job's process reads a reset
+        proc.wait()
+        assert client.wait(timeout=60) == 1
+        assert err.read_text() == "mapmerge: the run's job server stopped before this job ended\n"
+    finally:
+        for pid in forked:
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+        os.environ.pop(jobclient.SERVER_ENV, None)
+        shutil.rmtree(folder)
 
 
 def children(pid: int) -> list[int]:

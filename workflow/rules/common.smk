@@ -44,7 +44,11 @@ if workflow.is_main_process:
     runlock.mark_driver()
     DRIVER = runlock.holder(R)
     if DRIVER is not None:
-        print(f"mapmerge: a snakemake driver ({runlock.describe(DRIVER)}) is running on {R}", file=sys.stderr)
+        print(
+            f"mapmerge: a snakemake driver ({runlock.describe(DRIVER)}) is running on {R}; a run now is refused "
+            "until it ends (do not --unlock meanwhile: Snakemake's lock is what it holds)",
+            file=sys.stderr,
+        )
 
 
 # A local run's start, before its first job: the checks that need this machine (the device, and the user's
@@ -61,10 +65,13 @@ onstart:
                 preflight.check_builds(MODEL, TASKS)
         except ConfigError as exc:
             sys.exit(f"mapmerge: {exc}")
-        # a conda job runs another Python
-        if len(workflow.dag) >= jobserver.MIN_JOBS and jobserver.enabled() and not CONDA_JOBS:
-            JOB_SERVER.append(jobserver.start())
-    runlock.hold(R)
+    try:
+        runlock.hold(R)
+    except runlock.RunLockError as exc:  # a driver from another working directory (Snakemake's lock is per folder)
+        sys.exit(f"mapmerge: {exc}")
+    # a conda job runs another Python
+    if workflow.local_exec and len(workflow.dag) >= jobserver.MIN_JOBS and jobserver.enabled() and not CONDA_JOBS:
+        JOB_SERVER.append(jobserver.start())
 
 
 onerror:

@@ -69,8 +69,11 @@ def delegate(argv: list[str]) -> int | None:
         # Ctrl-C and SIGTERM go on to the forked job (in a process group of its own); its status comes back
         handlers = {sig: signal.signal(sig, _forward(client, sig)) for sig in FORWARDED if sig not in ignored}
         reply = b""
-        while chunk := client.recv(64):
-            reply += chunk
+        try:
+            while chunk := client.recv(64):
+                reply += chunk
+        except OSError:  # the server was killed (a SIGTERM to the whole process group): as one that went away
+            reply = b""
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     if reply == RUN_HERE:

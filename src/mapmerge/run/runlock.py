@@ -193,6 +193,9 @@ def stop_if_driver_gone() -> None:
     process ends, so outputs finished after the driver died (within the watch's interval) are undone.
     """
     if _watched and _watched[0] not in _ancestors():
-        logger.error("driver pid %s is gone; stopping this job, the next snakemake run redoes it", _watched[0])
+        gone = (
+            "is gone" if not alive(_watched[0]) else "no longer runs this job (the job server that forked it stopped)"
+        )
+        logger.error("driver pid %s %s; stopping this job, the next snakemake run redoes it", _watched[0], gone)
         undo_writes()
         os._exit(ORPHAN_EXIT)

@@ -6,6 +6,7 @@ run no longer has (prune). The work of each is in its own module of mapmerge.too
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -357,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtifactError as exc:
         print(f"mapmerge: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `mapmerge status RUN | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 0
     except OSError as exc:  # a folder it may not write (select --out, plot --out, prune or check --delete of a run)
         path = Path(exc.filename) if exc.filename else None
         if path is not None and runlock.TEMPORARY.fullmatch(path.name):  # written beside the file, then renamed
