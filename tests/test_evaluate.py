@@ -315,3 +315,43 @@ def test_kept_scores_must_be_returned_whole():
     with pytest.raises(EvaluationError, match="sample s1, task t: a 'target' is not the index of one of its 'scores'"):
         check_rows(rows.assign(scores=[[0.1, 0.2], [0.3, 0.0]], target=[1, 2]), "s1", "t", scores="auto")
     assert "scores" not in check_rows(ragged, "s1", "t")  # kept only when asked (default: none)
+
+
+def examples(model: str, task: str, n: int, key: str = "sample", error: str | None = None) -> pd.DataFrame:
+    """A per-example table's rows for one (model, task) evaluation: n examples, or a failed one's single row."""
+    rows = pd.DataFrame({key: model, "task": task, "example": range(n), "correct": 1.0, "loss": 0.1})
+    return rows.assign(error=error) if error else rows.assign(error=None)
+
+
+def test_a_task_evaluated_on_other_examples_stops_the_collection_and_the_ledger(tmp_path):
+    """An evaluator that returns 499 rows for one model and 500 for the others: its accuracy was taken without a
+    word. The group's collection refuses it (before any fit), and the ledger, which reads the reference models' too;
+    a failed evaluation's single row (evaluation.on_error=record) is not counted."""
+    from mapmerge.io import write_table
+    from mapmerge.stages import collect
+
+    rounds = write_table(
+        pd.DataFrame({"sample": ["s0", "s1", "s2"], "c_a": [0.0, 0.5, 1.0]}), tmp_path / "r00.parquet", "x"
+    )
+    good = write_table(
+        pd.concat([examples("s0", "a", 500), examples("s1", "a", 1, error="boom")]), tmp_path / "b0.parquet", "x"
+    )
+    short = write_table(examples("s2", "a", 499), tmp_path / "b1.parquet", "x")
+    out = {"metrics": tmp_path / "metrics.parquet", "samples": tmp_path / "samples.parquet"}
+    collect.run_collect_metrics({}, rounds=[rounds], evals=[good], **out)  # the failed one's row is no example count
+    with pytest.raises(ValueError) as info:
+        collect.run_collect_metrics({}, rounds=[rounds], evals=[good, short], **out)
+    assert str(info.value) == (
+        f"task a: the evaluator returned 499 rows for s2 ({short}) and 500 for each of 1 other evaluations; it must "
+        "return one row per example, the same examples for every model"
+    )
+    reference = write_table(
+        pd.concat([examples("pretrained", "a", 500, "model"), examples("a", "a", 498, "model")]),
+        tmp_path / "ref.parquet",
+        "x",
+    )
+    with pytest.raises(ValueError, match=r"^task a: the evaluator returned 498 rows for a \("):
+        collect.run_ledger(
+            {}, evals={"reference_examples.parquet": reference, "all/b0.parquet": good}, ledger=tmp_path / "l.parquet"
+        )
+    assert not (tmp_path / "l.parquet").exists()

@@ -33,10 +33,38 @@ def run_collect_metrics(
 
 def evaluated(rounds: Sequence[PathLike], evals: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """A group's samples so far (every round's table, in order), their per-example rows and their metrics (from
-    every evaluation batch)."""
+    every evaluation batch, each task's evaluations over the same number of examples: check_examples)."""
     coefficients = pd.concat([read_table(p) for p in rounds], ignore_index=True)
-    examples = pd.concat([read_table(p) for p in evals], ignore_index=True)
+    tables = {p: read_table(p) for p in evals}
+    check_examples(pd.concat([example_counts(t, p) for p, t in tables.items()], ignore_index=True))
+    examples = pd.concat(tables.values(), ignore_index=True)
     return coefficients, examples, metrics_from_examples(examples)
+
+
+def example_counts(examples: pd.DataFrame, path: PathLike) -> pd.DataFrame:
+    """(model, task, examples, file): the rows of each (model, task) evaluation of a per-example table that did not
+    fail (evaluation.on_error=record keeps one row for a failed one)."""
+    key = "model" if "model" in examples.columns else "sample"
+    ok = examples["error"].isna() if "error" in examples.columns else pd.Series(True, index=examples.index)
+    counts = examples[ok].groupby([key, "task"], sort=False).size().rename("examples").reset_index()
+    return counts.rename(columns={key: "model"}).assign(file=str(path))
+
+
+def check_examples(counts: pd.DataFrame) -> None:
+    """ValueError naming the task, the model and its file where a task's evaluations (example_counts) hold other
+    numbers of examples: an evaluator returns one row per example, the same for every model (an accuracy over 499
+    examples beside the others' over 500 was taken without a word)."""
+    for task, rows in counts.groupby("task", sort=True):
+        freq = rows["examples"].value_counts()
+        usual = max(freq.index, key=lambda n: (freq[n], n))  # the most common; of two as common, the larger
+        odd = rows[rows["examples"] != usual]
+        if len(odd):
+            first = odd.iloc[0]
+            raise ValueError(
+                f"task {task}: the evaluator returned {first['examples']} rows for {first['model']} ({first['file']}) "
+                f"and {usual} for each of {len(rows) - len(odd)} other evaluations; it must return one row per example, "
+                "the same examples for every model"
+            )
 
 
 def run_ledger(params: Mapping[str, Any], *, evals: Mapping[str, PathLike], ledger: PathLike) -> None:
@@ -46,9 +74,12 @@ def run_ledger(params: Mapping[str, Any], *, evals: Mapping[str, PathLike], ledg
     evals: label -> path, the label 'group/file' (a bare file name for the reference models).
     params: only the code fingerprint (the table records no config).
     """
-    rows = []
+    rows, counts = [], []
     for label, path in evals.items():
         group, _, name = str(label).rpartition("/")
         stage = table_metadata(path).get("mapmerge.stage", "")
-        rows.append({"stage": stage, "group": group or None, "file": name, **evaluation_counts(read_table(path))})
+        examples = read_table(path)
+        rows.append({"stage": stage, "group": group or None, "file": name, **evaluation_counts(examples)})
+        counts.append(example_counts(examples, path))
+    check_examples(pd.concat(counts, ignore_index=True))  # the reference models' too, beside every group's
     write_table(pd.DataFrame(rows), ledger, "ledger", inputs=evals.values())
