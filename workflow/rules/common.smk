@@ -51,10 +51,10 @@ if workflow.is_main_process:
         )
 
 
-# A local run's start, before its first job: the checks that need this machine (the device, and the user's
-# model builder and evaluators built as the evaluation jobs about to run build them; a cluster's nodes may have a GPU, or data, that
-# the submitting host lacks), then, with enough jobs to run, its job server (mapmerge.run.jobserver), which imports
-# each stage's modules once and forks each job; onsuccess and onerror stop it.
+# A run's start, before its first job: on this machine, the checks that need it (the device, and the user's model
+# builder and evaluators built as the evaluation jobs about to run build them; a cluster's nodes may have a GPU, or
+# data, that the submitting host lacks); the run's lock; then, for a local run with enough jobs to run, its job server
+# (mapmerge.run.jobserver), which imports each stage's modules once and forks each job; onsuccess and onerror stop it.
 JOB_SERVER = []
 onstart:
     if workflow.local_exec:
