@@ -117,8 +117,7 @@ def load_config(
             f"{where}: its defaults list includes the primary config again (endless recursion); an experiment file's "
             "defaults list may only choose options of config groups ('- override /model: openclip')"
         ) from exc
-    set_keys = [m.group(1) for o in overrides if (m := re.match(r"\+{0,2}([\w.]+)=", o))]
-    schema.check(raw, exp_keys, str(experiment) if experiment else None, set_keys)
+    schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
     preflight.check_plan(cfg)
     if check_files:
@@ -180,8 +179,8 @@ def _check_group_lists(overrides: Sequence[str], config_dir: str | os.PathLike) 
     """Refuse a config group given a list of options before Hydra sees it (model=[a,b]: "Could not load 'model/b'";
     sampler=[1]: a TypeError)."""
     for override in overrides:
-        group, _, value = override.lstrip("+").partition("=")
-        if value.lstrip().startswith("[") and (Path(config_dir) / group).is_dir():
+        group = _override_key(override, "+")
+        if override.partition("=")[2].lstrip().startswith("[") and (Path(config_dir) / group).is_dir():
             options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
             raise ConfigError(
                 f"overrides: {override}: a config group takes one option; the options: {', '.join(options)}"
@@ -501,7 +500,7 @@ def _user_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 
 # a task's name is a file name and a wildcard of the workflow's rules (the Snakefile's wildcard_constraints)
-TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+TASK_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 def _check_task_names(model: Mapping[str, Any]) -> None:
@@ -509,7 +508,7 @@ def _check_task_names(model: Mapping[str, Any]) -> None:
     would stop with a MissingInputException after the checks."""
     where = {"transformers": "model.transformers.tasks", "openclip": "model.openclip.tasks"}
     for task in model["tasks"]:
-        if not TASK_NAME.fullmatch(str(task)) or str(task).startswith("."):
+        if not TASK_NAME.fullmatch(str(task)):
             raise ConfigError(
                 f"{where.get(model.get('adapter'), 'model.tasks')}: task name {str(task)!r} may hold only letters, "
                 "digits, '_', '-' and '.' (not first): it names the task's files"

@@ -417,21 +417,15 @@ def _check_builder_fits(model: Mapping[str, Any]) -> None:
     """The module model.builder builds must take the pretrained checkpoint's tensors, as every evaluation job loads
     them: built on torch's meta device (shapes, no memory) and loaded with the checkpoint's header alone. A builder
     that cannot build on the meta device, or of a model over BUILD_CHECK_BYTES, is left to the jobs."""
-    import torch  # deferred: torch, and only the driver checks
+    from mapmerge.tensors.engine import _load_pretrained  # deferred: torch; the jobs' own load
 
-    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
-    from mapmerge.tensors.engine import _load_pretrained, build_module  # deferred: torch; the jobs' own load
-
-    with open_checkpoint(model["pretrained"]) as pretrained:
-        header = pretrained.meta()
-    if sum(t.numel() * t.element_size() for t in header.values()) > BUILD_CHECK_BYTES:
+    header = _pretrained_header(model)
+    if _too_large(header):
         return
     with _on_path(model["python_path"]):
-        try:
-            with torch.device("meta"):
-                module = build_module(model["builder"], model["python_path"])
-        except Exception:  # its jobs report it, with the traceback
-            return
+        module = _built_on_meta(model)
+    if module is None:  # its jobs report it, with the traceback
+        return
     try:
         _load_pretrained(module, header, model["pretrained"])
     except ArtifactError as exc:
@@ -441,20 +435,10 @@ def _check_builder_fits(model: Mapping[str, Any]) -> None:
 def _check_builder_builds(model: Mapping[str, Any]) -> None:
     """model.builder built on the meta device, else (a builder that needs real tensors) on the CPU, as the jobs build
     it; ConfigError with its fault. A model over BUILD_CHECK_BYTES that needs real tensors is left to the jobs."""
-    import torch  # deferred: torch, and only the driver checks
-
-    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
     from mapmerge.tensors.engine import EvaluationError, build_module  # deferred: torch; the jobs' own build
 
-    try:
-        with torch.device("meta"):
-            build_module(model["builder"], model["python_path"])
+    if _built_on_meta(model) is not None or _too_large(_pretrained_header(model)):
         return
-    except EvaluationError:
-        pass
-    with open_checkpoint(model["pretrained"]) as pretrained:
-        if sum(t.numel() * t.element_size() for t in pretrained.meta().values()) > BUILD_CHECK_BYTES:
-            return
     try:
         build_module(model["builder"], model["python_path"])
     except EvaluationError as exc:  # the builder's own fault, under Hydra's "Error in call to target"
@@ -465,6 +449,33 @@ def _check_builder_builds(model: Mapping[str, Any]) -> None:
             f"model.builder: {model['builder']['_target_']} could not be built: "
             f"{type(cause).__name__}: {' '.join(str(cause).split())}"
         ) from None
+
+
+def _pretrained_header(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The pretrained checkpoint's tensors on the meta device (its header: names, shapes, dtypes)."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+
+    with open_checkpoint(model["pretrained"]) as pretrained:
+        return pretrained.meta()
+
+
+def _too_large(header: Mapping[str, Any]) -> bool:
+    """Whether a model of these tensors is past BUILD_CHECK_BYTES, which the driver does not build."""
+    return sum(t.numel() * t.element_size() for t in header.values()) > BUILD_CHECK_BYTES
+
+
+def _built_on_meta(model: Mapping[str, Any]) -> Any:
+    """The module model.builder builds on torch's meta device (shapes, no memory), or None where it cannot build
+    there (it needs real tensors, or fails)."""
+    import torch  # deferred: torch, and only the driver checks
+
+    from mapmerge.tensors.engine import EvaluationError, build_module  # deferred: torch; the jobs' own build
+
+    try:
+        with torch.device("meta"):
+            return build_module(model["builder"], model["python_path"])
+    except EvaluationError:
+        return None
 
 
 def _check_patterns(model: Mapping[str, Any], tasks: list[str]) -> None:

@@ -425,9 +425,9 @@ def _message(
         text = msg + ("" if isinstance(error["input"], Mapping) else f", got {error['input']!r}")
         if error["type"] == "literal_error" and isinstance(error["input"], str):  # a mistyped choice
             text += closest(error["input"], _choices(error))
-    parts = key.split(".") if key else []  # a cross-key rule's own key, else the key the error is at
-    replaced = any(f"{key}.".startswith(f"{o}.") or o.startswith(f"{key}.") for o in overridden) if key else False
-    written = experiment is not None and bool(parts) and _written_in(parts, experiment) and not replaced
+    # the key (a cross-key rule's own, else the one the error is at) as the file wrote it, and no override replaced
+    replaced = any(f"{key}.".startswith(f"{o}.") or o.startswith(f"{key}.") for o in overridden)
+    written = bool(key) and experiment is not None and _written_in(key.split("."), experiment) and not replaced
     where = f"experiment file {experiment_file}: " if written else ""
     return f"{where}{key or 'config'}: {text}"
 

@@ -69,7 +69,7 @@ def check(results: Path, delete: bool = False) -> tuple[str, int]:
     artifacts = [p for p in files if p.suffix in ARTIFACT_SUFFIXES and not p.name.startswith(".")]
     bad = [(p, why) for p in artifacts if (why := artifact_problem(p))]
     # while a driver runs, temporary files are outputs being written
-    leftovers = [] if driver else runlock.temporary_files(results)
+    leftovers = [] if driver else [p for p in files if runlock.TEMPORARY.fullmatch(p.name)]
     lines = [f"bad: {why}" for _, why in bad] + [f"leftover: {p} (temporary file of a stopped job)" for p in leftovers]
     lines.append(
         f"{len(artifacts)} artifacts checked under {results}: {len(bad)} bad, {len(leftovers)} leftover temporary files"

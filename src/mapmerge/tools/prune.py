@@ -3,6 +3,7 @@ settings left (evaluation batches, rounds' tables, the validation's grid batches
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
 from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.records import is_run
-from mapmerge.tools.runfolder import LeftBehind, group_dirs, left_behind
+from mapmerge.tools.runfolder import group_dirs, left_behind
 
 
 def prune(results: Path, dry_run: bool = False) -> str:
@@ -32,16 +33,14 @@ def prune(results: Path, dry_run: bool = False) -> str:
                     path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
-    lines = _cache_lines(results, cache, found, dry_run)
     verb, remove = ("would drop", "would remove") if dry_run else ("dropped", "removed")
+    lines = _cache_lines(results, cache, found, verb)
     if found.notes:
         lines.append(f"  {verb} {len(found.notes)} hash notes of files since changed or gone")
-    if found.temporary:
-        names = ", ".join(str(p.relative_to(results)) for p in found.temporary[:3])
-        more = f" and {len(found.temporary) - 3} more" if len(found.temporary) > 3 else ""
+    if temporary := found.temporary:
         lines.append(
-            f"  {remove} {len(found.temporary)} temporary "
-            f"file{'s' * (len(found.temporary) != 1)} of stopped jobs: {names}{more}"
+            f"  {remove} {len(temporary)} temporary file{'s' * (len(temporary) != 1)} of stopped jobs: "
+            f"{_names(results, temporary, 3)}"
         )
     counts = [(len(left.evals), "evaluation batch", "es"), (len(left.rounds), "round table", "s")]
     counts.append((len(left.validation), "validation table", "s"))
@@ -50,12 +49,12 @@ def prune(results: Path, dry_run: bool = False) -> str:
         lines.append(
             f"  {remove} {what} left from an earlier setting (evaluations.parquet "
             f"or validation.parquet, written after them, lists none of them; no job of the run reads them), "
-            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {_names(results, left)}"
+            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {_names(results, [*left.evaluations, *left.rounds])}"
         )
     return "\n".join(lines)
 
 
-def _cache_lines(results: Path, cache: Path, found: evaluation_cache.Pruning, dry_run: bool) -> list[str]:
+def _cache_lines(results: Path, cache: Path, found: evaluation_cache.Pruning, verb: str) -> list[str]:
     """What prune found of the evaluation cache's tables (none where the run keeps none: evaluation.cache=false)."""
     if not cache.is_dir():
         return [f"evaluation cache of {results}: none ({cache} does not exist)"]
@@ -68,15 +67,15 @@ def _cache_lines(results: Path, cache: Path, found: evaluation_cache.Pruning, dr
         f"  kept {len(paths)}: {evaluation_cache.KEEP_REASONS[reason]}" for reason, paths in found.kept.items() if paths
     ]
     lines.append(
-        f"  {'would drop' if dry_run else 'dropped'} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): "
+        f"  {verb} {len(found.dropped)} ({found.size(found.dropped) / 1e6:.1f} MB): "
         "their jobs' tables now hold other merges' results or are left from an earlier setting (settings the run no "
         "longer has; going back to one evaluates again the merges that no table kept holds)"
     )
     return lines
 
 
-def _names(results: Path, left: LeftBehind, shown: int = 6) -> str:
-    """The first `shown` files left behind, under the run folder, and how many more."""
-    names = sorted(str(p.relative_to(results)) for p in [*left.evaluations, *left.rounds])
+def _names(results: Path, paths: Iterable[Path], shown: int = 6) -> str:
+    """The first `shown` of these files, under the run folder, and how many more."""
+    names = sorted(str(p.relative_to(results)) for p in paths)
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -63,13 +63,12 @@ class Scan:
         return Layout(self.results)
 
 
-# an evaluation job's table: b0000 (the design's batches, the validation's grid), r01b0000 (a round's batches)
-BATCH_FILE = re.compile(r"(r\d{2})?b\d+\.parquet")
+DESIGN_BATCH = re.compile(r"b\d+\.parquet")  # the design's batches, the validation grid's (a round's: Layout's)
 
 
 def batch_files(folder: Path) -> list[Path]:
     """The evaluation jobs' tables in a folder (groups/<g>/evals/, validation/grid/): not other files put there."""
-    return sorted(p for p in folder.glob("*.parquet") if BATCH_FILE.fullmatch(p.name))
+    return sorted(p for p in folder.glob("*.parquet") if DESIGN_BATCH.fullmatch(p.name) or Layout.is_round_batch(p))
 
 
 def check_run_folder(results: Path) -> None:
