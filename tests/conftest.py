@@ -225,6 +225,16 @@ def start_driver(workdir: Path, overrides: list[str], **popen) -> subprocess.Pop
         )
 
 
+def only_running(workdir: Path, part: str) -> bool:
+    """Whether the one job a start_driver driver runs has a log path holding `part`, every job it started before
+    being recorded as finished (its output, driver.log). A SIGKILL then falls in no job's window between writing its
+    outputs and the driver's record of them (a job killed in that window leaves a file marked incomplete)."""
+    text = (workdir / "driver.log").read_text()
+    finished = set(re.findall(r"Finished jobid: (\d+)", text))
+    running = [log for log, jobid in re.findall(r"log: (\S+)\s+jobid: (\d+)", text) if jobid not in finished]
+    return len(running) == 1 and part in running[0]
+
+
 # The workflow's stages in order, as `mapmerge status` lists them (its rules but `all` and the validate_* ones).
 # From fit_surrogate on they form a chain, each reading what the one before wrote: a change that reaches one of
 # these reruns it and every stage after it.

@@ -24,6 +24,7 @@ from conftest import (
     artifacts,
     copy_example,
     job_counts,
+    only_running,
     run,
     snakemake_command,
     stages_from,
@@ -107,10 +108,12 @@ def killed(tmp_path_factory) -> Killed:
         ]
         same_folder, elsewhere_run = [(p.wait(timeout=300), p.stdout.read()) for p in others]
         # a batch done and recorded by the driver (it prints "Finished jobid" after recording a job, which it does
-        # once the job's process has exited, right after writing its output), and the next job running
+        # once the job's process has exited, right after writing its output), and the next batch running, alone (no
+        # batch needs the design's table, so its job may come between two batches)
         wait_for(
             lambda: (
                 recorded_batches(workdir) == len(list(evals.glob("b*.parquet"))) > 0
+                and only_running(workdir, "/evaluate_sample/")
                 and job_processes(workdir, forked=False)
             ),
             driver,

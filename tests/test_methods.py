@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import artifacts, job_counts, run, snakemake_command, start_driver, wait_for
+from conftest import artifacts, job_counts, only_running, run, snakemake_command, start_driver, wait_for
 from mapmerge.io import read_table
 from mapmerge.outputs.report import chosen_merge
 from mapmerge.tensors.checkpoints import load_state_dict
@@ -64,9 +64,11 @@ def nested(tmp_path_factory) -> NestedRun:
     driver = start_driver(workdir, NESTED, start_new_session=True)  # one job at a time (see start_driver)
     try:
         # a level-2 batch done and recorded by the driver (it records a job, then prints "Finished jobid", once the
-        # job's process has exited, right after writing its output), and the next job running
+        # job's process has exited, right after writing its output), and the next batch running, alone (no batch needs
+        # the design's table, so its job may come between two batches)
         wait_for(
-            lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0,
+            lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0
+            and only_running(workdir, "/evaluate_sample/L2g0/"),
             driver,
             timeout=600,
         )
