@@ -67,8 +67,10 @@ def nested(tmp_path_factory) -> NestedRun:
         # job's process has exited, right after writing its output), and the next batch running, alone (no batch needs
         # the design's table, so its job may come between two batches)
         wait_for(
-            lambda: recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0
-            and only_running(workdir, "/evaluate_sample/L2g0/"),
+            lambda: (
+                recorded(workdir / "driver.log", "/L2g0/") == len(list(level2_evals.glob("b*.parquet"))) > 0
+                and only_running(workdir, "/evaluate_sample/L2g0/")
+            ),
             driver,
             timeout=600,
         )
