@@ -23,6 +23,7 @@ try:
         experiment=config.get("experiment"),
         overrides=config.get("overrides"),
         check_files=workflow.is_main_process,
+        warn=(lambda line: print(f"mapmerge: warning: {line}", file=sys.stderr)) if workflow.is_main_process else None,
     )
     if workflow.is_main_process:
         records.check_own_folder(CFG["results"])

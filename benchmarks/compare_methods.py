@@ -39,8 +39,10 @@ FIRST = "map"  # its run trains the benchmark; the others evaluate the same chec
 COMMON_STAGES = ("prepare_benchmark", "extract_task_vector", "task_vector_table", "evaluate_reference")
 
 
-def overrides(method: str, n_tasks: int, dataset: str = "digits") -> list[str]:
-    return [f"name={method}", f"method={method}", f"benchmark={dataset}", f"benchmark.tasks={n_tasks}"]
+def overrides(method: str, n_tasks: int, dataset: str = "digits", benchmark: bool = True) -> list[str]:
+    """A run's overrides; benchmark=False for a run of the shared benchmark's experiment file (a model of its own)."""
+    chosen = [f"benchmark={dataset}", f"benchmark.tasks={n_tasks}"] if benchmark else []
+    return [f"name={method}", f"method={method}", *chosen]
 
 
 def shared_benchmark(workdir: Path, n_tasks: int, dataset: str) -> Path:
@@ -58,7 +60,8 @@ def shared_benchmark(workdir: Path, n_tasks: int, dataset: str) -> Path:
 
 def run_workflow(workdir: Path, method: str, n_tasks: int, cores: int, dataset: str, experiment: Path | None) -> float:
     """Wall seconds of one full run of the workflow."""
-    cmd = workflow_command(workdir, cores=cores, overrides=overrides(method, n_tasks, dataset), experiment=experiment)
+    chosen = overrides(method, n_tasks, dataset, benchmark=experiment is None)
+    cmd = workflow_command(workdir, cores=cores, overrides=chosen, experiment=experiment)
     return run_timed(cmd, f"method={method}")
 
 

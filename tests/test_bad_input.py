@@ -128,6 +128,17 @@ CASES = [
         r"^optimizer\.popsize: unknown key \(did you mean `pop_size`\?\)",
         overrides=("+optimizer.popsize=10",),
     ),
+    # settings that cannot take effect (an experiment file's: a warning, test_config)
+    Case(
+        "inert-method-setting",
+        r"^overrides: bayesian\.rounds=5: has no effect: method is map, and only method=bayesian reads bayesian\.\*",
+        overrides=("bayesian.rounds=5",),
+    ),
+    Case(
+        "inert-benchmark-setting",
+        r"^overrides: benchmark\.width=8: has no effect: the model is your own",
+        overrides=("benchmark.width=8",),
+    ),
     # bad values
     Case(
         "limit-not-a-number",
@@ -386,9 +397,16 @@ def test_a_failed_run_changes_nothing_on_disk(tmp_path_factory, tmp_path):
             assert re.search(case.message, lines[0].removeprefix("mapmerge: ")), f"{case.id} ({kind}): {lines[0]}"
     assert snapshot(results) == before
     assert snapshot(example / "checkpoints") == inputs
-    # and the folder is still a finished run: nothing to do with the right config
-    proc = snakemake(workdir, example / "experiment.yaml", (), "-n")
+    # and the folder is still a finished run: nothing to do with the right config, whose file may hold a setting of
+    # another method (a warning)
+    right = example / "experiment_and_bayesian.yaml"  # beside it: the same files, by the same paths
+    right.write_text((example / "experiment.yaml").read_text() + "\nbayesian: {rounds: 5}\n")
+    try:
+        proc = snakemake(workdir, right, (), "-n")
+    finally:
+        right.unlink()
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert f"mapmerge: warning: experiment file {right}: bayesian.rounds: has no effect: method is map" in proc.stderr
 
 
 DEVICE_PAST = "cuda:99"  # past the devices of any machine this runs on, with CUDA or without

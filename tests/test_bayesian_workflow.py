@@ -21,7 +21,7 @@ BAYES = [
     "method=bayesian",
     "benchmark.tasks=[rot90, flip_parity]",
     "evaluation.samples_per_job=9",
-    *COMMON,
+    *(s for s in COMMON if not s.startswith("sampler.factor=")),  # its design's own: bayesian.initial_factor
     "refine.rounds=0",  # Bayesian rounds alone (after COMMON, which sets one refinement round)
 ]
 

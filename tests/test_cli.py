@@ -91,10 +91,16 @@ def build_run(
     again (the same benchmark config). finish=False stops a Bayesian run after its rounds' evaluations.
     experiment: an experiment file (a user model's run has no benchmark stage).
     """
+    settings = [
+        s
+        for s in SETTINGS
+        if not (experiment and s.startswith("benchmark."))  # a user model's run has no benchmark
+        and not ("method=bayesian" in overrides and s.startswith("sampler.factor="))  # its own: initial_factor
+    ]
     cfg = load_config(
         REPO / "config",
         experiment=experiment,
-        overrides=[f"name={name}", f"results_dir='{root}'", *SETTINGS, *overrides],
+        overrides=[f"name={name}", f"results_dir='{root}'", *settings, *overrides],
     )
     R = Path(cfg["results"])
     tasks, model = cfg["task_names"], cfg["model"]

@@ -303,7 +303,8 @@ def test_method_settings_reach_only_their_stages(repo):
         "refine_round",
     }
     assert changed_stages(repo, "nested.pairing=cosine", "nested") == {"plan_level"}
-    assert changed_stages(repo, "nested.pairing=cosine") == set()  # plain MAP does not pair
+    with pytest.raises(ConfigError, match="has no effect: method is map, and only method=nested reads nested"):
+        changed_stages(repo, "nested.pairing=cosine")  # plain MAP does not pair
 
 
 def test_a_trust_region_change_reaches_only_the_rounds_whose_picks_it_changes(repo):
@@ -319,7 +320,7 @@ def test_a_trust_region_change_reaches_only_the_rounds_whose_picks_it_changes(re
         return [n for n, (a, b) in enumerate(zip(default, rounds(*overrides)), 1) if a != b]
 
     assert changed("refine.trust_from=2") == [2, 3]
-    assert changed("refine.trust_from=6") == [4, 5]
+    assert changed("refine.rounds=6", "refine.trust_from=6") == [4, 5]
     assert changed("refine.trust_radius=0.2") == [4, 5, 6]
     assert changed("refine.trust_radius=null") == [4, 5, 6]
     assert changed("refine.rounds=8") == []  # more rounds keep the earlier ones
@@ -493,3 +494,66 @@ def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
         ConfigError, match=r"gone/demo cannot be made or written \(.*gone: a symbolic link to nothing\)$"
     ):
         check_results_folder(str(tmp_path / "gone" / "demo"))
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["bayesian.rounds=5"], "method is map, and only method=bayesian reads bayesian.*"),
+        (["bayesian={rounds: 5}"], "method is map, and only method=bayesian reads bayesian.*"),
+        (["method=bayesian", "nested.pairing=cosine"], "method is bayesian, and only method=nested reads nested.*"),
+        (["validation.resolution=5"], "validation.enabled is false"),
+        (["method=bayesian", "sampler.factor=3"], "method=bayesian sizes its design with bayesian.initial_factor"),
+        (["refine.rounds=0", "refine.points=3"], "refine.rounds is 0 (no refinement round)"),
+        (["refine.rounds=0", "surrogate.correction=none"], "refine.rounds is 0 (no refinement round)"),
+        (["refine.limit=3"], "refine.extend is 0 (the box never grows)"),
+        (["refine.trust_radius=null", "refine.trust_from=2"], "refine.trust_radius is null (no trust region)"),
+        (
+            ["refine.rounds=2", "refine.trust_radius=0.2"],
+            "refine.trust_from (4) is past refine.rounds (2), so no round takes its pick in the trust region",
+        ),
+        (["refine.rounds=0", "refine.trust_radius=null"], "refine.rounds is 0 (no refinement round)"),
+    ],
+)
+def test_an_override_that_cannot_take_effect_is_refused(repo, overrides, why):
+    with pytest.raises(ConfigError) as info:
+        load(repo, overrides=overrides)
+    assert (
+        str(info.value)
+        == f"overrides: {overrides[-1]}: has no effect: {why}; leave it out, or change the setting named"
+    )
+
+
+def test_settings_that_take_effect_pass(repo):
+    for overrides in (
+        ["method=bayesian", "bayesian.rounds=2", "sampler.min_points=20"],
+        ["method=nested", "nested.pairing=cosine"],
+        ["validation.enabled=true", "benchmark.tasks=2", "validation.resolution=5"],
+        ["refine.extend=0.5", "refine.limit=3"],
+        ["refine.rounds=2", "refine.trust_from=2", "refine.trust_radius=0.2"],
+        ["refine.rounds=2", "refine.trust_radius=null"],  # no trust region, where the default would have none either
+    ):
+        load(repo, overrides=overrides)
+
+
+def test_an_experiment_files_setting_that_cannot_take_effect_is_warned_of(repo, tmp_path):
+    """A file may hold settings for a method the command line does not choose: a warning, not a refusal; none where
+    the command line replaces the key, or chooses the method that reads it."""
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("bayesian: {rounds: 2, lam: 2.0}\nrefine: {points: 4}\n")
+    warned: list[str] = []
+    load(repo, experiment=experiment, warn=warned.append)
+    assert warned == [
+        f"experiment file {experiment}: bayesian.rounds: has no effect: method is map, and only method=bayesian reads "
+        "bayesian.*",
+        f"experiment file {experiment}: bayesian.lam: has no effect: method is map, and only method=bayesian reads "
+        "bayesian.*",
+    ]
+    warned.clear()
+    load(repo, experiment=experiment, overrides=["method=bayesian"], warn=warned.append)
+    assert warned == []
+    load(repo, experiment=experiment, overrides=["refine.rounds=0"], warn=warned.append)
+    assert (
+        warned[-1]
+        == f"experiment file {experiment}: refine.points: has no effect: refine.rounds is 0 (no refinement round)"
+    )

@@ -389,7 +389,8 @@ def test_validation_is_checked_only_when_enabled(repo):
     ],
 )
 def test_each_validation_setting_reaches_only_its_stage(repo, override, changed):
-    base, other = load(repo, "benchmark.tasks=2"), load(repo, "benchmark.tasks=2", override)
+    enabled = ("benchmark.tasks=2", "validation.enabled=true")
+    base, other = load(repo, *enabled), load(repo, *enabled, override)
     assert {s for s in validation_config.STAGES if stage_config(base, s) != stage_config(other, s)} == changed
 
 

@@ -237,7 +237,6 @@ REFINED = {"refine_round", "evaluate_round"} | stages_from("collect_metrics")  #
         ("refine.rounds=2", REFINED),  # one more round: the earlier ones and the design are kept
         ("refine.order=gap", REFINED),  # other round points, from the first round on
         ("refine.trust_from=1", REFINED),  # the pick in the trust region from the first round on
-        ("refine.trust_radius=0.2", set()),  # from round 4 (refine.trust_from) on: no round of this run
         ("evaluation.device=cpu", set()),
     ],
 )

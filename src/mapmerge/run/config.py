@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from mapmerge.core.selection import PreferenceError
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
-from mapmerge.run import fingerprint, preflight, schema, validation_config
+from mapmerge.run import fingerprint, inert, preflight, schema, validation_config
 from mapmerge.run.registry import stage_modules
 from mapmerge.tensors import operators
 
@@ -62,12 +62,14 @@ def load_config(
     experiment: str | os.PathLike | None = None,
     overrides: Sequence[str] | str | None = None,
     check_files: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compose the primary config, an optional experiment YAML file and Hydra overrides, check, then resolve.
 
     Precedence (last wins): config groups' defaults, the experiment file, the overrides. Every key is
     checked against mapmerge.run.schema, the plan against mapmerge.run.preflight.check_plan, and with
     check_files the files the config names (checkpoint headers, data, labels, importable targets).
+    An override that cannot take effect is refused; `warn` gets a line for each such key of the experiment file.
     """
     overrides = _as_list(overrides)
     _check_overrides(overrides)
@@ -119,10 +121,32 @@ def load_config(
         ) from exc
     schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
+    _check_inert(cfg, overrides, exp_keys, experiment, warn)
     preflight.check_plan(cfg)
     if check_files:
         preflight.check_files(cfg)
     return cfg
+
+
+def _check_inert(
+    cfg: Mapping[str, Any],
+    overrides: Sequence[str],
+    exp_keys: Mapping[str, Any] | None,
+    experiment: Any,
+    warn: Callable[[str], None] | None,
+) -> None:
+    """Refuse an override that cannot take effect (mapmerge.run.inert); `warn` of such a key of the experiment file
+    that no override replaced (a file may hold settings for a method that the command line does not choose)."""
+    given = {o: _override_key(o) for o in overrides if "=" in o and not o.startswith("experiment@")}
+    for override, key in given.items():
+        if why := inert.why_inert(key, cfg):
+            raise ConfigError(f"overrides: {override}: has no effect: {why}; leave it out, or change the setting named")
+    if warn is None or not exp_keys:
+        return
+    for key in inert.leaf_keys({k: v for k, v in exp_keys.items() if k != "defaults"}):
+        replaced = any(key == k or key.startswith(f"{k}.") for k in given.values())
+        if not replaced and (why := inert.why_inert(key, cfg)):
+            warn(f"experiment file {experiment}: {key}: has no effect: {why}")
 
 
 def _list_for_mapping(message: str, experiment: Any, written: Mapping[str, Any] | None) -> str | None:

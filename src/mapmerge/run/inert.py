@@ -1,0 +1,44 @@
+"""Settings a run cannot use: keys the user set that the method or another setting keeps from taking effect
+(bayesian.rounds under method=map, refine.points with refine.rounds=0), found before the first job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
+    """Why the dotted `key` takes no effect in the resolved config `cfg`; None where it may."""
+    section, _, rest = key.partition(".")
+    method, refine = cfg["method"], cfg["refine"]
+    if section in ("bayesian", "nested") and method != section:
+        return f"method is {method}, and only method={section} reads {section}.*"
+    if section == "validation" and rest != "enabled" and not cfg["validation"]["enabled"]:
+        return "validation.enabled is false"
+    if section == "benchmark" and not cfg["model"]["builtin"]:
+        return "the model is your own (model.pretrained is set), and benchmark.* sets up the built-in benchmark"
+    if key == "sampler.factor" and method == "bayesian":
+        return "method=bayesian sizes its design with bayesian.initial_factor"
+    if ((section == "refine" and rest and rest != "rounds") or key == "surrogate.correction") and not refine["rounds"]:
+        return "refine.rounds is 0 (no refinement round)"
+    if key == "refine.limit" and not refine["extend"] > 0:
+        return "refine.extend is 0 (the box never grows)"
+    trusted = refine["trust_radius"] is not None
+    if key == "refine.trust_from" and not trusted:
+        return "refine.trust_radius is null (no trust region)"
+    if key in ("refine.trust_radius", "refine.trust_from") and trusted and refine["trust_from"] > refine["rounds"]:
+        return (
+            f"refine.trust_from ({refine['trust_from']}) is past refine.rounds ({refine['rounds']}), so no round takes "
+            "its pick in the trust region"
+        )
+    return None
+
+
+def leaf_keys(node: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    """The dotted keys of a nested mapping's leaves (an empty mapping is a leaf)."""
+    for name, value in node.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            yield from leaf_keys(value, f"{key}.")
+        else:
+            yield key
