@@ -265,6 +265,12 @@ CASES = [
         r"\(did you mean `task`\?\)$",
         edit=_rename("model.tasks.stripes_60.evaluator.task", "tsk"),
     ),
+    Case(  # on the command line (Hydra alone would say to append it with '+', then the jobs would fail)
+        "evaluator-argument-override",
+        r"^model\.tasks\.stripes_0\.evaluator: model\.TaskEvaluator\(task, n, seed\): no argument 'tsk' "
+        r"\(did you mean `task`\?\)$",
+        overrides=("model.tasks.stripes_0.evaluator.tsk=stripes_0",),
+    ),
     Case(
         "builder-argument",
         r"^model\.builder: model\.build\(hidden, n_classes\): no argument 'hiden' \(did you mean `hidden`\?\)$",

@@ -542,11 +542,13 @@ def _free(node: Any) -> bool:
 
 
 def known_key(key: str) -> bool:
-    """Whether an override may set the dotted `key`: a field the schema allows, or an entry of a free mapping
-    (preference.<task>; the schema checks its value, the config its name)."""
+    """Whether an override may set the dotted `key`: a field the schema allows, an entry of a free mapping
+    (preference.<task>; the schema checks its value, the config its name), or an argument of a `_target_`
+    (model.builder.hidden; preflight checks it against the callable's signature)."""
     path = key.split(".")
     node = _node(path[:-1])
-    return path[-1] in _fields(node) or any(typing.get_origin(a) is dict for a in _alternatives(node))
+    alternatives = _alternatives(node)
+    return path[-1] in _fields(node) or any(typing.get_origin(a) is dict or _free(a) for a in alternatives)
 
 
 def closest(word: str, choices: typing.Iterable[str]) -> str:
