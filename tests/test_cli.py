@@ -21,7 +21,14 @@ from mapmerge.builtin.model import build_model
 from mapmerge.core import groups, pareto, refine
 from mapmerge.core.metrics import sample_metrics
 from mapmerge.core.sampling import sample_batches
-from mapmerge.core.selection import measured_front, normalize_preference, pick_point, reference_values, select_point
+from mapmerge.core.selection import (
+    BALANCED_FLOOR,
+    measured_front,
+    normalize_preference,
+    pick_point,
+    reference_values,
+    select_point,
+)
 from mapmerge.io import RUN_LOCK, file_hash, read_table, table_metadata, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import report
@@ -663,7 +670,9 @@ def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("mapmerge ")
 
 
-def expected_choice(R: Path, preference: dict[str, float], method: str = "balanced", tasks=TASKS) -> dict[str, float]:
+def expected_choice(
+    R: Path, preference: dict[str, float], method: str = "balanced", tasks=TASKS, rho: float = 0.05
+) -> dict[str, float]:
     """What select should merge: the run refined its front, so the measured front's pick (the rule by hand)."""
     measured = sample_metrics(
         read_table(R / "groups/all/samples.parquet"), read_table(R / "groups/all/metrics.parquet")
@@ -678,7 +687,9 @@ def expected_choice(R: Path, preference: dict[str, float], method: str = "balanc
             [(F[:, i] - ref[("pretrained", t)]) / (ref[(t, t)] - ref[("pretrained", t)]) for i, t in enumerate(tasks)]
         )
         regret = np.array(weights) * (1 - F)
-        index = int(np.argmin(regret.max(axis=1) + 0.05 * regret.sum(axis=1)))
+        kept = F[:, np.array(weights) > 0].min(axis=1) >= BALANCED_FLOOR  # no weighted task given up
+        assert kept.any()  # (else balanced falls back to the weighted sum)
+        index = int(np.argmin(np.where(kept, regret.max(axis=1) + rho * regret.sum(axis=1), np.inf)))
     else:
         index = select_point(F, weights, [True] * len(tasks), method)
     return {t: float(front[f"c_{t}"].iloc[index]) for t in tasks}
@@ -728,6 +739,29 @@ def test_select_with_the_runs_preference_gives_the_runs_merge(runs, tmp_path, ca
     assert json.loads(safetensors_metadata(out)["coefficients"]) == {t: float(choice[f"c_{t}"].iloc[0]) for t in TASKS}
     ours, theirs = load_state_dict(out), load_state_dict(R / "groups" / "all" / "merged.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and ours.keys() == theirs.keys()
+
+
+def test_select_takes_the_runs_rho_and_refuses_one_weighted_sum_has_not(runs, tmp_path, capsys):
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    prefer = ["select", str(R), "--prefer", "rot90=1,invert=3"]
+    err = refused([*prefer, "--method", "weighted_sum", "--rho", "0.2"], 2, capsys, R)
+    assert (
+        err
+        == "mapmerge select: --rho: has no effect with --method weighted_sum; only tchebycheff and balanced take it\n"
+    )
+    # the run's own selection.*, as its choice.parquet records it: balanced, with rho 5
+    choice = R / "groups" / "all" / "choice.parquet"
+    metadata = {**table_metadata(choice), "mapmerge.selection": json.dumps({"method": "balanced", "rho": 5.0})}
+    write_table(read_table(choice), choice, "merge_group", extra=metadata)
+    assert main(prefer) == 0 and main([*prefer, "--rho", "0.05"]) == 0  # the run's rho, then another (its own file)
+    capsys.readouterr()
+    own, other = (
+        json.loads(safetensors_metadata(R / "selected" / f"{name}.safetensors")["coefficients"])
+        for name in ("rot90-1_invert-3", "rot90-1_invert-3_balanced-rho0.05")
+    )
+    preference = {"rot90": 1.0, "invert": 3.0}
+    assert own == expected_choice(R, preference, rho=5.0) and other == expected_choice(R, preference, rho=0.05)
+    assert own != other
 
 
 def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrained(runs, tmp_path, capsys):

@@ -503,6 +503,10 @@ def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
         (["bayesian={rounds: 5}"], "method is map, and only method=bayesian reads bayesian.*"),
         (["method=bayesian", "nested.pairing=cosine"], "method is bayesian, and only method=nested reads nested.*"),
         (["validation.resolution=5"], "validation.enabled is false"),
+        (
+            ["selection=weighted_sum", "selection.rho=0.1"],
+            "selection.method is weighted_sum, which has no rho (tchebycheff and balanced take it)",
+        ),
         (["method=bayesian", "sampler.factor=3"], "method=bayesian sizes its design with bayesian.initial_factor"),
         (["refine.rounds=0", "refine.points=3"], "refine.rounds is 0 (no refinement round)"),
         (["refine.rounds=0", "surrogate.correction=none"], "refine.rounds is 0 (no refinement round)"),
@@ -530,6 +534,7 @@ def test_settings_that_take_effect_pass(repo):
         ["method=nested", "nested.pairing=cosine"],
         ["validation.enabled=true", "benchmark.tasks=2", "validation.resolution=5"],
         ["refine.extend=0.5", "refine.limit=3"],
+        ["selection.rho=0.1"],  # balanced, the default
         ["refine.rounds=2", "refine.trust_from=2", "refine.trust_radius=0.2"],
         ["refine.rounds=2", "refine.trust_radius=null"],  # no trust region, where the default would have none either
     ):

@@ -182,6 +182,10 @@ def test_export_refusals(runs, llama, tmp_path, capsys):
     both = ["--point", "0", "--prefer", "cats=1"]
     err = refused(["export", str(R), "--mergekit", str(out), *both, *directories(llama)], 2, capsys, R, tmp_path)
     assert err == "mapmerge export: --prefer and --point: give one (or neither, for the run's own merge)\n"
+    err = refused(
+        ["export", str(R), "--mergekit", str(out), "--rho", "0.1", *directories(llama)], 2, capsys, R, tmp_path
+    )
+    assert err == "mapmerge export: --rho: has no effect without --prefer (it picks the point for a preference)\n"
     far = ["--point", "999"]
     err = refused(["export", str(R), "--mergekit", str(out), *far, *directories(llama)], 2, capsys, R, tmp_path)
     assert err.startswith(f"mapmerge export: --point 999: the front {R / 'groups/all/front.parquet'} has ")

@@ -17,6 +17,8 @@ def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
         return "validation.enabled is false"
     if section == "benchmark" and not cfg["model"]["builtin"]:
         return "the model is your own (model.pretrained is set), and benchmark.* sets up the built-in benchmark"
+    if key == "selection.rho" and cfg["selection"]["method"] == "weighted_sum":
+        return "selection.method is weighted_sum, which has no rho (tchebycheff and balanced take it)"
     if key == "sampler.factor" and method == "bayesian":
         return "method=bayesian sizes its design with bayesian.initial_factor"
     if ((section == "refine" and rest and rest != "rounds") or key == "surrogate.correction") and not refine["rounds"]:

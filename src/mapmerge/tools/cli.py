@@ -79,7 +79,11 @@ def _pick_options(parser: argparse.ArgumentParser, when: str = "") -> None:
         help=f"{when}how the preference picks a point (default: the run's selection.method)",
     )
     parser.add_argument(
-        "--rho", type=float, default=0.05, metavar="RHO", help=f"{when}augmentation term of tchebycheff (default: 0.05)"
+        "--rho",
+        type=float,
+        default=None,
+        metavar="RHO",
+        help=f"{when}augmentation term of tchebycheff and balanced (default: the run's selection.rho)",
     )
     parser.add_argument(
         "--metric",

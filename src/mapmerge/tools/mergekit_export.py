@@ -47,10 +47,9 @@ from mapmerge.tools.merge_inputs import member_vectors, merge_record, pretrained
 from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, scan
 from mapmerge.tools.select_merge import (
     check_out,
-    checked_method,
     preference_candidates,
     preference_weights,
-    run_selection,
+    run_pick,
 )
 
 # mapmerge's operator -> mergekit's merge_method
@@ -239,7 +238,7 @@ def export(
     out: Path,
     preference: Mapping[str, float] | None = None,
     method: str | None = None,
-    rho: float = 0.05,
+    rho: float | None = None,
     point: str | None = None,
     pretrained: str | None = None,
     models: Mapping[str, str] | None = None,
@@ -255,6 +254,9 @@ def export(
     results, out = Path(results), Path(out)
     if preference is not None and point is not None:
         raise UsageError("--prefer and --point: give one (or neither, for the run's own merge)")
+    picking = {"--method": method, "--rho": rho, "--metric": metric}
+    if preference is None and (given := [name for name, value in picking.items() if value is not None]):
+        raise UsageError(f"{given[0]}: has no effect without --prefer (it picks the point for a preference)")
     layout = scan(results)
     check_out(results, out, option="--mergekit", tool="export", file="the YAML file to write")
     _check_yaml_out(out)
@@ -319,12 +321,12 @@ def _preference_point(
     info: Mapping[str, Any],
     preference: Mapping[str, float],
     method: str | None,
-    rho: float,
+    rho: float | None,
     metric: str | None,
 ) -> tuple[dict[str, float], str]:
     """The coefficients `mapmerge select` merges for a preference (select_merge.preference_candidates), and a label."""
-    own = run_selection(results) or "weighted_sum"
-    method = checked_method(method or own, rho)
+    pick = run_pick(results, method, rho)
+    method, rho = pick.method, pick.rho
     weights = preference_weights(preference, info["tasks"])
     front = read_table(front_file(results, group))
     metric, _ = objective_metric(results, front, info["tasks"], metric)

@@ -123,11 +123,13 @@ def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) ->
         raise UsageError(where + str(exc)) from None
 
 
-def preference_name(preference: Mapping[str, float], method: str, rho: float, own: str = "weighted_sum") -> str:
-    """A file name for a preference: rot90-2_invert-1 (and the selection method when not the run's own)."""
+def preference_name(preference: Mapping[str, float], pick: Pick) -> str:
+    """A file name for a preference: rot90-2_invert-1 (and the selection method, with its rho where that is not the
+    default, when they are not the run's own)."""
     name = "_".join(f"{t}-{w:g}" for t, w in preference.items())
-    if method != own:
-        name += f"_{method}" + (f"-rho{rho:g}" if rho != 0.05 else "")
+    if (pick.method, pick.rho) != (pick.own_method, pick.own_rho):
+        shown = pick.method != "weighted_sum" and (pick.rho != DEFAULT_RHO or pick.method == pick.own_method)
+        name += f"_{pick.method}" + (f"-rho{pick.rho:g}" if shown else "")
     name = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
     if len(name) > 100:
         name = f"{name[:80]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
@@ -264,22 +266,39 @@ class Selection:
     text: str = ""  # what `mapmerge select` prints
 
 
-def checked_method(method: str, rho: float) -> str:
-    """The selection method, checked with tchebycheff's rho (UsageError naming --method or --rho)."""
+DEFAULT_RHO = 0.05  # selection.rho of config/selection/*.yaml
+
+
+@dataclass(frozen=True)
+class Pick:
+    """How a preference picks a point: the selection method and rho, and the run's own (its selection.*)."""
+
+    method: str
+    rho: float
+    own_method: str
+    own_rho: float
+
+
+def run_pick(results: Path, method: str | None, rho: float | None) -> Pick:
+    """The selection method and rho of `select` and `export`: those given, else the run's own (choice.parquet records
+    its selection.*; weighted_sum and DEFAULT_RHO where it does not). UsageError naming --method or --rho for a bad
+    one, or a rho given to weighted_sum, which has none."""
+    own: dict[str, Any] = {}
+    for path in sorted(Path(results).glob("groups/*/choice.parquet")):
+        if recorded := table_metadata(path).get("mapmerge.selection"):
+            own = json.loads(recorded)
+            break
+    own_method, own_rho = str(own.get("method", "weighted_sum")), float(own.get("rho", DEFAULT_RHO))
+    method = method or own_method
     if method not in selection.METHODS:
         raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
+    if rho is not None and method == "weighted_sum":
+        given = "--method weighted_sum" if method != own_method else "weighted_sum, the run's own (see --method)"
+        raise UsageError(f"--rho: has no effect with {given}; only tchebycheff and balanced take it")
+    rho = own_rho if rho is None else rho
     if not (math.isfinite(rho) and rho >= 0):
         raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
-    return method
-
-
-def run_selection(results: Path) -> str | None:
-    """The run's own selection.method, as its choice.parquet records it (None where it does not)."""
-    for path in sorted(Path(results).glob("groups/*/choice.parquet")):
-        recorded = table_metadata(path).get("mapmerge.selection")
-        if recorded:
-            return str(json.loads(recorded)["method"])
-    return None
+    return Pick(method, rho, own_method, own_rho)
 
 
 def preference_candidates(
@@ -436,7 +455,7 @@ def select(
     results: Path,
     preference: Mapping[str, float],
     method: str | None = None,
-    rho: float = 0.05,
+    rho: float | None = None,
     out: Path | None = None,
     pretrained: Path | None = None,
     metric: str | None = None,
@@ -447,8 +466,8 @@ def select(
 
     Two candidates: the predicted front's pick (the surrogates' predictions) and, where the run evaluated samples,
     the measured front's pick (real values); the run's own rule decides, as its merge_group did: after refinement
-    rounds the measured pick, else the predicted one. `method` (default: the run's selection.method, from its
-    choice.parquet) picks within each.
+    rounds the measured pick, else the predicted one. `method` and `rho` (default: the run's selection.method and
+    selection.rho, from its choice.parquet; run_pick) pick within each.
 
     A transformers run (its merge_group wrote groups/<g>/merged/<task>/) gets the same folders: `out` (default
     RESULTS/selected/<preference>/) holds <task>/ per task, each its config, tokenizer and weights (sharded past
@@ -460,8 +479,8 @@ def select(
     from mapmerge.tensors.taskvectors import merge_files  # deferred: torch
 
     results = Path(results)
-    own = run_selection(results) or "weighted_sum"
-    method = checked_method(method or own, rho)
+    pick = run_pick(results, method, rho)
+    method, rho = pick.method, pick.rho
     layout = scan(results)
     group, info = final_group(layout)
     tasks, members = info["tasks"], info["members"]
@@ -483,7 +502,7 @@ def select(
     vectors = member_vectors(results, members, layout.tasks or tasks)
     templates = {t: task_folder(folders / t, t) for t in tasks} if as_folders else {}
     if out is None:
-        out = _default_out(results, pre_path, preference_name(preference, method, rho, own), tasks, as_folders)
+        out = _default_out(results, pre_path, preference_name(preference, pick), tasks, as_folders)
     if out.resolve() == pre_path.resolve():
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
     if as_folders and pre_path.parent.resolve().is_relative_to(out.resolve()):
