@@ -744,6 +744,11 @@ def test_select_with_the_runs_preference_gives_the_runs_merge(runs, tmp_path, ca
 def test_select_takes_the_runs_rho_and_refuses_one_weighted_sum_has_not(runs, tmp_path, capsys):
     R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
     prefer = ["select", str(R), "--prefer", "rot90=1,invert=3"]
+    err = refused([*prefer, "--max-shard-size", "1MB"], 2, capsys, R)
+    assert err == (
+        f"mapmerge select: --max-shard-size: has no effect ({R}: not a transformers run); it shards a transformers "
+        "run's task folders\n"
+    )
     err = refused([*prefer, "--method", "weighted_sum", "--rho", "0.2"], 2, capsys, R)
     assert (
         err

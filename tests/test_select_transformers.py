@@ -174,6 +174,12 @@ def test_select_shards_past_a_size_and_writes_the_state_dict_to_a_file(hf_run, t
     transformers.BertModel.from_pretrained(root / "pretrained").save_pretrained(sharded, max_shard_size="200KB")
     assert (sharded / "model.safetensors.index.json").is_file() and not (sharded / "model.safetensors").exists()
     flat = tmp_path / "x.safetensors"
+    capsys.readouterr()
+    assert main([*base[:-1], str(sharded), "--out", str(flat), "--max-shard-size", "500KB"]) == 2  # one file: no shards
+    assert capsys.readouterr().err == (
+        f"mapmerge select: --max-shard-size: has no effect (--out {flat}: one checkpoint file); it shards a "
+        "transformers run's task folders\n"
+    )
     assert main([*base[:-1], str(sharded), "--out", str(flat)]) == 0
     assert f"merged checkpoint: {flat}" in capsys.readouterr().out
     state, reference = load_state_dict(flat), expected_merge(R, root / "pretrained" / "model.safetensors", flat)

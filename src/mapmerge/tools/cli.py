@@ -182,7 +182,7 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
     pick.add_argument(
         "--max-shard-size",
         type=_size_arg,
-        default=MAX_SHARD_SIZE,
+        default=None,
         metavar="SIZE",
         help="a transformers run's folders: weights larger than this are saved in shards, as save_pretrained "
         f"does (bytes, or with KB, MB, GB; default: {MAX_SHARD_SIZE})",

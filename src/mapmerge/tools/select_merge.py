@@ -460,7 +460,7 @@ def select(
     pretrained: Path | None = None,
     metric: str | None = None,
     seed: int | None = None,
-    max_shard_size: int | str = MAX_SHARD_SIZE,
+    max_shard_size: int | str | None = None,
 ) -> Selection:
     """Pick the final group's merge for `preference` (no evaluation) and write its merged checkpoint.
 
@@ -471,7 +471,8 @@ def select(
 
     A transformers run (its merge_group wrote groups/<g>/merged/<task>/) gets the same folders: `out` (default
     RESULTS/selected/<preference>/) holds <task>/ per task, each its config, tokenizer and weights (sharded past
-    max_shard_size), the merged tensors at the new coefficients and the task's own head, made from the run's folders
+    max_shard_size, default MAX_SHARD_SIZE; refused for any other output), the merged tensors at the new
+    coefficients and the task's own head, made from the run's folders
     (save_merged_models); an `out` ending in .safetensors or a torch suffix gets the merged state dict instead. Either
     way the model's non-persistent buffers are left out.
     """
@@ -489,6 +490,9 @@ def select(
     transformers_run = folders.is_dir() or config_key(checkpoint_sources(results)) == "model.transformers.pretrained"
     out = None if out is None else Path(out)
     as_folders = transformers_run and out_is_folder(out)
+    if max_shard_size is not None and not as_folders:
+        made = f"--out {out}: one checkpoint file" if transformers_run else f"{results}: not a transformers run"
+        raise UsageError(f"--max-shard-size: has no effect ({made}); it shards a transformers run's task folders")
     if out is not None:
         check_out(results, out, tasks if as_folders else None)
     task_weights = preference_weights(preference, tasks)
@@ -535,7 +539,13 @@ def select(
     }
     if as_folders:
         save_merged_models(
-            state, merged_tensor_names(vectors.values()), templates, pre_path, out, metadata, max_shard_size
+            state,
+            merged_tensor_names(vectors.values()),
+            templates,
+            pre_path,
+            out,
+            metadata,
+            MAX_SHARD_SIZE if max_shard_size is None else max_shard_size,
         )
     else:
         save_checkpoint({k: v for k, v in state.items() if k not in buffers}, out, metadata)
