@@ -289,16 +289,16 @@ def run_pick(results: Path, method: str | None, rho: float | None) -> Pick:
             own = json.loads(recorded)
             break
     own_method, own_rho = str(own.get("method", "weighted_sum")), float(own.get("rho", DEFAULT_RHO))
-    method = method or own_method
-    if method not in selection.METHODS:
-        raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {method!r}")
-    if rho is not None and method == "weighted_sum":
-        given = "--method weighted_sum" if method != own_method else "weighted_sum, the run's own (see --method)"
+    chosen = method or own_method
+    if chosen not in selection.METHODS:
+        raise UsageError(f"--method: must be one of {', '.join(selection.METHODS)}, got {chosen!r}")
+    if rho is not None and chosen == "weighted_sum":
+        given = "--method weighted_sum" if method else "weighted_sum, the run's own selection.method (see --method)"
         raise UsageError(f"--rho: has no effect with {given}; only tchebycheff and balanced take it")
     rho = own_rho if rho is None else rho
     if not (math.isfinite(rho) and rho >= 0):
         raise UsageError(f"--rho: must be a finite number >= 0, got {rho}")
-    return Pick(method, rho, own_method, own_rho)
+    return Pick(chosen, rho, own_method, own_rho)
 
 
 def preference_candidates(
@@ -408,7 +408,7 @@ def _text(
     lines = [
         f"{results}: {METHOD_NAMES[chosen.method]}; group {chosen.group} (members {', '.join(members)}), "
         f"its stored front of {len(chosen.front)} points; objective {chosen.metric} ({metric_source}); "
-        f"selection {method}" + (f" (rho {rho:g})" if method == "tchebycheff" else ""),
+        f"selection {method}" + (f" (rho {rho:g})" if method != "weighted_sum" else ""),
         "preference (normalised): " + ", ".join(f"{t} {w:.3g}" for t, w in chosen.task_weights.items()),
     ]
     if chosen.method == "nested":
