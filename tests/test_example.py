@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -82,3 +83,29 @@ def test_missing_checkpoint_names_the_file(example_run, tmp_path):
     assert proc.returncode != 0
     assert str(missing) in proc.stdout + proc.stderr
     assert not (workdir / "results" / "custom_mlp" / "pareto.parquet").exists()
+
+
+def test_a_checkpoint_replaced_with_an_older_mtime_reruns_what_reads_it(example_run, tmp_path):
+    """cp -p, tar x and rsync -a restore a file's mtime: other bytes older than the task vector made from them, which
+    Snakemake's mtime check passes over; each reader's `stamps` param (size and mtime) reruns it."""
+    torch = pytest.importorskip("torch")
+    copy = Path(shutil.copytree(example_run[0], tmp_path / "custom_mlp", ignore=shutil.ignore_patterns("__pycache__")))
+    workdir, reference = tmp_path / "work", "results/custom_mlp/reference.parquet"  # and every task vector
+    assert snakemake(copy, workdir, reference).returncode == 0
+    checkpoint = copy / "checkpoints" / "stripes_60.pt"
+    original, other = shutil.copy2(checkpoint, tmp_path / "original.pt"), tmp_path / "other.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({**state, "trunk.0.weight": state["trunk.0.weight"] + 0.3}, other)
+    os.utime(other, ns=(1_577_836_800 * 10**9,) * 2)  # 2020
+    shutil.copy2(other, checkpoint)  # as cp -p
+    vector = workdir / "results/custom_mlp/task_vectors/stripes_60.safetensors"
+    assert checkpoint.stat().st_mtime < vector.stat().st_mtime
+    proc = snakemake(copy, workdir, reference, "-n")
+    assert proc.returncode == 0 and "Params have changed since last execution" in proc.stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout.split("Job stats:")[1].split("total")[0], re.M))
+    assert (
+        jobs == {"extract_task_vector": "1", "evaluate_reference": "1"} and "wildcards: task=stripes_60" in proc.stdout
+    )
+    shutil.copy2(original, checkpoint)  # its own bytes and mtime back: nothing to do
+    proc = snakemake(copy, workdir, reference, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr

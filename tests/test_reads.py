@@ -5,6 +5,7 @@ evaluations and misses the cache)."""
 from __future__ import annotations
 
 import json
+import os
 
 from mapmerge.run import evaluation_cache, reads
 from mapmerge.run.job import stage_call
@@ -36,6 +37,37 @@ def test_an_evaluators_files_are_the_strings_of_its_spec_that_name_files(tmp_pat
         str(model / "tokenizer_config.json"),
         str(model / "vocab.txt"),
     ]
+
+
+def test_a_file_named_relative_to_the_models_code_is_read_too(tmp_path, monkeypatch):
+    """An evaluator may open its data from its own folder (Path(__file__).parent / data): a name relative to a
+    python_path folder, as the experiment file's other paths are to its own, is a read as well."""
+    code, elsewhere = tmp_path / "ex", tmp_path / "run"
+    code.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (code / "flips.npy").write_bytes(b"0")
+    spec = {"_target_": "model.TaskEvaluator", "data": "flips.npy", "task": "stripes_0"}
+    assert reads.evaluator_files(spec) == []
+    assert reads.evaluator_files(spec, [str(code)]) == [str(code / "flips.npy")]
+    model = {
+        "builder": {"_target_": "model.build"},
+        "pretrained": str(code / "pre.pt"),
+        "python_path": [str(code)],
+        "tasks": {"stripes_0": {"checkpoint": str(code / "s0.pt"), "evaluator": spec}},
+    }
+    assert reads.evaluation_reads(model, ["stripes_0"]) == [str(code / "flips.npy")]
+
+
+def test_stamps_are_each_files_size_and_mtime(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"12345")
+    b.write_bytes(b"1")
+    os.utime(a, ns=(10**18, 10**18))
+    stamps = reads.stamps([b, a, tmp_path / "missing.pt", a])
+    assert stamps == {str(a): f"5:{10**18}", str(b): f"1:{b.stat().st_mtime_ns}"} and list(stamps) == [str(a), str(b)]
+    a.write_bytes(b"54321")  # the same size, other bytes: a new mtime
+    os.utime(a, ns=(10**17, 10**17))  # ... set back to an older one (cp -p)
+    assert reads.stamps([a])[str(a)] != stamps[str(a)]
 
 
 def test_the_files_behind_a_checkpoint_are_read_and_the_engines_files_are_not_repeated(tmp_path):

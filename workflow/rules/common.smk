@@ -133,7 +133,7 @@ def job_of(rule, *mapped, **args):
 
     def spec(wildcards, input, output, threads):
         declared = getattr(rules, rule).params
-        params = {name: value(wildcards) if callable(value) else value for name, value in declared.items() if name != "job"}
+        params = {name: value(wildcards) if callable(value) else value for name, value in declared.items() if name not in ("job", "stamps")}
         inputs = {name: value if isinstance(value, str) else list(value) for name, value in input.items() if name not in stage.after}
         for function in mapped:
             inputs.update(function.mappings(wildcards))
@@ -160,6 +160,21 @@ def job_of(rule, *mapped, **args):
 
 # what the evaluators open by themselves and the files behind the checkpoints (mapmerge.run.reads): none for most runs
 EVALUATION_READS = reads.evaluation_reads(MODEL, TASKS)
+
+
+# The user's files a job reads (the checkpoints, the files behind them, what the evaluators open), each stamped with its
+# size and mtime in a `stamps` param (mapmerge.run.reads.stamps): a file replaced by other bytes with an older mtime
+# (cp -p, tar x, rsync -a) reruns its jobs, where Snakemake's mtime check would pass over it. None for the built-in
+# benchmark's checkpoints, which the workflow makes; no param where there is nothing to stamp. The stage never gets it.
+USER_CHECKPOINTS = [] if MODEL["builtin"] else [MODEL["pretrained"], *(MODEL["tasks"][t]["checkpoint"] for t in TASKS)]
+ENGINE_STAMPS = reads.stamps([*USER_CHECKPOINTS, *EVALUATION_READS])
+STAMPED = {"stamps": ENGINE_STAMPS} if ENGINE_STAMPS else {}  # the params of the jobs that merge or evaluate
+
+
+def extraction_stamps(wildcards):
+    """A task vector's `stamps` param: the pretrained and fine-tuned checkpoints and the files behind them."""
+    files = [MODEL["pretrained"], checkpoint_path(wildcards.task)]
+    return reads.stamps([*files, *extraction_reads(wildcards).get(reads.READS, [])])
 
 
 def evaluation_reads(wildcards):

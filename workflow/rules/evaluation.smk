@@ -16,6 +16,7 @@ rule evaluate_reference:
     params:
         stage=params_of("evaluate"),
         job=job_of("evaluate_reference", reference_inputs, device=DEVICE),
+        **STAMPED,
     log:
         L.log("evaluate_reference"),
     threads: threads_of("evaluate_reference")
@@ -37,6 +38,7 @@ rule evaluate_sample:
         stage=params_of("evaluate_group"),
         coefficients=batch_c,
         job=job_of("evaluate_sample", engine_inputs, device=DEVICE, on_error=ON_ERROR),
+        **STAMPED,
     log:
         L.log("evaluate_sample", "{group}", "{batch}"),
     threads: threads_of("evaluate_sample")
@@ -61,6 +63,7 @@ rule evaluate_round:
     params:
         stage=params_of("evaluate_group"),
         job=job_of("evaluate_round", engine_inputs, size=CFG["evaluation"]["samples_per_job"], device=DEVICE, on_error=ON_ERROR),
+        **STAMPED,
     log:
         L.log("evaluate_round", "{group}", "{round}", "{index}"),
     threads: threads_of("evaluate_round")
@@ -82,6 +85,7 @@ rule evaluate_selected:
     params:
         stage=params_of("evaluate"),
         job=job_of("evaluate_selected", engine_inputs, device=DEVICE),
+        **STAMPED,
     log:
         L.log("evaluate_selected", "{group}"),
     threads: threads_of("evaluate_selected")

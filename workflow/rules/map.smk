@@ -165,6 +165,7 @@ rule merge_group:
     params:
         stage=params_of("merge_group"),
         job=job_of("merge_group", engine_inputs, folders=lambda wc: L.merged_folders(wc.group)),
+        **STAMPED,
     log:
         L.log("merge_group", "{group}"),
     threads: threads_of("merge_group")

@@ -11,6 +11,7 @@ rule extract_task_vector:
     params:
         stage=params_of("extract_task_vector"),
         job=job_of("extract_task_vector"),
+        **({"stamps": extraction_stamps} if USER_CHECKPOINTS else {}),
     log:
         L.log("extract_task_vector", "{task}"),
     threads: threads_of("extract_task_vector")

@@ -15,6 +15,7 @@ rule validate_grid:
         stage=params_of("evaluate"),
         coefficients=grid_batch_c,
         job=job_of("validate_grid", validation_engine_inputs, group="all", device=DEVICE, on_error="fail", stage="validate_grid"),
+        **STAMPED,
     log:
         L.log("validate_grid", "{batch}"),
     threads: threads_of("validate_grid")
@@ -37,6 +38,7 @@ rule validate_front:
     params:
         stage=params_of("validate_front"),
         job=job_of("validate_front", validation_engine_inputs, device=DEVICE),
+        **STAMPED,
     log:
         L.log("validate_front"),
     threads: threads_of("validate_front")
@@ -59,6 +61,7 @@ rule validate_baseline:
     params:
         stage=lambda wc: validation_config.baseline_params(params_of("validate_baseline"), wc.baseline),
         job=job_of("validate_baseline", validation_engine_inputs, device=DEVICE),
+        **STAMPED,
     log:
         L.log("validate_baseline", "{baseline}"),
     threads: threads_of("validate_baseline")

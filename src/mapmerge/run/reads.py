@@ -19,7 +19,7 @@ from typing import Any
 from mapmerge.adapters import lm_eval_tasks
 from mapmerge.run.registry import READS
 
-__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "spec_files"]
+__all__ = ["READS", "behind", "evaluation_reads", "evaluator_files", "spec_files", "stamps"]
 # names of mapmerge.tensors.checkpoints and .lora (which import torch; the config must not): a sharded checkpoint's
 # index, and the config beside a PEFT adapter's weights
 SHARD_INDEX_SUFFIX = ".safetensors.index.json"
@@ -60,44 +60,62 @@ def behind(checkpoint: str | os.PathLike) -> list[str]:
     return sorted({str((path.parent / shard).resolve()) for shard in weight_map.values() if isinstance(shard, str)})
 
 
-def evaluator_files(spec: Mapping[str, Any]) -> list[str]:
-    """The files an evaluator (or the model's builder) opens by itself, from its spec (spec_files); for an lm-eval
-    task also every file under its include_path and the task's data files."""
-    found = set(spec_files(spec))
+def evaluator_files(spec: Mapping[str, Any], folders: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """The files an evaluator (or the model's builder) opens by itself, from its spec (spec_files, also relative to
+    `folders`); for an lm-eval task also every file under its include_path and the task's data files."""
+    found = set(spec_files(spec, folders))
     if spec.get("_target_") == lm_eval_tasks.TARGET:
         found.update(_lm_eval_files(Path(spec["include_path"]), spec["task"]))
     return sorted(found)
 
 
-def spec_files(spec: Mapping[str, Any]) -> list[str]:
+def spec_files(spec: Mapping[str, Any], folders: Sequence[str | os.PathLike] = ()) -> list[str]:
     """The files a spec's strings name: each that names a file (absolute, or relative to the current folder, the
-    jobs' own, with a folder or a suffix in it), and of each that names a Hugging Face model folder (one with a
+    jobs' own, or to one of `folders`, the model's python_path, where the user's code may open it from its own
+    folder; with a folder or a suffix in it), and of each that names a Hugging Face model folder (one with a
     config.json or tokenizer_config.json) the config and tokenizer files in it (HF_FILES). Other folders are not
     read, nor a model folder's weights (those the rules name are inputs already)."""
     found = set()
     for value in _strings(spec):
-        path = Path(value).expanduser()
-        if not (path.is_absolute() or "/" in value or path.suffix):  # a plain word ('digits') is no path
+        named = Path(value).expanduser()
+        if not (named.is_absolute() or "/" in value or named.suffix):  # a plain word ('digits') is no path
             continue
-        try:
-            if path.is_file():
-                found.add(str(path.resolve()))
-            elif any((path / name).is_file() for name in HF_MARKERS):
-                found.update(str((path / name).resolve()) for name in HF_FILES if (path / name).is_file())
-        except OSError:  # a name too long to be a path
-            continue
+        for path in [named, *(Path(folder) / named for folder in folders if not named.is_absolute())]:
+            try:
+                if path.is_file():
+                    found.add(str(path.resolve()))
+                elif any((path / name).is_file() for name in HF_MARKERS):
+                    found.update(str((path / name).resolve()) for name in HF_FILES if (path / name).is_file())
+            except OSError:  # a name too long to be a path
+                continue
     return sorted(found)
+
+
+def stamps(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """Each existing file's size and mtime, `<bytes>:<ns>`, by path (in order): a param of the jobs that read the
+    files, so that a file replaced by other bytes with an older mtime (cp -p, tar x, rsync -a), which Snakemake's
+    mtime check passes over, reruns them."""
+    found = {}
+    for path in sorted({os.fspath(p) for p in paths}):
+        try:
+            stat = os.stat(path)
+        except OSError:  # not there (yet): a job that needs it says so
+            continue
+        found[path] = f"{stat.st_size}:{stat.st_mtime_ns}"
+    return found
 
 
 def evaluation_reads(model: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
     """What an evaluation job reads besides the files its rule names: the files the model's builder and every
-    task's evaluator open by themselves, and those behind the pretrained and fine-tuned checkpoints."""
+    task's evaluator open by themselves (named relative to the current folder or to a python_path folder), and those
+    behind the pretrained and fine-tuned checkpoints."""
     checkpoints = [model["pretrained"], *(model["tasks"][task]["checkpoint"] for task in tasks)]
-    found = set(spec_files(model["builder"]))
+    folders = model.get("python_path") or ()
+    found = set(spec_files(model["builder"], folders))
     for checkpoint in checkpoints:
         found.update(behind(checkpoint))
     for task in tasks:
-        found.update(evaluator_files(model["tasks"][task]["evaluator"]))
+        found.update(evaluator_files(model["tasks"][task]["evaluator"], folders))
     return sorted(found - {str(Path(p).resolve()) for p in checkpoints})  # those the rules name already
 
 
