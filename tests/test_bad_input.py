@@ -271,6 +271,12 @@ CASES = [
         r"\(did you mean `task`\?\)$",
         overrides=("model.tasks.stripes_0.evaluator.tsk=stripes_0",),
     ),
+    Case(  # a task the experiment file does not have: Hydra would make one of the argument alone
+        "evaluator-argument-of-no-task",
+        r"^overrides: model\.tasks\.stripes_9\.evaluator\.n=3: the config sets no model\.tasks\.stripes_9\.evaluator "
+        r"to give an argument to$",
+        overrides=("model.tasks.stripes_9.evaluator.n=3",),
+    ),
     Case(
         "builder-argument",
         r"^model\.builder: model\.build\(hidden, n_classes\): no argument 'hiden' \(did you mean `hidden`\?\)$",

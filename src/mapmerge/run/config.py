@@ -232,7 +232,17 @@ def _compose(config_dir: Path, overrides: list[str]) -> DictConfig:
     while True:
         try:
             with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
-                return compose(config_name="config", overrides=overrides)
+                cfg = compose(config_name="config", overrides=overrides)
+            for override in overrides:  # an argument given where nothing takes it: Hydra added the callable's node
+                key = _override_key(override)
+                parent = key.rpartition(".")[0]
+                if (
+                    override.startswith("++")
+                    and schema.argument(key)
+                    and OmegaConf.select(cfg, f"{parent}._target_") is None
+                ):
+                    raise ConfigError(f"overrides: {override[2:]}: the config sets no {parent} to give an argument to")
+            return cfg
         except ConfigCompositionException as exc:
             refused = re.match(r"Could not override '([\w.]+)'\.", str(exc))
             key = refused.group(1) if refused else None

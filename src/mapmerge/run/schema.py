@@ -547,8 +547,14 @@ def known_key(key: str) -> bool:
     (model.builder.hidden; preflight checks it against the callable's signature)."""
     path = key.split(".")
     node = _node(path[:-1])
-    alternatives = _alternatives(node)
-    return path[-1] in _fields(node) or any(typing.get_origin(a) is dict or _free(a) for a in alternatives)
+    return path[-1] in _fields(node) or any(typing.get_origin(a) is dict for a in _alternatives(node)) or argument(key)
+
+
+def argument(key: str) -> bool:
+    """Whether the dotted `key` is an argument of a `_target_` (a name the schema does not know under one)."""
+    path = key.split(".")
+    node = _node(path[:-1])
+    return path[-1] not in _fields(node) and any(_free(a) for a in _alternatives(node))
 
 
 def closest(word: str, choices: typing.Iterable[str]) -> str:
