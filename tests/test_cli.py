@@ -769,6 +769,16 @@ def test_select_takes_the_runs_rho_and_refuses_one_weighted_sum_has_not(runs, tm
     assert own != other
 
 
+def test_select_names_a_pick_by_another_metric_apart(runs, tmp_path, capsys):
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    prefer = ["select", str(R), "--prefer", "rot90=1,invert=3"]
+    assert main([*prefer, "--metric", "accuracy"]) == 0 and main([*prefer, "--metric", "loss"]) == 0
+    capsys.readouterr()
+    own, loss = (R / "selected" / f"{name}.safetensors" for name in ("rot90-1_invert-3", "rot90-1_invert-3_loss"))
+    assert json.loads(safetensors_metadata(own)["selection"])["metric"] == "accuracy"  # the run's objective
+    assert json.loads(safetensors_metadata(loss)["selection"])["metric"] == "loss"  # its own file, not the above
+
+
 def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrained(runs, tmp_path, capsys):
     R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
     paths = Layout(R)

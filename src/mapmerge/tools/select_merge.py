@@ -123,13 +123,15 @@ def preference_weights(preference: Mapping[str, float], tasks: Sequence[str]) ->
         raise UsageError(where + str(exc)) from None
 
 
-def preference_name(preference: Mapping[str, float], pick: Pick) -> str:
+def preference_name(preference: Mapping[str, float], pick: Pick, metric: str | None = None) -> str:
     """A file name for a preference: rot90-2_invert-1 (and the selection method, with its rho where that is not the
-    default, when they are not the run's own)."""
+    default, when they are not the run's own; and `metric`, given where it is not the run's objective)."""
     name = "_".join(f"{t}-{w:g}" for t, w in preference.items())
     if (pick.method, pick.rho) != (pick.own_method, pick.own_rho):
         shown = pick.method != "weighted_sum" and (pick.rho != DEFAULT_RHO or pick.method == pick.own_method)
         name += f"_{pick.method}" + (f"-rho{pick.rho:g}" if shown else "")
+    if metric:
+        name += f"_{metric}"
     name = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
     if len(name) > 100:
         name = f"{name[:80]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
@@ -451,6 +453,14 @@ def _text(
     return "\n".join(lines)
 
 
+def _own_metric(results: Path, front: pd.DataFrame, tasks: Sequence[str]) -> str | None:
+    """The run's objective metric (runfolder.objective_metric without --metric); None where it cannot tell."""
+    try:
+        return objective_metric(results, front, tasks)[0]
+    except UsageError:
+        return None
+
+
 def select(
     results: Path,
     preference: Mapping[str, float],
@@ -498,6 +508,7 @@ def select(
     task_weights = preference_weights(preference, tasks)
     merged = paths.merged(group)
     front = read_table(front_file(results, group))
+    given_metric = metric
     metric, metric_source = objective_metric(results, front, tasks, metric)
     operator, chosen, recorded_seed = merge_record(merged)
     seed = _merge_seed(operator, recorded_seed, seed, merged)
@@ -506,7 +517,8 @@ def select(
     vectors = member_vectors(results, members, layout.tasks or tasks)
     templates = {t: task_folder(folders / t, t) for t in tasks} if as_folders else {}
     if out is None:
-        out = _default_out(results, pre_path, preference_name(preference, pick), tasks, as_folders)
+        named = metric if given_metric and metric != _own_metric(results, front, tasks) else None
+        out = _default_out(results, pre_path, preference_name(preference, pick, named), tasks, as_folders)
     if out.resolve() == pre_path.resolve():
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
     if as_folders and pre_path.parent.resolve().is_relative_to(out.resolve()):
@@ -531,7 +543,7 @@ def select(
         "coefficients": json.dumps(c),
         "operator": json.dumps(operator),
         "preference": json.dumps(dict(preference)),
-        "selection": json.dumps({"method": method, "rho": rho}),
+        "selection": json.dumps({"method": method, "rho": rho, "metric": metric}),
         "candidate": str(pick["source"].iloc[0]),
         "group": group,
         "source": SOURCE,
