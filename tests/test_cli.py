@@ -779,6 +779,21 @@ def test_select_names_a_pick_by_another_metric_apart(runs, tmp_path, capsys):
     assert json.loads(safetensors_metadata(loss)["selection"])["metric"] == "loss"  # its own file, not the above
 
 
+def test_status_names_selected_merges_of_another_front(runs, tmp_path, capsys):
+    """A merge select wrote, from the front the run has since replaced (its settings or files changed): status says so."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    shutil.rmtree(R / "selected", ignore_errors=True)  # other tests' merges
+    assert main(["select", str(R), "--prefer", "rot90=1,invert=3"]) == 0 and main(["status", str(R)]) == 0
+    assert "selected/:" not in capsys.readouterr().out
+    front = R / "groups" / "all" / "front.parquet"
+    write_table(read_table(front).iloc[1:], front, "pareto_front", extra=table_metadata(front))  # another front
+    assert main(["status", str(R)]) == 0
+    assert (
+        "selected/: 1 merge(s) of `mapmerge select` picked from another front than the run's now (its settings or "
+        "files changed since): rot90-1_invert-3.safetensors; select them again, or delete them"
+    ) in capsys.readouterr().out
+
+
 def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrained(runs, tmp_path, capsys):
     R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
     paths = Layout(R)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import pandas as pd
 
 from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
-from mapmerge.io import ArtifactError, read_table, table_metadata
+from mapmerge.io import ArtifactError, file_hash, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.run.records import foreign_files, is_run, run_holding
 
@@ -333,3 +334,37 @@ def text_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[
     cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
+METADATA_KEY = "mapmerge"  # tensors.checkpoints.METADATA_KEY: the header's entry that holds mapmerge's metadata
+FRONT_KEY = "front"  # in the metadata of a merge `mapmerge select` wrote: the hash of the front it picked from
+
+
+def stale_selections(results: Path) -> list[Path]:
+    """The safetensors merges `mapmerge select` wrote under RESULTS/selected/ (a transformers run's: each task
+    folder's first weights file) that picked from another front than the group's now: the run's settings or files
+    changed since. A torch file (.pt) is not read (torch), nor a merge from before select recorded its front."""
+    stale = []
+    for path in sorted(Layout(results).selections.rglob("*.safetensors")):
+        if path.name.startswith("model-") and not path.name.startswith("model-00001-"):
+            continue  # a shard after the first: its folder is counted once
+        metadata = safetensors_metadata_light(path)
+        group, recorded = metadata.get("group"), metadata.get(FRONT_KEY)
+        if group is None or recorded is None:
+            continue
+        front = Layout(results).front(group)
+        if not front.exists() or file_hash(front) != recorded:
+            stale.append(path)
+    return stale
+
+
+def safetensors_metadata_light(path: Path) -> dict[str, Any]:
+    """What mapmerge stored in a safetensors file's header (tensors.checkpoints.safetensors_metadata, without torch;
+    {} where it stored nothing or the header does not read)."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            stored = json.loads(json.loads(fh.read(size)).get("__metadata__", {}).get(METADATA_KEY, "{}"))
+    except (OSError, ValueError, struct.error, AttributeError):
+        return {}
+    return stored if isinstance(stored, dict) else {}

@@ -31,7 +31,7 @@ from mapmerge.adapters.transformers import (
 from mapmerge.core import metrics, selection
 from mapmerge.core.metrics import METRICS
 from mapmerge.errors import ConfigError
-from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
+from mapmerge.io import ArtifactError, atomic_path, file_hash, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
 from mapmerge.run.schema import checked_weights, unknown_task
@@ -47,6 +47,7 @@ from mapmerge.tools.merge_inputs import (
     pretrained_record,
 )
 from mapmerge.tools.runfolder import (
+    FRONT_KEY,
     METHOD_NAMES,
     UsageError,
     final_group,
@@ -546,6 +547,7 @@ def select(
         "selection": json.dumps({"method": method, "rho": rho, "metric": metric}),
         "candidate": str(pick["source"].iloc[0]),
         "group": group,
+        FRONT_KEY: file_hash(front_file(results, group)),  # runfolder.stale_selections
         "source": SOURCE,
         **({"seed": str(seed)} if seed is not None else {}),
     }

@@ -32,6 +32,7 @@ from mapmerge.tools.runfolder import (
     left_behind,
     recorded_objectives,
     scan,
+    stale_selections,
     text_table,
     try_read,
 )
@@ -484,6 +485,15 @@ def status(results: Path) -> str:
     lines += ["", *_evaluation_lines(results, counts, source, left)]
     if layout.groups:
         lines += ["", *_group_lines(layout, disk, rounds, evals, left)]
+    if stale := stale_selections(results):
+        shown = ", ".join(str(p.relative_to(L.selections)) for p in stale[:3]) + (
+            f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        )
+        lines += [
+            "",
+            f"selected/: {len(stale)} merge(s) of `mapmerge select` picked from another front than the run's now (its "
+            f"settings or files changed since): {shown}; select them again, or delete them",
+        ]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
     if all(disk.good(p) for p in finished):
         notes = [*final_notes(results), *no_gain_notes(results)]
