@@ -653,7 +653,11 @@ def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
             ["select", str(R), "--prefer", "rot90=1", "--prefer", "invert=1"],
             "mapmerge select: argument --prefer: given twice; see mapmerge select --help",
         ),
-        (["check", str(R), "--d"], "mapmerge: unrecognized arguments: --d; see mapmerge --help"),
+        (["check", str(R), "--d"], "mapmerge check: unrecognized arguments: --d; see mapmerge check --help"),
+        (  # a space after a comma: two arguments
+            ["select", str(R), "--prefer", "rot90=1,", "invert=1"],
+            "mapmerge select: unrecognized arguments: invert=1; see mapmerge select --help",
+        ),
         (["plot", str(R), "--out", ""], "mapmerge plot: argument --out: empty; give a path; see mapmerge plot --help"),
         (["status", ""], "mapmerge status: argument results: empty; give a path; see mapmerge status --help"),
         (

@@ -32,6 +32,16 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, by name
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, but an argument left over is the subcommand's error (`mapmerge select: unrecognized ...`)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extra)}"
+            )
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         if choice := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
@@ -269,7 +279,7 @@ def _prune_command(sub: argparse._SubParsersAction) -> None:
     trim.add_argument("--dry-run", action="store_true", help="list what would be dropped and removed; delete nothing")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> _Parser:
     """The command line: one subcommand per command, each with the run's results folder first."""
     parser = _Parser(prog="mapmerge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mapmerge {version('mapmerge')}")
@@ -277,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
     _command(sub, "summary", help="print a finished run's report and where its outputs are")
     for add in (_check_command, _status_command, _select_command, _export_command, _plot_command, _prune_command):
         add(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
