@@ -1087,6 +1087,12 @@ def test_select_in_a_nested_run(runs, tmp_path, capsys):
     # DARE draws masks from the run's seed, which merged.safetensors records; another one is refused
     assert main(["select", str(R), "--prefer", "rot90=1", "--seed", "7", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "--seed 7: the run merged with seed 0" in capsys.readouterr().err
+    assert main(["summary", str(R)]) == 0  # the final merge is the one named as the merged model
+    out = capsys.readouterr().out.splitlines()
+    merges = [line.split() for line in out if line.startswith(("  level merge:", "  merged model:"))]
+    assert merges == [["level", "merge:", str(R / "groups/L1g0/merged.safetensors")]] + [
+        ["merged", "model:", str(R / "groups/L2g0/merged.safetensors")]
+    ]
     assert main(["select", str(R), "--prefer", "rot90=1"]) == 0
     out = capsys.readouterr().out
     assert "nested MAP: only the top group L2g0 is chosen again" in out

@@ -58,7 +58,8 @@ def summary(results: Path) -> str:
     selected = read_table(paths.selected)
     lines = [text, "Where to look:", f"  Pareto front:   {paths.pareto}"]
     lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
-    lines += [f"  merged model:   {paths.merged(g)}" for g in selected["group"]]
+    *below, final = list(selected["group"])  # nested MAP: the levels' merges, then the final one
+    lines += [f"  level merge:    {paths.merged(g)}" for g in below] + [f"  merged model:   {paths.merged(final)}"]
     lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
     return "\n".join(lines)
 
