@@ -160,7 +160,11 @@ CASES = [
         overrides=("sampler.factor=0.5", "refine.rounds=1", "refine.points=1"),
     ),
     Case("factor-not-a-number", r"^sampler\.factor: must be a number, got 'abc'", overrides=("sampler.factor=abc",)),
-    Case("pop-size-zero", r"^optimizer\.pop_size: must be an integer >= 1, got 0", overrides=("optimizer.pop_size=0",)),
+    Case(
+        "pop-size-zero",
+        r"^optimizer\.pop_size: must be an integer in \[1, 100000\], got 0",
+        overrides=("optimizer.pop_size=0",),
+    ),
     Case(
         "pop-size-too-small",
         r"^optimizer\.pop_size: 3 is too small for 3 objectives; NSGA-III needs at least 6",

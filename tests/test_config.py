@@ -146,6 +146,17 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
             r"model.openclip: is set but model.adapter is None; choose it with model=openclip",
         ),
         (["model.adapter=keras"], "model.adapter: must be one of transformers, openclip, got 'keras'"),
+        # sizes nobody means: they would run for days or fill the memory
+        (["optimizer.pop_size=100000000"], r"^optimizer.pop_size: must be an integer in \[1, 100000\], got 100000000$"),
+        (["optimizer.n_gen=1000000000"], r"^optimizer.n_gen: must be an integer in \[1, 100000\], got 1000000000$"),
+        (
+            ["optimizer.ref_partitions=100000"],
+            r"^optimizer.ref_partitions: 100000 gives 166,676,666,850,001 reference directions for 4 objectives, past "
+            r"100,000 \(NSGA-III keeps a point per direction\); lower it, or null$",
+        ),
+        (["evaluation.threads=100000"], r"^evaluation.threads: must be an integer in \[0, 1024\], got 100000$"),
+        (["resources.light.threads=5000"], r"^resources.light.threads: must be an integer in \[1, 1024\], got 5000$"),
+        (["optimizer.grid_check_resolution=100000"], r"^optimizer.grid_check_resolution: must be an integer in \[2, "),
     ],
 )
 def test_bad_config_gives_one_line_error(repo, overrides, message):

@@ -33,7 +33,7 @@ from mapmerge.core.sampling import design_size
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.run.checkpoint_twins import first_twin
-from mapmerge.run.schema import closest
+from mapmerge.run.schema import MAX_SIZE, closest
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
 
@@ -149,6 +149,14 @@ def check_plan(cfg: Mapping[str, Any]) -> Plan:
     if optimizer["ref_partitions"] == 1:
         raise ConfigError(
             "optimizer.ref_partitions: 1 gives only the extreme directions (one task each); use 2 or more, or null"
+        )
+    if (
+        optimizer["ref_partitions"]
+        and (n := math.comb(members + optimizer["ref_partitions"] - 1, members - 1)) > MAX_SIZE
+    ):
+        raise ConfigError(
+            f"optimizer.ref_partitions: {optimizer['ref_partitions']} gives {n:,} reference directions for {members} "
+            f"objectives, past {MAX_SIZE:,} (NSGA-III keeps a point per direction); lower it, or null"
         )
     run = plan(cfg)
     budget = cfg["budget"]["max_evaluations"]

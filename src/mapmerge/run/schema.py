@@ -52,6 +52,9 @@ def _range(
 
 PosInt = _range(int, 1)
 NonNegInt = _range(int, 0)
+# sizes past any a run needs, which would run for days or fill the memory (optimizer.pop_size=100000000)
+MAX_SIZE = 100_000
+Threads = _range(int, 1, 1024)
 PosFloat = _range(float, 0, open_low=True)
 NonNegFloat = _range(float, 0)
 Fraction = _range(float, 0, 1, open_low=True, open_high=True)
@@ -155,7 +158,7 @@ class Benchmark(Section):
     lr: PosFloat
     batch_size: PosInt
     test_fraction: Fraction
-    threads: PosInt
+    threads: Threads
     dataset: Literal["digits", "fashion"] = "digits"
     data_dir: Path_ | None = None
     subset: _range(int, 100, 60000) | None = None
@@ -199,10 +202,10 @@ class Surrogate(Section):
 
 class Optimizer(Section):
     objective: Metric
-    pop_size: PosInt
-    n_gen: PosInt
-    ref_partitions: PosInt | None
-    grid_check_resolution: _range(int, 2)
+    pop_size: _range(int, 1, MAX_SIZE)
+    n_gen: _range(int, 1, MAX_SIZE)
+    ref_partitions: PosInt | None  # preflight.check_plan: at most MAX_SIZE reference directions
+    grid_check_resolution: _range(int, 2, 2001)  # T = 2: resolution^2 merges predicted
 
 
 class Selection(Section):
@@ -212,7 +215,7 @@ class Selection(Section):
 
 class Evaluation(Section):
     device: str
-    threads: NonNegInt
+    threads: _range(int, 0, 1024)
     samples_per_job: PosInt
     on_error: Literal["fail", "record"]
     dtype: Literal["float32", "bfloat16", "float16"]
@@ -327,14 +330,14 @@ class Model(Section):
 
 
 class ResourcesEvaluate(Section):
-    threads: PosInt
+    threads: Threads
     mem_mb: PosInt
     runtime: PosInt
     gpu: NonNegInt
 
 
 class ResourcesLight(Section):
-    threads: PosInt
+    threads: Threads
     mem_mb: PosInt
     runtime: PosInt
 
