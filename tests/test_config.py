@@ -471,7 +471,8 @@ def test_one_weight_does_not_replace_a_preference_file(repo, tmp_path):
     experiment = tmp_path / "exp.yaml"
     experiment.write_text("preference: prefs.yaml\n")
     line = (
-        r"^overrides: preference.rot90=2: the preference is the file prefs.yaml, and one weight would replace it whole"
+        r"^overrides: preference.rot90=2: the preference is the file prefs.yaml, and one weight would replace it whole; "
+        r"give every weight \(preference=\{rot90: 2, <task>: <weight>, \.\.\.\}\) or edit the file$"
     )
     with pytest.raises(ConfigError, match=line):
         load_config(repo / "config", experiment=experiment, overrides=["preference.rot90=2"])

@@ -292,9 +292,11 @@ def _check_preference_entries(
     entries = [o for o in overrides[last + 1 :] if _override_key(o).startswith("preference.")]
     preference = whole[overrides[last]] if last >= 0 else (exp_keys or {}).get("preference")
     if entries and isinstance(preference, str):
+        key, _, weight = entries[0].partition("=")
+        task = _override_key(key).removeprefix("preference.")
         raise ConfigError(
             f"overrides: {entries[0]}: the preference is the file {preference}, and one weight would replace it "
-            "whole; give every weight (preference={rot90: 2, invert: 1}) or edit the file"
+            f"whole; give every weight (preference={{{task}: {weight}, <task>: <weight>, ...}}) or edit the file"
         )
 
 
