@@ -637,6 +637,17 @@ def test_a_reader_that_stops_reading_is_no_error(runs):
     assert (status.wait(timeout=120), status.stderr.read()) == (0, b"")
 
 
+def test_a_damaged_group_tree_is_named_with_the_way_out(runs, tmp_path, capsys):
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    (R / "groups.parquet").write_bytes(b"PAR1 damaged")
+    for command in (["status", str(R)], ["select", str(R), "--prefer", "rot90=1"]):
+        err = refused(command, 1, capsys, R)
+        assert err.startswith(f"mapmerge: {R / 'groups.parquet'}: unreadable Parquet (") and err.endswith(
+            "; delete it and run snakemake again to recompute it and what depends on it (`mapmerge check RESULTS "
+            "--delete` finds and deletes every such file)\n"  # RESULTS: this folder, made by the stages, has no lock
+        ), err
+
+
 def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
     """argparse's faults in the project's one line (a mistyped choice with the closest one); no abbreviated option
     (`check --d` was `--delete`), and an option given twice is refused, not replaced."""

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
-from mapmerge.io import ArtifactError, file_hash, read_table, table_metadata
+from mapmerge.io import ArtifactError, file_hash, read_table, recompute_hint, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.run.records import foreign_files, is_run, run_holding
 
@@ -318,12 +318,14 @@ def objective_metric(
 
 
 def table_columns(path: Path) -> list[str]:
+    """A Parquet artifact's column names, from its footer (ArtifactError naming it, with io's way out, where it does
+    not read)."""
     import pyarrow.parquet as pq
 
     try:
         return list(pq.read_schema(path).names)
     except Exception as exc:
-        raise ArtifactError(f"{path}: unreadable Parquet ({exc})") from exc
+        raise ArtifactError(f"{path}: unreadable Parquet ({exc}); {recompute_hint(path)}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------
