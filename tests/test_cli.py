@@ -1140,6 +1140,11 @@ def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys, monkeypatc
     assert main(["plot", str(R), "--out", str(tmp_path / "loss"), "--metric", "loss"]) == 0
     assert len(titles) == 1 and titles[0].endswith(" (fronts by accuracy, drawn in loss)"), titles
     capsys.readouterr()
+    copy = Path(shutil.copytree(R, tmp_path / "plain"))  # without --out, in another metric: beside the run's own
+    own = {p: p.read_bytes() for p in (copy / "plots").glob("*.png")}
+    assert main(["plot", str(copy), "--metric", "loss"]) == 0
+    assert capsys.readouterr().out.split() == [str(copy / "plots" / "loss" / "front_parallel.png")]
+    assert {p: p.read_bytes() for p in (copy / "plots").glob("*.png")} == own
     assert main(["plot", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
     assert capsys.readouterr().err.startswith("mapmerge plot: ")
     assert not (tmp_path / "new").exists()  # no folder made for a refused command

@@ -13,7 +13,9 @@ from mapmerge.tools.runfolder import UsageError, final_group, front_file, object
 
 
 def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
-    """Render the final group's plots again from the run's artifacts, as the aggregate stage does."""
+    """Render the final group's plots again from the run's artifacts, as the aggregate stage does, into `out_dir`
+    (default RESULTS/plots; for a metric other than the run's objective RESULTS/plots/<metric>, so that the run's own
+    plots, which report.md shows, stay)."""
     from mapmerge.outputs import plots  # deferred: matplotlib
 
     results = Path(results)
@@ -24,6 +26,8 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     given = metric
     metric, _ = objective_metric(results, front, info["tasks"], given)
     objective = metric if given is None else _objective(results, front, info["tasks"])
+    if out_dir is None and metric != objective:
+        out_dir = paths.plots / metric
     chosen = None
     if paths.choice(group).exists():
         chosen = read_table(paths.choice(group)).assign(group=group)
