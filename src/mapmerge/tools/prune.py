@@ -3,7 +3,6 @@ settings left (evaluation batches, rounds' tables, the validation's grid batches
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
 from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.records import is_run
-from mapmerge.tools.runfolder import group_dirs, left_behind
+from mapmerge.tools.runfolder import group_dirs, left_behind, listed_names
 
 
 def prune(results: Path, dry_run: bool = False) -> str:
@@ -40,7 +39,7 @@ def prune(results: Path, dry_run: bool = False) -> str:
     if temporary := found.temporary:
         lines.append(
             f"  {remove} {len(temporary)} temporary file{'s' * (len(temporary) != 1)} of stopped jobs: "
-            f"{_names(results, temporary, 3)}"
+            f"{listed_names(results, temporary, 3)}"
         )
     counts = [(len(left.evals), "evaluation batch", "es"), (len(left.rounds), "round table", "s")]
     counts.append((len(left.validation), "validation table", "s"))
@@ -49,7 +48,7 @@ def prune(results: Path, dry_run: bool = False) -> str:
         lines.append(
             f"  {remove} {what} left from an earlier setting (evaluations.parquet "
             f"or validation.parquet, written after them, lists none of them; no job of the run reads them), "
-            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {_names(results, [*left.evaluations, *left.rounds])}"
+            f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {listed_names(results, [*left.evaluations, *left.rounds])}"
         )
     return "\n".join(lines)
 
@@ -72,10 +71,3 @@ def _cache_lines(results: Path, cache: Path, found: evaluation_cache.Pruning, ve
         "longer has; going back to one evaluates again the merges that no table kept holds)"
     )
     return lines
-
-
-def _names(results: Path, paths: Iterable[Path], shown: int = 6) -> str:
-    """The first `shown` of these files, under the run folder, and how many more."""
-    names = sorted(str(p.relative_to(results)) for p in paths)
-    more = len(names) - shown
-    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

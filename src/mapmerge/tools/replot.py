@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.io import read_table
 from mapmerge.layout import Layout
-from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, scan
+from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, run_objective, scan
 
 
 def replot(results: Path, out_dir: Path | None = None, metric: str | None = None) -> list[Path]:
@@ -25,7 +23,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     front = read_table(front_file(results, group)).assign(group=group)
     given = metric
     metric, _ = objective_metric(results, front, info["tasks"], given)
-    objective = metric if given is None else _objective(results, front, info["tasks"])
+    objective = metric if given is None else run_objective(results, front, info["tasks"])
     if out_dir is None and metric != objective:
         out_dir = paths.plots / metric
     chosen = None
@@ -60,14 +58,6 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         measured=measured,
         objective=objective,
     )
-
-
-def _objective(results: Path, front: pd.DataFrame, tasks: list[str]) -> str | None:
-    """The run's objective, that made the fronts, where it is known (for the titles of plots drawn in another)."""
-    try:
-        return objective_metric(results, front, tasks)[0]
-    except UsageError:
-        return None
 
 
 def _make_folder(out_dir: Path) -> None:

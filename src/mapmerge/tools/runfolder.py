@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,6 +317,22 @@ def objective_metric(
     raise UsageError(f"{tree}: not found, so the run's objective metric is not known; give it with --metric")
 
 
+def run_objective(results: Path, front: pd.DataFrame, tasks: Sequence[str]) -> str | None:
+    """The run's objective metric, that made its fronts (objective_metric without --metric); None where it is not
+    known."""
+    try:
+        return objective_metric(results, front, tasks)[0]
+    except UsageError:
+        return None
+
+
+def listed_names(folder: Path, paths: Iterable[Path], shown: int = 6) -> str:
+    """The first `shown` of these files, under `folder`, and how many more."""
+    names = sorted(str(p.relative_to(folder)) for p in paths)
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def table_columns(path: Path) -> list[str]:
     """A Parquet artifact's column names, from its footer (ArtifactError naming it, with io's way out, where it does
     not read)."""
@@ -346,16 +362,20 @@ def stale_selections(results: Path) -> list[Path]:
     """The safetensors merges `mapmerge select` wrote under RESULTS/selected/ (a transformers run's: each task
     folder's first weights file) that picked from another front than the group's now: the run's settings or files
     changed since. A torch file (.pt) is not read (torch), nor a merge from before select recorded its front."""
+    paths = Layout(results)
+    fronts: dict[str, str | None] = {}  # each group's front's hash, taken once
     stale = []
-    for path in sorted(Layout(results).selections.rglob("*.safetensors")):
+    for path in sorted(paths.selections.rglob("*.safetensors")):
         if path.name.startswith("model-") and not path.name.startswith("model-00001-"):
             continue  # a shard after the first: its folder is counted once
         metadata = safetensors_metadata_light(path)
         group, recorded = metadata.get("group"), metadata.get(FRONT_KEY)
         if group is None or recorded is None:
             continue
-        front = Layout(results).front(group)
-        if not front.exists() or file_hash(front) != recorded:
+        if group not in fronts:
+            front = paths.front(group)
+            fronts[group] = file_hash(front) if front.exists() else None
+        if fronts[group] != recorded:
             stale.append(path)
     return stale
 

@@ -53,6 +53,7 @@ from mapmerge.tools.runfolder import (
     final_group,
     front_file,
     objective_metric,
+    run_objective,
     scan,
     table_columns,
     text_table,
@@ -454,14 +455,6 @@ def _text(
     return "\n".join(lines)
 
 
-def _own_metric(results: Path, front: pd.DataFrame, tasks: Sequence[str]) -> str | None:
-    """The run's objective metric (runfolder.objective_metric without --metric); None where it cannot tell."""
-    try:
-        return objective_metric(results, front, tasks)[0]
-    except UsageError:
-        return None
-
-
 def select(
     results: Path,
     preference: Mapping[str, float],
@@ -508,7 +501,8 @@ def select(
         check_out(results, out, tasks if as_folders else None)
     task_weights = preference_weights(preference, tasks)
     merged = paths.merged(group)
-    front = read_table(front_file(results, group))
+    front_path = front_file(results, group)
+    front = read_table(front_path)
     given_metric = metric
     metric, metric_source = objective_metric(results, front, tasks, metric)
     operator, chosen, recorded_seed = merge_record(merged)
@@ -518,7 +512,7 @@ def select(
     vectors = member_vectors(results, members, layout.tasks or tasks)
     templates = {t: task_folder(folders / t, t) for t in tasks} if as_folders else {}
     if out is None:
-        named = metric if given_metric and metric != _own_metric(results, front, tasks) else None
+        named = metric if given_metric and metric != run_objective(results, front, tasks) else None
         out = _default_out(results, pre_path, preference_name(preference, pick, named), tasks, as_folders)
     if out.resolve() == pre_path.resolve():
         raise UsageError(f"--out {out}: is the pretrained checkpoint itself; write the merge elsewhere")
@@ -547,7 +541,7 @@ def select(
         "selection": json.dumps({"method": method, "rho": rho, "metric": metric}),
         "candidate": str(pick["source"].iloc[0]),
         "group": group,
-        FRONT_KEY: file_hash(front_file(results, group)),  # runfolder.stale_selections
+        FRONT_KEY: file_hash(front_path),  # runfolder.stale_selections
         "source": SOURCE,
         **({"seed": str(seed)} if seed is not None else {}),
     }

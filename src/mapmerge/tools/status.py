@@ -30,6 +30,7 @@ from mapmerge.tools.runfolder import (
     group_dirs,
     group_rounds,
     left_behind,
+    listed_names,
     recorded_objectives,
     scan,
     stale_selections,
@@ -487,13 +488,10 @@ def status(results: Path) -> str:
     if layout.groups:
         lines += ["", *_group_lines(layout, disk, rounds, evals, left)]
     if stale := stale_selections(results):
-        shown = ", ".join(str(p.relative_to(L.selections)) for p in stale[:3]) + (
-            f" and {len(stale) - 3} more" if len(stale) > 3 else ""
-        )
         lines += [
             "",
             f"selected/: {len(stale)} merge(s) of `mapmerge select` picked from another front than the run's now (its "
-            f"settings or files changed since): {shown}; select them again, or delete them",
+            f"settings or files changed since): {listed_names(L.selections, stale, 3)}; select them again, or delete them",
         ]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
     if all(disk.good(p) for p in finished):
