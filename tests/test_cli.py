@@ -8,13 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from conftest import STAGES, as_user, stages_from
 from mapmerge.builtin.model import build_model
@@ -54,6 +56,7 @@ from mapmerge.tensors.taskvectors import merge_files
 from mapmerge.tools.cli import main
 from mapmerge.tools.runfolder import scan
 from mapmerge.tools.status import evaluation_counts
+from test_runlock import hold_in_a_process
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["rot90", "invert", "flip_parity"]
@@ -648,6 +651,31 @@ def test_a_damaged_group_tree_is_named_with_the_way_out(runs, tmp_path, capsys):
         ), err
 
 
+def test_status_reads_again_what_a_running_driver_replaced_meanwhile(runs, tmp_path, capsys):
+    """A file a running driver's job replaces while status reads the folder (here groups.parquet, damaged for half a
+    second) is read again; one that stays bad is named with the driver that runs."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    groups_file = R / "groups.parquet"
+    good = groups_file.read_bytes()
+    driver = hold_in_a_process(R)
+    try:
+        groups_file.write_bytes(b"PAR1 damaged")
+        restore = threading.Timer(0.5, groups_file.write_bytes, [good])
+        restore.start()
+        assert main(["status", str(R)]) == 0
+        restore.join()
+        assert "a snakemake driver (pid" in capsys.readouterr().out
+        groups_file.write_bytes(b"PAR1 damaged")
+        err = refused(["status", str(R)], 1, capsys, R)
+        assert err.startswith(f"mapmerge: {groups_file}: unreadable Parquet (") and err.endswith(
+            f" (a snakemake driver is running on {R} and replaces its files while status reads them: run status "
+            "again)\n"
+        ), err
+    finally:
+        driver.kill()
+        driver.wait()
+
+
 def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
     """argparse's faults in the project's one line (a mistyped choice with the closest one); no abbreviated option
     (`check --d` was `--delete`), and an option given twice is refused, not replaced."""
@@ -795,18 +823,41 @@ def test_select_names_a_pick_by_another_metric_apart(runs, tmp_path, capsys):
 
 
 def test_status_names_selected_merges_of_another_front(runs, tmp_path, capsys):
-    """A merge select wrote, from the front the run has since replaced (its settings or files changed): status says so."""
+    """A merge select wrote, from the front the run has since replaced (its settings or files changed): status says so;
+    the same front's rows written again with other provenance (a rebatching of its evaluations) are not another front."""
     R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
     shutil.rmtree(R / "selected", ignore_errors=True)  # other tests' merges
     assert main(["select", str(R), "--prefer", "rot90=1,invert=3"]) == 0 and main(["status", str(R)]) == 0
     assert "selected/:" not in capsys.readouterr().out
     front = R / "groups" / "all" / "front.parquet"
-    write_table(read_table(front).iloc[1:], front, "pareto_front", extra=table_metadata(front))  # another front
+    rows, metadata = read_table(front), table_metadata(front)
+    write_table(rows, front, "pareto_front", extra={**metadata, "mapmerge.inputs": "{}"})  # the same rows, rewritten
+    assert file_hash(front) != file_hash(runs["plain"] / "groups" / "all" / "front.parquet")
+    assert main(["status", str(R)]) == 0 and "selected/:" not in capsys.readouterr().out
+    write_table(rows.iloc[1:], front, "pareto_front", extra=metadata)  # another front
     assert main(["status", str(R)]) == 0
     assert (
         "selected/: 1 merge(s) of `mapmerge select` picked from another front than the run's now (its settings or "
         "files changed since): rot90-1_invert-3.safetensors; select them again, or delete them"
     ) in capsys.readouterr().out
+
+
+def test_status_reads_the_front_file_hash_of_merges_select_wrote_before_it_hashed_rows(runs, tmp_path, capsys):
+    """A merge whose record holds the hash of the front's file (select before front_rows): compared with the file's."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    shutil.rmtree(R / "selected", ignore_errors=True)
+    assert main(["select", str(R), "--prefer", "rot90=1,invert=3"]) == 0
+    merge, front = R / "selected" / "rot90-1_invert-3.safetensors", R / "groups" / "all" / "front.parquet"
+    with safe_open(merge, "pt") as fh:
+        header = fh.metadata()
+    record = json.loads(header["mapmerge"])
+    record["front"] = file_hash(front)
+    del record["front_rows"]
+    save_file(load_file(merge), merge, {**header, "mapmerge": json.dumps(record)})
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0 and "selected/:" not in capsys.readouterr().out
+    write_table(read_table(front), front, "pareto_front", extra={**table_metadata(front), "mapmerge.inputs": "{}"})
+    assert main(["status", str(R)]) == 0 and "rot90-1_invert-3.safetensors" in capsys.readouterr().out
 
 
 def test_select_says_when_balanced_falls_back_to_the_weighted_sum_above_pretrained(runs, tmp_path, capsys):

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
-from mapmerge.io import ArtifactError, file_hash, read_table, recompute_hint, table_metadata
+from mapmerge.io import ArtifactError, config_hash, file_hash, read_table, recompute_hint, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.run.records import foreign_files, is_run, run_holding
 
@@ -355,7 +355,14 @@ def text_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[
 
 
 METADATA_KEY = "mapmerge"  # tensors.checkpoints.METADATA_KEY: the header's entry that holds mapmerge's metadata
-FRONT_KEY = "front"  # in the metadata of a merge `mapmerge select` wrote: the hash of the front it picked from
+FRONT_KEY = "front_rows"  # in the metadata of a merge `mapmerge select` wrote: front_digest of the front it picked from
+FILE_FRONT_KEY = "front"  # what select recorded before FRONT_KEY: the hash of the front's file, provenance and all
+
+
+def front_digest(front: pd.DataFrame) -> str:
+    """The hash of a front table's rows, not of its file: a rerun that writes the same front with other provenance
+    (a rebatching of the evaluations behind it) keeps its digest."""
+    return config_hash(front.to_dict(orient="list"))
 
 
 def stale_selections(results: Path) -> list[Path]:
@@ -363,19 +370,23 @@ def stale_selections(results: Path) -> list[Path]:
     folder's first weights file) that picked from another front than the group's now: the run's settings or files
     changed since. A torch file (.pt) is not read (torch), nor a merge from before select recorded its front."""
     paths = Layout(results)
-    fronts: dict[str, str | None] = {}  # each group's front's hash, taken once
+    digests: dict[tuple[str, str], str | None] = {}  # each group's front's digest of each kind, taken once
     stale = []
     for path in sorted(paths.selections.rglob("*.safetensors")):
         if path.name.startswith("model-") and not path.name.startswith("model-00001-"):
             continue  # a shard after the first: its folder is counted once
         metadata = safetensors_metadata_light(path)
-        group, recorded = metadata.get("group"), metadata.get(FRONT_KEY)
+        kind = FRONT_KEY if FRONT_KEY in metadata else FILE_FRONT_KEY
+        group, recorded = metadata.get("group"), metadata.get(kind)
         if group is None or recorded is None:
             continue
-        if group not in fronts:
+        if (group, kind) not in digests:
             front = paths.front(group)
-            fronts[group] = file_hash(front) if front.exists() else None
-        if fronts[group] != recorded:
+            if not front.exists():
+                digests[group, kind] = None
+            else:
+                digests[group, kind] = front_digest(read_table(front)) if kind == FRONT_KEY else file_hash(front)
+        if digests[group, kind] != recorded:
             stale.append(path)
     return stale
 

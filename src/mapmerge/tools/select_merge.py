@@ -31,7 +31,7 @@ from mapmerge.adapters.transformers import (
 from mapmerge.core import metrics, selection
 from mapmerge.core.metrics import METRICS
 from mapmerge.errors import ConfigError
-from mapmerge.io import ArtifactError, atomic_path, file_hash, read_table, table_metadata
+from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
 from mapmerge.run.schema import checked_weights, unknown_task
@@ -51,6 +51,7 @@ from mapmerge.tools.runfolder import (
     METHOD_NAMES,
     UsageError,
     final_group,
+    front_digest,
     front_file,
     objective_metric,
     run_objective,
@@ -503,6 +504,7 @@ def select(
     merged = paths.merged(group)
     front_path = front_file(results, group)
     front = read_table(front_path)
+    digest = front_digest(front)  # runfolder.stale_selections
     given_metric = metric
     metric, metric_source = objective_metric(results, front, tasks, metric)
     operator, chosen, recorded_seed = merge_record(merged)
@@ -541,7 +543,7 @@ def select(
         "selection": json.dumps({"method": method, "rho": rho, "metric": metric}),
         "candidate": str(pick["source"].iloc[0]),
         "group": group,
-        FRONT_KEY: file_hash(front_path),  # runfolder.stale_selections
+        FRONT_KEY: digest,
         "source": SOURCE,
         **({"seed": str(seed)} if seed is not None else {}),
     }

@@ -7,6 +7,7 @@ An artifact counts only when it reads (check.artifact_damage: a Parquet footer, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -458,13 +459,32 @@ def _group_lines(
     return ["Groups (the last is the final merge):", *("  " + line for line in text_table(table, header))]
 
 
+RETRIES = 3  # reads of a folder a driver is running on: its jobs replace files between status's listing and reading
+
+
 def status(results: Path) -> str:
     """What a run folder holds: per stage its artifacts, the real evaluations, per group its front and merge.
 
     An artifact counts only when it reads (Parquet footer, safetensors header: see check.artifact_damage); a
-    stage with one that does not is `unreadable`, and the files are listed at the end.
+    stage with one that does not is `unreadable`, and the files are listed at the end. While a driver runs on the
+    folder, a file gone or replaced between listing and reading it is read again from the start (RETRIES times).
     """
     results = Path(results)
+    for _ in range(RETRIES):
+        try:
+            return _status(results)
+        except ArtifactError as exc:
+            if runlock.holder(results) is None:
+                raise
+            error = exc
+            time.sleep(1)
+    raise ArtifactError(
+        f"{error} (a snakemake driver is running on {results} and replaces its files while status reads them: run "
+        "status again)"
+    )
+
+
+def _status(results: Path) -> str:
     layout = scan(results)
     disk = _Disk(layout.problems)
     tasks, L = layout.tasks, layout.paths
