@@ -19,7 +19,7 @@ def prune(results: Path, dry_run: bool = False) -> str:
     kept tables, holding the run's lock meanwhile; what it did, as text."""
     cache = results / evaluation_cache.FOLDER
     if not is_run(results):  # a run not started (an empty folder): nothing to prune, and no lock file to write there
-        return f"evaluation cache of {results}: none ({cache} does not exist); nothing left from an earlier setting"
+        return f"{results}: a run not started (no run's files in it): no evaluation cache, nothing left from an earlier setting"
     if dry_run and (driver := runlock.holder(results)) is not None:  # a dry run only reads: it takes no lock
         raise ArtifactError(f"{runlock.busy(results, driver)}; nothing is pruned while it runs")
     try:
