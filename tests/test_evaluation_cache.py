@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, file_hash, read_table, write_table
-from mapmerge.run import evaluation_cache
+from mapmerge.run import evaluation_cache, job
 from mapmerge.tensors.engine import failure_rows
 from mapmerge.tools.cli import main
 
@@ -71,6 +72,56 @@ def test_the_key_holds_the_merges_files_params_and_code_but_not_the_threads(tmp_
         assert evaluation_cache.key(other) != key
     (results / "a.bin").write_bytes(b"retrained")  # a file's content
     assert evaluation_cache.key(spec) != key
+
+
+def test_the_key_holds_what_the_files_hold_not_where_they_lie(tmp_path):
+    """A model's folder moved (the same bytes): the same key. python_path's folders count by their number (the code
+    fingerprint holds their modules), a param naming an input file by its bytes; a Parquet input by its data, not its
+    provenance; the order of the tasks does count (a table's rows follow it)."""
+    results, spec = files(tmp_path)
+    plan = results / "level2.parquet"
+    write_table(pd.DataFrame({"group": ["L2g0"], "members": ["a,b"]}), plan, "plan_level", {"preference": 1})
+    spec["inputs"]["plan"] = str(plan)
+    model = spec["params"]["stage"]["model"]
+    model.update(python_path=[str(tmp_path / "code")], data=str(results / "a.bin"), tokenizer=str(tmp_path / "tok"))
+    key = evaluation_cache.key(spec)
+    moved = tmp_path / "elsewhere"
+    results.rename(moved)
+    spec = json.loads(json.dumps(spec).replace(str(results), str(moved)))
+    spec["params"]["stage"]["model"]["python_path"] = [str(tmp_path / "other" / "code")]
+    assert evaluation_cache.key(spec) == key
+    write_table(read_table(plan := moved / "level2.parquet"), plan, "plan_level", {"preference": 2})  # provenance
+    assert evaluation_cache.key(spec) == key
+    for change in (
+        lambda s: s["params"]["stage"]["model"].update(python_path=[]),  # fewer folders
+        lambda s: s["params"]["stage"]["model"].update(data=str(moved / "b.bin")),  # another input file
+        lambda s: s["params"]["stage"]["model"].update(tokenizer=str(tmp_path / "tok2")),  # a path the key cannot see
+        lambda s: s["inputs"].update(vectors=dict(reversed(s["inputs"]["vectors"].items()))),  # the tasks' order
+    ):
+        other = copy.deepcopy(spec)
+        change(other)
+        assert evaluation_cache.key(other) != key
+    write_table(pd.DataFrame({"group": ["L2g0"], "members": ["b,a"]}), plan, "plan_level", {"preference": 2})
+    assert evaluation_cache.key(spec) != key  # the plan's data
+
+
+def test_a_table_kept_under_the_key_of_before_is_given_back_and_kept_under_the_key(tmp_path):
+    """An upgrade from before 2026-12-07 (the key held paths, file bytes, no order) evaluates nothing again."""
+    results, spec = files(tmp_path)
+    spec["params"]["stage"]["model"]["python_path"] = [str(tmp_path / "code")]
+    output = Path(spec["outputs"]["examples"])
+    rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
+    write_table(rows.assign(error=[None]), output, "evaluate_round")
+    earlier, kept = evaluation_cache.entries(spec, legacy=True), evaluation_cache.entries(spec)
+    assert earlier != kept and evaluation_cache.keep({"examples": output}, earlier)
+    written = output.read_bytes()
+    output.unlink()
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated")
+
+    job.run_cached(spec, evaluate, str(tmp_path / "job.log"), spec["params"], {})
+    assert output.read_bytes() == written == kept["examples"].read_bytes()
 
 
 def test_tables_are_kept_under_the_results_folder_and_given_back_whole(tmp_path):

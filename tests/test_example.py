@@ -109,3 +109,24 @@ def test_a_checkpoint_replaced_with_an_older_mtime_reruns_what_reads_it(example_
     shutil.copy2(original, checkpoint)  # its own bytes and mtime back: nothing to do
     proc = snakemake(copy, workdir, reference, "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_the_models_folder_moved_is_the_same_model_and_nothing_is_evaluated_again(example_run, tmp_path):
+    """The experiment's folder moved elsewhere (the same bytes): not refused as another model's run; what reads the
+    files reruns, and each evaluation comes back from the evaluation cache, whose keys hold no paths."""
+    torch = pytest.importorskip("torch")
+    copy = Path(shutil.copytree(example_run[0], tmp_path / "custom_mlp", ignore=shutil.ignore_patterns("__pycache__")))
+    workdir, reference = tmp_path / "work", "results/custom_mlp/reference.parquet"
+    assert snakemake(copy, workdir, reference).returncode == 0
+    written = (workdir / reference).read_bytes()
+    moved = copy.rename(tmp_path / "moved")
+    proc = snakemake(moved, workdir, reference)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (workdir / "results/custom_mlp/logs/evaluate_reference.log").read_text()
+    assert "start restore" in log and "from the evaluation cache" in log and "evaluate_reference" not in log
+    assert (workdir / reference).read_bytes() == written
+    other = Path(shutil.copytree(moved, tmp_path / "other", ignore=shutil.ignore_patterns("__pycache__")))
+    state = torch.load(other / "checkpoints" / "pretrained.pt", weights_only=True)
+    torch.save({**state, "trunk.0.weight": state["trunk.0.weight"] + 0.3}, other / "checkpoints" / "pretrained.pt")
+    proc = snakemake(other, workdir, reference, "-n")
+    assert proc.returncode == 1 and "holds a run of another model" in proc.stderr

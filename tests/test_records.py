@@ -53,6 +53,7 @@ def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkey
         "results": "results/old",
         "cwd": str(tmp_path),
         "model": MODEL,
+        "sketch": None,  # no such file
     }
     with pytest.raises(ConfigError, match=r"no Snakemake records \(\.snakemake/metadata is missing\)"):
         records.check("results/old", MODEL)
@@ -84,6 +85,27 @@ def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkey
         "own name (name=...), or run snakemake once with --forceall to replace that run (a new model reruns every "
         "job anyway)"
     )
+
+
+def test_a_model_moved_to_another_path_is_the_same_model(tmp_path, monkeypatch):
+    """The checkpoint's sketch, recorded: the same bytes under another path pass; other bytes are another model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / records.RECORDS).mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "pre.pt").write_bytes(bytes(range(256)) * 1000)
+    records.record(str(tmp_path / "results"), str(tmp_path / "a" / "pre.pt"))  # no folder yet: nothing written
+    (tmp_path / "results").mkdir()
+    records.record("results", str(tmp_path / "a" / "pre.pt"))
+    (tmp_path / "a").rename(tmp_path / "b")
+    records.check("results", str(tmp_path / "b" / "pre.pt"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "pre.pt").write_bytes(bytes(range(256)) * 999 + bytes(256))  # one block differs
+    with pytest.raises(
+        ConfigError, match=rf"results: holds a run of another model \({tmp_path}/a/pre.pt; this run's: "
+    ):
+        records.check("results", str(tmp_path / "c" / "pre.pt"))
+    records.record("results", str(tmp_path / "b" / "pre.pt"))  # the folder's record follows the model
+    assert json.loads((tmp_path / "results" / records.HOME).read_text())["model"] == str(tmp_path / "b" / "pre.pt")
 
 
 def test_a_folder_of_other_files_is_not_a_run_folder(tmp_path):

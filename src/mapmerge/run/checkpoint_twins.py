@@ -44,6 +44,12 @@ def _sketch(files: tuple[Path, ...]) -> tuple[tuple[int, str], ...]:
     return tuple(sketch)
 
 
+def sketch(checkpoint: str | os.PathLike) -> str:
+    """A short digest of a checkpoint's files (their sizes and sampled blocks; _sketch): the same bytes moved to
+    another path keep it, and the few MiB it reads take milliseconds for a model of any size."""
+    return hashlib.blake2b(repr(_sketch(checkpoint_files(checkpoint))).encode(), digest_size=16).hexdigest()
+
+
 def first_twin(checkpoints: Mapping[Key, str | os.PathLike]) -> tuple[Key, Key] | None:
     """(an earlier key, a later key) of the first two checkpoints, in the mapping's order, whose files hold the same
     bytes; None when all differ. Checkpoints with a missing file are skipped: the header check names them."""

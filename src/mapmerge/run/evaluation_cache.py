@@ -11,8 +11,9 @@ derived from its key; the job gets all of them back or evaluates.
 
 The key hashes what the table depends on: the rule, its params (the stage's sub-config with its code
 fingerprint, and its other params: the design's coefficients), its values other than threads (group, batch
-index and size, device, on_error), the content of every file it reads, and of the tables of points (a
-round's samples, the choice) only the sample names and coefficients. A table holding a failed evaluation
+index and size, device, on_error), the content of every file it reads (a Parquet file's data), the order of the
+tasks, and of the tables of points (a round's samples, the choice) only the sample names and coefficients; no path
+of the model's files (_placeless: a moved model misses nothing). A table holding a failed evaluation
 (`on_error: record`) is not kept, so a rerun tries it again. The hashes of large files are noted under
 `.cache/hashes/` (content_hash), so a job does not read a model's task vectors twice. Beside each kept table,
 `<key>.place` names the job's table (relative to the results folder), so `prune` can tell a table the run has
@@ -30,6 +31,7 @@ evaluation (`evaluate_selected`), where the choice is a measured point, takes th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_hash
@@ -47,7 +50,6 @@ from mapmerge.run import runlock
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow as pa
 
 FOLDER = Path(".cache") / "evaluations"
 SAMPLES = Path(".cache") / "samples"  # <sample key>.txt: the name of the kept table that holds the sample's rows
@@ -59,6 +61,8 @@ NOTES = ".notes"  # beside a batch job's <key>.parquet: its samples' and merges'
 PRIMARY = "examples"  # the output every evaluation job writes: its per-example rows, kept under the job's key
 POINTS = ("samples", "choice")  # inputs that are tables of points: only their names and coefficients count
 UNKEYED = ("threads",)  # values that do not change an evaluation's table
+LOCATIONS = "python_path"  # a param of folders the key holds by their number only (_placeless)
+PLACED = "folder"  # what stands for each of them
 # jobs that evaluate a batch of a group's samples, each merge its coefficients, and what picks their batch: a sample's
 # rows are kept by its own key too, so a job of another batching (evaluation.samples_per_job, validation.batch) that
 # holds it takes them back
@@ -125,25 +129,82 @@ def _stale_note(note: Path) -> bool:
         return True
 
 
-def _digest(name: str, value: Any, memo: Path | None, hashes: dict[str, str] | None) -> Any:
+def _digest(name: str, value: Any, memo: Path | None, hashes: dict[str, str] | None, legacy: bool = False) -> Any:
     if isinstance(value, Mapping):
-        return {key: _digest(name, path, memo, hashes) for key, path in value.items()}
+        return {key: _digest(name, path, memo, hashes, legacy) for key, path in value.items()}
     if isinstance(value, list | tuple):
-        return [_digest(name, path, memo, hashes) for path in value]
-    return _points_digest(value) if name in POINTS else content_hash(value, memo, hashes)
+        return [_digest(name, path, memo, hashes, legacy) for path in value]
+    if name in POINTS:
+        return _points_digest(value)
+    if str(value).endswith(".parquet") and not legacy:
+        return _table_digest(value)
+    return content_hash(value, memo, hashes)
 
 
-def key(spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None) -> str:
-    """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on. memo: a folder
-    remembering the files' hashes; hashes: the job's digests so far (content_hash)."""
+def _table_digest(path: str | os.PathLike) -> str:
+    """The hash of a Parquet table's data, not of its file: the provenance in its metadata (the config's hash, its
+    inputs') does not change what an evaluation gives (nested MAP's level plan, rewritten with the same groups after a
+    preference change)."""
+    table = pq.read_table(path)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as stream:
+        stream.write_table(table.replace_schema_metadata(None))
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+
+
+def key(
+    spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None, legacy: bool = False
+) -> str:
+    """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on, not where its files
+    lie (_placeless), nor the provenance of its Parquet inputs (_table_digest); with the order of its inputs' mappings
+    (the tasks: a table's rows follow it). memo: a folder remembering the files' hashes; hashes: the job's digests so
+    far (content_hash). legacy: the key of before 2026-12-07 (the paths, the files' bytes, no order), which
+    run.job looks up where the key finds nothing, so that an upgrade evaluates nothing again."""
     inputs = spec.get("inputs") or {}
+    digests = {name: _digest(name, value, memo, hashes, legacy) for name, value in sorted(inputs.items())}
+    args = {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED}
+    if legacy:
+        return config_hash({"rule": spec["rule"], "params": spec.get("params") or {}, "args": args, "inputs": digests})
+    files = {
+        os.path.abspath(path): digest
+        for name, value in inputs.items()
+        if name not in POINTS
+        for path, digest in zip(_flat(value), _flat(digests[name]))
+    }
     blob = {
         "rule": spec["rule"],
-        "params": spec.get("params") or {},
-        "args": {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED},
-        "inputs": {name: _digest(name, value, memo, hashes) for name, value in sorted(inputs.items())},
+        "params": _placeless(spec.get("params") or {}, files),
+        "args": args,
+        "inputs": digests,
+        "order": {name: list(value) for name, value in sorted(inputs.items()) if isinstance(value, Mapping)},
     }
     return config_hash(blob)
+
+
+def _flat(value: Any) -> list[Any]:
+    """An input's paths (or their digests), as _digest walks them."""
+    if isinstance(value, Mapping):
+        return [x for v in value.values() for x in _flat(v)]
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _flat(v)]
+    return [value]
+
+
+def _placeless(value: Any, files: Mapping[str, str]) -> Any:
+    """A job's params without where its files lie, so that a model's folder moved (the same bytes) keeps every key:
+    `python_path`'s folders (what the jobs run from them is in the code fingerprint, `code`, and what they read there
+    among the inputs) by their number; an absolute path of one of the job's input files (`files`: by absolute
+    path, its digest) by the file's digest. Any other path stays as written: it names what the key cannot see."""
+    if isinstance(value, Mapping):
+        return {
+            k: [PLACED] * len(v) if k == LOCATIONS and isinstance(v, list) else _placeless(v, files)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_placeless(v, files) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return files.get(os.path.normpath(value), value)
+    return value
 
 
 @dataclass
@@ -337,7 +398,9 @@ def results_folder(path: str | os.PathLike) -> Path | None:
     return next((p for p in Path(path).resolve().parents if (p / RUN_LOCK).exists()), None)
 
 
-def entries(spec: Mapping[str, Any], hashes: dict[str, str] | None = None) -> dict[str, Path] | None:
+def entries(
+    spec: Mapping[str, Any], hashes: dict[str, str] | None = None, legacy: bool = False
+) -> dict[str, Path] | None:
     """Where the tables of job `spec` are kept, by output name: its `examples` under its key, each other output
     (the reference models' metrics, the validation front's points) under a key of its own derived from it. None
     where the job writes no `examples` or an output that is not one Parquet table, where it lies in no results
@@ -350,7 +413,7 @@ def entries(spec: Mapping[str, Any], hashes: dict[str, str] | None = None) -> di
     if folder is None:
         return None
     try:
-        base = key(spec, folder / HASHES, hashes)
+        base = key(spec, folder / HASHES, hashes, legacy)
     except (OSError, ValueError):  # pyarrow's errors are these too
         return None
     return {

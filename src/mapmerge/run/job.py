@@ -28,7 +28,7 @@ import os
 import sys
 import traceback
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,11 @@ def run_cached(
         run_stage(function, log, params, **kwargs)
         return
     outputs = spec["outputs"]
-    if all(path.is_file() for path in kept.values()):
-        if run_stage(evaluation_cache.restore, log, kept, outputs):
-            evaluation_cache.renote(kept[evaluation_cache.PRIMARY])
+    for source in _kept_sources(spec, kept, hashes):
+        if run_stage(evaluation_cache.restore, log, source, outputs):
+            if source is not kept:  # kept before 2026-12-07: under this key too from now on
+                evaluation_cache.keep(outputs, kept)
+            evaluation_cache.renote(source[evaluation_cache.PRIMARY])
             return
         print(
             f"mapmerge: {describe(spec)}: a table of it in the evaluation cache does not read; evaluating",
@@ -124,6 +126,19 @@ def run_cached(
             reuse.note(kept[evaluation_cache.PRIMARY])
     except OSError as exc:  # the tables are written; only a later rerun would evaluate them again
         print(f"mapmerge: {describe(spec)}: its tables were not kept in the evaluation cache: {exc}", file=sys.stderr)
+
+
+def _kept_sources(spec: dict[str, Any], kept: dict[str, Path], hashes: dict[str, str]) -> Iterator[dict[str, Path]]:
+    """The job's tables in the evaluation cache, under its key, else under the key of before 2026-12-07
+    (evaluation_cache.key's `legacy`), each where all are there."""
+    from mapmerge.run import evaluation_cache  # deferred: pyarrow
+
+    if all(path.is_file() for path in kept.values()):
+        yield kept
+        return
+    earlier = evaluation_cache.entries(spec, hashes, legacy=True)
+    if earlier is not None and all(path.is_file() for path in earlier.values()):
+        yield earlier
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,10 @@ Every successful driver writes HOME into the folder (the path the rules name, th
 `check` refuses, before any job, a folder made under another path or working directory, or whose working directory
 lost its records. One run with --forceall makes every file again under this path (each evaluation comes back from
 the folder's evaluation cache) and records it here. It also refuses a folder that holds a run of another model: a
-name given to two experiments would replace one run's results with the other's.
+name given to two experiments would replace one run's results with the other's. A model moved or copied to another
+path (the same bytes: its checkpoint's sketch, checkpoint_twins.sketch) is the same model: its run goes on, every job
+again as Snakemake sees other files, each evaluation from the evaluation cache, whose keys do not hold where the files
+lie (evaluation_cache.key).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 
 from mapmerge.errors import ConfigError
 from mapmerge.io import RUN_LOCK, atomic_path
+from mapmerge.run.checkpoint_twins import sketch
 
-HOME = ".mapmerge.home"  # in the run folder: {"results": as the rules name it, "cwd": the working directory, "model"}
+HOME = ".mapmerge.home"  # in the run folder: {"results": as the rules name it, "cwd", "model", "sketch"}
 BUILTIN = "the built-in benchmark"
 RECORDS = Path(".snakemake") / "metadata"  # Snakemake's records (its file backend), relative to the working directory
 # options under which the check does not apply: every job runs again (--forceall), or none runs and nothing is reported
@@ -94,24 +98,37 @@ def model_of(cfg: Mapping[str, Any]) -> str:
     return BUILTIN if cfg["model"]["builtin"] else str(cfg["model"]["pretrained"])
 
 
+def _sketch(model: str) -> str | None:
+    """The sketch of a model_of's checkpoint (checkpoint_twins.sketch); None for the built-in benchmark, or a checkpoint
+    that does not read."""
+    if model == BUILTIN:
+        return None
+    try:
+        return sketch(model)
+    except OSError:
+        return None
+
+
 def record(results: str, model: str) -> None:
-    """In a driver whose run succeeded: write HOME (the folder's path as the rules name it, the working directory and
-    the model, model_of)."""
+    """In a driver whose run succeeded: write HOME (the folder's path as the rules name it, the working directory, the
+    model, model_of, and its checkpoint's sketch)."""
     home = Path(results) / HOME
     if Path(results).is_dir():
+        record = {"results": str(results), "cwd": os.getcwd(), "model": model, "sketch": _sketch(model)}
         with atomic_path(home) as tmp:
-            tmp.write_text(json.dumps({"results": str(results), "cwd": os.getcwd(), "model": model}))
+            tmp.write_text(json.dumps(record))
 
 
 def check(results: str, model: str) -> None:
-    """ConfigError where the folder holds a run of another model (a name given to two experiments), or its files were
-    made under another path or working directory (HOME), or this working directory has no Snakemake records: a
-    changed setting would rerun nothing there."""
+    """ConfigError where the folder holds a run of another model (a name given to two experiments; the same
+    checkpoint moved to another path is the same model), or its files were made under another path or working
+    directory (HOME), or this working directory has no Snakemake records: a changed setting would rerun nothing
+    there."""
     try:
         home = json.loads((Path(results) / HOME).read_text())
     except (OSError, ValueError):
         return  # a new folder, or one no driver of this version has finished
-    if home.get("model", model) != model:
+    if home.get("model", model) != model and (home.get("sketch") is None or home["sketch"] != _sketch(model)):
         raise ConfigError(
             f"{results}: holds a run of another model ({home['model']}; this run's: {model}): give this run its own "
             "name (name=...), or run snakemake once with --forceall to replace that run (a new model reruns every "
