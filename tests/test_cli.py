@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -840,6 +841,40 @@ def test_status_names_selected_merges_of_another_front(runs, tmp_path, capsys):
         "selected/: 1 merge(s) of `mapmerge select` picked from another front than the run's now (its settings or "
         "files changed since): rot90-1_invert-3.safetensors; select them again, or delete them"
     ) in capsys.readouterr().out
+
+
+def test_status_and_summary_name_tables_made_from_files_a_stopped_rerun_replaced(runs, tmp_path, capsys):
+    """A rerun with another setting stopped part-way (Ctrl-C) leaves its new round tables beside the earlier
+    setting's samples, fit, front and choice, and Snakemake deletes a table before the job that remakes it: status
+    says those are stale and does not present the earlier choice as the run's; summary says so first."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0 and "stale" not in capsys.readouterr().out
+    rounds = R / "groups" / "all" / "rounds"
+    r01 = read_table(rounds / "r01.parquet")
+    write_table(r01.assign(c_rot90=r01["c_rot90"] / 2), rounds / "r01.parquet", "refine_round")  # the new setting's
+    (R / "groups" / "all" / "evals" / "r01b0000.parquet").unlink()  # Snakemake deletes it before it remakes it
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    states = dict(re.findall(r"^(\w+)\s+(done|stale|partial|missing|unreadable|-)\s", out, re.M))
+    assert {stage for stage, state in states.items() if state == "stale"} == {
+        "collect_metrics",
+        "fit_surrogate",
+        "pareto_front",
+        "merge_group",
+        "aggregate",
+        "report_tables",
+    }, out
+    line = (
+        "stale: made from files a later run has since replaced or removed: groups/all/samples.parquet (r01.parquet); "
+        "groups/all/metrics.parquet (r01b0000.parquet); groups/all/surrogate.parquet (metrics.parquet, "
+        "r01b0000.parquet, samples.parquet); groups/all/front.parquet (samples.parquet, surrogate.parquet); groups/all/choice.parquet "
+        "(front.parquet, metrics.parquet, samples.parquet and 1 more). A run stopped part-way through a change of "
+        "setting: these tables, what follows them and the chosen merge are the earlier setting's; run snakemake again "
+        "to finish it"
+    )
+    assert line in out.splitlines() and "What to know about the chosen merge" not in out
+    assert main(["summary", str(R)]) == 0 and capsys.readouterr().out.splitlines()[0] == line
 
 
 def test_status_reads_the_front_file_hash_of_merges_select_wrote_before_it_hashed_rows(runs, tmp_path, capsys):

@@ -391,6 +391,38 @@ def stale_selections(results: Path) -> list[Path]:
     return stale
 
 
+GROUP_TABLES = ("samples", "metrics", "surrogate", "front", "choice")  # a group's tables made from its others
+INPUTS_KEY = "mapmerge.inputs"  # mapmerge.io.provenance: the hash of each input, by file name
+
+
+def changed_inputs(results: Path, groups_: Sequence[str]) -> dict[Path, list[str]]:
+    """Each group table (GROUP_TABLES) whose recorded inputs (their hashes, by file name, in its metadata) are no
+    longer on disk as they were, or are such tables themselves: a later run replaced or removed them and stopped
+    before it made the table again (a Ctrl-C part-way through a rerun with another setting). The names of those
+    inputs, by table; only Parquet inputs are compared, found in the group's folder, its rounds/ and evals/, the
+    levels/ and the run folder."""
+    paths = Layout(results)
+    hashes: dict[Path, str | None] = {}  # each file hashed once (None: gone)
+    changed: dict[Path, list[str]] = {}
+    for group in groups_:
+        places = [paths.group(group), paths.rounds(group), paths.evals(group), paths.levels, results]
+        for name in GROUP_TABLES:
+            table = getattr(paths, name)(group)
+            try:
+                recorded = json.loads(table_metadata(table).get(INPUTS_KEY, "{}"))
+            except (ArtifactError, ValueError):
+                continue  # missing or unreadable: status says so itself
+            for file, digest in recorded.items():
+                if not file.endswith(".parquet"):
+                    continue
+                where = next((place / file for place in places if (place / file).is_file()), None)
+                if where is not None and where not in hashes:
+                    hashes[where] = file_hash(where)
+                if where is None or hashes[where] != digest or paths.group(group) / file in changed:
+                    changed.setdefault(table, []).append(file)
+    return changed
+
+
 def safetensors_metadata_light(path: Path) -> dict[str, Any]:
     """What mapmerge stored in a safetensors file's header (tensors.checkpoints.safetensors_metadata, without torch;
     {} where it stored nothing or the header does not read)."""

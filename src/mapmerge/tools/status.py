@@ -28,6 +28,7 @@ from mapmerge.tools.runfolder import (
     LeftBehind,
     Scan,
     batch_files,
+    changed_inputs,
     group_dirs,
     group_rounds,
     left_behind,
@@ -44,6 +45,18 @@ VALIDATION_STAGES = [s.rule for s in STAGES if s.validation]  # and after them w
 EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.validation]  # the ledger's stages
 
 
+def stale_lines(results: Path, stale: dict[Path, list[str]]) -> list[str]:
+    """What status and summary say of tables made from files a later run has since replaced (changed_inputs)."""
+    tables = "; ".join(
+        f"{p.relative_to(results)} ({listed_names(Path(), map(Path, names), 3)})" for p, names in stale.items()
+    )
+    return [
+        f"stale: made from files a later run has since replaced or removed: {tables}. A run stopped part-way through "
+        "a change of setting: these tables, what follows them and the chosen merge are the earlier setting's; run "
+        "snakemake again to finish it"
+    ]
+
+
 def summary(results: Path) -> str:
     """Where a finished run's front, plots and merged model are, and the chosen merge's metrics."""
     paths = Layout(results)
@@ -58,7 +71,9 @@ def summary(results: Path) -> str:
             "it anew"
         ) from None
     selected = read_table(paths.selected)
-    lines = [text, "Where to look:", f"  Pareto front:   {paths.pareto}"]
+    stale = changed_inputs(results, group_dirs(results))
+    lines = [*stale_lines(results, stale), text] if stale else [text]
+    lines += ["Where to look:", f"  Pareto front:   {paths.pareto}"]
     lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
     *below, final = list(selected["group"])  # nested MAP: the levels' merges, then the final one
     lines += [f"  level merge:    {paths.merged(g)}" for g in below] + [f"  merged model:   {paths.merged(final)}"]
@@ -160,6 +175,9 @@ def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
     )
 
 
+STALE = "stale"  # a table made from files a later run has since replaced (runfolder.changed_inputs)
+
+
 def _state(done: int, expected: int | None) -> str:
     if expected is None:
         return "done" if done else "missing"
@@ -172,6 +190,7 @@ class _Disk:
     def __init__(self, problems: dict[Path, str]) -> None:
         self.problems = problems  # path -> why, shared with the Scan (scan's own finds are there)
         self._good: dict[Path, bool] = {}
+        self.stale: dict[Path, list[str]] = {}  # runfolder.changed_inputs: tables made from files since replaced
 
     def good(self, path: Path) -> bool:
         """The file exists and reads."""
@@ -189,8 +208,11 @@ class _Disk:
         return any(not self.good(p) and p in self.problems for p in paths)
 
     def state(self, paths: Sequence[Path], expected: int | None) -> str:
-        """done, partial or missing by the good files among `paths`; unreadable when one of them is."""
-        return "unreadable" if self.bad(paths) else _state(self.count(paths), expected)
+        """done, partial or missing by the good files among `paths`; unreadable when one of them is, stale when one
+        was made from files since replaced."""
+        if self.bad(paths):
+            return "unreadable"
+        return STALE if any(p in self.stale for p in paths) else _state(self.count(paths), expected)
 
     def present(self, paths: Sequence[Path]) -> str:
         """For stages whose count is not checked against an expected one: done or -, unreadable when one is."""
@@ -221,6 +243,10 @@ def _stage_states(
 
     def named(*paths: Path) -> str:
         return ", ".join(str(p.relative_to(R)) for p in paths)
+
+    def judged(paths: list[Path], counted: str) -> str:
+        """unreadable or stale (_Disk.state) where one of `paths` is, else the state their count gives."""
+        return "unreadable" if disk.bad(paths) else STALE if any(p in disk.stale for p in paths) else counted
 
     ckpts = sorted(L.checkpoints.glob("*.safetensors"))
     if L.benchmark.exists():
@@ -304,23 +330,23 @@ def _stage_states(
             " (Bayesian MAP and refinement rounds only)",
         ),
         "collect_metrics": (
-            "unreadable" if disk.bad(each("samples") + each("metrics")) else _state(collected, n_groups),
+            judged(each("samples") + each("metrics"), _state(collected, n_groups)),
             f"{pattern('samples', 'metrics')}: {collected} of {n_groups or '?'} groups",
         ),
         "fit_surrogate": gcount("surrogate"),
         "pareto_front": gcount("front"),
         "merge_group": (
-            "unreadable" if disk.bad([p for files in merge_outputs for p in files]) else _state(merged, n_groups),
+            judged([p for files in merge_outputs for p in files], _state(merged, n_groups)),
             f"{pattern('merged', 'group_vector', 'choice')}: {merged} of {n_groups or '?'} groups",
         ),
         "evaluate_selected": gcount("selected_evals"),
         "ledger": (disk.state([L.ledger], 1), named(L.ledger)),
         "aggregate": (
-            agg_state,
+            STALE if disk.stale and agg_done else agg_state,
             f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG",
         ),
         "report_tables": (
-            _state(tables, n_tables),
+            STALE if disk.stale and tables else _state(tables, n_tables),
             f"{named(L.report_tables)}/*.html (for snakemake --report): {tables} of {n_tables}",
         ),
         **(_validation_states(L, disk, left.validation) if validated else {}),
@@ -500,6 +526,7 @@ def _status(results: Path) -> str:
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: batch_files(L.evals(g)) for g in layout.groups}
     left = left_behind(results, layout.groups, layout.problems)
+    disk.stale = changed_inputs(results, layout.groups)
     states = _stage_states(layout, disk, rounds, evals, left)
     shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
@@ -513,8 +540,10 @@ def _status(results: Path) -> str:
             f"selected/: {len(stale)} merge(s) of `mapmerge select` picked from another front than the run's now (its "
             f"settings or files changed since): {listed_names(L.selections, stale, 3)}; select them again, or delete them",
         ]
+    if disk.stale:
+        lines += ["", *stale_lines(results, disk.stale)]
     finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
-    if all(disk.good(p) for p in finished):
+    if all(disk.good(p) for p in finished) and not disk.stale:
         notes = [*final_notes(results), *no_gain_notes(results)]
         lines += ["", "What to know about the chosen merge:", *(f"  {line}" for line in notes)]
     if layout.problems:
