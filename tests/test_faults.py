@@ -241,10 +241,11 @@ def running_batch(results: Path) -> Path | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory) -> Interrupted:
-    """A run stopped as a terminal's Ctrl-C stops it (SIGINT to the driver's process group, its jobs and job server
-    with it) while an evaluation batch runs, after another batch was done."""
+@pytest.fixture(scope="module", params=["terminal", "driver"])
+def interrupted(request, tmp_path_factory) -> Interrupted:
+    """A run stopped while an evaluation batch runs, after another batch was done: as a terminal's Ctrl-C stops it
+    (SIGINT to the driver's process group, its jobs and job server with it), or by a SIGINT to the driver alone
+    (`kill -INT`, `timeout -s INT`), which it passes on to its jobs (runlock.pass_interrupts_to_jobs)."""
     workdir = tmp_path_factory.mktemp("interrupted")
     results = workdir / "results" / "faults"
     # a terminal's foreground group, whose Ctrl-C is not ignored (a test runner's may be)
@@ -252,7 +253,7 @@ def interrupted(tmp_path_factory) -> Interrupted:
     try:
         wait_for(lambda: recorded_batches(workdir) > 0 and running_batch(results) is not None, driver)
         batch, kept = running_batch(results), artifacts(results)
-        os.killpg(driver.pid, signal.SIGINT)
+        (os.killpg if request.param == "terminal" else os.kill)(driver.pid, signal.SIGINT)
         status = driver.wait(timeout=120)
         jobs_gone_s = wait_for(lambda: not job_processes(workdir), timeout=30)
     finally:

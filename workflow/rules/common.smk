@@ -69,6 +69,8 @@ onstart:
         runlock.hold(R)
     except runlock.RunLockError as exc:  # a driver from another working directory (Snakemake's lock is per folder)
         sys.exit(f"mapmerge: {exc}")
+    if workflow.local_exec:
+        runlock.pass_interrupts_to_jobs()
     # a conda job runs another Python
     if workflow.local_exec and len(workflow.dag) >= jobserver.MIN_JOBS and jobserver.enabled() and not CONDA_JOBS:
         JOB_SERVER.append(jobserver.start())

@@ -25,6 +25,7 @@ import base64
 import importlib
 import json
 import os
+import signal
 import sys
 import traceback
 import zlib
@@ -141,6 +142,13 @@ def _kept_sources(spec: dict[str, Any], kept: dict[str, Path], hashes: dict[str,
         yield earlier
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """Stop the job at the first SIGINT and let a second one (a terminal's Ctrl-C and its driver's,
+    runlock.pass_interrupts_to_jobs) not break off the removal of what it was writing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log, spec = argv[0], decode(argv[1])
     runlock.stop_with_driver()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         try:
             function, params, kwargs = stage_call(spec)

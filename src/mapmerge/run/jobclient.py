@@ -85,7 +85,15 @@ def delegate(argv: list[str]) -> int | None:
 
 
 def _forward(client: socket.socket, sig: int) -> Callable[[int, object], None]:
+    """A handler passing `sig` on to the forked job once: a terminal's Ctrl-C and the driver's (runlock.
+    pass_interrupts_to_jobs) are one interrupt."""
+    sent = False
+
     def handler(signum: int, frame: object) -> None:
+        nonlocal sent
+        if sent:
+            return
+        sent = True
         try:
             client.sendall(FORWARDED[sig])
         except OSError:  # the server is gone

@@ -1,4 +1,4 @@
-"""One snakemake driver per results folder, and local jobs that stop when their driver is killed.
+"""One snakemake driver per results folder, and local jobs that stop when their driver is killed or interrupted.
 
 The driver holds an exclusive flock on RESULTS/.mapmerge.lock while it runs jobs. The kernel drops
 the lock when the driver exits or is killed, so, unlike snakemake's own lock (per working
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from mapmerge.layout import Layout
 
 DRIVER_ENV = "MAPMERGE_DRIVER"  # pid@host of the driver, inherited by the jobs it starts
 ORPHAN_EXIT = 75  # exit status of a job that stopped because its driver is gone
+JOB_MODULE = b"mapmerge.run.job"  # in a job's command line (python -m mapmerge.run.job LOG SPEC)
 logger = logging.getLogger("mapmerge")
 _held: dict[Path, IO[str]] = {}  # open lock files of this process: closing one releases its lock
 # what io.atomic_path (and the evaluation cache) write beside a file before renaming it onto it: .<name>.<8 hex>.tmp
@@ -126,6 +128,51 @@ def holder(results: str | os.PathLike) -> dict[str, Any] | None:
 def mark_driver() -> None:
     """In the driver: tell the jobs it starts (through their environment) which process drives them."""
     os.environ[DRIVER_ENV] = f"{os.getpid()}@{socket.gethostname()}"
+
+
+def pass_interrupts_to_jobs() -> None:
+    """In a driver of local jobs: pass a SIGINT that reaches the driver alone (`kill -INT`, `timeout -s INT`, a
+    scheduler's) on to its jobs, as a terminal's Ctrl-C reaches them all. Snakemake waits for its running jobs on
+    SIGINT, and a job that finished meanwhile left its file marked incomplete: the same command then stopped with
+    IncompleteFilesException. A job that gets the terminal's Ctrl-C and this one takes them as one
+    (jobclient forwards each signal once)."""
+    interrupt = signal.getsignal(signal.SIGINT)
+    if not callable(interrupt):  # ignored (a driver in a shell's background) or the default: nothing to pass on
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for pid in job_processes(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:  # ended meanwhile
+                pass
+        interrupt(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def job_processes(root: int) -> list[int]:
+    """The processes below process `root` that run a job (JOB_MODULE), from /proc."""
+    children: dict[int, list[int]] = {}
+    jobs = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+        if JOB_MODULE in argv:
+            jobs.add(int(entry.name))
+    found, below = [], [root]
+    while below:
+        for child in children.get(below.pop(), []):
+            below.append(child)
+            if child in jobs:
+                found.append(child)
+    return found
 
 
 def _ancestors() -> Iterator[int]:
