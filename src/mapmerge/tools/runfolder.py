@@ -395,13 +395,14 @@ GROUP_TABLES = ("samples", "metrics", "surrogate", "front", "choice")  # a group
 INPUTS_KEY = "mapmerge.inputs"  # mapmerge.io.provenance: the hash of each input, by file name
 
 
-def changed_inputs(results: Path, groups_: Sequence[str]) -> dict[Path, list[str]]:
+def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[Path] = ()) -> dict[Path, list[str]]:
     """Each group table (GROUP_TABLES) whose recorded inputs (their hashes, by file name, in its metadata) are no
     longer on disk as they were, or are such tables themselves: a later run replaced or removed them and stopped
     before it made the table again (a Ctrl-C part-way through a rerun with another setting). The names of those
     inputs, by table; only Parquet inputs are compared, found in the group's folder, its rounds/ and evals/, the
-    levels/ and the run folder."""
+    levels/ and the run folder; not those `unreadable` (status names them as such)."""
     paths = Layout(results)
+    skipped = set(unreadable)
     hashes: dict[Path, str | None] = {}  # each file hashed once (None: gone)
     changed: dict[Path, list[str]] = {}
     for group in groups_:
@@ -416,6 +417,8 @@ def changed_inputs(results: Path, groups_: Sequence[str]) -> dict[Path, list[str
                 if not file.endswith(".parquet"):
                     continue
                 where = next((place / file for place in places if (place / file).is_file()), None)
+                if where in skipped:
+                    continue
                 if where is not None and where not in hashes:
                     hashes[where] = file_hash(where)
                 if where is None or hashes[where] != digest or paths.group(group) / file in changed:

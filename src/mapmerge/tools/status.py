@@ -24,6 +24,7 @@ from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.registry import STAGES
 from mapmerge.tools.check import artifact_damage
 from mapmerge.tools.runfolder import (
+    GROUP_TABLES,
     METHOD_NAMES,
     LeftBehind,
     Scan,
@@ -46,14 +47,14 @@ EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.val
 
 
 def stale_lines(results: Path, stale: dict[Path, list[str]]) -> list[str]:
-    """What status and summary say of tables made from files a later run has since replaced (changed_inputs)."""
+    """What status and summary say of tables made from files since replaced or removed (changed_inputs)."""
     tables = "; ".join(
         f"{p.relative_to(results)} ({listed_names(Path(), map(Path, names), 3)})" for p, names in stale.items()
     )
     return [
-        f"stale: made from files a later run has since replaced or removed: {tables}. A run stopped part-way through "
-        "a change of setting: these tables, what follows them and the chosen merge are the earlier setting's; run "
-        "snakemake again to finish it"
+        f"stale: made from files since replaced or removed: {tables}. These tables, what follows them and the chosen "
+        "merge are not those of the files as they are (a run stopped part-way through a change of setting, or a file "
+        "deleted); run snakemake again to make them anew"
     ]
 
 
@@ -526,7 +527,8 @@ def _status(results: Path) -> str:
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: batch_files(L.evals(g)) for g in layout.groups}
     left = left_behind(results, layout.groups, layout.problems)
-    disk.stale = changed_inputs(results, layout.groups)
+    tables = [getattr(L, name)(g) for g in layout.groups for name in GROUP_TABLES]
+    disk.stale = changed_inputs(results, layout.groups, [p for p in tables if p.is_file() and not disk.good(p)])
     states = _stage_states(layout, disk, rounds, evals, left)
     shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
