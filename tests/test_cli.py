@@ -895,6 +895,23 @@ def test_status_and_summary_name_tables_made_from_files_a_stopped_rerun_replaced
     assert main(["summary", str(R)]) == 0 and capsys.readouterr().out.splitlines()[0] == line
 
 
+def test_the_two_task_plot_of_an_earlier_setting_is_told_apart_and_pruned(runs, tmp_path, capsys):
+    """plots/front_2d.png left by the same name's run of two tasks (Snakemake leaves a file no longer an output) in a
+    run of three: status counts it apart, summary does not list it as the run's, prune removes it."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    plots = R / "plots"
+    shutil.copy(plots / "front_parallel.png", plots / "front_2d.png")  # as a two-task run drew it
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0
+    row = status_rows(capsys.readouterr().out)["aggregate"]
+    assert row[0] == "done" and row[1].endswith("plots/: 1 PNG (plots/front_2d.png left from an earlier setting)")
+    assert main(["summary", str(R)]) == 0
+    assert "front_2d" not in capsys.readouterr().out
+    assert main(["prune", str(R)]) == 0
+    assert "removed plots/front_2d.png: the two-task plot, left from an earlier setting" in capsys.readouterr().out
+    assert sorted(p.name for p in plots.glob("*.png")) == ["front_parallel.png"]
+
+
 def test_status_reads_the_front_file_hash_of_merges_select_wrote_before_it_hashed_rows(runs, tmp_path, capsys):
     """A merge whose record holds the hash of the front's file (select before front_rows): compared with the file's."""
     R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))

@@ -10,7 +10,7 @@ from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
 from mapmerge.run import evaluation_cache, runlock
 from mapmerge.run.records import is_run
-from mapmerge.tools.runfolder import group_dirs, left_behind, listed_names
+from mapmerge.tools.runfolder import group_dirs, left_behind, listed_names, scan
 
 
 def prune(results: Path, dry_run: bool = False) -> str:
@@ -24,11 +24,11 @@ def prune(results: Path, dry_run: bool = False) -> str:
         raise ArtifactError(f"{runlock.busy(results, driver)}; nothing is pruned while it runs")
     try:
         with nullcontext() if dry_run else runlock.holding(results):
-            left = left_behind(results, group_dirs(results), {})
+            left = left_behind(results, group_dirs(results), {}, scan(results).tasks)
             logs = left.logs(Layout(results))
             found = evaluation_cache.prune(results, dry_run, gone=left.evaluations)
             if not dry_run:
-                for path in [*left.evaluations, *left.rounds, *logs]:
+                for path in [*left.evaluations, *left.rounds, *logs, *left.plots]:
                     path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
@@ -49,6 +49,11 @@ def prune(results: Path, dry_run: bool = False) -> str:
             f"  {remove} {what} left from an earlier setting (evaluations.parquet "
             f"or validation.parquet, written after them, lists none of them; no job of the run reads them), "
             f"with {len(logs)} job log{'s' * (len(logs) != 1)}: {listed_names(results, [*left.evaluations, *left.rounds])}"
+        )
+    if left.plots:
+        lines.append(
+            f"  {remove} {listed_names(results, left.plots)}: the two-task plot, left from an earlier setting (the run "
+            "now has other than two tasks; report.md does not show it)"
         )
     return "\n".join(lines)
 

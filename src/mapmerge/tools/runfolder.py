@@ -115,15 +115,20 @@ def group_rounds(results: Path, group: str) -> list[Path]:
     return sorted(p for p in folder.glob("r*.parquet") if Layout.round_number(p) is not None) if folder.is_dir() else []
 
 
+PLOT_2D = "front_2d"  # the plot the workflow draws for two tasks only (workflow/rules/common.smk, plot_outputs)
+
+
 @dataclass
 class LeftBehind:
     """A run folder's files left from an earlier setting, which no job of the run reads (Snakemake leaves a file in
     place once it is no longer an output): evaluation batches of another evaluation.samples_per_job or of more rounds,
-    those rounds' tables, and the validation's grid batches and baselines of another validation.batch or list."""
+    those rounds' tables, the validation's grid batches and baselines of another validation.batch or list, and the
+    two-task plot of a run whose tasks are now more."""
 
     evals: set[Path]  # groups/<g>/evals/*.parquet that the run's ledger, written after them, does not list
     rounds: set[Path]  # groups/<g>/rounds/r<NN>.parquet (after r00) whose every batch is among `evals`
     validation: set[Path]  # validation/{grid,baselines}/*.parquet that validation.parquet, written after, did not read
+    plots: set[Path] = field(default_factory=set)  # plots/front_2d.png of a run now of other than two tasks
 
     @property
     def evaluations(self) -> set[Path]:
@@ -149,10 +154,13 @@ class LeftBehind:
         return sorted(log for log in logs if log.is_file())
 
 
-def left_behind(results: Path, groups_: Sequence[str], problems: dict[Path, str]) -> LeftBehind:
+def left_behind(
+    results: Path, groups_: Sequence[str], problems: dict[Path, str], tasks: Sequence[str] = ()
+) -> LeftBehind:
     """The files of `groups_` and of the validation left from an earlier setting (LeftBehind): none of the groups'
     while the ledger (evaluations.parquet) is missing or does not read (noted in `problems`), none of the
-    validation's while validation.parquet is. A file newer than the table that would list it is a rerun's."""
+    validation's while validation.parquet is. A file newer than the table that would list it is a rerun's. The
+    two-task plot (PLOT_2D) where the run's `tasks`, if known, are other than two."""
     L = Layout(results)
     ledger = try_read(L.ledger, problems, columns=["group", "file"]) if L.ledger.is_file() else None
     evals: set[Path] = set()
@@ -167,7 +175,9 @@ def left_behind(results: Path, groups_: Sequence[str], problems: dict[Path, str]
                 batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
                 if batches and batches <= evals and table.stat().st_mtime <= written:
                     rounds.add(table)
-    return LeftBehind(evals, rounds, _validation_left(L, problems))
+    plot_2d = L.plot(PLOT_2D)
+    plots = {plot_2d} if tasks and len(tasks) != 2 and plot_2d.is_file() else set()
+    return LeftBehind(evals, rounds, _validation_left(L, problems), plots)
 
 
 def _validation_left(L: Layout, problems: dict[Path, str]) -> set[Path]:

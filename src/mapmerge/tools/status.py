@@ -75,7 +75,8 @@ def summary(results: Path) -> str:
     stale = changed_inputs(results, group_dirs(results))
     lines = [*stale_lines(results, stale), text] if stale else [text]
     lines += ["Where to look:", f"  Pareto front:   {paths.pareto}"]
-    lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png"))]
+    old = left_behind(results, [], {}, scan(results).tasks).plots
+    lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png")) if p not in old]
     *below, final = list(selected["group"])  # nested MAP: the levels' merges, then the final one
     lines += [f"  level merge:    {paths.merged(g)}" for g in below] + [f"  merged model:   {paths.merged(final)}"]
     lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
@@ -275,7 +276,7 @@ def _stage_states(
     names = [*HTML_TABLES, *(["validation"] if validated else [])]
     tables, n_tables = sum(L.report_table(name).exists() for name in names), len(names)
     agg_done = [f for f in aggregate if disk.good(f)]
-    pngs = sorted(L.plots.glob("*.png"))
+    pngs = sorted(p for p in L.plots.glob("*.png") if p not in left.plots)
     if disk.bad(aggregate):
         agg_state = "unreadable"
     else:
@@ -344,7 +345,8 @@ def _stage_states(
         "ledger": (disk.state([L.ledger], 1), named(L.ledger)),
         "aggregate": (
             STALE if disk.stale and agg_done else agg_state,
-            f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG",
+            f"{named(*aggregate)}: {len(agg_done)} of {len(aggregate)}; {named(L.plots)}/: {len(pngs)} PNG"
+            + (f" ({named(*sorted(left.plots))} left from an earlier setting)" if left.plots else ""),
         ),
         "report_tables": (
             STALE if disk.stale and tables else _state(tables, n_tables),
@@ -526,7 +528,7 @@ def _status(results: Path) -> str:
     counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: batch_files(L.evals(g)) for g in layout.groups}
-    left = left_behind(results, layout.groups, layout.problems)
+    left = left_behind(results, layout.groups, layout.problems, layout.tasks)
     tables = [getattr(L, name)(g) for g in layout.groups for name in GROUP_TABLES]
     disk.stale = changed_inputs(results, layout.groups, [p for p in tables if p.is_file() and not disk.good(p)])
     states = _stage_states(layout, disk, rounds, evals, left)
