@@ -303,6 +303,8 @@ def _select(args: argparse.Namespace) -> int:
         args.seed,
         args.max_shard_size,
     )
+    for warning in chosen.warnings:
+        print(f"mapmerge select: {warning}", file=sys.stderr)
     print(chosen.text)
     return 0
 
@@ -314,7 +316,7 @@ def _export(args: argparse.Namespace) -> int:
     twice = [task for task in tasks if tasks.count(task) > 1]
     if twice:
         raise UsageError(f"--model: task {twice[0]!r} is given twice")
-    text = export(
+    text, warnings = export(
         args.results,
         args.mergekit,
         None if args.prefer is None else parse_preference(args.prefer),
@@ -325,6 +327,8 @@ def _export(args: argparse.Namespace) -> int:
         dict(args.model),
         args.metric,
     )
+    for warning in warnings:
+        print(f"mapmerge export: {warning}", file=sys.stderr)
     print(text)
     return 0
 

@@ -44,7 +44,7 @@ from mapmerge.tensors.checkpoints import open_checkpoint, safetensors_metadata
 from mapmerge.tensors.lora import adapter_weights, vector_names
 from mapmerge.tensors.operators import trim_count, validate
 from mapmerge.tools.merge_inputs import member_vectors, merge_record, pretrained_record
-from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, scan
+from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, pick_warnings, scan
 from mapmerge.tools.select_merge import (
     check_out,
     preference_candidates,
@@ -243,8 +243,9 @@ def export(
     pretrained: str | None = None,
     models: Mapping[str, str] | None = None,
     metric: str | None = None,
-) -> str:
-    """Write the mergekit configuration of a run's merge to `out`; what was written, as text.
+) -> tuple[str, list[str]]:
+    """Write the mergekit configuration of a run's merge to `out`; what was written, as text, and the warnings
+    (runfolder.pick_warnings) to print before it.
 
     The point: with `preference`, the one `mapmerge select` picks (method, rho and metric as there); with `point`,
     a row of the final group's front.parquet (its 0-based index) or an evaluated sample (its name); else the run's
@@ -261,6 +262,7 @@ def export(
     check_out(results, out, option="--mergekit", tool="export", file="the YAML file to write")
     _check_yaml_out(out)
     group, info = final_group(layout)
+    warnings = pick_warnings(results, group)
     merges = [m for m in info["members"] if m not in info["tasks"]]
     if merges:
         raise UsageError(
@@ -304,14 +306,13 @@ def export(
     ]
     write_config(config, notes, out)
     shown = ", ".join(f"{m} {v:.6g}" for m, v in c.items())
-    return "\n".join(
-        [
-            f"{out}: mergekit {config['merge_method']} of {where}",
-            f"  coefficients: {shown} (merge operator {operator['operator']})",
-            *(f"  {line}" for line in notes[1:-1]),
-            f"  merge it: mergekit-yaml {out} OUTPUT_DIR",
-        ]
-    )
+    text = [
+        f"{out}: mergekit {config['merge_method']} of {where}",
+        f"  coefficients: {shown} (merge operator {operator['operator']})",
+        *(f"  {line}" for line in notes[1:-1]),
+        f"  merge it: mergekit-yaml {out} OUTPUT_DIR",
+    ]
+    return "\n".join(text), warnings
 
 
 def _preference_point(

@@ -26,6 +26,7 @@ from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
 from mapmerge.io import ArtifactError, config_hash, file_hash, read_table, recompute_hint, table_metadata
 from mapmerge.layout import Layout
+from mapmerge.run import runlock
 from mapmerge.run.records import foreign_files, is_run, run_holding
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
@@ -434,6 +435,24 @@ def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[P
                 if where is None or hashes[where] != digest or paths.group(group) / file in changed:
                     changed.setdefault(table, []).append(file)
     return changed
+
+
+def pick_warnings(results: Path, group: str) -> list[str]:
+    """What select and export say before they pick from a group's front: its tables are stale (changed_inputs), or a
+    driver is running on the folder (its jobs may replace the front as it is read)."""
+    warnings = []
+    if stale := changed_inputs(results, [group]):
+        warnings.append(
+            f"warning: {listed_names(results, stale, 3)} made from files since replaced or removed (a run stopped "
+            "part-way through a change of setting, or a file deleted): this pick is of the setting before; run "
+            "snakemake again first for the current one's"
+        )
+    if (driver := runlock.holder(results)) is not None:
+        warnings.append(
+            f"warning: a snakemake driver ({runlock.describe(driver)}) is running on {results}: where it remakes the "
+            "front, this pick is of the files as they were read"
+        )
+    return warnings
 
 
 def safetensors_metadata_light(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from mapmerge.tools.runfolder import (
     front_digest,
     front_file,
     objective_metric,
+    pick_warnings,
     run_objective,
     scan,
     table_columns,
@@ -68,8 +69,10 @@ SOURCE = "mapmerge select"  # the `source` in the metadata of the merges select 
 def parse_preference(text: str) -> dict[str, Any]:
     """'task=weight,task=weight', or a preference file (YAML task: weight, as the config's `preference` takes), as
     {task: weight}; UsageError naming the bad item or the file."""
+    if not text.strip():  # a shell variable left unset
+        raise UsageError("--prefer: empty; give task=weight,... or a preference file")
     path = Path(text).expanduser()
-    if "=" not in text and (path.exists() or path.suffix in (".yaml", ".yml")):
+    if path.is_file() or ("=" not in text and (path.exists() or path.suffix in (".yaml", ".yml"))):
         return _preference_file(path)
     preference: dict[str, float] = {}
     for item in (part.strip() for part in text.split(",")):
@@ -269,6 +272,7 @@ class Selection:
     as_folders: bool  # a transformers run's per-task folders, else one checkpoint file
     merge: RebuiltMerge
     text: str = ""  # what `mapmerge select` prints
+    warnings: list[str] = field(default_factory=list)  # runfolder.pick_warnings: printed on stderr
 
 
 DEFAULT_RHO = 0.05  # selection.rho of config/selection/*.yaml
@@ -489,6 +493,7 @@ def select(
     method, rho = pick.method, pick.rho
     layout = scan(results)
     group, info = final_group(layout)
+    warnings = pick_warnings(results, group)
     tasks, members = info["tasks"], info["members"]
     paths = Layout(results)
     folders = paths.merged_folders(group)
@@ -575,6 +580,7 @@ def select(
         refined=refined,
         as_folders=as_folders,
         merge=RebuiltMerge(operator, seed, chosen, pre_path, pre_source, checked),
+        warnings=warnings,
     )
     made.text = _text(results, made, method, rho, metric_source, candidates)
     return made

@@ -546,7 +546,7 @@ def _status(results: Path) -> str:
         ]
     if disk.stale:
         lines += ["", *stale_lines(results, disk.stale)]
-    finished = [L.selected, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
+    finished = [L.selected, L.group_tree, *(p for g in layout.groups for p in (L.front(g), L.choice(g), L.samples(g)))]
     if all(disk.good(p) for p in finished) and not disk.stale:
         notes = [*final_notes(results), *no_gain_notes(results)]
         lines += ["", "What to know about the chosen merge:", *(f"  {line}" for line in notes)]
