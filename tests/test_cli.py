@@ -1274,6 +1274,14 @@ def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys, monkeypatc
     assert err == f"mapmerge plot: --out {png}: is a file; give a folder for the PNGs\n"
     err = refused(["plot", str(R), "--out", str(png / "sub")], 2, capsys, R, tmp_path)
     assert err == f"mapmerge plot: --out {png / 'sub'}: cannot be made a folder for the PNGs (Not a directory)\n"
+    for inside in (R / "groups", R):  # among the run's artifacts (plots/ and a folder under it are the run's own)
+        err = refused(["plot", str(R), "--out", str(inside)], 2, capsys, R)
+        assert err.startswith(
+            f"mapmerge plot: --out {inside}: inside the run folder {R}, where plot writes only under "
+        )
+    err = refused(["plot", str(R), "--out", str(R.parent)], 2, capsys, R)
+    assert err.startswith(f"mapmerge plot: --out {R.parent}: holds the run folder {R}, ")
+    assert main(["plot", str(copy), "--out", str(copy / "plots" / "mine")]) == 0
 
 
 def test_select_and_plot_before_the_front_exists(runs, capsys):

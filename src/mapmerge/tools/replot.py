@@ -20,6 +20,8 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     layout = scan(results)
     group, info = final_group(layout)
     paths = Layout(results)
+    if out_dir is not None:
+        _check_inside(results, Path(out_dir), paths.plots)
     front = read_table(front_file(results, group)).assign(group=group)
     given = metric
     metric, _ = objective_metric(results, front, info["tasks"], given)
@@ -58,6 +60,18 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         measured=measured,
         objective=objective,
     )
+
+
+def _check_inside(results: Path, out_dir: Path, plots: Path) -> None:
+    """Refuse an --out inside the run folder but outside RESULTS/plots/, or one holding the run folder: the PNGs
+    would lie among the run's artifacts (select and export refuse the same, check_out)."""
+    run, target = results.resolve(), out_dir.resolve()
+    if (target.is_relative_to(run) and not target.is_relative_to(plots.resolve())) or run.is_relative_to(target):
+        where = "inside" if target.is_relative_to(run) else "holds"
+        raise UsageError(
+            f"--out {out_dir}: {where} the run folder {results}, where plot writes only under {plots}/; give a folder "
+            "there or outside the run folder"
+        )
 
 
 def _make_folder(out_dir: Path) -> None:
