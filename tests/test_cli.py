@@ -586,6 +586,19 @@ def test_status_shows_unreadable_artifacts(runs, tmp_path, capsys):
     assert group_line.split()[-2:] == ["unreadable", "unreadable"]
 
 
+def test_a_damaged_batch_is_unreadable_not_a_cause_of_stale_tables(runs, tmp_path, capsys):
+    """A batch damaged in place is named unreadable (`mapmerge check --delete` is the way out), and the tables made from
+    it are not called stale as if a run had replaced it."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    batch = R / "groups" / "all" / "evals" / "b0001.parquet"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    assert status_rows(out)["evaluate_sample"][0] == "unreadable" and f"unreadable: {batch}: " in out
+    assert "stale" not in out
+
+
 def test_status_of_what_is_not_a_folder(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err

@@ -218,6 +218,30 @@ def test_check_finds_the_corrupt_batch_and_snakemake_remakes_it_with_what_follow
     assert main(["check", str(results)]) == 0 and (results / "report.md").is_file()
 
 
+def test_a_job_finished_in_the_instant_before_its_driver_died_runs_again_by_itself(tmp_path):
+    """The window the tests above keep clear of: a job wrote its output and exited, and its driver died before
+    recording it (stopped meanwhile, here, then killed; a Ctrl-C or SIGINT in that instant too). Snakemake left the
+    file marked incomplete, and the same command stopped with IncompleteFilesException; the workflow's default profile
+    (profiles/default: rerun-incomplete) runs the job again, its table coming back from the evaluation cache."""
+    results = tmp_path / "results" / "faults"
+    batch = results / "groups" / "all" / "evals" / "b0000.parquet"
+    driver = start_driver(tmp_path, BASE)
+    try:
+        wait_for(lambda: only_running(tmp_path, "/evaluate_sample/all/b0000"), driver)
+        driver.send_signal(signal.SIGSTOP)
+        wait_for(lambda: batch.exists() and not job_processes(tmp_path, forked=False), timeout=120)
+        written = batch.read_bytes()
+    finally:
+        driver.kill()
+        driver.wait()
+    wait_for(lambda: not job_processes(tmp_path), timeout=30)
+    run(command(tmp_path, "--unlock"))
+    _, out = run(command(tmp_path))  # the same command: no IncompleteFilesException
+    assert "Incomplete" not in out and job_counts(out)["evaluate_sample"] >= 1
+    log = (results / "logs" / "evaluate_sample" / "all" / "b0000.log").read_text()
+    assert "start restore" in log and batch.read_bytes() == written
+
+
 @dataclass
 class Interrupted:
     workdir: Path

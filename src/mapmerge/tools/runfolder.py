@@ -411,7 +411,8 @@ def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[P
     longer on disk as they were, or are such tables themselves: a later run replaced or removed them and stopped
     before it made the table again (a Ctrl-C part-way through a rerun with another setting). The names of those
     inputs, by table; only Parquet inputs are compared, found in the group's folder, its rounds/ and evals/, the
-    levels/ and the run folder; not those `unreadable` (status names them as such)."""
+    levels/ and the run folder; not those `unreadable`, nor one whose footer does not read (status names them as
+    such)."""
     paths = Layout(results)
     skipped = set(unreadable)
     hashes: dict[Path, str | None] = {}  # each file hashed once (None: gone)
@@ -432,9 +433,20 @@ def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[P
                     continue
                 if where is not None and where not in hashes:
                     hashes[where] = file_hash(where)
+                if where is not None and hashes[where] != digest and not _footer_reads(where):
+                    continue  # damaged, not replaced: status names it unreadable
                 if where is None or hashes[where] != digest or paths.group(group) / file in changed:
                     changed.setdefault(table, []).append(file)
     return changed
+
+
+def _footer_reads(path: Path) -> bool:
+    """Whether a Parquet file's footer reads."""
+    try:
+        table_metadata(path)
+    except ArtifactError:
+        return False
+    return True
 
 
 def pick_warnings(results: Path, group: str) -> list[str]:
