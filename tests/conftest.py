@@ -225,6 +225,15 @@ def start_driver(workdir: Path, overrides: list[str], **popen) -> subprocess.Pop
         )
 
 
+# Snakemake's own first line where it reads the workflow's default profile (profiles/default): not mapmerge's output
+PROFILE_NOTICE = "Using workflow specific profile profiles/default for setting default command line arguments."
+
+
+def error_lines(stderr: str) -> list[str]:
+    """A snakemake run's non-blank stderr lines but Snakemake's notice of the default profile (PROFILE_NOTICE)."""
+    return [line for line in stderr.splitlines() if line.strip() and line != PROFILE_NOTICE]
+
+
 def only_running(workdir: Path, part: str) -> bool:
     """Whether the one job a start_driver driver runs has a log path holding `part`, every job it started before
     being recorded as finished (its output, driver.log). A SIGKILL then falls in no job's window between writing its

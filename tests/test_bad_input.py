@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import EXAMPLE_RUN, REPO, copy_example, copy_run, example_run, snakemake_command
+from conftest import EXAMPLE_RUN, REPO, copy_example, copy_run, error_lines, example_run, snakemake_command
 from mapmerge.run import preflight
 from mapmerge.run.config import ConfigError, check_command_line, load_config
 from mapmerge.run.preflight import check_device
@@ -408,7 +408,7 @@ def test_a_failed_run_changes_nothing_on_disk(tmp_path_factory, tmp_path):
         for case, args, proc in pool.map(attempt, jobs):
             kind = "dry run" if args else "run"
             assert proc.returncode != 0, f"{case.id}: the {kind} succeeded"
-            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            lines = error_lines(proc.stderr)
             assert len(lines) == 1 and lines[0].startswith("mapmerge: "), f"{case.id} ({kind}): {proc.stderr[-2000:]}"
             assert re.search(case.message, lines[0].removeprefix("mapmerge: ")), f"{case.id} ({kind}): {lines[0]}"
     assert snapshot(results) == before

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_RUN, copy_run, example_run, snakemake_command
+from conftest import EXAMPLE_RUN, copy_run, error_lines, example_run, snakemake_command
 from mapmerge.errors import ConfigError
 from mapmerge.run import records
 from test_bad_input import snapshot
@@ -168,7 +168,7 @@ def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, t
             text=True,
             timeout=300,
         )
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        lines = error_lines(proc.stderr)
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
         assert re.fullmatch(
             r"mapmerge: results/moved: its files were made as results/custom_mlp \(from .*\), .*", lines[0]
@@ -180,7 +180,7 @@ def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, t
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 1 and proc.stderr.startswith(
+    assert proc.returncode == 1 and error_lines(proc.stderr)[0].startswith(
         "mapmerge: results/custom_mlp: holds a run of another model ("
     )
     assert snapshot(workdir / "results") == before
@@ -195,7 +195,7 @@ def test_a_copied_run_folder_is_refused_until_a_forceall_run(tmp_path_factory, t
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 1 and proc.stderr.startswith(
+    assert proc.returncode == 1 and error_lines(proc.stderr)[0].startswith(
         "mapmerge: notes: exists and holds files that are not a mapmerge run's (report.md); give the run a folder"
     ), proc.stderr[-2000:]
     assert (workdir / "notes" / "report.md").read_text() == "mine" and len(list((workdir / "notes").iterdir())) == 1
