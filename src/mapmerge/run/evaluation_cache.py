@@ -137,14 +137,14 @@ def _digest(name: str, value: Any, memo: Path | None, hashes: dict[str, str] | N
     if name in POINTS:
         return _points_digest(value)
     if str(value).endswith(".parquet") and not legacy:
-        return _table_digest(value)
+        return table_digest(value)
     return content_hash(value, memo, hashes)
 
 
-def _table_digest(path: str | os.PathLike) -> str:
+def table_digest(path: str | os.PathLike) -> str:
     """The hash of a Parquet table's data, not of its file: the provenance in its metadata (the config's hash, its
     inputs') does not change what an evaluation gives (nested MAP's level plan, rewritten with the same groups after a
-    preference change)."""
+    preference change), nor the front a merge of `mapmerge select` was picked from (runfolder.stale_selections)."""
     table = pq.read_table(path)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as stream:
@@ -156,7 +156,7 @@ def key(
     spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None, legacy: bool = False
 ) -> str:
     """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on, not where its files
-    lie (_placeless), nor the provenance of its Parquet inputs (_table_digest); with the order of its inputs' mappings
+    lie (_placeless), nor the provenance of its Parquet inputs (table_digest); with the order of its inputs' mappings
     (the tasks: a table's rows follow it). memo: a folder remembering the files' hashes; hashes: the job's digests so
     far (content_hash). legacy: the key of before 2026-12-07 (the paths, the files' bytes, no order), which
     run.job looks up where the key finds nothing, so that an upgrade evaluates nothing again."""

@@ -24,9 +24,10 @@ import pandas as pd
 
 from mapmerge.core import groups
 from mapmerge.core.metrics import METRICS, suffixes
-from mapmerge.io import ArtifactError, config_hash, file_hash, read_table, recompute_hint, table_metadata
+from mapmerge.io import ArtifactError, file_hash, read_table, recompute_hint, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.run import runlock
+from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.records import foreign_files, is_run, run_holding
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
@@ -176,9 +177,13 @@ def left_behind(
                 batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
                 if batches and batches <= evals and table.stat().st_mtime <= written:
                     rounds.add(table)
-    plot_2d = L.plot(PLOT_2D)
-    plots = {plot_2d} if tasks and len(tasks) != 2 and plot_2d.is_file() else set()
-    return LeftBehind(evals, rounds, _validation_left(L, problems), plots)
+    return LeftBehind(evals, rounds, _validation_left(L, problems), left_plots(results, tasks))
+
+
+def left_plots(results: Path, tasks: Sequence[str]) -> set[Path]:
+    """The two-task plot (PLOT_2D) where the run's `tasks`, if known, are other than two."""
+    plot_2d = Layout(results).plot(PLOT_2D)
+    return {plot_2d} if tasks and len(tasks) != 2 and plot_2d.is_file() else set()
 
 
 def _validation_left(L: Layout, problems: dict[Path, str]) -> set[Path]:
@@ -366,14 +371,9 @@ def text_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[
 
 
 METADATA_KEY = "mapmerge"  # tensors.checkpoints.METADATA_KEY: the header's entry that holds mapmerge's metadata
-FRONT_KEY = "front_rows"  # in the metadata of a merge `mapmerge select` wrote: front_digest of the front it picked from
+# in a merge `mapmerge select` wrote: evaluation_cache.table_digest of the front it picked from
+FRONT_KEY = "front_rows"
 FILE_FRONT_KEY = "front"  # what select recorded before FRONT_KEY: the hash of the front's file, provenance and all
-
-
-def front_digest(front: pd.DataFrame) -> str:
-    """The hash of a front table's rows, not of its file: a rerun that writes the same front with other provenance
-    (a rebatching of the evaluations behind it) keeps its digest."""
-    return config_hash(front.to_dict(orient="list"))
 
 
 def stale_selections(results: Path) -> list[Path]:
@@ -396,7 +396,7 @@ def stale_selections(results: Path) -> list[Path]:
             if not front.exists():
                 digests[group, kind] = None
             else:
-                digests[group, kind] = front_digest(read_table(front)) if kind == FRONT_KEY else file_hash(front)
+                digests[group, kind] = table_digest(front) if kind == FRONT_KEY else file_hash(front)
         if digests[group, kind] != recorded:
             stale.append(path)
     return stale
@@ -415,7 +415,7 @@ def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[P
     such)."""
     paths = Layout(results)
     skipped = set(unreadable)
-    hashes: dict[Path, str | None] = {}  # each file hashed once (None: gone)
+    hashes: dict[Path, str] = {}  # each file hashed once
     changed: dict[Path, list[str]] = {}
     for group in groups_:
         places = [paths.group(group), paths.rounds(group), paths.evals(group), paths.levels, results]
@@ -431,11 +431,15 @@ def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[P
                 where = next((place / file for place in places if (place / file).is_file()), None)
                 if where in skipped:
                     continue
-                if where is not None and where not in hashes:
-                    hashes[where] = file_hash(where)
-                if where is not None and hashes[where] != digest and not _footer_reads(where):
-                    continue  # damaged, not replaced: status names it unreadable
-                if where is None or hashes[where] != digest or paths.group(group) / file in changed:
+                if where is None:
+                    replaced = True  # removed
+                else:
+                    if where not in hashes:
+                        hashes[where] = file_hash(where)
+                    replaced = hashes[where] != digest
+                    if replaced and not _footer_reads(where):
+                        continue  # damaged, not replaced: status names it unreadable
+                if replaced or paths.group(group) / file in changed:
                     changed.setdefault(table, []).append(file)
     return changed
 

@@ -34,6 +34,7 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
+from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.schema import checked_weights, unknown_task
 from mapmerge.tensors.operators import SEEDED
 from mapmerge.tools.merge_inputs import (
@@ -51,7 +52,6 @@ from mapmerge.tools.runfolder import (
     METHOD_NAMES,
     UsageError,
     final_group,
-    front_digest,
     front_file,
     objective_metric,
     pick_warnings,
@@ -509,7 +509,7 @@ def select(
     merged = paths.merged(group)
     front_path = front_file(results, group)
     front = read_table(front_path)
-    digest = front_digest(front)  # runfolder.stale_selections
+    digest = table_digest(front_path)  # runfolder.stale_selections
     given_metric = metric
     metric, metric_source = objective_metric(results, front, tasks, metric)
     operator, chosen, recorded_seed = merge_record(merged)

@@ -33,6 +33,7 @@ from mapmerge.tools.runfolder import (
     group_dirs,
     group_rounds,
     left_behind,
+    left_plots,
     listed_names,
     recorded_objectives,
     scan,
@@ -72,10 +73,11 @@ def summary(results: Path) -> str:
             "it anew"
         ) from None
     selected = read_table(paths.selected)
-    stale = changed_inputs(results, group_dirs(results))
+    layout = scan(results)
+    stale = changed_inputs(results, layout.groups)
     lines = [*stale_lines(results, stale), text] if stale else [text]
     lines += ["Where to look:", f"  Pareto front:   {paths.pareto}"]
-    old = left_behind(results, [], {}, scan(results).tasks).plots
+    old = left_plots(results, layout.tasks)
     lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png")) if p not in old]
     *below, final = list(selected["group"])  # nested MAP: the levels' merges, then the final one
     lines += [f"  level merge:    {paths.merged(g)}" for g in below] + [f"  merged model:   {paths.merged(final)}"]
@@ -210,11 +212,12 @@ class _Disk:
         return any(not self.good(p) and p in self.problems for p in paths)
 
     def state(self, paths: Sequence[Path], expected: int | None) -> str:
-        """done, partial or missing by the good files among `paths`; unreadable when one of them is, stale when one
-        was made from files since replaced."""
-        if self.bad(paths):
-            return "unreadable"
-        return STALE if any(p in self.stale for p in paths) else _state(self.count(paths), expected)
+        """done, partial or missing by the good files among `paths` (judged)."""
+        return self.judged(paths, _state(self.count(paths), expected))
+
+    def judged(self, paths: Sequence[Path], counted: str) -> str:
+        """unreadable where one of `paths` is, stale where one was made from files since replaced, else `counted`."""
+        return "unreadable" if self.bad(paths) else STALE if any(p in self.stale for p in paths) else counted
 
     def present(self, paths: Sequence[Path]) -> str:
         """For stages whose count is not checked against an expected one: done or -, unreadable when one is."""
@@ -245,10 +248,6 @@ def _stage_states(
 
     def named(*paths: Path) -> str:
         return ", ".join(str(p.relative_to(R)) for p in paths)
-
-    def judged(paths: list[Path], counted: str) -> str:
-        """unreadable or stale (_Disk.state) where one of `paths` is, else the state their count gives."""
-        return "unreadable" if disk.bad(paths) else STALE if any(p in disk.stale for p in paths) else counted
 
     ckpts = sorted(L.checkpoints.glob("*.safetensors"))
     if L.benchmark.exists():
@@ -332,13 +331,13 @@ def _stage_states(
             " (Bayesian MAP and refinement rounds only)",
         ),
         "collect_metrics": (
-            judged(each("samples") + each("metrics"), _state(collected, n_groups)),
+            disk.judged(each("samples") + each("metrics"), _state(collected, n_groups)),
             f"{pattern('samples', 'metrics')}: {collected} of {n_groups or '?'} groups",
         ),
         "fit_surrogate": gcount("surrogate"),
         "pareto_front": gcount("front"),
         "merge_group": (
-            judged([p for files in merge_outputs for p in files], _state(merged, n_groups)),
+            disk.judged([p for files in merge_outputs for p in files], _state(merged, n_groups)),
             f"{pattern('merged', 'group_vector', 'choice')}: {merged} of {n_groups or '?'} groups",
         ),
         "evaluate_selected": gcount("selected_evals"),
