@@ -393,12 +393,12 @@ def test_status_tells_evaluation_files_the_runs_ledger_does_not_list(runs, tmp_p
 
 
 def remade(R: Path, changed: Path) -> None:
-    """As a run remakes what reads a file the test changed, and what reads those: each group table that records it
-    records its new bytes (else status calls them stale: runfolder.changed_inputs)."""
+    """As a run remakes what reads a file the test changed, and what reads those: each table that records it records
+    its new bytes (else status calls them stale: runfolder.changed_inputs)."""
     pending = [changed]
     while pending:
         file = pending.pop()
-        for table in (R / "groups").rglob("*.parquet"):
+        for table in R.rglob("*.parquet"):
             metadata = table_metadata(table)
             inputs = json.loads(metadata.get("mapmerge.inputs", "{}"))
             if inputs.get(file.name, file_hash(file)) != file_hash(file):
@@ -686,6 +686,35 @@ def test_a_damaged_group_tree_is_named_with_the_way_out(runs, tmp_path, capsys):
     ), err
 
 
+@pytest.mark.parametrize("fault", ["no rows", "a prediction not a number", "a coefficient not a number"])
+def test_a_front_edited_into_one_no_run_makes_gets_one_line(runs, tmp_path, capsys, fault):
+    """A front that reads but that no run writes (edited by hand): select and plot refuse it in one line
+    naming the file and the fault, and `mapmerge check` lists it as bad, as the line says it would."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    front = R / "groups" / "all" / "front.parquet"
+    table = read_table(front)
+    column, why = {
+        "no rows": (None, "no rows, where a run writes some"),
+        "a prediction not a number": ("accuracy_invert", "prediction column accuracy_invert holds a value that is "),
+        "a coefficient not a number": ("c_rot90", "coefficient column c_rot90 holds a value that is not a finite "),
+    }[fault]
+    if column is None:
+        table = table.iloc[:0]
+    else:
+        table.loc[len(table) // 2, column] = np.nan
+    write_table(table, front, "pareto_front", extra=table_metadata(front))
+    remade(R, front)
+    for command in (
+        ["select", str(R), "--prefer", "rot90=1"],
+        ["plot", str(R), "--out", str(tmp_path / "plots")],
+    ):
+        err = refused(command, 1, capsys, R)
+        assert err.startswith(f"mapmerge: {front}: {why}") and err.endswith("finds and deletes every such file)\n")
+    assert not (tmp_path / "plots").exists()
+    assert main(["check", str(R)]) == 1
+    assert f"bad: {front}: {why}" in capsys.readouterr().out
+
+
 def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
     """argparse's faults in the project's one line (a mistyped choice with the closest one); no abbreviated option
     (`check --d` was `--delete`), and an option given twice is refused, not replaced."""
@@ -708,6 +737,11 @@ def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
             "mapmerge select: unrecognized arguments: invert=1; see mapmerge select --help",
         ),
         (["plot", str(R), "--out", ""], "mapmerge plot: argument --out: empty; give a path; see mapmerge plot --help"),
+        (  # a folder, or the file?
+            ["select", str(R), "--prefer", "rot90=1", "--out", "merge.safetensors/"],
+            "mapmerge select: argument --out: 'merge.safetensors/' ends in a slash (a folder) but names a .safetensors "
+            "file; drop the slash to write the file; see mapmerge select --help",
+        ),
         (["status", ""], "mapmerge status: argument results: empty; give a path; see mapmerge status --help"),
         (
             ["select", str(R)],
@@ -871,14 +905,16 @@ def test_status_and_summary_name_tables_made_from_files_a_stopped_rerun_replaced
         "fit_surrogate",
         "pareto_front",
         "merge_group",
+        "ledger",
         "aggregate",
         "report_tables",
     }, out
     line = (
-        "stale: made from files since replaced or removed: groups/all/samples.parquet (r01.parquet); "
-        "groups/all/metrics.parquet (r01b0000.parquet); groups/all/surrogate.parquet (metrics.parquet, "
-        "r01b0000.parquet, samples.parquet); groups/all/front.parquet (samples.parquet, surrogate.parquet); groups/all/choice.parquet "
-        "(front.parquet, metrics.parquet, samples.parquet and 1 more). These tables, what follows them and the chosen "
+        "stale: made before files they read were replaced, removed or added: groups/all/samples.parquet "
+        "(r01.parquet); groups/all/metrics.parquet (r01b0000.parquet); groups/all/surrogate.parquet (metrics.parquet, "
+        "r01b0000.parquet, samples.parquet); groups/all/front.parquet (samples.parquet, surrogate.parquet); "
+        "groups/all/choice.parquet (front.parquet, metrics.parquet, samples.parquet and 1 more); evaluations.parquet "
+        "(r01b0000.parquet). These tables, what follows them and the chosen "
         "merge are not those of the files as they are (a run stopped part-way through a change of setting, or a file "
         "deleted); run snakemake again to make them anew"
     )
@@ -894,10 +930,70 @@ def test_status_and_summary_name_tables_made_from_files_a_stopped_rerun_replaced
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (
         "mapmerge select: warning: groups/all/choice.parquet, groups/all/front.parquet, groups/all/metrics.parquet and "
-        "2 more made from files since replaced or removed (a run stopped part-way through a change of setting, or a "
-        "file deleted): this pick is of the setting before; run snakemake again first for the current one's"
+        "2 more made before files they read were replaced, removed or added (a run stopped part-way through a change "
+        "of setting, or a file deleted): this pick is of the setting before; run snakemake again first for the current one's"
     )
     assert err[1].startswith(f"mapmerge select: warning: a snakemake driver (pid {driver.pid} ") and len(err) == 2
+
+
+def new_choice(choice: Path) -> None:
+    """Rewrite a group's choice as a rerun for another preference would: other coefficients, the same inputs."""
+    table = read_table(choice)
+    first = next(c for c in table.columns if c.startswith("c_"))
+    write_table(table.assign(**{first: table[first] / 2}), choice, "merge_group", extra=table_metadata(choice))
+
+
+def test_status_names_the_run_tables_of_a_choice_or_a_round_a_stopped_rerun_made_after_them(runs, tmp_path, capsys):
+    """A change of preference stopped after merge_group leaves a new choice beside the run's tables of the earlier
+    one, and a raised refine.rounds stopped after a new round's batch leaves a round and a batch that the tables
+    written before do not list: status calls those tables stale (for the new choice, only the run's own), summary
+    says so before the earlier report; in nested MAP, whose groups share file names, neither false alarm nor miss."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    choice = R / "groups" / "all" / "choice.parquet"
+    new_choice(choice)
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    assert {stage for stage, (state, _) in status_rows(out).items() if state == "stale"} == {
+        "aggregate",
+        "report_tables",
+    }, out
+    line = next(line for line in out.splitlines() if line.startswith("stale: "))
+    assert (
+        "pareto.parquet (choice.parquet); measured.parquet (choice.parquet); selected.parquet (choice.parquet)" in line
+    )
+    assert "groups/all/" not in line and "What to know about the chosen merge" not in out
+    assert main(["summary", str(R)]) == 0 and capsys.readouterr().out.splitlines()[0] == line
+
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "rounds"))
+    group = R / "groups" / "all"
+    last = max(p for p in (group / "rounds").glob("r*.parquet"))
+    number = int(last.stem[1:]) + 1
+    shutil.copy(last, group / "rounds" / f"r{number:02d}.parquet")  # copies made now: newer than the tables
+    shutil.copy(group / "evals" / f"{last.stem}b0000.parquet", group / "evals" / f"r{number:02d}b0000.parquet")
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    states = {stage: state for stage, (state, _) in status_rows(out).items()}
+    assert {stage for stage, state in states.items() if state == "stale"} >= {
+        "collect_metrics",
+        "ledger",
+        "aggregate",
+    }, out
+    line = next(line for line in out.splitlines() if line.startswith("stale: "))
+    assert f"groups/all/samples.parquet (r{number:02d}.parquet)" in line
+    assert f"groups/all/metrics.parquet (r{number:02d}b0000.parquet)" in line
+    assert f"evaluations.parquet (r{number:02d}b0000.parquet)" in line
+
+    # nested MAP: every group's choice, batch and plan shares its name with another group's
+    capsys.readouterr()
+    assert main(["status", str(runs["nested"])]) == 0 and "stale" not in capsys.readouterr().out
+    R = Path(shutil.copytree(runs["nested"], tmp_path / "nested"))
+    final = sorted((R / "groups").iterdir())[-1] / "choice.parquet"
+    new_choice(final)
+    assert main(["status", str(R)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("stale: "))
+    assert "selected.parquet (choice.parquet)" in line and "groups/" not in line.split(". These tables")[0]
 
 
 def test_the_two_task_plot_of_an_earlier_setting_is_told_apart_and_pruned(runs, tmp_path, capsys):
@@ -1181,6 +1277,8 @@ def test_select_replaces_no_file_but_its_own_merges(runs, torch_run, tmp_path, c
         ("rot90=0", "preference weights are all zero"),
         ("rot90=1e308,invert=1e308", "preference weights sum past the largest float: "),  # normalised: all 0
         ("", "empty; give task=weight,... or a preference file"),  # a shell variable left unset
+        ("rot90=1,,invert=1", "an empty item in 'rot90=1,,invert=1' (two commas, or one first)"),
+        (",rot90=1", "an empty item in ',rot90=1' (two commas, or one first)"),
     ],
 )
 def test_select_refuses_a_bad_preference(runs, prefer, message, capsys):
@@ -1295,6 +1393,19 @@ def test_plot_draws_the_aggregate_plots_again(runs, tmp_path, capsys, monkeypatc
     err = refused(["plot", str(R), "--out", str(R.parent)], 2, capsys, R)
     assert err.startswith(f"mapmerge plot: --out {R.parent}: holds the run folder {R}, ")
     assert main(["plot", str(copy), "--out", str(copy / "plots" / "mine")]) == 0
+    # while a driver runs, the run's own plots are its aggregate job's: not drawn over; another folder is drawn
+    driver = hold_in_a_process(copy)
+    try:
+        for command in (["plot", str(copy)], ["plot", str(copy), "--out", str(copy / "plots")]):
+            err = refused(command, 2, capsys, copy)
+            assert err.startswith(f"mapmerge plot: a snakemake driver (pid {driver.pid} ") and err.endswith(
+                f"is running on {copy}, whose aggregate job draws {copy / 'plots'}/; wait for it to finish, or give "
+                "--out another folder\n"
+            )
+        assert main(["plot", str(copy), "--out", str(tmp_path / "while")]) == 0
+    finally:
+        driver.kill()
+        driver.wait()
 
 
 def test_select_and_plot_before_the_front_exists(runs, capsys):

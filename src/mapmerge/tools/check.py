@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from mapmerge.io import ArtifactError, read_table, recompute_hint
 from mapmerge.run import runlock
 
@@ -48,13 +50,49 @@ def _safetensors_damage(path: Path) -> str | None:
     return None
 
 
+# tables that select, export, plot and summary read, by file name: none of them has a run made without rows
+NONEMPTY_TABLES = ("front.parquet", "choice.parquet", "samples.parquet", "metrics.parquet", "reference.parquet")
+
+
+def content_problem(path: Path, table: pd.DataFrame) -> str | None:
+    """Why a group's table that reads is not one a run makes (a table edited by hand): no rows where a run writes some
+    (NONEMPTY_TABLES), a coefficient (`c_<task>`) or a front's prediction (`<metric>_<task>`) that is not a finite
+    number; None when none of them, and for other tables (the run's pareto.parquet holds no coefficient for the
+    members of other groups)."""
+    import numpy as np
+
+    if path.name not in NONEMPTY_TABLES:
+        return None
+    if table.empty:
+        return f"{path}: no rows, where a run writes some"
+    columns = [str(c) for c in table.columns]
+    tasks = [c.removeprefix("c_") for c in columns if c.startswith("c_")]
+    # the front's predictions too: <metric>_<task> (not its interval's _lo and _hi, nor choice's other columns)
+    predicted = [c for c in columns if not c.startswith("c_") and c.endswith(tuple(f"_{t}" for t in tasks))]
+    for column in [f"c_{t}" for t in tasks] + (predicted if path.name == "front.parquet" else []):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(values).all():
+            kind = "coefficient" if column.startswith("c_") else "prediction"
+            return f"{path}: {kind} column {column} holds a value that is not a finite number"
+    return None
+
+
+def read_checked(path: Path) -> pd.DataFrame:
+    """read_table, and ArtifactError where the table's content is not one a run makes (content_problem)."""
+    table = read_table(path)
+    if why := content_problem(path, table):
+        raise ArtifactError(f"{why}; {recompute_hint(path)}")
+    return table
+
+
 def artifact_problem(path: Path) -> str | None:
-    """Why a Parquet or safetensors artifact does not read back whole, or None when it does."""
+    """Why a Parquet or safetensors artifact does not read back whole, or as a run makes it (content_problem); None
+    when it does."""
     from mapmerge.tensors.checkpoints import verify_safetensors  # deferred: torch
 
     try:
         if path.suffix == ".parquet":
-            read_table(path)
+            read_checked(path)
         else:
             verify_safetensors(path)
     except ArtifactError as exc:

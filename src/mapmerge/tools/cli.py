@@ -22,7 +22,7 @@ from mapmerge.tools.check import check
 from mapmerge.tools.prune import prune
 from mapmerge.tools.replot import replot
 from mapmerge.tools.runfolder import UsageError, check_run_folder
-from mapmerge.tools.select_merge import parse_preference, select
+from mapmerge.tools.select_merge import CHECKPOINT_SUFFIXES, parse_preference, select
 from mapmerge.tools.status import status, summary
 
 
@@ -64,6 +64,16 @@ def _path(text: str) -> Path:
     if not text.strip():  # Path("") is the working folder: a shell variable left unset
         raise argparse.ArgumentTypeError("empty; give a path")
     return Path(text)
+
+
+def _out_path(text: str) -> Path:
+    """select's --out: a path, not one that ends in a slash and names a checkpoint file (a folder or a file?)."""
+    path = _path(text)
+    if text.rstrip().endswith(("/", os.sep)) and path.suffix in CHECKPOINT_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} ends in a slash (a folder) but names a {path.suffix} file; drop the slash to write the file"
+        )
+    return path
 
 
 def _size_arg(text: str) -> int:
@@ -163,7 +173,7 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
     _pick_options(pick)
     pick.add_argument(
         "--out",
-        type=_path,
+        type=_out_path,
         default=None,
         metavar="PATH",
         help="the checkpoint to write, under RESULTS/selected/ or outside the run folder; its format follows the "

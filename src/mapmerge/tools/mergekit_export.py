@@ -38,11 +38,12 @@ import yaml
 from mapmerge.adapters import hub
 from mapmerge.adapters.transformers import weights_file
 from mapmerge.errors import ConfigError
-from mapmerge.io import atomic_path, read_table
+from mapmerge.io import atomic_path
 from mapmerge.layout import Layout
 from mapmerge.tensors.checkpoints import open_checkpoint, safetensors_metadata
 from mapmerge.tensors.lora import adapter_weights, vector_names
 from mapmerge.tensors.operators import trim_count, validate
+from mapmerge.tools.check import read_checked
 from mapmerge.tools.merge_inputs import member_vectors, merge_record, pretrained_record
 from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, pick_warnings, scan
 from mapmerge.tools.select_merge import (
@@ -329,7 +330,7 @@ def _preference_point(
     pick = run_pick(results, method, rho)
     method, rho = pick.method, pick.rho
     weights = preference_weights(preference, info["tasks"])
-    front = read_table(front_file(results, group))
+    front = read_checked(front_file(results, group))
     metric, _ = objective_metric(results, front, info["tasks"], metric)
     _, _, candidates, refined = preference_candidates(results, group, info, front, weights, metric, method, rho)
     pick = candidates[-1] if refined else candidates[0]
@@ -345,14 +346,14 @@ def _front_point(results: Path, group: str, members: Sequence[str], point: str) 
     paths = Layout(results)
     columns = [f"c_{m}" for m in members]
     if point.isdigit():
-        front = read_table(front_file(results, group))
+        front = read_checked(front_file(results, group))
         if int(point) >= len(front):
             raise UsageError(
                 f"--point {point}: the front {paths.front(group)} has {len(front)} points (0 to {len(front) - 1})"
             )
         row, where = front.iloc[int(point)], f"point {point} of {paths.front(group)}"
     else:
-        samples = read_table(paths.samples(group))
+        samples = read_checked(paths.samples(group))
         rows = samples[samples["sample"] == point]
         if rows.empty:
             raise UsageError(

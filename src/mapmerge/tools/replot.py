@@ -7,6 +7,8 @@ from pathlib import Path
 from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.io import read_table
 from mapmerge.layout import Layout
+from mapmerge.run import runlock
+from mapmerge.tools.check import read_checked
 from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, run_objective, scan
 
 
@@ -22,15 +24,21 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     paths = Layout(results)
     if out_dir is not None:
         _check_inside(results, Path(out_dir), paths.plots)
-    front = read_table(front_file(results, group)).assign(group=group)
+    front = read_checked(front_file(results, group)).assign(group=group)
     given = metric
     metric, _ = objective_metric(results, front, info["tasks"], given)
     objective = metric if given is None else run_objective(results, front, info["tasks"])
     if out_dir is None and metric != objective:
         out_dir = paths.plots / metric
+    target = paths.plots if out_dir is None else Path(out_dir)
+    if target.resolve() == paths.plots.resolve() and (driver := runlock.holder(results)) is not None:
+        raise UsageError(
+            f"a snakemake driver ({runlock.describe(driver)}) is running on {results}, whose aggregate job draws "
+            f"{paths.plots}/; wait for it to finish, or give --out another folder"
+        )
     chosen = None
     if paths.choice(group).exists():
-        chosen = read_table(paths.choice(group)).assign(group=group)
+        chosen = read_checked(paths.choice(group)).assign(group=group)
         if paths.selected_evals(group).exists():
             measured = metrics_from_examples(read_table(paths.selected_evals(group))).set_index(["metric", "task"])[
                 "value"
@@ -38,9 +46,9 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
             for name in sorted(set(measured.index.get_level_values("metric"))):
                 for task in suffixes(chosen.columns, metric):
                     chosen[f"measured_{name}_{task}"] = measured[(name, task)]
-    samples = read_table(paths.samples(group))
-    samples = samples.merge(wide_metrics(read_table(paths.metrics(group)), "sample").reset_index(), on="sample")
-    reference = read_table(paths.reference)
+    samples = read_checked(paths.samples(group))
+    samples = samples.merge(wide_metrics(read_checked(paths.metrics(group)), "sample").reset_index(), on="sample")
+    reference = read_checked(paths.reference)
     measured = None  # the group's measured front (aggregate writes it; a run finished before it existed has none)
     if paths.measured.exists():
         measured = read_table(paths.measured)

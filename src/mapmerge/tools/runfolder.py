@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from mapmerge.layout import Layout
 from mapmerge.run import runlock
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.records import foreign_files, is_run, run_holding
+from mapmerge.tools.check import read_checked
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
@@ -283,7 +284,7 @@ def final_group(layout: Scan) -> tuple[str, dict[str, Any]]:
         return group, groups.group_info(read_table(plan), group)
     if layout.method == "nested":
         raise ArtifactError(f"{plan}: not found; the run has not reached its top level (group {group}) yet")
-    front = read_table(layout.paths.front(group))  # a run from before levels/ existed
+    front = read_checked(layout.paths.front(group))  # a run from before levels/ existed
     members = suffixes(front.columns, "c")
     return group, {
         "group": group,
@@ -403,45 +404,88 @@ def stale_selections(results: Path) -> list[Path]:
 
 
 GROUP_TABLES = ("samples", "metrics", "surrogate", "front", "choice")  # a group's tables made from its others
+RUN_TABLES = ("ledger", "pareto", "measured", "selected", "group_tree")  # the run's, made from every group's (Layout)
 INPUTS_KEY = "mapmerge.inputs"  # mapmerge.io.provenance: the hash of each input, by file name
 
 
-def changed_inputs(results: Path, groups_: Sequence[str], unreadable: Iterable[Path] = ()) -> dict[Path, list[str]]:
+def changed_inputs(
+    results: Path, groups_: Sequence[str], unreadable: Iterable[Path] = (), run_tables: bool = False
+) -> dict[Path, list[str]]:
     """Each group table (GROUP_TABLES) whose recorded inputs (their hashes, by file name, in its metadata) are no
-    longer on disk as they were, or are such tables themselves: a later run replaced or removed them and stopped
-    before it made the table again (a Ctrl-C part-way through a rerun with another setting). The names of those
-    inputs, by table; only Parquet inputs are compared, found in the group's folder, its rounds/ and evals/, the
-    levels/ and the run folder; not those `unreadable`, nor one whose footer does not read (status names them as
-    such)."""
+    longer on disk as they were, or are such tables themselves, and a group's samples or metrics table written before
+    a round or batch it does not list: a later run replaced, removed or added them and stopped before it made the
+    table again (a Ctrl-C part-way through a rerun with another setting). With `run_tables`, the run's own tables
+    (RUN_TABLES) too, for their own reasons only (what follows a stale group table is stale with it): an input
+    matched by name among every group's files (nested MAP's groups share names), and a batch added after the ledger.
+    The names of those inputs, by table; only Parquet inputs are compared, found in the group's folder, its rounds/
+    and evals/, the levels/ and the run folder; not those `unreadable`, nor one whose footer does not read (status
+    names them as such)."""
     paths = Layout(results)
     skipped = set(unreadable)
     hashes: dict[Path, str] = {}  # each file hashed once
+
+    def differs(where: Path, digest: str) -> bool | None:
+        """Whether the file's hash is not `digest`; None where it is skipped, or damaged rather than replaced."""
+        if where in skipped:
+            return None
+        if where not in hashes:
+            hashes[where] = file_hash(where)
+        if hashes[where] == digest:
+            return False
+        return True if _footer_reads(where) else None
+
+    def places(group: str) -> list[Path]:
+        return [paths.group(group), paths.rounds(group), paths.evals(group)]
+
     changed: dict[Path, list[str]] = {}
     for group in groups_:
-        places = [paths.group(group), paths.rounds(group), paths.evals(group), paths.levels, results]
+        folders = [*places(group), paths.levels, results]
         for name in GROUP_TABLES:
             table = getattr(paths, name)(group)
-            try:
-                recorded = json.loads(table_metadata(table).get(INPUTS_KEY, "{}"))
-            except (ArtifactError, ValueError):
+            if (recorded := recorded_inputs(table)) is None:
                 continue  # missing or unreadable: status says so itself
             for file, digest in recorded.items():
-                if not file.endswith(".parquet"):
+                where = next((f / file for f in folders if (f / file).is_file()), None)
+                replaced = True if where is None else differs(where, digest)  # None: removed
+                if replaced is None:
                     continue
-                where = next((place / file for place in places if (place / file).is_file()), None)
-                if where in skipped:
-                    continue
-                if where is None:
-                    replaced = True  # removed
-                else:
-                    if where not in hashes:
-                        hashes[where] = file_hash(where)
-                    replaced = hashes[where] != digest
-                    if replaced and not _footer_reads(where):
-                        continue  # damaged, not replaced: status names it unreadable
                 if replaced or paths.group(group) / file in changed:
                     changed.setdefault(table, []).append(file)
+            listed = {"samples": group_rounds(results, group), "metrics": batch_files(paths.evals(group))}
+            if added := _added(table, recorded, listed.get(name, [])):
+                changed.setdefault(table, []).extend(added)
+    if not run_tables:
+        return changed
+    folders = [place for group in groups_ for place in places(group)] + [paths.levels, results]
+    for name in RUN_TABLES:
+        table = getattr(paths, name)
+        if (recorded := recorded_inputs(table)) is None:
+            continue
+        for file, digest in recorded.items():
+            found = [f / file for f in folders if (f / file).is_file()]
+            judged = [differs(where, digest) for where in found]
+            if not found or (None not in judged and all(judged)):
+                changed.setdefault(table, []).append(file)  # removed, or no file of its name as it was
+        batches = [p for g in groups_ for p in batch_files(paths.evals(g))] if name == "ledger" else []
+        if added := _added(table, recorded, batches):
+            changed.setdefault(table, []).extend(added)
     return changed
+
+
+def recorded_inputs(table: Path) -> dict[str, str] | None:
+    """The Parquet inputs a table's metadata records (INPUTS_KEY), by file name; None where it is missing or does not
+    read."""
+    try:
+        recorded = json.loads(table_metadata(table).get(INPUTS_KEY, "{}"))
+    except (ArtifactError, ValueError):
+        return None
+    return {file: digest for file, digest in recorded.items() if file.endswith(".parquet")}
+
+
+def _added(table: Path, recorded: Mapping[str, str], files: Iterable[Path]) -> list[str]:
+    """The names of `files` written after `table` that it does not list: a later run's rounds or batches."""
+    written = table.stat().st_mtime
+    return sorted(p.name for p in files if p.name not in recorded and p.stat().st_mtime > written)
 
 
 def _footer_reads(path: Path) -> bool:
@@ -459,8 +503,8 @@ def pick_warnings(results: Path, group: str) -> list[str]:
     warnings = []
     if stale := changed_inputs(results, [group]):
         warnings.append(
-            f"warning: {listed_names(results, stale, 3)} made from files since replaced or removed (a run stopped "
-            "part-way through a change of setting, or a file deleted): this pick is of the setting before; run "
+            f"warning: {listed_names(results, stale, 3)} made before files they read were replaced, removed or added (a "
+            "run stopped part-way through a change of setting, or a file deleted): this pick is of the setting before; run "
             "snakemake again first for the current one's"
         )
     if (driver := runlock.holder(results)) is not None:

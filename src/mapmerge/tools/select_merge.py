@@ -31,12 +31,13 @@ from mapmerge.adapters.transformers import (
 from mapmerge.core import metrics, selection
 from mapmerge.core.metrics import METRICS
 from mapmerge.errors import ConfigError
-from mapmerge.io import ArtifactError, atomic_path, read_table, table_metadata
+from mapmerge.io import ArtifactError, atomic_path, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.notes import fallback_note
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.schema import checked_weights, unknown_task
 from mapmerge.tensors.operators import SEEDED
+from mapmerge.tools.check import read_checked
 from mapmerge.tools.merge_inputs import (
     check_pretrained,
     check_reproduces,
@@ -75,9 +76,10 @@ def parse_preference(text: str) -> dict[str, Any]:
     if path.is_file() or ("=" not in text and (path.exists() or path.suffix in (".yaml", ".yml"))):
         return _preference_file(path)
     preference: dict[str, float] = {}
-    for item in (part.strip() for part in text.split(",")):
+    items = [part.strip() for part in text.strip().rstrip(",").split(",")]  # a trailing comma is harmless
+    for item in items:
         if not item:
-            continue
+            raise UsageError(f"--prefer: an empty item in {text!r} (two commas, or one first)")
         task, sep, value = (s.strip() for s in item.partition("="))
         if not sep or not task:
             raise UsageError(f"--prefer: {item!r} is not task=weight")
@@ -329,7 +331,9 @@ def preference_candidates(
     """
     paths = Layout(results)
     tasks = info["tasks"]
-    reference = selection.reference_values(read_table(paths.reference), metric, tasks) if method == "balanced" else None
+    reference = (
+        selection.reference_values(read_checked(paths.reference), metric, tasks) if method == "balanced" else None
+    )
 
     def pick(points: pd.DataFrame, source: str) -> tuple[int, dict[str, float], pd.DataFrame]:
         index, weights, rule = selection.pick_point(points, info, task_weights, metric, method, rho, reference)
@@ -339,10 +343,10 @@ def preference_candidates(
     candidates = [predicted]
     refined = (
         "source" in table_columns(paths.choice(group))
-        and read_table(paths.choice(group))["source"].iloc[0] == "measured"
+        and read_checked(paths.choice(group))["source"].iloc[0] == "measured"
     )
     if paths.samples(group).exists() and paths.metrics(group).exists():
-        evaluated = metrics.sample_metrics(read_table(paths.samples(group)), read_table(paths.metrics(group)))
+        evaluated = metrics.sample_metrics(read_checked(paths.samples(group)), read_checked(paths.metrics(group)))
         candidates.append(pick(selection.measured_front(evaluated, metric, tasks), "measured")[2])
     return index, member_weights, candidates, refined
 
@@ -508,7 +512,7 @@ def select(
     task_weights = preference_weights(preference, tasks)
     merged = paths.merged(group)
     front_path = front_file(results, group)
-    front = read_table(front_path)
+    front = read_checked(front_path)
     digest = table_digest(front_path)  # runfolder.stale_selections
     given_metric = metric
     metric, metric_source = objective_metric(results, front, tasks, metric)

@@ -26,6 +26,7 @@ from mapmerge.tools.check import artifact_damage
 from mapmerge.tools.runfolder import (
     GROUP_TABLES,
     METHOD_NAMES,
+    RUN_TABLES,
     LeftBehind,
     Scan,
     batch_files,
@@ -48,12 +49,13 @@ EVAL_STAGES = [s.rule for s in STAGES if s.resources == "evaluate" and not s.val
 
 
 def stale_lines(results: Path, stale: dict[Path, list[str]]) -> list[str]:
-    """What status and summary say of tables made from files since replaced or removed (changed_inputs)."""
+    """What status and summary say of tables made before files they read were replaced, removed or added
+    (changed_inputs)."""
     tables = "; ".join(
         f"{p.relative_to(results)} ({listed_names(Path(), map(Path, names), 3)})" for p, names in stale.items()
     )
     return [
-        f"stale: made from files since replaced or removed: {tables}. These tables, what follows them and the chosen "
+        f"stale: made before files they read were replaced, removed or added: {tables}. These tables, what follows them and the chosen "
         "merge are not those of the files as they are (a run stopped part-way through a change of setting, or a file "
         "deleted); run snakemake again to make them anew"
     ]
@@ -74,7 +76,7 @@ def summary(results: Path) -> str:
         ) from None
     selected = read_table(paths.selected)
     layout = scan(results)
-    stale = changed_inputs(results, layout.groups)
+    stale = changed_inputs(results, layout.groups, run_tables=True)
     lines = [*stale_lines(results, stale), text] if stale else [text]
     lines += ["Where to look:", f"  Pareto front:   {paths.pareto}"]
     old = left_plots(results, layout.tasks)
@@ -179,7 +181,7 @@ def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
     )
 
 
-STALE = "stale"  # a table made from files a later run has since replaced (runfolder.changed_inputs)
+STALE = "stale"  # a table made before a later run replaced, removed or added files it reads (runfolder.changed_inputs)
 
 
 def _state(done: int, expected: int | None) -> str:
@@ -194,7 +196,7 @@ class _Disk:
     def __init__(self, problems: dict[Path, str]) -> None:
         self.problems = problems  # path -> why, shared with the Scan (scan's own finds are there)
         self._good: dict[Path, bool] = {}
-        self.stale: dict[Path, list[str]] = {}  # runfolder.changed_inputs: tables made from files since replaced
+        self.stale: dict[Path, list[str]] = {}  # runfolder.changed_inputs: tables made before files they read changed
 
     def good(self, path: Path) -> bool:
         """The file exists and reads."""
@@ -529,7 +531,9 @@ def _status(results: Path) -> str:
     evals = {g: batch_files(L.evals(g)) for g in layout.groups}
     left = left_behind(results, layout.groups, layout.problems, layout.tasks)
     tables = [getattr(L, name)(g) for g in layout.groups for name in GROUP_TABLES]
-    disk.stale = changed_inputs(results, layout.groups, [p for p in tables if p.is_file() and not disk.good(p)])
+    tables += [getattr(L, name) for name in RUN_TABLES]
+    unreadable = [p for p in tables if p.is_file() and not disk.good(p)]
+    disk.stale = changed_inputs(results, layout.groups, unreadable, run_tables=True)
     states = _stage_states(layout, disk, rounds, evals, left)
     shown = [*STATUS_STAGES, *(stage for stage in VALIDATION_STAGES if stage in states)]
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
