@@ -647,16 +647,18 @@ def test_every_command_refuses_the_folder_of_the_runs(runs, tmp_path, capsys):
 
 
 def test_select_and_plot_into_a_folder_they_may_not_write(runs, tmp_path):
-    """A write the file system refuses is one line naming the folder, not a traceback, and leaves nothing there."""
+    """A write the file system refuses is one line naming the file and the folder, not a traceback, and leaves nothing
+    there."""
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
     R = str(runs["plain"])
-    for argv in (
-        ["select", R, "--prefer", "rot90=1", "--out", str(ro / "x.safetensors")],
-        ["plot", R, "--out", str(ro)],
+    for argv, file in (
+        (["select", R, "--prefer", "rot90=1", "--out", str(ro / "x.safetensors")], "x.safetensors"),
+        (["plot", R, "--out", str(ro)], "front_parallel.png"),
     ):
         done = subprocess.run(as_user(argv), capture_output=True, text=True)
-        assert (done.returncode, done.stderr) == (1, f"mapmerge {argv[0]}: {ro}: Permission denied\n")
+        why = f"mapmerge {argv[0]}: {ro / file}: cannot be written in {ro} (Permission denied)\n"
+        assert (done.returncode, done.stderr) == (1, why)
     assert list(ro.iterdir()) == []
 
 

@@ -32,7 +32,7 @@ JOB_MODULE = b"mapmerge.run.job"  # in a job's command line (python -m mapmerge.
 logger = logging.getLogger("mapmerge")
 _held: dict[Path, IO[str]] = {}  # open lock files of this process: closing one releases its lock
 # what io.atomic_path (and the evaluation cache) write beside a file before renaming it onto it: .<name>.<8 hex>.tmp
-TEMPORARY = re.compile(rf"\..+\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
+TEMPORARY = re.compile(rf"\.(.+)\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")  # group 1: the file's own name
 
 
 class RunLockError(RuntimeError):

@@ -392,9 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a folder it may not write (select --out, plot --out, prune or check --delete of a run)
         path = Path(exc.filename) if exc.filename else None
-        if path is not None and runlock.TEMPORARY.fullmatch(path.name):  # written beside the file, then renamed
-            path = path.parent
-        print(f"mapmerge {args.command}: {f'{path}: ' if path else ''}{exc.strerror or exc}", file=sys.stderr)
+        why = exc.strerror or exc
+        if path is not None and (temporary := runlock.TEMPORARY.fullmatch(path.name)):  # written beside the file
+            file = path.parent / temporary[1]
+            print(f"mapmerge {args.command}: {file}: cannot be written in {path.parent} ({why})", file=sys.stderr)
+            return 1
+        print(f"mapmerge {args.command}: {f'{path}: ' if path else ''}{why}", file=sys.stderr)
         return 1
 
 

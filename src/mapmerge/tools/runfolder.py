@@ -446,7 +446,7 @@ def changed_inputs(
                 continue  # missing or unreadable: status says so itself
             for file, digest in recorded.items():
                 where = next((f / file for f in folders if (f / file).is_file()), None)
-                replaced = True if where is None else differs(where, digest)  # None: removed
+                replaced = True if where is None else differs(where, digest)  # no file: removed
                 if replaced is None:
                     continue
                 if replaced or paths.group(group) / file in changed:
