@@ -938,6 +938,22 @@ def test_status_and_summary_name_tables_made_from_files_a_stopped_rerun_replaced
     assert err[1].startswith(f"mapmerge select: warning: a snakemake driver (pid {driver.pid} ") and len(err) == 2
 
 
+def test_a_round_missing_before_the_last_makes_its_stage_partial(runs, tmp_path, capsys):
+    """A rerun stopped after Snakemake deleted a round to remake it (or a round deleted by hand) leaves the rounds
+    after it: the stage is partial and names the missing round, not done."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    rounds = R / "groups" / "all" / "rounds"
+    shutil.copy(rounds / "r01.parquet", rounds / "r02.parquet")  # a second refinement round
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0 and status_rows(capsys.readouterr().out)["refine_round"][0] == "done"
+    (rounds / "r01.parquet").unlink()
+    assert main(["status", str(R)]) == 0
+    state, artifacts = status_rows(capsys.readouterr().out)["refine_round"]
+    assert state == "partial" and artifacts.endswith("; missing before the last: groups/all/rounds/r01.parquet"), (
+        artifacts
+    )
+
+
 def new_choice(choice: Path) -> None:
     """Rewrite a group's choice as a rerun for another preference would: other coefficients, the same inputs."""
     table = read_table(choice)

@@ -64,7 +64,7 @@ def user_model(tasks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("task", ["stripes 60", "a/b", ".hidden"])
+@pytest.mark.parametrize("task", ["stripes 60", "a/b", ".hidden", "strïpes"])
 def test_a_task_name_that_cannot_name_a_file_is_refused(repo, tmp_path, task):
     """A task's name names its files and matches the rules' wildcard: 'stripes 60' passed every check and Snakemake
     then stopped with a MissingInputException of 25 lines."""
@@ -73,9 +73,29 @@ def test_a_task_name_that_cannot_name_a_file_is_refused(repo, tmp_path, task):
     with pytest.raises(ConfigError) as info:
         load(repo, experiment=exp, check_files=False)
     assert str(info.value) == (
-        f"model.tasks: task name {task!r} may hold only letters, digits, '_', '-' and '.' (not first): it names the "
-        "task's files"
+        f"model.tasks: task name {task!r} may hold only ASCII letters, digits, '_', '-' and '.' (not first): it names "
+        "the task's files"
     )
+
+
+@pytest.mark.parametrize(
+    "tasks, chosen", [(["a", "a_lo", "b"], None), (["b_hi", "a", "b"], None), (["a", "a_lo", "b"], ["a_lo", "a"])]
+)
+def test_task_names_whose_columns_clash_are_refused(repo, tmp_path, tasks, chosen):
+    """A task named as another and _lo or _hi: its value's column would be the other's interval bound (accuracy_a_lo);
+    it passed every check, evaluated everything, fitted its surrogate without a task and failed in pareto_front.
+    Refused before any job; merging only one of the two is not."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(user_model(tasks) + (f"tasks: [{', '.join(chosen)}]\n" if chosen else ""))
+    clash = next(t for t in tasks if t.endswith(("_lo", "_hi")))
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=exp, check_files=False)
+    assert str(info.value) == (
+        f"{'tasks' if chosen else 'model.tasks'}: task names {clash[:-3]!r} and {clash!r} clash: a table's column "
+        f"accuracy_{clash} would be both the bound of {clash[:-3]!r}'s interval and {clash!r}'s value; rename one of them"
+    )
+    exp.write_text(user_model(tasks) + f"tasks: [{clash}, {next(t for t in tasks if t not in (clash, clash[:-3]))}]\n")
+    assert load(repo, experiment=exp, check_files=False)["task_names"][0] == clash
 
 
 def test_a_model_of_one_task_is_refused(repo, tmp_path):

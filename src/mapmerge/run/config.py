@@ -364,6 +364,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     cfg["model"] = model
     _check_task_names(model)
     cfg["task_names"] = _select_tasks(cfg.get("tasks"), list(model["tasks"]))
+    _check_column_clash(cfg["task_names"], "tasks" if cfg.get("tasks") is not None else _tasks_key(model))
     given = cfg.get("preference")
     cfg["preference"] = _preference(given, base_dir)
     _check_preference(cfg["preference"], list(model["tasks"]), cfg["task_names"], given)
@@ -539,16 +540,34 @@ def _user_model(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 TASK_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
+def _tasks_key(model: Mapping[str, Any]) -> str:
+    """The key that lists the model's tasks."""
+    where = {"transformers": "model.transformers.tasks", "openclip": "model.openclip.tasks"}
+    return where.get(model.get("adapter"), "model.tasks")
+
+
 def _check_task_names(model: Mapping[str, Any]) -> None:
     """Refuse a task name that cannot name a file or match the rules' wildcard ('stripes 60', 'a/b'): Snakemake
     would stop with a MissingInputException after the checks."""
-    where = {"transformers": "model.transformers.tasks", "openclip": "model.openclip.tasks"}
     for task in model["tasks"]:
         if not TASK_NAME.fullmatch(str(task)):
             raise ConfigError(
-                f"{where.get(model.get('adapter'), 'model.tasks')}: task name {str(task)!r} may hold only letters, "
-                "digits, '_', '-' and '.' (not first): it names the task's files"
+                f"{_tasks_key(model)}: task name {str(task)!r} may hold only ASCII letters, digits, '_', '-' and '.' "
+                "(not first): it names the task's files"
             )
+
+
+def _check_column_clash(tasks: list[str], key: str) -> None:
+    """Refuse two tasks merged together of which one is named as the other and `_lo` or `_hi`: the tables' column
+    of the one's interval bound would be the other's value (`accuracy_a_lo`, mapmerge.core.metrics.suffixes)."""
+    names = set(tasks)
+    for task in tasks:
+        for end in ("_lo", "_hi"):
+            if task.endswith(end) and (other := task.removesuffix(end)) in names:
+                raise ConfigError(
+                    f"{key}: task names {other!r} and {task!r} clash: a table's column accuracy_{task} would be both "
+                    f"the bound of {other!r}'s interval and {task!r}'s value; rename one of them"
+                )
 
 
 def _select_tasks(selection: Any, available: list[str]) -> list[str]:

@@ -251,6 +251,15 @@ def _stage_states(
     def named(*paths: Path) -> str:
         return ", ".join(str(p.relative_to(R)) for p in paths)
 
+    def gaps(tables: list[Path]) -> list[Path]:
+        """The rounds missing before the last of `tables` in each group (a stopped rerun deleted one to remake it)."""
+        numbers: dict[Path, set[int]] = {}
+        for table in tables:
+            numbers.setdefault(table.parent, set()).add(Layout.round_number(table) or 0)
+        return [
+            folder / L.round("x", n).name for folder, got in numbers.items() for n in range(1, max(got)) if n not in got
+        ]
+
     ckpts = sorted(L.checkpoints.glob("*.safetensors"))
     if L.benchmark.exists():
         files = [L.benchmark, *ckpts]
@@ -306,14 +315,16 @@ def _stage_states(
             f"{named(L.round('<g>', 0))}: {disk.count(designs)} of {n_groups or '?'} groups",
         ),
         "propose_round": (
-            disk.present(later),
+            _rounds_state(disk, later, gaps(later)),
             f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}"
-            + (_left_note(later, left.rounds, ROUNDS_LEFT) if later else " (Bayesian MAP only)"),
+            + (_left_note(later, left.rounds, ROUNDS_LEFT) if later else " (Bayesian MAP only)")
+            + _gap_note(R, gaps(later)),
         ),
         "refine_round": (
-            disk.present(refined),
+            _rounds_state(disk, refined, gaps(refined)),
             f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
-            + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)"),
+            + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)")
+            + _gap_note(R, gaps(refined)),
         ),
         "evaluate_sample": _batch_state(
             disk,
@@ -403,6 +414,18 @@ def _batches(n: int) -> str:
 BATCHES_LEFT = "the run's ledger does not list them"
 ROUNDS_LEFT = "the run's ledger lists none of their batches"
 VALIDATION_LEFT = "validation.parquet did not read them"
+
+
+def _rounds_state(disk: _Disk, tables: list[Path], missing: list[Path]) -> str:
+    """A round stage's state: partial where a round before a group's last is missing (status does not read the
+    config, so a last round not written yet is not seen), else done or - (unreadable where one is)."""
+    state = disk.present(tables)
+    return "partial" if missing and state == "done" else state
+
+
+def _gap_note(results: Path, missing: list[Path]) -> str:
+    """'; missing before the last: groups/all/rounds/r02.parquet' where rounds are."""
+    return f"; missing before the last: {listed_names(results, missing, 3)}" if missing else ""
 
 
 def _left_note(files: Sequence[Path], left: set[Path], why: str) -> str:
