@@ -479,6 +479,45 @@ def test_check_builds_builds_the_users_and_names_the_first_that_fails(example):
     task = next(iter(builtin["tasks"]))
     builtin["tasks"][task]["evaluator"]["no_such_argument"] = 1  # instantiated, it would raise
     preflight.check_builds(builtin, [task])
+    # built, but not callable as every job calls it, evaluator(module, device): the first job failed, after
+    # Snakemake had deleted its finished table
+    for spec, why in (
+        ({"_target_": "math.sqrt", "_partial_": True}, "its signature is (x, /) (too many positional arguments)"),
+        ({"_target_": "collections.Counter"}, None),
+    ):
+        bad = copy.deepcopy(cfg["model"])
+        bad["tasks"]["stripes_60"]["evaluator"] = spec
+        with pytest.raises(ConfigError) as info:
+            preflight.check_builds(bad, cfg["task_names"])
+        where = f"model.tasks.stripes_60.evaluator: {spec['_target_']}"
+        assert str(info.value) == (
+            f"{where}: cannot be called as evaluator(module, device), as the jobs call it: {why}"
+            if why
+            else f"{where}: built a Counter, which cannot be called as evaluator(module, device)"
+        )
+    assert sys.path == path
+
+
+def test_a_fine_tuned_checkpoint_without_a_tensor_the_merge_leaves_alone_is_warned_of(example, tmp_path):
+    """A fine-tuned checkpoint saved without its head (a tensor the pretrained one has and the merge leaves alone):
+    its task's evaluations take the pretrained head, which changed the reference scores, the front and the chosen
+    merge without a word. The driver warns, naming the task, the file and the tensor; a whole checkpoint, none."""
+    cfg = load_config(REPO / "config", experiment=example / "experiment.yaml", overrides=EXAMPLE_RUN)
+    assert preflight.unmerged_fallbacks(cfg["model"], cfg["task_names"]) == []
+    state = torch.load(example / "checkpoints" / "stripes_60.pt", weights_only=True)
+    del state["head.weight"]
+    torch.save(state, tmp_path / "headless.pt")
+    lines: list[str] = []
+    load_config(
+        REPO / "config",
+        experiment=example / "experiment.yaml",
+        overrides=[*EXAMPLE_RUN, f"model.tasks.stripes_60.checkpoint={tmp_path / 'headless.pt'}"],
+        warn=lines.append,
+    )
+    assert lines == [
+        f"model.tasks.stripes_60.checkpoint: {tmp_path / 'headless.pt'} lacks 'head.weight', which the merge leaves "
+        f"alone: task stripes_60's evaluations take it from the pretrained checkpoint {example / 'checkpoints' / 'pretrained.pt'}"
+    ]
 
 
 @pytest.mark.slow

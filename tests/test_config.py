@@ -594,3 +594,22 @@ def test_an_experiment_files_setting_that_cannot_take_effect_is_warned_of(repo, 
         warned[-1]
         == f"experiment file {experiment}: refine.points: has no effect: refine.rounds is 0 (no refinement round)"
     )
+
+
+def test_a_group_option_written_as_the_groups_value_says_how_an_experiment_file_chooses_it(repo, tmp_path):
+    """`selection: tchebycheff` in an experiment file (the command line's selection=tchebycheff): the line says how a
+    file chooses a group's option, and that way loads; a value no option of the group has gets no such hint."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("selection: tchebycheff\n")
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=exp, check_files=False)
+    assert str(info.value) == (
+        f"experiment file {exp}: selection: must be a mapping, got 'tchebycheff' (an experiment file chooses a "
+        "group's option in its defaults list: defaults: [{override /selection: tchebycheff}])"
+    )
+    exp.write_text("defaults: [{override /selection: tchebycheff}]\n")
+    assert load(repo, experiment=exp, check_files=False)["selection"]["method"] == "tchebycheff"
+    exp.write_text("selection: tchebychef\n")
+    with pytest.raises(ConfigError) as info:
+        load(repo, experiment=exp, check_files=False)
+    assert str(info.value) == f"experiment file {exp}: selection: must be a mapping, got 'tchebychef'"

@@ -119,12 +119,15 @@ def load_config(
             f"{where}: its defaults list includes the primary config again (endless recursion); an experiment file's "
             "defaults list may only choose options of config groups ('- override /model: openclip')"
         ) from exc
-    schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
+    try:
+        schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{_group_option_hint(str(exc), config_dir)}") from None
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
     _check_inert(cfg, overrides, exp_keys, experiment, warn)
     preflight.check_plan(cfg)
     if check_files:
-        preflight.check_files(cfg)
+        preflight.check_files(cfg, warn)
     return cfg
 
 
@@ -147,6 +150,16 @@ def _check_inert(
         replaced = any(key == k or key.startswith(f"{k}.") for k in given.values())
         if not replaced and (why := inert.why_inert(key, cfg)):
             warn(f"experiment file {experiment}: {key}: has no effect: {why}")
+
+
+def _group_option_hint(message: str, config_dir: str | os.PathLike) -> str:
+    """For a config group's option written as the group's value in an experiment file (`selection: tchebycheff`,
+    which the command line's selection=tchebycheff chooses): how an experiment file chooses it."""
+    found = re.fullmatch(r"experiment file .*: (\w+): must be a mapping, got '([\w.-]+)'", message)
+    if not found or not (Path(config_dir) / found[1] / f"{found[2]}.yaml").is_file():
+        return ""
+    group, option = found.groups()
+    return f" (an experiment file chooses a group's option in its defaults list: defaults: [{{override /{group}: {option}}}])"
 
 
 def _list_for_mapping(message: str, experiment: Any, written: Mapping[str, Any] | None) -> str | None:

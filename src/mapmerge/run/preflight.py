@@ -19,7 +19,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,13 +248,35 @@ def check_builds(model: Mapping[str, Any], tasks: Sequence[str]) -> None:
             if _is_ours(spec["_target_"]):
                 continue
             try:
-                instantiate(dict(spec))
+                evaluator = instantiate(dict(spec))
             except Exception as exc:  # the user's constructor, for its own reasons
                 cause = exc.__cause__ or exc  # instantiate wraps it: "Error in call to target ..."
                 raise ConfigError(
                     f"model.tasks.{task}.evaluator: {spec['_target_']} could not be built: "
                     f"{type(cause).__name__}: {' '.join(str(cause).split())}"
                 ) from None
+            _check_call(evaluator, f"model.tasks.{task}.evaluator: {spec['_target_']}")
+
+
+def _check_call(evaluator: Any, where: str) -> None:
+    """Refuse an evaluator that cannot be called as every evaluation job calls it, evaluator(module, device)
+    (mapmerge.tensors.engine): `def evaluate(module)` failed the first job, after Snakemake deleted its finished
+    table. One whose signature Python cannot tell (a builtin) is left to the jobs."""
+    if not callable(evaluator):
+        raise ConfigError(
+            f"{where}: built a {type(evaluator).__name__}, which cannot be called as evaluator(module, device)"
+        )
+    try:
+        signature = inspect.signature(evaluator)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, "cpu")
+    except TypeError as exc:
+        raise ConfigError(
+            f"{where}: cannot be called as evaluator(module, device), as the jobs call it: its signature is {signature} "
+            f"({exc})"
+        ) from None
 
 
 def check_results_folder(results: str) -> None:
@@ -276,8 +298,9 @@ def check_results_folder(results: str) -> None:
         raise ConfigError(f"results_dir: the run folder {path} cannot be made or written ({where}: {why})")
 
 
-def check_files(cfg: Mapping[str, Any]) -> None:
-    """ConfigError for the first file the run names that would fail a job: targets, checkpoints, labels.
+def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = None) -> None:
+    """ConfigError for the first file the run names that would fail a job: targets, checkpoints, labels; `warn`
+    gets a line for what makes results wrong without failing a job (unmerged_fallbacks).
 
     The built-in benchmark's checkpoints are made by the run, so only user models' are read.
     """
@@ -294,6 +317,8 @@ def check_files(cfg: Mapping[str, Any]) -> None:
         return
     check_lora(cfg)
     _check_checkpoints(model, tasks)
+    for line in unmerged_fallbacks(model, tasks) if warn is not None else []:
+        warn(line)
     if model.get("adapter") is None:
         _check_builder_fits(model)
     if model.get("adapter") == "transformers":
@@ -415,6 +440,42 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
     _check_patterns(model, tasks)  # after the loop, which names a missing or mismatched file first
+
+
+def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """A line per fine-tuned checkpoint of a user's model (model.builder) that lacks tensors the pretrained one has
+    and the merge leaves alone (a head): the task's evaluations take those from the pretrained checkpoint, as
+    mapmerge.tensors.engine does, which a checkpoint saved in part makes silently wrong."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+    from mapmerge.tensors.lora import adapter_weights  # deferred: torch
+    from mapmerge.tensors.taskvectors import merged_names  # deferred: torch
+
+    if model.get("adapter") is not None:
+        return []
+    with open_checkpoint(model["pretrained"]) as pre:
+        header = pre.meta()
+    merged = set(merged_names(header, model["merge"]["include"], model["merge"]["exclude"]))
+    unmerged = [name for name in header if name not in merged]
+    lines = []
+    for task in tasks:
+        path = model["tasks"][task]["checkpoint"]
+        if not unmerged or adapter_weights(path) is not None:
+            continue
+        with open_checkpoint(path) as ft:
+            missing = [name for name in unmerged if name not in ft.meta()]
+        if missing:
+            lines.append(
+                f"{task_key(model, task)}: {path} lacks {_quoted(missing)}, which the merge leaves alone: task {task}'s "
+                f"evaluations take {'them' if len(missing) > 1 else 'it'} from the pretrained checkpoint "
+                f"{model['pretrained']}"
+            )
+    return lines
+
+
+def _quoted(names: list[str], shown: int = 3) -> str:
+    """'head.weight', 'head.bias' and 2 more."""
+    quoted = [repr(n) for n in names[:shown]]
+    return ", ".join(quoted) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # a larger pretrained model's builder is not built by the driver: it may load weights itself (from_pretrained)
