@@ -112,7 +112,7 @@ def test_a_table_kept_under_the_key_of_before_is_given_back_and_kept_under_the_k
     output = Path(spec["outputs"]["examples"])
     rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
     write_table(rows.assign(error=[None]), output, "evaluate_round")
-    earlier, kept = evaluation_cache.entries(spec, legacy=True), evaluation_cache.entries(spec)
+    earlier, kept = evaluation_cache.entries(spec, earlier="paths"), evaluation_cache.entries(spec)
     assert earlier != kept and evaluation_cache.keep({"examples": output}, earlier)
     written = output.read_bytes()
     output.unlink()
@@ -122,6 +122,41 @@ def test_a_table_kept_under_the_key_of_before_is_given_back_and_kept_under_the_k
 
     job.run_cached(spec, evaluate, str(tmp_path / "job.log"), spec["params"], {})
     assert output.read_bytes() == written == kept["examples"].read_bytes()
+
+
+def test_the_reference_models_key_holds_no_merge_operator_and_a_table_kept_with_one_is_given_back(tmp_path):
+    """The reference models are the real fine-tuned ones: another merge operator (merge=ties, merge.density) reruns
+    their job (its params hold the operator) but takes their tables from the cache; a merged model's key keeps it.
+    A table kept under the key of before (with the operator) is given back, not evaluated again."""
+    results, spec = files(tmp_path)
+    spec["rule"] = "evaluate_reference"
+    spec["outputs"] = {"examples": str(results / "reference_examples.parquet")}
+    stage = spec["params"]["stage"]
+    stage.update(merge_operator={"operator": "task_arithmetic"}, merge_seed=None)
+    ties = copy.deepcopy(spec)
+    ties["params"]["stage"].update(merge_operator={"operator": "ties", "density": 0.2}, merge_seed=None)
+    assert evaluation_cache.key(ties) == evaluation_cache.key(spec)
+    assert evaluation_cache.key(ties, earlier="merged") != evaluation_cache.key(spec, earlier="merged")
+    merged, merged_ties = copy.deepcopy(spec), copy.deepcopy(ties)
+    merged["rule"] = merged_ties["rule"] = "evaluate_round"
+    assert evaluation_cache.key(merged) != evaluation_cache.key(merged_ties)
+
+    output = Path(spec["outputs"]["examples"])
+    rows = pd.DataFrame({"sample": ["pretrained"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
+    write_table(rows.assign(error=[None]), output, "evaluate_reference")
+    before, kept = evaluation_cache.entries(spec, earlier="merged"), evaluation_cache.entries(spec)
+    assert before != kept and evaluation_cache.keep({"examples": output}, before)
+    written = output.read_bytes()
+    output.unlink()
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated")
+
+    job.run_cached(spec, evaluate, str(tmp_path / "job.log"), spec["params"], {})  # the upgrade: kept anew
+    assert output.read_bytes() == written == kept["examples"].read_bytes()
+    output.unlink()
+    job.run_cached(ties, evaluate, str(tmp_path / "job.log"), ties["params"], {})  # then another operator
+    assert output.read_bytes() == written
 
 
 def test_tables_are_kept_under_the_results_folder_and_given_back_whole(tmp_path):

@@ -152,19 +152,32 @@ def table_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
 
 
+# the keys of before, newest first, which run.job looks up where the key finds nothing, so that an upgrade evaluates
+# nothing again: "merged" (before 2026-12-08: the reference models' key held the merge operator), "paths" (before
+# 2026-12-07: the paths, the files' bytes, no order)
+EARLIER_KEYS = ("merged", "paths")
+UNMERGED = ("evaluate_reference",)  # rules whose models are not merged: the merge operator is not in their key
+OPERATOR_PARAMS = ("merge_operator", "merge_seed")  # mapmerge.run.config.stage_config's `evaluate`
+
+
 def key(
-    spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None, legacy: bool = False
+    spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None, earlier: str | None = None
 ) -> str:
     """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on, not where its files
-    lie (_placeless), nor the provenance of its Parquet inputs (table_digest); with the order of its inputs' mappings
-    (the tasks: a table's rows follow it). memo: a folder remembering the files' hashes; hashes: the job's digests so
-    far (content_hash). legacy: the key of before 2026-12-07 (the paths, the files' bytes, no order), which
-    run.job looks up where the key finds nothing, so that an upgrade evaluates nothing again."""
+    lie (_placeless), nor the provenance of its Parquet inputs (table_digest), nor, for the reference models, the
+    merge operator (UNMERGED); with the order of its inputs' mappings (the tasks: a table's rows follow it). memo: a
+    folder remembering the files' hashes; hashes: the job's digests so far (content_hash). earlier: one of
+    EARLIER_KEYS, the key of before."""
+    legacy = earlier == "paths"
     inputs = spec.get("inputs") or {}
     digests = {name: _digest(name, value, memo, hashes, legacy) for name, value in sorted(inputs.items())}
     args = {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED}
+    params = spec.get("params") or {}
     if legacy:
-        return config_hash({"rule": spec["rule"], "params": spec.get("params") or {}, "args": args, "inputs": digests})
+        return config_hash({"rule": spec["rule"], "params": params, "args": args, "inputs": digests})
+    if spec["rule"] in UNMERGED and earlier is None:
+        stage = {k: v for k, v in (params.get("stage") or {}).items() if k not in OPERATOR_PARAMS}
+        params = {**params, "stage": stage}
     files = {
         os.path.abspath(path): digest
         for name, value in inputs.items()
@@ -173,7 +186,7 @@ def key(
     }
     blob = {
         "rule": spec["rule"],
-        "params": _placeless(spec.get("params") or {}, files),
+        "params": _placeless(params, files),
         "args": args,
         "inputs": digests,
         "order": {name: list(value) for name, value in sorted(inputs.items()) if isinstance(value, Mapping)},
@@ -399,7 +412,7 @@ def results_folder(path: str | os.PathLike) -> Path | None:
 
 
 def entries(
-    spec: Mapping[str, Any], hashes: dict[str, str] | None = None, legacy: bool = False
+    spec: Mapping[str, Any], hashes: dict[str, str] | None = None, earlier: str | None = None
 ) -> dict[str, Path] | None:
     """Where the tables of job `spec` are kept, by output name: its `examples` under its key, each other output
     (the reference models' metrics, the validation front's points) under a key of its own derived from it. None
@@ -413,7 +426,7 @@ def entries(
     if folder is None:
         return None
     try:
-        base = key(spec, folder / HASHES, hashes, legacy)
+        base = key(spec, folder / HASHES, hashes, earlier)
     except (OSError, ValueError):  # pyarrow's errors are these too
         return None
     return {

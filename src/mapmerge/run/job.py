@@ -111,7 +111,7 @@ def run_cached(
     outputs = spec["outputs"]
     for source in _kept_sources(spec, kept, hashes):
         if run_stage(evaluation_cache.restore, log, source, outputs):
-            if source is not kept:  # kept before 2026-12-07: under this key too from now on
+            if source is not kept:  # kept under a key of before: under this key too from now on
                 evaluation_cache.keep(outputs, kept)
             evaluation_cache.renote(source[evaluation_cache.PRIMARY])
             return
@@ -130,16 +130,18 @@ def run_cached(
 
 
 def _kept_sources(spec: dict[str, Any], kept: dict[str, Path], hashes: dict[str, str]) -> Iterator[dict[str, Path]]:
-    """The job's tables in the evaluation cache, under its key, else under the key of before 2026-12-07
-    (evaluation_cache.key's `legacy`), each where all are there."""
+    """The job's tables in the evaluation cache, under its key, else under a key of before
+    (evaluation_cache.EARLIER_KEYS), the first where all are there."""
     from mapmerge.run import evaluation_cache  # deferred: pyarrow
 
     if all(path.is_file() for path in kept.values()):
         yield kept
         return
-    earlier = evaluation_cache.entries(spec, hashes, legacy=True)
-    if earlier is not None and all(path.is_file() for path in earlier.values()):
-        yield earlier
+    for earlier in evaluation_cache.EARLIER_KEYS:
+        found = evaluation_cache.entries(spec, hashes, earlier)
+        if found is not None and found != kept and all(path.is_file() for path in found.values()):
+            yield found
+            return
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
