@@ -549,6 +549,16 @@ def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
             "refine.trust_from (4) is past refine.rounds (2), so no round takes its pick in the trust region",
         ),
         (["refine.rounds=0", "refine.trust_radius=null"], "refine.rounds is 0 (no refinement round)"),
+        (["merge.density=0.3"], "merge.operator is task_arithmetic, which does not take density (ties takes it)"),
+        (
+            ["merge=ties", "merge.drop_rate=0.3"],
+            "merge.operator is ties, which does not take drop_rate (dare, dare_ties take it)",
+        ),
+        (
+            ["tasks=[rot90, invert]", "validation.enabled=true", "validation.baselines.task_arithmetic.density=0.3"],
+            "validation.baselines.task_arithmetic.operator is task_arithmetic, which does not take density (ties "
+            "takes it)",
+        ),
     ],
 )
 def test_an_override_that_cannot_take_effect_is_refused(repo, overrides, why):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mapmerge.tensors import operators
+
 
 def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
     """Why the dotted `key` takes no effect in the resolved config `cfg`; None where it may."""
@@ -17,6 +19,12 @@ def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
         return "validation.enabled is false"
     if section == "benchmark" and not cfg["model"]["builtin"]:
         return "the model is your own (model.pretrained is set), and benchmark.* sets up the built-in benchmark"
+    if section == "merge" and rest in operators.PARAMETERS:
+        return _unread_parameter(rest, cfg["merge"]["operator"], "merge.operator")
+    baseline, _, parameter = rest.removeprefix("baselines.").partition(".")
+    if section == "validation" and rest.startswith("baselines.") and parameter in operators.PARAMETERS:
+        operator = (cfg["validation"]["baselines"].get(baseline) or {}).get("operator")
+        return _unread_parameter(parameter, operator, f"validation.baselines.{baseline}.operator")
     if key == "selection.rho" and cfg["selection"]["method"] == "weighted_sum":
         return "selection.method is weighted_sum, which has no rho (tchebycheff and balanced take it)"
     if key == "sampler.factor" and method == "bayesian":
@@ -34,6 +42,14 @@ def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
             "its pick in the trust region"
         )
     return None
+
+
+def _unread_parameter(parameter: str, operator: Any, where: str) -> str | None:
+    """Why a merge operator's parameter takes no effect: the operator set at `where` does not take it."""
+    if operator not in operators.OPERATORS or parameter in operators.OPERATORS[operator]:
+        return None
+    takers = [op for op, params in operators.OPERATORS.items() if parameter in params]
+    return f"{where} is {operator}, which does not take {parameter} ({', '.join(takers)} take{'s' * (len(takers) == 1)} it)"
 
 
 def leaf_keys(node: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
