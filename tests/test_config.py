@@ -623,3 +623,20 @@ def test_a_group_option_written_as_the_groups_value_says_how_an_experiment_file_
     with pytest.raises(ConfigError) as info:
         load(repo, experiment=exp, check_files=False)
     assert str(info.value) == f"experiment file {exp}: selection: must be a mapping, got 'tchebychef'"
+
+
+def test_an_empty_mapping_that_would_be_merged_into_a_full_one_is_refused(repo, tmp_path):
+    """`validation.baselines={}` is merged into the config's baselines (Hydra merges mappings) and removed none: a
+    silent no-op, refused with the way to remove one; `preference={}` replaces the experiment file's weights (equal
+    weights), as documented, and is taken."""
+    with pytest.raises(ConfigError) as info:
+        load(repo, overrides=["tasks=[rot90, invert]", "validation.enabled=true", "validation.baselines={}"])
+    assert str(info.value) == (
+        "overrides: validation.baselines={}: has no effect: a mapping on the command line is merged into the config's, "
+        "which holds task_arithmetic, ties, dare; remove one with ~validation.baselines.<name>"
+    )
+    cfg = load(repo, overrides=["tasks=[rot90, invert]", "validation.enabled=true", "~validation.baselines.dare"])
+    assert list(cfg["validation"]["baselines"]) == ["task_arithmetic", "ties"]
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("preference: {rot90: 2, invert: 1}\n")
+    assert load(repo, experiment=exp, overrides=["preference={}"], check_files=False)["preference"] == {}

@@ -144,12 +144,25 @@ def _check_inert(
     for override, key in given.items():
         if why := inert.why_inert(key, cfg):
             raise ConfigError(f"overrides: {override}: has no effect: {why}; leave it out, or change the setting named")
+        if override.partition("=")[2].strip() == "{}" and (held := _mapping_at(cfg, key)):
+            raise ConfigError(
+                f"overrides: {override}: has no effect: a mapping on the command line is merged into the config's, "
+                f"which holds {', '.join(map(str, held))}; remove one with ~{key}.<name>"
+            )
     if warn is None or not exp_keys:
         return
     for key in inert.leaf_keys({k: v for k, v in exp_keys.items() if k != "defaults"}):
         replaced = any(key == k or key.startswith(f"{k}.") for k in given.values())
         if not replaced and (why := inert.why_inert(key, cfg)):
             warn(f"experiment file {experiment}: {key}: has no effect: {why}")
+
+
+def _mapping_at(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    """The resolved config's mapping at a dotted key; None where there is none."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else None
 
 
 def _group_option_hint(message: str, config_dir: str | os.PathLike) -> str:
