@@ -570,6 +570,14 @@ def test_an_override_that_cannot_take_effect_is_refused(repo, overrides, why):
     )
 
 
+def test_a_key_given_twice_is_named_with_its_last_value(repo):
+    """The last value of a key given twice is the run's (Hydra's rule, on which the suite's and benchmarks' base
+    lists rely): a setting that cannot take effect is named with it, not with the value it replaced."""
+    with pytest.raises(ConfigError) as info:
+        load(repo, overrides=["sampler.factor=2", "method=bayesian", "sampler.factor=3"])
+    assert str(info.value).startswith("overrides: sampler.factor=3: has no effect: method=bayesian sizes its design")
+
+
 def test_settings_that_take_effect_pass(repo):
     for overrides in (
         ["method=bayesian", "bayesian.rounds=2", "sampler.min_points=20"],

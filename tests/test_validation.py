@@ -14,7 +14,7 @@ from conftest import artifacts, copy_run, job_counts, run, snakemake_command
 from mapmerge.core import groundtruth
 from mapmerge.core.metrics import metrics_from_examples, wide_metrics
 from mapmerge.core.surrogate import prediction_columns
-from mapmerge.io import read_table, table_metadata
+from mapmerge.io import read_table, table_metadata, write_table
 from mapmerge.outputs.validation_plot import plot_validation
 from mapmerge.run import evaluation_cache, validation_config
 from mapmerge.run.config import ConfigError, load_config, stage_config
@@ -428,6 +428,11 @@ TARGETS = ["results/wf/validation.parquet", "results/wf/plots/validation.png"]  
 
 
 @pytest.mark.slow
+def status_state(out: str, stage: str) -> str:
+    """The state `mapmerge status` gives a stage."""
+    return next(line.split()[1] for line in out.splitlines() if line.split()[:1] == [stage])
+
+
 def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_path, capsys):
     workdir = copy_run(finished_run(tmp_path_factory), tmp_path / "run")
     validation = job_counts(run(snakemake_command(workdir, *TARGETS, overrides=WORKFLOW))[1])
@@ -558,3 +563,11 @@ def test_workflow_validates_the_front_and_keeps_the_grid(tmp_path_factory, tmp_p
     # the batch restored whole holds the 25 points again: their notes point at its kept table, not at the dropped ones
     assert all((kept / note.read_text().split()[0]).is_file() for note in notes)
     assert job_counts(run(snakemake_command(workdir, *TARGETS, "-n", overrides=fewer))[1]) == {}
+    # a change of the grid stopped part-way (a batch rewritten with the new setting's points, validation.parquet not
+    # yet): status calls the validation stale, naming the batch, and says nothing of the earlier one as the run's
+    batch = res / "validation/grid/b0000.parquet"
+    rows = read_table(batch)
+    write_table(rows.iloc[: len(rows) // 2], batch, "validate_grid", extra=table_metadata(batch))
+    assert main(["status", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert status_state(out, "validate") == "stale" and "validation.parquet (b0000.parquet)" in out, out

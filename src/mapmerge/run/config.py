@@ -141,7 +141,8 @@ def _check_inert(
     """Refuse an override that cannot take effect (mapmerge.run.inert); `warn` of such a key of the experiment file
     that no override replaced (a file may hold settings for a method that the command line does not choose)."""
     given = {o: _override_key(o) for o in overrides if "=" in o and not o.startswith("experiment@")}
-    for override, key in given.items():
+    last = {key: override for override, key in given.items()}  # a key given twice: the last value is the run's
+    for key, override in last.items():
         if why := inert.why_inert(key, cfg):
             raise ConfigError(f"overrides: {override}: has no effect: {why}; leave it out, or change the setting named")
         if override.partition("=")[2].strip() == "{}" and (held := _mapping_at(cfg, key)):

@@ -404,7 +404,8 @@ def stale_selections(results: Path) -> list[Path]:
 
 
 GROUP_TABLES = ("samples", "metrics", "surrogate", "front", "choice")  # a group's tables made from its others
-RUN_TABLES = ("ledger", "pareto", "measured", "selected", "group_tree")  # the run's, made from every group's (Layout)
+# the run's tables made from every group's files (Layout), and the validation's (validation.enabled)
+RUN_TABLES = ("ledger", "pareto", "measured", "selected", "group_tree", "validation")
 INPUTS_KEY = "mapmerge.inputs"  # mapmerge.io.provenance: the hash of each input, by file name
 
 
@@ -416,7 +417,8 @@ def changed_inputs(
     a round or batch it does not list: a later run replaced, removed or added them and stopped before it made the
     table again (a Ctrl-C part-way through a rerun with another setting). With `run_tables`, the run's own tables
     (RUN_TABLES) too, for their own reasons only (what follows a stale group table is stale with it): an input
-    matched by name among every group's files (nested MAP's groups share names), and a batch added after the ledger.
+    matched by name among every group's files and the validation's (nested MAP's groups share names), and a batch
+    added after the ledger, or a grid batch after validation.parquet.
     The names of those inputs, by table; only Parquet inputs are compared, found in the group's folder, its rounds/
     and evals/, the levels/ and the run folder; not those `unreadable`, nor one whose footer does not read (status
     names them as such)."""
@@ -456,7 +458,9 @@ def changed_inputs(
                 changed.setdefault(table, []).extend(added)
     if not run_tables:
         return changed
-    folders = [place for group in groups_ for place in places(group)] + [paths.levels, results]
+    grid = paths.grid_batch("b0000").parent
+    validation = [paths.validation_dir, grid, paths.baseline("x").parent]
+    folders = [place for group in groups_ for place in places(group)] + [paths.levels, results, *validation]
     for name in RUN_TABLES:
         table = getattr(paths, name)
         if (recorded := recorded_inputs(table)) is None:
@@ -466,7 +470,10 @@ def changed_inputs(
             judged = [differs(where, digest) for where in found]
             if not found or (None not in judged and all(judged)):
                 changed.setdefault(table, []).append(file)  # removed, or no file of its name as it was
-        batches = [p for g in groups_ for p in batch_files(paths.evals(g))] if name == "ledger" else []
+        batches = {
+            "ledger": [p for g in groups_ for p in batch_files(paths.evals(g))],
+            "validation": batch_files(grid),
+        }.get(name, [])
         if added := _added(table, recorded, batches):
             changed.setdefault(table, []).extend(added)
     return changed
