@@ -234,6 +234,37 @@ def test_data_files_read_alike(minilm):
 
 
 @pytest.mark.slow  # the real MiniLM
+def test_labels_past_a_binary_classifiers_default_two_are_refused_before_any_job(minilm, tmp_path):
+    """transformers writes no num_labels, id2label or label2id for its default of 2 labels, so the data's labels went
+    unchecked: a label 5 failed the first evaluation job, after Snakemake deleted its finished table."""
+    from mapmerge.run import preflight
+
+    config = json.loads((minilm["two"] / "config.json").read_text())
+    folder = tmp_path / "binary"
+    folder.mkdir()
+    default = {k: v for k, v in config.items() if k not in ("num_labels", "id2label", "label2id")}
+    (folder / "config.json").write_text(json.dumps(default))
+    data = tmp_path / "data.csv"
+    evaluator = {
+        "_target_": adapter.EVALUATORS["sequence_classification"],
+        "data": str(data),
+        "label_column": "label",
+        "limit": None,
+        "directory": str(folder),
+    }
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, 1]}).to_csv(data, index=False)
+    preflight._check_default_labels(evaluator)
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 5, 1]}).to_csv(data, index=False)
+    with pytest.raises(ConfigError) as info:
+        preflight._check_default_labels(evaluator)
+    assert str(info.value) == (
+        f"{data}: label 5 in column 'label' is outside 0..1 ({folder}/config.json names no labels: transformers' "
+        "default of 2)"
+    )
+    (folder / "config.json").write_text(json.dumps({**default, "id2label": {"0": "a", "1": "b", "2": "c"}}))
+    preflight._check_default_labels(evaluator)  # labels named: check_labels' case
+
+
 def test_engine_swaps_heads_of_other_shapes(minilm, tmp_path):
     """Pretrained without head, tasks with 2 and 3 labels: each task's merge equals its own model."""
     pre = minilm["base"] / "model.safetensors"

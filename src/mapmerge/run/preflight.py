@@ -16,6 +16,7 @@ import fnmatch
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import os
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mapmerge.adapters import lm_eval_tasks
-from mapmerge.adapters.transformers import EVALUATORS, check_labels
+from mapmerge.adapters.transformers import EVALUATORS, check_labels, read_examples
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.quadratic import n_params
 from mapmerge.core.sampling import design_size
@@ -325,8 +326,28 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
         for task in tasks:
             try:
                 check_labels(model["tasks"][task]["evaluator"])
+                _check_default_labels(model["tasks"][task]["evaluator"])
             except ConfigError as exc:
                 raise ConfigError(f"model.transformers.tasks.{task}.data: {exc}") from None
+
+
+def _check_default_labels(evaluator: Mapping[str, Any]) -> None:
+    """Integer labels of a sequence classifier whose config.json names no labels: transformers' default, 2 labels,
+    which check_labels cannot see there (transformers writes neither num_labels nor id2label for it), so a label 5
+    failed the first job after Snakemake deleted its finished table."""
+    if evaluator["_target_"] != EVALUATORS["sequence_classification"] or not evaluator.get("directory"):
+        return
+    config = json.loads((Path(evaluator["directory"]) / "config.json").read_text())
+    if any(config.get(key) for key in ("num_labels", "id2label", "label2id")):
+        return
+    column = evaluator["label_column"]
+    labels = read_examples(evaluator["data"], [column], evaluator["limit"])[column]
+    if labels.dtype.kind in "iu" and len(labels) and not labels.between(0, 1).all():
+        bad = labels[~labels.between(0, 1)].iloc[0]
+        raise ConfigError(
+            f"{evaluator['data']}: label {bad} in column '{column}' is outside 0..1 ({evaluator['directory']}/config.json "
+            "names no labels: transformers' default of 2)"
+        )
 
 
 @contextmanager
