@@ -105,6 +105,28 @@ def test_the_key_holds_what_the_files_hold_not_where_they_lie(tmp_path):
     assert evaluation_cache.key(spec) != key  # the plan's data
 
 
+def test_a_folder_of_the_jobs_files_and_the_files_it_reads_count_by_what_they_hold(tmp_path):
+    """A transformers run's params name folders (the model's, its tokenizer's) whose files are the job's inputs, and
+    the files the job reads come in the order of their paths: both moved (the same bytes) keep the key, which a
+    tokenizer's file changed does not; a table kept under the key of before is given back."""
+    results, spec = files(tmp_path)
+    models = tmp_path / "models"
+    (models / "tok").mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        (models / "tok" / name).write_text(name)
+    (models / "z.csv").write_text("text,label\n")
+    spec["inputs"]["reads"] = sorted([str(results / "plan.bin"), *(str(p) for p in models.rglob("*") if p.is_file())])
+    spec["params"]["stage"]["model"]["tokenizer"] = str(models / "tok")
+    key, before = evaluation_cache.key(spec), evaluation_cache.key(spec, earlier="folders")
+    moved = tmp_path / "z_last"  # sorts after results/: the files read come in another order
+    models.rename(moved)
+    spec = json.loads(json.dumps(spec).replace(str(models), str(moved)))
+    spec["inputs"]["reads"] = sorted(spec["inputs"]["reads"])
+    assert evaluation_cache.key(spec) == key and evaluation_cache.key(spec, earlier="folders") != before
+    (moved / "tok" / "tokenizer.json").write_text("another vocabulary")
+    assert evaluation_cache.key(spec) != key
+
+
 def test_a_table_kept_under_the_key_of_before_is_given_back_and_kept_under_the_key(tmp_path):
     """An upgrade from before 2026-12-07 (the key held paths, file bytes, no order) evaluates nothing again."""
     results, spec = files(tmp_path)
@@ -136,7 +158,7 @@ def test_the_reference_models_key_holds_no_merge_operator_and_a_table_kept_with_
     ties = copy.deepcopy(spec)
     ties["params"]["stage"].update(merge_operator={"operator": "ties", "density": 0.2}, merge_seed=None)
     assert evaluation_cache.key(ties) == evaluation_cache.key(spec)
-    assert evaluation_cache.key(ties, earlier="merged") != evaluation_cache.key(spec, earlier="merged")
+    assert evaluation_cache.key(ties, earlier="folders") != evaluation_cache.key(spec, earlier="folders")
     merged, merged_ties = copy.deepcopy(spec), copy.deepcopy(ties)
     merged["rule"] = merged_ties["rule"] = "evaluate_round"
     assert evaluation_cache.key(merged) != evaluation_cache.key(merged_ties)
@@ -144,7 +166,7 @@ def test_the_reference_models_key_holds_no_merge_operator_and_a_table_kept_with_
     output = Path(spec["outputs"]["examples"])
     rows = pd.DataFrame({"sample": ["pretrained"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
     write_table(rows.assign(error=[None]), output, "evaluate_reference")
-    before, kept = evaluation_cache.entries(spec, earlier="merged"), evaluation_cache.entries(spec)
+    before, kept = evaluation_cache.entries(spec, earlier="folders"), evaluation_cache.entries(spec)
     assert before != kept and evaluation_cache.keep({"examples": output}, before)
     written = output.read_bytes()
     output.unlink()

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from mapmerge.io import RUN_LOCK, TEMP_SUFFIX, atomic_path, config_hash, file_hash
 from mapmerge.run import runlock
+from mapmerge.run.registry import READS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -153,9 +154,10 @@ def table_digest(path: str | os.PathLike) -> str:
 
 
 # the keys of before, newest first, which run.job looks up where the key finds nothing, so that an upgrade evaluates
-# nothing again: "merged" (before 2026-12-08: the reference models' key held the merge operator), "paths" (before
-# 2026-12-07: the paths, the files' bytes, no order)
-EARLIER_KEYS = ("merged", "paths")
+# nothing again: "folders" (before 2026-12-08: a folder in a param as written, the files the jobs read in the order of
+# their paths, the reference models' key with the merge operator), "paths" (before 2026-12-07: the paths, the files'
+# bytes, no order)
+EARLIER_KEYS = ("folders", "paths")
 UNMERGED = ("evaluate_reference",)  # rules whose models are not merged: the merge operator is not in their key
 OPERATOR_PARAMS = ("merge_operator", "merge_seed")  # mapmerge.run.config.stage_config's `evaluate`
 
@@ -164,13 +166,14 @@ def key(
     spec: Mapping[str, Any], memo: Path | None = None, hashes: dict[str, str] | None = None, earlier: str | None = None
 ) -> str:
     """The cache key of an evaluation job's spec (mapmerge.run.job): what its table depends on, not where its files
-    lie (_placeless), nor the provenance of its Parquet inputs (table_digest), nor, for the reference models, the
-    merge operator (UNMERGED); with the order of its inputs' mappings (the tasks: a table's rows follow it). memo: a
-    folder remembering the files' hashes; hashes: the job's digests so far (content_hash). earlier: one of
-    EARLIER_KEYS, the key of before."""
+    lie (_placeless; the files it reads that no rule names, READS, by their digests alone), nor the provenance of its
+    Parquet inputs (table_digest), nor, for the reference models, the merge operator (UNMERGED); with the order of
+    its inputs' mappings (the tasks: a table's rows follow it). memo: a folder remembering the files' hashes; hashes:
+    the job's digests so far (content_hash). earlier: one of EARLIER_KEYS, the key of before."""
     legacy = earlier == "paths"
     inputs = spec.get("inputs") or {}
     digests = {name: _digest(name, value, memo, hashes, legacy) for name, value in sorted(inputs.items())}
+    keyed = {**digests, READS: sorted(digests[READS])} if READS in digests and earlier is None else digests
     args = {k: v for k, v in (spec.get("args") or {}).items() if k not in UNKEYED}
     params = spec.get("params") or {}
     if legacy:
@@ -186,9 +189,9 @@ def key(
     }
     blob = {
         "rule": spec["rule"],
-        "params": _placeless(params, files),
+        "params": _placeless(params, files, folders=earlier is None),
         "args": args,
-        "inputs": digests,
+        "inputs": keyed,
         "order": {name: list(value) for name, value in sorted(inputs.items()) if isinstance(value, Mapping)},
     }
     return config_hash(blob)
@@ -203,20 +206,26 @@ def _flat(value: Any) -> list[Any]:
     return [value]
 
 
-def _placeless(value: Any, files: Mapping[str, str]) -> Any:
+def _placeless(value: Any, files: Mapping[str, str], folders: bool = True) -> Any:
     """A job's params without where its files lie, so that a model's folder moved (the same bytes) keeps every key:
     `python_path`'s folders (what the jobs run from them is in the code fingerprint, `code`, and what they read there
     among the inputs) by their number; an absolute path of one of the job's input files (`files`: by absolute
-    path, its digest) by the file's digest. Any other path stays as written: it names what the key cannot see."""
+    path, its digest) by the file's digest; with `folders`, one of a folder holding some of them (a transformers
+    model's, its tokenizer's) by theirs, with their names under it (what the job reads there is among its inputs:
+    READS). Any other path stays as written: it names what the key cannot see."""
     if isinstance(value, Mapping):
         return {
-            k: [PLACED] * len(v) if k == LOCATIONS and isinstance(v, list) else _placeless(v, files)
+            k: [PLACED] * len(v) if k == LOCATIONS and isinstance(v, list) else _placeless(v, files, folders)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return [_placeless(v, files) for v in value]
+        return [_placeless(v, files, folders) for v in value]
     if isinstance(value, str) and os.path.isabs(value):
-        return files.get(os.path.normpath(value), value)
+        path = os.path.normpath(value)
+        if path in files:
+            return files[path]
+        inside = sorted((os.path.relpath(f, path), d) for f, d in files.items() if f.startswith(path + os.sep))
+        return config_hash(inside) if folders and inside else value
     return value
 
 
