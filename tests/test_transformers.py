@@ -265,6 +265,33 @@ def test_labels_past_a_binary_classifiers_default_two_are_refused_before_any_job
     preflight._check_default_labels(evaluator)  # labels named: check_labels' case
 
 
+def test_a_body_tensor_of_another_shape_is_warned_of_and_a_head_is_not(tmp_path):
+    """A fine-tune of another vocabulary: its embeddings' shape differs from the pretrained model's, so the adapter
+    leaves them out of the merge for every task, which changed the merge without a word; a head of more labels is a
+    head, and a tensor the user's heads name is theirs."""
+    from safetensors.torch import save_file
+
+    from mapmerge.run import preflight
+
+    save_file(
+        {"embeddings.word.weight": torch.zeros(40, 4), "encoder.w": torch.zeros(4, 4)}, tmp_path / "pre.safetensors"
+    )
+    task = {"bert.embeddings.word.weight": torch.zeros(50, 4), "bert.encoder.w": torch.zeros(4, 4)}
+    save_file({**task, "classifier.weight": torch.zeros(3, 4)}, tmp_path / "a.safetensors")
+    model = {
+        "adapter": "transformers",
+        "pretrained": str(tmp_path / "pre.safetensors"),
+        "tasks": {"a": {"checkpoint": str(tmp_path / "a.safetensors")}},
+        "merge": {"exclude": ["classifier.*", "bert.embeddings.word.weight"]},  # as head_patterns makes it
+    }
+    assert preflight.reshaped_bodies(model, ["a"]) == [
+        "model.transformers.tasks.a.directory: tensor 'bert.embeddings.word.weight' has shape (50, 4), the pretrained "
+        "model's (40, 4): it is merged for no task, each evaluating with its own"
+    ]
+    model["merge"]["exclude"] = ["classifier.*", "bert.embeddings.*"]  # the user's heads name it
+    assert preflight.reshaped_bodies(model, ["a"]) == []
+
+
 def test_engine_swaps_heads_of_other_shapes(minilm, tmp_path):
     """Pretrained without head, tasks with 2 and 3 labels: each task's merge equals its own model."""
     pre = minilm["base"] / "model.safetensors"

@@ -318,7 +318,7 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
         return
     check_lora(cfg)
     _check_checkpoints(model, tasks)
-    for line in unmerged_fallbacks(model, tasks) if warn is not None else []:
+    for line in [*unmerged_fallbacks(model, tasks), *reshaped_bodies(model, tasks)] if warn is not None else []:
         warn(line)
     if model.get("adapter") is None:
         _check_builder_fits(model)
@@ -490,6 +490,36 @@ def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
                 f"evaluations take {'them' if len(missing) > 1 else 'it'} from the pretrained checkpoint "
                 f"{model['pretrained']}"
             )
+    return lines
+
+
+def reshaped_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """A line per tensor of a transformers run that a task's checkpoint holds in another shape than the pretrained
+    one's, outside the heads (another vocabulary's embeddings): the adapter leaves such a tensor out of the merge
+    for every task (mapmerge.adapters.transformers.head_patterns), which changed the merge without a word."""
+    if model.get("adapter") != "transformers":
+        return []
+    from mapmerge.adapters.transformers import header_shapes  # the adapter's own reading of the headers
+
+    pre = header_shapes(model["pretrained"])
+    differing: dict[str, dict[str, tuple[int, ...]]] = {}  # tensor -> task -> its shape there
+    for task in tasks:
+        for name, shape in header_shapes(model["tasks"][task]["checkpoint"]).items():
+            base = name if name in pre else name.partition(".")[2]  # a base model's names lack the body's prefix
+            if base in pre and pre[base] != shape:
+                differing.setdefault(name, {})[task] = tuple(shape)
+    declared = [p for p in model["merge"]["exclude"] if p not in differing]  # the heads, and the user's patterns
+    lines = []
+    for name, found in differing.items():
+        if any(fnmatch.fnmatchcase(name, p) for p in declared):
+            continue
+        task, shape = next(iter(found.items()))
+        base = name if name in pre else name.partition(".")[2]
+        lines.append(
+            f"{task_key(model, task)}: tensor {name!r} has shape {shape}, the pretrained model's {tuple(pre[base])}: "
+            f"it is merged for no task{' (' + str(len(found)) + ' tasks differ)' if len(found) > 1 else ''}, each "
+            "evaluating with its own"
+        )
     return lines
 
 
