@@ -277,3 +277,23 @@ def test_per_tensor_settings_give_each_tensor_its_value_in_mergekit():
     parsed = [ConditionalParameter(**entry) for entry in setting]
     assert {name: evaluate_setting(name, parsed, validate=float) for name in values} == values
     assert per_tensor_setting({"w": 1.0, "v": 1.0}, 1.0) == 1.0
+
+
+def test_a_fine_tune_stored_otherwise_than_the_pretrained_model_is_named_with_what_differs():
+    """A headless base model's names lack its body's prefix (`bert.`), and a classifier adds a head: the line says
+    how many names are only in either and that a prefix tells most apart (it named one tensor as not the pretrained
+    model's, though the pretrained model held it under another name); a tensor of another shape is named with both."""
+    from mapmerge.tools.mergekit_export import _check_same_tensors
+
+    pre = {"embeddings.w": (4, 2), "encoder.w": (2, 2)}
+    ft = {"bert.embeddings.w": (4, 2), "bert.encoder.w": (2, 2), "classifier.weight": (3, 2)}
+    with pytest.raises(UsageError) as info:
+        _check_same_tensors(pre, ft, "--model a=/m/a", Path("/m/pre"))
+    assert str(info.value) == (
+        "--model a=/m/a: not stored as the pretrained model /m/pre: 3 tensors only in it ('bert.embeddings.w'), 2 only "
+        "in the pretrained model ('embeddings.w'); 2 of them the same but for the prefix 'bert.'; mergekit merges "
+        "models of one architecture, stored alike"
+    )
+    with pytest.raises(UsageError, match=r"tensor 'encoder.w' has shape \(3, 2\), the pretrained model's \(2, 2\);"):
+        _check_same_tensors(pre, {**pre, "encoder.w": (3, 2)}, "--model a=/m/a", Path("/m/pre"))
+    _check_same_tensors(pre, dict(pre), "--model a=/m/a", Path("/m/pre"))

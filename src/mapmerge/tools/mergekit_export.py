@@ -383,6 +383,27 @@ def _directory(value: str, where: str) -> Path:
     return path.resolve()
 
 
+def _check_same_tensors(pre: Mapping[str, Any], ft: Mapping[str, Any], where: str, pretrained: Path) -> None:
+    """UsageError where a fine-tune's stored tensors (name -> shape) are not the pretrained model's: mergekit merges
+    models of one architecture, stored alike. Says which are only in either, and where a prefix tells them apart (a
+    base model's names lack its body's, `bert.`)."""
+    only_ft, only_pre = sorted(set(ft) - set(pre)), sorted(set(pre) - set(ft))
+    if only_ft or only_pre:
+        prefixed = sorted(n for n in only_ft if n.partition(".")[2] in set(only_pre))
+        why = f"{len(only_ft)} tensors only in it" + (f" ('{only_ft[0]}')" if only_ft else "")
+        why += f", {len(only_pre)} only in the pretrained model" + (f" ('{only_pre[0]}')" if only_pre else "")
+        if prefixed:
+            why += f"; {len(prefixed)} of them the same but for the prefix '{prefixed[0].partition('.')[0]}.'"
+    elif reshaped := sorted(n for n in pre if ft[n] != pre[n]):
+        why = f"tensor '{reshaped[0]}' has shape {tuple(ft[reshaped[0]])}, the pretrained model's {tuple(pre[reshaped[0]])}"
+    else:
+        return
+    raise UsageError(
+        f"{where}: not stored as the pretrained model {pretrained}: {why}; mergekit merges models of one architecture, "
+        "stored alike"
+    )
+
+
 def read_models(pretrained: str, directories: Mapping[str, str], vectors: Mapping[str, Path]) -> Models:
     """The Models of a merge: the pretrained and each member's directory (or cached model name), checked against
     the members' task vectors (member -> file, in coefficient order): each directory minus the pretrained one
@@ -405,13 +426,12 @@ def read_models(pretrained: str, directories: Mapping[str, str], vectors: Mappin
                 open_checkpoint(vectors[member]) as tau,
             ):
                 ft_meta = ft.meta()
-                differ = sorted({pre.stored_name(n) for n in meta} ^ {ft.stored_name(n) for n in ft_meta})
-                differ = differ or [n for n in meta if n not in ft_meta or ft_meta[n].shape != meta[n].shape]
-                if differ:
-                    raise UsageError(
-                        f"--model {member}={directory}: tensor '{differ[0]}' is not the pretrained model's "
-                        f"({models.pretrained}); mergekit merges models of one architecture"
-                    )
+                _check_same_tensors(
+                    {pre.stored_name(n): meta[n].shape for n in meta},
+                    {ft.stored_name(n): ft_meta[n].shape for n in ft_meta},
+                    f"--model {member}={directory}",
+                    models.pretrained,
+                )
                 storage = tau.meta()
                 for name in vector_names(tau, vectors[member]):
                     if name not in storage:
