@@ -33,6 +33,7 @@ from mapmerge.tensors.checkpoints import load_state_dict, open_checkpoint
 from mapmerge.tensors.engine import MergeEngine
 from mapmerge.tensors.hf_prefix import prefix_from_class, prefix_from_source
 from mapmerge.tensors.taskvectors import extract_task_vector, merge_files
+from mapmerge.tools.status import summary
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 transformers.logging.set_verbosity_error()
@@ -489,6 +490,9 @@ def test_workflow_writes_merged_models_transformers_loads(trained):
     res = trained / "work" / "results" / "hf"
     front = read_table(res / "pareto.parquet")
     assert len(front) > 0 and {f"accuracy_{t}" for t in TASKS} <= set(front.columns)
+    # summary names the merge's transformers folders, one per task, beside its state dict
+    folders = [line.split()[-1] for line in summary(res).splitlines() if line.startswith("  per task:")]
+    assert folders == [f"{res / 'groups' / 'all' / 'merged' / task}/" for task in sorted(TASKS)]
     reference = read_table(res / "reference.parquet").set_index(["model", "task", "metric"])["value"]
     for task in TASKS:
         assert reference[(task, task, "accuracy")] >= 0.75, reference  # the fine-tuned models learned their task

@@ -83,6 +83,8 @@ def summary(results: Path) -> str:
     lines += [f"  plot:           {p}" for p in sorted(paths.plots.glob("*.png")) if p not in old]
     *below, final = list(selected["group"])  # nested MAP: the levels' merges, then the final one
     lines += [f"  level merge:    {paths.merged(g)}" for g in below] + [f"  merged model:   {paths.merged(final)}"]
+    folders = sorted(p for p in paths.merged_folders(final).glob("*") if p.is_dir())  # a transformers run's
+    lines += [f"  per task:       {folder}/" for folder in folders]
     lines += [f"  chosen merge:   {paths.selected}", f"  report:         {report}"]
     return "\n".join(lines)
 
