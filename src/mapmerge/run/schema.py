@@ -55,6 +55,7 @@ NonNegInt = _range(int, 0)
 # sizes past any a run needs, which would run for days or fill the memory (optimizer.pop_size=100000000)
 MAX_SIZE = 100_000
 Threads = _range(int, 1, 1024)
+Gpus = _range(int, 0, 1)  # an evaluation job uses one device: the SLURM profile caps a job's GPUs at 1
 PosFloat = _range(float, 0, open_low=True)
 NonNegFloat = _range(float, 0)
 Fraction = _range(float, 0, 1, open_low=True, open_high=True)
@@ -333,7 +334,7 @@ class ResourcesEvaluate(Section):
     threads: Threads
     mem_mb: PosInt
     runtime: PosInt
-    gpu: NonNegInt
+    gpu: Gpus
 
 
 class ResourcesLight(Section):
