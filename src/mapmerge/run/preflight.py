@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mapmerge.adapters import lm_eval_tasks
-from mapmerge.adapters.transformers import EVALUATORS, check_labels, read_examples
+from mapmerge.adapters.transformers import EVALUATORS, check_labels, header_shapes, read_examples
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.quadratic import n_params
 from mapmerge.core.sampling import design_size
@@ -499,8 +499,6 @@ def reshaped_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     for every task (mapmerge.adapters.transformers.head_patterns), which changed the merge without a word."""
     if model.get("adapter") != "transformers":
         return []
-    from mapmerge.adapters.transformers import header_shapes  # the adapter's own reading of the headers
-
     pre = header_shapes(model["pretrained"])
     differing: dict[str, dict[str, tuple[int, ...]]] = {}  # tensor -> task -> its shape there
     for task in tasks:
