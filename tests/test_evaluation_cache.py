@@ -127,22 +127,29 @@ def test_a_folder_of_the_jobs_files_and_the_files_it_reads_count_by_what_they_ho
     assert evaluation_cache.key(spec) != key
 
 
+def kept_under_a_key_of_before(spec: dict, earlier: str, sample: str, rule: str) -> tuple[Path, bytes, dict[str, Path]]:
+    """The job's table written, kept under the key `earlier` (one of evaluation_cache.EARLIER_KEYS) alone and removed
+    from the run, as an upgrade finds it: its path, its bytes and where the key of now keeps it."""
+    output = Path(spec["outputs"]["examples"])
+    rows = pd.DataFrame({"sample": [sample], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
+    write_table(rows.assign(error=[None]), output, rule)
+    before, kept = evaluation_cache.entries(spec, earlier=earlier), evaluation_cache.entries(spec)
+    assert before != kept and evaluation_cache.keep({"examples": output}, before)
+    written = output.read_bytes()
+    output.unlink()
+    return output, written, kept
+
+
+def never_evaluate(*args, **kwargs):
+    raise AssertionError("evaluated")
+
+
 def test_a_table_kept_under_the_key_of_before_is_given_back_and_kept_under_the_key(tmp_path):
     """An upgrade from before 2026-12-07 (the key held paths, file bytes, no order) evaluates nothing again."""
     results, spec = files(tmp_path)
     spec["params"]["stage"]["model"]["python_path"] = [str(tmp_path / "code")]
-    output = Path(spec["outputs"]["examples"])
-    rows = pd.DataFrame({"sample": ["r01s0"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
-    write_table(rows.assign(error=[None]), output, "evaluate_round")
-    earlier, kept = evaluation_cache.entries(spec, earlier="paths"), evaluation_cache.entries(spec)
-    assert earlier != kept and evaluation_cache.keep({"examples": output}, earlier)
-    written = output.read_bytes()
-    output.unlink()
-
-    def evaluate(*args, **kwargs):
-        raise AssertionError("evaluated")
-
-    job.run_cached(spec, evaluate, str(tmp_path / "job.log"), spec["params"], {})
+    output, written, kept = kept_under_a_key_of_before(spec, "paths", "r01s0", "evaluate_round")
+    job.run_cached(spec, never_evaluate, str(tmp_path / "job.log"), spec["params"], {})
     assert output.read_bytes() == written == kept["examples"].read_bytes()
 
 
@@ -163,21 +170,11 @@ def test_the_reference_models_key_holds_no_merge_operator_and_a_table_kept_with_
     merged["rule"] = merged_ties["rule"] = "evaluate_round"
     assert evaluation_cache.key(merged) != evaluation_cache.key(merged_ties)
 
-    output = Path(spec["outputs"]["examples"])
-    rows = pd.DataFrame({"sample": ["pretrained"], "task": ["a"], "example": [0], "correct": [1.0], "loss": [0.2]})
-    write_table(rows.assign(error=[None]), output, "evaluate_reference")
-    before, kept = evaluation_cache.entries(spec, earlier="folders"), evaluation_cache.entries(spec)
-    assert before != kept and evaluation_cache.keep({"examples": output}, before)
-    written = output.read_bytes()
-    output.unlink()
-
-    def evaluate(*args, **kwargs):
-        raise AssertionError("evaluated")
-
-    job.run_cached(spec, evaluate, str(tmp_path / "job.log"), spec["params"], {})  # the upgrade: kept anew
+    output, written, kept = kept_under_a_key_of_before(spec, "folders", "pretrained", "evaluate_reference")
+    job.run_cached(spec, never_evaluate, str(tmp_path / "job.log"), spec["params"], {})  # the upgrade: kept anew
     assert output.read_bytes() == written == kept["examples"].read_bytes()
     output.unlink()
-    job.run_cached(ties, evaluate, str(tmp_path / "job.log"), ties["params"], {})  # then another operator
+    job.run_cached(ties, never_evaluate, str(tmp_path / "job.log"), ties["params"], {})  # then another operator
     assert output.read_bytes() == written
 
 

@@ -501,20 +501,21 @@ def reshaped_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
         return []
     pre = header_shapes(model["pretrained"])
     differing: dict[str, dict[str, tuple[int, ...]]] = {}  # tensor -> task -> its shape there
+    pre_shapes: dict[str, tuple[int, ...]] = {}  # tensor -> the pretrained model's shape of it
     for task in tasks:
         for name, shape in header_shapes(model["tasks"][task]["checkpoint"]).items():
             base = name if name in pre else name.partition(".")[2]  # a base model's names lack the body's prefix
             if base in pre and pre[base] != shape:
                 differing.setdefault(name, {})[task] = tuple(shape)
+                pre_shapes[name] = tuple(pre[base])
     declared = [p for p in model["merge"]["exclude"] if p not in differing]  # the heads, and the user's patterns
     lines = []
     for name, found in differing.items():
         if any(fnmatch.fnmatchcase(name, p) for p in declared):
             continue
         task, shape = next(iter(found.items()))
-        base = name if name in pre else name.partition(".")[2]
         lines.append(
-            f"{task_key(model, task)}: tensor {name!r} has shape {shape}, the pretrained model's {tuple(pre[base])}: "
+            f"{task_key(model, task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shapes[name]}: "
             f"it is merged for no task{' (' + str(len(found)) + ' tasks differ)' if len(found) > 1 else ''}, each "
             "evaluating with its own"
         )

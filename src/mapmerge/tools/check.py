@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mapmerge.io import ArtifactError, read_table, recompute_hint
@@ -59,8 +60,6 @@ def content_problem(path: Path, table: pd.DataFrame) -> str | None:
     (NONEMPTY_TABLES), a coefficient (`c_<task>`) or a front's prediction (`<metric>_<task>`) that is not a finite
     number; None when none of them, and for other tables (the run's pareto.parquet holds no coefficient for the
     members of other groups)."""
-    import numpy as np
-
     if path.name not in NONEMPTY_TABLES:
         return None
     if table.empty:

@@ -389,7 +389,8 @@ def _check_same_tensors(pre: Mapping[str, Any], ft: Mapping[str, Any], where: st
     base model's names lack its body's, `bert.`)."""
     only_ft, only_pre = sorted(set(ft) - set(pre)), sorted(set(pre) - set(ft))
     if only_ft or only_pre:
-        prefixed = sorted(n for n in only_ft if n.partition(".")[2] in set(only_pre))
+        unprefixed = set(only_pre)
+        prefixed = [n for n in only_ft if n.partition(".")[2] in unprefixed]
         why = f"{len(only_ft)} tensors only in it" + (f" ('{only_ft[0]}')" if only_ft else "")
         why += f", {len(only_pre)} only in the pretrained model" + (f" ('{only_pre[0]}')" if only_pre else "")
         if prefixed:

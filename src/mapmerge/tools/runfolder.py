@@ -29,7 +29,7 @@ from mapmerge.layout import Layout
 from mapmerge.run import runlock
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.records import foreign_files, is_run, run_holding
-from mapmerge.tools.check import read_checked
+from mapmerge.tools.check import artifact_damage, read_checked
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
 METHOD_NAMES = {"map": "plain MAP", "nested": "nested MAP", "bayesian": "Bayesian MAP", None: "method not known yet"}
@@ -434,7 +434,7 @@ def changed_inputs(
             hashes[where] = file_hash(where)
         if hashes[where] == digest:
             return False
-        return True if _footer_reads(where) else None
+        return True if artifact_damage(where) is None else None
 
     def places(group: str) -> list[Path]:
         return [paths.group(group), paths.rounds(group), paths.evals(group)]
@@ -442,6 +442,7 @@ def changed_inputs(
     changed: dict[Path, list[str]] = {}
     for group in groups_:
         folders = [*places(group), paths.levels, results]
+        listed = {"samples": group_rounds(results, group), "metrics": batch_files(paths.evals(group))}  # may be added
         for name in GROUP_TABLES:
             table = getattr(paths, name)(group)
             if (recorded := recorded_inputs(table)) is None:
@@ -453,7 +454,6 @@ def changed_inputs(
                     continue
                 if replaced or paths.group(group) / file in changed:
                     changed.setdefault(table, []).append(file)
-            listed = {"samples": group_rounds(results, group), "metrics": batch_files(paths.evals(group))}
             if added := _added(table, recorded, listed.get(name, [])):
                 changed.setdefault(table, []).extend(added)
     if not run_tables:
@@ -461,6 +461,7 @@ def changed_inputs(
     grid = paths.grid_batch("b0000").parent
     validation = [paths.validation_dir, grid, paths.baseline("x").parent]
     folders = [place for group in groups_ for place in places(group)] + [paths.levels, results, *validation]
+    batches = {"ledger": [p for g in groups_ for p in batch_files(paths.evals(g))], "validation": batch_files(grid)}
     for name in RUN_TABLES:
         table = getattr(paths, name)
         if (recorded := recorded_inputs(table)) is None:
@@ -470,11 +471,7 @@ def changed_inputs(
             judged = [differs(where, digest) for where in found]
             if not found or (None not in judged and all(judged)):
                 changed.setdefault(table, []).append(file)  # removed, or no file of its name as it was
-        batches = {
-            "ledger": [p for g in groups_ for p in batch_files(paths.evals(g))],
-            "validation": batch_files(grid),
-        }.get(name, [])
-        if added := _added(table, recorded, batches):
+        if added := _added(table, recorded, batches.get(name, [])):
             changed.setdefault(table, []).extend(added)
     return changed
 
@@ -493,15 +490,6 @@ def _added(table: Path, recorded: Mapping[str, str], files: Iterable[Path]) -> l
     """The names of `files` written after `table` that it does not list: a later run's rounds or batches."""
     written = table.stat().st_mtime
     return sorted(p.name for p in files if p.name not in recorded and p.stat().st_mtime > written)
-
-
-def _footer_reads(path: Path) -> bool:
-    """Whether a Parquet file's footer reads."""
-    try:
-        table_metadata(path)
-    except ArtifactError:
-        return False
-    return True
 
 
 def pick_warnings(results: Path, group: str) -> list[str]:

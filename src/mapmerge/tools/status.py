@@ -277,6 +277,7 @@ def _stage_states(
     kinds = {p: try_read(p, layout.problems, columns=["kind"]) for p in later}
     refined = [p for p, k in kinds.items() if k is not None and k["kind"].isin(refine.KINDS).any()]
     later = [p for p in later if p not in refined]
+    later_gaps, refined_gaps = gaps(later), gaps(refined)
     evaluated = [p for g in groups_ for p in evals[g]]
     batches = [p for p in evaluated if not Layout.is_round_batch(p)]
     round_batches = [p for p in evaluated if Layout.is_round_batch(p)]
@@ -317,16 +318,16 @@ def _stage_states(
             f"{named(L.round('<g>', 0))}: {disk.count(designs)} of {n_groups or '?'} groups",
         ),
         "propose_round": (
-            _rounds_state(disk, later, gaps(later)),
+            _rounds_state(disk, later, later_gaps),
             f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}"
             + (_left_note(later, left.rounds, ROUNDS_LEFT) if later else " (Bayesian MAP only)")
-            + _gap_note(R, gaps(later)),
+            + _gap_note(R, later_gaps),
         ),
         "refine_round": (
-            _rounds_state(disk, refined, gaps(refined)),
+            _rounds_state(disk, refined, refined_gaps),
             f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
             + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)")
-            + _gap_note(R, gaps(refined)),
+            + _gap_note(R, refined_gaps),
         ),
         "evaluate_sample": _batch_state(
             disk,
