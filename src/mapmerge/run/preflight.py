@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mapmerge.adapters import lm_eval_tasks
-from mapmerge.adapters.transformers import EVALUATORS, check_labels, header_shapes, read_examples
+from mapmerge.adapters.transformers import EVALUATORS, check_labels, read_examples
 from mapmerge.core import bayesian, groups, refine
 from mapmerge.core.quadratic import n_params
 from mapmerge.core.sampling import design_size
@@ -35,6 +35,7 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.run.checkpoint_twins import first_twin
 from mapmerge.run.schema import MAX_SIZE, closest
+from mapmerge.run.transformers_checks import check_same_bodies, check_tokenizer, reshaped_bodies
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
 
@@ -320,13 +321,13 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
     _check_checkpoints(model, tasks)
     for line in [*unmerged_fallbacks(model, tasks), *reshaped_bodies(model, tasks)] if warn is not None else []:
         warn(line)
-    if model.get("adapter") is None:
-        _check_builder_fits(model)
     if model.get("adapter") == "transformers":
         for task in tasks:
+            evaluator = model["tasks"][task]["evaluator"]
+            check_tokenizer(evaluator, model["tasks"][task]["checkpoint"], model["pretrained"], task)
             try:
-                check_labels(model["tasks"][task]["evaluator"])
-                _check_default_labels(model["tasks"][task]["evaluator"])
+                check_labels(evaluator)
+                _check_default_labels(evaluator)
             except ConfigError as exc:
                 raise ConfigError(f"model.transformers.tasks.{task}.data: {exc}") from None
 
@@ -460,6 +461,8 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
             raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
+    check_same_bodies(model, tasks)
+    _check_built_model(model, tasks)
     _check_patterns(model, tasks)  # after the loop, which names a missing or mismatched file first
 
 
@@ -493,35 +496,6 @@ def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     return lines
 
 
-def reshaped_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
-    """A line per tensor of a transformers run that a task's checkpoint holds in another shape than the pretrained
-    one's, outside the heads (another vocabulary's embeddings): the adapter leaves such a tensor out of the merge
-    for every task (mapmerge.adapters.transformers.head_patterns), which changed the merge without a word."""
-    if model.get("adapter") != "transformers":
-        return []
-    pre = header_shapes(model["pretrained"])
-    differing: dict[str, dict[str, tuple[int, ...]]] = {}  # tensor -> task -> its shape there
-    pre_shapes: dict[str, tuple[int, ...]] = {}  # tensor -> the pretrained model's shape of it
-    for task in tasks:
-        for name, shape in header_shapes(model["tasks"][task]["checkpoint"]).items():
-            base = name if name in pre else name.partition(".")[2]  # a base model's names lack the body's prefix
-            if base in pre and pre[base] != shape:
-                differing.setdefault(name, {})[task] = tuple(shape)
-                pre_shapes[name] = tuple(pre[base])
-    declared = [p for p in model["merge"]["exclude"] if p not in differing]  # the heads, and the user's patterns
-    lines = []
-    for name, found in differing.items():
-        if any(fnmatch.fnmatchcase(name, p) for p in declared):
-            continue
-        task, shape = next(iter(found.items()))
-        lines.append(
-            f"{task_key(model, task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shapes[name]}: "
-            f"it is merged for no task{' (' + str(len(found)) + ' tasks differ)' if len(found) > 1 else ''}, each "
-            "evaluating with its own"
-        )
-    return lines
-
-
 def _quoted(names: list[str], shown: int = 3) -> str:
     """'head.weight', 'head.bias' and 2 more."""
     quoted = [repr(n) for n in names[:shown]]
@@ -532,12 +506,18 @@ def _quoted(names: list[str], shown: int = 3) -> str:
 BUILD_CHECK_BYTES = 1 << 30
 
 
-def _check_builder_fits(model: Mapping[str, Any]) -> None:
-    """The module model.builder builds must take the pretrained checkpoint's tensors, as every evaluation job loads
-    them: built on torch's meta device (shapes, no memory) and loaded with the checkpoint's header alone. A builder
-    that cannot build on the meta device, or of a model over BUILD_CHECK_BYTES, is left to the jobs."""
+def _check_built_model(model: Mapping[str, Any], tasks: list[str]) -> None:
+    """The module model.builder builds (a transformers run's: from its first task's config.json), built on torch's meta
+    device (shapes, no memory) as every evaluation job builds it, must take the pretrained checkpoint's tensors,
+    loaded with its header alone; and each task's checkpoint must hold the module's tensors the pretrained one lacks
+    (a head; each of the task's jobs failed with `lacks tensor ...`: a LoRA adapter for sequence classification of a
+    base model without a head). A builder that cannot build on the meta device, or of a model over
+    BUILD_CHECK_BYTES, is left to the jobs; an OpenCLIP model's to its adapter."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
     from mapmerge.tensors.engine import _load_pretrained  # deferred: torch; the jobs' own load
 
+    if model.get("adapter") not in (None, "transformers"):
+        return
     header = _pretrained_header(model)
     if _too_large(header):
         return
@@ -548,7 +528,29 @@ def _check_builder_fits(model: Mapping[str, Any]) -> None:
     try:
         _load_pretrained(module, header, model["pretrained"])
     except ArtifactError as exc:
-        raise ConfigError(f"model.builder: {exc}") from None
+        if model.get("adapter") is None:
+            raise ConfigError(f"model.builder: {exc}") from None
+        detail = str(exc).removeprefix(f"{model['pretrained']}: does not fit model.builder ")
+        raise ConfigError(
+            f"{task_key(model, tasks[0])}: its config.json builds every task's model, which the pretrained checkpoint "
+            f"{model['pretrained']} does not fit {detail}; list first a task whose config.json has the pretrained "
+            "model's sizes (vocab_size)"
+        ) from None
+    state = module.state_dict(keep_vars=True)
+    primary = {
+        id(t): n for n, t in reversed(state.items()) if n in header
+    }  # a tied tensor follows the one it is tied to
+    wanted = [n for n, t in state.items() if n not in header and primary.get(id(t), n) == n]
+    for task in tasks if wanted else []:
+        path = model["tasks"][task]["checkpoint"]
+        with open_checkpoint(path) as checkpoint:
+            missing = [n for n in wanted if n not in checkpoint]
+        if missing:
+            lora = " (a LoRA adapter, whose other tensors are the pretrained model's)" if adapter_weights(path) else ""
+            raise ConfigError(
+                f"{task_key(model, task)}: {path}{lora} lacks {_quoted(missing)} of the model, which the pretrained "
+                f"checkpoint {model['pretrained']} lacks too: task {task} cannot be evaluated"
+            )
 
 
 def _check_builder_builds(model: Mapping[str, Any]) -> None:

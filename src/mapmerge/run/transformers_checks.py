@@ -1,0 +1,153 @@
+"""Checks of a transformers run's directories that need no job: each task's model has the pretrained model's body
+(another vocabulary's embeddings aside) and a tokenizer whose ids its embeddings hold.
+
+Each was a run that extracted its task vectors and failed every evaluation job of the task: a fine-tune of a wider
+model (`Expected weight to be of same shape as normalized_shape`), a tokenizer given tokens its model was never
+resized for (`IndexError: index out of range in self`). Everything here reads JSON and safetensors headers only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mapmerge.adapters.transformers import header_shapes
+from mapmerge.errors import ConfigError
+
+Shape = tuple[int, ...]
+CONFIG = "config.json"
+LABEL_KEYS = ("num_labels", "vocab_size")  # config.json integers a fine-tune may change: its head, added tokens
+
+
+def reshaped_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """A line per tensor of a transformers run that a task's checkpoint holds in another shape than the pretrained
+    one's, outside the heads (another vocabulary's embeddings): the adapter leaves such a tensor out of the merge
+    for every task (mapmerge.adapters.transformers.head_patterns), which changed the merge without a word."""
+    found: dict[str, list[tuple[str, Shape, Shape]]] = {}
+    for name, task, shape, pre_shape in _reshaped(model, tasks):
+        found.setdefault(name, []).append((task, shape, pre_shape))
+    lines = []
+    for name, differ in found.items():
+        task, shape, pre_shape = differ[0]
+        lines.append(
+            f"{_task_key(task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shape}: "
+            f"it is merged for no task{' (' + str(len(differ)) + ' tasks differ)' if len(differ) > 1 else ''}, each "
+            "evaluating with its own"
+        )
+    return lines
+
+
+def check_same_bodies(model: Mapping[str, Any], tasks: list[str]) -> None:
+    """ConfigError for a task whose body tensor differs from the pretrained one's in a dimension that is not a
+    vocabulary's (config.json vocab_size): fine-tuned from another model (another hidden size), which every
+    evaluation of the task fails on, the model being built from one config.json for every task."""
+    pre_config = _config(Path(model["pretrained"]).parent)
+    if pre_config is None:
+        return
+    for name, task, shape, pre_shape in _reshaped(model, tasks):
+        task_config = _config(Path(model["tasks"][task]["checkpoint"]).parent) or {}
+        vocabularies = _vocab_sizes(pre_config) | _vocab_sizes(task_config)
+        if len(shape) == len(pre_shape) and all(
+            a == b or (a in vocabularies and b in vocabularies) for a, b in zip(shape, pre_shape)
+        ):
+            continue
+        differ = _differing_sizes(task_config, pre_config)
+        raise ConfigError(
+            f"{_task_key(task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shape}"
+            f"{' (' + CONFIG + ': ' + differ + ')' if differ else ''}: not a fine-tune of the pretrained model, "
+            "whose config.json builds every task's model"
+        )
+
+
+def check_tokenizer(evaluator: Mapping[str, Any], checkpoint: str, pretrained: str, task: str) -> None:
+    """ConfigError where a task's tokenizer has token ids past its model's vocab_size: tokens added to the tokenizer
+    without resizing the model's embeddings, which failed every evaluation whose text holds one."""
+    folder = evaluator.get("tokenizer")
+    if not folder:
+        return
+    ids, source = tokenizer_size(Path(folder))
+    where = Path(checkpoint).parent if (Path(checkpoint).parent / CONFIG).is_file() else Path(pretrained).parent
+    vocab = (_config(where) or {}).get("vocab_size")
+    if ids is None or not isinstance(vocab, int) or ids <= vocab:
+        return
+    raise ConfigError(
+        f"{_task_key(task)}: the tokenizer {Path(folder) / source} has token ids up to {ids - 1}, but the model's vocab_size is "
+        f"{vocab} ({where / CONFIG}): text with those tokens fails the evaluation; resize the model's embeddings to "
+        "the tokenizer (model.resize_token_embeddings(len(tokenizer))) and save it again"
+    )
+
+
+def tokenizer_size(folder: Path) -> tuple[int | None, str]:
+    """(1 + the largest token id the tokenizer files of a folder name, the file that names it), read as JSON and
+    text; (None, '') where only a sentencepiece model (tokenizer.model) holds the vocabulary."""
+    largest: dict[str, int] = {}
+    fast = folder / "tokenizer.json"
+    if fast.is_file():
+        spec = json.loads(fast.read_text(encoding="utf-8"))
+        vocab = (spec.get("model") or {}).get("vocab")
+        ids = list(vocab.values()) if isinstance(vocab, dict) else range(len(vocab or []))
+        ids = [*ids, *(t["id"] for t in spec.get("added_tokens") or [])]
+        largest[fast.name] = max(ids, default=-1)
+    elif (folder / "vocab.txt").is_file():
+        with open(folder / "vocab.txt", encoding="utf-8") as fh:
+            largest["vocab.txt"] = sum(1 for _ in fh) - 1
+    elif (folder / "vocab.json").is_file():
+        largest["vocab.json"] = max(
+            json.loads((folder / "vocab.json").read_text(encoding="utf-8")).values(), default=-1
+        )
+    if (folder / "added_tokens.json").is_file():
+        largest["added_tokens.json"] = max(json.loads((folder / "added_tokens.json").read_text()).values(), default=-1)
+    if not largest:
+        return None, ""
+    source = max(largest, key=largest.__getitem__)
+    return largest[source] + 1, source
+
+
+def _reshaped(model: Mapping[str, Any], tasks: list[str]) -> Iterator[tuple[str, str, Shape, Shape]]:
+    """(tensor, task, its shape there, the pretrained one's) of every tensor outside the heads that a task's
+    checkpoint holds in another shape than the pretrained one."""
+    if model.get("adapter") != "transformers":
+        return
+    pre = header_shapes(model["pretrained"])
+    found = []
+    for task in tasks:
+        for name, shape in header_shapes(model["tasks"][task]["checkpoint"]).items():
+            base = name if name in pre else name.partition(".")[2]  # a base model's names lack the body's prefix
+            if base in pre and pre[base] != shape:
+                found.append((name, task, tuple(shape), tuple(pre[base])))
+    differing = {name for name, *_ in found}
+    declared = [p for p in model["merge"]["exclude"] if p not in differing]  # the heads, and the user's patterns
+    yield from (f for f in found if not any(fnmatch.fnmatchcase(f[0], p) for p in declared))
+
+
+def _config(folder: Path) -> dict[str, Any] | None:
+    path = folder / CONFIG
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _vocab_sizes(config: Mapping[str, Any]) -> set[int]:
+    """Every vocab_size of a config.json, a multimodal one's text_config's among them."""
+    sizes = {config["vocab_size"]} if isinstance(config.get("vocab_size"), int) else set()
+    for value in config.values():
+        if isinstance(value, dict):
+            sizes |= _vocab_sizes(value)
+    return sizes
+
+
+def _differing_sizes(config: Mapping[str, Any], pre: Mapping[str, Any], shown: int = 3) -> str:
+    """'hidden_size 32, the pretrained's 16; ...': the integers of two config.json files that differ, but for the
+    ones a fine-tune may change (labels, vocabulary) and token ids."""
+    keys = [
+        k
+        for k, v in config.items()
+        if type(v) is int and type(pre.get(k)) is int and v != pre[k]
+        if k not in LABEL_KEYS and not k.endswith("_token_id")
+    ]
+    return "; ".join(f"{k} {config[k]}, the pretrained's {pre[k]}" for k in keys[:shown])
+
+
+def _task_key(task: str) -> str:
+    return f"model.transformers.tasks.{task}.directory"
