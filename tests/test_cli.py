@@ -688,33 +688,58 @@ def test_a_damaged_group_tree_is_named_with_the_way_out(runs, tmp_path, capsys):
     ), err
 
 
-@pytest.mark.parametrize("fault", ["no rows", "a prediction not a number", "a coefficient not a number"])
-def test_a_front_edited_into_one_no_run_makes_gets_one_line(runs, tmp_path, capsys, fault):
-    """A front that reads but that no run writes (edited by hand): select and plot refuse it in one line
-    naming the file and the fault, and `mapmerge check` lists it as bad, as the line says it would."""
-    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
-    front = R / "groups" / "all" / "front.parquet"
-    table = read_table(front)
-    column, why = {
-        "no rows": (None, "no rows, where a run writes some"),
-        "a prediction not a number": ("accuracy_invert", "prediction column accuracy_invert holds a value that is "),
-        "a coefficient not a number": ("c_rot90", "coefficient column c_rot90 holds a value that is not a finite "),
+def _edited(R: Path, fault: str) -> tuple[Path, str, bool]:
+    """(the table edited, why it is refused, whether `mapmerge check` sees it alone) for a fault made by hand."""
+    front, reference, measured = R / "groups" / "all" / "front.parquet", R / "reference.parquet", R / "measured.parquet"
+    path, why = {
+        "no rows": (front, "no rows, where a run writes some"),
+        "a prediction not a number": (front, "prediction column accuracy_invert holds a value that is "),
+        "a coefficient not a number": (front, "coefficient column c_rot90 holds a value that is not a finite "),
+        "a prediction missing": (front, "no prediction column accuracy_invert (its other tasks have accuracy_<task>)"),
+        "a task's reference rows missing": (reference, "no accuracy row of model pretrained on task invert"),
+        "a measured coefficient missing": (measured, "no column c_rot90, where a run writes one"),
     }[fault]
-    if column is None:
+    table = read_table(path)
+    if fault == "no rows":
         table = table.iloc[:0]
-    else:
-        table.loc[len(table) // 2, column] = np.nan
-    write_table(table, front, "pareto_front", extra=table_metadata(front))
-    remade(R, front)
-    for command in (
-        ["select", str(R), "--prefer", "rot90=1"],
-        ["plot", str(R), "--out", str(tmp_path / "plots")],
-    ):
+    elif fault == "a prediction missing":
+        table = table.drop(columns=["accuracy_invert"])
+    elif fault == "a task's reference rows missing":
+        table = table[table["task"] != "invert"]
+    elif fault == "a measured coefficient missing":
+        table = table.drop(columns=["c_rot90"])
+    else:  # a value that is not a number
+        table.loc[len(table) // 2, "accuracy_invert" if "prediction" in fault else "c_rot90"] = np.nan
+    metadata = table_metadata(path)
+    write_table(table, path, metadata["mapmerge.stage"], extra=metadata)
+    return path, why, path != measured  # measured.parquet: checked against the front by plot
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "no rows",
+        "a prediction not a number",
+        "a coefficient not a number",
+        "a prediction missing",
+        "a task's reference rows missing",
+        "a measured coefficient missing",
+    ],
+)
+def test_a_table_edited_into_one_no_run_makes_gets_one_line(runs, tmp_path, capsys, fault):
+    """A front, reference or measured front that reads but that no run writes (edited by hand): select and plot
+    refuse it in one line naming the file and the fault (they gave a KeyError's or ValueError's traceback, or
+    picked without the task), and `mapmerge check` lists it as bad, as the line says it would."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    path, why, alone = _edited(R, fault)
+    remade(R, path)
+    commands = [["select", str(R), "--prefer", "rot90=1"]] if path.name != "measured.parquet" else []
+    for command in [*commands, ["plot", str(R), "--out", str(tmp_path / "plots")]]:
         err = refused(command, 1, capsys, R)
-        assert err.startswith(f"mapmerge: {front}: {why}") and err.endswith("finds and deletes every such file)\n")
+        assert err.startswith(f"mapmerge: {path}: {why}") and err.endswith("finds and deletes every such file)\n")
     assert not (tmp_path / "plots").exists()
-    assert main(["check", str(R)]) == 1
-    assert f"bad: {front}: {why}" in capsys.readouterr().out
+    assert main(["check", str(R)]) == (1 if alone else 0)
+    assert (f"bad: {path}: {why}" in capsys.readouterr().out) == alone
 
 
 def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):

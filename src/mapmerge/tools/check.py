@@ -4,11 +4,13 @@ counts) or whole (artifact_problem); the bad ones and leftover temporary files l
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mapmerge.core.metrics import METRICS
 from mapmerge.io import ArtifactError, read_table, recompute_hint
 from mapmerge.run import runlock
 
@@ -53,33 +55,77 @@ def _safetensors_damage(path: Path) -> str | None:
 
 # tables that select, export, plot and summary read, by file name: none of them has a run made without rows
 NONEMPTY_TABLES = ("front.parquet", "choice.parquet", "samples.parquet", "metrics.parquet", "reference.parquet")
+INTERVAL_ENDS = ("_lo", "_hi")  # a prediction's interval bounds: <metric>_<task>_lo, _hi
+PRETRAINED = "pretrained"  # reference.parquet's name of the pretrained model
 
 
-def content_problem(path: Path, table: pd.DataFrame) -> str | None:
+def content_problem(path: Path, table: pd.DataFrame, tasks: Sequence[str] = ()) -> str | None:
     """Why a group's table that reads is not one a run makes (a table edited by hand): no rows where a run writes some
     (NONEMPTY_TABLES), a coefficient (`c_<task>`) or a front's prediction (`<metric>_<task>`) that is not a finite
-    number; None when none of them, and for other tables (the run's pareto.parquet holds no coefficient for the
-    members of other groups)."""
+    number, a front's or choice's prediction missing for one of its tasks (or of `tasks`), reference.parquet
+    without the rows of the pretrained model, or of a fine-tuned one on its own task; None when none of them, and
+    for other tables (the run's pareto.parquet holds no coefficient for the members of other groups)."""
     if path.name not in NONEMPTY_TABLES:
         return None
     if table.empty:
         return f"{path}: no rows, where a run writes some"
     columns = [str(c) for c in table.columns]
-    tasks = [c.removeprefix("c_") for c in columns if c.startswith("c_")]
+    if path.name == "reference.parquet":
+        return _reference_gap(path, table, tasks)
+    members = [c.removeprefix("c_") for c in columns if c.startswith("c_")]
     # the front's predictions too: <metric>_<task> (not its interval's _lo and _hi, nor choice's other columns)
-    predicted = [c for c in columns if not c.startswith("c_") and c.endswith(tuple(f"_{t}" for t in tasks))]
-    for column in [f"c_{t}" for t in tasks] + (predicted if path.name == "front.parquet" else []):
+    predicted = [c for c in columns if not c.startswith("c_") and c.endswith(tuple(f"_{t}" for t in members))]
+    for column in [f"c_{t}" for t in members] + (predicted if path.name == "front.parquet" else []):
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
         if not np.isfinite(values).all():
             kind = "coefficient" if column.startswith("c_") else "prediction"
             return f"{path}: {kind} column {column} holds a value that is not a finite number"
+    if path.name in ("front.parquet", "choice.parquet"):
+        return _prediction_gap(path, columns, tasks)
     return None
 
 
-def read_checked(path: Path) -> pd.DataFrame:
-    """read_table, and ArtifactError where the table's content is not one a run makes (content_problem)."""
+def _prediction_gap(path: Path, columns: Sequence[str], tasks: Sequence[str]) -> str | None:
+    """A metric the table predicts for some task but not for another of its tasks (or of `tasks`)."""
+    predicted = {
+        metric: {c.removeprefix(f"{metric}_") for c in columns if c.startswith(f"{metric}_")} - {""}
+        for metric in METRICS
+    }
+    predicted = {m: {t for t in found if not t.endswith(INTERVAL_ENDS)} for m, found in predicted.items() if found}
+    expected = set(tasks).union(*predicted.values())
+    for metric, found in predicted.items():
+        if missing := sorted(expected - found):
+            return f"{path}: no prediction column {metric}_{missing[0]} (its other tasks have {metric}_<task>)"
+    return None
+
+
+def _reference_gap(path: Path, table: pd.DataFrame, tasks: Sequence[str]) -> str | None:
+    """reference.parquet without a row the choice reads: the pretrained model on a task, a fine-tuned model on its
+    own task (for each metric; the tasks: those it names, and `tasks`)."""
+    if not {"model", "task", "metric"} <= set(table.columns):
+        return None
+    models = set(table["model"].astype(str))
+    named = sorted(set(tasks) | set(table["task"].astype(str)) | (models - {PRETRAINED}), key=str)
+    held = set(zip(table["model"].astype(str), table["task"].astype(str), table["metric"].astype(str)))
+    for metric in sorted(set(table["metric"].astype(str))):
+        for task in named:
+            for model in (PRETRAINED, task):
+                if (model, task, metric) not in held:
+                    return f"{path}: no {metric} row of model {model} on task {task}"
+    return None
+
+
+def require_columns(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> None:
+    """ArtifactError naming the table and the first of `columns` it lacks (a table edited by hand)."""
+    if missing := [c for c in columns if c not in table.columns]:
+        raise ArtifactError(f"{path}: no column {missing[0]}, where a run writes one; {recompute_hint(path)}")
+
+
+def read_checked(path: Path, tasks: Sequence[str] = ()) -> pd.DataFrame:
+    """read_table, and ArtifactError where the table's content is not one a run makes (content_problem), of these
+    tasks where given."""
     table = read_table(path)
-    if why := content_problem(path, table):
+    if why := content_problem(path, table, tasks):
         raise ArtifactError(f"{why}; {recompute_hint(path)}")
     return table
 

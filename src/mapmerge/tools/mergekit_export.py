@@ -330,7 +330,7 @@ def _preference_point(
     pick = run_pick(results, method, rho)
     method, rho = pick.method, pick.rho
     weights = preference_weights(preference, info["tasks"])
-    front = read_checked(front_file(results, group))
+    front = read_checked(front_file(results, group), info["tasks"])
     metric, _ = objective_metric(results, front, info["tasks"], metric)
     _, _, candidates, refined = preference_candidates(results, group, info, front, weights, metric, method, rho)
     pick = candidates[-1] if refined else candidates[0]

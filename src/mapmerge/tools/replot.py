@@ -8,7 +8,7 @@ from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wi
 from mapmerge.io import read_table
 from mapmerge.layout import Layout
 from mapmerge.run import runlock
-from mapmerge.tools.check import read_checked
+from mapmerge.tools.check import read_checked, require_columns
 from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, run_objective, scan
 
 
@@ -24,7 +24,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
     paths = Layout(results)
     if out_dir is not None:
         _check_inside(results, Path(out_dir), paths.plots)
-    front = read_checked(front_file(results, group)).assign(group=group)
+    front = read_checked(front_file(results, group), info["tasks"]).assign(group=group)
     given = metric
     metric, _ = objective_metric(results, front, info["tasks"], given)
     objective = metric if given is None else run_objective(results, front, info["tasks"])
@@ -38,7 +38,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         )
     chosen = None
     if paths.choice(group).exists():
-        chosen = read_checked(paths.choice(group)).assign(group=group)
+        chosen = read_checked(paths.choice(group), info["tasks"]).assign(group=group)
         if paths.selected_evals(group).exists():
             measured = metrics_from_examples(read_table(paths.selected_evals(group))).set_index(["metric", "task"])[
                 "value"
@@ -48,10 +48,13 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
                     chosen[f"measured_{name}_{task}"] = measured[(name, task)]
     samples = read_checked(paths.samples(group))
     samples = samples.merge(wide_metrics(read_checked(paths.metrics(group)), "sample").reset_index(), on="sample")
-    reference = read_checked(paths.reference)
+    reference = read_checked(paths.reference, info["tasks"])
+    members = suffixes(front.columns, "c")
     measured = None  # the group's measured front (aggregate writes it; a run finished before it existed has none)
     if paths.measured.exists():
         measured = read_table(paths.measured)
+        wanted = ["group", *(f"c_{m}" for m in members), *(f"{metric}_{t}" for t in info["tasks"])]
+        require_columns(paths.measured, measured, wanted)
         measured = measured[measured["group"] == group]
     if out_dir is not None:  # made once the run has been read: a refused command leaves no folder behind
         _make_folder(Path(out_dir))
@@ -64,7 +67,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         out_dir if out_dir is not None else paths.plots,
         selected=chosen,
         maximize=maximized(metric),
-        members=suffixes(front.columns, "c"),
+        members=members,
         measured=measured,
         objective=objective,
     )

@@ -332,7 +332,9 @@ def preference_candidates(
     paths = Layout(results)
     tasks = info["tasks"]
     reference = (
-        selection.reference_values(read_checked(paths.reference), metric, tasks) if method == "balanced" else None
+        selection.reference_values(read_checked(paths.reference, tasks), metric, tasks)
+        if method == "balanced"
+        else None
     )
 
     def pick(points: pd.DataFrame, source: str) -> tuple[int, dict[str, float], pd.DataFrame]:
@@ -512,7 +514,7 @@ def select(
     task_weights = preference_weights(preference, tasks)
     merged = paths.merged(group)
     front_path = front_file(results, group)
-    front = read_checked(front_path)
+    front = read_checked(front_path, tasks)
     digest = table_digest(front_path)  # runfolder.stale_selections
     given_metric = metric
     metric, metric_source = objective_metric(results, front, tasks, metric)
