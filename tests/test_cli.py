@@ -758,6 +758,14 @@ def test_command_line_mistakes_get_one_line(runs, tmp_path, capsys):
             ["select", str(R), "--prefer", "rot90=1", "--prefer", "invert=1"],
             "mapmerge select: argument --prefer: given twice; see mapmerge select --help",
         ),
+        (  # every option: the second replaced the first without a word
+            ["plot", str(R), "--out", "a", "--out=b"],
+            "mapmerge plot: argument --out: given twice; see mapmerge plot --help",
+        ),
+        (
+            ["check", str(R), "--delete", "--delete"],
+            "mapmerge check: argument --delete: given twice; see mapmerge check --help",
+        ),
         (["check", str(R), "--d"], "mapmerge check: unrecognized arguments: --d; see mapmerge check --help"),
         (  # a space after a comma: two arguments
             ["select", str(R), "--prefer", "rot90=1,", "invert=1"],

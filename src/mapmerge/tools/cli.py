@@ -37,10 +37,11 @@ class _Parser(argparse.ArgumentParser):
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         """argparse's, but an argument left over is the subcommand's error (`mapmerge select: unrecognized ...`)."""
         parsed, extra = self.parse_known_args(args, namespace)
+        command = self.commands.get(getattr(parsed, "command", None), self)
         if extra:
-            self.commands.get(getattr(parsed, "command", None), self).error(
-                f"unrecognized arguments: {' '.join(extra)}"
-            )
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        if twice := _given_twice(command, sys.argv[1:] if args is None else args):
+            command.error(f"argument {twice}: given twice")
         return parsed
 
     def error(self, message: str) -> NoReturn:
@@ -49,15 +50,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
 
 
-class _Once(argparse.Action):
-    """An option that may be given once (a second --prefer would replace the first without a word)."""
-
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
-    ) -> None:
-        if getattr(namespace, self.dest) is not None:
-            parser.error(f"argument {option}: given twice")
-        setattr(namespace, self.dest, values)
+def _given_twice(parser: argparse.ArgumentParser, args: Sequence[str]) -> str | None:
+    """The first option of a command given twice (`--out a --out b`: the second replaced the first without a word);
+    an option that collects its values (export's --model) may repeat."""
+    actions = {
+        name: action
+        for name, action in parser._option_string_actions.items()
+        if not isinstance(action, argparse._AppendAction | argparse._ExtendAction)
+    }
+    seen: set[str] = set()
+    for token in args:
+        if token == "--":
+            break
+        action = actions.get(token.split("=", 1)[0])
+        if action is not None and action.dest in seen:
+            return token.split("=", 1)[0]
+        seen |= {action.dest} if action is not None else set()
+    return None
 
 
 def _path(text: str) -> Path:
@@ -165,7 +174,6 @@ def _select_command(sub: argparse._SubParsersAction) -> None:
     pick.add_argument(
         "--prefer",
         required=True,
-        action=_Once,
         metavar="TASK=W,...|FILE",
         help="preference weights, e.g. rot90=2,invert=1, or a YAML file of task: weight lines, as the config's "
         "preference takes (tasks left out get 0; weights are normalised)",
@@ -240,7 +248,6 @@ def _export_command(sub: argparse._SubParsersAction) -> None:
     )
     port.add_argument(
         "--prefer",
-        action=_Once,
         default=None,
         metavar="TASK=W,...|FILE",
         help="the pick for this preference (weights or a preference file), as select",
