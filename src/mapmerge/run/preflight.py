@@ -537,9 +537,8 @@ def _check_built_model(model: Mapping[str, Any], tasks: list[str]) -> None:
             "model's sizes (vocab_size)"
         ) from None
     state = module.state_dict(keep_vars=True)
-    primary = {
-        id(t): n for n, t in reversed(state.items()) if n in header
-    }  # a tied tensor follows the one it is tied to
+    # a tied tensor (an output layer tied to the embeddings) follows the one it is tied to
+    primary = {id(t): n for n, t in reversed(state.items()) if n in header}
     wanted = [n for n, t in state.items() if n not in header and primary.get(id(t), n) == n]
     for task in tasks if wanted else []:
         path = model["tasks"][task]["checkpoint"]
