@@ -116,6 +116,8 @@ def test_a_model_of_one_task_is_refused(repo, tmp_path):
         (["benchmark.tasks=1"], "benchmark.tasks: 1 is out of range"),
         # an evaluation job uses one device; the SLURM profile gave 2 asked for as 1, without a word
         (["resources.evaluate.gpu=2"], r"^resources.evaluate.gpu: must be an integer in \[0, 1\], got 2$"),
+        # optional, with a default: null passed the schema and failed the Bayesian check
+        (["method=bayesian", "bayesian.max_bins=null"], r"^bayesian.max_bins: must be an integer, got None$"),
         (["tasks=[rot90, zzz]"], "tasks: unknown task 'zzz'"),
         (["tasks=[rot90, invert, rot90]"], "^tasks: names task 'rot90' twice$"),
         (["benchmark.tasks=[rot90, rot90]"], "^benchmark.tasks: names task 'rot90' twice$"),

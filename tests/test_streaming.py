@@ -26,7 +26,12 @@ from mapmerge.tensors.taskvectors import (
 )
 
 MEMBERS = ["rot90", "invert", "flip_parity"]
-SPECS = [None, {"operator": "ties", "density": 0.4}, {"operator": "dare", "drop_rate": 0.5}]
+SPECS = [
+    None,
+    {"operator": "ties", "density": 0.4},
+    {"operator": "dare", "drop_rate": 0.5},
+    {"operator": "dare_ties", "drop_rate": 0.5},
+]
 C = [0.3, 0.8, -0.5]
 
 
@@ -89,7 +94,7 @@ def assert_same(got, expected):
 # merge_files = merged_state, exactly
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=["task_arithmetic", "ties", "dare"])
+@pytest.mark.parametrize("spec", SPECS, ids=["task_arithmetic", "ties", "dare", "dare_ties"])
 def test_merge_files_equals_in_memory_merge(tiny, spec):
     merged = merge_files(tiny["pretrained"], tiny["vectors"], C, operator=spec, seed=5)
     expected = in_memory(tiny, spec)

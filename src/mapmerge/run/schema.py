@@ -111,7 +111,7 @@ class Bayesian(Section):
     lam: NonNegFloat
     temperature: PosFloat
     radius: Literal["uniform", "sqrt", "volume"]
-    max_bins: PosInt | None = None
+    max_bins: PosInt = 4096  # mapmerge.core.bayesian.MAX_BINS; optional, but not null
 
 
 class Refine(Section):
