@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mapmerge.run import config as config_module
-from mapmerge.run.config import STAGE_ENTRY, ConfigError, load_config, round_params, stage_config
+from mapmerge.run.config import STAGE_ENTRY, ConfigError, canonical_preference, load_config, round_params, stage_config
 from mapmerge.run.preflight import check_results_folder
 
 STAGES = list(STAGE_ENTRY)
@@ -322,6 +322,22 @@ def test_each_stage_sees_only_its_own_config(repo):
     assert changed_stages(repo, "selection=tchebycheff", refine=0) == {"merge_group"}
 
 
+def test_a_value_written_another_way_reruns_nothing(repo):
+    """The same value spelled otherwise gives every stage the same params: an integer for a float key (the params held
+    1 where the run had 1.0, and 18 jobs ran again, then 18 more going back), and a preference reordered, scaled, with
+    a zero weight or its equal weights written out (17 jobs: the rounds and what follows)."""
+    assert changed_stages(repo, "sampler.upper=1") == set()
+    assert changed_stages(repo, "sampler.lower=0") == set()
+    assert changed_stages(repo, "refine.extend=0") == set()
+    assert changed_stages(repo, "preference={rot90: 1, invert: 1, flip_parity: 1, mod3: 1}") == set()
+    weighted = load(repo, overrides=["preference={rot90: 2, invert: 1}"])
+    for spelling in ("{invert: 1, rot90: 2}", "{rot90: 4.0, invert: 2, mod3: 0}", "{invert: 0.5, rot90: 1.0}"):
+        other = load(repo, overrides=[f"preference={spelling}"])
+        assert [stage_config(other, s) for s in STAGES] == [stage_config(weighted, s) for s in STAGES], spelling
+    assert weighted["preference"] == {"rot90": 2 / 3, "invert": 1 / 3}  # normalized, in the tasks' order
+    assert load(repo, overrides=["preference={flip_parity: 3}"])["preference"] == {"flip_parity": 1.0}
+
+
 def test_method_settings_reach_only_their_stages(repo):
     # more rounds keep the earlier ones: no stage's params change, the DAG only grows
     assert changed_stages(repo, "bayesian.rounds=5", "bayesian") == set()
@@ -410,7 +426,7 @@ def test_a_known_key_the_defaults_leave_unset_needs_no_plus(repo):
     with pytest.raises(ConfigError, match=r"^config: benchmark.datset: unknown key \(did you mean `dataset`\?\)$"):
         load(repo, overrides=["benchmark.datset=fashion"], check_files=False)
     # so is an entry of a free mapping: a task's preference weight, which the defaults' empty preference lacks
-    assert load(repo, overrides=["preference.rot90=2"], check_files=False)["preference"] == {"rot90": 2}
+    assert load(repo, overrides=["preference.rot90=2"], check_files=False)["preference"] == {"rot90": 1.0}  # normalized
 
 
 def test_paths_starting_with_a_tilde_are_in_the_home_folder(repo, tmp_path, monkeypatch):
@@ -420,7 +436,7 @@ def test_paths_starting_with_a_tilde_are_in_the_home_folder(repo, tmp_path, monk
     (tmp_path / "prefs.yaml").write_text("rot90: 2\ninvert: 1\n")
     cfg = load(repo, experiment="~/exp.yaml", overrides=["results_dir='~/runs'"], check_files=False)
     assert cfg["results"] == str(tmp_path / "runs" / "home")
-    assert cfg["preference"] == {"rot90": 2, "invert": 1}
+    assert cfg["preference"] == {"rot90": 2 / 3, "invert": 1 / 3}
 
 
 @pytest.mark.parametrize(
@@ -439,7 +455,7 @@ def test_an_override_hydra_cannot_parse_is_named(repo, override, message):
 def test_preference_file_is_yaml_task_weight(repo, tmp_path):
     (tmp_path / "prefs.yaml").write_text("rot90: 2\ninvert: 1\n")
     (tmp_path / "exp.yaml").write_text("name: pref\npreference: prefs.yaml\n")  # relative to the experiment file
-    assert load(repo, experiment=tmp_path / "exp.yaml")["preference"] == {"rot90": 2, "invert": 1}
+    assert load(repo, experiment=tmp_path / "exp.yaml")["preference"] == {"rot90": 2 / 3, "invert": 1 / 3}
     (tmp_path / "bad.yaml").write_text("rot90: -1\n")
     with pytest.raises(ConfigError) as info:
         load(repo, overrides=[f"preference={tmp_path / 'bad.yaml'}"])
@@ -477,15 +493,18 @@ def test_a_preference_on_the_command_line_replaces_the_experiment_files(repo, tm
     def preference(*overrides: str) -> dict:
         return load_config(repo / "config", experiment=experiment, overrides=list(overrides))["preference"]
 
-    assert preference() == {"rot90": 2, "invert": 1}
-    assert preference("preference={flip_parity: 1}") == {"flip_parity": 1}
+    def as_run(weights: dict) -> dict:  # as the run takes it: normalized, in the tasks' order
+        return canonical_preference(weights, ["rot90", "invert", "flip_parity", "mod3"])
+
+    assert preference() == as_run({"rot90": 2, "invert": 1})
+    assert preference("preference={flip_parity: 1}") == as_run({"flip_parity": 1})
     assert preference("preference={}") == {}  # equal weights
-    assert preference("preference.invert=3") == {"rot90": 2, "invert": 3}
-    assert preference("++preference.mod3=1") == {"rot90": 2, "invert": 1, "mod3": 1}
-    assert preference("preference.mod3=1") == {"rot90": 2, "invert": 1, "mod3": 1}  # no '+' needed
+    assert preference("preference.invert=3") == as_run({"rot90": 2, "invert": 3})
+    assert preference("++preference.mod3=1") == as_run({"rot90": 2, "invert": 1, "mod3": 1})
+    assert preference("preference.mod3=1") == as_run({"rot90": 2, "invert": 1, "mod3": 1})  # no '+' needed
     # in the order given: a weight after a whole preference adds to it, one before it is replaced with the rest
-    assert preference("preference={invert: 1}", "preference.rot90=3") == {"invert": 1, "rot90": 3}
-    assert preference("preference.rot90=3", "preference={invert: 1}") == {"invert": 1}
+    assert preference("preference={invert: 1}", "preference.rot90=3") == as_run({"invert": 1, "rot90": 3})
+    assert preference("preference.rot90=3", "preference={invert: 1}") == as_run({"invert": 1})
 
 
 def test_one_weight_does_not_replace_a_preference_file(repo, tmp_path):
@@ -505,9 +524,9 @@ def test_one_weight_does_not_replace_a_preference_file(repo, tmp_path):
     cfg = load_config(
         repo / "config", experiment=experiment, overrides=["preference={invert: 1}", "preference.rot90=2"]
     )
-    assert cfg["preference"] == {"invert": 1, "rot90": 2}
+    assert cfg["preference"] == {"rot90": 2 / 3, "invert": 1 / 3}  # normalized, in the tasks' order
     cfg = load_config(repo / "config", overrides=["preference.rot90=2", f"preference={tmp_path / 'prefs.yaml'}"])
-    assert cfg["preference"] == {"rot90": 1, "invert": 3}  # a weight before the file: the file wins, as last
+    assert cfg["preference"] == {"rot90": 0.25, "invert": 0.75}  # a weight before the file: the file wins, as last
 
 
 def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
@@ -536,6 +555,10 @@ def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
     "overrides, why",
     [
         (["bayesian.rounds=5"], "method is map, and only method=bayesian reads bayesian.*"),
+        (  # no round reads it, but it reran them
+            ["optimizer.grid_check_resolution=300"],
+            "the group has 4 members, and only a front of 2 is checked against a grid (nested MAP's groups are pairs)",
+        ),
         (["bayesian={rounds: 5}"], "method is map, and only method=bayesian reads bayesian.*"),
         (["method=bayesian", "nested.pairing=cosine"], "method is bayesian, and only method=nested reads nested.*"),
         (["validation.resolution=5"], "validation.enabled is false"),

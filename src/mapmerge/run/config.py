@@ -120,7 +120,7 @@ def load_config(
             "defaults list may only choose options of config groups ('- override /model: openclip')"
         ) from exc
     try:
-        schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
+        raw = schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_group_option_hint(str(exc), config_dir)}") from None
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
@@ -395,6 +395,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     given = cfg.get("preference")
     cfg["preference"] = _preference(given, base_dir)
     _check_preference(cfg["preference"], list(model["tasks"]), cfg["task_names"], given)
+    cfg["preference"] = canonical_preference(cfg["preference"], cfg["task_names"])
     model["merge"] = {**model["merge"], "vector_dtype": model["merge"].get("vector_dtype", "float32")}
     _check_method(cfg)
     cfg["validation"] = _check_validation(cfg)
@@ -460,6 +461,16 @@ def _check_preference(preference: Mapping[str, Any], tasks: list[str], merged: l
         schema.checked_weights(preference, merged)
     except PreferenceError as exc:
         raise ConfigError(where + str(exc)) from exc
+
+
+def canonical_preference(preference: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
+    """One spelling of each preference, so that the stages' params, and so what reruns, see the weights, not how they
+    were written (keys reordered, weights scaled, a zero weight given, 1 for 1.0): the weights normalized over the
+    merged tasks, in their order, without the zero ones; {} for equal weights, as the default writes them."""
+    weights = schema.checked_weights(preference, tasks)
+    if len(set(weights.values())) == 1:
+        return {}
+    return {task: weight for task, weight in weights.items() if weight > 0}
 
 
 def _check_method(cfg: dict[str, Any]) -> None:

@@ -27,6 +27,11 @@ def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
         return _unread_parameter(parameter, operator, f"validation.baselines.{baseline}.operator")
     if key == "selection.rho" and cfg["selection"]["method"] == "weighted_sum":
         return "selection.method is weighted_sum, which has no rho (tchebycheff and balanced take it)"
+    if key == "optimizer.grid_check_resolution" and method != "nested" and len(cfg["task_names"]) != 2:
+        return (
+            f"the group has {len(cfg['task_names'])} members, and only a front of 2 is checked against a grid "
+            "(nested MAP's groups are pairs)"
+        )
     if key == "sampler.factor" and method == "bayesian":
         return "method=bayesian sizes its design with bayesian.initial_factor"
     if ((section == "refine" and rest and rest != "rounds") or key == "surrogate.correction") and not refine["rounds"]:

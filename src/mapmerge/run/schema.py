@@ -397,13 +397,27 @@ def check(
     experiment: Mapping[str, Any] | None = None,
     experiment_file: str | None = None,
     overridden: Sequence[str] = (),
-) -> None:
-    """ConfigError (one line) for the first problem of the composed config `raw`; experiment: the file's own keys,
-    named as the key's source unless an override (`overridden`: the dotted keys the command line sets) replaced it."""
+) -> dict[str, Any]:
+    """`raw` with every number a float key takes as a float (`upper: 1` as 1.0: the stages' params, and so what
+    reruns, see the value, not how it was written); ConfigError (one line) for the first problem of the composed
+    config `raw`; experiment: the file's own keys, named as the key's source unless an override (`overridden`: the
+    dotted keys the command line sets) replaced it."""
     try:
-        Config.model_validate(raw)
+        validated = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_message(exc, raw, experiment, experiment_file, overridden)) from None
+    return _floats_as_declared(raw, validated.model_dump(by_alias=True))
+
+
+def _floats_as_declared(raw: Any, validated: Any) -> Any:
+    """raw, where the validated value is a float and the written one an integer, with the float."""
+    if isinstance(raw, Mapping) and isinstance(validated, Mapping):
+        return {k: _floats_as_declared(v, validated[k]) if k in validated else v for k, v in raw.items()}
+    if isinstance(raw, list) and isinstance(validated, list | tuple) and len(raw) == len(validated):
+        return [_floats_as_declared(r, v) for r, v in zip(raw, validated)]
+    if isinstance(raw, int) and not isinstance(raw, bool) and isinstance(validated, float):
+        return validated
+    return raw
 
 
 def _message(
