@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_RUN, copy_run, error_lines, example_run, snakemake_command
+from conftest import EXAMPLE_RUN, REPO, copy_run, error_lines, example_run, snakemake_command
 from mapmerge.errors import ConfigError
 from mapmerge.run import records
+from mapmerge.run.config import load_config
 from test_bad_input import snapshot
 
 
@@ -85,6 +86,25 @@ def test_the_check_refuses_a_folder_whose_records_are_elsewhere(tmp_path, monkey
         "own name (name=...), or run snakemake once with --forceall to replace that run (a new model reruns every "
         "job anyway)"
     )
+
+
+def test_the_same_folder_spelled_otherwise_is_taken_as_its_files_were_made(tmp_path, monkeypatch):
+    """results_dir given as an absolute path (or with ..) for a run made as results/demo from the same working
+    directory was refused, and the way out was a --forceall: the folder's recorded spelling is taken instead. Another
+    folder, or the same one from another working directory, keeps its own spelling (and records.check's refusal)."""
+    monkeypatch.chdir(tmp_path)
+    _home(tmp_path / "results/demo", "results/demo", tmp_path)
+    for spelling in (str(tmp_path / "results/demo"), "results/../results/demo", "./results/demo"):
+        assert records.recorded_spelling(spelling) == "results/demo", spelling
+    assert records.recorded_spelling("results/other") == "results/other"  # no record
+    shutil.copytree(tmp_path / "results/demo", tmp_path / "results/copy")
+    assert records.recorded_spelling("results/copy") == "results/copy"  # its record names another folder
+    _home(tmp_path / "results/demo", "results/demo", tmp_path / "elsewhere")
+    assert records.recorded_spelling(str(tmp_path / "results/demo")) == str(tmp_path / "results/demo")
+    _home(tmp_path / "results/demo", "results/demo", tmp_path)
+    cfg = load_config(REPO / "config", overrides=[f"results_dir={tmp_path}/results"], check_files=False)
+    assert cfg["results"] == "results/demo"
+    assert cfg["model"]["pretrained"].startswith("results/demo/")  # every path the rules name, spelled alike
 
 
 def test_a_model_moved_to_another_path_is_the_same_model(tmp_path, monkeypatch):

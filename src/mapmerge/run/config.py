@@ -25,7 +25,7 @@ from mapmerge.core.selection import PreferenceError
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
-from mapmerge.run import fingerprint, inert, preflight, schema, validation_config
+from mapmerge.run import fingerprint, inert, preflight, records, schema, validation_config
 from mapmerge.run.registry import stage_modules
 from mapmerge.tensors import operators
 
@@ -377,7 +377,8 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     name = str(cfg.get("name") or "")
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name: '{name}' is not a valid run name (a folder name, no '/')")
-    cfg["results"] = str(Path(cfg["results_dir"]).expanduser() / name)
+    # the same folder spelled as its files were made (Snakemake keeps its records by the path as written)
+    cfg["results"] = records.recorded_spelling(str(Path(cfg["results_dir"]).expanduser() / name))
     model = dict(cfg["model"])
     try:
         adapters.check_unused(model)

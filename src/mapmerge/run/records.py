@@ -119,6 +119,19 @@ def record(results: str, model: str) -> None:
             tmp.write_text(json.dumps(record))
 
 
+def recorded_spelling(results: str) -> str:
+    """`results` as the folder's HOME records it where that names the same folder from the same working directory
+    (`/home/me/proj/results/demo` or `./results/demo` for `results/demo`): Snakemake keeps its records by the path as
+    written, so another spelling was refused and cost a --forceall."""
+    try:
+        home = json.loads((Path(results) / HOME).read_text())
+    except (OSError, ValueError):
+        return results
+    written = home.get("results")
+    same = isinstance(written, str) and home.get("cwd") == os.getcwd()
+    return written if same and written != results and Path(written).resolve() == Path(results).resolve() else results
+
+
 def check(results: str, model: str) -> None:
     """ConfigError where the folder holds a run of another model (a name given to two experiments; the same
     checkpoint moved to another path is the same model), or its files were made under another path or working
