@@ -120,7 +120,9 @@ def load_config(
             "defaults list may only choose options of config groups ('- override /model: openclip')"
         ) from exc
     try:
-        raw = schema.check(raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides])
+        raw = schema.check(
+            raw, exp_keys, str(experiment) if experiment else None, [_override_key(o) for o in overrides]
+        )
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_group_option_hint(str(exc), config_dir)}") from None
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
