@@ -68,7 +68,6 @@ SETTINGS = [
     "benchmark.finetune_epochs=8",
     "optimizer.pop_size=30",
     "optimizer.n_gen=20",
-    "optimizer.grid_check_resolution=51",
     "sampler.factor=2",
     "refine.rounds=1",
     "evaluation.samples_per_job=8",

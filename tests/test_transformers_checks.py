@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 ADDED = ["applepie", "steamengine"]
 
 
-def tiny_bert(vocab: int, hidden: int = 16) -> transformers.BertConfig:
+def tiny_bert(vocab: int, hidden: int = 16, layers: int = 1) -> transformers.BertConfig:
     return transformers.BertConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=32,
@@ -69,7 +69,7 @@ def lora(base: Path, out: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> dict[str, Path]:
     """A tiny headless BERT with MiniLM's tokenizer and what users made of it: two fine-tunes (a, b), one of a wider
-    BERT (wide), one whose tokenizer got tokens without resizing (unresized), one with the tokens and its embeddings
+    BERT (wide), one of a deeper one (deep), one whose tokenizer got tokens without resizing (unresized), one with the tokens and its embeddings
     resized (added), two LoRA adapters (lora_a, lora_b); a data file using the added tokens."""
     root = tmp_path_factory.mktemp("family")
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
@@ -77,10 +77,15 @@ def family(tmp_path_factory) -> dict[str, Path]:
     transformers.BertModel(tiny_bert(tok.vocab_size)).save_pretrained(root / "pre")
     tok.save_pretrained(root / "pre")
     transformers.BertModel(tiny_bert(tok.vocab_size, hidden=32)).save_pretrained(root / "wider")
-    models = {"pre": root / "pre", "data": root / "data.csv"}
+    transformers.BertModel(tiny_bert(tok.vocab_size, layers=2)).save_pretrained(root / "deeper")
+    # the pretrained body with BERT's pretraining head (cls.*), as bert-base-uncased is saved
+    transformers.BertForMaskedLM.from_pretrained(root / "pre").save_pretrained(root / "with_head")
+    tok.save_pretrained(root / "with_head")
+    models = {"pre": root / "pre", "with_head": root / "with_head", "data": root / "data.csv"}
     for seed, name in enumerate(("a", "b"), 1):
         models[name] = fine_tune(root / "pre", root / name, seed)
     models["wide"] = fine_tune(root / "wider", root / "wide", 3)
+    models["deep"] = fine_tune(root / "deeper", root / "deep", 9)
     grown = transformers.AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
     grown.add_tokens(ADDED)
     models["added"] = fine_tune(root / "pre", root / "added", 4, grown)
@@ -93,7 +98,7 @@ def family(tmp_path_factory) -> dict[str, Path]:
     return models
 
 
-def checked(family: dict[str, Path], tmp_path: Path, *tasks: str) -> list[str]:
+def checked(family: dict[str, Path], tmp_path: Path, *tasks: str, pretrained: str = "pre") -> list[str]:
     """The warnings of check_files, the driver's check before any job, on a run of these tasks."""
     spec = {
         "name": "hf",
@@ -101,7 +106,7 @@ def checked(family: dict[str, Path], tmp_path: Path, *tasks: str) -> list[str]:
         "model": {
             "adapter": "transformers",
             "transformers": {
-                "pretrained": str(family["pre"]),
+                "pretrained": str(family[pretrained]),
                 "max_length": 16,
                 "tasks": {t: {"directory": str(family[t]), "data": str(family["data"])} for t in tasks},
             },
@@ -113,9 +118,9 @@ def checked(family: dict[str, Path], tmp_path: Path, *tasks: str) -> list[str]:
     return warnings
 
 
-def refusal(family: dict[str, Path], tmp_path: Path, *tasks: str) -> str:
+def refusal(family: dict[str, Path], tmp_path: Path, *tasks: str, pretrained: str = "pre") -> str:
     with pytest.raises(ConfigError) as info:
-        checked(family, tmp_path, *tasks)
+        checked(family, tmp_path, *tasks, pretrained=pretrained)
     assert "\n" not in str(info.value)
     return str(info.value)
 
@@ -127,6 +132,19 @@ def test_fine_tunes_the_jobs_could_not_evaluate_are_refused(family, tmp_path):
         "model.transformers.tasks.wide.directory: tensor 'bert.embeddings.LayerNorm.bias' has shape (32,), the "
         "pretrained model's (16,) (config.json: hidden_size 32, the pretrained's 16): not a fine-tune of the "
         "pretrained model, whose config.json builds every task's model"
+    )
+    assert refusal(family, tmp_path, "wide", "a").startswith("model.transformers.tasks.wide.directory: tensor ")
+    # another depth: the extra layer was left out of its evaluations without a word, and its merged folder shipped it
+    assert refusal(family, tmp_path, "a", "deep") == (
+        f"model.transformers.tasks.deep.directory: {family['deep'] / 'model.safetensors'} holds "
+        "'bert.encoder.layer.1.attention.output.LayerNorm.bias', 'bert.encoder.layer.1.attention.output.LayerNorm.weight', "
+        "'bert.encoder.layer.1.attention.output.dense.bias' and 13 more, which neither the pretrained checkpoint nor the "
+        "model the first task's config.json builds has (config.json: num_hidden_layers 2, the pretrained's 1): not a "
+        "fine-tune of the pretrained model"
+    )
+    assert refusal(family, tmp_path, "deep", "a").startswith(
+        "model.transformers.tasks.deep.directory: its config.json builds every task's model, with "
+        "'bert.encoder.layer.1.attention.self.query.weight', "
     )
     assert refusal(family, tmp_path, "lora_a", "lora_b") == (
         f"model.transformers.tasks.lora_a.directory: {family['lora_a'] / 'adapter_model.safetensors'} (a LoRA "
@@ -142,6 +160,11 @@ def test_fine_tunes_the_jobs_could_not_evaluate_are_refused(family, tmp_path):
     assert refusal(family, tmp_path, "added", "a").startswith(
         "model.transformers.tasks.added.directory: its config.json builds every task's model, which the pretrained "
         f"checkpoint {pre} does not fit (size mismatch for bert.embeddings.word_embeddings.weight"
+    )
+    # a pretrained model saved with its pretraining head, which the fine-tunes dropped: the way out said
+    assert refusal(family, tmp_path, "a", "b", pretrained="with_head").endswith(
+        "(5 missing); the pretrained model's head 'cls.*', which the fine-tunes dropped: give "
+        "model.transformers.pretrained its body alone (AutoModel.from_pretrained(folder).save_pretrained(new_folder))"
     )
     assert not (tmp_path / "results").exists()
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.run.checkpoint_twins import first_twin
 from mapmerge.run.schema import MAX_SIZE, closest
-from mapmerge.run.transformers_checks import check_same_bodies, check_tokenizer, reshaped_bodies
+from mapmerge.run.transformers_checks import check_same_bodies, check_tokenizer, config_differences, reshaped_bodies
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
 
@@ -452,6 +453,7 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
     )
 
     _check_twins(model, tasks)
+    check_same_bodies(model, tasks)  # first: a model of another width has no tensor of the pretrained one's shape
     merge = model["merge"]
     for task in tasks:
         try:
@@ -460,10 +462,32 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
             )
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
-            raise ConfigError(f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}") from None
-    check_same_bodies(model, tasks)
+            hint = "" if bad_pretrained else _pretraining_head_hint(model, task)
+            raise ConfigError(
+                f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}{hint}"
+            ) from None
     _check_built_model(model, tasks)
     _check_patterns(model, tasks)  # after the loop, which names a missing or mismatched file first
+
+
+def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
+    """The way out where a transformers task lacks only tensors outside the pretrained model's body (the module holding
+    most of them): a pretraining head (BERT's `cls.*`, saved with bert-base-uncased), which its fine-tunes drop."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+
+    if model.get("adapter") != "transformers":
+        return ""
+    with open_checkpoint(model["pretrained"]) as pre, open_checkpoint(model["tasks"][task]["checkpoint"]) as ft:
+        names, held = pre.keys(), set(ft.keys())
+    body = Counter(name.split(".")[0] for name in names).most_common(1)[0][0]
+    missing = [n for n in names if n not in held]
+    if not missing or any(n.split(".")[0] == body for n in missing):
+        return ""
+    return (
+        f"; the pretrained model's head {_quoted(sorted({n.split('.')[0] + '.*' for n in missing}))}, which the "
+        "fine-tunes dropped: give model.transformers.pretrained its body alone (AutoModel.from_pretrained(folder)"
+        ".save_pretrained(new_folder))"
+    )
 
 
 def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
@@ -540,6 +564,8 @@ def _check_built_model(model: Mapping[str, Any], tasks: list[str]) -> None:
     # a tied tensor (an output layer tied to the embeddings) follows the one it is tied to
     primary = {id(t): n for n, t in reversed(state.items()) if n in header}
     wanted = [n for n, t in state.items() if n not in header and primary.get(id(t), n) == n]
+    if model.get("adapter") == "transformers":
+        _check_same_layers(model, tasks, header, wanted, set(state) | {n for n, _ in module.named_buffers()})
     for task in tasks if wanted else []:
         path = model["tasks"][task]["checkpoint"]
         with open_checkpoint(path) as checkpoint:
@@ -549,6 +575,39 @@ def _check_built_model(model: Mapping[str, Any], tasks: list[str]) -> None:
             raise ConfigError(
                 f"{task_key(model, task)}: {path}{lora} lacks {_quoted(missing)} of the model, which the pretrained "
                 f"checkpoint {model['pretrained']} lacks too: task {task} cannot be evaluated"
+            )
+
+
+def _check_same_layers(
+    model: Mapping[str, Any], tasks: list[str], header: Mapping[str, Any], wanted: list[str], built: set[str]
+) -> None:
+    """Refuse a transformers task of another depth than the pretrained model: the first task's config.json building
+    body tensors the pretrained checkpoint lacks (under the module holding most of its tensors), or a task's checkpoint holding tensors neither
+    the pretrained checkpoint nor the built model has (its extra layers, which the evaluations left out without a
+    word, while its merged folder shipped them)."""
+    # the body: the top-level module holding most of the pretrained tensors (`bert`, `model`); the rest are heads
+    body_module = Counter(name.split(".")[0] for name in header).most_common(1)[0][0]
+    body = [n for n in wanted if n.split(".")[0] == body_module]
+    if body:
+        first = model["tasks"][tasks[0]]["checkpoint"]
+        raise ConfigError(
+            f"{task_key(model, tasks[0])}: its config.json builds every task's model, with {_quoted(body)}, which the "
+            f"pretrained checkpoint {model['pretrained']} lacks{config_differences(first, model['pretrained'])}: not "
+            "a fine-tune of the pretrained model"
+        )
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+
+    for task in tasks:
+        path = model["tasks"][task]["checkpoint"]
+        if adapter_weights(path) is not None:
+            continue
+        with open_checkpoint(path) as checkpoint:
+            extra = [n for n in checkpoint.keys() if n not in header and n not in built]
+        if extra:
+            raise ConfigError(
+                f"{task_key(model, task)}: {path} holds {_quoted(extra)}, which neither the pretrained checkpoint nor "
+                f"the model the first task's config.json builds has{config_differences(path, model['pretrained'])}: not a "
+                "fine-tune of the pretrained model"
             )
 
 

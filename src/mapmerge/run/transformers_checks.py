@@ -54,12 +54,19 @@ def check_same_bodies(model: Mapping[str, Any], tasks: list[str]) -> None:
             a == b or (a in vocabularies and b in vocabularies) for a, b in zip(shape, pre_shape)
         ):
             continue
-        differ = _differing_sizes(task_config, pre_config)
         raise ConfigError(
             f"{_task_key(task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shape}"
-            f"{' (' + CONFIG + ': ' + differ + ')' if differ else ''}: not a fine-tune of the pretrained model, "
-            "whose config.json builds every task's model"
+            f"{config_differences(model['tasks'][task]['checkpoint'], model['pretrained'])}: not a fine-tune of the "
+            "pretrained model, whose config.json builds every task's model"
         )
+
+
+def config_differences(weights: str, pretrained: str) -> str:
+    """' (config.json: num_hidden_layers 3, the pretrained's 2)': the sizes in which the config.json beside a task's
+    weights differs from the pretrained one's; '' where none does, or either has none."""
+    config, pre = _config(Path(weights).parent), _config(Path(pretrained).parent)
+    differ = _differing_sizes(config, pre) if config is not None and pre is not None else ""
+    return f" ({CONFIG}: {differ})" if differ else ""
 
 
 def check_tokenizer(evaluator: Mapping[str, Any], checkpoint: str, pretrained: str, task: str) -> None:
@@ -111,10 +118,17 @@ def _reshaped(model: Mapping[str, Any], tasks: list[str]) -> Iterator[tuple[str,
     checkpoint holds in another shape than the pretrained one."""
     if model.get("adapter") != "transformers":
         return
-    pre = header_shapes(model["pretrained"])
+    try:
+        pre = header_shapes(model["pretrained"])
+    except ConfigError:  # the checks of the checkpoints name it
+        return
     found = []
     for task in tasks:
-        for name, shape in header_shapes(model["tasks"][task]["checkpoint"]).items():
+        try:
+            shapes = header_shapes(model["tasks"][task]["checkpoint"])
+        except ConfigError:
+            continue
+        for name, shape in shapes.items():
             base = name if name in pre else name.partition(".")[2]  # a base model's names lack the body's prefix
             if base in pre and pre[base] != shape:
                 found.append((name, task, tuple(shape), tuple(pre[base])))
