@@ -16,7 +16,7 @@ import torch
 from fortunes_tasks import minilm_dir
 from mapmerge.run import preflight
 from mapmerge.run.config import ConfigError, load_config
-from mapmerge.run.transformers_checks import tokenizer_size
+from mapmerge.run.transformers_checks import vocabulary
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'mapmerge[models]')")
 transformers.logging.set_verbosity_error()
@@ -91,6 +91,14 @@ def family(tmp_path_factory) -> dict[str, Path]:
     models["added"] = fine_tune(root / "pre", root / "added", 4, grown)
     models["unresized"] = fine_tune(root / "pre", root / "unresized", 5)
     grown.save_pretrained(root / "unresized")
+    # the same words under other ids: two tokens' ids swapped in its tokenizer.json
+    models["swapped"] = fine_tune(root / "pre", root / "swapped", 10)
+    tok.save_pretrained(root / "swapped")
+    spec = json.loads((root / "swapped" / "tokenizer.json").read_text(encoding="utf-8"))
+    first, second = (t for t, i in spec["model"]["vocab"].items() if i in (2000, 2001))
+    vocab = spec["model"]["vocab"]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (root / "swapped" / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     for seed, name in enumerate(("lora_a", "lora_b"), 6):
         models[name] = lora(root / "pre", root / name, seed)
     rows = [(f"{ADDED[0]} red apple", 0), (f"{ADDED[1]} fast train", 1)]
@@ -152,10 +160,18 @@ def test_fine_tunes_the_jobs_could_not_evaluate_are_refused(family, tmp_path):
         f"model, which the pretrained checkpoint {pre} lacks too: task lora_a cannot be evaluated"
     )
     assert refusal(family, tmp_path, "a", "unresized") == (
-        f"model.transformers.tasks.unresized.directory: the tokenizer {family['unresized'] / 'tokenizer.json'} has "
+        f"model.transformers.tasks.unresized.directory: the tokenizer in {family['unresized']} has "
         f"token ids up to 30523, but the model's vocab_size is 30522 ({family['unresized'] / 'config.json'}): text "
         "with those tokens fails the evaluation; resize the model's embeddings to the tokenizer "
         "(model.resize_token_embeddings(len(tokenizer))) and save it again"
+    )
+    # merged and evaluated without a word: its embeddings index other tokens
+    ids = json.loads((family["pre"] / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    token = min((t for t, i in ids.items() if i in (2000, 2001)), key=ids.__getitem__)
+    assert refusal(family, tmp_path, "a", "swapped") == (
+        f"model.transformers.tasks.swapped.directory: the tokenizer in {family['swapped']} gives 2 of the pretrained "
+        f"tokenizer's tokens other ids ({token!r}: 2001, the pretrained's 2000), so its model's embeddings index "
+        "other tokens than the pretrained model's: not a fine-tune of the pretrained model with its tokenizer"
     )
     assert refusal(family, tmp_path, "added", "a").startswith(
         "model.transformers.tasks.added.directory: its config.json builds every task's model, which the pretrained "
@@ -178,23 +194,23 @@ def test_added_tokens_with_resized_embeddings_pass_with_their_warning(family, tm
     ]
 
 
-def test_tokenizer_size_from_each_kind_of_file(tmp_path):
-    """1 + the largest id: tokenizer.json (a WordPiece's dict, a Unigram's list, added tokens), vocab.txt, vocab.json,
-    added_tokens.json; None where only tokenizer.model says."""
-    fast = {"model": {"vocab": {"a": 0, "b": 1, "c": 2}}, "added_tokens": [{"id": 7, "content": "x"}]}
+def test_vocabulary_from_each_kind_of_file(tmp_path):
+    """Token -> id: tokenizer.json (a WordPiece's dict, a Unigram's list, added tokens), vocab.txt, vocab.json with
+    added_tokens.json; nothing where only tokenizer.model holds it."""
+    fast = {"model": {"vocab": {"a": 0, "b": 1}}, "added_tokens": [{"id": 7, "content": "x"}]}
     cases = {
-        "wordpiece": ({"tokenizer.json": json.dumps(fast)}, (8, "tokenizer.json")),
-        "unigram": ({"tokenizer.json": json.dumps({"model": {"vocab": [["a", 0.0]] * 5}})}, (5, "tokenizer.json")),
-        "vocab.txt": ({"vocab.txt": "a\nb\nc\n"}, (3, "vocab.txt")),
+        "wordpiece": ({"tokenizer.json": json.dumps(fast)}, {"a": 0, "b": 1, "x": 7}),
+        "unigram": ({"tokenizer.json": json.dumps({"model": {"vocab": [["a", 0.0], ["b", -1.0]]}})}, {"a": 0, "b": 1}),
+        "vocab.txt": ({"vocab.txt": "a\nb\n"}, {"a": 0, "b": 1}),
         "bpe": (
             {"vocab.json": json.dumps({"a": 0, "b": 4}), "added_tokens.json": '{"y": 9}'},
-            (10, "added_tokens.json"),
+            {"a": 0, "b": 4, "y": 9},
         ),
-        "sentencepiece": ({"tokenizer.model": "binary"}, (None, "")),
+        "sentencepiece": ({"tokenizer.model": "binary"}, {}),
     }
     for name, (files, expected) in cases.items():
         folder = tmp_path / name
         folder.mkdir()
         for file, text in files.items():
             (folder / file).write_text(text)
-        assert tokenizer_size(folder) == expected, name
+        assert vocabulary(folder) == expected, name

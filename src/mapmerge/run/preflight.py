@@ -36,7 +36,13 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.run.checkpoint_twins import first_twin
 from mapmerge.run.schema import MAX_SIZE, closest
-from mapmerge.run.transformers_checks import check_same_bodies, check_tokenizer, config_differences, reshaped_bodies
+from mapmerge.run.transformers_checks import (
+    check_same_bodies,
+    check_same_vocabulary,
+    check_tokenizer,
+    config_differences,
+    reshaped_bodies,
+)
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
 
@@ -326,6 +332,7 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
         for task in tasks:
             evaluator = model["tasks"][task]["evaluator"]
             check_tokenizer(evaluator, model["tasks"][task]["checkpoint"], model["pretrained"], task)
+            check_same_vocabulary(evaluator, model["pretrained"], task)
             try:
                 check_labels(evaluator)
                 _check_default_labels(evaluator)

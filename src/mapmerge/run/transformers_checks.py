@@ -1,9 +1,11 @@
 """Checks of a transformers run's directories that need no job: each task's model has the pretrained model's body
-(another vocabulary's embeddings aside) and a tokenizer whose ids its embeddings hold.
+(another vocabulary's embeddings aside) and a tokenizer whose ids its embeddings hold and that gives the pretrained
+tokenizer's tokens their ids.
 
-Each was a run that extracted its task vectors and failed every evaluation job of the task: a fine-tune of a wider
-model (`Expected weight to be of same shape as normalized_shape`), a tokenizer given tokens its model was never
-resized for (`IndexError: index out of range in self`). Everything here reads JSON and safetensors headers only.
+Each was a run that extracted its task vectors and failed every evaluation job of the task (a fine-tune of a wider
+model: `Expected weight to be of same shape as normalized_shape`; a tokenizer given tokens its model was never
+resized for: `IndexError: index out of range in self`), or merged models whose embeddings index other tokens without
+a word. Everything here reads JSON, text and safetensors headers only.
 """
 
 from __future__ import annotations
@@ -75,42 +77,59 @@ def check_tokenizer(evaluator: Mapping[str, Any], checkpoint: str, pretrained: s
     folder = evaluator.get("tokenizer")
     if not folder:
         return
-    ids, source = tokenizer_size(Path(folder))
+    largest = max(vocabulary(Path(folder)).values(), default=None)
     where = Path(checkpoint).parent if (Path(checkpoint).parent / CONFIG).is_file() else Path(pretrained).parent
     vocab = (_config(where) or {}).get("vocab_size")
-    if ids is None or not isinstance(vocab, int) or ids <= vocab:
+    if largest is None or not isinstance(vocab, int) or largest < vocab:
         return
     raise ConfigError(
-        f"{_task_key(task)}: the tokenizer {Path(folder) / source} has token ids up to {ids - 1}, but the model's vocab_size is "
+        f"{_task_key(task)}: the tokenizer in {folder} has token ids up to {largest}, but the model's vocab_size is "
         f"{vocab} ({where / CONFIG}): text with those tokens fails the evaluation; resize the model's embeddings to "
         "the tokenizer (model.resize_token_embeddings(len(tokenizer))) and save it again"
     )
 
 
-def tokenizer_size(folder: Path) -> tuple[int | None, str]:
-    """(1 + the largest token id the tokenizer files of a folder name, the file that names it), read as JSON and
-    text; (None, '') where only a sentencepiece model (tokenizer.model) holds the vocabulary."""
-    largest: dict[str, int] = {}
+def check_same_vocabulary(evaluator: Mapping[str, Any], pretrained: str, task: str) -> None:
+    """ConfigError where a task's own tokenizer gives tokens of the pretrained tokenizer other ids: its model's
+    embeddings index other tokens than the pretrained model's (another vocabulary, or one reordered), which the run
+    merged and evaluated without a word. Tokens added past the pretrained vocabulary are the task's own."""
+    folder, pre_folder = evaluator.get("tokenizer"), Path(pretrained).parent
+    if not folder or Path(folder).resolve() == pre_folder.resolve():
+        return
+    ours, theirs = vocabulary(Path(folder)), vocabulary(pre_folder)
+    if not ours or not theirs:
+        return
+    moved = [token for token, i in theirs.items() if token in ours and ours[token] != i]
+    if moved:
+        token = moved[0]
+        raise ConfigError(
+            f"{_task_key(task)}: the tokenizer in {folder} gives {len(moved)} of the pretrained tokenizer's tokens other "
+            f"ids ({token!r}: {ours[token]}, the pretrained's {theirs[token]}), so its model's embeddings index other "
+            "tokens than the pretrained model's: not a fine-tune of the pretrained model with its tokenizer"
+        )
+
+
+def vocabulary(folder: Path) -> dict[str, int]:
+    """Token -> id of a tokenizer folder's files (tokenizer.json, else vocab.txt or vocab.json, with added tokens), read
+    as JSON and text; {} where only a sentencepiece model (tokenizer.model) holds it."""
+    tokens: dict[str, int] = {}
     fast = folder / "tokenizer.json"
     if fast.is_file():
         spec = json.loads(fast.read_text(encoding="utf-8"))
         vocab = (spec.get("model") or {}).get("vocab")
-        ids = list(vocab.values()) if isinstance(vocab, dict) else range(len(vocab or []))
-        ids = [*ids, *(t["id"] for t in spec.get("added_tokens") or [])]
-        largest[fast.name] = max(ids, default=-1)
+        if isinstance(vocab, dict):
+            tokens.update(vocab)
+        elif isinstance(vocab, list):  # Unigram: [piece, score] in id order
+            tokens.update({entry[0]: i for i, entry in enumerate(vocab)})
+        tokens.update({t["content"]: t["id"] for t in spec.get("added_tokens") or []})
     elif (folder / "vocab.txt").is_file():
         with open(folder / "vocab.txt", encoding="utf-8") as fh:
-            largest["vocab.txt"] = sum(1 for _ in fh) - 1
+            tokens.update({line.rstrip("\n"): i for i, line in enumerate(fh)})
     elif (folder / "vocab.json").is_file():
-        largest["vocab.json"] = max(
-            json.loads((folder / "vocab.json").read_text(encoding="utf-8")).values(), default=-1
-        )
+        tokens.update(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
     if (folder / "added_tokens.json").is_file():
-        largest["added_tokens.json"] = max(json.loads((folder / "added_tokens.json").read_text()).values(), default=-1)
-    if not largest:
-        return None, ""
-    source = max(largest, key=largest.__getitem__)
-    return largest[source] + 1, source
+        tokens.update(json.loads((folder / "added_tokens.json").read_text(encoding="utf-8")))
+    return tokens
 
 
 def _reshaped(model: Mapping[str, Any], tasks: list[str]) -> Iterator[tuple[str, str, Shape, Shape]]:
