@@ -214,3 +214,17 @@ def test_vocabulary_from_each_kind_of_file(tmp_path):
         for file, text in files.items():
             (folder / file).write_text(text)
         assert vocabulary(folder) == expected, name
+
+
+def test_a_causal_lm_needs_a_token_and_the_next():
+    """max_length 1 on a causal LM's data task passed the check (>= 1) and failed every evaluation job: the key the
+    user wrote, the block's or the task's, is named."""
+    evaluator = {"_target_": "mapmerge.adapters.transformers.CausalLMEvaluator", "max_length": 1}
+    model = {"transformers": {"max_length": 1, "tasks": {"a": {}, "b": {"max_length": 1}}}}
+    for task, key in (("a", "model.transformers.max_length"), ("b", "model.transformers.tasks.b.max_length")):
+        with pytest.raises(ConfigError) as info:
+            preflight._check_next_token(model, task, evaluator)
+        assert str(info.value) == (
+            f"{key}: must be at least 2 for a causal LM (a token and the next one it predicts), got 1"
+        )
+    preflight._check_next_token(model, "a", {**evaluator, "max_length": 2})

@@ -331,6 +331,7 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
     if model.get("adapter") == "transformers":
         for task in tasks:
             evaluator = model["tasks"][task]["evaluator"]
+            _check_next_token(model, task, evaluator)
             check_tokenizer(evaluator, model["tasks"][task]["checkpoint"], model["pretrained"], task)
             check_same_vocabulary(evaluator, model["pretrained"], task)
             try:
@@ -338,6 +339,17 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
                 _check_default_labels(evaluator)
             except ConfigError as exc:
                 raise ConfigError(f"model.transformers.tasks.{task}.data: {exc}") from None
+
+
+def _check_next_token(model: Mapping[str, Any], task: str, evaluator: Mapping[str, Any]) -> None:
+    """A causal LM's data task scores each next token: max_length 1 leaves none, which failed every evaluation job."""
+    if evaluator["_target_"] != EVALUATORS["causal_lm"] or int(evaluator["max_length"]) >= 2:
+        return
+    own = "max_length" in ((model.get("transformers") or {}).get("tasks") or {}).get(task, {})
+    key = f"model.transformers.tasks.{task}.max_length" if own else "model.transformers.max_length"
+    raise ConfigError(
+        f"{key}: must be at least 2 for a causal LM (a token and the next one it predicts), got {evaluator['max_length']}"
+    )
 
 
 def _check_default_labels(evaluator: Mapping[str, Any]) -> None:
