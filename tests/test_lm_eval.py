@@ -343,6 +343,8 @@ def test_config_refusals(tiny, tmp_path, monkeypatch):
         ),
         "missing": ("dataset_kwargs:\n  data_files:\n    test: none.jsonl\n", r"data file none.jsonl not found"),
         "hub": ("dataset_path: org/data\ndataset_kwargs: null\n", r"dataset_path org/data is not local data; "),
+        # the task's data, read by the driver (mapmerge.run.lm_eval_checks): lm-eval said KeyError('tst') in the job
+        "split": ("test_split: tst\n", r"test_split tst is not a split of its data_files \(test\)"),
     }
     for name, (extra, match) in bad.items():
         (tmp_path / name).mkdir()

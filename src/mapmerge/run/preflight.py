@@ -35,6 +35,7 @@ from mapmerge.core.sampling import design_size
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.run.checkpoint_twins import first_twin
+from mapmerge.run.lm_eval_checks import check_task_data
 from mapmerge.run.schema import MAX_SIZE, closest
 from mapmerge.run.transformers_checks import (
     check_same_bodies,
@@ -331,6 +332,8 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
     if model.get("adapter") == "transformers":
         for task in tasks:
             evaluator = model["tasks"][task]["evaluator"]
+            if evaluator["_target_"] == lm_eval_tasks.TARGET:
+                check_task_data(evaluator, f"model.transformers.tasks.{task}.lm_eval")
             _check_next_token(model, task, evaluator)
             check_tokenizer(evaluator, model["tasks"][task]["checkpoint"], model["pretrained"], task)
             check_same_vocabulary(evaluator, model["pretrained"], task)
