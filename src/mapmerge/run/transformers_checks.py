@@ -11,7 +11,9 @@ a word. Everything here reads JSON, text and safetensors headers only.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from mapmerge.errors import ConfigError
 
 Shape = tuple[int, ...]
 CONFIG = "config.json"
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "added_tokens.json")
 LABEL_KEYS = ("num_labels", "vocab_size")  # config.json integers a fine-tune may change: its head, added tokens
 
 
@@ -111,7 +114,21 @@ def check_same_vocabulary(evaluator: Mapping[str, Any], pretrained: str, task: s
 
 def vocabulary(folder: Path) -> dict[str, int]:
     """Token -> id of a tokenizer folder's files (tokenizer.json, else vocab.txt or vocab.json, with added tokens), read
-    as JSON and text; {} where only a sentencepiece model (tokenizer.model) holds it."""
+    as JSON and text; {} where only a sentencepiece model (tokenizer.model) holds it. Read once per state of its files
+    (the pretrained tokenizer is every task's comparison; a large model's tokenizer.json is megabytes)."""
+    signature = tuple((f, s.st_mtime_ns, s.st_size) for f in VOCABULARY_FILES if (s := _stat(folder / f)) is not None)
+    return _read_vocabulary(folder, signature)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def _read_vocabulary(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> dict[str, int]:
     tokens: dict[str, int] = {}
     fast = folder / "tokenizer.json"
     if fast.is_file():
