@@ -23,6 +23,8 @@ from mapmerge.errors import ConfigError
 
 Shape = tuple[int, ...]
 CONFIG = "config.json"
+# a checkpoint whose headers do not read (a file, a shard index): preflight's checks of the checkpoints name it
+UNREADABLE = (ConfigError, OSError, ValueError, KeyError, TypeError)
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "added_tokens.json")
 LABEL_KEYS = ("num_labels", "vocab_size")  # config.json integers a fine-tune may change: its head, added tokens
 
@@ -156,13 +158,13 @@ def _reshaped(model: Mapping[str, Any], tasks: list[str]) -> Iterator[tuple[str,
         return
     try:
         pre = header_shapes(model["pretrained"])
-    except ConfigError:  # the checks of the checkpoints name it
+    except UNREADABLE:  # the checks of the checkpoints name it
         return
     found = []
     for task in tasks:
         try:
             shapes = header_shapes(model["tasks"][task]["checkpoint"])
-        except ConfigError:
+        except UNREADABLE:
             continue
         for name, shape in shapes.items():
             base = name if name in pre else name.partition(".")[2]  # a base model's names lack the body's prefix
