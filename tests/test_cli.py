@@ -986,6 +986,18 @@ def test_a_round_missing_before_the_last_makes_its_stage_partial(runs, tmp_path,
     )
 
 
+def test_a_bayesian_runs_refinement_rounds_after_its_own_are_done(runs, tmp_path, capsys):
+    """A group's rounds are one sequence, the Bayesian ones first: the refinement round after them (r02 here) was
+    called partial, with the Bayesian round r01, which is there, named as missing before it."""
+    R = Path(shutil.copytree(runs["bayes"], tmp_path / "bayes"))
+    shutil.copy(runs["plain"] / "groups/all/rounds/r01.parquet", R / "groups/all/rounds/r02.parquet")  # pick, front
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0
+    rows = status_rows(capsys.readouterr().out)
+    assert rows["propose_round"] == ["done", "groups/<g>/rounds/r<NN>.parquet after r00: 1"]
+    assert rows["refine_round"][0] == "done" and "missing" not in rows["refine_round"][1], rows["refine_round"]
+
+
 def new_choice(choice: Path) -> None:
     """Rewrite a group's choice as a rerun for another preference would: other coefficients, the same inputs."""
     table = read_table(choice)

@@ -277,7 +277,12 @@ def _stage_states(
     kinds = {p: try_read(p, layout.problems, columns=["kind"]) for p in later}
     refined = [p for p, k in kinds.items() if k is not None and k["kind"].isin(refine.KINDS).any()]
     later = [p for p in later if p not in refined]
-    later_gaps, refined_gaps = gaps(later), gaps(refined)
+    # a group's rounds are one sequence, its Bayesian rounds (r01 on) before its refinement rounds: a gap after the
+    # last Bayesian round present is a refinement round's
+    proposed = {p.parent: Layout.round_number(p) or 0 for p in sorted(later, key=Layout.round_number)}
+    all_gaps = gaps(later + refined)
+    refined_gaps = [p for p in all_gaps if (Layout.round_number(p) or 0) > proposed.get(p.parent, 0)]
+    later_gaps = [p for p in all_gaps if p not in refined_gaps]
     evaluated = [p for g in groups_ for p in evals[g]]
     batches = [p for p in evaluated if not Layout.is_round_batch(p)]
     round_batches = [p for p in evaluated if Layout.is_round_batch(p)]
