@@ -998,6 +998,21 @@ def test_a_bayesian_runs_refinement_rounds_after_its_own_are_done(runs, tmp_path
     assert rows["refine_round"][0] == "done" and "missing" not in rows["refine_round"][1], rows["refine_round"]
 
 
+def test_a_run_stopped_in_its_extractions_is_partial(runs, tmp_path, capsys):
+    """Stopped while extracting task vectors, before anything names the run's tasks: status counted the tasks from
+    the vectors made so far and called the stage done; the benchmark's other tasks are named."""
+    R = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    for made_later in (R / "task_vectors/flip_parity.safetensors", R / "task_vectors.parquet", R / "reference.parquet"):
+        made_later.unlink()
+    shutil.rmtree(R / "levels")
+    capsys.readouterr()
+    assert main(["status", str(R)]) == 0
+    assert status_rows(capsys.readouterr().out)["extract_task_vector"] == [
+        "partial",
+        "task_vectors/<task>.safetensors: 2 of 2 tasks; the benchmark also trained flip_parity, with none yet",
+    ]
+
+
 def new_choice(choice: Path) -> None:
     """Rewrite a group's choice as a rerun for another preference would: other coefficients, the same inputs."""
     table = read_table(choice)

@@ -303,11 +303,14 @@ def _stage_states(
         )
     plans = list(layout.plans.values())
     designs = [L.round(g, 0) for g in groups_]
+    extract = disk.state(vectors, len(tasks) or None)
+    unextracted = _unextracted(layout, tasks)
     return {
         "prepare_benchmark": bench,
         "extract_task_vector": (
-            disk.state(vectors, len(tasks) or None),
-            f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks",
+            "partial" if unextracted and extract == "done" else extract,
+            f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks"
+            + (f"; the benchmark also trained {', '.join(unextracted)}, with none yet" if unextracted else ""),
         ),
         "task_vector_table": (disk.state([L.task_vector_table], 1), named(L.task_vector_table)),
         "evaluate_reference": (
@@ -422,6 +425,18 @@ def _batches(n: int) -> str:
 BATCHES_LEFT = "the run's ledger does not list them"
 ROUNDS_LEFT = "the run's ledger lists none of their batches"
 VALIDATION_LEFT = "validation.parquet did not read them"
+
+
+def _unextracted(layout: Scan, tasks: list[str]) -> list[str]:
+    """The built-in benchmark's tasks without a task vector where nothing yet names the run's tasks (no level plan,
+    reference or task vector table: a run stopped in its extractions, whose tasks status counts from the task
+    vectors made so far), unless a `tasks` setting leaves them out, which status does not read."""
+    L = layout.paths
+    if layout.plans or L.reference.exists() or L.task_vector_table.exists() or not L.benchmark.exists():
+        return []
+    benchmark = try_read(L.benchmark, layout.problems, columns=["model"])
+    trained = [] if benchmark is None else [m for m in dict.fromkeys(benchmark["model"]) if m != "pretrained"]
+    return [t for t in trained if t not in tasks]
 
 
 def _rounds_state(disk: _Disk, tables: list[Path], missing: list[Path]) -> str:
