@@ -527,7 +527,8 @@ def test_status_counts_a_rounds_samples_that_no_batch_holds(runs, tmp_path, caps
     for batch in (R / "groups/all/evals").glob("r01b*.parquet"):
         batch.unlink()
     assert main(["status", str(R)]) == 0
-    assert status_rows(capsys.readouterr().out)["evaluate_round"][0] == "missing"
+    state, line = status_rows(capsys.readouterr().out)["evaluate_round"]  # a proposed round, no batch yet: how many
+    assert state == "missing" and line.endswith(f"; the {len(table) + 1} samples to evaluate in none yet"), line
 
 
 def test_status_tells_the_method(runs, capsys):

@@ -397,7 +397,9 @@ def _batch_state(
     if disk.bad(batches):
         return "unreadable", line
     if not disk.count(batches):
-        return (none, line + why_none) if not tables else ("missing", line)
+        if not tables:
+            return none, line + why_none
+        return "missing", f"{line}; the {len(_samples(disk.problems, tables))} samples to evaluate in none yet"
     current = [p for p in batches if p not in left]
     expected = _samples(disk.problems, tables)
     if missing := len(expected - _samples(disk.problems, current)):
