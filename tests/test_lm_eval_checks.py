@@ -79,5 +79,11 @@ def test_a_tasks_data_that_would_fail_its_jobs_is_refused(tmp_path):
         f"{KEY}.num_fewshot: 3 examples, but {good / 'capitals.yaml'} draws them from split test, which holds 2 "
         "besides the document scored"
     )
+    # a field a statement guards may be missing: not checked
+    guarded = YAML.replace('"{{question}}"', '"{% if question %}{{question}}{% endif %}"')
+    check_task_data(
+        {"include_path": str(task(tmp_path, yaml=guarded, docs=[{**DOCS[0], "question": None}])), "task": "capitals"},
+        KEY,
+    )
     # a document past the limit is not scored: lm-eval never templates it
     check_task_data({"include_path": str(task(tmp_path, docs=without)), "task": "capitals", "limit": 1}, KEY)

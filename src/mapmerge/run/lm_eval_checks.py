@@ -5,7 +5,8 @@ population`).
 
 From the task YAML (mapmerge.adapters.lm_eval_tasks.find_task) and its `dataset_path: json` files alone, lm_eval not
 imported: the splits the YAML names are splits of its data_files; every file reads as JSON documents, some; the fields
-its templates name (`{{question}}`, `doc_to_target: answer`) are in every document a job scores; num_fewshot leaves
+its templates name (`{{question}}`, `doc_to_target: answer`; not in a template with a `{% ... %}` statement) are in
+every document a job scores; num_fewshot leaves
 documents to draw. Other builders, folders, globs and templates with more than a field name are left to lm-eval.
 """
 
@@ -104,6 +105,8 @@ def _check_fields(cfg: Mapping[str, Any], docs: Sequence[Document], where: str, 
     for name in TEMPLATE_KEYS:
         template = cfg.get(name)
         if not isinstance(template, str):
+            continue
+        if "{%" in template:  # a statement ({% if context %}) may name a field some documents lack
             continue
         if "{{" in template:
             fields += [(name, field) for field in FIELD.findall(template)]
