@@ -251,3 +251,12 @@ def test_adaptive_rounds_beat_sobol_where_it_is_hard():
     assert mean.hard_rmse_adaptive < 0.92 * mean.hard_rmse_uniform
     assert mean.max_adaptive < mean.max_uniform
     assert mean.rmse_adaptive < 1.25 * mean.rmse_uniform  # the price in global RMSE stays bounded
+
+
+def test_the_schemas_max_bins_default_is_the_samplers():
+    """run/schema.py writes bayesian.max_bins' default as a literal (it does not import the sampler, which imports
+    scipy, for the CLI's sake): the two must agree."""
+    from mapmerge.core.bayesian import MAX_BINS
+    from mapmerge.run.schema import Bayesian
+
+    assert Bayesian.model_fields["max_bins"].default == MAX_BINS

@@ -285,12 +285,12 @@ def test_a_body_tensor_of_another_shape_is_warned_of_and_a_head_is_not(tmp_path)
         "tasks": {"a": {"checkpoint": str(tmp_path / "a.safetensors")}},
         "merge": {"exclude": ["classifier.*", "bert.embeddings.word.weight"]},  # as head_patterns makes it
     }
-    assert transformers_checks.reshaped_bodies(model, ["a"]) == [
+    assert transformers_checks.check_same_bodies(model, ["a"]) == [
         "model.transformers.tasks.a.directory: tensor 'bert.embeddings.word.weight' has shape (50, 4), the pretrained "
         "model's (40, 4): it is merged for no task, each evaluating with its own"
     ]
     model["merge"]["exclude"] = ["classifier.*", "bert.embeddings.*"]  # the user's heads name it
-    assert transformers_checks.reshaped_bodies(model, ["a"]) == []
+    assert transformers_checks.check_same_bodies(model, ["a"]) == []
 
 
 def test_engine_swaps_heads_of_other_shapes(minilm, tmp_path):

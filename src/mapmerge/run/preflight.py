@@ -21,7 +21,7 @@ import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +42,6 @@ from mapmerge.run.transformers_checks import (
     check_same_vocabulary,
     check_tokenizer,
     config_differences,
-    reshaped_bodies,
 )
 from mapmerge.tensors.lora import ADAPTER_WEIGHTS, adapter_weights
 from mapmerge.tensors.operators import SLERP_MEMBERS
@@ -326,8 +325,8 @@ def check_files(cfg: Mapping[str, Any], warn: Callable[[str], None] | None = Non
     if model["builtin"]:
         return
     check_lora(cfg)
-    _check_checkpoints(model, tasks)
-    for line in [*unmerged_fallbacks(model, tasks), *reshaped_bodies(model, tasks)] if warn is not None else []:
+    reshaped = _check_checkpoints(model, tasks)
+    for line in [*unmerged_fallbacks(model, tasks), *reshaped] if warn is not None else []:
         warn(line)
     if model.get("adapter") == "transformers":
         for task in tasks:
@@ -465,17 +464,18 @@ def check_lora(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
+def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """No file, and no two files with the same bytes, is two checkpoints (the pretrained one and a task's, or two
     tasks'); every checkpoint's header read;
     the fine-tuned ones' merged tensors must match the pretrained's names and shapes; every model.merge pattern must
-    match a tensor."""
+    match a tensor. The warning lines of a transformers run's tensors of another vocabulary (check_same_bodies)."""
     from mapmerge.tensors.taskvectors import (  # deferred: torch
         compatible_names,  # deferred: torch, and only the driver reads headers
     )
 
     _check_twins(model, tasks)
-    check_same_bodies(model, tasks)  # first: a model of another width has no tensor of the pretrained one's shape
+    # first: a model of another width has no tensor of the pretrained one's shape
+    reshaped = check_same_bodies(model, tasks)
     merge = model["merge"]
     for task in tasks:
         try:
@@ -490,6 +490,7 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> None:
             ) from None
     _check_built_model(model, tasks)
     _check_patterns(model, tasks)  # after the loop, which names a missing or mismatched file first
+    return reshaped
 
 
 def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
@@ -501,7 +502,7 @@ def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
         return ""
     with open_checkpoint(model["pretrained"]) as pre, open_checkpoint(model["tasks"][task]["checkpoint"]) as ft:
         names, held = pre.keys(), set(ft.keys())
-    body = Counter(name.split(".")[0] for name in names).most_common(1)[0][0]
+    body = _body_module(names)
     missing = [n for n in names if n not in held]
     if not missing or any(n.split(".")[0] == body for n in missing):
         return ""
@@ -510,6 +511,12 @@ def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
         "fine-tunes dropped: give model.transformers.pretrained its body alone (AutoModel.from_pretrained(folder)"
         ".save_pretrained(new_folder))"
     )
+
+
+def _body_module(names: Iterable[str]) -> str:
+    """A transformers checkpoint's body: the top-level module holding most of its tensors (`bert`, `model`); the
+    rest are heads (as mapmerge.adapters.transformers.head_patterns finds it in a task's)."""
+    return Counter(name.split(".")[0] for name in names).most_common(1)[0][0]
 
 
 def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
@@ -607,8 +614,7 @@ def _check_same_layers(
     body tensors the pretrained checkpoint lacks (under the module holding most of its tensors), or a task's checkpoint holding tensors neither
     the pretrained checkpoint nor the built model has (its extra layers, which the evaluations left out without a
     word, while its merged folder shipped them)."""
-    # the body: the top-level module holding most of the pretrained tensors (`bert`, `model`); the rest are heads
-    body_module = Counter(name.split(".")[0] for name in header).most_common(1)[0][0]
+    body_module = _body_module(header)
     body = [n for n in wanted if n.split(".")[0] == body_module]
     if body:
         first = model["tasks"][tasks[0]]["checkpoint"]

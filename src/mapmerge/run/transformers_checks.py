@@ -29,32 +29,15 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "added_tokens.j
 LABEL_KEYS = ("num_labels", "vocab_size")  # config.json integers a fine-tune may change: its head, added tokens
 
 
-def reshaped_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
-    """A line per tensor of a transformers run that a task's checkpoint holds in another shape than the pretrained
-    one's, outside the heads (another vocabulary's embeddings): the adapter leaves such a tensor out of the merge
-    for every task (mapmerge.adapters.transformers.head_patterns), which changed the merge without a word."""
-    found: dict[str, list[tuple[str, Shape, Shape]]] = {}
-    for name, task, shape, pre_shape in _reshaped(model, tasks):
-        found.setdefault(name, []).append((task, shape, pre_shape))
-    lines = []
-    for name, differ in found.items():
-        task, shape, pre_shape = differ[0]
-        lines.append(
-            f"{_task_key(task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shape}: "
-            f"it is merged for no task{' (' + str(len(differ)) + ' tasks differ)' if len(differ) > 1 else ''}, each "
-            "evaluating with its own"
-        )
-    return lines
-
-
-def check_same_bodies(model: Mapping[str, Any], tasks: list[str]) -> None:
+def check_same_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """ConfigError for a task whose body tensor differs from the pretrained one's in a dimension that is not a
     vocabulary's (config.json vocab_size): fine-tuned from another model (another hidden size), which every
-    evaluation of the task fails on, the model being built from one config.json for every task."""
+    evaluation of the task fails on, the model being built from one config.json for every task. Else a warning line
+    per tensor of another vocabulary (its embeddings): the adapter leaves such a tensor out of the merge for every
+    task (mapmerge.adapters.transformers.head_patterns), which changed the merge without a word."""
+    found = list(_reshaped(model, tasks))  # each checkpoint's header read once, for both
     pre_config = _config(Path(model["pretrained"]).parent)
-    if pre_config is None:
-        return
-    for name, task, shape, pre_shape in _reshaped(model, tasks):
+    for name, task, shape, pre_shape in found if pre_config is not None else []:
         task_config = _config(Path(model["tasks"][task]["checkpoint"]).parent) or {}
         vocabularies = _vocab_sizes(pre_config) | _vocab_sizes(task_config)
         if len(shape) == len(pre_shape) and all(
@@ -66,6 +49,18 @@ def check_same_bodies(model: Mapping[str, Any], tasks: list[str]) -> None:
             f"{config_differences(model['tasks'][task]['checkpoint'], model['pretrained'])}: not a fine-tune of the "
             "pretrained model, whose config.json builds every task's model"
         )
+    tasks_of: dict[str, list[tuple[str, Shape, Shape]]] = {}
+    for name, task, shape, pre_shape in found:
+        tasks_of.setdefault(name, []).append((task, shape, pre_shape))
+    lines = []
+    for name, differ in tasks_of.items():
+        task, shape, pre_shape = differ[0]
+        lines.append(
+            f"{_task_key(task)}: tensor {name!r} has shape {shape}, the pretrained model's {pre_shape}: "
+            f"it is merged for no task{' (' + str(len(differ)) + ' tasks differ)' if len(differ) > 1 else ''}, each "
+            "evaluating with its own"
+        )
+    return lines
 
 
 def config_differences(weights: str, pretrained: str) -> str:

@@ -87,11 +87,10 @@ def content_problem(path: Path, table: pd.DataFrame, tasks: Sequence[str] = ()) 
 
 def _prediction_gap(path: Path, columns: Sequence[str], tasks: Sequence[str]) -> str | None:
     """A metric the table predicts for some task but not for another of its tasks (or of `tasks`)."""
-    predicted = {
-        metric: {c.removeprefix(f"{metric}_") for c in columns if c.startswith(f"{metric}_")} - {""}
-        for metric in METRICS
-    }
-    predicted = {m: {t for t in found if not t.endswith(INTERVAL_ENDS)} for m, found in predicted.items() if found}
+    predicted: dict[str, set[str]] = {}  # metric -> the tasks it has a prediction column of
+    for metric in METRICS:
+        if found := {c.removeprefix(f"{metric}_") for c in columns if c.startswith(f"{metric}_")} - {""}:
+            predicted[metric] = {t for t in found if not t.endswith(INTERVAL_ENDS)}
     expected = set(tasks).union(*predicted.values())
     for metric, found in predicted.items():
         if missing := sorted(expected - found):

@@ -279,7 +279,9 @@ def _stage_states(
     later = [p for p in later if p not in refined]
     # a group's rounds are one sequence, its Bayesian rounds (r01 on) before its refinement rounds: a gap after the
     # last Bayesian round present is a refinement round's
-    proposed = {p.parent: Layout.round_number(p) or 0 for p in sorted(later, key=Layout.round_number)}
+    proposed: dict[Path, int] = {}  # a group's rounds folder -> its last Bayesian round present
+    for p in later:
+        proposed[p.parent] = max(proposed.get(p.parent, 0), Layout.round_number(p) or 0)
     all_gaps = gaps(later + refined)
     refined_gaps = [p for p in all_gaps if (Layout.round_number(p) or 0) > proposed.get(p.parent, 0)]
     later_gaps = [p for p in all_gaps if p not in refined_gaps]
