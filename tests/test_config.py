@@ -567,6 +567,14 @@ def test_the_run_folder_check_leaves_nothing_behind(tmp_path):
             "selection.method is weighted_sum, which has no rho (tchebycheff and balanced take it)",
         ),
         (["method=bayesian", "sampler.factor=3"], "method=bayesian sizes its design with bayesian.initial_factor"),
+        (
+            ["method=bayesian", "bayesian.rounds=0", "bayesian.lam=2"],
+            "bayesian.rounds is 0 (no Bayesian round after the initial design)",
+        ),
+        (
+            ["tasks=[rot90, invert]", "method=nested", "nested.pairing=cosine"],
+            "the run has 2 tasks, one pair: nested.pairing has nothing to choose",
+        ),
         (["refine.rounds=0", "refine.points=3"], "refine.rounds is 0 (no refinement round)"),
         (["refine.rounds=0", "surrogate.correction=none"], "refine.rounds is 0 (no refinement round)"),
         (["refine.limit=3"], "refine.extend is 0 (the box never grows)"),
@@ -608,6 +616,7 @@ def test_a_key_given_twice_is_named_with_its_last_value(repo):
 def test_settings_that_take_effect_pass(repo):
     for overrides in (
         ["method=bayesian", "bayesian.rounds=2", "sampler.min_points=20"],
+        ["method=bayesian", "bayesian.rounds=0", "bayesian.initial_factor=2"],  # the design without its rounds
         ["method=nested", "nested.pairing=cosine"],
         ["validation.enabled=true", "benchmark.tasks=2", "validation.resolution=5"],
         ["refine.extend=0.5", "refine.limit=3"],

@@ -225,9 +225,18 @@ def test_a_job_finished_in_the_instant_before_its_driver_died_runs_again_by_itse
     (profiles/default: rerun-incomplete) runs the job again, its table coming back from the evaluation cache."""
     results = tmp_path / "results" / "faults"
     batch = results / "groups" / "all" / "evals" / "b0000.parquet"
+    log = results / "logs" / "evaluate_sample" / "all" / "b0000.log"
     driver = start_driver(tmp_path, BASE)
     try:
-        wait_for(lambda: only_running(tmp_path, "/evaluate_sample/all/b0000"), driver)
+        # the job started: the driver prints a job's lines before it starts the job, and a driver stopped between
+        # the two never starts it
+        wait_for(
+            lambda: (
+                only_running(tmp_path, "/evaluate_sample/all/b0000")
+                and (log.exists() or job_processes(tmp_path, forked=False))
+            ),
+            driver,
+        )
         driver.send_signal(signal.SIGSTOP)
         wait_for(lambda: batch.exists() and not job_processes(tmp_path, forked=False), timeout=120)
         written = batch.read_bytes()
@@ -238,8 +247,7 @@ def test_a_job_finished_in_the_instant_before_its_driver_died_runs_again_by_itse
     run(command(tmp_path, "--unlock"))
     _, out = run(command(tmp_path))  # the same command: no IncompleteFilesException
     assert "Incomplete" not in out and job_counts(out)["evaluate_sample"] >= 1
-    log = (results / "logs" / "evaluate_sample" / "all" / "b0000.log").read_text()
-    assert "start restore" in log and batch.read_bytes() == written
+    assert "start restore" in log.read_text() and batch.read_bytes() == written
 
 
 @dataclass

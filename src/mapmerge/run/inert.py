@@ -1,5 +1,6 @@
 """Settings a run cannot use: keys the user set that the method or another setting keeps from taking effect
-(bayesian.rounds under method=map, refine.points with refine.rounds=0), found before the first job."""
+(bayesian.rounds under method=map, refine.points with refine.rounds=0,
+bayesian.lam with bayesian.rounds=0, nested.pairing for 2 tasks), found before the first job."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def why_inert(key: str, cfg: Mapping[str, Any]) -> str | None:
     method, refine = cfg["method"], cfg["refine"]
     if section in ("bayesian", "nested") and method != section:
         return f"method is {method}, and only method={section} reads {section}.*"
+    if section == "bayesian" and rest not in ("rounds", "initial_factor") and not cfg["bayesian"]["rounds"]:
+        return "bayesian.rounds is 0 (no Bayesian round after the initial design)"
+    if key == "nested.pairing" and len(cfg["task_names"]) <= 2:
+        return f"the run has {len(cfg['task_names'])} tasks, one pair: nested.pairing has nothing to choose"
     if section == "validation" and rest != "enabled" and not cfg["validation"]["enabled"]:
         return "validation.enabled is false"
     if section == "benchmark" and not cfg["model"]["builtin"]:
