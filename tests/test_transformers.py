@@ -220,6 +220,24 @@ def test_resolve_fills_the_generic_model(minilm, tmp_path):
         load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], tasks, heads=["clasifier.*"]))
     with pytest.raises(ConfigError, match="model.transformers.pretrained: .* has no config.json"):
         load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["dir"], tasks))
+    # a sharded save's index that is not one: named with its key (it gave a traceback, or JSON's words alone)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in minilm["three"].iterdir():
+        (broken / file.name).symlink_to(file)
+    index = broken / "model.safetensors.index.json"
+    index.unlink()
+    spec = {**tasks, "three": {**tasks["three"], "directory": "broken"}}  # relative to the experiment file
+    for text, problem in (
+        ('{"metadata": {}, "weight_map": {"classifier.bias"', "not a safetensors index"),
+        ('{"weight_map": ["model-00001-of-00004.safetensors"]}', "not a safetensors index"),
+        ("[]", "not a safetensors index"),
+        ('{"weight_map": {"classifier.bias": null}}', "weight_map gives tensor 'classifier.bias' the shard None"),
+    ):
+        index.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], spec))
+        assert str(info.value).startswith(f"model.transformers.tasks.three.directory: {index}: {problem}"), info.value
 
 
 @pytest.mark.slow  # the real MiniLM

@@ -25,7 +25,7 @@ from mapmerge.core.selection import PreferenceError
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError
 from mapmerge.layout import Layout
-from mapmerge.run import fingerprint, inert, preflight, records, schema, validation_config
+from mapmerge.run import fingerprint, inert, preflight, records, schema, transformers_checks, validation_config
 from mapmerge.run.registry import stage_modules
 from mapmerge.tensors import operators
 
@@ -384,6 +384,8 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     model = dict(cfg["model"])
     try:
         adapters.check_unused(model)
+        if model.get("adapter") == "transformers":
+            transformers_checks.check_shard_indexes(model.get("transformers") or {}, base_dir)
         if model.get("adapter") is not None:
             model = adapters.resolve(model, base_dir)
     except ValueError as exc:

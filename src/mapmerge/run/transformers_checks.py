@@ -20,6 +20,7 @@ from typing import Any
 
 from mapmerge.adapters.transformers import header_shapes
 from mapmerge.errors import ConfigError
+from mapmerge.tensors.checkpoints import HF_WEIGHTS
 
 Shape = tuple[int, ...]
 CONFIG = "config.json"
@@ -27,6 +28,38 @@ CONFIG = "config.json"
 UNREADABLE = (ConfigError, OSError, ValueError, KeyError, TypeError)
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "added_tokens.json")
 LABEL_KEYS = ("num_labels", "vocab_size")  # config.json integers a fine-tune may change: its head, added tokens
+
+
+def check_shard_indexes(block: Mapping[str, Any], base_dir: Path) -> None:
+    """ConfigError naming the key and the file for a sharded save's index (model.safetensors.index.json) in a local
+    directory of model.transformers that is not one: the adapter reads the shards' headers through it, and a
+    malformed index gave a traceback or JSON's words without a file. Directories given by a Hugging Face model name are
+    left to the adapter."""
+    tasks = block.get("tasks")
+    named = [("model.transformers.pretrained", block.get("pretrained"))]
+    if isinstance(tasks, Mapping):
+        named += [(_task_key(t), s.get("directory")) for t, s in tasks.items() if isinstance(s, Mapping)]
+    for key, value in named:
+        if not isinstance(value, str) or not value:
+            continue
+        folder = Path(value).expanduser()
+        index = (folder if folder.is_absolute() else base_dir / folder) / HF_WEIGHTS[1]
+        if index.is_file():
+            _check_shard_index(index, key)
+
+
+def _check_shard_index(index: Path, key: str) -> None:
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not a JSON object
+        weight_map = None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConfigError(
+            f"{key}: {index}: not a safetensors index (a JSON object whose weight_map maps tensor names to shard files)"
+        )
+    name, shard = next(((n, s) for n, s in weight_map.items() if not isinstance(s, str) or not s), (None, None))
+    if name is not None:
+        raise ConfigError(f"{key}: {index}: weight_map gives tensor '{name}' the shard {shard!r}, not a file name")
 
 
 def check_same_bodies(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
