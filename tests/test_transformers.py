@@ -238,6 +238,23 @@ def test_resolve_fills_the_generic_model(minilm, tmp_path):
         with pytest.raises(ConfigError) as info:
             load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], spec))
         assert str(info.value).startswith(f"model.transformers.tasks.three.directory: {index}: {problem}"), info.value
+    # a local directory mistyped: a did-you-mean, not how to fetch a Hugging Face model of that name
+    spec = {**tasks, "three": {**tasks["three"], "directory": "brokn"}}
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], spec))
+    assert str(info.value) == (
+        f"model.transformers.tasks.three.directory: directory {tmp_path / 'brokn'} not found (did you mean `broken`?)"
+    )
+    # a column set for every task is named by that key, not by the task's own key the adapter fills from it
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "config", experiment(tmp_path / "bad.yaml", minilm["base"], tasks, label_column="lable"))
+    assert str(info.value).startswith(
+        f"model.transformers.label_column: {minilm['csv']} (task two) has no column 'lable' (did you mean `label`?)"
+    ), info.value
+    load_config(  # a task's own column where the others' is right: the task's key, as before
+        REPO / "config",
+        experiment(tmp_path / "ok.yaml", minilm["base"], {**tasks, "two": {**tasks["two"], "text_column": "text"}}),
+    )
 
 
 @pytest.mark.slow  # the real MiniLM

@@ -385,7 +385,7 @@ def resolve(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     try:
         adapters.check_unused(model)
         if model.get("adapter") == "transformers":
-            transformers_checks.check_shard_indexes(model.get("transformers") or {}, base_dir)
+            transformers_checks.check_block(model.get("transformers") or {}, base_dir)
         if model.get("adapter") is not None:
             model = adapters.resolve(model, base_dir)
     except ValueError as exc:

@@ -18,8 +18,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mapmerge.adapters.transformers import header_shapes
+from mapmerge.adapters.hub import is_name, snapshot
+from mapmerge.adapters.transformers import DEFAULTS, data_columns, header_shapes
 from mapmerge.errors import ConfigError
+from mapmerge.run.schema import closest
 from mapmerge.tensors.checkpoints import HF_WEIGHTS
 
 Shape = tuple[int, ...]
@@ -30,22 +32,66 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "added_tokens.j
 LABEL_KEYS = ("num_labels", "vocab_size")  # config.json integers a fine-tune may change: its head, added tokens
 
 
-def check_shard_indexes(block: Mapping[str, Any], base_dir: Path) -> None:
-    """ConfigError naming the key and the file for a sharded save's index (model.safetensors.index.json) in a local
-    directory of model.transformers that is not one: the adapter reads the shards' headers through it, and a
-    malformed index gave a traceback or JSON's words without a file. Directories given by a Hugging Face model name are
-    left to the adapter."""
-    tasks = block.get("tasks")
+def check_block(block: Mapping[str, Any], base_dir: Path) -> None:
+    """ConfigError, before the adapter resolves model.transformers, for what it would name wrongly or with a traceback:
+    a local directory mistyped (a did-you-mean; the adapter took it for a Hugging Face name and said how to fetch it),
+    a sharded save's index that is not one (model.safetensors.index.json; a traceback in the adapter's header read,
+    or JSON's words without a file), and a text or label column set for every task that a task's data lacks (named by
+    the key the user set, not the task's own key the adapter fills from it). Paths are relative to base_dir;
+    directories given by a Hugging Face model name are left to the adapter."""
+    tasks = block.get("tasks") if isinstance(block.get("tasks"), Mapping) else {}
+    specs = {t: s for t, s in tasks.items() if isinstance(s, Mapping)}
     named = [("model.transformers.pretrained", block.get("pretrained"))]
-    if isinstance(tasks, Mapping):
-        named += [(_task_key(t), s.get("directory")) for t, s in tasks.items() if isinstance(s, Mapping)]
+    named += [(_task_key(t), s.get("directory")) for t, s in specs.items()]
     for key, value in named:
-        if not isinstance(value, str) or not value:
+        folder = _local(value, base_dir)
+        if folder is None:
             continue
-        folder = Path(value).expanduser()
-        index = (folder if folder.is_absolute() else base_dir / folder) / HF_WEIGHTS[1]
-        if index.is_file():
-            _check_shard_index(index, key)
+        if not folder.exists():
+            _check_mistyped(folder, str(value), key)
+        elif (folder / HF_WEIGHTS[1]).is_file():
+            _check_shard_index(folder / HF_WEIGHTS[1], key)
+    columns = ["text_column"] + (
+        ["label_column"] if block.get("task_type", DEFAULTS["task_type"]) == "sequence_classification" else []
+    )
+    for column in (c for c in columns if c in block):
+        for task, spec in specs.items():
+            data = _local(spec.get("data"), base_dir)
+            if column in spec or data is None or not data.is_file():
+                continue
+            try:
+                have = data_columns(data)
+            except (ConfigError, OSError, ValueError):  # the adapter names the file's problem
+                continue
+            if block[column] not in have:
+                raise ConfigError(
+                    f"model.transformers.{column}: {data} (task {task}) has no column '{block[column]}'"
+                    f"{closest(str(block[column]), have)} (it has: {', '.join(have)})"
+                )
+
+
+def _local(value: Any, base_dir: Path) -> Path | None:
+    """A path key's value as a local path (relative to base_dir), None for no string."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _check_mistyped(folder: Path, value: str, key: str) -> None:
+    """ConfigError with a did-you-mean for a directory that does not exist beside one of a close name (unless the
+    value names a cached Hugging Face model)."""
+    parent = folder.parent
+    hint = closest(folder.name, [p.name for p in parent.iterdir() if p.is_dir()]) if parent.is_dir() else ""
+    if not hint:
+        return
+    if is_name(value):
+        try:
+            snapshot(value, key)
+            return
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: directory {folder.resolve()} not found{hint}")
 
 
 def _check_shard_index(index: Path, key: str) -> None:
