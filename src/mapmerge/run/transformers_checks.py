@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mapmerge.adapters.hub import is_name, snapshot
-from mapmerge.adapters.transformers import DEFAULTS, data_columns, header_shapes
+from mapmerge.adapters.transformers import DEFAULTS, HF_WEIGHTS, data_columns, header_shapes
 from mapmerge.errors import ConfigError
 from mapmerge.run.schema import closest
-from mapmerge.tensors.checkpoints import HF_WEIGHTS
 
 Shape = tuple[int, ...]
 CONFIG = "config.json"
