@@ -8,13 +8,18 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import job_counts, run, snakemake_command
+from mapmerge.core import pareto
+from mapmerge.core.metrics import sample_metrics
 from mapmerge.io import read_table
+from mapmerge.tools.cli import main
 from test_methods import COMMON
 
 pytestmark = pytest.mark.slow
+TASKS = ["rot90", "flip_parity"]
 
 BAYES = [
     "name=bayes",
@@ -54,6 +59,36 @@ def test_bayesian_rounds_are_kept_and_all_fitted(bayes):
         "evaluate_round": 6,
         "evaluate_selected": 1,
     }
+
+
+def test_the_measured_front_holds_the_chosen_merges_real_evaluation(bayes, capsys, tmp_path):
+    """Without refinement rounds the chosen merge is the predicted pick, evaluated for real by evaluate_selected: it is
+    one of the run's real evaluations, so the measured front (measured.parquet) and select's measured candidate hold
+    it (sample `chosen`) where no sample dominates it, and leave out the samples it dominates."""
+    results = bayes[0] / "results" / "bayes"
+    group = results / "groups" / "all"
+    evaluated = sample_metrics(read_table(group / "samples.parquet"), read_table(group / "metrics.parquet"))
+    chosen = read_table(results / "selected.parquet").iloc[-1]
+    real = {t: chosen[f"measured_accuracy_{t}"] for t in TASKS}
+    assert "source" not in chosen.index  # the predicted pick
+    everything = pd.concat(
+        [evaluated, pd.DataFrame([{"sample": "chosen", **{f"accuracy_{t}": real[t] for t in TASKS}}])],
+        ignore_index=True,
+    )
+    kept = pareto.non_dominated(everything[[f"accuracy_{t}" for t in TASKS]].to_numpy(), [True] * len(TASKS))
+    measured = read_table(results / "measured.parquet")
+    assert sorted(measured["sample"]) == sorted(everything["sample"].iloc[kept])
+    if "chosen" in set(measured["sample"]):
+        row = measured.set_index("sample").loc["chosen"]
+        assert row["kind"] == "chosen" and row["round"] == evaluated["round"].max()
+        assert [row[f"accuracy_{t}"] for t in TASKS] == [real[t] for t in TASKS]
+        assert [row[f"c_{t}"] for t in TASKS] == [chosen[f"c_{t}"] for t in TASKS]
+    # select with the run's own preference: its measured candidate is the best of the measured front, the chosen
+    # merge among them, never a sample that the chosen merge dominates
+    prefer = ["--prefer", "rot90=1,flip_parity=1"]  # the run's own: equal weights
+    assert main(["select", str(results), *prefer, "--out", str(tmp_path / "pick.safetensors")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("measured (real evaluation)"))
+    assert line.split()[3] in set(measured["sample"])
 
 
 def test_bayesian_rounds_sample_inside_the_box_and_differ_from_the_design(bayes):

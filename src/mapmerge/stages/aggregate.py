@@ -15,6 +15,7 @@ from mapmerge.core.selection import measured_front
 from mapmerge.io import read_table, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import plots
+from mapmerge.outputs.measured import with_chosen_merge
 from mapmerge.outputs.report import write_report
 
 PathLike = str | os.PathLike
@@ -82,9 +83,10 @@ def run_aggregate(
         samples = read_table(layout.samples(group))
         evaluated = sample_metrics(samples, read_table(layout.metrics(group)), complete=False)
         complete = evaluated.dropna(subset=evaluated.columns.difference(samples.columns))  # as sample_metrics' default
-        measured_fronts.append(measured_front(complete, metric, group_tasks).assign(group=group))
         choice = read_table(layout.choice(group)).assign(group=group)
         real[group] = measured_metrics(layout.selected_evals(group))
+        complete = with_chosen_merge(complete, choice, real[group])
+        measured_fronts.append(measured_front(complete, metric, group_tasks).assign(group=group))
         for name in sorted(set(real[group].index.get_level_values("metric"))):
             for task in group_tasks:
                 choice[f"measured_{name}_{task}"] = real[group][(name, task)]

@@ -33,6 +33,7 @@ from mapmerge.core.metrics import METRICS
 from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError, atomic_path, table_metadata
 from mapmerge.layout import Layout
+from mapmerge.outputs.measured import with_chosen_merge
 from mapmerge.outputs.notes import fallback_note
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.schema import checked_weights, unknown_task
@@ -349,6 +350,9 @@ def preference_candidates(
     )
     if paths.samples(group).exists() and paths.metrics(group).exists():
         evaluated = metrics.sample_metrics(read_checked(paths.samples(group)), read_checked(paths.metrics(group)))
+        if paths.selected_evals(group).exists():  # the chosen merge, evaluated for real where it is no sample
+            real = metrics.measured_metrics(paths.selected_evals(group))
+            evaluated = with_chosen_merge(evaluated, read_checked(paths.choice(group)), real)
         candidates.append(pick(selection.measured_front(evaluated, metric, tasks), "measured")[2])
     return index, member_weights, candidates, refined
 
