@@ -261,13 +261,21 @@ def test_the_notes_say_where_the_merge_comes_from_and_where_the_box_cuts_the_fro
     lines = box_notes(front, samples, choice, members)
     assert lines == [
         "67% of the front lies on the upper bound c_a = 1 of the box; the chosen merge too: the front may go on past "
-        "it (refine.extend > 0 evaluates past it in the next refinement round)",
+        "it (refine.extend > 0 has the refinement rounds evaluate past it, up to refine.limit)",
         "the chosen merge lies on the lower bound c_b = 0 of the box (its task vector is left out)",
     ]
     on_top = box_notes(front, samples, pd.concat([choice.drop("c_b"), pd.Series({"c_b": 1.0})]), members)
     assert on_top[-1] == (  # the pick alone on a bound the front leaves (c_b = 1): no share of 0% said
         "the chosen merge lies on the upper bound c_b = 1 of the box: the front may go on past it (refine.extend > 0 "
-        "evaluates past it in the next refinement round)"
+        "has the refinement rounds evaluate past it, up to refine.limit)"
+    )
+    # a lower bound other than 0 (sampler.lower) is the box's, not the front's own edge: named for the front too
+    raised = samples.assign(c_b=[0.3, 1.0, 0.5])
+    assert box_notes(
+        front.assign(c_b=[0.3, 0.3, 0.9]), raised, pd.concat([choice.drop("c_b"), pd.Series({"c_b": 0.9})]), members
+    )[-1] == (
+        "67% of the front lies on the lower bound c_b = 0.3 of the box: the front may go on below it (a lower "
+        "sampler.lower samples there)"
     )
     # a member of nested MAP that merges several tasks is named by them
     assert box_notes(front, samples, choice, members, [["a"], ["b", "c"]])[1].endswith(

@@ -111,34 +111,38 @@ def box_notes(
 ) -> list[str]:
     """Where the front or the chosen merge lies on a bound of the box it was searched in (the evaluated coefficients'
     range), naming the member and the bound; a member left out at 0 that is a merge of several tasks (nested MAP's
-    `member_tasks`) names them."""
+    `member_tasks`) names them. A front on a lower bound of 0 is not named (a task left out: the front's own edge), on
+    any other bound it is."""
     columns = [f"c_{m}" for m in members]
     coef = samples[columns].to_numpy(dtype=float)
     lower, upper = coef.min(axis=0), coef.max(axis=0)
     shares = {(j, bound): share for j, bound, share in on_bounds(front[columns].to_numpy(dtype=float), lower, upper)}
     picked = {(j, bound) for j, bound, _ in on_bounds(choice[columns].to_numpy(dtype=float), lower, upper)}
+    value = {
+        (j, bound): bounds[j] for bound, bounds in (("lower", lower), ("upper", upper)) for j in range(len(members))
+    }
+    left_out = {(j, "lower") for j in range(len(members)) if lower[j] == 0}  # the front's own edge: not named
+    named = {key for key, share in shares.items() if share >= FRONT_SHARE and key not in left_out} | picked
     lines = []
-    for j, bound in sorted(
-        {key for key, share in shares.items() if share >= FRONT_SHARE and key[1] == "upper"} | picked
-    ):
-        value = lower[j] if bound == "lower" else upper[j]
-        where = f"the {bound} bound c_{members[j]} = {value:g} of the box"
-        if bound == "lower":
-            unused = ""
-            if value == 0:
-                tasks = member_tasks[j] if member_tasks is not None else [members[j]]
-                unused = " (its task vector is left out" + (f": {', '.join(tasks)})" if len(tasks) > 1 else ")")
+    for j, bound in sorted(named):
+        where = f"the {bound} bound c_{members[j]} = {value[j, bound]:g} of the box"
+        share = shares.get((j, bound), 0.0)
+        if (j, bound) in left_out:  # the pick
+            tasks = member_tasks[j] if member_tasks is not None else [members[j]]
+            unused = " (its task vector is left out" + (f": {', '.join(tasks)})" if len(tasks) > 1 else ")")
             lines.append(f"the chosen merge lies on {where}{unused}")
             continue
-        share = shares.get((j, bound), 0.0)
         if share >= FRONT_SHARE:
             also = "; the chosen merge too" if (j, bound) in picked else ""
             lead = f"{share:.0%} of the front lies on {where}{also}"
         else:  # the pick alone
             lead = f"the chosen merge lies on {where}"
-        lines.append(
-            f"{lead}: the front may go on past it (refine.extend > 0 evaluates past it in the next refinement round)"
+        past = (
+            "past it (refine.extend > 0 has the refinement rounds evaluate past it, up to refine.limit)"
+            if bound == "upper"
+            else "below it (a lower sampler.lower samples there)"
         )
+        lines.append(f"{lead}: the front may go on {past}")
     return lines
 
 
