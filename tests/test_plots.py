@@ -173,7 +173,7 @@ def test_the_titles_name_the_fronts_metric_where_they_are_drawn_in_another(
     plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected, objective="loss")
     assert titles == {
         "front_parallel.png": "Pareto front in parallel coordinates: 12 points, 2 tasks (fronts by loss, drawn in accuracy)",
-        "front_2d.png": "Pareto front of merges: rot90 vs invert (fronts by loss, drawn in accuracy)",
+        "front_2d.png": "Pareto front of merges: rot90 vs invert\n(fronts by loss, drawn in accuracy)",
     }
     plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected, objective="accuracy")
     assert not any("drawn in" in title for title in titles.values())

@@ -232,7 +232,8 @@ def _finish_2d(ax: Axes, tasks: Sequence[str], metric: str, maximize: bool, obje
     x_task, y_task = tasks
     ax.set_xlabel(f"{metric} on {x_task}")
     ax.set_ylabel(f"{metric} on {y_task}")
-    ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}{_drawn_in(metric, objective)}")
+    note = _drawn_in(metric, objective).strip()  # on a line of its own: one line ran into the legend beside the axes
+    ax.set_title(f"Pareto front of merges: {x_task} vs {y_task}" + (f"\n{note}" if note else ""))
     ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
     corner, tail = ((0.97, 0.97), (0.86, 0.86)) if maximize else ((0.03, 0.03), (0.14, 0.14))
