@@ -836,6 +836,7 @@ def test_select_two_preferences(runs, capsys):
         }
         assert set(rows) == {"predicted", "measured"}  # both candidates, each marked
         assert rows["predicted"][:3] == ["predicted", "(not", "evaluated)"] and "[" in out  # with its interval
+        assert "[low, high]: the predictions' 90% prediction intervals (surrogate.interval), not measurements" in out
         assert rows["measured"][4:7] == [f"{coefficients[t]:.4f}" for t in TASKS]
         state = load_state_dict(path)
         build_model(width=WIDTH).load_state_dict(state, strict=True)

@@ -145,6 +145,34 @@ def test_the_measured_front_is_drawn_with_the_predicted_one(tmp_path: Path, monk
         assert all(label not in a.get_legend_handles_labels()[1] for a in fig.axes)
 
 
+def test_the_legends_name_the_intervals_level_where_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mapmerge.outputs.plots as plots
+
+    legends: dict[str, list[str]] = {}
+    save = plots.save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        legends[Path(path).name] = [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    tasks = ["rot90", "invert"]
+    samples, front, reference, selected = tables(tasks)
+    for t in tasks:  # intervals beside the predictions, as pareto_front writes them
+        front[f"accuracy_{t}_lo"], front[f"accuracy_{t}_hi"] = (
+            front[f"accuracy_{t}"] - 0.05,
+            front[f"accuracy_{t}"] + 0.05,
+        )
+        selected[f"accuracy_{t}_lo"], selected[f"accuracy_{t}_hi"] = selected[f"accuracy_{t}"] - 0.05, 1.0
+    for interval, label in (
+        (0.8, "80% prediction interval (surrogate.interval)"),
+        (None, "prediction interval (surrogate.interval)"),
+    ):
+        plot_all(samples, front, reference, tasks, "accuracy", tmp_path, selected, interval=interval)
+        assert set(legends) == {"front_2d.png", "front_parallel.png"}
+        assert all(label in texts and sum("prediction interval" in t for t in texts) == 1 for texts in legends.values())
+
+
 def test_plots_are_deterministic(tmp_path: Path) -> None:
     tasks = ["rot90", "invert"]
     samples, front, reference, selected = tables(tasks)

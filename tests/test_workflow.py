@@ -112,6 +112,9 @@ def test_the_report_counts_the_measured_front_and_shows_the_plots(run):
         f"- measured front: {len(measured)} of the evaluated merges, those no other one dominates: "
         f"{res.relative_to(run) / 'measured.parquet'}\n" in report
     )
+    # the intervals' level, which select and plot read back from selected.parquet (they read no config)
+    assert table_metadata(res / "selected.parquet")["mapmerge.interval"] == "0.9"
+    assert "`_lo`, `_hi`: the predictions' 90% prediction intervals (surrogate.interval), not measurements\n" in report
     images = re.findall(r"^!\[(.+)\]\((.+)\)$", report, flags=re.MULTILINE)  # what aggregate drew, 2 tasks
     assert images == [("front_parallel.png", "plots/front_parallel.png"), ("front_2d.png", "plots/front_2d.png")]
     assert all((res / path).is_file() for _, path in images) and report.endswith(")\n")

@@ -102,6 +102,22 @@ def choice_note(choice: pd.Series, method: str, rule: str | None = None, merged:
     ]
 
 
+INTERVAL_KEY = "mapmerge.interval"  # selected.parquet's metadata: the level of the predictions' intervals
+
+
+def interval_level(selected: str | os.PathLike) -> float | None:
+    """The level of the prediction intervals (surrogate.interval) that selected.parquet records; None where it records
+    none (a run aggregated before it did)."""
+    recorded = table_metadata(selected).get(INTERVAL_KEY) if os.path.exists(selected) else None
+    return float(recorded) if recorded is not None else None
+
+
+def interval_line(level: float | None, shown: str = "`_lo`, `_hi`") -> str:
+    """What the intervals `shown` are, naming their level where known."""
+    named = f"{level:.0%} " if level is not None else ""
+    return f"{shown}: the predictions' {named}prediction intervals (surrogate.interval), not measurements"
+
+
 def box_notes(
     front: pd.DataFrame,
     samples: pd.DataFrame,

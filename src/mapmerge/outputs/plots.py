@@ -76,6 +76,7 @@ def plot_front_2d(
     maximize: bool = True,
     measured: pd.DataFrame | None = None,
     objective: str | None = None,
+    interval: float | None = None,
 ) -> Path:
     """Plot a two-task front in metric space (x: `tasks[0]`, y: `tasks[1]`) and save it as PNG.
 
@@ -83,7 +84,8 @@ def plot_front_2d(
     other one dominates), the fine-tuned models as dashed lines, the pretrained model and the selected point
     (predicted, and measured when present).
     `maximize` says whether larger metric values are better (marked by an arrow in that corner). `objective`: the
-    metric the fronts were found by, named in the title where it is not `metric`.
+    metric the fronts were found by, named in the title where it is not `metric`. `interval`: the level of the
+    front's prediction intervals (surrogate.interval), named in the legend where given.
     """
     tasks = list(tasks)
     if len(tasks) != 2:
@@ -126,6 +128,7 @@ def plot_front_2d(
     if None not in pre:
         _label_pretrained(ax, pre)
     _finish_2d(ax, tasks, metric, maximize, objective)
+    _name_level([ax], interval)
     fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return save(fig, path)
 
@@ -274,12 +277,13 @@ def plot_front_parallel(
     members: Sequence[str] | None = None,
     measured: pd.DataFrame | None = None,
     objective: str | None = None,
+    interval: float | None = None,
 ) -> Path:
     """Plot the front in parallel coordinates (coefficients left, metrics right) as PNG.
 
     One polyline per front point, coloured by its mean predicted metric; the measured front (`measured`: the real
     evaluations that no other one dominates) as dark dotted polylines over it; the selected point drawn bold on both
-    panels. members: the coefficients' names (default: the tasks). objective: as for plot_front_2d.
+    panels. members: the coefficients' names (default: the tasks). objective, interval: as for plot_front_2d.
     """
     tasks = list(tasks)
     members = tasks if members is None else list(members)
@@ -322,6 +326,7 @@ def plot_front_parallel(
         if row is not None:
             _draw_selected_polyline(ax, xs, row, cols, metrics=ax is ax_m)
 
+    _name_level([ax_c, ax_m], interval)
     legend = legend_entries((ax_c, ax_m))
     if legend:
         fig.legend(
@@ -335,6 +340,16 @@ def plot_front_parallel(
         + _drawn_in(metric, objective)
     )
     return save(fig, path)
+
+
+def _name_level(axes: Sequence[Axes], interval: float | None) -> None:
+    """Name the intervals' level in their legend entry (`90% prediction interval (surrogate.interval)`), where known."""
+    if interval is None:
+        return
+    for ax in axes:
+        for artist in [*ax.get_children(), *ax.containers]:
+            if artist.get_label() == INTERVAL_LABEL:
+                artist.set_label(f"{interval:.0%} {INTERVAL_LABEL}")
 
 
 def _draw_polylines(
@@ -431,18 +446,28 @@ def plot_all(
     members: Sequence[str] | None = None,
     measured: pd.DataFrame | None = None,
     objective: str | None = None,
+    interval: float | None = None,
 ) -> list[Path]:
     """Write front_parallel.png, and front_2d.png when there are exactly 2 tasks; return the paths.
 
     members: the coefficients' names, when they are not the tasks (nested MAP's upper levels). measured: the
     measured front (measured.parquet's rows of the group), drawn with the predicted one. objective: the metric the
     fronts were found by, where the plots draw them in another (`mapmerge plot --metric`): the titles say so.
+    interval: the level of the front's prediction intervals (surrogate.interval), named in the legends.
     """
     out_dir = Path(out_dir)
     parallel = out_dir / "front_parallel.png"
     paths = [
         plot_front_parallel(
-            front, tasks, metric, parallel, selected=selected, members=members, measured=measured, objective=objective
+            front,
+            tasks,
+            metric,
+            parallel,
+            selected=selected,
+            members=members,
+            measured=measured,
+            objective=objective,
+            interval=interval,
         )
     ]
     if len(tasks) == 2:
@@ -458,6 +483,7 @@ def plot_all(
                 maximize=maximize,
                 measured=measured,
                 objective=objective,
+                interval=interval,
             )
         )
     return paths

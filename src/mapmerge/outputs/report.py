@@ -13,7 +13,7 @@ from mapmerge.core.metrics import METRICS, suffixes, wide_metrics
 from mapmerge.core.surrogate import TABLE_COLUMNS
 from mapmerge.io import atomic_path, read_table, table_metadata
 from mapmerge.layout import Layout
-from mapmerge.outputs.notes import group_notes
+from mapmerge.outputs.notes import group_notes, interval_level, interval_line
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -202,6 +202,8 @@ def write_report(
         f"## Chosen merge of group {selected['group'].iloc[-1]} (predicted and measured)",
         "",
         *(line for table in chosen_merge(selected) for line in (markdown_table(table), "")),
+        interval_line(interval_level(layout.selected)),
+        "",
         f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
         *(validation_section(validation, layout.plots) if validation is not None else []),
         f"Plots: {layout.plots}",

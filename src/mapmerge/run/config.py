@@ -736,7 +736,11 @@ def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
             **operator,
             **({"refined": True, "interval": cfg["surrogate"]["interval"]} if cfg["refine"]["rounds"] else {}),
         },
-        "aggregate": {"objective": objective, "preference": cfg["preference"]},
+        "aggregate": {
+            "objective": objective,
+            "preference": cfg["preference"],
+            "interval": cfg["surrogate"]["interval"],
+        },
         "report_tables": {},
     }
     return {**parts[stage], "code": code_version(stage, parts[stage], model["python_path"])}

@@ -16,6 +16,7 @@ from mapmerge.io import read_table, write_table
 from mapmerge.layout import Layout
 from mapmerge.outputs import plots
 from mapmerge.outputs.measured import with_chosen_merge
+from mapmerge.outputs.notes import INTERVAL_KEY
 from mapmerge.outputs.report import write_report
 
 PathLike = str | os.PathLike
@@ -93,9 +94,10 @@ def run_aggregate(
         chosen.append(choice)
         inputs += [layout.front(group), layout.choice(group), layout.selected_evals(group)]
         inputs += [layout.samples(group), layout.metrics(group)]
-    write_table(pd.concat(fronts, ignore_index=True), pareto, "aggregate", params, inputs)
+    level = {INTERVAL_KEY: str(params["interval"])}  # for select, plot and the report, which read no config
+    write_table(pd.concat(fronts, ignore_index=True), pareto, "aggregate", params, inputs, extra=level)
     write_table(pd.concat(measured_fronts, ignore_index=True), measured, "aggregate", params, inputs)
-    write_table(pd.concat(chosen, ignore_index=True), selected, "aggregate", params, inputs)
+    write_table(pd.concat(chosen, ignore_index=True), selected, "aggregate", params, inputs, extra=level)
     tree = group_tree(plans, dict(zip(group_names, chosen)), real, metric, params["preference"])
     write_table(tree, groups, "aggregate", params, inputs)
     tasks = suffixes(fronts[-1].columns, metric)
@@ -110,5 +112,6 @@ def run_aggregate(
         maximize=maximized(metric),
         members=suffixes(fronts[-1].columns, "c"),
         measured=measured_fronts[-1],
+        interval=params["interval"],
     )
     write_report(results, group_names, report, drawn, validation)

@@ -7,6 +7,7 @@ from pathlib import Path
 from mapmerge.core.metrics import maximized, metrics_from_examples, suffixes, wide_metrics
 from mapmerge.io import read_table
 from mapmerge.layout import Layout
+from mapmerge.outputs.notes import interval_level
 from mapmerge.run import runlock
 from mapmerge.tools.check import read_checked, require_columns
 from mapmerge.tools.runfolder import UsageError, final_group, front_file, objective_metric, run_objective, scan
@@ -70,6 +71,7 @@ def replot(results: Path, out_dir: Path | None = None, metric: str | None = None
         members=members,
         measured=measured,
         objective=objective,
+        interval=interval_level(paths.selected),
     )
 
 

@@ -34,7 +34,7 @@ from mapmerge.errors import ConfigError
 from mapmerge.io import ArtifactError, atomic_path, table_metadata
 from mapmerge.layout import Layout
 from mapmerge.outputs.measured import with_chosen_merge
-from mapmerge.outputs.notes import fallback_note
+from mapmerge.outputs.notes import fallback_note, interval_level, interval_line
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.schema import checked_weights, unknown_task
 from mapmerge.tensors.operators import SEEDED
@@ -447,6 +447,7 @@ def _text(
     )
     lines += ["", f"candidates ({method}); chosen: the {chosen.candidate} one: {why}", ""]
     lines += _candidate_lines(candidates, chosen.front, members, tasks, method)
+    lines.append(interval_line(interval_level(Layout(results).selected), "[low, high]"))
     merge = chosen.merge
     lines += [
         "",
