@@ -115,6 +115,14 @@ def test_the_report_counts_the_measured_front_and_shows_the_plots(run):
     # the intervals' level, which select and plot read back from selected.parquet (they read no config)
     assert table_metadata(res / "selected.parquet")["mapmerge.interval"] == "0.9"
     assert "`_lo`, `_hi`: the predictions' 90% prediction intervals (surrogate.interval), not measurements\n" in report
+    # the chosen merge is a measured point (refinement rounds): its evaluate_selected table is not counted again
+    ledger = read_table(res / "evaluations.parquet")
+    assert read_table(res / "selected.parquet")["source"].tolist() == ["measured"]
+    assert (
+        f"Real model evaluations in all: {ledger['models'].sum() - 1} models, "
+        f"{ledger['task_evaluations'].sum() - 2} (model, task) evaluations (a chosen merge that is a measured point "
+        "counted once: evaluate_selected's table repeats rows evaluated before).\n" in report
+    )
     images = re.findall(r"^!\[(.+)\]\((.+)\)$", report, flags=re.MULTILINE)  # what aggregate drew, 2 tasks
     assert images == [("front_parallel.png", "plots/front_parallel.png"), ("front_2d.png", "plots/front_2d.png")]
     assert all((res / path).is_file() for _, path in images) and report.endswith(")\n")

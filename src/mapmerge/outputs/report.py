@@ -47,6 +47,25 @@ def evaluations_by_stage(ledger: pd.DataFrame) -> pd.DataFrame:
     return ledger.groupby("stage", sort=False)[["models", "task_evaluations", "examples"]].sum().reset_index()
 
 
+def distinct_evaluations(ledger: pd.DataFrame, selected: pd.DataFrame) -> str:
+    """The report's count of real evaluations: the ledger's, less a chosen merge that is a measured point (after
+    refinement rounds its table holds that point's rows again, taken from its evaluation)."""
+    measured = selected["source"].eq("measured") if "source" in selected.columns else pd.Series(False, selected.index)
+    again = ledger[(ledger["stage"] == "evaluate_selected") & ledger["group"].isin(selected.loc[measured, "group"])]
+    models, pairs = (
+        int(ledger["models"].sum() - again["models"].sum()),
+        int(ledger["task_evaluations"].sum() - again["task_evaluations"].sum()),
+    )
+    repeated = (
+        " (a chosen merge that is a measured point counted once: evaluate_selected's "
+        + ("tables repeat" if len(again) > 1 else "table repeats")
+        + " rows evaluated before)"
+        if len(again)
+        else ""
+    )
+    return f"Real model evaluations in all: {models} models, {pairs} (model, task) evaluations{repeated}."
+
+
 def chosen_merge(selected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The final chosen merge (the last group's): what it is as column, value rows (its group, where it comes from,
     its members' coefficients and weights), and its metrics as one row per task: each metric predicted, with its
@@ -204,7 +223,7 @@ def write_report(
         *(line for table in chosen_merge(selected) for line in (markdown_table(table), "")),
         interval_line(interval_level(layout.selected)),
         "",
-        f"Real model evaluations in all: {int(ledger['models'].sum())} models, {int(ledger['task_evaluations'].sum())} (model, task) evaluations.",
+        distinct_evaluations(ledger, selected),
         *(validation_section(validation, layout.plots) if validation is not None else []),
         f"Plots: {layout.plots}",
         "",
