@@ -535,7 +535,15 @@ def _group_lines(
                 shown(merged_file, "yes" if disk.good(merged_file) else "no"),
             )
         )
-    header = ["group", "level", "rounds", "eval files", "samples", "front points", "merged.safetensors"]
+    header = [
+        "group",
+        "level",
+        "round tables (r00: design)",
+        "eval files",
+        "samples",
+        "front points",
+        "merged.safetensors",
+    ]
     return ["Groups (the last is the final merge):", *("  " + line for line in text_table(table, header))]
 
 
