@@ -650,6 +650,28 @@ def test_an_experiment_files_setting_that_cannot_take_effect_is_warned_of(repo, 
     )
 
 
+def test_a_preference_that_leaves_merged_tasks_out_is_warned_of(repo, tmp_path):
+    """Tasks a preference does not name weigh 0 (a task added after the preference was written, say): a warning naming
+    them, none where every merged task is named (0 too) or the preference is equal."""
+    warned: list[str] = []
+    tasks = "tasks=[rot90, invert, flip_parity]"
+    load(repo, overrides=[tasks, "preference={rot90: 2, invert: 1}"], warn=warned.append)
+    assert warned == [
+        "preference: gives no weight to flip_parity, which the run merges: weight 0, the pick ignores its metrics; "
+        "give it a weight (0 to say so)"
+    ]
+    warned.clear()
+    for preference in ("{rot90: 2, invert: 1, flip_parity: 0}", "{}"):
+        load(repo, overrides=[tasks, f"preference={preference}"], warn=warned.append)
+    assert warned == []
+    (tmp_path / "weights.yaml").write_text("rot90: 1\n")
+    load(repo, overrides=[tasks, f"preference={tmp_path / 'weights.yaml'}"], warn=warned.append)
+    assert warned == [
+        f"preference file {tmp_path / 'weights.yaml'}: gives no weight to invert, flip_parity, which the run merges: "
+        "weight 0, the pick ignores their metrics; give each a weight (0 to say so)"
+    ]
+
+
 def test_a_group_option_written_as_the_groups_value_says_how_an_experiment_file_chooses_it(repo, tmp_path):
     """`selection: tchebycheff` in an experiment file (the command line's selection=tchebycheff): the line says how a
     file chooses a group's option, and that way loads; a value no option of the group has gets no such hint."""

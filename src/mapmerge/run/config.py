@@ -127,6 +127,8 @@ def load_config(
         raise ConfigError(f"{exc}{_group_option_hint(str(exc), config_dir)}") from None
     cfg = resolve(raw, base_dir=exp_dir or Path.cwd())
     _check_inert(cfg, overrides, exp_keys, experiment, warn)
+    if warn is not None and (line := _unweighted(cfg["task_names"], raw.get("preference"), exp_dir or Path.cwd())):
+        warn(line)
     preflight.check_plan(cfg)
     if check_files:
         preflight.check_files(cfg, warn)
@@ -466,6 +468,22 @@ def _check_preference(preference: Mapping[str, Any], tasks: list[str], merged: l
         schema.checked_weights(preference, merged)
     except PreferenceError as exc:
         raise ConfigError(where + str(exc)) from exc
+
+
+def _unweighted(merged: Sequence[str], given: Any, base_dir: Path) -> str | None:
+    """The warning for merged tasks a preference that names some gives no weight (0: the pick ignores them; a task
+    added to a run whose preference was written before it, say); None where it names every one (0 too), or none.
+    given: the preference as the config gives it (a mapping, or a file's name relative to base_dir)."""
+    preference = _preference(given, base_dir) if given else {}
+    unnamed = [task for task in merged if task not in preference]
+    if not preference or not unnamed:
+        return None
+    where = f"preference file {given}" if isinstance(given, str) else "preference"
+    return (
+        f"{where}: gives no weight to {', '.join(unnamed)}, which the run merges: weight 0, the pick ignores "
+        f"{'its' if len(unnamed) == 1 else 'their'} metrics; give {'it' if len(unnamed) == 1 else 'each'} a weight "
+        "(0 to say so)"
+    )
 
 
 def canonical_preference(preference: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
