@@ -391,6 +391,33 @@ def test_status_tells_evaluation_files_the_runs_ledger_does_not_list(runs, tmp_p
     assert (evals / "my_analysis.parquet").exists() and not (evals / "b0099.parquet").exists()
 
 
+def test_task_vectors_of_tasks_the_run_no_longer_merges_are_named_and_pruned(runs, tmp_path, capsys):
+    """A task dropped from the run leaves its task vector (a model's size, for a language model): status names it,
+    prune removes it with its job's log; one written after task_vectors.parquet (a rerun's) stays."""
+    R = tmp_path / "fewer"
+    shutil.copytree(runs["plain"], R)
+    vectors, table = R / "task_vectors", (R / "task_vectors.parquet").stat().st_mtime
+    for name, mtime in (("mod3", table - 60), ("newer", table + 60)):
+        shutil.copy2(vectors / "rot90.safetensors", vectors / f"{name}.safetensors")
+        os.utime(vectors / f"{name}.safetensors", (mtime, mtime))
+    log = R / "logs" / "extract_task_vector" / "mod3.log"  # as its job wrote it (this run's stages ran in-process)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("done\n")
+    assert main(["status", str(R)]) == 0
+    assert status_rows(capsys.readouterr().out)["extract_task_vector"] == [
+        "done",
+        "task_vectors/<task>.safetensors: 3 of 3 tasks; task_vectors/mod3.safetensors left from an earlier task list",
+    ]
+    assert main(["prune", str(R)]) == 0
+    size = (vectors / "rot90.safetensors").stat().st_size / 1e6
+    assert (
+        f"removed task_vectors/mod3.safetensors ({size:.1f} MB): task vectors of tasks the run no longer merges"
+        in capsys.readouterr().out
+    )
+    assert not (vectors / "mod3.safetensors").exists() and not log.exists()
+    assert (vectors / "newer.safetensors").exists() and (vectors / "rot90.safetensors").exists()
+
+
 def remade(R: Path, changed: Path) -> None:
     """As a run remakes what reads a file the test changed, and what reads those: each table that records it records
     its new bytes (else status calls them stale: runfolder.changed_inputs)."""

@@ -26,9 +26,10 @@ def prune(results: Path, dry_run: bool = False) -> str:
         with nullcontext() if dry_run else runlock.holding(results):
             left = left_behind(results, group_dirs(results), {}, scan(results).tasks)
             logs = left.logs(Layout(results))
+            vector_mb = sum(p.stat().st_size for p in left.vectors) / 1e6
             found = evaluation_cache.prune(results, dry_run, gone=left.evaluations)
             if not dry_run:
-                for path in [*left.evaluations, *left.rounds, *logs, *left.plots]:
+                for path in [*left.evaluations, *left.rounds, *logs, *left.plots, *left.vectors]:
                     path.unlink()
     except runlock.RunLockError as exc:
         raise ArtifactError(f"{exc}; nothing is pruned while it runs") from None
@@ -54,6 +55,12 @@ def prune(results: Path, dry_run: bool = False) -> str:
         lines.append(
             f"  {remove} {listed_names(results, left.plots)}: the two-task plot, left from an earlier setting (the run "
             "now has other than two tasks; report.md does not show it)"
+        )
+    if left.vectors:
+        lines.append(
+            f"  {remove} {listed_names(results, left.vectors)} ({vector_mb:.1f} MB): task vectors of tasks the run no "
+            "longer merges (task_vectors.parquet, written after them, lists none of them; a task merged again is "
+            "extracted again, its evaluations restored from the cache)"
         )
     return "\n".join(lines)
 

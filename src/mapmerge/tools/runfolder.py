@@ -125,13 +125,14 @@ PLOT_2D = "front_2d"  # the plot the workflow draws for two tasks only (workflow
 class LeftBehind:
     """A run folder's files left from an earlier setting, which no job of the run reads (Snakemake leaves a file in
     place once it is no longer an output): evaluation batches of another evaluation.samples_per_job or of more rounds,
-    those rounds' tables, the validation's grid batches and baselines of another validation.batch or list, and the
-    two-task plot of a run whose tasks are now more."""
+    those rounds' tables, the validation's grid batches and baselines of another validation.batch or list, the
+    two-task plot of a run whose tasks are now more, and the task vectors of tasks it no longer merges."""
 
     evals: set[Path]  # groups/<g>/evals/*.parquet that the run's ledger, written after them, does not list
     rounds: set[Path]  # groups/<g>/rounds/r<NN>.parquet (after r00) whose every batch is among `evals`
     validation: set[Path]  # validation/{grid,baselines}/*.parquet that validation.parquet, written after, did not read
     plots: set[Path] = field(default_factory=set)  # plots/front_2d.png of a run now of other than two tasks
+    vectors: set[Path] = field(default_factory=set)  # task_vectors/<t>.safetensors of a task the run no longer merges
 
     @property
     def evaluations(self) -> set[Path]:
@@ -154,6 +155,7 @@ class LeftBehind:
             logs += [L.log("refine_round", group, number), L.log("propose_round", group, number)]
         for path in self.validation:
             logs.append(L.log("validate_grid" if path.parent.name == "grid" else "validate_baseline", path.stem))
+        logs += [L.log("extract_task_vector", path.stem) for path in self.vectors]
         return sorted(log for log in logs if log.is_file())
 
 
@@ -163,7 +165,8 @@ def left_behind(
     """The files of `groups_` and of the validation left from an earlier setting (LeftBehind): none of the groups'
     while the ledger (evaluations.parquet) is missing or does not read (noted in `problems`), none of the
     validation's while validation.parquet is. A file newer than the table that would list it is a rerun's. The
-    two-task plot (PLOT_2D) where the run's `tasks`, if known, are other than two."""
+    two-task plot (PLOT_2D) where the run's `tasks`, if known, are other than two; the task vectors of other tasks
+    than those, older than task_vectors.parquet."""
     L = Layout(results)
     ledger = try_read(L.ledger, problems, columns=["group", "file"]) if L.ledger.is_file() else None
     evals: set[Path] = set()
@@ -178,7 +181,16 @@ def left_behind(
                 batches = {p for p in files if p.name.startswith(f"{table.stem}b")}
                 if batches and batches <= evals and table.stat().st_mtime <= written:
                     rounds.add(table)
-    return LeftBehind(evals, rounds, _validation_left(L, problems), left_plots(results, tasks))
+    return LeftBehind(evals, rounds, _validation_left(L, problems), left_plots(results, tasks), _vectors_left(L, tasks))
+
+
+def _vectors_left(L: Layout, tasks: Sequence[str]) -> set[Path]:
+    """The task vectors of tasks other than the run's `tasks` (if known) that task_vectors.parquet, written after them,
+    does not list: a task the run merged before (a model's size each, for a language model)."""
+    if not tasks or not L.task_vector_table.is_file():
+        return set()
+    written = L.task_vector_table.stat().st_mtime
+    return {p for p in L.task_vectors.glob("*.safetensors") if p.stem not in tasks and p.stat().st_mtime <= written}
 
 
 def left_plots(results: Path, tasks: Sequence[str]) -> set[Path]:

@@ -312,7 +312,8 @@ def _stage_states(
         "extract_task_vector": (
             "partial" if unextracted and extract == "done" else extract,
             f"{named(L.task_vector('<task>'))}: {disk.count(vectors)} of {len(tasks) or '?'} tasks"
-            + (f"; the benchmark also trained {', '.join(unextracted)}, with none yet" if unextracted else ""),
+            + (f"; the benchmark also trained {', '.join(unextracted)}, with none yet" if unextracted else "")
+            + (f"; {named(*sorted(left.vectors))} left from an earlier task list" if left.vectors else ""),
         ),
         "task_vector_table": (disk.state([L.task_vector_table], 1), named(L.task_vector_table)),
         "evaluate_reference": (
