@@ -630,6 +630,12 @@ def test_status_of_what_is_not_a_folder(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err == f"mapmerge status: {tmp_path / 'nothing'}: not a folder\n"
+    (tmp_path / "custom_mlp").mkdir()  # a run folder beside a mistyped one
+    assert main(["status", str(tmp_path / "custom_mpl")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"mapmerge status: {tmp_path / 'custom_mpl'}: not a folder (did you mean `{tmp_path / 'custom_mlp'}`?)\n"
+    )
 
 
 def test_every_command_refuses_the_folder_of_the_runs(runs, tmp_path, capsys):

@@ -577,8 +577,14 @@ def argument(key: str) -> bool:
 
 def closest(word: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean `x`?)' for the choice closest to a mistyped word, '' where none is close."""
+    close = close_match(word, choices)
+    return f" (did you mean `{close}`?)" if close is not None else ""
+
+
+def close_match(word: str, choices: typing.Iterable[str]) -> str | None:
+    """The choice closest to a mistyped word; None where none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
+    return close[0] if close else None
 
 
 def checked_weights(preference: Mapping[str, Any] | None, tasks: Sequence[str]) -> dict[str, float]:

@@ -29,6 +29,7 @@ from mapmerge.layout import Layout
 from mapmerge.run import runlock
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.records import foreign_files, is_run, run_holding
+from mapmerge.run.schema import close_match
 from mapmerge.tools.check import artifact_damage, read_checked
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
@@ -84,7 +85,7 @@ def check_run_folder(results: Path) -> None:
     if holder is not None:
         raise UsageError(f"{results}: lies inside the run folder {holder}; give {holder}")
     if not results.is_dir():
-        raise UsageError(f"{results}: not a folder")
+        raise UsageError(f"{results}: not a folder{_close_folder(results)}")
     if is_run(results):
         return
     runs = sorted(p.name for p in results.iterdir() if p.is_dir() and is_run(p))
@@ -157,6 +158,15 @@ class LeftBehind:
             logs.append(L.log("validate_grid" if path.parent.name == "grid" else "validate_baseline", path.stem))
         logs += [L.log("extract_task_vector", path.stem) for path in self.vectors]
         return sorted(log for log in logs if log.is_file())
+
+
+def _close_folder(path: Path) -> str:
+    """' (did you mean `results/demo`?)' for a folder beside `path` of a close name (a mistyped run folder); ''."""
+    parent = path.parent
+    if not parent.is_dir():
+        return ""
+    close = close_match(path.name, [p.name for p in parent.iterdir() if p.is_dir()])
+    return f" (did you mean `{parent / close}`?)" if close is not None else ""
 
 
 def left_behind(
@@ -245,7 +255,7 @@ def scan(results: Path) -> Scan:
     results = Path(results)
     paths = Layout(results)
     if not results.is_dir():
-        raise UsageError(f"{results}: not a folder")
+        raise UsageError(f"{results}: not a folder{_close_folder(results)}")
     problems: dict[Path, str] = {}
     plans = _level_plans(results)
     frames = {k: try_read(p, problems) for k, p in plans.items()}
