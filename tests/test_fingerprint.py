@@ -134,6 +134,7 @@ EXPECTED = {
     "mapmerge.outputs.figure": {"aggregate", "validate"},  # what the figures share
     "mapmerge.outputs.plots": {"aggregate"},
     "mapmerge.outputs.validation_plot": {"validate"},
+    "mapmerge.outputs.measured": {"aggregate"},  # the measured front with the chosen merge's evaluation
     "mapmerge.outputs.report": {"aggregate", "report_tables"},
     "mapmerge.outputs.notes": {"aggregate", "report_tables"},
     # the run folder's layout: read by the stages that find files by name (aggregate, and the report)
