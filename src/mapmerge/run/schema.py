@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -585,6 +586,14 @@ def close_match(word: str, choices: typing.Iterable[str]) -> str | None:
     """The choice closest to a mistyped word; None where none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def close_folder(path: Path) -> Path | None:
+    """The folder beside a path that does not exist whose name is closest to its (a mistyped folder); None where
+    none is close."""
+    parent = path.parent
+    close = close_match(path.name, [p.name for p in parent.iterdir() if p.is_dir()]) if parent.is_dir() else None
+    return parent / close if close is not None else None
 
 
 def checked_weights(preference: Mapping[str, Any] | None, tasks: Sequence[str]) -> dict[str, float]:

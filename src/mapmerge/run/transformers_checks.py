@@ -21,7 +21,7 @@ from typing import Any
 from mapmerge.adapters.hub import is_name, snapshot
 from mapmerge.adapters.transformers import DEFAULTS, HF_WEIGHTS, data_columns, header_shapes
 from mapmerge.errors import ConfigError
-from mapmerge.run.schema import closest
+from mapmerge.run.schema import close_folder, closest
 
 Shape = tuple[int, ...]
 CONFIG = "config.json"
@@ -80,9 +80,8 @@ def _local(value: Any, base_dir: Path) -> Path | None:
 def _check_mistyped(folder: Path, value: str, key: str) -> None:
     """ConfigError with a did-you-mean for a directory that does not exist beside one of a close name (unless the
     value names a cached Hugging Face model)."""
-    parent = folder.parent
-    hint = closest(folder.name, [p.name for p in parent.iterdir() if p.is_dir()]) if parent.is_dir() else ""
-    if not hint:
+    close = close_folder(folder)
+    if close is None:
         return
     if is_name(value):
         try:
@@ -90,7 +89,7 @@ def _check_mistyped(folder: Path, value: str, key: str) -> None:
             return
         except ConfigError:
             pass
-    raise ConfigError(f"{key}: directory {folder.resolve()} not found{hint}")
+    raise ConfigError(f"{key}: directory {folder.resolve()} not found (did you mean `{close.name}`?)")
 
 
 def _check_shard_index(index: Path, key: str) -> None:

@@ -29,7 +29,7 @@ from mapmerge.layout import Layout
 from mapmerge.run import runlock
 from mapmerge.run.evaluation_cache import table_digest
 from mapmerge.run.records import foreign_files, is_run, run_holding
-from mapmerge.run.schema import close_match
+from mapmerge.run.schema import close_folder
 from mapmerge.tools.check import artifact_damage, read_checked
 
 NESTED_GROUP = re.compile(r"^L(\d+)g(\d+)$")  # nested MAP's group names (mapmerge.core.groups.structure)
@@ -162,11 +162,8 @@ class LeftBehind:
 
 def _close_folder(path: Path) -> str:
     """' (did you mean `results/demo`?)' for a folder beside `path` of a close name (a mistyped run folder); ''."""
-    parent = path.parent
-    if not parent.is_dir():
-        return ""
-    close = close_match(path.name, [p.name for p in parent.iterdir() if p.is_dir()])
-    return f" (did you mean `{parent / close}`?)" if close is not None else ""
+    close = close_folder(path)
+    return f" (did you mean `{close}`?)" if close is not None else ""
 
 
 def left_behind(
