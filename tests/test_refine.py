@@ -9,7 +9,7 @@ from mapmerge.core.groundtruth import spread_indices
 from mapmerge.core.spread import spread_order
 from mapmerge.io import write_table
 from mapmerge.layout import Layout
-from mapmerge.outputs.notes import box_notes, choice_note, fallback_note, left_out_note
+from mapmerge.outputs.notes import box_notes, choice_note, fallback_note, interval_level, left_out_note
 
 LOWER, UPPER = np.zeros(2), np.ones(2)
 
@@ -404,3 +404,13 @@ def test_trust_region_stays_within_the_radius_and_the_box_and_follows_its_seed()
     assert np.ptp(points[:, 1]) > 0.3  # spread over the radius (0.2 of a width of 2), not at the centre
     np.testing.assert_array_equal(points, refine.trust_region(center, lower, upper, 0.1, (0, 1)))
     assert not np.array_equal(points, refine.trust_region(center, lower, upper, 0.1, (0, 2)))
+
+
+def test_the_intervals_level_is_read_where_recorded_and_none_elsewhere(tmp_path):
+    """select, plot and the report only name the level: a table without it, or one that does not read, gives None."""
+    frame = pd.DataFrame({"group": ["all"]})
+    write_table(frame, tmp_path / "recorded.parquet", "aggregate", extra={"mapmerge.interval": "0.8"})
+    write_table(frame, tmp_path / "before.parquet", "aggregate")  # aggregated before the level was recorded
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1 torn")
+    assert interval_level(tmp_path / "recorded.parquet") == 0.8
+    assert [interval_level(tmp_path / f"{n}.parquet") for n in ("before", "torn", "missing")] == [None, None, None]

@@ -16,7 +16,7 @@ from mapmerge.core import groups
 from mapmerge.core.metrics import suffixes
 from mapmerge.core.refine import on_bounds
 from mapmerge.core.selection import ABOVE_PRETRAINED, BALANCED_FLOOR
-from mapmerge.io import read_table, table_metadata
+from mapmerge.io import ArtifactError, read_table, table_metadata
 from mapmerge.layout import Layout
 
 FRONT_SHARE = 0.1  # a bound is named for the front when at least this share of its points lie on it
@@ -107,9 +107,11 @@ INTERVAL_KEY = "mapmerge.interval"  # selected.parquet's metadata: the level of 
 
 def interval_level(selected: str | os.PathLike) -> float | None:
     """The level of the prediction intervals (surrogate.interval) that selected.parquet records; None where it records
-    none (a run aggregated before it did)."""
-    recorded = table_metadata(selected).get(INTERVAL_KEY) if os.path.exists(selected) else None
-    return float(recorded) if recorded is not None else None
+    none (a run aggregated before it did) or does not read (what reads the level only names it)."""
+    try:
+        return float(table_metadata(selected)[INTERVAL_KEY])
+    except (ArtifactError, KeyError, ValueError):
+        return None
 
 
 def interval_line(level: float | None, shown: str = "`_lo`, `_hi`") -> str:
