@@ -520,6 +520,47 @@ def test_a_fine_tuned_checkpoint_without_a_tensor_the_merge_leaves_alone_is_warn
     ]
 
 
+def test_a_fine_tuned_checkpoint_with_a_tensor_the_pretrained_lacks_is_warned_of(example, tmp_path):
+    """A tensor only a fine-tuned checkpoint holds is neither merged nor evaluated: a warning names it."""
+    state = torch.load(example / "checkpoints" / "stripes_60.pt", weights_only=True)
+    torch.save({**state, "aux.weight": torch.ones(3)}, tmp_path / "extra.pt")
+    lines: list[str] = []
+    load_config(
+        REPO / "config",
+        experiment=example / "experiment.yaml",
+        overrides=[*EXAMPLE_RUN, f"model.tasks.stripes_60.checkpoint={tmp_path / 'extra.pt'}"],
+        warn=lines.append,
+    )
+    assert lines == [
+        f"model.tasks.stripes_60.checkpoint: {tmp_path / 'extra.pt'} holds 'aux.weight', which the pretrained checkpoint "
+        f"{example / 'checkpoints' / 'pretrained.pt'} lacks: left out of the merge and of task stripes_60's evaluations"
+    ]
+
+
+def test_a_fine_tuned_checkpoint_saved_with_another_prefix_is_told_so(example, tmp_path):
+    """A fine-tune saved inside a wrapper (`model.` before every name) lacks every tensor of the pretrained one: the
+    refusal says which prefix, either way round."""
+    state = torch.load(example / "checkpoints" / "stripes_60.pt", weights_only=True)
+    torch.save({f"model.{k}": v for k, v in state.items()}, tmp_path / "wrapped.pt")
+    pretrained = torch.load(example / "checkpoints" / "pretrained.pt", weights_only=True)
+    torch.save({f"model.{k}": v for k, v in pretrained.items()}, tmp_path / "wrapped_pretrained.pt")
+    first = next(iter(state))
+    cases = {
+        f"model.tasks.stripes_60.checkpoint={tmp_path / 'wrapped.pt'}": (
+            f"; its names carry a prefix the pretrained checkpoint's do not ('model.': 'model.{first}'): save both "
+            "with the same names"
+        ),
+        f"model.pretrained={tmp_path / 'wrapped_pretrained.pt'}": (
+            f"; its names lack the prefix the pretrained checkpoint's carry ('model.': '{first}' for 'model.{first}'): "
+            "save both with the same names"
+        ),
+    }
+    for override, hint in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(REPO / "config", experiment=example / "experiment.yaml", overrides=[*EXAMPLE_RUN, override])
+        assert str(info.value).endswith(hint), info.value
+
+
 @pytest.mark.slow
 def test_an_evaluator_that_cannot_be_built_stops_a_local_run_before_any_job(tmp_path_factory, tmp_path):
     """A value the user's evaluator refuses in its constructor (a task name model.TaskEvaluator does not know) passes

@@ -484,7 +484,7 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
             )
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
-            hint = "" if bad_pretrained else _pretraining_head_hint(model, task)
+            hint = "" if bad_pretrained else _pretraining_head_hint(model, task) or _prefix_hint(model, task)
             raise ConfigError(
                 f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}{hint}"
             ) from None
@@ -513,6 +513,32 @@ def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
     )
 
 
+def _prefix_hint(model: Mapping[str, Any], task: str) -> str:
+    """Where a task's checkpoint lacks the pretrained one's tensors because its names carry a prefix the pretrained's
+    do not, or lack one they carry (a model saved inside a wrapper: `model.block.1.bias`), that prefix."""
+    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
+
+    with open_checkpoint(model["pretrained"]) as pre, open_checkpoint(model["tasks"][task]["checkpoint"]) as ft:
+        names, have = list(pre.keys()), set(ft.keys())
+    missing = [n for n in names if n not in have]
+    if not missing:  # another shape, not another name
+        return ""
+    first = missing[0]
+    for name in sorted(have):
+        if name.endswith(f".{first}") and all(name[: -len(first)] + n in have for n in missing):
+            return (
+                f"; its names carry a prefix the pretrained checkpoint's do not ('{name[: -len(first)]}': {name!r}): "
+                "save both with the same names"
+            )
+        prefix = first[: -len(name)]
+        if first.endswith(f".{name}") and all(n.startswith(prefix) and n[len(prefix) :] in have for n in missing):
+            return (
+                f"; its names lack the prefix the pretrained checkpoint's carry ('{prefix}': {name!r} for {first!r}): "
+                "save both with the same names"
+            )
+    return ""
+
+
 def _body_module(names: Iterable[str]) -> str:
     """A transformers checkpoint's body: the top-level module holding most of its tensors (`bert`, `model`); the
     rest are heads (as mapmerge.adapters.transformers.head_patterns finds it in a task's)."""
@@ -522,7 +548,8 @@ def _body_module(names: Iterable[str]) -> str:
 def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """A line per fine-tuned checkpoint of a user's model (model.builder) that lacks tensors the pretrained one has
     and the merge leaves alone (a head): the task's evaluations take those from the pretrained checkpoint, as
-    mapmerge.tensors.engine does, which a checkpoint saved in part makes silently wrong."""
+    mapmerge.tensors.engine does, which a checkpoint saved in part makes silently wrong; and one per checkpoint
+    holding tensors the pretrained one lacks, which neither the merge nor the evaluations use."""
     from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
     from mapmerge.tensors.lora import adapter_weights  # deferred: torch
     from mapmerge.tensors.taskvectors import merged_names  # deferred: torch
@@ -536,10 +563,16 @@ def unmerged_fallbacks(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     lines = []
     for task in tasks:
         path = model["tasks"][task]["checkpoint"]
-        if not unmerged or adapter_weights(path) is not None:
+        if adapter_weights(path) is not None:
             continue
         with open_checkpoint(path) as ft:
-            missing = [name for name in unmerged if name not in ft.meta()]
+            held = ft.meta()
+        missing = [name for name in unmerged if name not in held]
+        if extra := [name for name in held if name not in header]:
+            lines.append(
+                f"{task_key(model, task)}: {path} holds {_quoted(extra)}, which the pretrained checkpoint "
+                f"{model['pretrained']} lacks: left out of the merge and of task {task}'s evaluations"
+            )
         if missing:
             lines.append(
                 f"{task_key(model, task)}: {path} lacks {_quoted(missing)}, which the merge leaves alone: task {task}'s "
