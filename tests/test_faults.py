@@ -453,7 +453,7 @@ def test_the_surrogate_refuses_missing_samples_by_default(flaky, recorded):
     ) in out
 
 
-def test_the_surrogate_drops_them_when_told_and_says_so(flaky, recorded):
+def test_the_surrogate_drops_them_when_told_and_says_so(flaky, recorded, capsys):
     metrics = flaky.results / "groups" / "all" / "metrics.parquet"
     before = metrics.stat().st_mtime_ns
     status, out = flaky.snakemake(overrides=("evaluation.on_error=record", "surrogate.missing=drop"), ok=True)
@@ -467,3 +467,9 @@ def test_the_surrogate_drops_them_when_told_and_says_so(flaky, recorded):
     )
     assert metrics.stat().st_mtime_ns == before  # the failures stay recorded in metrics.parquet
     assert np.isfinite(read_table(flaky.results / "selected.parquet")["measured_accuracy_stripes_0"]).all()
+    # status says which batch holds the recorded failure, and how to evaluate it again (its job will not rerun)
+    evals = flaky.results / "groups" / "all" / "evals"
+    batch = next(p for p in sorted(evals.glob("*.parquet")) if "s0004" in set(read_table(p)["sample"]))
+    assert main(["status", str(flaky.results)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "were recorded (evaluation.on_error=record)" in x)
+    assert line.startswith("  1 (model, task) evaluations failed and were recorded") and f"--forcerun {batch}`" in line

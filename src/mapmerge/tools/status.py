@@ -147,6 +147,28 @@ def _evaluation_files(results: Path, layout: Scan) -> list[tuple[str, str | None
     return files
 
 
+def failed_lines(results: Path, layout: Scan) -> list[str]:
+    """Where the ledger counts evaluations recorded as failed (evaluation.on_error=record): which files hold them, and
+    how to evaluate them again (a job does not rerun by itself once its table is written, failures and all)."""
+    ledger = Layout(results).ledger
+    frame = try_read(ledger, layout.problems) if ledger.exists() else None
+    if frame is None or "failed" not in frame.columns or not (frame["failed"] > 0).any():
+        return []
+    where = {
+        (stage, None if group is None else str(group), path.name): path
+        for stage, group, path in _evaluation_files(results, layout)
+    }
+    failed = frame[frame["failed"] > 0]
+    files = [where.get((r.stage, None if pd.isna(r.group) else str(r.group), r.file)) for r in failed.itertuples()]
+    named = [str(p) for p in files if p is not None]
+    return [
+        f"{int(failed['failed'].sum())} (model, task) evaluations failed and were recorded (evaluation.on_error=record) "
+        f"in {listed_names(results, [p for p in files if p is not None], 3)}; their jobs do not run again by "
+        "themselves: `snakemake --cores N --forcerun " + " ".join(named) + "` (with the run's --config) evaluates "
+        "those batches again (a table with a failure is not kept in the evaluation cache)"
+    ]
+
+
 def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
     """Real evaluations per stage (files, models, (model, task) evaluations) and where the counts come from.
 
@@ -598,6 +620,7 @@ def _status(results: Path) -> str:
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
     lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
     lines += ["", *_evaluation_lines(results, counts, source, left)]
+    lines += [f"  {line}" for line in failed_lines(results, layout)]
     if layout.groups:
         lines += ["", *_group_lines(layout, disk, rounds, evals, left)]
     if stale := stale_selections(results):
