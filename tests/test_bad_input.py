@@ -498,6 +498,18 @@ def test_check_builds_builds_the_users_and_names_the_first_that_fails(example):
     assert sys.path == path
 
 
+def warnings_with(example: Path, checkpoint: Path) -> list[str]:
+    """The driver's warnings for the example's run with task stripes_60's checkpoint replaced by `checkpoint`."""
+    lines: list[str] = []
+    load_config(
+        REPO / "config",
+        experiment=example / "experiment.yaml",
+        overrides=[*EXAMPLE_RUN, f"model.tasks.stripes_60.checkpoint={checkpoint}"],
+        warn=lines.append,
+    )
+    return lines
+
+
 def test_a_fine_tuned_checkpoint_without_a_tensor_the_merge_leaves_alone_is_warned_of(example, tmp_path):
     """A fine-tuned checkpoint saved without its head (a tensor the pretrained one has and the merge leaves alone):
     its task's evaluations take the pretrained head, which changed the reference scores, the front and the chosen
@@ -507,14 +519,7 @@ def test_a_fine_tuned_checkpoint_without_a_tensor_the_merge_leaves_alone_is_warn
     state = torch.load(example / "checkpoints" / "stripes_60.pt", weights_only=True)
     del state["head.weight"]
     torch.save(state, tmp_path / "headless.pt")
-    lines: list[str] = []
-    load_config(
-        REPO / "config",
-        experiment=example / "experiment.yaml",
-        overrides=[*EXAMPLE_RUN, f"model.tasks.stripes_60.checkpoint={tmp_path / 'headless.pt'}"],
-        warn=lines.append,
-    )
-    assert lines == [
+    assert warnings_with(example, tmp_path / "headless.pt") == [
         f"model.tasks.stripes_60.checkpoint: {tmp_path / 'headless.pt'} lacks 'head.weight', which the merge leaves "
         f"alone: task stripes_60's evaluations take it from the pretrained checkpoint {example / 'checkpoints' / 'pretrained.pt'}"
     ]
@@ -524,14 +529,7 @@ def test_a_fine_tuned_checkpoint_with_a_tensor_the_pretrained_lacks_is_warned_of
     """A tensor only a fine-tuned checkpoint holds is neither merged nor evaluated: a warning names it."""
     state = torch.load(example / "checkpoints" / "stripes_60.pt", weights_only=True)
     torch.save({**state, "aux.weight": torch.ones(3)}, tmp_path / "extra.pt")
-    lines: list[str] = []
-    load_config(
-        REPO / "config",
-        experiment=example / "experiment.yaml",
-        overrides=[*EXAMPLE_RUN, f"model.tasks.stripes_60.checkpoint={tmp_path / 'extra.pt'}"],
-        warn=lines.append,
-    )
-    assert lines == [
+    assert warnings_with(example, tmp_path / "extra.pt") == [
         f"model.tasks.stripes_60.checkpoint: {tmp_path / 'extra.pt'} holds 'aux.weight', which the pretrained checkpoint "
         f"{example / 'checkpoints' / 'pretrained.pt'} lacks: left out of the merge and of task stripes_60's evaluations"
     ]
