@@ -353,13 +353,17 @@ def _stage_states(
         "propose_round": (
             _rounds_state(disk, later, later_gaps),
             f"{named(L.round('<g>', '<NN>'))} after r00: {len(later)}"
-            + (_left_note(later, left.rounds, ROUNDS_LEFT) if later else " (Bayesian MAP only)")
+            + (_left_note(later, left.rounds, ROUNDS_LEFT) if later else " (Bayesian MAP's, once its rounds have run)")
             + _gap_note(R, later_gaps),
         ),
         "refine_round": (
             _rounds_state(disk, refined, refined_gaps),
             f"{named(L.round('<g>', '<NN>'))} with pick and front points: {len(refined)}"
-            + (_left_note(refined, left.rounds, ROUNDS_LEFT) if refined else " (refine.rounds > 0 only)")
+            + (
+                _left_note(refined, left.rounds, ROUNDS_LEFT)
+                if refined
+                else " (with refine.rounds > 0, once its rounds have run)"
+            )
             + _gap_note(R, refined_gaps),
         ),
         "evaluate_sample": _batch_state(
