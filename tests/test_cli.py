@@ -529,7 +529,7 @@ def test_status_of_a_partial_run(runs, tmp_path, capsys):
     # counted from the files as the ledger counts them: the full run's ledger less the deleted files
     ledger = read_table(runs["plain"] / "evaluations.parquet")
     ledger = ledger[~ledger["file"].isin(["b0001.parquet", "selected_evals.parquet"])]
-    counts, _ = evaluation_counts(R, scan(R))
+    counts, _, _ = evaluation_counts(R, scan(R))
     expected = ledger.groupby("stage", sort=False)[["models", "task_evaluations"]].sum()
     assert counts.set_index("stage")[["models", "task_evaluations"]].to_dict() == expected.to_dict()
     assert counts.set_index("stage")["files"].to_dict() == ledger.groupby("stage", sort=False).size().to_dict()
@@ -565,7 +565,7 @@ def test_status_tells_the_method(runs, capsys):
     rows = status_rows(out)
     assert rows["propose_round"] == ["done", "groups/<g>/rounds/r<NN>.parquet after r00: 1"]
     assert rows["evaluate_round"][0] == "done" and rows["collect_metrics"][0] == "missing"
-    counts, _ = evaluation_counts(runs["bayes"], scan(runs["bayes"]))
+    counts, _, _ = evaluation_counts(runs["bayes"], scan(runs["bayes"]))
     assert counts.set_index("stage").loc["evaluate_round", "models"] == len(
         read_table(runs["bayes"] / "groups/all/rounds/r01.parquet")
     )

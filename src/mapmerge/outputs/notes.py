@@ -136,14 +136,12 @@ def box_notes(
     lower, upper = coef.min(axis=0), coef.max(axis=0)
     shares = {(j, bound): share for j, bound, share in on_bounds(front[columns].to_numpy(dtype=float), lower, upper)}
     picked = {(j, bound) for j, bound, _ in on_bounds(choice[columns].to_numpy(dtype=float), lower, upper)}
-    value = {
-        (j, bound): bounds[j] for bound, bounds in (("lower", lower), ("upper", upper)) for j in range(len(members))
-    }
+    bounds = {"lower": lower, "upper": upper}
     left_out = {(j, "lower") for j in range(len(members)) if lower[j] == 0}  # the front's own edge: not named
     named = {key for key, share in shares.items() if share >= FRONT_SHARE and key not in left_out} | picked
     lines = []
     for j, bound in sorted(named):
-        where = f"the {bound} bound c_{members[j]} = {value[j, bound]:g} of the box"
+        where = f"the {bound} bound c_{members[j]} = {bounds[bound][j]:g} of the box"
         share = shares.get((j, bound), 0.0)
         if (j, bound) in left_out:  # the pick
             tasks = member_tasks[j] if member_tasks is not None else [members[j]]

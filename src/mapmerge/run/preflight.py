@@ -484,7 +484,7 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
             )
         except ArtifactError as exc:
             bad_pretrained = str(exc).startswith(str(model["pretrained"]))
-            hint = "" if bad_pretrained else _pretraining_head_hint(model, task) or _prefix_hint(model, task)
+            hint = "" if bad_pretrained else _lacking_hint(model, task)
             raise ConfigError(
                 f"{pretrained_key(model) if bad_pretrained else task_key(model, task)}: {exc}{hint}"
             ) from None
@@ -493,18 +493,25 @@ def _check_checkpoints(model: Mapping[str, Any], tasks: list[str]) -> list[str]:
     return reshaped
 
 
-def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
-    """The way out where a transformers task lacks only tensors outside the pretrained model's body (the module holding
-    most of them): a pretraining head (BERT's `cls.*`, saved with bert-base-uncased), which its fine-tunes drop."""
+def _lacking_hint(model: Mapping[str, Any], task: str) -> str:
+    """The way out where a task's checkpoint lacks tensors of the pretrained one (both headers read once): a
+    pretraining head its fine-tunes dropped (_pretraining_head_hint), or names under another prefix (_prefix_hint)."""
     from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
 
-    if model.get("adapter") != "transformers":
-        return ""
     with open_checkpoint(model["pretrained"]) as pre, open_checkpoint(model["tasks"][task]["checkpoint"]) as ft:
-        names, held = pre.keys(), set(ft.keys())
+        names, have = list(pre.keys()), set(ft.keys())
+    missing = [n for n in names if n not in have]
+    if not missing:  # another shape, not another name
+        return ""
+    head = _pretraining_head_hint(names, missing) if model.get("adapter") == "transformers" else ""
+    return head or _prefix_hint(missing, have)
+
+
+def _pretraining_head_hint(names: list[str], missing: list[str]) -> str:
+    """Where a transformers task lacks only tensors outside the pretrained model's body (the module holding most of
+    them): a pretraining head (BERT's `cls.*`, saved with bert-base-uncased), which its fine-tunes drop."""
     body = _body_module(names)
-    missing = [n for n in names if n not in held]
-    if not missing or any(n.split(".")[0] == body for n in missing):
+    if any(n.split(".")[0] == body for n in missing):
         return ""
     return (
         f"; the pretrained model's head {_quoted(sorted({n.split('.')[0] + '.*' for n in missing}))}, which the "
@@ -513,16 +520,9 @@ def _pretraining_head_hint(model: Mapping[str, Any], task: str) -> str:
     )
 
 
-def _prefix_hint(model: Mapping[str, Any], task: str) -> str:
-    """Where a task's checkpoint lacks the pretrained one's tensors because its names carry a prefix the pretrained's
-    do not, or lack one they carry (a model saved inside a wrapper: `model.block.1.bias`), that prefix."""
-    from mapmerge.tensors.checkpoints import open_checkpoint  # deferred: torch
-
-    with open_checkpoint(model["pretrained"]) as pre, open_checkpoint(model["tasks"][task]["checkpoint"]) as ft:
-        names, have = list(pre.keys()), set(ft.keys())
-    missing = [n for n in names if n not in have]
-    if not missing:  # another shape, not another name
-        return ""
+def _prefix_hint(missing: list[str], have: set[str]) -> str:
+    """Where a task's checkpoint lacks the pretrained one's tensors (`missing`) because its names (`have`) carry a
+    prefix the pretrained's do not, or lack one they carry (a model saved inside a wrapper: `model.block.1.bias`)."""
     first = missing[0]
     for name in sorted(have):
         if name.endswith(f".{first}") and all(name[: -len(first)] + n in have for n in missing):

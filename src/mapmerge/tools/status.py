@@ -147,30 +147,31 @@ def _evaluation_files(results: Path, layout: Scan) -> list[tuple[str, str | None
     return files
 
 
-def failed_lines(results: Path, layout: Scan) -> list[str]:
-    """Where the ledger counts evaluations recorded as failed (evaluation.on_error=record): which files hold them, and
-    how to evaluate them again (a job does not rerun by itself once its table is written, failures and all)."""
-    ledger = Layout(results).ledger
-    frame = try_read(ledger, layout.problems) if ledger.exists() else None
-    if frame is None or "failed" not in frame.columns or not (frame["failed"] > 0).any():
+def failed_lines(results: Path, layout: Scan, failed: pd.DataFrame) -> list[str]:
+    """Where the ledger counts evaluations recorded as failed (evaluation.on_error=record; `failed`: its rows that do,
+    from evaluation_counts): which files hold them, and how to evaluate them again (a job does not rerun by itself
+    once its table is written, failures and all)."""
+    if failed.empty:
         return []
     where = {
         (stage, None if group is None else str(group), path.name): path
         for stage, group, path in _evaluation_files(results, layout)
     }
-    failed = frame[frame["failed"] > 0]
-    files = [where.get((r.stage, None if pd.isna(r.group) else str(r.group), r.file)) for r in failed.itertuples()]
-    named = [str(p) for p in files if p is not None]
+    keys = [(r.stage, None if pd.isna(r.group) else str(r.group), r.file) for r in failed.itertuples()]
+    files = [where[key] for key in keys if key in where]
     return [
         f"{int(failed['failed'].sum())} (model, task) evaluations failed and were recorded (evaluation.on_error=record) "
-        f"in {listed_names(results, [p for p in files if p is not None], 3)}; their jobs do not run again by "
-        "themselves: `snakemake --cores N --forcerun " + " ".join(named) + "` (with the run's --config) evaluates "
+        f"in {listed_names(results, files, 3)}; their jobs do not run again by "
+        "themselves: `snakemake --cores N --forcerun "
+        + " ".join(map(str, files))
+        + "` (with the run's --config) evaluates "
         "those batches again (a table with a failure is not kept in the evaluation cache)"
     ]
 
 
-def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
-    """Real evaluations per stage (files, models, (model, task) evaluations) and where the counts come from.
+def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    """Real evaluations per stage (files, models, (model, task) evaluations), where the counts come from, and the
+    ledger's rows of files that recorded failed evaluations (none without a readable ledger).
 
     From evaluations.parquet (the ledger) when it is there, else counted from the evaluation files
     as the ledger counts them (models per file, distinct (model, task) pairs per file).
@@ -183,7 +184,8 @@ def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
             counts = frame.groupby("stage", sort=False).agg(
                 files=("file", "size"), models=("models", "sum"), task_evaluations=("task_evaluations", "sum")
             )
-            return counts.reset_index()[columns], "from evaluations.parquet"
+            failed = frame[frame["failed"] > 0] if "failed" in frame.columns else frame.iloc[:0]
+            return counts.reset_index()[columns], "from evaluations.parquet", failed
     rows = []
     for stage, _, path in _evaluation_files(results, layout):
         key = "model" if stage == "evaluate_reference" else "sample"
@@ -195,13 +197,14 @@ def evaluation_counts(results: Path, layout: Scan) -> tuple[pd.DataFrame, str]:
             {"stage": stage, "files": 1, "models": counts["models"], "task_evaluations": counts["task_evaluations"]}
         )
     if not rows:
-        return pd.DataFrame(columns=columns), "no evaluation file yet"
+        return pd.DataFrame(columns=columns), "no evaluation file yet", pd.DataFrame()
     counts = pd.DataFrame(rows).groupby("stage", sort=False)[columns[1:]].sum().reset_index()
     order = {s: i for i, s in enumerate(EVAL_STAGES)}
     counts = counts.sort_values("stage", key=lambda s: s.map(order), ignore_index=True)
     return (
         counts,
         f"counted from the evaluation files; evaluations.parquet is {'unreadable' if ledger.exists() else 'not written yet'}",
+        pd.DataFrame(),
     )
 
 
@@ -611,7 +614,7 @@ def _status(results: Path) -> str:
     )
     if driver := runlock.holder(results):
         lines.append(f"a snakemake driver ({runlock.describe(driver)}) is running on this folder")
-    counts, source = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
+    counts, source, failed = evaluation_counts(results, layout)  # first: it reads evaluations.parquet whole
     rounds = {g: group_rounds(results, g) for g in layout.groups}
     evals = {g: batch_files(L.evals(g)) for g in layout.groups}
     left = left_behind(results, layout.groups, layout.problems, layout.tasks)
@@ -624,7 +627,7 @@ def _status(results: Path) -> str:
     rows = [(stage, *states.get(stage, ("-", "not read by mapmerge status"))) for stage in shown]
     lines += ["", *text_table(rows, ["stage", "state", "artifacts"])]
     lines += ["", *_evaluation_lines(results, counts, source, left)]
-    lines += [f"  {line}" for line in failed_lines(results, layout)]
+    lines += [f"  {line}" for line in failed_lines(results, layout, failed)]
     if layout.groups:
         lines += ["", *_group_lines(layout, disk, rounds, evals, left)]
     if stale := stale_selections(results):
